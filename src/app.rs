@@ -1,0 +1,305 @@
+//! Wires the pieces for each command: flows + broker + runtime + HTTP for `run`, and the
+//! client side for `publish` and `tail`. Owns the tokio runtime and shutdown.
+
+use std::future::Future;
+use std::io::{BufRead, Write as _};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tracing::info;
+
+use crate::broker::{MemoryBroker, MemoryOptions};
+use crate::cli::{Cli, Command, Remote, RunArgs};
+use crate::client::{ClientError, Target};
+use crate::flow::diagnostic::{render, FlowReport};
+use crate::runtime::{prepare, Prepared, Runtime, RuntimeError, RuntimeOptions};
+
+/// Everything that can end a command with a failure.
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+pub enum Error {
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Flow(#[from] FlowReport),
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Runtime(#[from] RuntimeError),
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Client(#[from] ClientError),
+    #[error("{failed} of {total} flow tests failed")]
+    #[diagnostic(code(edaflow::test::failed))]
+    TestsFailed { failed: usize, total: usize },
+    #[error("invalid JSON on line {line}")]
+    #[diagnostic(
+        code(edaflow::publish::json),
+        help("pass one JSON value, e.g. '{{\"order_id\": 1}}'")
+    )]
+    BadJson {
+        line: usize,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("cannot start the async runtime")]
+    #[diagnostic(code(edaflow::io))]
+    Io(#[from] std::io::Error),
+}
+
+/// Runs one parsed command line.
+///
+/// # Errors
+/// What the command failed on, as a diagnostic.
+pub fn main(cli: Cli) -> Result<(), Error> {
+    match cli.command {
+        Command::Run(args) => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(run(args, shutdown_signal()))
+        }
+        Command::Validate { flows } => validate(&flows),
+        Command::Test { flows } => {
+            let prepared = load(&flows)?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .start_paused(true)
+                .build()?;
+            rt.block_on(test(&prepared))
+        }
+        Command::Publish {
+            topic,
+            data,
+            remote,
+        } => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(publish(&topic, &data, &remote))
+        }
+        Command::Tail {
+            pattern,
+            json,
+            remote,
+        } => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(tail(&pattern, json, &remote))
+        }
+    }
+}
+
+/// Loads and compiles, printing warnings to stderr.
+fn load(flows: &[PathBuf]) -> Result<Prepared, Error> {
+    let prepared = prepare(flows)?;
+    for warning in &prepared.warnings {
+        eprintln!("{}", render(warning, terminal_width()));
+    }
+    Ok(prepared)
+}
+
+fn terminal_width() -> usize {
+    std::env::var("COLUMNS")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(100)
+}
+
+fn validate(flows: &[PathBuf]) -> Result<(), Error> {
+    let prepared = load(flows)?;
+    let f = &prepared.flows;
+    println!(
+        "ok: {} file(s), {} producer(s), {} subscriber(s), {} queue(s), {} relay(s), {} chain(s), {} test(s); {} warning(s)",
+        f.files.len(),
+        f.producers.len(),
+        f.subscribers.len(),
+        f.queues.len(),
+        f.relays.len(),
+        f.chains.len(),
+        f.tests.len(),
+        prepared.warnings.len()
+    );
+    Ok(())
+}
+
+/// `edaflow run`: starts everything and runs until `shutdown` resolves.
+///
+/// # Errors
+/// Invalid flows, or a component that cannot start (a port in use).
+pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+    let prepared = load(&args.flows)?;
+    let broker = MemoryBroker::new(MemoryOptions::default());
+    let mut runtime = Runtime::new(
+        broker,
+        RuntimeOptions {
+            roles: args.roles.clone(),
+            listen: args.listen.clone(),
+            producers: true,
+            ..RuntimeOptions::default()
+        },
+    );
+    let outcome = runtime.apply(prepared).await?;
+    info!(
+        generation = outcome.generation,
+        components = outcome.added.len(),
+        took_ms = format!("{:.1}", outcome.took_ms),
+        broker = "memory",
+        "edaflow running"
+    );
+    shutdown.await;
+    info!("shutting down: ingest stopped, draining");
+    runtime.shutdown(args.grace).await;
+    info!("stopped");
+    Ok(())
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+async fn test(prepared: &Prepared) -> Result<(), Error> {
+    let reports = crate::flowtest::run_all(prepared).await?;
+    let total = reports.len();
+    let mut failed = 0;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(
+        out,
+        "running {total} flow test{}",
+        if total == 1 { "" } else { "s" }
+    );
+    for report in &reports {
+        match &report.failure {
+            None => {
+                let _ = writeln!(out, "test {} ... ok", report.name);
+            }
+            Some(_) => {
+                failed += 1;
+                let _ = writeln!(out, "test {} ... FAILED", report.name);
+            }
+        }
+    }
+    if failed > 0 {
+        let _ = writeln!(out, "\nfailures:");
+        for report in reports.iter().filter(|r| r.failure.is_some()) {
+            let _ = writeln!(
+                out,
+                "\n---- {} ({}) ----\n{}",
+                report.name,
+                report.file,
+                report.failure.as_deref().unwrap_or("")
+            );
+        }
+    }
+    let verdict = if failed == 0 { "ok" } else { "FAILED" };
+    let _ = writeln!(
+        out,
+        "\nflow test result: {verdict}. {} passed; {failed} failed",
+        total - failed
+    );
+    if failed > 0 {
+        return Err(Error::TestsFailed { failed, total });
+    }
+    Ok(())
+}
+
+async fn publish(topic: &str, data: &str, remote: &Remote) -> Result<(), Error> {
+    let target = Target::parse(&remote.url, remote.token.clone())?;
+    let path = format!("/topics/{topic}");
+    let send = |body: String| {
+        let target = target.clone();
+        let path = path.clone();
+        async move {
+            let answer = target
+                .call("POST", &path, Some("application/json"), Bytes::from(body))
+                .await?;
+            let id = serde_json::from_slice::<serde_json::Value>(&answer)
+                .ok()
+                .and_then(|v| v.get("id").and_then(|i| i.as_str()).map(str::to_owned))
+                .unwrap_or_default();
+            println!("{id}");
+            Ok::<(), Error>(())
+        }
+    };
+    if data != "-" {
+        serde_json::from_str::<serde_json::Value>(data)
+            .map_err(|source| Error::BadJson { line: 1, source })?;
+        return send(data.to_owned()).await;
+    }
+    let stdin = std::io::stdin();
+    for (i, line) in stdin.lock().lines().enumerate() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        serde_json::from_str::<serde_json::Value>(&line).map_err(|source| Error::BadJson {
+            line: i + 1,
+            source,
+        })?;
+        send(line).await?;
+    }
+    Ok(())
+}
+
+async fn tail(pattern: &str, json: bool, remote: &Remote) -> Result<(), Error> {
+    let target = Target::parse(&remote.url, remote.token.clone())?;
+    let path = format!("/tail?pattern={}", percent_encode(pattern));
+    let mut pending = Vec::new();
+    let stream = target.stream(&path, |chunk| {
+        pending.extend_from_slice(chunk);
+        while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=end).collect();
+            let text = String::from_utf8_lossy(&line);
+            let text = text.trim_end();
+            if json {
+                println!("{text}");
+            } else if let Ok(event) = serde_json::from_str::<crate::event::Event>(text) {
+                println!(
+                    "{} {} {} {}",
+                    humantime::format_rfc3339_millis(event.time),
+                    event.topic,
+                    event.id,
+                    crate::event::to_article_json(&event.data)
+                );
+            }
+        }
+    });
+    tokio::select! {
+        result = stream => result?,
+        _ = shutdown_signal() => {}
+    }
+    Ok(())
+}
+
+fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// How long `run` waits at most for in-flight work by default.
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(5);

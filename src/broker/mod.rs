@@ -1,0 +1,161 @@
+//! The broker boundary: how events travel between producers and subscriber groups.
+//!
+//! `Broker` is the contract every broker keeps (the memory broker here, Redis later):
+//! publish fans out to every group whose patterns match; within a group, consumers
+//! compete; a delivery is settled by `commit` (its handler's effects land, then the ack) or
+//! by `nack` (it goes back to the group untouched). The runtime is generic over this
+//! trait and never sees a broker's internals. This module depends only on `event` (and the
+//! pure topic-pattern syntax).
+
+pub mod memory;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::event::Event;
+use crate::flow::pattern::TopicPattern;
+
+pub use memory::{MemoryBroker, MemoryOptions};
+
+/// Errors at the broker boundary.
+#[derive(Debug, Clone, thiserror::Error, miette::Diagnostic)]
+pub enum BrokerError {
+    /// A bounded buffer is full; try again later (HTTP answers 503 with `Retry-After`).
+    #[error("the buffer of group `{group}` is full")]
+    #[diagnostic(
+        code(edaflow::broker::full),
+        help("slow down, or raise the subscriber's concurrency")
+    )]
+    Full { group: String },
+    /// The group was never declared (or was removed).
+    #[error("no consumer group named `{group}`")]
+    #[diagnostic(code(edaflow::broker::unknown_group))]
+    UnknownGroup { group: String },
+    /// The broker is shutting down.
+    #[error("the broker is closed")]
+    #[diagnostic(code(edaflow::broker::closed))]
+    Closed,
+}
+
+/// What to do when a group's buffer is full.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backpressure {
+    /// Wait for room (handlers and internal producers).
+    Wait,
+    /// Fail at once with `BrokerError::Full` (HTTP ingest).
+    Reject,
+}
+
+/// A consumer group: a name and what it receives.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GroupSpec {
+    pub name: String,
+    pub patterns: Vec<TopicPattern>,
+}
+
+/// One event handed to one consumer of a group, to be committed or nacked.
+#[derive(Debug)]
+pub struct Delivery {
+    pub event: Arc<Event>,
+    /// The group it was delivered to.
+    pub group: Arc<str>,
+    /// How many times it was delivered before (0 the first time).
+    pub redeliveries: u32,
+    /// Broker-specific position (a stream entry id on Redis; empty in memory).
+    pub tag: String,
+}
+
+/// The effects of one successful handler run, committed together with the ack.
+///
+/// New kinds of effect (queue items, store writes, replies) are added here as fields, so
+/// every broker commits them in the same step.
+#[derive(Debug, Default)]
+pub struct Effects {
+    /// Events to publish now.
+    pub publish: Vec<Event>,
+    /// Events to publish after a delay.
+    pub deferred: Vec<(Event, Duration)>,
+}
+
+impl Effects {
+    /// True when there is nothing to commit but the ack.
+    pub fn is_empty(&self) -> bool {
+        self.publish.is_empty() && self.deferred.is_empty()
+    }
+}
+
+/// A point-in-time view of one group, for metrics and `/healthz`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupStats {
+    pub name: String,
+    /// Events waiting in the group's buffer.
+    pub queued: usize,
+    /// Events delivered and not yet settled.
+    pub in_flight: usize,
+    pub capacity: usize,
+}
+
+/// The broker contract. See the module docs; `tests/broker_contract.rs` holds the tests every
+/// implementation must pass.
+pub trait Broker: Clone + Send + Sync + 'static {
+    /// A consumer of one group; each worker holds its own.
+    type Consumer: Consumer;
+
+    /// Creates the group, or updates the patterns of an existing one. Events published
+    /// before a group exists are not delivered to it.
+    fn declare_group(
+        &self,
+        spec: &GroupSpec,
+    ) -> impl Future<Output = Result<(), BrokerError>> + Send;
+
+    /// Removes a group and whatever waits in it.
+    fn remove_group(&self, name: &str) -> impl Future<Output = Result<(), BrokerError>> + Send;
+
+    /// Publishes an event to every group whose patterns match its topic.
+    fn publish(
+        &self,
+        event: Event,
+        mode: Backpressure,
+    ) -> impl Future<Output = Result<(), BrokerError>> + Send;
+
+    /// Publishes an event after `delay`.
+    fn publish_later(
+        &self,
+        event: Event,
+        delay: Duration,
+    ) -> impl Future<Output = Result<(), BrokerError>> + Send;
+
+    /// A new consumer of the named group.
+    fn consumer(&self, group: &str) -> Result<Self::Consumer, BrokerError>;
+
+    /// Settles a delivery: the effects are made visible, then the delivery is acked.
+    fn commit(
+        &self,
+        delivery: Delivery,
+        effects: Effects,
+    ) -> impl Future<Output = Result<(), BrokerError>> + Send;
+
+    /// Returns a delivery to its group unhandled (a draining worker gives back what it
+    /// holds, so nothing is lost).
+    fn nack(&self, delivery: Delivery) -> impl Future<Output = Result<(), BrokerError>> + Send;
+
+    /// A lossy live view of the events on matching topics (for `edaflow tail` and tests).
+    /// At most `buffer` events wait for the reader; past that, events are dropped for it.
+    fn tap(&self, pattern: TopicPattern, buffer: usize) -> tokio::sync::mpsc::Receiver<Arc<Event>>;
+
+    /// The state of every group.
+    fn stats(&self) -> Vec<GroupStats>;
+
+    /// Events scheduled by `publish_later` that have not been published yet.
+    fn scheduled(&self) -> usize;
+}
+
+/// Receives deliveries from one group.
+pub trait Consumer: Send + 'static {
+    /// The next delivery, waiting as long as it takes.
+    ///
+    /// # Errors
+    /// `BrokerError::UnknownGroup` once the group is removed, or `Closed`.
+    fn next(&mut self) -> impl Future<Output = Result<Delivery, BrokerError>> + Send;
+}

@@ -1,0 +1,137 @@
+//! The command line: clap definitions and the help text that teaches by example.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+const EXAMPLES: &str = "\
+Examples:
+  edaflow run flows/orders.toml              run the demo: HTTP ingest on 127.0.0.1:3000
+  edaflow run flows/ --listen 127.0.0.1:8080 every *.toml in a folder, on another port
+  edaflow validate flows/orders.toml         report every problem in flows and scripts
+  edaflow test flows/orders.toml             run the [[tests]] declared in the flow file
+  edaflow publish orderCreated '{\"order_id\":123,\"customer\":\"John Doe\",\"total\":49.99}'
+  edaflow tail 'order*'                      watch events on matching topics
+
+The article's curl works against `edaflow run flows/orders.toml`:
+  curl -X POST -H \"Content-Type: application/json\" \\
+    -d '{\"order_id\": 123, \"customer\": \"John Doe\", \"total\": 49.99}' \\
+    http://localhost:3000/topics/orderCreated";
+
+/// edaflow runs event-driven systems described in files: TOML flows declare producers,
+/// topic subscribers, queues and chains; Rhai scripts handle each event.
+#[derive(Debug, Parser)]
+#[command(name = "edaflow", version, about, long_about = None, after_help = EXAMPLES, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Pretty, env = "EDAFLOW_LOG_FORMAT")]
+    pub log_format: LogFormat,
+}
+
+/// Log output formats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Pretty,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run flows: producers, subscribers and the HTTP API, until Ctrl-C.
+    #[command(
+        after_help = "Examples:\n  edaflow run flows/orders.toml\n  edaflow run flows/ --listen 127.0.0.1:0\n\nCtrl-C or SIGTERM stops ingest, lets queued events drain (--grace), finishes\nthe events in flight and exits 0. The memory broker keeps nothing across restarts."
+    )]
+    Run(RunArgs),
+    /// Check flow files and their scripts; print every problem; exit 1 if any is an error.
+    #[command(
+        after_help = "Examples:\n  edaflow validate flows/orders.toml\n  edaflow validate flows/"
+    )]
+    Validate {
+        /// Flow files, or folders of them.
+        #[arg(required = true, value_name = "FLOW")]
+        flows: Vec<PathBuf>,
+    },
+    /// Publish an event to a running instance (its HTTP producer).
+    #[command(
+        after_help = "Examples:\n  edaflow publish orderCreated '{\"order_id\":123,\"total\":49.99}'\n  cat orders.jsonl | edaflow publish orderCreated -"
+    )]
+    Publish {
+        /// The topic.
+        topic: String,
+        /// The event data as JSON, or `-` to read one event per line from stdin.
+        data: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Print the events of a running instance as they happen.
+    #[command(
+        after_help = "Patterns: `orderCreated`, `order*` (glob inside a segment), `orders.*` (one\nsegment), `orders.>` (the rest), `>` (everything).\n\nExamples:\n  edaflow tail 'order*'\n  edaflow tail '>' --json"
+    )]
+    Tail {
+        /// Topic pattern.
+        #[arg(default_value = ">")]
+        pattern: String,
+        /// Print each event as its CloudEvents JSON line.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Run the [[tests]] of flow files, in process, on virtual time.
+    #[command(after_help = "Examples:\n  edaflow test flows/orders.toml\n  edaflow test flows/")]
+    Test {
+        /// Flow files, or folders of them.
+        #[arg(required = true, value_name = "FLOW")]
+        flows: Vec<PathBuf>,
+    },
+}
+
+/// Options of `edaflow run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Flow files, or folders of them (every *.toml inside).
+    #[arg(required = true, value_name = "FLOW")]
+    pub flows: Vec<PathBuf>,
+    /// Override the HTTP producer's listen address (port 0 picks a free port).
+    #[arg(long, value_name = "ADDR", env = "EDAFLOW_LISTEN")]
+    pub listen: Option<String>,
+    /// Run only subscribers with this role (repeatable); producers without a role still run.
+    #[arg(long = "role", value_name = "ROLE")]
+    pub roles: Vec<String>,
+    /// How long queued events may drain at shutdown.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration_arg)]
+    pub grace: Duration,
+}
+
+/// Where a running instance is.
+#[derive(Debug, Args)]
+pub struct Remote {
+    /// Base URL of the running instance's HTTP producer.
+    #[arg(long, default_value = "http://127.0.0.1:3000", env = "EDAFLOW_URL")]
+    pub url: String,
+    /// Bearer token, when the HTTP producer sets `token`.
+    #[arg(long, env = "EDAFLOW_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+fn parse_duration_arg(text: &str) -> Result<Duration, String> {
+    crate::flow::duration::parse_duration(text).map_err(|e| format!("{e} (try 500ms, 5s, 1m)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,571 @@
+//! Flow diagnostics: every problem found while loading and validating flows, with the
+//! file, a label on the offending value, a stable code and help where there is advice.
+//!
+//! Errors and warnings are separate types: warnings never fail validation. A load collects
+//! all errors and returns them together in one `FlowReport`. This module only describes
+//! problems; finding them is `load`'s job.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use miette::{Diagnostic, GraphicalReportHandler, GraphicalTheme, NamedSource, SourceSpan};
+
+use crate::flow::duration::DurationError;
+use crate::flow::pattern::PatternError;
+
+/// A source file miette can render; cheap to clone (one per flow or script file).
+pub type SourceFile = NamedSource<Arc<str>>;
+
+/// A `SourceFile` shared by every diagnostic about that file. Sharing keeps `FlowError`
+/// small enough to return by value (clippy's `result_large_err`).
+pub type SharedSource = Arc<SourceFile>;
+
+/// Makes a `SourceFile` from a display name and the file's text.
+pub fn source_file(name: impl AsRef<str>, text: Arc<str>) -> SourceFile {
+    NamedSource::new(name, text)
+}
+
+/// One problem that makes a flow set invalid.
+#[derive(Debug, Clone, thiserror::Error, Diagnostic)]
+pub enum FlowError {
+    /// A Rhai script does not compile; the label points into the `.rhai` file.
+    #[error("script {script} does not compile: {message}")]
+    #[diagnostic(code(edaflow::script::compile))]
+    ScriptCompile {
+        script: String,
+        message: String,
+        #[source_code]
+        src: SourceFile,
+        #[label("{message}")]
+        span: SourceSpan,
+    },
+
+    /// A path given on the command line does not exist.
+    #[error("flow path {path} does not exist")]
+    #[diagnostic(
+        code(edaflow::flow::path_not_found),
+        help("give a flow file (`orders.toml`) or a folder of them (`flows/`)")
+    )]
+    PathNotFound { path: PathBuf },
+
+    /// A flow file or folder exists but cannot be read.
+    #[error("cannot read {path}")]
+    #[diagnostic(code(edaflow::flow::read_failed))]
+    ReadFailed {
+        path: PathBuf,
+        #[source]
+        source: Arc<std::io::Error>,
+    },
+
+    /// A folder was given, but holds no `*.toml` file.
+    #[error("no flow files (`*.toml`) in {path}")]
+    #[diagnostic(code(edaflow::flow::no_flow_files))]
+    NoFlowFiles { path: PathBuf },
+
+    /// The file is not valid TOML.
+    #[error("invalid TOML: {reason}")]
+    #[diagnostic(code(edaflow::flow::toml_syntax))]
+    Syntax {
+        reason: Box<toml_span::Error>,
+        #[source_code]
+        src: SharedSource,
+        #[label("{label}")]
+        span: SourceSpan,
+        /// What the primary label says, e.g. "duplicate key".
+        label: &'static str,
+        /// Where a duplicated key or table was first defined.
+        #[label("first defined here")]
+        first: Option<SourceSpan>,
+    },
+
+    /// A key that this table does not accept.
+    #[error("unknown key `{key}` in `{table}`")]
+    #[diagnostic(code(edaflow::flow::unknown_key))]
+    UnknownKey {
+        key: String,
+        /// Where the key is, e.g. `subscribers.audit` or `subscribers.audit.retry`.
+        table: String,
+        #[help]
+        help: Box<Suggestion>,
+        #[source_code]
+        src: SharedSource,
+        #[label("unknown key")]
+        span: SourceSpan,
+    },
+
+    /// A value of the wrong TOML type.
+    #[error("`{key}` must be {expected}, found {found}")]
+    #[diagnostic(code(edaflow::flow::wrong_type))]
+    WrongType {
+        key: String,
+        expected: &'static str,
+        found: &'static str,
+        #[source_code]
+        src: SharedSource,
+        #[label("expected {expected}")]
+        span: SourceSpan,
+    },
+
+    /// A required key is absent.
+    #[error("`{table}` is missing `{key}`")]
+    #[diagnostic(code(edaflow::flow::missing_key))]
+    MissingKey {
+        key: &'static str,
+        table: String,
+        #[help]
+        help: Option<&'static str>,
+        #[source_code]
+        src: SharedSource,
+        #[label("`{key}` is required here")]
+        span: SourceSpan,
+    },
+
+    /// None of a set of keys, one of which is required, is present.
+    #[error("`{table}` needs one of {}", KeyList(keys))]
+    #[diagnostic(code(edaflow::flow::missing_one_of))]
+    MissingOneOf {
+        keys: &'static [&'static str],
+        table: String,
+        #[help]
+        help: Option<&'static str>,
+        #[source_code]
+        src: SharedSource,
+        #[label("none of {} is set", KeyList(keys))]
+        span: SourceSpan,
+    },
+
+    /// Two keys that exclude each other are both present.
+    #[error("`{table}` sets both `{first}` and `{second}`")]
+    #[diagnostic(code(edaflow::flow::conflicting_keys))]
+    ConflictingKeys {
+        first: &'static str,
+        second: &'static str,
+        table: String,
+        #[help]
+        help: Option<&'static str>,
+        #[source_code]
+        src: SharedSource,
+        #[label("`{second}` conflicts with `{first}`")]
+        span: SourceSpan,
+        #[label("`{first}` is set here")]
+        first_span: SourceSpan,
+    },
+
+    /// A duration string that does not parse.
+    #[error("`{key}` is not a valid duration: {reason}")]
+    #[diagnostic(
+        code(edaflow::flow::invalid_duration),
+        help(
+            "write a number and a unit (ms, s, m, h, d), such as \"250ms\", \"10s\" or \"1m30s\""
+        )
+    )]
+    InvalidDuration {
+        key: String,
+        value: String,
+        reason: DurationError,
+        #[source_code]
+        src: SharedSource,
+        #[label("invalid duration")]
+        span: SourceSpan,
+    },
+
+    /// A byte size (such as `body_limit`) that does not parse.
+    #[error("`{key}` is not a valid size: `{value}`")]
+    #[diagnostic(
+        code(edaflow::flow::invalid_size),
+        help("write a number of bytes (1048576) or a number and a unit (B, KB, KiB, MB, MiB, GB, GiB), such as \"512KiB\"")
+    )]
+    InvalidSize {
+        key: String,
+        value: String,
+        #[source_code]
+        src: SharedSource,
+        #[label("invalid size")]
+        span: SourceSpan,
+    },
+
+    /// A number below the smallest accepted value (`concurrency = 0`, ...).
+    #[error("`{key}` must be at least {min}, found {value}")]
+    #[diagnostic(code(edaflow::flow::too_small))]
+    TooSmall {
+        key: String,
+        value: i64,
+        min: i64,
+        #[source_code]
+        src: SharedSource,
+        #[label("must be at least {min}")]
+        span: SourceSpan,
+    },
+
+    /// A script file that cannot be read.
+    #[error("cannot read script {path}")]
+    #[diagnostic(
+        code(edaflow::flow::missing_script),
+        help("script paths are relative to the flow file's folder")
+    )]
+    MissingScript {
+        /// The path as resolved against the flow file's folder.
+        path: PathBuf,
+        #[source]
+        source: Arc<std::io::Error>,
+        #[source_code]
+        src: SharedSource,
+        #[label("this script")]
+        span: SourceSpan,
+    },
+
+    /// `kind = "…"` of a producer names no known kind.
+    #[error("unknown producer kind `{kind}`")]
+    #[diagnostic(code(edaflow::flow::unknown_producer_kind))]
+    UnknownProducerKind {
+        kind: String,
+        #[help]
+        help: Box<Suggestion>,
+        #[source_code]
+        src: SharedSource,
+        #[label("unknown kind")]
+        span: SourceSpan,
+    },
+
+    /// A string key with a fixed set of values (`mode`, `kind` of a topic) has another one.
+    #[error("`{key}` cannot be `{value}`")]
+    #[diagnostic(code(edaflow::flow::unknown_value))]
+    UnknownValue {
+        key: String,
+        value: String,
+        #[help]
+        help: Box<Suggestion>,
+        #[source_code]
+        src: SharedSource,
+        #[label("not a valid `{key}`")]
+        span: SourceSpan,
+    },
+
+    /// A concrete topic name (`emits`, `dead_letter`, chain steps, …) breaks the topic syntax.
+    #[error("invalid topic name `{topic}`: {reason}")]
+    #[diagnostic(
+        code(edaflow::flow::invalid_topic),
+        help("topic names are dot-separated segments of letters, digits, `_`, `-` and `:`; wildcards (`*`, `>`) only go in subscriptions")
+    )]
+    InvalidTopic {
+        topic: String,
+        reason: PatternError,
+        #[source_code]
+        src: SharedSource,
+        #[label("invalid topic name")]
+        span: SourceSpan,
+    },
+
+    /// A topic pattern (`topic`, `topics`, relay `from`) breaks the pattern syntax.
+    #[error("invalid topic pattern `{pattern}`: {reason}")]
+    #[diagnostic(
+        code(edaflow::flow::invalid_pattern),
+        help("`*` matches one segment (`order.*`), `>` one or more trailing segments (`order.>`)")
+    )]
+    InvalidPattern {
+        pattern: String,
+        reason: PatternError,
+        #[source_code]
+        src: SharedSource,
+        #[label("invalid pattern")]
+        span: SourceSpan,
+    },
+
+    /// `[topics.orders.created]`: a dotted topic name without quotes, which TOML reads as
+    /// nested tables.
+    #[error("topic `{name}` needs quotes in a table header")]
+    #[diagnostic(
+        code(edaflow::flow::unquoted_topic_name),
+        help("TOML splits unquoted keys at dots; write `[topics.\"{name}\"]`")
+    )]
+    UnquotedTopicName {
+        /// The whole dotted name, as it was probably meant.
+        name: String,
+        #[source_code]
+        src: SharedSource,
+        #[label("read as a nested table")]
+        span: SourceSpan,
+    },
+
+    /// A component name that cannot be used (it becomes part of topic and key names).
+    #[error("invalid {} name `{name}`: {reason}", singular(section))]
+    #[diagnostic(
+        code(edaflow::flow::invalid_name),
+        help("component names use letters, digits, `_`, `-`, `:` and `.`")
+    )]
+    InvalidName {
+        section: &'static str,
+        name: String,
+        reason: PatternError,
+        #[source_code]
+        src: SharedSource,
+        #[label("invalid name")]
+        span: SourceSpan,
+    },
+
+    /// The same component name declared twice in one section, across flow files.
+    #[error("`[{section}.{name}]` is already declared in {first_file}")]
+    #[diagnostic(
+        code(edaflow::flow::duplicate_name),
+        help(
+            "component names must be unique per section across all flow files; rename one of them"
+        )
+    )]
+    DuplicateName {
+        section: &'static str,
+        name: String,
+        /// The file that declared it first.
+        first_file: String,
+        #[source_code]
+        src: SharedSource,
+        #[label("declared again here")]
+        span: SourceSpan,
+    },
+
+    /// `queue = "…"` or relay `to = "…"` names a queue that no `[queues.NAME]` declares.
+    #[error("no `[queues.{queue}]` declares queue `{queue}`")]
+    #[diagnostic(code(edaflow::flow::unknown_queue))]
+    UnknownQueue {
+        queue: String,
+        #[help]
+        help: Box<Suggestion>,
+        #[source_code]
+        src: SharedSource,
+        #[label("unknown queue")]
+        span: SourceSpan,
+    },
+
+    /// A chain with fewer than two steps.
+    #[error("chain `{chain}` has {steps} step(s); a chain needs at least 2")]
+    #[diagnostic(
+        code(edaflow::flow::chain_too_short),
+        help("list the topics of the choreography in order, e.g. steps = [\"orderCreated\", \"orderShipped\"]")
+    )]
+    ChainTooShort {
+        chain: String,
+        steps: usize,
+        #[source_code]
+        src: SharedSource,
+        #[label("too few steps")]
+        span: SourceSpan,
+    },
+}
+
+/// A problem that does not fail validation.
+#[derive(Debug, Clone, thiserror::Error, Diagnostic)]
+pub enum FlowWarning {
+    /// A topic is emitted (declared in `emits`, by a producer, or as a chain's `on_timeout`)
+    /// but no subscriber or relay listens to it.
+    #[error("topic `{topic}` is emitted but never consumed")]
+    #[diagnostic(
+        code(edaflow::flow::never_consumed),
+        severity(Warning),
+        help("add a subscriber or relay for `{topic}`, or stop emitting it")
+    )]
+    NeverConsumed {
+        topic: String,
+        #[source_code]
+        src: SharedSource,
+        #[label("no subscriber or relay matches this topic")]
+        span: SourceSpan,
+    },
+
+    /// A subscriber (or relay) listens to a topic that nothing in the flow set produces.
+    #[error("topic `{topic}` is consumed but never produced")]
+    #[diagnostic(
+        code(edaflow::flow::never_produced),
+        severity(Warning),
+        help("declare it in some subscriber's `emits`, give it a producer, or add an `http` producer to ingest it")
+    )]
+    NeverProduced {
+        topic: String,
+        #[source_code]
+        src: SharedSource,
+        #[label("nothing emits this topic")]
+        span: SourceSpan,
+    },
+}
+
+/// All the errors of one load, reported at once.
+#[derive(Debug, Clone, thiserror::Error, Diagnostic)]
+#[error("{summary}")]
+#[diagnostic(code(edaflow::flow::invalid))]
+pub struct FlowReport {
+    /// For example "flows/orders.toml: 3 errors".
+    pub summary: String,
+    #[related]
+    pub errors: Vec<FlowError>,
+}
+
+impl FlowReport {
+    /// Wraps a list of errors, summarising them against the given file names.
+    pub fn new(files: &[String], errors: Vec<FlowError>) -> FlowReport {
+        let n = errors.len();
+        let plural = if n == 1 { "" } else { "s" };
+        FlowReport {
+            summary: format!("{}: {n} error{plural}", files.join(", ")),
+            errors,
+        }
+    }
+}
+
+/// "producers" → "producer", for messages about one component of a section.
+fn singular(section: &str) -> &str {
+    section.strip_suffix('s').unwrap_or(section)
+}
+
+/// Help for a name that matched nothing: the closest known name when one is close enough,
+/// otherwise the list of names that would have been accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Suggestion {
+    /// What the names are, singular: "key", "kind", "queue".
+    pub noun: &'static str,
+    /// The known name closest to what was written, if any is close.
+    pub closest: Option<String>,
+    /// Every accepted name, in a stable order.
+    pub known: Vec<String>,
+}
+
+impl Suggestion {
+    /// Picks the closest of `known` to `found` (by edit distance, ignoring case).
+    pub fn new<S: AsRef<str>>(noun: &'static str, found: &str, known: &[S]) -> Suggestion {
+        let known: Vec<String> = known.iter().map(|k| k.as_ref().to_owned()).collect();
+        let closest = closest_name(found, &known).map(str::to_owned);
+        Suggestion {
+            noun,
+            closest,
+            known,
+        }
+    }
+}
+
+impl fmt::Display for Suggestion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(closest) = &self.closest {
+            return write!(f, "did you mean `{closest}`?");
+        }
+        if self.known.is_empty() {
+            return write!(f, "no {} is declared", self.noun);
+        }
+        write!(f, "expected a {}: {}", self.noun, KeyList(&self.known))
+    }
+}
+
+/// Formats names as "`a`, `b` or `c`".
+struct KeyList<'a, S>(&'a [S]);
+
+impl<S: AsRef<str>> fmt::Display for KeyList<'_, S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let last = self.0.len().saturating_sub(1);
+        for (i, name) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(if i == last { " or " } else { ", " })?;
+            }
+            write!(f, "`{}`", name.as_ref())?;
+        }
+        Ok(())
+    }
+}
+
+/// The known name nearest to `found`, when it is near enough to be a likely typo.
+fn closest_name<'a>(found: &str, known: &'a [String]) -> Option<&'a str> {
+    let found_lower = found.to_lowercase();
+    // A short name tolerates fewer edits: "to" vs "of" is not a typo.
+    let limit = (found.chars().count() / 3).clamp(1, 2);
+    known
+        .iter()
+        .map(|k| (edit_distance(&found_lower, &k.to_lowercase()), k))
+        .filter(|(d, _)| *d <= limit)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k.as_str())
+}
+
+/// Edit distance over chars (insert, delete, substitute, and swap of two neighbours, the
+/// commonest typo: `nmae` for `name`), the "optimal string alignment" variant.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
+    let b: Vec<char> = b.chars().collect();
+    // Three rows: two back (for swaps), one back, and the current one.
+    let mut before: Vec<usize> = vec![0; b.len() + 1];
+    let mut previous: Vec<usize> = (0..=b.len()).collect();
+    let mut current: Vec<usize> = vec![0; b.len() + 1];
+    for i in 1..=a.len() {
+        current[0] = i;
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut best = (previous[j] + 1)
+                .min(current[j - 1] + 1)
+                .min(previous[j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                best = best.min(before[j - 2] + 1);
+            }
+            current[j] = best;
+        }
+        std::mem::swap(&mut before, &mut previous);
+        std::mem::swap(&mut previous, &mut current);
+    }
+    previous[b.len()]
+}
+
+/// Renders a diagnostic (an error, a warning or a whole `FlowReport`) as text, without
+/// colours or hyperlinks, wrapped at `width`: the same input gives the same bytes, so the
+/// CLI and snapshot tests share it.
+pub fn render(diagnostic: &dyn Diagnostic, width: usize) -> String {
+    let handler = GraphicalReportHandler::new_themed(GraphicalTheme::unicode_nocolor())
+        .with_width(width)
+        .with_links(false)
+        .without_syntax_highlighting();
+    let mut out = String::new();
+    if handler.render_report(&mut out, diagnostic).is_err() {
+        // Rendering only fails if a source span is out of range, which `load` prevents by
+        // clamping; fall back to the plain message rather than losing the problem.
+        out = diagnostic.to_string();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_stay_small_enough_to_return_by_value() {
+        assert!(std::mem::size_of::<FlowError>() <= 128);
+        assert!(std::mem::size_of::<FlowWarning>() <= 128);
+    }
+
+    #[test]
+    fn edit_distance_counts_single_edits() {
+        assert_eq!(edit_distance("topic", "topic"), 0);
+        assert_eq!(edit_distance("topc", "topic"), 1);
+        assert_eq!(edit_distance("scirpt", "script"), 1);
+        assert_eq!(edit_distance("queue", "topic"), 5);
+        assert_eq!(edit_distance("", "abc"), 3);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        assert_eq!(edit_distance("nmae", "name"), 1);
+        assert_eq!(edit_distance("dtaa", "data"), 1);
+        assert_eq!(edit_distance("ab", ""), 2);
+    }
+
+    #[test]
+    fn suggestion_picks_a_close_name_or_lists_them() {
+        let known = ["topic", "topics", "queue", "script"];
+        let s = Suggestion::new("key", "scirpt", &known);
+        assert_eq!(s.to_string(), "did you mean `script`?");
+        let s = Suggestion::new("key", "banana", &known);
+        assert_eq!(
+            s.to_string(),
+            "expected a key: `topic`, `topics`, `queue` or `script`"
+        );
+        let s = Suggestion::new::<&str>("queue", "x", &[]);
+        assert_eq!(s.to_string(), "no queue is declared");
+        // Case slips are typos too.
+        assert_eq!(
+            Suggestion::new("kind", "HTTP", &["http", "lines"])
+                .closest
+                .as_deref(),
+            Some("http")
+        );
+    }
+}

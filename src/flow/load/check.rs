@@ -1,0 +1,147 @@
+//! Checks across the whole flow set, once every file is read: merging components by name
+//! (duplicates are errors), queue references, and the topic warnings ("emitted but never
+//! consumed", "consumed but never produced").
+//!
+//! Per-value checks belong to `sections`; this module only sees names and references.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use crate::flow::diagnostic::{FlowError, FlowWarning, Suggestion};
+use crate::flow::load::fields::{Findings, Located, TopicRefs};
+use crate::flow::load::sections::{Component, RawFlowFile};
+use crate::flow::model::FlowSet;
+
+/// Merges the files into one set; a name declared twice in one section, in two files, is an
+/// error labelled in the second file. `shown` names each file for messages.
+pub(super) fn merge(files: Vec<RawFlowFile>, shown: &[String], found: &mut Findings) -> FlowSet {
+    let mut set = FlowSet::default();
+    let mut producers = Vec::new();
+    let mut subscribers = Vec::new();
+    let mut queues = Vec::new();
+    let mut relays = Vec::new();
+    let mut chains = Vec::new();
+    let mut topics = Vec::new();
+    let mut stores = Vec::new();
+    for file in files {
+        set.files.push(file.flow);
+        producers.extend(file.producers);
+        subscribers.extend(file.subscribers);
+        queues.extend(file.queues);
+        relays.extend(file.relays);
+        chains.extend(file.chains);
+        topics.extend(file.topics);
+        stores.extend(file.stores);
+        set.tests.extend(file.tests);
+    }
+    let declared_queues: BTreeSet<String> = queues.iter().map(|q| q.name.value.clone()).collect();
+    set.producers = by_name("producers", producers, shown, found);
+    set.subscribers = by_name("subscribers", subscribers, shown, found);
+    set.queues = by_name("queues", queues, shown, found);
+    set.relays = by_name("relays", relays, shown, found);
+    set.chains = by_name("chains", chains, shown, found);
+    set.topics = by_name("topics", topics, shown, found);
+    set.stores = by_name("stores", stores, shown, found);
+    check_queues(&declared_queues, found);
+    set
+}
+
+/// Collects one section's components, in file order, reporting repeated names.
+fn by_name<T>(
+    section: &'static str,
+    components: Vec<Component<T>>,
+    shown: &[String],
+    found: &mut Findings,
+) -> BTreeMap<String, T> {
+    let mut first_file: HashMap<String, usize> = HashMap::new();
+    let mut configs = BTreeMap::new();
+    for component in components {
+        let name = component.name;
+        if let Some(&first) = first_file.get(&name.value) {
+            let offset = name.span.offset();
+            found.push(
+                name.file,
+                offset,
+                FlowError::DuplicateName {
+                    section,
+                    name: name.value,
+                    first_file: shown.get(first).cloned().unwrap_or_default(),
+                    src: name.src,
+                    span: name.span,
+                },
+            );
+            continue;
+        }
+        first_file.insert(name.value.clone(), name.file);
+        if let Some(config) = component.config {
+            configs.insert(name.value, config);
+        }
+    }
+    configs
+}
+
+/// Every `queue = "…"` and relay `to = "…"` must name a declared queue.
+fn check_queues(declared: &BTreeSet<String>, found: &mut Findings) {
+    let known: Vec<&String> = declared.iter().collect();
+    let used = std::mem::take(&mut found.refs.queues_used);
+    for queue in &used {
+        if declared.contains(&queue.value) {
+            continue;
+        }
+        found.push(
+            queue.file,
+            queue.span.offset(),
+            FlowError::UnknownQueue {
+                queue: queue.value.clone(),
+                help: Box::new(Suggestion::new("queue", &queue.value, &known)),
+                src: queue.src.clone(),
+                span: queue.span,
+            },
+        );
+    }
+    found.refs.queues_used = used;
+}
+
+/// The topic warnings, one per topic, at its first mention (in file and source order).
+pub(super) fn warnings(refs: &TopicRefs) -> Vec<FlowWarning> {
+    let mut warnings = Vec::new();
+    let mut warned = BTreeSet::new();
+    for topic in ordered(&refs.emitted) {
+        let consumed = refs.consumed.iter().any(|p| p.value.matches(&topic.value));
+        if !consumed && warned.insert(topic.value.as_str()) {
+            warnings.push(FlowWarning::NeverConsumed {
+                topic: topic.value.clone(),
+                src: topic.src.clone(),
+                span: topic.span,
+            });
+        }
+    }
+    // HTTP ingest can publish to any topic, so with it nothing is "never produced".
+    if refs.has_http {
+        return warnings;
+    }
+    let produced: BTreeSet<&str> = refs
+        .emitted
+        .iter()
+        .map(|t| t.value.as_str())
+        .chain(refs.produced_quietly.iter().map(String::as_str))
+        .collect();
+    let mut warned = BTreeSet::new();
+    for pattern in ordered(&refs.consumed) {
+        let topic = pattern.value.as_str();
+        if pattern.value.is_literal() && !produced.contains(topic) && warned.insert(topic) {
+            warnings.push(FlowWarning::NeverProduced {
+                topic: topic.to_owned(),
+                src: pattern.src.clone(),
+                span: pattern.span,
+            });
+        }
+    }
+    warnings
+}
+
+/// References sorted by file, then by position in the file.
+fn ordered<T>(refs: &[Located<T>]) -> Vec<&Located<T>> {
+    let mut sorted: Vec<_> = refs.iter().collect();
+    sorted.sort_by_key(|r| (r.file, r.span.offset()));
+    sorted
+}

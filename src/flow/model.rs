@@ -1,0 +1,269 @@
+//! The validated, immutable flow set: plain data that the runtime is built from.
+//!
+//! Everything here is `Clone + PartialEq + Debug` and free of tokio and Rhai, so a reload
+//! can diff two generations by component name with `==` (see `diff`). Nothing here parses:
+//! `load` turns TOML into these types and `validate` checks the cross-references.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::flow::pattern::TopicPattern;
+
+/// Every flow file of one `edaflow run`, merged. Component names are unique across the set.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct FlowSet {
+    /// One entry per flow file, in the order they were given.
+    pub files: Vec<FlowFile>,
+    pub producers: BTreeMap<String, ProducerConfig>,
+    pub subscribers: BTreeMap<String, SubscriberConfig>,
+    pub queues: BTreeMap<String, QueueConfig>,
+    pub relays: BTreeMap<String, RelayConfig>,
+    pub chains: BTreeMap<String, ChainConfig>,
+    pub topics: BTreeMap<String, TopicConfig>,
+    pub stores: BTreeMap<String, StoreConfig>,
+    /// The `[[tests]]` of every file, in file order.
+    pub tests: Vec<FlowTest>,
+}
+
+/// The `[flow]` table of one file and where the file lives.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FlowFile {
+    /// `[flow] name`, or the file stem when absent.
+    pub name: String,
+    /// The flow file itself (as given, joined onto the working directory).
+    pub path: PathBuf,
+    /// `[flow] broker`, a broker URL; process-level, so it only matters at start.
+    pub broker: Option<String>,
+    /// `[flow] deferred_topic`: where `POST /deferred-exec` publishes (default `master`).
+    pub deferred_topic: Option<String>,
+}
+
+/// A Rhai source file referenced by a component. Equality compares the text, so a
+/// touched-but-unchanged script is not a change.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ScriptSource {
+    /// Absolute (or flow-relative, joined) path of the `.rhai` file.
+    pub path: PathBuf,
+    /// The directory that `import "lib/x"` resolves against: the flow file's directory.
+    pub base_dir: PathBuf,
+    /// The file's contents at load time.
+    pub text: Arc<str>,
+}
+
+/// A producer: something that creates events from outside the flow.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProducerConfig {
+    /// The flow file that declared it (index into `FlowSet::files`).
+    pub file: usize,
+    /// `role = "…"`: only run where this role is selected (none: run everywhere).
+    pub role: Option<String>,
+    pub kind: ProducerKind,
+}
+
+/// The kinds of producer, one variant per `kind = "…"`.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ProducerKind {
+    Http(HttpProducer),
+    Interval(IntervalProducer),
+    Lines(LinesProducer),
+    Generator(GeneratorProducer),
+}
+
+/// `kind = "http"`: the ingest API.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HttpProducer {
+    /// `listen`, default `127.0.0.1:3000`.
+    pub listen: String,
+    /// `token`: when set, every request needs `Authorization: Bearer <token>`.
+    pub token: Option<String>,
+    /// `body_limit` in bytes, default 1 MiB.
+    pub body_limit: usize,
+}
+
+/// `kind = "interval"`: a timer.
+#[derive(Clone, Debug, PartialEq)]
+pub struct IntervalProducer {
+    pub every: Duration,
+    /// The topic of the fixed event (required unless `script` emits).
+    pub topic: Option<String>,
+    /// The fixed event's data (any TOML value, converted to JSON); default `{}`.
+    pub data: serde_json::Value,
+    /// A script run on each tick, which emits what it likes.
+    pub script: Option<ScriptSource>,
+}
+
+/// `kind = "lines"`: JSON lines from a file or stdin, one event per line.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LinesProducer {
+    /// `path`, or `None` for stdin (`path = "-"`).
+    pub path: Option<PathBuf>,
+    pub topic: String,
+}
+
+/// `kind = "generator"`: `count` copies of `data` as fast as the broker takes them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GeneratorProducer {
+    pub topic: String,
+    pub count: u64,
+    pub data: serde_json::Value,
+}
+
+/// What a subscriber reads from.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SubscriberInput {
+    /// `topic = "…"` or `topics = […]`: patterns, NATS style.
+    Topics(Vec<TopicPattern>),
+    /// `queue = "…"`: a deferred work queue.
+    Queue(String),
+}
+
+/// A topic or queue subscriber: a group of competing workers running one handler.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SubscriberConfig {
+    pub file: usize,
+    pub input: SubscriberInput,
+    /// `script`; `None` prints the article's consumer output.
+    pub script: Option<ScriptSource>,
+    /// `emits`: declared outputs.
+    pub emits: Vec<String>,
+    /// `concurrency`, default 1.
+    pub concurrency: usize,
+    pub retry: RetryPolicy,
+    /// `dead_letter`, default `dead.<subscriber name>`.
+    pub dead_letter: String,
+    /// `group`, default the subscriber's name.
+    pub group: String,
+    /// `role`, e.g. `command` or `query`.
+    pub role: Option<String>,
+}
+
+/// `retry = { attempts, backoff, max_backoff }`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RetryPolicy {
+    /// Total runs, the first included. Default 3.
+    pub attempts: u32,
+    /// Delay before the second run; doubles each time. Default 100 ms.
+    pub backoff: Duration,
+    /// Upper bound on the delay. Default 10 s.
+    pub max_backoff: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            attempts: 3,
+            backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(10),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The wait before run number `attempt + 1`, given that run `attempt` (1-based) failed.
+    pub fn delay_after(&self, attempt: u32) -> Duration {
+        let factor = 1u32
+            .checked_shl(attempt.saturating_sub(1))
+            .unwrap_or(u32::MAX);
+        self.backoff.saturating_mul(factor).min(self.max_backoff)
+    }
+}
+
+/// `[queues.NAME]`: a deferred work queue.
+#[derive(Clone, Debug, PartialEq)]
+pub struct QueueConfig {
+    pub file: usize,
+    /// Default delay of items entering the queue.
+    pub delay: Duration,
+    /// Workers look only at this interval when set.
+    pub poll: Option<Duration>,
+    /// Maximum items held; enqueueing past it fails.
+    pub capacity: Option<usize>,
+}
+
+/// `[relays.NAME]`: the master node, moving events from topics into a queue.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RelayConfig {
+    pub file: usize,
+    pub from: TopicPattern,
+    pub to: String,
+    pub delay: Option<Duration>,
+    /// A Rhai expression over `event`; events for which it is false are not queued.
+    pub filter: Option<String>,
+    pub script: Option<ScriptSource>,
+}
+
+/// `[chains.NAME]`: a declared choreography.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ChainConfig {
+    pub file: usize,
+    pub steps: Vec<String>,
+    pub timeout: Option<Duration>,
+    pub on_timeout: Option<String>,
+}
+
+/// `[topics.NAME]`: optional per-topic settings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TopicConfig {
+    pub file: usize,
+    pub mode: TopicMode,
+    pub kind: TopicKind,
+    pub retention: Option<Duration>,
+    /// Reply timeout for query topics.
+    pub timeout: Option<Duration>,
+}
+
+/// How a topic travels on Redis.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum TopicMode {
+    #[default]
+    Stream,
+    Pubsub,
+}
+
+/// What a topic carries, for the CQRS lint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum TopicKind {
+    #[default]
+    Event,
+    Command,
+    Query,
+}
+
+/// `[stores.NAME]`: state for projections and queries.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoreConfig {
+    pub file: usize,
+    pub expose: bool,
+}
+
+/// One `[[tests]]` entry, run by `edaflow test`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FlowTest {
+    pub file: usize,
+    pub name: String,
+    pub steps: Vec<TestStep>,
+    /// Each expected event: the topic must match and `data` must contain these fields.
+    pub expect: Vec<ExpectedEvent>,
+}
+
+/// One action of a test, in order.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TestStep {
+    /// `publish = { topic, data }` (or an element of `publish = [ … ]`).
+    Publish {
+        topic: String,
+        data: serde_json::Value,
+    },
+    /// `advance = "10s"`: move virtual time forward.
+    Advance(Duration),
+}
+
+/// An entry of `expect`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ExpectedEvent {
+    pub topic: String,
+    /// A subset: every field given must be present and equal (recursively for objects).
+    pub data: Option<serde_json::Value>,
+}

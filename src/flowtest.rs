@@ -1,0 +1,244 @@
+//! `edaflow test`: runs the `[[tests]]` of flow files in process, each in a fresh runtime
+//! on its own memory broker, on paused virtual time (retries, backoffs and delays take no
+//! real time). A test publishes its events, waits until nothing is queued, in flight or
+//! scheduled, then looks for each expected event among those the handlers emitted.
+//! `expect` matches `data` as a subset: listed fields must be present and equal.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::broker::{Backpressure, Broker, MemoryBroker, MemoryOptions};
+use crate::event::{to_article_json, Event};
+use crate::flow::model::{ExpectedEvent, FlowTest, TestStep};
+use crate::flow::pattern::TopicPattern;
+use crate::runtime::{Prepared, Runtime, RuntimeError, RuntimeOptions};
+
+/// How long (virtual time) a test may take to settle.
+const SETTLE_LIMIT: Duration = Duration::from_secs(3600);
+
+/// The result of one test.
+#[derive(Debug)]
+pub struct TestReport {
+    pub name: String,
+    pub file: String,
+    /// `None` when it passed; otherwise a readable explanation.
+    pub failure: Option<String>,
+}
+
+/// Runs every test of a prepared flow set. Must run on a tokio runtime with paused time
+/// (`edaflow test` builds one); it also works on real time, only slower.
+///
+/// # Errors
+/// A runtime that cannot start.
+pub async fn run_all(prepared: &Prepared) -> Result<Vec<TestReport>, RuntimeError> {
+    let mut reports = Vec::new();
+    for test in &prepared.flows.tests {
+        let file = prepared
+            .flows
+            .files
+            .get(test.file)
+            .map(|f| f.path.display().to_string())
+            .unwrap_or_default();
+        let failure = run_one(prepared, test).await?;
+        reports.push(TestReport {
+            name: test.name.clone(),
+            file,
+            failure,
+        });
+    }
+    Ok(reports)
+}
+
+async fn run_one(prepared: &Prepared, test: &FlowTest) -> Result<Option<String>, RuntimeError> {
+    let broker = MemoryBroker::new(MemoryOptions::default());
+    let all = TopicPattern::parse(">")
+        .map_err(|_| RuntimeError::Broker(crate::broker::BrokerError::Closed))?;
+    let mut seen = broker.tap(all, 1_000_000);
+    let mut runtime = Runtime::new(
+        broker.clone(),
+        RuntimeOptions {
+            producers: false,
+            ..RuntimeOptions::default()
+        },
+    );
+    runtime.apply(prepared.clone()).await?;
+    let mut published_ids = Vec::new();
+    for step in &test.steps {
+        match step {
+            TestStep::Publish { topic, data } => {
+                let event = Event::new(topic.clone(), "edaflow://test", data.clone());
+                published_ids.push(event.id.clone());
+                broker.publish(event, Backpressure::Wait).await?;
+                settle(&broker).await;
+            }
+            TestStep::Advance(by) => {
+                tokio::time::sleep(*by).await;
+                settle(&broker).await;
+            }
+        }
+    }
+    settle(&broker).await;
+    let settled = broker.is_idle();
+    runtime.shutdown(Duration::ZERO).await;
+    let mut emitted: Vec<Arc<Event>> = Vec::new();
+    while let Ok(event) = seen.try_recv() {
+        if !published_ids.contains(&event.id) {
+            emitted.push(event);
+        }
+    }
+    let mut problems = String::new();
+    if !settled {
+        let _ = writeln!(
+            problems,
+            "the flow did not settle within {} of virtual time",
+            crate::flow::duration::format_duration(SETTLE_LIMIT)
+        );
+    }
+    for expected in &test.expect {
+        if let Some(problem) = find(expected, &emitted) {
+            problems.push_str(&problem);
+        }
+    }
+    Ok(if problems.is_empty() {
+        None
+    } else {
+        Some(problems)
+    })
+}
+
+/// Waits until the broker has nothing queued, in flight or scheduled; virtual time moves
+/// on by itself while every task waits on a timer.
+async fn settle(broker: &MemoryBroker) {
+    let deadline = tokio::time::Instant::now() + SETTLE_LIMIT;
+    loop {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        if broker.is_idle() || tokio::time::Instant::now() >= deadline {
+            return;
+        }
+    }
+}
+
+fn find(expected: &ExpectedEvent, emitted: &[Arc<Event>]) -> Option<String> {
+    let on_topic: Vec<&Arc<Event>> = emitted
+        .iter()
+        .filter(|e| e.topic == expected.topic)
+        .collect();
+    let wanted = expected.data.as_ref();
+    if on_topic
+        .iter()
+        .any(|e| wanted.is_none_or(|w| contains(&e.data, w)))
+    {
+        return None;
+    }
+    let mut out = String::new();
+    match wanted {
+        Some(w) => {
+            let _ = writeln!(
+                out,
+                "expected an event on `{}` with data containing {}",
+                expected.topic,
+                to_article_json(w)
+            );
+        }
+        None => {
+            let _ = writeln!(out, "expected an event on `{}`", expected.topic);
+        }
+    }
+    if on_topic.is_empty() {
+        let _ = writeln!(out, "  no event was emitted on `{}`", expected.topic);
+    } else {
+        for e in &on_topic {
+            let _ = writeln!(out, "  got:  {}", to_article_json(&e.data));
+            if let Some(w) = wanted {
+                for line in differences(&e.data, w, "data") {
+                    let _ = writeln!(out, "        {line}");
+                }
+            }
+        }
+    }
+    let others: Vec<String> = emitted
+        .iter()
+        .filter(|e| e.topic != expected.topic)
+        .map(|e| format!("{} {}", e.topic, to_article_json(&e.data)))
+        .collect();
+    if !others.is_empty() {
+        let _ = writeln!(out, "  other events emitted:");
+        for o in others {
+            let _ = writeln!(out, "    {o}");
+        }
+    }
+    Some(out)
+}
+
+/// Subset match: every field of `expected` is in `actual` and equal; numbers compare by
+/// value (1 == 1.0); arrays must match element by element.
+pub fn contains(actual: &Value, expected: &Value) -> bool {
+    match (actual, expected) {
+        (Value::Object(a), Value::Object(e)) => e
+            .iter()
+            .all(|(k, ev)| a.get(k).is_some_and(|av| contains(av, ev))),
+        (Value::Array(a), Value::Array(e)) => {
+            a.len() == e.len() && a.iter().zip(e).all(|(x, y)| contains(x, y))
+        }
+        (Value::Number(a), Value::Number(e)) => a.as_f64() == e.as_f64(),
+        (a, e) => a == e,
+    }
+}
+
+fn differences(actual: &Value, expected: &Value, path: &str) -> Vec<String> {
+    match (actual, expected) {
+        (Value::Object(a), Value::Object(e)) => e
+            .iter()
+            .flat_map(|(k, ev)| {
+                let p = format!("{path}.{k}");
+                match a.get(k) {
+                    None => vec![format!("{p}: missing (expected {})", to_article_json(ev))],
+                    Some(av) => differences(av, ev, &p),
+                }
+            })
+            .collect(),
+        (a, e) if contains(a, e) => Vec::new(),
+        (a, e) => vec![format!(
+            "{path}: expected {}, got {}",
+            to_article_json(e),
+            to_article_json(a)
+        )],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn subset_matching() {
+        let actual =
+            json!({"order_id": 1, "total": 10.0, "items": [1, 2], "who": {"name": "a", "age": 3}});
+        assert!(contains(&actual, &json!({"order_id": 1})));
+        assert!(contains(&actual, &json!({"total": 10})));
+        assert!(contains(&actual, &json!({"who": {"name": "a"}})));
+        assert!(!contains(&actual, &json!({"order_id": 2})));
+        assert!(!contains(&actual, &json!({"missing": 1})));
+        assert!(!contains(&actual, &json!({"items": [1]})));
+    }
+
+    #[test]
+    fn differences_name_the_field() {
+        let d = differences(
+            &json!({"a": 1, "b": {"c": 2}}),
+            &json!({"a": 2, "b": {"c": 2, "d": 1}}),
+            "data",
+        );
+        assert_eq!(
+            d,
+            vec![
+                "data.a: expected 2, got 1".to_owned(),
+                "data.b.d: missing (expected 1)".to_owned()
+            ]
+        );
+    }
+}

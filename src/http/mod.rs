@@ -1,0 +1,199 @@
+//! The `http` producer: ingest (`POST /topics/{topic}`, `POST /deferred-exec`), health,
+//! metrics and a live tail, on axum.
+//!
+//! Ingest accepts the article's plain JSON, structured CloudEvents
+//! (`application/cloudevents+json`) and binary-mode CloudEvents (`ce-*` headers). Bad input
+//! is refused with a JSON error and never published; a full buffer answers 503 with
+//! `Retry-After`. An event answered 202 has been handed to the broker.
+
+pub mod error;
+mod ingest;
+
+use std::convert::Infallible;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+use crate::broker::Broker;
+use crate::flow::model::HttpProducer;
+use crate::flow::pattern::TopicPattern;
+use crate::runtime::Shared;
+
+pub use error::ApiError;
+
+/// What the handlers share.
+pub struct ApiState<B: Broker> {
+    pub(crate) shared: Arc<Shared<B>>,
+    pub(crate) config: HttpProducer,
+    pub(crate) deferred_topic: String,
+    pub(crate) source: String,
+    /// Ends open streams (tails) when the producer stops.
+    pub(crate) stopping: CancellationToken,
+}
+
+impl<B: Broker> ApiState<B> {
+    /// State for one HTTP producer.
+    pub fn new(
+        shared: Arc<Shared<B>>,
+        config: HttpProducer,
+        deferred_topic: String,
+        source: String,
+    ) -> Arc<ApiState<B>> {
+        Arc::new(ApiState {
+            shared,
+            config,
+            deferred_topic,
+            source,
+            stopping: CancellationToken::new(),
+        })
+    }
+
+    fn authorize(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        let Some(token) = &self.config.token else {
+            return Ok(());
+        };
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if constant_time_eq(given.as_bytes(), token.as_bytes()) {
+            Ok(())
+        } else {
+            Err(ApiError::Unauthorized)
+        }
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The routes of the HTTP producer.
+pub fn router<B: Broker>(state: Arc<ApiState<B>>) -> Router {
+    Router::new()
+        .route("/topics/{topic}", post(ingest::publish_topic::<B>))
+        .route("/deferred-exec", post(ingest::publish_deferred::<B>))
+        .route("/healthz", get(healthz::<B>))
+        .route("/metrics", get(metrics::<B>))
+        .route("/tail", get(tail::<B>))
+        .with_state(state)
+}
+
+/// Serves until `token` is cancelled, then lets open requests finish.
+pub async fn serve<B: Broker>(
+    listener: tokio::net::TcpListener,
+    state: Arc<ApiState<B>>,
+    token: CancellationToken,
+) {
+    let stopping = state.stopping.clone();
+    let app = router(state);
+    let shutdown = async move {
+        token.cancelled().await;
+        stopping.cancel();
+    };
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+    {
+        warn!(error = %e, "http server stopped with an error");
+    }
+}
+
+async fn healthz<B: Broker>(State(state): State<Arc<ApiState<B>>>) -> Response {
+    let status = &state.shared.status;
+    let last_reload = status
+        .last_reload
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let groups: Vec<serde_json::Value> = state
+        .shared
+        .broker
+        .stats()
+        .into_iter()
+        .map(|g| serde_json::json!({"group": g.name, "queued": g.queued, "in_flight": g.in_flight, "capacity": g.capacity}))
+        .collect();
+    let body = serde_json::json!({
+        "status": "ok",
+        "generation": status.generation.load(Ordering::SeqCst),
+        "last_reload": last_reload,
+        "uptime_seconds": status.started.elapsed().as_secs(),
+        "groups": groups,
+    });
+    json_response(StatusCode::OK, body.to_string())
+}
+
+async fn metrics<B: Broker>(
+    State(state): State<Arc<ApiState<B>>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    state.authorize(&headers)?;
+    let text = state.shared.metrics.render(
+        &state.shared.broker.stats(),
+        state.shared.status.generation.load(Ordering::SeqCst),
+    );
+    let mut response = text.into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    Ok(response)
+}
+
+#[derive(Deserialize)]
+struct TailQuery {
+    pattern: Option<String>,
+}
+
+/// Streams matching events as JSON lines (one CloudEvent per line) until the client goes
+/// away. Lossy by design: a slow reader misses events rather than slowing the flow.
+async fn tail<B: Broker>(
+    State(state): State<Arc<ApiState<B>>>,
+    headers: HeaderMap,
+    Query(query): Query<TailQuery>,
+) -> Result<Response, ApiError> {
+    state.authorize(&headers)?;
+    let text = query.pattern.unwrap_or_else(|| ">".to_owned());
+    let pattern = TopicPattern::parse(&text).map_err(|e| ApiError::BadParameter {
+        detail: format!("pattern {text:?}: {e}"),
+    })?;
+    let rx = state.shared.broker.tap(pattern, 1024);
+    let stopping = state.stopping.clone();
+    let stream = futures_util::stream::unfold((rx, stopping), |(mut rx, stopping)| async move {
+        let event = tokio::select! {
+            _ = stopping.cancelled() => None,
+            event = rx.recv() => event,
+        }?;
+        let mut line = event.to_json();
+        line.push('\n');
+        Some((Ok::<_, Infallible>(line), (rx, stopping)))
+    });
+    let mut response = Body::from_stream(stream).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/x-ndjson"),
+    );
+    Ok(response)
+}
+
+pub(crate) fn json_response(status: StatusCode, body: String) -> Response {
+    let mut response = (status, body).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}

@@ -1,0 +1,26 @@
+//! edaflow: a runtime for event-driven systems described in files.
+//!
+//! Flow files (TOML) declare producers, topic subscribers, queues, relays and chains;
+//! Rhai scripts handle each event. Modules, in dependency order:
+//!
+//! - [`event`]: the CloudEvents envelope.
+//! - [`flow`]: TOML to a validated, immutable flow set, with diagnostics (no tokio).
+//! - [`script`]: the Rhai engine, host API, sandbox limits.
+//! - [`broker`]: the broker contract and the memory broker.
+//! - [`runtime`]: running components, handler execution, generations.
+//! - [`http`]: the HTTP producer (ingest, health, metrics, tail).
+//! - [`flowtest`]: `edaflow test`.
+//! - [`client`], [`cli`], [`app`]: the command line.
+
+pub mod app;
+pub mod broker;
+pub mod cli;
+pub mod client;
+pub mod event;
+pub mod flow;
+pub mod flowtest;
+pub mod http;
+pub mod runtime;
+pub mod script;
+
+pub use app::Error;

@@ -1,0 +1,32 @@
+//! The `edaflow` binary: parse the command line, set up logging, run the library.
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+use edaflow::cli::{Cli, Command, LogFormat};
+
+fn main() -> miette::Result<()> {
+    let cli = Cli::parse();
+    // `edaflow test` reports results itself; handler logs would drown them.
+    let default_level = match cli.command {
+        Command::Test { .. } => "warn",
+        _ => "info",
+    };
+    init_tracing(cli.log_format, default_level);
+    edaflow::app::main(cli)?;
+    Ok(())
+}
+
+fn init_tracing(format: LogFormat, default_level: &str) {
+    let filter =
+        EnvFilter::try_from_env("EDAFLOW_LOG").unwrap_or_else(|_| EnvFilter::new(default_level));
+    let ansi = std::env::var_os("NO_COLOR").is_none()
+        && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Pretty => builder.with_ansi(ansi).compact().init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

@@ -1,0 +1,348 @@
+//! Counters and histograms the runtime keeps, rendered in the Prometheus text format for
+//! `GET /metrics`. Hot paths hold an `Arc` to their own counters (atomics, no locks);
+//! the maps are only locked to register a new topic or subscriber and to render.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use crate::broker::GroupStats;
+
+/// Upper bounds of the handler latency buckets, in seconds.
+const LATENCY_BUCKETS: [f64; 12] = [
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.1, 0.5, 2.5,
+];
+
+/// A fixed-bucket histogram of durations.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    buckets: [AtomicU64; LATENCY_BUCKETS.len()],
+    count: AtomicU64,
+    sum_nanos: AtomicU64,
+}
+
+impl Histogram {
+    /// Records one observation.
+    pub fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        if let Some(i) = LATENCY_BUCKETS.iter().position(|b| secs <= *b) {
+            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        let nanos = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        self.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+}
+
+/// Per-topic counters.
+#[derive(Debug, Default)]
+pub struct TopicMetrics {
+    /// Events published to the topic.
+    pub events_in: AtomicU64,
+    /// Events of the topic handed to a handler.
+    pub events_out: AtomicU64,
+}
+
+/// Per-subscriber counters.
+#[derive(Debug, Default)]
+pub struct SubscriberMetrics {
+    /// Events received (each delivery once, retries not counted).
+    pub events_in: AtomicU64,
+    /// Events emitted by successful runs.
+    pub events_out: AtomicU64,
+    /// Events handled successfully.
+    pub handled: AtomicU64,
+    /// Failed runs (each attempt counts).
+    pub errors: AtomicU64,
+    /// Events sent to the dead-letter topic.
+    pub dead_letters: AtomicU64,
+    /// Time per run.
+    pub latency: Histogram,
+}
+
+/// HTTP ingest counters.
+#[derive(Debug, Default)]
+pub struct HttpMetrics {
+    pub accepted: AtomicU64,
+    pub rejected: AtomicU64,
+    pub backpressured: AtomicU64,
+}
+
+/// Everything `/metrics` shows.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    topics: RwLock<HashMap<String, Arc<TopicMetrics>>>,
+    subscribers: RwLock<BTreeMap<String, Arc<SubscriberMetrics>>>,
+    pub http: HttpMetrics,
+    pub reloads: AtomicU64,
+    pub reload_failures: AtomicU64,
+}
+
+/// Topics past this many are counted under `topic="_other"`, so that arbitrary topic names
+/// from HTTP clients cannot grow the registry without bound.
+const TOPIC_LIMIT: usize = 10_000;
+
+impl Metrics {
+    /// The counters of a topic, created on first use.
+    pub fn topic(&self, topic: &str) -> Arc<TopicMetrics> {
+        if let Some(found) = self
+            .topics
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(topic)
+        {
+            return found.clone();
+        }
+        let mut topics = self.topics.write().unwrap_or_else(|e| e.into_inner());
+        let key = if topics.len() >= TOPIC_LIMIT && !topics.contains_key(topic) {
+            "_other"
+        } else {
+            topic
+        };
+        topics.entry(key.to_owned()).or_default().clone()
+    }
+
+    /// Counts one event published to `topic`.
+    pub fn published(&self, topic: &str) {
+        self.topic(topic).events_in.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The counters of a subscriber, created on first use (kept across restarts).
+    pub fn subscriber(&self, name: &str) -> Arc<SubscriberMetrics> {
+        self.subscribers
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(name.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    /// Renders everything in the Prometheus text exposition format.
+    pub fn render(&self, groups: &[GroupStats], generation: u64) -> String {
+        let mut out = String::with_capacity(4096);
+        let topics = self.topics.read().unwrap_or_else(|e| e.into_inner());
+        let mut topic_names: Vec<&String> = topics.keys().collect();
+        topic_names.sort();
+        header(
+            &mut out,
+            "edaflow_topic_events_in_total",
+            "counter",
+            "Events published to a topic.",
+        );
+        for name in &topic_names {
+            let v = topics[*name].events_in.load(Ordering::Relaxed);
+            let _ = writeln!(
+                out,
+                "edaflow_topic_events_in_total{{topic=\"{}\"}} {v}",
+                escape(name)
+            );
+        }
+        header(
+            &mut out,
+            "edaflow_topic_events_out_total",
+            "counter",
+            "Events of a topic delivered to handlers.",
+        );
+        for name in &topic_names {
+            let v = topics[*name].events_out.load(Ordering::Relaxed);
+            let _ = writeln!(
+                out,
+                "edaflow_topic_events_out_total{{topic=\"{}\"}} {v}",
+                escape(name)
+            );
+        }
+        drop(topics);
+
+        let subs = self.subscribers.read().unwrap_or_else(|e| e.into_inner());
+        let counters: [(&str, &str, fn(&SubscriberMetrics) -> &AtomicU64); 5] = [
+            (
+                "edaflow_subscriber_events_in_total",
+                "Events received by a subscriber.",
+                |m| &m.events_in,
+            ),
+            (
+                "edaflow_subscriber_events_out_total",
+                "Events emitted by a subscriber's successful runs.",
+                |m| &m.events_out,
+            ),
+            (
+                "edaflow_subscriber_handled_total",
+                "Events a subscriber handled successfully.",
+                |m| &m.handled,
+            ),
+            (
+                "edaflow_handler_errors_total",
+                "Failed handler runs (every attempt).",
+                |m| &m.errors,
+            ),
+            (
+                "edaflow_dead_letters_total",
+                "Events sent to a dead-letter topic.",
+                |m| &m.dead_letters,
+            ),
+        ];
+        for (metric, help, get) in counters {
+            header(&mut out, metric, "counter", help);
+            for (name, m) in subs.iter() {
+                let _ = writeln!(
+                    out,
+                    "{metric}{{subscriber=\"{}\"}} {}",
+                    escape(name),
+                    get(m).load(Ordering::Relaxed)
+                );
+            }
+        }
+        header(
+            &mut out,
+            "edaflow_handler_duration_seconds",
+            "histogram",
+            "Time per handler run.",
+        );
+        for (name, m) in subs.iter() {
+            let name = escape(name);
+            let mut cumulative = 0;
+            for (i, bound) in LATENCY_BUCKETS.iter().enumerate() {
+                cumulative += m.latency.buckets[i].load(Ordering::Relaxed);
+                let _ = writeln!(out, "edaflow_handler_duration_seconds_bucket{{subscriber=\"{name}\",le=\"{bound}\"}} {cumulative}");
+            }
+            let count = m.latency.count.load(Ordering::Relaxed);
+            let _ = writeln!(out, "edaflow_handler_duration_seconds_bucket{{subscriber=\"{name}\",le=\"+Inf\"}} {count}");
+            let sum = m.latency.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+            let _ = writeln!(
+                out,
+                "edaflow_handler_duration_seconds_sum{{subscriber=\"{name}\"}} {sum}"
+            );
+            let _ = writeln!(
+                out,
+                "edaflow_handler_duration_seconds_count{{subscriber=\"{name}\"}} {count}"
+            );
+        }
+        drop(subs);
+
+        header(
+            &mut out,
+            "edaflow_buffer_depth",
+            "gauge",
+            "Events waiting in a consumer group's buffer.",
+        );
+        for g in groups {
+            let _ = writeln!(
+                out,
+                "edaflow_buffer_depth{{group=\"{}\"}} {}",
+                escape(&g.name),
+                g.queued
+            );
+        }
+        header(
+            &mut out,
+            "edaflow_in_flight",
+            "gauge",
+            "Events delivered to a group and not yet settled.",
+        );
+        for g in groups {
+            let _ = writeln!(
+                out,
+                "edaflow_in_flight{{group=\"{}\"}} {}",
+                escape(&g.name),
+                g.in_flight
+            );
+        }
+        header(
+            &mut out,
+            "edaflow_http_requests_total",
+            "counter",
+            "HTTP ingest requests by outcome.",
+        );
+        for (outcome, v) in [
+            ("accepted", &self.http.accepted),
+            ("rejected", &self.http.rejected),
+            ("backpressured", &self.http.backpressured),
+        ] {
+            let _ = writeln!(
+                out,
+                "edaflow_http_requests_total{{outcome=\"{outcome}\"}} {}",
+                v.load(Ordering::Relaxed)
+            );
+        }
+        header(
+            &mut out,
+            "edaflow_generation",
+            "gauge",
+            "The flow generation running.",
+        );
+        let _ = writeln!(out, "edaflow_generation {generation}");
+        header(
+            &mut out,
+            "edaflow_reloads_total",
+            "counter",
+            "Reloads applied.",
+        );
+        let _ = writeln!(
+            out,
+            "edaflow_reloads_total {}",
+            self.reloads.load(Ordering::Relaxed)
+        );
+        header(
+            &mut out,
+            "edaflow_reload_failures_total",
+            "counter",
+            "Reloads refused or rolled back.",
+        );
+        let _ = writeln!(
+            out,
+            "edaflow_reload_failures_total {}",
+            self.reload_failures.load(Ordering::Relaxed)
+        );
+        out
+    }
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+fn escape(label: &str) -> String {
+    label
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prometheus_text() {
+        let m = Metrics::default();
+        m.published("orderCreated");
+        m.published("orderCreated");
+        let s = m.subscriber("reserve");
+        s.events_in.fetch_add(1, Ordering::Relaxed);
+        s.latency.observe(Duration::from_micros(300));
+        let text = m.render(
+            &[GroupStats {
+                name: "reserve".into(),
+                queued: 3,
+                in_flight: 1,
+                capacity: 10,
+            }],
+            1,
+        );
+        assert!(
+            text.contains("edaflow_topic_events_in_total{topic=\"orderCreated\"} 2"),
+            "{text}"
+        );
+        assert!(text.contains("edaflow_subscriber_events_in_total{subscriber=\"reserve\"} 1"));
+        assert!(text.contains(
+            "edaflow_handler_duration_seconds_bucket{subscriber=\"reserve\",le=\"0.0005\"} 1"
+        ));
+        assert!(text.contains(
+            "edaflow_handler_duration_seconds_bucket{subscriber=\"reserve\",le=\"0.00025\"} 0"
+        ));
+        assert!(text.contains("edaflow_buffer_depth{group=\"reserve\"} 3"));
+        assert!(text.contains("# TYPE edaflow_handler_duration_seconds histogram"));
+    }
+}

@@ -1,0 +1,587 @@
+//! The running system: components built from one validated flow set (a *generation*),
+//! and the single path that replaces one generation with the next.
+//!
+//! `prepare` loads and compiles (flows + scripts) without starting anything; `Runtime`
+//! owns the running subscribers and producers, each with its own cancellation token and
+//! task tracker under one root. `Runtime::apply` diffs the running generation against a
+//! prepared one by component name: identical components are left alone, a subscriber whose
+//! script alone changed gets the new code in place, changed components are drained and
+//! restarted, removed ones drained, added ones started. Starting is applying onto nothing.
+
+pub mod metrics;
+pub mod producers;
+pub mod subscriber;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use serde::Serialize;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::broker::{Broker, BrokerError, GroupSpec};
+use crate::flow::diagnostic::{FlowReport, FlowWarning};
+use crate::flow::model::{
+    FlowSet, ProducerConfig, ProducerKind, SubscriberConfig, SubscriberInput,
+};
+use crate::script::{compile_set, CompiledScripts, Limits, ScriptEngine};
+
+pub use metrics::Metrics;
+use subscriber::{HandlerCode, SubscriberTask};
+
+/// A loaded, validated and compiled flow set, ready to run.
+#[derive(Clone, Debug)]
+pub struct Prepared {
+    pub flows: Arc<FlowSet>,
+    pub scripts: CompiledScripts,
+    pub warnings: Vec<FlowWarning>,
+    /// Every file the set depends on: flow files, scripts and imported modules.
+    pub files: Vec<PathBuf>,
+    /// The text of every imported module, so that a change under an `import` is a change.
+    pub module_texts: BTreeMap<PathBuf, Arc<str>>,
+}
+
+/// Loads flow files and folders and compiles their scripts.
+///
+/// # Errors
+/// Every problem at once, as one report.
+pub fn prepare(paths: &[PathBuf]) -> Result<Prepared, FlowReport> {
+    let loaded = crate::flow::load(paths)?;
+    let names: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+    let scripts = compile_set(&loaded.flows).map_err(|errors| FlowReport::new(&names, errors))?;
+    let mut files = loaded.files_read;
+    let mut module_texts = BTreeMap::new();
+    for module in scripts.imports() {
+        if let Ok(text) = std::fs::read_to_string(&module) {
+            module_texts.insert(module.clone(), Arc::from(text));
+        }
+        files.push(module);
+    }
+    files.sort();
+    files.dedup();
+    Ok(Prepared {
+        flows: Arc::new(loaded.flows),
+        scripts,
+        warnings: loaded.warnings,
+        files,
+        module_texts,
+    })
+}
+
+/// Settings of a runtime that hold for its whole life.
+#[derive(Clone, Debug, Default)]
+pub struct RuntimeOptions {
+    /// `--role`: run only subscribers with one of these roles (all when empty).
+    pub roles: Vec<String>,
+    /// `--listen`: overrides the HTTP producer's address.
+    pub listen: Option<String>,
+    /// Start producers (false for `edaflow test`, which publishes itself).
+    pub producers: bool,
+    pub limits: Limits,
+}
+
+/// The outcome of the last reload, for `/healthz` and the log.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct ReloadOutcome {
+    pub generation: u64,
+    pub ok: bool,
+    pub added: Vec<String>,
+    pub changed: Vec<String>,
+    pub removed: Vec<String>,
+    /// Subscribers whose script was swapped in place.
+    pub swapped: Vec<String>,
+    pub took_ms: f64,
+    pub message: Option<String>,
+    #[serde(with = "unix_ms")]
+    pub at: SystemTime,
+}
+
+mod unix_ms {
+    use std::time::SystemTime;
+
+    pub fn serialize<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_rfc3339_millis(*t))
+    }
+}
+
+/// Live status shared with the HTTP API.
+#[derive(Debug)]
+pub struct Status {
+    pub generation: AtomicU64,
+    pub last_reload: Mutex<Option<ReloadOutcome>>,
+    pub started: Instant,
+}
+
+/// What every component of a runtime shares.
+pub struct Shared<B: Broker> {
+    pub broker: B,
+    pub engine: ScriptEngine,
+    pub metrics: Arc<Metrics>,
+    pub status: Arc<Status>,
+}
+
+struct RunningSubscriber {
+    config: SubscriberConfig,
+    code: watch::Sender<HandlerCode>,
+    token: CancellationToken,
+    tracker: TaskTracker,
+}
+
+struct RunningProducer {
+    config: ProducerConfig,
+    token: CancellationToken,
+    tracker: TaskTracker,
+}
+
+/// Errors that stop a runtime from starting or a reload from applying.
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+pub enum RuntimeError {
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Broker(#[from] BrokerError),
+    #[error("cannot listen on {addr}")]
+    #[diagnostic(
+        code(edaflow::http::bind),
+        help("is another process using the port? `--listen 127.0.0.1:0` picks a free one")
+    )]
+    Bind {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot read `{path}` for producer `{producer}`")]
+    #[diagnostic(code(edaflow::producer::open))]
+    Open {
+        producer: String,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The running generation.
+pub struct Runtime<B: Broker> {
+    shared: Arc<Shared<B>>,
+    options: RuntimeOptions,
+    current: Option<Prepared>,
+    subscribers: BTreeMap<String, RunningSubscriber>,
+    producers: BTreeMap<String, RunningProducer>,
+    /// Addresses the HTTP producers actually listen on (after port 0 is resolved).
+    http_addrs: Arc<Mutex<BTreeMap<String, std::net::SocketAddr>>>,
+    root: CancellationToken,
+}
+
+impl<B: Broker> Runtime<B> {
+    /// A runtime with nothing running yet; `apply` starts a generation.
+    pub fn new(broker: B, options: RuntimeOptions) -> Runtime<B> {
+        let shared = Arc::new(Shared {
+            broker,
+            engine: ScriptEngine::new(options.limits),
+            metrics: Arc::new(Metrics::default()),
+            status: Arc::new(Status {
+                generation: AtomicU64::new(0),
+                last_reload: Mutex::new(None),
+                started: Instant::now(),
+            }),
+        });
+        Runtime {
+            shared,
+            options,
+            current: None,
+            subscribers: BTreeMap::new(),
+            producers: BTreeMap::new(),
+            http_addrs: Arc::new(Mutex::new(BTreeMap::new())),
+            root: CancellationToken::new(),
+        }
+    }
+
+    /// The broker the runtime runs on.
+    pub fn broker(&self) -> &B {
+        &self.shared.broker
+    }
+
+    /// Counters and histograms.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.shared.metrics
+    }
+
+    /// Generation and last reload.
+    pub fn status(&self) -> &Arc<Status> {
+        &self.shared.status
+    }
+
+    /// The generation running now (0 before the first `apply`).
+    pub fn generation(&self) -> u64 {
+        self.shared.status.generation.load(Ordering::SeqCst)
+    }
+
+    /// The flow set running now.
+    pub fn current(&self) -> Option<&Prepared> {
+        self.current.as_ref()
+    }
+
+    /// Where each HTTP producer listens, by producer name.
+    pub fn http_addrs(&self) -> BTreeMap<String, std::net::SocketAddr> {
+        self.http_addrs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn wanted_role(&self, role: Option<&String>) -> bool {
+        self.options.roles.is_empty() || role.is_some_and(|r| self.options.roles.contains(r))
+    }
+
+    fn producer_wanted(&self, role: Option<&String>) -> bool {
+        self.options.producers
+            && (role.is_none()
+                || self.options.roles.is_empty()
+                || role.is_some_and(|r| self.options.roles.contains(r)))
+    }
+
+    /// Replaces the running generation with `next`, touching only what differs.
+    ///
+    /// # Errors
+    /// A component that cannot start (a port in use, a missing input file). What was
+    /// already applied stays applied; the caller reports the failure.
+    pub async fn apply(&mut self, next: Prepared) -> Result<ReloadOutcome, RuntimeError> {
+        let started = Instant::now();
+        let flows = next.flows.clone();
+        let modules_changed = self
+            .current
+            .as_ref()
+            .is_none_or(|c| c.module_texts != next.module_texts);
+        let mut outcome = ReloadOutcome {
+            generation: self.generation() + 1,
+            ok: true,
+            added: Vec::new(),
+            changed: Vec::new(),
+            removed: Vec::new(),
+            swapped: Vec::new(),
+            took_ms: 0.0,
+            message: None,
+            at: SystemTime::now(),
+        };
+
+        // Subscribers.
+        let wanted: BTreeMap<&String, &SubscriberConfig> = flows
+            .subscribers
+            .iter()
+            .filter(|(_, c)| self.wanted_role(c.role.as_ref()))
+            .collect();
+        let running: Vec<String> = self.subscribers.keys().cloned().collect();
+        let mut to_stop = Vec::new();
+        for name in &running {
+            match wanted.get(name) {
+                None => {
+                    to_stop.push(name.clone());
+                    outcome.removed.push(format!("subscribers.{name}"));
+                }
+                Some(config) => {
+                    let old = &self.subscribers[name].config;
+                    if !same_settings(old, config) {
+                        to_stop.push(name.clone());
+                        outcome.changed.push(format!("subscribers.{name}"));
+                    }
+                }
+            }
+        }
+        let mut stopping = Vec::new();
+        for name in &to_stop {
+            if let Some(sub) = self.subscribers.remove(name) {
+                sub.token.cancel();
+                sub.tracker.close();
+                stopping.push((name.clone(), sub));
+            }
+        }
+        for (_, sub) in &stopping {
+            sub.tracker.wait().await;
+        }
+        // Groups nobody reads any more are removed; the others are (re)declared below.
+        let wanted_groups: BTreeSet<&str> = wanted.values().map(|c| c.group.as_str()).collect();
+        for (_, sub) in &stopping {
+            if !wanted_groups.contains(sub.config.group.as_str()) {
+                self.shared.broker.remove_group(&sub.config.group).await?;
+            }
+        }
+        for (group, patterns) in group_patterns(&wanted) {
+            self.shared
+                .broker
+                .declare_group(&GroupSpec {
+                    name: group,
+                    patterns,
+                })
+                .await?;
+        }
+        for (name, config) in &wanted {
+            let key = format!("subscribers.{name}");
+            let code: HandlerCode = next.scripts.by_component.get(&key).cloned().map(Arc::new);
+            if let Some(running) = self.subscribers.get(*name) {
+                let text_changed = running.config.script != config.script;
+                if text_changed || (modules_changed && code.is_some()) {
+                    running.code.send_replace(code);
+                    outcome.swapped.push(key);
+                }
+                continue;
+            }
+            if !outcome.changed.contains(&key) {
+                outcome.added.push(key);
+            }
+            self.start_subscriber(name, config, code, &flows)?;
+        }
+
+        // Producers.
+        let wanted_producers: BTreeMap<&String, &ProducerConfig> = flows
+            .producers
+            .iter()
+            .filter(|(_, c)| self.producer_wanted(c.role.as_ref()))
+            .collect();
+        let running: Vec<String> = self.producers.keys().cloned().collect();
+        for name in running {
+            let key = format!("producers.{name}");
+            let keep = wanted_producers.get(&name).is_some_and(|c| {
+                let script_same = match &c.kind {
+                    ProducerKind::Interval(_) => !modules_changed,
+                    _ => true,
+                };
+                **c == self.producers[&name].config && script_same
+            });
+            if !keep {
+                if let Some(p) = self.producers.remove(&name) {
+                    p.token.cancel();
+                    p.tracker.close();
+                    p.tracker.wait().await;
+                    self.http_addrs
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&name);
+                }
+                if wanted_producers.contains_key(&name) {
+                    outcome.changed.push(key);
+                } else {
+                    outcome.removed.push(key);
+                }
+            }
+        }
+        let mut first_http = true;
+        for (name, config) in &wanted_producers {
+            if self.producers.contains_key(*name) {
+                continue;
+            }
+            let key = format!("producers.{name}");
+            if !outcome.changed.contains(&key) {
+                outcome.added.push(key);
+            }
+            let mut config = (*config).clone();
+            if let (ProducerKind::Http(http), Some(listen)) =
+                (&mut config.kind, &self.options.listen)
+            {
+                if first_http {
+                    http.listen = listen.clone();
+                    first_http = false;
+                }
+            }
+            self.start_producer(name, config, &next).await?;
+        }
+
+        let generation = outcome.generation;
+        self.shared
+            .status
+            .generation
+            .store(generation, Ordering::SeqCst);
+        outcome.took_ms = started.elapsed().as_secs_f64() * 1000.0;
+        self.current = Some(next);
+        *self
+            .shared
+            .status
+            .last_reload
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(outcome.clone());
+        Ok(outcome)
+    }
+
+    fn start_subscriber(
+        &mut self,
+        name: &str,
+        config: &SubscriberConfig,
+        code: HandlerCode,
+        flows: &FlowSet,
+    ) -> Result<(), RuntimeError> {
+        let (tx, rx) = watch::channel(code);
+        let token = self.root.child_token();
+        let tracker = TaskTracker::new();
+        let flow = flows
+            .files
+            .get(config.file)
+            .map_or("flows", |f| f.name.as_str());
+        let task = SubscriberTask {
+            shared: self.shared.clone(),
+            name: Arc::from(name),
+            config: config.clone(),
+            source: format!("edaflow://{flow}/{name}"),
+            code: rx,
+            metrics: self.shared.metrics.subscriber(name),
+        };
+        subscriber::spawn(task, &tracker, &token)?;
+        self.subscribers.insert(
+            name.to_owned(),
+            RunningSubscriber {
+                config: config.clone(),
+                code: tx,
+                token,
+                tracker,
+            },
+        );
+        Ok(())
+    }
+
+    async fn start_producer(
+        &mut self,
+        name: &str,
+        config: ProducerConfig,
+        next: &Prepared,
+    ) -> Result<(), RuntimeError> {
+        let token = self.root.child_token();
+        let tracker = TaskTracker::new();
+        let flow = next
+            .flows
+            .files
+            .get(config.file)
+            .map_or("flows", |f| f.name.as_str());
+        let source = format!("edaflow://{flow}/{name}");
+        let deferred_topic = next
+            .flows
+            .files
+            .get(config.file)
+            .and_then(|f| f.deferred_topic.clone())
+            .unwrap_or_else(|| "master".to_owned());
+        let cx = producers::ProducerContext {
+            shared: self.shared.clone(),
+            name: Arc::from(name),
+            source,
+            token: token.clone(),
+        };
+        match &config.kind {
+            ProducerKind::Http(http) => {
+                let listener =
+                    tokio::net::TcpListener::bind(&http.listen)
+                        .await
+                        .map_err(|source| RuntimeError::Bind {
+                            addr: http.listen.clone(),
+                            source,
+                        })?;
+                if let Ok(addr) = listener.local_addr() {
+                    info!(producer = name, %addr, "http ingest listening");
+                    self.http_addrs
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(name.to_owned(), addr);
+                }
+                let state = crate::http::ApiState::new(
+                    self.shared.clone(),
+                    http.clone(),
+                    deferred_topic,
+                    cx.source.clone(),
+                );
+                let span = tracing::info_span!("producer", component = name);
+                tracker.spawn(tracing::Instrument::instrument(
+                    crate::http::serve(listener, state, token.clone()),
+                    span,
+                ));
+            }
+            ProducerKind::Interval(interval) => {
+                let script = next
+                    .scripts
+                    .by_component
+                    .get(&format!("producers.{name}"))
+                    .cloned()
+                    .map(Arc::new);
+                producers::spawn_interval(cx, interval.clone(), script, &tracker);
+            }
+            ProducerKind::Lines(lines) => {
+                producers::spawn_lines(cx, lines.clone(), &tracker).await?;
+            }
+            ProducerKind::Generator(generator) => {
+                producers::spawn_generator(cx, generator.clone(), &tracker);
+            }
+        }
+        self.producers.insert(
+            name.to_owned(),
+            RunningProducer {
+                config,
+                token,
+                tracker,
+            },
+        );
+        Ok(())
+    }
+
+    /// Stops ingest, lets queued events drain for at most `grace`, then stops every
+    /// subscriber after the event it holds.
+    pub async fn shutdown(mut self, grace: Duration) {
+        for (_, p) in std::mem::take(&mut self.producers) {
+            p.token.cancel();
+            p.tracker.close();
+            p.tracker.wait().await;
+        }
+        let deadline = tokio::time::Instant::now() + grace;
+        loop {
+            let busy: usize = self
+                .shared
+                .broker
+                .stats()
+                .iter()
+                .map(|g| g.queued + g.in_flight)
+                .sum::<usize>()
+                + self.shared.broker.scheduled();
+            if busy == 0 {
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                warn!(events = busy, "grace period over; events still queued are dropped (the memory broker keeps nothing)");
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.root.cancel();
+        for (_, s) in std::mem::take(&mut self.subscribers) {
+            s.tracker.close();
+            s.tracker.wait().await;
+        }
+    }
+}
+
+/// Equal apart from the script's text (a text-only change swaps code in place).
+fn same_settings(a: &SubscriberConfig, b: &SubscriberConfig) -> bool {
+    let strip = |c: &SubscriberConfig| {
+        let mut c = c.clone();
+        if let Some(s) = &mut c.script {
+            s.text = Arc::from("");
+        }
+        c
+    };
+    strip(a) == strip(b)
+}
+
+/// The patterns each consumer group receives: the union over its subscribers.
+fn group_patterns(
+    wanted: &BTreeMap<&String, &SubscriberConfig>,
+) -> BTreeMap<String, Vec<crate::flow::pattern::TopicPattern>> {
+    let mut groups: BTreeMap<String, Vec<_>> = BTreeMap::new();
+    for config in wanted.values() {
+        let entry = groups.entry(config.group.clone()).or_default();
+        if let SubscriberInput::Topics(patterns) = &config.input {
+            for p in patterns {
+                if !entry.contains(p) {
+                    entry.push(p.clone());
+                }
+            }
+        }
+    }
+    groups
+}

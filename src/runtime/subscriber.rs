@@ -1,0 +1,204 @@
+//! A running subscriber: `concurrency` workers competing on one consumer group, each
+//! running the handler for one event at a time.
+//!
+//! Per event: run the script (inline, bounded by the sandbox limits), then commit its
+//! effects together with the ack. A failed run commits nothing; the event is retried after
+//! a backoff and, after the last attempt, dead-lettered with the error attached. A worker
+//! asked to stop finishes the event it holds (or, if it is waiting out a backoff, gives
+//! the event back to the broker), so stopping never loses an event.
+
+use std::io::Write as _;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, warn, Instrument};
+
+use crate::broker::{Broker, BrokerError, Consumer, Delivery, Effects};
+use crate::event::{to_article_json, Event};
+use crate::flow::model::SubscriberConfig;
+use crate::runtime::metrics::SubscriberMetrics;
+use crate::runtime::Shared;
+use crate::script::{script_event, CompiledScript, ScriptError, ScriptOutput};
+
+/// The handler code a subscriber runs; swapped in place when only the script changed.
+pub type HandlerCode = Option<Arc<CompiledScript>>;
+
+/// What the workers of one subscriber share.
+pub(crate) struct SubscriberTask<B: Broker> {
+    pub shared: Arc<Shared<B>>,
+    pub name: Arc<str>,
+    pub config: SubscriberConfig,
+    pub source: String,
+    pub code: watch::Receiver<HandlerCode>,
+    pub metrics: Arc<SubscriberMetrics>,
+}
+
+/// Spawns the workers of a subscriber on `tracker`; they stop when `token` is cancelled.
+pub(crate) fn spawn<B: Broker>(
+    task: SubscriberTask<B>,
+    tracker: &TaskTracker,
+    token: &CancellationToken,
+) -> Result<(), BrokerError> {
+    let task = Arc::new(task);
+    for worker in 0..task.config.concurrency {
+        let consumer = task.shared.broker.consumer(&task.config.group)?;
+        let span = tracing::info_span!("subscriber", component = %task.name, worker);
+        tracker.spawn(run_worker(task.clone(), consumer, token.clone()).instrument(span));
+    }
+    Ok(())
+}
+
+async fn run_worker<B: Broker>(
+    task: Arc<SubscriberTask<B>>,
+    mut consumer: B::Consumer,
+    token: CancellationToken,
+) {
+    loop {
+        let delivery = tokio::select! {
+            biased;
+            _ = token.cancelled() => break,
+            next = consumer.next() => next,
+        };
+        match delivery {
+            Ok(delivery) => task.handle(delivery, &token).await,
+            Err(e) => {
+                debug!(error = %e, "consumer closed");
+                break;
+            }
+        }
+    }
+}
+
+/// How a delivery ended.
+enum Outcome {
+    Done(Effects),
+    Dead(Effects),
+    GiveBack,
+}
+
+impl<B: Broker> SubscriberTask<B> {
+    async fn handle(&self, delivery: Delivery, token: &CancellationToken) {
+        self.metrics.events_in.fetch_add(1, Ordering::Relaxed);
+        self.shared
+            .metrics
+            .topic(&delivery.event.topic)
+            .events_out
+            .fetch_add(1, Ordering::Relaxed);
+        let outcome = self.run_with_retries(&delivery, token).await;
+        let result = match outcome {
+            Outcome::Done(effects) | Outcome::Dead(effects) => {
+                for event in effects
+                    .publish
+                    .iter()
+                    .chain(effects.deferred.iter().map(|(e, _)| e))
+                {
+                    self.shared.metrics.published(&event.topic);
+                }
+                self.shared.broker.commit(delivery, effects).await
+            }
+            Outcome::GiveBack => self.shared.broker.nack(delivery).await,
+        };
+        if let Err(e) = result {
+            warn!(error = %e, "could not settle the event");
+        }
+    }
+
+    async fn run_with_retries(&self, delivery: &Delivery, token: &CancellationToken) -> Outcome {
+        let retry = self.config.retry;
+        let mut attempt = delivery.redeliveries.saturating_add(1);
+        loop {
+            let started = Instant::now();
+            let result = self.run_once(&delivery.event, attempt);
+            self.metrics.latency.observe(started.elapsed());
+            match result {
+                Ok(output) => {
+                    self.metrics.handled.fetch_add(1, Ordering::Relaxed);
+                    return Outcome::Done(self.effects(&delivery.event, output));
+                }
+                Err(error) => {
+                    self.metrics.errors.fetch_add(1, Ordering::Relaxed);
+                    if attempt >= retry.attempts {
+                        warn!(event = %delivery.event.id, topic = %delivery.event.topic, attempt, dead_letter = %self.config.dead_letter, %error, "handler failed for the last time; dead-lettering the event");
+                        self.metrics.dead_letters.fetch_add(1, Ordering::Relaxed);
+                        return Outcome::Dead(self.dead_letter(&delivery.event, attempt, &error));
+                    }
+                    let delay = retry.delay_after(attempt);
+                    warn!(event = %delivery.event.id, topic = %delivery.event.topic, attempt, retry_in = ?delay, %error, "handler failed; will retry");
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = token.cancelled() => return Outcome::GiveBack,
+                    }
+                    attempt += 1;
+                }
+            }
+        }
+    }
+
+    fn run_once(&self, event: &Arc<Event>, attempt: u32) -> Result<ScriptOutput, ScriptError> {
+        let code = self.code.borrow().clone();
+        match code {
+            Some(script) => {
+                self.shared
+                    .engine
+                    .run(&script, &self.name, Some(script_event(event, attempt)))
+            }
+            None => {
+                print_article_consumer(event);
+                Ok(ScriptOutput::default())
+            }
+        }
+    }
+
+    fn effects(&self, parent: &Event, output: ScriptOutput) -> Effects {
+        let mut effects = Effects::default();
+        self.metrics
+            .events_out
+            .fetch_add(output.emits.len() as u64, Ordering::Relaxed);
+        for emitted in output.emits {
+            let mut event = parent.caused(emitted.topic, self.source.clone(), emitted.data);
+            if let Some(key) = emitted.key {
+                event.extensions.insert("partitionkey".into(), key.into());
+            }
+            match emitted.delay {
+                Some(delay) if !delay.is_zero() => effects.deferred.push((event, delay)),
+                _ => effects.publish.push(event),
+            }
+        }
+        effects
+    }
+
+    fn dead_letter(&self, event: &Event, attempts: u32, error: &ScriptError) -> Effects {
+        let mut dead = event.caused(
+            self.config.dead_letter.clone(),
+            self.source.clone(),
+            event.data.clone(),
+        );
+        let ext = &mut dead.extensions;
+        ext.insert("deadletterreason".into(), error.to_string().into());
+        ext.insert("deadletterattempts".into(), attempts.into());
+        ext.insert("deadlettersubscriber".into(), self.name.to_string().into());
+        ext.insert("deadlettertopic".into(), event.topic.clone().into());
+        ext.insert("deadletterid".into(), event.id.clone().into());
+        Effects {
+            publish: vec![dead],
+            ..Effects::default()
+        }
+    }
+}
+
+/// The article's consumer output, byte for byte.
+fn print_article_consumer(event: &Event) {
+    let text = format!(
+        "Received event on topic: {}\nEvent data: {}\n",
+        event.topic,
+        to_article_json(&event.data)
+    );
+    let mut stdout = std::io::stdout().lock();
+    // A closed stdout (a pipe whose reader went away) must not fail the event.
+    let _ = stdout.write_all(text.as_bytes());
+    let _ = stdout.flush();
+}

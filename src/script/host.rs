@@ -1,0 +1,254 @@
+//! The host API that handlers call: `emit`, `log`, `fail`, `now`, `uuid`, and the
+//! `event` value. Calls record effects into the state of the run in progress on this
+//! thread (`RunState`); nothing is published from here. The runtime commits what a run
+//! recorded only after the run succeeds.
+//!
+//! A run is synchronous on one thread from start to end, so a thread-local holds its state;
+//! `RunGuard` installs it and always takes it back, even if the run panics.
+
+use std::cell::RefCell;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use rhai::plugin::*;
+use rhai::{Dynamic, EvalAltResult, ImmutableString, Map, Position};
+
+use crate::event::Event;
+use crate::flow::duration::parse_duration;
+use crate::flow::pattern::validate_topic;
+
+/// An event a run asked to emit.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Emitted {
+    pub topic: String,
+    pub data: serde_json::Value,
+    /// `emit(topic, data, #{ delay: "5s" })`.
+    pub delay: Option<Duration>,
+    /// `emit(topic, data, #{ key: "…" })`: a partition/ordering key, kept as an extension.
+    pub key: Option<String>,
+}
+
+/// Everything a successful run asked for.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ScriptOutput {
+    pub emits: Vec<Emitted>,
+}
+
+/// The state of the run in progress on this thread.
+pub(crate) struct RunState {
+    /// Kept for diagnostics of the run (the tracing span carries it for log lines).
+    #[allow(dead_code)]
+    pub component: Arc<str>,
+    pub deadline: Instant,
+    pub max_emits: usize,
+    pub output: ScriptOutput,
+    pub timed_out: bool,
+}
+
+thread_local! {
+    static CURRENT: RefCell<Option<RunState>> = const { RefCell::new(None) };
+}
+
+/// Installs a run's state for the duration of the run.
+pub(crate) struct RunGuard;
+
+impl RunGuard {
+    pub fn install(state: RunState) -> RunGuard {
+        CURRENT.with(|c| *c.borrow_mut() = Some(state));
+        RunGuard
+    }
+
+    /// Ends the run, returning what it recorded.
+    pub fn finish(self) -> Option<RunState> {
+        CURRENT.with(|c| c.borrow_mut().take())
+    }
+}
+
+impl Drop for RunGuard {
+    fn drop(&mut self) {
+        CURRENT.with(|c| c.borrow_mut().take());
+    }
+}
+
+fn with_state<T>(f: impl FnOnce(&mut RunState) -> T) -> Option<T> {
+    CURRENT.with(|c| c.borrow_mut().as_mut().map(f))
+}
+
+/// Called by the engine's progress hook: true when the run has used up its wall time.
+pub(crate) fn past_deadline() -> bool {
+    with_state(|s| {
+        if Instant::now() >= s.deadline {
+            s.timed_out = true;
+        }
+        s.timed_out
+    })
+    .unwrap_or(false)
+}
+
+fn runtime_error(message: impl Into<String>) -> Box<EvalAltResult> {
+    Box::new(EvalAltResult::ErrorRuntime(
+        Dynamic::from(message.into()),
+        Position::NONE,
+    ))
+}
+
+/// Converts script data to JSON; fails for values JSON cannot carry (functions, handles).
+pub fn to_json(value: &Dynamic) -> Result<serde_json::Value, Box<EvalAltResult>> {
+    rhai::serde::from_dynamic::<serde_json::Value>(value)
+}
+
+/// Converts JSON to script data.
+pub fn to_dynamic(value: &serde_json::Value) -> Dynamic {
+    // Every JSON value has a Rhai counterpart (numbers beyond i64 become floats).
+    rhai::serde::to_dynamic(value).unwrap_or(Dynamic::UNIT)
+}
+
+fn record_emit(
+    topic: &str,
+    data: &Dynamic,
+    options: Option<&Map>,
+) -> Result<(), Box<EvalAltResult>> {
+    if let Err(e) = validate_topic(topic) {
+        return Err(runtime_error(format!("emit: invalid topic {topic:?}: {e}")));
+    }
+    let data = to_json(data).map_err(|e| runtime_error(format!("emit: data is not JSON: {e}")))?;
+    let mut delay = None;
+    let mut key = None;
+    if let Some(options) = options {
+        for (name, value) in options {
+            match name.as_str() {
+                "delay" => delay = Some(delay_option(value)?),
+                "key" => key = Some(value.to_string()),
+                other => {
+                    return Err(runtime_error(format!(
+                        "emit: unknown option `{other}` (expected `delay` or `key`)"
+                    )))
+                }
+            }
+        }
+    }
+    let emitted = Emitted {
+        topic: topic.to_owned(),
+        data,
+        delay,
+        key,
+    };
+    with_state(|s| {
+        if s.output.emits.len() >= s.max_emits {
+            return Err(runtime_error(format!(
+                "emit: more than {} events in one run",
+                s.max_emits
+            )));
+        }
+        s.output.emits.push(emitted);
+        Ok(())
+    })
+    .unwrap_or_else(|| Err(runtime_error("emit is not available here")))
+}
+
+/// A delay given as `"5s"` or as integer milliseconds.
+pub fn delay_option(value: &Dynamic) -> Result<Duration, Box<EvalAltResult>> {
+    if let Ok(ms) = value.as_int() {
+        return u64::try_from(ms)
+            .map(Duration::from_millis)
+            .map_err(|_| runtime_error(format!("delay: negative delay {ms}")));
+    }
+    if let Some(text) = value.read_lock::<ImmutableString>() {
+        return parse_duration(&text)
+            .map_err(|e| runtime_error(format!("delay {:?}: {e}", text.as_str())));
+    }
+    Err(runtime_error(format!(
+        "delay: expected a duration like \"5s\" or milliseconds, found {}",
+        value.type_name()
+    )))
+}
+
+/// The `event` value a handler sees.
+#[derive(Clone)]
+pub struct ScriptEvent {
+    pub event: Arc<Event>,
+    /// 1 for the first run, 2 for the first retry, …
+    pub attempt: i64,
+}
+
+/// Registers `event`'s type and properties on an engine.
+pub fn register_event_type(engine: &mut rhai::Engine) {
+    engine
+        .register_type_with_name::<ScriptEvent>("Event")
+        .register_get("topic", |e: &mut ScriptEvent| e.event.topic.clone())
+        .register_get("id", |e: &mut ScriptEvent| e.event.id.clone())
+        .register_get("source", |e: &mut ScriptEvent| e.event.source.clone())
+        .register_get("data", |e: &mut ScriptEvent| to_dynamic(&e.event.data))
+        .register_get("time", |e: &mut ScriptEvent| {
+            humantime::format_rfc3339_millis(e.event.time).to_string()
+        })
+        .register_get("correlation_id", |e: &mut ScriptEvent| {
+            e.event.correlation_id.clone()
+        })
+        .register_get("causation_id", |e: &mut ScriptEvent| -> Dynamic {
+            match &e.event.causation_id {
+                Some(id) => id.clone().into(),
+                None => Dynamic::UNIT,
+            }
+        })
+        .register_get("attempt", |e: &mut ScriptEvent| e.attempt)
+        .register_fn("to_string", |e: &mut ScriptEvent| e.event.to_json())
+        .register_fn("to_debug", |e: &mut ScriptEvent| e.event.to_json());
+}
+
+/// The functions handlers call. Registered as a global module.
+#[export_module]
+pub mod api {
+    /// `emit(topic, data)`: publish an event when this run succeeds.
+    #[rhai_fn(name = "emit", return_raw)]
+    pub fn emit(topic: &str, data: Dynamic) -> Result<(), Box<EvalAltResult>> {
+        record_emit(topic, &data, None)
+    }
+
+    /// `emit(topic, data, #{ delay: "5s", key: "…" })`.
+    #[rhai_fn(name = "emit", return_raw)]
+    pub fn emit_with(topic: &str, data: Dynamic, options: Map) -> Result<(), Box<EvalAltResult>> {
+        record_emit(topic, &data, Some(&options))
+    }
+
+    /// `fail(message)`: this run fails; the event is retried, then dead-lettered.
+    #[rhai_fn(name = "fail", return_raw)]
+    pub fn fail(message: Dynamic) -> Result<(), Box<EvalAltResult>> {
+        Err(Box::new(EvalAltResult::ErrorRuntime(
+            message,
+            Position::NONE,
+        )))
+    }
+
+    /// `log(…)`: a line in the runtime's log, tagged with the component.
+    #[rhai_fn(name = "log")]
+    pub fn log(message: Dynamic) {
+        let text = if message.is_string() {
+            message
+                .into_immutable_string()
+                .unwrap_or_default()
+                .to_string()
+        } else {
+            message.to_string()
+        };
+        tracing::info!(target: "edaflow::script", "{text}");
+    }
+
+    /// `now()`: the current time, RFC 3339 with milliseconds.
+    pub fn now() -> String {
+        humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+    }
+
+    /// `now_ms()`: the current time in milliseconds since the Unix epoch.
+    pub fn now_ms() -> i64 {
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+            .unwrap_or(0)
+    }
+
+    /// `uuid()`: a random UUID (v4).
+    pub fn uuid() -> String {
+        uuid::Uuid::new_v4().to_string()
+    }
+}

@@ -1,0 +1,558 @@
+//! Rhai handlers: compiling scripts once per load, and running them under the sandbox.
+//!
+//! `ScriptEngine` is the one engine all workers share (Rhai with `sync`): host API
+//! registered, limits applied (`limits::harden`), `print`/`debug` routed to tracing, and no
+//! module resolution at run time: `compile` embeds every `import` into the AST, resolving
+//! paths against the flow file's folder and recording them so the watcher can follow them.
+//! `run` evaluates a compiled script for one event and returns what it asked for; effects
+//! are committed by the runtime, never here.
+
+pub mod host;
+pub mod limits;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use rhai::module_resolvers::{DummyModuleResolver, FileModuleResolver, ModuleResolver};
+use rhai::{Dynamic, Engine, EvalAltResult, Module, Position, Scope, AST};
+
+type SharedModule = Arc<Module>;
+
+use crate::event::Event;
+use crate::flow::diagnostic::{source_file, FlowError};
+use crate::flow::model::{FlowSet, ScriptSource};
+
+pub use host::{Emitted, ScriptEvent, ScriptOutput};
+pub use limits::Limits;
+
+/// A script compiled once and shared by every worker that runs it.
+#[derive(Clone)]
+pub struct CompiledScript {
+    pub ast: Arc<AST>,
+    /// The `.rhai` file, for error messages.
+    pub path: PathBuf,
+    /// Every module file it imports (transitively), for the watcher.
+    pub imports: Vec<PathBuf>,
+}
+
+impl std::fmt::Debug for CompiledScript {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CompiledScript")
+            .field("path", &self.path)
+            .field("imports", &self.imports)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why one run of a script failed. The event is retried and then dead-lettered; the
+/// runtime goes on.
+#[derive(Debug, Clone, thiserror::Error, miette::Diagnostic)]
+pub enum ScriptError {
+    /// The script called `fail(…)` or `throw`, or the host API refused a call.
+    #[error("{message}")]
+    #[diagnostic(code(edaflow::script::failed))]
+    Failed { message: String },
+    /// A runtime error (type mismatch, missing function, data too large…).
+    #[error("{message} (at {script}:{line}:{column})")]
+    #[diagnostic(code(edaflow::script::runtime))]
+    Runtime {
+        script: String,
+        message: String,
+        line: usize,
+        column: usize,
+    },
+    /// The run exceeded a sandbox limit (operations, sizes, call depth).
+    #[error("script limit exceeded: {message}")]
+    #[diagnostic(
+        code(edaflow::script::limit),
+        help("loops that never end hit this; limits are in `script::limits`")
+    )]
+    Limit { message: String },
+    /// The run took longer than the wall-time limit.
+    #[error("script ran longer than {limit_ms} ms")]
+    #[diagnostic(code(edaflow::script::wall_time))]
+    WallTime { limit_ms: u128 },
+}
+
+/// The engine shared by every worker.
+pub struct ScriptEngine {
+    engine: Engine,
+    limits: Limits,
+}
+
+impl std::fmt::Debug for ScriptEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScriptEngine")
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+fn base_engine(limits: &Limits) -> Engine {
+    let mut engine = Engine::new();
+    limits::harden(&mut engine, limits);
+    host::register_event_type(&mut engine);
+    engine.register_global_module(rhai::exported_module!(host::api).into());
+    // The component is already on the enclosing tracing span.
+    engine.on_print(|text| tracing::info!(target: "edaflow::script", "{text}"));
+    engine.on_debug(|text, source, pos| {
+        tracing::debug!(target: "edaflow::script", source, line = pos.line(), "{text}");
+    });
+    engine
+}
+
+impl ScriptEngine {
+    /// Builds the shared engine with the given limits.
+    pub fn new(limits: Limits) -> ScriptEngine {
+        let mut engine = base_engine(&limits);
+        engine.set_module_resolver(DummyModuleResolver::new());
+        engine.on_progress(|ops| {
+            if ops % 256 == 0 && host::past_deadline() {
+                Some(Dynamic::from("wall time"))
+            } else {
+                None
+            }
+        });
+        ScriptEngine { engine, limits }
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Runs a compiled script for one event (or for none: interval scripts).
+    ///
+    /// # Errors
+    /// `ScriptError` when the script fails, throws or exceeds a limit.
+    pub fn run(
+        &self,
+        script: &CompiledScript,
+        component: &Arc<str>,
+        event: Option<ScriptEvent>,
+    ) -> Result<ScriptOutput, ScriptError> {
+        let guard = host::RunGuard::install(host::RunState {
+            component: component.clone(),
+            deadline: Instant::now() + self.limits.wall_time,
+            max_emits: self.limits.max_emits,
+            output: ScriptOutput::default(),
+            timed_out: false,
+        });
+        let mut scope = Scope::new();
+        if let Some(event) = event {
+            scope.push_constant("event", event);
+        }
+        let result = self.engine.run_ast_with_scope(&mut scope, &script.ast);
+        let state = guard.finish();
+        let timed_out = state.as_ref().is_some_and(|s| s.timed_out);
+        match result {
+            Ok(()) => Ok(state.map(|s| s.output).unwrap_or_default()),
+            Err(err) => Err(self.classify(script, *err, timed_out)),
+        }
+    }
+
+    /// Evaluates an expression script (a relay filter) to a value.
+    ///
+    /// # Errors
+    /// As `run`.
+    pub fn eval(
+        &self,
+        script: &CompiledScript,
+        component: &Arc<str>,
+        event: ScriptEvent,
+    ) -> Result<Dynamic, ScriptError> {
+        let guard = host::RunGuard::install(host::RunState {
+            component: component.clone(),
+            deadline: Instant::now() + self.limits.wall_time,
+            max_emits: 0,
+            output: ScriptOutput::default(),
+            timed_out: false,
+        });
+        let mut scope = Scope::new();
+        scope.push_constant("event", event);
+        let result = self
+            .engine
+            .eval_ast_with_scope::<Dynamic>(&mut scope, &script.ast);
+        let timed_out = guard.finish().is_some_and(|s| s.timed_out);
+        result.map_err(|err| self.classify(script, *err, timed_out))
+    }
+
+    fn classify(
+        &self,
+        script: &CompiledScript,
+        err: EvalAltResult,
+        timed_out: bool,
+    ) -> ScriptError {
+        match err {
+            EvalAltResult::ErrorTerminated(..) if timed_out => ScriptError::WallTime {
+                limit_ms: self.limits.wall_time.as_millis(),
+            },
+            EvalAltResult::ErrorTooManyOperations(_)
+            | EvalAltResult::ErrorStackOverflow(_)
+            | EvalAltResult::ErrorDataTooLarge(..)
+            | EvalAltResult::ErrorTooManyModules(_) => ScriptError::Limit {
+                message: err.to_string(),
+            },
+            // `fail(…)`, `throw …` and host-API refusals (a bad `emit`) all land here.
+            EvalAltResult::ErrorRuntime(value, _) => {
+                let message = if value.is_string() {
+                    value
+                        .into_immutable_string()
+                        .unwrap_or_default()
+                        .to_string()
+                } else {
+                    value.to_string()
+                };
+                ScriptError::Failed { message }
+            }
+            other => {
+                let pos = other.position();
+                ScriptError::Runtime {
+                    script: script.path.display().to_string(),
+                    message: other.unwrap_inner().to_string(),
+                    line: pos.line().unwrap_or(0),
+                    column: pos.position().unwrap_or(0),
+                }
+            }
+        }
+    }
+}
+
+/// Wraps `event` for a script.
+pub fn script_event(event: &Arc<Event>, attempt: u32) -> ScriptEvent {
+    ScriptEvent {
+        event: event.clone(),
+        attempt: i64::from(attempt),
+    }
+}
+
+/// A module resolver that remembers which files it loaded.
+struct RecordingResolver {
+    files: FileModuleResolver,
+    base: PathBuf,
+    seen: Mutex<Vec<PathBuf>>,
+}
+
+impl ModuleResolver for RecordingResolver {
+    fn resolve(
+        &self,
+        engine: &Engine,
+        source: Option<&str>,
+        path: &str,
+        pos: Position,
+    ) -> Result<SharedModule, Box<EvalAltResult>> {
+        let file = self.base.join(path).with_extension("rhai");
+        self.seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(file);
+        self.files.resolve(engine, source, path, pos)
+    }
+}
+
+/// Compiles one script, embedding its imports.
+///
+/// # Errors
+/// A `FlowError::ScriptCompile` pointing at the line and column in the `.rhai` file.
+pub fn compile(source: &ScriptSource) -> Result<CompiledScript, FlowError> {
+    compile_text(&source.path, &source.base_dir, &source.text, true)
+}
+
+/// Compiles a relay filter expression (`event.data.total > 100`).
+///
+/// # Errors
+/// As `compile`.
+pub fn compile_expression(name: &Path, text: &str) -> Result<CompiledScript, FlowError> {
+    let engine = Engine::new_raw();
+    let mut scope = Scope::new();
+    scope.push_constant("event", ());
+    match engine.compile_expression_with_scope(&scope, text) {
+        Ok(ast) => Ok(CompiledScript {
+            ast: Arc::new(ast),
+            path: name.to_owned(),
+            imports: Vec::new(),
+        }),
+        Err(err) => Err(compile_error(name, text, &err.to_string(), err.position())),
+    }
+}
+
+fn compile_text(
+    path: &Path,
+    base_dir: &Path,
+    text: &str,
+    strict: bool,
+) -> Result<CompiledScript, FlowError> {
+    let mut engine = base_engine(&Limits::default());
+    let mut files = FileModuleResolver::new_with_path(base_dir);
+    files.enable_cache(false);
+    let resolver = Arc::new(RecordingResolver {
+        files,
+        base: base_dir.to_owned(),
+        seen: Mutex::new(Vec::new()),
+    });
+    engine.set_module_resolver(SharedResolver(resolver.clone()));
+    engine.set_strict_variables(strict);
+    let mut scope = Scope::new();
+    scope.push_constant("event", ());
+    match engine.compile_into_self_contained(&scope, text) {
+        Ok(ast) => {
+            let mut imports = resolver
+                .seen
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            imports.sort();
+            imports.dedup();
+            Ok(CompiledScript {
+                ast: Arc::new(ast),
+                path: path.to_owned(),
+                imports,
+            })
+        }
+        Err(err) => {
+            let pos = err.position();
+            let message = match *err {
+                EvalAltResult::ErrorInModule(module, inner, _) => {
+                    format!("in module `{module}`: {}", inner.unwrap_inner())
+                }
+                EvalAltResult::ErrorParsing(kind, _) => kind.to_string(),
+                other => other.unwrap_inner().to_string(),
+            };
+            Err(compile_error(path, text, &message, pos))
+        }
+    }
+}
+
+/// Lets one `Arc` resolver be both installed in the engine and read afterwards.
+struct SharedResolver(Arc<RecordingResolver>);
+
+impl ModuleResolver for SharedResolver {
+    fn resolve(
+        &self,
+        engine: &Engine,
+        source: Option<&str>,
+        path: &str,
+        pos: Position,
+    ) -> Result<SharedModule, Box<EvalAltResult>> {
+        self.0.resolve(engine, source, path, pos)
+    }
+}
+
+fn compile_error(path: &Path, text: &str, message: &str, pos: Position) -> FlowError {
+    let offset = offset_of(text, pos);
+    let len = text[offset..].chars().next().map_or(0, char::len_utf8);
+    FlowError::ScriptCompile {
+        script: path.display().to_string(),
+        message: message.to_owned(),
+        src: source_file(path.display().to_string(), Arc::from(text)),
+        span: (offset, len).into(),
+    }
+}
+
+/// Byte offset of a Rhai position (1-based line and character column).
+fn offset_of(text: &str, pos: Position) -> usize {
+    let (Some(line), col) = (pos.line(), pos.position().unwrap_or(1)) else {
+        return 0;
+    };
+    let mut offset = 0;
+    for (i, l) in text.split_inclusive('\n').enumerate() {
+        if i + 1 == line {
+            let col_bytes: usize = l
+                .chars()
+                .take(col.saturating_sub(1))
+                .map(char::len_utf8)
+                .sum();
+            return (offset + col_bytes).min(text.len());
+        }
+        offset += l.len();
+    }
+    text.len().saturating_sub(1)
+}
+
+/// Every compiled script of a flow set, keyed by the component that uses it.
+#[derive(Clone, Debug, Default)]
+pub struct CompiledScripts {
+    /// `subscribers.NAME` / `producers.NAME` / `relays.NAME` -> script.
+    pub by_component: std::collections::BTreeMap<String, CompiledScript>,
+}
+
+impl CompiledScripts {
+    /// Every module file imported by any script.
+    pub fn imports(&self) -> Vec<PathBuf> {
+        let mut all: Vec<PathBuf> = self
+            .by_component
+            .values()
+            .flat_map(|s| s.imports.iter().cloned())
+            .collect();
+        all.sort();
+        all.dedup();
+        all
+    }
+}
+
+/// Compiles every script and relay filter of a flow set, collecting every error.
+///
+/// # Errors
+/// All the compile errors at once.
+pub fn compile_set(flows: &FlowSet) -> Result<CompiledScripts, Vec<FlowError>> {
+    let mut out = CompiledScripts::default();
+    let mut errors = Vec::new();
+    let mut add = |key: String, result: Result<CompiledScript, FlowError>| match result {
+        Ok(script) => {
+            out.by_component.insert(key, script);
+        }
+        Err(e) => errors.push(e),
+    };
+    for (name, sub) in &flows.subscribers {
+        if let Some(source) = &sub.script {
+            add(format!("subscribers.{name}"), compile(source));
+        }
+    }
+    for (name, producer) in &flows.producers {
+        if let crate::flow::model::ProducerKind::Interval(interval) = &producer.kind {
+            if let Some(source) = &interval.script {
+                add(format!("producers.{name}"), compile(source));
+            }
+        }
+    }
+    for (name, relay) in &flows.relays {
+        if let Some(source) = &relay.script {
+            add(format!("relays.{name}"), compile(source));
+        }
+        if let Some(filter) = &relay.filter {
+            let label = PathBuf::from(format!("relays.{name}.filter"));
+            add(
+                format!("relays.{name}.filter"),
+                compile_expression(&label, filter),
+            );
+        }
+    }
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(errors)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn source(dir: &Path, text: &str) -> ScriptSource {
+        ScriptSource {
+            path: dir.join("handler.rhai"),
+            base_dir: dir.to_owned(),
+            text: Arc::from(text),
+        }
+    }
+
+    fn run(text: &str, data: serde_json::Value) -> Result<ScriptOutput, ScriptError> {
+        let dir = tempfile::tempdir().unwrap();
+        let script = compile(&source(dir.path(), text)).unwrap();
+        let engine = ScriptEngine::new(Limits::default());
+        let event = Arc::new(Event::new("orderCreated", "test", data));
+        engine.run(&script, &Arc::from("test"), Some(script_event(&event, 1)))
+    }
+
+    #[test]
+    fn emits_are_recorded_not_published() {
+        let out = run(
+            r#"let o = event.data; emit("inventoryReserved", #{ order_id: o.order_id }, #{ delay: "5s", key: "k" });"#,
+            json!({"order_id": 7}),
+        )
+        .unwrap();
+        assert_eq!(out.emits.len(), 1);
+        assert_eq!(out.emits[0].topic, "inventoryReserved");
+        assert_eq!(out.emits[0].data, json!({"order_id": 7}));
+        assert_eq!(out.emits[0].delay, Some(std::time::Duration::from_secs(5)));
+        assert_eq!(out.emits[0].key.as_deref(), Some("k"));
+    }
+
+    #[test]
+    fn event_properties_are_visible() {
+        let out = run(
+            r#"emit("seen", #{ topic: event.topic, attempt: event.attempt, same: event.id == event.correlation_id });"#,
+            json!({}),
+        )
+        .unwrap();
+        assert_eq!(
+            out.emits[0].data,
+            json!({"topic": "orderCreated", "attempt": 1, "same": true})
+        );
+    }
+
+    #[test]
+    fn fail_discards_emits() {
+        let err = run(r#"emit("a", 1); fail("no stock");"#, json!({})).unwrap_err();
+        assert!(
+            matches!(err, ScriptError::Failed { ref message } if message == "no stock"),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn infinite_loop_fails_only_that_run() {
+        let err = run("loop { }", json!({})).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ScriptError::Limit { .. } | ScriptError::WallTime { .. }
+            ),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn invalid_topic_in_emit_is_a_runtime_error() {
+        let err = run(r#"emit("bad topic", 1);"#, json!({})).unwrap_err();
+        assert!(err.to_string().contains("invalid topic"), "{err}");
+    }
+
+    #[test]
+    fn return_at_top_level_ends_the_run() {
+        let out = run(
+            r#"if event.data.total > 10.0 { emit("big", 1); return; } emit("small", 1);"#,
+            json!({"total": 49.99}),
+        )
+        .unwrap();
+        assert_eq!(out.emits.len(), 1);
+        assert_eq!(out.emits[0].topic, "big");
+    }
+
+    #[test]
+    fn compile_errors_point_into_the_script() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = compile(&source(dir.path(), "let x = 1;\nlet y = ;\n")).unwrap_err();
+        let FlowError::ScriptCompile { span, .. } = err else {
+            panic!()
+        };
+        assert_eq!(span.offset(), "let x = 1;\nlet y = ".len());
+    }
+
+    #[test]
+    fn undefined_variables_are_compile_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(compile(&source(dir.path(), "emit(\"a\", ordr);")).is_err());
+    }
+
+    #[test]
+    fn imports_resolve_against_the_flow_folder_and_are_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("lib")).unwrap();
+        std::fs::write(dir.path().join("lib/money.rhai"), "fn big(x) { x > 100.0 }").unwrap();
+        let script = compile(&source(
+            dir.path(),
+            r#"import "lib/money" as m; if m::big(event.data.total) { emit("big", 1); }"#,
+        ))
+        .unwrap();
+        assert_eq!(script.imports, vec![dir.path().join("lib/money.rhai")]);
+        let engine = ScriptEngine::new(Limits::default());
+        let event = Arc::new(Event::new("t", "test", json!({"total": 500.0})));
+        let out = engine
+            .run(&script, &Arc::from("t"), Some(script_event(&event, 1)))
+            .unwrap();
+        assert_eq!(out.emits.len(), 1);
+    }
+}
