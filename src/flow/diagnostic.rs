@@ -36,7 +36,7 @@ pub enum FlowError {
         script: String,
         message: String,
         #[source_code]
-        src: SourceFile,
+        src: SharedSource,
         #[label("{message}")]
         span: SourceSpan,
     },

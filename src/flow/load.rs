@@ -1,13 +1,16 @@
 //! Reads flow files (or folders of them) into a validated `FlowSet`, collecting every
 //! problem of every file as a diagnostic with a span instead of stopping at the first.
 //!
-//! The work is split in three: `fields` reads typed values out of TOML tables, `sections`
-//! knows the flow-file schema, `check` merges the files and checks what spans several of
-//! them. This module finds the files and ties the steps together. It reads script files as
+//! The work is split up: `reader` reads typed values out of TOML (`fields` one table at a
+//! time), `sections` knows the flow-file schema, `findings` collects what was found, and
+//! `check` merges the files and checks what spans several of them. This module finds the
+//! files and ties the steps together. It reads script files as
 //! text but never compiles them (the `script` module does), and never starts anything.
 
 mod check;
 mod fields;
+mod findings;
+mod reader;
 mod sections;
 #[cfg(test)]
 mod tests;
@@ -18,7 +21,8 @@ use std::sync::Arc;
 use crate::flow::diagnostic::{source_file, FlowError, FlowReport, FlowWarning};
 use crate::flow::model::FlowSet;
 
-use self::fields::{Findings, FlowSource};
+use self::findings::Findings;
+use self::reader::FlowSource;
 
 /// A successfully loaded flow set, with its warnings and every file it read.
 #[derive(Debug, Clone)]

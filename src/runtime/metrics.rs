@@ -156,7 +156,7 @@ impl Metrics {
         drop(topics);
 
         let subs = self.subscribers.read().unwrap_or_else(|e| e.into_inner());
-        let counters: [(&str, &str, fn(&SubscriberMetrics) -> &AtomicU64); 5] = [
+        let counters: [(&str, &str, CounterOf); 5] = [
             (
                 "edaflow_subscriber_events_in_total",
                 "Events received by a subscriber.",
@@ -298,6 +298,9 @@ impl Metrics {
         out
     }
 }
+
+/// Picks one counter out of a subscriber's metrics.
+type CounterOf = fn(&SubscriberMetrics) -> &AtomicU64;
 
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");

@@ -225,6 +225,18 @@ impl<B: Broker> Runtime<B> {
         self.current.as_ref()
     }
 
+    /// The HTTP API over this runtime, as a router (for embedding, and for tests that drive
+    /// it with `tower::ServiceExt::oneshot`). `deferred_topic` is where `/deferred-exec`
+    /// publishes.
+    pub fn api_router(&self, config: crate::flow::model::HttpProducer, deferred_topic: &str) -> axum::Router {
+        crate::http::router(crate::http::ApiState::new(
+            self.shared.clone(),
+            config,
+            deferred_topic.to_owned(),
+            "edaflow://embedded/api".to_owned(),
+        ))
+    }
+
     /// Where each HTTP producer listens, by producer name.
     pub fn http_addrs(&self) -> BTreeMap<String, std::net::SocketAddr> {
         self.http_addrs

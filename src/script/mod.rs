@@ -312,14 +312,30 @@ fn compile_text(
         }
         Err(err) => {
             let pos = err.position();
-            let message = match *err {
+            let (message, module) = match *err {
                 EvalAltResult::ErrorInModule(module, inner, _) => {
-                    format!("in module `{module}`: {}", inner.unwrap_inner())
+                    (format!("in module `{module}`: {}", inner.unwrap_inner()), Some(module))
                 }
-                EvalAltResult::ErrorParsing(kind, _) => kind.to_string(),
-                other => other.unwrap_inner().to_string(),
+                EvalAltResult::ErrorModuleNotFound(module, _) => {
+                    let file = base_dir.join(&module).with_extension("rhai");
+                    (format!("module `{module}` not found (looked for {})", shown(&file)), Some(module))
+                }
+                EvalAltResult::ErrorParsing(kind, _) => (kind.to_string(), None),
+                other => (other.unwrap_inner().to_string(), None),
             };
-            Err(compile_error(path, text, &message, pos))
+            // Module errors often carry no position: label the `import` string instead.
+            let quoted = module.map(|m| format!("\"{m}\""));
+            match quoted.as_deref().and_then(|q| text.find(q)) {
+                Some(at) if pos.is_none() => {
+                    let len = quoted.as_deref().map_or(1, str::len);
+                    let mut e = compile_error_at(path, text, &message, at);
+                    if let FlowError::ScriptCompile { span, .. } = &mut e {
+                        *span = (at, len).into();
+                    }
+                    Err(e)
+                }
+                _ => Err(compile_error(path, text, &message, pos)),
+            }
         }
     }
 }
@@ -340,12 +356,25 @@ impl ModuleResolver for SharedResolver {
 }
 
 fn compile_error(path: &Path, text: &str, message: &str, pos: Position) -> FlowError {
-    let offset = offset_of(text, pos);
+    compile_error_at(path, text, message, offset_of(text, pos))
+}
+
+/// A path as the user would write it: relative to the working directory when inside it.
+fn shown(path: &Path) -> String {
+    std::env::current_dir()
+        .ok()
+        .and_then(|cwd| path.strip_prefix(cwd).ok().map(Path::to_path_buf))
+        .unwrap_or_else(|| path.to_path_buf())
+        .display()
+        .to_string()
+}
+
+fn compile_error_at(path: &Path, text: &str, message: &str, offset: usize) -> FlowError {
     let len = text[offset..].chars().next().map_or(0, char::len_utf8);
     FlowError::ScriptCompile {
-        script: path.display().to_string(),
+        script: shown(path),
         message: message.to_owned(),
-        src: source_file(path.display().to_string(), Arc::from(text)),
+        src: Arc::new(source_file(shown(path), Arc::from(text))),
         span: (offset, len).into(),
     }
 }

@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::flow::diagnostic::{FlowError, FlowWarning, Suggestion};
-use crate::flow::load::fields::{Findings, Located, TopicRefs};
+use crate::flow::load::findings::{Findings, Located, TopicRefs};
 use crate::flow::load::sections::{Component, RawFlowFile};
 use crate::flow::model::FlowSet;
 

@@ -10,7 +10,9 @@ use toml_span::value::{Key, Table, ValueInner};
 use toml_span::{Span, Spanned, Value};
 
 use crate::flow::diagnostic::{FlowError, Suggestion};
-use crate::flow::load::fields::{Fields, Findings, FlowSource, Located, Reader};
+use crate::flow::load::fields::Fields;
+use crate::flow::load::findings::{Findings, Located};
+use crate::flow::load::reader::{FlowSource, Reader};
 use crate::flow::model::{
     ChainConfig, ExpectedEvent, FlowFile, FlowTest, GeneratorProducer, HttpProducer,
     IntervalProducer, LinesProducer, ProducerConfig, ProducerKind, QueueConfig, RelayConfig,
