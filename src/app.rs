@@ -13,7 +13,12 @@ use crate::broker::{MemoryBroker, MemoryOptions};
 use crate::cli::{Cli, Command, Remote, RunArgs};
 use crate::client::{ClientError, Target};
 use crate::flow::diagnostic::{render, FlowReport};
+use crate::runtime::reload::{ReloadCause, ReloadRequest, Reloader};
 use crate::runtime::{prepare, Prepared, Runtime, RuntimeError, RuntimeOptions};
+use crate::watch::{FileWatcher, WatchError};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// Everything that can end a command with a failure.
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
@@ -27,6 +32,9 @@ pub enum Error {
     #[error(transparent)]
     #[diagnostic(transparent)]
     Client(#[from] ClientError),
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Watch(#[from] WatchError),
     #[error("{failed} of {total} flow tests failed")]
     #[diagnostic(code(edaflow::test::failed))]
     TestsFailed { failed: usize, total: usize },
@@ -144,13 +152,78 @@ pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<()
         components = outcome.added.len(),
         took_ms = format!("{:.1}", outcome.took_ms),
         broker = "memory",
+        watching = !args.no_watch,
         "edaflow running"
     );
-    shutdown.await;
+
+    // Every reload trigger feeds one channel; one loop applies them in order.
+    let (requests, mut pending) = mpsc::channel::<ReloadRequest>(16);
+    runtime.set_reload_channel(requests.clone());
+    let tracker = TaskTracker::new();
+    let token = CancellationToken::new();
+    let files = runtime
+        .current()
+        .map(|c| c.files.clone())
+        .unwrap_or_default();
+    let watcher = if args.no_watch {
+        None
+    } else {
+        Some(FileWatcher::spawn(
+            &args.flows,
+            &files,
+            args.debounce,
+            requests.clone(),
+            &tracker,
+            token.clone(),
+        )?)
+    };
+    spawn_sighup(requests, &tracker, token.clone());
+    let mut reloader = Reloader::new(runtime, args.flows.clone());
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            Some(request) = pending.recv() => {
+                reloader.handle(request).await;
+                if let Some(watcher) = &watcher {
+                    watcher.update(&reloader.watched_files());
+                }
+            }
+        }
+    }
+    token.cancel();
+    tracker.close();
+    tracker.wait().await;
     info!("shutting down: ingest stopped, draining");
-    runtime.shutdown(args.grace).await;
+    reloader.into_runtime().shutdown(args.grace).await;
     info!("stopped");
     Ok(())
+}
+
+/// SIGHUP asks for a reload, as for most daemons.
+fn spawn_sighup(
+    requests: mpsc::Sender<ReloadRequest>,
+    tracker: &TaskTracker,
+    token: CancellationToken,
+) {
+    #[cfg(unix)]
+    tracker.spawn(async move {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = token.cancelled() => return,
+                signal = hup.recv() => {
+                    if signal.is_none() || requests.send(ReloadRequest::new(ReloadCause::Signal)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    #[cfg(not(unix))]
+    let _ = (requests, tracker, token);
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

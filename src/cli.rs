@@ -105,6 +105,12 @@ pub struct RunArgs {
     /// Run only subscribers with this role (repeatable); producers without a role still run.
     #[arg(long = "role", value_name = "ROLE")]
     pub roles: Vec<String>,
+    /// Do not watch files; reload only on SIGHUP or `POST /admin/reload`.
+    #[arg(long)]
+    pub no_watch: bool,
+    /// Quiet period after the last file event before reloading (editors save in steps).
+    #[arg(long, value_name = "DURATION", default_value = "15ms", value_parser = parse_duration_arg)]
+    pub debounce: Duration,
     /// How long queued events may drain at shutdown.
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration_arg)]
     pub grace: Duration,

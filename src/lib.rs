@@ -22,5 +22,6 @@ pub mod flowtest;
 pub mod http;
 pub mod runtime;
 pub mod script;
+pub mod watch;
 
 pub use app::Error;

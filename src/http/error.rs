@@ -26,6 +26,8 @@ pub enum ApiError {
     Unavailable,
     #[error("invalid query parameter: {detail}")]
     BadParameter { detail: String },
+    #[error("reloading is not available in this process")]
+    ReloadUnavailable,
 }
 
 impl ApiError {
@@ -38,7 +40,7 @@ impl ApiError {
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
-            ApiError::Backpressure { .. } | ApiError::Unavailable => {
+            ApiError::Backpressure { .. } | ApiError::Unavailable | ApiError::ReloadUnavailable => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
         }
@@ -56,6 +58,7 @@ impl ApiError {
             ApiError::Backpressure { .. } => "backpressure",
             ApiError::Unavailable => "unavailable",
             ApiError::BadParameter { .. } => "bad_parameter",
+            ApiError::ReloadUnavailable => "reload_unavailable",
         }
     }
 }

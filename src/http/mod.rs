@@ -26,6 +26,7 @@ use tracing::warn;
 use crate::broker::Broker;
 use crate::flow::model::HttpProducer;
 use crate::flow::pattern::TopicPattern;
+use crate::runtime::reload::{ReloadCause, ReloadReport, ReloadRequest};
 use crate::runtime::Shared;
 
 pub use error::ApiError;
@@ -89,6 +90,7 @@ pub fn router<B: Broker>(state: Arc<ApiState<B>>) -> Router {
         .route("/healthz", get(healthz::<B>))
         .route("/metrics", get(metrics::<B>))
         .route("/tail", get(tail::<B>))
+        .route("/admin/reload", post(admin_reload::<B>))
         .with_state(state)
 }
 
@@ -151,6 +153,43 @@ async fn metrics<B: Broker>(
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
     );
     Ok(response)
+}
+
+/// `POST /admin/reload`: the same reload path as the file watcher and SIGHUP. Answers with
+/// the outcome: 200 applied or unchanged, 422 invalid (with the diagnostic), 500 rolled back.
+async fn admin_reload<B: Broker>(
+    State(state): State<Arc<ApiState<B>>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    state.authorize(&headers)?;
+    let Some(requests) = state.shared.reload.get() else {
+        return Err(ApiError::ReloadUnavailable);
+    };
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let request = ReloadRequest {
+        cause: ReloadCause::Http,
+        noticed: std::time::Instant::now(),
+        reply: Some(reply),
+    };
+    requests
+        .send(request)
+        .await
+        .map_err(|_| ApiError::ReloadUnavailable)?;
+    // If the reload restarts this very producer, it waits for this request to finish:
+    // answer as soon as the producer starts stopping instead of waiting for the outcome.
+    let report = tokio::select! {
+        report = answer => report.map_err(|_| ApiError::ReloadUnavailable)?,
+        _ = state.stopping.cancelled() => {
+            return Ok(json_response(StatusCode::ACCEPTED, r#"{"result":"in_progress","detail":"this HTTP producer restarts as part of the reload"}"#.to_owned()));
+        }
+    };
+    let status = match &report {
+        ReloadReport::Applied(_) | ReloadReport::Unchanged { .. } => StatusCode::OK,
+        ReloadReport::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+        ReloadReport::RolledBack { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    let body = serde_json::to_string(&report).unwrap_or_default();
+    Ok(json_response(status, body))
 }
 
 #[derive(Deserialize)]

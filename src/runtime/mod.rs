@@ -10,6 +10,7 @@
 
 pub mod metrics;
 pub mod producers;
+pub mod reload;
 pub mod subscriber;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -120,6 +121,8 @@ pub struct Status {
 /// What every component of a runtime shares.
 pub struct Shared<B: Broker> {
     pub broker: B,
+    /// Where `POST /admin/reload` sends its request (set once by whoever owns reloads).
+    pub reload: std::sync::OnceLock<tokio::sync::mpsc::Sender<reload::ReloadRequest>>,
     pub engine: ScriptEngine,
     pub metrics: Arc<Metrics>,
     pub status: Arc<Status>,
@@ -181,6 +184,7 @@ impl<B: Broker> Runtime<B> {
     pub fn new(broker: B, options: RuntimeOptions) -> Runtime<B> {
         let shared = Arc::new(Shared {
             broker,
+            reload: std::sync::OnceLock::new(),
             engine: ScriptEngine::new(options.limits),
             metrics: Arc::new(Metrics::default()),
             status: Arc::new(Status {
@@ -220,6 +224,21 @@ impl<B: Broker> Runtime<B> {
         self.shared.status.generation.load(Ordering::SeqCst)
     }
 
+    /// Records the outcome of a reload for `/healthz`.
+    pub fn set_last_reload(&self, outcome: ReloadOutcome) {
+        *self
+            .shared
+            .status
+            .last_reload
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(outcome);
+    }
+
+    /// Lets `POST /admin/reload` reach the reload path.
+    pub fn set_reload_channel(&self, requests: tokio::sync::mpsc::Sender<reload::ReloadRequest>) {
+        let _ = self.shared.reload.set(requests);
+    }
+
     /// The flow set running now.
     pub fn current(&self) -> Option<&Prepared> {
         self.current.as_ref()
@@ -228,7 +247,11 @@ impl<B: Broker> Runtime<B> {
     /// The HTTP API over this runtime, as a router (for embedding, and for tests that drive
     /// it with `tower::ServiceExt::oneshot`). `deferred_topic` is where `/deferred-exec`
     /// publishes.
-    pub fn api_router(&self, config: crate::flow::model::HttpProducer, deferred_topic: &str) -> axum::Router {
+    pub fn api_router(
+        &self,
+        config: crate::flow::model::HttpProducer,
+        deferred_topic: &str,
+    ) -> axum::Router {
         crate::http::router(crate::http::ApiState::new(
             self.shared.clone(),
             config,
@@ -256,20 +279,62 @@ impl<B: Broker> Runtime<B> {
                 || role.is_some_and(|r| self.options.roles.contains(r)))
     }
 
-    /// Replaces the running generation with `next`, touching only what differs.
+    /// Replaces the running generation with `next`, touching only what differs, as the
+    /// next generation number.
     ///
     /// # Errors
     /// A component that cannot start (a port in use, a missing input file). What was
-    /// already applied stays applied; the caller reports the failure.
+    /// already applied stays applied: the caller restores the previous set (`restore`).
     pub async fn apply(&mut self, next: Prepared) -> Result<ReloadOutcome, RuntimeError> {
+        let generation = self.generation() + 1;
+        self.apply_as(next, generation).await
+    }
+
+    /// Re-applies an earlier flow set under its own generation number, after a failed
+    /// `apply` (the rollback).
+    ///
+    /// # Errors
+    /// As `apply`; a failed rollback leaves whatever could be started running.
+    pub async fn restore(
+        &mut self,
+        previous: Prepared,
+        generation: u64,
+    ) -> Result<ReloadOutcome, RuntimeError> {
+        self.apply_as(previous, generation).await
+    }
+
+    /// True when `next` is the running set exactly (flows, scripts and imported modules):
+    /// applying it would change nothing.
+    pub fn is_current(&self, next: &Prepared) -> bool {
+        self.current
+            .as_ref()
+            .is_some_and(|c| c.flows == next.flows && c.module_texts == next.module_texts)
+    }
+
+    async fn apply_as(
+        &mut self,
+        next: Prepared,
+        generation: u64,
+    ) -> Result<ReloadOutcome, RuntimeError> {
         let started = Instant::now();
         let flows = next.flows.clone();
-        let modules_changed = self
-            .current
-            .as_ref()
-            .is_none_or(|c| c.module_texts != next.module_texts);
+        let changed_modules: BTreeSet<PathBuf> = match &self.current {
+            None => next.module_texts.keys().cloned().collect(),
+            Some(current) => current
+                .module_texts
+                .iter()
+                .filter(|(path, text)| next.module_texts.get(*path) != Some(*text))
+                .map(|(path, _)| path.clone())
+                .chain(
+                    next.module_texts
+                        .keys()
+                        .filter(|p| !current.module_texts.contains_key(*p))
+                        .cloned(),
+                )
+                .collect(),
+        };
         let mut outcome = ReloadOutcome {
-            generation: self.generation() + 1,
+            generation,
             ok: true,
             added: Vec::new(),
             changed: Vec::new(),
@@ -332,12 +397,19 @@ impl<B: Broker> Runtime<B> {
         }
         for (name, config) in &wanted {
             let key = format!("subscribers.{name}");
-            let code: HandlerCode = next.scripts.by_component.get(&key).cloned().map(Arc::new);
-            if let Some(running) = self.subscribers.get(*name) {
-                let text_changed = running.config.script != config.script;
-                if text_changed || (modules_changed && code.is_some()) {
-                    running.code.send_replace(code);
+            let script = next.scripts.by_component.get(&key).cloned().map(Arc::new);
+            let imports_changed = script
+                .as_ref()
+                .is_some_and(|s| s.imports.iter().any(|i| changed_modules.contains(i)));
+            let code = HandlerCode { script, generation };
+            if let Some(running) = self.subscribers.get_mut(*name) {
+                if running.config.script != config.script || imports_changed {
                     outcome.swapped.push(key);
+                    running.code.send_replace(code);
+                    running.config = (*config).clone();
+                } else {
+                    // Same code; only the generation it reports moves on.
+                    running.code.send_modify(|c| c.generation = generation);
                 }
                 continue;
             }
@@ -357,9 +429,10 @@ impl<B: Broker> Runtime<B> {
         for name in running {
             let key = format!("producers.{name}");
             let keep = wanted_producers.get(&name).is_some_and(|c| {
-                let script_same = match &c.kind {
-                    ProducerKind::Interval(_) => !modules_changed,
-                    _ => true,
+                let script_same = match next.scripts.by_component.get(&format!("producers.{name}"))
+                {
+                    Some(script) => !script.imports.iter().any(|i| changed_modules.contains(i)),
+                    None => true,
                 };
                 **c == self.producers[&name].config && script_same
             });
@@ -389,7 +462,8 @@ impl<B: Broker> Runtime<B> {
             if !outcome.changed.contains(&key) {
                 outcome.added.push(key);
             }
-            let mut config = (*config).clone();
+            let declared = (*config).clone();
+            let mut config = declared.clone();
             if let (ProducerKind::Http(http), Some(listen)) =
                 (&mut config.kind, &self.options.listen)
             {
@@ -398,10 +472,9 @@ impl<B: Broker> Runtime<B> {
                     first_http = false;
                 }
             }
-            self.start_producer(name, config, &next).await?;
+            self.start_producer(name, config, declared, &next).await?;
         }
 
-        let generation = outcome.generation;
         self.shared
             .status
             .generation
@@ -452,10 +525,13 @@ impl<B: Broker> Runtime<B> {
         Ok(())
     }
 
+    /// Starts a producer with `config` (the declared one with `--listen` applied); the
+    /// declared one is kept to compare against the next generation.
     async fn start_producer(
         &mut self,
         name: &str,
         config: ProducerConfig,
+        declared: ProducerConfig,
         next: &Prepared,
     ) -> Result<(), RuntimeError> {
         let token = self.root.child_token();
@@ -525,7 +601,7 @@ impl<B: Broker> Runtime<B> {
         self.producers.insert(
             name.to_owned(),
             RunningProducer {
-                config,
+                config: declared,
                 token,
                 tracker,
             },

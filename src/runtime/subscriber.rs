@@ -24,8 +24,18 @@ use crate::runtime::metrics::SubscriberMetrics;
 use crate::runtime::Shared;
 use crate::script::{script_event, CompiledScript, ScriptError, ScriptOutput};
 
-/// The handler code a subscriber runs; swapped in place when only the script changed.
-pub type HandlerCode = Option<Arc<CompiledScript>>;
+/// The handler code a subscriber runs and the generation it belongs to; swapped in place
+/// when only the script changed (and re-sent with the new generation on every reload).
+#[derive(Clone, Debug)]
+pub struct HandlerCode {
+    /// `None`: print the article's consumer output.
+    pub script: Option<Arc<CompiledScript>>,
+    pub generation: u64,
+}
+
+/// The CloudEvents extension attribute recording which flow generation's code emitted an
+/// event (so a test can prove which version of a handler ran).
+pub const GENERATION_EXTENSION: &str = "edaflowgeneration";
 
 /// What the workers of one subscriber share.
 pub(crate) struct SubscriberTask<B: Broker> {
@@ -112,19 +122,25 @@ impl<B: Broker> SubscriberTask<B> {
         let mut attempt = delivery.redeliveries.saturating_add(1);
         loop {
             let started = Instant::now();
-            let result = self.run_once(&delivery.event, attempt);
+            let code = self.code.borrow().clone();
+            let result = self.run_once(&code, &delivery.event, attempt);
             self.metrics.latency.observe(started.elapsed());
             match result {
                 Ok(output) => {
                     self.metrics.handled.fetch_add(1, Ordering::Relaxed);
-                    return Outcome::Done(self.effects(&delivery.event, output));
+                    return Outcome::Done(self.effects(&delivery.event, output, code.generation));
                 }
                 Err(error) => {
                     self.metrics.errors.fetch_add(1, Ordering::Relaxed);
                     if attempt >= retry.attempts {
                         warn!(event = %delivery.event.id, topic = %delivery.event.topic, attempt, dead_letter = %self.config.dead_letter, %error, "handler failed for the last time; dead-lettering the event");
                         self.metrics.dead_letters.fetch_add(1, Ordering::Relaxed);
-                        return Outcome::Dead(self.dead_letter(&delivery.event, attempt, &error));
+                        return Outcome::Dead(self.dead_letter(
+                            &delivery.event,
+                            attempt,
+                            &error,
+                            code.generation,
+                        ));
                     }
                     let delay = retry.delay_after(attempt);
                     warn!(event = %delivery.event.id, topic = %delivery.event.topic, attempt, retry_in = ?delay, %error, "handler failed; will retry");
@@ -138,13 +154,17 @@ impl<B: Broker> SubscriberTask<B> {
         }
     }
 
-    fn run_once(&self, event: &Arc<Event>, attempt: u32) -> Result<ScriptOutput, ScriptError> {
-        let code = self.code.borrow().clone();
-        match code {
+    fn run_once(
+        &self,
+        code: &HandlerCode,
+        event: &Arc<Event>,
+        attempt: u32,
+    ) -> Result<ScriptOutput, ScriptError> {
+        match &code.script {
             Some(script) => {
                 self.shared
                     .engine
-                    .run(&script, &self.name, Some(script_event(event, attempt)))
+                    .run(script, &self.name, Some(script_event(event, attempt)))
             }
             None => {
                 print_article_consumer(event);
@@ -153,13 +173,16 @@ impl<B: Broker> SubscriberTask<B> {
         }
     }
 
-    fn effects(&self, parent: &Event, output: ScriptOutput) -> Effects {
+    fn effects(&self, parent: &Event, output: ScriptOutput, generation: u64) -> Effects {
         let mut effects = Effects::default();
         self.metrics
             .events_out
             .fetch_add(output.emits.len() as u64, Ordering::Relaxed);
         for emitted in output.emits {
             let mut event = parent.caused(emitted.topic, self.source.clone(), emitted.data);
+            event
+                .extensions
+                .insert(GENERATION_EXTENSION.into(), generation.into());
             if let Some(key) = emitted.key {
                 event.extensions.insert("partitionkey".into(), key.into());
             }
@@ -171,7 +194,13 @@ impl<B: Broker> SubscriberTask<B> {
         effects
     }
 
-    fn dead_letter(&self, event: &Event, attempts: u32, error: &ScriptError) -> Effects {
+    fn dead_letter(
+        &self,
+        event: &Event,
+        attempts: u32,
+        error: &ScriptError,
+        generation: u64,
+    ) -> Effects {
         let mut dead = event.caused(
             self.config.dead_letter.clone(),
             self.source.clone(),
@@ -183,6 +212,7 @@ impl<B: Broker> SubscriberTask<B> {
         ext.insert("deadlettersubscriber".into(), self.name.to_string().into());
         ext.insert("deadlettertopic".into(), event.topic.clone().into());
         ext.insert("deadletterid".into(), event.id.clone().into());
+        ext.insert(GENERATION_EXTENSION.into(), generation.into());
         Effects {
             publish: vec![dead],
             ..Effects::default()

@@ -313,12 +313,16 @@ fn compile_text(
         Err(err) => {
             let pos = err.position();
             let (message, module) = match *err {
-                EvalAltResult::ErrorInModule(module, inner, _) => {
-                    (format!("in module `{module}`: {}", inner.unwrap_inner()), Some(module))
-                }
+                EvalAltResult::ErrorInModule(module, inner, _) => (
+                    format!("in module `{module}`: {}", inner.unwrap_inner()),
+                    Some(module),
+                ),
                 EvalAltResult::ErrorModuleNotFound(module, _) => {
                     let file = base_dir.join(&module).with_extension("rhai");
-                    (format!("module `{module}` not found (looked for {})", shown(&file)), Some(module))
+                    (
+                        format!("module `{module}` not found (looked for {})", shown(&file)),
+                        Some(module),
+                    )
                 }
                 EvalAltResult::ErrorParsing(kind, _) => (kind.to_string(), None),
                 other => (other.unwrap_inner().to_string(), None),

@@ -1,0 +1,206 @@
+//! The one reload path: load → validate → diff → apply → report, whatever asked for it
+//! (the file watcher, SIGHUP or `POST /admin/reload`). `Reloader` owns the runtime and
+//! handles one `ReloadRequest` at a time, so reloads never overlap.
+//!
+//! An invalid edit changes nothing: the diagnostic is printed and the running generation
+//! stays. Identical content is a no-op. A failure while applying restores the previous
+//! generation and says so.
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::time::{Instant, SystemTime};
+
+use serde::Serialize;
+use tokio::sync::oneshot;
+use tracing::{error, info, warn};
+
+use crate::broker::Broker;
+use crate::flow::diagnostic::render;
+use crate::runtime::{prepare, Prepared, ReloadOutcome, Runtime};
+
+/// Why a reload was asked for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReloadCause {
+    /// Files changed (the paths the watcher saw, after debouncing).
+    Files(Vec<PathBuf>),
+    /// SIGHUP.
+    Signal,
+    /// `POST /admin/reload`.
+    Http,
+}
+
+/// A request to reload, with an optional place to send the result.
+#[derive(Debug)]
+pub struct ReloadRequest {
+    pub cause: ReloadCause,
+    /// When the change was noticed (for the save-to-live latency).
+    pub noticed: Instant,
+    pub reply: Option<oneshot::Sender<ReloadReport>>,
+}
+
+impl ReloadRequest {
+    /// A request without a reply channel.
+    pub fn new(cause: ReloadCause) -> ReloadRequest {
+        ReloadRequest {
+            cause,
+            noticed: Instant::now(),
+            reply: None,
+        }
+    }
+}
+
+/// What a reload did.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum ReloadReport {
+    /// A new generation runs.
+    Applied(ReloadOutcome),
+    /// Nothing changed; the generation stays.
+    Unchanged { generation: u64 },
+    /// The new files are invalid; the generation stays. `diagnostic` is the rendered report.
+    Invalid { generation: u64, diagnostic: String },
+    /// Applying failed; the previous generation was restored.
+    RolledBack { generation: u64, error: String },
+}
+
+/// Owns the runtime and applies reloads one at a time.
+pub struct Reloader<B: Broker> {
+    runtime: Runtime<B>,
+    paths: Vec<PathBuf>,
+}
+
+impl<B: Broker> Reloader<B> {
+    /// A reloader for a runtime that was started from `paths`.
+    pub fn new(runtime: Runtime<B>, paths: Vec<PathBuf>) -> Reloader<B> {
+        Reloader { runtime, paths }
+    }
+
+    /// The runtime.
+    pub fn runtime(&self) -> &Runtime<B> {
+        &self.runtime
+    }
+
+    /// Gives the runtime back (for shutdown).
+    pub fn into_runtime(self) -> Runtime<B> {
+        self.runtime
+    }
+
+    /// The files the running generation depends on.
+    pub fn watched_files(&self) -> Vec<PathBuf> {
+        self.runtime
+            .current()
+            .map(|c| c.files.clone())
+            .unwrap_or_default()
+    }
+
+    /// Handles one request: reload from disk and report.
+    pub async fn handle(&mut self, request: ReloadRequest) -> ReloadReport {
+        let started = Instant::now();
+        let report = match prepare(&self.paths) {
+            Ok(next) => self.apply(next, started).await,
+            Err(report) => {
+                let generation = self.runtime.generation();
+                let diagnostic = render(&report, 100);
+                eprintln!("{diagnostic}");
+                warn!(generation, cause = ?request.cause, "invalid flows; keeping generation {generation}");
+                self.record_failure(generation, "invalid flows: kept the running generation");
+                ReloadReport::Invalid {
+                    generation,
+                    diagnostic,
+                }
+            }
+        };
+        if let Some(reply) = request.reply {
+            let _ = reply.send(report.clone());
+        }
+        report
+    }
+
+    /// Applies an already prepared set (the reload path after loading).
+    async fn apply(&mut self, next: Prepared, started: Instant) -> ReloadReport {
+        let generation = self.runtime.generation();
+        if self.runtime.is_current(&next) {
+            info!(generation, "flows unchanged; nothing to reload");
+            return ReloadReport::Unchanged { generation };
+        }
+        for warning in &next.warnings {
+            eprintln!("{}", render(warning, 100));
+        }
+        let restart_needed = self.process_settings_changed(&next);
+        let previous = self.runtime.current().cloned();
+        match self.runtime.apply(next).await {
+            Ok(mut outcome) => {
+                outcome.took_ms = started.elapsed().as_secs_f64() * 1000.0;
+                if let Some(setting) = restart_needed {
+                    outcome.message = Some(format!(
+                        "{setting} changed: restart edaflow for it to take effect"
+                    ));
+                    warn!(
+                        setting,
+                        "this setting cannot change while running; restart edaflow to apply it"
+                    );
+                }
+                self.runtime
+                    .metrics()
+                    .reloads
+                    .fetch_add(1, Ordering::Relaxed);
+                self.runtime.set_last_reload(outcome.clone());
+                info!(
+                    generation = outcome.generation,
+                    added = ?outcome.added,
+                    changed = ?outcome.changed,
+                    removed = ?outcome.removed,
+                    swapped = ?outcome.swapped,
+                    took_ms = format!("{:.2}", outcome.took_ms),
+                    "flows reloaded"
+                );
+                ReloadReport::Applied(outcome)
+            }
+            Err(e) => {
+                let message = e.to_string();
+                error!(error = %message, "reload failed while applying; rolling back to generation {generation}");
+                if let Some(previous) = previous {
+                    if let Err(e) = self.runtime.restore(previous, generation).await {
+                        error!(error = %e, "rollback incomplete: some components of generation {generation} could not restart");
+                    }
+                }
+                self.record_failure(generation, &format!("apply failed, rolled back: {message}"));
+                ReloadReport::RolledBack {
+                    generation,
+                    error: message,
+                }
+            }
+        }
+    }
+
+    fn record_failure(&self, generation: u64, message: &str) {
+        self.runtime
+            .metrics()
+            .reload_failures
+            .fetch_add(1, Ordering::Relaxed);
+        self.runtime.set_last_reload(ReloadOutcome {
+            generation,
+            ok: false,
+            added: Vec::new(),
+            changed: Vec::new(),
+            removed: Vec::new(),
+            swapped: Vec::new(),
+            took_ms: 0.0,
+            message: Some(message.to_owned()),
+            at: SystemTime::now(),
+        });
+    }
+
+    /// Settings that only take effect at start: the broker URL.
+    fn process_settings_changed(&self, next: &Prepared) -> Option<&'static str> {
+        let current = self.runtime.current()?;
+        let brokers = |p: &Prepared| {
+            p.flows
+                .files
+                .iter()
+                .map(|f| f.broker.clone())
+                .collect::<Vec<_>>()
+        };
+        (brokers(current) != brokers(next)).then_some("[flow] broker")
+    }
+}
