@@ -10,7 +10,7 @@ use bytes::Bytes;
 use tracing::info;
 
 use crate::broker::{MemoryBroker, MemoryOptions};
-use crate::cli::{Cli, Command, Remote, RunArgs};
+use crate::cli::{Cli, Command, DeadAction, Remote, RunArgs};
 use crate::client::{ClientError, Target};
 use crate::flow::diagnostic::{render, FlowReport};
 use crate::runtime::reload::{ReloadCause, ReloadRequest, Reloader};
@@ -83,6 +83,12 @@ pub fn main(cli: Cli) -> Result<(), Error> {
                 .enable_all()
                 .build()?;
             rt.block_on(publish(&topic, &data, &remote))
+        }
+        Command::Dead { action } => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(dead(action))
         }
         Command::Tail {
             pattern,
@@ -360,6 +366,113 @@ async fn tail(pattern: &str, json: bool, remote: &Remote) -> Result<(), Error> {
         _ = shutdown_signal() => {}
     }
     Ok(())
+}
+
+async fn dead(action: DeadAction) -> Result<(), Error> {
+    match action {
+        DeadAction::List {
+            origin,
+            json,
+            remote,
+        } => {
+            let target = Target::parse(&remote.url, remote.token.clone())?;
+            let path = match &origin {
+                Some(o) => format!("/admin/dead?origin={}", percent_encode(o)),
+                None => "/admin/dead".to_owned(),
+            };
+            let body = target.call("GET", &path, None, Bytes::new()).await?;
+            let letters: Vec<crate::event::Event> =
+                serde_json::from_slice(&body).unwrap_or_default();
+            let mut out = std::io::stdout().lock();
+            if json {
+                for letter in &letters {
+                    let _ = writeln!(out, "{}", letter.to_json());
+                }
+                return Ok(());
+            }
+            if letters.is_empty() {
+                let _ = writeln!(out, "no dead letters");
+                return Ok(());
+            }
+            for letter in &letters {
+                let ext = |k: &str| {
+                    letter
+                        .extensions
+                        .get(k)
+                        .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned))
+                        .unwrap_or_default()
+                };
+                let origin = if ext("deadletterqueue").is_empty() {
+                    format!("topic {}", ext("deadlettertopic"))
+                } else {
+                    format!("queue {}", ext("deadletterqueue"))
+                };
+                let _ = writeln!(
+                    out,
+                    "{}  {}  {}  by {} after {} attempt(s)\n    error: {}\n    data:  {}",
+                    letter.id,
+                    humantime::format_rfc3339_millis(letter.time),
+                    origin,
+                    ext("deadlettersubscriber"),
+                    ext("deadletterattempts"),
+                    ext("deadletterreason"),
+                    crate::event::to_article_json(&letter.data)
+                );
+            }
+            let _ = writeln!(out, "{} dead letter(s)", letters.len());
+            Ok(())
+        }
+        DeadAction::Replay {
+            origin,
+            ids,
+            delay,
+            remote,
+        } => {
+            let target = Target::parse(&remote.url, remote.token.clone())?;
+            let body =
+                serde_json::json!({ "origin": origin, "ids": ids, "delay": delay }).to_string();
+            let answer = target
+                .call(
+                    "POST",
+                    "/admin/dead/replay",
+                    Some("application/json"),
+                    Bytes::from(body),
+                )
+                .await?;
+            let report: serde_json::Value = serde_json::from_slice(&answer).unwrap_or_default();
+            println!("replayed {}", report["replayed"]);
+            if let Some(failed) = report["failed"].as_array().filter(|f| !f.is_empty()) {
+                for f in failed {
+                    println!(
+                        "not replayed {}: {}",
+                        f["id"].as_str().unwrap_or(""),
+                        f["error"].as_str().unwrap_or("")
+                    );
+                }
+            }
+            Ok(())
+        }
+        DeadAction::Drop {
+            origin,
+            ids,
+            all,
+            remote,
+        } => {
+            let target = Target::parse(&remote.url, remote.token.clone())?;
+            let body = serde_json::json!({ "origin": origin, "ids": ids, "all": all }).to_string();
+            let answer = target
+                .call(
+                    "POST",
+                    "/admin/dead/drop",
+                    Some("application/json"),
+                    Bytes::from(body),
+                )
+                .await?;
+            let report: serde_json::Value = serde_json::from_slice(&answer).unwrap_or_default();
+            println!("dropped {}", report["dropped"]);
+            Ok(())
+        }
+    }
 }
 
 fn percent_encode(text: &str) -> String {

@@ -84,12 +84,61 @@ pub enum Command {
         #[command(flatten)]
         remote: Remote,
     },
+    /// Inspect, replay and drop the dead letters of a running instance.
+    #[command(
+        after_help = "Examples:\n  edaflow dead list\n  edaflow dead list orderCreated\n  edaflow dead replay orderCreated --delay 10s\n  edaflow dead replay --id 01JD…\n  edaflow dead drop 'order*'\n  edaflow dead drop --all"
+    )]
+    Dead {
+        #[command(subcommand)]
+        action: DeadAction,
+    },
     /// Run the [[tests]] of flow files, in process, on virtual time.
     #[command(after_help = "Examples:\n  edaflow test flows/orders.toml\n  edaflow test flows/")]
     Test {
         /// Flow files, or folders of them.
         #[arg(required = true, value_name = "FLOW")]
         flows: Vec<PathBuf>,
+    },
+}
+
+/// What to do with dead letters.
+#[derive(Debug, Subcommand)]
+pub enum DeadAction {
+    /// List dead letters: id, origin, subscriber, attempts, error.
+    List {
+        /// Only those whose original topic or queue matches this pattern.
+        origin: Option<String>,
+        /// Print each dead letter as its CloudEvents JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Re-publish dead letters to their original topic or queue, and remove them.
+    Replay {
+        /// Only those whose original topic or queue matches this pattern.
+        origin: Option<String>,
+        /// Only these dead letters (repeatable).
+        #[arg(long = "id", value_name = "ID")]
+        ids: Vec<String>,
+        /// Make them due again only after this long (e.g. 10s).
+        #[arg(long, value_name = "DURATION")]
+        delay: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Delete dead letters.
+    Drop {
+        /// Only those whose original topic or queue matches this pattern.
+        origin: Option<String>,
+        /// Only these dead letters (repeatable).
+        #[arg(long = "id", value_name = "ID")]
+        ids: Vec<String>,
+        /// Drop every dead letter (required when no origin or id is given).
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        remote: Remote,
     },
 }
 

@@ -18,8 +18,10 @@ use std::time::Duration;
 use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 
+use crate::broker::memory_queue::WorkQueue;
 use crate::broker::{
-    Backpressure, Broker, BrokerError, Consumer, Delivery, Effects, GroupSpec, GroupStats,
+    Backpressure, Broker, BrokerError, Consumer, DeadFilter, Delivery, Effects, GroupSpec,
+    GroupStats, QueueSpec, QueueStats,
 };
 use crate::event::Event;
 use crate::flow::pattern::TopicPattern;
@@ -55,7 +57,13 @@ struct Inner {
     schedule: Mutex<BTreeMap<(Instant, u64), Event>>,
     schedule_changed: Arc<Notify>,
     schedule_seq: AtomicU64,
+    queues: RwLock<HashMap<String, Arc<WorkQueue>>>,
+    /// Dead letters, oldest first, at most `DEAD_LETTER_LIMIT`.
+    dead: Mutex<VecDeque<Event>>,
 }
+
+/// Dead letters kept in memory; past this, the oldest are dropped (and logged).
+const DEAD_LETTER_LIMIT: usize = 10_000;
 
 /// Routes are cached per topic; an unbounded number of topic names (HTTP ingest accepts
 /// any) must not grow the cache without limit.
@@ -144,6 +152,8 @@ impl MemoryBroker {
             schedule: Mutex::new(BTreeMap::new()),
             schedule_changed: Arc::new(Notify::new()),
             schedule_seq: AtomicU64::new(0),
+            queues: RwLock::new(HashMap::new()),
+            dead: Mutex::new(VecDeque::new()),
         });
         let weak = Arc::downgrade(&inner);
         // Tracked by ownership: the task holds only a Weak and exits when the broker is gone.
@@ -206,12 +216,47 @@ impl MemoryBroker {
     }
 
     /// True when no event is queued, in flight or scheduled anywhere.
+    /// True when nothing is ready or in flight anywhere and no delayed event is due yet:
+    /// the flow has settled until time moves on (`edaflow test` waits for this).
     pub fn is_idle(&self) -> bool {
-        self.scheduled() == 0
+        let now = Instant::now();
+        let nothing_due = self
+            .inner
+            .schedule
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .next()
+            .is_none_or(|(at, _)| *at > now);
+        nothing_due
             && self.groups_read().values().all(|g| {
                 let s = g.lock();
                 s.items.is_empty() && s.in_flight == 0
             })
+            && self.queues_read().values().all(|q| q.is_idle())
+    }
+
+    fn queues_read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<WorkQueue>>> {
+        self.inner.queues.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn work_queue(&self, name: &str) -> Result<Arc<WorkQueue>, BrokerError> {
+        self.queues_read()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| BrokerError::UnknownQueue {
+                queue: name.to_owned(),
+            })
+    }
+
+    fn store_dead(&self, event: Event) {
+        let mut dead = self.inner.dead.lock().unwrap_or_else(|e| e.into_inner());
+        if dead.len() >= DEAD_LETTER_LIMIT {
+            if let Some(oldest) = dead.pop_front() {
+                tracing::warn!(id = %oldest.id, limit = DEAD_LETTER_LIMIT, "dead-letter store full; dropping the oldest dead letter");
+            }
+        }
+        dead.push_back(event);
     }
 
     async fn publish_inner(&self, event: Event, mode: Backpressure) -> Result<(), BrokerError> {
@@ -373,21 +418,43 @@ impl Broker for MemoryBroker {
                 .ok_or_else(|| BrokerError::UnknownGroup {
                     group: group.to_owned(),
                 })?;
-        Ok(MemoryConsumer { queue })
+        Ok(MemoryConsumer(Source::Group(queue)))
     }
 
     async fn commit(&self, delivery: Delivery, effects: Effects) -> Result<(), BrokerError> {
+        // Queues first: a full queue fails the commit before anything else is visible,
+        // and the caller can retry the whole handler run.
+        let now = Instant::now();
+        let mut queued = Vec::with_capacity(effects.enqueue.len());
+        for (queue, item, delay) in effects.enqueue {
+            let target = self.work_queue(&queue)?;
+            queued.push((target, Arc::new(item), now + delay));
+        }
+        for (target, item, due) in queued {
+            target.push(item.clone(), due)?;
+            self.feed_taps(&item);
+        }
         for event in effects.publish {
             self.publish_inner(event, Backpressure::Wait).await?;
         }
         for (event, delay) in effects.deferred {
             self.publish_later(event, delay).await?;
         }
+        if let Some(dead) = effects.dead_letter {
+            self.store_dead(dead.clone());
+            self.publish_inner(dead, Backpressure::Wait).await?;
+        }
         self.settle(&delivery);
         Ok(())
     }
 
     async fn nack(&self, delivery: Delivery) -> Result<(), BrokerError> {
+        if delivery.from_queue {
+            if let Ok(queue) = self.work_queue(&delivery.group) {
+                queue.give_back(delivery.event, delivery.redeliveries + 1);
+            }
+            return Ok(());
+        }
         let group = self.groups_read().get(&*delivery.group).cloned();
         if let Some(group) = group {
             {
@@ -425,6 +492,64 @@ impl Broker for MemoryBroker {
         stats
     }
 
+    async fn declare_queue(&self, spec: &QueueSpec) -> Result<(), BrokerError> {
+        let mut queues = self.inner.queues.write().unwrap_or_else(|e| e.into_inner());
+        match queues.get(&spec.name) {
+            Some(queue) => queue.set_capacity(spec.capacity),
+            None => {
+                queues.insert(
+                    spec.name.clone(),
+                    Arc::new(WorkQueue::new(&spec.name, spec.capacity)),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    async fn remove_queue(&self, name: &str) -> Result<(), BrokerError> {
+        let removed = self
+            .inner
+            .queues
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name);
+        if let Some(queue) = removed {
+            queue.remove();
+        }
+        Ok(())
+    }
+
+    async fn enqueue(&self, queue: &str, item: Event, delay: Duration) -> Result<(), BrokerError> {
+        let target = self.work_queue(queue)?;
+        let item = Arc::new(item);
+        target.push(item.clone(), Instant::now() + delay)?;
+        self.feed_taps(&item);
+        Ok(())
+    }
+
+    fn queue_consumer(&self, queue: &str) -> Result<MemoryConsumer, BrokerError> {
+        Ok(MemoryConsumer(Source::Queue(self.work_queue(queue)?)))
+    }
+
+    fn queue_stats(&self) -> Vec<QueueStats> {
+        let mut stats: Vec<QueueStats> = self.queues_read().values().map(|q| q.stats()).collect();
+        stats.sort_by(|a, b| a.name.cmp(&b.name));
+        stats
+    }
+
+    async fn dead_letters(&self, filter: &DeadFilter) -> Result<Vec<Event>, BrokerError> {
+        let dead = self.inner.dead.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(dead.iter().filter(|e| filter.matches(e)).cloned().collect())
+    }
+
+    async fn take_dead_letters(&self, filter: &DeadFilter) -> Result<Vec<Event>, BrokerError> {
+        let mut dead = self.inner.dead.lock().unwrap_or_else(|e| e.into_inner());
+        let (taken, kept): (VecDeque<Event>, VecDeque<Event>) =
+            dead.drain(..).partition(|e| filter.matches(e));
+        *dead = kept;
+        Ok(taken.into())
+    }
+
     fn scheduled(&self) -> usize {
         self.inner
             .schedule
@@ -436,6 +561,12 @@ impl Broker for MemoryBroker {
 
 impl MemoryBroker {
     fn settle(&self, delivery: &Delivery) {
+        if delivery.from_queue {
+            if let Ok(queue) = self.work_queue(&delivery.group) {
+                queue.settle();
+            }
+            return;
+        }
         if let Some(group) = self.groups_read().get(&*delivery.group) {
             let mut state = group.lock();
             state.in_flight = state.in_flight.saturating_sub(1);
@@ -443,43 +574,68 @@ impl MemoryBroker {
     }
 }
 
-/// One consumer of a memory group.
-pub struct MemoryConsumer {
-    queue: Arc<GroupQueue>,
+/// One consumer of a memory group or work queue.
+pub struct MemoryConsumer(Source);
+
+enum Source {
+    Group(Arc<GroupQueue>),
+    Queue(Arc<WorkQueue>),
+}
+
+impl GroupQueue {
+    /// Takes the next item if there is one.
+    fn try_pop(&self) -> Result<Option<Delivery>, BrokerError> {
+        let mut state = self.lock();
+        if state.removed {
+            return Err(BrokerError::UnknownGroup {
+                group: self.name.to_string(),
+            });
+        }
+        let Some((event, redeliveries)) = state.items.pop_front() else {
+            return Ok(None);
+        };
+        state.in_flight += 1;
+        let more = !state.items.is_empty();
+        drop(state);
+        self.space_ready.notify_one();
+        if more {
+            // Pass the baton: another consumer may be waiting for the next item.
+            self.items_ready.notify_one();
+        }
+        Ok(Some(Delivery {
+            event,
+            group: self.name.clone(),
+            from_queue: false,
+            redeliveries,
+            tag: String::new(),
+        }))
+    }
+
+    async fn pop(&self) -> Result<Delivery, BrokerError> {
+        loop {
+            let notified = self.items_ready.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(delivery) = self.try_pop()? {
+                return Ok(delivery);
+            }
+            notified.await;
+        }
+    }
 }
 
 impl Consumer for MemoryConsumer {
     async fn next(&mut self) -> Result<Delivery, BrokerError> {
-        let queue = &self.queue;
-        loop {
-            let notified = queue.items_ready.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            {
-                let mut state = queue.lock();
-                if state.removed {
-                    return Err(BrokerError::UnknownGroup {
-                        group: queue.name.to_string(),
-                    });
-                }
-                if let Some((event, redeliveries)) = state.items.pop_front() {
-                    state.in_flight += 1;
-                    let more = !state.items.is_empty();
-                    drop(state);
-                    queue.space_ready.notify_one();
-                    if more {
-                        // Pass the baton: another consumer may be waiting for the next item.
-                        queue.items_ready.notify_one();
-                    }
-                    return Ok(Delivery {
-                        event,
-                        group: queue.name.clone(),
-                        redeliveries,
-                        tag: String::new(),
-                    });
-                }
-            }
-            notified.await;
+        match &self.0 {
+            Source::Group(group) => group.pop().await,
+            Source::Queue(queue) => queue.next().await,
+        }
+    }
+
+    async fn try_next(&mut self) -> Result<Option<Delivery>, BrokerError> {
+        match &self.0 {
+            Source::Group(group) => group.try_pop(),
+            Source::Queue(queue) => queue.try_next(),
         }
     }
 }

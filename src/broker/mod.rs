@@ -8,6 +8,7 @@
 //! pure topic-pattern syntax).
 
 pub mod memory;
+mod memory_queue;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -32,6 +33,17 @@ pub enum BrokerError {
     #[error("no consumer group named `{group}`")]
     #[diagnostic(code(edaflow::broker::unknown_group))]
     UnknownGroup { group: String },
+    /// The queue was never declared (or was removed).
+    #[error("no queue named `{queue}`")]
+    #[diagnostic(code(edaflow::broker::unknown_queue))]
+    UnknownQueue { queue: String },
+    /// A queue holds `capacity` items already; enqueueing fails rather than dropping.
+    #[error("queue `{queue}` is full ({capacity} items)")]
+    #[diagnostic(
+        code(edaflow::broker::queue_full),
+        help("raise the queue's `capacity`, or add workers")
+    )]
+    QueueFull { queue: String, capacity: usize },
     /// The broker is shutting down.
     #[error("the broker is closed")]
     #[diagnostic(code(edaflow::broker::closed))]
@@ -55,11 +67,13 @@ pub struct GroupSpec {
 }
 
 /// One event handed to one consumer of a group, to be committed or nacked.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Delivery {
     pub event: Arc<Event>,
-    /// The group it was delivered to.
+    /// The group (or queue) it was delivered from.
     pub group: Arc<str>,
+    /// True when it came from a work queue rather than a topic group.
+    pub from_queue: bool,
     /// How many times it was delivered before (0 the first time).
     pub redeliveries: u32,
     /// Broker-specific position (a stream entry id on Redis; empty in memory).
@@ -70,18 +84,82 @@ pub struct Delivery {
 ///
 /// New kinds of effect (queue items, store writes, replies) are added here as fields, so
 /// every broker commits them in the same step.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Effects {
     /// Events to publish now.
     pub publish: Vec<Event>,
     /// Events to publish after a delay.
     pub deferred: Vec<(Event, Duration)>,
+    /// Work items: (queue, item, delay before it is due).
+    pub enqueue: Vec<(String, Event, Duration)>,
+    /// A dead letter: published to its topic and kept in the dead-letter store.
+    pub dead_letter: Option<Event>,
 }
 
 impl Effects {
     /// True when there is nothing to commit but the ack.
     pub fn is_empty(&self) -> bool {
-        self.publish.is_empty() && self.deferred.is_empty()
+        self.publish.is_empty()
+            && self.deferred.is_empty()
+            && self.enqueue.is_empty()
+            && self.dead_letter.is_none()
+    }
+
+    /// Every event this commit makes visible (for counting).
+    pub fn events(&self) -> impl Iterator<Item = &Event> {
+        self.publish
+            .iter()
+            .chain(self.deferred.iter().map(|(e, _)| e))
+            .chain(self.enqueue.iter().map(|(_, e, _)| e))
+            .chain(self.dead_letter.iter())
+    }
+}
+
+/// Settings of a work queue the broker enforces.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueueSpec {
+    pub name: String,
+    /// Most items held (scheduled + ready); `None` is unbounded.
+    pub capacity: Option<usize>,
+}
+
+/// A point-in-time view of one work queue.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct QueueStats {
+    pub name: String,
+    /// Items held: waiting for their due time or ready.
+    pub depth: usize,
+    /// Items due now (ready to be taken).
+    pub due_now: usize,
+    /// Milliseconds until the next item not yet due falls due.
+    pub next_due_ms: Option<u64>,
+    /// Items delivered and not yet settled.
+    pub in_flight: usize,
+    pub capacity: Option<usize>,
+}
+
+/// Which dead letters an admin command is about.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DeadFilter {
+    /// Only dead letters whose original topic (or queue) matches this pattern.
+    pub origin: Option<TopicPattern>,
+    /// Only these dead-letter event ids (empty: any).
+    pub ids: Vec<String>,
+}
+
+impl DeadFilter {
+    /// Does a dead letter pass the filter?
+    pub fn matches(&self, dead: &Event) -> bool {
+        let origin = dead
+            .extensions
+            .get("deadletterqueue")
+            .or_else(|| dead.extensions.get("deadlettertopic"))
+            .and_then(|v| v.as_str())
+            .unwrap_or("");
+        self.origin
+            .as_ref()
+            .is_none_or(|p| p.matches(origin) || p.matches(&dead.topic))
+            && (self.ids.is_empty() || self.ids.contains(&dead.id))
     }
 }
 
@@ -140,7 +218,8 @@ pub trait Broker: Clone + Send + Sync + 'static {
     /// holds, so nothing is lost).
     fn nack(&self, delivery: Delivery) -> impl Future<Output = Result<(), BrokerError>> + Send;
 
-    /// A lossy live view of the events on matching topics (for `edaflow tail` and tests).
+    /// A lossy live view of the events on matching topics, and of the items entering
+    /// matching queues (for `edaflow tail` and tests).
     /// At most `buffer` events wait for the reader; past that, events are dropped for it.
     fn tap(&self, pattern: TopicPattern, buffer: usize) -> tokio::sync::mpsc::Receiver<Arc<Event>>;
 
@@ -149,6 +228,44 @@ pub trait Broker: Clone + Send + Sync + 'static {
 
     /// Events scheduled by `publish_later` that have not been published yet.
     fn scheduled(&self) -> usize;
+
+    /// Creates a work queue, or updates the settings of an existing one.
+    fn declare_queue(
+        &self,
+        spec: &QueueSpec,
+    ) -> impl Future<Output = Result<(), BrokerError>> + Send;
+
+    /// Removes a queue and the items it holds.
+    fn remove_queue(&self, name: &str) -> impl Future<Output = Result<(), BrokerError>> + Send;
+
+    /// Adds an item to a queue, due after `delay`.
+    ///
+    /// # Errors
+    /// `UnknownQueue`, or `QueueFull` past the queue's capacity.
+    fn enqueue(
+        &self,
+        queue: &str,
+        item: Event,
+        delay: Duration,
+    ) -> impl Future<Output = Result<(), BrokerError>> + Send;
+
+    /// A new consumer of a queue's due items (they compete).
+    fn queue_consumer(&self, queue: &str) -> Result<Self::Consumer, BrokerError>;
+
+    /// The state of every queue.
+    fn queue_stats(&self) -> Vec<QueueStats>;
+
+    /// Dead letters kept in the store, oldest first.
+    fn dead_letters(
+        &self,
+        filter: &DeadFilter,
+    ) -> impl Future<Output = Result<Vec<Event>, BrokerError>> + Send;
+
+    /// Removes dead letters from the store and returns them (for replay or drop).
+    fn take_dead_letters(
+        &self,
+        filter: &DeadFilter,
+    ) -> impl Future<Output = Result<Vec<Event>, BrokerError>> + Send;
 }
 
 /// Receives deliveries from one group.
@@ -158,4 +275,7 @@ pub trait Consumer: Send + 'static {
     /// # Errors
     /// `BrokerError::UnknownGroup` once the group is removed, or `Closed`.
     fn next(&mut self) -> impl Future<Output = Result<Delivery, BrokerError>> + Send;
+
+    /// The next delivery if one is ready now, without waiting (queues with `poll`).
+    fn try_next(&mut self) -> impl Future<Output = Result<Option<Delivery>, BrokerError>> + Send;
 }

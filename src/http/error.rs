@@ -28,6 +28,8 @@ pub enum ApiError {
     BadParameter { detail: String },
     #[error("reloading is not available in this process")]
     ReloadUnavailable,
+    #[error("no queue named {queue:?}")]
+    UnknownQueue { queue: String },
 }
 
 impl ApiError {
@@ -40,6 +42,7 @@ impl ApiError {
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::UnknownQueue { .. } => StatusCode::NOT_FOUND,
             ApiError::Backpressure { .. } | ApiError::Unavailable | ApiError::ReloadUnavailable => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -59,6 +62,7 @@ impl ApiError {
             ApiError::Unavailable => "unavailable",
             ApiError::BadParameter { .. } => "bad_parameter",
             ApiError::ReloadUnavailable => "reload_unavailable",
+            ApiError::UnknownQueue { .. } => "unknown_queue",
         }
     }
 }

@@ -5,10 +5,10 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::Response;
 use serde::Deserialize;
@@ -16,6 +16,7 @@ use tracing::warn;
 
 use crate::broker::{Backpressure, Broker, BrokerError};
 use crate::event::{new_id, Event, SPEC_VERSION};
+use crate::flow::duration::parse_duration;
 use crate::flow::pattern::validate_topic;
 use crate::http::{json_response, ApiError, ApiState};
 
@@ -26,7 +27,7 @@ pub(crate) async fn publish_topic<B: Broker>(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let result = accept(&state, topic, &headers, body).await;
+    let result = accept(&state, topic, Destination::Topic, &headers, body).await;
     count(&state, &result);
     result
 }
@@ -38,7 +39,7 @@ pub(crate) async fn publish_deferred<B: Broker>(
     body: Body,
 ) -> Result<Response, ApiError> {
     let topic = state.deferred_topic.clone();
-    let result = accept(&state, topic, &headers, body).await;
+    let result = accept(&state, topic, Destination::Topic, &headers, body).await;
     count(&state, &result);
     result
 }
@@ -53,9 +54,54 @@ fn count<B: Broker>(state: &ApiState<B>, result: &Result<Response, ApiError>) {
     counter.fetch_add(1, Ordering::Relaxed);
 }
 
+/// Where an accepted event goes.
+enum Destination {
+    Topic,
+    Queue(Duration),
+}
+
+/// `POST /queues/{queue}?delay=10s`: enqueue a work item directly.
+pub(crate) async fn enqueue<B: Broker>(
+    State(state): State<Arc<ApiState<B>>>,
+    Path(queue): Path<String>,
+    Query(query): Query<EnqueueQuery>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let result = async {
+        state.authorize(&headers)?;
+        let default_delay = state
+            .shared
+            .queues
+            .borrow()
+            .get(&queue)
+            .map(|q| q.delay)
+            .ok_or_else(|| ApiError::UnknownQueue {
+                queue: queue.clone(),
+            })?;
+        let delay = match &query.delay {
+            None => default_delay,
+            Some(text) => parse_duration(text).map_err(|e| ApiError::BadParameter {
+                detail: format!("delay {text:?}: {e} (write e.g. 500ms, 10s, 5m)"),
+            })?,
+        };
+        accept(&state, queue, Destination::Queue(delay), &headers, body).await
+    }
+    .await;
+    count(&state, &result);
+    result
+}
+
+/// The query string of `POST /queues/{queue}`.
+#[derive(Deserialize)]
+pub(crate) struct EnqueueQuery {
+    delay: Option<String>,
+}
+
 async fn accept<B: Broker>(
     state: &ApiState<B>,
     topic: String,
+    destination: Destination,
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -85,12 +131,23 @@ async fn accept<B: Broker>(
     };
     let id = event.id.clone();
     let published_topic = event.topic.clone();
-    match state
-        .shared
-        .broker
-        .publish(event, Backpressure::Reject)
-        .await
-    {
+    let result = match destination {
+        Destination::Topic => {
+            state
+                .shared
+                .broker
+                .publish(event, Backpressure::Reject)
+                .await
+        }
+        Destination::Queue(delay) => {
+            state
+                .shared
+                .broker
+                .enqueue(&published_topic, event, delay)
+                .await
+        }
+    };
+    match result {
         Ok(()) => {
             state.shared.metrics.published(&published_topic);
             Ok(json_response(
@@ -99,6 +156,8 @@ async fn accept<B: Broker>(
             ))
         }
         Err(BrokerError::Full { group }) => Err(ApiError::Backpressure { group }),
+        Err(BrokerError::QueueFull { queue, .. }) => Err(ApiError::Backpressure { group: queue }),
+        Err(BrokerError::UnknownQueue { queue }) => Err(ApiError::UnknownQueue { queue }),
         Err(e) => {
             warn!(error = %e, "publish failed");
             Err(ApiError::Unavailable)

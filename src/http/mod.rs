@@ -6,6 +6,7 @@
 //! is refused with a JSON error and never published; a full buffer answers 503 with
 //! `Retry-After`. An event answered 202 has been handed to the broker.
 
+mod admin;
 pub mod error;
 mod ingest;
 
@@ -91,6 +92,14 @@ pub fn router<B: Broker>(state: Arc<ApiState<B>>) -> Router {
         .route("/metrics", get(metrics::<B>))
         .route("/tail", get(tail::<B>))
         .route("/admin/reload", post(admin_reload::<B>))
+        .route("/queues", get(admin::list_queues::<B>))
+        .route(
+            "/queues/{queue}",
+            get(admin::show_queue::<B>).post(ingest::enqueue::<B>),
+        )
+        .route("/admin/dead", get(admin::list_dead::<B>))
+        .route("/admin/dead/replay", post(admin::replay_dead::<B>))
+        .route("/admin/dead/drop", post(admin::drop_dead::<B>))
         .with_state(state)
 }
 

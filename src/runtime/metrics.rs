@@ -62,6 +62,19 @@ pub struct SubscriberMetrics {
     pub latency: Histogram,
 }
 
+/// Per-relay counters.
+#[derive(Debug, Default)]
+pub struct RelayMetrics {
+    /// Events moved into the queue.
+    pub relayed: AtomicU64,
+    /// Events the filter rejected.
+    pub filtered: AtomicU64,
+    /// Events the transform dropped (it returned `()`).
+    pub dropped: AtomicU64,
+    /// Filter or transform failures (the event is not queued).
+    pub errors: AtomicU64,
+}
+
 /// HTTP ingest counters.
 #[derive(Debug, Default)]
 pub struct HttpMetrics {
@@ -75,6 +88,7 @@ pub struct HttpMetrics {
 pub struct Metrics {
     topics: RwLock<HashMap<String, Arc<TopicMetrics>>>,
     subscribers: RwLock<BTreeMap<String, Arc<SubscriberMetrics>>>,
+    relays: RwLock<BTreeMap<String, Arc<RelayMetrics>>>,
     pub http: HttpMetrics,
     pub reloads: AtomicU64,
     pub reload_failures: AtomicU64,
@@ -112,6 +126,16 @@ impl Metrics {
     /// The counters of a subscriber, created on first use (kept across restarts).
     pub fn subscriber(&self, name: &str) -> Arc<SubscriberMetrics> {
         self.subscribers
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(name.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    /// The counters of a relay, created on first use.
+    pub fn relay(&self, name: &str) -> Arc<RelayMetrics> {
+        self.relays
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .entry(name.to_owned())
@@ -221,6 +245,42 @@ impl Metrics {
         }
         drop(subs);
 
+        let relays = self.relays.read().unwrap_or_else(|e| e.into_inner());
+        let relay_counters: [(&str, &str, RelayCounterOf); 4] = [
+            (
+                "edaflow_relay_relayed_total",
+                "Events a relay moved into its queue.",
+                |m| &m.relayed,
+            ),
+            (
+                "edaflow_relay_filtered_total",
+                "Events a relay's filter rejected.",
+                |m| &m.filtered,
+            ),
+            (
+                "edaflow_relay_dropped_total",
+                "Events a relay's script dropped.",
+                |m| &m.dropped,
+            ),
+            (
+                "edaflow_relay_errors_total",
+                "Relay filter or script failures.",
+                |m| &m.errors,
+            ),
+        ];
+        for (metric, help, get) in relay_counters {
+            header(&mut out, metric, "counter", help);
+            for (name, m) in relays.iter() {
+                let _ = writeln!(
+                    out,
+                    "{metric}{{relay=\"{}\"}} {}",
+                    escape(name),
+                    get(m).load(Ordering::Relaxed)
+                );
+            }
+        }
+        drop(relays);
+
         header(
             &mut out,
             "edaflow_buffer_depth",
@@ -301,6 +361,9 @@ impl Metrics {
 
 /// Picks one counter out of a subscriber's metrics.
 type CounterOf = fn(&SubscriberMetrics) -> &AtomicU64;
+
+/// Picks one counter out of a relay's metrics.
+type RelayCounterOf = fn(&RelayMetrics) -> &AtomicU64;
 
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");

@@ -10,6 +10,7 @@
 
 pub mod metrics;
 pub mod producers;
+pub mod relay;
 pub mod reload;
 pub mod subscriber;
 
@@ -25,11 +26,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::broker::{Broker, BrokerError, GroupSpec};
+use crate::broker::{Broker, BrokerError, GroupSpec, QueueSpec};
 use crate::flow::diagnostic::{FlowReport, FlowWarning};
 use crate::flow::model::{
-    FlowSet, ProducerConfig, ProducerKind, SubscriberConfig, SubscriberInput,
+    FlowSet, ProducerConfig, ProducerKind, QueueConfig, RelayConfig, SubscriberConfig,
+    SubscriberInput,
 };
+use crate::flow::pattern::TopicPattern;
 use crate::script::{compile_set, CompiledScripts, Limits, ScriptEngine};
 
 pub use metrics::Metrics;
@@ -121,6 +124,8 @@ pub struct Status {
 /// What every component of a runtime shares.
 pub struct Shared<B: Broker> {
     pub broker: B,
+    /// The queues of the running generation (defaults and existence for `enqueue` and HTTP).
+    pub queues: watch::Sender<Arc<BTreeMap<String, QueueConfig>>>,
     /// Where `POST /admin/reload` sends its request (set once by whoever owns reloads).
     pub reload: std::sync::OnceLock<tokio::sync::mpsc::Sender<reload::ReloadRequest>>,
     pub engine: ScriptEngine,
@@ -131,6 +136,12 @@ pub struct Shared<B: Broker> {
 struct RunningSubscriber {
     config: SubscriberConfig,
     code: watch::Sender<HandlerCode>,
+    token: CancellationToken,
+    tracker: TaskTracker,
+}
+
+struct RunningRelay {
+    config: RelayConfig,
     token: CancellationToken,
     tracker: TaskTracker,
 }
@@ -174,6 +185,7 @@ pub struct Runtime<B: Broker> {
     current: Option<Prepared>,
     subscribers: BTreeMap<String, RunningSubscriber>,
     producers: BTreeMap<String, RunningProducer>,
+    relays: BTreeMap<String, RunningRelay>,
     /// Addresses the HTTP producers actually listen on (after port 0 is resolved).
     http_addrs: Arc<Mutex<BTreeMap<String, std::net::SocketAddr>>>,
     root: CancellationToken,
@@ -184,6 +196,7 @@ impl<B: Broker> Runtime<B> {
     pub fn new(broker: B, options: RuntimeOptions) -> Runtime<B> {
         let shared = Arc::new(Shared {
             broker,
+            queues: watch::Sender::new(Arc::new(BTreeMap::new())),
             reload: std::sync::OnceLock::new(),
             engine: ScriptEngine::new(options.limits),
             metrics: Arc::new(Metrics::default()),
@@ -199,6 +212,7 @@ impl<B: Broker> Runtime<B> {
             current: None,
             subscribers: BTreeMap::new(),
             producers: BTreeMap::new(),
+            relays: BTreeMap::new(),
             http_addrs: Arc::new(Mutex::new(BTreeMap::new())),
             root: CancellationToken::new(),
         }
@@ -318,21 +332,7 @@ impl<B: Broker> Runtime<B> {
     ) -> Result<ReloadOutcome, RuntimeError> {
         let started = Instant::now();
         let flows = next.flows.clone();
-        let changed_modules: BTreeSet<PathBuf> = match &self.current {
-            None => next.module_texts.keys().cloned().collect(),
-            Some(current) => current
-                .module_texts
-                .iter()
-                .filter(|(path, text)| next.module_texts.get(*path) != Some(*text))
-                .map(|(path, _)| path.clone())
-                .chain(
-                    next.module_texts
-                        .keys()
-                        .filter(|p| !current.module_texts.contains_key(*p))
-                        .cloned(),
-                )
-                .collect(),
-        };
+        let changed_modules = self.changed_modules(&next);
         let mut outcome = ReloadOutcome {
             generation,
             ok: true,
@@ -344,49 +344,117 @@ impl<B: Broker> Runtime<B> {
             message: None,
             at: SystemTime::now(),
         };
+        let old_queues: BTreeMap<String, QueueConfig> = self
+            .current
+            .as_ref()
+            .map(|c| c.flows.queues.clone())
+            .unwrap_or_default();
+        let queue_changed = |q: &str| old_queues.get(q) != flows.queues.get(q);
 
-        // Subscribers.
+        // Queues exist before anything that feeds or reads them starts.
+        for (name, queue) in &flows.queues {
+            let spec = QueueSpec {
+                name: name.clone(),
+                capacity: queue.capacity,
+            };
+            self.shared.broker.declare_queue(&spec).await?;
+            if !old_queues.contains_key(name) {
+                outcome.added.push(format!("queues.{name}"));
+            } else if old_queues[name] != *queue {
+                outcome.changed.push(format!("queues.{name}"));
+            }
+        }
+        self.shared
+            .queues
+            .send_replace(Arc::new(flows.queues.clone()));
+
+        // Stop what is removed or changed: subscribers, then relays (they drain in place).
         let wanted: BTreeMap<&String, &SubscriberConfig> = flows
             .subscribers
             .iter()
             .filter(|(_, c)| self.wanted_role(c.role.as_ref()))
             .collect();
-        let running: Vec<String> = self.subscribers.keys().cloned().collect();
-        let mut to_stop = Vec::new();
-        for name in &running {
-            match wanted.get(name) {
+        let mut stopping = Vec::new();
+        for name in self.subscribers.keys().cloned().collect::<Vec<_>>() {
+            let restart = match wanted.get(&name) {
                 None => {
-                    to_stop.push(name.clone());
                     outcome.removed.push(format!("subscribers.{name}"));
+                    true
                 }
                 Some(config) => {
-                    let old = &self.subscribers[name].config;
-                    if !same_settings(old, config) {
-                        to_stop.push(name.clone());
+                    let old = &self.subscribers[&name].config;
+                    let poll_changed =
+                        matches!(&config.input, SubscriberInput::Queue(q) if queue_changed(q));
+                    let restart = !same_settings(old, config) || poll_changed;
+                    if restart {
                         outcome.changed.push(format!("subscribers.{name}"));
                     }
+                    restart
+                }
+            };
+            if let Some(sub) = restart.then(|| self.subscribers.remove(&name)).flatten() {
+                sub.token.cancel();
+                sub.tracker.close();
+                stopping.push((sub.tracker, Some(sub.config.group)));
+            }
+        }
+        for name in self.relays.keys().cloned().collect::<Vec<_>>() {
+            let keep = match flows.relays.get(&name) {
+                None => {
+                    outcome.removed.push(format!("relays.{name}"));
+                    false
+                }
+                Some(config) => {
+                    let script_key = format!("relays.{name}");
+                    let imports_changed = next
+                        .scripts
+                        .by_component
+                        .get(&script_key)
+                        .is_some_and(|s| s.imports.iter().any(|i| changed_modules.contains(i)));
+                    let same = self.relays[&name].config == *config
+                        && !imports_changed
+                        && !queue_changed(&config.to);
+                    if !same {
+                        outcome.changed.push(format!("relays.{name}"));
+                    }
+                    same
+                }
+            };
+            if !keep {
+                if let Some(relay) = self.relays.remove(&name) {
+                    relay.token.cancel();
+                    relay.tracker.close();
+                    stopping.push((relay.tracker, None));
                 }
             }
         }
-        let mut stopping = Vec::new();
-        for name in &to_stop {
-            if let Some(sub) = self.subscribers.remove(name) {
-                sub.token.cancel();
-                sub.tracker.close();
-                stopping.push((name.clone(), sub));
+        for (tracker, _) in &stopping {
+            tracker.wait().await;
+        }
+
+        // Consumer groups: the union of patterns per group; groups nobody reads are removed.
+        let groups = self.group_patterns(&wanted, &flows);
+        for (_, group) in &stopping {
+            if let Some(group) = group {
+                if !groups.contains_key(group) {
+                    self.shared.broker.remove_group(group).await?;
+                }
             }
         }
-        for (_, sub) in &stopping {
-            sub.tracker.wait().await;
-        }
-        // Groups nobody reads any more are removed; the others are (re)declared below.
-        let wanted_groups: BTreeSet<&str> = wanted.values().map(|c| c.group.as_str()).collect();
-        for (_, sub) in &stopping {
-            if !wanted_groups.contains(sub.config.group.as_str()) {
-                self.shared.broker.remove_group(&sub.config.group).await?;
+        for name in self
+            .current
+            .as_ref()
+            .map(|c| c.flows.relays.keys().cloned().collect::<Vec<_>>())
+            .unwrap_or_default()
+        {
+            if !flows.relays.contains_key(&name) {
+                self.shared
+                    .broker
+                    .remove_group(&relay::group_name(&name))
+                    .await?;
             }
         }
-        for (group, patterns) in group_patterns(&wanted) {
+        for (group, patterns) in groups {
             self.shared
                 .broker
                 .declare_group(&GroupSpec {
@@ -395,6 +463,14 @@ impl<B: Broker> Runtime<B> {
                 })
                 .await?;
         }
+        for name in old_queues.keys() {
+            if !flows.queues.contains_key(name) {
+                self.shared.broker.remove_queue(name).await?;
+                outcome.removed.push(format!("queues.{name}"));
+            }
+        }
+
+        // Start or update subscribers.
         for (name, config) in &wanted {
             let key = format!("subscribers.{name}");
             let script = next.scripts.by_component.get(&key).cloned().map(Arc::new);
@@ -416,7 +492,23 @@ impl<B: Broker> Runtime<B> {
             if !outcome.changed.contains(&key) {
                 outcome.added.push(key);
             }
-            self.start_subscriber(name, config, code, &flows)?;
+            let poll = match &config.input {
+                SubscriberInput::Queue(q) => flows.queues.get(q).and_then(|q| q.poll),
+                SubscriberInput::Topics(_) => None,
+            };
+            self.start_subscriber(name, config, code, poll, &flows)?;
+        }
+
+        // Start relays.
+        for (name, config) in &flows.relays {
+            if self.relays.contains_key(name) {
+                continue;
+            }
+            let key = format!("relays.{name}");
+            if !outcome.changed.contains(&key) {
+                outcome.added.push(key);
+            }
+            self.start_relay(name, config, &next)?;
         }
 
         // Producers.
@@ -425,12 +517,10 @@ impl<B: Broker> Runtime<B> {
             .iter()
             .filter(|(_, c)| self.producer_wanted(c.role.as_ref()))
             .collect();
-        let running: Vec<String> = self.producers.keys().cloned().collect();
-        for name in running {
+        for name in self.producers.keys().cloned().collect::<Vec<_>>() {
             let key = format!("producers.{name}");
             let keep = wanted_producers.get(&name).is_some_and(|c| {
-                let script_same = match next.scripts.by_component.get(&format!("producers.{name}"))
-                {
+                let script_same = match next.scripts.by_component.get(&key) {
                     Some(script) => !script.imports.iter().any(|i| changed_modules.contains(i)),
                     None => true,
                 };
@@ -475,19 +565,64 @@ impl<B: Broker> Runtime<B> {
             self.start_producer(name, config, declared, &next).await?;
         }
 
+        // Config-only sections (their runtime comes with later features) still count as changes.
+        if let Some(current) = &self.current {
+            diff_names("chains", &current.flows.chains, &flows.chains, &mut outcome);
+            diff_names("topics", &current.flows.topics, &flows.topics, &mut outcome);
+            diff_names("stores", &current.flows.stores, &flows.stores, &mut outcome);
+        }
+
         self.shared
             .status
             .generation
             .store(generation, Ordering::SeqCst);
         outcome.took_ms = started.elapsed().as_secs_f64() * 1000.0;
         self.current = Some(next);
-        *self
-            .shared
-            .status
-            .last_reload
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some(outcome.clone());
+        self.set_last_reload(outcome.clone());
         Ok(outcome)
+    }
+
+    /// Imported module files whose text differs between the running set and `next`.
+    fn changed_modules(&self, next: &Prepared) -> BTreeSet<PathBuf> {
+        match &self.current {
+            None => next.module_texts.keys().cloned().collect(),
+            Some(current) => current
+                .module_texts
+                .iter()
+                .filter(|(path, text)| next.module_texts.get(*path) != Some(*text))
+                .map(|(path, _)| path.clone())
+                .chain(
+                    next.module_texts
+                        .keys()
+                        .filter(|p| !current.module_texts.contains_key(*p))
+                        .cloned(),
+                )
+                .collect(),
+        }
+    }
+
+    /// The patterns each consumer group receives: the union over its subscribers, plus one
+    /// group per relay.
+    fn group_patterns(
+        &self,
+        wanted: &BTreeMap<&String, &SubscriberConfig>,
+        flows: &FlowSet,
+    ) -> BTreeMap<String, Vec<TopicPattern>> {
+        let mut groups: BTreeMap<String, Vec<TopicPattern>> = BTreeMap::new();
+        for config in wanted.values() {
+            if let SubscriberInput::Topics(patterns) = &config.input {
+                let entry = groups.entry(config.group.clone()).or_default();
+                for p in patterns {
+                    if !entry.contains(p) {
+                        entry.push(p.clone());
+                    }
+                }
+            }
+        }
+        for (name, relay) in &flows.relays {
+            groups.insert(relay::group_name(name), vec![relay.from.clone()]);
+        }
+        groups
     }
 
     fn start_subscriber(
@@ -495,6 +630,7 @@ impl<B: Broker> Runtime<B> {
         name: &str,
         config: &SubscriberConfig,
         code: HandlerCode,
+        poll: Option<Duration>,
         flows: &FlowSet,
     ) -> Result<(), RuntimeError> {
         let (tx, rx) = watch::channel(code);
@@ -511,6 +647,7 @@ impl<B: Broker> Runtime<B> {
             source: format!("edaflow://{flow}/{name}"),
             code: rx,
             metrics: self.shared.metrics.subscriber(name),
+            poll,
         };
         subscriber::spawn(task, &tracker, &token)?;
         self.subscribers.insert(
@@ -518,6 +655,50 @@ impl<B: Broker> Runtime<B> {
             RunningSubscriber {
                 config: config.clone(),
                 code: tx,
+                token,
+                tracker,
+            },
+        );
+        Ok(())
+    }
+
+    fn start_relay(
+        &mut self,
+        name: &str,
+        config: &RelayConfig,
+        next: &Prepared,
+    ) -> Result<(), RuntimeError> {
+        let token = self.root.child_token();
+        let tracker = TaskTracker::new();
+        let flow = next
+            .flows
+            .files
+            .get(config.file)
+            .map_or("flows", |f| f.name.as_str());
+        let task = relay::RelayTask {
+            shared: self.shared.clone(),
+            name: Arc::from(name),
+            config: config.clone(),
+            source: format!("edaflow://{flow}/{name}"),
+            filter: next
+                .scripts
+                .by_component
+                .get(&format!("relays.{name}.filter"))
+                .cloned()
+                .map(Arc::new),
+            transform: next
+                .scripts
+                .by_component
+                .get(&format!("relays.{name}"))
+                .cloned()
+                .map(Arc::new),
+            metrics: self.shared.metrics.relay(name),
+        };
+        relay::spawn(task, &tracker, &token)?;
+        self.relays.insert(
+            name.to_owned(),
+            RunningRelay {
+                config: config.clone(),
                 token,
                 tracker,
             },
@@ -656,20 +837,21 @@ fn same_settings(a: &SubscriberConfig, b: &SubscriberConfig) -> bool {
     strip(a) == strip(b)
 }
 
-/// The patterns each consumer group receives: the union over its subscribers.
-fn group_patterns(
-    wanted: &BTreeMap<&String, &SubscriberConfig>,
-) -> BTreeMap<String, Vec<crate::flow::pattern::TopicPattern>> {
-    let mut groups: BTreeMap<String, Vec<_>> = BTreeMap::new();
-    for config in wanted.values() {
-        let entry = groups.entry(config.group.clone()).or_default();
-        if let SubscriberInput::Topics(patterns) = &config.input {
-            for p in patterns {
-                if !entry.contains(p) {
-                    entry.push(p.clone());
-                }
-            }
+/// Lists `kind.NAME` entries added, changed or removed between two tables.
+fn diff_names<T: PartialEq>(
+    kind: &str,
+    old: &BTreeMap<String, T>,
+    new: &BTreeMap<String, T>,
+    outcome: &mut ReloadOutcome,
+) {
+    for (name, value) in new {
+        match old.get(name) {
+            None => outcome.added.push(format!("{kind}.{name}")),
+            Some(previous) if previous != value => outcome.changed.push(format!("{kind}.{name}")),
+            Some(_) => {}
         }
     }
-    groups
+    for name in old.keys().filter(|n| !new.contains_key(*n)) {
+        outcome.removed.push(format!("{kind}.{name}"));
+    }
 }

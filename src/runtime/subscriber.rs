@@ -10,7 +10,7 @@
 use std::io::Write as _;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -19,7 +19,7 @@ use tracing::{debug, warn, Instrument};
 
 use crate::broker::{Broker, BrokerError, Consumer, Delivery, Effects};
 use crate::event::{to_article_json, Event};
-use crate::flow::model::SubscriberConfig;
+use crate::flow::model::{SubscriberConfig, SubscriberInput};
 use crate::runtime::metrics::SubscriberMetrics;
 use crate::runtime::Shared;
 use crate::script::{script_event, CompiledScript, ScriptError, ScriptOutput};
@@ -45,6 +45,8 @@ pub(crate) struct SubscriberTask<B: Broker> {
     pub source: String,
     pub code: watch::Receiver<HandlerCode>,
     pub metrics: Arc<SubscriberMetrics>,
+    /// For queue subscribers with `poll`: look for due items only at this interval.
+    pub poll: Option<Duration>,
 }
 
 /// Spawns the workers of a subscriber on `tracker`; they stop when `token` is cancelled.
@@ -55,11 +57,53 @@ pub(crate) fn spawn<B: Broker>(
 ) -> Result<(), BrokerError> {
     let task = Arc::new(task);
     for worker in 0..task.config.concurrency {
-        let consumer = task.shared.broker.consumer(&task.config.group)?;
+        let consumer = match &task.config.input {
+            SubscriberInput::Topics(_) => task.shared.broker.consumer(&task.config.group)?,
+            SubscriberInput::Queue(queue) => task.shared.broker.queue_consumer(queue)?,
+        };
         let span = tracing::info_span!("subscriber", component = %task.name, worker);
-        tracker.spawn(run_worker(task.clone(), consumer, token.clone()).instrument(span));
+        match task.poll {
+            Some(every) => tracker.spawn(
+                run_polling_worker(task.clone(), consumer, every, token.clone()).instrument(span),
+            ),
+            None => {
+                tracker.spawn(run_worker(task.clone(), consumer, token.clone()).instrument(span))
+            }
+        };
     }
     Ok(())
+}
+
+/// A worker that looks at its queue only every `every` (the article's consumer checks every
+/// 10 s): at each tick it takes and handles every item due, then waits for the next tick.
+async fn run_polling_worker<B: Broker>(
+    task: Arc<SubscriberTask<B>>,
+    mut consumer: B::Consumer,
+    every: Duration,
+    token: CancellationToken,
+) {
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            _ = token.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        loop {
+            if token.is_cancelled() {
+                return;
+            }
+            match consumer.try_next().await {
+                Ok(Some(delivery)) => task.handle(delivery, &token).await,
+                Ok(None) => break,
+                Err(e) => {
+                    debug!(error = %e, "consumer closed");
+                    return;
+                }
+            }
+        }
+    }
 }
 
 async fn run_worker<B: Broker>(
@@ -125,18 +169,25 @@ impl<B: Broker> SubscriberTask<B> {
             let code = self.code.borrow().clone();
             let result = self.run_once(&code, &delivery.event, attempt);
             self.metrics.latency.observe(started.elapsed());
+            let result: Result<std::convert::Infallible, ScriptError> = match result {
+                Ok(output) => match self.effects(&delivery.event, output, code.generation) {
+                    Ok(effects) => {
+                        self.metrics.handled.fetch_add(1, Ordering::Relaxed);
+                        return Outcome::Done(effects);
+                    }
+                    Err(error) => Err(error),
+                },
+                Err(error) => Err(error),
+            };
             match result {
-                Ok(output) => {
-                    self.metrics.handled.fetch_add(1, Ordering::Relaxed);
-                    return Outcome::Done(self.effects(&delivery.event, output, code.generation));
-                }
+                Ok(never) => match never {},
                 Err(error) => {
                     self.metrics.errors.fetch_add(1, Ordering::Relaxed);
                     if attempt >= retry.attempts {
                         warn!(event = %delivery.event.id, topic = %delivery.event.topic, attempt, dead_letter = %self.config.dead_letter, %error, "handler failed for the last time; dead-lettering the event");
                         self.metrics.dead_letters.fetch_add(1, Ordering::Relaxed);
                         return Outcome::Dead(self.dead_letter(
-                            &delivery.event,
+                            delivery,
                             attempt,
                             &error,
                             code.generation,
@@ -167,17 +218,50 @@ impl<B: Broker> SubscriberTask<B> {
                     .run(script, &self.name, Some(script_event(event, attempt)))
             }
             None => {
-                print_article_consumer(event);
+                print_article_consumer(
+                    event,
+                    matches!(self.config.input, SubscriberInput::Queue(_)),
+                );
                 Ok(ScriptOutput::default())
             }
         }
     }
 
-    fn effects(&self, parent: &Event, output: ScriptOutput, generation: u64) -> Effects {
+    /// Turns what a run recorded into effects. An `enqueue` to a queue that does not exist
+    /// fails the run (nothing is committed), like any other handler error.
+    fn effects(
+        &self,
+        parent: &Event,
+        output: ScriptOutput,
+        generation: u64,
+    ) -> Result<Effects, ScriptError> {
         let mut effects = Effects::default();
-        self.metrics
-            .events_out
-            .fetch_add(output.emits.len() as u64, Ordering::Relaxed);
+        if !output.enqueues.is_empty() {
+            let queues = self.shared.queues.borrow().clone();
+            for item in output.enqueues {
+                let Some(queue) = queues.get(&item.queue) else {
+                    let mut known: Vec<&str> = queues.keys().map(String::as_str).collect();
+                    known.sort_unstable();
+                    return Err(ScriptError::Failed {
+                        message: format!(
+                            "enqueue: no queue named {:?} (declared: {})",
+                            item.queue,
+                            known.join(", ")
+                        ),
+                    });
+                };
+                let delay = item.delay.unwrap_or(queue.delay);
+                let mut event = parent.caused(item.queue.clone(), self.source.clone(), item.data);
+                event
+                    .extensions
+                    .insert(GENERATION_EXTENSION.into(), generation.into());
+                effects.enqueue.push((item.queue, event, delay));
+            }
+        }
+        self.metrics.events_out.fetch_add(
+            (output.emits.len() + effects.enqueue.len()) as u64,
+            Ordering::Relaxed,
+        );
         for emitted in output.emits {
             let mut event = parent.caused(emitted.topic, self.source.clone(), emitted.data);
             event
@@ -191,16 +275,17 @@ impl<B: Broker> SubscriberTask<B> {
                 _ => effects.publish.push(event),
             }
         }
-        effects
+        Ok(effects)
     }
 
     fn dead_letter(
         &self,
-        event: &Event,
+        delivery: &Delivery,
         attempts: u32,
         error: &ScriptError,
         generation: u64,
     ) -> Effects {
+        let event = &delivery.event;
         let mut dead = event.caused(
             self.config.dead_letter.clone(),
             self.source.clone(),
@@ -213,20 +298,28 @@ impl<B: Broker> SubscriberTask<B> {
         ext.insert("deadlettertopic".into(), event.topic.clone().into());
         ext.insert("deadletterid".into(), event.id.clone().into());
         ext.insert(GENERATION_EXTENSION.into(), generation.into());
+        if delivery.from_queue {
+            ext.insert("deadletterqueue".into(), delivery.group.to_string().into());
+        }
         Effects {
-            publish: vec![dead],
+            dead_letter: Some(dead),
             ..Effects::default()
         }
     }
 }
 
-/// The article's consumer output, byte for byte.
-fn print_article_consumer(event: &Event) {
-    let text = format!(
-        "Received event on topic: {}\nEvent data: {}\n",
-        event.topic,
-        to_article_json(&event.data)
-    );
+/// The article's consumer output, byte for byte: the topic consumer's two lines, or the
+/// deferred worker's `Processing event:` line.
+fn print_article_consumer(event: &Event, from_queue: bool) {
+    let text = if from_queue {
+        format!("Processing event: {}\n", to_article_json(&event.data))
+    } else {
+        format!(
+            "Received event on topic: {}\nEvent data: {}\n",
+            event.topic,
+            to_article_json(&event.data)
+        )
+    };
     let mut stdout = std::io::stdout().lock();
     // A closed stdout (a pipe whose reader went away) must not fail the event.
     let _ = stdout.write_all(text.as_bytes());

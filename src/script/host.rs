@@ -28,10 +28,20 @@ pub struct Emitted {
     pub key: Option<String>,
 }
 
+/// A work item a run asked to enqueue.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Enqueued {
+    pub queue: String,
+    pub data: serde_json::Value,
+    /// `enqueue(queue, data, "30m")`; `None` takes the queue's default delay.
+    pub delay: Option<Duration>,
+}
+
 /// Everything a successful run asked for.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ScriptOutput {
     pub emits: Vec<Emitted>,
+    pub enqueues: Vec<Enqueued>,
 }
 
 /// The state of the run in progress on this thread.
@@ -146,6 +156,32 @@ fn record_emit(
     .unwrap_or_else(|| Err(runtime_error("emit is not available here")))
 }
 
+fn record_enqueue(
+    queue: &str,
+    data: &Dynamic,
+    delay: Option<&Dynamic>,
+) -> Result<(), Box<EvalAltResult>> {
+    let data =
+        to_json(data).map_err(|e| runtime_error(format!("enqueue: data is not JSON: {e}")))?;
+    let delay = delay.map(delay_option).transpose()?;
+    let item = Enqueued {
+        queue: queue.to_owned(),
+        data,
+        delay,
+    };
+    with_state(|s| {
+        if s.output.emits.len() + s.output.enqueues.len() >= s.max_emits {
+            return Err(runtime_error(format!(
+                "enqueue: more than {} effects in one run",
+                s.max_emits
+            )));
+        }
+        s.output.enqueues.push(item);
+        Ok(())
+    })
+    .unwrap_or_else(|| Err(runtime_error("enqueue is not available here")))
+}
+
 /// A delay given as `"5s"` or as integer milliseconds.
 pub fn delay_option(value: &Dynamic) -> Result<Duration, Box<EvalAltResult>> {
     if let Ok(ms) = value.as_int() {
@@ -209,6 +245,23 @@ pub mod api {
     #[rhai_fn(name = "emit", return_raw)]
     pub fn emit_with(topic: &str, data: Dynamic, options: Map) -> Result<(), Box<EvalAltResult>> {
         record_emit(topic, &data, Some(&options))
+    }
+
+    /// `enqueue(queue, data)`: add a work item (due after the queue's default delay) when
+    /// this run succeeds.
+    #[rhai_fn(name = "enqueue", return_raw)]
+    pub fn enqueue(queue: &str, data: Dynamic) -> Result<(), Box<EvalAltResult>> {
+        record_enqueue(queue, &data, None)
+    }
+
+    /// `enqueue(queue, data, delay)`: with a delay (`"30m"` or milliseconds).
+    #[rhai_fn(name = "enqueue", return_raw)]
+    pub fn enqueue_after(
+        queue: &str,
+        data: Dynamic,
+        delay: Dynamic,
+    ) -> Result<(), Box<EvalAltResult>> {
+        record_enqueue(queue, &data, Some(&delay))
     }
 
     /// `fail(message)`: this run fails; the event is retried, then dead-lettered.

@@ -23,7 +23,7 @@ use crate::event::Event;
 use crate::flow::diagnostic::{source_file, FlowError};
 use crate::flow::model::{FlowSet, ScriptSource};
 
-pub use host::{Emitted, ScriptEvent, ScriptOutput};
+pub use host::{Emitted, Enqueued, ScriptEvent, ScriptOutput};
 pub use limits::Limits;
 
 /// A script compiled once and shared by every worker that runs it.
@@ -152,7 +152,7 @@ impl ScriptEngine {
         }
     }
 
-    /// Evaluates an expression script (a relay filter) to a value.
+    /// Evaluates a script for its value (relay filters and transforms).
     ///
     /// # Errors
     /// As `run`.
