@@ -5,15 +5,56 @@
 //!
 //! Waiting consumers sleep until the earliest due time or until an item arrives that is
 //! due earlier than anything held, so a burst of items with the same delay wakes them once.
+//!
+//! Items due more than `COLD_AFTER` ahead are kept serialised (their JSON form is a
+//! fraction of the in-memory event), so a million reminders due in an hour fit in a few
+//! hundred MiB; they are decoded when taken.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use std::time::Duration;
+
 use tokio::sync::Notify;
 use tokio::time::Instant;
+use tracing::error;
 
 use crate::broker::{BrokerError, Delivery, QueueStats};
 use crate::event::Event;
+
+/// Items due further ahead than this are stored serialised.
+const COLD_AFTER: Duration = Duration::from_secs(5);
+
+/// A held item: ready to hand out, or serialised until it is taken.
+enum Held {
+    Hot(Arc<Event>),
+    Cold(Box<[u8]>),
+}
+
+impl Held {
+    fn new(item: Arc<Event>, due: Instant) -> Held {
+        if due.saturating_duration_since(Instant::now()) > COLD_AFTER {
+            if let Ok(bytes) = serde_json::to_vec(&*item) {
+                return Held::Cold(bytes.into_boxed_slice());
+            }
+        }
+        Held::Hot(item)
+    }
+
+    fn into_event(self) -> Option<Arc<Event>> {
+        match self {
+            Held::Hot(event) => Some(event),
+            Held::Cold(bytes) => match serde_json::from_slice::<Event>(&bytes) {
+                Ok(event) => Some(Arc::new(event)),
+                Err(e) => {
+                    // Only edaflow writes these bytes; failing to read them back is a bug.
+                    error!(error = %e, "could not decode a stored queue item; it is skipped");
+                    None
+                }
+            },
+        }
+    }
+}
 
 pub(crate) struct WorkQueue {
     pub name: Arc<str>,
@@ -23,7 +64,7 @@ pub(crate) struct WorkQueue {
 
 struct QueueState {
     capacity: Option<usize>,
-    scheduled: BTreeMap<(Instant, u64), (Arc<Event>, u32)>,
+    scheduled: BTreeMap<(Instant, u64), (Held, u32)>,
     ready: VecDeque<(Arc<Event>, u32)>,
     seq: u64,
     in_flight: usize,
@@ -84,7 +125,9 @@ impl WorkQueue {
             let earliest = state.scheduled.keys().next().map(|(at, _)| *at);
             state.seq += 1;
             let seq = state.seq;
-            state.scheduled.insert((due, seq), (item, 0));
+            state
+                .scheduled
+                .insert((due, seq), (Held::new(item, due), 0));
             // Sleepers wait for the earliest due time: only an earlier item needs them.
             earliest.is_none_or(|at| due < at)
         };
@@ -121,15 +164,17 @@ impl WorkQueue {
             });
         }
         let now = Instant::now();
-        let item = match state.ready.pop_front() {
-            Some(item) => Some(item),
-            None => match state.scheduled.first_key_value() {
+        let mut item = state.ready.pop_front();
+        while item.is_none() {
+            match state.scheduled.first_key_value() {
                 Some(((due, _), _)) if *due <= now => {
-                    state.scheduled.pop_first().map(|(_, item)| item)
+                    if let Some((_, (held, redeliveries))) = state.scheduled.pop_first() {
+                        item = held.into_event().map(|event| (event, redeliveries));
+                    }
                 }
-                _ => None,
-            },
-        };
+                _ => break,
+            }
+        }
         match item {
             Some((event, redeliveries)) => {
                 state.in_flight += 1;

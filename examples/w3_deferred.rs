@@ -1,0 +1,117 @@
+//! W3 (see bench/README.md): 20,000 deferred jobs with a 1 s delay, enqueued in one burst
+//! into a memory-broker queue with 50 competing workers running a Rhai handler.
+//!
+//!     cargo run --release --example w3_deferred -- bench/flows/w3.toml 20000
+//!
+//! Lateness is the handler's own `now_ms()` (its first statement) minus the item's due
+//! time (enqueue time + delay), in milliseconds, as BullMQ's benchmark computes it.
+//! Prints one `RESULT` line.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use edaflow::broker::{Broker, MemoryBroker, MemoryOptions};
+use edaflow::event::Event;
+use edaflow::flow::pattern::TopicPattern;
+use edaflow::runtime::{prepare, Runtime, RuntimeOptions};
+
+fn unix_ms() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64() * 1000.0)
+        .unwrap_or(0.0)
+}
+
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    let i = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[i.clamp(1, sorted.len()) - 1]
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let mut args = std::env::args().skip(1);
+    let flow = PathBuf::from(args.next().unwrap_or_else(|| "bench/flows/w3.toml".into()));
+    let n: usize = args
+        .next()
+        .map(|v| v.parse())
+        .transpose()?
+        .unwrap_or(20_000);
+    let prepared = prepare(&[flow])?;
+    let delay = prepared
+        .flows
+        .queues
+        .get("jobs")
+        .map(|q| q.delay)
+        .ok_or("the flow needs [queues.jobs]")?;
+    let broker = MemoryBroker::new(MemoryOptions::default());
+    let mut done = broker.tap(TopicPattern::parse("done")?, n + 1);
+    let mut runtime = Runtime::new(
+        broker.clone(),
+        RuntimeOptions {
+            producers: false,
+            ..RuntimeOptions::default()
+        },
+    );
+    runtime.apply(prepared).await?;
+
+    // The burst: every item is due `delay` after its own enqueue.
+    let t0 = unix_ms();
+    let started = Instant::now();
+    let mut due = vec![0.0f64; n];
+    for (i, slot) in due.iter_mut().enumerate() {
+        let item = Event::new(
+            "jobs",
+            "edaflow://w3/bench",
+            serde_json::json!({"task_id": i, "description": "Process data files"}),
+        );
+        *slot = unix_ms() + delay.as_secs_f64() * 1000.0;
+        broker.enqueue("jobs", item, delay).await?;
+    }
+    let enqueue_ms = started.elapsed().as_secs_f64() * 1000.0;
+
+    let mut lateness = Vec::with_capacity(n);
+    let mut seen = vec![false; n];
+    let mut duplicates = 0;
+    let (mut first, mut last) = (f64::MAX, 0.0f64);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while lateness.len() < n {
+        let event = tokio::time::timeout_at(deadline, done.recv())
+            .await?
+            .ok_or("tap closed")?;
+        let id = event.data["task_id"].as_u64().ok_or("task_id")? as usize;
+        let at = event.data["started"].as_f64().ok_or("started")?;
+        if std::mem::replace(&mut seen[id], true) {
+            duplicates += 1;
+            continue;
+        }
+        lateness.push(at - due[id]);
+        first = first.min(at);
+        last = last.max(at);
+    }
+    lateness.sort_by(|a, b| a.total_cmp(b));
+    let drain_s = ((last - first) / 1000.0).max(0.001);
+    println!(
+        "RESULT n={n} delay_ms={} workers=50 enqueue_ms={enqueue_ms:.1} total_ms={:.1} drain_ms={:.1} drain_jobs_per_s={:.0} late_p50_ms={:.1} late_p99_ms={:.1} late_max_ms={:.1} duplicates={duplicates} peak_rss_kib={}",
+        delay.as_millis(),
+        last - t0,
+        last - first,
+        n as f64 / drain_s,
+        pct(&lateness, 50.0),
+        pct(&lateness, 99.0),
+        lateness[lateness.len() - 1],
+        peak_rss_kib()
+    );
+    runtime.shutdown(Duration::from_secs(1)).await;
+    Ok(())
+}
