@@ -142,6 +142,26 @@ fn validate(flows: &[PathBuf]) -> Result<(), Error> {
 /// Invalid flows, or a component that cannot start (a port in use).
 pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
     let prepared = load(&args.flows)?;
+
+    // Every reload trigger feeds one channel; one loop applies them in order. The watcher
+    // starts before the first generation does, and one check right after startup catches
+    // an edit made while starting.
+    let (requests, mut pending) = mpsc::channel::<ReloadRequest>(16);
+    let tracker = TaskTracker::new();
+    let token = CancellationToken::new();
+    let watcher = if args.no_watch {
+        None
+    } else {
+        Some(FileWatcher::spawn(
+            &args.flows,
+            &prepared.files,
+            args.debounce,
+            requests.clone(),
+            &tracker,
+            token.clone(),
+        )?)
+    };
+
     let broker = MemoryBroker::new(MemoryOptions::default());
     let mut runtime = Runtime::new(
         broker,
@@ -153,6 +173,14 @@ pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<()
         },
     );
     let outcome = runtime.apply(prepared).await?;
+    runtime.set_reload_channel(requests.clone());
+    spawn_sighup(requests.clone(), &tracker, token.clone());
+    if watcher.is_some() {
+        let _ = requests
+            .send(ReloadRequest::new(ReloadCause::Startup))
+            .await;
+    }
+    drop(requests);
     info!(
         generation = outcome.generation,
         components = outcome.added.len(),
@@ -162,28 +190,6 @@ pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<()
         "edaflow running"
     );
 
-    // Every reload trigger feeds one channel; one loop applies them in order.
-    let (requests, mut pending) = mpsc::channel::<ReloadRequest>(16);
-    runtime.set_reload_channel(requests.clone());
-    let tracker = TaskTracker::new();
-    let token = CancellationToken::new();
-    let files = runtime
-        .current()
-        .map(|c| c.files.clone())
-        .unwrap_or_default();
-    let watcher = if args.no_watch {
-        None
-    } else {
-        Some(FileWatcher::spawn(
-            &args.flows,
-            &files,
-            args.debounce,
-            requests.clone(),
-            &tracker,
-            token.clone(),
-        )?)
-    };
-    spawn_sighup(requests, &tracker, token.clone());
     let mut reloader = Reloader::new(runtime, args.flows.clone());
     tokio::pin!(shutdown);
     loop {

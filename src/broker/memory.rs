@@ -372,22 +372,27 @@ impl Broker for MemoryBroker {
         Ok(())
     }
 
-    async fn remove_group(&self, name: &str) -> Result<(), BrokerError> {
-        let removed = self
-            .inner
-            .groups
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(name);
+    async fn remove_group(&self, name: &str, successor: Option<&str>) -> Result<(), BrokerError> {
+        let (removed, heir) = {
+            let mut groups = self.inner.groups.write().unwrap_or_else(|e| e.into_inner());
+            let removed = groups.remove(name);
+            (removed, successor.and_then(|s| groups.get(s).cloned()))
+        };
         self.clear_routes();
         if let Some(group) = removed {
-            {
+            let left = {
                 let mut state = group.lock();
                 state.removed = true;
-                state.items.clear();
-            }
+                std::mem::take(&mut state.items)
+            };
             group.items_ready.notify_waiters();
             group.space_ready.notify_waiters();
+            if let Some(heir) = heir {
+                // The heir may go over capacity by what it inherits: nothing is dropped.
+                for (event, redeliveries) in left {
+                    heir.push(event, redeliveries, false);
+                }
+            }
         }
         Ok(())
     }

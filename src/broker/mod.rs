@@ -187,8 +187,13 @@ pub trait Broker: Clone + Send + Sync + 'static {
         spec: &GroupSpec,
     ) -> impl Future<Output = Result<(), BrokerError>> + Send;
 
-    /// Removes a group and whatever waits in it.
-    fn remove_group(&self, name: &str) -> impl Future<Output = Result<(), BrokerError>> + Send;
+    /// Removes a group. What waits in it moves to `successor` (an existing group) when
+    /// given, so a subscriber that changes its group loses nothing; otherwise it is dropped.
+    fn remove_group(
+        &self,
+        name: &str,
+        successor: Option<&str>,
+    ) -> impl Future<Output = Result<(), BrokerError>> + Send;
 
     /// Publishes an event to every group whose patterns match its topic.
     fn publish(

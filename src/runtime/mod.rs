@@ -186,6 +186,9 @@ pub struct Runtime<B: Broker> {
     subscribers: BTreeMap<String, RunningSubscriber>,
     producers: BTreeMap<String, RunningProducer>,
     relays: BTreeMap<String, RunningRelay>,
+    /// Set while an apply is under way: if it fails half-way, code from the failed set may
+    /// be running, so the next apply (the rollback) re-sends every script.
+    code_unsure: bool,
     /// Addresses the HTTP producers actually listen on (after port 0 is resolved).
     http_addrs: Arc<Mutex<BTreeMap<String, std::net::SocketAddr>>>,
     root: CancellationToken,
@@ -213,6 +216,7 @@ impl<B: Broker> Runtime<B> {
             subscribers: BTreeMap::new(),
             producers: BTreeMap::new(),
             relays: BTreeMap::new(),
+            code_unsure: false,
             http_addrs: Arc::new(Mutex::new(BTreeMap::new())),
             root: CancellationToken::new(),
         }
@@ -333,6 +337,7 @@ impl<B: Broker> Runtime<B> {
         let started = Instant::now();
         let flows = next.flows.clone();
         let changed_modules = self.changed_modules(&next);
+        let force_code = std::mem::replace(&mut self.code_unsure, true);
         let mut outcome = ReloadOutcome {
             generation,
             ok: true,
@@ -395,7 +400,7 @@ impl<B: Broker> Runtime<B> {
             if let Some(sub) = restart.then(|| self.subscribers.remove(&name)).flatten() {
                 sub.token.cancel();
                 sub.tracker.close();
-                stopping.push((sub.tracker, Some(sub.config.group)));
+                stopping.push((sub.tracker, Some((name.clone(), sub.config.group))));
             }
         }
         for name in self.relays.keys().cloned().collect::<Vec<_>>() {
@@ -432,12 +437,22 @@ impl<B: Broker> Runtime<B> {
             tracker.wait().await;
         }
 
-        // Consumer groups: the union of patterns per group; groups nobody reads are removed.
+        // Consumer groups: the union of patterns per group. New groups are declared before
+        // old ones go, and what waits in a group a subscriber left moves to its new group,
+        // so renaming a group loses nothing.
         let groups = self.group_patterns(&wanted, &flows);
-        for (_, group) in &stopping {
-            if let Some(group) = group {
+        for (group, patterns) in &groups {
+            let spec = GroupSpec {
+                name: group.clone(),
+                patterns: patterns.clone(),
+            };
+            self.shared.broker.declare_group(&spec).await?;
+        }
+        for (_, left) in &stopping {
+            if let Some((subscriber, group)) = left {
                 if !groups.contains_key(group) {
-                    self.shared.broker.remove_group(group).await?;
+                    let successor = wanted.get(subscriber).map(|c| c.group.as_str());
+                    self.shared.broker.remove_group(group, successor).await?;
                 }
             }
         }
@@ -450,18 +465,9 @@ impl<B: Broker> Runtime<B> {
             if !flows.relays.contains_key(&name) {
                 self.shared
                     .broker
-                    .remove_group(&relay::group_name(&name))
+                    .remove_group(&relay::group_name(&name), None)
                     .await?;
             }
-        }
-        for (group, patterns) in groups {
-            self.shared
-                .broker
-                .declare_group(&GroupSpec {
-                    name: group,
-                    patterns,
-                })
-                .await?;
         }
         for name in old_queues.keys() {
             if !flows.queues.contains_key(name) {
@@ -479,7 +485,7 @@ impl<B: Broker> Runtime<B> {
                 .is_some_and(|s| s.imports.iter().any(|i| changed_modules.contains(i)));
             let code = HandlerCode { script, generation };
             if let Some(running) = self.subscribers.get_mut(*name) {
-                if running.config.script != config.script || imports_changed {
+                if running.config.script != config.script || imports_changed || force_code {
                     outcome.swapped.push(key);
                     running.code.send_replace(code);
                     running.config = (*config).clone();
@@ -524,7 +530,7 @@ impl<B: Broker> Runtime<B> {
                     Some(script) => !script.imports.iter().any(|i| changed_modules.contains(i)),
                     None => true,
                 };
-                **c == self.producers[&name].config && script_same
+                **c == self.producers[&name].config && script_same && !force_code
             });
             if !keep {
                 if let Some(p) = self.producers.remove(&name) {
@@ -572,6 +578,7 @@ impl<B: Broker> Runtime<B> {
             diff_names("stores", &current.flows.stores, &flows.stores, &mut outcome);
         }
 
+        self.code_unsure = false;
         self.shared
             .status
             .generation

@@ -12,7 +12,7 @@ use std::time::{Instant, SystemTime};
 
 use serde::Serialize;
 use tokio::sync::oneshot;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::broker::Broker;
 use crate::flow::diagnostic::render;
@@ -27,6 +27,8 @@ pub enum ReloadCause {
     Signal,
     /// `POST /admin/reload`.
     Http,
+    /// The check right after startup, for edits made while starting.
+    Startup,
 }
 
 /// A request to reload, with an optional place to send the result.
@@ -97,7 +99,7 @@ impl<B: Broker> Reloader<B> {
     pub async fn handle(&mut self, request: ReloadRequest) -> ReloadReport {
         let started = Instant::now();
         let report = match prepare(&self.paths) {
-            Ok(next) => self.apply(next, started).await,
+            Ok(next) => self.apply(next, started, &request.cause).await,
             Err(report) => {
                 let generation = self.runtime.generation();
                 let diagnostic = render(&report, 100);
@@ -117,10 +119,19 @@ impl<B: Broker> Reloader<B> {
     }
 
     /// Applies an already prepared set (the reload path after loading).
-    async fn apply(&mut self, next: Prepared, started: Instant) -> ReloadReport {
+    async fn apply(
+        &mut self,
+        next: Prepared,
+        started: Instant,
+        cause: &ReloadCause,
+    ) -> ReloadReport {
         let generation = self.runtime.generation();
         if self.runtime.is_current(&next) {
-            info!(generation, "flows unchanged; nothing to reload");
+            if *cause == ReloadCause::Startup {
+                debug!(generation, "flows unchanged since startup");
+            } else {
+                info!(generation, "flows unchanged; nothing to reload");
+            }
             return ReloadReport::Unchanged { generation };
         }
         for warning in &next.warnings {
