@@ -61,9 +61,11 @@ async fn run_one(prepared: &Prepared, test: &FlowTest) -> Result<Option<String>,
         broker.clone(),
         RuntimeOptions {
             producers: false,
+            quiet: true,
             ..RuntimeOptions::default()
         },
     );
+    let mut handled_rx = runtime.watch_handled(1_000_000);
     runtime.apply(prepared.clone()).await?;
     let mut published_ids = Vec::new();
     for step in &test.steps {
@@ -89,6 +91,10 @@ async fn run_one(prepared: &Prepared, test: &FlowTest) -> Result<Option<String>,
             emitted.push(event);
         }
     }
+    let mut handled: Vec<(Arc<str>, Arc<Event>)> = Vec::new();
+    while let Ok(entry) = handled_rx.try_recv() {
+        handled.push(entry);
+    }
     let mut problems = String::new();
     if !settled {
         let _ = writeln!(
@@ -98,7 +104,11 @@ async fn run_one(prepared: &Prepared, test: &FlowTest) -> Result<Option<String>,
         );
     }
     for expected in &test.expect {
-        if let Some(problem) = find(expected, &emitted) {
+        let problem = match &expected.handled_by {
+            None => find(expected, &emitted),
+            Some(subscriber) => find_handled(expected, subscriber, prepared, &handled),
+        };
+        if let Some(problem) = problem {
             problems.push_str(&problem);
         }
     }
@@ -114,10 +124,16 @@ async fn run_one(prepared: &Prepared, test: &FlowTest) -> Result<Option<String>,
 async fn settle(broker: &MemoryBroker) {
     let deadline = tokio::time::Instant::now() + SETTLE_LIMIT;
     loop {
-        tokio::time::sleep(Duration::from_millis(1)).await;
+        // Let every task that can run do so before looking.
+        for _ in 0..64 {
+            tokio::task::yield_now().await;
+        }
         if broker.is_idle() || tokio::time::Instant::now() >= deadline {
             return;
         }
+        // Something is still queued or in flight (a retry waiting out its backoff, say):
+        // let virtual time move on a little.
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }
 
@@ -169,6 +185,51 @@ fn find(expected: &ExpectedEvent, emitted: &[Arc<Event>]) -> Option<String> {
         for o in others {
             let _ = writeln!(out, "    {o}");
         }
+    }
+    Some(out)
+}
+
+/// Looks for an event on the expected topic that `subscriber` handled successfully.
+fn find_handled(
+    expected: &ExpectedEvent,
+    subscriber: &str,
+    prepared: &Prepared,
+    handled: &[(Arc<str>, Arc<Event>)],
+) -> Option<String> {
+    if !prepared.flows.subscribers.contains_key(subscriber) {
+        return Some(format!(
+            "expect names `handled_by = \"{subscriber}\"`, but there is no such subscriber\n"
+        ));
+    }
+    let by_it: Vec<&Arc<Event>> = handled
+        .iter()
+        .filter(|(name, e)| &**name == subscriber && e.topic == expected.topic)
+        .map(|(_, e)| e)
+        .collect();
+    let wanted = expected.data.as_ref();
+    if by_it
+        .iter()
+        .any(|e| wanted.is_none_or(|w| contains(&e.data, w)))
+    {
+        return None;
+    }
+    let mut out = format!(
+        "expected `{subscriber}` to handle an event on `{}`",
+        expected.topic
+    );
+    if let Some(w) = wanted {
+        let _ = write!(out, " with data containing {}", to_article_json(w));
+    }
+    out.push('\n');
+    if by_it.is_empty() {
+        let _ = writeln!(
+            out,
+            "  `{subscriber}` handled no event on `{}` (did time advance far enough? did it fail?)",
+            expected.topic
+        );
+    }
+    for e in by_it {
+        let _ = writeln!(out, "  handled: {}", to_article_json(&e.data));
     }
     Some(out)
 }

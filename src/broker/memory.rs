@@ -52,6 +52,8 @@ struct Inner {
     groups: RwLock<HashMap<String, Arc<GroupQueue>>>,
     /// topic -> the groups it fans out to; cleared whenever groups change.
     routes: RwLock<HashMap<String, Arc<[Arc<GroupQueue>]>>>,
+    /// Incremented whenever groups change (see `clear_routes`).
+    routes_version: AtomicU64,
     taps: Mutex<Vec<(TopicPattern, mpsc::Sender<Arc<Event>>)>>,
     tap_count: AtomicUsize,
     schedule: Mutex<BTreeMap<(Instant, u64), Event>>,
@@ -147,6 +149,7 @@ impl MemoryBroker {
             options,
             groups: RwLock::new(HashMap::new()),
             routes: RwLock::new(HashMap::new()),
+            routes_version: AtomicU64::new(0),
             taps: Mutex::new(Vec::new()),
             tap_count: AtomicUsize::new(0),
             schedule: Mutex::new(BTreeMap::new()),
@@ -166,11 +169,10 @@ impl MemoryBroker {
     }
 
     fn clear_routes(&self) {
-        self.inner
-            .routes
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
+        let mut routes = self.inner.routes.write().unwrap_or_else(|e| e.into_inner());
+        // Bumped under the routes lock: a route computed before this cannot be cached after.
+        self.inner.routes_version.fetch_add(1, Ordering::SeqCst);
+        routes.clear();
     }
 
     fn route(&self, topic: &str) -> Arc<[Arc<GroupQueue>]> {
@@ -183,6 +185,7 @@ impl MemoryBroker {
         {
             return found.clone();
         }
+        let version = self.inner.routes_version.load(Ordering::SeqCst);
         let groups: Arc<[Arc<GroupQueue>]> = self
             .groups_read()
             .values()
@@ -190,6 +193,10 @@ impl MemoryBroker {
             .cloned()
             .collect();
         let mut routes = self.inner.routes.write().unwrap_or_else(|e| e.into_inner());
+        // Groups changed while this route was computed: use it once, do not cache it.
+        if self.inner.routes_version.load(Ordering::SeqCst) != version {
+            return groups;
+        }
         if routes.len() >= ROUTE_CACHE_LIMIT {
             routes.clear();
         }
@@ -215,9 +222,10 @@ impl MemoryBroker {
         self.inner.tap_count.store(taps.len(), Ordering::Relaxed);
     }
 
-    /// True when no event is queued, in flight or scheduled anywhere.
-    /// True when nothing is ready or in flight anywhere and no delayed event is due yet:
-    /// the flow has settled until time moves on (`edaflow test` waits for this).
+    /// True when no topic event waits, nothing is in flight, and no delayed publish is due:
+    /// the flow has settled until time moves on (`edaflow test` waits for this). Queue
+    /// items that are due but not yet taken do not count: a `poll` queue holds them until
+    /// its workers' next look.
     pub fn is_idle(&self) -> bool {
         let now = Instant::now();
         let nothing_due = self
@@ -262,7 +270,6 @@ impl MemoryBroker {
     async fn publish_inner(&self, event: Event, mode: Backpressure) -> Result<(), BrokerError> {
         let groups = self.route(&event.topic);
         let event = Arc::new(event);
-        self.feed_taps(&event);
         match mode {
             Backpressure::Reject => {
                 if let Some(full) = groups.iter().find(|g| !g.has_room()) {
@@ -280,8 +287,17 @@ impl MemoryBroker {
                 }
             }
         }
+        // Only what was accepted is shown to taps.
+        self.feed_taps(&event);
         Ok(())
     }
+}
+
+/// `now + delay`, or `DelayTooLong` past what the clock can represent.
+fn due_after(now: Instant, delay: Duration) -> Result<Instant, BrokerError> {
+    now.checked_add(delay).ok_or(BrokerError::DelayTooLong {
+        delay_ms: delay.as_millis(),
+    })
 }
 
 async fn run_schedule(weak: Weak<Inner>) {
@@ -388,9 +404,18 @@ impl Broker for MemoryBroker {
             group.items_ready.notify_waiters();
             group.space_ready.notify_waiters();
             if let Some(heir) = heir {
-                // The heir may go over capacity by what it inherits: nothing is dropped.
+                // Events published while both groups existed are in both: move only the
+                // others. The heir may go over capacity by what it inherits; nothing is dropped.
+                let held: std::collections::HashSet<String> = heir
+                    .lock()
+                    .items
+                    .iter()
+                    .map(|(e, _)| e.id.clone())
+                    .collect();
                 for (event, redeliveries) in left {
-                    heir.push(event, redeliveries, false);
+                    if !held.contains(&event.id) {
+                        heir.push(event, redeliveries, false);
+                    }
                 }
             }
         }
@@ -405,12 +430,13 @@ impl Broker for MemoryBroker {
         if delay.is_zero() {
             return self.publish_inner(event, Backpressure::Wait).await;
         }
+        let due = due_after(Instant::now(), delay)?;
         let seq = self.inner.schedule_seq.fetch_add(1, Ordering::Relaxed);
         self.inner
             .schedule
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert((Instant::now() + delay, seq), event);
+            .insert((due, seq), event);
         self.inner.schedule_changed.notify_one();
         Ok(())
     }
@@ -431,12 +457,21 @@ impl Broker for MemoryBroker {
         // and the caller can retry the whole handler run.
         let now = Instant::now();
         let mut queued = Vec::with_capacity(effects.enqueue.len());
+        let mut per_queue: HashMap<String, (Arc<WorkQueue>, usize)> = HashMap::new();
         for (queue, item, delay) in effects.enqueue {
             let target = self.work_queue(&queue)?;
-            queued.push((target, Arc::new(item), now + delay));
+            per_queue
+                .entry(queue)
+                .or_insert_with(|| (target.clone(), 0))
+                .1 += 1;
+            queued.push((target, Arc::new(item), due_after(now, delay)?));
+        }
+        // Check every queue before adding to any: the commit lands whole or not at all.
+        for (target, n) in per_queue.values() {
+            target.check_room(*n)?;
         }
         for (target, item, due) in queued {
-            target.push(item.clone(), due)?;
+            target.push_checked(item.clone(), due)?;
             self.feed_taps(&item);
         }
         for event in effects.publish {
@@ -527,7 +562,7 @@ impl Broker for MemoryBroker {
     async fn enqueue(&self, queue: &str, item: Event, delay: Duration) -> Result<(), BrokerError> {
         let target = self.work_queue(queue)?;
         let item = Arc::new(item);
-        target.push(item.clone(), Instant::now() + delay)?;
+        target.push(item.clone(), due_after(Instant::now(), delay)?)?;
         self.feed_taps(&item);
         Ok(())
     }

@@ -105,8 +105,37 @@ impl WorkQueue {
         self.changed.notify_waiters();
     }
 
-    /// Adds an item due at `due`.
+    /// Fails with `QueueFull` unless `n` more items fit.
+    pub fn check_room(&self, n: usize) -> Result<(), BrokerError> {
+        let state = self.lock();
+        if state.removed {
+            return Err(BrokerError::UnknownQueue {
+                queue: self.name.to_string(),
+            });
+        }
+        match state.capacity {
+            Some(capacity) if state.scheduled.len() + state.ready.len() + n > capacity => {
+                Err(BrokerError::QueueFull {
+                    queue: self.name.to_string(),
+                    capacity,
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Adds an item due at `due`, refusing it past capacity.
     pub fn push(&self, item: Arc<Event>, due: Instant) -> Result<(), BrokerError> {
+        self.insert(item, due, true)
+    }
+
+    /// Adds an item whose room was checked with `check_room` (a commit checks every queue
+    /// first so that it lands whole or not at all).
+    pub fn push_checked(&self, item: Arc<Event>, due: Instant) -> Result<(), BrokerError> {
+        self.insert(item, due, false)
+    }
+
+    fn insert(&self, item: Arc<Event>, due: Instant, enforce: bool) -> Result<(), BrokerError> {
         let wake = {
             let mut state = self.lock();
             if state.removed {
@@ -114,7 +143,7 @@ impl WorkQueue {
                     queue: self.name.to_string(),
                 });
             }
-            if let Some(capacity) = state.capacity {
+            if let Some(capacity) = state.capacity.filter(|_| enforce) {
                 if state.scheduled.len() + state.ready.len() >= capacity {
                     return Err(BrokerError::QueueFull {
                         queue: self.name.to_string(),
@@ -232,13 +261,10 @@ impl WorkQueue {
         }
     }
 
+    /// Nothing taken and unsettled, nothing given back. Due items still waiting count as
+    /// idle: on a `poll` queue they wait for the next look by design.
     pub fn is_idle(&self) -> bool {
         let state = self.lock();
-        state.in_flight == 0
-            && state.ready.is_empty()
-            && state
-                .scheduled
-                .first_key_value()
-                .is_none_or(|((due, _), _)| *due > Instant::now())
+        state.in_flight == 0 && state.ready.is_empty()
     }
 }

@@ -44,6 +44,10 @@ pub enum BrokerError {
         help("raise the queue's `capacity`, or add workers")
     )]
     QueueFull { queue: String, capacity: usize },
+    /// A delay so long that its due time cannot be represented.
+    #[error("a delay of {delay_ms} ms is too long")]
+    #[diagnostic(code(edaflow::broker::delay_too_long))]
+    DelayTooLong { delay_ms: u128 },
     /// The broker is shutting down.
     #[error("the broker is closed")]
     #[diagnostic(code(edaflow::broker::closed))]

@@ -16,7 +16,7 @@ pub enum DurationError {
     UnknownUnit { unit: String },
     #[error("expected a number, found `{found}`")]
     ExpectedNumber { found: String },
-    #[error("duration too large")]
+    #[error("duration too large (at most 100 years)")]
     Overflow,
 }
 
@@ -73,8 +73,14 @@ pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
         total = total.checked_add(part).ok_or(DurationError::Overflow)?;
         rest = after;
     }
+    if total > MAX_DURATION {
+        return Err(DurationError::Overflow);
+    }
     Ok(total)
 }
+
+/// The longest duration accepted anywhere (delays, timeouts): about 100 years.
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 86_400);
 
 /// Formats a duration the way flow files write it (`1.5s`, `250ms`, `5m`).
 pub fn format_duration(d: Duration) -> String {

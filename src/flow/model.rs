@@ -264,6 +264,9 @@ pub enum TestStep {
 #[derive(Clone, Debug, PartialEq)]
 pub struct ExpectedEvent {
     pub topic: String,
+    /// `handled_by = "worker"`: the event must also have been handled successfully by
+    /// this subscriber (not just emitted or queued).
+    pub handled_by: Option<String>,
     /// A subset: every field given must be present and equal (recursively for objects).
     pub data: Option<serde_json::Value>,
 }

@@ -24,7 +24,7 @@ pub enum ApiError {
     Backpressure { group: String },
     #[error("the broker is unavailable; retry later")]
     Unavailable,
-    #[error("invalid query parameter: {detail}")]
+    #[error("invalid parameter: {detail}")]
     BadParameter { detail: String },
     #[error("reloading is not available in this process")]
     ReloadUnavailable,

@@ -158,6 +158,9 @@ async fn accept<B: Broker>(
         Err(BrokerError::Full { group }) => Err(ApiError::Backpressure { group }),
         Err(BrokerError::QueueFull { queue, .. }) => Err(ApiError::Backpressure { group: queue }),
         Err(BrokerError::UnknownQueue { queue }) => Err(ApiError::UnknownQueue { queue }),
+        Err(e @ BrokerError::DelayTooLong { .. }) => Err(ApiError::BadParameter {
+            detail: e.to_string(),
+        }),
         Err(e) => {
             warn!(error = %e, "publish failed");
             Err(ApiError::Unavailable)
@@ -173,7 +176,11 @@ enum Mode {
 
 fn content_mode(headers: &HeaderMap) -> Result<Mode, ApiError> {
     let Some(value) = headers.get(header::CONTENT_TYPE) else {
-        // curl without -H sends a form type; no header at all is taken as JSON.
+        // curl without -H sends a form type; no header at all is taken as JSON (binary
+        // mode when `ce-*` headers say so).
+        if headers.contains_key("ce-specversion") {
+            return Ok(Mode::Binary);
+        }
         return Ok(Mode::Plain);
     };
     let text = value.to_str().unwrap_or("");

@@ -29,11 +29,11 @@ use tracing::{info, warn};
 use crate::broker::{Broker, BrokerError, GroupSpec, QueueSpec};
 use crate::flow::diagnostic::{FlowReport, FlowWarning};
 use crate::flow::model::{
-    FlowSet, ProducerConfig, ProducerKind, QueueConfig, RelayConfig, SubscriberConfig,
-    SubscriberInput,
+    FlowSet, ProducerConfig, ProducerKind, QueueConfig, RelayConfig, ScriptSource,
+    SubscriberConfig, SubscriberInput,
 };
 use crate::flow::pattern::TopicPattern;
-use crate::script::{compile_set, CompiledScripts, Limits, ScriptEngine};
+use crate::script::{compile_set_reusing, CompiledScripts, Limits, ScriptEngine};
 
 pub use metrics::Metrics;
 use subscriber::{HandlerCode, SubscriberTask};
@@ -55,9 +55,32 @@ pub struct Prepared {
 /// # Errors
 /// Every problem at once, as one report.
 pub fn prepare(paths: &[PathBuf]) -> Result<Prepared, FlowReport> {
+    prepare_after(paths, None)
+}
+
+/// As `prepare`, reusing the compiled scripts of `previous` whose source and imported
+/// modules did not change (what a reload does).
+///
+/// # Errors
+/// Every problem at once, as one report.
+pub fn prepare_after(
+    paths: &[PathBuf],
+    previous: Option<&Prepared>,
+) -> Result<Prepared, FlowReport> {
     let loaded = crate::flow::load(paths)?;
     let names: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
-    let scripts = compile_set(&loaded.flows).map_err(|errors| FlowReport::new(&names, errors))?;
+    let reuse = |key: &str, source: &ScriptSource| {
+        let previous = previous?;
+        let script = previous.scripts.by_component.get(key)?;
+        let same_source = script.path == source.path && script.text == source.text;
+        let same_modules = script.imports.iter().all(|module| {
+            let now = std::fs::read_to_string(module).ok();
+            now.as_deref() == previous.module_texts.get(module).map(|t| &**t)
+        });
+        (same_source && same_modules).then(|| script.clone())
+    };
+    let scripts = compile_set_reusing(&loaded.flows, reuse)
+        .map_err(|errors| FlowReport::new(&names, errors))?;
     let mut files = loaded.files_read;
     let mut module_texts = BTreeMap::new();
     for module in scripts.imports() {
@@ -86,6 +109,9 @@ pub struct RuntimeOptions {
     pub listen: Option<String>,
     /// Start producers (false for `edaflow test`, which publishes itself).
     pub producers: bool,
+    /// Let script-less subscribers print the article's output (false for `edaflow test`,
+    /// whose report would be interleaved with it).
+    pub quiet: bool,
     pub limits: Limits,
 }
 
@@ -126,6 +152,10 @@ pub struct Shared<B: Broker> {
     pub broker: B,
     /// The queues of the running generation (defaults and existence for `enqueue` and HTTP).
     pub queues: watch::Sender<Arc<BTreeMap<String, QueueConfig>>>,
+    /// When set, each successfully handled event is reported here with its subscriber
+    /// (`edaflow test` uses it to check `handled_by`); lossy if the reader falls behind.
+    pub handled:
+        std::sync::OnceLock<tokio::sync::mpsc::Sender<(Arc<str>, Arc<crate::event::Event>)>>,
     /// Where `POST /admin/reload` sends its request (set once by whoever owns reloads).
     pub reload: std::sync::OnceLock<tokio::sync::mpsc::Sender<reload::ReloadRequest>>,
     pub engine: ScriptEngine,
@@ -201,6 +231,7 @@ impl<B: Broker> Runtime<B> {
             broker,
             queues: watch::Sender::new(Arc::new(BTreeMap::new())),
             reload: std::sync::OnceLock::new(),
+            handled: std::sync::OnceLock::new(),
             engine: ScriptEngine::new(options.limits),
             metrics: Arc::new(Metrics::default()),
             status: Arc::new(Status {
@@ -250,6 +281,17 @@ impl<B: Broker> Runtime<B> {
             .last_reload
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = Some(outcome);
+    }
+
+    /// Reports every successfully handled event, with its subscriber, on the returned
+    /// channel (at most `buffer` waiting; more are dropped). Only the first call counts.
+    pub fn watch_handled(
+        &self,
+        buffer: usize,
+    ) -> tokio::sync::mpsc::Receiver<(Arc<str>, Arc<crate::event::Event>)> {
+        let (tx, rx) = tokio::sync::mpsc::channel(buffer.max(1));
+        let _ = self.shared.handled.set(tx);
+        rx
     }
 
     /// Lets `POST /admin/reload` reach the reload path.
@@ -655,6 +697,7 @@ impl<B: Broker> Runtime<B> {
             code: rx,
             metrics: self.shared.metrics.subscriber(name),
             poll,
+            quiet: self.options.quiet,
         };
         subscriber::spawn(task, &tracker, &token)?;
         self.subscribers.insert(

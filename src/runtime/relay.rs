@@ -166,7 +166,10 @@ impl<B: Broker> RelayTask<B> {
                     backoff = (backoff * 2).min(Duration::from_secs(1));
                     pending = Some(retry);
                 }
-                Err(error) => warn!(%error, "relay could not commit"),
+                Err(error) => {
+                    warn!(%error, "relay could not commit; giving the event back");
+                    let _ = self.shared.broker.nack(retry.0).await;
+                }
             }
         }
     }

@@ -16,7 +16,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::broker::Broker;
 use crate::flow::diagnostic::render;
-use crate::runtime::{prepare, Prepared, ReloadOutcome, Runtime};
+use crate::runtime::{prepare_after, Prepared, ReloadOutcome, Runtime};
 
 /// Why a reload was asked for.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -98,7 +98,7 @@ impl<B: Broker> Reloader<B> {
     /// Handles one request: reload from disk and report.
     pub async fn handle(&mut self, request: ReloadRequest) -> ReloadReport {
         let started = Instant::now();
-        let report = match prepare(&self.paths) {
+        let report = match prepare_after(&self.paths, self.runtime.current()) {
             Ok(next) => self.apply(next, started, &request.cause).await,
             Err(report) => {
                 let generation = self.runtime.generation();

@@ -47,6 +47,8 @@ pub(crate) struct SubscriberTask<B: Broker> {
     pub metrics: Arc<SubscriberMetrics>,
     /// For queue subscribers with `poll`: look for due items only at this interval.
     pub poll: Option<Duration>,
+    /// Do not print the article's output for script-less subscribers.
+    pub quiet: bool,
 }
 
 /// Spawns the workers of a subscriber on `tracker`; they stop when `token` is cancelled.
@@ -127,11 +129,13 @@ async fn run_worker<B: Broker>(
     }
 }
 
-/// How a delivery ended.
-enum Outcome {
-    Done(Effects),
-    Dead(Effects),
-    GiveBack,
+/// Why a commit did not happen.
+#[derive(Debug)]
+enum Refused {
+    /// The broker refused the effects (a full queue): retry the run later.
+    Retry(String),
+    /// The broker could not take the commit at all.
+    Fatal(BrokerError),
 }
 
 impl<B: Broker> SubscriberTask<B> {
@@ -142,26 +146,6 @@ impl<B: Broker> SubscriberTask<B> {
             .topic(&delivery.event.topic)
             .events_out
             .fetch_add(1, Ordering::Relaxed);
-        let outcome = self.run_with_retries(&delivery, token).await;
-        let result = match outcome {
-            Outcome::Done(effects) | Outcome::Dead(effects) => {
-                for event in effects
-                    .publish
-                    .iter()
-                    .chain(effects.deferred.iter().map(|(e, _)| e))
-                {
-                    self.shared.metrics.published(&event.topic);
-                }
-                self.shared.broker.commit(delivery, effects).await
-            }
-            Outcome::GiveBack => self.shared.broker.nack(delivery).await,
-        };
-        if let Err(e) = result {
-            warn!(error = %e, "could not settle the event");
-        }
-    }
-
-    async fn run_with_retries(&self, delivery: &Delivery, token: &CancellationToken) -> Outcome {
         let retry = self.config.retry;
         let mut attempt = delivery.redeliveries.saturating_add(1);
         loop {
@@ -169,39 +153,68 @@ impl<B: Broker> SubscriberTask<B> {
             let code = self.code.borrow().clone();
             let result = self.run_once(&code, &delivery.event, attempt);
             self.metrics.latency.observe(started.elapsed());
-            let result: Result<std::convert::Infallible, ScriptError> = match result {
-                Ok(output) => match self.effects(&delivery.event, output, code.generation) {
-                    Ok(effects) => {
+            // A run's effects are committed with the ack; a commit the broker refuses (a
+            // full or missing queue) counts as a failed run, so nothing is half-done.
+            let error = match result
+                .and_then(|output| self.effects(&delivery.event, output, code.generation))
+            {
+                Ok(effects) => match self.settle(&delivery, effects).await {
+                    Ok(()) => {
                         self.metrics.handled.fetch_add(1, Ordering::Relaxed);
-                        return Outcome::Done(effects);
+                        if let Some(tap) = self.shared.handled.get() {
+                            let _ = tap.try_send((self.name.clone(), delivery.event.clone()));
+                        }
+                        return;
                     }
-                    Err(error) => Err(error),
+                    Err(Refused::Retry(message)) => ScriptError::Failed { message },
+                    Err(Refused::Fatal(e)) => {
+                        warn!(error = %e, "could not commit; giving the event back");
+                        let _ = self.shared.broker.nack(delivery).await;
+                        return;
+                    }
                 },
-                Err(error) => Err(error),
+                Err(error) => error,
             };
-            match result {
-                Ok(never) => match never {},
-                Err(error) => {
-                    self.metrics.errors.fetch_add(1, Ordering::Relaxed);
-                    if attempt >= retry.attempts {
-                        warn!(event = %delivery.event.id, topic = %delivery.event.topic, attempt, dead_letter = %self.config.dead_letter, %error, "handler failed for the last time; dead-lettering the event");
-                        self.metrics.dead_letters.fetch_add(1, Ordering::Relaxed);
-                        return Outcome::Dead(self.dead_letter(
-                            delivery,
-                            attempt,
-                            &error,
-                            code.generation,
-                        ));
-                    }
-                    let delay = retry.delay_after(attempt);
-                    warn!(event = %delivery.event.id, topic = %delivery.event.topic, attempt, retry_in = ?delay, %error, "handler failed; will retry");
-                    tokio::select! {
-                        _ = tokio::time::sleep(delay) => {}
-                        _ = token.cancelled() => return Outcome::GiveBack,
-                    }
-                    attempt += 1;
+            self.metrics.errors.fetch_add(1, Ordering::Relaxed);
+            if attempt >= retry.attempts {
+                warn!(event = %delivery.event.id, topic = %delivery.event.topic, attempt, dead_letter = %self.config.dead_letter, %error, "handler failed for the last time; dead-lettering the event");
+                self.metrics.dead_letters.fetch_add(1, Ordering::Relaxed);
+                let dead = self.dead_letter(&delivery, attempt, &error, code.generation);
+                if let Err(e) = self.settle(&delivery, dead).await {
+                    warn!(error = ?e, "could not dead-letter the event; giving it back");
+                    let _ = self.shared.broker.nack(delivery).await;
+                }
+                return;
+            }
+            let delay = retry.delay_after(attempt);
+            warn!(event = %delivery.event.id, topic = %delivery.event.topic, attempt, retry_in = ?delay, %error, "handler failed; will retry");
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = token.cancelled() => {
+                    let _ = self.shared.broker.nack(delivery).await;
+                    return;
                 }
             }
+            attempt += 1;
+        }
+    }
+
+    /// Commits effects with the ack of `delivery`.
+    async fn settle(&self, delivery: &Delivery, effects: Effects) -> Result<(), Refused> {
+        let published: Vec<String> = effects.events().map(|e| e.topic.clone()).collect();
+        match self.shared.broker.commit(delivery.clone(), effects).await {
+            Ok(()) => {
+                for topic in &published {
+                    self.shared.metrics.published(topic);
+                }
+                Ok(())
+            }
+            Err(
+                e @ (BrokerError::QueueFull { .. }
+                | BrokerError::UnknownQueue { .. }
+                | BrokerError::DelayTooLong { .. }),
+            ) => Err(Refused::Retry(format!("commit refused: {e}"))),
+            Err(e) => Err(Refused::Fatal(e)),
         }
     }
 
@@ -217,6 +230,7 @@ impl<B: Broker> SubscriberTask<B> {
                     .engine
                     .run(script, &self.name, Some(script_event(event, attempt)))
             }
+            None if self.quiet => Ok(ScriptOutput::default()),
             None => {
                 print_article_consumer(
                     event,

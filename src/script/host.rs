@@ -185,9 +185,15 @@ fn record_enqueue(
 /// A delay given as `"5s"` or as integer milliseconds.
 pub fn delay_option(value: &Dynamic) -> Result<Duration, Box<EvalAltResult>> {
     if let Ok(ms) = value.as_int() {
-        return u64::try_from(ms)
+        let delay = u64::try_from(ms)
             .map(Duration::from_millis)
-            .map_err(|_| runtime_error(format!("delay: negative delay {ms}")));
+            .map_err(|_| runtime_error(format!("delay: negative delay {ms}")))?;
+        if delay > crate::flow::duration::MAX_DURATION {
+            return Err(runtime_error(format!(
+                "delay: {ms} ms is too long (at most 100 years)"
+            )));
+        }
+        return Ok(delay);
     }
     if let Some(text) = value.read_lock::<ImmutableString>() {
         return parse_duration(&text)

@@ -30,6 +30,8 @@ pub use limits::Limits;
 #[derive(Clone)]
 pub struct CompiledScript {
     pub ast: Arc<AST>,
+    /// The text it was compiled from.
+    pub text: Arc<str>,
     /// The `.rhai` file, for error messages.
     pub path: PathBuf,
     /// Every module file it imports (transitively), for the watcher.
@@ -270,6 +272,7 @@ pub fn compile_expression(name: &Path, text: &str) -> Result<CompiledScript, Flo
     match engine.compile_expression_with_scope(&scope, text) {
         Ok(ast) => Ok(CompiledScript {
             ast: Arc::new(ast),
+            text: Arc::from(text),
             path: name.to_owned(),
             imports: Vec::new(),
         }),
@@ -306,6 +309,7 @@ fn compile_text(
             imports.dedup();
             Ok(CompiledScript {
                 ast: Arc::new(ast),
+                text: Arc::from(text),
                 path: path.to_owned(),
                 imports,
             })
@@ -429,6 +433,22 @@ impl CompiledScripts {
 /// # Errors
 /// All the compile errors at once.
 pub fn compile_set(flows: &FlowSet) -> Result<CompiledScripts, Vec<FlowError>> {
+    compile_set_reusing(flows, |_, _| None)
+}
+
+/// As `compile_set`, but takes an already compiled script from `reuse` when it has one
+/// for a component's source (a reload recompiles only what changed).
+///
+/// # Errors
+/// All the compile errors at once.
+pub fn compile_set_reusing(
+    flows: &FlowSet,
+    reuse: impl Fn(&str, &ScriptSource) -> Option<CompiledScript>,
+) -> Result<CompiledScripts, Vec<FlowError>> {
+    let compile = |key: &str, source: &ScriptSource| match reuse(key, source) {
+        Some(script) => Ok(script),
+        None => compile(source),
+    };
     let mut out = CompiledScripts::default();
     let mut errors = Vec::new();
     let mut add = |key: String, result: Result<CompiledScript, FlowError>| match result {
@@ -439,19 +459,25 @@ pub fn compile_set(flows: &FlowSet) -> Result<CompiledScripts, Vec<FlowError>> {
     };
     for (name, sub) in &flows.subscribers {
         if let Some(source) = &sub.script {
-            add(format!("subscribers.{name}"), compile(source));
+            let key = format!("subscribers.{name}");
+            let result = compile(&key, source);
+            add(key, result);
         }
     }
     for (name, producer) in &flows.producers {
         if let crate::flow::model::ProducerKind::Interval(interval) = &producer.kind {
             if let Some(source) = &interval.script {
-                add(format!("producers.{name}"), compile(source));
+                let key = format!("producers.{name}");
+                let result = compile(&key, source);
+                add(key, result);
             }
         }
     }
     for (name, relay) in &flows.relays {
         if let Some(source) = &relay.script {
-            add(format!("relays.{name}"), compile(source));
+            let key = format!("relays.{name}");
+            let result = compile(&key, source);
+            add(key, result);
         }
         if let Some(filter) = &relay.filter {
             let label = PathBuf::from(format!("relays.{name}.filter"));

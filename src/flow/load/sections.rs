@@ -61,7 +61,7 @@ const TOPIC_KEYS: &[&str] = &["mode", "kind", "retention", "timeout"];
 const STORE_KEYS: &[&str] = &["expose"];
 const TEST_KEYS: &[&str] = &["name", "publish", "advance", "expect"];
 const PUBLISH_KEYS: &[&str] = &["topic", "data"];
-const EXPECT_KEYS: &[&str] = &["topic", "data"];
+const EXPECT_KEYS: &[&str] = &["topic", "data", "handled_by"];
 
 /// The `http` producer's default listen address.
 pub(super) const DEFAULT_LISTEN: &str = "127.0.0.1:3000";
@@ -734,16 +734,21 @@ fn publish(r: &mut Reader<'_>, path: String, value: Value<'_>) -> Option<TestSte
     })
 }
 
-/// `{ topic, data? }` of a test's `expect`.
+/// `{ topic, data?, handled_by? }` of a test's `expect`.
 fn expected(r: &mut Reader<'_>, path: String, value: Value<'_>) -> Option<ExpectedEvent> {
     let mut f = r.table(path, None, value)?;
     let topic = r
         .required(&mut f, "topic")
         .and_then(|v| r.topic("topic", v));
     let data = f.take("data").and_then(|v| r.json("data", v));
+    let handled_by = f
+        .take("handled_by")
+        .and_then(|v| r.string("handled_by", v))
+        .map(|s| s.value);
     f.finish(r, EXPECT_KEYS);
     Some(ExpectedEvent {
         topic: topic?.value,
+        handled_by,
         data,
     })
 }

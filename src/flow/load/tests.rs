@@ -292,6 +292,7 @@ fn the_design_sketch_loads_into_the_model() {
             }],
             expect: vec![ExpectedEvent {
                 topic: "inventoryReserved".into(),
+                handled_by: None,
                 data: Some(json!({ "order_id": 1 })),
             }],
         }]
@@ -467,6 +468,7 @@ fn tests_publish_in_order_then_advance() {
         tests[0].expect,
         vec![ExpectedEvent {
             topic: "b".into(),
+            handled_by: None,
             data: None
         }]
     );

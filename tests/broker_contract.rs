@@ -1,0 +1,811 @@
+//! The broker contract: what every `Broker` implementation must do, written once as generic
+//! checks and instantiated per broker.
+//!
+//! Each check is an `async fn check<B: Broker>(broker: B)` that uses only the trait, so a
+//! second broker (Redis) runs the same checks by adding one `broker_contract!` line with
+//! its own constructor. The checks read time from tokio's clock: the memory instantiation
+//! pauses it, so delays and "this must still be blocked" are exact and cost no real time.
+//!
+//! "Nothing was delivered" is never proven by waiting and hoping: the checks read the
+//! group's `stats()` or publish a later marker event and show it is the next delivery.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::sync::mpsc;
+
+use edaflow::broker::{
+    Backpressure, Broker, BrokerError, Consumer, Delivery, Effects, GroupSpec, GroupStats,
+};
+use edaflow::event::Event;
+use edaflow::flow::TopicPattern;
+
+/// The `source` of every event these checks publish.
+const SOURCE: &str = "edaflow://contract/test";
+
+/// How long a check waits for something that must happen. On paused time this costs
+/// nothing; it only turns a broken broker into a failure instead of a hang.
+const PATIENCE: Duration = Duration::from_secs(5);
+
+/// Instantiates every check for one broker. `$make` turns a per-group capacity into a
+/// fresh broker; the attributes go on every generated test (the runtime flavour).
+macro_rules! broker_contract {
+    ($(#[$test:meta])* make = $make:expr) => {
+        contract_test!([$(#[$test])*] $make, publish_fans_out_to_every_matching_group, 16);
+        contract_test!([$(#[$test])*] $make, consumers_of_one_group_compete, 16);
+        contract_test!([$(#[$test])*] $make, topic_patterns_route_by_segment, 16);
+        contract_test!([$(#[$test])*] $make, events_published_before_a_group_exists_are_not_delivered, 16);
+        contract_test!([$(#[$test])*] $make, redeclaring_a_group_changes_its_patterns, 16);
+        contract_test!([$(#[$test])*] $make, nack_returns_the_event_for_redelivery, 16);
+        contract_test!([$(#[$test])*] $make, commit_publishes_the_effects_then_acks, 16);
+        contract_test!([$(#[$test])*] $make, commit_publishes_deferred_effects_after_their_delay, 16);
+        contract_test!([$(#[$test])*] $make, publish_later_waits_for_its_delay, 16);
+        contract_test!([$(#[$test])*] $make, reject_fails_with_full_when_a_buffer_is_full, 2);
+        contract_test!([$(#[$test])*] $make, a_rejected_publish_reaches_no_group, 1);
+        contract_test!([$(#[$test])*] $make, a_rejected_publish_is_not_tapped, 1);
+        contract_test!([$(#[$test])*] $make, wait_blocks_until_a_consumer_takes_an_item, 1);
+        contract_test!([$(#[$test])*] $make, removed_groups_stop_receiving_and_their_consumers_fail, 16);
+        contract_test!([$(#[$test])*] $make, removing_a_group_wakes_its_waiting_consumers, 16);
+        contract_test!([$(#[$test])*] $make, removing_a_group_hands_its_events_to_a_successor, 16);
+        contract_test!([$(#[$test])*] $make, a_successor_does_not_inherit_what_it_already_has, 16);
+        contract_test!([$(#[$test])*] $make, removing_a_group_releases_blocked_publishers, 1);
+        contract_test!([$(#[$test])*] $make, tap_sees_matching_events, 16);
+        contract_test!([$(#[$test])*] $make, tap_is_lossy_and_never_blocks_publishers, 16);
+        contract_test!([$(#[$test])*] $make, stats_report_queued_and_in_flight, 8);
+    };
+}
+
+/// One generated test: builds the broker with the check's capacity and runs the check.
+macro_rules! contract_test {
+    ([$(#[$test:meta])*] $make:expr, $check:ident, $capacity:expr $(, #[$extra:meta])*) => {
+        $(#[$test])*
+        $(#[$extra])*
+        async fn $check() {
+            super::$check(($make)($capacity)).await;
+        }
+    };
+}
+
+mod memory {
+    use edaflow::broker::{MemoryBroker, MemoryOptions};
+
+    broker_contract! {
+        #[tokio::test(start_paused = true)]
+        make = |group_capacity| MemoryBroker::new(MemoryOptions { group_capacity })
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Helpers
+
+fn pattern(text: &str) -> TopicPattern {
+    TopicPattern::parse(text).unwrap_or_else(|e| panic!("test pattern {text:?}: {e}"))
+}
+
+async fn declare<B: Broker>(broker: &B, name: &str, patterns: &[&str]) {
+    broker
+        .declare_group(&GroupSpec {
+            name: name.to_owned(),
+            patterns: patterns.iter().map(|p| pattern(p)).collect(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("declare group `{name}`: {e}"));
+}
+
+fn event(topic: &str, n: u64) -> Event {
+    Event::new(topic, SOURCE, json!({ "n": n }))
+}
+
+/// Publishes and returns the event's id.
+async fn publish<B: Broker>(broker: &B, event: Event, mode: Backpressure) -> String {
+    let id = event.id.clone();
+    let topic = event.topic.clone();
+    broker
+        .publish(event, mode)
+        .await
+        .unwrap_or_else(|e| panic!("publish to `{topic}`: {e}"));
+    id
+}
+
+fn consumer<B: Broker>(broker: &B, group: &str) -> B::Consumer {
+    broker
+        .consumer(group)
+        .unwrap_or_else(|e| panic!("consumer of `{group}`: {e}"))
+}
+
+/// The next delivery, failing the check if none comes.
+async fn next_delivery<C: Consumer>(consumer: &mut C, what: &str) -> Delivery {
+    match tokio::time::timeout(PATIENCE, consumer.next()).await {
+        Ok(Ok(delivery)) => delivery,
+        Ok(Err(e)) => panic!("{what}: the consumer failed: {e}"),
+        Err(_) => panic!("{what}: nothing was delivered within {PATIENCE:?}"),
+    }
+}
+
+async fn ack<B: Broker>(broker: &B, delivery: Delivery) {
+    broker
+        .commit(delivery, Effects::default())
+        .await
+        .expect("commit without effects");
+}
+
+fn stats_of<B: Broker>(broker: &B, group: &str) -> GroupStats {
+    let all = broker.stats();
+    all.iter()
+        .find(|g| g.name == group)
+        .cloned()
+        .unwrap_or_else(|| panic!("no stats for group `{group}` in {all:?}"))
+}
+
+/// (queued, in flight) of a group.
+fn load<B: Broker>(broker: &B, group: &str) -> (usize, usize) {
+    let stats = stats_of(broker, group);
+    (stats.queued, stats.in_flight)
+}
+
+/// Takes and acks everything waiting in `group` (as `stats` counts it), returning the
+/// topics in delivery order; the group is empty afterwards.
+async fn drain<B: Broker>(broker: &B, group: &str) -> Vec<String> {
+    let mut consumer = consumer(broker, group);
+    let waiting = stats_of(broker, group).queued;
+    let mut topics = Vec::with_capacity(waiting);
+    for _ in 0..waiting {
+        let delivery = next_delivery(&mut consumer, group).await;
+        topics.push(delivery.event.topic.clone());
+        ack(broker, delivery).await;
+    }
+    assert_eq!(load(broker, group), (0, 0), "`{group}` after draining it");
+    topics
+}
+
+// ---------------------------------------------------------------------------------------
+// Checks
+
+async fn publish_fans_out_to_every_matching_group<B: Broker>(broker: B) {
+    declare(&broker, "inventory", &["orderCreated"]).await;
+    declare(&broker, "billing", &["paymentCharged", "orderCreated"]).await;
+    declare(&broker, "audit", &[">"]).await;
+    declare(&broker, "shipping", &["paymentCharged"]).await;
+
+    let sent = Event::new("orderCreated", SOURCE, json!({ "order_id": 123 }));
+    let id = publish(&broker, sent.clone(), Backpressure::Reject).await;
+
+    for group in ["inventory", "billing", "audit"] {
+        assert_eq!(load(&broker, group), (1, 0), "`{group}` holds one copy");
+        let mut consumer = consumer(&broker, group);
+        let delivery = next_delivery(&mut consumer, group).await;
+        assert_eq!(delivery.event.id, id, "`{group}` got the published event");
+        assert_eq!(delivery.event.data, sent.data);
+        assert_eq!(&*delivery.group, group);
+        assert_eq!(delivery.redeliveries, 0);
+        ack(&broker, delivery).await;
+        assert_eq!(
+            load(&broker, group),
+            (0, 0),
+            "`{group}` got exactly one copy"
+        );
+    }
+
+    // `shipping` does not match: the first thing it ever receives is a later event.
+    assert_eq!(load(&broker, "shipping"), (0, 0));
+    let marker = publish(&broker, event("paymentCharged", 2), Backpressure::Reject).await;
+    let mut shipping = consumer(&broker, "shipping");
+    let first = next_delivery(&mut shipping, "shipping").await;
+    assert_eq!(
+        first.event.id, marker,
+        "`shipping` must not get orderCreated"
+    );
+}
+
+async fn consumers_of_one_group_compete<B: Broker>(broker: B) {
+    const EVENTS: u64 = 12;
+    declare(&broker, "workers", &["job"]).await;
+    let mut first = consumer(&broker, "workers");
+    let mut second = consumer(&broker, "workers");
+    let mut published = BTreeSet::new();
+    for n in 0..EVENTS {
+        published.insert(publish(&broker, event("job", n), Backpressure::Wait).await);
+    }
+
+    // Both hold an event at once, and never the same one.
+    let a = next_delivery(&mut first, "first consumer").await;
+    let b = next_delivery(&mut second, "second consumer").await;
+    assert_ne!(a.event.id, b.event.id, "two consumers got the same event");
+    assert_eq!(load(&broker, "workers"), (EVENTS as usize - 2, 2));
+    let mut seen = vec![a.event.id.clone(), b.event.id.clone()];
+    ack(&broker, a).await;
+    ack(&broker, b).await;
+
+    // The rest, with both consumers racing for them.
+    let (tx, mut rx) = mpsc::channel(EVENTS as usize);
+    let mut workers = Vec::new();
+    for mut consumer in [first, second] {
+        let broker = broker.clone();
+        let tx = tx.clone();
+        workers.push(tokio::spawn(async move {
+            // Ends when the group is removed below.
+            while let Ok(delivery) = consumer.next().await {
+                tx.send(delivery.event.id.clone())
+                    .await
+                    .expect("the check is listening");
+                broker
+                    .commit(delivery, Effects::default())
+                    .await
+                    .expect("commit");
+                tokio::task::yield_now().await;
+            }
+        }));
+    }
+    drop(tx);
+    while seen.len() < EVENTS as usize {
+        match tokio::time::timeout(PATIENCE, rx.recv()).await {
+            Ok(Some(id)) => seen.push(id),
+            other => panic!(
+                "only {} of {EVENTS} events were delivered ({other:?})",
+                seen.len()
+            ),
+        }
+    }
+    broker.remove_group("workers", None).await.expect("remove");
+    for worker in workers {
+        tokio::time::timeout(PATIENCE, worker)
+            .await
+            .expect("consumers stop once their group is removed")
+            .expect("consumer task");
+    }
+    assert!(rx.recv().await.is_none(), "an event was delivered twice");
+    let unique: BTreeSet<String> = seen.iter().cloned().collect();
+    assert_eq!(
+        unique.len(),
+        seen.len(),
+        "an event was delivered twice: {seen:?}"
+    );
+    assert_eq!(unique, published, "every event is delivered exactly once");
+}
+
+async fn topic_patterns_route_by_segment<B: Broker>(broker: B) {
+    declare(&broker, "one_segment", &["orders.*"]).await;
+    declare(&broker, "the_rest", &["orders.>"]).await;
+    declare(&broker, "exact", &["orders.created"]).await;
+    declare(&broker, "several", &["payments.*", "orders.eu.>"]).await;
+
+    for topic in [
+        "orders.created",
+        "orders.eu.created",
+        "orders",
+        "orders.eu",
+        "ordersx.created",
+        "payments.refunded",
+        "payments.card.refunded",
+        "created",
+    ] {
+        publish(&broker, event(topic, 0), Backpressure::Reject).await;
+    }
+
+    assert_eq!(
+        drain(&broker, "one_segment").await,
+        ["orders.created", "orders.eu"],
+        "`*` matches exactly one segment"
+    );
+    assert_eq!(
+        drain(&broker, "the_rest").await,
+        ["orders.created", "orders.eu.created", "orders.eu"],
+        "`>` matches one or more trailing segments, never zero"
+    );
+    assert_eq!(
+        drain(&broker, "exact").await,
+        ["orders.created"],
+        "a plain name matches only itself"
+    );
+    assert_eq!(
+        drain(&broker, "several").await,
+        ["orders.eu.created", "payments.refunded"],
+        "a group receives the union of its patterns"
+    );
+}
+
+async fn events_published_before_a_group_exists_are_not_delivered<B: Broker>(broker: B) {
+    // Publishing with no group at all is not an error: nobody is listening.
+    publish(&broker, event("orderCreated", 1), Backpressure::Reject).await;
+    publish(&broker, event("orderCreated", 2), Backpressure::Wait).await;
+
+    declare(&broker, "late", &["orderCreated"]).await;
+    assert_eq!(load(&broker, "late"), (0, 0));
+    let after = publish(&broker, event("orderCreated", 3), Backpressure::Reject).await;
+    let mut late = consumer(&broker, "late");
+    let first = next_delivery(&mut late, "late").await;
+    assert_eq!(first.event.id, after, "the late group saw an earlier event");
+    assert_eq!(load(&broker, "late"), (0, 1));
+}
+
+async fn redeclaring_a_group_changes_its_patterns<B: Broker>(broker: B) {
+    declare(&broker, "g", &["before"]).await;
+    publish(&broker, event("before", 1), Backpressure::Reject).await;
+    declare(&broker, "g", &["after"]).await;
+    assert_eq!(
+        load(&broker, "g"),
+        (1, 0),
+        "redeclaring keeps what already waits"
+    );
+    publish(&broker, event("before", 2), Backpressure::Reject).await;
+    publish(&broker, event("after", 3), Backpressure::Reject).await;
+    assert_eq!(drain(&broker, "g").await, ["before", "after"]);
+}
+
+async fn nack_returns_the_event_for_redelivery<B: Broker>(broker: B) {
+    declare(&broker, "g", &["job"]).await;
+    let id = publish(&broker, event("job", 7), Backpressure::Reject).await;
+    let mut first = consumer(&broker, "g");
+    let mut second = consumer(&broker, "g");
+
+    let delivery = next_delivery(&mut first, "first delivery").await;
+    assert_eq!(
+        (delivery.event.id.as_str(), delivery.redeliveries),
+        (id.as_str(), 0)
+    );
+    assert_eq!(load(&broker, "g"), (0, 1));
+    broker.nack(delivery).await.expect("nack");
+    assert_eq!(load(&broker, "g"), (1, 0), "a nacked event waits again");
+
+    // Any consumer of the group may get it back.
+    let again = next_delivery(&mut second, "redelivery").await;
+    assert_eq!(again.event.id, id);
+    assert_eq!(again.event.data, json!({ "n": 7 }), "redelivered untouched");
+    assert_eq!(again.redeliveries, 1);
+    broker.nack(again).await.expect("nack");
+
+    let third = next_delivery(&mut first, "second redelivery").await;
+    assert_eq!(
+        (third.event.id.as_str(), third.redeliveries),
+        (id.as_str(), 2)
+    );
+    ack(&broker, third).await;
+    assert_eq!(load(&broker, "g"), (0, 0));
+}
+
+async fn commit_publishes_the_effects_then_acks<B: Broker>(broker: B) {
+    declare(&broker, "reserve", &["orderCreated"]).await;
+    declare(&broker, "charge", &["inventoryReserved"]).await;
+    let parent_id = publish(&broker, event("orderCreated", 1), Backpressure::Reject).await;
+
+    let mut reserve = consumer(&broker, "reserve");
+    let delivery = next_delivery(&mut reserve, "reserve").await;
+    let child = delivery
+        .event
+        .caused("inventoryReserved", SOURCE, json!({ "reserved": true }));
+    let child_id = child.id.clone();
+    assert_eq!(
+        load(&broker, "charge"),
+        (0, 0),
+        "effects wait for the commit"
+    );
+    broker
+        .commit(
+            delivery,
+            Effects {
+                publish: vec![child],
+                ..Effects::default()
+            },
+        )
+        .await
+        .expect("commit");
+    assert_eq!(
+        load(&broker, "reserve"),
+        (0, 0),
+        "the commit acked the delivery"
+    );
+
+    let mut charge = consumer(&broker, "charge");
+    let got = next_delivery(&mut charge, "charge").await;
+    assert_eq!(got.event.id, child_id);
+    assert_eq!(got.event.correlation_id, parent_id);
+    assert_eq!(got.event.causation_id.as_deref(), Some(parent_id.as_str()));
+    assert_eq!(got.event.data, json!({ "reserved": true }));
+}
+
+async fn commit_publishes_deferred_effects_after_their_delay<B: Broker>(broker: B) {
+    const DELAY: Duration = Duration::from_secs(30);
+    declare(&broker, "reserve", &["orderCreated"]).await;
+    declare(&broker, "remind", &["paymentReminder"]).await;
+    publish(&broker, event("orderCreated", 1), Backpressure::Reject).await;
+
+    let mut reserve = consumer(&broker, "reserve");
+    let delivery = next_delivery(&mut reserve, "reserve").await;
+    let later = delivery
+        .event
+        .caused("paymentReminder", SOURCE, json!({ "n": 1 }));
+    let later_id = later.id.clone();
+    let committed_at = tokio::time::Instant::now();
+    broker
+        .commit(
+            delivery,
+            Effects {
+                deferred: vec![(later, DELAY)],
+                ..Effects::default()
+            },
+        )
+        .await
+        .expect("commit");
+    assert_eq!(load(&broker, "reserve"), (0, 0), "acked at once");
+    assert_eq!(broker.scheduled(), 1);
+    assert_eq!(
+        load(&broker, "remind"),
+        (0, 0),
+        "not published before its delay"
+    );
+
+    tokio::time::advance(DELAY - Duration::from_millis(1)).await;
+    tokio::task::yield_now().await;
+    assert_eq!(load(&broker, "remind"), (0, 0), "1 ms early: still waiting");
+    assert_eq!(broker.scheduled(), 1);
+
+    tokio::time::advance(Duration::from_millis(1)).await;
+    let mut remind = consumer(&broker, "remind");
+    let got = next_delivery(&mut remind, "deferred effect").await;
+    assert_eq!(got.event.id, later_id);
+    let took = committed_at.elapsed();
+    assert!(
+        took >= DELAY && took <= DELAY + Duration::from_millis(5),
+        "published after {took:?}, expected {DELAY:?}"
+    );
+    assert_eq!(broker.scheduled(), 0);
+}
+
+async fn publish_later_waits_for_its_delay<B: Broker>(broker: B) {
+    declare(&broker, "g", &["tick"]).await;
+    let start = tokio::time::Instant::now();
+    let late = event("tick", 2);
+    let late_id = late.id.clone();
+    broker
+        .publish_later(late, Duration::from_millis(250))
+        .await
+        .expect("publish_later");
+    let soon = event("tick", 1);
+    let soon_id = soon.id.clone();
+    broker
+        .publish_later(soon, Duration::from_millis(100))
+        .await
+        .expect("publish_later");
+    assert_eq!(broker.scheduled(), 2);
+    assert_eq!(load(&broker, "g"), (0, 0));
+
+    let mut g = consumer(&broker, "g");
+    let first = next_delivery(&mut g, "the 100 ms event").await;
+    assert_eq!(first.event.id, soon_id, "due times, not call order, decide");
+    assert!(start.elapsed() >= Duration::from_millis(100));
+    let second = next_delivery(&mut g, "the 250 ms event").await;
+    assert_eq!(second.event.id, late_id);
+    assert!(start.elapsed() >= Duration::from_millis(250));
+    assert_eq!(broker.scheduled(), 0);
+
+    // A zero delay publishes at once.
+    let now = event("tick", 3);
+    let now_id = now.id.clone();
+    broker
+        .publish_later(now, Duration::ZERO)
+        .await
+        .expect("publish_later");
+    assert_eq!(next_delivery(&mut g, "zero delay").await.event.id, now_id);
+}
+
+async fn reject_fails_with_full_when_a_buffer_is_full<B: Broker>(broker: B) {
+    // Capacity 2.
+    declare(&broker, "slow", &["job"]).await;
+    publish(&broker, event("job", 1), Backpressure::Reject).await;
+    publish(&broker, event("job", 2), Backpressure::Reject).await;
+    match broker.publish(event("job", 3), Backpressure::Reject).await {
+        Err(BrokerError::Full { group }) => assert_eq!(group, "slow"),
+        other => panic!("expected Full from a full buffer, got {other:?}"),
+    }
+    assert_eq!(
+        load(&broker, "slow"),
+        (2, 0),
+        "the refused event was not queued"
+    );
+
+    // Room again once a consumer takes one.
+    let mut slow = consumer(&broker, "slow");
+    let taken = next_delivery(&mut slow, "slow").await;
+    publish(&broker, event("job", 4), Backpressure::Reject).await;
+    ack(&broker, taken).await;
+    assert_eq!(drain(&broker, "slow").await.len(), 2);
+}
+
+async fn a_rejected_publish_reaches_no_group<B: Broker>(broker: B) {
+    // Capacity 1: `fast` is drained, `slow` stays full.
+    declare(&broker, "fast", &["job"]).await;
+    declare(&broker, "slow", &["job"]).await;
+    publish(&broker, event("job", 1), Backpressure::Reject).await;
+    drain(&broker, "fast").await;
+    match broker.publish(event("job", 2), Backpressure::Reject).await {
+        Err(BrokerError::Full { group }) => assert_eq!(group, "slow"),
+        other => panic!("expected Full, got {other:?}"),
+    }
+    assert_eq!(
+        load(&broker, "fast"),
+        (0, 0),
+        "a refused event must not reach the groups that had room"
+    );
+    assert_eq!(load(&broker, "slow"), (1, 0));
+}
+
+async fn a_rejected_publish_is_not_tapped<B: Broker>(broker: B) {
+    // Capacity 1.
+    declare(&broker, "g", &["job"]).await;
+    let mut tap = broker.tap(pattern("job"), 16);
+    let accepted = publish(&broker, event("job", 1), Backpressure::Reject).await;
+    let refused = event("job", 2);
+    let refused_id = refused.id.clone();
+    assert!(matches!(
+        broker.publish(refused, Backpressure::Reject).await,
+        Err(BrokerError::Full { .. })
+    ));
+    drain(&broker, "g").await;
+    let marker = publish(&broker, event("job", 3), Backpressure::Reject).await;
+
+    let mut tapped = Vec::new();
+    while tapped.last() != Some(&marker) {
+        match tokio::time::timeout(PATIENCE, tap.recv()).await {
+            Ok(Some(event)) => tapped.push(event.id.clone()),
+            other => panic!("the tap stopped before the marker ({other:?}); saw {tapped:?}"),
+        }
+    }
+    assert!(
+        !tapped.contains(&refused_id),
+        "the tap showed an event that was refused and never published: {tapped:?}"
+    );
+    assert_eq!(tapped, [accepted, marker]);
+}
+
+async fn wait_blocks_until_a_consumer_takes_an_item<B: Broker>(broker: B) {
+    // Capacity 1.
+    declare(&broker, "g", &["job"]).await;
+    let first = publish(&broker, event("job", 1), Backpressure::Wait).await;
+    let second = event("job", 2);
+    let second_id = second.id.clone();
+    let mut publishing = tokio::spawn({
+        let broker = broker.clone();
+        async move { broker.publish(second, Backpressure::Wait).await }
+    });
+
+    // On paused time this timeout fires only once every task is idle: the publisher is
+    // parked, not spinning and not done.
+    assert!(
+        tokio::time::timeout(Duration::from_secs(1), &mut publishing)
+            .await
+            .is_err(),
+        "Wait returned while the buffer was full"
+    );
+    assert_eq!(load(&broker, "g"), (1, 0));
+
+    let mut g = consumer(&broker, "g");
+    let taken = next_delivery(&mut g, "first").await;
+    assert_eq!(taken.event.id, first);
+    tokio::time::timeout(PATIENCE, &mut publishing)
+        .await
+        .expect("the publisher is released once a consumer takes an item")
+        .expect("publisher task")
+        .expect("publish");
+    assert_eq!(load(&broker, "g"), (1, 1));
+    ack(&broker, taken).await;
+    assert_eq!(next_delivery(&mut g, "second").await.event.id, second_id);
+}
+
+async fn removed_groups_stop_receiving_and_their_consumers_fail<B: Broker>(broker: B) {
+    declare(&broker, "g", &["job"]).await;
+    declare(&broker, "other", &["job"]).await;
+    let mut held = consumer(&broker, "g");
+    publish(&broker, event("job", 1), Backpressure::Reject).await;
+    assert_eq!(load(&broker, "g"), (1, 0));
+
+    broker.remove_group("g", None).await.expect("remove");
+    assert!(
+        broker.stats().iter().all(|s| s.name != "g"),
+        "a removed group is not in stats: {:?}",
+        broker.stats()
+    );
+    match tokio::time::timeout(PATIENCE, held.next()).await {
+        Ok(Err(BrokerError::UnknownGroup { group })) => assert_eq!(group, "g"),
+        Ok(Ok(d)) => panic!("a removed group delivered {:?}", d.event.topic),
+        other => panic!("expected UnknownGroup, got {other:?}"),
+    }
+    match broker.consumer("g") {
+        Err(BrokerError::UnknownGroup { group }) => assert_eq!(group, "g"),
+        Err(e) => panic!("expected UnknownGroup, got {e}"),
+        Ok(_) => panic!("a consumer of a removed group"),
+    }
+
+    // Publishing goes on for the others; nothing is kept for the removed group.
+    publish(&broker, event("job", 2), Backpressure::Reject).await;
+    assert_eq!(load(&broker, "other"), (2, 0));
+    declare(&broker, "g", &["job"]).await;
+    assert_eq!(
+        load(&broker, "g"),
+        (0, 0),
+        "a re-declared group starts empty"
+    );
+}
+
+async fn removing_a_group_hands_its_events_to_a_successor<B: Broker>(broker: B) {
+    declare(&broker, "old", &["job"]).await;
+    let mut published = Vec::new();
+    for n in 0..3 {
+        published.push(publish(&broker, event("job", n), Backpressure::Reject).await);
+    }
+    declare(&broker, "new", &["other"]).await;
+    broker
+        .remove_group("old", Some("new"))
+        .await
+        .expect("remove with a successor");
+    assert!(broker.stats().iter().all(|s| s.name != "old"));
+    assert_eq!(
+        load(&broker, "new"),
+        (3, 0),
+        "the successor inherits the waiting events"
+    );
+    let mut new = consumer(&broker, "new");
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        let delivery = next_delivery(&mut new, "new").await;
+        got.push(delivery.event.id.clone());
+        ack(&broker, delivery).await;
+    }
+    assert_eq!(got, published, "in their order");
+}
+
+async fn a_successor_does_not_inherit_what_it_already_has<B: Broker>(broker: B) {
+    // What `Runtime::apply` does when a subscriber changes its group: the new group is
+    // declared before the old one is removed, so an event published in between is in both.
+    declare(&broker, "old", &["job"]).await;
+    let before = publish(&broker, event("job", 1), Backpressure::Reject).await;
+    declare(&broker, "new", &["job"]).await;
+    let between = publish(&broker, event("job", 2), Backpressure::Reject).await;
+    broker
+        .remove_group("old", Some("new"))
+        .await
+        .expect("remove with a successor");
+
+    let mut new = consumer(&broker, "new");
+    let mut got = Vec::new();
+    for _ in 0..stats_of(&broker, "new").queued {
+        let delivery = next_delivery(&mut new, "new").await;
+        got.push(delivery.event.id.clone());
+        ack(&broker, delivery).await;
+    }
+    got.sort();
+    let mut expected = vec![before, between];
+    expected.sort();
+    assert_eq!(
+        got, expected,
+        "each event once: nothing lost, nothing doubled"
+    );
+}
+
+async fn removing_a_group_wakes_its_waiting_consumers<B: Broker>(broker: B) {
+    declare(&broker, "g", &["job"]).await;
+    let mut waiting = Vec::new();
+    for _ in 0..2 {
+        let mut consumer = consumer(&broker, "g");
+        waiting.push(tokio::spawn(async move {
+            consumer.next().await.map(|d| d.event.id.clone())
+        }));
+    }
+    for task in &mut waiting {
+        assert!(
+            tokio::time::timeout(Duration::from_millis(100), task)
+                .await
+                .is_err(),
+            "a consumer of an empty group returned"
+        );
+    }
+    broker.remove_group("g", None).await.expect("remove");
+    for task in waiting {
+        let result = tokio::time::timeout(PATIENCE, task)
+            .await
+            .expect("waiting consumers are woken by the removal")
+            .expect("consumer task");
+        assert!(
+            matches!(result, Err(BrokerError::UnknownGroup { .. })),
+            "{result:?}"
+        );
+    }
+}
+
+async fn removing_a_group_releases_blocked_publishers<B: Broker>(broker: B) {
+    // Capacity 1.
+    declare(&broker, "g", &["job"]).await;
+    publish(&broker, event("job", 1), Backpressure::Wait).await;
+    let mut publishing = tokio::spawn({
+        let broker = broker.clone();
+        async move { broker.publish(event("job", 2), Backpressure::Wait).await }
+    });
+    assert!(
+        tokio::time::timeout(Duration::from_secs(1), &mut publishing)
+            .await
+            .is_err(),
+        "Wait returned while the buffer was full"
+    );
+    broker.remove_group("g", None).await.expect("remove");
+    let result = tokio::time::timeout(PATIENCE, publishing)
+        .await
+        .expect("a publisher waiting on a removed group is released")
+        .expect("publisher task");
+    assert!(result.is_ok(), "{result:?}");
+}
+
+async fn tap_sees_matching_events<B: Broker>(broker: B) {
+    declare(&broker, "g", &["orders.created"]).await;
+    let mut tap = broker.tap(pattern("orders.*"), 16);
+    let created = publish(&broker, event("orders.created", 1), Backpressure::Reject).await;
+    publish(&broker, event("payments.charged", 2), Backpressure::Reject).await;
+    publish(&broker, event("orders.eu.shipped", 3), Backpressure::Reject).await;
+    // No group listens to this one; the tap still sees it.
+    let shipped = publish(&broker, event("orders.shipped", 4), Backpressure::Reject).await;
+
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        match tokio::time::timeout(PATIENCE, tap.recv()).await {
+            Ok(Some(event)) => seen.push(event.id.clone()),
+            other => panic!("tap ended early ({other:?}); saw {seen:?}"),
+        }
+    }
+    assert_eq!(seen, [created, shipped]);
+    assert!(
+        matches!(tap.try_recv(), Err(mpsc::error::TryRecvError::Empty)),
+        "the tap saw a topic outside its pattern"
+    );
+    // Tapping does not consume: the group still has its event.
+    assert_eq!(load(&broker, "g"), (1, 0));
+
+    // A dropped tap does not get in the way of publishing.
+    drop(tap);
+    publish(&broker, event("orders.created", 5), Backpressure::Reject).await;
+    assert_eq!(load(&broker, "g"), (2, 0));
+}
+
+async fn tap_is_lossy_and_never_blocks_publishers<B: Broker>(broker: B) {
+    let mut tap = broker.tap(pattern(">"), 1);
+    for n in 0..5 {
+        // Would hang here if a slow tap pushed back.
+        tokio::time::timeout(
+            PATIENCE,
+            broker.publish(event("tick", n), Backpressure::Wait),
+        )
+        .await
+        .expect("a full tap must not block publishing")
+        .expect("publish");
+    }
+    let first = tokio::time::timeout(PATIENCE, tap.recv())
+        .await
+        .expect("the tap kept one event")
+        .expect("tap open");
+    assert_eq!(first.data, json!({ "n": 0 }));
+    assert!(
+        matches!(tap.try_recv(), Err(mpsc::error::TryRecvError::Empty)),
+        "a tap with a buffer of 1 holds at most one event"
+    );
+}
+
+async fn stats_report_queued_and_in_flight<B: Broker>(broker: B) {
+    // Capacity 8.
+    declare(&broker, "a", &["job"]).await;
+    declare(&broker, "b", &["other"]).await;
+    let fresh = stats_of(&broker, "a");
+    assert_eq!((fresh.queued, fresh.in_flight, fresh.capacity), (0, 0, 8));
+
+    for n in 0..3 {
+        publish(&broker, event("job", n), Backpressure::Reject).await;
+    }
+    assert_eq!(load(&broker, "a"), (3, 0));
+    assert_eq!(load(&broker, "b"), (0, 0));
+
+    let mut a = consumer(&broker, "a");
+    let one = next_delivery(&mut a, "one").await;
+    let two = next_delivery(&mut a, "two").await;
+    assert_eq!(load(&broker, "a"), (1, 2));
+    ack(&broker, one).await;
+    assert_eq!(load(&broker, "a"), (1, 1));
+    broker.nack(two).await.expect("nack");
+    assert_eq!(load(&broker, "a"), (2, 0));
+}

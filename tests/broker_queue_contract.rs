@@ -1,0 +1,667 @@
+//! The work-queue half of the broker contract, written once over `B: Broker` so that every
+//! broker (memory now, Redis later) runs the same checks unchanged: add an instantiation to
+//! `contract_tests!` at the bottom.
+//!
+//! Timing runs on paused tokio time: `tokio::time::advance` moves the clock exactly, and a
+//! consumer waiting in `next()` lets tokio jump straight to the next due time. No test
+//! sleeps on the wall clock.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use edaflow::broker::{Broker, BrokerError, Consumer, DeadFilter, Delivery, Effects, QueueSpec};
+use edaflow::event::Event;
+use edaflow::flow::TopicPattern;
+
+const SOURCE: &str = "edaflow://contract/test";
+
+fn item(queue: &str, n: i64) -> Event {
+    Event::new(queue, SOURCE, json!({ "n": n }))
+}
+
+fn n_of(delivery: &Delivery) -> i64 {
+    delivery.event.data["n"]
+        .as_i64()
+        .expect("test items carry `n`")
+}
+
+async fn declare<B: Broker>(broker: &B, name: &str, capacity: Option<usize>) {
+    broker
+        .declare_queue(&QueueSpec {
+            name: name.to_owned(),
+            capacity,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("declare queue `{name}`: {e}"));
+}
+
+async fn enqueue<B: Broker>(broker: &B, queue: &str, n: i64, delay_ms: u64) -> Event {
+    let event = item(queue, n);
+    broker
+        .enqueue(queue, event.clone(), Duration::from_millis(delay_ms))
+        .await
+        .unwrap_or_else(|e| panic!("enqueue {n} on `{queue}`: {e}"));
+    event
+}
+
+fn stats_of<B: Broker>(broker: &B, queue: &str) -> edaflow::broker::QueueStats {
+    broker
+        .queue_stats()
+        .into_iter()
+        .find(|s| s.name == queue)
+        .unwrap_or_else(|| panic!("no stats for queue `{queue}`"))
+}
+
+async fn take_now<C: Consumer>(consumer: &mut C) -> Option<Delivery> {
+    consumer.try_next().await.expect("try_next on a live queue")
+}
+
+fn pattern(text: &str) -> TopicPattern {
+    TopicPattern::parse(text).expect("test pattern")
+}
+
+fn dead_letter(origin_queue: Option<&str>, origin_topic: &str, n: i64) -> Event {
+    let original = Event::new(origin_topic, SOURCE, json!({ "n": n }));
+    let mut dead = original.caused(format!("dead.{origin_topic}"), SOURCE, json!({ "n": n }));
+    dead.extensions
+        .insert("deadlettertopic".into(), origin_topic.into());
+    dead.extensions
+        .insert("deadletterreason".into(), "it broke".into());
+    dead.extensions
+        .insert("deadletterattempts".into(), 3.into());
+    if let Some(queue) = origin_queue {
+        dead.extensions
+            .insert("deadletterqueue".into(), queue.into());
+    }
+    dead
+}
+
+// ---------------------------------------------------------------------------------------
+// The checks
+
+/// Items come out when they fall due, earliest first, whatever order they went in; each
+/// is delivered at its own due time (per-item delays, not one queue-wide delay).
+pub async fn items_come_out_in_due_order<B: Broker>(broker: B) {
+    declare(&broker, "tasks", None).await;
+    let t0 = Instant::now();
+    for (n, delay) in [(1, 3000), (2, 1000), (3, 2000), (4, 0), (5, 1000)] {
+        enqueue(&broker, "tasks", n, delay).await;
+    }
+    let mut consumer = broker.queue_consumer("tasks").expect("a consumer");
+    let mut order = Vec::new();
+    for _ in 0..5 {
+        let delivery = consumer.next().await.expect("a delivery");
+        order.push((n_of(&delivery), t0.elapsed().as_millis()));
+        assert!(delivery.from_queue);
+        assert_eq!(&*delivery.group, "tasks");
+        assert_eq!(delivery.redeliveries, 0);
+        broker
+            .commit(delivery, Effects::default())
+            .await
+            .expect("commit");
+    }
+    // Equal due times keep their enqueue order (2 before 5).
+    assert_eq!(
+        order,
+        vec![(4, 0), (2, 1000), (5, 1000), (3, 2000), (1, 3000)]
+    );
+}
+
+/// `try_next` never waits: `None` before the item is due, `Some` at and after.
+pub async fn try_next_is_none_before_due_and_some_from_due<B: Broker>(broker: B) {
+    declare(&broker, "tasks", None).await;
+    enqueue(&broker, "tasks", 1, 1000).await;
+    enqueue(&broker, "tasks", 2, 2000).await;
+    let mut consumer = broker.queue_consumer("tasks").expect("a consumer");
+    assert!(take_now(&mut consumer).await.is_none(), "nothing due at 0");
+    tokio::time::advance(Duration::from_millis(999)).await;
+    assert!(
+        take_now(&mut consumer).await.is_none(),
+        "nothing due at 999ms"
+    );
+    tokio::time::advance(Duration::from_millis(1)).await;
+    let first = take_now(&mut consumer).await.expect("item 1 is due at 1s");
+    assert_eq!(n_of(&first), 1);
+    assert!(
+        take_now(&mut consumer).await.is_none(),
+        "item 2 is not due at 1s"
+    );
+    tokio::time::advance(Duration::from_millis(1500)).await;
+    let second = take_now(&mut consumer)
+        .await
+        .expect("item 2 is due after 2s");
+    assert_eq!(n_of(&second), 2);
+    for delivery in [first, second] {
+        broker
+            .commit(delivery, Effects::default())
+            .await
+            .expect("commit");
+    }
+    assert!(
+        take_now(&mut consumer).await.is_none(),
+        "the queue is empty"
+    );
+}
+
+/// Consumers of one queue compete: every item goes to exactly one of them, and both get
+/// work.
+pub async fn competing_consumers_share_items_once<B: Broker>(broker: B) {
+    declare(&broker, "tasks", None).await;
+    const ITEMS: i64 = 20;
+    for n in 0..ITEMS {
+        enqueue(&broker, "tasks", n, 10 * n as u64).await;
+    }
+    let (tx, mut rx) = mpsc::channel::<(usize, i64)>(100);
+    let stop = CancellationToken::new();
+    let mut workers = Vec::new();
+    for worker in 0..2 {
+        let mut consumer = broker.queue_consumer("tasks").expect("a consumer");
+        let broker = broker.clone();
+        let tx = tx.clone();
+        let stop = stop.clone();
+        workers.push(tokio::spawn(async move {
+            loop {
+                let delivery = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    next = consumer.next() => next.expect("a delivery"),
+                };
+                let n = n_of(&delivery);
+                // Work takes longer than the gap between items, so the other consumer
+                // has to take the next one.
+                tokio::time::sleep(Duration::from_millis(15)).await;
+                broker
+                    .commit(delivery, Effects::default())
+                    .await
+                    .expect("commit");
+                let _ = tx.send((worker, n)).await;
+            }
+        }));
+    }
+    drop(tx);
+    let mut seen = Vec::new();
+    while seen.len() < ITEMS as usize {
+        let got = tokio::time::timeout(Duration::from_secs(60), rx.recv())
+            .await
+            .expect("every item is delivered")
+            .expect("workers are running");
+        seen.push(got);
+    }
+    // Nothing more arrives: no item is delivered twice.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(rx.try_recv().is_err(), "an item was delivered twice");
+    stop.cancel();
+    for w in workers {
+        w.await.expect("worker ends");
+    }
+    let items: BTreeSet<i64> = seen.iter().map(|(_, n)| *n).collect();
+    assert_eq!(items, (0..ITEMS).collect(), "{seen:?}");
+    assert_eq!(seen.len(), ITEMS as usize, "{seen:?}");
+    for worker in 0..2 {
+        assert!(
+            seen.iter().any(|(w, _)| *w == worker),
+            "consumer {worker} got nothing: {seen:?}"
+        );
+    }
+    let stats = stats_of(&broker, "tasks");
+    assert_eq!((stats.depth, stats.in_flight), (0, 0), "{stats:?}");
+}
+
+/// Past capacity, enqueueing fails with `QueueFull` (never a silent drop, never a longer
+/// queue), and there is room again once an item is consumed.
+pub async fn capacity_refuses_and_frees_up<B: Broker>(broker: B) {
+    declare(&broker, "tasks", Some(2)).await;
+    enqueue(&broker, "tasks", 1, 0).await;
+    enqueue(&broker, "tasks", 2, 5000).await;
+    let refused = broker
+        .enqueue("tasks", item("tasks", 3), Duration::ZERO)
+        .await;
+    match refused {
+        Err(BrokerError::QueueFull { queue, capacity }) => {
+            assert_eq!((queue.as_str(), capacity), ("tasks", 2));
+        }
+        other => panic!("expected QueueFull, got {other:?}"),
+    }
+    let stats = stats_of(&broker, "tasks");
+    assert_eq!(stats.depth, 2, "{stats:?}");
+    assert_eq!(stats.capacity, Some(2), "{stats:?}");
+
+    let mut consumer = broker.queue_consumer("tasks").expect("a consumer");
+    let delivery = take_now(&mut consumer).await.expect("item 1 is due");
+    assert_eq!(n_of(&delivery), 1);
+    broker
+        .commit(delivery, Effects::default())
+        .await
+        .expect("commit");
+    enqueue(&broker, "tasks", 4, 0).await;
+    let refused = broker
+        .enqueue("tasks", item("tasks", 5), Duration::ZERO)
+        .await;
+    assert!(
+        matches!(refused, Err(BrokerError::QueueFull { .. })),
+        "{refused:?}"
+    );
+    // What was refused never shows up; what was accepted all does.
+    tokio::time::advance(Duration::from_secs(10)).await;
+    let mut out = Vec::new();
+    while let Some(d) = take_now(&mut consumer).await {
+        out.push(n_of(&d));
+        broker.commit(d, Effects::default()).await.expect("commit");
+    }
+    assert_eq!(out, vec![4, 2]);
+}
+
+/// A nacked item comes back first, with its redelivery count raised, and nothing is lost.
+pub async fn nack_redelivers_first<B: Broker>(broker: B) {
+    declare(&broker, "tasks", None).await;
+    enqueue(&broker, "tasks", 1, 0).await;
+    enqueue(&broker, "tasks", 2, 0).await;
+    let mut consumer = broker.queue_consumer("tasks").expect("a consumer");
+    let first = take_now(&mut consumer).await.expect("item 1");
+    assert_eq!((n_of(&first), first.redeliveries), (1, 0));
+    assert_eq!(stats_of(&broker, "tasks").in_flight, 1);
+    let id = first.event.id.clone();
+    broker.nack(first).await.expect("nack");
+    let stats = stats_of(&broker, "tasks");
+    assert_eq!((stats.depth, stats.in_flight), (2, 0), "{stats:?}");
+
+    let again = take_now(&mut consumer).await.expect("item 1 again");
+    assert_eq!(again.event.id, id);
+    assert_eq!(again.redeliveries, 1);
+    broker.nack(again).await.expect("nack");
+    let third = take_now(&mut consumer).await.expect("item 1 a third time");
+    assert_eq!((n_of(&third), third.redeliveries), (1, 2));
+    broker
+        .commit(third, Effects::default())
+        .await
+        .expect("commit");
+    let second = take_now(&mut consumer).await.expect("item 2");
+    assert_eq!((n_of(&second), second.redeliveries), (2, 0));
+    broker
+        .commit(second, Effects::default())
+        .await
+        .expect("commit");
+    assert!(take_now(&mut consumer).await.is_none());
+}
+
+/// A commit makes its queue items visible (not before), and only then is the delivery
+/// acked: it stays in flight until the commit.
+pub async fn commit_enqueues_then_acks<B: Broker>(broker: B) {
+    declare(&broker, "inbox", None).await;
+    declare(&broker, "later", None).await;
+    enqueue(&broker, "inbox", 1, 0).await;
+    let mut tap = broker.tap(pattern("later"), 100);
+    let mut inbox = broker.queue_consumer("inbox").expect("a consumer");
+    let mut later = broker.queue_consumer("later").expect("a consumer");
+    let delivery = take_now(&mut inbox).await.expect("item 1");
+
+    let follow_up = delivery.event.caused("later", SOURCE, json!({ "n": 10 }));
+    let now = delivery.event.caused("later", SOURCE, json!({ "n": 11 }));
+    let effects = Effects {
+        enqueue: vec![
+            (
+                "later".to_owned(),
+                follow_up.clone(),
+                Duration::from_secs(2),
+            ),
+            ("later".to_owned(), now.clone(), Duration::ZERO),
+        ],
+        ..Effects::default()
+    };
+    // Before the commit: the delivery is in flight and nothing is visible downstream.
+    tokio::time::advance(Duration::from_secs(1)).await;
+    let inbox_stats = stats_of(&broker, "inbox");
+    assert_eq!(
+        (inbox_stats.depth, inbox_stats.in_flight),
+        (0, 1),
+        "{inbox_stats:?}"
+    );
+    assert_eq!(stats_of(&broker, "later").depth, 0);
+    assert!(take_now(&mut later).await.is_none());
+    assert!(tap.try_recv().is_err(), "a tap saw an uncommitted item");
+
+    broker.commit(delivery, effects).await.expect("commit");
+    let inbox_stats = stats_of(&broker, "inbox");
+    assert_eq!(inbox_stats.in_flight, 0, "acked by the commit");
+    let later_stats = stats_of(&broker, "later");
+    assert_eq!((later_stats.depth, later_stats.due_now), (2, 1));
+    // Delays count from the commit, not from when the effects were built.
+    assert_eq!(later_stats.next_due_ms, Some(2000), "{later_stats:?}");
+    let first = take_now(&mut later).await.expect("the undelayed item");
+    assert_eq!(first.event.id, now.id);
+    assert_eq!(first.event.causation_id, now.causation_id);
+    broker
+        .commit(first, Effects::default())
+        .await
+        .expect("commit");
+    let seen: Vec<String> = std::iter::from_fn(|| tap.try_recv().ok())
+        .map(|e| e.id.clone())
+        .collect();
+    assert_eq!(seen.len(), 2, "the tap sees both items entering the queue");
+}
+
+/// A commit whose queue items do not all fit fails as a whole: none of them is visible,
+/// so retrying the handler run cannot queue anything twice.
+pub async fn commit_past_capacity_makes_nothing_visible<B: Broker>(broker: B) {
+    declare(&broker, "inbox", None).await;
+    declare(&broker, "small", Some(1)).await;
+    enqueue(&broker, "inbox", 1, 0).await;
+    let mut inbox = broker.queue_consumer("inbox").expect("a consumer");
+    let delivery = take_now(&mut inbox).await.expect("item 1");
+    let effects = Effects {
+        enqueue: vec![
+            ("small".to_owned(), item("small", 10), Duration::ZERO),
+            ("small".to_owned(), item("small", 11), Duration::ZERO),
+        ],
+        ..Effects::default()
+    };
+    let result = broker.commit(delivery.clone(), effects).await;
+    assert!(
+        matches!(result, Err(BrokerError::QueueFull { .. })),
+        "{result:?}"
+    );
+    assert_eq!(
+        stats_of(&broker, "small").depth,
+        0,
+        "a failed commit left part of its effects visible"
+    );
+}
+
+/// A committed dead letter is published to its topic (taps see it) and kept in the store;
+/// `take_dead_letters` removes exactly what its filter selects.
+pub async fn dead_letters_are_published_stored_and_taken_by_filter<B: Broker>(broker: B) {
+    declare(&broker, "tasks", None).await;
+    let mut dead_tap = broker.tap(pattern("dead.>"), 100);
+    let letters = [
+        dead_letter(Some("tasks"), "tasks", 1),
+        dead_letter(None, "orderCreated", 2),
+        dead_letter(Some("tasks"), "tasks", 3),
+        dead_letter(None, "orderShipped", 4),
+    ];
+    for (i, letter) in letters.iter().enumerate() {
+        enqueue(&broker, "tasks", i as i64, 0).await;
+        let mut consumer = broker.queue_consumer("tasks").expect("a consumer");
+        let delivery = take_now(&mut consumer).await.expect("the item");
+        broker
+            .commit(
+                delivery,
+                Effects {
+                    dead_letter: Some(letter.clone()),
+                    ..Effects::default()
+                },
+            )
+            .await
+            .expect("commit a dead letter");
+    }
+    let published: Vec<String> = std::iter::from_fn(|| dead_tap.try_recv().ok())
+        .map(|e| e.id.clone())
+        .collect();
+    let ids: Vec<String> = letters.iter().map(|l| l.id.clone()).collect();
+    assert_eq!(
+        published, ids,
+        "each dead letter is published once, in order"
+    );
+    let all = broker
+        .dead_letters(&DeadFilter::default())
+        .await
+        .expect("list");
+    assert_eq!(
+        all.iter().map(|e| e.id.clone()).collect::<Vec<_>>(),
+        ids,
+        "listed oldest first"
+    );
+    assert_eq!(all[0], letters[0], "stored as committed");
+    assert_eq!(stats_of(&broker, "tasks").in_flight, 0);
+
+    let from_tasks = DeadFilter {
+        origin: Some(pattern("tasks")),
+        ids: Vec::new(),
+    };
+    let listed = broker.dead_letters(&from_tasks).await.expect("list");
+    assert_eq!(
+        listed.iter().map(|e| e.id.clone()).collect::<Vec<_>>(),
+        vec![ids[0].clone(), ids[2].clone()]
+    );
+    let order_pattern = DeadFilter {
+        origin: Some(pattern("order*")),
+        ids: Vec::new(),
+    };
+    assert_eq!(
+        broker
+            .dead_letters(&order_pattern)
+            .await
+            .expect("list")
+            .len(),
+        2
+    );
+
+    // Listing takes nothing.
+    assert_eq!(
+        broker
+            .dead_letters(&DeadFilter::default())
+            .await
+            .expect("list")
+            .len(),
+        4
+    );
+    let taken = broker.take_dead_letters(&from_tasks).await.expect("take");
+    assert_eq!(
+        taken.iter().map(|e| e.id.clone()).collect::<Vec<_>>(),
+        vec![ids[0].clone(), ids[2].clone()]
+    );
+    let by_id = DeadFilter {
+        origin: None,
+        ids: vec![ids[3].clone(), "no-such-id".to_owned()],
+    };
+    let taken = broker.take_dead_letters(&by_id).await.expect("take");
+    assert_eq!(
+        taken.iter().map(|e| e.id.clone()).collect::<Vec<_>>(),
+        vec![ids[3].clone()]
+    );
+    let left = broker
+        .dead_letters(&DeadFilter::default())
+        .await
+        .expect("list");
+    assert_eq!(
+        left.iter().map(|e| e.id.clone()).collect::<Vec<_>>(),
+        vec![ids[1].clone()]
+    );
+    // Origin and ids together: both must match.
+    let both = DeadFilter {
+        origin: Some(pattern("tasks")),
+        ids: vec![ids[1].clone()],
+    };
+    assert!(broker
+        .take_dead_letters(&both)
+        .await
+        .expect("take")
+        .is_empty());
+    assert_eq!(
+        broker
+            .dead_letters(&DeadFilter::default())
+            .await
+            .expect("list")
+            .len(),
+        1
+    );
+}
+
+/// `queue_stats` reports depth, what is due now, when the next item falls due, and what
+/// is in flight.
+pub async fn queue_stats_report_depth_due_and_in_flight<B: Broker>(broker: B) {
+    declare(&broker, "tasks", Some(10)).await;
+    declare(&broker, "empty", None).await;
+    let empty = stats_of(&broker, "empty");
+    assert_eq!(
+        (
+            empty.depth,
+            empty.due_now,
+            empty.next_due_ms,
+            empty.in_flight,
+            empty.capacity
+        ),
+        (0, 0, None, 0, None)
+    );
+
+    enqueue(&broker, "tasks", 1, 0).await;
+    enqueue(&broker, "tasks", 2, 0).await;
+    enqueue(&broker, "tasks", 3, 5000).await;
+    enqueue(&broker, "tasks", 4, 8000).await;
+    let stats = stats_of(&broker, "tasks");
+    assert_eq!(stats.name, "tasks");
+    assert_eq!(
+        (
+            stats.depth,
+            stats.due_now,
+            stats.next_due_ms,
+            stats.in_flight,
+            stats.capacity
+        ),
+        (4, 2, Some(5000), 0, Some(10))
+    );
+
+    let mut consumer = broker.queue_consumer("tasks").expect("a consumer");
+    let taken = take_now(&mut consumer).await.expect("item 1");
+    tokio::time::advance(Duration::from_millis(2000)).await;
+    let stats = stats_of(&broker, "tasks");
+    assert_eq!(
+        (
+            stats.depth,
+            stats.due_now,
+            stats.next_due_ms,
+            stats.in_flight
+        ),
+        (3, 1, Some(3000), 1),
+        "{stats:?}"
+    );
+    broker
+        .commit(taken, Effects::default())
+        .await
+        .expect("commit");
+    tokio::time::advance(Duration::from_millis(3000)).await;
+    let stats = stats_of(&broker, "tasks");
+    assert_eq!(
+        (
+            stats.depth,
+            stats.due_now,
+            stats.next_due_ms,
+            stats.in_flight
+        ),
+        (3, 2, Some(3000), 0),
+        "{stats:?}"
+    );
+    let names: Vec<String> = broker.queue_stats().into_iter().map(|s| s.name).collect();
+    assert_eq!(names, vec!["empty".to_owned(), "tasks".to_owned()]);
+}
+
+/// Unknown and removed queues are errors, never silent drops.
+pub async fn unknown_and_removed_queues_are_errors<B: Broker>(broker: B) {
+    let result = broker
+        .enqueue("nope", item("nope", 1), Duration::ZERO)
+        .await;
+    match result {
+        Err(BrokerError::UnknownQueue { queue }) => assert_eq!(queue, "nope"),
+        other => panic!("expected UnknownQueue, got {other:?}"),
+    }
+    assert!(matches!(
+        broker.queue_consumer("nope"),
+        Err(BrokerError::UnknownQueue { .. })
+    ));
+
+    declare(&broker, "tasks", None).await;
+    enqueue(&broker, "tasks", 1, 0).await;
+    enqueue(&broker, "tasks", 2, 60_000).await;
+    let mut waiting = broker.queue_consumer("tasks").expect("a consumer");
+    let mut idle = broker.queue_consumer("tasks").expect("a consumer");
+    let delivery = take_now(&mut waiting).await.expect("item 1");
+    // A consumer blocked in `next()` is woken by the removal.
+    let blocked = tokio::spawn(async move { idle.next().await.map(|d| d.event.id.clone()) });
+    tokio::task::yield_now().await;
+    broker.remove_queue("tasks").await.expect("remove");
+    let woke = tokio::time::timeout(Duration::from_secs(1), blocked)
+        .await
+        .expect("the waiting consumer wakes up")
+        .expect("the task ends");
+    assert!(
+        matches!(woke, Err(BrokerError::UnknownQueue { .. })),
+        "{woke:?}"
+    );
+    let result = broker
+        .enqueue("tasks", item("tasks", 3), Duration::ZERO)
+        .await;
+    assert!(
+        matches!(result, Err(BrokerError::UnknownQueue { .. })),
+        "{result:?}"
+    );
+    assert!(matches!(
+        waiting.try_next().await,
+        Err(BrokerError::UnknownQueue { .. })
+    ));
+    assert!(broker.queue_stats().iter().all(|s| s.name != "tasks"));
+    // Settling a delivery of a removed queue is harmless.
+    let _ = broker.nack(delivery).await;
+
+    // Declaring it again starts empty.
+    declare(&broker, "tasks", None).await;
+    let stats = stats_of(&broker, "tasks");
+    assert_eq!((stats.depth, stats.in_flight), (0, 0), "{stats:?}");
+}
+
+/// Declaring an existing queue again keeps its items and applies the new capacity.
+pub async fn redeclaring_keeps_items_and_updates_capacity<B: Broker>(broker: B) {
+    declare(&broker, "tasks", None).await;
+    enqueue(&broker, "tasks", 1, 0).await;
+    enqueue(&broker, "tasks", 2, 0).await;
+    declare(&broker, "tasks", Some(2)).await;
+    let stats = stats_of(&broker, "tasks");
+    assert_eq!((stats.depth, stats.capacity), (2, Some(2)));
+    let refused = broker
+        .enqueue("tasks", item("tasks", 3), Duration::ZERO)
+        .await;
+    assert!(
+        matches!(refused, Err(BrokerError::QueueFull { .. })),
+        "{refused:?}"
+    );
+}
+
+/// Generates one `#[tokio::test(start_paused = true)]` per check for a broker.
+macro_rules! contract_tests {
+    ($module:ident, $make:expr) => {
+        mod $module {
+            contract_tests!(@each $make;
+                items_come_out_in_due_order,
+                try_next_is_none_before_due_and_some_from_due,
+                competing_consumers_share_items_once,
+                capacity_refuses_and_frees_up,
+                nack_redelivers_first,
+                commit_enqueues_then_acks,
+                dead_letters_are_published_stored_and_taken_by_filter,
+                queue_stats_report_depth_due_and_in_flight,
+                unknown_and_removed_queues_are_errors,
+                redeclaring_keeps_items_and_updates_capacity,
+            );
+
+            #[tokio::test(start_paused = true)]
+            async fn commit_past_capacity_makes_nothing_visible() {
+                super::commit_past_capacity_makes_nothing_visible($make).await;
+            }
+        }
+    };
+    (@each $make:expr; $($check:ident),* $(,)?) => {
+        $(
+            #[tokio::test(start_paused = true)]
+            async fn $check() {
+                super::$check($make).await;
+            }
+        )*
+    };
+}
+
+contract_tests!(
+    memory,
+    edaflow::broker::MemoryBroker::new(edaflow::broker::MemoryOptions::default())
+);
