@@ -102,6 +102,11 @@ fn limits() {
 }
 
 #[test]
+fn broken_chain() {
+    insta::assert_snapshot!(report(&["invalid/broken_chain.toml"]));
+}
+
+#[test]
 fn many_problems() {
     insta::assert_snapshot!(report(&["invalid/many_problems.toml"]));
 }

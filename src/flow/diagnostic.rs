@@ -350,6 +350,23 @@ pub enum FlowError {
         #[label("too few steps")]
         span: SourceSpan,
     },
+
+    /// A chain step that no handler of the previous step declares it emits.
+    #[error("chain `{chain}`: nothing that handles `{from}` emits `{to}`")]
+    #[diagnostic(
+        code(edaflow::flow::broken_chain),
+        help("add `{to}` to the `emits` of a subscriber of `{from}`, or fix the step order ({emitters})")
+    )]
+    BrokenChainLink {
+        chain: String,
+        from: String,
+        to: String,
+        emitters: String,
+        #[source_code]
+        src: SharedSource,
+        #[label("not reachable from `{from}`")]
+        span: SourceSpan,
+    },
 }
 
 /// A problem that does not fail validation.

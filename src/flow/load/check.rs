@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use crate::flow::diagnostic::{FlowError, FlowWarning, Suggestion};
 use crate::flow::load::findings::{Findings, Located, TopicRefs};
 use crate::flow::load::sections::{Component, RawFlowFile};
-use crate::flow::model::FlowSet;
+use crate::flow::model::{FlowSet, SubscriberInput};
 
 /// Merges the files into one set; a name declared twice in one section, in two files, is an
 /// error labelled in the second file. `shown` names each file for messages.
@@ -42,7 +42,74 @@ pub(super) fn merge(files: Vec<RawFlowFile>, shown: &[String], found: &mut Findi
     set.topics = by_name("topics", topics, shown, found);
     set.stores = by_name("stores", stores, shown, found);
     check_queues(&declared_queues, found);
+    check_chains(&set, found);
     set
+}
+
+/// Every step of a chain must be reachable from the one before: some subscriber that
+/// consumes the earlier topic declares the later one in `emits` (directly, or through a
+/// relay into a queue whose worker emits it). A broken link is labelled at the later step.
+fn check_chains(set: &FlowSet, found: &mut Findings) {
+    let steps = std::mem::take(&mut found.refs.chain_steps);
+    for (chain, i, step) in &steps {
+        if *i == 0 {
+            continue;
+        }
+        let Some(config) = set.chains.get(chain) else {
+            continue;
+        };
+        let Some(previous) = config.steps.get(i - 1) else {
+            continue;
+        };
+        if reachable(set, previous, &step.value) {
+            continue;
+        }
+        let emitters: Vec<String> = set
+            .subscribers
+            .iter()
+            .filter(|(_, s)| s.emits.contains(&step.value))
+            .map(|(name, _)| name.clone())
+            .collect();
+        found.push(
+            step.file,
+            step.span.offset(),
+            FlowError::BrokenChainLink {
+                chain: chain.clone(),
+                from: previous.clone(),
+                to: step.value.clone(),
+                emitters: if emitters.is_empty() {
+                    "no subscriber declares it in `emits`".to_owned()
+                } else {
+                    format!(
+                        "it is emitted by {}, which do not consume `{previous}`",
+                        emitters.join(", ")
+                    )
+                },
+                src: step.src.clone(),
+                span: step.span,
+            },
+        );
+    }
+    found.refs.chain_steps = steps;
+}
+
+/// Does some handler of `from` declare that it emits `to`?
+fn reachable(set: &FlowSet, from: &str, to: &str) -> bool {
+    let consumes_topic = |input: &SubscriberInput| match input {
+        SubscriberInput::Topics(patterns) => patterns.iter().any(|p| p.matches(from)),
+        SubscriberInput::Queue(_) => false,
+    };
+    let relayed_queues: Vec<&str> = set
+        .relays
+        .values()
+        .filter(|r| r.from.matches(from))
+        .map(|r| r.to.as_str())
+        .collect();
+    set.subscribers.values().any(|s| {
+        let reads = consumes_topic(&s.input)
+            || matches!(&s.input, SubscriberInput::Queue(q) if relayed_queues.contains(&q.as_str()));
+        reads && s.emits.iter().any(|e| e == to)
+    })
 }
 
 /// Collects one section's components, in file order, reporting repeated names.

@@ -73,4 +73,6 @@ pub(super) struct TopicRefs {
     pub consumed: Vec<Located<TopicPattern>>,
     /// An `http` producer can publish to any topic.
     pub has_http: bool,
+    /// Every chain step: (chain name, position, the step), for the link check.
+    pub chain_steps: Vec<(String, usize, Located<String>)>,
 }

@@ -540,6 +540,10 @@ fn chain(r: &mut Reader<'_>, name: &str, mut f: Fields<'_>) -> Option<ChainConfi
     let steps = r.required(&mut f, "steps").and_then(|v| {
         let at = v.span;
         let steps = r.topics("steps", v)?;
+        for (i, step) in steps.iter().enumerate() {
+            let located = r.locate(step.value.clone(), step.span);
+            r.found.refs.chain_steps.push((name.to_owned(), i, located));
+        }
         if steps.len() < 2 {
             let chain = name.to_owned();
             let n = steps.len();

@@ -133,6 +133,15 @@ const ORDERS: &str = indoc! {r#"
     [subscribers.log_orders]
     topic = "orderCreated"
 
+    # Declared outputs only (no scripts), so that the chain below is reachable.
+    [subscribers.charge_payment]
+    topic = "inventoryReserved"
+    emits = ["paymentCharged"]
+
+    [subscribers.ship_order]
+    topic = "paymentCharged"
+    emits = ["orderShipped"]
+
     [queues.tasks]
     delay = "0s"
     poll = "10s"
