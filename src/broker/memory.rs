@@ -103,11 +103,12 @@ impl GroupQueue {
     }
 
     /// Pushes without checking capacity (the caller did, or it is a nack).
-    fn push(&self, event: Arc<Event>, redeliveries: u32, front: bool) {
+    /// Pushes; false when the group has been removed (the caller re-routes).
+    fn push(&self, event: Arc<Event>, redeliveries: u32, front: bool) -> bool {
         {
             let mut state = self.lock();
             if state.removed {
-                return;
+                return false;
             }
             if front {
                 state.items.push_front((event, redeliveries));
@@ -116,10 +117,11 @@ impl GroupQueue {
             }
         }
         self.items_ready.notify_one();
+        true
     }
 
-    /// Pushes, waiting for room.
-    async fn push_waiting(&self, event: Arc<Event>) -> Result<(), BrokerError> {
+    /// Pushes, waiting for room; false when the group has been removed.
+    async fn push_waiting(&self, event: Arc<Event>) -> bool {
         loop {
             let notified = self.space_ready.notified();
             tokio::pin!(notified);
@@ -127,13 +129,13 @@ impl GroupQueue {
             {
                 let mut state = self.lock();
                 if state.removed {
-                    return Ok(());
+                    return false;
                 }
                 if state.items.len() < self.capacity {
                     state.items.push_back((event, 0));
                     drop(state);
                     self.items_ready.notify_one();
-                    return Ok(());
+                    return true;
                 }
             }
             notified.await;
@@ -268,24 +270,39 @@ impl MemoryBroker {
     }
 
     async fn publish_inner(&self, event: Event, mode: Backpressure) -> Result<(), BrokerError> {
-        let groups = self.route(&event.topic);
+        let mut groups = self.route(&event.topic);
         let event = Arc::new(event);
-        match mode {
-            Backpressure::Reject => {
-                if let Some(full) = groups.iter().find(|g| !g.has_room()) {
-                    return Err(BrokerError::Full {
-                        group: full.name.to_string(),
-                    });
+        if mode == Backpressure::Reject {
+            if let Some(full) = groups.iter().find(|g| !g.has_room()) {
+                return Err(BrokerError::Full {
+                    group: full.name.to_string(),
+                });
+            }
+        }
+        // A group removed after the route was taken (a reload renaming it) refuses the
+        // push: take the route again and deliver to the groups not reached yet, so an
+        // event published during a reload reaches the groups that exist after it.
+        let mut reached: Vec<Arc<str>> = Vec::with_capacity(groups.len());
+        loop {
+            let mut stale = false;
+            for group in groups.iter() {
+                if reached.contains(&group.name) {
+                    continue;
                 }
-                for group in groups.iter() {
-                    group.push(event.clone(), 0, false);
+                let pushed = match mode {
+                    Backpressure::Reject => group.push(event.clone(), 0, false),
+                    Backpressure::Wait => group.push_waiting(event.clone()).await,
+                };
+                if pushed {
+                    reached.push(group.name.clone());
+                } else {
+                    stale = true;
                 }
             }
-            Backpressure::Wait => {
-                for group in groups.iter() {
-                    group.push_waiting(event.clone()).await?;
-                }
+            if !stale {
+                break;
             }
+            groups = self.route(&event.topic);
         }
         // Only what was accepted is shown to taps.
         self.feed_taps(&event);
