@@ -7,6 +7,7 @@
 
 pub mod diagnostic;
 pub mod duration;
+pub mod graph;
 pub mod load;
 pub mod model;
 pub mod pattern;
