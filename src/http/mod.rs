@@ -92,6 +92,7 @@ pub fn router<B: Broker>(state: Arc<ApiState<B>>) -> Router {
         .route("/metrics", get(metrics::<B>))
         .route("/tail", get(tail::<B>))
         .route("/admin/reload", post(admin_reload::<B>))
+        .route("/chains", get(chains::<B>))
         .route("/queues", get(admin::list_queues::<B>))
         .route(
             "/queues/{queue}",
@@ -199,6 +200,20 @@ async fn admin_reload<B: Broker>(
     };
     let body = serde_json::to_string(&report).unwrap_or_default();
     Ok(json_response(status, body))
+}
+
+/// `GET /chains`: per chain, instances started, completed, timed out and in flight, and
+/// duration percentiles (whole chain and per step) over recent completions.
+async fn chains<B: Broker>(
+    State(state): State<Arc<ApiState<B>>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    state.authorize(&headers)?;
+    let reports = state.shared.metrics.chain_reports();
+    Ok(json_response(
+        StatusCode::OK,
+        serde_json::to_string(&reports).unwrap_or_default(),
+    ))
 }
 
 #[derive(Deserialize)]

@@ -9,6 +9,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use crate::broker::GroupStats;
+use crate::runtime::chains::{ChainReport, ChainStats};
 
 /// Upper bounds of the handler latency buckets, in seconds.
 const LATENCY_BUCKETS: [f64; 12] = [
@@ -89,6 +90,8 @@ pub struct Metrics {
     topics: RwLock<HashMap<String, Arc<TopicMetrics>>>,
     subscribers: RwLock<BTreeMap<String, Arc<SubscriberMetrics>>>,
     relays: RwLock<BTreeMap<String, Arc<RelayMetrics>>>,
+    /// Per chain: its steps and its counters.
+    chains: RwLock<BTreeMap<String, TrackedChain>>,
     pub http: HttpMetrics,
     pub reloads: AtomicU64,
     pub reload_failures: AtomicU64,
@@ -141,6 +144,34 @@ impl Metrics {
             .entry(name.to_owned())
             .or_default()
             .clone()
+    }
+
+    /// The counters of a chain, created on first use; `steps` are kept for reports.
+    pub fn chain(&self, name: &str, steps: &[String]) -> Arc<ChainStats> {
+        let mut chains = self.chains.write().unwrap_or_else(|e| e.into_inner());
+        let entry = chains
+            .entry(name.to_owned())
+            .or_insert_with(|| (steps.to_vec(), Arc::default()));
+        entry.0 = steps.to_vec();
+        entry.1.clone()
+    }
+
+    /// Forgets a chain that is no longer declared.
+    pub fn forget_chain(&self, name: &str) {
+        self.chains
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name);
+    }
+
+    /// What `GET /chains` shows.
+    pub fn chain_reports(&self) -> Vec<ChainReport> {
+        self.chains
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(name, (steps, stats))| stats.report(name, steps))
+            .collect()
     }
 
     /// Renders everything in the Prometheus text exposition format.
@@ -326,6 +357,57 @@ impl Metrics {
                 v.load(Ordering::Relaxed)
             );
         }
+        let reports = self.chain_reports();
+        let chain_counters: [(&str, &str, ChainCounterOf); 4] = [
+            (
+                "edaflow_chain_started_total",
+                "Chain instances started.",
+                |r| r.started,
+            ),
+            (
+                "edaflow_chain_completed_total",
+                "Chain instances that reached their last step.",
+                |r| r.completed,
+            ),
+            (
+                "edaflow_chain_timed_out_total",
+                "Chain instances that timed out.",
+                |r| r.timed_out,
+            ),
+            (
+                "edaflow_chain_in_flight",
+                "Chain instances in flight.",
+                |r| r.in_flight,
+            ),
+        ];
+        for (metric, help, get) in chain_counters {
+            let kind = if metric.ends_with("_total") {
+                "counter"
+            } else {
+                "gauge"
+            };
+            header(&mut out, metric, kind, help);
+            for r in &reports {
+                let _ = writeln!(out, "{metric}{{chain=\"{}\"}} {}", escape(&r.chain), get(r));
+            }
+        }
+        header(
+            &mut out,
+            "edaflow_chain_duration_ms",
+            "summary",
+            "Whole-chain durations over recent completions.",
+        );
+        for r in &reports {
+            if let Some(p) = r.duration_ms {
+                for (q, v) in [("0.5", p.p50), ("0.9", p.p90), ("0.99", p.p99)] {
+                    let _ = writeln!(
+                        out,
+                        "edaflow_chain_duration_ms{{chain=\"{}\",quantile=\"{q}\"}} {v}",
+                        escape(&r.chain)
+                    );
+                }
+            }
+        }
         header(
             &mut out,
             "edaflow_generation",
@@ -361,6 +443,12 @@ impl Metrics {
 
 /// Picks one counter out of a subscriber's metrics.
 type CounterOf = fn(&SubscriberMetrics) -> &AtomicU64;
+
+/// A chain's steps and counters.
+type TrackedChain = (Vec<String>, Arc<ChainStats>);
+
+/// Picks one number out of a chain's report.
+type ChainCounterOf = fn(&ChainReport) -> u64;
 
 /// Picks one counter out of a relay's metrics.
 type RelayCounterOf = fn(&RelayMetrics) -> &AtomicU64;

@@ -8,6 +8,7 @@
 //! script alone changed gets the new code in place, changed components are drained and
 //! restarted, removed ones drained, added ones started. Starting is applying onto nothing.
 
+pub mod chains;
 pub mod metrics;
 pub mod producers;
 pub mod relay;
@@ -29,7 +30,7 @@ use tracing::{info, warn};
 use crate::broker::{Broker, BrokerError, GroupSpec, QueueSpec};
 use crate::flow::diagnostic::{FlowReport, FlowWarning};
 use crate::flow::model::{
-    FlowSet, ProducerConfig, ProducerKind, QueueConfig, RelayConfig, ScriptSource,
+    ChainConfig, FlowSet, ProducerConfig, ProducerKind, QueueConfig, RelayConfig, ScriptSource,
     SubscriberConfig, SubscriberInput,
 };
 use crate::flow::pattern::TopicPattern;
@@ -176,6 +177,12 @@ struct RunningRelay {
     tracker: TaskTracker,
 }
 
+struct RunningChain {
+    config: ChainConfig,
+    token: CancellationToken,
+    tracker: TaskTracker,
+}
+
 struct RunningProducer {
     config: ProducerConfig,
     token: CancellationToken,
@@ -216,6 +223,7 @@ pub struct Runtime<B: Broker> {
     subscribers: BTreeMap<String, RunningSubscriber>,
     producers: BTreeMap<String, RunningProducer>,
     relays: BTreeMap<String, RunningRelay>,
+    chains: BTreeMap<String, RunningChain>,
     /// Set while an apply is under way: if it fails half-way, code from the failed set may
     /// be running, so the next apply (the rollback) re-sends every script.
     code_unsure: bool,
@@ -247,6 +255,7 @@ impl<B: Broker> Runtime<B> {
             subscribers: BTreeMap::new(),
             producers: BTreeMap::new(),
             relays: BTreeMap::new(),
+            chains: BTreeMap::new(),
             code_unsure: false,
             http_addrs: Arc::new(Mutex::new(BTreeMap::new())),
             root: CancellationToken::new(),
@@ -475,6 +484,29 @@ impl<B: Broker> Runtime<B> {
                 }
             }
         }
+        for name in self.chains.keys().cloned().collect::<Vec<_>>() {
+            let keep = match flows.chains.get(&name) {
+                None => {
+                    outcome.removed.push(format!("chains.{name}"));
+                    self.shared.metrics.forget_chain(&name);
+                    false
+                }
+                Some(config) => {
+                    let same = self.chains[&name].config == *config;
+                    if !same {
+                        outcome.changed.push(format!("chains.{name}"));
+                    }
+                    same
+                }
+            };
+            if !keep {
+                if let Some(chain) = self.chains.remove(&name) {
+                    chain.token.cancel();
+                    chain.tracker.close();
+                    stopping.push((chain.tracker, None));
+                }
+            }
+        }
         for (tracker, _) in &stopping {
             tracker.wait().await;
         }
@@ -508,6 +540,19 @@ impl<B: Broker> Runtime<B> {
                 self.shared
                     .broker
                     .remove_group(&relay::group_name(&name), None)
+                    .await?;
+            }
+        }
+        for name in self
+            .current
+            .as_ref()
+            .map(|c| c.flows.chains.keys().cloned().collect::<Vec<_>>())
+            .unwrap_or_default()
+        {
+            if !flows.chains.contains_key(&name) {
+                self.shared
+                    .broker
+                    .remove_group(&chains::group_name(&name), None)
                     .await?;
             }
         }
@@ -545,6 +590,18 @@ impl<B: Broker> Runtime<B> {
                 SubscriberInput::Topics(_) => None,
             };
             self.start_subscriber(name, config, code, poll, &flows)?;
+        }
+
+        // Start chain trackers.
+        for (name, config) in &flows.chains {
+            if self.chains.contains_key(name) {
+                continue;
+            }
+            let key = format!("chains.{name}");
+            if !outcome.changed.contains(&key) {
+                outcome.added.push(key);
+            }
+            self.start_chain(name, config, &flows)?;
         }
 
         // Start relays.
@@ -615,7 +672,6 @@ impl<B: Broker> Runtime<B> {
 
         // Config-only sections (their runtime comes with later features) still count as changes.
         if let Some(current) = &self.current {
-            diff_names("chains", &current.flows.chains, &flows.chains, &mut outcome);
             diff_names("topics", &current.flows.topics, &flows.topics, &mut outcome);
             diff_names("stores", &current.flows.stores, &flows.stores, &mut outcome);
         }
@@ -671,6 +727,14 @@ impl<B: Broker> Runtime<B> {
         for (name, relay) in &flows.relays {
             groups.insert(relay::group_name(name), vec![relay.from.clone()]);
         }
+        for (name, chain) in &flows.chains {
+            let steps = chain
+                .steps
+                .iter()
+                .filter_map(|s| TopicPattern::parse(s).ok())
+                .collect();
+            groups.insert(chains::group_name(name), steps);
+        }
         groups
     }
 
@@ -705,6 +769,37 @@ impl<B: Broker> Runtime<B> {
             RunningSubscriber {
                 config: config.clone(),
                 code: tx,
+                token,
+                tracker,
+            },
+        );
+        Ok(())
+    }
+
+    fn start_chain(
+        &mut self,
+        name: &str,
+        config: &ChainConfig,
+        flows: &FlowSet,
+    ) -> Result<(), RuntimeError> {
+        let token = self.root.child_token();
+        let tracker = TaskTracker::new();
+        let flow = flows
+            .files
+            .get(config.file)
+            .map_or("flows", |f| f.name.as_str());
+        let task = chains::ChainTask {
+            shared: self.shared.clone(),
+            name: Arc::from(name),
+            config: config.clone(),
+            source: format!("edaflow://{flow}/chains/{name}"),
+            stats: self.shared.metrics.chain(name, &config.steps),
+        };
+        chains::spawn(task, &tracker, &token)?;
+        self.chains.insert(
+            name.to_owned(),
+            RunningChain {
+                config: config.clone(),
                 token,
                 tracker,
             },

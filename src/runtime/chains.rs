@@ -1,0 +1,272 @@
+//! Tracked choreography: each `[chains.NAME]` gets a tracker that follows its instances by
+//! correlation id. The first step starts an instance, each later step is recorded with the
+//! time it took, the last step completes it; an instance that does not complete within the
+//! chain's `timeout` emits `on_timeout` with the chain's context (correlation id, steps
+//! reached, the last event), which is the hook for compensation.
+//!
+//! The tracker reads the steps through its own consumer group (`chain:NAME`), so it sees
+//! every step event without taking any from the subscribers. State is in memory, per
+//! process, and bounded (`MAX_INSTANCES`); a restarted tracker forgets instances in flight.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+use serde_json::json;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn, Instrument};
+
+use crate::broker::{Backpressure, Broker, BrokerError, Consumer, Effects};
+use crate::event::Event;
+use crate::flow::model::ChainConfig;
+use crate::runtime::Shared;
+
+/// Instances tracked at once per chain; past it the oldest is forgotten (and logged).
+const MAX_INSTANCES: usize = 100_000;
+
+/// Durations kept per chain for percentiles.
+const DURATION_SAMPLES: usize = 1024;
+
+/// The consumer group a chain tracker reads through.
+pub fn group_name(chain: &str) -> String {
+    format!("chain:{chain}")
+}
+
+/// Counters of one chain, shared with `/chains` and `/metrics`.
+#[derive(Debug, Default)]
+pub struct ChainStats {
+    pub started: AtomicU64,
+    pub completed: AtomicU64,
+    pub timed_out: AtomicU64,
+    pub in_flight: AtomicU64,
+    /// Recent whole-chain durations in milliseconds (newest last).
+    durations_ms: Mutex<VecDeque<f64>>,
+    /// Per step (index of the step reached): recent step durations in milliseconds.
+    step_ms: Mutex<BTreeMap<usize, VecDeque<f64>>>,
+}
+
+/// What `/chains` reports for one chain.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct ChainReport {
+    pub chain: String,
+    pub steps: Vec<String>,
+    pub started: u64,
+    pub completed: u64,
+    pub timed_out: u64,
+    pub in_flight: u64,
+    /// Whole-chain duration percentiles over recent completions, in milliseconds.
+    pub duration_ms: Option<Percentiles>,
+    /// Per step after the first: how long it took to be reached from the previous one.
+    pub step_ms: BTreeMap<String, Percentiles>,
+}
+
+/// p50/p90/p99/max of a sample.
+#[derive(Clone, Copy, Debug, Serialize, PartialEq)]
+pub struct Percentiles {
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub max: f64,
+    pub samples: usize,
+}
+
+fn percentiles(sample: &VecDeque<f64>) -> Option<Percentiles> {
+    if sample.is_empty() {
+        return None;
+    }
+    let mut sorted: Vec<f64> = sample.iter().copied().collect();
+    sorted.sort_by(f64::total_cmp);
+    let at =
+        |p: f64| sorted[((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1];
+    Some(Percentiles {
+        p50: at(0.5),
+        p90: at(0.9),
+        p99: at(0.99),
+        max: at(1.0),
+        samples: sorted.len(),
+    })
+}
+
+fn push_sample(sample: &mut VecDeque<f64>, value: f64) {
+    if sample.len() == DURATION_SAMPLES {
+        sample.pop_front();
+    }
+    sample.push_back(value);
+}
+
+impl ChainStats {
+    /// The report for `/chains`.
+    pub fn report(&self, chain: &str, steps: &[String]) -> ChainReport {
+        let durations = self.durations_ms.lock().unwrap_or_else(|e| e.into_inner());
+        let per_step = self.step_ms.lock().unwrap_or_else(|e| e.into_inner());
+        ChainReport {
+            chain: chain.to_owned(),
+            steps: steps.to_vec(),
+            started: self.started.load(Ordering::Relaxed),
+            completed: self.completed.load(Ordering::Relaxed),
+            timed_out: self.timed_out.load(Ordering::Relaxed),
+            in_flight: self.in_flight.load(Ordering::Relaxed),
+            duration_ms: percentiles(&durations),
+            step_ms: per_step
+                .iter()
+                .filter_map(|(i, s)| Some((steps.get(*i)?.clone(), percentiles(s)?)))
+                .collect(),
+        }
+    }
+}
+
+struct Instance {
+    started: Instant,
+    /// (step index, when) of every step seen, in order.
+    reached: Vec<(usize, Instant)>,
+    last: Arc<Event>,
+    deadline: Option<Instant>,
+}
+
+/// What a tracker needs.
+pub(crate) struct ChainTask<B: Broker> {
+    pub shared: Arc<Shared<B>>,
+    pub name: Arc<str>,
+    pub config: ChainConfig,
+    pub source: String,
+    pub stats: Arc<ChainStats>,
+}
+
+/// Starts the tracker of one chain.
+pub(crate) fn spawn<B: Broker>(
+    task: ChainTask<B>,
+    tracker: &TaskTracker,
+    token: &CancellationToken,
+) -> Result<(), BrokerError> {
+    let consumer = task.shared.broker.consumer(&group_name(&task.name))?;
+    let span = tracing::info_span!("chain", component = %task.name);
+    tracker.spawn(run(task, consumer, token.clone()).instrument(span));
+    Ok(())
+}
+
+async fn run<B: Broker>(task: ChainTask<B>, mut consumer: B::Consumer, token: CancellationToken) {
+    let mut instances: HashMap<String, Instance> = HashMap::new();
+    let mut order: VecDeque<String> = VecDeque::new();
+    let mut deadlines: BTreeMap<(Instant, u64), String> = BTreeMap::new();
+    let mut seq = 0u64;
+    loop {
+        let next_deadline = deadlines.keys().next().map(|(at, _)| *at);
+        let sleep = async {
+            match next_deadline {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            _ = token.cancelled() => break,
+            _ = sleep => {
+                let now = Instant::now();
+                while let Some(entry) = deadlines.first_entry() {
+                    if entry.key().0 > now {
+                        break;
+                    }
+                    let correlation = entry.remove();
+                    // Only an instance still waiting for this very deadline times out.
+                    let due = instances.get(&correlation).and_then(|i| i.deadline).is_some_and(|d| d <= now);
+                    if due {
+                        if let Some(instance) = instances.remove(&correlation) {
+                            task.time_out(&correlation, instance).await;
+                        }
+                    }
+                }
+            }
+            delivery = consumer.next() => {
+                let delivery = match delivery {
+                    Ok(d) => d,
+                    Err(e) => {
+                        debug!(error = %e, "chain consumer closed");
+                        break;
+                    }
+                };
+                let event = delivery.event.clone();
+                if let Err(e) = task.shared.broker.commit(delivery, Effects::default()).await {
+                    warn!(error = %e, "could not acknowledge a chain step");
+                }
+                let Some(step) = task.config.steps.iter().position(|s| *s == event.topic) else { continue };
+                let now = Instant::now();
+                let correlation = event.correlation_id.clone();
+                match instances.get_mut(&correlation) {
+                    None if step == 0 => {
+                        if instances.len() >= MAX_INSTANCES {
+                            while let Some(oldest) = order.pop_front() {
+                                if instances.remove(&oldest).is_some() {
+                                    task.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+                                    warn!(chain = %task.name, correlation = %oldest, limit = MAX_INSTANCES, "too many chain instances in flight; forgetting the oldest");
+                                    break;
+                                }
+                            }
+                        }
+                        let deadline = task.config.timeout.map(|t| now + t);
+                        if let Some(at) = deadline {
+                            seq += 1;
+                            deadlines.insert((at, seq), correlation.clone());
+                        }
+                        task.stats.started.fetch_add(1, Ordering::Relaxed);
+                        task.stats.in_flight.fetch_add(1, Ordering::Relaxed);
+                        order.push_back(correlation.clone());
+                        instances.insert(correlation, Instance { started: now, reached: vec![(0, now)], last: event, deadline });
+                    }
+                    None => {} // a journey that started before this tracker did
+                    Some(instance) => {
+                        let previous = instance.reached.last().map_or(instance.started, |(_, at)| *at);
+                        instance.reached.push((step, now));
+                        instance.last = event;
+                        {
+                            let mut per_step = task.stats.step_ms.lock().unwrap_or_else(|e| e.into_inner());
+                            push_sample(per_step.entry(step).or_default(), (now - previous).as_secs_f64() * 1000.0);
+                        }
+                        if step + 1 == task.config.steps.len() {
+                            if let Some(done) = instances.remove(&correlation) {
+                                let took = now - done.started;
+                                task.stats.completed.fetch_add(1, Ordering::Relaxed);
+                                task.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+                                push_sample(&mut task.stats.durations_ms.lock().unwrap_or_else(|e| e.into_inner()), took.as_secs_f64() * 1000.0);
+                                debug!(chain = %task.name, %correlation, took_ms = took.as_millis() as u64, "chain completed");
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl<B: Broker> ChainTask<B> {
+    async fn time_out(&self, correlation: &str, instance: Instance) {
+        self.stats.timed_out.fetch_add(1, Ordering::Relaxed);
+        self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+        let steps = &self.config.steps;
+        let reached: Vec<&str> = instance
+            .reached
+            .iter()
+            .filter_map(|(i, _)| steps.get(*i).map(String::as_str))
+            .collect();
+        let waited = Instant::now() - instance.started;
+        info!(chain = %self.name, %correlation, reached = ?reached, waited_ms = waited.as_millis() as u64, "chain timed out");
+        let Some(topic) = &self.config.on_timeout else {
+            return;
+        };
+        let last = &instance.last;
+        let data = json!({
+            "chain": &*self.name,
+            "correlation_id": correlation,
+            "steps_reached": reached,
+            "waited_ms": u64::try_from(waited.as_millis()).unwrap_or(u64::MAX),
+            "last_event": { "topic": &last.topic, "id": &last.id, "data": &last.data },
+        });
+        let event = last.caused(topic.clone(), self.source.clone(), data);
+        self.shared.metrics.published(topic);
+        if let Err(e) = self.shared.broker.publish(event, Backpressure::Wait).await {
+            warn!(error = %e, "could not publish the chain's on_timeout event");
+        }
+    }
+}

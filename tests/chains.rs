@@ -1,0 +1,231 @@
+//! Tracked choreography on paused time: a chain instance completes when its last step is
+//! seen, stalls while a step is missing, and times out into `on_timeout` with its context.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use indoc::indoc;
+use serde_json::json;
+use tokio::sync::mpsc;
+
+use common::{wait_for, FlowDir};
+use edaflow::broker::{Backpressure, Broker, MemoryBroker, MemoryOptions};
+use edaflow::event::Event;
+use edaflow::flow::TopicPattern;
+use edaflow::runtime::chains::ChainReport;
+use edaflow::runtime::{Runtime, RuntimeOptions};
+
+/// A three-step chain; `ship` only ships orders whose `ship` flag is true, so a test can
+/// make an instance stall at `paymentCharged`.
+fn flow(dir: &FlowDir) {
+    dir.write(
+        "flow.toml",
+        indoc! {r#"
+            [subscribers.charge]
+            topic = "orderCreated"
+            script = "charge.rhai"
+            emits = ["paymentCharged"]
+
+            [subscribers.ship]
+            topic = "paymentCharged"
+            script = "ship.rhai"
+            emits = ["orderShipped"]
+
+            [subscribers.compensate]
+            topic = "orderStalled"
+            script = "compensate.rhai"
+
+            [chains.fulfilment]
+            steps = ["orderCreated", "paymentCharged", "orderShipped"]
+            timeout = "30s"
+            on_timeout = "orderStalled"
+        "#},
+    );
+    dir.write("charge.rhai", r#"emit("paymentCharged", event.data);"#);
+    dir.write(
+        "ship.rhai",
+        r#"if event.data.ship { emit("orderShipped", event.data); }"#,
+    );
+    dir.write("compensate.rhai", "let context = event.data;");
+}
+
+async fn start(
+    dir: &FlowDir,
+) -> (
+    Runtime<MemoryBroker>,
+    MemoryBroker,
+    mpsc::Receiver<Arc<Event>>,
+) {
+    let broker = MemoryBroker::new(MemoryOptions::default());
+    let stalled = broker.tap(TopicPattern::parse("orderStalled").expect("pattern"), 100);
+    let mut runtime = Runtime::new(broker.clone(), RuntimeOptions::default());
+    runtime
+        .apply(dir.prepare("flow.toml"))
+        .await
+        .expect("the flow starts");
+    (runtime, broker, stalled)
+}
+
+fn report(runtime: &Runtime<MemoryBroker>) -> ChainReport {
+    runtime
+        .metrics()
+        .chain_reports()
+        .into_iter()
+        .find(|r| r.chain == "fulfilment")
+        .expect("the chain is tracked")
+}
+
+async fn order(broker: &MemoryBroker, id: u64, ship: bool) -> Event {
+    let event = Event::new(
+        "orderCreated",
+        "edaflow://test",
+        json!({"order_id": id, "ship": ship}),
+    );
+    broker
+        .publish(event.clone(), Backpressure::Wait)
+        .await
+        .expect("publish");
+    event
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_chain_that_reaches_its_last_step_completes() {
+    let dir = FlowDir::new();
+    flow(&dir);
+    let (runtime, broker, mut stalled) = start(&dir).await;
+    order(&broker, 1, true).await;
+    order(&broker, 2, true).await;
+    wait_for("two completions", Duration::from_secs(5), || {
+        report(&runtime).completed == 2
+    })
+    .await;
+    let r = report(&runtime);
+    assert_eq!(
+        (r.started, r.completed, r.timed_out, r.in_flight),
+        (2, 2, 0, 0),
+        "{r:?}"
+    );
+    assert_eq!(r.duration_ms.expect("durations").samples, 2);
+    assert_eq!(
+        r.step_ms.keys().cloned().collect::<Vec<_>>(),
+        ["orderShipped", "paymentCharged"]
+    );
+    // Long after the timeout, a completed instance does not time out.
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(report(&runtime).timed_out, 0);
+    assert!(stalled.try_recv().is_err());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stalled_chain_times_out_into_on_timeout_with_its_context() {
+    let dir = FlowDir::new();
+    flow(&dir);
+    let (runtime, broker, mut stalled) = start(&dir).await;
+    let first = order(&broker, 7, false).await;
+    wait_for(
+        "the instance to reach paymentCharged",
+        Duration::from_secs(1),
+        || report(&runtime).step_ms.contains_key("paymentCharged"),
+    )
+    .await;
+    // Stalled: in flight until the timeout.
+    tokio::time::sleep(Duration::from_millis(29_900)).await;
+    let r = report(&runtime);
+    assert_eq!((r.in_flight, r.timed_out), (1, 0), "{r:?}");
+    assert!(stalled.try_recv().is_err(), "not before the timeout");
+
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let event = stalled.recv().await.expect("the on_timeout event");
+    assert_eq!(event.topic, "orderStalled");
+    assert_eq!(
+        event.correlation_id, first.id,
+        "the journey's correlation id"
+    );
+    assert_eq!(event.data["chain"], "fulfilment");
+    assert_eq!(event.data["correlation_id"], first.id.as_str());
+    assert_eq!(
+        event.data["steps_reached"],
+        json!(["orderCreated", "paymentCharged"])
+    );
+    assert_eq!(event.data["last_event"]["topic"], "paymentCharged");
+    assert_eq!(
+        event.data["last_event"]["data"],
+        json!({"order_id": 7, "ship": false})
+    );
+    let r = report(&runtime);
+    assert_eq!(
+        (r.started, r.completed, r.timed_out, r.in_flight),
+        (1, 0, 1, 0),
+        "{r:?}"
+    );
+    // The compensation handler got it.
+    let compensate = runtime.metrics().subscriber("compensate");
+    wait_for("the compensation to run", Duration::from_secs(1), || {
+        compensate
+            .handled
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == 1
+    })
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn chains_are_reported_over_http_and_in_metrics() {
+    use tower::ServiceExt;
+    let dir = FlowDir::new();
+    flow(&dir);
+    let (runtime, broker, _stalled) = start(&dir).await;
+    order(&broker, 1, true).await;
+    wait_for("a completion", Duration::from_secs(5), || {
+        report(&runtime).completed == 1
+    })
+    .await;
+    let app = runtime.api_router(
+        edaflow::flow::model::HttpProducer {
+            listen: "127.0.0.1:0".into(),
+            token: None,
+            body_limit: 1 << 20,
+        },
+        "master",
+    );
+    let response = app
+        .clone()
+        .oneshot(
+            axum::http::Request::get("/chains")
+                .body(axum::body::Body::empty())
+                .expect("request"),
+        )
+        .await
+        .expect("answer");
+    assert_eq!(response.status(), 200);
+    let body = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .expect("body")
+        .to_bytes();
+    let chains: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+    assert_eq!(chains[0]["chain"], "fulfilment");
+    assert_eq!(chains[0]["completed"], 1);
+    assert_eq!(
+        chains[0]["steps"],
+        json!(["orderCreated", "paymentCharged", "orderShipped"])
+    );
+    let response = app
+        .oneshot(
+            axum::http::Request::get("/metrics")
+                .body(axum::body::Body::empty())
+                .expect("request"),
+        )
+        .await
+        .expect("answer");
+    let body = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .expect("body")
+        .to_bytes();
+    let text = String::from_utf8_lossy(&body);
+    assert!(
+        text.contains("edaflow_chain_completed_total{chain=\"fulfilment\"} 1"),
+        "{text}"
+    );
+}
