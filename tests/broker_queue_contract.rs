@@ -2,9 +2,11 @@
 //! broker (memory now, Redis later) runs the same checks unchanged: add an instantiation to
 //! `contract_tests!` at the bottom.
 //!
-//! Timing runs on paused tokio time: `tokio::time::advance` moves the clock exactly, and a
-//! consumer waiting in `next()` lets tokio jump straight to the next due time. No test
-//! sleeps on the wall clock.
+//! Timing goes through `Clock`. For the memory broker it is paused tokio time:
+//! `advance` moves the clock exactly, and a consumer waiting in `next()` lets tokio jump
+//! straight to the next due time; no memory test sleeps on the wall clock. Redis keeps its
+//! own clock, so its instantiation runs on real time with the delays scaled down and
+//! timing checked within a tolerance (never early).
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -17,6 +19,9 @@ use tokio_util::sync::CancellationToken;
 use edaflow::broker::{Broker, BrokerError, Consumer, DeadFilter, Delivery, Effects, QueueSpec};
 use edaflow::event::Event;
 use edaflow::flow::TopicPattern;
+
+mod redis_support;
+use redis_support::Clock;
 
 const SOURCE: &str = "edaflow://contract/test";
 
@@ -86,17 +91,17 @@ fn dead_letter(origin_queue: Option<&str>, origin_topic: &str, n: i64) -> Event 
 
 /// Items come out when they fall due, earliest first, whatever order they went in; each
 /// is delivered at its own due time (per-item delays, not one queue-wide delay).
-pub async fn items_come_out_in_due_order<B: Broker>(broker: B) {
+pub async fn items_come_out_in_due_order<B: Broker>(broker: B, clock: Clock) {
     declare(&broker, "tasks", None).await;
     let t0 = Instant::now();
     for (n, delay) in [(1, 3000), (2, 1000), (3, 2000), (4, 0), (5, 1000)] {
-        enqueue(&broker, "tasks", n, delay).await;
+        enqueue(&broker, "tasks", n, clock.ms(delay)).await;
     }
     let mut consumer = broker.queue_consumer("tasks").expect("a consumer");
     let mut order = Vec::new();
     for _ in 0..5 {
         let delivery = consumer.next().await.expect("a delivery");
-        order.push((n_of(&delivery), t0.elapsed().as_millis()));
+        order.push((n_of(&delivery), t0.elapsed()));
         assert!(delivery.from_queue);
         assert_eq!(&*delivery.group, "tasks");
         assert_eq!(delivery.redeliveries, 0);
@@ -106,32 +111,41 @@ pub async fn items_come_out_in_due_order<B: Broker>(broker: B) {
             .expect("commit");
     }
     // Equal due times keep their enqueue order (2 before 5).
+    let expected = [(4, 0), (2, 1000), (5, 1000), (3, 2000), (1, 3000)];
     assert_eq!(
-        order,
-        vec![(4, 0), (2, 1000), (5, 1000), (3, 2000), (1, 3000)]
+        order.iter().map(|(n, _)| *n).collect::<Vec<_>>(),
+        expected.iter().map(|(n, _)| *n).collect::<Vec<_>>(),
+        "{order:?}"
     );
+    for ((n, at), (_, due)) in order.iter().zip(expected) {
+        clock.assert_at(*at, due, &format!("item {n}"));
+    }
 }
 
 /// `try_next` never waits: `None` before the item is due, `Some` at and after.
-pub async fn try_next_is_none_before_due_and_some_from_due<B: Broker>(broker: B) {
+pub async fn try_next_is_none_before_due_and_some_from_due<B: Broker>(broker: B, clock: Clock) {
     declare(&broker, "tasks", None).await;
-    enqueue(&broker, "tasks", 1, 1000).await;
-    enqueue(&broker, "tasks", 2, 2000).await;
+    enqueue(&broker, "tasks", 1, clock.ms(1000)).await;
+    enqueue(&broker, "tasks", 2, clock.ms(2000)).await;
     let mut consumer = broker.queue_consumer("tasks").expect("a consumer");
     assert!(take_now(&mut consumer).await.is_none(), "nothing due at 0");
-    tokio::time::advance(Duration::from_millis(999)).await;
+    let second = clock.d(Duration::from_secs(1));
+    clock.advance(second - clock.early()).await;
     assert!(
         take_now(&mut consumer).await.is_none(),
-        "nothing due at 999ms"
+        "nothing due just before 1s"
     );
-    tokio::time::advance(Duration::from_millis(1)).await;
+    // Exactly at the due time on paused time; just past it on real time.
+    clock
+        .advance(clock.early() + clock.late(Duration::ZERO).min(Duration::from_millis(5)))
+        .await;
     let first = take_now(&mut consumer).await.expect("item 1 is due at 1s");
     assert_eq!(n_of(&first), 1);
     assert!(
         take_now(&mut consumer).await.is_none(),
         "item 2 is not due at 1s"
     );
-    tokio::time::advance(Duration::from_millis(1500)).await;
+    clock.advance(clock.d(Duration::from_millis(1500))).await;
     let second = take_now(&mut consumer)
         .await
         .expect("item 2 is due after 2s");
@@ -150,7 +164,7 @@ pub async fn try_next_is_none_before_due_and_some_from_due<B: Broker>(broker: B)
 
 /// Consumers of one queue compete: every item goes to exactly one of them, and both get
 /// work.
-pub async fn competing_consumers_share_items_once<B: Broker>(broker: B) {
+pub async fn competing_consumers_share_items_once<B: Broker>(broker: B, clock: Clock) {
     declare(&broker, "tasks", None).await;
     const ITEMS: i64 = 20;
     for n in 0..ITEMS {
@@ -192,7 +206,7 @@ pub async fn competing_consumers_share_items_once<B: Broker>(broker: B) {
         seen.push(got);
     }
     // Nothing more arrives: no item is delivered twice.
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    clock.advance(clock.d(Duration::from_secs(5))).await;
     assert!(rx.try_recv().is_err(), "an item was delivered twice");
     stop.cancel();
     for w in workers {
@@ -213,10 +227,10 @@ pub async fn competing_consumers_share_items_once<B: Broker>(broker: B) {
 
 /// Past capacity, enqueueing fails with `QueueFull` (never a silent drop, never a longer
 /// queue), and there is room again once an item is consumed.
-pub async fn capacity_refuses_and_frees_up<B: Broker>(broker: B) {
+pub async fn capacity_refuses_and_frees_up<B: Broker>(broker: B, clock: Clock) {
     declare(&broker, "tasks", Some(2)).await;
     enqueue(&broker, "tasks", 1, 0).await;
-    enqueue(&broker, "tasks", 2, 5000).await;
+    enqueue(&broker, "tasks", 2, clock.ms(5000)).await;
     let refused = broker
         .enqueue("tasks", item("tasks", 3), Duration::ZERO)
         .await;
@@ -246,7 +260,7 @@ pub async fn capacity_refuses_and_frees_up<B: Broker>(broker: B) {
         "{refused:?}"
     );
     // What was refused never shows up; what was accepted all does.
-    tokio::time::advance(Duration::from_secs(10)).await;
+    clock.advance(clock.d(Duration::from_secs(10))).await;
     let mut out = Vec::new();
     while let Some(d) = take_now(&mut consumer).await {
         out.push(n_of(&d));
@@ -256,7 +270,7 @@ pub async fn capacity_refuses_and_frees_up<B: Broker>(broker: B) {
 }
 
 /// A nacked item comes back first, with its redelivery count raised, and nothing is lost.
-pub async fn nack_redelivers_first<B: Broker>(broker: B) {
+pub async fn nack_redelivers_first<B: Broker>(broker: B, _clock: Clock) {
     declare(&broker, "tasks", None).await;
     enqueue(&broker, "tasks", 1, 0).await;
     enqueue(&broker, "tasks", 2, 0).await;
@@ -290,7 +304,7 @@ pub async fn nack_redelivers_first<B: Broker>(broker: B) {
 
 /// A commit makes its queue items visible (not before), and only then is the delivery
 /// acked: it stays in flight until the commit.
-pub async fn commit_enqueues_then_acks<B: Broker>(broker: B) {
+pub async fn commit_enqueues_then_acks<B: Broker>(broker: B, clock: Clock) {
     declare(&broker, "inbox", None).await;
     declare(&broker, "later", None).await;
     enqueue(&broker, "inbox", 1, 0).await;
@@ -306,14 +320,14 @@ pub async fn commit_enqueues_then_acks<B: Broker>(broker: B) {
             (
                 "later".to_owned(),
                 follow_up.clone(),
-                Duration::from_secs(2),
+                clock.d(Duration::from_secs(2)),
             ),
             ("later".to_owned(), now.clone(), Duration::ZERO),
         ],
         ..Effects::default()
     };
     // Before the commit: the delivery is in flight and nothing is visible downstream.
-    tokio::time::advance(Duration::from_secs(1)).await;
+    clock.advance(clock.d(Duration::from_secs(1))).await;
     let inbox_stats = stats_of(&broker, "inbox");
     assert_eq!(
         (inbox_stats.depth, inbox_stats.in_flight),
@@ -330,7 +344,7 @@ pub async fn commit_enqueues_then_acks<B: Broker>(broker: B) {
     let later_stats = stats_of(&broker, "later");
     assert_eq!((later_stats.depth, later_stats.due_now), (2, 1));
     // Delays count from the commit, not from when the effects were built.
-    assert_eq!(later_stats.next_due_ms, Some(2000), "{later_stats:?}");
+    clock.assert_remaining(later_stats.next_due_ms, 2000, "next due");
     let first = take_now(&mut later).await.expect("the undelayed item");
     assert_eq!(first.event.id, now.id);
     assert_eq!(first.event.causation_id, now.causation_id);
@@ -338,6 +352,7 @@ pub async fn commit_enqueues_then_acks<B: Broker>(broker: B) {
         .commit(first, Effects::default())
         .await
         .expect("commit");
+    clock.settle().await;
     let seen: Vec<String> = std::iter::from_fn(|| tap.try_recv().ok())
         .map(|e| e.id.clone())
         .collect();
@@ -346,7 +361,7 @@ pub async fn commit_enqueues_then_acks<B: Broker>(broker: B) {
 
 /// A commit whose queue items do not all fit fails as a whole: none of them is visible,
 /// so retrying the handler run cannot queue anything twice.
-pub async fn commit_past_capacity_makes_nothing_visible<B: Broker>(broker: B) {
+pub async fn commit_past_capacity_makes_nothing_visible<B: Broker>(broker: B, _clock: Clock) {
     declare(&broker, "inbox", None).await;
     declare(&broker, "small", Some(1)).await;
     enqueue(&broker, "inbox", 1, 0).await;
@@ -373,7 +388,10 @@ pub async fn commit_past_capacity_makes_nothing_visible<B: Broker>(broker: B) {
 
 /// A committed dead letter is published to its topic (taps see it) and kept in the store;
 /// `take_dead_letters` removes exactly what its filter selects.
-pub async fn dead_letters_are_published_stored_and_taken_by_filter<B: Broker>(broker: B) {
+pub async fn dead_letters_are_published_stored_and_taken_by_filter<B: Broker>(
+    broker: B,
+    clock: Clock,
+) {
     declare(&broker, "tasks", None).await;
     let mut dead_tap = broker.tap(pattern("dead.>"), 100);
     let letters = [
@@ -397,6 +415,7 @@ pub async fn dead_letters_are_published_stored_and_taken_by_filter<B: Broker>(br
             .await
             .expect("commit a dead letter");
     }
+    clock.settle().await;
     let published: Vec<String> = std::iter::from_fn(|| dead_tap.try_recv().ok())
         .map(|e| e.id.clone())
         .collect();
@@ -492,7 +511,7 @@ pub async fn dead_letters_are_published_stored_and_taken_by_filter<B: Broker>(br
 
 /// `queue_stats` reports depth, what is due now, when the next item falls due, and what
 /// is in flight.
-pub async fn queue_stats_report_depth_due_and_in_flight<B: Broker>(broker: B) {
+pub async fn queue_stats_report_depth_due_and_in_flight<B: Broker>(broker: B, clock: Clock) {
     declare(&broker, "tasks", Some(10)).await;
     declare(&broker, "empty", None).await;
     let empty = stats_of(&broker, "empty");
@@ -509,8 +528,8 @@ pub async fn queue_stats_report_depth_due_and_in_flight<B: Broker>(broker: B) {
 
     enqueue(&broker, "tasks", 1, 0).await;
     enqueue(&broker, "tasks", 2, 0).await;
-    enqueue(&broker, "tasks", 3, 5000).await;
-    enqueue(&broker, "tasks", 4, 8000).await;
+    enqueue(&broker, "tasks", 3, clock.ms(5000)).await;
+    enqueue(&broker, "tasks", 4, clock.ms(8000)).await;
     let stats = stats_of(&broker, "tasks");
     assert_eq!(stats.name, "tasks");
     assert_eq!(
@@ -521,45 +540,44 @@ pub async fn queue_stats_report_depth_due_and_in_flight<B: Broker>(broker: B) {
             stats.in_flight,
             stats.capacity
         ),
-        (4, 2, Some(5000), 0, Some(10))
+        (4, 2, stats.next_due_ms, 0, Some(10))
     );
+    clock.assert_remaining(stats.next_due_ms, 5000, "next due at first");
 
     let mut consumer = broker.queue_consumer("tasks").expect("a consumer");
     let taken = take_now(&mut consumer).await.expect("item 1");
-    tokio::time::advance(Duration::from_millis(2000)).await;
+    clock.advance(clock.d(Duration::from_millis(2000))).await;
     let stats = stats_of(&broker, "tasks");
     assert_eq!(
-        (
-            stats.depth,
-            stats.due_now,
-            stats.next_due_ms,
-            stats.in_flight
-        ),
-        (3, 1, Some(3000), 1),
+        (stats.depth, stats.due_now, stats.in_flight),
+        (3, 1, 1),
         "{stats:?}"
     );
+    clock.assert_remaining(stats.next_due_ms, 3000, "next due after 2s");
     broker
         .commit(taken, Effects::default())
         .await
         .expect("commit");
-    tokio::time::advance(Duration::from_millis(3000)).await;
+    // Exactly at item 3's due time on paused time; just past it on real time.
+    clock
+        .advance(
+            clock.d(Duration::from_millis(3000))
+                + clock.late(Duration::ZERO).min(Duration::from_millis(5)),
+        )
+        .await;
     let stats = stats_of(&broker, "tasks");
     assert_eq!(
-        (
-            stats.depth,
-            stats.due_now,
-            stats.next_due_ms,
-            stats.in_flight
-        ),
-        (3, 2, Some(3000), 0),
+        (stats.depth, stats.due_now, stats.in_flight),
+        (3, 2, 0),
         "{stats:?}"
     );
+    clock.assert_remaining(stats.next_due_ms, 3000, "next due after 5s");
     let names: Vec<String> = broker.queue_stats().into_iter().map(|s| s.name).collect();
     assert_eq!(names, vec!["empty".to_owned(), "tasks".to_owned()]);
 }
 
 /// Unknown and removed queues are errors, never silent drops.
-pub async fn unknown_and_removed_queues_are_errors<B: Broker>(broker: B) {
+pub async fn unknown_and_removed_queues_are_errors<B: Broker>(broker: B, _clock: Clock) {
     let result = broker
         .enqueue("nope", item("nope", 1), Duration::ZERO)
         .await;
@@ -612,7 +630,7 @@ pub async fn unknown_and_removed_queues_are_errors<B: Broker>(broker: B) {
 }
 
 /// Declaring an existing queue again keeps its items and applies the new capacity.
-pub async fn redeclaring_keeps_items_and_updates_capacity<B: Broker>(broker: B) {
+pub async fn redeclaring_keeps_items_and_updates_capacity<B: Broker>(broker: B, _clock: Clock) {
     declare(&broker, "tasks", None).await;
     enqueue(&broker, "tasks", 1, 0).await;
     enqueue(&broker, "tasks", 2, 0).await;
@@ -628,11 +646,16 @@ pub async fn redeclaring_keeps_items_and_updates_capacity<B: Broker>(broker: B) 
     );
 }
 
-/// Generates one `#[tokio::test(start_paused = true)]` per check for a broker.
+/// Generates one test per check for a broker. `$make` is a future of `Some((broker,
+/// guard))` (`None` skips, for a broker whose server is not installed); `$clock` says how
+/// the checks read time; the attribute goes on every generated test.
 macro_rules! contract_tests {
-    ($module:ident, $make:expr) => {
+    ($module:ident, #[$test:meta], $clock:expr, $make:expr) => {
         mod $module {
-            contract_tests!(@each $make;
+            #[allow(unused_imports)]
+            use super::*;
+
+            contract_tests!(@each #[$test] $clock, $make;
                 items_come_out_in_due_order,
                 try_next_is_none_before_due_and_some_from_due,
                 competing_consumers_share_items_once,
@@ -643,19 +666,18 @@ macro_rules! contract_tests {
                 queue_stats_report_depth_due_and_in_flight,
                 unknown_and_removed_queues_are_errors,
                 redeclaring_keeps_items_and_updates_capacity,
+                commit_past_capacity_makes_nothing_visible,
             );
-
-            #[tokio::test(start_paused = true)]
-            async fn commit_past_capacity_makes_nothing_visible() {
-                super::commit_past_capacity_makes_nothing_visible($make).await;
-            }
         }
     };
-    (@each $make:expr; $($check:ident),* $(,)?) => {
+    (@each #[$test:meta] $clock:expr, $make:expr; $($check:ident),* $(,)?) => {
         $(
-            #[tokio::test(start_paused = true)]
+            #[$test]
             async fn $check() {
-                super::$check($make).await;
+                let Some((broker, _guard)) = $make.await else {
+                    return;
+                };
+                super::$check(broker, $clock).await;
             }
         )*
     };
@@ -663,5 +685,32 @@ macro_rules! contract_tests {
 
 contract_tests!(
     memory,
-    edaflow::broker::MemoryBroker::new(edaflow::broker::MemoryOptions::default())
+    #[tokio::test(start_paused = true)],
+    Clock::PAUSED,
+    async {
+        Some((
+            edaflow::broker::MemoryBroker::new(edaflow::broker::MemoryOptions::default()),
+            (),
+        ))
+    }
+);
+
+/// A Redis server per test, so checks never see each other's keys.
+async fn redis_broker() -> Option<(edaflow::broker::RedisBroker, redis_support::RedisServer)> {
+    let server = redis_support::RedisServer::start()?;
+    let broker = server
+        .broker(edaflow::broker::RedisOptions {
+            namespace: "queues".to_owned(),
+            block: Duration::from_millis(200),
+            ..edaflow::broker::RedisOptions::default()
+        })
+        .await;
+    Some((broker, server))
+}
+
+contract_tests!(
+    redis,
+    #[tokio::test],
+    Clock::real(4, Duration::from_millis(120)),
+    redis_broker()
 );

@@ -1,6 +1,6 @@
 //! The broker boundary: how events travel between producers and subscriber groups.
 //!
-//! `Broker` is the contract every broker keeps (the memory broker here, Redis later):
+//! `Broker` is the contract every broker keeps (the memory broker and the Redis broker):
 //! publish fans out to every group whose patterns match; within a group, consumers
 //! compete; a delivery is settled by `commit` (its handler's effects land, then the ack) or
 //! by `nack` (it goes back to the group untouched). The runtime is generic over this
@@ -9,6 +9,7 @@
 
 pub mod memory;
 mod memory_queue;
+pub mod redis;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -18,6 +19,7 @@ use crate::event::Event;
 use crate::flow::pattern::TopicPattern;
 
 pub use memory::{MemoryBroker, MemoryOptions};
+pub use redis::{BrokerUrl, RedisBroker, RedisOptions, RedisUrl};
 
 /// Errors at the broker boundary.
 #[derive(Debug, Clone, thiserror::Error, miette::Diagnostic)]
@@ -52,6 +54,24 @@ pub enum BrokerError {
     #[error("the broker is closed")]
     #[diagnostic(code(edaflow::broker::closed))]
     Closed,
+    /// The broker's server (Redis) cannot be reached or failed a command; try again later
+    /// (HTTP answers 503).
+    #[error("the broker is unavailable")]
+    #[diagnostic(
+        code(edaflow::broker::unavailable),
+        help("is Redis running and reachable at the broker URL?")
+    )]
+    Unavailable {
+        #[source]
+        source: ::redis::RedisError,
+    },
+    /// A broker URL that cannot be used (shown with its password hidden).
+    #[error("`{url}` is not a broker URL")]
+    #[diagnostic(
+        code(edaflow::broker::bad_url),
+        help("use `memory` or `redis://[:password@]host:port/db`")
+    )]
+    BadUrl { url: String },
 }
 
 /// What to do when a group's buffer is full.

@@ -1,0 +1,467 @@
+//! Consumers and taps of the Redis broker.
+//!
+//! A `RedisConsumer` is a handle on a reader task. Each `next()` sends the task a request
+//! with a one-shot reply; the task runs the `take` script (one round trip, atomic: the
+//! entry is this consumer's once the script returns) and, when nothing is ready, blocks on
+//! the group's streams with XREAD (no group: waiting claims nothing) on a connection of
+//! its own. If the caller stops waiting (its future is dropped, as a draining worker does),
+//! the reply cannot be delivered and the task gives the entry back with `nack`: cancelling
+//! a read never strands an entry. The task ends when the consumer is dropped.
+//!
+//! Redis errors never reach the caller of `next()`: the task logs, backs off and retries,
+//! so a Redis outage pauses subscribers instead of stopping them.
+//!
+//! A tap is a thread subscribed to the namespace's tap channel. It is a thread, not a
+//! task, so that `tap()` (synchronous) can return only once the subscription is in place:
+//! every event accepted after `tap()` returns is seen, in the order Redis accepted them.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use redis::aio::MultiplexedConnection;
+use redis::Value;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{error, info, warn, Instrument};
+
+use super::{int, items, scripts, text, unavailable, RedisBroker};
+use crate::broker::{BrokerError, Consumer, Delivery, Effects};
+use crate::event::Event;
+use crate::flow::pattern::TopicPattern;
+
+/// What a consumer reads.
+pub(crate) enum Source {
+    Group(Arc<str>),
+    Queue(Arc<str>),
+}
+
+enum Request {
+    Next(oneshot::Sender<Result<Delivery, BrokerError>>),
+    TryNext(oneshot::Sender<Result<Option<Delivery>, BrokerError>>),
+}
+
+/// One consumer of a Redis group or queue (see the module docs).
+pub struct RedisConsumer {
+    requests: mpsc::Sender<Request>,
+}
+
+pub(crate) fn spawn(broker: RedisBroker, source: Source, name: String) -> RedisConsumer {
+    let (tx, rx) = mpsc::channel(1);
+    let span = match &source {
+        Source::Group(g) => tracing::debug_span!("redis_consumer", group = %g, consumer = %name),
+        Source::Queue(q) => tracing::debug_span!("redis_consumer", queue = %q, consumer = %name),
+    };
+    let reader = Reader {
+        broker,
+        source,
+        name,
+        conn: None,
+        next_claim: Instant::now(),
+        claim_streak: false,
+        next_refresh: Instant::now(),
+        failing: false,
+    };
+    // Tracked by ownership: the task ends when the consumer (its request sender) is gone.
+    tokio::spawn(reader.run(rx).instrument(span));
+    RedisConsumer { requests: tx }
+}
+
+impl Consumer for RedisConsumer {
+    async fn next(&mut self) -> Result<Delivery, BrokerError> {
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .send(Request::Next(reply))
+            .await
+            .map_err(|_| BrokerError::Closed)?;
+        answer.await.map_err(|_| BrokerError::Closed)?
+    }
+
+    async fn try_next(&mut self) -> Result<Option<Delivery>, BrokerError> {
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .send(Request::TryNext(reply))
+            .await
+            .map_err(|_| BrokerError::Closed)?;
+        answer.await.map_err(|_| BrokerError::Closed)?
+    }
+}
+
+enum Taken {
+    Entry(Delivery),
+    Gone,
+    /// Nothing to take: block on these (key, id) pairs, at most `next_due` for queues.
+    Wait {
+        next_due: Option<Duration>,
+        keys: Vec<(String, String)>,
+    },
+}
+
+struct Reader {
+    broker: RedisBroker,
+    source: Source,
+    name: String,
+    /// For blocking reads only.
+    conn: Option<MultiplexedConnection>,
+    next_claim: Instant,
+    /// The last take claimed an entry: look for more at once.
+    claim_streak: bool,
+    next_refresh: Instant,
+    failing: bool,
+}
+
+/// How often a group consumer re-checks which topic streams its group reads.
+const REFRESH_EVERY: Duration = Duration::from_secs(2);
+
+impl Reader {
+    async fn run(mut self, mut requests: mpsc::Receiver<Request>) {
+        while let Some(request) = requests.recv().await {
+            match request {
+                Request::Next(reply) => {
+                    let Some(result) = self.next(&reply).await else {
+                        continue;
+                    };
+                    if let Err(Ok(delivery)) = reply.send(result) {
+                        self.give_back(delivery).await;
+                    }
+                }
+                Request::TryNext(reply) => {
+                    let result = match self.take().await {
+                        Ok(Taken::Entry(delivery)) => Ok(Some(delivery)),
+                        Ok(Taken::Wait { .. }) => Ok(None),
+                        Ok(Taken::Gone) => Err(self.gone()),
+                        Err(e) => {
+                            self.report(&e);
+                            Ok(None)
+                        }
+                    };
+                    if let Err(Ok(Some(delivery))) = reply.send(result) {
+                        self.give_back(delivery).await;
+                    }
+                }
+            }
+        }
+    }
+
+    fn gone(&self) -> BrokerError {
+        match &self.source {
+            Source::Group(g) => BrokerError::UnknownGroup {
+                group: g.to_string(),
+            },
+            Source::Queue(q) => BrokerError::UnknownQueue {
+                queue: q.to_string(),
+            },
+        }
+    }
+
+    async fn give_back(&self, delivery: Delivery) {
+        if let Err(e) = crate::broker::Broker::nack(&self.broker, delivery).await {
+            // Still pending with this consumer: claimed by another after `claim_idle`.
+            warn!(error = %e, "could not give back an unclaimed delivery");
+        }
+    }
+
+    fn report(&mut self, e: &BrokerError) {
+        if !self.failing {
+            warn!(error = %e, "redis unavailable; the consumer retries");
+            self.failing = true;
+        }
+    }
+
+    /// The next delivery; `None` when the caller stopped waiting.
+    async fn next(
+        &mut self,
+        reply: &oneshot::Sender<Result<Delivery, BrokerError>>,
+    ) -> Option<Result<Delivery, BrokerError>> {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            if reply.is_closed() {
+                return None;
+            }
+            match self.take().await {
+                Ok(Taken::Entry(delivery)) => return Some(Ok(delivery)),
+                Ok(Taken::Gone) => return Some(Err(self.gone())),
+                Ok(Taken::Wait { next_due, keys }) => {
+                    let block = self.broker.inner.options.block;
+                    let wait = next_due.map_or(block, |d| d.min(block));
+                    if wait.is_zero() {
+                        continue;
+                    }
+                    if let Err(e) = self.wait(&keys, wait, reply).await {
+                        self.report(&e);
+                        self.conn = None;
+                        self.pause(&mut backoff, reply).await;
+                    }
+                }
+                Err(e) => {
+                    self.report(&e);
+                    self.pause(&mut backoff, reply).await;
+                }
+            }
+        }
+    }
+
+    async fn pause(
+        &self,
+        backoff: &mut Duration,
+        reply: &oneshot::Sender<Result<Delivery, BrokerError>>,
+    ) {
+        // Closed-ness is polled: `closed()` needs the sender mutably.
+        let until = tokio::time::Instant::now() + *backoff;
+        while tokio::time::Instant::now() < until && !reply.is_closed() {
+            tokio::time::sleep(Duration::from_millis(20).min(*backoff)).await;
+        }
+        *backoff = (*backoff * 2).min(Duration::from_secs(2));
+    }
+
+    /// Blocks until one of `keys` gets an entry after its id, `wait` passes, or the caller
+    /// stops waiting (XREAD without a group claims nothing, so it may be abandoned).
+    async fn wait(
+        &mut self,
+        keys: &[(String, String)],
+        wait: Duration,
+        reply: &oneshot::Sender<Result<Delivery, BrokerError>>,
+    ) -> Result<(), BrokerError> {
+        if self.conn.is_none() {
+            self.conn = Some(self.broker.dedicated().await?);
+        }
+        // A clone shares the connection (and lets `self.conn` be reset below).
+        let Some(mut conn) = self.conn.clone() else {
+            return Ok(());
+        };
+        let mut cmd = redis::cmd("XREAD");
+        cmd.arg("COUNT")
+            .arg(1)
+            .arg("BLOCK")
+            .arg(u64::try_from(wait.as_millis()).unwrap_or(1000).max(1))
+            .arg("STREAMS");
+        for (key, _) in keys {
+            cmd.arg(key);
+        }
+        for (_, id) in keys {
+            cmd.arg(id);
+        }
+        let read = cmd.query_async::<Value>(&mut conn);
+        tokio::pin!(read);
+        let abandoned = async {
+            while !reply.is_closed() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        let finished = tokio::select! {
+            done = &mut read => Some(done),
+            _ = abandoned => None,
+        };
+        match finished {
+            Some(done) => {
+                done.map_err(unavailable)?;
+            }
+            // The reply of the abandoned read would arrive behind the next one.
+            None => self.conn = None,
+        }
+        Ok(())
+    }
+
+    async fn take(&mut self) -> Result<Taken, BrokerError> {
+        let now = Instant::now();
+        let options = &self.broker.inner.options;
+        let claim = self.claim_streak || now >= self.next_claim;
+        if claim && !self.claim_streak {
+            let every =
+                (options.claim_idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
+            self.next_claim = now + every;
+        }
+        let idle = if claim {
+            options.claim_idle.as_millis().to_string()
+        } else {
+            String::new()
+        };
+        let (reply, name): (Value, Arc<str>) = match &self.source {
+            Source::Group(group) => {
+                if now >= self.next_refresh {
+                    self.next_refresh = now + REFRESH_EVERY;
+                    self.broker.refresh_group(group).await?;
+                }
+                let reply = scripts::TAKE
+                    .prepare_invoke()
+                    .arg(&self.broker.inner.prefix)
+                    .arg(&**group)
+                    .arg(&self.name)
+                    .arg(&idle)
+                    .invoke_async(&mut self.broker.conn())
+                    .await
+                    .map_err(unavailable)?;
+                (reply, group.clone())
+            }
+            Source::Queue(queue) => {
+                let reply = scripts::TAKE_QUEUE
+                    .prepare_invoke()
+                    .arg(&self.broker.inner.prefix)
+                    .arg(&**queue)
+                    .arg(&self.name)
+                    .arg(&idle)
+                    .arg(options.mover_batch)
+                    .invoke_async(&mut self.broker.conn())
+                    .await
+                    .map_err(unavailable)?;
+                (reply, queue.clone())
+            }
+        };
+        if self.failing {
+            info!("redis reachable again; the consumer goes on");
+            self.failing = false;
+        }
+        let reply = items(&reply);
+        match reply.first().map(text).as_deref() {
+            Some("gone") => Ok(Taken::Gone),
+            Some("entry") => {
+                self.claim_streak = claim;
+                match self.delivery(reply, name) {
+                    Some(delivery) => Ok(Taken::Entry(delivery)),
+                    // Unreadable: settled and skipped; look again at once.
+                    None => Ok(Taken::Wait {
+                        next_due: Some(Duration::ZERO),
+                        keys: Vec::new(),
+                    }),
+                }
+            }
+            _ => {
+                self.claim_streak = false;
+                let next_due = reply
+                    .get(1)
+                    .map(text)
+                    .and_then(|t| t.parse::<u64>().ok())
+                    .map(Duration::from_millis);
+                let keys = reply
+                    .get(2)
+                    .map(items)
+                    .unwrap_or_default()
+                    .chunks(2)
+                    .filter(|c| c.len() == 2)
+                    .map(|c| (text(&c[0]), text(&c[1])))
+                    .collect();
+                Ok(Taken::Wait { next_due, keys })
+            }
+        }
+    }
+
+    /// Builds a delivery from an `entry` reply: kind, id, fields, delivery count.
+    fn delivery(&self, reply: &[Value], group: Arc<str>) -> Option<Delivery> {
+        let kind = reply.get(1).map(text)?;
+        let id = reply.get(2).map(text)?;
+        let count = reply.get(4).map(int).unwrap_or(1).max(1);
+        let mut json = String::new();
+        let mut earlier = 0i64;
+        let mut origin = (String::new(), String::new());
+        for pair in reply.get(3).map(items).unwrap_or_default().chunks(2) {
+            let (Some(field), Some(value)) = (pair.first(), pair.get(1)) else {
+                continue;
+            };
+            match text(field).as_str() {
+                "e" => json = text(value),
+                "r" => earlier = int(value),
+                "os" => origin.0 = text(value),
+                "oi" => origin.1 = text(value),
+                _ => {}
+            }
+        }
+        let from_queue = matches!(self.source, Source::Queue(_));
+        let tag = format!("{kind}\n{id}\n{}\n{}", origin.0, origin.1);
+        match serde_json::from_str::<Event>(&json) {
+            Ok(event) => Some(Delivery {
+                event: Arc::new(event),
+                group,
+                from_queue,
+                redeliveries: u32::try_from(earlier + count - 1).unwrap_or(u32::MAX),
+                tag,
+            }),
+            Err(e) => {
+                // Only edaflow writes these entries; one it cannot read is a bug. It is
+                // acked so it does not come back forever.
+                error!(id = %id, error = %e, "unreadable entry skipped");
+                let broker = self.broker.clone();
+                let stub = Delivery {
+                    event: Arc::new(Event::new("", "", serde_json::Value::Null)),
+                    group,
+                    from_queue,
+                    redeliveries: 0,
+                    tag,
+                };
+                let position = broker.position(&stub);
+                tokio::spawn(async move {
+                    if let Some(at) = position {
+                        let _ = broker
+                            .run_commit(
+                                [&at.kind, &at.key, &at.xgroup, &at.id],
+                                &Effects::default(),
+                            )
+                            .await;
+                    }
+                });
+                None
+            }
+        }
+    }
+}
+
+/// Starts a tap thread (see the module docs).
+pub(crate) fn tap(
+    broker: &RedisBroker,
+    pattern: TopicPattern,
+    buffer: usize,
+) -> mpsc::Receiver<Arc<Event>> {
+    let (tx, rx) = mpsc::channel(buffer.max(1));
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
+    let client = broker.inner.client.clone();
+    let channel = broker.key("tap");
+    let spawned = std::thread::Builder::new()
+        .name("edaflow-redis-tap".to_owned())
+        .spawn(move || run_tap(&client, &channel, &pattern, &tx, ready_tx));
+    if spawned.is_ok() {
+        // The thread signals once subscribed (or gives up, dropping the sender).
+        let _ = ready_rx.recv_timeout(Duration::from_secs(2));
+    }
+    rx
+}
+
+fn run_tap(
+    client: &redis::Client,
+    channel: &str,
+    pattern: &TopicPattern,
+    tx: &mpsc::Sender<Arc<Event>>,
+    ready: std::sync::mpsc::Sender<()>,
+) {
+    let mut ready = Some(ready);
+    let mut backoff = Duration::from_millis(50);
+    while !tx.is_closed() {
+        let subscribed = (|| {
+            let mut conn = client.get_connection_with_timeout(Duration::from_secs(1))?;
+            let mut pubsub = conn.as_pubsub();
+            pubsub.subscribe(channel)?;
+            pubsub.set_read_timeout(Some(Duration::from_millis(200)))?;
+            if let Some(ready) = ready.take() {
+                let _ = ready.send(());
+            }
+            backoff = Duration::from_millis(50);
+            while !tx.is_closed() {
+                let message = match pubsub.get_message() {
+                    Ok(message) => message,
+                    Err(e) if e.is_timeout() => continue,
+                    Err(e) => return Err(e),
+                };
+                let payload: Vec<u8> = message.get_payload_bytes().to_vec();
+                if let Ok(event) = serde_json::from_slice::<Event>(&payload) {
+                    if pattern.matches(&event.topic) {
+                        // Lossy by contract: a full tap drops the event for its reader.
+                        let _ = tx.try_send(Arc::new(event));
+                    }
+                }
+            }
+            Ok::<(), redis::RedisError>(())
+        })();
+        if subscribed.is_err() {
+            // Give up waiting for the first subscription; keep trying in the background.
+            ready.take();
+            std::thread::sleep(backoff);
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+    }
+}

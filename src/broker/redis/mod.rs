@@ -1,0 +1,1103 @@
+//! The Redis broker: the same contract as the memory broker, durable, and shared by any
+//! number of `edaflow` processes on one Redis.
+//!
+//! # Key layout (`P` = `edaflow:{namespace}:`)
+//!
+//! | key | type | holds |
+//! |---|---|---|
+//! | `P topics` | set | every topic ever published (so groups can find their streams) |
+//! | `P t:{topic}` | stream | the topic's events (field `e`: CloudEvents JSON) |
+//! | `P groups` | hash | group -> `{"patterns":[…],"since":ms}` |
+//! | `P gs:{group}` | hash | topic stream -> the id the group's XGROUP started at |
+//! | `P g:{group}:inbox` | stream | nacked and inherited entries of the group, read first |
+//! | `P g:{group}:wake` | stream | a one-entry stream written to wake blocked consumers |
+//! | `P queues` | hash | queue -> capacity (`""`: unbounded) |
+//! | `P q:{queue}:sched` | zset | items by due unix ms (member `seq\njson`) |
+//! | `P q:{queue}:ready` / `:back` | stream | due items / given-back items, group `workers` |
+//! | `P deferred` | zset | `publish_later` events by due unix ms (member `seq\ntopic\njson`) |
+//! | `P dead` | stream | the dead-letter store |
+//! | `P seq` | counter | orders events across streams and equal due times |
+//! | channel `P tap` | pub/sub | every accepted event and queue item, for taps |
+//!
+//! # Delivery guarantee
+//!
+//! Delivery is **at least once**: an entry read by a consumer stays in its group's pending
+//! list until it is settled. `commit` is one Lua script that appends the published events,
+//! schedules the deferred ones, enqueues the queue items (after checking every queue's
+//! capacity), stores the dead letter and acks the delivery. Redis runs a script alone, so
+//! either all of that happened or none of it did. A process that dies before its commit
+//! leaves the entry pending; after `claim_idle` a live consumer claims it (XAUTOCLAIM) and
+//! runs the handler again, whose earlier run wrote nothing. A process that dies after the
+//! commit leaves nothing to redo. So the effects of one handler run land exactly once,
+//! even though the handler may run more than once. A handler slower than `claim_idle` can
+//! be claimed while it runs; then both runs may commit (keep `claim_idle` above the
+//! slowest handler). Durability across a Redis restart is Redis's: with `appendonly yes`
+//! an acknowledged write survives.
+//!
+//! # Ordering
+//!
+//! Event ids are `{server ms}-{global sequence}`, so a group reading several topic streams
+//! takes the earliest entry over all of them: one consumer sees events in publish order.
+//!
+//! # Capacity
+//!
+//! `group_capacity` bounds, per group and topic stream, the entries not yet delivered:
+//! `publish` fails with `Full` (`Reject`) or waits (`Wait`) past it. Commits are not
+//! bounded (their events are durable, and the handler has already run).
+//!
+//! # What this module must not do
+//!
+//! Hold a lock across an `.await`, block a tokio worker for longer than one round trip on
+//! the loopback (the synchronous `stats`, `scheduled` and `queue_stats` of the trait use a
+//! blocking connection), or trim an entry a group has not read.
+
+mod consumer;
+mod scripts;
+mod url;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::{AsyncConnectionConfig, Value};
+use tokio::sync::mpsc;
+use tracing::{debug, warn, Instrument};
+
+use crate::broker::{
+    Backpressure, Broker, BrokerError, DeadFilter, Delivery, Effects, GroupSpec, GroupStats,
+    QueueSpec, QueueStats,
+};
+use crate::event::Event;
+use crate::flow::pattern::TopicPattern;
+
+pub use consumer::RedisConsumer;
+pub use url::{BrokerUrl, RedisUrl};
+
+/// Settings of the Redis broker.
+#[derive(Clone, Debug)]
+pub struct RedisOptions {
+    /// Key namespace: keys are `edaflow:{namespace}:…`.
+    pub namespace: String,
+    /// Entries a group may have waiting on one topic stream before `publish` pushes back
+    /// (`None`: unbounded).
+    pub group_capacity: Option<usize>,
+    /// How long an entry stays pending with a consumer before another may claim it.
+    pub claim_idle: Duration,
+    /// Longest a consumer blocks in one read before it looks again (claims, removals).
+    pub block: Duration,
+    /// Due items moved per script run.
+    pub mover_batch: usize,
+}
+
+impl Default for RedisOptions {
+    fn default() -> Self {
+        RedisOptions {
+            namespace: "default".to_owned(),
+            group_capacity: Some(100_000),
+            claim_idle: Duration::from_secs(30),
+            block: Duration::from_secs(1),
+            mover_batch: 100,
+        }
+    }
+}
+
+/// The Redis broker. Clones share one set of connections.
+#[derive(Clone)]
+pub struct RedisBroker {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: redis::Client,
+    url: RedisUrl,
+    conn: ConnectionManager,
+    /// For the synchronous parts of the trait (`stats`, `queue_stats`, `scheduled`).
+    sync: Mutex<Option<redis::Connection>>,
+    prefix: String,
+    options: RedisOptions,
+    /// Topics this process has registered (and created its groups' XGROUPs on).
+    known_topics: RwLock<HashSet<String>>,
+    /// Groups and queues this process declared (for the synchronous `consumer` checks).
+    groups: RwLock<HashMap<String, Vec<TopicPattern>>>,
+    queues: RwLock<HashSet<String>>,
+    /// Unique per broker instance: consumer names are `{instance}-{n}`.
+    instance: String,
+    consumers: AtomicU64,
+}
+
+/// Maps a Redis failure to the broker boundary.
+fn unavailable(source: redis::RedisError) -> BrokerError {
+    BrokerError::Unavailable { source }
+}
+
+/// The CloudEvents JSON stored in Redis: the wire form, with the time to the nanosecond
+/// (the wire form keeps milliseconds), so an event read back equals the one written.
+fn wire_json(event: &Event) -> String {
+    let json = event.to_json();
+    let millis = format!(
+        "\"time\":\"{}\"",
+        humantime::format_rfc3339_millis(event.time)
+    );
+    let nanos = format!(
+        "\"time\":\"{}\"",
+        humantime::format_rfc3339_nanos(event.time)
+    );
+    // The envelope's `time` comes before `data`, and a quote inside any earlier string
+    // value is escaped, so the first match is the envelope's own field.
+    json.replacen(&millis, &nanos, 1)
+}
+
+/// Bulk/simple string or integer reply as text.
+fn text(value: &Value) -> String {
+    match value {
+        Value::BulkString(bytes) => String::from_utf8_lossy(bytes).into_owned(),
+        Value::SimpleString(s) => s.clone(),
+        Value::Int(n) => n.to_string(),
+        Value::Okay => "OK".to_owned(),
+        _ => String::new(),
+    }
+}
+
+fn int(value: &Value) -> i64 {
+    match value {
+        Value::Int(n) => *n,
+        other => text(other).parse().unwrap_or(0),
+    }
+}
+
+fn items(value: &Value) -> &[Value] {
+    match value {
+        Value::Array(items) => items,
+        _ => &[],
+    }
+}
+
+/// A delay in whole ms, refusing what a Lua number cannot add exactly.
+fn delay_ms(delay: Duration) -> Result<u64, BrokerError> {
+    const MAX_MS: u128 = 1 << 52;
+    let ms = delay.as_millis();
+    if ms > MAX_MS {
+        return Err(BrokerError::DelayTooLong { delay_ms: ms });
+    }
+    // Bounded above by 2^52.
+    Ok(u64::try_from(ms).unwrap_or(u64::MAX))
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct GroupRecord {
+    patterns: Vec<String>,
+    since: u64,
+}
+
+impl RedisBroker {
+    /// Connects and starts the task that publishes deferred events when they fall due (it
+    /// ends when the last clone of the broker is dropped). Must be called inside a tokio
+    /// runtime.
+    ///
+    /// # Errors
+    /// `Unavailable` when Redis cannot be reached.
+    pub async fn connect(
+        url: &RedisUrl,
+        options: RedisOptions,
+    ) -> Result<RedisBroker, BrokerError> {
+        let client = redis::Client::open(url.secret()).map_err(|_| BrokerError::BadUrl {
+            url: url.to_string(),
+        })?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(5)))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_millis(500));
+        let conn = client
+            .get_connection_manager_with_config(config)
+            .await
+            .map_err(unavailable)?;
+        let instance = format!("{}-{}", std::process::id(), &crate::event::new_id()[16..]);
+        let inner = Arc::new(Inner {
+            client,
+            url: url.clone(),
+            conn,
+            sync: Mutex::new(None),
+            prefix: format!("edaflow:{}:", options.namespace),
+            options,
+            known_topics: RwLock::new(HashSet::new()),
+            groups: RwLock::new(HashMap::new()),
+            queues: RwLock::new(HashSet::new()),
+            instance,
+            consumers: AtomicU64::new(0),
+        });
+        let span = tracing::info_span!("redis_mover", component = "broker");
+        // Tracked by ownership: it holds a Weak and ends once the broker is gone.
+        tokio::spawn(run_mover(Arc::downgrade(&inner)).instrument(span));
+        Ok(RedisBroker { inner })
+    }
+
+    /// The URL (password hidden when displayed).
+    pub fn url(&self) -> &RedisUrl {
+        &self.inner.url
+    }
+
+    /// The key prefix, `edaflow:{namespace}:`.
+    pub fn prefix(&self) -> &str {
+        &self.inner.prefix
+    }
+
+    fn conn(&self) -> ConnectionManager {
+        self.inner.conn.clone()
+    }
+
+    fn key(&self, suffix: &str) -> String {
+        format!("{}{suffix}", self.inner.prefix)
+    }
+
+    fn topic_key(&self, topic: &str) -> String {
+        format!("{}t:{topic}", self.inner.prefix)
+    }
+
+    fn inbox_key(&self, group: &str) -> String {
+        format!("{}g:{group}:inbox", self.inner.prefix)
+    }
+
+    fn queue_key(&self, queue: &str, part: &str) -> String {
+        format!("{}q:{queue}:{part}", self.inner.prefix)
+    }
+
+    /// A connection of its own, for a blocking read (which would hold up every other
+    /// command on a shared one).
+    async fn dedicated(&self) -> Result<MultiplexedConnection, BrokerError> {
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(self.inner.options.block + Duration::from_secs(5)));
+        self.inner
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .map_err(unavailable)
+    }
+
+    /// Runs `f` on the blocking connection, reconnecting once if it is broken.
+    fn with_sync<T>(
+        &self,
+        f: impl Fn(&mut redis::Connection) -> redis::RedisResult<T>,
+    ) -> Result<T, BrokerError> {
+        let mut guard = self.inner.sync.lock().unwrap_or_else(|e| e.into_inner());
+        for attempt in 0..2 {
+            if guard.is_none() {
+                let conn = self
+                    .inner
+                    .client
+                    .get_connection_with_timeout(Duration::from_secs(1))
+                    .map_err(unavailable)?;
+                conn.set_read_timeout(Some(Duration::from_secs(5)))
+                    .map_err(unavailable)?;
+                *guard = Some(conn);
+            }
+            let Some(conn) = guard.as_mut() else { break };
+            match f(conn) {
+                Ok(value) => return Ok(value),
+                Err(e) if attempt == 0 && (e.is_io_error() || e.is_connection_dropped()) => {
+                    *guard = None;
+                }
+                Err(e) => {
+                    *guard = None;
+                    return Err(unavailable(e));
+                }
+            }
+        }
+        Err(BrokerError::Closed)
+    }
+
+    /// Server time in unix ms.
+    async fn server_ms(&self) -> Result<u64, BrokerError> {
+        let (secs, micros): (u64, u64) = redis::cmd("TIME")
+            .query_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        Ok(secs * 1000 + micros / 1000)
+    }
+
+    async fn group_records(&self) -> Result<Vec<(String, GroupRecord)>, BrokerError> {
+        let all: HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(self.key("groups"))
+            .query_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        Ok(all
+            .into_iter()
+            .filter_map(|(name, json)| Some((name, serde_json::from_str(&json).ok()?)))
+            .collect())
+    }
+
+    async fn ensure(&self, group: &str, start: &str, keys: &[String]) -> Result<(), BrokerError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let mut invocation = scripts::ENSURE.prepare_invoke();
+        invocation.arg(&self.inner.prefix).arg(group).arg(start);
+        for key in keys {
+            invocation.arg(key);
+        }
+        invocation
+            .invoke_async::<Value>(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    /// Registers topics this process has not seen yet and creates, on their streams, the
+    /// XGROUP of every group whose patterns match (starting at the group's declaration
+    /// time, so nothing published after it is missed).
+    async fn ensure_topics<'a>(
+        &self,
+        topics: impl IntoIterator<Item = &'a str>,
+    ) -> Result<(), BrokerError> {
+        let new: Vec<&str> = {
+            let known = self
+                .inner
+                .known_topics
+                .read()
+                .unwrap_or_else(|e| e.into_inner());
+            topics.into_iter().filter(|t| !known.contains(*t)).collect()
+        };
+        if new.is_empty() {
+            return Ok(());
+        }
+        redis::cmd("SADD")
+            .arg(self.key("topics"))
+            .arg(&new)
+            .query_async::<Value>(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        for (group, record) in self.group_records().await? {
+            let patterns = parse_patterns(&record.patterns);
+            let keys: Vec<String> = new
+                .iter()
+                .filter(|t| patterns.iter().any(|p| p.matches(t)))
+                .map(|t| self.topic_key(t))
+                .collect();
+            self.ensure(&group, &format!("{}-0", record.since), &keys)
+                .await?;
+        }
+        let mut known = self
+            .inner
+            .known_topics
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        known.extend(new.into_iter().map(str::to_owned));
+        Ok(())
+    }
+
+    /// Creates the group's XGROUP on streams of matching topics it is not on yet (heals a
+    /// topic registered by another process while this group was being declared).
+    pub(crate) async fn refresh_group(&self, group: &str) -> Result<(), BrokerError> {
+        let mut conn = self.conn();
+        let record: Option<String> = redis::cmd("HGET")
+            .arg(self.key("groups"))
+            .arg(group)
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        let Some(record) = record.and_then(|r| serde_json::from_str::<GroupRecord>(&r).ok()) else {
+            return Ok(());
+        };
+        let topics: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(self.key("topics"))
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        let on: HashSet<String> = redis::cmd("HKEYS")
+            .arg(self.key(&format!("gs:{group}")))
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        let patterns = parse_patterns(&record.patterns);
+        let missing: Vec<String> = topics
+            .iter()
+            .filter(|t| patterns.iter().any(|p| p.matches(t)))
+            .map(|t| self.topic_key(t))
+            .filter(|k| !on.contains(k))
+            .collect();
+        self.ensure(group, &format!("{}-0", record.since), &missing)
+            .await
+    }
+
+    async fn handoff(
+        &self,
+        group: &str,
+        key: &str,
+        successor: Option<&str>,
+    ) -> Result<(), BrokerError> {
+        let itself = successor == Some(group);
+        scripts::HANDOFF
+            .prepare_invoke()
+            .arg(&self.inner.prefix)
+            .arg(group)
+            .arg(key)
+            .arg(successor.unwrap_or(""))
+            .arg(if itself { "1" } else { "0" })
+            .invoke_async::<Value>(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn wake(&self, key: String) -> Result<(), BrokerError> {
+        redis::cmd("XADD")
+            .arg(key)
+            .arg("MAXLEN")
+            .arg(1)
+            .arg("*")
+            .arg("w")
+            .arg(1)
+            .query_async::<Value>(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    /// Runs the commit script: effects, then the ack of `ack` (kind, key, group, id).
+    async fn run_commit(&self, ack: [&str; 4], effects: &Effects) -> Result<(), BrokerError> {
+        let topics = effects
+            .publish
+            .iter()
+            .chain(effects.deferred.iter().map(|(e, _)| e))
+            .chain(effects.dead_letter.iter())
+            .map(|e| e.topic.as_str());
+        self.ensure_topics(topics).await?;
+        let mut invocation = scripts::COMMIT.prepare_invoke();
+        invocation.arg(&self.inner.prefix);
+        for part in ack {
+            invocation.arg(part);
+        }
+        invocation.arg(effects.publish.len());
+        for event in &effects.publish {
+            invocation.arg(&event.topic).arg(wire_json(event));
+        }
+        invocation.arg(effects.deferred.len());
+        for (event, delay) in &effects.deferred {
+            invocation
+                .arg(&event.topic)
+                .arg(delay_ms(*delay)?)
+                .arg(wire_json(event));
+        }
+        invocation.arg(effects.enqueue.len());
+        for (queue, item, delay) in &effects.enqueue {
+            invocation
+                .arg(queue)
+                .arg(delay_ms(*delay)?)
+                .arg(wire_json(item));
+        }
+        match &effects.dead_letter {
+            Some(dead) => invocation.arg(&dead.topic).arg(wire_json(dead)),
+            None => invocation.arg("").arg(""),
+        };
+        let reply: Value = invocation
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        let reply = items(&reply);
+        match reply.first().map(text).as_deref() {
+            Some("ok") => Ok(()),
+            Some("unknown_queue") => Err(BrokerError::UnknownQueue {
+                queue: reply.get(1).map(text).unwrap_or_default(),
+            }),
+            Some("queue_full") => Err(BrokerError::QueueFull {
+                queue: reply.get(1).map(text).unwrap_or_default(),
+                capacity: reply
+                    .get(2)
+                    .map(text)
+                    .and_then(|c| c.parse().ok())
+                    .unwrap_or(0),
+            }),
+            other => {
+                warn!(reply = ?other, "unexpected reply from the commit script");
+                Ok(())
+            }
+        }
+    }
+
+    /// Where a delivery lives: (kind, stream key, XGROUP name, entry id, origin key, origin id).
+    fn position(&self, delivery: &Delivery) -> Option<Position> {
+        let mut parts = delivery.tag.split('\n');
+        let kind = parts.next()?.to_owned();
+        let id = parts.next()?.to_owned();
+        let origin_key = parts.next().unwrap_or("").to_owned();
+        let origin_id = parts.next().unwrap_or("").to_owned();
+        let (key, xgroup) = match kind.as_str() {
+            "t" => (
+                self.topic_key(&delivery.event.topic),
+                delivery.group.to_string(),
+            ),
+            "i" => (self.inbox_key(&delivery.group), delivery.group.to_string()),
+            "r" => (
+                self.queue_key(&delivery.group, "ready"),
+                "workers".to_owned(),
+            ),
+            "b" => (
+                self.queue_key(&delivery.group, "back"),
+                "workers".to_owned(),
+            ),
+            _ => return None,
+        };
+        Some(Position {
+            kind,
+            key,
+            xgroup,
+            id,
+            origin_key,
+            origin_id,
+        })
+    }
+
+    fn knows_group(&self, group: &str) -> Result<bool, BrokerError> {
+        if self
+            .inner
+            .groups
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(group)
+        {
+            return Ok(true);
+        }
+        let key = self.key("groups");
+        self.with_sync(|conn| redis::cmd("HEXISTS").arg(&key).arg(group).query(conn))
+    }
+
+    fn knows_queue(&self, queue: &str) -> Result<bool, BrokerError> {
+        if self
+            .inner
+            .queues
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(queue)
+        {
+            return Ok(true);
+        }
+        let key = self.key("queues");
+        self.with_sync(|conn| redis::cmd("HEXISTS").arg(&key).arg(queue).query(conn))
+    }
+
+    fn new_consumer_name(&self) -> String {
+        let n = self.inner.consumers.fetch_add(1, Ordering::Relaxed);
+        format!("{}-{n}", self.inner.instance)
+    }
+
+    async fn read_dead(&self) -> Result<Vec<(String, Event)>, BrokerError> {
+        let entries: Value = redis::cmd("XRANGE")
+            .arg(self.key("dead"))
+            .arg("-")
+            .arg("+")
+            .query_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        let mut out = Vec::new();
+        for entry in items(&entries) {
+            let parts = items(entry);
+            let (Some(id), Some(fields)) = (parts.first(), parts.get(1)) else {
+                continue;
+            };
+            let fields = items(fields);
+            let json = fields
+                .chunks(2)
+                .find(|kv| kv.first().map(text).as_deref() == Some("e"))
+                .and_then(|kv| kv.get(1))
+                .map(text)
+                .unwrap_or_default();
+            match serde_json::from_str::<Event>(&json) {
+                Ok(event) => out.push((text(id), event)),
+                Err(e) => warn!(id = %text(id), error = %e, "unreadable dead letter skipped"),
+            }
+        }
+        Ok(out)
+    }
+}
+
+struct Position {
+    kind: String,
+    key: String,
+    xgroup: String,
+    id: String,
+    origin_key: String,
+    origin_id: String,
+}
+
+fn parse_patterns(texts: &[String]) -> Vec<TopicPattern> {
+    texts
+        .iter()
+        .filter_map(|t| TopicPattern::parse(t).ok())
+        .collect()
+}
+
+/// Publishes deferred events as they fall due. Any number of processes may run this: the
+/// script moves each event once. It sleeps until the next due time, or until a commit
+/// scheduling an earlier event writes the wake stream.
+async fn run_mover(weak: Weak<Inner>) {
+    let mut conn: Option<MultiplexedConnection> = None;
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let Some(inner) = weak.upgrade() else { return };
+        let broker = RedisBroker { inner };
+        let step = async {
+            let reply: Value = scripts::MOVE_DEFERRED
+                .prepare_invoke()
+                .arg(&broker.inner.prefix)
+                .arg(broker.inner.options.mover_batch)
+                .invoke_async(&mut broker.conn())
+                .await
+                .map_err(unavailable)?;
+            let reply = items(&reply).to_vec();
+            let moved = reply.first().map(int).unwrap_or(0);
+            let next_due = reply.get(1).map(text).and_then(|t| t.parse::<u64>().ok());
+            let wake_id = reply.get(2).map(text).unwrap_or_else(|| "0-0".to_owned());
+            if conn.is_none() {
+                conn = Some(broker.dedicated().await?);
+            }
+            Ok::<_, BrokerError>((moved, next_due, wake_id))
+        };
+        let (moved, next_due, wake_id) = match step.await {
+            Ok(found) => {
+                backoff = Duration::from_millis(50);
+                found
+            }
+            Err(e) => {
+                debug!(error = %e, "deferred mover: redis unavailable; retrying");
+                drop(broker);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+                continue;
+            }
+        };
+        if moved >= broker.inner.options.mover_batch as i64 {
+            continue;
+        }
+        let block = broker.inner.options.block;
+        let wake_key = broker.key("deferred:wake");
+        // Hold no strong reference while waiting: the broker may be dropped meanwhile.
+        drop(broker);
+        let wait_ms = next_due
+            .map_or(block, |ms| Duration::from_millis(ms).min(block))
+            .as_millis();
+        if wait_ms == 0 {
+            continue;
+        }
+        let Some(c) = conn.as_mut() else { continue };
+        let waited: redis::RedisResult<Value> = redis::cmd("XREAD")
+            .arg("BLOCK")
+            .arg(u64::try_from(wait_ms).unwrap_or(1000))
+            .arg("STREAMS")
+            .arg(&wake_key)
+            .arg(&wake_id)
+            .query_async(c)
+            .await;
+        if waited.is_err() {
+            conn = None;
+        }
+    }
+}
+
+impl Broker for RedisBroker {
+    type Consumer = RedisConsumer;
+
+    async fn declare_group(&self, spec: &GroupSpec) -> Result<(), BrokerError> {
+        let now = self.server_ms().await?;
+        let mut conn = self.conn();
+        let groups_key = self.key("groups");
+        let existing: Option<String> = redis::cmd("HGET")
+            .arg(&groups_key)
+            .arg(&spec.name)
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        let existing: Option<GroupRecord> =
+            existing.and_then(|json| serde_json::from_str(&json).ok());
+        let patterns: Vec<String> = spec.patterns.iter().map(|p| p.to_string()).collect();
+        let changed = existing.as_ref().is_some_and(|r| r.patterns != patterns);
+        let since = match &existing {
+            Some(record) if !changed => record.since,
+            _ => now,
+        };
+        let record = serde_json::to_string(&GroupRecord {
+            patterns: patterns.clone(),
+            since,
+        })
+        .unwrap_or_default();
+        redis::cmd("HSET")
+            .arg(&groups_key)
+            .arg(&spec.name)
+            .arg(record)
+            .query_async::<Value>(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        // BUSYGROUP when it exists already: fine.
+        let _ = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(self.inbox_key(&spec.name))
+            .arg(&spec.name)
+            .arg("0")
+            .arg("MKSTREAM")
+            .query_async::<Value>(&mut conn)
+            .await;
+        if changed {
+            // Streams the group no longer reads: what waits there moves to its inbox.
+            let on: Vec<String> = redis::cmd("HKEYS")
+                .arg(self.key(&format!("gs:{}", spec.name)))
+                .query_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            let topic_prefix = self.topic_key("");
+            for key in on {
+                let topic = key.strip_prefix(&topic_prefix).unwrap_or("");
+                if !spec.patterns.iter().any(|p| p.matches(topic)) {
+                    self.handoff(&spec.name, &key, Some(&spec.name)).await?;
+                }
+            }
+        }
+        let topics: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(self.key("topics"))
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        let keys: Vec<String> = topics
+            .iter()
+            .filter(|t| spec.patterns.iter().any(|p| p.matches(t)))
+            .map(|t| self.topic_key(t))
+            .collect();
+        self.ensure(&spec.name, "$", &keys).await?;
+        self.inner
+            .groups
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(spec.name.clone(), spec.patterns.clone());
+        Ok(())
+    }
+
+    async fn remove_group(&self, name: &str, successor: Option<&str>) -> Result<(), BrokerError> {
+        self.inner
+            .groups
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name);
+        let mut conn = self.conn();
+        redis::cmd("HDEL")
+            .arg(self.key("groups"))
+            .arg(name)
+            .query_async::<Value>(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        let successor = match successor {
+            Some(s) if s != name => {
+                let exists: bool = redis::cmd("HEXISTS")
+                    .arg(self.key("groups"))
+                    .arg(s)
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(unavailable)?;
+                exists.then_some(s)
+            }
+            _ => None,
+        };
+        let streams: Vec<String> = redis::cmd("HKEYS")
+            .arg(self.key(&format!("gs:{name}")))
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        self.handoff(name, &self.inbox_key(name), successor).await?;
+        for key in streams {
+            self.handoff(name, &key, successor).await?;
+        }
+        redis::cmd("DEL")
+            .arg(self.key(&format!("gs:{name}")))
+            .arg(self.inbox_key(name))
+            .query_async::<Value>(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        self.wake(self.key(&format!("g:{name}:wake"))).await
+    }
+
+    async fn publish(&self, event: Event, mode: Backpressure) -> Result<(), BrokerError> {
+        self.ensure_topics([event.topic.as_str()]).await?;
+        let json = wire_json(&event);
+        let capacity = self
+            .inner
+            .options
+            .group_capacity
+            .map(|c| c.to_string())
+            .unwrap_or_default();
+        let mut backoff = Duration::from_millis(1);
+        loop {
+            let reply: Value = scripts::PUBLISH
+                .prepare_invoke()
+                .arg(&self.inner.prefix)
+                .arg(&event.topic)
+                .arg(&json)
+                .arg(&capacity)
+                .invoke_async(&mut self.conn())
+                .await
+                .map_err(unavailable)?;
+            let reply = items(&reply);
+            if reply.first().map(text).as_deref() != Some("full") {
+                return Ok(());
+            }
+            let group = reply.get(1).map(text).unwrap_or_default();
+            if mode == Backpressure::Reject {
+                return Err(BrokerError::Full { group });
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_millis(50));
+        }
+    }
+
+    async fn publish_later(&self, event: Event, delay: Duration) -> Result<(), BrokerError> {
+        if delay.is_zero() {
+            return self.publish(event, Backpressure::Wait).await;
+        }
+        let effects = Effects {
+            deferred: vec![(event, delay)],
+            ..Effects::default()
+        };
+        self.run_commit(["-", "", "", ""], &effects).await
+    }
+
+    fn consumer(&self, group: &str) -> Result<RedisConsumer, BrokerError> {
+        if !self.knows_group(group)? {
+            return Err(BrokerError::UnknownGroup {
+                group: group.to_owned(),
+            });
+        }
+        Ok(consumer::spawn(
+            self.clone(),
+            consumer::Source::Group(group.into()),
+            self.new_consumer_name(),
+        ))
+    }
+
+    async fn commit(&self, delivery: Delivery, effects: Effects) -> Result<(), BrokerError> {
+        match self.position(&delivery) {
+            Some(at) => {
+                self.run_commit([&at.kind, &at.key, &at.xgroup, &at.id], &effects)
+                    .await
+            }
+            None => self.run_commit(["-", "", "", ""], &effects).await,
+        }
+    }
+
+    async fn nack(&self, delivery: Delivery) -> Result<(), BrokerError> {
+        let Some(at) = self.position(&delivery) else {
+            return Ok(());
+        };
+        let dest = if delivery.from_queue {
+            self.queue_key(&delivery.group, "back")
+        } else {
+            self.inbox_key(&delivery.group)
+        };
+        let (origin_key, origin_id) = match at.kind.as_str() {
+            "t" => (at.key.clone(), at.id.clone()),
+            _ => (at.origin_key.clone(), at.origin_id.clone()),
+        };
+        scripts::NACK
+            .prepare_invoke()
+            .arg(&self.inner.prefix)
+            .arg(&at.kind)
+            .arg(&at.key)
+            .arg(&at.xgroup)
+            .arg(&at.id)
+            .arg(dest)
+            .arg(wire_json(&delivery.event))
+            .arg(delivery.redeliveries.saturating_add(1))
+            .arg(origin_key)
+            .arg(origin_id)
+            .invoke_async::<Value>(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    fn tap(&self, pattern: TopicPattern, buffer: usize) -> mpsc::Receiver<Arc<Event>> {
+        consumer::tap(self, pattern, buffer)
+    }
+
+    fn stats(&self) -> Vec<GroupStats> {
+        let prefix = self.inner.prefix.clone();
+        let reply = self.with_sync(|conn| {
+            scripts::STATS
+                .prepare_invoke()
+                .arg(&prefix)
+                .invoke::<Value>(conn)
+        });
+        let reply = match reply {
+            Ok(reply) => reply,
+            Err(e) => {
+                debug!(error = %e, "group stats unavailable");
+                return Vec::new();
+            }
+        };
+        let capacity = self.inner.options.group_capacity.unwrap_or(usize::MAX);
+        let mut stats: Vec<GroupStats> = items(&reply)
+            .chunks(3)
+            .filter(|c| c.len() == 3)
+            .map(|c| GroupStats {
+                name: text(&c[0]),
+                queued: usize::try_from(int(&c[1])).unwrap_or(0),
+                in_flight: usize::try_from(int(&c[2])).unwrap_or(0),
+                capacity,
+            })
+            .collect();
+        stats.sort_by(|a, b| a.name.cmp(&b.name));
+        stats
+    }
+
+    fn scheduled(&self) -> usize {
+        let key = self.key("deferred");
+        match self.with_sync(|conn| redis::cmd("ZCARD").arg(&key).query::<usize>(conn)) {
+            Ok(n) => n,
+            Err(e) => {
+                debug!(error = %e, "scheduled count unavailable");
+                0
+            }
+        }
+    }
+
+    async fn declare_queue(&self, spec: &QueueSpec) -> Result<(), BrokerError> {
+        let mut conn = self.conn();
+        redis::cmd("HSET")
+            .arg(self.key("queues"))
+            .arg(&spec.name)
+            .arg(spec.capacity.map(|c| c.to_string()).unwrap_or_default())
+            .query_async::<Value>(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        for part in ["ready", "back"] {
+            // BUSYGROUP when it exists already: fine.
+            let _ = redis::cmd("XGROUP")
+                .arg("CREATE")
+                .arg(self.queue_key(&spec.name, part))
+                .arg("workers")
+                .arg("0")
+                .arg("MKSTREAM")
+                .query_async::<Value>(&mut conn)
+                .await;
+        }
+        self.inner
+            .queues
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(spec.name.clone());
+        Ok(())
+    }
+
+    async fn remove_queue(&self, name: &str) -> Result<(), BrokerError> {
+        self.inner
+            .queues
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name);
+        let mut conn = self.conn();
+        redis::cmd("HDEL")
+            .arg(self.key("queues"))
+            .arg(name)
+            .query_async::<Value>(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        redis::cmd("DEL")
+            .arg(self.queue_key(name, "sched"))
+            .arg(self.queue_key(name, "ready"))
+            .arg(self.queue_key(name, "back"))
+            .query_async::<Value>(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        self.wake(self.queue_key(name, "wake")).await
+    }
+
+    async fn enqueue(&self, queue: &str, item: Event, delay: Duration) -> Result<(), BrokerError> {
+        let effects = Effects {
+            enqueue: vec![(queue.to_owned(), item, delay)],
+            ..Effects::default()
+        };
+        self.run_commit(["-", "", "", ""], &effects).await
+    }
+
+    fn queue_consumer(&self, queue: &str) -> Result<RedisConsumer, BrokerError> {
+        if !self.knows_queue(queue)? {
+            return Err(BrokerError::UnknownQueue {
+                queue: queue.to_owned(),
+            });
+        }
+        Ok(consumer::spawn(
+            self.clone(),
+            consumer::Source::Queue(queue.into()),
+            self.new_consumer_name(),
+        ))
+    }
+
+    fn queue_stats(&self) -> Vec<QueueStats> {
+        let prefix = self.inner.prefix.clone();
+        let reply = self.with_sync(|conn| {
+            scripts::QUEUE_STATS
+                .prepare_invoke()
+                .arg(&prefix)
+                .invoke::<Value>(conn)
+        });
+        let reply = match reply {
+            Ok(reply) => reply,
+            Err(e) => {
+                debug!(error = %e, "queue stats unavailable");
+                return Vec::new();
+            }
+        };
+        let count = |v: &Value| usize::try_from(int(v)).unwrap_or(0);
+        let mut stats: Vec<QueueStats> = items(&reply)
+            .chunks(6)
+            .filter(|c| c.len() == 6)
+            .map(|c| QueueStats {
+                name: text(&c[0]),
+                capacity: text(&c[1]).parse().ok(),
+                depth: count(&c[2]),
+                due_now: count(&c[3]),
+                next_due_ms: text(&c[4]).parse().ok(),
+                in_flight: count(&c[5]),
+            })
+            .collect();
+        stats.sort_by(|a, b| a.name.cmp(&b.name));
+        stats
+    }
+
+    async fn dead_letters(&self, filter: &DeadFilter) -> Result<Vec<Event>, BrokerError> {
+        Ok(self
+            .read_dead()
+            .await?
+            .into_iter()
+            .map(|(_, e)| e)
+            .filter(|e| filter.matches(e))
+            .collect())
+    }
+
+    async fn take_dead_letters(&self, filter: &DeadFilter) -> Result<Vec<Event>, BrokerError> {
+        let selected: Vec<(String, Event)> = self
+            .read_dead()
+            .await?
+            .into_iter()
+            .filter(|(_, e)| filter.matches(e))
+            .collect();
+        if selected.is_empty() {
+            return Ok(Vec::new());
+        }
+        // One XDEL per entry: whoever deletes an entry is the one who took it, so two
+        // concurrent takers never both return the same dead letter.
+        let mut pipe = redis::pipe();
+        for (id, _) in &selected {
+            pipe.cmd("XDEL").arg(self.key("dead")).arg(id);
+        }
+        let deleted: Vec<i64> = pipe
+            .query_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        Ok(selected
+            .into_iter()
+            .zip(deleted)
+            .filter(|(_, n)| *n == 1)
+            .map(|((_, e), _)| e)
+            .collect())
+    }
+}

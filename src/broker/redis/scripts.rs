@@ -1,0 +1,473 @@
+//! The Lua scripts of the Redis broker. Each one is a single atomic step on the server:
+//! nothing else runs between its reads and its writes, which is what makes a commit land
+//! whole, the queue mover safe to run from any number of processes, and a take hand each
+//! entry to exactly one consumer.
+//!
+//! Every script gets the key prefix (`edaflow:{ns}:`) as `ARGV[1]` and builds its key
+//! names from it (see the key layout in the parent module). That is fine on one Redis; a
+//! Redis Cluster needs the keys declared and hash-tagged, which is not done yet.
+//!
+//! Replies are arrays whose first element says what happened (`ok`, `full`, `gone`,
+//! `entry`, `wait`, ...), so no error string has to be parsed.
+
+use std::sync::LazyLock;
+
+use redis::Script;
+
+/// Helpers shared by the scripts (prepended to each).
+const PRELUDE: &str = r#"
+local P = ARGV[1]
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function fmt(n) return string.format('%.0f', n) end
+-- When something `delay` ms from now falls due: never before the delay has fully passed,
+-- though the clock is read in whole ms.
+local function due_at(delay)
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  if delay <= 0 then return now end
+  return tonumber(t[1]) * 1000 + math.ceil(tonumber(t[2]) / 1000) + delay
+end
+local function id_parts(id)
+  local dash = string.find(id, '-', 1, true)
+  return tonumber(string.sub(id, 1, dash - 1)), tonumber(string.sub(id, dash + 1))
+end
+-- a < b for stream ids
+local function id_lt(a, b)
+  local am, as = id_parts(a)
+  local bm, bs = id_parts(b)
+  if am ~= bm then return am < bm end
+  return as < bs
+end
+-- The fields of one XINFO GROUPS entry for `group`, or nil.
+local function group_info(key, group)
+  local groups = redis.pcall('XINFO', 'GROUPS', key)
+  if type(groups) ~= 'table' or groups.err then return nil end
+  for _, g in ipairs(groups) do
+    local info = {}
+    for i = 1, #g, 2 do info[g[i]] = g[i + 1] end
+    if info['name'] == group then return info end
+  end
+  return nil
+end
+-- Entries not yet delivered to a group (bounded by `limit`).
+local function lag_of(key, info, limit)
+  if info['lag'] then return info['lag'] end
+  return #redis.call('XRANGE', key, '(' .. info['last-delivered-id'], '+', 'COUNT', limit)
+end
+-- Entries held by a stream that acks by deleting (inbox, ready, back) and not in flight.
+local function waiting_in(key, group)
+  local len = redis.call('XLEN', key)
+  if len == 0 then return 0, 0 end
+  local summary = redis.pcall('XPENDING', key, group)
+  local pending = 0
+  if type(summary) == 'table' and not summary.err then pending = summary[1] end
+  return len - pending, pending
+end
+-- Appends an event to its topic stream with an id that orders it after every event
+-- appended before it on any topic (server ms + one global sequence), and shows it to taps.
+local function append_event(topic, json, now)
+  local key = P .. 't:' .. topic
+  local id = fmt(now) .. '-' .. redis.call('INCR', P .. 'seq')
+  local added = redis.pcall('XADD', key, id, 'e', json)
+  if type(added) == 'table' and added.err then
+    -- The clock went back: let Redis pick an id after the last one.
+    added = redis.call('XADD', key, '*', 'e', json)
+  end
+  redis.call('PUBLISH', P .. 'tap', json)
+  return added
+end
+local function wake(key)
+  redis.call('XADD', key, 'MAXLEN', '1', '*', 'w', '1')
+end
+-- Moves up to `batch` due items of a queue to its ready stream, in due order.
+local function move_due(queue, now, batch)
+  local sched = P .. 'q:' .. queue .. ':sched'
+  local due = redis.call('ZRANGEBYSCORE', sched, '-inf', fmt(now), 'LIMIT', 0, batch)
+  local ready = P .. 'q:' .. queue .. ':ready'
+  for _, member in ipairs(due) do
+    local nl = string.find(member, '\n', 1, true)
+    redis.call('XADD', ready, '*', 'e', string.sub(member, nl + 1), 'r', '0')
+    redis.call('ZREM', sched, member)
+  end
+  return #due
+end
+local function queue_depth(queue)
+  local q = P .. 'q:' .. queue
+  local ready = waiting_in(q .. ':ready', 'workers')
+  local back = waiting_in(q .. ':back', 'workers')
+  return redis.call('ZCARD', q .. ':sched') + ready + back
+end
+local function last_id(key)
+  local last = redis.call('XREVRANGE', key, '+', '-', 'COUNT', 1)
+  if #last == 0 then return '0-0' end
+  return last[1][1]
+end
+-- The reply for one entry read from `key`: kind, id, fields, delivery count.
+local function entry_reply(kind, key, group, entry)
+  local id = entry[1]
+  local count = 1
+  local p = redis.call('XPENDING', key, group, id, id, 1)
+  if #p > 0 then count = p[1][4] end
+  return {'entry', kind, id, entry[2], count}
+end
+-- Claims one entry idle for at least `idle` ms from any consumer of `group`.
+local function claim_one(kind, key, group, me, idle)
+  local claimed = redis.pcall('XAUTOCLAIM', key, group, me, idle, '0-0', 'COUNT', 1)
+  if type(claimed) ~= 'table' or claimed.err then return nil end
+  local entries = claimed[2]
+  if #entries > 0 and entries[1] then return entry_reply(kind, key, group, entries[1]) end
+  return nil
+end
+local function read_one(kind, key, group, me)
+  local got = redis.pcall('XREADGROUP', 'GROUP', group, me, 'COUNT', 1, 'STREAMS', key, '>')
+  if type(got) ~= 'table' or got.err then return nil end
+  return entry_reply(kind, key, group, got[1][2][1])
+end
+"#;
+
+fn script(body: &str) -> Script {
+    Script::new(&format!("{PRELUDE}\n{body}"))
+}
+
+/// `publish`: ARGV P, topic, json, capacity ('' for none). Fails with `full` when a group
+/// reading the topic's stream already has `capacity` entries waiting.
+pub static PUBLISH: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local topic, json, cap = ARGV[2], ARGV[3], ARGV[4]
+local key = P .. 't:' .. topic
+if cap ~= '' and redis.call('EXISTS', key) == 1 then
+  cap = tonumber(cap)
+  local groups = redis.call('XINFO', 'GROUPS', key)
+  for _, g in ipairs(groups) do
+    local info = {}
+    for i = 1, #g, 2 do info[g[i]] = g[i + 1] end
+    if lag_of(key, info, cap) >= cap then return {'full', info['name']} end
+  end
+end
+append_event(topic, json, now_ms())
+return {'ok'}
+"#,
+    )
+});
+
+/// `ensure`: ARGV P, group, start id ('$' or an id), stream keys... Creates the group's
+/// XGROUP on each stream that lacks it (never for a group that no longer exists) and
+/// records where it started, in `gs:{group}`.
+pub static ENSURE: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local group, start = ARGV[2], ARGV[3]
+if redis.call('HEXISTS', P .. 'groups', group) == 0 then return 0 end
+local created = 0
+for i = 4, #ARGV do
+  local key = ARGV[i]
+  if redis.call('HEXISTS', P .. 'gs:' .. group, key) == 0 then
+    redis.pcall('XGROUP', 'CREATE', key, group, start, 'MKSTREAM')
+    local since = start
+    if start == '$' then
+      local info = group_info(key, group)
+      if info then since = info['last-delivered-id'] else since = '0-0' end
+    end
+    redis.call('HSET', P .. 'gs:' .. group, key, since)
+    created = created + 1
+  end
+end
+return created
+"#,
+    )
+});
+
+/// `take`: ARGV P, group, consumer, claim idle ms ('' for no claim). The next entry of a
+/// topic group for this consumer: claimed from a dead consumer, else the inbox (nacked and
+/// inherited entries), else the earliest undelivered entry over all the group's streams.
+/// Otherwise `wait` with the (key, id) pairs to block on.
+pub static TAKE: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local group, me, idle = ARGV[2], ARGV[3], ARGV[4]
+if redis.call('HEXISTS', P .. 'groups', group) == 0 then return {'gone'} end
+local inbox = P .. 'g:' .. group .. ':inbox'
+local streams = redis.call('HKEYS', P .. 'gs:' .. group)
+if idle ~= '' then
+  local got = claim_one('i', inbox, group, me, idle)
+  if got then return got end
+  for _, key in ipairs(streams) do
+    got = claim_one('t', key, group, me, idle)
+    if got then return got end
+  end
+end
+local got = read_one('i', inbox, group, me)
+if got then return got end
+local waits = {P .. 'g:' .. group .. ':wake', last_id(P .. 'g:' .. group .. ':wake')}
+local inbox_info = group_info(inbox, group)
+if inbox_info then
+  table.insert(waits, inbox)
+  table.insert(waits, inbox_info['last-delivered-id'])
+end
+local best_key, best_id = nil, nil
+for _, key in ipairs(streams) do
+  local info = group_info(key, group)
+  if info then
+    local head = redis.call('XRANGE', key, '(' .. info['last-delivered-id'], '+', 'COUNT', 1)
+    if #head > 0 and (best_id == nil or id_lt(head[1][1], best_id)) then
+      best_key, best_id = key, head[1][1]
+    end
+    table.insert(waits, key)
+    table.insert(waits, info['last-delivered-id'])
+  end
+end
+if best_key then
+  got = read_one('t', best_key, group, me)
+  if got then return got end
+end
+return {'wait', '', waits}
+"#,
+    )
+});
+
+/// `take_queue`: ARGV P, queue, consumer, claim idle ms ('' for none), mover batch. Moves
+/// due items to the ready stream, then hands out: a claimed item, else a given-back one,
+/// else the next ready one. Otherwise `wait` with the ms until the next item falls due.
+pub static TAKE_QUEUE: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local queue, me, idle, batch = ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
+if redis.call('HEXISTS', P .. 'queues', queue) == 0 then return {'gone'} end
+local q = P .. 'q:' .. queue
+local now = now_ms()
+move_due(queue, now, batch)
+if idle ~= '' then
+  local got = claim_one('b', q .. ':back', 'workers', me, idle)
+  if got then return got end
+  got = claim_one('r', q .. ':ready', 'workers', me, idle)
+  if got then return got end
+end
+local got = read_one('b', q .. ':back', 'workers', me)
+if got then return got end
+got = read_one('r', q .. ':ready', 'workers', me)
+if got then return got end
+local next_due = ''
+local first = redis.call('ZRANGE', q .. ':sched', 0, 0, 'WITHSCORES')
+if #first > 0 then next_due = fmt(math.max(0, tonumber(first[2]) - now)) end
+local waits = {q .. ':wake', last_id(q .. ':wake')}
+for _, key in ipairs({q .. ':back', q .. ':ready'}) do
+  local info = group_info(key, 'workers')
+  if info then
+    table.insert(waits, key)
+    table.insert(waits, info['last-delivered-id'])
+  end
+end
+return {'wait', next_due, waits}
+"#,
+    )
+});
+
+/// `commit`: one handler run's effects and the ack of what it handled, all or nothing.
+///
+/// ARGV: P, ack kind (t|i|r|b|-), ack key, ack group, ack id, then
+/// n, n × (topic, json) to publish; n, n × (topic, delay ms, json) to publish later;
+/// n, n × (queue, delay ms, json) to enqueue; dead topic ('' for none), dead json.
+/// Queues are checked (existence, capacity) before anything is written.
+pub static COMMIT: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local i = 6
+local function take_n() local n = tonumber(ARGV[i]); i = i + 1; return n end
+local publish, deferred, enqueue = {}, {}, {}
+for _ = 1, take_n() do table.insert(publish, {ARGV[i], ARGV[i + 1]}); i = i + 2 end
+for _ = 1, take_n() do table.insert(deferred, {ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2]}); i = i + 3 end
+for _ = 1, take_n() do table.insert(enqueue, {ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2]}); i = i + 3 end
+local dead_topic, dead_json = ARGV[i], ARGV[i + 1]
+
+local per_queue = {}
+for _, item in ipairs(enqueue) do per_queue[item[1]] = (per_queue[item[1]] or 0) + 1 end
+for queue, n in pairs(per_queue) do
+  local cap = redis.call('HGET', P .. 'queues', queue)
+  if not cap then return {'unknown_queue', queue} end
+  if cap ~= '' and queue_depth(queue) + n > tonumber(cap) then
+    return {'queue_full', queue, cap}
+  end
+end
+
+local now = now_ms()
+for _, e in ipairs(publish) do append_event(e[1], e[2], now) end
+for _, e in ipairs(deferred) do
+  local member = string.format('%020d', redis.call('INCR', P .. 'seq')) .. '\n' .. e[1] .. '\n' .. e[3]
+  redis.call('ZADD', P .. 'deferred', fmt(due_at(e[2])), member)
+  local first = redis.call('ZRANGE', P .. 'deferred', 0, 0)
+  if first[1] == member then wake(P .. 'deferred:wake') end
+end
+for _, e in ipairs(enqueue) do
+  local q = P .. 'q:' .. e[1]
+  local member = string.format('%020d', redis.call('INCR', P .. 'seq')) .. '\n' .. e[3]
+  redis.call('ZADD', q .. ':sched', fmt(due_at(e[2])), member)
+  redis.call('PUBLISH', P .. 'tap', e[3])
+  if e[2] <= 0 then
+    move_due(e[1], now, 100)
+  else
+    local first = redis.call('ZRANGE', q .. ':sched', 0, 0)
+    if first[1] == member then wake(q .. ':wake') end
+  end
+end
+if dead_topic ~= '' then
+  redis.call('XADD', P .. 'dead', '*', 'e', dead_json)
+  append_event(dead_topic, dead_json, now)
+end
+
+local kind, key, group, id = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+if kind ~= '-' then
+  redis.pcall('XACK', key, group, id)
+  if kind ~= 't' then redis.call('XDEL', key, id) end
+end
+return {'ok'}
+"#,
+    )
+});
+
+/// `nack`: ARGV P, kind, key, group, id, return key (inbox or back), json, redeliveries,
+/// origin key, origin id. Acks the entry and appends it to the return stream, to be taken
+/// again before anything else; does nothing when the entry is no longer pending.
+pub static NACK: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local kind, key, group, id, dest = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local json, r, origin_key, origin_id = ARGV[7], ARGV[8], ARGV[9], ARGV[10]
+local acked = redis.pcall('XACK', key, group, id)
+if type(acked) ~= 'number' or acked == 0 then return 0 end
+if kind ~= 't' then redis.call('XDEL', key, id) end
+if redis.call('EXISTS', dest) == 0 then return 0 end
+redis.call('XADD', dest, '*', 'e', json, 'r', r, 'os', origin_key, 'oi', origin_id)
+return 1
+"#,
+    )
+});
+
+/// `handoff`: ARGV P, group, key, successor ('' for none), '1' when the successor is the
+/// group itself. Moves what waits for `group` on `key` (pending and undelivered entries)
+/// to the successor's inbox, skipping entries the successor already received on their
+/// origin stream, then destroys the group's XGROUP there.
+pub static HANDOFF: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local group, key, dest, itself = ARGV[2], ARGV[3], ARGV[4], ARGV[5] == '1'
+local info = group_info(key, group)
+if not info then
+  redis.call('HDEL', P .. 'gs:' .. group, key)
+  return 0
+end
+local moved = 0
+if dest ~= '' then
+  local entries = {}
+  local pending = redis.call('XPENDING', key, group, '-', '+', 1000000)
+  for _, p in ipairs(pending) do
+    local e = redis.call('XRANGE', key, p[1], p[1])
+    if #e > 0 then table.insert(entries, {e[1], p[4]}) end
+  end
+  for _, e in ipairs(redis.call('XRANGE', key, '(' .. info['last-delivered-id'], '+')) do
+    table.insert(entries, {e, 0})
+  end
+  local inbox = P .. 'g:' .. dest .. ':inbox'
+  for _, pair in ipairs(entries) do
+    local e, count = pair[1], pair[2]
+    local fields = {}
+    for j = 1, #e[2], 2 do fields[e[2][j]] = e[2][j + 1] end
+    local origin_key, origin_id = key, e[1]
+    if fields['os'] and fields['os'] ~= '' then origin_key, origin_id = fields['os'], fields['oi'] end
+    local has = false
+    if not itself then
+      local since = redis.call('HGET', P .. 'gs:' .. dest, origin_key)
+      has = since and id_lt(since, origin_id)
+    end
+    if not has then
+      local r = tonumber(fields['r'] or '0') + count
+      redis.call('XADD', inbox, '*', 'e', fields['e'], 'r', r, 'os', origin_key, 'oi', origin_id)
+      moved = moved + 1
+    end
+  end
+end
+redis.pcall('XGROUP', 'DESTROY', key, group)
+redis.call('HDEL', P .. 'gs:' .. group, key)
+return moved
+"#,
+    )
+});
+
+/// `move_deferred`: ARGV P, batch. Publishes due deferred events; replies with how many,
+/// the ms until the next one ('' for none), and the wake stream's last id.
+pub static MOVE_DEFERRED: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local batch = tonumber(ARGV[2])
+local key = P .. 'deferred'
+local now = now_ms()
+local due = redis.call('ZRANGEBYSCORE', key, '-inf', fmt(now), 'LIMIT', 0, batch)
+for _, member in ipairs(due) do
+  local a = string.find(member, '\n', 1, true)
+  local b = string.find(member, '\n', a + 1, true)
+  append_event(string.sub(member, a + 1, b - 1), string.sub(member, b + 1), now)
+  redis.call('ZREM', key, member)
+end
+local next_due = ''
+local first = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+if #first > 0 then next_due = fmt(math.max(0, tonumber(first[2]) - now)) end
+return {#due, next_due, last_id(P .. 'deferred:wake')}
+"#,
+    )
+});
+
+/// `stats`: ARGV P. Per group: name, queued, in flight.
+pub static STATS: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local out = {}
+for _, group in ipairs(redis.call('HKEYS', P .. 'groups')) do
+  local queued, in_flight = waiting_in(P .. 'g:' .. group .. ':inbox', group)
+  for _, key in ipairs(redis.call('HKEYS', P .. 'gs:' .. group)) do
+    local info = group_info(key, group)
+    if info then
+      queued = queued + lag_of(key, info, 1000000)
+      in_flight = in_flight + info['pending']
+    end
+  end
+  table.insert(out, group)
+  table.insert(out, queued)
+  table.insert(out, in_flight)
+end
+return out
+"#,
+    )
+});
+
+/// `queue_stats`: ARGV P. Per queue: name, capacity ('' none), depth, due now, ms to the
+/// next item not yet due ('' none), in flight.
+pub static QUEUE_STATS: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local out = {}
+local now = now_ms()
+local queues = redis.call('HGETALL', P .. 'queues')
+for i = 1, #queues, 2 do
+  local queue, cap = queues[i], queues[i + 1]
+  local q = P .. 'q:' .. queue
+  local ready, ready_flight = waiting_in(q .. ':ready', 'workers')
+  local back, back_flight = waiting_in(q .. ':back', 'workers')
+  local sched = redis.call('ZCARD', q .. ':sched')
+  local due = redis.call('ZCOUNT', q .. ':sched', '-inf', fmt(now))
+  local next_due = ''
+  local later = redis.call('ZRANGEBYSCORE', q .. ':sched', '(' .. fmt(now), '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+  if #later > 0 then next_due = fmt(tonumber(later[2]) - now) end
+  table.insert(out, queue)
+  table.insert(out, cap)
+  table.insert(out, sched + ready + back)
+  table.insert(out, due + ready + back)
+  table.insert(out, next_due)
+  table.insert(out, ready_flight + back_flight)
+end
+return out
+"#,
+    )
+});

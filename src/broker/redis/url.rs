@@ -1,0 +1,147 @@
+//! Broker URLs: which broker `edaflow run` uses, and a Redis URL that never shows its
+//! password (in logs, errors or `Debug`).
+
+use std::fmt;
+
+use crate::broker::BrokerError;
+
+/// The broker a process runs on.
+#[derive(Clone, PartialEq, Eq)]
+pub enum BrokerUrl {
+    /// The embedded in-memory broker (`memory`).
+    Memory,
+    /// A Redis server (`redis://[:password@]host:port/db`).
+    Redis(RedisUrl),
+}
+
+impl BrokerUrl {
+    /// Parses `memory` or a `redis://` URL.
+    ///
+    /// # Errors
+    /// `BrokerError::BadUrl` (showing the URL with its password hidden).
+    pub fn parse(text: &str) -> Result<BrokerUrl, BrokerError> {
+        let text = text.trim();
+        if text == "memory" {
+            return Ok(BrokerUrl::Memory);
+        }
+        RedisUrl::parse(text).map(BrokerUrl::Redis)
+    }
+}
+
+impl fmt::Display for BrokerUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BrokerUrl::Memory => f.write_str("memory"),
+            BrokerUrl::Redis(url) => url.fmt(f),
+        }
+    }
+}
+
+impl fmt::Debug for BrokerUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// A `redis://` URL. `Display` and `Debug` show it with the password replaced by `***`;
+/// only the connection code reads the full text.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisUrl {
+    full: String,
+    redacted: String,
+}
+
+impl RedisUrl {
+    /// Parses `redis://[[user]:password@]host[:port][/db]`.
+    ///
+    /// # Errors
+    /// `BrokerError::BadUrl` for another scheme (`rediss://` is not supported yet) or a
+    /// URL the Redis client cannot read.
+    pub fn parse(text: &str) -> Result<RedisUrl, BrokerError> {
+        let redacted = redact(text);
+        let bad = || BrokerError::BadUrl {
+            url: redacted.clone(),
+        };
+        let rest = text.strip_prefix("redis://").ok_or_else(bad)?;
+        if rest.is_empty() {
+            return Err(bad());
+        }
+        // The client's own parser decides the rest; its error text is not shown, since it
+        // could quote the URL.
+        redis::Client::open(text).map_err(|_| bad())?;
+        Ok(RedisUrl {
+            full: text.to_owned(),
+            redacted,
+        })
+    }
+
+    /// The URL with its password, for the connection only.
+    pub(crate) fn secret(&self) -> &str {
+        &self.full
+    }
+}
+
+impl fmt::Display for RedisUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted)
+    }
+}
+
+impl fmt::Debug for RedisUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RedisUrl({})", self.redacted)
+    }
+}
+
+/// `scheme://user:secret@host` -> `scheme://user:***@host`; text without credentials is
+/// returned unchanged.
+fn redact(text: &str) -> String {
+    let Some((scheme, rest)) = text.split_once("://") else {
+        // Not a URL; it may still hold a secret, so show only its shape.
+        return if text.contains('@') {
+            "***".to_owned()
+        } else {
+            text.to_owned()
+        };
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    match authority.rfind('@') {
+        Some(at) => {
+            let (userinfo, host) = authority.split_at(at);
+            let user = userinfo.split_once(':').map_or("", |(user, _)| user);
+            format!("{scheme}://{user}:***{host}{path}")
+        }
+        None => text.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_show() {
+        let url = RedisUrl::parse("redis://:hunter2@127.0.0.1:6380/2").expect("valid");
+        assert_eq!(url.to_string(), "redis://:***@127.0.0.1:6380/2");
+        assert!(!format!("{url:?}").contains("hunter2"));
+        assert_eq!(url.secret(), "redis://:hunter2@127.0.0.1:6380/2");
+        let user = RedisUrl::parse("redis://app:hunter2@host/0").expect("valid");
+        assert_eq!(user.to_string(), "redis://app:***@host/0");
+        let plain = RedisUrl::parse("redis://127.0.0.1:6379").expect("valid");
+        assert_eq!(plain.to_string(), "redis://127.0.0.1:6379");
+    }
+
+    #[test]
+    fn bad_urls_are_reported_redacted() {
+        for text in ["http://:hunter2@host", "redis://", "rediss://:hunter2@host"] {
+            match BrokerUrl::parse(text) {
+                Err(e @ BrokerError::BadUrl { .. }) => {
+                    assert!(!e.to_string().contains("hunter2"), "{e}");
+                }
+                other => panic!("{text}: {other:?}"),
+            }
+        }
+        assert_eq!(BrokerUrl::parse("memory").ok(), Some(BrokerUrl::Memory));
+    }
+}
