@@ -22,6 +22,7 @@ pub mod flowtest;
 pub mod http;
 pub mod runtime;
 pub mod script;
+pub mod store;
 pub mod watch;
 
 pub use app::Error;

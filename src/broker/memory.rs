@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::time::Instant;
 
 use crate::broker::memory_queue::WorkQueue;
@@ -25,6 +25,7 @@ use crate::broker::{
 };
 use crate::event::Event;
 use crate::flow::pattern::TopicPattern;
+use crate::store::{MemoryStores, StoreRead};
 
 /// Settings of the memory broker.
 #[derive(Clone, Copy, Debug)]
@@ -62,6 +63,9 @@ struct Inner {
     queues: RwLock<HashMap<String, Arc<WorkQueue>>>,
     /// Dead letters, oldest first, at most `DEAD_LETTER_LIMIT`.
     dead: Mutex<VecDeque<Event>>,
+    stores: Arc<MemoryStores>,
+    /// Requests waiting for their reply, by request id.
+    replies: Mutex<HashMap<String, oneshot::Sender<Result<serde_json::Value, String>>>>,
 }
 
 /// Dead letters kept in memory; past this, the oldest are dropped (and logged).
@@ -159,6 +163,8 @@ impl MemoryBroker {
             schedule_seq: AtomicU64::new(0),
             queues: RwLock::new(HashMap::new()),
             dead: Mutex::new(VecDeque::new()),
+            stores: Arc::new(MemoryStores::default()),
+            replies: Mutex::new(HashMap::new()),
         });
         let weak = Arc::downgrade(&inner);
         // Tracked by ownership: the task holds only a Weak and exits when the broker is gone.
@@ -497,6 +503,19 @@ impl Broker for MemoryBroker {
         for (event, delay) in effects.deferred {
             self.publish_later(event, delay).await?;
         }
+        self.inner.stores.apply(&effects.store_writes);
+        if let Some(reply) = effects.reply {
+            let waiting = self
+                .inner
+                .replies
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&reply.to);
+            // Nobody waits when the request timed out already (or another process asked).
+            if let Some(waiting) = waiting {
+                let _ = waiting.send(reply.result);
+            }
+        }
         if let Some(dead) = effects.dead_letter {
             self.store_dead(dead.clone());
             self.publish_inner(dead, Backpressure::Wait).await?;
@@ -605,6 +624,31 @@ impl Broker for MemoryBroker {
             dead.drain(..).partition(|e| filter.matches(e));
         *dead = kept;
         Ok(taken.into())
+    }
+
+    fn stores(&self) -> Option<Arc<dyn StoreRead>> {
+        Some(self.inner.stores.clone())
+    }
+
+    fn await_reply(
+        &self,
+        id: &str,
+    ) -> Option<oneshot::Receiver<Result<serde_json::Value, String>>> {
+        let (tx, rx) = oneshot::channel();
+        self.inner
+            .replies
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.to_owned(), tx);
+        Some(rx)
+    }
+
+    fn forget_reply(&self, id: &str) {
+        self.inner
+            .replies
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
     }
 
     fn scheduled(&self) -> usize {

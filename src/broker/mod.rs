@@ -118,6 +118,19 @@ pub struct Effects {
     pub enqueue: Vec<(String, Event, Duration)>,
     /// A dead letter: published to its topic and kept in the dead-letter store.
     pub dead_letter: Option<Event>,
+    /// State-store writes, applied in order.
+    pub store_writes: Vec<crate::store::StoreWrite>,
+    /// The answer to a query, delivered to whoever waits on `reply.to`.
+    pub reply: Option<Reply>,
+}
+
+/// The answer to a request published by `POST /query/…`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Reply {
+    /// The request id (the event's `replyto` extension).
+    pub to: String,
+    /// The handler's `reply(data)`, or a safe message when the handler failed.
+    pub result: Result<serde_json::Value, String>,
 }
 
 impl Effects {
@@ -127,6 +140,8 @@ impl Effects {
             && self.deferred.is_empty()
             && self.enqueue.is_empty()
             && self.dead_letter.is_none()
+            && self.store_writes.is_empty()
+            && self.reply.is_none()
     }
 
     /// Every event this commit makes visible (for counting).
@@ -295,6 +310,26 @@ pub trait Broker: Clone + Send + Sync + 'static {
         &self,
         filter: &DeadFilter,
     ) -> impl Future<Output = Result<Vec<Event>, BrokerError>> + Send;
+
+    /// The state stores handlers read while they run; `None` when this broker keeps none.
+    fn stores(&self) -> Option<Arc<dyn crate::store::StoreRead>> {
+        None
+    }
+
+    /// Starts waiting for the reply to request `id`; `None` when this broker cannot carry
+    /// replies. The receiver resolves when a commit carries `Reply { to: id, .. }`.
+    fn await_reply(
+        &self,
+        id: &str,
+    ) -> Option<tokio::sync::oneshot::Receiver<Result<serde_json::Value, String>>> {
+        let _ = id;
+        None
+    }
+
+    /// Stops waiting for a reply (the request timed out).
+    fn forget_reply(&self, id: &str) {
+        let _ = id;
+    }
 }
 
 /// Receives deliveries from one group.

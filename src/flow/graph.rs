@@ -1,6 +1,7 @@
 //! The declared wiring of a flow set as a picture: producers, topics, subscribers, queues,
 //! relays, stores and chains, rendered as Mermaid or Graphviz dot. Only what the flow files
-//! declare is drawn (`emits` for handler outputs); live counts can be laid over it.
+//! declare is drawn (`emits` for handler outputs; store edges come from the scripts'
+//! `store("…")` calls); live counts can be laid over it.
 //!
 //! Pure: no I/O, no runtime. `edaflow graph` calls it.
 
@@ -80,6 +81,7 @@ fn build(flows: &FlowSet, live: &LiveCounts) -> Graph {
         .subscribers
         .values()
         .flat_map(|s| s.emits.iter().cloned())
+        .chain(flows.chains.values().filter_map(|c| c.on_timeout.clone()))
         .collect();
     for (name, producer) in &flows.producers {
         let (kind, topic) = match &producer.kind {
@@ -172,6 +174,23 @@ fn build(flows: &FlowSet, live: &LiveCounts) -> Graph {
             let t = g.topic(topic, live);
             g.edge(&node, &t, "");
         }
+        // Stores are not declared per subscriber: read them off the script's `store("…")`
+        // calls (a script that also calls set/incr/remove is drawn as writing).
+        if let Some(script) = &sub.script {
+            for store in flows.stores.keys() {
+                if script.text.contains(&format!("store(\"{store}\")")) {
+                    let s = id("store", store);
+                    let writes = [".set(", ".incr(", ".remove("]
+                        .iter()
+                        .any(|w| script.text.contains(w));
+                    if writes {
+                        g.edge(&node, &s, "writes");
+                    } else {
+                        g.edge(&s, &node, "reads");
+                    }
+                }
+            }
+        }
     }
     for (name, chain) in &flows.chains {
         for pair in chain.steps.windows(2) {
@@ -180,11 +199,12 @@ fn build(flows: &FlowSet, live: &LiveCounts) -> Graph {
             g.edge(&from, &to, name);
         }
         if let Some(on_timeout) = &chain.on_timeout {
-            let last = g.topic(chain.steps.last().map_or("", String::as_str), live);
+            // A chain times out when its last step is not reached in time after its first.
+            let last = g.topic(chain.steps.first().map_or("", String::as_str), live);
             let t = g.topic(on_timeout, live);
             let label = match chain.timeout {
                 Some(timeout) => format!(
-                    "{name}: after {}",
+                    "{name}: not done in {}",
                     crate::flow::duration::format_duration(timeout)
                 ),
                 None => format!("{name}: on timeout"),
@@ -274,16 +294,20 @@ mod tests {
             "  sub_reserve_inventory --> topic_inventoryReserved",
             "  sub_ship_order --> topic_orderShipped",
             "  topic_orderCreated -. \"fulfilment\" .-> topic_inventoryReserved",
-            "  topic_orderShipped -. \"fulfilment: after 30s\" .-> topic_orderStalled",
+            "  topic_orderCreated -. \"fulfilment: not done in 30s\" .-> topic_orderStalled",
         ] {
             assert!(
                 text.lines().any(|l| l == line),
                 "missing {line:?} in\n{text}"
             );
         }
-        // No edge from the HTTP producer to a topic a handler emits.
+        // No edge from the HTTP producer to a topic a handler or a chain emits.
         assert!(
             !text.contains("producer_api --> topic_inventoryReserved"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("producer_api --> topic_orderStalled"),
             "{text}"
         );
     }

@@ -30,6 +30,16 @@ pub enum ApiError {
     ReloadUnavailable,
     #[error("no queue named {queue:?}")]
     UnknownQueue { queue: String },
+    #[error("no reply on `{topic}` within {after_ms} ms")]
+    QueryTimeout { topic: String, after_ms: u128 },
+    #[error("the query handler failed (request {request}); details are in the server's log")]
+    QueryFailed { request: String },
+    #[error("this broker cannot carry query replies")]
+    QueriesUnsupported,
+    #[error("store {store:?} is not exposed over HTTP (set `expose = true` in [stores.{store}])")]
+    NotExposed { store: String },
+    #[error("no key {key:?} in store {store:?}")]
+    NoSuchKey { store: String, key: String },
 }
 
 impl ApiError {
@@ -42,7 +52,12 @@ impl ApiError {
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
-            ApiError::UnknownQueue { .. } => StatusCode::NOT_FOUND,
+            ApiError::UnknownQueue { .. }
+            | ApiError::NotExposed { .. }
+            | ApiError::NoSuchKey { .. } => StatusCode::NOT_FOUND,
+            ApiError::QueryTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ApiError::QueryFailed { .. } => StatusCode::BAD_GATEWAY,
+            ApiError::QueriesUnsupported => StatusCode::NOT_IMPLEMENTED,
             ApiError::Backpressure { .. } | ApiError::Unavailable | ApiError::ReloadUnavailable => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -63,6 +78,11 @@ impl ApiError {
             ApiError::BadParameter { .. } => "bad_parameter",
             ApiError::ReloadUnavailable => "reload_unavailable",
             ApiError::UnknownQueue { .. } => "unknown_queue",
+            ApiError::QueryTimeout { .. } => "query_timeout",
+            ApiError::QueryFailed { .. } => "query_failed",
+            ApiError::QueriesUnsupported => "queries_unsupported",
+            ApiError::NotExposed { .. } => "not_exposed",
+            ApiError::NoSuchKey { .. } => "no_such_key",
         }
     }
 }

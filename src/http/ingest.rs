@@ -105,30 +105,7 @@ async fn accept<B: Broker>(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    state.authorize(headers)?;
-    validate_topic(&topic).map_err(|e| ApiError::InvalidTopic {
-        topic: topic.clone(),
-        detail: e.to_string(),
-    })?;
-    let mode = content_mode(headers)?;
-    let limit = state.config.body_limit;
-    if let Some(length) = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok())
-    {
-        if length > limit {
-            return Err(ApiError::TooLarge { limit });
-        }
-    }
-    let bytes = axum::body::to_bytes(body, limit)
-        .await
-        .map_err(|_| ApiError::TooLarge { limit })?;
-    let event = match mode {
-        Mode::Plain => Event::new(topic, state.source.clone(), parse_json(&bytes)?),
-        Mode::Binary => binary_event(topic, headers, &bytes, &state.source)?,
-        Mode::Structured => structured_event(topic, &bytes)?,
-    };
+    let event = read_event(state, topic, headers, body).await?;
     let id = event.id.clone();
     let published_topic = event.topic.clone();
     let result = match destination {
@@ -155,17 +132,57 @@ async fn accept<B: Broker>(
                 format!("{{\"id\":\"{id}\"}}"),
             ))
         }
-        Err(BrokerError::Full { group }) => Err(ApiError::Backpressure { group }),
-        Err(BrokerError::QueueFull { queue, .. }) => Err(ApiError::Backpressure { group: queue }),
-        Err(BrokerError::UnknownQueue { queue }) => Err(ApiError::UnknownQueue { queue }),
-        Err(e @ BrokerError::DelayTooLong { .. }) => Err(ApiError::BadParameter {
+        Err(e) => Err(refused(e)),
+    }
+}
+
+/// The HTTP answer to a broker's refusal.
+pub(crate) fn refused(error: BrokerError) -> ApiError {
+    match error {
+        BrokerError::Full { group } => ApiError::Backpressure { group },
+        BrokerError::QueueFull { queue, .. } => ApiError::Backpressure { group: queue },
+        BrokerError::UnknownQueue { queue } => ApiError::UnknownQueue { queue },
+        e @ BrokerError::DelayTooLong { .. } => ApiError::BadParameter {
             detail: e.to_string(),
-        }),
-        Err(e) => {
+        },
+        e => {
             warn!(error = %e, "publish failed");
-            Err(ApiError::Unavailable)
+            ApiError::Unavailable
         }
     }
+}
+
+/// Checks the request and builds the event it carries (not yet published).
+pub(crate) async fn read_event<B: Broker>(
+    state: &ApiState<B>,
+    topic: String,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Event, ApiError> {
+    state.authorize(headers)?;
+    validate_topic(&topic).map_err(|e| ApiError::InvalidTopic {
+        topic: topic.clone(),
+        detail: e.to_string(),
+    })?;
+    let mode = content_mode(headers)?;
+    let limit = state.config.body_limit;
+    if let Some(length) = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        if length > limit {
+            return Err(ApiError::TooLarge { limit });
+        }
+    }
+    let bytes = axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| ApiError::TooLarge { limit })?;
+    Ok(match mode {
+        Mode::Plain => Event::new(topic, state.source.clone(), parse_json(&bytes)?),
+        Mode::Binary => binary_event(topic, headers, &bytes, &state.source)?,
+        Mode::Structured => structured_event(topic, &bytes)?,
+    })
 }
 
 enum Mode {

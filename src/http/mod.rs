@@ -9,6 +9,7 @@
 mod admin;
 pub mod error;
 mod ingest;
+pub mod query;
 
 use std::convert::Infallible;
 use std::sync::atomic::Ordering;
@@ -93,6 +94,8 @@ pub fn router<B: Broker>(state: Arc<ApiState<B>>) -> Router {
         .route("/tail", get(tail::<B>))
         .route("/admin/reload", post(admin_reload::<B>))
         .route("/chains", get(chains::<B>))
+        .route("/query/{topic}", post(query::query::<B>))
+        .route("/stores/{store}/{key}", get(query::read_store::<B>))
         .route("/queues", get(admin::list_queues::<B>))
         .route(
             "/queues/{queue}",

@@ -31,7 +31,7 @@ use crate::broker::{Broker, BrokerError, GroupSpec, QueueSpec};
 use crate::flow::diagnostic::{FlowReport, FlowWarning};
 use crate::flow::model::{
     ChainConfig, FlowSet, ProducerConfig, ProducerKind, QueueConfig, RelayConfig, ScriptSource,
-    SubscriberConfig, SubscriberInput,
+    StoreConfig, SubscriberConfig, SubscriberInput, TopicConfig,
 };
 use crate::flow::pattern::TopicPattern;
 use crate::script::{compile_set_reusing, CompiledScripts, Limits, ScriptEngine};
@@ -153,6 +153,12 @@ pub struct Shared<B: Broker> {
     pub broker: B,
     /// The queues of the running generation (defaults and existence for `enqueue` and HTTP).
     pub queues: watch::Sender<Arc<BTreeMap<String, QueueConfig>>>,
+    /// The stores of the running generation (`expose` for HTTP).
+    pub stores: watch::Sender<Arc<BTreeMap<String, StoreConfig>>>,
+    /// Their names, for handlers' `store(name)`.
+    pub declared_stores: watch::Sender<Arc<BTreeSet<String>>>,
+    /// Per-topic settings of the running generation (query reply timeouts).
+    pub topics: watch::Sender<Arc<BTreeMap<String, TopicConfig>>>,
     /// When set, each successfully handled event is reported here with its subscriber
     /// (`edaflow test` uses it to check `handled_by`); lossy if the reader falls behind.
     pub handled:
@@ -238,6 +244,9 @@ impl<B: Broker> Runtime<B> {
         let shared = Arc::new(Shared {
             broker,
             queues: watch::Sender::new(Arc::new(BTreeMap::new())),
+            stores: watch::Sender::new(Arc::new(BTreeMap::new())),
+            declared_stores: watch::Sender::new(Arc::new(BTreeSet::new())),
+            topics: watch::Sender::new(Arc::new(BTreeMap::new())),
             reload: std::sync::OnceLock::new(),
             handled: std::sync::OnceLock::new(),
             engine: ScriptEngine::new(options.limits),
@@ -423,6 +432,15 @@ impl<B: Broker> Runtime<B> {
         self.shared
             .queues
             .send_replace(Arc::new(flows.queues.clone()));
+        self.shared
+            .stores
+            .send_replace(Arc::new(flows.stores.clone()));
+        self.shared
+            .declared_stores
+            .send_replace(Arc::new(flows.stores.keys().cloned().collect()));
+        self.shared
+            .topics
+            .send_replace(Arc::new(flows.topics.clone()));
 
         // Stop what is removed or changed: subscribers, then relays (they drain in place).
         let wanted: BTreeMap<&String, &SubscriberConfig> = flows

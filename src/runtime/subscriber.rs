@@ -17,12 +17,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn, Instrument};
 
-use crate::broker::{Broker, BrokerError, Consumer, Delivery, Effects};
+use crate::broker::{Broker, BrokerError, Consumer, Delivery, Effects, Reply};
 use crate::event::{to_article_json, Event};
 use crate::flow::model::{SubscriberConfig, SubscriberInput};
 use crate::runtime::metrics::SubscriberMetrics;
 use crate::runtime::Shared;
-use crate::script::{script_event, CompiledScript, ScriptError, ScriptOutput};
+use crate::script::{script_event, CompiledScript, ScriptError, ScriptOutput, StoreEnv};
 
 /// The handler code a subscriber runs and the generation it belongs to; swapped in place
 /// when only the script changed (and re-sent with the new generation on every reload).
@@ -226,9 +226,16 @@ impl<B: Broker> SubscriberTask<B> {
     ) -> Result<ScriptOutput, ScriptError> {
         match &code.script {
             Some(script) => {
-                self.shared
-                    .engine
-                    .run(script, &self.name, Some(script_event(event, attempt)))
+                let stores = StoreEnv {
+                    reader: self.shared.broker.stores(),
+                    declared: self.shared.declared_stores.borrow().clone(),
+                };
+                self.shared.engine.run_with(
+                    script,
+                    &self.name,
+                    Some(script_event(event, attempt)),
+                    stores,
+                )
             }
             None if self.quiet => Ok(ScriptOutput::default()),
             None => {
@@ -289,6 +296,13 @@ impl<B: Broker> SubscriberTask<B> {
                 _ => effects.publish.push(event),
             }
         }
+        effects.store_writes = output.store_writes;
+        if let (Some(to), Some(data)) = (reply_to(parent), output.reply) {
+            effects.reply = Some(Reply {
+                to,
+                result: Ok(data),
+            });
+        }
         Ok(effects)
     }
 
@@ -315,12 +329,30 @@ impl<B: Broker> SubscriberTask<B> {
         if delivery.from_queue {
             ext.insert("deadletterqueue".into(), delivery.group.to_string().into());
         }
+        // A query whose handler gave up gets a safe answer now rather than a timeout.
+        let reply = reply_to(event).map(|to| Reply {
+            to,
+            result: Err(format!("the query handler failed (event {})", event.id)),
+        });
         Effects {
             dead_letter: Some(dead),
+            reply,
             ..Effects::default()
         }
     }
 }
+
+/// The request id of a query event (`POST /query/…` sets the `replyto` extension).
+fn reply_to(event: &Event) -> Option<String> {
+    event
+        .extensions
+        .get(REPLY_TO_EXTENSION)?
+        .as_str()
+        .map(str::to_owned)
+}
+
+/// The CloudEvents extension carrying a query's request id.
+pub const REPLY_TO_EXTENSION: &str = "replyto";
 
 /// The article's consumer output, byte for byte: the topic consumer's two lines, or the
 /// deferred worker's `Processing event:` line.

@@ -7,6 +7,7 @@
 //! `RunGuard` installs it and always takes it back, even if the run panics.
 
 use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -16,6 +17,7 @@ use rhai::{Dynamic, EvalAltResult, ImmutableString, Map, Position};
 use crate::event::Event;
 use crate::flow::duration::parse_duration;
 use crate::flow::pattern::validate_topic;
+use crate::store::{StoreOp, StoreRead, StoreWrite};
 
 /// An event a run asked to emit.
 #[derive(Clone, Debug, PartialEq)]
@@ -42,6 +44,9 @@ pub struct Enqueued {
 pub struct ScriptOutput {
     pub emits: Vec<Emitted>,
     pub enqueues: Vec<Enqueued>,
+    pub store_writes: Vec<StoreWrite>,
+    /// `reply(data)`: the answer to a query.
+    pub reply: Option<serde_json::Value>,
 }
 
 /// The state of the run in progress on this thread.
@@ -53,7 +58,22 @@ pub(crate) struct RunState {
     pub max_emits: usize,
     pub output: ScriptOutput,
     pub timed_out: bool,
+    pub stores: StoreEnv,
+    /// This run's own writes, so that it reads what it wrote: (store, key) -> value.
+    pub overlay: HashMap<(String, String), Option<serde_json::Value>>,
 }
+
+/// The state stores a run may use.
+#[derive(Clone, Default)]
+pub struct StoreEnv {
+    /// Where reads go; `None` when the broker keeps no stores.
+    pub reader: Option<Arc<dyn StoreRead>>,
+    /// The stores the flow declares (`store("x")` for any other name fails the run).
+    pub declared: Arc<BTreeSet<String>>,
+}
+
+/// Entries `scan` returns at most.
+pub const SCAN_LIMIT: usize = 1000;
 
 thread_local! {
     static CURRENT: RefCell<Option<RunState>> = const { RefCell::new(None) };
@@ -182,6 +202,150 @@ fn record_enqueue(
     .unwrap_or_else(|| Err(runtime_error("enqueue is not available here")))
 }
 
+/// The handle `store("name")` returns.
+#[derive(Clone)]
+pub struct StoreHandle {
+    name: String,
+}
+
+fn open_store(name: &str) -> Result<StoreHandle, Box<EvalAltResult>> {
+    with_state(|s| {
+        if s.stores.declared.contains(name) {
+            Ok(StoreHandle {
+                name: name.to_owned(),
+            })
+        } else {
+            let known: Vec<&str> = s.stores.declared.iter().map(String::as_str).collect();
+            Err(runtime_error(format!(
+                "store: no store named {name:?} (declared: {})",
+                if known.is_empty() {
+                    "none".to_owned()
+                } else {
+                    known.join(", ")
+                }
+            )))
+        }
+    })
+    .unwrap_or_else(|| Err(runtime_error("store is not available here")))
+}
+
+fn store_read(store: &str, key: &str) -> Option<serde_json::Value> {
+    with_state(|s| {
+        if let Some(value) = s.overlay.get(&(store.to_owned(), key.to_owned())) {
+            return value.clone();
+        }
+        s.stores.reader.as_ref()?.get(store, key)
+    })
+    .flatten()
+}
+
+fn store_write(
+    store: &str,
+    key: &str,
+    op: StoreOp,
+    after: Option<serde_json::Value>,
+) -> Result<(), Box<EvalAltResult>> {
+    with_state(|s| {
+        if s.output.store_writes.len() >= s.max_emits {
+            return Err(runtime_error(format!(
+                "store: more than {} writes in one run",
+                s.max_emits
+            )));
+        }
+        s.overlay.insert((store.to_owned(), key.to_owned()), after);
+        s.output.store_writes.push(StoreWrite {
+            store: store.to_owned(),
+            key: key.to_owned(),
+            op,
+        });
+        Ok(())
+    })
+    .unwrap_or_else(|| Err(runtime_error("store is not available here")))
+}
+
+/// Registers `store(name)` and the handle's methods on an engine.
+pub fn register_store_type(engine: &mut rhai::Engine) {
+    engine
+        .register_type_with_name::<StoreHandle>("Store")
+        .register_fn("store", |name: &str| open_store(name))
+        .register_fn("get", |s: &mut StoreHandle, key: &str| -> Dynamic {
+            store_read(&s.name, key).map_or(Dynamic::UNIT, |v| to_dynamic(&v))
+        })
+        .register_fn(
+            "set",
+            |s: &mut StoreHandle, key: &str, value: Dynamic| -> Result<(), Box<EvalAltResult>> {
+                let value = to_json(&value)
+                    .map_err(|e| runtime_error(format!("store.set: value is not JSON: {e}")))?;
+                store_write(&s.name, key, StoreOp::Set(value.clone()), Some(value))
+            },
+        )
+        .register_fn(
+            "remove",
+            |s: &mut StoreHandle, key: &str| -> Result<(), Box<EvalAltResult>> {
+                store_write(&s.name, key, StoreOp::Remove, None)
+            },
+        )
+        .register_fn("incr", |s: &mut StoreHandle, key: &str, by: i64| {
+            store_incr(s, key, by)
+        })
+        .register_fn("incr", |s: &mut StoreHandle, key: &str| {
+            store_incr(s, key, 1)
+        })
+        .register_fn("scan", |s: &mut StoreHandle, prefix: &str| -> rhai::Array {
+            store_scan(&s.name, prefix)
+        });
+}
+
+fn store_incr(s: &StoreHandle, key: &str, by: i64) -> Result<i64, Box<EvalAltResult>> {
+    let now = match store_read(&s.name, key) {
+        None => 0,
+        Some(v) => v.as_i64().ok_or_else(|| {
+            runtime_error(format!("store.incr: {key:?} holds {v}, not an integer"))
+        })?,
+    };
+    let after = now.saturating_add(by);
+    store_write(&s.name, key, StoreOp::Incr(by), Some(after.into()))?;
+    Ok(after)
+}
+
+/// Entries under a prefix as `#{ key, value }` maps, the run's own writes included.
+fn store_scan(store: &str, prefix: &str) -> rhai::Array {
+    let mut entries: BTreeMap<String, serde_json::Value> = with_state(|s| {
+        s.stores
+            .reader
+            .as_ref()
+            .map(|r| r.scan(store, prefix, SCAN_LIMIT))
+            .unwrap_or_default()
+    })
+    .unwrap_or_default()
+    .into_iter()
+    .collect();
+    with_state(|s| {
+        for ((st, key), value) in &s.overlay {
+            if st == store && key.starts_with(prefix) {
+                match value {
+                    Some(v) => {
+                        entries.insert(key.clone(), v.clone());
+                    }
+                    None => {
+                        entries.remove(key);
+                    }
+                }
+            }
+        }
+    });
+    entries
+        .into_iter()
+        .take(SCAN_LIMIT)
+        .map(|(key, value)| {
+            let mut map = Map::new();
+            map.insert("key".into(), key.into());
+            map.insert("value".into(), to_dynamic(&value));
+            Dynamic::from_map(map)
+        })
+        .collect()
+}
+
 /// A delay given as `"5s"` or as integer milliseconds.
 pub fn delay_option(value: &Dynamic) -> Result<Duration, Box<EvalAltResult>> {
     if let Ok(ms) = value.as_int() {
@@ -268,6 +432,21 @@ pub mod api {
         delay: Dynamic,
     ) -> Result<(), Box<EvalAltResult>> {
         record_enqueue(queue, &data, Some(&delay))
+    }
+
+    /// `reply(data)`: answer the query this event carries (`POST /query/…`).
+    #[rhai_fn(name = "reply", return_raw)]
+    pub fn reply(data: Dynamic) -> Result<(), Box<EvalAltResult>> {
+        let data =
+            to_json(&data).map_err(|e| runtime_error(format!("reply: data is not JSON: {e}")))?;
+        with_state(|s| {
+            if s.output.reply.is_some() {
+                return Err(runtime_error("reply: called twice in one run"));
+            }
+            s.output.reply = Some(data);
+            Ok(())
+        })
+        .unwrap_or_else(|| Err(runtime_error("reply is not available here")))
     }
 
     /// `fail(message)`: this run fails; the event is retried, then dead-lettered.

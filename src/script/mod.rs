@@ -23,7 +23,7 @@ use crate::event::Event;
 use crate::flow::diagnostic::{source_file, FlowError};
 use crate::flow::model::{FlowSet, ScriptSource};
 
-pub use host::{Emitted, Enqueued, ScriptEvent, ScriptOutput};
+pub use host::{Emitted, Enqueued, ScriptEvent, ScriptOutput, StoreEnv};
 pub use limits::Limits;
 
 /// A script compiled once and shared by every worker that runs it.
@@ -95,6 +95,7 @@ fn base_engine(limits: &Limits) -> Engine {
     let mut engine = Engine::new();
     limits::harden(&mut engine, limits);
     host::register_event_type(&mut engine);
+    host::register_store_type(&mut engine);
     engine.register_global_module(rhai::exported_module!(host::api).into());
     // The component is already on the enclosing tracing span.
     engine.on_print(|text| tracing::info!(target: "edaflow::script", "{text}"));
@@ -134,12 +135,28 @@ impl ScriptEngine {
         component: &Arc<str>,
         event: Option<ScriptEvent>,
     ) -> Result<ScriptOutput, ScriptError> {
+        self.run_with(script, component, event, StoreEnv::default())
+    }
+
+    /// As `run`, with access to the flow's state stores.
+    ///
+    /// # Errors
+    /// As `run`.
+    pub fn run_with(
+        &self,
+        script: &CompiledScript,
+        component: &Arc<str>,
+        event: Option<ScriptEvent>,
+        stores: StoreEnv,
+    ) -> Result<ScriptOutput, ScriptError> {
         let guard = host::RunGuard::install(host::RunState {
             component: component.clone(),
             deadline: Instant::now() + self.limits.wall_time,
             max_emits: self.limits.max_emits,
             output: ScriptOutput::default(),
             timed_out: false,
+            stores,
+            overlay: Default::default(),
         });
         let mut scope = Scope::new();
         if let Some(event) = event {
@@ -170,6 +187,8 @@ impl ScriptEngine {
             max_emits: 0,
             output: ScriptOutput::default(),
             timed_out: false,
+            stores: StoreEnv::default(),
+            overlay: Default::default(),
         });
         let mut scope = Scope::new();
         scope.push_constant("event", event);

@@ -1,0 +1,93 @@
+//! CQRS over HTTP: `POST /query/{topic}` publishes the body as a query event carrying a
+//! reply address and waits for the handler's `reply(…)` (200), its failure (502, with a safe
+//! message) or the topic's timeout (504, default 5 s); `GET /stores/{store}/{key}` reads a
+//! store the flow exposes (`[stores.NAME] expose = true`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use tracing::warn;
+
+use crate::broker::{Backpressure, Broker};
+use crate::event::new_id;
+use crate::http::ingest::{read_event, refused};
+use crate::http::{json_response, ApiError, ApiState};
+use crate::runtime::subscriber::REPLY_TO_EXTENSION;
+
+/// How long a query waits for its reply when its topic sets no `timeout`.
+pub const DEFAULT_QUERY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `POST /query/{topic}`.
+pub(crate) async fn query<B: Broker>(
+    State(state): State<Arc<ApiState<B>>>,
+    Path(topic): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let mut event = read_event(&state, topic, &headers, body).await?;
+    let broker = &state.shared.broker;
+    let request = new_id();
+    let Some(answer) = broker.await_reply(&request) else {
+        return Err(ApiError::QueriesUnsupported);
+    };
+    event
+        .extensions
+        .insert(REPLY_TO_EXTENSION.into(), request.clone().into());
+    let timeout = state
+        .shared
+        .topics
+        .borrow()
+        .get(&event.topic)
+        .and_then(|t| t.timeout)
+        .unwrap_or(DEFAULT_QUERY_TIMEOUT);
+    let topic = event.topic.clone();
+    if let Err(e) = broker.publish(event, Backpressure::Reject).await {
+        broker.forget_reply(&request);
+        return Err(refused(e));
+    }
+    state.shared.metrics.published(&topic);
+    match tokio::time::timeout(timeout, answer).await {
+        Ok(Ok(Ok(data))) => Ok(json_response(StatusCode::OK, data.to_string())),
+        Ok(Ok(Err(message))) => {
+            warn!(%topic, request = %request, %message, "query failed");
+            Err(ApiError::QueryFailed { request })
+        }
+        Ok(Err(_)) => Err(ApiError::Unavailable),
+        Err(_) => {
+            broker.forget_reply(&request);
+            Err(ApiError::QueryTimeout {
+                topic,
+                after_ms: timeout.as_millis(),
+            })
+        }
+    }
+}
+
+/// `GET /stores/{store}/{key}`.
+pub(crate) async fn read_store<B: Broker>(
+    State(state): State<Arc<ApiState<B>>>,
+    Path((store, key)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    state.authorize(&headers)?;
+    let exposed = state
+        .shared
+        .stores
+        .borrow()
+        .get(&store)
+        .is_some_and(|s| s.expose);
+    if !exposed {
+        return Err(ApiError::NotExposed { store });
+    }
+    let value = state
+        .shared
+        .broker
+        .stores()
+        .and_then(|s| s.get(&store, &key))
+        .ok_or(ApiError::NoSuchKey { store, key })?;
+    Ok(json_response(StatusCode::OK, value.to_string()))
+}

@@ -1,0 +1,120 @@
+//! State stores: named key → JSON value maps that projections write and queries read.
+//!
+//! Handlers read through `StoreRead` while they run and record writes as `StoreWrite`
+//! effects, which the broker applies with the rest of a successful run's effects (never
+//! for a run that fails). `MemoryStores` is the memory broker's implementation.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::RwLock;
+
+use serde_json::Value;
+
+/// Reading stores while a handler runs.
+pub trait StoreRead: Send + Sync {
+    /// The value under `key`, if any.
+    fn get(&self, store: &str, key: &str) -> Option<Value>;
+    /// Up to `limit` entries whose key starts with `prefix`, in key order.
+    fn scan(&self, store: &str, prefix: &str, limit: usize) -> Vec<(String, Value)>;
+}
+
+/// One change to a store.
+#[derive(Clone, Debug, PartialEq)]
+pub enum StoreOp {
+    Set(Value),
+    Remove,
+    /// Add to an integer value (a missing key counts as 0).
+    Incr(i64),
+}
+
+/// A write a handler made, applied when its run is committed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoreWrite {
+    pub store: String,
+    pub key: String,
+    pub op: StoreOp,
+}
+
+/// Stores held in memory.
+#[derive(Debug, Default)]
+pub struct MemoryStores {
+    stores: RwLock<HashMap<String, BTreeMap<String, Value>>>,
+}
+
+impl MemoryStores {
+    /// Applies writes in order. An `Incr` on a value that is not an integer replaces it.
+    pub fn apply(&self, writes: &[StoreWrite]) {
+        if writes.is_empty() {
+            return;
+        }
+        let mut stores = self.stores.write().unwrap_or_else(|e| e.into_inner());
+        for write in writes {
+            let store = stores.entry(write.store.clone()).or_default();
+            match &write.op {
+                StoreOp::Set(value) => {
+                    store.insert(write.key.clone(), value.clone());
+                }
+                StoreOp::Remove => {
+                    store.remove(&write.key);
+                }
+                StoreOp::Incr(n) => {
+                    let now = store.get(&write.key).and_then(Value::as_i64).unwrap_or(0);
+                    store.insert(write.key.clone(), Value::from(now.saturating_add(*n)));
+                }
+            }
+        }
+    }
+}
+
+impl StoreRead for MemoryStores {
+    fn get(&self, store: &str, key: &str) -> Option<Value> {
+        let stores = self.stores.read().unwrap_or_else(|e| e.into_inner());
+        stores.get(store)?.get(key).cloned()
+    }
+
+    fn scan(&self, store: &str, prefix: &str, limit: usize) -> Vec<(String, Value)> {
+        let stores = self.stores.read().unwrap_or_else(|e| e.into_inner());
+        let Some(store) = stores.get(store) else {
+            return Vec::new();
+        };
+        store
+            .range(prefix.to_owned()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .take(limit)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn write(key: &str, op: StoreOp) -> StoreWrite {
+        StoreWrite {
+            store: "s".into(),
+            key: key.into(),
+            op,
+        }
+    }
+
+    #[test]
+    fn writes_apply_in_order_and_scan_by_prefix() {
+        let stores = MemoryStores::default();
+        stores.apply(&[
+            write("customer:ann", StoreOp::Set(json!({"orders": 1}))),
+            write("customer:bob", StoreOp::Set(json!({"orders": 2}))),
+            write("count", StoreOp::Incr(2)),
+            write("count", StoreOp::Incr(3)),
+            write("other", StoreOp::Set(json!(1))),
+            write("other", StoreOp::Remove),
+        ]);
+        assert_eq!(stores.get("s", "count"), Some(json!(5)));
+        assert_eq!(stores.get("s", "other"), None);
+        let found = stores.scan("s", "customer:", 10);
+        assert_eq!(found.len(), 2);
+        assert_eq!(found[0].0, "customer:ann");
+        assert_eq!(stores.scan("s", "customer:", 1).len(), 1);
+        assert!(stores.scan("nope", "", 10).is_empty());
+    }
+}
