@@ -9,7 +9,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use tracing::info;
 
-use crate::broker::{MemoryBroker, MemoryOptions};
+use crate::broker::{
+    Broker, BrokerError, BrokerUrl, MemoryBroker, MemoryOptions, RedisBroker, RedisOptions,
+};
 use crate::cli::{Cli, Command, DeadAction, Remote, RunArgs};
 use crate::client::{ClientError, Target};
 use crate::flow::diagnostic::{render, FlowReport};
@@ -48,6 +50,9 @@ pub enum Error {
         #[source]
         source: serde_json::Error,
     },
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Broker(#[from] BrokerError),
     #[error("cannot start the async runtime")]
     #[diagnostic(code(edaflow::io))]
     Io(#[from] std::io::Error),
@@ -149,7 +154,7 @@ pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<()
     // Every reload trigger feeds one channel; one loop applies them in order. The watcher
     // starts before the first generation does, and one check right after startup catches
     // an edit made while starting.
-    let (requests, mut pending) = mpsc::channel::<ReloadRequest>(16);
+    let (requests, pending) = mpsc::channel::<ReloadRequest>(16);
     let tracker = TaskTracker::new();
     let token = CancellationToken::new();
     let watcher = if args.no_watch {
@@ -165,7 +170,74 @@ pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<()
         )?)
     };
 
-    let broker = MemoryBroker::new(MemoryOptions::default());
+    // Precedence: --broker, then EDAFLOW_BROKER (clap reads both), then `[flow] broker`.
+    let url = args
+        .broker
+        .clone()
+        .or_else(|| prepared.flows.files.iter().find_map(|f| f.broker.clone()))
+        .unwrap_or_else(|| "memory".to_owned());
+    let setup = Setup {
+        args,
+        prepared,
+        requests,
+        pending,
+        tracker,
+        token,
+        watcher,
+    };
+    match BrokerUrl::parse(&url)? {
+        BrokerUrl::Memory => {
+            let broker = MemoryBroker::new(MemoryOptions::default());
+            run_on(broker, "memory".to_owned(), setup, shutdown).await
+        }
+        BrokerUrl::Redis(url) => {
+            let namespace = setup.args.namespace.clone().unwrap_or_else(|| {
+                setup
+                    .prepared
+                    .flows
+                    .files
+                    .first()
+                    .map_or_else(|| "default".to_owned(), |f| f.name.clone())
+            });
+            let options = RedisOptions {
+                namespace,
+                claim_idle: setup.args.claim_idle,
+                ..RedisOptions::default()
+            };
+            let broker = RedisBroker::connect(&url, options).await?;
+            run_on(broker, url.to_string(), setup, shutdown).await
+        }
+    }
+}
+
+/// What `run` prepares before it knows the broker.
+struct Setup {
+    args: RunArgs,
+    prepared: Prepared,
+    requests: mpsc::Sender<ReloadRequest>,
+    pending: mpsc::Receiver<ReloadRequest>,
+    tracker: TaskTracker,
+    token: CancellationToken,
+    watcher: Option<std::sync::Arc<FileWatcher>>,
+}
+
+/// The rest of `run`, on one broker.
+async fn run_on<B: Broker>(
+    broker: B,
+    broker_name: String,
+    setup: Setup,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Error> {
+    let Setup {
+        args,
+        prepared,
+        requests,
+        mut pending,
+        tracker,
+        token,
+        watcher,
+    } = setup;
+    let durable = broker_name != "memory";
     let mut runtime = Runtime::new(
         broker,
         RuntimeOptions {
@@ -188,7 +260,7 @@ pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<()
         generation = outcome.generation,
         components = outcome.added.len(),
         took_ms = format!("{:.1}", outcome.took_ms),
-        broker = "memory",
+        broker = %broker_name,
         watching = !args.no_watch,
         "edaflow running"
     );
@@ -210,7 +282,10 @@ pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<()
     tracker.close();
     tracker.wait().await;
     info!("shutting down: ingest stopped, draining");
-    reloader.into_runtime().shutdown(args.grace).await;
+    // A durable broker keeps what is queued for the next process: no drain, only the
+    // events in flight finish.
+    let grace = if durable { Duration::ZERO } else { args.grace };
+    reloader.into_runtime().shutdown(grace).await;
     info!("stopped");
     Ok(())
 }

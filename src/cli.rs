@@ -9,6 +9,7 @@ const EXAMPLES: &str = "\
 Examples:
   edaflow run flows/orders.toml              run the demo: HTTP ingest on 127.0.0.1:3000
   edaflow run flows/ --listen 127.0.0.1:8080 every *.toml in a folder, on another port
+  edaflow run flows/ --broker redis://127.0.0.1:6379   several processes sharing the work
   edaflow validate flows/orders.toml         report every problem in flows and scripts
   edaflow test flows/orders.toml             run the [[tests]] declared in the flow file
   edaflow publish orderCreated '{\"order_id\":123,\"customer\":\"John Doe\",\"total\":49.99}'
@@ -160,9 +161,31 @@ pub struct RunArgs {
     /// Quiet period after the last file event before reloading (editors save in steps).
     #[arg(long, value_name = "DURATION", default_value = "15ms", value_parser = parse_duration_arg)]
     pub debounce: Duration,
-    /// How long queued events may drain at shutdown.
+    /// How long queued events may drain at shutdown (memory broker; Redis keeps them).
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration_arg)]
     pub grace: Duration,
+    /// The broker: `memory` (the default) or `redis://[:password@]host:port/db`.
+    /// Overrides `[flow] broker`; not reloadable.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "EDAFLOW_BROKER",
+        hide_env_values = true,
+        help_heading = "Broker"
+    )]
+    pub broker: Option<String>,
+    /// Redis key namespace (`edaflow:{NAME}:…`); defaults to the first flow's `[flow] name`.
+    #[arg(
+        long,
+        value_name = "NAME",
+        env = "EDAFLOW_NAMESPACE",
+        help_heading = "Broker"
+    )]
+    pub namespace: Option<String>,
+    /// Redis: how long an event may stay with an unresponsive process before another
+    /// process claims it (keep it above the slowest handler).
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration_arg, help_heading = "Broker")]
+    pub claim_idle: Duration,
 }
 
 /// Where a running instance is.

@@ -102,6 +102,11 @@ fn limits() {
 }
 
 #[test]
+fn cqrs_lint() {
+    insta::assert_snapshot!(report(&["invalid/cqrs_lint.toml"]));
+}
+
+#[test]
 fn broken_chain() {
     insta::assert_snapshot!(report(&["invalid/broken_chain.toml"]));
 }

@@ -351,6 +351,36 @@ pub enum FlowError {
         span: SourceSpan,
     },
 
+    /// A command topic handled by more than one consumer group.
+    #[error("command topic `{topic}` is handled by more than one group")]
+    #[diagnostic(
+        code(edaflow::flow::command_handled_twice),
+        help("a command has exactly one handler; `{first}` handles it already. Use `group = \"{first}\"` to share the work, or an event topic to fan out")
+    )]
+    CommandHandledTwice {
+        topic: String,
+        first: String,
+        #[source_code]
+        src: SharedSource,
+        #[label("a second handler")]
+        span: SourceSpan,
+    },
+
+    /// A subscriber of a query topic whose script never calls `reply`.
+    #[error("`{subscriber}` handles query topic `{topic}` but never calls `reply`")]
+    #[diagnostic(
+        code(edaflow::flow::query_without_reply),
+        help("a query handler answers with `reply(data)`; without it every query on `{topic}` times out")
+    )]
+    QueryWithoutReply {
+        topic: String,
+        subscriber: String,
+        #[source_code]
+        src: SharedSource,
+        #[label("no reply from this handler")]
+        span: SourceSpan,
+    },
+
     /// A chain step that no handler of the previous step declares it emits.
     #[error("chain `{chain}`: nothing that handles `{from}` emits `{to}`")]
     #[diagnostic(

@@ -156,7 +156,7 @@ return {'ok'}
 
 /// `ensure`: ARGV P, group, start id ('$' or an id), stream keys... Creates the group's
 /// XGROUP on each stream that lacks it (never for a group that no longer exists) and
-/// records where it started, in `gs:{group}`.
+/// records where it started, in `gs:{group}`, and wakes the group's waiting consumers.
 pub static ENSURE: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
@@ -176,6 +176,8 @@ for i = 4, #ARGV do
     created = created + 1
   end
 end
+-- Consumers waiting on the group's other streams learn of the new ones.
+if created > 0 then wake(P .. 'g:' .. group .. ':wake') end
 return created
 "#,
     )

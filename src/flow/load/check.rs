@@ -9,7 +9,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use crate::flow::diagnostic::{FlowError, FlowWarning, Suggestion};
 use crate::flow::load::findings::{Findings, Located, TopicRefs};
 use crate::flow::load::sections::{Component, RawFlowFile};
-use crate::flow::model::{FlowSet, SubscriberInput};
+use crate::flow::model::{FlowSet, SubscriberInput, TopicKind};
+use crate::flow::pattern::TopicPattern;
 
 /// Merges the files into one set; a name declared twice in one section, in two files, is an
 /// error labelled in the second file. `shown` names each file for messages.
@@ -43,7 +44,91 @@ pub(super) fn merge(files: Vec<RawFlowFile>, shown: &[String], found: &mut Findi
     set.stores = by_name("stores", stores, shown, found);
     check_queues(&declared_queues, found);
     check_chains(&set, found);
+    check_cqrs(&set, found);
     set
+}
+
+/// The default pattern that marks command topics (besides `[topics.X] kind = "command"`).
+const COMMAND_PATTERN: &str = "*.command.*";
+/// The default pattern that marks query topics (besides `kind = "query"`).
+const QUERY_PATTERN: &str = "*.query.*";
+
+fn topic_kind_is(set: &FlowSet, topic: &str, kind: TopicKind, pattern: &str) -> bool {
+    match set.topics.get(topic) {
+        Some(config) if config.kind != TopicKind::Event => config.kind == kind,
+        _ => TopicPattern::parse(pattern).is_ok_and(|p| p.matches(topic)),
+    }
+}
+
+/// CQRS rules: a command topic has exactly one handling group; a query handler replies.
+fn check_cqrs(set: &FlowSet, found: &mut Findings) {
+    let patterns = std::mem::take(&mut found.refs.subscriber_patterns);
+    let mut topics: BTreeSet<&str> = set.topics.keys().map(String::as_str).collect();
+    topics.extend(
+        patterns
+            .iter()
+            .filter(|(_, p)| p.value.is_literal())
+            .map(|(_, p)| p.value.as_str()),
+    );
+    topics.extend(
+        set.subscribers
+            .values()
+            .flat_map(|s| s.emits.iter().map(String::as_str)),
+    );
+    for topic in topics {
+        if topic_kind_is(set, topic, TopicKind::Command, COMMAND_PATTERN) {
+            let mut groups: Vec<&str> = Vec::new();
+            for (subscriber, pattern) in &patterns {
+                let Some(config) = set.subscribers.get(subscriber) else {
+                    continue;
+                };
+                // Only exact subscriptions handle a command; `orders.>` monitors just watch.
+                if pattern.value.as_str() != topic || groups.contains(&config.group.as_str()) {
+                    continue;
+                }
+                groups.push(&config.group);
+                if groups.len() > 1 {
+                    found.push(
+                        pattern.file,
+                        pattern.span.offset(),
+                        FlowError::CommandHandledTwice {
+                            topic: topic.to_owned(),
+                            first: groups[0].to_owned(),
+                            src: pattern.src.clone(),
+                            span: pattern.span,
+                        },
+                    );
+                }
+            }
+        }
+        if topic_kind_is(set, topic, TopicKind::Query, QUERY_PATTERN) {
+            for (subscriber, pattern) in &patterns {
+                let Some(config) = set.subscribers.get(subscriber) else {
+                    continue;
+                };
+                if pattern.value.as_str() != topic {
+                    continue;
+                }
+                let replies = config
+                    .script
+                    .as_ref()
+                    .is_some_and(|s| s.text.contains("reply("));
+                if !replies {
+                    found.push(
+                        pattern.file,
+                        pattern.span.offset(),
+                        FlowError::QueryWithoutReply {
+                            topic: topic.to_owned(),
+                            subscriber: subscriber.clone(),
+                            src: pattern.src.clone(),
+                            span: pattern.span,
+                        },
+                    );
+                }
+            }
+        }
+    }
+    found.refs.subscriber_patterns = patterns;
 }
 
 /// Every step of a chain must be reachable from the one before: some subscriber that

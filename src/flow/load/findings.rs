@@ -73,6 +73,8 @@ pub(super) struct TopicRefs {
     pub consumed: Vec<Located<TopicPattern>>,
     /// An `http` producer can publish to any topic.
     pub has_http: bool,
+    /// Each subscriber's topic patterns, with the subscriber's name (for the CQRS lint).
+    pub subscriber_patterns: Vec<(String, Located<TopicPattern>)>,
     /// Every chain step: (chain name, position, the step), for the link check.
     pub chain_steps: Vec<(String, usize, Located<String>)>,
 }

@@ -363,7 +363,13 @@ fn generator(r: &mut Reader<'_>, f: &mut Fields<'_>) -> Option<GeneratorProducer
 
 /// `[subscribers.NAME]`.
 fn subscriber(r: &mut Reader<'_>, name: &str, mut f: Fields<'_>) -> Option<SubscriberConfig> {
+    let before = r.found.refs.consumed.len();
     let input = subscriber_input(r, &mut f);
+    let mine: Vec<_> = r.found.refs.consumed[before..]
+        .iter()
+        .map(|p| (name.to_owned(), p.clone()))
+        .collect();
+    r.found.refs.subscriber_patterns.extend(mine);
     let script = f.take("script").and_then(|v| r.script("script", v));
     let emits = f.take("emits").and_then(|v| r.topics("emits", v));
     for topic in emits.iter().flatten() {

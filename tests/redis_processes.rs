@@ -1,0 +1,220 @@
+//! Several `edaflow run` processes on one Redis (a server each test starts itself): they
+//! compete within a group and fan out across groups, and when one is killed with SIGKILL
+//! under load the other finishes every event. Counted by ids read back from Redis: every
+//! published event handled, no emitted event duplicated.
+
+mod common;
+mod redis_support;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{http, Edaflow, FlowDir, Running};
+use redis_support::RedisServer;
+
+const PATIENCE: Duration = Duration::from_secs(20);
+
+const FLOW: &str = r#"
+[flow]
+name = "multi"
+
+[producers.api]
+kind = "http"
+listen = "127.0.0.1:0"
+
+[subscribers.work]
+topic = "job"
+script = "work.rhai"
+emits = ["worked"]
+concurrency = 2
+
+[subscribers.audit]
+topic = "job"
+script = "audit.rhai"
+emits = ["audited"]
+
+[subscribers.done]
+topics = ["worked", "audited"]
+script = "done.rhai"
+"#;
+
+/// Some work per event, so a process holds events in flight when it is killed.
+const WORK: &str = r#"
+let x = 0;
+for i in 0..2000 { x += i; }
+log(`worked ${event.data.n}`);
+emit("worked", #{ n: event.data.n });
+"#;
+
+const AUDIT: &str = r#"emit("audited", #{ n: event.data.n });"#;
+
+const DONE: &str = "let n = event.data.n;";
+
+fn flow_dir() -> FlowDir {
+    let dir = FlowDir::new();
+    dir.write("multi.toml", FLOW);
+    dir.write("work.rhai", WORK);
+    dir.write("audit.rhai", AUDIT);
+    dir.write("done.rhai", DONE);
+    dir
+}
+
+fn start(dir: &FlowDir, server: &RedisServer, extra: &[&str]) -> (Running, SocketAddr) {
+    let mut args = vec![
+        "run",
+        "multi.toml",
+        "--no-watch",
+        "--listen",
+        "127.0.0.1:0",
+        "--broker",
+    ];
+    let url = server.url();
+    args.push(&url);
+    args.extend_from_slice(extra);
+    let mut running = Edaflow::new(dir.root()).args(args).spawn();
+    let addr = running.find_in_stderr("`http ingest listening` line", PATIENCE, |line| {
+        let (_, after) = line
+            .split_once("http ingest listening")?
+            .1
+            .split_once("addr=")?;
+        after.split_whitespace().next()?.parse::<SocketAddr>().ok()
+    });
+    (running, addr)
+}
+
+fn publish(addr: SocketAddr, n: usize) {
+    let body = format!("{{\"n\":{n}}}");
+    let reply = http(
+        addr,
+        "POST",
+        "/topics/job",
+        &[("Content-Type", "application/json")],
+        body.as_bytes(),
+    );
+    assert_eq!(reply.status, 202, "{reply:?}");
+}
+
+/// How many times each `n` was emitted on `topic` (read from its stream).
+fn emitted(conn: &mut redis::Connection, topic: &str) -> BTreeMap<u64, usize> {
+    let entries: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg(format!("edaflow:multi:t:{topic}"))
+        .arg("-")
+        .arg("+")
+        .query(conn)
+        .expect("XRANGE");
+    let mut counts = BTreeMap::new();
+    for entry in entries.ids {
+        let json: String = entry.get("e").expect("an event field");
+        let event: serde_json::Value = serde_json::from_str(&json).expect("event JSON");
+        let n = event["data"]["n"].as_u64().expect("n");
+        *counts.entry(n).or_default() += 1;
+    }
+    counts
+}
+
+/// Waits until `topic` has an event for each of `0..total`, then returns the counts.
+fn wait_emitted(
+    conn: &mut redis::Connection,
+    topic: &str,
+    total: usize,
+    within: Duration,
+) -> BTreeMap<u64, usize> {
+    let deadline = Instant::now() + within;
+    loop {
+        let counts = emitted(conn, topic);
+        if counts.len() >= total || Instant::now() >= deadline {
+            return counts;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn assert_each_once(counts: &BTreeMap<u64, usize>, total: usize, what: &str) {
+    let missing: Vec<u64> = (0..total as u64)
+        .filter(|n| !counts.contains_key(n))
+        .collect();
+    let doubled: Vec<(&u64, &usize)> = counts.iter().filter(|(_, c)| **c > 1).collect();
+    assert!(
+        missing.is_empty() && doubled.is_empty(),
+        "{what}: {} of {total} handled; lost {missing:?}; duplicated {doubled:?}",
+        counts.len()
+    );
+}
+
+fn worked_lines(running: &Running) -> usize {
+    running.stderr().matches("worked ").count()
+}
+
+#[test]
+fn two_processes_compete_within_a_group_and_fan_out_across_groups() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let dir = flow_dir();
+    let (first, addr) = start(&dir, &server, &[]);
+    let (second, other) = start(&dir, &server, &[]);
+    const TOTAL: usize = 200;
+    for n in 0..TOTAL {
+        // Ingest on both: either process may publish; the groups are shared.
+        publish(if n % 2 == 0 { addr } else { other }, n);
+    }
+    let mut conn = redis::Client::open(server.url())
+        .and_then(|c| c.get_connection())
+        .expect("connect");
+    let worked = wait_emitted(&mut conn, "worked", TOTAL, PATIENCE);
+    let audited = wait_emitted(&mut conn, "audited", TOTAL, PATIENCE);
+    assert_each_once(&worked, TOTAL, "group `work` across both processes");
+    assert_each_once(&audited, TOTAL, "group `audit` across both processes");
+    let (a, b) = (worked_lines(&first), worked_lines(&second));
+    assert_eq!(a + b, TOTAL, "each event handled by one process");
+    assert!(
+        a > 0 && b > 0,
+        "both processes compete: {a} and {b}\n{}{}",
+        first.dump(),
+        second.dump()
+    );
+}
+
+#[test]
+fn kill_9_of_one_process_under_load_loses_nothing() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let dir = flow_dir();
+    let claim = ["--claim-idle", "500ms"];
+    let (survivor, addr) = start(&dir, &server, &claim);
+    let (victim, _) = start(&dir, &server, &claim);
+    const TOTAL: usize = 600;
+    let mut conn = redis::Client::open(server.url())
+        .and_then(|c| c.get_connection())
+        .expect("connect");
+    for n in 0..TOTAL / 2 {
+        publish(addr, n);
+    }
+    // Mid-load, once the victim is taking part.
+    let deadline = Instant::now() + PATIENCE;
+    while worked_lines(&victim) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the victim never handled an event\n{}",
+            victim.dump()
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let status = Command::new("kill")
+        .args(["-KILL", &victim.pid().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success());
+    for n in TOTAL / 2..TOTAL {
+        publish(addr, n);
+    }
+    let worked = wait_emitted(&mut conn, "worked", TOTAL, PATIENCE);
+    let audited = wait_emitted(&mut conn, "audited", TOTAL, PATIENCE);
+    assert_each_once(&worked, TOTAL, "after kill -9, group `work`");
+    assert_each_once(&audited, TOTAL, "after kill -9, group `audit`");
+    drop(survivor);
+    drop(victim);
+}
