@@ -40,6 +40,8 @@ pub enum ApiError {
     NotExposed { store: String },
     #[error("no key {key:?} in store {store:?}")]
     NoSuchKey { store: String, key: String },
+    #[error("no journey {correlation:?} in the recent history")]
+    UnknownJourney { correlation: String },
 }
 
 impl ApiError {
@@ -54,7 +56,8 @@ impl ApiError {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::UnknownQueue { .. }
             | ApiError::NotExposed { .. }
-            | ApiError::NoSuchKey { .. } => StatusCode::NOT_FOUND,
+            | ApiError::NoSuchKey { .. }
+            | ApiError::UnknownJourney { .. } => StatusCode::NOT_FOUND,
             ApiError::QueryTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ApiError::QueryFailed { .. } => StatusCode::BAD_GATEWAY,
             ApiError::QueriesUnsupported => StatusCode::NOT_IMPLEMENTED,
@@ -83,6 +86,7 @@ impl ApiError {
             ApiError::QueriesUnsupported => "queries_unsupported",
             ApiError::NotExposed { .. } => "not_exposed",
             ApiError::NoSuchKey { .. } => "no_such_key",
+            ApiError::UnknownJourney { .. } => "unknown_journey",
         }
     }
 }

@@ -19,6 +19,7 @@ use crate::event::{new_id, Event, SPEC_VERSION};
 use crate::flow::duration::parse_duration;
 use crate::flow::pattern::validate_topic;
 use crate::http::{json_response, ApiError, ApiState};
+use crate::runtime::history::Pending;
 
 /// `POST /topics/{topic}`.
 pub(crate) async fn publish_topic<B: Broker>(
@@ -108,6 +109,7 @@ async fn accept<B: Broker>(
     let event = read_event(state, topic, headers, body).await?;
     let id = event.id.clone();
     let published_topic = event.topic.clone();
+    let pending = Pending::of(&event, state.producer_name(), None);
     let result = match destination {
         Destination::Topic => {
             state
@@ -127,6 +129,7 @@ async fn accept<B: Broker>(
     match result {
         Ok(()) => {
             state.shared.metrics.published(&published_topic);
+            state.shared.history.insert(pending);
             Ok(json_response(
                 StatusCode::ACCEPTED,
                 format!("{{\"id\":\"{id}\"}}"),

@@ -60,6 +60,11 @@ impl<B: Broker> ApiState<B> {
         })
     }
 
+    /// The producer's name (the last part of its source).
+    pub(crate) fn producer_name(&self) -> &str {
+        self.source.rsplit('/').next().unwrap_or("api")
+    }
+
     fn authorize(&self, headers: &HeaderMap) -> Result<(), ApiError> {
         let Some(token) = &self.config.token else {
             return Ok(());
@@ -94,6 +99,7 @@ pub fn router<B: Broker>(state: Arc<ApiState<B>>) -> Router {
         .route("/tail", get(tail::<B>))
         .route("/admin/reload", post(admin_reload::<B>))
         .route("/chains", get(chains::<B>))
+        .route("/trace/{correlation}", get(trace::<B>))
         .route("/query/{topic}", post(query::query::<B>))
         .route("/stores/{store}/{key}", get(query::read_store::<B>))
         .route("/queues", get(admin::list_queues::<B>))
@@ -216,6 +222,24 @@ async fn chains<B: Broker>(
     Ok(json_response(
         StatusCode::OK,
         serde_json::to_string(&reports).unwrap_or_default(),
+    ))
+}
+
+/// `GET /trace/{correlation}`: the recorded events of one journey.
+async fn trace<B: Broker>(
+    State(state): State<Arc<ApiState<B>>>,
+    axum::extract::Path(correlation): axum::extract::Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    state.authorize(&headers)?;
+    let journey = state
+        .shared
+        .history
+        .journey(&correlation)
+        .ok_or(ApiError::UnknownJourney { correlation })?;
+    Ok(json_response(
+        StatusCode::OK,
+        serde_json::to_string(&journey).unwrap_or_default(),
     ))
 }
 

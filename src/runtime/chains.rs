@@ -265,6 +265,7 @@ impl<B: Broker> ChainTask<B> {
         });
         let event = last.caused(topic.clone(), self.source.clone(), data);
         self.shared.metrics.published(topic);
+        self.shared.history.record(&event, &self.name, None);
         if let Err(e) = self.shared.broker.publish(event, Backpressure::Wait).await {
             warn!(error = %e, "could not publish the chain's on_timeout event");
         }

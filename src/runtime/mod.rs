@@ -9,6 +9,7 @@
 //! restarted, removed ones drained, added ones started. Starting is applying onto nothing.
 
 pub mod chains;
+pub mod history;
 pub mod metrics;
 pub mod producers;
 pub mod relay;
@@ -159,6 +160,8 @@ pub struct Shared<B: Broker> {
     pub declared_stores: watch::Sender<Arc<BTreeSet<String>>>,
     /// Per-topic settings of the running generation (query reply timeouts).
     pub topics: watch::Sender<Arc<BTreeMap<String, TopicConfig>>>,
+    /// Recent journeys, for `edaflow trace`.
+    pub history: history::History,
     /// When set, each successfully handled event is reported here with its subscriber
     /// (`edaflow test` uses it to check `handled_by`); lossy if the reader falls behind.
     pub handled:
@@ -248,6 +251,7 @@ impl<B: Broker> Runtime<B> {
             declared_stores: watch::Sender::new(Arc::new(BTreeSet::new())),
             topics: watch::Sender::new(Arc::new(BTreeMap::new())),
             reload: std::sync::OnceLock::new(),
+            history: history::History::default(),
             handled: std::sync::OnceLock::new(),
             engine: ScriptEngine::new(options.limits),
             metrics: Arc::new(Metrics::default()),

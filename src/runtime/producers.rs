@@ -28,6 +28,7 @@ pub(crate) struct ProducerContext<B: Broker> {
 impl<B: Broker> ProducerContext<B> {
     async fn publish(&self, event: Event) -> bool {
         self.shared.metrics.published(&event.topic);
+        self.shared.history.record(&event, &self.name, None);
         match self.shared.broker.publish(event, Backpressure::Wait).await {
             Ok(()) => true,
             Err(e) => {

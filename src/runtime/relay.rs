@@ -139,6 +139,7 @@ impl<B: Broker> RelayTask<B> {
             let item = delivery
                 .event
                 .caused(self.config.to.clone(), self.source.clone(), data);
+            self.shared.history.record(&item, &self.name, None);
             effects.enqueue.push((self.config.to.clone(), item, delay));
         }
         let queued = !effects.enqueue.is_empty();

@@ -202,6 +202,12 @@ impl<B: Broker> SubscriberTask<B> {
     /// Commits effects with the ack of `delivery`.
     async fn settle(&self, delivery: &Delivery, effects: Effects) -> Result<(), Refused> {
         let published: Vec<String> = effects.events().map(|e| e.topic.clone()).collect();
+        let generation = self.code.borrow().generation;
+        for event in effects.events() {
+            self.shared
+                .history
+                .record(event, &self.name, Some(generation));
+        }
         match self.shared.broker.commit(delivery.clone(), effects).await {
             Ok(()) => {
                 for topic in &published {

@@ -1,0 +1,170 @@
+//! A bounded history of recent journeys, for `edaflow trace`: every event published by a
+//! producer, a handler, a relay or a chain tracker is recorded under its correlation id with
+//! who emitted it, with which generation's code, and when. Old journeys are forgotten first.
+//!
+//! Sharded by correlation id so that recording from many workers does not contend on one
+//! lock; each record is a short critical section with no `.await`.
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use serde::Serialize;
+
+use crate::event::Event;
+
+const SHARDS: usize = 16;
+/// Journeys kept (in total, across shards).
+pub const MAX_JOURNEYS: usize = 10_000;
+/// Events kept per journey.
+pub const MAX_EVENTS_PER_JOURNEY: usize = 1_000;
+
+/// One event of a journey.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct TraceEntry {
+    pub id: String,
+    pub causation_id: Option<String>,
+    pub topic: String,
+    /// The component that published it (a subscriber, producer, relay or chain).
+    pub emitted_by: String,
+    /// The flow generation whose code emitted it (none for producers' own events).
+    pub generation: Option<u64>,
+    #[serde(with = "rfc3339")]
+    pub time: SystemTime,
+}
+
+mod rfc3339 {
+    use std::time::SystemTime;
+
+    pub fn serialize<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_rfc3339_micros(*t))
+    }
+}
+
+/// An entry captured before its event is handed away.
+#[derive(Debug)]
+pub struct Pending {
+    correlation: String,
+    entry: TraceEntry,
+}
+
+impl Pending {
+    /// Captures what the history keeps of `event`.
+    pub fn of(event: &Event, emitted_by: &str, generation: Option<u64>) -> Pending {
+        Pending {
+            correlation: event.correlation_id.clone(),
+            entry: TraceEntry {
+                id: event.id.clone(),
+                causation_id: event.causation_id.clone(),
+                topic: event.topic.clone(),
+                emitted_by: emitted_by.to_owned(),
+                generation,
+                time: event.time,
+            },
+        }
+    }
+}
+
+#[derive(Default)]
+struct Shard {
+    journeys: HashMap<String, Vec<TraceEntry>>,
+    order: VecDeque<String>,
+}
+
+/// The history.
+pub struct History {
+    shards: Vec<Mutex<Shard>>,
+    hasher: std::collections::hash_map::RandomState,
+}
+
+impl Default for History {
+    fn default() -> Self {
+        History {
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+            hasher: std::collections::hash_map::RandomState::new(),
+        }
+    }
+}
+
+impl std::fmt::Debug for History {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("History").finish_non_exhaustive()
+    }
+}
+
+impl History {
+    fn shard(&self, correlation: &str) -> &Mutex<Shard> {
+        let mut h = self.hasher.build_hasher();
+        correlation.hash(&mut h);
+        &self.shards[(h.finish() as usize) % SHARDS]
+    }
+
+    /// Records an event as published by `emitted_by`.
+    pub fn record(&self, event: &Event, emitted_by: &str, generation: Option<u64>) {
+        self.insert(Pending::of(event, emitted_by, generation));
+    }
+
+    /// Records what `Pending::of` captured (for callers that hand the event away first and
+    /// record only once it was accepted).
+    pub fn insert(&self, pending: Pending) {
+        let Pending { correlation, entry } = pending;
+        let mut shard = self
+            .shard(&correlation)
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let shard = &mut *shard;
+        match shard.journeys.get_mut(&correlation) {
+            Some(events) => {
+                if events.len() < MAX_EVENTS_PER_JOURNEY {
+                    events.push(entry);
+                }
+            }
+            None => {
+                if shard.order.len() >= MAX_JOURNEYS / SHARDS {
+                    if let Some(oldest) = shard.order.pop_front() {
+                        shard.journeys.remove(&oldest);
+                    }
+                }
+                shard.order.push_back(correlation.clone());
+                shard.journeys.insert(correlation, vec![entry]);
+            }
+        }
+    }
+
+    /// The recorded events of one journey, in the order they were recorded.
+    pub fn journey(&self, correlation: &str) -> Option<Vec<TraceEntry>> {
+        let shard = self
+            .shard(correlation)
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        shard.journeys.get(correlation).cloned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn journeys_are_recorded_and_bounded() {
+        let history = History::default();
+        let first = Event::new("orderCreated", "test", json!({}));
+        let second = first.caused("inventoryReserved", "test", json!({}));
+        history.record(&first, "api", None);
+        history.record(&second, "reserve", Some(2));
+        let journey = history.journey(&first.id).expect("recorded");
+        assert_eq!(journey.len(), 2);
+        assert_eq!(journey[1].causation_id.as_deref(), Some(first.id.as_str()));
+        assert_eq!(journey[1].emitted_by, "reserve");
+        assert_eq!(journey[1].generation, Some(2));
+        for _ in 0..MAX_JOURNEYS + 100 {
+            history.record(&Event::new("t", "test", json!({})), "x", None);
+        }
+        assert!(
+            history.journey(&first.id).is_none(),
+            "the oldest journeys are forgotten"
+        );
+    }
+}
