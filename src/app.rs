@@ -92,6 +92,32 @@ pub fn main(cli: Cli) -> Result<(), Error> {
                 .build()?;
             rt.block_on(publish(&topic, &data, &remote))
         }
+        Command::Graph {
+            flows,
+            format,
+            live,
+            token,
+        } => {
+            let prepared = load(&flows)?;
+            let counts = match live {
+                None => crate::flow::graph::LiveCounts::default(),
+                Some(url) => {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()?;
+                    rt.block_on(live_counts(&url, token))?
+                }
+            };
+            let format = match format {
+                crate::cli::GraphFormatArg::Mermaid => crate::flow::graph::GraphFormat::Mermaid,
+                crate::cli::GraphFormatArg::Dot => crate::flow::graph::GraphFormat::Dot,
+            };
+            print!(
+                "{}",
+                crate::flow::graph::render(&prepared.flows, format, &counts)
+            );
+            Ok(())
+        }
         Command::Dead { action } => {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -568,6 +594,37 @@ async fn dead(action: DeadAction) -> Result<(), Error> {
             Ok(())
         }
     }
+}
+
+/// Reads the per-topic and per-subscriber counts of a running instance from `/metrics`.
+async fn live_counts(
+    url: &str,
+    token: Option<String>,
+) -> Result<crate::flow::graph::LiveCounts, Error> {
+    let target = Target::parse(url, token)?;
+    let body = target.call("GET", "/metrics", None, Bytes::new()).await?;
+    let text = String::from_utf8_lossy(&body);
+    let mut counts = crate::flow::graph::LiveCounts::default();
+    for line in text.lines() {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let Ok(value) = value.parse::<u64>() else {
+            continue;
+        };
+        let label = |prefix: &str| {
+            series
+                .strip_prefix(prefix)
+                .and_then(|rest| rest.strip_suffix("\"}"))
+                .map(str::to_owned)
+        };
+        if let Some(topic) = label("edaflow_topic_events_in_total{topic=\"") {
+            counts.topics.insert(topic, value);
+        } else if let Some(subscriber) = label("edaflow_subscriber_handled_total{subscriber=\"") {
+            counts.subscribers.insert(subscriber, value);
+        }
+    }
+    Ok(counts)
 }
 
 fn percent_encode(text: &str) -> String {

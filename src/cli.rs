@@ -33,6 +33,15 @@ pub struct Cli {
     pub log_format: LogFormat,
 }
 
+/// `edaflow graph --format`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum GraphFormatArg {
+    /// A Mermaid flowchart (GitHub renders it in Markdown).
+    Mermaid,
+    /// Graphviz dot.
+    Dot,
+}
+
 /// Log output formats.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -92,6 +101,25 @@ pub enum Command {
     Dead {
         #[command(subcommand)]
         action: DeadAction,
+    },
+    /// Draw the declared wiring of flows: producers, topics, subscribers, queues, relays,
+    /// stores and chains.
+    #[command(
+        after_help = "Examples:\n  edaflow graph flows/orders.toml\n  edaflow graph flows/orders.toml --format dot | dot -Tsvg > orders.svg\n  edaflow graph flows/orders.toml --live http://127.0.0.1:3000"
+    )]
+    Graph {
+        /// Flow files, or folders of them.
+        #[arg(required = true, value_name = "FLOW")]
+        flows: Vec<PathBuf>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = GraphFormatArg::Mermaid)]
+        format: GraphFormatArg,
+        /// Annotate with the event counts of a running instance (its /metrics).
+        #[arg(long, value_name = "URL")]
+        live: Option<String>,
+        /// Bearer token for --live, when the instance sets one.
+        #[arg(long, env = "EDAFLOW_TOKEN", hide_env_values = true)]
+        token: Option<String>,
     },
     /// Run the [[tests]] of flow files, in process, on virtual time.
     #[command(after_help = "Examples:\n  edaflow test flows/orders.toml\n  edaflow test flows/")]

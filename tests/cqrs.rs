@@ -71,7 +71,8 @@ fn flow(dir: &FlowDir) {
     );
     dir.write(
         "broken.rhai",
-        r#"fail("secret database password is hunter2");"#,
+        // It would reply, but it fails first.
+        r#"fail("secret database password is hunter2"); reply(#{ never: true });"#,
     );
 }
 
