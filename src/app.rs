@@ -92,6 +92,25 @@ pub fn main(cli: Cli) -> Result<(), Error> {
                 .build()?;
             rt.block_on(publish(&topic, &data, &remote))
         }
+        Command::Query {
+            topic,
+            data,
+            remote,
+        } => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(query(&topic, &data, &remote))
+        }
+        Command::Trace {
+            correlation_id,
+            remote,
+        } => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(trace(&correlation_id, &remote))
+        }
         Command::Graph {
             flows,
             format,
@@ -596,6 +615,111 @@ async fn dead(action: DeadAction) -> Result<(), Error> {
     }
 }
 
+async fn query(topic: &str, data: &str, remote: &Remote) -> Result<(), Error> {
+    serde_json::from_str::<serde_json::Value>(data)
+        .map_err(|source| Error::BadJson { line: 1, source })?;
+    let target = Target::parse(&remote.url, remote.token.clone())?;
+    let answer = target
+        .call(
+            "POST",
+            &format!("/query/{topic}"),
+            Some("application/json"),
+            Bytes::from(data.to_owned()),
+        )
+        .await?;
+    println!("{}", String::from_utf8_lossy(&answer));
+    Ok(())
+}
+
+async fn trace(correlation: &str, remote: &Remote) -> Result<(), Error> {
+    let target = Target::parse(&remote.url, remote.token.clone())?;
+    let body = target
+        .call(
+            "GET",
+            &format!("/trace/{}", percent_encode(correlation)),
+            None,
+            Bytes::new(),
+        )
+        .await?;
+    let entries: Vec<crate::runtime::history::TraceEntry> =
+        serde_json::from_slice(&body).unwrap_or_default();
+    print!("{}", render_trace(&entries));
+    Ok(())
+}
+
+/// The tree of a journey: each event under the one that caused it, with who emitted it,
+/// the generation of its code, its time and the delta from its parent.
+pub fn render_trace(entries: &[crate::runtime::history::TraceEntry]) -> String {
+    use std::fmt::Write as _;
+    let ids: std::collections::HashSet<&str> = entries.iter().map(|e| e.id.as_str()).collect();
+    let mut out = String::new();
+    fn walk(
+        out: &mut String,
+        entries: &[crate::runtime::history::TraceEntry],
+        index: usize,
+        prefix: &str,
+        last: bool,
+        root: bool,
+    ) {
+        let e = &entries[index];
+        let parent = e
+            .causation_id
+            .as_deref()
+            .and_then(|c| entries.iter().find(|p| p.id == c));
+        let delta = parent
+            .and_then(|p| e.time.duration_since(p.time).ok())
+            .map(|d| format!(" +{:.1}ms", d.as_secs_f64() * 1000.0))
+            .unwrap_or_default();
+        let generation = e
+            .generation
+            .map(|g| format!(" gen {g}"))
+            .unwrap_or_default();
+        let branch = if root {
+            ""
+        } else if last {
+            "└─ "
+        } else {
+            "├─ "
+        };
+        let _ = writeln!(
+            out,
+            "{prefix}{branch}{} {} by {}{generation} {}{delta}",
+            e.topic,
+            e.id,
+            e.emitted_by,
+            humantime::format_rfc3339_millis(e.time)
+        );
+        let children: Vec<usize> = entries
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.causation_id.as_deref() == Some(e.id.as_str()))
+            .map(|(i, _)| i)
+            .collect();
+        let next_prefix = if root {
+            String::new()
+        } else {
+            format!("{prefix}{}", if last { "   " } else { "│  " })
+        };
+        for (n, child) in children.iter().enumerate() {
+            walk(
+                out,
+                entries,
+                *child,
+                &next_prefix,
+                n + 1 == children.len(),
+                false,
+            );
+        }
+    }
+    for (i, e) in entries.iter().enumerate() {
+        let is_root = e.causation_id.as_deref().is_none_or(|c| !ids.contains(c));
+        if is_root {
+            walk(&mut out, entries, i, "", true, true);
+        }
+    }
+    out
+}
+
 /// Reads the per-topic and per-subscriber counts of a running instance from `/metrics`.
 async fn live_counts(
     url: &str,
@@ -641,3 +765,39 @@ fn percent_encode(text: &str) -> String {
 
 /// How long `run` waits at most for in-flight work by default.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(5);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::history::TraceEntry;
+    use std::time::{Duration, SystemTime};
+
+    fn entry(id: &str, cause: Option<&str>, topic: &str, by: &str, ms: u64) -> TraceEntry {
+        TraceEntry {
+            id: id.into(),
+            causation_id: cause.map(str::to_owned),
+            topic: topic.into(),
+            emitted_by: by.into(),
+            generation: cause.map(|_| 1),
+            time: SystemTime::UNIX_EPOCH + Duration::from_millis(ms),
+        }
+    }
+
+    #[test]
+    fn traces_render_as_a_tree_with_deltas() {
+        let entries = [
+            entry("a", None, "orderCreated", "api", 0),
+            entry("b", Some("a"), "inventoryReserved", "reserve", 2),
+            entry("c", Some("a"), "audit", "audit", 3),
+            entry("d", Some("b"), "paymentCharged", "charge", 5),
+        ];
+        let text = render_trace(&entries);
+        let expected = "\
+orderCreated a by api 1970-01-01T00:00:00.000Z
+├─ inventoryReserved b by reserve gen 1 1970-01-01T00:00:00.002Z +2.0ms
+│  └─ paymentCharged d by charge gen 1 1970-01-01T00:00:00.005Z +3.0ms
+└─ audit c by audit gen 1 1970-01-01T00:00:00.003Z +3.0ms
+";
+        assert_eq!(text, expected);
+    }
+}

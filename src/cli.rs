@@ -102,6 +102,29 @@ pub enum Command {
         #[command(subcommand)]
         action: DeadAction,
     },
+    /// Ask a running instance a query and print the reply (request/reply over HTTP).
+    #[command(
+        after_help = "Examples:\n  edaflow query orders.query.get '{\"order_id\":1}'\n  edaflow query orders.query.by_customer '{\"customer\":\"ann\"}'"
+    )]
+    Query {
+        /// The query topic.
+        topic: String,
+        /// The query as JSON.
+        #[arg(default_value = "{}")]
+        data: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Print the tree of events of one journey (a correlation id) from a running instance.
+    #[command(
+        after_help = "Examples:\n  edaflow trace 01M8BARPKC0ECJ9W797NG2TCS7\n\nThe id is the one `POST /topics/...` answered with (the first event's id)."
+    )]
+    Trace {
+        /// The correlation id: the id of the journey's first event.
+        correlation_id: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
     /// Draw the declared wiring of flows: producers, topics, subscribers, queues, relays,
     /// stores and chains.
     #[command(

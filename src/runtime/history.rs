@@ -21,7 +21,7 @@ pub const MAX_JOURNEYS: usize = 10_000;
 pub const MAX_EVENTS_PER_JOURNEY: usize = 1_000;
 
 /// One event of a journey.
-#[derive(Clone, Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq)]
 pub struct TraceEntry {
     pub id: String,
     pub causation_id: Option<String>,
@@ -39,6 +39,11 @@ mod rfc3339 {
 
     pub fn serialize<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(&humantime::format_rfc3339_micros(*t))
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
+        let text = <String as serde::Deserialize>::deserialize(d)?;
+        humantime::parse_rfc3339_weak(&text).map_err(serde::de::Error::custom)
     }
 }
 
