@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # edaflow's benchmark workloads (see bench/README.md), median of REPS runs each.
 #
-#   bench/run.sh                 # everything: w1 w2 w2b w3 scale reload
+#   bench/run.sh                 # everything: w1 w2 w2b w3 scale reload query tracked
 #   bench/run.sh w1 w3           # a subset
 #   REPS=5 bench/run.sh w1       # more repetitions
 #
@@ -120,6 +120,34 @@ w3() {
   report "peak RSS MiB" "${hwm[@]}"
 }
 
+query() {
+  local rps=() p50=() p99=() errs=()
+  for rep in $(seq "$REPS"); do
+    start_edaflow flows/cqrs.toml
+    curl -sf -XPOST -H 'Content-Type: application/json' -d '{"order_id": 1, "customer": "ann", "total": 49.99}' "$URL/topics/orders.command.place" >/dev/null
+    for _ in $(seq 100); do curl -sf -XPOST -H 'Content-Type: application/json' -d '{"order_id": 1}' "$URL/query/orders.query.get" | grep -q '"found":true' && break; sleep 0.05; done
+    wrk -t1 -c32 -d3s -s bench/wrk/query.lua "$URL/query/orders.query.get" >/dev/null
+    local line; line="$(wrk -t1 -c32 -d10s --latency -s bench/wrk/query.lua "$URL/query/orders.query.get" | grep '^RESULT')"
+    say "query rep $rep: $line"
+    rps+=("$(field rps "$line")"); p50+=("$(awk -v u="$(field p50_us "$line")" 'BEGIN{print u/1000}')")
+    p99+=("$(awk -v u="$(field p99_us "$line")" 'BEGIN{print u/1000}')"); errs+=("$(field err_status "$line")")
+    stop_edaflow
+  done
+  echo "== query round trip, POST /query/orders.query.get answered from a store (median of $REPS) =="
+  report "req/s" "${rps[@]}"; report "p50 ms" "${p50[@]}"; report "p99 ms" "${p99[@]}"; report "non-2xx answers" "${errs[@]}"
+}
+
+tracked() {
+  local plain=() with=()
+  for rep in $(seq "$REPS"); do
+    plain+=("$(field chains_per_s "$(target/release/examples/w2_chain bench/flows/w2.toml 200000 2>/dev/null | grep '^RESULT')")")
+    with+=("$(field chains_per_s "$(target/release/examples/w2_chain bench/flows/w2_tracked.toml 200000 2>/dev/null | grep '^RESULT')")")
+    say "tracked rep $rep: plain ${plain[-1]} tracked ${with[-1]}"
+  done
+  echo "== chain tracking overhead on W2, alternating runs (median of $REPS) =="
+  report "W2 chains/s, untracked" "${plain[@]}"; report "W2 chains/s, with [chains.w2]" "${with[@]}"
+}
+
 scale() {
   echo "== queue scaling: 10^4 .. 10^6 pending items (one run) =="
   target/release/examples/queue_scale 2>/dev/null | grep '^RESULT'
@@ -132,6 +160,6 @@ reload() {
 
 say "building release binary and examples"
 cargo build --release --bin edaflow --examples >/dev/null 2>&1
-sel=("$@"); [ "${#sel[@]}" -gt 0 ] || sel=(w1 w2 w2b w3 scale reload)
+sel=("$@"); [ "${#sel[@]}" -gt 0 ] || sel=(w1 w2 w2b w3 scale reload query tracked)
 echo "edaflow $(git rev-parse --short HEAD 2>/dev/null || echo '?'), $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(uname -r)"
 for w in "${sel[@]}"; do "$w"; echo; done

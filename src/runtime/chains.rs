@@ -123,7 +123,8 @@ struct Instance {
     /// (step index, when) of every step seen, in order.
     reached: Vec<(usize, Instant)>,
     last: Arc<Event>,
-    deadline: Option<Instant>,
+    /// The key of its pending timeout in `Tracked::deadlines`.
+    deadline: Option<(Instant, u64)>,
 }
 
 /// What a tracker needs.
@@ -147,13 +148,22 @@ pub(crate) fn spawn<B: Broker>(
     Ok(())
 }
 
+/// The instances a tracker follows.
+#[derive(Default)]
+struct Tracked {
+    instances: HashMap<String, Instance>,
+    /// Pending timeouts; an instance removes its own when it completes.
+    deadlines: BTreeMap<(Instant, u64), String>,
+    seq: u64,
+}
+
+/// Steps read per wake-up before looking at the clock again.
+const BATCH: usize = 256;
+
 async fn run<B: Broker>(task: ChainTask<B>, mut consumer: B::Consumer, token: CancellationToken) {
-    let mut instances: HashMap<String, Instance> = HashMap::new();
-    let mut order: VecDeque<String> = VecDeque::new();
-    let mut deadlines: BTreeMap<(Instant, u64), String> = BTreeMap::new();
-    let mut seq = 0u64;
+    let mut tracked = Tracked::default();
     loop {
-        let next_deadline = deadlines.keys().next().map(|(at, _)| *at);
+        let next_deadline = tracked.deadlines.keys().next().map(|(at, _)| *at);
         let sleep = async {
             match next_deadline {
                 Some(at) => tokio::time::sleep_until(at).await,
@@ -165,74 +175,35 @@ async fn run<B: Broker>(task: ChainTask<B>, mut consumer: B::Consumer, token: Ca
             _ = token.cancelled() => break,
             _ = sleep => {
                 let now = Instant::now();
-                while let Some(entry) = deadlines.first_entry() {
+                while let Some(entry) = tracked.deadlines.first_entry() {
                     if entry.key().0 > now {
                         break;
                     }
                     let correlation = entry.remove();
-                    // Only an instance still waiting for this very deadline times out.
-                    let due = instances.get(&correlation).and_then(|i| i.deadline).is_some_and(|d| d <= now);
-                    if due {
-                        if let Some(instance) = instances.remove(&correlation) {
-                            task.time_out(&correlation, instance).await;
-                        }
+                    if let Some(instance) = tracked.instances.remove(&correlation) {
+                        task.time_out(&correlation, instance).await;
                     }
                 }
             }
             delivery = consumer.next() => {
-                let delivery = match delivery {
-                    Ok(d) => d,
+                let mut next = match delivery {
+                    Ok(d) => Some(d),
                     Err(e) => {
                         debug!(error = %e, "chain consumer closed");
                         break;
                     }
                 };
-                let event = delivery.event.clone();
-                if let Err(e) = task.shared.broker.commit(delivery, Effects::default()).await {
-                    warn!(error = %e, "could not acknowledge a chain step");
-                }
-                let Some(step) = task.config.steps.iter().position(|s| *s == event.topic) else { continue };
-                let now = Instant::now();
-                let correlation = event.correlation_id.clone();
-                match instances.get_mut(&correlation) {
-                    None if step == 0 => {
-                        if instances.len() >= MAX_INSTANCES {
-                            while let Some(oldest) = order.pop_front() {
-                                if instances.remove(&oldest).is_some() {
-                                    task.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
-                                    warn!(chain = %task.name, correlation = %oldest, limit = MAX_INSTANCES, "too many chain instances in flight; forgetting the oldest");
-                                    break;
-                                }
-                            }
-                        }
-                        let deadline = task.config.timeout.map(|t| now + t);
-                        if let Some(at) = deadline {
-                            seq += 1;
-                            deadlines.insert((at, seq), correlation.clone());
-                        }
-                        task.stats.started.fetch_add(1, Ordering::Relaxed);
-                        task.stats.in_flight.fetch_add(1, Ordering::Relaxed);
-                        order.push_back(correlation.clone());
-                        instances.insert(correlation, Instance { started: now, reached: vec![(0, now)], last: event, deadline });
+                // Take what is already waiting in one go: one wake-up per batch.
+                let mut taken = 0;
+                while let Some(delivery) = next.take() {
+                    let event = delivery.event.clone();
+                    if let Err(e) = task.shared.broker.commit(delivery, Effects::default()).await {
+                        warn!(error = %e, "could not acknowledge a chain step");
                     }
-                    None => {} // a journey that started before this tracker did
-                    Some(instance) => {
-                        let previous = instance.reached.last().map_or(instance.started, |(_, at)| *at);
-                        instance.reached.push((step, now));
-                        instance.last = event;
-                        {
-                            let mut per_step = task.stats.step_ms.lock().unwrap_or_else(|e| e.into_inner());
-                            push_sample(per_step.entry(step).or_default(), (now - previous).as_secs_f64() * 1000.0);
-                        }
-                        if step + 1 == task.config.steps.len() {
-                            if let Some(done) = instances.remove(&correlation) {
-                                let took = now - done.started;
-                                task.stats.completed.fetch_add(1, Ordering::Relaxed);
-                                task.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
-                                push_sample(&mut task.stats.durations_ms.lock().unwrap_or_else(|e| e.into_inner()), took.as_secs_f64() * 1000.0);
-                                debug!(chain = %task.name, %correlation, took_ms = took.as_millis() as u64, "chain completed");
-                            }
-                        }
+                    task.observe(&mut tracked, event);
+                    taken += 1;
+                    if taken < BATCH {
+                        next = consumer.try_next().await.ok().flatten();
                     }
                 }
             }
@@ -241,6 +212,89 @@ async fn run<B: Broker>(task: ChainTask<B>, mut consumer: B::Consumer, token: Ca
 }
 
 impl<B: Broker> ChainTask<B> {
+    /// Follows one step event.
+    fn observe(&self, tracked: &mut Tracked, event: Arc<Event>) {
+        let Some(step) = self.config.steps.iter().position(|s| *s == event.topic) else {
+            return;
+        };
+        let now = Instant::now();
+        match tracked.instances.get_mut(&event.correlation_id) {
+            None if step == 0 => {
+                if tracked.instances.len() >= MAX_INSTANCES {
+                    self.forget_one(tracked);
+                }
+                let deadline = self.config.timeout.map(|t| {
+                    tracked.seq += 1;
+                    let key = (now + t, tracked.seq);
+                    tracked.deadlines.insert(key, event.correlation_id.clone());
+                    key
+                });
+                self.stats.started.fetch_add(1, Ordering::Relaxed);
+                self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
+                let correlation = event.correlation_id.clone();
+                tracked.instances.insert(
+                    correlation,
+                    Instance {
+                        started: now,
+                        reached: vec![(0, now)],
+                        last: event,
+                        deadline,
+                    },
+                );
+            }
+            None => {} // a journey that started before this tracker did
+            Some(instance) => {
+                let previous = instance
+                    .reached
+                    .last()
+                    .map_or(instance.started, |(_, at)| *at);
+                instance.reached.push((step, now));
+                instance.last = event;
+                {
+                    let mut per_step = self.stats.step_ms.lock().unwrap_or_else(|e| e.into_inner());
+                    push_sample(
+                        per_step.entry(step).or_default(),
+                        (now - previous).as_secs_f64() * 1000.0,
+                    );
+                }
+                if step + 1 == self.config.steps.len() {
+                    let correlation = instance.last.correlation_id.clone();
+                    if let Some(done) = tracked.instances.remove(&correlation) {
+                        if let Some(key) = done.deadline {
+                            tracked.deadlines.remove(&key);
+                        }
+                        let took = now - done.started;
+                        self.stats.completed.fetch_add(1, Ordering::Relaxed);
+                        self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+                        push_sample(
+                            &mut self
+                                .stats
+                                .durations_ms
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner()),
+                            took.as_secs_f64() * 1000.0,
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// Makes room: forgets the instance closest to timing out (or any, without timeouts).
+    fn forget_one(&self, tracked: &mut Tracked) {
+        let oldest = match tracked.deadlines.pop_first() {
+            Some((_, correlation)) => correlation,
+            None => match tracked.instances.keys().next() {
+                Some(key) => key.clone(),
+                None => return,
+            },
+        };
+        if tracked.instances.remove(&oldest).is_some() {
+            self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+            warn!(chain = %self.name, correlation = %oldest, limit = MAX_INSTANCES, "too many chain instances in flight; forgetting one");
+        }
+    }
+
     async fn time_out(&self, correlation: &str, instance: Instance) {
         self.stats.timed_out.fetch_add(1, Ordering::Relaxed);
         self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
