@@ -763,9 +763,6 @@ fn percent_encode(text: &str) -> String {
     out
 }
 
-/// How long `run` waits at most for in-flight work by default.
-pub const DEFAULT_GRACE: Duration = Duration::from_secs(5);
-
 #[cfg(test)]
 mod tests {
     use super::*;
