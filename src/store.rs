@@ -10,11 +10,33 @@ use std::sync::RwLock;
 use serde_json::Value;
 
 /// Reading stores while a handler runs.
+///
+/// Reads can fail (a Redis store when Redis is unreachable): the handler's run then fails
+/// and is retried, rather than acting on a value it could not see.
 pub trait StoreRead: Send + Sync {
     /// The value under `key`, if any.
-    fn get(&self, store: &str, key: &str) -> Option<Value>;
+    ///
+    /// # Errors
+    /// `StoreError` when the store cannot be read.
+    fn get(&self, store: &str, key: &str) -> Result<Option<Value>, StoreError>;
     /// Up to `limit` entries whose key starts with `prefix`, in key order.
-    fn scan(&self, store: &str, prefix: &str, limit: usize) -> Vec<(String, Value)>;
+    ///
+    /// # Errors
+    /// `StoreError` when the store cannot be read.
+    fn scan(
+        &self,
+        store: &str,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, Value)>, StoreError>;
+}
+
+/// A store that could not be read.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("store `{store}` could not be read: {reason}")]
+pub struct StoreError {
+    pub store: String,
+    pub reason: String,
 }
 
 /// One change to a store.
@@ -66,22 +88,27 @@ impl MemoryStores {
 }
 
 impl StoreRead for MemoryStores {
-    fn get(&self, store: &str, key: &str) -> Option<Value> {
+    fn get(&self, store: &str, key: &str) -> Result<Option<Value>, StoreError> {
         let stores = self.stores.read().unwrap_or_else(|e| e.into_inner());
-        stores.get(store)?.get(key).cloned()
+        Ok(stores.get(store).and_then(|s| s.get(key)).cloned())
     }
 
-    fn scan(&self, store: &str, prefix: &str, limit: usize) -> Vec<(String, Value)> {
+    fn scan(
+        &self,
+        store: &str,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, Value)>, StoreError> {
         let stores = self.stores.read().unwrap_or_else(|e| e.into_inner());
         let Some(store) = stores.get(store) else {
-            return Vec::new();
+            return Ok(Vec::new());
         };
-        store
+        Ok(store
             .range(prefix.to_owned()..)
             .take_while(|(k, _)| k.starts_with(prefix))
             .take(limit)
             .map(|(k, v)| (k.clone(), v.clone()))
-            .collect()
+            .collect())
     }
 }
 
@@ -109,12 +136,12 @@ mod tests {
             write("other", StoreOp::Set(json!(1))),
             write("other", StoreOp::Remove),
         ]);
-        assert_eq!(stores.get("s", "count"), Some(json!(5)));
-        assert_eq!(stores.get("s", "other"), None);
-        let found = stores.scan("s", "customer:", 10);
+        assert_eq!(stores.get("s", "count").unwrap(), Some(json!(5)));
+        assert_eq!(stores.get("s", "other").unwrap(), None);
+        let found = stores.scan("s", "customer:", 10).unwrap();
         assert_eq!(found.len(), 2);
         assert_eq!(found[0].0, "customer:ann");
-        assert_eq!(stores.scan("s", "customer:", 1).len(), 1);
-        assert!(stores.scan("nope", "", 10).is_empty());
+        assert_eq!(stores.scan("s", "customer:", 1).unwrap().len(), 1);
+        assert!(stores.scan("nope", "", 10).unwrap().is_empty());
     }
 }

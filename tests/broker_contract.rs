@@ -16,10 +16,11 @@ use serde_json::json;
 use tokio::sync::mpsc;
 
 use edaflow::broker::{
-    Backpressure, Broker, BrokerError, Consumer, Delivery, Effects, GroupSpec, GroupStats,
+    Backpressure, Broker, BrokerError, Consumer, Delivery, Effects, GroupSpec, GroupStats, Reply,
 };
 use edaflow::event::Event;
 use edaflow::flow::TopicPattern;
+use edaflow::store::{StoreOp, StoreWrite};
 
 mod redis_support;
 use redis_support::Clock;
@@ -58,6 +59,8 @@ macro_rules! broker_contract {
         contract_test!([$(#[$test])*] $clock, $make, tap_sees_matching_events, 16);
         contract_test!([$(#[$test])*] $clock, $make, tap_is_lossy_and_never_blocks_publishers, 16);
         contract_test!([$(#[$test])*] $clock, $make, stats_report_queued_and_in_flight, 8);
+        contract_test!([$(#[$test])*] $clock, $make, commit_applies_store_writes_in_order, 16);
+        contract_test!([$(#[$test])*] $clock, $make, a_committed_reply_reaches_the_waiting_request, 16);
     };
 }
 
@@ -92,7 +95,7 @@ mod redis {
     use std::time::Duration;
 
     use crate::redis_support::{Clock, RedisServer};
-    use edaflow::broker::RedisOptions;
+    use edaflow::broker::{Backpressure, Broker, RedisOptions};
 
     /// A server per test, so checks never see each other's keys.
     async fn make(group_capacity: usize) -> Option<(edaflow::broker::RedisBroker, RedisServer)> {
@@ -112,6 +115,63 @@ mod redis {
         #[tokio::test]
         clock = Clock::real(20, Duration::from_millis(150)),
         make = make
+    }
+
+    /// A query answered by another process: the reply crosses Redis to the broker that
+    /// waits for it, and only to that one.
+    #[tokio::test]
+    async fn a_reply_committed_by_another_process_reaches_the_requester() {
+        let Some((requester, server)) = make(16).await else {
+            return;
+        };
+        let answerer = server
+            .broker(RedisOptions {
+                namespace: "contract".to_owned(),
+                block: Duration::from_millis(200),
+                ..RedisOptions::default()
+            })
+            .await;
+        let bystander = server
+            .broker(RedisOptions {
+                namespace: "contract".to_owned(),
+                ..RedisOptions::default()
+            })
+            .await;
+        crate::declare(&answerer, "answer", &["q"]).await;
+        let waiting = requester.await_reply("r1").expect("redis carries replies");
+        let unrelated = bystander.await_reply("r1").expect("redis carries replies");
+        let mut query = crate::event("q", 1);
+        query
+            .extensions
+            .insert("replyto".into(), requester.reply_address("r1").into());
+        crate::publish(&requester, query, Backpressure::Reject).await;
+        let mut consumer = crate::consumer(&answerer, "answer");
+        let delivery = crate::next_delivery(&mut consumer, "the query").await;
+        let to = delivery.event.extensions["replyto"]
+            .as_str()
+            .expect("a reply address")
+            .to_owned();
+        answerer
+            .commit(
+                delivery,
+                edaflow::broker::Effects {
+                    reply: Some(crate::Reply {
+                        to,
+                        result: Ok(serde_json::json!({"found": 1})),
+                    }),
+                    ..Default::default()
+                },
+            )
+            .await
+            .expect("commit");
+        let answer = tokio::time::timeout(crate::PATIENCE, waiting)
+            .await
+            .expect("the reply arrives in time")
+            .expect("the waiter is still there");
+        assert_eq!(answer, Ok(serde_json::json!({"found": 1})));
+        // The same request id waiting in a third process got nothing.
+        bystander.forget_reply("r1");
+        assert!(unrelated.await.is_err());
     }
 }
 
@@ -862,4 +922,121 @@ async fn stats_report_queued_and_in_flight<B: Broker>(broker: B, _clock: Clock) 
     assert_eq!(load(&broker, "a"), (1, 1));
     broker.nack(two).await.expect("nack");
     assert_eq!(load(&broker, "a"), (2, 0));
+}
+
+fn write(store: &str, key: &str, op: StoreOp) -> StoreWrite {
+    StoreWrite {
+        store: store.to_owned(),
+        key: key.to_owned(),
+        op,
+    }
+}
+
+async fn commit_applies_store_writes_in_order<B: Broker>(broker: B, _clock: Clock) {
+    declare(&broker, "projection", &["placed"]).await;
+    publish(&broker, event("placed", 1), Backpressure::Reject).await;
+    let stores = broker.stores().expect("the broker keeps stores");
+    let mut projection = consumer(&broker, "projection");
+    let delivery = next_delivery(&mut projection, "placed").await;
+    let writes = vec![
+        write(
+            "orders",
+            "order:2",
+            StoreOp::Set(json!({"customer": "bob"})),
+        ),
+        write(
+            "orders",
+            "order:1",
+            StoreOp::Set(json!({"customer": "ann"})),
+        ),
+        write("orders", "orderless", StoreOp::Set(json!(true))),
+        write("orders", "count", StoreOp::Incr(2)),
+        write("orders", "count", StoreOp::Incr(-5)),
+        write("orders", "label", StoreOp::Set(json!("x"))),
+        write("orders", "label", StoreOp::Incr(4)),
+        write("orders", "gone", StoreOp::Set(json!(1))),
+        write("orders", "gone", StoreOp::Remove),
+        write("other", "order:1", StoreOp::Set(json!("elsewhere"))),
+    ];
+    assert_eq!(
+        stores.get("orders", "order:1").expect("read"),
+        None,
+        "writes wait for the commit"
+    );
+    broker
+        .commit(
+            delivery,
+            Effects {
+                store_writes: writes,
+                ..Effects::default()
+            },
+        )
+        .await
+        .expect("commit");
+    let get = |key: &str| stores.get("orders", key).expect("read");
+    assert_eq!(get("order:1"), Some(json!({"customer": "ann"})));
+    assert_eq!(get("count"), Some(json!(-3)));
+    assert_eq!(get("label"), Some(json!(4)), "incr replaces a non-integer");
+    assert_eq!(get("gone"), None);
+    assert_eq!(get("missing"), None);
+    let scanned = stores.scan("orders", "order:", 10).expect("scan");
+    let keys: Vec<&str> = scanned.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(
+        keys,
+        ["order:1", "order:2"],
+        "a prefix scan is in key order"
+    );
+    assert_eq!(scanned[1].1, json!({"customer": "bob"}));
+    assert_eq!(stores.scan("orders", "order:", 1).expect("scan").len(), 1);
+    assert_eq!(stores.scan("orders", "", 100).expect("scan").len(), 5);
+    assert!(stores.scan("nothing", "", 10).expect("scan").is_empty());
+    assert_eq!(
+        stores.get("other", "order:1").expect("read"),
+        Some(json!("elsewhere"))
+    );
+}
+
+async fn a_committed_reply_reaches_the_waiting_request<B: Broker>(broker: B, _clock: Clock) {
+    declare(&broker, "answer", &["q"]).await;
+    let ok = broker
+        .await_reply("ok")
+        .expect("the broker carries replies");
+    let failed = broker.await_reply("failed").expect("replies");
+    let forgotten = broker.await_reply("forgotten").expect("replies");
+    broker.forget_reply("forgotten");
+    for (n, id) in [(1, "ok"), (2, "failed")] {
+        let mut query = event("q", n);
+        query
+            .extensions
+            .insert("replyto".into(), broker.reply_address(id).into());
+        publish(&broker, query, Backpressure::Reject).await;
+    }
+    let mut answer = consumer(&broker, "answer");
+    for result in [Ok(json!({"n": 1})), Err("it failed".to_owned())] {
+        let delivery = next_delivery(&mut answer, "a query").await;
+        let to = delivery.event.extensions["replyto"]
+            .as_str()
+            .expect("a reply address")
+            .to_owned();
+        broker
+            .commit(
+                delivery,
+                Effects {
+                    reply: Some(Reply { to, result }),
+                    ..Effects::default()
+                },
+            )
+            .await
+            .expect("commit");
+    }
+    let within = |rx| tokio::time::timeout(PATIENCE, rx);
+    assert_eq!(
+        within(ok).await.expect("in time").expect("answered"),
+        Ok(json!({"n": 1}))
+    );
+    assert_eq!(
+        within(failed).await.expect("in time").expect("answered"),
+        Err("it failed".to_owned())
+    );
+    assert!(forgotten.await.is_err(), "a forgotten request gets nothing");
 }

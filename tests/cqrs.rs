@@ -153,11 +153,14 @@ async fn projections_write_stores_and_queries_reply_from_them() {
     place(&broker, json!({"order_id": 2, "customer": "bob"})).await;
     let stores = broker.stores().expect("the memory broker keeps stores");
     wait_for("two projections", Duration::from_secs(1), || {
-        stores.get("orders", "count") == Some(json!(2))
+        stores.get("orders", "count").unwrap() == Some(json!(2))
     })
     .await;
     // incr returns the new value, and the run reads its own writes.
-    assert_eq!(stores.get("orders", "last_count_seen"), Some(json!(2)));
+    assert_eq!(
+        stores.get("orders", "last_count_seen").unwrap(),
+        Some(json!(2))
+    );
 
     let (status, answer) = call(
         &app,
@@ -202,9 +205,9 @@ async fn a_failed_run_writes_nothing() {
     })
     .await;
     let stores = broker.stores().expect("stores");
-    assert_eq!(stores.get("orders", "order:9"), None);
-    assert_eq!(stores.get("orders", "count"), None);
-    assert_eq!(stores.get("private", "seen"), None);
+    assert_eq!(stores.get("orders", "order:9").unwrap(), None);
+    assert_eq!(stores.get("orders", "count").unwrap(), None);
+    assert_eq!(stores.get("private", "seen").unwrap(), None);
 }
 
 #[tokio::test(start_paused = true)]

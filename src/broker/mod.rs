@@ -316,8 +316,15 @@ pub trait Broker: Clone + Send + Sync + 'static {
         None
     }
 
+    /// The address a request awaited under `id` carries (its `replyto` extension): the
+    /// id itself on one process; on Redis it also names the waiting process.
+    fn reply_address(&self, id: &str) -> String {
+        id.to_owned()
+    }
+
     /// Starts waiting for the reply to request `id`; `None` when this broker cannot carry
-    /// replies. The receiver resolves when a commit carries `Reply { to: id, .. }`.
+    /// replies. The receiver resolves when a commit carries
+    /// `Reply { to: reply_address(id), .. }`, from this process or (on Redis) any other.
     fn await_reply(
         &self,
         id: &str,

@@ -34,9 +34,10 @@ pub(crate) async fn query<B: Broker>(
     let Some(answer) = broker.await_reply(&request) else {
         return Err(ApiError::QueriesUnsupported);
     };
-    event
-        .extensions
-        .insert(REPLY_TO_EXTENSION.into(), request.clone().into());
+    event.extensions.insert(
+        REPLY_TO_EXTENSION.into(),
+        broker.reply_address(&request).into(),
+    );
     let timeout = state
         .shared
         .topics
@@ -87,7 +88,13 @@ pub(crate) async fn read_store<B: Broker>(
         .shared
         .broker
         .stores()
-        .and_then(|s| s.get(&store, &key))
+        .map(|s| s.get(&store, &key))
+        .transpose()
+        .map_err(|e| {
+            warn!(error = %e, "a store read failed");
+            ApiError::Unavailable
+        })?
+        .flatten()
         .ok_or(ApiError::NoSuchKey { store, key })?;
     Ok(json_response(StatusCode::OK, value.to_string()))
 }

@@ -229,14 +229,21 @@ fn open_store(name: &str) -> Result<StoreHandle, Box<EvalAltResult>> {
     .unwrap_or_else(|| Err(runtime_error("store is not available here")))
 }
 
-fn store_read(store: &str, key: &str) -> Option<serde_json::Value> {
+/// The value under `key`: the run's own write if it made one, else the store's. A store
+/// that cannot be read fails the run (it is retried) rather than reading as empty.
+fn store_read(store: &str, key: &str) -> Result<Option<serde_json::Value>, Box<EvalAltResult>> {
     with_state(|s| {
         if let Some(value) = s.overlay.get(&(store.to_owned(), key.to_owned())) {
-            return value.clone();
+            return Ok(value.clone());
         }
-        s.stores.reader.as_ref()?.get(store, key)
+        match s.stores.reader.as_ref() {
+            Some(reader) => reader
+                .get(store, key)
+                .map_err(|e| runtime_error(e.to_string())),
+            None => Ok(None),
+        }
     })
-    .flatten()
+    .unwrap_or(Ok(None))
 }
 
 fn store_write(
@@ -268,9 +275,12 @@ pub fn register_store_type(engine: &mut rhai::Engine) {
     engine
         .register_type_with_name::<StoreHandle>("Store")
         .register_fn("store", |name: &str| open_store(name))
-        .register_fn("get", |s: &mut StoreHandle, key: &str| -> Dynamic {
-            store_read(&s.name, key).map_or(Dynamic::UNIT, |v| to_dynamic(&v))
-        })
+        .register_fn(
+            "get",
+            |s: &mut StoreHandle, key: &str| -> Result<Dynamic, Box<EvalAltResult>> {
+                Ok(store_read(&s.name, key)?.map_or(Dynamic::UNIT, |v| to_dynamic(&v)))
+            },
+        )
         .register_fn(
             "set",
             |s: &mut StoreHandle, key: &str, value: Dynamic| -> Result<(), Box<EvalAltResult>> {
@@ -291,13 +301,16 @@ pub fn register_store_type(engine: &mut rhai::Engine) {
         .register_fn("incr", |s: &mut StoreHandle, key: &str| {
             store_incr(s, key, 1)
         })
-        .register_fn("scan", |s: &mut StoreHandle, prefix: &str| -> rhai::Array {
-            store_scan(&s.name, prefix)
-        });
+        .register_fn(
+            "scan",
+            |s: &mut StoreHandle, prefix: &str| -> Result<rhai::Array, Box<EvalAltResult>> {
+                store_scan(&s.name, prefix)
+            },
+        );
 }
 
 fn store_incr(s: &StoreHandle, key: &str, by: i64) -> Result<i64, Box<EvalAltResult>> {
-    let now = match store_read(&s.name, key) {
+    let now = match store_read(&s.name, key)? {
         None => 0,
         Some(v) => v.as_i64().ok_or_else(|| {
             runtime_error(format!("store.incr: {key:?} holds {v}, not an integer"))
@@ -309,15 +322,16 @@ fn store_incr(s: &StoreHandle, key: &str, by: i64) -> Result<i64, Box<EvalAltRes
 }
 
 /// Entries under a prefix as `#{ key, value }` maps, the run's own writes included.
-fn store_scan(store: &str, prefix: &str) -> rhai::Array {
+fn store_scan(store: &str, prefix: &str) -> Result<rhai::Array, Box<EvalAltResult>> {
     let mut entries: BTreeMap<String, serde_json::Value> = with_state(|s| {
         s.stores
             .reader
             .as_ref()
             .map(|r| r.scan(store, prefix, SCAN_LIMIT))
-            .unwrap_or_default()
+            .unwrap_or_else(|| Ok(Vec::new()))
     })
-    .unwrap_or_default()
+    .unwrap_or_else(|| Ok(Vec::new()))
+    .map_err(|e| runtime_error(e.to_string()))?
     .into_iter()
     .collect();
     with_state(|s| {
@@ -334,7 +348,7 @@ fn store_scan(store: &str, prefix: &str) -> rhai::Array {
             }
         }
     });
-    entries
+    Ok(entries
         .into_iter()
         .take(SCAN_LIMIT)
         .map(|(key, value)| {
@@ -343,7 +357,7 @@ fn store_scan(store: &str, prefix: &str) -> rhai::Array {
             map.insert("value".into(), to_dynamic(&value));
             Dynamic::from_map(map)
         })
-        .collect()
+        .collect())
 }
 
 /// A delay given as `"5s"` or as integer milliseconds.

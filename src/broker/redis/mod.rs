@@ -16,6 +16,9 @@
 //! | `P q:{queue}:ready` / `:back` | stream | due items / given-back items, group `workers` |
 //! | `P deferred` | zset | `publish_later` events by due unix ms (member `seq\ntopic\njson`) |
 //! | `P dead` | stream | the dead-letter store |
+//! | `P s:{store}` | hash | a state store: key -> JSON text |
+//! | `P s:{store}:keys` | zset | the store's keys at score 0, for ordered prefix scans |
+//! | channel `P reply:{instance}` | pub/sub | replies to the queries this process waits on |
 //! | `P seq` | counter | orders events across streams and equal due times |
 //! | channel `P tap` | pub/sub | every accepted event and queue item, for taps |
 //!
@@ -24,7 +27,8 @@
 //! Delivery is **at least once**: an entry read by a consumer stays in its group's pending
 //! list until it is settled. `commit` is one Lua script that appends the published events,
 //! schedules the deferred ones, enqueues the queue items (after checking every queue's
-//! capacity), stores the dead letter and acks the delivery. Redis runs a script alone, so
+//! capacity), stores the dead letter, applies the store writes, publishes the query reply
+//! and acks the delivery. Redis runs a script alone, so
 //! either all of that happened or none of it did. A process that dies before its commit
 //! leaves the entry pending; after `claim_idle` a live consumer claims it (XAUTOCLAIM) and
 //! runs the handler again, whose earlier run wrote nothing. A process that dies after the
@@ -52,7 +56,9 @@
 //! blocking connection), or trim an entry a group has not read.
 
 mod consumer;
+mod replies;
 mod scripts;
+mod stores;
 mod url;
 
 use std::collections::{HashMap, HashSet};
@@ -62,7 +68,7 @@ use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::{AsyncConnectionConfig, Value};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn, Instrument};
 
 use crate::broker::{
@@ -71,6 +77,7 @@ use crate::broker::{
 };
 use crate::event::Event;
 use crate::flow::pattern::TopicPattern;
+use crate::store::{StoreOp, StoreRead};
 
 pub use consumer::RedisConsumer;
 pub use url::{BrokerUrl, RedisUrl};
@@ -122,8 +129,13 @@ struct Inner {
     /// Groups and queues this process declared (for the synchronous `consumer` checks).
     groups: RwLock<HashMap<String, Vec<TopicPattern>>>,
     queues: RwLock<HashSet<String>>,
-    /// Unique per broker instance: consumer names are `{instance}-{n}`.
+    /// Unique per broker instance: consumer names are `{instance}-{n}`, and replies to
+    /// this process's queries come on `P reply:{instance}`.
     instance: String,
+    /// Queries this process waits on (see `replies`).
+    waiting: Arc<replies::Waiting>,
+    /// Reads of the state stores (hashes `P s:{store}`).
+    stores: Arc<stores::RedisStores>,
     consumers: AtomicU64,
 }
 
@@ -215,12 +227,23 @@ impl RedisBroker {
             .await
             .map_err(unavailable)?;
         let instance = format!("{}-{}", std::process::id(), &crate::event::new_id()[16..]);
+        let prefix = format!("edaflow:{}:", options.namespace);
+        let waiting = Arc::new(replies::Waiting::default());
+        replies::listen(
+            client.clone(),
+            replies::channel(&prefix, &instance),
+            Arc::downgrade(&waiting),
+        )
+        .await
+        .map_err(unavailable)?;
         let inner = Arc::new(Inner {
+            stores: Arc::new(stores::RedisStores::new(client.clone(), prefix.clone())),
             client,
             url: url.clone(),
             conn,
             sync: Mutex::new(None),
-            prefix: format!("edaflow:{}:", options.namespace),
+            prefix,
+            waiting,
             options,
             known_topics: RwLock::new(HashSet::new()),
             groups: RwLock::new(HashMap::new()),
@@ -491,6 +514,25 @@ impl RedisBroker {
         }
         match &effects.dead_letter {
             Some(dead) => invocation.arg(&dead.topic).arg(wire_json(dead)),
+            None => invocation.arg("").arg(""),
+        };
+        invocation.arg(effects.store_writes.len());
+        for write in &effects.store_writes {
+            invocation.arg(&write.store).arg(&write.key);
+            match &write.op {
+                StoreOp::Set(value) => invocation.arg("s").arg(value.to_string()),
+                StoreOp::Remove => invocation.arg("r").arg(""),
+                StoreOp::Incr(n) => invocation.arg("i").arg(*n),
+            };
+        }
+        match effects
+            .reply
+            .as_ref()
+            .and_then(|r| Some((replies::route(&self.inner.prefix, &r.to)?, &r.result)))
+        {
+            Some(((channel, id), answer)) => {
+                invocation.arg(channel).arg(replies::payload(&id, answer))
+            }
             None => invocation.arg("").arg(""),
         };
         let reply: Value = invocation
@@ -1061,6 +1103,22 @@ impl Broker for RedisBroker {
             .collect();
         stats.sort_by(|a, b| a.name.cmp(&b.name));
         stats
+    }
+
+    fn stores(&self) -> Option<Arc<dyn StoreRead>> {
+        Some(self.inner.stores.clone())
+    }
+
+    fn reply_address(&self, id: &str) -> String {
+        format!("{}/{id}", self.inner.instance)
+    }
+
+    fn await_reply(&self, id: &str) -> Option<oneshot::Receiver<replies::Answer>> {
+        Some(self.inner.waiting.register(id))
+    }
+
+    fn forget_reply(&self, id: &str) {
+        self.inner.waiting.forget(id);
     }
 
     async fn dead_letters(&self, filter: &DeadFilter) -> Result<Vec<Event>, BrokerError> {

@@ -272,8 +272,9 @@ return {'wait', next_due, waits}
 ///
 /// ARGV: P, ack kind (t|i|r|b|-), ack key, ack group, ack id, then
 /// n, n × (topic, json) to publish; n, n × (topic, delay ms, json) to publish later;
-/// n, n × (queue, delay ms, json) to enqueue; dead topic ('' for none), dead json.
-/// Queues are checked (existence, capacity) before anything is written.
+/// n, n × (queue, delay ms, json) to enqueue; dead topic ('' for none), dead json;
+/// n, n × (store, key, op s|r|i, JSON value or integer) to write; reply channel ('' for
+/// none), reply payload. Queues are checked (existence, capacity) before anything is written.
 pub static COMMIT: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
@@ -284,6 +285,10 @@ for _ = 1, take_n() do table.insert(publish, {ARGV[i], ARGV[i + 1]}); i = i + 2 
 for _ = 1, take_n() do table.insert(deferred, {ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2]}); i = i + 3 end
 for _ = 1, take_n() do table.insert(enqueue, {ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2]}); i = i + 3 end
 local dead_topic, dead_json = ARGV[i], ARGV[i + 1]
+i = i + 2
+local writes = {}
+for _ = 1, take_n() do table.insert(writes, {ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]}); i = i + 4 end
+local reply_channel, reply_payload = ARGV[i], ARGV[i + 1]
 
 local per_queue = {}
 for _, item in ipairs(enqueue) do per_queue[item[1]] = (per_queue[item[1]] or 0) + 1 end
@@ -319,6 +324,35 @@ if dead_topic ~= '' then
   redis.call('XADD', P .. 'dead', '*', 'e', dead_json)
   append_event(dead_topic, dead_json, now)
 end
+-- Store writes, in the order the handler made them: `s` set (JSON), `r` remove, `i` add
+-- to an integer (a missing or non-integer value counts as 0; overflow saturates).
+for _, w in ipairs(writes) do
+  local h, k, op, v = P .. 's:' .. w[1], w[2], w[3], w[4]
+  if op == 'r' then
+    redis.call('HDEL', h, k)
+    redis.call('ZREM', h .. ':keys', k)
+  else
+    if op == 's' then
+      redis.call('HSET', h, k, v)
+    else
+      local cur = redis.call('HGET', h, k)
+      if cur and string.match(cur, '^%-?%d+$') then
+        local added = redis.pcall('HINCRBY', h, k, v)
+        if type(added) == 'table' and added.err then
+          if string.sub(v, 1, 1) == '-' then
+            redis.call('HSET', h, k, '-9223372036854775808')
+          else
+            redis.call('HSET', h, k, '9223372036854775807')
+          end
+        end
+      else
+        redis.call('HSET', h, k, v)
+      end
+    end
+    redis.call('ZADD', h .. ':keys', 0, k)
+  end
+end
+if reply_channel ~= '' then redis.call('PUBLISH', reply_channel, reply_payload) end
 
 local kind, key, group, id = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 if kind ~= '-' then
