@@ -337,6 +337,83 @@ pub trait Broker: Clone + Send + Sync + 'static {
     fn forget_reply(&self, id: &str) {
         let _ = id;
     }
+
+    /// Whether chain instances live in the broker, shared by every process's tracker
+    /// (Redis), rather than in each tracker's memory (the default: one process sees every
+    /// step). When true, trackers call the three methods below instead of keeping state.
+    fn tracks_chains(&self) -> bool {
+        false
+    }
+
+    /// Records steps of a chain's instances (a step that does not advance its instance,
+    /// such as a redelivery, is not counted twice).
+    fn chain_observe(
+        &self,
+        chain: &ChainSpec,
+        steps: &[ChainStep],
+    ) -> impl Future<Output = Result<(), BrokerError>> + Send {
+        let _ = (chain, steps);
+        async { Ok(()) }
+    }
+
+    /// Takes up to `limit` instances past their timeout; each is handed to one caller.
+    fn chain_expire(
+        &self,
+        chain: &ChainSpec,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<ExpiredChain>, BrokerError>> + Send {
+        let _ = (chain, limit);
+        async { Ok(Vec::new()) }
+    }
+
+    /// The chain's shared counters (`None` when the broker keeps none).
+    fn chain_counts(
+        &self,
+        chain: &ChainSpec,
+    ) -> impl Future<Output = Result<Option<ChainCounts>, BrokerError>> + Send {
+        let _ = chain;
+        async { Ok(None) }
+    }
+}
+
+/// A tracked chain, as the broker needs to know it to keep its instances.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChainSpec {
+    pub name: String,
+    /// How many steps it has.
+    pub steps: usize,
+    pub timeout: Option<Duration>,
+}
+
+/// One step event a chain tracker read: the step's index in the chain.
+#[derive(Clone, Debug)]
+pub struct ChainStep {
+    pub step: usize,
+    pub event: Arc<Event>,
+}
+
+/// An instance that did not complete in time, taken by exactly one tracker.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ExpiredChain {
+    pub correlation: String,
+    /// Indexes of the steps it reached, in order.
+    pub reached: Vec<usize>,
+    pub waited: Duration,
+    /// The last step event it reached.
+    pub last: Event,
+}
+
+/// A chain's counters as a broker shares them between processes.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ChainCounts {
+    pub started: u64,
+    pub completed: u64,
+    pub timed_out: u64,
+    pub in_flight: u64,
+    /// Recent whole-chain durations, ms, newest last.
+    pub durations_ms: Vec<f64>,
+    /// Per step index after the first: recent durations from the previous step, ms.
+    pub step_ms: Vec<(usize, Vec<f64>)>,
 }
 
 /// Receives deliveries from one group.

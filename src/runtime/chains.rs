@@ -5,8 +5,12 @@
 //! reached, the last event), which is the hook for compensation.
 //!
 //! The tracker reads the steps through its own consumer group (`chain:NAME`), so it sees
-//! every step event without taking any from the subscribers. State is in memory, per
-//! process, and bounded (`MAX_INSTANCES`); a restarted tracker forgets instances in flight.
+//! every step event without taking any from the subscribers. On the memory broker the
+//! state is in the tracker's memory and bounded (`MAX_INSTANCES`); a restarted tracker
+//! forgets instances in flight. On a broker that keeps chain state (Redis, where the
+//! trackers of several processes share the group and each reads only some of the steps),
+//! instances live in the broker (`Broker::chain_observe`), timed-out ones are taken by one
+//! tracker each, and each process mirrors the shared counters for `/chains` and metrics.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,7 +23,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn, Instrument};
 
-use crate::broker::{Backpressure, Broker, BrokerError, Consumer, Effects};
+use crate::broker::{
+    Backpressure, Broker, BrokerError, ChainCounts, ChainSpec, ChainStep, Consumer, Delivery,
+    Effects,
+};
 use crate::event::Event;
 use crate::flow::model::ChainConfig;
 use crate::runtime::Shared;
@@ -98,6 +105,21 @@ fn push_sample(sample: &mut VecDeque<f64>, value: f64) {
 }
 
 impl ChainStats {
+    /// Takes the counters a broker shares between processes (Redis) as this process's view.
+    pub fn mirror(&self, counts: &ChainCounts) {
+        self.started.store(counts.started, Ordering::Relaxed);
+        self.completed.store(counts.completed, Ordering::Relaxed);
+        self.timed_out.store(counts.timed_out, Ordering::Relaxed);
+        self.in_flight.store(counts.in_flight, Ordering::Relaxed);
+        *self.durations_ms.lock().unwrap_or_else(|e| e.into_inner()) =
+            counts.durations_ms.iter().copied().collect();
+        *self.step_ms.lock().unwrap_or_else(|e| e.into_inner()) = counts
+            .step_ms
+            .iter()
+            .map(|(step, sample)| (*step, sample.iter().copied().collect()))
+            .collect();
+    }
+
     /// The report for `/chains`.
     pub fn report(&self, chain: &str, steps: &[String]) -> ChainReport {
         let durations = self.durations_ms.lock().unwrap_or_else(|e| e.into_inner());
@@ -160,7 +182,119 @@ struct Tracked {
 /// Steps read per wake-up before looking at the clock again.
 const BATCH: usize = 256;
 
-async fn run<B: Broker>(task: ChainTask<B>, mut consumer: B::Consumer, token: CancellationToken) {
+async fn run<B: Broker>(task: ChainTask<B>, consumer: B::Consumer, token: CancellationToken) {
+    if task.shared.broker.tracks_chains() {
+        run_shared(task, consumer, token).await;
+    } else {
+        run_local(task, consumer, token).await;
+    }
+}
+
+/// How often a tracker on a broker that keeps chain state (Redis) looks for timed-out
+/// instances; its counters are refreshed every `MIRROR_TICKS` of these.
+const SHARED_TICK: std::time::Duration = std::time::Duration::from_millis(100);
+const MIRROR_TICKS: u32 = 5;
+
+/// The tracker when the broker keeps the instances: every process's tracker reads its share
+/// of the steps and records them in the broker; timed-out instances are taken by one
+/// tracker each, which emits `on_timeout`.
+async fn run_shared<B: Broker>(
+    task: ChainTask<B>,
+    mut consumer: B::Consumer,
+    token: CancellationToken,
+) {
+    let broker = task.shared.broker.clone();
+    let spec = ChainSpec {
+        name: task.name.to_string(),
+        steps: task.config.steps.len(),
+        timeout: task.config.timeout,
+    };
+    let mut tick = tokio::time::interval(SHARED_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ticks = 0u32;
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            biased;
+            _ = token.cancelled() => break,
+            _ = tick.tick() => {
+                ticks = ticks.wrapping_add(1);
+                if spec.timeout.is_some() {
+                    match broker.chain_expire(&spec, BATCH).await {
+                        Ok(expired) => {
+                            for e in expired {
+                                let reached = e.reached.iter().filter_map(|i| task.config.steps.get(*i).map(String::as_str)).collect();
+                                task.emit_timeout(&e.correlation, reached, e.waited, &e.last).await;
+                            }
+                        }
+                        Err(e) => {
+                            if !std::mem::replace(&mut failing, true) {
+                                warn!(error = %e, "chain tracker cannot reach the broker; retrying");
+                            }
+                            continue;
+                        }
+                    }
+                }
+                if ticks % MIRROR_TICKS == 0 {
+                    match broker.chain_counts(&spec).await {
+                        Ok(Some(counts)) => task.stats.mirror(&counts),
+                        Ok(None) => {}
+                        Err(e) => debug!(error = %e, "could not read the chain's counters"),
+                    }
+                }
+                failing = false;
+            }
+            delivery = consumer.next() => {
+                let mut next = match delivery {
+                    Ok(d) => Some(d),
+                    Err(e) => {
+                        debug!(error = %e, "chain consumer closed");
+                        break;
+                    }
+                };
+                let mut batch: Vec<Delivery> = Vec::new();
+                while let Some(delivery) = next.take() {
+                    batch.push(delivery);
+                    if batch.len() < BATCH {
+                        next = consumer.try_next().await.ok().flatten();
+                    }
+                }
+                let steps: Vec<ChainStep> = batch
+                    .iter()
+                    .filter_map(|d| {
+                        let step = task.config.steps.iter().position(|s| *s == d.event.topic)?;
+                        Some(ChainStep { step, event: d.event.clone() })
+                    })
+                    .collect();
+                match broker.chain_observe(&spec, &steps).await {
+                    Ok(()) => {
+                        for delivery in batch {
+                            if let Err(e) = broker.commit(delivery, Effects::default()).await {
+                                warn!(error = %e, "could not acknowledge a chain step");
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        // Not recorded: give the steps back, to be read again.
+                        warn!(error = %e, steps = batch.len(), "could not record chain steps; they will be read again");
+                        for delivery in batch {
+                            let _ = broker.nack(delivery).await;
+                        }
+                        tokio::time::sleep(SHARED_TICK).await;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The tracker when it keeps the instances itself (the memory broker: one process sees
+/// every step).
+async fn run_local<B: Broker>(
+    task: ChainTask<B>,
+    mut consumer: B::Consumer,
+    token: CancellationToken,
+) {
     let mut tracked = Tracked::default();
     loop {
         let next_deadline = tracked.deadlines.keys().next().map(|(at, _)| *at);
@@ -305,11 +439,22 @@ impl<B: Broker> ChainTask<B> {
             .filter_map(|(i, _)| steps.get(*i).map(String::as_str))
             .collect();
         let waited = Instant::now() - instance.started;
+        self.emit_timeout(correlation, reached, waited, &instance.last)
+            .await;
+    }
+
+    /// Logs a timed-out instance and publishes its `on_timeout` event, if the chain has one.
+    async fn emit_timeout(
+        &self,
+        correlation: &str,
+        reached: Vec<&str>,
+        waited: std::time::Duration,
+        last: &Event,
+    ) {
         info!(chain = %self.name, %correlation, reached = ?reached, waited_ms = waited.as_millis() as u64, "chain timed out");
         let Some(topic) = &self.config.on_timeout else {
             return;
         };
-        let last = &instance.last;
         let data = json!({
             "chain": &*self.name,
             "correlation_id": correlation,

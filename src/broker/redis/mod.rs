@@ -55,6 +55,7 @@
 //! the loopback (the synchronous `stats`, `scheduled` and `queue_stats` of the trait use a
 //! blocking connection), or trim an entry a group has not read.
 
+mod chains;
 mod consumer;
 mod replies;
 mod scripts;
@@ -72,8 +73,8 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn, Instrument};
 
 use crate::broker::{
-    Backpressure, Broker, BrokerError, DeadFilter, Delivery, Effects, GroupSpec, GroupStats,
-    QueueSpec, QueueStats,
+    Backpressure, Broker, BrokerError, ChainCounts, ChainSpec, ChainStep, DeadFilter, Delivery,
+    Effects, ExpiredChain, GroupSpec, GroupStats, QueueSpec, QueueStats,
 };
 use crate::event::Event;
 use crate::flow::pattern::TopicPattern;
@@ -1107,6 +1108,30 @@ impl Broker for RedisBroker {
 
     fn stores(&self) -> Option<Arc<dyn StoreRead>> {
         Some(self.inner.stores.clone())
+    }
+
+    fn tracks_chains(&self) -> bool {
+        true
+    }
+
+    async fn chain_observe(
+        &self,
+        chain: &ChainSpec,
+        steps: &[ChainStep],
+    ) -> Result<(), BrokerError> {
+        self.observe_chain(chain, steps).await
+    }
+
+    async fn chain_expire(
+        &self,
+        chain: &ChainSpec,
+        limit: usize,
+    ) -> Result<Vec<ExpiredChain>, BrokerError> {
+        self.expire_chains(chain, limit).await
+    }
+
+    async fn chain_counts(&self, chain: &ChainSpec) -> Result<Option<ChainCounts>, BrokerError> {
+        self.counts_of_chain(chain).await.map(Some)
     }
 
     fn reply_address(&self, id: &str) -> String {

@@ -128,7 +128,7 @@ local function read_one(kind, key, group, me)
 end
 "#;
 
-fn script(body: &str) -> Script {
+pub(super) fn script(body: &str) -> Script {
     Script::new(&format!("{PRELUDE}\n{body}"))
 }
 

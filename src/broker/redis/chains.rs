@@ -1,0 +1,259 @@
+//! Chain instances on Redis, shared by the trackers of every process: each process's
+//! tracker reads its share of the step events (the `chain:NAME` group competes like any
+//! other), so the state of an instance cannot live in one tracker's memory.
+//!
+//! | key (`C` = `P c:{chain}`) | type | holds |
+//! |---|---|---|
+//! | `C:i:{correlation}` | hash | one instance: `t{i}` (step i's event time, unix ms), `last_step`, `last` (event JSON); `done` once finished |
+//! | `C:due` | zset | instances by the unix ms they time out at |
+//! | `C:stats` | hash | `started`, `completed`, `timed_out`, `in_flight` |
+//! | `C:ms` / `C:ms:{step}` | list | recent durations (newest first, capped) |
+//!
+//! Step durations are taken from the step events' own times (set by the process that
+//! emitted each), since two trackers may see the steps of one instance in any order and
+//! at different moments; timeouts run on the Redis server's clock. A redelivered step is
+//! not counted twice. Instances without a timeout expire from Redis after a day
+//! (their `in_flight` count is then stale; give chains a timeout).
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use redis::{Script, Value};
+
+use super::scripts::script;
+use super::{items, text, unavailable, wire_json, RedisBroker};
+use crate::broker::{BrokerError, ChainCounts, ChainSpec, ChainStep, ExpiredChain};
+use crate::event::Event;
+
+/// Durations kept per list (as the memory tracker keeps per chain).
+const SAMPLES: usize = 1024;
+
+/// How long an instance without a timeout is kept.
+const UNTIMED_TTL_MS: u64 = 24 * 60 * 60 * 1000;
+
+/// `chain_observe`: ARGV P, chain, steps, timeout ms ('' for none), samples, untimed ttl,
+/// n, n × (correlation, step, event time unix ms, event json).
+///
+/// Steps may arrive in any order (two trackers read different steps of one instance), so
+/// an instance is a set of step times `t{i}` (the events' own times) filled in as they
+/// come; it is started by step 0 and complete once step 0 and the last step are both in.
+/// A completed instance leaves a short-lived tombstone (`done`) so that a redelivered step
+/// does not start it again.
+static OBSERVE: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local chain, nsteps, timeout = ARGV[2], tonumber(ARGV[3]), ARGV[4]
+local samples, untimed = tonumber(ARGV[5]), tonumber(ARGV[6])
+local base = P .. 'c:' .. chain
+local stats = base .. ':stats'
+local now = now_ms()
+local function sample(key, ms)
+  if ms < 0 then ms = 0 end
+  redis.call('LPUSH', key, fmt(ms))
+  redis.call('LTRIM', key, 0, samples - 1)
+end
+local i = 8
+for _ = 1, tonumber(ARGV[7]) do
+  local corr, step, t, json = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2], ARGV[i + 3]
+  i = i + 4
+  local key = base .. ':i:' .. corr
+  if not redis.call('HGET', key, 'done') and redis.call('HSETNX', key, 't' .. step, t) == 1 then
+    local last_step = tonumber(redis.call('HGET', key, 'last_step') or '-1')
+    if step > last_step then redis.call('HSET', key, 'last_step', step, 'last', json) end
+    if step == 0 then
+      redis.call('HINCRBY', stats, 'started', 1)
+      redis.call('HINCRBY', stats, 'in_flight', 1)
+      if timeout ~= '' then
+        local due = now + tonumber(timeout)
+        redis.call('ZADD', base .. ':due', due, corr)
+        redis.call('PEXPIREAT', key, due + 60000)
+      else
+        redis.call('PEXPIRE', key, untimed)
+      end
+    elseif redis.call('HEXISTS', key, 't0') == 0 then
+      -- A later step seen first: kept until step 0 comes, or forgotten.
+      if timeout ~= '' then redis.call('PEXPIRE', key, tonumber(timeout) + 60000)
+      else redis.call('PEXPIRE', key, untimed) end
+    end
+    local t0 = redis.call('HGET', key, 't0')
+    local tl = redis.call('HGET', key, 't' .. (nsteps - 1))
+    if t0 and tl then
+      sample(base .. ':ms', tonumber(tl) - tonumber(t0))
+      for s = 1, nsteps - 1 do
+        local a = redis.call('HGET', key, 't' .. (s - 1))
+        local b = redis.call('HGET', key, 't' .. s)
+        if a and b then sample(base .. ':ms:' .. s, tonumber(b) - tonumber(a)) end
+      end
+      redis.call('DEL', key)
+      redis.call('HSET', key, 'done', '1')
+      redis.call('PEXPIRE', key, 60000)
+      redis.call('ZREM', base .. ':due', corr)
+      redis.call('HINCRBY', stats, 'completed', 1)
+      redis.call('HINCRBY', stats, 'in_flight', -1)
+    end
+  end
+end
+return {'ok'}
+"#,
+    )
+});
+
+/// `chain_expire`: ARGV P, chain, steps, limit. Takes instances past due: each one's
+/// (correlation, reached step indexes joined by ',', waited ms, last event json).
+static EXPIRE: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local base = P .. 'c:' .. ARGV[2]
+local nsteps = tonumber(ARGV[3])
+local now = now_ms()
+local due = redis.call('ZRANGEBYSCORE', base .. ':due', '-inf', now, 'LIMIT', 0, tonumber(ARGV[4]))
+local out = {}
+for _, corr in ipairs(due) do
+  redis.call('ZREM', base .. ':due', corr)
+  local key = base .. ':i:' .. corr
+  local got = redis.call('HMGET', key, 't0', 'last', 'done')
+  if got[1] and not got[3] then
+    local reached = {}
+    for s = 0, nsteps - 1 do
+      if redis.call('HEXISTS', key, 't' .. s) == 1 then table.insert(reached, tostring(s)) end
+    end
+    redis.call('DEL', key)
+    redis.call('HSET', key, 'done', '1')
+    redis.call('PEXPIRE', key, 60000)
+    redis.call('HINCRBY', base .. ':stats', 'timed_out', 1)
+    redis.call('HINCRBY', base .. ':stats', 'in_flight', -1)
+    table.insert(out, {corr, table.concat(reached, ','), fmt(now - tonumber(got[1])), got[2]})
+  end
+end
+return out
+"#,
+    )
+});
+
+impl RedisBroker {
+    fn chain_base(&self, chain: &str) -> String {
+        format!("{}c:{chain}", self.prefix())
+    }
+
+    pub(super) async fn observe_chain(
+        &self,
+        chain: &ChainSpec,
+        steps: &[ChainStep],
+    ) -> Result<(), BrokerError> {
+        if steps.is_empty() {
+            return Ok(());
+        }
+        let mut invocation = OBSERVE.prepare_invoke();
+        invocation
+            .arg(self.prefix())
+            .arg(&chain.name)
+            .arg(chain.steps)
+            .arg(
+                chain
+                    .timeout
+                    .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX).to_string())
+                    .unwrap_or_default(),
+            )
+            .arg(SAMPLES)
+            .arg(UNTIMED_TTL_MS)
+            .arg(steps.len());
+        for step in steps {
+            let time_ms = step
+                .event
+                .time
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+            invocation
+                .arg(&step.event.correlation_id)
+                .arg(step.step)
+                .arg(time_ms)
+                .arg(wire_json(&step.event));
+        }
+        invocation
+            .invoke_async::<Value>(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    pub(super) async fn expire_chains(
+        &self,
+        chain: &ChainSpec,
+        limit: usize,
+    ) -> Result<Vec<ExpiredChain>, BrokerError> {
+        let reply: Value = EXPIRE
+            .prepare_invoke()
+            .arg(self.prefix())
+            .arg(&chain.name)
+            .arg(chain.steps)
+            .arg(limit)
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        let mut expired = Vec::new();
+        for entry in items(&reply) {
+            let fields: Vec<String> = items(entry).iter().map(text).collect();
+            let [correlation, reached, waited, last] = fields.as_slice() else {
+                continue;
+            };
+            let Ok(last) = serde_json::from_str::<Event>(last) else {
+                tracing::warn!(chain = %chain.name, %correlation, "a timed-out chain instance had an unreadable last event");
+                continue;
+            };
+            expired.push(ExpiredChain {
+                correlation: correlation.clone(),
+                reached: reached.split(',').filter_map(|s| s.parse().ok()).collect(),
+                waited: Duration::from_millis(waited.parse().unwrap_or(0)),
+                last,
+            });
+        }
+        Ok(expired)
+    }
+
+    pub(super) async fn counts_of_chain(
+        &self,
+        chain: &ChainSpec,
+    ) -> Result<ChainCounts, BrokerError> {
+        let base = self.chain_base(&chain.name);
+        let mut pipe = redis::pipe();
+        pipe.cmd("HGETALL").arg(format!("{base}:stats"));
+        pipe.cmd("LRANGE").arg(format!("{base}:ms")).arg(0).arg(-1);
+        for step in 1..chain.steps {
+            pipe.cmd("LRANGE")
+                .arg(format!("{base}:ms:{step}"))
+                .arg(0)
+                .arg(-1);
+        }
+        let mut replies: Vec<Value> = pipe
+            .query_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        let mut replies = replies.drain(..);
+        let stats: std::collections::HashMap<String, i64> = replies
+            .next()
+            .map(|v| redis::from_redis_value(v).unwrap_or_default())
+            .unwrap_or_default();
+        // Lists are newest first; reports want newest last.
+        let sample = |v: Option<Value>| -> Vec<f64> {
+            let mut ms: Vec<f64> = v
+                .map(|v| redis::from_redis_value::<Vec<f64>>(v).unwrap_or_default())
+                .unwrap_or_default();
+            ms.reverse();
+            ms
+        };
+        let durations_ms = sample(replies.next());
+        let step_ms = (1..chain.steps)
+            .map(|step| (step, sample(replies.next())))
+            .filter(|(_, s)| !s.is_empty())
+            .collect();
+        let get = |k: &str| u64::try_from(stats.get(k).copied().unwrap_or(0)).unwrap_or(0);
+        Ok(ChainCounts {
+            started: get("started"),
+            completed: get("completed"),
+            timed_out: get("timed_out"),
+            in_flight: get("in_flight"),
+            durations_ms,
+            step_ms,
+        })
+    }
+}

@@ -1,0 +1,163 @@
+//! Tracked chains across processes on Redis: two `edaflow run` processes share the chain
+//! tracker's group, so each reads only some of the step events, yet both report every
+//! instance (the state is in Redis), and each stalled instance emits `on_timeout` exactly
+//! once, whichever process took it.
+
+mod common;
+mod redis_support;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::{http, Edaflow, FlowDir, Running};
+use redis_support::RedisServer;
+use serde_json::Value;
+
+const PATIENCE: Duration = Duration::from_secs(20);
+
+const FLOW: &str = r#"
+[flow]
+name = "tracked"
+
+[producers.api]
+kind = "http"
+listen = "127.0.0.1:0"
+
+[subscribers.reserve]
+topic = "orderCreated"
+script = "reserve.rhai"
+emits = ["inventoryReserved"]
+
+[subscribers.charge]
+topic = "inventoryReserved"
+script = "charge.rhai"
+emits = ["paymentCharged"]
+
+[subscribers.compensate]
+topic = "orderStalled"
+script = "compensate.rhai"
+
+[chains.order]
+steps = ["orderCreated", "inventoryReserved", "paymentCharged"]
+timeout = "1s"
+on_timeout = "orderStalled"
+"#;
+
+fn start(dir: &FlowDir, server: &RedisServer) -> (Running, SocketAddr) {
+    let url = server.url();
+    let mut running = Edaflow::new(dir.root())
+        .args([
+            "run",
+            "tracked.toml",
+            "--no-watch",
+            "--listen",
+            "127.0.0.1:0",
+            "--broker",
+            &url,
+        ])
+        .spawn();
+    let addr = running.find_in_stderr("`http ingest listening` line", PATIENCE, |line| {
+        let (_, after) = line
+            .split_once("http ingest listening")?
+            .1
+            .split_once("addr=")?;
+        after.split_whitespace().next()?.parse::<SocketAddr>().ok()
+    });
+    (running, addr)
+}
+
+fn chain_report(addr: SocketAddr) -> Value {
+    let reply = http(addr, "GET", "/chains", &[], b"");
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let reports: Value = serde_json::from_str(&reply.body).expect("JSON");
+    reports[0].clone()
+}
+
+/// How many `orderStalled` events each order id has on the topic's stream.
+fn stalled(conn: &mut redis::Connection) -> BTreeMap<u64, usize> {
+    let entries: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg("edaflow:tracked:t:orderStalled")
+        .arg("-")
+        .arg("+")
+        .query(conn)
+        .expect("XRANGE");
+    let mut counts = BTreeMap::new();
+    for entry in entries.ids {
+        let json: String = entry.get("e").expect("an event field");
+        let event: Value = serde_json::from_str(&json).expect("event JSON");
+        assert_eq!(event["data"]["chain"], "order");
+        let n = event["data"]["last_event"]["data"]["n"]
+            .as_u64()
+            .expect("the last step's data");
+        *counts.entry(n).or_default() += 1;
+    }
+    counts
+}
+
+#[test]
+fn two_processes_track_one_chain_and_time_out_each_stalled_instance_once() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let dir = FlowDir::new();
+    dir.write("tracked.toml", FLOW);
+    dir.write("reserve.rhai", "emit(\"inventoryReserved\", event.data);\n");
+    dir.write(
+        "charge.rhai",
+        "if event.data.stall != true { emit(\"paymentCharged\", event.data); }\n",
+    );
+    dir.write(
+        "compensate.rhai",
+        "log(`compensating ${event.data.correlation_id}`);\n",
+    );
+    let (first, a) = start(&dir, &server);
+    let (second, b) = start(&dir, &server);
+    const TOTAL: u64 = 60;
+    let stalls: Vec<u64> = (0..TOTAL).filter(|n| n % 10 == 3).collect();
+    for n in 0..TOTAL {
+        let body = format!("{{\"n\":{n},\"stall\":{}}}", stalls.contains(&n));
+        let reply = http(
+            if n % 2 == 0 { a } else { b },
+            "POST",
+            "/topics/orderCreated",
+            &[("Content-Type", "application/json")],
+            body.as_bytes(),
+        );
+        assert_eq!(reply.status, 202, "{reply:?}");
+    }
+    let completed = TOTAL - stalls.len() as u64;
+    let deadline = Instant::now() + PATIENCE;
+    for addr in [a, b] {
+        loop {
+            let report = chain_report(addr);
+            if report["completed"] == completed
+                && report["timed_out"] == stalls.len() as u64
+                && report["in_flight"] == 0
+            {
+                assert_eq!(report["started"], TOTAL);
+                assert!(report["duration_ms"]["samples"].as_u64() == Some(completed));
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the chain was not fully tracked on {addr}: {report}\n{}{}",
+                first.dump(),
+                second.dump()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    let mut conn = redis::Client::open(server.url())
+        .and_then(|c| c.get_connection())
+        .expect("connect");
+    let counts = stalled(&mut conn);
+    let expected: BTreeMap<u64, usize> = stalls.iter().map(|n| (*n, 1)).collect();
+    assert_eq!(
+        counts, expected,
+        "each stalled order timed out exactly once"
+    );
+    // And each on_timeout event was handled once, by one of the two processes.
+    let lines = |r: &Running| r.stderr().matches("compensating").count();
+    assert_eq!(lines(&first) + lines(&second), stalls.len());
+}
