@@ -2,6 +2,7 @@
 # edaflow's benchmark workloads (see bench/README.md), median of REPS runs each.
 #
 #   bench/run.sh                 # everything: w1 w2 w2b w3 scale reload query tracked
+#                                #   plus, on a private redis-server: w1r w2r w3r queryr
 #   bench/run.sh w1 w3           # a subset
 #   REPS=5 bench/run.sh w1       # more repetitions
 #
@@ -30,14 +31,34 @@ report() {
   printf '%-44s %12s   (%s .. %s)\n' "$name" "$(median <<<"$sorted")" "$(head -1 <<<"$sorted")" "$(tail -1 <<<"$sorted")"
 }
 
-start_edaflow() { # FLOW -> sets PID, waits for /healthz
-  "$BIN" run "$1" --listen "127.0.0.1:$PORT" --no-watch --log-format json >"$OUT/edaflow.log" 2>&1 &
+start_edaflow() { # FLOW [ARGS...] -> sets PID, waits for /healthz
+  local flow="$1"; shift
+  "$BIN" run "$flow" --listen "127.0.0.1:$PORT" --no-watch --log-format json "$@" >"$OUT/edaflow.log" 2>&1 &
   PID=$!
   for _ in $(seq 100); do curl -sf -o /dev/null "$URL/healthz" && return 0; sleep 0.05; done
   echo "edaflow did not start; see $OUT/edaflow.log" >&2; exit 1
 }
 stop_edaflow() { kill -INT "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; }
-trap 'kill "${PID:-}" 2>/dev/null || true' EXIT
+trap 'kill "${PID:-}" "${RPID:-}" 2>/dev/null || true' EXIT
+
+# The Redis workloads run on a redis-server of their own (RPORT, default 18979), without
+# persistence unless AOF=yes, started fresh for each workload and stopped by PID.
+RPORT="${RPORT:-18979}"
+RURL="redis://127.0.0.1:$RPORT"
+start_redis() {
+  RDIR="$(mktemp -d)"
+  redis-server --port "$RPORT" --bind 127.0.0.1 --save "" --appendonly "${AOF:-no}" --dir "$RDIR" >"$OUT/redis.log" 2>&1 &
+  RPID=$!
+  for _ in $(seq 100); do redis-cli -p "$RPORT" ping >/dev/null 2>&1 && return 0; sleep 0.05; done
+  echo "redis-server did not start; see $OUT/redis.log" >&2; exit 1
+}
+stop_redis() { kill "$RPID" 2>/dev/null || true; wait "$RPID" 2>/dev/null || true; rm -rf "$RDIR"; }
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; } # user + system CPU, in clock ticks
+# Commands Redis executed (top level and inside scripts), and script calls (round trips
+# that run a script): from INFO commandstats.
+redis_calls() { redis-cli -p "$RPORT" info commandstats | awk -F'[:=,]' '/^cmdstat_/ {s += $3} END {print s + 0}'; }
+redis_evals() { redis-cli -p "$RPORT" info commandstats | awk -F'[:=,]' '/^cmdstat_(evalsha|eval):/ {s += $3} END {print s + 0}'; }
+redis_top() { redis-cli -p "$RPORT" info stats | awk -F: '/^total_commands_processed:/ {print $2 + 0}'; }
 
 wrk_run() { # DURATION -> wrk output with a RESULT line
   wrk -t1 -c32 -d"$1" --latency -s "$POST_LUA" "$URL/topics/orderCreated"
@@ -137,6 +158,101 @@ query() {
   report "req/s" "${rps[@]}"; report "p50 ms" "${p50[@]}"; report "p99 ms" "${p99[@]}"; report "non-2xx answers" "${errs[@]}"
 }
 
+w1r() {
+  local rps=() p99=() per=() evals=() share=() hwm=() lost=()
+  for rep in $(seq "$REPS"); do
+    start_redis
+    start_edaflow bench/flows/w1.toml --broker "$RURL"
+    wrk_run 3s >/dev/null
+    for _ in $(seq 200); do [ "$(metric 'edaflow_subscriber_handled_total{subscriber="count"}')" = "$(metric 'edaflow_http_requests_total{outcome="accepted"}')" ] && break; sleep 0.05; done
+    local before c0 e0 r0 p0; before="$(metric 'edaflow_subscriber_handled_total{subscriber="count"}')"
+    c0="$(redis_calls)"; e0="$(redis_evals)"; r0="$(ticks "$RPID")"; p0="$(ticks "$PID")"
+    local out; out="$(wrk_run 10s)"; echo "$out" >"$OUT/w1r-wrk-$rep.txt"
+    local line; line="$(grep '^RESULT' <<<"$out")"
+    for _ in $(seq 200); do [ "$(metric 'edaflow_subscriber_handled_total{subscriber="count"}')" = "$(metric 'edaflow_http_requests_total{outcome="accepted"}')" ] && break; sleep 0.05; done
+    local after; after="$(metric 'edaflow_subscriber_handled_total{subscriber="count"}')"
+    local n=$((after - before)) r1 p1; r1="$(ticks "$RPID")"; p1="$(ticks "$PID")"
+    rps+=("$(field rps "$line")"); p99+=("$(awk -v u="$(field p99_us "$line")" 'BEGIN{print u/1000}')")
+    per+=("$(awk -v c=$(( $(redis_calls) - c0 )) -v n="$n" 'BEGIN{printf "%.1f", c/n}')")
+    evals+=("$(awk -v c=$(( $(redis_evals) - e0 )) -v n="$n" 'BEGIN{printf "%.2f", c/n}')")
+    share+=("$(awk -v r=$((r1 - r0)) -v p=$((p1 - p0)) 'BEGIN{printf "%.2f", r/p}')")
+    hwm+=("$(awk -v k="$(hwm_kib "$PID")" 'BEGIN{printf "%.1f", k/1024}')")
+    lost+=("$(( $(field requests "$line") - n ))")
+    say "w1r rep $rep: $line handled=$n redis_cpu_ticks=$((r1 - r0)) edaflow_cpu_ticks=$((p1 - p0))"
+    stop_edaflow; stop_redis
+  done
+  echo "== W1 HTTP ingest on Redis (loopback, no persistence; median of $REPS) =="
+  report "req/s" "${rps[@]}"; report "p99 ms" "${p99[@]}"; report "peak RSS MiB" "${hwm[@]}"
+  report "Redis commands per event (incl. in scripts)" "${per[@]}"; report "script calls per event" "${evals[@]}"
+  report "Redis CPU / edaflow CPU" "${share[@]}"; report "wrk requests - events handled" "${lost[@]}"
+}
+
+# An example on Redis: RESULT line plus Redis commands per chain/job and the CPU split
+# (the example's own CPU from /usr/bin/time).
+run_on_redis() { # NAME EXAMPLE ARGS... -> sets LINE, PER, EVALS, SHARE
+  local c0 e0 r0; c0="$(redis_calls)"; e0="$(redis_evals)"; r0="$(ticks "$RPID")"
+  local out; out="$( { BENCH_BROKER="$RURL" /usr/bin/time -f 'TIME %U %S' "target/release/examples/$2" "${@:3}" 2>&1 >&3 | grep '^TIME' >"$OUT/$1.time"; } 3>&1 )"
+  LINE="$(grep '^RESULT' <<<"$out")"
+  local r1; r1="$(ticks "$RPID")"
+  local own; own="$(awk '{printf "%.0f", ($2 + $3) * 100}' "$OUT/$1.time")"
+  local n; n="$(field chains "$LINE")"; [ -n "$n" ] || n="$(field n "$LINE")"
+  PER="$(awk -v c=$(( $(redis_calls) - c0 )) -v n="$n" 'BEGIN{printf "%.1f", c/n}')"
+  EVALS="$(awk -v c=$(( $(redis_evals) - e0 )) -v n="$n" 'BEGIN{printf "%.2f", c/n}')"
+  SHARE="$(awk -v r=$((r1 - r0)) -v p="$own" 'BEGIN{printf "%.2f", r/p}')"
+}
+
+w2r() {
+  local cps=() per=() evals=() share=() hwm=()
+  for rep in $(seq "$REPS"); do
+    start_redis
+    run_on_redis w2r w2_chain bench/flows/w2.toml 50000
+    say "w2r rep $rep: $LINE commands_per_chain=$PER scripts_per_chain=$EVALS redis_cpu/edaflow_cpu=$SHARE"
+    cps+=("$(field chains_per_s "$LINE")"); per+=("$PER"); evals+=("$EVALS"); share+=("$SHARE")
+    hwm+=("$(awk -v k="$(field peak_rss_kib "$LINE")" 'BEGIN{printf "%.1f", k/1024}')")
+    stop_redis
+  done
+  echo "== W2 three-hop chain on Redis, 50,000 events, effects and acks committed atomically (median of $REPS) =="
+  report "chains/s" "${cps[@]}"; report "peak RSS MiB" "${hwm[@]}"
+  report "Redis commands per chain (incl. in scripts)" "${per[@]}"; report "script calls per chain" "${evals[@]}"
+  report "Redis CPU / edaflow CPU" "${share[@]}"
+}
+
+w3r() {
+  local total=() drain=() p50=() p99=() max=() per=() share=() dups=()
+  for rep in $(seq "$REPS"); do
+    start_redis
+    run_on_redis w3r w3_deferred bench/flows/w3.toml 20000
+    say "w3r rep $rep: $LINE commands_per_job=$PER redis_cpu/edaflow_cpu=$SHARE"
+    total+=("$(field total_ms "$LINE")"); drain+=("$(field drain_jobs_per_s "$LINE")")
+    p50+=("$(field late_p50_ms "$LINE")"); p99+=("$(field late_p99_ms "$LINE")"); max+=("$(field late_max_ms "$LINE")")
+    per+=("$PER"); share+=("$SHARE"); dups+=("$(field duplicates "$LINE")")
+    stop_redis
+  done
+  echo "== W3 on Redis: 20,000 jobs, 1 s delay, one burst, 50 workers (median of $REPS) =="
+  report "total ms (burst start to last job)" "${total[@]}"; report "drain jobs/s" "${drain[@]}"
+  report "lateness p50 ms" "${p50[@]}"; report "lateness p99 ms" "${p99[@]}"; report "lateness max ms" "${max[@]}"
+  report "Redis commands per job (incl. in scripts)" "${per[@]}"; report "Redis CPU / edaflow CPU" "${share[@]}"
+  report "duplicates" "${dups[@]}"
+}
+
+queryr() {
+  local rps=() p50=() p99=() errs=()
+  for rep in $(seq "$REPS"); do
+    start_redis
+    start_edaflow flows/cqrs.toml --broker "$RURL"
+    curl -sf -XPOST -H 'Content-Type: application/json' -d '{"order_id": 1, "customer": "ann", "total": 49.99}' "$URL/topics/orders.command.place" >/dev/null
+    for _ in $(seq 100); do curl -sf -XPOST -H 'Content-Type: application/json' -d '{"order_id": 1}' "$URL/query/orders.query.get" | grep -q '"found":true' && break; sleep 0.05; done
+    wrk -t1 -c32 -d3s -s bench/wrk/query.lua "$URL/query/orders.query.get" >/dev/null
+    local line; line="$(wrk -t1 -c32 -d10s --latency -s bench/wrk/query.lua "$URL/query/orders.query.get" | grep '^RESULT')"
+    say "queryr rep $rep: $line"
+    rps+=("$(field rps "$line")"); p50+=("$(awk -v u="$(field p50_us "$line")" 'BEGIN{print u/1000}')")
+    p99+=("$(awk -v u="$(field p99_us "$line")" 'BEGIN{print u/1000}')"); errs+=("$(field err_status "$line")")
+    stop_edaflow; stop_redis
+  done
+  echo "== query round trip on Redis, POST /query/orders.query.get answered from a Redis store (median of $REPS) =="
+  report "req/s" "${rps[@]}"; report "p50 ms" "${p50[@]}"; report "p99 ms" "${p99[@]}"; report "non-2xx answers" "${errs[@]}"
+}
+
 tracked() {
   local plain=() with=()
   for rep in $(seq "$REPS"); do
@@ -160,6 +276,6 @@ reload() {
 
 say "building release binary and examples"
 cargo build --release --bin edaflow --examples >/dev/null 2>&1
-sel=("$@"); [ "${#sel[@]}" -gt 0 ] || sel=(w1 w2 w2b w3 scale reload query tracked)
+sel=("$@"); [ "${#sel[@]}" -gt 0 ] || sel=(w1 w2 w2b w3 scale reload query tracked w1r w2r w3r queryr)
 echo "edaflow $(git rev-parse --short HEAD 2>/dev/null || echo '?'), $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(uname -r)"
 for w in "${sel[@]}"; do "$w"; echo; done

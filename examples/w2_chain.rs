@@ -3,6 +3,7 @@
 //! prepare a flow, apply it to a runtime on the memory broker, watch its metrics.
 //!
 //!     cargo run --release --example w2_chain -- bench/flows/w2.toml 200000
+//!     BENCH_BROKER=redis://127.0.0.1:6379 cargo run --release --example w2_chain   # on Redis
 //!
 //! Prints one `RESULT` line: chains, elapsed time from the first generated event to the
 //! last chain's completion, chains/s, and the process's peak RSS.
@@ -11,7 +12,7 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use edaflow::broker::{MemoryBroker, MemoryOptions};
+use edaflow::broker::{Broker, MemoryBroker, MemoryOptions, RedisBroker, RedisOptions, RedisUrl};
 use edaflow::flow::model::ProducerKind;
 use edaflow::runtime::{prepare, Runtime, RuntimeOptions};
 
@@ -45,7 +46,24 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     prepared.flows = std::sync::Arc::new(flows);
 
-    let broker = MemoryBroker::new(MemoryOptions::default());
+    match std::env::var("BENCH_BROKER") {
+        Ok(url) if url != "memory" => {
+            let url = RedisUrl::parse(&url)?;
+            let options = RedisOptions {
+                namespace: format!("bench-w2-{}", std::process::id()),
+                ..RedisOptions::default()
+            };
+            run(RedisBroker::connect(&url, options).await?, prepared, total).await
+        }
+        _ => run(MemoryBroker::new(MemoryOptions::default()), prepared, total).await,
+    }
+}
+
+async fn run<B: Broker>(
+    broker: B,
+    prepared: edaflow::runtime::Prepared,
+    total: u64,
+) -> Result<(), Box<dyn std::error::Error>> {
     let mut runtime = Runtime::new(
         broker,
         RuntimeOptions {
