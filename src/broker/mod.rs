@@ -338,6 +338,32 @@ pub trait Broker: Clone + Send + Sync + 'static {
         let _ = id;
     }
 
+    /// Whether the broker keeps the journey history shared by every process (Redis), so
+    /// that `edaflow trace` sees the events recorded by any of them.
+    fn keeps_history(&self) -> bool {
+        false
+    }
+
+    /// Records history entries: (correlation id, entry JSON), in order. Bounded by the
+    /// broker (journeys kept, entries per journey, age).
+    fn record_history(
+        &self,
+        entries: Vec<(String, String)>,
+    ) -> impl Future<Output = Result<(), BrokerError>> + Send {
+        let _ = entries;
+        async { Ok(()) }
+    }
+
+    /// The entries recorded for one journey, in the order they were recorded (`None` when
+    /// the broker keeps no history).
+    fn history(
+        &self,
+        correlation: &str,
+    ) -> impl Future<Output = Result<Option<Vec<String>>, BrokerError>> + Send {
+        let _ = correlation;
+        async { Ok(None) }
+    }
+
     /// Whether chain instances live in the broker, shared by every process's tracker
     /// (Redis), rather than in each tracker's memory (the default: one process sees every
     /// step). When true, trackers call the three methods below instead of keeping state.

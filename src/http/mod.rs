@@ -28,6 +28,7 @@ use tracing::warn;
 use crate::broker::Broker;
 use crate::flow::model::HttpProducer;
 use crate::flow::pattern::TopicPattern;
+use crate::runtime::history::TraceEntry;
 use crate::runtime::reload::{ReloadCause, ReloadReport, ReloadRequest};
 use crate::runtime::Shared;
 
@@ -162,10 +163,20 @@ async fn metrics<B: Broker>(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     state.authorize(&headers)?;
-    let text = state.shared.metrics.render(
+    let mut text = state.shared.metrics.render(
         &state.shared.broker.stats(),
         state.shared.status.generation.load(Ordering::SeqCst),
     );
+    if state.shared.broker.keeps_history() {
+        use std::fmt::Write as _;
+        let _ = write!(
+            text,
+            "# HELP edaflow_history_unshipped_total History entries dropped because shipping them to the broker fell behind.\n\
+             # TYPE edaflow_history_unshipped_total counter\n\
+             edaflow_history_unshipped_total {}\n",
+            state.shared.history.unshipped()
+        );
+    }
     let mut response = text.into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -232,11 +243,24 @@ async fn trace<B: Broker>(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     state.authorize(&headers)?;
-    let journey = state
-        .shared
-        .history
-        .journey(&correlation)
-        .ok_or(ApiError::UnknownJourney { correlation })?;
+    let broker = &state.shared.broker;
+    let journey = if broker.keeps_history() {
+        // Shared by every process: the whole journey, wherever its events were handled.
+        let recorded = broker.history(&correlation).await.map_err(|e| {
+            warn!(error = %e, "could not read the shared history");
+            ApiError::Unavailable
+        })?;
+        let mut entries: Vec<TraceEntry> = recorded
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|json| serde_json::from_str(json).ok())
+            .collect();
+        entries.sort_by_key(|e| e.time);
+        Some(entries).filter(|e| !e.is_empty())
+    } else {
+        state.shared.history.journey(&correlation)
+    }
+    .ok_or(ApiError::UnknownJourney { correlation })?;
     Ok(json_response(
         StatusCode::OK,
         serde_json::to_string(&journey).unwrap_or_default(),

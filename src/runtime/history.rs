@@ -3,15 +3,21 @@
 //! who emitted it, with which generation's code, and when. Old journeys are forgotten first.
 //!
 //! Sharded by correlation id so that recording from many workers does not contend on one
-//! lock; each record is a short critical section with no `.await`.
+//! lock; each record is a short critical section with no `.await`. On a broker that keeps
+//! a shared history (Redis) entries are also shipped there in batches, so a journey that
+//! crossed processes can be traced from any of them.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::SystemTime;
 
 use serde::Serialize;
+use tokio::sync::mpsc;
+use tracing::{warn, Instrument};
 
+use crate::broker::Broker;
 use crate::event::Event;
 
 const SHARDS: usize = 16;
@@ -81,6 +87,11 @@ struct Shard {
 pub struct History {
     shards: Vec<Mutex<Shard>>,
     hasher: std::collections::hash_map::RandomState,
+    /// On a broker that keeps a shared history (Redis): entries are also handed here, to be
+    /// shipped in batches by `ship`. Lossy: when the shipper falls behind, entries are
+    /// dropped (and counted) rather than slowing the handlers.
+    shipping: Option<mpsc::Sender<(String, TraceEntry)>>,
+    unshipped: AtomicU64,
 }
 
 impl Default for History {
@@ -88,6 +99,57 @@ impl Default for History {
         History {
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             hasher: std::collections::hash_map::RandomState::new(),
+            shipping: None,
+            unshipped: AtomicU64::new(0),
+        }
+    }
+}
+
+/// Entries waiting to be shipped before new ones are dropped.
+const SHIPPING_BUFFER: usize = 65_536;
+/// Entries per shipment.
+const SHIPMENT: usize = 512;
+
+impl History {
+    /// A history that also ships its entries to `broker` (when it keeps a shared history
+    /// and a tokio runtime is running); the shipper ends when the history is dropped.
+    pub fn for_broker<B: Broker>(broker: &B) -> History {
+        let mut history = History::default();
+        if broker.keeps_history() {
+            if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                let (tx, rx) = mpsc::channel(SHIPPING_BUFFER);
+                history.shipping = Some(tx);
+                let span = tracing::info_span!("history_shipper", component = "history");
+                handle.spawn(ship(broker.clone(), rx).instrument(span));
+            }
+        }
+        history
+    }
+
+    /// Entries dropped because the shipper fell behind.
+    pub fn unshipped(&self) -> u64 {
+        self.unshipped.load(Ordering::Relaxed)
+    }
+}
+
+/// Sends entries to the broker in batches until the history is dropped.
+async fn ship<B: Broker>(broker: B, mut rx: mpsc::Receiver<(String, TraceEntry)>) {
+    let mut taken = Vec::with_capacity(SHIPMENT);
+    let mut failing = false;
+    while rx.recv_many(&mut taken, SHIPMENT).await > 0 {
+        let batch: Vec<(String, String)> = taken
+            .drain(..)
+            .filter_map(|(correlation, entry)| {
+                Some((correlation, serde_json::to_string(&entry).ok()?))
+            })
+            .collect();
+        match broker.record_history(batch).await {
+            Ok(()) => failing = false,
+            Err(e) => {
+                if !std::mem::replace(&mut failing, true) {
+                    warn!(error = %e, "could not ship history entries; some journeys will be incomplete");
+                }
+            }
         }
     }
 }
@@ -112,6 +174,14 @@ impl History {
     /// record only once it was accepted).
     pub fn insert(&self, pending: Pending) {
         let Pending { correlation, entry } = pending;
+        if let Some(shipping) = &self.shipping {
+            if shipping
+                .try_send((correlation.clone(), entry.clone()))
+                .is_err()
+            {
+                self.unshipped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
         let mut shard = self
             .shard(&correlation)
             .lock()

@@ -245,13 +245,13 @@ impl<B: Broker> Runtime<B> {
     /// A runtime with nothing running yet; `apply` starts a generation.
     pub fn new(broker: B, options: RuntimeOptions) -> Runtime<B> {
         let shared = Arc::new(Shared {
+            history: history::History::for_broker(&broker),
             broker,
             queues: watch::Sender::new(Arc::new(BTreeMap::new())),
             stores: watch::Sender::new(Arc::new(BTreeMap::new())),
             declared_stores: watch::Sender::new(Arc::new(BTreeSet::new())),
             topics: watch::Sender::new(Arc::new(BTreeMap::new())),
             reload: std::sync::OnceLock::new(),
-            history: history::History::default(),
             handled: std::sync::OnceLock::new(),
             engine: ScriptEngine::new(options.limits),
             metrics: Arc::new(Metrics::default()),

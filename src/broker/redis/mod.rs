@@ -19,6 +19,8 @@
 //! | `P s:{store}` | hash | a state store: key -> JSON text |
 //! | `P s:{store}:keys` | zset | the store's keys at score 0, for ordered prefix scans |
 //! | channel `P reply:{instance}` | pub/sub | replies to the queries this process waits on |
+//! | `P c:{chain}:…` | hashes, zset, lists | tracked chain instances and counters (see `chains`) |
+//! | `P h:{correlation}`, `P h:index` | list, zset | the journey history (see `history`) |
 //! | `P seq` | counter | orders events across streams and equal due times |
 //! | channel `P tap` | pub/sub | every accepted event and queue item, for taps |
 //!
@@ -57,6 +59,7 @@
 
 mod chains;
 mod consumer;
+mod history;
 mod replies;
 mod scripts;
 mod stores;
@@ -1108,6 +1111,18 @@ impl Broker for RedisBroker {
 
     fn stores(&self) -> Option<Arc<dyn StoreRead>> {
         Some(self.inner.stores.clone())
+    }
+
+    fn keeps_history(&self) -> bool {
+        true
+    }
+
+    async fn record_history(&self, entries: Vec<(String, String)>) -> Result<(), BrokerError> {
+        self.record_history_entries(&entries).await
+    }
+
+    async fn history(&self, correlation: &str) -> Result<Option<Vec<String>>, BrokerError> {
+        self.journey(correlation).await.map(Some)
     }
 
     fn tracks_chains(&self) -> bool {

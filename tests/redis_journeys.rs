@@ -1,7 +1,8 @@
-//! Tracked chains across processes on Redis: two `edaflow run` processes share the chain
-//! tracker's group, so each reads only some of the step events, yet both report every
-//! instance (the state is in Redis), and each stalled instance emits `on_timeout` exactly
-//! once, whichever process took it.
+//! Journeys across processes on Redis. Tracked chains: two `edaflow run` processes share
+//! the chain tracker's group, so each reads only some of the step events, yet both report
+//! every instance (the state is in Redis), and each stalled instance emits `on_timeout`
+//! exactly once, whichever process took it. Traces: a journey whose steps ran in two
+//! processes is traced whole from either.
 
 mod common;
 mod redis_support;
@@ -45,18 +46,27 @@ on_timeout = "orderStalled"
 "#;
 
 fn start(dir: &FlowDir, server: &RedisServer) -> (Running, SocketAddr) {
+    start_with(dir, server, "tracked.toml", &[])
+}
+
+fn start_with(
+    dir: &FlowDir,
+    server: &RedisServer,
+    flow: &str,
+    extra: &[&str],
+) -> (Running, SocketAddr) {
     let url = server.url();
-    let mut running = Edaflow::new(dir.root())
-        .args([
-            "run",
-            "tracked.toml",
-            "--no-watch",
-            "--listen",
-            "127.0.0.1:0",
-            "--broker",
-            &url,
-        ])
-        .spawn();
+    let mut args = vec![
+        "run",
+        flow,
+        "--no-watch",
+        "--listen",
+        "127.0.0.1:0",
+        "--broker",
+        &url,
+    ];
+    args.extend_from_slice(extra);
+    let mut running = Edaflow::new(dir.root()).args(args).spawn();
     let addr = running.find_in_stderr("`http ingest listening` line", PATIENCE, |line| {
         let (_, after) = line
             .split_once("http ingest listening")?
@@ -160,4 +170,97 @@ fn two_processes_track_one_chain_and_time_out_each_stalled_instance_once() {
     // And each on_timeout event was handled once, by one of the two processes.
     let lines = |r: &Running| r.stderr().matches("compensating").count();
     assert_eq!(lines(&first) + lines(&second), stalls.len());
+}
+
+const SPLIT_FLOW: &str = r#"
+[flow]
+name = "split"
+
+[producers.api]
+kind = "http"
+listen = "127.0.0.1:0"
+
+[subscribers.reserve]
+topic = "orderCreated"
+role = "a"
+script = "reserve.rhai"
+emits = ["inventoryReserved"]
+
+[subscribers.charge]
+topic = "inventoryReserved"
+role = "b"
+script = "charge.rhai"
+emits = ["paymentCharged"]
+
+[subscribers.done]
+topic = "paymentCharged"
+role = "a"
+script = "done.rhai"
+"#;
+
+/// `reserve` runs only in the first process and `charge` only in the second, so the
+/// journey's events were recorded by both; either process traces all of it.
+#[test]
+fn a_journey_across_two_processes_is_traced_whole_from_either() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let dir = FlowDir::new();
+    dir.write("split.toml", SPLIT_FLOW);
+    dir.write("reserve.rhai", "emit(\"inventoryReserved\", event.data);\n");
+    dir.write("charge.rhai", "emit(\"paymentCharged\", event.data);\n");
+    dir.write("done.rhai", "let n = event.data.n;\n");
+    let (first, a) = start_with(&dir, &server, "split.toml", &["--role", "a"]);
+    let (second, b) = start_with(&dir, &server, "split.toml", &["--role", "b"]);
+    let accepted = http(
+        a,
+        "POST",
+        "/topics/orderCreated",
+        &[("Content-Type", "application/json")],
+        b"{\"n\":1}",
+    );
+    assert_eq!(accepted.status, 202, "{accepted:?}");
+    let id = serde_json::from_str::<Value>(&accepted.body).expect("JSON")["id"]
+        .as_str()
+        .expect("an id")
+        .to_owned();
+    for addr in [a, b] {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let reply = http(addr, "GET", &format!("/trace/{id}"), &[], b"");
+            if reply.status == 200 {
+                let journey: Value = serde_json::from_str(&reply.body).expect("JSON");
+                let steps: Vec<(String, String)> = journey
+                    .as_array()
+                    .expect("entries")
+                    .iter()
+                    .map(|e| {
+                        (
+                            e["topic"].as_str().unwrap_or("").to_owned(),
+                            e["emitted_by"].as_str().unwrap_or("").to_owned(),
+                        )
+                    })
+                    .collect();
+                if steps.len() == 3 {
+                    assert_eq!(
+                        steps,
+                        [
+                            ("orderCreated".to_owned(), "api".to_owned()),
+                            ("inventoryReserved".to_owned(), "reserve".to_owned()),
+                            ("paymentCharged".to_owned(), "charge".to_owned()),
+                        ],
+                        "{journey}"
+                    );
+                    break;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the journey was not traced whole from {addr}: {reply:?}\n{}{}",
+                first.dump(),
+                second.dump()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 }
