@@ -35,10 +35,31 @@
 //! leaves the entry pending; after `claim_idle` a live consumer claims it (XAUTOCLAIM) and
 //! runs the handler again, whose earlier run wrote nothing. A process that dies after the
 //! commit leaves nothing to redo. So the effects of one handler run land exactly once,
-//! even though the handler may run more than once. A handler slower than `claim_idle` can
-//! be claimed while it runs; then both runs may commit (keep `claim_idle` above the
-//! slowest handler). Durability across a Redis restart is Redis's: with `appendonly yes`
-//! an acknowledged write survives.
+//! even though the handler may run more than once.
+//!
+//! The commit is idempotent: the script first checks that the entry is still pending for
+//! its group, and applies nothing (`settled`) when it is not. That covers a commit whose
+//! reply was lost (a response timeout while Redis stalled, a dropped connection): the
+//! command may have run, so the caller retries it, and the retry changes nothing. It also
+//! covers a handler slower than `claim_idle`, claimed and run again by another consumer:
+//! whichever run commits first lands, the other is skipped. (The handler still runs
+//! twice then; keep `claim_idle` above the slowest handler.)
+//!
+//! A `take` whose reply is lost leaves its entry pending with this consumer, unseen; it is
+//! claimed after `claim_idle`. A `publish` whose reply is lost may have run: ingest answers
+//! 503 for an event that is in Redis (a client retrying it sends it twice). An event
+//! answered 202 is in Redis: the script has run and replied. Durability across a Redis
+//! restart is Redis's: with `appendonly yes` Redis writes the AOF before it replies, so a
+//! killed Redis loses no acknowledged write (a machine crash can lose the last second
+//! under `appendfsync everysec`).
+//!
+//! # When Redis is unreachable
+//!
+//! Every command fails with `Unavailable` (after `response_timeout` at worst). Nothing
+//! here crashes or gives up: consumers back off and retry (see `consumer`), the runtime
+//! retries commits, ingest answers 503, and `health` reports the outage. The outage is
+//! logged once for the process (see `outage`). `connect` alone does not retry: a Redis
+//! that is not there at startup is an error for the caller.
 //!
 //! # Ordering
 //!
