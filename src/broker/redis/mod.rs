@@ -99,8 +99,8 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn, Instrument};
 
 use crate::broker::{
-    Backpressure, Broker, BrokerError, BrokerHealth, ChainCounts, ChainSpec, ChainStep,
-    DeadFilter, Delivery, Effects, ExpiredChain, GroupSpec, GroupStats, QueueSpec, QueueStats,
+    Backpressure, Broker, BrokerError, BrokerHealth, ChainCounts, ChainSpec, ChainStep, DeadFilter,
+    Delivery, Effects, ExpiredChain, GroupSpec, GroupStats, QueueSpec, QueueStats,
 };
 use crate::event::Event;
 use crate::flow::pattern::TopicPattern;
