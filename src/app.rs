@@ -247,6 +247,8 @@ pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<()
             let options = RedisOptions {
                 namespace,
                 claim_idle: setup.args.claim_idle,
+                response_timeout: setup.args.redis_timeout,
+                tls_ca: setup.args.redis_ca.clone(),
                 ..RedisOptions::default()
             };
             let broker = RedisBroker::connect(&url, options).await?;

@@ -215,7 +215,8 @@ pub struct RunArgs {
     /// How long queued events may drain at shutdown (memory broker; Redis keeps them).
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration_arg)]
     pub grace: Duration,
-    /// The broker: `memory` (the default) or `redis://[:password@]host:port/db`.
+    /// The broker: `memory` (the default), `redis://[:password@]host:port/db`, or
+    /// `rediss://…` for Redis over TLS.
     /// Overrides `[flow] broker`; not reloadable.
     #[arg(
         long,
@@ -237,6 +238,19 @@ pub struct RunArgs {
     /// process claims it (keep it above the slowest handler).
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration_arg, help_heading = "Broker")]
     pub claim_idle: Duration,
+    /// Redis over TLS (`rediss://`): trust the CA in this PEM file instead of the system's
+    /// roots (for a private CA).
+    #[arg(
+        long,
+        value_name = "PEM",
+        env = "EDAFLOW_REDIS_CA",
+        help_heading = "Broker"
+    )]
+    pub redis_ca: Option<PathBuf>,
+    /// Redis: how long a command may wait for its reply before it counts as failed (and
+    /// is retried; ingest answers 503).
+    #[arg(long, value_name = "DURATION", default_value = "5s", env = "EDAFLOW_REDIS_TIMEOUT", value_parser = parse_duration_arg, help_heading = "Broker")]
+    pub redis_timeout: Duration,
 }
 
 /// Where a running instance is.

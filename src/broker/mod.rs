@@ -69,9 +69,48 @@ pub enum BrokerError {
     #[error("`{url}` is not a broker URL")]
     #[diagnostic(
         code(edaflow::broker::bad_url),
-        help("use `memory` or `redis://[:password@]host:port/db`")
+        help("use `memory`, `redis://[:password@]host:port/db` or `rediss://…` (TLS)")
     )]
     BadUrl { url: String },
+    /// The first connection, at startup, failed (the URL is shown with its password hidden).
+    #[error("cannot connect to Redis at `{url}`: {reason}")]
+    #[diagnostic(
+        code(edaflow::broker::connect),
+        help("is Redis running and reachable at this URL (and the password right)? edaflow does not wait for Redis at startup: start it first, or let a supervisor restart edaflow")
+    )]
+    Connect { url: String, reason: String },
+    /// The CA file for `rediss://` cannot be used.
+    #[error("cannot use `{path}` as the Redis CA: {detail}")]
+    #[diagnostic(
+        code(edaflow::broker::tls_ca),
+        help("give a PEM file holding the CA certificate(s) that signed the Redis server's certificate")
+    )]
+    TlsCa { path: String, detail: String },
+}
+
+impl BrokerError {
+    /// True when trying again later may succeed: the server is unreachable, stalled, busy
+    /// loading its data, or the connection dropped. A command the server refused (a script
+    /// error, a wrong type) is not transient.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            BrokerError::Unavailable { source } => {
+                !matches!(source.retry_method(), ::redis::RetryMethod::NoRetry)
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Whether the broker can serve requests now (for `/healthz`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BrokerHealth {
+    Up,
+    /// Unreachable (or not answering) for `for_ms`; `reason` is safe to show.
+    Down {
+        reason: String,
+        for_ms: u64,
+    },
 }
 
 /// What to do when a group's buffer is full.
@@ -310,6 +349,12 @@ pub trait Broker: Clone + Send + Sync + 'static {
         &self,
         filter: &DeadFilter,
     ) -> impl Future<Output = Result<Vec<Event>, BrokerError>> + Send;
+
+    /// Checks, within about a second, that the broker answers (`/healthz`). An embedded
+    /// broker is always up.
+    fn health(&self) -> impl Future<Output = BrokerHealth> + Send {
+        async { BrokerHealth::Up }
+    }
 
     /// The state stores handlers read while they run; `None` when this broker keeps none.
     fn stores(&self) -> Option<Arc<dyn crate::store::StoreRead>> {

@@ -12,7 +12,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::Response;
 use serde::Deserialize;
-use tracing::warn;
+use tracing::{debug, warn};
 
 use crate::broker::{Backpressure, Broker, BrokerError};
 use crate::event::{new_id, Event, SPEC_VERSION};
@@ -148,6 +148,11 @@ pub(crate) fn refused(error: BrokerError) -> ApiError {
         e @ BrokerError::DelayTooLong { .. } => ApiError::BadParameter {
             detail: e.to_string(),
         },
+        // The broker logs an outage once, when it starts; not once per refused request.
+        e if e.is_transient() => {
+            debug!(error = %e, "publish failed: the broker is unavailable");
+            ApiError::Unavailable
+        }
         e => {
             warn!(error = %e, "publish failed");
             ApiError::Unavailable

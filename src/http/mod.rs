@@ -25,7 +25,7 @@ use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use crate::broker::Broker;
+use crate::broker::{Broker, BrokerHealth};
 use crate::flow::model::HttpProducer;
 use crate::flow::pattern::TopicPattern;
 use crate::runtime::history::TraceEntry;
@@ -134,6 +134,8 @@ pub async fn serve<B: Broker>(
     }
 }
 
+/// `GET /healthz`: 200 with the groups' state while the broker answers; 503 with the
+/// reason (and no group figures, which would need the broker) while it does not.
 async fn healthz<B: Broker>(State(state): State<Arc<ApiState<B>>>) -> Response {
     let status = &state.shared.status;
     let last_reload = status
@@ -141,6 +143,20 @@ async fn healthz<B: Broker>(State(state): State<Arc<ApiState<B>>>) -> Response {
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .clone();
+    if let BrokerHealth::Down { reason, for_ms } = state.shared.broker.health().await {
+        let body = serde_json::json!({
+            "status": "unavailable",
+            "broker": {"status": "down", "reason": reason, "down_for_ms": for_ms},
+            "generation": status.generation.load(Ordering::SeqCst),
+            "last_reload": last_reload,
+            "uptime_seconds": status.started.elapsed().as_secs(),
+        });
+        let mut response = json_response(StatusCode::SERVICE_UNAVAILABLE, body.to_string());
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return response;
+    }
     let groups: Vec<serde_json::Value> = state
         .shared
         .broker
@@ -150,6 +166,7 @@ async fn healthz<B: Broker>(State(state): State<Arc<ApiState<B>>>) -> Response {
         .collect();
     let body = serde_json::json!({
         "status": "ok",
+        "broker": {"status": "up"},
         "generation": status.generation.load(Ordering::SeqCst),
         "last_reload": last_reload,
         "uptime_seconds": status.started.elapsed().as_secs(),

@@ -6,6 +6,12 @@
 //! a backoff and, after the last attempt, dead-lettered with the error attached. A worker
 //! asked to stop finishes the event it holds (or, if it is waiting out a backoff, gives
 //! the event back to the broker), so stopping never loses an event.
+//!
+//! A commit that fails because the broker is unreachable (Redis down or stalled) is
+//! retried with backoff (50 ms doubling to 2 s, jittered) until it lands, with the same
+//! effects: the handler does not run again, and the broker's commit is idempotent, so a
+//! retry of a commit that did run (its reply lost) applies nothing twice. A worker asked
+//! to stop gives up retrying and leaves the event pending, for another process to claim.
 
 use std::io::Write as _;
 use std::sync::atomic::Ordering;
@@ -158,7 +164,7 @@ impl<B: Broker> SubscriberTask<B> {
             let error = match result
                 .and_then(|output| self.effects(&delivery.event, output, code.generation))
             {
-                Ok(effects) => match self.settle(&delivery, effects).await {
+                Ok(effects) => match self.settle(&delivery, effects, token).await {
                     Ok(()) => {
                         self.metrics.handled.fetch_add(1, Ordering::Relaxed);
                         if let Some(tap) = self.shared.handled.get() {
@@ -180,7 +186,7 @@ impl<B: Broker> SubscriberTask<B> {
                 warn!(event = %delivery.event.id, topic = %delivery.event.topic, attempt, dead_letter = %self.config.dead_letter, %error, "handler failed for the last time; dead-lettering the event");
                 self.metrics.dead_letters.fetch_add(1, Ordering::Relaxed);
                 let dead = self.dead_letter(&delivery, attempt, &error, code.generation);
-                if let Err(e) = self.settle(&delivery, dead).await {
+                if let Err(e) = self.settle(&delivery, dead, token).await {
                     warn!(error = ?e, "could not dead-letter the event; giving it back");
                     let _ = self.shared.broker.nack(delivery).await;
                 }
@@ -199,8 +205,14 @@ impl<B: Broker> SubscriberTask<B> {
         }
     }
 
-    /// Commits effects with the ack of `delivery`.
-    async fn settle(&self, delivery: &Delivery, effects: Effects) -> Result<(), Refused> {
+    /// Commits effects with the ack of `delivery`, retrying while the broker is
+    /// unreachable (see the module docs).
+    async fn settle(
+        &self,
+        delivery: &Delivery,
+        effects: Effects,
+        token: &CancellationToken,
+    ) -> Result<(), Refused> {
         let published: Vec<String> = effects.events().map(|e| e.topic.clone()).collect();
         let generation = self.code.borrow().generation;
         for event in effects.events() {
@@ -208,7 +220,26 @@ impl<B: Broker> SubscriberTask<B> {
                 .history
                 .record(event, &self.name, Some(generation));
         }
-        match self.shared.broker.commit(delivery.clone(), effects).await {
+        let mut backoff = crate::broker::redis::outage::BACKOFF_START;
+        let committed = loop {
+            match self
+                .shared
+                .broker
+                .commit(delivery.clone(), effects.clone())
+                .await
+            {
+                Err(e) if e.is_transient() && !token.is_cancelled() => {
+                    let pause = crate::broker::redis::outage::jittered(&mut backoff);
+                    debug!(event = %delivery.event.id, error = %e, retry_in_ms = pause.as_millis() as u64, "commit failed; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(pause) => {}
+                        _ = token.cancelled() => {}
+                    }
+                }
+                other => break other,
+            }
+        };
+        match committed {
             Ok(()) => {
                 for topic in &published {
                     self.shared.metrics.published(topic);

@@ -21,6 +21,25 @@ pub struct RedisServer {
     port: u16,
     dir: tempfile::TempDir,
     appendonly: bool,
+    options: ServerOptions,
+}
+
+/// Extra settings for `RedisServer::start_custom`.
+#[derive(Clone, Debug, Default)]
+pub struct ServerOptions {
+    pub appendonly: bool,
+    /// `--requirepass`.
+    pub password: Option<String>,
+    /// Serve TLS only (`--port 0 --tls-port PORT`) with these PEM files.
+    pub tls: Option<TlsFiles>,
+}
+
+/// The PEM files of a TLS server.
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+    pub ca: std::path::PathBuf,
 }
 
 impl RedisServer {
@@ -32,6 +51,15 @@ impl RedisServer {
 
     /// As `start`, with `appendonly yes` when `appendonly` (for restart tests).
     pub fn start_with(appendonly: bool) -> Option<RedisServer> {
+        RedisServer::start_custom(ServerOptions {
+            appendonly,
+            ..ServerOptions::default()
+        })
+    }
+
+    /// As `start`, with a password and/or TLS (see `ServerOptions`).
+    pub fn start_custom(options: ServerOptions) -> Option<RedisServer> {
+        let appendonly = options.appendonly;
         if Command::new("redis-server")
             .arg("--version")
             .stdout(Stdio::null())
@@ -48,13 +76,14 @@ impl RedisServer {
         let dir = tempfile::tempdir().expect("a temp dir for redis-server");
         for _ in 0..5 {
             let port = free_port();
-            let mut child = spawn(dir.path(), port, appendonly);
-            if wait_ready(&mut child, port, Duration::from_secs(5)) {
+            let mut child = spawn(dir.path(), port, &options);
+            if wait_ready(&mut child, port, &options, Duration::from_secs(5)) {
                 return Some(RedisServer {
                     child,
                     port,
                     dir,
                     appendonly,
+                    options,
                 });
             }
             // Another process took the port first: try another.
@@ -79,13 +108,38 @@ impl RedisServer {
 
     /// Kills the server (SIGKILL) and starts it again on the same port and dir.
     pub fn restart(&mut self) {
+        self.kill();
+        self.start_again();
+    }
+
+    /// Kills the server (SIGKILL) and waits until it is gone; `start_again` brings it back.
+    pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        self.child = spawn(self.dir.path(), self.port, self.appendonly);
+    }
+
+    /// Starts the server again on the same port and dir, after `kill`.
+    pub fn start_again(&mut self) {
+        self.options.appendonly = self.appendonly;
+        self.child = spawn(self.dir.path(), self.port, &self.options);
         assert!(
-            wait_ready(&mut self.child, self.port, Duration::from_secs(10)),
+            wait_ready(
+                &mut self.child,
+                self.port,
+                &self.options,
+                Duration::from_secs(10)
+            ),
             "redis-server did not come back"
         );
+    }
+
+    /// Sends a signal to the server (`STOP`, `CONT`, ...) through `kill`.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([format!("-{signal}"), self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} redis-server");
     }
 
     /// Sends one command in RESP and returns the raw reply (for test assertions).
@@ -94,6 +148,14 @@ impl RedisServer {
         stream
             .set_read_timeout(Some(Duration::from_secs(5)))
             .expect("timeout");
+        if let Some(password) = &self.options.password {
+            stream
+                .write_all(format!("AUTH {password}\r\n").as_bytes())
+                .expect("send AUTH");
+            let mut ok = [0u8; 5];
+            stream.read_exact(&mut ok).expect("AUTH reply");
+            assert_eq!(&ok, b"+OK\r\n", "AUTH");
+        }
         let mut request = format!("*{}\r\n", args.len());
         for arg in args {
             request.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
@@ -120,17 +182,31 @@ impl Drop for RedisServer {
     }
 }
 
-fn spawn(dir: &std::path::Path, port: u16, appendonly: bool) -> Child {
-    Command::new("redis-server")
+fn spawn(dir: &std::path::Path, port: u16, options: &ServerOptions) -> Child {
+    let mut command = Command::new("redis-server");
+    match &options.tls {
+        None => command.args(["--port", &port.to_string()]),
+        Some(tls) => command
+            .args(["--port", "0", "--tls-port", &port.to_string()])
+            .arg("--tls-cert-file")
+            .arg(&tls.cert)
+            .arg("--tls-key-file")
+            .arg(&tls.key)
+            .arg("--tls-ca-cert-file")
+            .arg(&tls.ca)
+            .args(["--tls-auth-clients", "no"]),
+    };
+    if let Some(password) = &options.password {
+        command.args(["--requirepass", password]);
+    }
+    command
         .args([
-            "--port",
-            &port.to_string(),
             "--bind",
             "127.0.0.1",
             "--save",
             "",
             "--appendonly",
-            if appendonly { "yes" } else { "no" },
+            if options.appendonly { "yes" } else { "no" },
             "--dir",
         ])
         .arg(dir)
@@ -140,19 +216,27 @@ fn spawn(dir: &std::path::Path, port: u16, appendonly: bool) -> Child {
         .expect("start redis-server")
 }
 
-fn wait_ready(child: &mut Child, port: u16, within: Duration) -> bool {
+fn wait_ready(child: &mut Child, port: u16, options: &ServerOptions, within: Duration) -> bool {
     let deadline = Instant::now() + within;
     while Instant::now() < deadline {
         if let Ok(Some(_)) = child.try_wait() {
             return false;
         }
+        if options.tls.is_some() {
+            // Listening is as ready as the test can tell without speaking TLS.
+            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+            continue;
+        }
         if let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) {
             let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
             let mut buf = [0u8; 16];
             if stream.write_all(b"PING\r\n").is_ok()
-                && stream
-                    .read(&mut buf)
-                    .is_ok_and(|n| buf[..n].starts_with(b"+PONG"))
+                && stream.read(&mut buf).is_ok_and(|n| {
+                    buf[..n].starts_with(b"+PONG") || buf[..n].starts_with(b"-NOAUTH")
+                })
             {
                 return true;
             }

@@ -8,8 +8,10 @@
 //! the reply cannot be delivered and the task gives the entry back with `nack`: cancelling
 //! a read never strands an entry. The task ends when the consumer is dropped.
 //!
-//! Redis errors never reach the caller of `next()`: the task logs, backs off and retries,
-//! so a Redis outage pauses subscribers instead of stopping them.
+//! Redis errors never reach the caller of `next()`: the task backs off (50 ms doubling to
+//! 2 s, jittered) and retries, so a Redis outage pauses subscribers instead of stopping
+//! them. The outage is logged once for the whole process (see `outage`), not per consumer
+//! or per retry.
 //!
 //! A tap is a thread subscribed to the namespace's tap channel. It is a thread, not a
 //! task, so that `tap()` (synchronous) can return only once the subscription is in place:
@@ -21,9 +23,9 @@ use std::time::{Duration, Instant};
 use redis::aio::MultiplexedConnection;
 use redis::Value;
 use tokio::sync::{mpsc, oneshot};
-use tracing::{error, info, warn, Instrument};
+use tracing::{debug, error, warn, Instrument};
 
-use super::{int, items, scripts, text, unavailable, RedisBroker};
+use super::{int, items, outage, scripts, text, unavailable, RedisBroker};
 use crate::broker::{BrokerError, Consumer, Delivery, Effects};
 use crate::event::Event;
 use crate::flow::pattern::TopicPattern;
@@ -58,7 +60,6 @@ pub(crate) fn spawn(broker: RedisBroker, source: Source, name: String) -> RedisC
         next_claim: Instant::now(),
         claim_streak: false,
         next_refresh: Instant::now(),
-        failing: false,
     };
     // Tracked by ownership: the task ends when the consumer (its request sender) is gone.
     tokio::spawn(reader.run(rx).instrument(span));
@@ -105,7 +106,6 @@ struct Reader {
     /// The last take claimed an entry: look for more at once.
     claim_streak: bool,
     next_refresh: Instant,
-    failing: bool,
 }
 
 /// How often a group consumer re-checks which topic streams its group reads.
@@ -124,12 +124,13 @@ impl Reader {
                     }
                 }
                 Request::TryNext(reply) => {
-                    let result = match self.take().await {
+                    let taken = self.take().await;
+                    let result = match self.broker.track("consumer", taken) {
                         Ok(Taken::Entry(delivery)) => Ok(Some(delivery)),
                         Ok(Taken::Wait { .. }) => Ok(None),
                         Ok(Taken::Gone) => Err(self.gone()),
                         Err(e) => {
-                            self.report(&e);
+                            debug!(error = %outage::describe(&e), "take failed; the next poll retries");
                             Ok(None)
                         }
                     };
@@ -159,24 +160,18 @@ impl Reader {
         }
     }
 
-    fn report(&mut self, e: &BrokerError) {
-        if !self.failing {
-            warn!(error = %e, "redis unavailable; the consumer retries");
-            self.failing = true;
-        }
-    }
-
     /// The next delivery; `None` when the caller stopped waiting.
     async fn next(
         &mut self,
         reply: &oneshot::Sender<Result<Delivery, BrokerError>>,
     ) -> Option<Result<Delivery, BrokerError>> {
-        let mut backoff = Duration::from_millis(50);
+        let mut backoff = outage::BACKOFF_START;
         loop {
             if reply.is_closed() {
                 return None;
             }
-            match self.take().await {
+            let taken = self.take().await;
+            match self.broker.track("consumer", taken) {
                 Ok(Taken::Entry(delivery)) => return Some(Ok(delivery)),
                 Ok(Taken::Gone) => return Some(Err(self.gone())),
                 Ok(Taken::Wait { next_due, keys }) => {
@@ -185,31 +180,34 @@ impl Reader {
                     if wait.is_zero() {
                         continue;
                     }
-                    if let Err(e) = self.wait(&keys, wait, reply).await {
-                        self.report(&e);
-                        self.conn = None;
-                        self.pause(&mut backoff, reply).await;
+                    let waited = self.wait(&keys, wait, reply).await;
+                    match self.broker.track("consumer", waited) {
+                        Ok(()) => backoff = outage::BACKOFF_START,
+                        Err(e) => {
+                            self.conn = None;
+                            self.pause(&e, &mut backoff, reply).await;
+                        }
                     }
                 }
-                Err(e) => {
-                    self.report(&e);
-                    self.pause(&mut backoff, reply).await;
-                }
+                Err(e) => self.pause(&e, &mut backoff, reply).await,
             }
         }
     }
 
+    /// Backs off after a failed command (see the module docs).
     async fn pause(
         &self,
+        error: &BrokerError,
         backoff: &mut Duration,
         reply: &oneshot::Sender<Result<Delivery, BrokerError>>,
     ) {
+        let pause = outage::jittered(backoff);
+        debug!(error = %outage::describe(error), retry_in_ms = pause.as_millis() as u64, "consumer retry");
         // Closed-ness is polled: `closed()` needs the sender mutably.
-        let until = tokio::time::Instant::now() + *backoff;
+        let until = tokio::time::Instant::now() + pause;
         while tokio::time::Instant::now() < until && !reply.is_closed() {
-            tokio::time::sleep(Duration::from_millis(20).min(*backoff)).await;
+            tokio::time::sleep(Duration::from_millis(20).min(pause)).await;
         }
-        *backoff = (*backoff * 2).min(Duration::from_secs(2));
     }
 
     /// Blocks until one of `keys` gets an entry after its id, `wait` passes, or the caller
@@ -305,10 +303,6 @@ impl Reader {
                 (reply, queue.clone())
             }
         };
-        if self.failing {
-            info!("redis reachable again; the consumer goes on");
-            self.failing = false;
-        }
         let reply = items(&reply);
         match reply.first().map(text).as_deref() {
             Some("gone") => Ok(Taken::Gone),

@@ -35,10 +35,31 @@
 //! leaves the entry pending; after `claim_idle` a live consumer claims it (XAUTOCLAIM) and
 //! runs the handler again, whose earlier run wrote nothing. A process that dies after the
 //! commit leaves nothing to redo. So the effects of one handler run land exactly once,
-//! even though the handler may run more than once. A handler slower than `claim_idle` can
-//! be claimed while it runs; then both runs may commit (keep `claim_idle` above the
-//! slowest handler). Durability across a Redis restart is Redis's: with `appendonly yes`
-//! an acknowledged write survives.
+//! even though the handler may run more than once.
+//!
+//! The commit is idempotent: the script first checks that the entry is still pending for
+//! its group, and applies nothing (`settled`) when it is not. That covers a commit whose
+//! reply was lost (a response timeout while Redis stalled, a dropped connection): the
+//! command may have run, so the caller retries it, and the retry changes nothing. It also
+//! covers a handler slower than `claim_idle`, claimed and run again by another consumer:
+//! whichever run commits first lands, the other is skipped. (The handler still runs
+//! twice then; keep `claim_idle` above the slowest handler.)
+//!
+//! A `take` whose reply is lost leaves its entry pending with this consumer, unseen; it is
+//! claimed after `claim_idle`. A `publish` whose reply is lost may have run: ingest answers
+//! 503 for an event that is in Redis (a client retrying it sends it twice). An event
+//! answered 202 is in Redis: the script has run and replied. Durability across a Redis
+//! restart is Redis's: with `appendonly yes` Redis writes the AOF before it replies, so a
+//! killed Redis loses no acknowledged write (a machine crash can lose the last second
+//! under `appendfsync everysec`).
+//!
+//! # When Redis is unreachable
+//!
+//! Every command fails with `Unavailable` (after `response_timeout` at worst). Nothing
+//! here crashes or gives up: consumers back off and retry (see `consumer`), the runtime
+//! retries commits, ingest answers 503, and `health` reports the outage. The outage is
+//! logged once for the process (see `outage`). `connect` alone does not retry: a Redis
+//! that is not there at startup is an error for the caller.
 //!
 //! # Ordering
 //!
@@ -60,12 +81,14 @@
 mod chains;
 mod consumer;
 mod history;
+pub(crate) mod outage;
 mod replies;
 mod scripts;
 mod stores;
 mod url;
 
 use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
@@ -76,8 +99,8 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn, Instrument};
 
 use crate::broker::{
-    Backpressure, Broker, BrokerError, ChainCounts, ChainSpec, ChainStep, DeadFilter, Delivery,
-    Effects, ExpiredChain, GroupSpec, GroupStats, QueueSpec, QueueStats,
+    Backpressure, Broker, BrokerError, BrokerHealth, ChainCounts, ChainSpec, ChainStep, DeadFilter,
+    Delivery, Effects, ExpiredChain, GroupSpec, GroupStats, QueueSpec, QueueStats,
 };
 use crate::event::Event;
 use crate::flow::pattern::TopicPattern;
@@ -100,6 +123,11 @@ pub struct RedisOptions {
     pub block: Duration,
     /// Due items moved per script run.
     pub mover_batch: usize,
+    /// How long a command may wait for its reply before it fails (and is retried). A
+    /// command that timed out may still have run (see "Delivery guarantee").
+    pub response_timeout: Duration,
+    /// For `rediss://`: trust this CA (a PEM file) instead of the system's roots.
+    pub tls_ca: Option<PathBuf>,
 }
 
 impl Default for RedisOptions {
@@ -110,6 +138,8 @@ impl Default for RedisOptions {
             claim_idle: Duration::from_secs(30),
             block: Duration::from_secs(1),
             mover_batch: 100,
+            response_timeout: Duration::from_secs(5),
+            tls_ca: None,
         }
     }
 }
@@ -141,11 +171,49 @@ struct Inner {
     /// Reads of the state stores (hashes `P s:{store}`).
     stores: Arc<stores::RedisStores>,
     consumers: AtomicU64,
+    /// Whether Redis is down, shared by every task (see `outage`).
+    outage: outage::Outage,
 }
 
 /// Maps a Redis failure to the broker boundary.
 fn unavailable(source: redis::RedisError) -> BrokerError {
     BrokerError::Unavailable { source }
+}
+
+/// The client for `url`: plain, or TLS verified against the system's roots or `ca` (a PEM
+/// file). The redis crate's own URL errors are not shown, since they could quote the URL.
+fn client_for(url: &RedisUrl, ca: Option<&std::path::Path>) -> Result<redis::Client, BrokerError> {
+    let bad_url = || BrokerError::BadUrl {
+        url: url.to_string(),
+    };
+    if !url.is_tls() {
+        if let Some(ca) = ca {
+            warn!(ca = %ca.display(), "a Redis CA is set but the broker URL is not rediss://; the CA is not used");
+        }
+        return redis::Client::open(url.secret()).map_err(|_| bad_url());
+    }
+    // One crypto provider for rustls, chosen here rather than by feature unification
+    // (fails harmlessly when one is installed already).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let Some(ca) = ca else {
+        return redis::Client::open(url.secret()).map_err(|_| bad_url());
+    };
+    let tls_ca = |detail: String| BrokerError::TlsCa {
+        path: ca.display().to_string(),
+        detail,
+    };
+    let pem = std::fs::read(ca).map_err(|e| tls_ca(e.to_string()))?;
+    if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
+        return Err(tls_ca("no PEM certificate in it".to_owned()));
+    }
+    let certificates = redis::TlsCertificates {
+        client_tls: None,
+        root_cert: Some(pem),
+    };
+    redis::Client::build_with_tls(url.secret(), certificates).map_err(|e| match e.kind() {
+        redis::ErrorKind::InvalidClientConfig => bad_url(),
+        _ => tls_ca(e.to_string()),
+    })
 }
 
 /// The CloudEvents JSON stored in Redis: the wire form, with the time to the nanosecond
@@ -210,26 +278,28 @@ struct GroupRecord {
 impl RedisBroker {
     /// Connects and starts the task that publishes deferred events when they fall due (it
     /// ends when the last clone of the broker is dropped). Must be called inside a tokio
-    /// runtime.
+    /// runtime. It does not wait for Redis: a server that is not there fails at once.
     ///
     /// # Errors
-    /// `Unavailable` when Redis cannot be reached.
+    /// `Connect` when Redis cannot be reached or refuses the password (the message never
+    /// holds the password), `TlsCa` for an unusable CA file.
     pub async fn connect(
         url: &RedisUrl,
         options: RedisOptions,
     ) -> Result<RedisBroker, BrokerError> {
-        let client = redis::Client::open(url.secret()).map_err(|_| BrokerError::BadUrl {
-            url: url.to_string(),
-        })?;
+        let client = client_for(url, options.tls_ca.as_deref())?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(Duration::from_secs(5)))
+            .set_response_timeout(Some(options.response_timeout))
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_millis(500));
         let conn = client
             .get_connection_manager_with_config(config)
             .await
-            .map_err(unavailable)?;
+            .map_err(|e| BrokerError::Connect {
+                url: url.to_string(),
+                reason: e.to_string(),
+            })?;
         let instance = format!("{}-{}", std::process::id(), &crate::event::new_id()[16..]);
         let prefix = format!("edaflow:{}:", options.namespace);
         let waiting = Arc::new(replies::Waiting::default());
@@ -254,6 +324,7 @@ impl RedisBroker {
             queues: RwLock::new(HashSet::new()),
             instance,
             consumers: AtomicU64::new(0),
+            outage: outage::Outage::default(),
         });
         let span = tracing::info_span!("redis_mover", component = "broker");
         // Tracked by ownership: it holds a Weak and ends once the broker is gone.
@@ -273,6 +344,21 @@ impl RedisBroker {
 
     fn conn(&self) -> ConnectionManager {
         self.inner.conn.clone()
+    }
+
+    /// Notes the outcome of a command for the outage log and `/healthz`: an unreachable
+    /// Redis is logged once per outage, not once per failed command.
+    pub(crate) fn track<T>(
+        &self,
+        what: &str,
+        result: Result<T, BrokerError>,
+    ) -> Result<T, BrokerError> {
+        match &result {
+            Ok(_) => self.inner.outage.recovered(),
+            Err(e @ BrokerError::Unavailable { .. }) => self.inner.outage.failed(what, e),
+            Err(_) => {}
+        }
+        result
     }
 
     fn key(&self, suffix: &str) -> String {
@@ -296,7 +382,9 @@ impl RedisBroker {
     async fn dedicated(&self) -> Result<MultiplexedConnection, BrokerError> {
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(self.inner.options.block + Duration::from_secs(5)));
+            .set_response_timeout(Some(
+                self.inner.options.block + self.inner.options.response_timeout,
+            ));
         self.inner
             .client
             .get_multiplexed_async_connection_with_config(&config)
@@ -317,7 +405,7 @@ impl RedisBroker {
                     .client
                     .get_connection_with_timeout(Duration::from_secs(1))
                     .map_err(unavailable)?;
-                conn.set_read_timeout(Some(Duration::from_secs(5)))
+                conn.set_read_timeout(Some(self.inner.options.response_timeout))
                     .map_err(unavailable)?;
                 *guard = Some(conn);
             }
@@ -546,6 +634,15 @@ impl RedisBroker {
         let reply = items(&reply);
         match reply.first().map(text).as_deref() {
             Some("ok") => Ok(()),
+            // The entry is no longer pending: this commit ran already (its reply was lost
+            // to a timeout) or another consumer settled the entry. Nothing applied twice.
+            Some("settled") => {
+                debug!(
+                    entry = ack[3],
+                    "commit skipped: the entry was settled already"
+                );
+                Ok(())
+            }
             Some("unknown_queue") => Err(BrokerError::UnknownQueue {
                 queue: reply.get(1).map(text).unwrap_or_default(),
             }),
@@ -681,7 +778,7 @@ fn parse_patterns(texts: &[String]) -> Vec<TopicPattern> {
 /// scheduling an earlier event writes the wake stream.
 async fn run_mover(weak: Weak<Inner>) {
     let mut conn: Option<MultiplexedConnection> = None;
-    let mut backoff = Duration::from_millis(50);
+    let mut backoff = outage::BACKOFF_START;
     loop {
         let Some(inner) = weak.upgrade() else { return };
         let broker = RedisBroker { inner };
@@ -702,16 +799,15 @@ async fn run_mover(weak: Weak<Inner>) {
             }
             Ok::<_, BrokerError>((moved, next_due, wake_id))
         };
-        let (moved, next_due, wake_id) = match step.await {
+        let (moved, next_due, wake_id) = match broker.track("deferred mover", step.await) {
             Ok(found) => {
-                backoff = Duration::from_millis(50);
+                backoff = outage::BACKOFF_START;
                 found
             }
             Err(e) => {
-                debug!(error = %e, "deferred mover: redis unavailable; retrying");
+                debug!(error = %outage::describe(&e), "deferred mover: redis unavailable; retrying");
                 drop(broker);
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(2));
+                tokio::time::sleep(outage::jittered(&mut backoff)).await;
                 continue;
             }
         };
@@ -958,6 +1054,34 @@ impl Broker for RedisBroker {
             .await
             .map_err(unavailable)?;
         Ok(())
+    }
+
+    async fn health(&self) -> BrokerHealth {
+        let wait = self
+            .inner
+            .options
+            .response_timeout
+            .min(Duration::from_secs(1));
+        let mut conn = self.conn();
+        let ping = redis::cmd("PING");
+        let result = match tokio::time::timeout(wait, ping.query_async::<Value>(&mut conn)).await {
+            Ok(answered) => answered.map(|_| ()).map_err(unavailable),
+            Err(_) => Err(unavailable(redis::RedisError::from(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no answer to PING within {} ms", wait.as_millis()),
+            )))),
+        };
+        match self.track("health check", result) {
+            Ok(()) => BrokerHealth::Up,
+            Err(e) => BrokerHealth::Down {
+                reason: format!("redis unreachable: {}", outage::describe(&e)),
+                for_ms: self
+                    .inner
+                    .outage
+                    .down()
+                    .map_or(0, |(d, _)| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            },
+        }
     }
 
     fn tap(&self, pattern: TopicPattern, buffer: usize) -> mpsc::Receiver<Arc<Event>> {

@@ -275,9 +275,16 @@ return {'wait', next_due, waits}
 /// n, n × (queue, delay ms, json) to enqueue; dead topic ('' for none), dead json;
 /// n, n × (store, key, op s|r|i, JSON value or integer) to write; reply channel ('' for
 /// none), reply payload. Queues are checked (existence, capacity) before anything is written.
+/// A commit whose entry is no longer pending for its group applies nothing and replies
+/// `settled`: it ran already (a retry after a lost reply) or another consumer settled the
+/// entry.
 pub static COMMIT: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
+if ARGV[2] ~= '-' then
+  local p = redis.pcall('XPENDING', ARGV[3], ARGV[4], ARGV[5], ARGV[5], 1)
+  if type(p) ~= 'table' or p.err or #p == 0 then return {'settled'} end
+end
 local i = 6
 local function take_n() local n = tonumber(ARGV[i]); i = i + 1; return n end
 local publish, deferred, enqueue = {}, {}, {}

@@ -1,5 +1,10 @@
 //! Broker URLs: which broker `edaflow run` uses, and a Redis URL that never shows its
 //! password (in logs, errors or `Debug`).
+//!
+//! `redis://` is plain TCP; `rediss://` is TLS (rustls), verifying the server against the
+//! system's roots, or against a private CA given with `--redis-ca`. The redis crate's
+//! `#insecure` fragment (`rediss://host:6380/#insecure`) turns verification off: for
+//! tests only.
 
 use std::fmt;
 
@@ -10,12 +15,12 @@ use crate::broker::BrokerError;
 pub enum BrokerUrl {
     /// The embedded in-memory broker (`memory`).
     Memory,
-    /// A Redis server (`redis://[:password@]host:port/db`).
+    /// A Redis server (`redis://[:password@]host:port/db`, or `rediss://` for TLS).
     Redis(RedisUrl),
 }
 
 impl BrokerUrl {
-    /// Parses `memory` or a `redis://` URL.
+    /// Parses `memory` or a `redis://` / `rediss://` URL.
     ///
     /// # Errors
     /// `BrokerError::BadUrl` (showing the URL with its password hidden).
@@ -43,7 +48,7 @@ impl fmt::Debug for BrokerUrl {
     }
 }
 
-/// A `redis://` URL. `Display` and `Debug` show it with the password replaced by `***`;
+/// A `redis://` or `rediss://` URL. `Display` and `Debug` show it with the password replaced by `***`;
 /// only the connection code reads the full text.
 #[derive(Clone, PartialEq, Eq)]
 pub struct RedisUrl {
@@ -52,17 +57,20 @@ pub struct RedisUrl {
 }
 
 impl RedisUrl {
-    /// Parses `redis://[[user]:password@]host[:port][/db]`.
+    /// Parses `redis://[[user]:password@]host[:port][/db]`, or the same with `rediss://`
+    /// (TLS, optionally ending in `#insecure`).
     ///
     /// # Errors
-    /// `BrokerError::BadUrl` for another scheme (`rediss://` is not supported yet) or a
-    /// URL the Redis client cannot read.
+    /// `BrokerError::BadUrl` for another scheme or a URL the Redis client cannot read.
     pub fn parse(text: &str) -> Result<RedisUrl, BrokerError> {
         let redacted = redact(text);
         let bad = || BrokerError::BadUrl {
             url: redacted.clone(),
         };
-        let rest = text.strip_prefix("redis://").ok_or_else(bad)?;
+        let rest = text
+            .strip_prefix("redis://")
+            .or_else(|| text.strip_prefix("rediss://"))
+            .ok_or_else(bad)?;
         if rest.is_empty() {
             return Err(bad());
         }
@@ -73,6 +81,11 @@ impl RedisUrl {
             full: text.to_owned(),
             redacted,
         })
+    }
+
+    /// True for `rediss://` (TLS).
+    pub fn is_tls(&self) -> bool {
+        self.full.starts_with("rediss://")
     }
 
     /// The URL with its password, for the connection only.
@@ -130,11 +143,32 @@ mod tests {
         assert_eq!(user.to_string(), "redis://app:***@host/0");
         let plain = RedisUrl::parse("redis://127.0.0.1:6379").expect("valid");
         assert_eq!(plain.to_string(), "redis://127.0.0.1:6379");
+        assert!(!plain.is_tls());
+    }
+
+    #[test]
+    fn tls_urls_parse_and_hide_their_password() {
+        let url = RedisUrl::parse("rediss://:hunter2@redis.example:6380/0").expect("valid");
+        assert!(url.is_tls());
+        assert_eq!(url.to_string(), "rediss://:***@redis.example:6380/0");
+        let insecure =
+            RedisUrl::parse("rediss://:hunter2@127.0.0.1:6380/#insecure").expect("valid");
+        assert_eq!(
+            insecure.to_string(),
+            "rediss://:***@127.0.0.1:6380/#insecure"
+        );
+        assert!(!format!("{insecure:?}").contains("hunter2"));
     }
 
     #[test]
     fn bad_urls_are_reported_redacted() {
-        for text in ["http://:hunter2@host", "redis://", "rediss://:hunter2@host"] {
+        for text in [
+            "http://:hunter2@host",
+            "redis://",
+            "rediss://",
+            "rediss://:hunter2@host:6380/#sloppy",
+            "redis:/:hunter2@host",
+        ] {
             match BrokerUrl::parse(text) {
                 Err(e @ BrokerError::BadUrl { .. }) => {
                     assert!(!e.to_string().contains("hunter2"), "{e}");

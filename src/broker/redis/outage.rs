@@ -1,0 +1,154 @@
+//! What a Redis broker knows about its server being down, shared by every task of the
+//! process (ingest, consumers, the deferred mover, `/healthz`), and the backoff they retry
+//! with.
+//!
+//! The log says when an outage starts (one warning, with the reason), reminds every
+//! `REMIND_EVERY` while it lasts, and says when it ends (with how long it lasted): one line
+//! per event, however many consumers retry and requests fail meanwhile. Each retry is
+//! logged at debug level only.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use tracing::{debug, info, warn};
+
+use crate::broker::BrokerError;
+
+/// How often a warning repeats while Redis stays unreachable.
+const REMIND_EVERY: Duration = Duration::from_secs(30);
+
+/// First and longest pause between two retries.
+pub(crate) const BACKOFF_START: Duration = Duration::from_millis(50);
+pub(crate) const BACKOFF_CAP: Duration = Duration::from_secs(2);
+
+#[derive(Default)]
+pub(crate) struct Outage {
+    /// Fast path for `recovered`, called after every successful command.
+    down: AtomicBool,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    since: Option<Instant>,
+    last_warned: Option<Instant>,
+    failures: u64,
+    reason: String,
+}
+
+impl Outage {
+    /// Records a failed command. `what` says who failed ("ingest", "consumer", ...).
+    pub(crate) fn failed(&self, what: &str, error: &BrokerError) {
+        let reason = describe(error);
+        let now = Instant::now();
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.failures += 1;
+        match state.since {
+            None => {
+                state.since = Some(now);
+                state.last_warned = Some(now);
+                self.down.store(true, Ordering::Release);
+                warn!(%reason, first_failure = what, "redis unreachable: ingest answers 503 and subscribers retry with backoff until it is back");
+            }
+            Some(since) if state.last_warned.is_none_or(|t| now - t >= REMIND_EVERY) => {
+                state.last_warned = Some(now);
+                warn!(%reason, down_for = ?(now - since).as_secs(), failed_attempts = state.failures, "redis still unreachable");
+            }
+            Some(_) => debug!(%reason, what, "redis command failed"),
+        }
+        state.reason = reason;
+    }
+
+    /// Records a command that succeeded; logs the end of an outage once.
+    pub(crate) fn recovered(&self) {
+        if !self.down.load(Ordering::Acquire) {
+            return;
+        }
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(since) = state.since.take() {
+            self.down.store(false, Ordering::Release);
+            info!(
+                down_for_ms = since.elapsed().as_millis() as u64,
+                failed_attempts = state.failures,
+                "redis reachable again; work goes on"
+            );
+            state.failures = 0;
+            state.last_warned = None;
+        }
+    }
+
+    /// Since when and why Redis is down, if it is.
+    pub(crate) fn down(&self) -> Option<(Duration, String)> {
+        if !self.down.load(Ordering::Acquire) {
+            return None;
+        }
+        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.since.map(|s| (s.elapsed(), state.reason.clone()))
+    }
+}
+
+/// The error and its cause in one line (never the URL: the redis crate's errors do not
+/// quote it, and URL errors are redacted before they get here).
+pub(crate) fn describe(error: &BrokerError) -> String {
+    match error {
+        BrokerError::Unavailable { source } => source.to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// Waits out `backoff` with jitter (a random point in its upper half, so that consumers
+/// failing together do not retry together), then doubles it up to `BACKOFF_CAP`.
+pub(crate) fn jittered(backoff: &mut Duration) -> Duration {
+    let base = *backoff;
+    *backoff = (base * 2).min(BACKOFF_CAP);
+    let half = base / 2;
+    let random = uuid::Uuid::new_v4().as_u128() as u64;
+    let nanos = u64::try_from(half.as_nanos()).unwrap_or(u64::MAX).max(1);
+    half + Duration::from_nanos(random % nanos)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_its_cap_with_jitter_in_the_upper_half() {
+        let mut backoff = BACKOFF_START;
+        let mut seen = Vec::new();
+        for _ in 0..10 {
+            let before = backoff;
+            let pause = jittered(&mut backoff);
+            assert!(
+                pause >= before / 2 && pause <= before,
+                "{pause:?} for {before:?}"
+            );
+            seen.push(before);
+        }
+        assert_eq!(seen[0], Duration::from_millis(50));
+        assert_eq!(seen[1], Duration::from_millis(100));
+        assert_eq!(*seen.last().unwrap(), BACKOFF_CAP);
+        // Two pauses for the same step differ (jitter), almost surely.
+        let pauses: Vec<Duration> = (0..5)
+            .map(|_| jittered(&mut Duration::from_secs(1)))
+            .collect();
+        assert!(pauses.windows(2).any(|w| w[0] != w[1]), "{pauses:?}");
+    }
+
+    #[test]
+    fn an_outage_is_down_until_a_command_succeeds() {
+        let outage = Outage::default();
+        assert!(outage.down().is_none());
+        let error = BrokerError::Unavailable {
+            source: redis::RedisError::from(std::io::Error::from(
+                std::io::ErrorKind::ConnectionRefused,
+            )),
+        };
+        outage.failed("test", &error);
+        outage.failed("test", &error);
+        let (_, reason) = outage.down().expect("down");
+        assert!(reason.contains("refused"), "{reason}");
+        outage.recovered();
+        assert!(outage.down().is_none());
+    }
+}
