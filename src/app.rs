@@ -9,6 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tracing::info;
 
+use crate::article::{ArticleCommand, ArticleError};
 use crate::broker::{
     Broker, BrokerError, BrokerUrl, MemoryBroker, MemoryOptions, RedisBroker, RedisOptions,
 };
@@ -53,6 +54,9 @@ pub enum Error {
     #[error(transparent)]
     #[diagnostic(transparent)]
     Broker(#[from] BrokerError),
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Article(#[from] ArticleError),
     #[error("cannot start the async runtime")]
     #[diagnostic(code(edaflow::io))]
     Io(#[from] std::io::Error),
@@ -72,6 +76,18 @@ pub fn main(cli: Cli) -> Result<(), Error> {
                 let shutdown = shutdown_signal();
                 run(args, shutdown).await
             })
+        }
+        Command::ApiServer(args) => {
+            let listen = Some(args.listen);
+            run_article(ArticleCommand::ApiServer, &args.redis.redis, listen)
+        }
+        Command::Consumer(args) => {
+            let command = match (args.topic, args.master) {
+                (Some(topic), _) => ArticleCommand::Topic(topic),
+                (None, true) => ArticleCommand::Master,
+                (None, false) => ArticleCommand::Worker { poll: args.poll },
+            };
+            run_article(command, &args.redis.redis, None)
         }
         Command::Validate { flows } => validate(&flows),
         Command::Test { flows } => {
@@ -154,6 +170,45 @@ pub fn main(cli: Cli) -> Result<(), Error> {
             rt.block_on(tail(&pattern, json, &remote))
         }
     }
+}
+
+/// One of the article's commands: `edaflow run` of its built-in flow, written to a
+/// temporary folder, on Redis (namespace `article`), without watching files.
+fn run_article(command: ArticleCommand, redis: &str, listen: Option<String>) -> Result<(), Error> {
+    let text = command.flow_text()?;
+    let dir = tempfile::Builder::new()
+        .prefix("edaflow-article-")
+        .tempdir()
+        .map_err(|source| ArticleError::Write { source })?;
+    let path = dir.path().join(command.file_name());
+    std::fs::write(&path, text).map_err(|source| ArticleError::Write { source })?;
+    let mut argv: Vec<std::ffi::OsString> = vec!["edaflow".into(), "run".into(), path.into()];
+    for arg in ["--no-watch", "--namespace", "article", "--broker", redis] {
+        argv.push(arg.into());
+    }
+    if let Some(listen) = listen {
+        argv.push("--listen".into());
+        argv.push(listen.into());
+    }
+    // Parsed like a command line, so every other option of `run` keeps its default.
+    let args = match <Cli as clap::Parser>::try_parse_from(argv) {
+        Ok(Cli {
+            command: Command::Run(args),
+            ..
+        }) => args,
+        Ok(_) => unreachable!("the arguments start with `run`"),
+        Err(e) => e.exit(),
+    };
+    info!(flow = %format!("flows/article/{}", command.file_name()), redis = %redis, "the article's command, as a built-in flow");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let result = rt.block_on(async {
+        let shutdown = shutdown_signal();
+        run(args, shutdown).await
+    });
+    drop(dir);
+    result
 }
 
 /// Loads and compiles, printing warnings to stderr.

@@ -144,6 +144,15 @@ pub enum Command {
         #[arg(long, env = "EDAFLOW_TOKEN", hide_env_values = true)]
         token: Option<String>,
     },
+    /// The article's API server on Redis ("Topics" and "Deferred Execution"): POST
+    /// /topics/{topic} publishes the body to the Redis channel {topic}, POST /deferred-exec
+    /// to the channel `master`, with plain PUBLISH as the article's `eda` tool does.
+    #[command(name = "api-server", after_help = API_SERVER_HELP)]
+    ApiServer(ApiServerArgs),
+    /// The article's consumers on Redis: `--topic T` prints each event of a topic ("Topics"),
+    /// `-d --master` is the master node and `-d` the deferred worker ("Deferred Execution").
+    #[command(after_help = CONSUMER_HELP)]
+    Consumer(ConsumerArgs),
     /// Run the [[tests]] of flow files, in process, on virtual time.
     #[command(after_help = "Examples:\n  edaflow test flows/orders.toml\n  edaflow test flows/")]
     Test {
@@ -251,6 +260,74 @@ pub struct RunArgs {
     /// is retried; ingest answers 503).
     #[arg(long, value_name = "DURATION", default_value = "5s", env = "EDAFLOW_REDIS_TIMEOUT", value_parser = parse_duration_arg, help_heading = "Broker")]
     pub redis_timeout: Duration,
+}
+
+const API_SERVER_HELP: &str = "\
+Replays the article's \"Topics\" and \"Deferred Execution\" sections (it is the
+built-in flow flows/article/api-server.toml). Each POSTed body is published exactly as
+sent, so the article's consumers, `redis-cli SUBSCRIBE orderCreated` and edaflow's own
+consumers all see the same bytes. Pub/sub keeps nothing: start the consumers first.
+
+Examples:
+  edaflow api-server
+  curl -X POST -H \"Content-Type: application/json\" \\
+    -d '{\"order_id\": 123, \"customer\": \"John Doe\", \"total\": 49.99}' \\
+    http://localhost:3000/topics/orderCreated
+  curl -X POST -H \"Content-Type: application/json\" \\
+    -d '{\"task_id\": 456, \"description\": \"Process data files\"}' \\
+    http://localhost:3000/deferred-exec";
+
+const CONSUMER_HELP: &str = "\
+The three consumers of the article (built-in flows in flows/article/):
+  edaflow consumer --topic orderCreated   \"Topics\": SUBSCRIBE to the channel and print
+                                          Received event on topic: orderCreated
+                                          Event data: {...the body as POSTed...}
+  edaflow consumer -d --master            \"Deferred Execution\", the master node: move each
+                                          message of the channel `master` onto the Redis
+                                          list `message:queue` (LPUSH)
+  edaflow consumer -d                     \"Deferred Execution\", the worker: every 10 s take
+                                          one item of `message:queue` (RPOP, oldest first)
+                                          and print Processing event: {...}
+
+The article's lines go to stdout, logs to stderr. Processes of the article's `eda` tool
+and of edaflow can be mixed on one Redis.";
+
+/// Options of `edaflow api-server`.
+#[derive(Debug, Args)]
+pub struct ApiServerArgs {
+    #[command(flatten)]
+    pub redis: ArticleRedis,
+    /// Where to serve HTTP (port 0 picks a free port).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:3000")]
+    pub listen: String,
+}
+
+/// Options of `edaflow consumer`.
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("which").required(true).args(["topic", "deferred"])))]
+pub struct ConsumerArgs {
+    /// Print every event published to this topic (the article's "Topics").
+    #[arg(short, long, value_name = "TOPIC")]
+    pub topic: Option<String>,
+    /// Deferred execution: the worker, or with --master the master node.
+    #[arg(short = 'd', long = "deferred", conflicts_with = "topic")]
+    pub deferred: bool,
+    /// With -d: run the master node (channel `master` -> list `message:queue`).
+    #[arg(long, requires = "deferred")]
+    pub master: bool,
+    #[command(flatten)]
+    pub redis: ArticleRedis,
+    /// With -d: look at the list this often instead of every 10 s (for tests and demos).
+    #[arg(long, value_name = "DURATION", hide = true, value_parser = parse_duration_arg, conflicts_with = "master")]
+    pub poll: Option<Duration>,
+}
+
+/// The Redis of the article's commands.
+#[derive(Debug, Args)]
+pub struct ArticleRedis {
+    /// The Redis to use (the article's tool always uses localhost:6379).
+    #[arg(long, value_name = "URL", default_value = crate::article::DEFAULT_REDIS)]
+    pub redis: String,
 }
 
 /// Where a running instance is.

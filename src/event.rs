@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::io;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
@@ -47,6 +48,29 @@ pub struct Event {
     /// Other CloudEvents extension attributes (e.g. the dead-letter details).
     #[serde(flatten)]
     pub extensions: BTreeMap<String, serde_json::Value>,
+    /// The payload exactly as it arrived, when it came as bare bytes (the article's curl
+    /// body, a Redis pub/sub message, a plain-list item). Not part of the envelope (never
+    /// serialised) and ignored by `==`: it only lets the article's wire format and output
+    /// repeat a client's bytes unchanged instead of re-writing `data`.
+    #[serde(skip)]
+    pub raw: RawPayload,
+}
+
+/// See `Event::raw`. Always equal to any other, so two events differ by their envelope only.
+#[derive(Clone, Debug, Default)]
+pub struct RawPayload(pub Option<Arc<str>>);
+
+impl PartialEq for RawPayload {
+    fn eq(&self, _: &RawPayload) -> bool {
+        true
+    }
+}
+
+impl RawPayload {
+    /// The bytes as they arrived, if known.
+    pub fn get(&self) -> Option<&str> {
+        self.0.as_deref()
+    }
 }
 
 fn json_content_type() -> String {
@@ -77,6 +101,7 @@ impl Event {
             data,
             causation_id: None,
             extensions: BTreeMap::new(),
+            raw: RawPayload::default(),
         }
     }
 
@@ -92,6 +117,24 @@ impl Event {
         child.correlation_id = self.correlation_id.clone();
         child.causation_id = Some(self.id.clone());
         child
+    }
+
+    /// The payload as bytes for the article's wire format: the raw bytes it arrived as,
+    /// else `data` as compact JSON.
+    pub fn raw_payload(&self) -> String {
+        match self.raw.get() {
+            Some(raw) => raw.to_owned(),
+            None => self.data.to_string(),
+        }
+    }
+
+    /// The payload as the article's consumer prints it: the raw bytes it arrived as, else
+    /// `data` written the way the article shows JSON.
+    pub fn article_payload(&self) -> String {
+        match self.raw.get() {
+            Some(raw) => raw.to_owned(),
+            None => to_article_json(&self.data),
+        }
     }
 
     /// The structured-mode JSON form.

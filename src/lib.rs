@@ -11,8 +11,10 @@
 //! - [`http`]: the HTTP producer (ingest, health, metrics, tail).
 //! - [`flowtest`]: `edaflow test`.
 //! - [`client`], [`cli`], [`app`]: the command line.
+//! - [`article`]: the article's own commands, as built-in flows.
 
 pub mod app;
+pub mod article;
 pub mod broker;
 pub mod cli;
 pub mod client;

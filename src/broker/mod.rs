@@ -11,6 +11,7 @@ pub mod memory;
 mod memory_queue;
 pub mod redis;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -50,6 +51,13 @@ pub enum BrokerError {
     #[error("a delay of {delay_ms} ms is too long")]
     #[diagnostic(code(edaflow::broker::delay_too_long))]
     DelayTooLong { delay_ms: u128 },
+    /// The article's wire format (a pub/sub topic, a plain-list queue) has no due times.
+    #[error("`{name}` is a {wire}: it cannot hold an event for later")]
+    #[diagnostic(
+        code(edaflow::broker::undelayable),
+        help("publish or enqueue without a delay, or use a stream topic / a scheduled queue")
+    )]
+    Undelayable { name: String, wire: &'static str },
     /// The broker is shutting down.
     #[error("the broker is closed")]
     #[diagnostic(code(edaflow::broker::closed))]
@@ -199,6 +207,33 @@ pub struct QueueSpec {
     pub name: String,
     /// Most items held (scheduled + ready); `None` is unbounded.
     pub capacity: Option<usize>,
+}
+
+/// The article's wire format, for a broker that speaks it (Redis): which topics travel as
+/// plain pub/sub with raw payloads and which queues are plain lists. Built from the flows
+/// on every load and handed to `Broker::declare_wire`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WireSpec {
+    /// `[flow] topic_mode = "pubsub"`: every topic not in `streams` is pub/sub.
+    pub pubsub_by_default: bool,
+    /// Topics declared `mode = "pubsub"`.
+    pub pubsub: BTreeSet<String>,
+    /// Topics declared `mode = "stream"` (what stays a stream under a pub/sub default).
+    pub streams: BTreeSet<String>,
+    /// Queue name -> the plain list holding its items (`list = "…"`).
+    pub lists: BTreeMap<String, String>,
+}
+
+impl WireSpec {
+    /// Does `topic` travel as plain pub/sub?
+    pub fn is_pubsub(&self, topic: &str) -> bool {
+        self.pubsub.contains(topic) || (self.pubsub_by_default && !self.streams.contains(topic))
+    }
+
+    /// True when nothing uses the article's wire.
+    pub fn is_empty(&self) -> bool {
+        !self.pubsub_by_default && self.pubsub.is_empty() && self.lists.is_empty()
+    }
 }
 
 /// A point-in-time view of one work queue.
@@ -354,6 +389,15 @@ pub trait Broker: Clone + Send + Sync + 'static {
     /// broker is always up.
     fn health(&self) -> impl Future<Output = BrokerHealth> + Send {
         async { BrokerHealth::Up }
+    }
+
+    /// Sets which topics and queues use the article's wire format (before the groups and
+    /// queues of a new flow generation are declared). Returns false when this broker has
+    /// no such wire and ignores the settings (the memory broker: every topic and queue
+    /// behaves the same there).
+    fn declare_wire(&self, wire: &WireSpec) -> bool {
+        let _ = wire;
+        false
     }
 
     /// The state stores handlers read while they run; `None` when this broker keeps none.

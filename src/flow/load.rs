@@ -89,7 +89,17 @@ pub fn load(paths: &[PathBuf]) -> Result<Loaded, FlowReport> {
         let given: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
         return Err(FlowReport::new(&given, found.into_errors()));
     }
-    let warnings = check::warnings(&found.refs);
+    let mut warnings = check::warnings(&found.refs);
+    // A pub/sub topic is a plain Redis channel that other processes (the article's tool,
+    // redis-cli) publish to and read from, so this set alone does not tell.
+    warnings.retain(|warning| match warning {
+        FlowWarning::NeverProduced { topic, .. } | FlowWarning::NeverConsumed { topic, .. } => {
+            flows.topic_mode(topic) != crate::flow::model::TopicMode::Pubsub
+        }
+        // Other kinds of warning keep coming.
+        #[allow(unreachable_patterns)]
+        _ => true,
+    });
     Ok(Loaded {
         flows,
         warnings,

@@ -38,6 +38,9 @@ pub struct FlowFile {
     pub broker: Option<String>,
     /// `[flow] deferred_topic`: where `POST /deferred-exec` publishes (default `master`).
     pub deferred_topic: Option<String>,
+    /// `[flow] topic_mode`: the mode of every topic without a `[topics.NAME] mode` of its
+    /// own. Applies to the whole set (the first file that sets it wins); Redis only.
+    pub topic_mode: Option<TopicMode>,
 }
 
 /// A Rhai source file referenced by a component. Equality compares the text, so a
@@ -180,6 +183,12 @@ pub struct QueueConfig {
     pub poll: Option<Duration>,
     /// Maximum items held; enqueueing past it fails.
     pub capacity: Option<usize>,
+    /// With `poll`: items taken at each look (`None`: every due item).
+    pub per_poll: Option<usize>,
+    /// `list = "message:queue"`: on Redis, the queue is this plain list (the article's
+    /// wire format: raw payloads, LPUSH in, RPOP out, no due times). `None`: a scheduled
+    /// queue.
+    pub list: Option<String>,
 }
 
 /// `[relays.NAME]`: the master node, moving events from topics into a queue.
@@ -208,18 +217,41 @@ pub struct ChainConfig {
 pub struct TopicConfig {
     pub file: usize,
     pub mode: TopicMode,
+    /// `mode` was written (else it is the default and `[flow] topic_mode` decides).
+    pub mode_set: bool,
     pub kind: TopicKind,
     pub retention: Option<Duration>,
     /// Reply timeout for query topics.
     pub timeout: Option<Duration>,
 }
 
-/// How a topic travels on Redis.
+/// How a topic travels on Redis (the memory broker ignores it).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum TopicMode {
+    /// A Redis stream of CloudEvents with consumer groups: durable, at least once.
     #[default]
     Stream,
+    /// Plain PUBLISH/SUBSCRIBE on the channel named after the topic, carrying the raw JSON
+    /// payload (the article's `eda` tool): fire-and-forget, nothing kept.
     Pubsub,
+}
+
+impl FlowSet {
+    /// The mode a topic travels in: its own `[topics.NAME] mode`, else `[flow] topic_mode`.
+    pub fn topic_mode(&self, topic: &str) -> TopicMode {
+        match self.topics.get(topic) {
+            Some(config) if config.mode_set => config.mode,
+            _ => self.default_topic_mode(),
+        }
+    }
+
+    /// `[flow] topic_mode` of the first file that sets it, else `stream`.
+    pub fn default_topic_mode(&self) -> TopicMode {
+        self.files
+            .iter()
+            .find_map(|f| f.topic_mode)
+            .unwrap_or_default()
+    }
 }
 
 /// What a topic carries, for the CQRS lint.

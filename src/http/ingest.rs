@@ -15,7 +15,7 @@ use serde::Deserialize;
 use tracing::{debug, warn};
 
 use crate::broker::{Backpressure, Broker, BrokerError};
-use crate::event::{new_id, Event, SPEC_VERSION};
+use crate::event::{new_id, Event, RawPayload, SPEC_VERSION};
 use crate::flow::duration::parse_duration;
 use crate::flow::pattern::validate_topic;
 use crate::http::{json_response, ApiError, ApiState};
@@ -187,7 +187,12 @@ pub(crate) async fn read_event<B: Broker>(
         .await
         .map_err(|_| ApiError::TooLarge { limit })?;
     Ok(match mode {
-        Mode::Plain => Event::new(topic, state.source.clone(), parse_json(&bytes)?),
+        Mode::Plain => {
+            let mut event = Event::new(topic, state.source.clone(), parse_json(&bytes)?);
+            // Valid JSON, so valid UTF-8: kept so the article's wire repeats it unchanged.
+            event.raw = RawPayload(std::str::from_utf8(&bytes).ok().map(Arc::from));
+            event
+        }
         Mode::Binary => binary_event(topic, headers, &bytes, &state.source)?,
         Mode::Structured => structured_event(topic, &bytes)?,
     })
@@ -343,5 +348,6 @@ fn structured_event(topic: String, bytes: &Bytes) -> Result<Event, ApiError> {
         data: incoming.data,
         causation_id: incoming.causationid,
         extensions: incoming.extensions,
+        raw: Default::default(),
     })
 }

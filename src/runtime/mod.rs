@@ -28,11 +28,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::broker::{Broker, BrokerError, GroupSpec, QueueSpec};
+use crate::broker::{Broker, BrokerError, GroupSpec, QueueSpec, WireSpec};
 use crate::flow::diagnostic::{FlowReport, FlowWarning};
 use crate::flow::model::{
     ChainConfig, FlowSet, ProducerConfig, ProducerKind, QueueConfig, RelayConfig, ScriptSource,
-    StoreConfig, SubscriberConfig, SubscriberInput, TopicConfig,
+    StoreConfig, SubscriberConfig, SubscriberInput, TopicConfig, TopicMode,
 };
 use crate::flow::pattern::TopicPattern;
 use crate::script::{compile_set_reusing, CompiledScripts, Limits, ScriptEngine};
@@ -420,6 +420,17 @@ impl<B: Broker> Runtime<B> {
             .unwrap_or_default();
         let queue_changed = |q: &str| old_queues.get(q) != flows.queues.get(q);
 
+        // The article's wire format first: groups and queues declared below depend on it.
+        let wire = wire_spec(&flows);
+        if !self.shared.broker.declare_wire(&wire) && !wire.is_empty() {
+            warn!(
+                pubsub_topics = ?wire.pubsub,
+                topic_mode_pubsub = wire.pubsub_by_default,
+                list_queues = ?wire.lists.keys().collect::<Vec<_>>(),
+                "`mode = \"pubsub\"` topics and `list` queues are Redis wire formats; this broker ignores them"
+            );
+        }
+
         // Queues exist before anything that feeds or reads them starts.
         for (name, queue) in &flows.queues {
             let spec = QueueSpec {
@@ -783,6 +794,10 @@ impl<B: Broker> Runtime<B> {
             code: rx,
             metrics: self.shared.metrics.subscriber(name),
             poll,
+            per_poll: match &config.input {
+                SubscriberInput::Queue(q) => flows.queues.get(q).and_then(|q| q.per_poll),
+                SubscriberInput::Topics(_) => None,
+            },
             quiet: self.options.quiet,
         };
         subscriber::spawn(task, &tracker, &token)?;
@@ -993,6 +1008,28 @@ impl<B: Broker> Runtime<B> {
 }
 
 /// Equal apart from the script's text (a text-only change swaps code in place).
+/// Which topics and queues use the article's wire format (Redis pub/sub, plain lists).
+pub fn wire_spec(flows: &FlowSet) -> WireSpec {
+    let declared = |mode: TopicMode| {
+        flows
+            .topics
+            .iter()
+            .filter(move |(_, t)| t.mode_set && t.mode == mode)
+            .map(|(name, _)| name.clone())
+            .collect()
+    };
+    WireSpec {
+        pubsub_by_default: flows.default_topic_mode() == TopicMode::Pubsub,
+        pubsub: declared(TopicMode::Pubsub),
+        streams: declared(TopicMode::Stream),
+        lists: flows
+            .queues
+            .iter()
+            .filter_map(|(name, q)| Some((name.clone(), q.list.clone()?)))
+            .collect(),
+    }
+}
+
 fn same_settings(a: &SubscriberConfig, b: &SubscriberConfig) -> bool {
     let strip = |c: &SubscriberConfig| {
         let mut c = c.clone();

@@ -136,9 +136,14 @@ impl<B: Broker> RelayTask<B> {
                 .get(&self.config.to)
                 .map_or(Duration::ZERO, |q| q.delay);
             let delay = self.config.delay.unwrap_or(default_delay);
-            let item = delivery
+            let mut item = delivery
                 .event
                 .caused(self.config.to.clone(), self.source.clone(), data);
+            if self.transform.is_none() {
+                // Unchanged data: the item keeps the bytes it arrived as (the article's
+                // master node moves the POSTed body as it is).
+                item.raw = delivery.event.raw.clone();
+            }
             self.shared.history.record(&item, &self.name, None);
             effects.enqueue.push((self.config.to.clone(), item, delay));
         }

@@ -24,7 +24,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, warn, Instrument};
 
 use crate::broker::{Broker, BrokerError, Consumer, Delivery, Effects, Reply};
-use crate::event::{to_article_json, Event};
+use crate::event::Event;
 use crate::flow::model::{SubscriberConfig, SubscriberInput};
 use crate::runtime::metrics::SubscriberMetrics;
 use crate::runtime::Shared;
@@ -53,6 +53,8 @@ pub(crate) struct SubscriberTask<B: Broker> {
     pub metrics: Arc<SubscriberMetrics>,
     /// For queue subscribers with `poll`: look for due items only at this interval.
     pub poll: Option<Duration>,
+    /// With `poll`: take at most this many items at each look (`None`: every due item).
+    pub per_poll: Option<usize>,
     /// Do not print the article's output for script-less subscribers.
     pub quiet: bool,
 }
@@ -83,7 +85,8 @@ pub(crate) fn spawn<B: Broker>(
 }
 
 /// A worker that looks at its queue only every `every` (the article's consumer checks every
-/// 10 s): at each tick it takes and handles every item due, then waits for the next tick.
+/// 10 s): at each tick it takes and handles every item due (at most `per_poll` of them),
+/// then waits for the next tick.
 async fn run_polling_worker<B: Broker>(
     task: Arc<SubscriberTask<B>>,
     mut consumer: B::Consumer,
@@ -98,10 +101,15 @@ async fn run_polling_worker<B: Broker>(
             _ = token.cancelled() => return,
             _ = ticks.tick() => {}
         }
+        let mut taken = 0usize;
         loop {
             if token.is_cancelled() {
                 return;
             }
+            if task.per_poll.is_some_and(|most| taken >= most) {
+                break;
+            }
+            taken += 1;
             match consumer.try_next().await {
                 Ok(Some(delivery)) => task.handle(delivery, &token).await,
                 Ok(None) => break,
@@ -249,7 +257,8 @@ impl<B: Broker> SubscriberTask<B> {
             Err(
                 e @ (BrokerError::QueueFull { .. }
                 | BrokerError::UnknownQueue { .. }
-                | BrokerError::DelayTooLong { .. }),
+                | BrokerError::DelayTooLong { .. }
+                | BrokerError::Undelayable { .. }),
             ) => Err(Refused::Retry(format!("commit refused: {e}"))),
             Err(e) => Err(Refused::Fatal(e)),
         }
@@ -393,14 +402,16 @@ pub const REPLY_TO_EXTENSION: &str = "replyto";
 
 /// The article's consumer output, byte for byte: the topic consumer's two lines, or the
 /// deferred worker's `Processing event:` line.
+/// The payload is printed as it arrived when it came as bare bytes (the article's curl),
+/// so what was POSTed is what is printed.
 fn print_article_consumer(event: &Event, from_queue: bool) {
     let text = if from_queue {
-        format!("Processing event: {}\n", to_article_json(&event.data))
+        format!("Processing event: {}\n", event.article_payload())
     } else {
         format!(
             "Received event on topic: {}\nEvent data: {}\n",
             event.topic,
-            to_article_json(&event.data)
+            event.article_payload()
         )
     };
     let mut stdout = std::io::stdout().lock();

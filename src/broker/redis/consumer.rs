@@ -36,7 +36,8 @@ pub(crate) enum Source {
     Queue(Arc<str>),
 }
 
-enum Request {
+/// What a consumer asks its reader task (stream reader, pub/sub hub or list reader) for.
+pub(super) enum Request {
     Next(oneshot::Sender<Result<Delivery, BrokerError>>),
     TryNext(oneshot::Sender<Result<Option<Delivery>, BrokerError>>),
 }
@@ -44,6 +45,13 @@ enum Request {
 /// One consumer of a Redis group or queue (see the module docs).
 pub struct RedisConsumer {
     requests: mpsc::Sender<Request>,
+}
+
+impl RedisConsumer {
+    /// A consumer served by another kind of reader task (`wire`).
+    pub(super) fn from_requests(requests: mpsc::Sender<Request>) -> RedisConsumer {
+        RedisConsumer { requests }
+    }
 }
 
 pub(crate) fn spawn(broker: RedisBroker, source: Source, name: String) -> RedisConsumer {

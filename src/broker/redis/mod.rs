@@ -23,6 +23,8 @@
 //! | `P h:{correlation}`, `P h:index` | list, zset | the journey history (see `history`) |
 //! | `P seq` | counter | orders events across streams and equal due times |
 //! | channel `P tap` | pub/sub | every accepted event and queue item, for taps |
+//! | channel `{topic}` | pub/sub | raw payloads of a `pubsub` topic (no prefix; see `wire`) |
+//! | `{list}` | list | raw payloads of a queue declared `list = "…"` (no prefix; see `wire`) |
 //!
 //! # Delivery guarantee
 //!
@@ -86,6 +88,7 @@ mod replies;
 mod scripts;
 mod stores;
 mod url;
+mod wire;
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -100,7 +103,7 @@ use tracing::{debug, warn, Instrument};
 
 use crate::broker::{
     Backpressure, Broker, BrokerError, BrokerHealth, ChainCounts, ChainSpec, ChainStep, DeadFilter,
-    Delivery, Effects, ExpiredChain, GroupSpec, GroupStats, QueueSpec, QueueStats,
+    Delivery, Effects, ExpiredChain, GroupSpec, GroupStats, QueueSpec, QueueStats, WireSpec,
 };
 use crate::event::Event;
 use crate::flow::pattern::TopicPattern;
@@ -173,6 +176,8 @@ struct Inner {
     consumers: AtomicU64,
     /// Whether Redis is down, shared by every task (see `outage`).
     outage: outage::Outage,
+    /// The article's wire format: pub/sub topics and plain-list queues.
+    wire: wire::Wire,
 }
 
 /// Maps a Redis failure to the broker boundary.
@@ -325,6 +330,7 @@ impl RedisBroker {
             instance,
             consumers: AtomicU64::new(0),
             outage: outage::Outage::default(),
+            wire: wire::Wire::default(),
         });
         let span = tracing::info_span!("redis_mover", component = "broker");
         // Tracked by ownership: it holds a Weak and ends once the broker is gone.
@@ -574,6 +580,8 @@ impl RedisBroker {
 
     /// Runs the commit script: effects, then the ack of `ack` (kind, key, group, id).
     async fn run_commit(&self, ack: [&str; 4], effects: &Effects) -> Result<(), BrokerError> {
+        let rest = wire::send_effects(self, effects).await?;
+        let effects = rest.as_ref().unwrap_or(effects);
         let topics = effects
             .publish
             .iter()
@@ -959,6 +967,14 @@ impl Broker for RedisBroker {
     }
 
     async fn publish(&self, event: Event, mode: Backpressure) -> Result<(), BrokerError> {
+        if self.inner.wire.is_pubsub(&event.topic) {
+            let effects = Effects {
+                publish: vec![event],
+                ..Effects::default()
+            };
+            wire::send_effects(self, &effects).await?;
+            return Ok(());
+        }
         self.ensure_topics([event.topic.as_str()]).await?;
         let json = wire_json(&event);
         let capacity = self
@@ -1008,6 +1024,18 @@ impl Broker for RedisBroker {
                 group: group.to_owned(),
             });
         }
+        let patterns = self
+            .inner
+            .groups
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(group)
+            .cloned();
+        if let Some(patterns) = patterns {
+            if self.inner.wire.group_is_pubsub(group, &patterns) {
+                return Ok(wire::group_consumer(self, group, patterns));
+            }
+        }
         Ok(consumer::spawn(
             self.clone(),
             consumer::Source::Group(group.into()),
@@ -1026,6 +1054,9 @@ impl Broker for RedisBroker {
     }
 
     async fn nack(&self, delivery: Delivery) -> Result<(), BrokerError> {
+        if let Some(done) = wire::nack(self, &delivery).await {
+            return done;
+        }
         let Some(at) = self.position(&delivery) else {
             return Ok(());
         };
@@ -1130,6 +1161,15 @@ impl Broker for RedisBroker {
     }
 
     async fn declare_queue(&self, spec: &QueueSpec) -> Result<(), BrokerError> {
+        if self.inner.wire.list_of(&spec.name).is_some() {
+            // A plain list needs no keys of edaflow's: it exists once something is pushed.
+            self.inner
+                .queues
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(spec.name.clone());
+            return Ok(());
+        }
         let mut conn = self.conn();
         redis::cmd("HSET")
             .arg(self.key("queues"))
@@ -1189,6 +1229,9 @@ impl Broker for RedisBroker {
     }
 
     fn queue_consumer(&self, queue: &str) -> Result<RedisConsumer, BrokerError> {
+        if let Some(list) = self.inner.wire.list_of(queue) {
+            return Ok(wire::list_consumer(self, queue, list));
+        }
         if !self.knows_queue(queue)? {
             return Err(BrokerError::UnknownQueue {
                 queue: queue.to_owned(),
@@ -1283,6 +1326,11 @@ impl Broker for RedisBroker {
 
     fn forget_reply(&self, id: &str) {
         self.inner.waiting.forget(id);
+    }
+
+    fn declare_wire(&self, wire: &WireSpec) -> bool {
+        self.inner.wire.set(wire);
+        true
     }
 
     async fn dead_letters(&self, filter: &DeadFilter) -> Result<Vec<Event>, BrokerError> {

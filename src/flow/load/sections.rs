@@ -34,7 +34,7 @@ const SECTIONS: &[&str] = &[
     "tests",
 ];
 
-const FLOW_KEYS: &[&str] = &["name", "broker", "deferred_topic"];
+const FLOW_KEYS: &[&str] = &["name", "broker", "deferred_topic", "topic_mode"];
 const PRODUCER_KINDS: &[&str] = &["http", "interval", "lines", "generator"];
 const HTTP_KEYS: &[&str] = &["kind", "role", "listen", "token", "body_limit"];
 const INTERVAL_KEYS: &[&str] = &["kind", "role", "every", "topic", "data", "script"];
@@ -54,7 +54,7 @@ const SUBSCRIBER_KEYS: &[&str] = &[
     "role",
 ];
 const RETRY_KEYS: &[&str] = &["attempts", "backoff", "max_backoff"];
-const QUEUE_KEYS: &[&str] = &["delay", "poll", "capacity"];
+const QUEUE_KEYS: &[&str] = &["delay", "poll", "capacity", "per_poll", "list"];
 const RELAY_KEYS: &[&str] = &["from", "to", "delay", "filter", "script"];
 const CHAIN_KEYS: &[&str] = &["steps", "timeout", "on_timeout"];
 const TOPIC_KEYS: &[&str] = &["mode", "kind", "retention", "timeout"];
@@ -101,6 +101,7 @@ pub(super) fn parse_file(file: &FlowSource, found: &mut Findings) -> RawFlowFile
             path: file.absolute.clone(),
             broker: None,
             deferred_topic: None,
+            topic_mode: None,
         },
         producers: Vec::new(),
         subscribers: Vec::new(),
@@ -191,6 +192,13 @@ fn read_flow(r: &mut Reader<'_>, mut f: Fields<'_>, flow: &mut FlowFile) {
         r.found.refs.produced_quietly.push(topic.value.clone());
         flow.deferred_topic = Some(topic.value);
     }
+    flow.topic_mode = f
+        .take("topic_mode")
+        .and_then(|v| r.choice("topic_mode", v, &["stream", "pubsub"]))
+        .map(|mode| match mode {
+            "pubsub" => TopicMode::Pubsub,
+            _ => TopicMode::Stream,
+        });
     f.finish(r, FLOW_KEYS);
 }
 
@@ -505,12 +513,21 @@ fn queue(r: &mut Reader<'_>, _name: &str, mut f: Fields<'_>) -> Option<QueueConf
     let capacity = f
         .take("capacity")
         .and_then(|v| r.at_least::<usize>("capacity", v, 1));
+    let per_poll = f
+        .take("per_poll")
+        .and_then(|v| r.at_least::<usize>("per_poll", v, 1));
+    let list = f
+        .take("list")
+        .and_then(|v| r.string("list", v))
+        .map(|s| s.value);
     f.finish(r, QUEUE_KEYS);
     Some(QueueConfig {
         file: r.file.index,
         delay: delay.unwrap_or(Duration::ZERO),
         poll,
         capacity,
+        per_poll,
+        list,
     })
 }
 
@@ -595,6 +612,7 @@ fn topic(r: &mut Reader<'_>, name: &str, mut f: Fields<'_>) -> Option<TopicConfi
             Some("pubsub") => TopicMode::Pubsub,
             _ => TopicMode::Stream,
         },
+        mode_set: mode.is_some(),
         kind: match kind {
             Some("command") => TopicKind::Command,
             Some("query") => TopicKind::Query,

@@ -190,6 +190,7 @@ fn the_design_sketch_loads_into_the_model() {
             path: flow.clone(),
             broker: None,
             deferred_topic: None,
+            topic_mode: None,
         }]
     );
     assert_eq!(
@@ -246,6 +247,8 @@ fn the_design_sketch_loads_into_the_model() {
             delay: Duration::ZERO,
             poll: Some(Duration::from_secs(10)),
             capacity: None,
+            per_poll: None,
+            list: None,
         }
     );
     assert_eq!(
@@ -278,6 +281,7 @@ fn the_design_sketch_loads_into_the_model() {
         TopicConfig {
             file: 0,
             mode: TopicMode::Stream,
+            mode_set: false,
             kind: TopicKind::Event,
             retention: Some(Duration::from_secs(86_400)),
             timeout: None,
