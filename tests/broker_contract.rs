@@ -175,6 +175,39 @@ mod redis {
     }
 }
 
+/// The same checks on a three-master Redis Cluster, through a seed node that need not own
+/// the namespace: one cluster for this test binary, a namespace of its own per test (so
+/// the tests spread over the masters).
+mod redis_cluster {
+    use std::time::Duration;
+
+    use crate::redis_support::{unique_namespace, Clock, RedisCluster};
+    use edaflow::broker::RedisOptions;
+
+    async fn make(group_capacity: usize) -> Option<(edaflow::broker::RedisBroker, ())> {
+        let cluster = RedisCluster::shared()?;
+        let broker = cluster
+            .broker(RedisOptions {
+                namespace: unique_namespace("contract"),
+                group_capacity: Some(group_capacity),
+                block: Duration::from_millis(200),
+                ..RedisOptions::default()
+            })
+            .await;
+        assert!(
+            broker.cluster_slot().is_some(),
+            "the broker did not see the cluster"
+        );
+        Some((broker, ()))
+    }
+
+    broker_contract! {
+        #[tokio::test]
+        clock = Clock::real(20, Duration::from_millis(150)),
+        make = make
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Helpers
 
