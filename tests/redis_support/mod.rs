@@ -323,7 +323,9 @@ impl RedisCluster {
                 std::env::var_os("CI").is_none(),
                 "redis-server is not installed; CI must install it (.ci/run does)"
             );
-            eprintln!("SKIPPED: redis-server is not installed; the Redis Cluster tests did not run");
+            eprintln!(
+                "SKIPPED: redis-server is not installed; the Redis Cluster tests did not run"
+            );
             return None;
         }
         let dir = tempfile::tempdir().expect("a temp dir for the cluster");

@@ -163,7 +163,10 @@ impl Node {
 
     /// The client of the current server (for connections of their own).
     pub(crate) fn client(&self) -> redis::Client {
-        self.client.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.client
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The shared connection to the current server.
@@ -307,7 +310,9 @@ impl View {
                 else {
                     continue;
                 };
-                let Ok(port) = u16::try_from(port) else { continue };
+                let Ok(port) = u16::try_from(port) else {
+                    continue;
+                };
                 let host = match host.as_str() {
                     "" | "?" => asked_host.to_owned(),
                     _ => host,
@@ -331,12 +336,10 @@ fn is_cluster(info: &str) -> bool {
 
 fn addr_of(info: &ConnectionInfo) -> Option<Addr> {
     match info.addr() {
-        ConnectionAddr::Tcp(host, port) | ConnectionAddr::TcpTls { host, port, .. } => {
-            Some(Addr {
-                host: host.clone(),
-                port: *port,
-            })
-        }
+        ConnectionAddr::Tcp(host, port) | ConnectionAddr::TcpTls { host, port, .. } => Some(Addr {
+            host: host.clone(),
+            port: *port,
+        }),
         _ => None,
     }
 }
@@ -402,7 +405,9 @@ pub(crate) fn prefix(namespace: &str) -> Result<String, BrokerError> {
         return Err(bad("it is empty"));
     }
     if namespace.contains(['{', '}']) {
-        return Err(bad("it holds a brace, which would break the key's hash tag"));
+        return Err(bad(
+            "it holds a brace, which would break the key's hash tag",
+        ));
     }
     Ok(format!("edaflow:{{{namespace}}}:"))
 }
@@ -416,7 +421,12 @@ mod tests {
     }
 
     fn node(host: &str, port: i64, id: &str) -> Value {
-        Value::Array(vec![bulk(host), Value::Int(port), bulk(id), Value::Array(vec![])])
+        Value::Array(vec![
+            bulk(host),
+            Value::Int(port),
+            bulk(id),
+            Value::Array(vec![]),
+        ])
     }
 
     #[test]

@@ -433,7 +433,9 @@ fn run_tap(
     let mut backoff = Duration::from_millis(50);
     while !tx.is_closed() {
         let subscribed = (|| {
-            let mut conn = node.client().get_connection_with_timeout(Duration::from_secs(1))?;
+            let mut conn = node
+                .client()
+                .get_connection_with_timeout(Duration::from_secs(1))?;
             let mut pubsub = conn.as_pubsub();
             pubsub.subscribe(channel)?;
             pubsub.set_read_timeout(Some(Duration::from_millis(200)))?;
