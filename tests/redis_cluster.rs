@@ -1,7 +1,8 @@
 //! The Redis broker on a Redis Cluster (three masters the test starts itself): flow sets in
 //! namespaces whose slots sit on different masters each run on their own master, reached
 //! through one seed node; and a namespace whose slot moves to another master (resharding)
-//! is followed there without losing what waits in it.
+//! is followed there without losing what waits in it. Plus the single-Redis side of
+//! cluster detection: a user not allowed `INFO` still connects.
 
 mod common;
 mod redis_support;
@@ -238,4 +239,47 @@ async fn a_namespace_follows_its_slot_to_another_master() {
         2,
         "both events on the new master"
     );
+}
+
+/// Cluster detection asks `INFO cluster`; a user whose ACL forbids INFO still gets a
+/// working broker on a single Redis.
+#[tokio::test]
+async fn a_user_without_info_still_connects_to_a_single_redis() {
+    let Some(server) = redis_support::RedisServer::start() else {
+        return;
+    };
+    let reply = server.command(&[
+        "ACL", "SETUSER", "app", "on", ">secret", "~*", "&*", "+@all", "-info",
+    ]);
+    assert!(reply.starts_with("+OK"), "{reply:?}");
+    let url = format!("redis://app:secret@127.0.0.1:{}", server.port());
+    let url = edaflow::broker::RedisUrl::parse(&url).expect("a valid url");
+    let broker = edaflow::broker::RedisBroker::connect(
+        &url,
+        RedisOptions {
+            namespace: "limited".to_owned(),
+            ..RedisOptions::default()
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("connect without INFO: {e}"));
+    assert_eq!(broker.cluster_slot(), None);
+    broker
+        .declare_group(&GroupSpec {
+            name: "g".into(),
+            patterns: vec![pattern("job")],
+        })
+        .await
+        .expect("declare");
+    let event = Event::new("job", "edaflow://cluster/test", serde_json::json!({"n": 1}));
+    broker
+        .publish(event.clone(), Backpressure::Reject)
+        .await
+        .expect("publish");
+    let mut consumer = broker.consumer("g").expect("a consumer");
+    let delivery = tokio::time::timeout(PATIENCE, consumer.next())
+        .await
+        .expect("delivered in time")
+        .expect("a delivery");
+    assert_eq!(delivery.event.id, event.id);
 }

@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::{AsyncConnectionConfig, ConnectionAddr, ConnectionInfo, Value};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::{int, items, text, unavailable, RedisUrl};
 use crate::broker::BrokerError;
@@ -95,11 +95,19 @@ impl Node {
         let seed = addr_of(&base).ok_or_else(bad)?;
         // Database 0 for the question: a cluster refuses SELECT.
         let mut probe = open(&redis::Client::open(base.clone()).map_err(|_| bad())?).await?;
-        let server: String = redis::cmd("INFO")
+        let server: String = match redis::cmd("INFO")
             .arg("cluster")
             .query_async(&mut probe)
             .await
-            .map_err(unavailable)?;
+        {
+            Ok(server) => server,
+            // A user whose ACL forbids INFO: such a server is taken for a single Redis.
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoPerm) => {
+                debug!(error = %e, "INFO refused; assuming a single Redis, not a cluster");
+                String::new()
+            }
+            Err(e) => return Err(unavailable(e)),
+        };
         if !is_cluster(&server) {
             let conn = manager(&seed_client).await?;
             return Ok(Arc::new(Node {
