@@ -117,6 +117,36 @@ mod redis {
         make = make
     }
 
+    /// A commit retried after a timeout (it may have run): the second finds the entry
+    /// settled and applies nothing, so its events are not doubled.
+    #[tokio::test]
+    async fn a_second_commit_of_one_delivery_applies_nothing() {
+        let Some((broker, _server)) = make(16).await else {
+            return;
+        };
+        crate::declare(&broker, "work", &["job"]).await;
+        crate::declare(&broker, "after", &["done"]).await;
+        crate::publish(&broker, crate::event("job", 1), Backpressure::Reject).await;
+        let mut work = crate::consumer(&broker, "work");
+        let delivery = crate::next_delivery(&mut work, "the job").await;
+        let effects = edaflow::broker::Effects {
+            publish: vec![delivery
+                .event
+                .caused("done", crate::SOURCE, serde_json::json!({}))],
+            ..Default::default()
+        };
+        broker
+            .commit(delivery.clone(), effects.clone())
+            .await
+            .expect("first commit");
+        broker
+            .commit(delivery, effects)
+            .await
+            .expect("a repeated commit is not an error");
+        let done = crate::drain(&broker, "after").await;
+        assert_eq!(done.len(), 1, "the effects landed once: {done:?}");
+    }
+
     /// A query answered by another process: the reply crosses Redis to the broker that
     /// waits for it, and only to that one.
     #[tokio::test]
@@ -172,6 +202,39 @@ mod redis {
         // The same request id waiting in a third process got nothing.
         bystander.forget_reply("r1");
         assert!(unrelated.await.is_err());
+    }
+}
+
+/// The same checks on a three-master Redis Cluster, through a seed node that need not own
+/// the namespace: one cluster for this test binary, a namespace of its own per test (so
+/// the tests spread over the masters).
+mod redis_cluster {
+    use std::time::Duration;
+
+    use crate::redis_support::{unique_namespace, Clock, RedisCluster};
+    use edaflow::broker::RedisOptions;
+
+    async fn make(group_capacity: usize) -> Option<(edaflow::broker::RedisBroker, ())> {
+        let cluster = RedisCluster::shared()?;
+        let broker = cluster
+            .broker(RedisOptions {
+                namespace: unique_namespace("contract"),
+                group_capacity: Some(group_capacity),
+                block: Duration::from_millis(200),
+                ..RedisOptions::default()
+            })
+            .await;
+        assert!(
+            broker.cluster_slot().is_some(),
+            "the broker did not see the cluster"
+        );
+        Some((broker, ()))
+    }
+
+    broker_contract! {
+        #[tokio::test]
+        clock = Clock::real(20, Duration::from_millis(150)),
+        make = make
     }
 }
 

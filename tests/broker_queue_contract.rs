@@ -714,3 +714,28 @@ contract_tests!(
     Clock::real(4, Duration::from_millis(120)),
     redis_broker()
 );
+
+/// A three-master Redis Cluster shared by this binary's tests, a namespace per test,
+/// reached through a seed node.
+async fn cluster_broker() -> Option<(edaflow::broker::RedisBroker, ())> {
+    let cluster = redis_support::RedisCluster::shared()?;
+    let broker = cluster
+        .broker(edaflow::broker::RedisOptions {
+            namespace: redis_support::unique_namespace("queues"),
+            block: Duration::from_millis(200),
+            ..edaflow::broker::RedisOptions::default()
+        })
+        .await;
+    assert!(
+        broker.cluster_slot().is_some(),
+        "the broker did not see the cluster"
+    );
+    Some((broker, ()))
+}
+
+contract_tests!(
+    redis_cluster,
+    #[tokio::test],
+    Clock::real(4, Duration::from_millis(120)),
+    cluster_broker()
+);

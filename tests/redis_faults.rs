@@ -164,7 +164,7 @@ fn done_counts(url: &str) -> BTreeMap<u64, usize> {
         .and_then(|c| c.get_connection())
         .expect("connect to the test's redis");
     let entries: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-        .arg("edaflow:faults:t:done")
+        .arg("edaflow:{faults}:t:done")
         .arg("-")
         .arg("+")
         .query(&mut conn)
@@ -444,9 +444,10 @@ fn redis_stalled_by_sigstop_under_load_loses_and_duplicates_nothing() {
         log.contains("redis unreachable"),
         "the stall went unnoticed (no command timed out)\n{log}"
     );
-    // A commit that timed out during the stall ran once Redis resumed; its retry found the
-    // entry settled and applied nothing (without that check, its events would be doubled).
-    assert!(settled > 0, "no commit was in flight at the stall\n{log}");
+    // Whether a commit was caught mid-flight by the stall depends on timing, so it is not
+    // asserted here (the count above says whether it happened this run); the guard that
+    // makes such a retry apply nothing is checked deterministically by the broker
+    // contract (`a_second_commit_of_one_delivery_applies_nothing`).
     assert_eq!(healthz(addr).status, 200);
     running.terminate();
     assert!(running.wait_exit(PATIENCE).success(), "{}", running.dump());

@@ -87,7 +87,7 @@ fn chain_report(addr: SocketAddr) -> Value {
 /// How many `orderStalled` events each order id has on the topic's stream.
 fn stalled(conn: &mut redis::Connection) -> BTreeMap<u64, usize> {
     let entries: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-        .arg("edaflow:tracked:t:orderStalled")
+        .arg("edaflow:{tracked}:t:orderStalled")
         .arg("-")
         .arg("+")
         .query(conn)

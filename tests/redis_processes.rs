@@ -99,7 +99,7 @@ fn publish(addr: SocketAddr, n: usize) {
 /// How many times each `n` was emitted on `topic` (read from its stream).
 fn emitted(conn: &mut redis::Connection, topic: &str) -> BTreeMap<u64, usize> {
     let entries: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-        .arg(format!("edaflow:multi:t:{topic}"))
+        .arg(format!("edaflow:{{multi}}:t:{topic}"))
         .arg("-")
         .arg("+")
         .query(conn)

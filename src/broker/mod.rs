@@ -94,6 +94,18 @@ pub enum BrokerError {
         help("give a PEM file holding the CA certificate(s) that signed the Redis server's certificate")
     )]
     TlsCa { path: String, detail: String },
+    /// A Redis namespace that cannot be a hash tag (empty, or holding `{` or `}`).
+    #[error("`{namespace}` is not a Redis namespace: {reason}")]
+    #[diagnostic(
+        code(edaflow::broker::bad_namespace),
+        help("use a name without braces, e.g. the flow's name")
+    )]
+    BadNamespace { namespace: String, reason: String },
+    /// A Redis Cluster this broker cannot use as it is (no owner of the namespace's slot,
+    /// a database other than 0).
+    #[error("Redis Cluster at `{url}`: {reason}")]
+    #[diagnostic(code(edaflow::broker::cluster))]
+    Cluster { url: String, reason: String },
 }
 
 impl BrokerError {

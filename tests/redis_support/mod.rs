@@ -359,3 +359,326 @@ impl Clock {
         }
     }
 }
+
+/// A three-master Redis Cluster this test started, on free loopback ports in temp dirs.
+///
+/// Each `redis-server` runs under a small `sh` watchdog that reads the test's end of a pipe:
+/// dropping the cluster closes the pipe, and so does the end of the test process however
+/// it ends, and either way the watchdog kills its server. That makes a cluster shared by
+/// every test of a binary (`shared()`, kept in a static that is never dropped) as clean
+/// as one per test.
+pub struct RedisCluster {
+    nodes: Vec<ClusterNode>,
+    dir: tempfile::TempDir,
+}
+
+struct ClusterNode {
+    /// The watchdog shell; it exits when its server does.
+    watchdog: Child,
+    /// Closing it tells the watchdog to kill the server.
+    pipe: Option<std::process::ChildStdin>,
+    port: u16,
+}
+
+/// Runs `redis-server "$@"`, kills it (SIGKILL) once stdin reaches end of file, and exits
+/// when the server does.
+const WATCHDOG: &str = r#"exec 3<&0
+redis-server "$@" </dev/null >/dev/null 2>&1 &
+server=$!
+(read line <&3; kill -9 "$server" 2>/dev/null) </dev/null &
+guard=$!
+exec 3<&-
+wait "$server"
+kill "$guard" 2>/dev/null
+"#;
+
+impl RedisCluster {
+    /// Starts three masters and joins them (`redis-cli --cluster create`), waiting until
+    /// every node says `cluster_state:ok`; `None` (after saying why) when `redis-server`
+    /// is not installed outside CI.
+    pub fn start() -> Option<RedisCluster> {
+        if Command::new("redis-server")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .status()
+            .is_err()
+        {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "redis-server is not installed; CI must install it (.ci/run does)"
+            );
+            eprintln!(
+                "SKIPPED: redis-server is not installed; the Redis Cluster tests did not run"
+            );
+            return None;
+        }
+        let dir = tempfile::tempdir().expect("a temp dir for the cluster");
+        let mut nodes = Vec::new();
+        for i in 0..3 {
+            let node_dir = dir.path().join(format!("node{i}"));
+            std::fs::create_dir_all(&node_dir).expect("a node dir");
+            nodes.push(start_node(&node_dir));
+        }
+        let cluster = RedisCluster { nodes, dir };
+        let mut create = Command::new("redis-cli");
+        create.arg("--cluster").arg("create");
+        for port in cluster.ports() {
+            create.arg(format!("127.0.0.1:{port}"));
+        }
+        let created = create
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run redis-cli --cluster create");
+        assert!(
+            created.status.success(),
+            "redis-cli --cluster create failed:\n{}{}",
+            String::from_utf8_lossy(&created.stdout),
+            String::from_utf8_lossy(&created.stderr)
+        );
+        cluster.wait_ok(Duration::from_secs(20));
+        Some(cluster)
+    }
+
+    /// One cluster for every test of this binary (each test uses its own namespace); see
+    /// the type's docs for how it stops.
+    pub fn shared() -> Option<&'static RedisCluster> {
+        static SHARED: std::sync::OnceLock<Option<RedisCluster>> = std::sync::OnceLock::new();
+        SHARED.get_or_init(RedisCluster::start).as_ref()
+    }
+
+    pub fn ports(&self) -> Vec<u16> {
+        self.nodes.iter().map(|n| n.port).collect()
+    }
+
+    /// `redis://127.0.0.1:PORT` of the first node: a seed, not necessarily the master of a
+    /// given namespace.
+    pub fn seed_url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.nodes[0].port)
+    }
+
+    /// Sends one command to the node on `port` and returns the raw reply.
+    pub fn command(&self, port: u16, args: &[&str]) -> String {
+        resp(port, args)
+    }
+
+    /// Waits until every node says `cluster_state:ok`.
+    pub fn wait_ok(&self, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let states: Vec<String> = self
+                .ports()
+                .into_iter()
+                .map(|p| resp(p, &["CLUSTER", "INFO"]))
+                .collect();
+            if states.iter().all(|s| s.contains("cluster_state:ok")) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the cluster is not ok after {within:?}: {states:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The slot of a namespace's keys (`edaflow:{NS}:…`).
+    pub fn slot_of(&self, namespace: &str) -> u16 {
+        let reply = resp(
+            self.nodes[0].port,
+            &["CLUSTER", "KEYSLOT", &format!("edaflow:{{{namespace}}}:")],
+        );
+        reply
+            .trim()
+            .trim_start_matches(':')
+            .parse()
+            .unwrap_or_else(|_| panic!("CLUSTER KEYSLOT answered {reply:?}"))
+    }
+
+    /// The port of the master serving `slot`, as `CLUSTER NODES` on the first node says.
+    pub fn master_of(&self, slot: u16) -> u16 {
+        let nodes = resp(self.nodes[0].port, &["CLUSTER", "NODES"]);
+        for line in nodes.lines() {
+            let fields: Vec<&str> = line.split(' ').collect();
+            if fields.len() < 9 || !fields[2].contains("master") {
+                continue;
+            }
+            let serves = fields[8..].iter().any(|range| {
+                let (from, to) = range.split_once('-').unwrap_or((range, range));
+                match (from.parse::<u16>(), to.parse::<u16>()) {
+                    (Ok(from), Ok(to)) => (from..=to).contains(&slot),
+                    _ => false,
+                }
+            });
+            if serves {
+                let port = fields[1].split(['@', ':']).nth(1).unwrap_or("");
+                return port.parse().expect("a port in CLUSTER NODES");
+            }
+        }
+        panic!("no master serves slot {slot}:\n{nodes}");
+    }
+
+    /// The master port of each namespace.
+    pub fn master_of_namespace(&self, namespace: &str) -> u16 {
+        self.master_of(self.slot_of(namespace))
+    }
+
+    /// A broker connected through the seed node, in `options.namespace`.
+    pub async fn broker(&self, options: RedisOptions) -> RedisBroker {
+        let url = RedisUrl::parse(&self.seed_url()).expect("a valid url");
+        RedisBroker::connect(&url, options)
+            .await
+            .unwrap_or_else(|e| panic!("connect to the cluster at {}: {e}", self.seed_url()))
+    }
+
+    /// The node id of the node on `port`.
+    pub fn node_id(&self, port: u16) -> String {
+        let reply = resp(port, &["CLUSTER", "MYID"]);
+        reply
+            .lines()
+            .nth(1)
+            .unwrap_or_else(|| panic!("CLUSTER MYID answered {reply:?}"))
+            .to_owned()
+    }
+
+    /// Moves `slot`, keys included, to the master on port `to` (as a resharding does:
+    /// IMPORTING/MIGRATING, MIGRATE of every key, then SETSLOT NODE on every node).
+    pub fn move_slot(&self, slot: u16, to: u16) {
+        let from = self.master_of(slot);
+        assert_ne!(from, to, "slot {slot} is on {to} already");
+        let slot = slot.to_string();
+        let (from_id, to_id) = (self.node_id(from), self.node_id(to));
+        let ok = |reply: String, what: &str| {
+            assert!(reply.starts_with("+OK"), "{what}: {reply:?}");
+        };
+        ok(
+            resp(to, &["CLUSTER", "SETSLOT", &slot, "IMPORTING", &from_id]),
+            "importing",
+        );
+        ok(
+            resp(from, &["CLUSTER", "SETSLOT", &slot, "MIGRATING", &to_id]),
+            "migrating",
+        );
+        loop {
+            let keys = resp(from, &["CLUSTER", "GETKEYSINSLOT", &slot, "100"]);
+            let keys: Vec<&str> = keys
+                .lines()
+                .skip(1)
+                .filter(|l| !l.starts_with('$'))
+                .collect();
+            if keys.is_empty() {
+                break;
+            }
+            let port = to.to_string();
+            let mut args = vec!["MIGRATE", "127.0.0.1", &port, "", "0", "5000", "KEYS"];
+            args.extend(keys.iter().copied());
+            let reply = resp(from, &args);
+            assert!(reply.starts_with("+OK"), "MIGRATE {keys:?}: {reply:?}");
+        }
+        for port in [to, from] {
+            ok(
+                resp(port, &["CLUSTER", "SETSLOT", &slot, "NODE", &to_id]),
+                "setslot node",
+            );
+        }
+        for port in self.ports() {
+            if port != to && port != from {
+                ok(
+                    resp(port, &["CLUSTER", "SETSLOT", &slot, "NODE", &to_id]),
+                    "setslot node",
+                );
+            }
+        }
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            // End of file for the watchdog, which kills its server and exits.
+            drop(node.pipe.take());
+        }
+        for node in &mut self.nodes {
+            let _ = node.watchdog.wait();
+        }
+    }
+}
+
+fn start_node(dir: &std::path::Path) -> ClusterNode {
+    for _ in 0..5 {
+        let (port, bus) = (free_port(), free_port());
+        if port == bus {
+            continue;
+        }
+        let mut watchdog = Command::new("sh")
+            .arg("-c")
+            .arg(WATCHDOG)
+            .arg("sh")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--cluster-port",
+                &bus.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-node-timeout",
+                "2000",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+            ])
+            .arg(dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start redis-server under its watchdog");
+        let pipe = watchdog.stdin.take();
+        if wait_ready(
+            &mut watchdog,
+            port,
+            &ServerOptions::default(),
+            Duration::from_secs(5),
+        ) {
+            return ClusterNode {
+                watchdog,
+                pipe,
+                port,
+            };
+        }
+        // Another process took a port first: try others.
+        drop(pipe);
+        let _ = watchdog.wait();
+        let _ = std::fs::remove_file(dir.join("nodes.conf"));
+    }
+    panic!("a cluster node did not start on free ports");
+}
+
+/// One command in RESP to the server on `port`; the raw reply.
+fn resp(port: u16, args: &[&str]) -> String {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to redis");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut request = format!("*{}\r\n", args.len());
+    for arg in args {
+        request.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
+    }
+    stream.write_all(request.as_bytes()).expect("send");
+    let mut buf = [0u8; 65536];
+    let n = stream.read(&mut buf).unwrap_or(0);
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+/// A namespace no other test of this process uses: `{base}-{n}`.
+pub fn unique_namespace(base: &str) -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{base}-{n}")
+}

@@ -412,11 +412,11 @@ pub(crate) fn tap(
 ) -> mpsc::Receiver<Arc<Event>> {
     let (tx, rx) = mpsc::channel(buffer.max(1));
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
-    let client = broker.inner.client.clone();
+    let node = broker.inner.node.clone();
     let channel = broker.key("tap");
     let spawned = std::thread::Builder::new()
         .name("edaflow-redis-tap".to_owned())
-        .spawn(move || run_tap(&client, &channel, &pattern, &tx, ready_tx));
+        .spawn(move || run_tap(&node, &channel, &pattern, &tx, ready_tx));
     if spawned.is_ok() {
         // The thread signals once subscribed (or gives up, dropping the sender).
         let _ = ready_rx.recv_timeout(Duration::from_secs(2));
@@ -425,7 +425,7 @@ pub(crate) fn tap(
 }
 
 fn run_tap(
-    client: &redis::Client,
+    node: &super::cluster::Node,
     channel: &str,
     pattern: &TopicPattern,
     tx: &mpsc::Sender<Arc<Event>>,
@@ -435,7 +435,9 @@ fn run_tap(
     let mut backoff = Duration::from_millis(50);
     while !tx.is_closed() {
         let subscribed = (|| {
-            let mut conn = client.get_connection_with_timeout(Duration::from_secs(1))?;
+            let mut conn = node
+                .client()
+                .get_connection_with_timeout(Duration::from_secs(1))?;
             let mut pubsub = conn.as_pubsub();
             pubsub.subscribe(channel)?;
             pubsub.set_read_timeout(Some(Duration::from_millis(200)))?;

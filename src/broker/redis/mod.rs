@@ -1,7 +1,12 @@
 //! The Redis broker: the same contract as the memory broker, durable, and shared by any
-//! number of `edaflow` processes on one Redis.
+//! number of `edaflow` processes on one Redis, or on one master of a Redis Cluster.
 //!
-//! # Key layout (`P` = `edaflow:{namespace}:`)
+//! # Key layout (`P` = `edaflow:{NS}:`, braces included)
+//!
+//! The namespace `NS` sits between literal braces: it is the hash tag of every key, so on a
+//! Redis Cluster all the keys of a namespace share one slot, hence one master, and every
+//! script below stays atomic there (see `cluster`). `{topic}`, `{group}`… in the table are
+//! placeholders, without braces in the key: `edaflow:{orders}:t:orderCreated`.
 //!
 //! | key | type | holds |
 //! |---|---|---|
@@ -74,6 +79,14 @@
 //! `publish` fails with `Full` (`Reject`) or waits (`Wait`) past it. Commits are not
 //! bounded (their events are durable, and the handler has already run).
 //!
+//! # Redis Cluster (first step)
+//!
+//! On a cluster the broker connects to the master owning the namespace's slot; one
+//! namespace lives on one master, and several namespaces spread over the masters. A
+//! failover or resharding is followed within about a second (`cluster`); meanwhile the
+//! broker is unavailable. Spreading one namespace's topics over several slots (an outbox in
+//! the handled topic's slot and a forwarder, as in DESIGN.md) is the next step, not done.
+//!
 //! # What this module must not do
 //!
 //! Hold a lock across an `.await`, block a tokio worker for longer than one round trip on
@@ -81,6 +94,7 @@
 //! blocking connection), or trim an entry a group has not read.
 
 mod chains;
+mod cluster;
 mod consumer;
 mod history;
 pub(crate) mod outage;
@@ -96,7 +110,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::aio::{ConnectionManager, MultiplexedConnection};
 use redis::{AsyncConnectionConfig, Value};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn, Instrument};
@@ -115,7 +129,8 @@ pub use url::{BrokerUrl, RedisUrl};
 /// Settings of the Redis broker.
 #[derive(Clone, Debug)]
 pub struct RedisOptions {
-    /// Key namespace: keys are `edaflow:{namespace}:…`.
+    /// Key namespace: keys are `edaflow:{namespace}:…`, braces included (the hash tag), so
+    /// it must be non-empty and hold no brace.
     pub namespace: String,
     /// Entries a group may have waiting on one topic stream before `publish` pushes back
     /// (`None`: unbounded).
@@ -154,9 +169,9 @@ pub struct RedisBroker {
 }
 
 struct Inner {
-    client: redis::Client,
+    /// The server all connections go to (on a cluster: the master of the namespace's slot).
+    node: Arc<cluster::Node>,
     url: RedisUrl,
-    conn: ConnectionManager,
     /// For the synchronous parts of the trait (`stats`, `queue_stats`, `scheduled`).
     sync: Mutex<Option<redis::Connection>>,
     prefix: String,
@@ -287,39 +302,36 @@ impl RedisBroker {
     ///
     /// # Errors
     /// `Connect` when Redis cannot be reached or refuses the password (the message never
-    /// holds the password), `TlsCa` for an unusable CA file.
+    /// holds the password), `TlsCa` for an unusable CA file, `BadNamespace`, `BadUrl`, and
+    /// `Cluster` when a cluster has no master for the namespace's slot.
     pub async fn connect(
         url: &RedisUrl,
         options: RedisOptions,
     ) -> Result<RedisBroker, BrokerError> {
-        let client = client_for(url, options.tls_ca.as_deref())?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(options.response_timeout))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_millis(500));
-        let conn = client
-            .get_connection_manager_with_config(config)
+        let prefix = cluster::prefix(&options.namespace)?;
+        let seed = client_for(url, options.tls_ca.as_deref())?;
+        let node = cluster::Node::connect(url, seed, &prefix, options.response_timeout)
             .await
-            .map_err(|e| BrokerError::Connect {
-                url: url.to_string(),
-                reason: e.to_string(),
+            .map_err(|e| match e {
+                BrokerError::Unavailable { source } => BrokerError::Connect {
+                    url: url.to_string(),
+                    reason: source.to_string(),
+                },
+                other => other,
             })?;
         let instance = format!("{}-{}", std::process::id(), &crate::event::new_id()[16..]);
-        let prefix = format!("edaflow:{}:", options.namespace);
         let waiting = Arc::new(replies::Waiting::default());
         replies::listen(
-            client.clone(),
+            node.clone(),
             replies::channel(&prefix, &instance),
             Arc::downgrade(&waiting),
         )
         .await
         .map_err(unavailable)?;
         let inner = Arc::new(Inner {
-            stores: Arc::new(stores::RedisStores::new(client.clone(), prefix.clone())),
-            client,
+            stores: Arc::new(stores::RedisStores::new(node.clone(), prefix.clone())),
+            node,
             url: url.clone(),
-            conn,
             sync: Mutex::new(None),
             prefix,
             waiting,
@@ -343,13 +355,18 @@ impl RedisBroker {
         &self.inner.url
     }
 
-    /// The key prefix, `edaflow:{namespace}:`.
+    /// The key prefix, `edaflow:{namespace}:` (braces included).
     pub fn prefix(&self) -> &str {
         &self.inner.prefix
     }
 
+    /// On a Redis Cluster, the namespace's slot and the master serving it now.
+    pub fn cluster_slot(&self) -> Option<(u16, String)> {
+        self.inner.node.cluster_slot()
+    }
+
     fn conn(&self) -> ConnectionManager {
-        self.inner.conn.clone()
+        self.inner.node.conn()
     }
 
     /// Notes the outcome of a command for the outage log and `/healthz`: an unreachable
@@ -392,7 +409,8 @@ impl RedisBroker {
                 self.inner.options.block + self.inner.options.response_timeout,
             ));
         self.inner
-            .client
+            .node
+            .client()
             .get_multiplexed_async_connection_with_config(&config)
             .await
             .map_err(unavailable)
@@ -408,7 +426,8 @@ impl RedisBroker {
             if guard.is_none() {
                 let conn = self
                     .inner
-                    .client
+                    .node
+                    .client()
                     .get_connection_with_timeout(Duration::from_secs(1))
                     .map_err(unavailable)?;
                 conn.set_read_timeout(Some(self.inner.options.response_timeout))

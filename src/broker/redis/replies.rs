@@ -9,13 +9,15 @@
 //! reconnecting at that moment) simply times out with 504.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use serde_json::Value;
 use tokio::sync::oneshot;
 use tracing::{debug, warn};
+
+use super::cluster::Node;
 
 /// What a waiting query receives: the reply, or the handler's failure message.
 pub(crate) type Answer = Result<Value, String>;
@@ -95,11 +97,11 @@ pub(crate) fn payload(id: &str, answer: &Answer) -> String {
 /// right after cannot miss its reply), then keeps listening, reconnecting with backoff,
 /// until `waiting` is dropped with the broker.
 pub(crate) async fn listen(
-    client: redis::Client,
+    node: Arc<Node>,
     channel: String,
     waiting: Weak<Waiting>,
 ) -> redis::RedisResult<()> {
-    let first = subscribe(&client, &channel).await?;
+    let first = subscribe(&node.client(), &channel).await?;
     tokio::spawn(async move {
         let mut stream = Some(first);
         let mut backoff = Duration::from_millis(50);
@@ -114,7 +116,7 @@ pub(crate) async fn listen(
             if waiting.strong_count() == 0 {
                 return;
             }
-            match subscribe(&client, &channel).await {
+            match subscribe(&node.client(), &channel).await {
                 Ok(messages) => stream = Some(messages),
                 Err(e) => {
                     debug!(error = %e, "the reply listener could not reconnect yet");
@@ -164,11 +166,11 @@ mod tests {
     #[test]
     fn addresses_route_to_the_instance_channel() {
         assert_eq!(
-            route("edaflow:x:", "123-abc/01J"),
-            Some(("edaflow:x:reply:123-abc".to_owned(), "01J".to_owned()))
+            route("edaflow:{x}:", "123-abc/01J"),
+            Some(("edaflow:{x}:reply:123-abc".to_owned(), "01J".to_owned()))
         );
-        assert_eq!(route("edaflow:x:", "no-slash"), None);
-        assert_eq!(route("edaflow:x:", "/id"), None);
+        assert_eq!(route("edaflow:{x}:", "no-slash"), None);
+        assert_eq!(route("edaflow:{x}:", "/id"), None);
     }
 
     #[tokio::test]

@@ -8,11 +8,12 @@
 //! they go over a small pool of blocking connections: one loopback round trip each, and a
 //! clear error, failing the handler's run, when Redis cannot be reached.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::Value;
 
+use super::cluster::Node;
 use crate::store::{StoreError, StoreRead};
 
 /// Blocking connections kept for reuse; more may be opened under load, and the surplus is
@@ -21,21 +22,23 @@ const POOL_SIZE: usize = 8;
 
 /// Reads the stores of one namespace.
 pub(crate) struct RedisStores {
-    client: redis::Client,
+    node: Arc<Node>,
     prefix: String,
-    pool: Mutex<Vec<redis::Connection>>,
+    /// Connections with the node generation they were opened in.
+    pool: Mutex<Vec<(u64, redis::Connection)>>,
 }
 
 impl RedisStores {
-    pub(crate) fn new(client: redis::Client, prefix: String) -> RedisStores {
+    pub(crate) fn new(node: Arc<Node>, prefix: String) -> RedisStores {
         RedisStores {
-            client,
+            node,
             prefix,
             pool: Mutex::new(Vec::new()),
         }
     }
 
-    /// Runs `f` on a pooled connection. A connection that failed is dropped, not returned.
+    /// Runs `f` on a pooled connection. A connection that failed, or that goes to a master
+    /// the namespace has moved away from, is dropped, not returned.
     fn with_conn<T>(
         &self,
         store: &str,
@@ -45,12 +48,19 @@ impl RedisStores {
             store: store.to_owned(),
             reason: e.to_string(),
         };
-        let pooled = self.pool.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let generation = self.node.generation();
+        let pooled = self
+            .pool
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop()
+            .filter(|(g, _)| *g == generation);
         let mut conn = match pooled {
-            Some(conn) => conn,
+            Some((_, conn)) => conn,
             None => {
                 let conn = self
-                    .client
+                    .node
+                    .client()
                     .get_connection_with_timeout(Duration::from_secs(1))
                     .map_err(failed)?;
                 conn.set_read_timeout(Some(Duration::from_secs(2)))
@@ -61,7 +71,7 @@ impl RedisStores {
         let value = f(&mut conn).map_err(failed)?;
         let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
         if pool.len() < POOL_SIZE {
-            pool.push(conn);
+            pool.push((generation, conn));
         }
         Ok(value)
     }

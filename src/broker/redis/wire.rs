@@ -380,7 +380,8 @@ impl Hub {
         let mut pubsub = self
             .broker
             .inner
-            .client
+            .node
+            .client()
             .get_async_pubsub()
             .await
             .map_err(unavailable)?;
