@@ -184,10 +184,8 @@ fn body_facts(ast: &AST) -> Body {
                     body.refs.insert(call.name.to_string());
                 }
             }
-            ASTNode::Expr(Expr::StringConstant(text, _)) => {
-                if dead().is_none() {
-                    body.refs.insert(text.to_string());
-                }
+            ASTNode::Expr(Expr::StringConstant(text, _)) if dead().is_none() => {
+                body.refs.insert(text.to_string());
             }
             _ => {}
         }
