@@ -134,6 +134,13 @@ fn warnings() {
 }
 
 #[test]
+fn cqrs_warnings() {
+    let loaded = loaded(&["warnings/cqrs_lint.toml"]);
+    let rendered: Vec<String> = loaded.warnings.iter().map(|w| render(w, 100)).collect();
+    insta::assert_snapshot!(rendered.join("\n"));
+}
+
+#[test]
 fn valid_fixtures_load_without_errors_or_warnings() {
     let loaded = loaded(&["valid"]);
     let flows = &loaded.flows;

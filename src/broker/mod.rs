@@ -20,7 +20,7 @@ use crate::event::Event;
 use crate::flow::pattern::TopicPattern;
 
 pub use memory::{MemoryBroker, MemoryOptions};
-pub use redis::{BrokerUrl, RedisBroker, RedisOptions, RedisUrl};
+pub use redis::{BrokerUrl, RedisBroker, RedisOptions, RedisUrl, TrimReport};
 
 /// Errors at the broker boundary.
 #[derive(Debug, Clone, thiserror::Error, miette::Diagnostic)]
@@ -410,6 +410,13 @@ pub trait Broker: Clone + Send + Sync + 'static {
     fn declare_wire(&self, wire: &WireSpec) -> bool {
         let _ = wire;
         false
+    }
+
+    /// Sets how long each topic's events are kept (`[topics.NAME] retention`), replacing
+    /// what was set before: topics left out are kept for ever. Only the Redis broker keeps
+    /// events after delivery; the memory broker ignores it.
+    fn set_retention(&self, topics: &[(String, Duration)]) {
+        let _ = topics;
     }
 
     /// The state stores handlers read while they run; `None` when this broker keeps none.

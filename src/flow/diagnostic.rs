@@ -432,6 +432,74 @@ pub enum FlowWarning {
         #[label("nothing emits this topic")]
         span: SourceSpan,
     },
+
+    /// A query handler whose `reply` calls all sit where they cannot run: after an
+    /// unconditional `return`/`throw`/`fail`, under `if false`, in a function nothing calls.
+    #[error("`{subscriber}` handles query topic `{topic}` but none of its `reply` calls can run")]
+    #[diagnostic(
+        code(edaflow::flow::unreachable_reply),
+        severity(Warning),
+        help("the `reply` at {at}. Move it where a run reaches it, or every query on `{topic}` times out")
+    )]
+    UnreachableReply {
+        topic: String,
+        subscriber: String,
+        /// `script:line never runs: why`, for the help.
+        at: String,
+        #[source_code]
+        src: SharedSource,
+        #[label("this handler never gets to `reply`")]
+        span: SourceSpan,
+    },
+
+    /// A store that handlers write but no query handler reads (and HTTP does not expose).
+    #[error("store `{store}` is written but no query reads it")]
+    #[diagnostic(
+        code(edaflow::flow::store_not_queried),
+        severity(Warning),
+        help("a read model is there to be queried: read it with `store(\"{store}\").get(…)` or `.scan(…)` in a handler of a query topic (`kind = \"query\"` or `*.query.*`), or set `expose = true` to read it over HTTP")
+    )]
+    StoreNotQueried {
+        store: String,
+        /// The handlers that write it, quoted and joined.
+        writers: String,
+        #[source_code]
+        src: SharedSource,
+        #[label("written by {writers}")]
+        span: SourceSpan,
+    },
+
+    /// A store that a query handler reads but no handler writes.
+    #[error("store `{store}` is read by query {queries} but nothing writes it")]
+    #[diagnostic(
+        code(edaflow::flow::store_never_written),
+        severity(Warning),
+        help("no handler calls `.set`, `.remove` or `.incr` on `store(\"{store}\")`, so queries always find it empty; write it from a projection (a handler of the events the query is about)")
+    )]
+    StoreNeverWritten {
+        store: String,
+        /// The query handlers that read it, quoted and joined.
+        queries: String,
+        #[source_code]
+        src: SharedSource,
+        #[label("never written")]
+        span: SourceSpan,
+    },
+
+    /// A declared store that no handler reads or writes.
+    #[error("store `{store}` is declared but no handler uses it")]
+    #[diagnostic(
+        code(edaflow::flow::store_unused),
+        severity(Warning),
+        help("use it from a handler with `store(\"{store}\")`, or remove `[stores.{store}]`")
+    )]
+    StoreUnused {
+        store: String,
+        #[source_code]
+        src: SharedSource,
+        #[label("no handler calls `store(\"{store}\")`")]
+        span: SourceSpan,
+    },
 }
 
 /// All the errors of one load, reported at once.

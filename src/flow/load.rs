@@ -4,8 +4,9 @@
 //! The work is split up: `reader` reads typed values out of TOML (`fields` one table at a
 //! time), `sections` knows the flow-file schema, `findings` collects what was found, and
 //! `check` merges the files and checks what spans several of them. This module finds the
-//! files and ties the steps together. It reads script files as
-//! text but never compiles them (the `script` module does), and never starts anything.
+//! files and ties the steps together. It reads script files as text and never compiles
+//! them (the `script` module does); the CQRS lint only parses handler scripts, through
+//! `script::facts`. It never starts anything.
 
 mod check;
 mod fields;
@@ -97,9 +98,9 @@ pub fn load(paths: &[PathBuf]) -> Result<Loaded, FlowReport> {
             flows.topic_mode(topic) != crate::flow::model::TopicMode::Pubsub
         }
         // Other kinds of warning keep coming.
-        #[allow(unreachable_patterns)]
         _ => true,
     });
+    warnings.extend(found.take_warnings());
     Ok(Loaded {
         flows,
         warnings,

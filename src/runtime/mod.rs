@@ -456,6 +456,14 @@ impl<B: Broker> Runtime<B> {
         self.shared
             .topics
             .send_replace(Arc::new(flows.topics.clone()));
+        // Pub/sub topics have no stream to trim.
+        let retention: Vec<(String, Duration)> = flows
+            .topics
+            .iter()
+            .filter(|(topic, _)| flows.topic_mode(topic) == TopicMode::Stream)
+            .filter_map(|(topic, config)| Some((topic.clone(), config.retention?)))
+            .collect();
+        self.shared.broker.set_retention(&retention);
 
         // Stop what is removed or changed: subscribers, then relays (they drain in place).
         let wanted: BTreeMap<&String, &SubscriberConfig> = flows

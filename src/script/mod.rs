@@ -7,6 +7,7 @@
 //! `run` evaluates a compiled script for one event and returns what it asked for; effects
 //! are committed by the runtime, never here.
 
+pub mod facts;
 pub mod host;
 pub mod limits;
 

@@ -99,6 +99,7 @@ mod consumer;
 mod history;
 pub(crate) mod outage;
 mod replies;
+mod retention;
 mod scripts;
 mod stores;
 mod url;
@@ -124,6 +125,7 @@ use crate::flow::pattern::TopicPattern;
 use crate::store::{StoreOp, StoreRead};
 
 pub use consumer::RedisConsumer;
+pub use retention::TrimReport;
 pub use url::{BrokerUrl, RedisUrl};
 
 /// Settings of the Redis broker.
@@ -188,6 +190,8 @@ struct Inner {
     waiting: Arc<replies::Waiting>,
     /// Reads of the state stores (hashes `P s:{store}`).
     stores: Arc<stores::RedisStores>,
+    /// Per-topic retention and the trimmer's state (see `retention`).
+    retention: Arc<retention::Retention>,
     consumers: AtomicU64,
     /// Whether Redis is down, shared by every task (see `outage`).
     outage: outage::Outage,
@@ -340,6 +344,7 @@ impl RedisBroker {
             groups: RwLock::new(HashMap::new()),
             queues: RwLock::new(HashSet::new()),
             instance,
+            retention: Arc::default(),
             consumers: AtomicU64::new(0),
             outage: outage::Outage::default(),
             wire: wire::Wire::default(),
@@ -347,6 +352,9 @@ impl RedisBroker {
         let span = tracing::info_span!("redis_mover", component = "broker");
         // Tracked by ownership: it holds a Weak and ends once the broker is gone.
         tokio::spawn(run_mover(Arc::downgrade(&inner)).instrument(span));
+        let span = tracing::info_span!("redis_trimmer", component = "broker");
+        let trimmer = retention::run(Arc::downgrade(&inner), inner.retention.clone());
+        tokio::spawn(trimmer.instrument(span));
         Ok(RedisBroker { inner })
     }
 
@@ -1333,6 +1341,10 @@ impl Broker for RedisBroker {
 
     async fn chain_counts(&self, chain: &ChainSpec) -> Result<Option<ChainCounts>, BrokerError> {
         self.counts_of_chain(chain).await.map(Some)
+    }
+
+    fn set_retention(&self, topics: &[(String, Duration)]) {
+        self.replace_retention(topics);
     }
 
     fn reply_address(&self, id: &str) -> String {

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use miette::SourceSpan;
 
-use crate::flow::diagnostic::{FlowError, SharedSource};
+use crate::flow::diagnostic::{FlowError, FlowWarning, SharedSource};
 use crate::flow::pattern::TopicPattern;
 
 /// Everything found while loading, across files: errors (with where they are, so they can be
@@ -18,6 +18,8 @@ use crate::flow::pattern::TopicPattern;
 pub(super) struct Findings {
     /// `(file index, byte offset, error)`; errors without a file use `(0, 0)`.
     errors: Vec<(usize, usize, FlowError)>,
+    /// Warnings found while checking (the CQRS lint), kept the same way.
+    warnings: Vec<(usize, usize, FlowWarning)>,
     /// Every flow and script file read, absolute, without repeats.
     pub files_read: Vec<PathBuf>,
     pub refs: TopicRefs,
@@ -27,6 +29,18 @@ impl Findings {
     /// Records an error found at `offset` in file number `file`.
     pub fn push(&mut self, file: usize, offset: usize, error: FlowError) {
         self.errors.push((file, offset, error));
+    }
+
+    /// Records a warning found at `offset` in file number `file`.
+    pub fn warn(&mut self, file: usize, offset: usize, warning: FlowWarning) {
+        self.warnings.push((file, offset, warning));
+    }
+
+    /// The recorded warnings in file order, then in source order within a file.
+    pub fn take_warnings(&mut self) -> Vec<FlowWarning> {
+        let mut warnings = std::mem::take(&mut self.warnings);
+        warnings.sort_by_key(|(file, offset, _)| (*file, *offset));
+        warnings.into_iter().map(|(_, _, w)| w).collect()
     }
 
     /// True when no error has been found so far.

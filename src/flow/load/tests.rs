@@ -1093,3 +1093,190 @@ fn rendering_is_plain_text() {
     assert!(text.contains("edaflow::flow::too_small"), "{text}");
     assert!(text.contains("must be at least 1"), "{text}");
 }
+
+/// Loads a valid flow with scripts; returns `code label` of each warning.
+fn lint(toml: &str, scripts: &[(&str, &str)]) -> Vec<String> {
+    let dir = Dir::new();
+    dir.write("flow.toml", toml);
+    for (name, text) in scripts {
+        dir.write(name, text);
+    }
+    let loaded = match dir.load(&["flow.toml"]) {
+        Ok(loaded) => loaded,
+        Err(report) => panic!("{}", crate::flow::diagnostic::render(&report, 100)),
+    };
+    loaded
+        .warnings
+        .iter()
+        .map(|w| format!("{} {}", code(w), labelled(w).join(",")))
+        .collect()
+}
+
+const QUERY_FLOW: &str = r#"
+[producers.api]
+kind = "http"
+
+[subscribers.get]
+topic = "orders.query.get"
+script = "get.rhai"
+"#;
+
+#[test]
+fn a_query_reply_that_cannot_run_is_a_warning() {
+    for script in [
+        "return;\nreply(1);",
+        "if false { reply(1) }",
+        "fn answer(x) { reply(x) }\nlog(1);",
+        "throw \"not yet\";\nreply(1);",
+    ] {
+        assert_eq!(
+            lint(QUERY_FLOW, &[("get.rhai", script)]),
+            ["edaflow::flow::unreachable_reply orders.query.get"],
+            "{script}"
+        );
+    }
+    let dir = Dir::new();
+    dir.write("flow.toml", QUERY_FLOW);
+    dir.write("get.rhai", "let id = event.data.id;\nreturn;\nreply(id);\n");
+    let loaded = dir.load(&["flow.toml"]).expect("valid");
+    let FlowWarning::UnreachableReply { subscriber, at, .. } = &loaded.warnings[0] else {
+        panic!("{:?}", loaded.warnings);
+    };
+    assert_eq!(subscriber, "get");
+    assert_eq!(
+        at,
+        "get.rhai:3 never runs: it comes after an unconditional `return`"
+    );
+    assert!(help(&loaded.warnings[0]).contains("get.rhai:3"));
+}
+
+#[test]
+fn conditional_and_indirect_replies_are_not_warned() {
+    for script in [
+        "if event.data.found { reply(1) } else { reply(2) }",
+        "if event.data.id == () { reply(#{ error: \"no id\" }); return; }\nreply(event.data.id);",
+        "fn answer(x) { reply(x) }\nanswer(event.data);",
+        // A module might reply: the lint cannot see into it, so it says nothing.
+        "import \"lib/q\" as q;\nq::answer(event);",
+    ] {
+        let warnings = lint(
+            QUERY_FLOW,
+            &[
+                ("get.rhai", script),
+                ("lib/q.rhai", "fn answer(e) { reply(e.data) }"),
+            ],
+        );
+        assert!(warnings.is_empty(), "{script}: {warnings:?}");
+    }
+}
+
+#[test]
+fn a_reply_only_in_a_comment_is_no_reply() {
+    let dir = Dir::new();
+    dir.write("flow.toml", QUERY_FLOW);
+    dir.write("get.rhai", "// reply(1) later\nlog(\"no answer\");\n");
+    let Err(report) = dir.load(&["flow.toml"]) else {
+        panic!("a query handler without a reply is an error");
+    };
+    assert_eq!(
+        code(&only(report.errors)),
+        "edaflow::flow::query_without_reply"
+    );
+}
+
+const STORE_FLOW: &str = r#"
+[producers.api]
+kind = "http"
+
+[subscribers.project]
+topic = "orders.event.placed"
+script = "project.rhai"
+
+[subscribers.get]
+topic = "orders.query.get"
+script = "get.rhai"
+
+[stores.orders]
+"#;
+
+#[test]
+fn a_store_written_and_queried_is_fine() {
+    let warnings = lint(
+        STORE_FLOW,
+        &[
+            (
+                "project.rhai",
+                "let o = store(\"orders\");\no.set(\"a\", event.data);",
+            ),
+            ("get.rhai", "reply(store(\"orders\").get(\"a\"));"),
+        ],
+    );
+    assert!(warnings.is_empty(), "{warnings:?}");
+}
+
+#[test]
+fn store_rules_warn_on_the_store_declaration() {
+    let project = ("project.rhai", "store(\"orders\").set(\"a\", event.data);");
+    let silent = ("get.rhai", "reply(1);");
+    assert_eq!(
+        lint(STORE_FLOW, &[project, silent]),
+        ["edaflow::flow::store_not_queried orders"]
+    );
+    let reads = ("get.rhai", "reply(store(\"orders\").get(\"a\"));");
+    let writes_nothing = ("project.rhai", "log(event.data);");
+    assert_eq!(
+        lint(STORE_FLOW, &[writes_nothing, reads]),
+        ["edaflow::flow::store_never_written orders"]
+    );
+    assert_eq!(
+        lint(STORE_FLOW, &[writes_nothing, silent]),
+        ["edaflow::flow::store_unused orders"]
+    );
+    // Reading it from a handler that is not a query does not make it queried.
+    let reads_back = (
+        "project.rhai",
+        "let o = store(\"orders\"); o.set(\"n\", o.get(\"n\"));",
+    );
+    assert_eq!(
+        lint(STORE_FLOW, &[reads_back, silent]),
+        ["edaflow::flow::store_not_queried orders"]
+    );
+}
+
+#[test]
+fn an_exposed_store_counts_as_queried() {
+    let flow = STORE_FLOW.replace("[stores.orders]", "[stores.orders]\nexpose = true");
+    let warnings = lint(
+        &flow,
+        &[
+            ("project.rhai", "store(\"orders\").incr(\"n\");"),
+            ("get.rhai", "reply(1);"),
+        ],
+    );
+    assert!(warnings.is_empty(), "{warnings:?}");
+}
+
+#[test]
+fn store_rules_stay_quiet_when_a_name_is_computed() {
+    // `store(name)` might be any store: no rule that such a use could contradict fires.
+    let warnings = lint(
+        STORE_FLOW,
+        &[
+            ("project.rhai", "store(event.data.which).set(\"a\", 1);"),
+            ("get.rhai", "reply(store(\"orders\").get(\"a\"));"),
+        ],
+    );
+    assert!(warnings.is_empty(), "{warnings:?}");
+    // A handle passed to a function may be written there.
+    let warnings = lint(
+        STORE_FLOW,
+        &[
+            (
+                "project.rhai",
+                "fn keep(s, e) { s.set(\"a\", e) }\nkeep(store(\"orders\"), event.data);",
+            ),
+            ("get.rhai", "reply(store(\"orders\").get(\"a\"));"),
+        ],
+    );
+    assert!(warnings.is_empty(), "{warnings:?}");
+}
