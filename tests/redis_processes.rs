@@ -1,6 +1,7 @@
 //! Several `edaflow run` processes on one Redis (a server each test starts itself): they
-//! compete within a group and fan out across groups, and when one is killed with SIGKILL
-//! under load the other finishes every event. Counted by ids read back from Redis: every
+//! compete within a group and fan out across groups, when one is killed with SIGKILL under
+//! load the other finishes every event, and both hot-reload edits under load with nothing
+//! lost. Counted by ids read back from Redis: every
 //! published event handled, no emitted event duplicated.
 
 mod common;
@@ -62,14 +63,20 @@ fn flow_dir() -> FlowDir {
 }
 
 fn start(dir: &FlowDir, server: &RedisServer, extra: &[&str]) -> (Running, SocketAddr) {
-    let mut args = vec![
-        "run",
-        "multi.toml",
-        "--no-watch",
-        "--listen",
-        "127.0.0.1:0",
-        "--broker",
-    ];
+    start_watching(dir, server, false, extra)
+}
+
+fn start_watching(
+    dir: &FlowDir,
+    server: &RedisServer,
+    watch: bool,
+    extra: &[&str],
+) -> (Running, SocketAddr) {
+    let mut args = vec!["run", "multi.toml"];
+    if !watch {
+        args.push("--no-watch");
+    }
+    args.extend(["--listen", "127.0.0.1:0", "--broker"]);
     let url = server.url();
     args.push(&url);
     args.extend_from_slice(extra);
@@ -217,4 +224,59 @@ fn kill_9_of_one_process_under_load_loses_nothing() {
     assert_each_once(&audited, TOTAL, "after kill -9, group `audit`");
     drop(survivor);
     drop(victim);
+}
+
+/// Both processes watch the flow folder; under load, the handler and the flow file are
+/// edited (script-only edits swap code in place; a changed `concurrency` restarts the
+/// subscriber on its Redis group). Every event is handled once, by one version or another.
+#[test]
+fn hot_reload_on_two_processes_under_load_loses_nothing() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let dir = flow_dir();
+    let (first, addr) = start_watching(&dir, &server, true, &[]);
+    let (second, other) = start_watching(&dir, &server, true, &[]);
+    const TOTAL: usize = 400;
+    let mut conn = redis::Client::open(server.url())
+        .and_then(|c| c.get_connection())
+        .expect("connect");
+    for n in 0..TOTAL {
+        publish(if n % 2 == 0 { addr } else { other }, n);
+        if n % 50 == 25 {
+            let version = n / 50;
+            if version % 2 == 0 {
+                dir.write(
+                    "work.rhai",
+                    &WORK.replace("worked ${", &format!("worked v{version} ${{")),
+                );
+            } else {
+                let concurrency = if version % 4 == 1 { 3 } else { 2 };
+                dir.write(
+                    "multi.toml",
+                    &FLOW.replace("concurrency = 2", &format!("concurrency = {concurrency}")),
+                );
+            }
+        }
+    }
+    let worked = wait_emitted(&mut conn, "worked", TOTAL, PATIENCE);
+    let audited = wait_emitted(&mut conn, "audited", TOTAL, PATIENCE);
+    assert_each_once(
+        &worked,
+        TOTAL,
+        "group `work` through reloads on both processes",
+    );
+    assert_each_once(
+        &audited,
+        TOTAL,
+        "group `audit` through reloads on both processes",
+    );
+    for process in [&first, &second] {
+        let reloads = process.stderr().matches("flows reloaded").count();
+        assert!(
+            reloads >= 4,
+            "each process reloaded the edits ({reloads} reloads)\n{}",
+            process.dump()
+        );
+    }
 }
