@@ -397,6 +397,15 @@ pub trait Broker: Clone + Send + Sync + 'static {
         filter: &DeadFilter,
     ) -> impl Future<Output = Result<Vec<Event>, BrokerError>> + Send;
 
+    /// Whether `commit` can fail for a while and then succeed (a remote broker that is
+    /// unreachable: `BrokerError::is_transient`). The runtime then keeps a copy of the
+    /// effects to retry the commit with; a broker that cannot fail that way gets them
+    /// without a copy (copying every emitted event costs the memory broker a third of its
+    /// throughput).
+    fn commit_may_fail_transiently(&self) -> bool {
+        false
+    }
+
     /// Checks, within about a second, that the broker answers (`/healthz`). An embedded
     /// broker is always up.
     fn health(&self) -> impl Future<Output = BrokerHealth> + Send {

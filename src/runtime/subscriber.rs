@@ -229,14 +229,19 @@ impl<B: Broker> SubscriberTask<B> {
                 .record(event, &self.name, Some(generation));
         }
         let mut backoff = crate::broker::redis::outage::BACKOFF_START;
+        let retry = self.shared.broker.commit_may_fail_transiently();
+        let mut effects = Some(effects);
         let committed = loop {
-            match self
-                .shared
-                .broker
-                .commit(delivery.clone(), effects.clone())
-                .await
-            {
-                Err(e) if e.is_transient() && !token.is_cancelled() => {
+            let attempt = if retry {
+                effects.clone()
+            } else {
+                effects.take()
+            };
+            let Some(attempt) = attempt else {
+                break Err(BrokerError::Closed);
+            };
+            match self.shared.broker.commit(delivery.clone(), attempt).await {
+                Err(e) if retry && e.is_transient() && !token.is_cancelled() => {
                     let pause = crate::broker::redis::outage::jittered(&mut backoff);
                     debug!(event = %delivery.event.id, error = %e, retry_in_ms = pause.as_millis() as u64, "commit failed; retrying");
                     tokio::select! {

@@ -1307,6 +1307,10 @@ impl Broker for RedisBroker {
         Some(self.inner.stores.clone())
     }
 
+    fn commit_may_fail_transiently(&self) -> bool {
+        true
+    }
+
     fn keeps_history(&self) -> bool {
         true
     }
