@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, warn, Instrument};
 
 use super::{int, items, outage, scripts, text, unavailable, RedisBroker};
-use crate::broker::{BrokerError, Consumer, Delivery, Effects};
+use crate::broker::{Broker, BrokerError, Consumer, Delivery, Effects};
 use crate::event::Event;
 use crate::flow::pattern::TopicPattern;
 
@@ -45,12 +45,77 @@ pub(super) enum Request {
 /// One consumer of a Redis group or queue (see the module docs).
 pub struct RedisConsumer {
     requests: mpsc::Sender<Request>,
+    broker: RedisBroker,
 }
 
 impl RedisConsumer {
     /// A consumer served by another kind of reader task (`wire`).
-    pub(super) fn from_requests(requests: mpsc::Sender<Request>) -> RedisConsumer {
-        RedisConsumer { requests }
+    pub(super) fn from_requests(
+        requests: mpsc::Sender<Request>,
+        broker: RedisBroker,
+    ) -> RedisConsumer {
+        RedisConsumer { requests, broker }
+    }
+}
+
+/// A reader's answer being awaited. A worker stopped (its `next()` dropped) just after the
+/// reader sent a delivery would drop that delivery with the future, leaving the entry
+/// pending with this consumer until another process claims it after `--claim-idle`;
+/// instead, the guard gives it back at once.
+struct Awaiting<T: Handed> {
+    answer: Option<oneshot::Receiver<Result<T, BrokerError>>>,
+    broker: RedisBroker,
+}
+
+/// What an answer may hold to give back.
+trait Handed: Send + 'static {
+    fn into_delivery(self) -> Option<Delivery>;
+}
+
+impl Handed for Delivery {
+    fn into_delivery(self) -> Option<Delivery> {
+        Some(self)
+    }
+}
+
+impl Handed for Option<Delivery> {
+    fn into_delivery(self) -> Option<Delivery> {
+        self
+    }
+}
+
+impl<T: Handed> Awaiting<T> {
+    async fn get(mut self) -> Result<T, BrokerError> {
+        let answer = match self.answer.as_mut() {
+            Some(answer) => answer.await,
+            None => return Err(BrokerError::Closed),
+        };
+        self.answer = None;
+        answer.map_err(|_| BrokerError::Closed)?
+    }
+}
+
+impl<T: Handed> Drop for Awaiting<T> {
+    fn drop(&mut self) {
+        let Some(mut answer) = self.answer.take() else {
+            return;
+        };
+        let Some(delivery) = answer
+            .try_recv()
+            .ok()
+            .and_then(Result::ok)
+            .and_then(Handed::into_delivery)
+        else {
+            return;
+        };
+        let broker = self.broker.clone();
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                if let Err(e) = broker.nack(delivery).await {
+                    debug!(error = %e, "could not give back a delivery nobody took; it will be claimed");
+                }
+            });
+        }
     }
 }
 
@@ -61,7 +126,7 @@ pub(crate) fn spawn(broker: RedisBroker, source: Source, name: String) -> RedisC
         Source::Queue(q) => tracing::debug_span!("redis_consumer", queue = %q, consumer = %name),
     };
     let reader = Reader {
-        broker,
+        broker: broker.clone(),
         source,
         name,
         conn: None,
@@ -71,26 +136,37 @@ pub(crate) fn spawn(broker: RedisBroker, source: Source, name: String) -> RedisC
     };
     // Tracked by ownership: the task ends when the consumer (its request sender) is gone.
     tokio::spawn(reader.run(rx).instrument(span));
-    RedisConsumer { requests: tx }
+    RedisConsumer {
+        requests: tx,
+        broker,
+    }
 }
 
 impl Consumer for RedisConsumer {
     async fn next(&mut self) -> Result<Delivery, BrokerError> {
         let (reply, answer) = oneshot::channel();
+        let awaiting = Awaiting {
+            answer: Some(answer),
+            broker: self.broker.clone(),
+        };
         self.requests
             .send(Request::Next(reply))
             .await
             .map_err(|_| BrokerError::Closed)?;
-        answer.await.map_err(|_| BrokerError::Closed)?
+        awaiting.get().await
     }
 
     async fn try_next(&mut self) -> Result<Option<Delivery>, BrokerError> {
         let (reply, answer) = oneshot::channel();
+        let awaiting = Awaiting {
+            answer: Some(answer),
+            broker: self.broker.clone(),
+        };
         self.requests
             .send(Request::TryNext(reply))
             .await
             .map_err(|_| BrokerError::Closed)?;
-        answer.await.map_err(|_| BrokerError::Closed)?
+        awaiting.get().await
     }
 }
 

@@ -286,7 +286,7 @@ pub(super) fn group_consumer(
         .lock()
         .unwrap_or_else(|e| e.into_inner());
     if let Some(requests) = hubs.get(group).and_then(|h| h.requests.upgrade()) {
-        return RedisConsumer::from_requests(requests);
+        return RedisConsumer::from_requests(requests, broker.clone());
     }
     let (requests, requests_rx) = mpsc::channel(64);
     let (given_back, given_back_rx) = mpsc::channel(HUB_BUFFER);
@@ -309,7 +309,7 @@ pub(super) fn group_consumer(
     let span = tracing::info_span!("redis_pubsub", group = %group);
     // Tracked by ownership: the hub ends when the last consumer (request sender) is gone.
     tokio::spawn(hub.run(requests_rx, given_back_rx).instrument(span));
-    RedisConsumer::from_requests(requests)
+    RedisConsumer::from_requests(requests, broker.clone())
 }
 
 struct Hub {
@@ -495,7 +495,7 @@ pub(super) fn list_consumer(broker: &RedisBroker, queue: &str, list: String) -> 
     let span = tracing::debug_span!("redis_list", queue = %queue);
     // Tracked by ownership: the task ends when the consumer (its request sender) is gone.
     tokio::spawn(reader.run(rx).instrument(span));
-    RedisConsumer::from_requests(requests)
+    RedisConsumer::from_requests(requests, broker.clone())
 }
 
 struct ListReader {
