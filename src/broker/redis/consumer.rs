@@ -391,7 +391,9 @@ impl Reader {
         match reply.first().map(text).as_deref() {
             Some("gone") => Ok(Taken::Gone),
             Some("entry") => {
-                self.claim_streak = claim;
+                // Keep claiming at once only while claims find entries (a claimed entry has
+                // been delivered before); a fresh entry ends the streak.
+                self.claim_streak = claim && reply.get(4).map(int).unwrap_or(1) > 1;
                 match self.delivery(reply, name) {
                     Some(delivery) => Ok(Taken::Entry(delivery)),
                     // Unreadable: settled and skipped; look again at once.
