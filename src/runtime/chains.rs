@@ -154,7 +154,10 @@ struct Instance {
     /// come from the events' times, so the tracker reading steps in batches (later than
     /// they happened) does not skew them.
     reached: Vec<(usize, SystemTime)>,
-    last: Arc<Event>,
+    /// The last step event, kept only when the chain has an `on_timeout` to carry it:
+    /// holding every chain's latest event would keep it alive (and freed here, on the
+    /// tracker's thread) for nothing.
+    last: Option<Arc<Event>>,
     /// The key of its pending timeout in `Tracked::deadlines`.
     deadline: Option<(Instant, u64)>,
 }
@@ -166,6 +169,8 @@ pub(crate) struct ChainTask<B: Broker> {
     pub config: ChainConfig,
     pub source: String,
     pub stats: Arc<ChainStats>,
+    /// Whether instances keep their last step event (only an `on_timeout` needs it).
+    pub keep_last: bool,
 }
 
 /// Starts the tracker of one chain.
@@ -184,6 +189,10 @@ pub(crate) fn spawn<B: Broker>(
 #[derive(Default)]
 struct Tracked {
     instances: HashMap<String, Instance>,
+    /// Durations observed since the last flush into the shared stats (one lock per batch
+    /// of steps rather than one per step): (step, ms) and whole-chain ms.
+    step_samples: Vec<(usize, f64)>,
+    chain_samples: Vec<f64>,
     /// Pending timeouts; an instance removes its own when it completes.
     deadlines: BTreeMap<(Instant, u64), String>,
     seq: u64,
@@ -237,7 +246,7 @@ async fn run_shared<B: Broker>(
                         Ok(expired) => {
                             for e in expired {
                                 let reached = e.reached.iter().filter_map(|i| task.config.steps.get(*i).map(String::as_str)).collect();
-                                task.emit_timeout(&e.correlation, reached, e.waited, &e.last).await;
+                                task.emit_timeout(&e.correlation, reached, e.waited, Some(&e.last)).await;
                             }
                         }
                         Err(e) => {
@@ -353,6 +362,7 @@ async fn run_local<B: Broker>(
                         next = consumer.try_next().await.ok().flatten();
                     }
                 }
+                task.flush_samples(&mut tracked);
                 // Let steps gather before the next read: one wake-up per few hundred steps
                 // under load instead of one per step (durations come from the events'
                 // own times, so this does not skew them).
@@ -365,6 +375,31 @@ async fn run_local<B: Broker>(
 }
 
 impl<B: Broker> ChainTask<B> {
+    /// Moves the durations observed since the last call into the shared stats.
+    fn flush_samples(&self, tracked: &mut Tracked) {
+        if !tracked.step_samples.is_empty() {
+            let mut per_step = self.stats.step_ms.lock().unwrap_or_else(|e| e.into_inner());
+            for (step, ms) in tracked.step_samples.drain(..) {
+                push_sample(per_step.entry(step).or_default(), ms);
+            }
+        }
+        if !tracked.chain_samples.is_empty() {
+            let completed = tracked.chain_samples.len() as u64;
+            let mut durations = self
+                .stats
+                .durations_ms
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            for ms in tracked.chain_samples.drain(..) {
+                push_sample(&mut durations, ms);
+            }
+            drop(durations);
+            // After the durations, so that a reader who sees the count sees its samples.
+            self.stats.completed.fetch_add(completed, Ordering::Relaxed);
+            self.stats.in_flight.fetch_sub(completed, Ordering::Relaxed);
+        }
+    }
+
     /// Follows one step event.
     fn observe(&self, tracked: &mut Tracked, event: Arc<Event>) {
         let Some(step) = self.config.steps.iter().position(|s| *s == event.topic) else {
@@ -390,7 +425,7 @@ impl<B: Broker> ChainTask<B> {
                     Instance {
                         started: now,
                         reached: vec![(0, event.time)],
-                        last: event,
+                        last: self.keep_last.then_some(event),
                         deadline,
                     },
                 );
@@ -400,28 +435,19 @@ impl<B: Broker> ChainTask<B> {
                 let at = event.time;
                 let previous = instance.reached.last().map_or(at, |(_, t)| *t);
                 instance.reached.push((step, at));
-                instance.last = event;
-                {
-                    let mut per_step = self.stats.step_ms.lock().unwrap_or_else(|e| e.into_inner());
-                    push_sample(per_step.entry(step).or_default(), ms_between(previous, at));
+                if self.keep_last {
+                    instance.last = Some(event.clone());
                 }
+                tracked.step_samples.push((step, ms_between(previous, at)));
                 if step + 1 == self.config.steps.len() {
-                    let correlation = instance.last.correlation_id.clone();
+                    let correlation = event.correlation_id.clone();
                     if let Some(done) = tracked.instances.remove(&correlation) {
                         if let Some(key) = done.deadline {
                             tracked.deadlines.remove(&key);
                         }
                         let first = done.reached.first().map_or(at, |(_, t)| *t);
-                        self.stats.completed.fetch_add(1, Ordering::Relaxed);
-                        self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
-                        push_sample(
-                            &mut self
-                                .stats
-                                .durations_ms
-                                .lock()
-                                .unwrap_or_else(|e| e.into_inner()),
-                            ms_between(first, at),
-                        );
+                        // Counted with its duration at the next flush.
+                        tracked.chain_samples.push(ms_between(first, at));
                     }
                 }
             }
@@ -453,7 +479,7 @@ impl<B: Broker> ChainTask<B> {
             .filter_map(|(i, _)| steps.get(*i).map(String::as_str))
             .collect();
         let waited = Instant::now() - instance.started;
-        self.emit_timeout(correlation, reached, waited, &instance.last)
+        self.emit_timeout(correlation, reached, waited, instance.last.as_deref())
             .await;
     }
 
@@ -463,10 +489,10 @@ impl<B: Broker> ChainTask<B> {
         correlation: &str,
         reached: Vec<&str>,
         waited: std::time::Duration,
-        last: &Event,
+        last: Option<&Event>,
     ) {
         info!(chain = %self.name, %correlation, reached = ?reached, waited_ms = waited.as_millis() as u64, "chain timed out");
-        let Some(topic) = &self.config.on_timeout else {
+        let (Some(topic), Some(last)) = (&self.config.on_timeout, last) else {
             return;
         };
         let data = json!({
