@@ -7,6 +7,7 @@
 //! trait and never sees a broker's internals. This module depends only on `event` (and the
 //! pure topic-pattern syntax).
 
+pub(crate) mod backoff;
 pub mod memory;
 mod memory_queue;
 pub mod redis;

@@ -228,7 +228,7 @@ impl<B: Broker> SubscriberTask<B> {
                 .history
                 .record(event, &self.name, Some(generation));
         }
-        let mut backoff = crate::broker::redis::outage::BACKOFF_START;
+        let mut backoff = crate::broker::backoff::BACKOFF_START;
         let retry = self.shared.broker.commit_may_fail_transiently();
         let mut effects = Some(effects);
         let committed = loop {
@@ -242,7 +242,7 @@ impl<B: Broker> SubscriberTask<B> {
             };
             match self.shared.broker.commit(delivery.clone(), attempt).await {
                 Err(e) if retry && e.is_transient() && !token.is_cancelled() => {
-                    let pause = crate::broker::redis::outage::jittered(&mut backoff);
+                    let pause = crate::broker::backoff::jittered(&mut backoff);
                     debug!(event = %delivery.event.id, error = %e, retry_in_ms = pause.as_millis() as u64, "commit failed; retrying");
                     tokio::select! {
                         _ = tokio::time::sleep(pause) => {}

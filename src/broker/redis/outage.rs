@@ -1,6 +1,6 @@
 //! What a Redis broker knows about its server being down, shared by every task of the
-//! process (ingest, consumers, the deferred mover, `/healthz`), and the backoff they retry
-//! with.
+//! process (ingest, consumers, the deferred mover, `/healthz`). They retry with
+//! `broker::backoff`.
 //!
 //! The log says when an outage starts (one warning, with the reason), reminds every
 //! `REMIND_EVERY` while it lasts, and says when it ends (with how long it lasted): one line
@@ -18,9 +18,7 @@ use crate::broker::BrokerError;
 /// How often a warning repeats while Redis stays unreachable.
 const REMIND_EVERY: Duration = Duration::from_secs(30);
 
-/// First and longest pause between two retries.
-pub(crate) const BACKOFF_START: Duration = Duration::from_millis(50);
-pub(crate) const BACKOFF_CAP: Duration = Duration::from_secs(2);
+pub(crate) use crate::broker::backoff::{jittered, BACKOFF_START};
 
 #[derive(Default)]
 pub(crate) struct Outage {
@@ -97,43 +95,9 @@ pub(crate) fn describe(error: &BrokerError) -> String {
     }
 }
 
-/// Waits out `backoff` with jitter (a random point in its upper half, so that consumers
-/// failing together do not retry together), then doubles it up to `BACKOFF_CAP`.
-pub(crate) fn jittered(backoff: &mut Duration) -> Duration {
-    let base = *backoff;
-    *backoff = (base * 2).min(BACKOFF_CAP);
-    let half = base / 2;
-    let random = uuid::Uuid::new_v4().as_u128() as u64;
-    let nanos = u64::try_from(half.as_nanos()).unwrap_or(u64::MAX).max(1);
-    half + Duration::from_nanos(random % nanos)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_doubles_to_its_cap_with_jitter_in_the_upper_half() {
-        let mut backoff = BACKOFF_START;
-        let mut seen = Vec::new();
-        for _ in 0..10 {
-            let before = backoff;
-            let pause = jittered(&mut backoff);
-            assert!(
-                pause >= before / 2 && pause <= before,
-                "{pause:?} for {before:?}"
-            );
-            seen.push(before);
-        }
-        assert_eq!(seen[0], Duration::from_millis(50));
-        assert_eq!(seen[1], Duration::from_millis(100));
-        assert_eq!(*seen.last().unwrap(), BACKOFF_CAP);
-        // Two pauses for the same step differ (jitter), almost surely.
-        let pauses: Vec<Duration> = (0..5)
-            .map(|_| jittered(&mut Duration::from_secs(1)))
-            .collect();
-        assert!(pauses.windows(2).any(|w| w[0] != w[1]), "{pauses:?}");
-    }
 
     #[test]
     fn an_outage_is_down_until_a_command_succeeds() {
