@@ -33,7 +33,14 @@ struct State {
     last_warned: Option<Instant>,
     failures: u64,
     reason: String,
+    /// The first success since the outage began. A command sent before Redis went away can
+    /// still succeed just after (a reply already on its way), so one success does not end
+    /// the outage: only successes for `SETTLE` with no failure do.
+    recovering_since: Option<Instant>,
 }
+
+/// How long commands must keep succeeding before an outage counts as over.
+const SETTLE: Duration = Duration::from_millis(500);
 
 impl Outage {
     /// Records a failed command. `what` says who failed ("ingest", "consumer", ...).
@@ -42,6 +49,14 @@ impl Outage {
         let now = Instant::now();
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         state.failures += 1;
+        if let Some(recovering) = state.recovering_since.take() {
+            if now - recovering >= SETTLE {
+                // Up long enough before this failure: that outage was over, this is a new one.
+                state.since = None;
+                state.failures = 1;
+                state.last_warned = None;
+            }
+        }
         match state.since {
             None => {
                 state.since = Some(now);
@@ -64,6 +79,12 @@ impl Outage {
             return;
         }
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        let recovering = *state.recovering_since.get_or_insert(now);
+        if now - recovering < SETTLE {
+            return;
+        }
+        state.recovering_since = None;
         if let Some(since) = state.since.take() {
             self.down.store(false, Ordering::Release);
             info!(
@@ -82,6 +103,10 @@ impl Outage {
             return None;
         }
         let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if state.recovering_since.is_some() {
+            // Commands succeed again (not yet for `SETTLE`): serving.
+            return None;
+        }
         state.since.map(|s| (s.elapsed(), state.reason.clone()))
     }
 }
@@ -114,5 +139,22 @@ mod tests {
         assert!(reason.contains("refused"), "{reason}");
         outage.recovered();
         assert!(outage.down().is_none());
+    }
+
+    #[test]
+    fn a_success_right_after_a_failure_does_not_end_the_outage() {
+        let refused = || BrokerError::Unavailable {
+            source: redis::RedisError::from(std::io::Error::from(
+                std::io::ErrorKind::ConnectionRefused,
+            )),
+        };
+        let outage = Outage::default();
+        outage.failed("mover", &refused());
+        // A reply that was already on its way when Redis went away, then another failure:
+        // the same outage (one warning), not a recovery and a second outage.
+        outage.recovered();
+        outage.failed("consumer", &refused());
+        assert!(outage.down().is_some());
+        assert_eq!(outage.state.lock().unwrap().failures, 2);
     }
 }
