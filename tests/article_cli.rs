@@ -30,13 +30,7 @@ fn start(dir: &FlowDir, server: &RedisServer, args: &[&str]) -> Running {
 /// `edaflow api-server` on a free port; returns it with the address it listens on.
 fn api_server(dir: &FlowDir, server: &RedisServer) -> (Running, SocketAddr) {
     let mut running = start(dir, server, &["api-server", "--listen", "127.0.0.1:0"]);
-    let addr = running.find_in_stderr("`http ingest listening` line", PATIENCE, |line| {
-        let (_, after) = line
-            .split_once("http ingest listening")?
-            .1
-            .split_once("addr=")?;
-        after.split_whitespace().next()?.parse::<SocketAddr>().ok()
-    });
+    let addr = running.listening_addr(PATIENCE);
     (running, addr)
 }
 

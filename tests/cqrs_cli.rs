@@ -50,13 +50,7 @@ fn start(dir: &FlowDir, flow: &str, broker: &str, extra: &[&str]) -> (Running, S
         .args(args)
         .env("EDAFLOW_NAMESPACE", "cqrs-test")
         .spawn();
-    let addr = running.find_in_stderr("`http ingest listening` line", PATIENCE, |line| {
-        let (_, after) = line
-            .split_once("http ingest listening")?
-            .1
-            .split_once("addr=")?;
-        after.split_whitespace().next()?.parse::<SocketAddr>().ok()
-    });
+    let addr = running.listening_addr(PATIENCE);
     (running, addr)
 }
 

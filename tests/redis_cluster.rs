@@ -69,13 +69,7 @@ fn start(dir: &FlowDir, cluster: &RedisCluster, namespace: &str) -> (Running, So
             namespace,
         ])
         .spawn();
-    let addr = running.find_in_stderr("`http ingest listening` line", PATIENCE, |line| {
-        let (_, after) = line
-            .split_once("http ingest listening")?
-            .1
-            .split_once("addr=")?;
-        after.split_whitespace().next()?.parse::<SocketAddr>().ok()
-    });
+    let addr = running.listening_addr(PATIENCE);
     (running, addr)
 }
 

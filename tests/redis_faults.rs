@@ -64,13 +64,7 @@ fn edaflow(dir: &FlowDir, url: &str, extra: &[&str]) -> Edaflow {
 }
 
 fn listening(running: &mut Running) -> SocketAddr {
-    running.find_in_stderr("`http ingest listening` line", PATIENCE, |line| {
-        let (_, after) = line
-            .split_once("http ingest listening")?
-            .1
-            .split_once("addr=")?;
-        after.split_whitespace().next()?.parse::<SocketAddr>().ok()
-    })
+    running.listening_addr(PATIENCE)
 }
 
 fn start(dir: &FlowDir, url: &str, extra: &[&str]) -> (Running, SocketAddr) {

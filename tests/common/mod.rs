@@ -445,6 +445,18 @@ impl Running {
         panic!("no {what} on stderr within {within:?}\n{}", self.dump());
     }
 
+    /// The address of the `http ingest listening … addr=…` line on stderr (the HTTP
+    /// producer's actual address after `--listen 127.0.0.1:0`), or panics after `within`.
+    pub fn listening_addr(&mut self, within: Duration) -> SocketAddr {
+        self.find_in_stderr("`http ingest listening` line", within, |line| {
+            let (_, after) = line
+                .split_once("http ingest listening")?
+                .1
+                .split_once("addr=")?;
+            after.split_whitespace().next()?.parse::<SocketAddr>().ok()
+        })
+    }
+
     /// Waits until stdout satisfies `ready`, or panics at the deadline.
     pub fn wait_stdout(&self, what: &str, within: Duration, ready: impl Fn(&str) -> bool) {
         if !self.stdout.wait_text(Instant::now() + within, ready) {
