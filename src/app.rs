@@ -102,31 +102,16 @@ pub fn main(cli: Cli) -> Result<(), Error> {
             topic,
             data,
             remote,
-        } => {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            rt.block_on(publish(&topic, &data, &remote))
-        }
+        } => client_runtime()?.block_on(publish(&topic, &data, &remote)),
         Command::Query {
             topic,
             data,
             remote,
-        } => {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            rt.block_on(query(&topic, &data, &remote))
-        }
+        } => client_runtime()?.block_on(query(&topic, &data, &remote)),
         Command::Trace {
             correlation_id,
             remote,
-        } => {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            rt.block_on(trace(&correlation_id, &remote))
-        }
+        } => client_runtime()?.block_on(trace(&correlation_id, &remote)),
         Command::Graph {
             flows,
             format,
@@ -136,12 +121,7 @@ pub fn main(cli: Cli) -> Result<(), Error> {
             let prepared = load(&flows)?;
             let counts = match live {
                 None => crate::flow::graph::LiveCounts::default(),
-                Some(url) => {
-                    let rt = tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()?;
-                    rt.block_on(live_counts(&url, token))?
-                }
+                Some(url) => client_runtime()?.block_on(live_counts(&url, token))?,
             };
             let format = match format {
                 crate::cli::GraphFormatArg::Mermaid => crate::flow::graph::GraphFormat::Mermaid,
@@ -153,22 +133,12 @@ pub fn main(cli: Cli) -> Result<(), Error> {
             );
             Ok(())
         }
-        Command::Dead { action } => {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            rt.block_on(dead(action))
-        }
+        Command::Dead { action } => client_runtime()?.block_on(dead(action)),
         Command::Tail {
             pattern,
             json,
             remote,
-        } => {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            rt.block_on(tail(&pattern, json, &remote))
-        }
+        } => client_runtime()?.block_on(tail(&pattern, json, &remote)),
     }
 }
 
@@ -818,6 +788,14 @@ fn percent_encode(text: &str) -> String {
         }
     }
     out
+}
+
+/// The single-threaded runtime the client commands (publish, query, trace, dead, tail,
+/// graph --live) run their one request on.
+fn client_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
 }
 
 #[cfg(test)]
