@@ -169,8 +169,6 @@ pub(crate) struct ChainTask<B: Broker> {
     pub config: ChainConfig,
     pub source: String,
     pub stats: Arc<ChainStats>,
-    /// Whether instances keep their last step event (only an `on_timeout` needs it).
-    pub keep_last: bool,
 }
 
 /// Starts the tracker of one chain.
@@ -375,6 +373,11 @@ async fn run_local<B: Broker>(
 }
 
 impl<B: Broker> ChainTask<B> {
+    /// Whether instances keep their last step event: only an `on_timeout` needs it.
+    fn keeps_last(&self) -> bool {
+        self.config.on_timeout.is_some()
+    }
+
     /// Moves the durations observed since the last call into the shared stats.
     fn flush_samples(&self, tracked: &mut Tracked) {
         if !tracked.step_samples.is_empty() {
@@ -425,7 +428,7 @@ impl<B: Broker> ChainTask<B> {
                     Instance {
                         started: now,
                         reached: vec![(0, event.time)],
-                        last: self.keep_last.then_some(event),
+                        last: self.keeps_last().then_some(event),
                         deadline,
                     },
                 );
@@ -435,7 +438,7 @@ impl<B: Broker> ChainTask<B> {
                 let at = event.time;
                 let previous = instance.reached.last().map_or(at, |(_, t)| *t);
                 instance.reached.push((step, at));
-                if self.keep_last {
+                if self.keeps_last() {
                     instance.last = Some(event.clone());
                 }
                 tracked.step_samples.push((step, ms_between(previous, at)));

@@ -839,7 +839,6 @@ impl<B: Broker> Runtime<B> {
             config: config.clone(),
             source: format!("edaflow://{flow}/chains/{name}"),
             stats: self.shared.metrics.chain(name, &config.steps),
-            keep_last: config.on_timeout.is_some(),
         };
         chains::spawn(task, &tracker, &token)?;
         self.chains.insert(
