@@ -570,4 +570,12 @@ pub trait Consumer: Send + 'static {
 
     /// The next delivery if one is ready now, without waiting (queues with `poll`).
     fn try_next(&mut self) -> impl Future<Output = Result<Option<Delivery>, BrokerError>> + Send;
+
+    /// Gives back whatever the consumer took ahead and has not handed out (a consumer that
+    /// reads in batches), so that a stopping worker leaves nothing pending with it. Called
+    /// by a worker as it stops; a consumer dropped without it gives back on its own, as
+    /// far as the process lives on.
+    fn close(&mut self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
 }

@@ -98,12 +98,13 @@ async fn run_polling_worker<B: Broker>(
     loop {
         tokio::select! {
             biased;
-            _ = token.cancelled() => return,
+            _ = token.cancelled() => break,
             _ = ticks.tick() => {}
         }
         let mut taken = 0usize;
         loop {
             if token.is_cancelled() {
+                consumer.close().await;
                 return;
             }
             if task.per_poll.is_some_and(|most| taken >= most) {
@@ -120,6 +121,7 @@ async fn run_polling_worker<B: Broker>(
             }
         }
     }
+    consumer.close().await;
 }
 
 async fn run_worker<B: Broker>(
@@ -141,6 +143,7 @@ async fn run_worker<B: Broker>(
             }
         }
     }
+    consumer.close().await;
 }
 
 /// Why a commit did not happen.

@@ -17,6 +17,7 @@
 //! task, so that `tap()` (synchronous) can return only once the subscription is in place:
 //! every event accepted after `tap()` returns is seen, in the order Redis accepted them.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -40,6 +41,8 @@ pub(crate) enum Source {
 pub(super) enum Request {
     Next(oneshot::Sender<Result<Delivery, BrokerError>>),
     TryNext(oneshot::Sender<Result<Option<Delivery>, BrokerError>>),
+    /// Give back what was taken ahead, then answer.
+    Close(oneshot::Sender<()>),
 }
 
 /// One consumer of a Redis group or queue (see the module docs).
@@ -133,6 +136,7 @@ pub(crate) fn spawn(broker: RedisBroker, source: Source, name: String) -> RedisC
         next_claim: Instant::now(),
         claim_streak: false,
         next_refresh: Instant::now(),
+        taken: VecDeque::new(),
     };
     // Tracked by ownership: the task ends when the consumer (its request sender) is gone.
     tokio::spawn(reader.run(rx).instrument(span));
@@ -168,6 +172,23 @@ impl Consumer for RedisConsumer {
             .map_err(|_| BrokerError::Closed)?;
         awaiting.get().await
     }
+
+    async fn close(&mut self) {
+        let (reply, done) = oneshot::channel();
+        if self.requests.send(Request::Close(reply)).await.is_ok() {
+            let _ = done.await;
+        }
+    }
+}
+
+impl Taken {
+    /// Nothing handed out, but look again at once.
+    fn again() -> Taken {
+        Taken::Wait {
+            next_due: Some(Duration::ZERO),
+            keys: Vec::new(),
+        }
+    }
 }
 
 enum Taken {
@@ -190,10 +211,19 @@ struct Reader {
     /// The last take claimed an entry: look for more at once.
     claim_streak: bool,
     next_refresh: Instant,
+    /// Entries taken by the last script run and not yet handed out (they are this
+    /// consumer's in Redis already; given back when the consumer goes away).
+    taken: VecDeque<Delivery>,
 }
 
 /// How often a group consumer re-checks which topic streams its group reads.
 const REFRESH_EVERY: Duration = Duration::from_secs(2);
+
+/// Most entries one take hands to a consumer: one script run and round trip per this many
+/// events under load. A consumer takes ahead only when at least this many wait (otherwise
+/// one), so a short backlog is shared among consumers, and `stats` counts as in flight only
+/// what is being handled, unless under load.
+const PREFETCH: usize = 16;
 
 impl Reader {
     async fn run(mut self, mut requests: mpsc::Receiver<Request>) {
@@ -222,7 +252,18 @@ impl Reader {
                         self.give_back(delivery).await;
                     }
                 }
+                Request::Close(reply) => {
+                    while let Some(delivery) = self.taken.pop_front() {
+                        self.give_back(delivery).await;
+                    }
+                    let _ = reply.send(());
+                }
             }
+        }
+        // The consumer is gone: what it took and never handed out goes back at once
+        // (rather than waiting out `claim_idle` for another consumer to claim it).
+        while let Some(delivery) = self.taken.pop_front() {
+            self.give_back(delivery).await;
         }
     }
 
@@ -343,6 +384,9 @@ impl Reader {
     }
 
     async fn take(&mut self) -> Result<Taken, BrokerError> {
+        if let Some(delivery) = self.taken.pop_front() {
+            return Ok(Taken::Entry(delivery));
+        }
         let now = Instant::now();
         let options = &self.broker.inner.options;
         let claim = self.claim_streak || now >= self.next_claim;
@@ -368,6 +412,7 @@ impl Reader {
                     .arg(&**group)
                     .arg(&self.name)
                     .arg(&idle)
+                    .arg(PREFETCH)
                     .invoke_async(&mut self.broker.conn())
                     .await
                     .map_err(unavailable)?;
@@ -381,6 +426,7 @@ impl Reader {
                     .arg(&self.name)
                     .arg(&idle)
                     .arg(options.mover_batch)
+                    .arg(PREFETCH)
                     .invoke_async(&mut self.broker.conn())
                     .await
                     .map_err(unavailable)?;
@@ -393,15 +439,33 @@ impl Reader {
             Some("entry") => {
                 // Keep claiming at once only while claims find entries (a claimed entry has
                 // been delivered before); a fresh entry ends the streak.
-                self.claim_streak = claim && reply.get(4).map(int).unwrap_or(1) > 1;
-                match self.delivery(reply, name) {
+                let count = reply.get(4).map(int).unwrap_or(1);
+                self.claim_streak = claim && count > 1;
+                let (Some(kind), Some(id), Some(fields)) =
+                    (reply.get(1), reply.get(2), reply.get(3))
+                else {
+                    return Ok(Taken::again());
+                };
+                match self.delivery(&text(kind), id, fields, count, name) {
                     Some(delivery) => Ok(Taken::Entry(delivery)),
                     // Unreadable: settled and skipped; look again at once.
-                    None => Ok(Taken::Wait {
-                        next_due: Some(Duration::ZERO),
-                        keys: Vec::new(),
-                    }),
+                    None => Ok(Taken::again()),
                 }
+            }
+            Some("entries") => {
+                self.claim_streak = false;
+                let kind = reply.get(1).map(text).unwrap_or_default();
+                for pair in reply.get(2..).unwrap_or_default().chunks(2) {
+                    if let [id, fields] = pair {
+                        if let Some(delivery) = self.delivery(&kind, id, fields, 1, name.clone()) {
+                            self.taken.push_back(delivery);
+                        }
+                    }
+                }
+                Ok(match self.taken.pop_front() {
+                    Some(delivery) => Taken::Entry(delivery),
+                    None => Taken::again(),
+                })
             }
             _ => {
                 self.claim_streak = false;
@@ -423,15 +487,21 @@ impl Reader {
         }
     }
 
-    /// Builds a delivery from an `entry` reply: kind, id, fields, delivery count.
-    fn delivery(&self, reply: &[Value], group: Arc<str>) -> Option<Delivery> {
-        let kind = reply.get(1).map(text)?;
-        let id = reply.get(2).map(text)?;
-        let count = reply.get(4).map(int).unwrap_or(1).max(1);
+    /// Builds a delivery from an entry: its kind, id, fields and delivery count.
+    fn delivery(
+        &self,
+        kind: &str,
+        id: &Value,
+        fields: &Value,
+        count: i64,
+        group: Arc<str>,
+    ) -> Option<Delivery> {
+        let id = text(id);
+        let count = count.max(1);
         let mut json = String::new();
         let mut earlier = 0i64;
         let mut origin = (String::new(), String::new());
-        for pair in reply.get(3).map(items).unwrap_or_default().chunks(2) {
+        for pair in items(fields).chunks(2) {
             let (Some(field), Some(value)) = (pair.first(), pair.get(1)) else {
                 continue;
             };

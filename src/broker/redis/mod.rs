@@ -27,7 +27,7 @@
 //! | `P c:{chain}:…` | hashes, zset, lists | tracked chain instances and counters (see `chains`) |
 //! | `P h:{correlation}`, `P h:index` | list, zset | the journey history (see `history`) |
 //! | `P seq` | counter | orders events across streams and equal due times |
-//! | channel `P tap` | pub/sub | every accepted event and queue item, for taps |
+//! | channel `P tap` | pub/sub | every accepted event and queue item, while a tap listens |
 //! | channel `{topic}` | pub/sub | raw payloads of a `pubsub` topic (no prefix; see `wire`) |
 //! | `{list}` | list | raw payloads of a queue declared `list = "…"` (no prefix; see `wire`) |
 //!
@@ -44,8 +44,9 @@
 //! commit leaves nothing to redo. So the effects of one handler run land exactly once,
 //! even though the handler may run more than once.
 //!
-//! The commit is idempotent: the script first checks that the entry is still pending for
-//! its group, and applies nothing (`settled`) when it is not. That covers a commit whose
+//! The commit is idempotent: the script acks the entry first and applies nothing
+//! (`settled`) when it was no longer pending for its group (a commit that enqueues checks
+//! that before the queues' capacity, since a full queue leaves the entry pending). That covers a commit whose
 //! reply was lost (a response timeout while Redis stalled, a dropped connection): the
 //! command may have run, so the caller retries it, and the retry changes nothing. It also
 //! covers a handler slower than `claim_idle`, claimed and run again by another consumer:
@@ -68,10 +69,19 @@
 //! logged once for the process (see `outage`). `connect` alone does not retry: a Redis
 //! that is not there at startup is an error for the caller.
 //!
+//! # Batching
+//!
+//! Publishes, commits and enqueues of a process go to Redis together: one script run
+//! carries every operation waiting at that moment (see `batch`), each still atomic on its
+//! own. A consumer takes up to 16 entries in one run when at least that many wait for its
+//! group (fewer waiting: one), holds them for its next `next()` calls, and gives back
+//! what it has not handed out when its worker stops (`Consumer::close`) or it is dropped.
+//!
 //! # Ordering
 //!
 //! Event ids are `{server ms}-{global sequence}`, so a group reading several topic streams
 //! takes the earliest entry over all of them: one consumer sees events in publish order.
+//! (The sequence is reserved 64 numbers at a time per script run; ids have gaps.)
 //!
 //! # Capacity
 //!
@@ -93,6 +103,7 @@
 //! the loopback (the synchronous `stats`, `scheduled` and `queue_stats` of the trait use a
 //! blocking connection), or trim an entry a group has not read.
 
+mod batch;
 mod chains;
 mod cluster;
 mod consumer;
@@ -197,6 +208,8 @@ struct Inner {
     outage: outage::Outage,
     /// The article's wire format: pub/sub topics and plain-list queues.
     wire: wire::Wire,
+    /// Where publishes, commits and enqueues go to be run in batches (see `batch`).
+    batcher: batch::Batcher,
 }
 
 /// Maps a Redis failure to the broker boundary.
@@ -332,7 +345,9 @@ impl RedisBroker {
         )
         .await
         .map_err(unavailable)?;
+        let batcher = batch::Batcher::start(node.clone(), prefix.clone());
         let inner = Arc::new(Inner {
+            batcher,
             stores: Arc::new(stores::RedisStores::new(node.clone(), prefix.clone())),
             node,
             url: url.clone(),
@@ -616,40 +631,35 @@ impl RedisBroker {
             .chain(effects.dead_letter.iter())
             .map(|e| e.topic.as_str());
         self.ensure_topics(topics).await?;
-        let mut invocation = scripts::COMMIT.prepare_invoke();
-        invocation.arg(&self.inner.prefix);
+        let mut op = batch::OpArgs::new("c");
         for part in ack {
-            invocation.arg(part);
+            op.text(part);
         }
-        invocation.arg(effects.publish.len());
+        op.num(effects.publish.len());
         for event in &effects.publish {
-            invocation.arg(&event.topic).arg(wire_json(event));
+            op.text(&event.topic).owned(wire_json(event));
         }
-        invocation.arg(effects.deferred.len());
+        op.num(effects.deferred.len());
         for (event, delay) in &effects.deferred {
-            invocation
-                .arg(&event.topic)
-                .arg(delay_ms(*delay)?)
-                .arg(wire_json(event));
+            op.text(&event.topic)
+                .num(delay_ms(*delay)?)
+                .owned(wire_json(event));
         }
-        invocation.arg(effects.enqueue.len());
+        op.num(effects.enqueue.len());
         for (queue, item, delay) in &effects.enqueue {
-            invocation
-                .arg(queue)
-                .arg(delay_ms(*delay)?)
-                .arg(wire_json(item));
+            op.text(queue).num(delay_ms(*delay)?).owned(wire_json(item));
         }
         match &effects.dead_letter {
-            Some(dead) => invocation.arg(&dead.topic).arg(wire_json(dead)),
-            None => invocation.arg("").arg(""),
+            Some(dead) => op.text(&dead.topic).owned(wire_json(dead)),
+            None => op.text("").text(""),
         };
-        invocation.arg(effects.store_writes.len());
+        op.num(effects.store_writes.len());
         for write in &effects.store_writes {
-            invocation.arg(&write.store).arg(&write.key);
+            op.text(&write.store).text(&write.key);
             match &write.op {
-                StoreOp::Set(value) => invocation.arg("s").arg(value.to_string()),
-                StoreOp::Remove => invocation.arg("r").arg(""),
-                StoreOp::Incr(n) => invocation.arg("i").arg(*n),
+                StoreOp::Set(value) => op.text("s").owned(value.to_string()),
+                StoreOp::Remove => op.text("r").text(""),
+                StoreOp::Incr(n) => op.text("i").num(n),
             };
         }
         match effects
@@ -657,15 +667,10 @@ impl RedisBroker {
             .as_ref()
             .and_then(|r| Some((replies::route(&self.inner.prefix, &r.to)?, &r.result)))
         {
-            Some(((channel, id), answer)) => {
-                invocation.arg(channel).arg(replies::payload(&id, answer))
-            }
-            None => invocation.arg("").arg(""),
+            Some(((channel, id), answer)) => op.owned(channel).owned(replies::payload(&id, answer)),
+            None => op.text("").text(""),
         };
-        let reply: Value = invocation
-            .invoke_async(&mut self.conn())
-            .await
-            .map_err(unavailable)?;
+        let reply = self.inner.batcher.run(op).await?;
         let reply = items(&reply);
         match reply.first().map(text).as_deref() {
             Some("ok") => Ok(()),
@@ -1012,15 +1017,9 @@ impl Broker for RedisBroker {
             .unwrap_or_default();
         let mut backoff = Duration::from_millis(1);
         loop {
-            let reply: Value = scripts::PUBLISH
-                .prepare_invoke()
-                .arg(&self.inner.prefix)
-                .arg(&event.topic)
-                .arg(&json)
-                .arg(&capacity)
-                .invoke_async(&mut self.conn())
-                .await
-                .map_err(unavailable)?;
+            let mut op = batch::OpArgs::new("p");
+            op.text(&event.topic).text(&json).text(&capacity);
+            let reply = self.inner.batcher.run(op).await?;
             let reply = items(&reply);
             if reply.first().map(text).as_deref() != Some("full") {
                 return Ok(());

@@ -4,8 +4,9 @@
 //! entry to exactly one consumer.
 //!
 //! Every script gets the key prefix (`edaflow:{ns}:`) as `ARGV[1]` and builds its key
-//! names from it (see the key layout in the parent module). That is fine on one Redis; a
-//! Redis Cluster needs the keys declared and hash-tagged, which is not done yet.
+//! names from it (see the key layout in the parent module). Every key carries the
+//! namespace's hash tag, so on a Redis Cluster all of them live in the slot of the master
+//! the broker talks to (see `cluster`).
 //!
 //! Replies are arrays whose first element says what happened (`ok`, `full`, `gone`,
 //! `entry`, `wait`, ...), so no error string has to be parsed.
@@ -17,18 +18,45 @@ use redis::Script;
 /// Helpers shared by the scripts (prepended to each).
 const PRELUDE: &str = r#"
 local P = ARGV[1]
+-- The server clock, read once per script run (a run is one atomic instant anyway).
+local clock_s, clock_us = nil, nil
+local function read_clock()
+  if not clock_s then
+    local t = redis.call('TIME')
+    clock_s, clock_us = tonumber(t[1]), tonumber(t[2])
+  end
+end
 local function now_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  read_clock()
+  return clock_s * 1000 + math.floor(clock_us / 1000)
 end
 local function fmt(n) return string.format('%.0f', n) end
 -- When something `delay` ms from now falls due: never before the delay has fully passed,
 -- though the clock is read in whole ms.
 local function due_at(delay)
-  local t = redis.call('TIME')
-  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  if delay <= 0 then return now end
-  return tonumber(t[1]) * 1000 + math.ceil(tonumber(t[2]) / 1000) + delay
+  read_clock()
+  if delay <= 0 then return now_ms() end
+  return clock_s * 1000 + math.ceil(clock_us / 1000) + delay
+end
+-- The namespace's global sequence (event ids, item order), reserved 64 at a time: one
+-- INCRBY per script run instead of one INCR per event. Unused numbers are just gaps.
+local seq_next, seq_left = 0, 0
+local function next_seq()
+  if seq_left == 0 then
+    seq_next = redis.call('INCRBY', P .. 'seq', 64) - 63
+    seq_left = 64
+  end
+  local s = seq_next
+  seq_next = seq_next + 1
+  seq_left = seq_left - 1
+  return s
+end
+-- Shows an accepted event to taps (`edaflow tail`, `edaflow test`): published only when
+-- someone listens, which is asked once per script run.
+local tapped = nil
+local function tap(json)
+  if tapped == nil then tapped = redis.call('PUBSUB', 'NUMSUB', P .. 'tap')[2] > 0 end
+  if tapped then redis.call('PUBLISH', P .. 'tap', json) end
 end
 local function id_parts(id)
   local dash = string.find(id, '-', 1, true)
@@ -70,13 +98,13 @@ end
 -- appended before it on any topic (server ms + one global sequence), and shows it to taps.
 local function append_event(topic, json, now)
   local key = P .. 't:' .. topic
-  local id = fmt(now) .. '-' .. redis.call('INCR', P .. 'seq')
+  local id = fmt(now) .. '-' .. fmt(next_seq())
   local added = redis.pcall('XADD', key, id, 'e', json)
   if type(added) == 'table' and added.err then
     -- The clock went back: let Redis pick an id after the last one.
     added = redis.call('XADD', key, '*', 'e', json)
   end
-  redis.call('PUBLISH', P .. 'tap', json)
+  tap(json)
   return added
 end
 local function wake(key)
@@ -121,40 +149,41 @@ local function claim_one(kind, key, group, me, idle)
   if #entries > 0 and entries[1] then return entry_reply(kind, key, group, entries[1]) end
   return nil
 end
--- A new entry ('>') is on its first delivery to the group: no need to ask XPENDING.
-local function read_one(kind, key, group, me)
-  local got = redis.pcall('XREADGROUP', 'GROUP', group, me, 'COUNT', 1, 'STREAMS', key, '>')
+-- Up to `n` new entries ('>'): each on its first delivery to the group, so no need to ask
+-- XPENDING. Reply: 'entries', kind, then (id, fields) pairs.
+local function read_n(kind, key, group, me, n)
+  local got = redis.pcall('XREADGROUP', 'GROUP', group, me, 'COUNT', n, 'STREAMS', key, '>')
   if type(got) ~= 'table' or got.err then return nil end
-  local entry = got[1][2][1]
-  return {'entry', kind, entry[1], entry[2], 1}
+  local out = {'entries', kind}
+  for _, entry in ipairs(got[1][2]) do
+    table.insert(out, entry[1])
+    table.insert(out, entry[2])
+  end
+  if #out == 2 then return nil end
+  return out
+end
+-- As `read_n`, for a stream that acks by deleting (inbox, ready, back): skipped at once
+-- when empty, and taking `n` only when at least `n` wait (else one).
+local function read_n_waiting(kind, key, group, me, n)
+  local waiting = waiting_in(key, group)
+  if waiting == 0 then return nil end
+  if waiting < tonumber(n) then n = 1 end
+  return read_n(kind, key, group, me, n)
+end
+-- As `read_n`, for a topic stream: `n` only when at least `n` wait for the group (a
+-- consumer takes ahead only under load, so that others share a short backlog).
+local function read_n_lagging(kind, key, group, me, n)
+  if tonumber(n) > 1 then
+    local info = group_info(key, group)
+    if not (info and info['lag'] and info['lag'] >= tonumber(n)) then n = 1 end
+  end
+  return read_n(kind, key, group, me, n)
 end
 "#;
 
 pub(super) fn script(body: &str) -> Script {
     Script::new(&format!("{PRELUDE}\n{body}"))
 }
-
-/// `publish`: ARGV P, topic, json, capacity ('' for none). Fails with `full` when a group
-/// reading the topic's stream already has `capacity` entries waiting.
-pub static PUBLISH: LazyLock<Script> = LazyLock::new(|| {
-    script(
-        r#"
-local topic, json, cap = ARGV[2], ARGV[3], ARGV[4]
-local key = P .. 't:' .. topic
-if cap ~= '' and redis.call('EXISTS', key) == 1 then
-  cap = tonumber(cap)
-  local groups = redis.call('XINFO', 'GROUPS', key)
-  for _, g in ipairs(groups) do
-    local info = {}
-    for i = 1, #g, 2 do info[g[i]] = g[i + 1] end
-    if lag_of(key, info, cap) >= cap then return {'full', info['name']} end
-  end
-end
-append_event(topic, json, now_ms())
-return {'ok'}
-"#,
-    )
-});
 
 /// `ensure`: ARGV P, group, start id ('$' or an id), stream keys... Creates the group's
 /// XGROUP on each stream that lacks it (never for a group that no longer exists) and
@@ -185,14 +214,14 @@ return created
     )
 });
 
-/// `take`: ARGV P, group, consumer, claim idle ms ('' for no claim). The next entry of a
-/// topic group for this consumer: claimed from a dead consumer, else the inbox (nacked and
-/// inherited entries), else the earliest undelivered entry over all the group's streams.
-/// Otherwise `wait` with the (key, id) pairs to block on.
+/// `take`: ARGV P, group, consumer, claim idle ms ('' for no claim), most to take. The next
+/// entries of a topic group for this consumer: one claimed from a dead consumer, else the
+/// inbox's (nacked and inherited entries), else undelivered ones from the stream with the
+/// earliest. Otherwise `wait` with the (key, id) pairs to block on.
 pub static TAKE: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
-local group, me, idle = ARGV[2], ARGV[3], ARGV[4]
+local group, me, idle, n = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 if redis.call('HEXISTS', P .. 'groups', group) == 0 then return {'gone'} end
 local inbox = P .. 'g:' .. group .. ':inbox'
 local streams = redis.call('HKEYS', P .. 'gs:' .. group)
@@ -204,11 +233,11 @@ if idle ~= '' then
     if got then return got end
   end
 end
-local got = read_one('i', inbox, group, me)
+local got = read_n_waiting('i', inbox, group, me, n)
 if got then return got end
 -- One stream (the common case): its next entry is the earliest; no need to compare heads.
 if #streams == 1 then
-  got = read_one('t', streams[1], group, me)
+  got = read_n_lagging('t', streams[1], group, me, n)
   if got then return got end
 end
 local waits = {P .. 'g:' .. group .. ':wake', last_id(P .. 'g:' .. group .. ':wake')}
@@ -230,7 +259,7 @@ for _, key in ipairs(streams) do
   end
 end
 if best_key then
-  got = read_one('t', best_key, group, me)
+  got = read_n_lagging('t', best_key, group, me, n)
   if got then return got end
 end
 return {'wait', '', waits}
@@ -238,13 +267,13 @@ return {'wait', '', waits}
     )
 });
 
-/// `take_queue`: ARGV P, queue, consumer, claim idle ms ('' for none), mover batch. Moves
-/// due items to the ready stream, then hands out: a claimed item, else a given-back one,
-/// else the next ready one. Otherwise `wait` with the ms until the next item falls due.
+/// `take_queue`: ARGV P, queue, consumer, claim idle ms ('' for none), mover batch, most to
+/// take. Moves due items to the ready stream, then hands out: a claimed item, else given-back
+/// ones, else the next ready ones. Otherwise `wait` with the ms until the next item falls due.
 pub static TAKE_QUEUE: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
-local queue, me, idle, batch = ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
+local queue, me, idle, batch, n = ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5]), ARGV[6]
 if redis.call('HEXISTS', P .. 'queues', queue) == 0 then return {'gone'} end
 local q = P .. 'q:' .. queue
 local now = now_ms()
@@ -255,9 +284,9 @@ if idle ~= '' then
   got = claim_one('r', q .. ':ready', 'workers', me, idle)
   if got then return got end
 end
-local got = read_one('b', q .. ':back', 'workers', me)
+local got = read_n_waiting('b', q .. ':back', 'workers', me, n)
 if got then return got end
-got = read_one('r', q .. ':ready', 'workers', me)
+got = read_n_waiting('r', q .. ':ready', 'workers', me, n)
 if got then return got end
 local next_due = ''
 local first = redis.call('ZRANGE', q .. ':sched', 0, 0, 'WITHSCORES')
@@ -275,9 +304,16 @@ return {'wait', next_due, waits}
     )
 });
 
-/// `commit`: one handler run's effects and the ack of what it handled, all or nothing.
+/// `batch`: ARGV P, n, then n operations, each a kind and its arguments; replies with one
+/// result per operation, in order. Every publish, commit and enqueue of a process goes
+/// through it (see `batch`), so that one script run carries what many callers wait on.
+/// Operations are independent: one refused (a full group or queue) does not stop the next.
 ///
-/// ARGV: P, ack kind (t|i|r|b|-), ack key, ack group, ack id, then
+/// `p` publish: topic, json, capacity ('' for none). Replies `full` and the group when a
+/// group reading the topic already has `capacity` entries waiting (counting this run's).
+///
+/// `c` commit: one handler run's effects and the ack of what it handled, all or nothing.
+/// Arguments: ack kind (t|i|r|b|-), ack key, ack group, ack id, then
 /// n, n × (topic, json) to publish; n, n × (topic, delay ms, json) to publish later;
 /// n, n × (queue, delay ms, json) to enqueue; dead topic ('' for none), dead json;
 /// n, n × (store, key, op s|r|i, JSON value or integer) to write; reply channel ('' for
@@ -285,95 +321,139 @@ return {'wait', next_due, waits}
 /// A commit whose entry is no longer pending for its group applies nothing and replies
 /// `settled`: it ran already (a retry after a lost reply) or another consumer settled the
 /// entry.
-pub static COMMIT: LazyLock<Script> = LazyLock::new(|| {
+pub static BATCH: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
-if ARGV[2] ~= '-' then
-  local p = redis.pcall('XPENDING', ARGV[3], ARGV[4], ARGV[5], ARGV[5], 1)
-  if type(p) ~= 'table' or p.err or #p == 0 then return {'settled'} end
-end
-local i = 6
+local i = 3
 local function take_n() local n = tonumber(ARGV[i]); i = i + 1; return n end
-local publish, deferred, enqueue = {}, {}, {}
-for _ = 1, take_n() do table.insert(publish, {ARGV[i], ARGV[i + 1]}); i = i + 2 end
-for _ = 1, take_n() do table.insert(deferred, {ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2]}); i = i + 3 end
-for _ = 1, take_n() do table.insert(enqueue, {ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2]}); i = i + 3 end
-local dead_topic, dead_json = ARGV[i], ARGV[i + 1]
-i = i + 2
-local writes = {}
-for _ = 1, take_n() do table.insert(writes, {ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]}); i = i + 4 end
-local reply_channel, reply_payload = ARGV[i], ARGV[i + 1]
-
-local per_queue = {}
-for _, item in ipairs(enqueue) do per_queue[item[1]] = (per_queue[item[1]] or 0) + 1 end
-for queue, n in pairs(per_queue) do
-  local cap = redis.call('HGET', P .. 'queues', queue)
-  if not cap then return {'unknown_queue', queue} end
-  if cap ~= '' and queue_depth(queue) + n > tonumber(cap) then
-    return {'queue_full', queue, cap}
-  end
-end
-
-local now = now_ms()
-for _, e in ipairs(publish) do append_event(e[1], e[2], now) end
-for _, e in ipairs(deferred) do
-  local member = string.format('%020d', redis.call('INCR', P .. 'seq')) .. '\n' .. e[1] .. '\n' .. e[3]
-  redis.call('ZADD', P .. 'deferred', fmt(due_at(e[2])), member)
-  local first = redis.call('ZRANGE', P .. 'deferred', 0, 0)
-  if first[1] == member then wake(P .. 'deferred:wake') end
-end
-for _, e in ipairs(enqueue) do
-  local q = P .. 'q:' .. e[1]
-  local member = string.format('%020d', redis.call('INCR', P .. 'seq')) .. '\n' .. e[3]
-  redis.call('ZADD', q .. ':sched', fmt(due_at(e[2])), member)
-  redis.call('PUBLISH', P .. 'tap', e[3])
-  if e[2] <= 0 then
-    move_due(e[1], now, 100)
-  else
-    local first = redis.call('ZRANGE', q .. ':sched', 0, 0)
-    if first[1] == member then wake(q .. ':wake') end
-  end
-end
-if dead_topic ~= '' then
-  redis.call('XADD', P .. 'dead', '*', 'e', dead_json)
-  append_event(dead_topic, dead_json, now)
-end
--- Store writes, in the order the handler made them: `s` set (JSON), `r` remove, `i` add
--- to an integer (a missing or non-integer value counts as 0; overflow saturates).
-for _, w in ipairs(writes) do
-  local h, k, op, v = P .. 's:' .. w[1], w[2], w[3], w[4]
-  if op == 'r' then
-    redis.call('HDEL', h, k)
-    redis.call('ZREM', h .. ':keys', k)
-  else
-    if op == 's' then
-      redis.call('HSET', h, k, v)
-    else
-      local cur = redis.call('HGET', h, k)
-      if cur and string.match(cur, '^%-?%d+$') then
-        local added = redis.pcall('HINCRBY', h, k, v)
-        if type(added) == 'table' and added.err then
-          if string.sub(v, 1, 1) == '-' then
-            redis.call('HSET', h, k, '-9223372036854775808')
-          else
-            redis.call('HSET', h, k, '9223372036854775807')
-          end
+-- Per topic, over this run: the lag of its most-behind group, and that group.
+local behind = {}
+local function publish_op()
+  local topic, json, cap = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  i = i + 3
+  if cap ~= '' then
+    local key = P .. 't:' .. topic
+    local most = behind[topic]
+    if most == nil then
+      most = {-1, ''}
+      if redis.call('EXISTS', key) == 1 then
+        for _, g in ipairs(redis.call('XINFO', 'GROUPS', key)) do
+          local info = {}
+          for j = 1, #g, 2 do info[g[j]] = g[j + 1] end
+          local lag = lag_of(key, info, tonumber(cap))
+          if lag > most[1] then most = {lag, info['name']} end
         end
-      else
-        redis.call('HSET', h, k, v)
       end
+      behind[topic] = most
     end
-    redis.call('ZADD', h .. ':keys', 0, k)
+    if most[1] >= tonumber(cap) then return {'full', most[2]} end
+    -- This event adds one to every group's lag.
+    if most[1] >= 0 then most[1] = most[1] + 1 end
   end
+  append_event(topic, json, now_ms())
+  return {'ok'}
 end
-if reply_channel ~= '' then redis.call('PUBLISH', reply_channel, reply_payload) end
+local function commit_op()
+  local kind, key, group, id = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  i = i + 4
+  local publish, deferred, enqueue = {}, {}, {}
+  for _ = 1, take_n() do table.insert(publish, {ARGV[i], ARGV[i + 1]}); i = i + 2 end
+  for _ = 1, take_n() do table.insert(deferred, {ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2]}); i = i + 3 end
+  for _ = 1, take_n() do table.insert(enqueue, {ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2]}); i = i + 3 end
+  local dead_topic, dead_json = ARGV[i], ARGV[i + 1]
+  i = i + 2
+  local writes = {}
+  for _ = 1, take_n() do table.insert(writes, {ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]}); i = i + 4 end
+  local reply_channel, reply_payload = ARGV[i], ARGV[i + 1]
+  i = i + 2
 
-local kind, key, group, id = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-if kind ~= '-' then
-  redis.pcall('XACK', key, group, id)
-  if kind ~= 't' then redis.call('XDEL', key, id) end
+  -- The guard: an entry no longer pending for its group was settled already (this commit
+  -- ran before and its reply was lost, or another consumer settled it): apply nothing.
+  -- XACK's own answer is the guard, except when queues must be checked first (a full queue
+  -- leaves the entry pending, to be retried).
+  if kind ~= '-' and #enqueue > 0 then
+    local p = redis.pcall('XPENDING', key, group, id, id, 1)
+    if type(p) ~= 'table' or p.err or #p == 0 then return {'settled'} end
+  end
+
+  local per_queue = {}
+  for _, item in ipairs(enqueue) do per_queue[item[1]] = (per_queue[item[1]] or 0) + 1 end
+  for queue, n in pairs(per_queue) do
+    local cap = redis.call('HGET', P .. 'queues', queue)
+    if not cap then return {'unknown_queue', queue} end
+    if cap ~= '' and queue_depth(queue) + n > tonumber(cap) then
+      return {'queue_full', queue, cap}
+    end
+  end
+
+  if kind ~= '-' then
+    local acked = redis.pcall('XACK', key, group, id)
+    if #enqueue == 0 and (type(acked) ~= 'number' or acked == 0) then return {'settled'} end
+    if kind ~= 't' then redis.call('XDEL', key, id) end
+  end
+
+  local now = now_ms()
+  for _, e in ipairs(publish) do append_event(e[1], e[2], now) end
+  for _, e in ipairs(deferred) do
+    local member = string.format('%020.0f', next_seq()) .. '\n' .. e[1] .. '\n' .. e[3]
+    redis.call('ZADD', P .. 'deferred', fmt(due_at(e[2])), member)
+    local first = redis.call('ZRANGE', P .. 'deferred', 0, 0)
+    if first[1] == member then wake(P .. 'deferred:wake') end
+  end
+  for _, e in ipairs(enqueue) do
+    local q = P .. 'q:' .. e[1]
+    local member = string.format('%020.0f', next_seq()) .. '\n' .. e[3]
+    redis.call('ZADD', q .. ':sched', fmt(due_at(e[2])), member)
+    tap(e[3])
+    if e[2] <= 0 then
+      move_due(e[1], now, 100)
+    else
+      local first = redis.call('ZRANGE', q .. ':sched', 0, 0)
+      if first[1] == member then wake(q .. ':wake') end
+    end
+  end
+  if dead_topic ~= '' then
+    redis.call('XADD', P .. 'dead', '*', 'e', dead_json)
+    append_event(dead_topic, dead_json, now)
+  end
+  -- Store writes, in the order the handler made them: `s` set (JSON), `r` remove, `i` add
+  -- to an integer (a missing or non-integer value counts as 0; overflow saturates).
+  for _, w in ipairs(writes) do
+    local h, k, op, v = P .. 's:' .. w[1], w[2], w[3], w[4]
+    if op == 'r' then
+      redis.call('HDEL', h, k)
+      redis.call('ZREM', h .. ':keys', k)
+    else
+      if op == 's' then
+        redis.call('HSET', h, k, v)
+      else
+        local cur = redis.call('HGET', h, k)
+        if cur and string.match(cur, '^%-?%d+$') then
+          local added = redis.pcall('HINCRBY', h, k, v)
+          if type(added) == 'table' and added.err then
+            if string.sub(v, 1, 1) == '-' then
+              redis.call('HSET', h, k, '-9223372036854775808')
+            else
+              redis.call('HSET', h, k, '9223372036854775807')
+            end
+          end
+        else
+          redis.call('HSET', h, k, v)
+        end
+      end
+      redis.call('ZADD', h .. ':keys', 0, k)
+    end
+  end
+  if reply_channel ~= '' then redis.call('PUBLISH', reply_channel, reply_payload) end
+  return {'ok'}
 end
-return {'ok'}
+local results = {}
+for k = 1, tonumber(ARGV[2]) do
+  local op = ARGV[i]
+  i = i + 1
+  if op == 'p' then results[k] = publish_op() else results[k] = commit_op() end
+end
+return results
 "#,
     )
 });

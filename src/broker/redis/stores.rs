@@ -2,7 +2,7 @@
 //! JSON text), with a sorted set `P s:{store}:keys` of its keys (all at score 0, so
 //! ordered by bytes) that makes a prefix scan a range read in key order, as on the memory
 //! broker. Writes are not made here: they are effects, applied by the commit script in
-//! the same atomic step as the rest of a handler's run (see `scripts::COMMIT`).
+//! the same atomic step as the rest of a handler's run (see `scripts::BATCH`).
 //!
 //! Reads are synchronous (a handler reads while its script runs, on the worker thread), so
 //! they go over a small pool of blocking connections: one loopback round trip each, and a

@@ -448,6 +448,10 @@ impl Hub {
                     self.buffered.push_front(delivery);
                 }
             }
+            // The hub's buffer is shared by the group's workers: nothing is one worker's.
+            Request::Close(reply) => {
+                let _ = reply.send(());
+            }
         }
     }
 
@@ -539,6 +543,10 @@ impl ListReader {
                     if let Err(Ok(Some(delivery))) = reply.send(Ok(next)) {
                         self.give_back(&delivery).await;
                     }
+                }
+                // Pops one at a time: nothing taken ahead.
+                Request::Close(reply) => {
+                    let _ = reply.send(());
                 }
             }
         }

@@ -1,0 +1,156 @@
+//! Group commit for the Redis broker: every publish, commit and enqueue of a process goes
+//! through one batcher task, which packs the operations waiting at that moment into one run
+//! of the `batch` script (see `scripts::BATCH`). A caller still waits for its own
+//! operation's result, so nothing changes for it except cost: under load one script run,
+//! one round trip and one clock read carry dozens of operations instead of one.
+//!
+//! Each operation in a run is independent (one refused by a full queue does not stop the
+//! next) and keeps its own atomicity: the script runs as a whole, so a commit's effects and
+//! its ack land together. Nothing waits to fill a batch: the task takes what is queued the
+//! moment it has a free slot (`IN_FLIGHT` runs may be on the wire at once, so Redis is not
+//! left idle while the previous reply is read). A failed run (Redis unreachable, a timeout)
+//! fails each of its operations with the same transient error, and each caller retries as
+//! it would have after a failed command of its own; commits are idempotent (the script's
+//! guard), so a retry after a lost reply applies nothing twice.
+
+use std::sync::Arc;
+
+use redis::Value;
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use tracing::Instrument;
+
+use super::{cluster, scripts, unavailable};
+use crate::broker::BrokerError;
+
+/// Most operations in one script run.
+const MAX_OPS: usize = 256;
+/// Stop adding operations to a run past this many argument bytes.
+const MAX_BYTES: usize = 1 << 20;
+/// Script runs on the wire at once.
+const IN_FLIGHT: usize = 2;
+/// Operations that may wait for the task before callers wait to hand theirs over.
+const QUEUE: usize = 8192;
+
+/// The arguments of one operation: its kind (`p` publish, `c` commit), then its own.
+pub(super) struct OpArgs {
+    args: Vec<Vec<u8>>,
+    bytes: usize,
+}
+
+impl OpArgs {
+    pub(super) fn new(kind: &str) -> OpArgs {
+        let mut args = OpArgs {
+            args: Vec::with_capacity(16),
+            bytes: 0,
+        };
+        args.text(kind);
+        args
+    }
+
+    /// Appends an argument given as text.
+    pub(super) fn text(&mut self, arg: &str) -> &mut OpArgs {
+        self.owned(arg.to_owned())
+    }
+
+    /// Appends an argument, without a copy.
+    pub(super) fn owned(&mut self, arg: String) -> &mut OpArgs {
+        self.bytes += arg.len();
+        self.args.push(arg.into_bytes());
+        self
+    }
+
+    pub(super) fn num(&mut self, n: impl std::fmt::Display) -> &mut OpArgs {
+        self.owned(n.to_string())
+    }
+}
+
+struct Op {
+    args: OpArgs,
+    reply: oneshot::Sender<Result<Value, BrokerError>>,
+}
+
+/// The handle on a process's batcher task; the task ends when the handle is dropped.
+pub(super) struct Batcher {
+    ops: mpsc::Sender<Op>,
+}
+
+impl Batcher {
+    /// Starts the task. Must be called inside a tokio runtime.
+    pub(super) fn start(node: Arc<cluster::Node>, prefix: String) -> Batcher {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let span = tracing::info_span!("redis_batcher", component = "broker");
+        // Tracked by ownership: the task ends once every sender (this handle) is gone.
+        tokio::spawn(run(node, prefix, rx).instrument(span));
+        Batcher { ops: tx }
+    }
+
+    /// Runs one operation (in some batch) and returns its result: the script's reply for it.
+    pub(super) async fn run(&self, args: OpArgs) -> Result<Value, BrokerError> {
+        let (reply, answer) = oneshot::channel();
+        self.ops
+            .send(Op { args, reply })
+            .await
+            .map_err(|_| BrokerError::Closed)?;
+        answer.await.map_err(|_| BrokerError::Closed)?
+    }
+}
+
+async fn run(node: Arc<cluster::Node>, prefix: String, mut ops: mpsc::Receiver<Op>) {
+    let prefix: Arc<str> = prefix.into();
+    let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let Some(first) = ops.recv().await else {
+            return;
+        };
+        // Whatever else is already waiting rides along.
+        let mut bytes = first.args.bytes;
+        let mut batch = vec![first];
+        while batch.len() < MAX_OPS && bytes < MAX_BYTES {
+            match ops.try_recv() {
+                Ok(op) => {
+                    bytes += op.args.bytes;
+                    batch.push(op);
+                }
+                Err(_) => break,
+            }
+        }
+        let mut conn = node.conn();
+        let prefix = prefix.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let mut invocation = scripts::BATCH.prepare_invoke();
+            invocation.arg(&*prefix).arg(batch.len());
+            for op in &batch {
+                for arg in &op.args.args {
+                    invocation.arg(&arg[..]);
+                }
+            }
+            let result = invocation.invoke_async::<Value>(&mut conn).await;
+            match result {
+                Ok(Value::Array(results)) if results.len() == batch.len() => {
+                    for (op, result) in batch.into_iter().zip(results) {
+                        let _ = op.reply.send(Ok(result));
+                    }
+                }
+                Ok(other) => {
+                    let error = redis::RedisError::from((
+                        redis::ErrorKind::UnexpectedReturnType,
+                        "unexpected reply from the batch script",
+                        format!("{other:?}"),
+                    ));
+                    for op in batch {
+                        let _ = op.reply.send(Err(unavailable(error.clone())));
+                    }
+                }
+                Err(e) => {
+                    for op in batch {
+                        let _ = op.reply.send(Err(unavailable(e.clone())));
+                    }
+                }
+            }
+        });
+    }
+}
