@@ -62,6 +62,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             let url = RedisUrl::parse(&url)?;
             let options = RedisOptions {
                 namespace: format!("bench-w3-{}", std::process::id()),
+                prefetch: env_or("BENCH_PREFETCH", RedisOptions::default().prefetch),
+                batch: env_or("BENCH_BATCH", RedisOptions::default().batch),
                 ..RedisOptions::default()
             };
             let broker = RedisBroker::connect(&url, options).await?;
@@ -155,4 +157,12 @@ async fn run<B: Broker>(
     );
     runtime.shutdown(Duration::from_secs(1)).await;
     Ok(())
+}
+
+/// A tuning knob of the Redis broker from the environment (for A/B runs), else `default`.
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }

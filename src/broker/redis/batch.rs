@@ -22,8 +22,6 @@ use tracing::Instrument;
 use super::{cluster, scripts, unavailable};
 use crate::broker::BrokerError;
 
-/// Most operations in one script run.
-const MAX_OPS: usize = 256;
 /// Stop adding operations to a run past this many argument bytes.
 const MAX_BYTES: usize = 1 << 20;
 /// Script runs on the wire at once.
@@ -75,12 +73,12 @@ pub(super) struct Batcher {
 }
 
 impl Batcher {
-    /// Starts the task. Must be called inside a tokio runtime.
-    pub(super) fn start(node: Arc<cluster::Node>, prefix: String) -> Batcher {
+    /// Must be called inside a tokio runtime. Starts the task, carrying at most `most` operations per script run.
+    pub(super) fn start(node: Arc<cluster::Node>, prefix: String, most: usize) -> Batcher {
         let (tx, rx) = mpsc::channel(QUEUE);
         let span = tracing::info_span!("redis_batcher", component = "broker");
         // Tracked by ownership: the task ends once every sender (this handle) is gone.
-        tokio::spawn(run(node, prefix, rx).instrument(span));
+        tokio::spawn(run(node, prefix, most.max(1), rx).instrument(span));
         Batcher { ops: tx }
     }
 
@@ -95,7 +93,7 @@ impl Batcher {
     }
 }
 
-async fn run(node: Arc<cluster::Node>, prefix: String, mut ops: mpsc::Receiver<Op>) {
+async fn run(node: Arc<cluster::Node>, prefix: String, most: usize, mut ops: mpsc::Receiver<Op>) {
     let prefix: Arc<str> = prefix.into();
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));
     loop {
@@ -108,7 +106,7 @@ async fn run(node: Arc<cluster::Node>, prefix: String, mut ops: mpsc::Receiver<O
         // Whatever else is already waiting rides along.
         let mut bytes = first.args.bytes;
         let mut batch = vec![first];
-        while batch.len() < MAX_OPS && bytes < MAX_BYTES {
+        while batch.len() < most && bytes < MAX_BYTES {
             match ops.try_recv() {
                 Ok(op) => {
                     bytes += op.args.bytes;

@@ -219,12 +219,6 @@ struct Reader {
 /// How often a group consumer re-checks which topic streams its group reads.
 const REFRESH_EVERY: Duration = Duration::from_secs(2);
 
-/// Most entries one take hands to a consumer: one script run and round trip per this many
-/// events under load. A consumer takes ahead only when at least this many wait (otherwise
-/// one), so a short backlog is shared among consumers, and `stats` counts as in flight only
-/// what is being handled, unless under load.
-const PREFETCH: usize = 16;
-
 impl Reader {
     async fn run(mut self, mut requests: mpsc::Receiver<Request>) {
         while let Some(request) = requests.recv().await {
@@ -412,7 +406,7 @@ impl Reader {
                     .arg(&**group)
                     .arg(&self.name)
                     .arg(&idle)
-                    .arg(PREFETCH)
+                    .arg(options.prefetch.max(1))
                     .invoke_async(&mut self.broker.conn())
                     .await
                     .map_err(unavailable)?;
@@ -426,7 +420,7 @@ impl Reader {
                     .arg(&self.name)
                     .arg(&idle)
                     .arg(options.mover_batch)
-                    .arg(PREFETCH)
+                    .arg(options.prefetch.max(1))
                     .invoke_async(&mut self.broker.conn())
                     .await
                     .map_err(unavailable)?;

@@ -154,6 +154,11 @@ pub struct RedisOptions {
     pub block: Duration,
     /// Due items moved per script run.
     pub mover_batch: usize,
+    /// Most entries a consumer takes in one script run, when at least that many wait
+    /// (see "Batching"; 1 takes one at a time).
+    pub prefetch: usize,
+    /// Most publishes, commits and enqueues carried by one script run (1: one each).
+    pub batch: usize,
     /// How long a command may wait for its reply before it fails (and is retried). A
     /// command that timed out may still have run (see "Delivery guarantee").
     pub response_timeout: Duration,
@@ -169,6 +174,8 @@ impl Default for RedisOptions {
             claim_idle: Duration::from_secs(30),
             block: Duration::from_secs(1),
             mover_batch: 100,
+            prefetch: 16,
+            batch: 256,
             response_timeout: Duration::from_secs(5),
             tls_ca: None,
         }
@@ -345,7 +352,7 @@ impl RedisBroker {
         )
         .await
         .map_err(unavailable)?;
-        let batcher = batch::Batcher::start(node.clone(), prefix.clone());
+        let batcher = batch::Batcher::start(node.clone(), prefix.clone(), options.batch);
         let inner = Arc::new(Inner {
             batcher,
             stores: Arc::new(stores::RedisStores::new(node.clone(), prefix.clone())),

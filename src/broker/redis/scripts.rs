@@ -328,6 +328,10 @@ local i = 3
 local function take_n() local n = tonumber(ARGV[i]); i = i + 1; return n end
 -- Per topic, over this run: the lag of its most-behind group, and that group.
 local behind = {}
+-- Per queue, over this run: its capacity ('' none) and depth (counting this run's
+-- enqueues; what this run acks is not taken off, which errs on the side of full), or
+-- false for no such queue.
+local queues_seen = {}
 local function publish_op()
   local topic, json, cap = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   i = i + 3
@@ -379,12 +383,24 @@ local function commit_op()
   local per_queue = {}
   for _, item in ipairs(enqueue) do per_queue[item[1]] = (per_queue[item[1]] or 0) + 1 end
   for queue, n in pairs(per_queue) do
-    local cap = redis.call('HGET', P .. 'queues', queue)
-    if not cap then return {'unknown_queue', queue} end
-    if cap ~= '' and queue_depth(queue) + n > tonumber(cap) then
-      return {'queue_full', queue, cap}
+    local known = queues_seen[queue]
+    if known == nil then
+      local cap = redis.call('HGET', P .. 'queues', queue)
+      if cap and cap ~= '' then
+        known = {cap, queue_depth(queue)}
+      elseif cap then
+        known = {cap, 0}
+      else
+        known = false
+      end
+      queues_seen[queue] = known
+    end
+    if not known then return {'unknown_queue', queue} end
+    if known[1] ~= '' and known[2] + n > tonumber(known[1]) then
+      return {'queue_full', queue, known[1]}
     end
   end
+  for queue, n in pairs(per_queue) do queues_seen[queue][2] = queues_seen[queue][2] + n end
 
   if kind ~= '-' then
     local acked = redis.pcall('XACK', key, group, id)
