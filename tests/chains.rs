@@ -1,5 +1,7 @@
 //! Tracked choreography on paused time: a chain instance completes when its last step is
 //! seen, stalls while a step is missing, and times out into `on_timeout` with its context.
+//! On the memory broker the tracker sees each step the broker accepts, by whatever path it
+//! was published, and none it refuses.
 
 mod common;
 
@@ -11,7 +13,7 @@ use serde_json::json;
 use tokio::sync::mpsc;
 
 use common::{wait_for, FlowDir};
-use edaflow::broker::{Backpressure, Broker, MemoryBroker, MemoryOptions};
+use edaflow::broker::{Backpressure, Broker, GroupSpec, MemoryBroker, MemoryOptions};
 use edaflow::event::Event;
 use edaflow::flow::TopicPattern;
 use edaflow::runtime::chains::ChainReport;
@@ -227,5 +229,124 @@ async fn chains_are_reported_over_http_and_in_metrics() {
     assert!(
         text.contains("edaflow_chain_completed_total{chain=\"fulfilment\"} 1"),
         "{text}"
+    );
+}
+
+/// Posts `data` to `/topics/{topic}` through the HTTP API and returns the status.
+async fn ingest(app: &axum::Router, topic: &str, data: serde_json::Value) -> u16 {
+    use tower::ServiceExt;
+    let request = axum::http::Request::post(format!("/topics/{topic}"))
+        .header("content-type", "application/json")
+        .body(axum::body::Body::from(data.to_string()))
+        .expect("request");
+    let response = app.clone().oneshot(request).await.expect("answer");
+    response.status().as_u16()
+}
+
+#[tokio::test(start_paused = true)]
+async fn steps_are_seen_from_every_publishing_path_and_not_when_refused() {
+    let dir = FlowDir::new();
+    dir.write(
+        "flow.toml",
+        indoc! {r#"
+            [producers.tick]
+            kind = "interval"
+            every = "10s"
+            topic = "orderCreated"
+            data = { order_id = 2 }
+
+            [subscribers.charge]
+            topic = "orderCreated"
+            script = "charge.rhai"
+            emits = ["paymentCharged"]
+
+            [subscribers.ship]
+            topic = "paymentCharged"
+            script = "ship.rhai"
+            emits = ["orderShipped"]
+
+            [chains.fulfilment]
+            steps = ["orderCreated", "paymentCharged", "orderShipped"]
+            timeout = "30s"
+        "#},
+    );
+    dir.write("charge.rhai", r#"emit("paymentCharged", event.data);"#);
+    // A delayed emit: its step is seen when it falls due.
+    dir.write(
+        "ship.rhai",
+        r#"emit("orderShipped", event.data, #{ delay: "2s" });"#,
+    );
+    // `blocker` takes every orderCreated and is never read: with room for two events, the
+    // third orderCreated published with `Reject` (HTTP ingest) is refused.
+    let broker = MemoryBroker::new(MemoryOptions { group_capacity: 2 });
+    broker
+        .declare_group(&GroupSpec {
+            name: "blocker".into(),
+            patterns: vec![TopicPattern::parse("orderCreated").expect("pattern")],
+        })
+        .await
+        .expect("group");
+    let mut runtime = Runtime::new(
+        broker.clone(),
+        RuntimeOptions {
+            producers: true,
+            ..RuntimeOptions::default()
+        },
+    );
+    runtime
+        .apply(dir.prepare("flow.toml"))
+        .await
+        .expect("the flow starts");
+    let app = runtime.api_router(
+        edaflow::flow::model::HttpProducer {
+            listen: "127.0.0.1:0".into(),
+            token: None,
+            body_limit: 1 << 20,
+        },
+        "master",
+    );
+    let t0 = tokio::time::Instant::now();
+
+    // HTTP ingest starts an instance; the handler's emit and the delayed emit complete it.
+    assert_eq!(
+        ingest(&app, "orderCreated", json!({"order_id": 1})).await,
+        202
+    );
+    wait_for(
+        "the instance to reach paymentCharged",
+        Duration::from_secs(1),
+        || report(&runtime).step_ms.contains_key("paymentCharged"),
+    )
+    .await;
+    let r = report(&runtime);
+    assert_eq!((r.started, r.completed, r.in_flight), (1, 0, 1), "{r:?}");
+    wait_for("the first completion", Duration::from_secs(5), || {
+        report(&runtime).completed == 1
+    })
+    .await;
+    assert!(
+        t0.elapsed() >= Duration::from_secs(2),
+        "the delayed step counts when it falls due, not when it is emitted"
+    );
+
+    // The interval producer's event (at 10 s) starts the second.
+    wait_for("the second completion", Duration::from_secs(15), || {
+        report(&runtime).completed == 2
+    })
+    .await;
+    assert!(t0.elapsed() >= Duration::from_secs(12));
+
+    // `blocker` is full now: the broker refuses the next ingest, and the tracker does not
+    // see it.
+    assert_eq!(
+        ingest(&app, "orderCreated", json!({"order_id": 3})).await,
+        503
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let r = report(&runtime);
+    assert_eq!(
+        (r.started, r.completed, r.timed_out, r.in_flight),
+        (2, 2, 0, 0),
+        "{r:?}"
     );
 }

@@ -7,12 +7,16 @@
 //! `BTreeMap<(Instant, seq), Event>` that one task drains when items fall due (tokio time,
 //! so paused-time tests are exact). Nothing survives the process.
 //!
+//! An `AcceptObserver` (the runtime's chain trackers) sees each published event as it is
+//! accepted: under the lock of the first group buffer it enters, so before any consumer
+//! can take it, and not at all when `Reject` refuses it.
+//!
 //! Locks are `std::sync::Mutex`/`RwLock`, held for a few instructions and never across an
 //! `.await`; waiting is done on `Notify`.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, Notify};
@@ -20,8 +24,8 @@ use tokio::time::Instant;
 
 use crate::broker::memory_queue::WorkQueue;
 use crate::broker::{
-    Backpressure, Broker, BrokerError, Consumer, DeadFilter, Delivery, Effects, GroupSpec,
-    GroupStats, QueueSpec, QueueStats,
+    AcceptObserver, Backpressure, Broker, BrokerError, Consumer, DeadFilter, Delivery, Effects,
+    GroupSpec, GroupStats, QueueSpec, QueueStats,
 };
 use crate::event::Event;
 use crate::flow::pattern::TopicPattern;
@@ -66,6 +70,8 @@ struct Inner {
     stores: Arc<MemoryStores>,
     /// Requests waiting for their reply, by request id.
     replies: Mutex<HashMap<String, oneshot::Sender<Result<serde_json::Value, String>>>>,
+    /// Sees every accepted event (`Broker::observe_accepted`); set at most once.
+    observer: OnceLock<Arc<dyn AcceptObserver>>,
 }
 
 /// Dead letters kept in memory; past this, the oldest are dropped (and logged).
@@ -106,13 +112,23 @@ impl GroupQueue {
         self.lock().items.len() < self.capacity
     }
 
-    /// Pushes without checking capacity (the caller did, or it is a nack).
-    /// Pushes; false when the group has been removed (the caller re-routes).
-    fn push(&self, event: Arc<Event>, redeliveries: u32, front: bool) -> bool {
+    /// Pushes without checking capacity (the caller did, or it is a nack); false when the
+    /// group has been removed (the caller re-routes). `observe` sees the event under the
+    /// group's lock, before any consumer can take it.
+    fn push(
+        &self,
+        event: Arc<Event>,
+        redeliveries: u32,
+        front: bool,
+        observe: Option<&dyn AcceptObserver>,
+    ) -> bool {
         {
             let mut state = self.lock();
             if state.removed {
                 return false;
+            }
+            if let Some(observer) = observe {
+                observer.accepted(&event);
             }
             if front {
                 state.items.push_front((event, redeliveries));
@@ -124,8 +140,10 @@ impl GroupQueue {
         true
     }
 
-    /// Pushes, waiting for room; false when the group has been removed.
-    async fn push_waiting(&self, event: Arc<Event>) -> bool {
+    /// Pushes, waiting for room; false when the group has been removed. `observe` sees
+    /// the event as it enters, as with `push` (not while it waits for room: a publisher
+    /// that gives up waiting published nothing here).
+    async fn push_waiting(&self, event: Arc<Event>, observe: Option<&dyn AcceptObserver>) -> bool {
         loop {
             let notified = self.space_ready.notified();
             tokio::pin!(notified);
@@ -136,6 +154,9 @@ impl GroupQueue {
                     return false;
                 }
                 if state.items.len() < self.capacity {
+                    if let Some(observer) = observe {
+                        observer.accepted(&event);
+                    }
                     state.items.push_back((event, 0));
                     drop(state);
                     self.items_ready.notify_one();
@@ -165,6 +186,7 @@ impl MemoryBroker {
             dead: Mutex::new(VecDeque::new()),
             stores: Arc::new(MemoryStores::default()),
             replies: Mutex::new(HashMap::new()),
+            observer: OnceLock::new(),
         });
         let weak = Arc::downgrade(&inner);
         // Tracked by ownership: the task holds only a Weak and exits when the broker is gone.
@@ -289,17 +311,23 @@ impl MemoryBroker {
         // push: take the route again and deliver to the groups not reached yet, so an
         // event published during a reload reaches the groups that exist after it.
         let mut reached: Vec<Arc<str>> = Vec::with_capacity(groups.len());
+        // Observed as it enters its first group (see `GroupQueue::push`), or at the end
+        // when no group takes it.
+        let observer = self.inner.observer.get().map(|o| &**o);
+        let mut observed = observer.is_none();
         loop {
             let mut stale = false;
             for group in groups.iter() {
                 if reached.contains(&group.name) {
                     continue;
                 }
+                let observe = if observed { None } else { observer };
                 let pushed = match mode {
-                    Backpressure::Reject => group.push(event.clone(), 0, false),
-                    Backpressure::Wait => group.push_waiting(event.clone()).await,
+                    Backpressure::Reject => group.push(event.clone(), 0, false, observe),
+                    Backpressure::Wait => group.push_waiting(event.clone(), observe).await,
                 };
                 if pushed {
+                    observed = true;
                     reached.push(group.name.clone());
                 } else {
                     stale = true;
@@ -309,6 +337,9 @@ impl MemoryBroker {
                 break;
             }
             groups = self.route(&event.topic);
+        }
+        if let (false, Some(observer)) = (observed, observer) {
+            observer.accepted(&event);
         }
         // Only what was accepted is shown to taps.
         self.feed_taps(&event);
@@ -437,7 +468,7 @@ impl Broker for MemoryBroker {
                     .collect();
                 for (event, redeliveries) in left {
                     if !held.contains(&event.id) {
-                        heir.push(event, redeliveries, false);
+                        heir.push(event, redeliveries, false, None);
                     }
                 }
             }
@@ -537,9 +568,13 @@ impl Broker for MemoryBroker {
                 let mut state = group.lock();
                 state.in_flight = state.in_flight.saturating_sub(1);
             }
-            group.push(delivery.event, delivery.redeliveries + 1, true);
+            group.push(delivery.event, delivery.redeliveries + 1, true, None);
         }
         Ok(())
+    }
+
+    fn observe_accepted(&self, observer: Arc<dyn AcceptObserver>) -> bool {
+        self.inner.observer.set(observer).is_ok()
     }
 
     fn tap(&self, pattern: TopicPattern, buffer: usize) -> mpsc::Receiver<Arc<Event>> {

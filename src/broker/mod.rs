@@ -300,6 +300,14 @@ pub struct GroupStats {
     pub capacity: usize,
 }
 
+/// Sees each event a broker accepts for delivery (see `Broker::observe_accepted`).
+pub trait AcceptObserver: Send + Sync + 'static {
+    /// Called once per accepted event with the broker's own shared copy of it. It may run
+    /// under one of the broker's locks: it must be quick and must not block or call back
+    /// into the broker.
+    fn accepted(&self, event: &Arc<Event>);
+}
+
 /// The broker contract. See the module docs; `tests/broker_contract.rs` holds the tests every
 /// implementation must pass.
 pub trait Broker: Clone + Send + Sync + 'static {
@@ -486,6 +494,18 @@ pub trait Broker: Clone + Send + Sync + 'static {
     /// (Redis), rather than in each tracker's memory (the default: one process sees every
     /// step). When true, trackers call the three methods below instead of keeping state.
     fn tracks_chains(&self) -> bool {
+        false
+    }
+
+    /// Reports every event this broker accepts for delivery to `observer`, once each and
+    /// before any consumer can take it (a journey's events reach the observer in the order
+    /// they happened): events published, published by a commit (emits, dead letters), and
+    /// delayed ones when they fall due. Redeliveries, and items entering work queues, are
+    /// not reported. A broker takes one observer; returns false when it takes none (this
+    /// one is refused, or the broker cannot report). Runtimes ask a broker that does not
+    /// track chains (`tracks_chains`), to feed their chain trackers this way.
+    fn observe_accepted(&self, observer: Arc<dyn AcceptObserver>) -> bool {
+        let _ = observer;
         false
     }
 

@@ -4,11 +4,26 @@
 //! chain's `timeout` emits `on_timeout` with the chain's context (correlation id, steps
 //! reached, the last event), which is the hook for compensation.
 //!
-//! The tracker reads the steps through its own consumer group (`chain:NAME`), so it sees
-//! every step event without taking any from the subscribers. On the memory broker the
-//! state is in the tracker's memory and bounded (`MAX_INSTANCES`); a restarted tracker
-//! forgets instances in flight. On a broker that keeps chain state (Redis, where the
-//! trackers of several processes share the group and each reads only some of the steps),
+//! On the memory broker (`Broker::tracks_chains` false) one process sees every step, and
+//! the tracker keeps the instances in its own memory, bounded (`MAX_INSTANCES`); a
+//! restarted tracker forgets instances in flight. It has no consumer group: the broker
+//! reports each event it accepts to the runtime's `StepRegistry`
+//! (`Broker::observe_accepted`), which hands the events of the chain's step topics to the
+//! tracker's `StepInbox` (see `step_registry`). The publishing task pays a map lookup,
+//! and for a step an `Arc` clone and a push; the tracker takes what waits in one go, then
+//! lets steps gather for `GATHER` before it looks again, and flushes its stats once per
+//! batch. Every way an event reaches the broker counts: HTTP ingest and `/query`,
+//! producers, handler emits and dead letters (when their commit lands), a chain's own
+//! `on_timeout`, and anything published straight to the broker (`edaflow test`). An event
+//! the broker refuses (`Backpressure::Reject` on a full group) is no step, and the broker
+//! reports an event before any consumer can take it, so a journey's steps reach the
+//! tracker in order. A delayed emit (`emit` with a delay) is a step when it falls due and
+//! is published, as the subscribers see it; its duration comes from its event time, which
+//! is when it was emitted. Items entering work queues (relays, `enqueue`) are not topic
+//! events and are never steps.
+//!
+//! On a broker that keeps chain state (Redis, where the trackers of several processes
+//! share the consumer group `chain:NAME` and each reads only some of the steps),
 //! instances live in the broker (`Broker::chain_observe`), timed-out ones are taken by one
 //! tracker each, and each process mirrors the shared counters for `/chains` and metrics.
 
@@ -30,6 +45,7 @@ use crate::broker::{
 };
 use crate::event::Event;
 use crate::flow::model::ChainConfig;
+use crate::runtime::step_registry::StepInbox;
 use crate::runtime::Shared;
 
 /// Instances tracked at once per chain; past it the oldest is forgotten (and logged).
@@ -38,7 +54,7 @@ const MAX_INSTANCES: usize = 100_000;
 /// Durations kept per chain for percentiles.
 const DURATION_SAMPLES: usize = 1024;
 
-/// The consumer group a chain tracker reads through.
+/// The consumer group a chain tracker reads through on a broker that keeps chain state.
 pub fn group_name(chain: &str) -> String {
     format!("chain:{chain}")
 }
@@ -171,15 +187,25 @@ pub(crate) struct ChainTask<B: Broker> {
     pub stats: Arc<ChainStats>,
 }
 
-/// Starts the tracker of one chain.
+/// Starts the tracker of one chain: on a broker that keeps chain state, reading the
+/// chain's consumer group (which must be declared); otherwise fed by the runtime's step
+/// registry.
 pub(crate) fn spawn<B: Broker>(
     task: ChainTask<B>,
     tracker: &TaskTracker,
     token: &CancellationToken,
 ) -> Result<(), BrokerError> {
-    let consumer = task.shared.broker.consumer(&group_name(&task.name))?;
     let span = tracing::info_span!("chain", component = %task.name);
-    tracker.spawn(run(task, consumer, token.clone()).instrument(span));
+    if task.shared.broker.tracks_chains() {
+        let consumer = task.shared.broker.consumer(&group_name(&task.name))?;
+        tracker.spawn(run_shared(task, consumer, token.clone()).instrument(span));
+    } else {
+        if !task.shared.steps_reported {
+            warn!(chain = %task.name, "this broker does not report the events it accepts to this runtime; the chain will see no steps");
+        }
+        let inbox = task.shared.steps.register(&task.name, &task.config.steps);
+        tracker.spawn(run_local(task, inbox, token.clone()).instrument(span));
+    }
     Ok(())
 }
 
@@ -196,19 +222,13 @@ struct Tracked {
     seq: u64,
 }
 
-/// Steps read per wake-up before looking at the clock again.
+/// On the memory broker: a batch this large means the tracker is behind, and it looks
+/// again at once instead of letting steps gather. On a broker that keeps chain state:
+/// steps read per wake-up before looking at the clock again.
 const BATCH: usize = 1024;
 
-/// How long the tracker lets steps gather after a read that did not fill a batch.
+/// How long the tracker lets steps gather after a batch that did not fill `BATCH`.
 const GATHER: std::time::Duration = std::time::Duration::from_millis(1);
-
-async fn run<B: Broker>(task: ChainTask<B>, consumer: B::Consumer, token: CancellationToken) {
-    if task.shared.broker.tracks_chains() {
-        run_shared(task, consumer, token).await;
-    } else {
-        run_local(task, consumer, token).await;
-    }
-}
 
 /// How often a tracker on a broker that keeps chain state (Redis) looks for timed-out
 /// instances; its counters are refreshed every `MIRROR_TICKS` of these.
@@ -309,13 +329,10 @@ async fn run_shared<B: Broker>(
 }
 
 /// The tracker when it keeps the instances itself (the memory broker: one process sees
-/// every step).
-async fn run_local<B: Broker>(
-    task: ChainTask<B>,
-    mut consumer: B::Consumer,
-    token: CancellationToken,
-) {
+/// every step, handed over through `inbox`).
+async fn run_local<B: Broker>(task: ChainTask<B>, inbox: Arc<StepInbox>, token: CancellationToken) {
     let mut tracked = Tracked::default();
+    let mut batch: Vec<Arc<Event>> = Vec::new();
     loop {
         let next_deadline = tracked.deadlines.keys().next().map(|(at, _)| *at);
         let sleep = async {
@@ -339,37 +356,28 @@ async fn run_local<B: Broker>(
                     }
                 }
             }
-            delivery = consumer.next() => {
-                let mut next = match delivery {
-                    Ok(d) => Some(d),
-                    Err(e) => {
-                        debug!(error = %e, "chain consumer closed");
-                        break;
-                    }
-                };
-                // Take what is already waiting in one go: one wake-up per batch.
-                let mut taken = 0;
-                while let Some(delivery) = next.take() {
-                    let event = delivery.event.clone();
-                    if let Err(e) = task.shared.broker.commit(delivery, Effects::default()).await {
-                        warn!(error = %e, "could not acknowledge a chain step");
-                    }
+            _ = inbox.ready() => {
+                // Everything waiting, in one go: one wake-up per batch.
+                inbox.take(&mut batch);
+                let taken = batch.len();
+                for event in batch.drain(..) {
                     task.observe(&mut tracked, event);
-                    taken += 1;
-                    if taken < BATCH {
-                        next = consumer.try_next().await.ok().flatten();
-                    }
                 }
                 task.flush_samples(&mut tracked);
-                // Let steps gather before the next read: one wake-up per few hundred steps
-                // under load instead of one per step (durations come from the events'
-                // own times, so this does not skew them).
+                let dropped = inbox.take_dropped();
+                if dropped > 0 {
+                    warn!(chain = %task.name, dropped, limit = crate::runtime::step_registry::INBOX_LIMIT, "chain tracker fell behind; steps dropped");
+                }
+                // Let steps gather before the next look: one wake-up per few hundred steps
+                // under load instead of one per step (durations come from the events' own
+                // times, so this does not skew them).
                 if taken < BATCH {
                     tokio::time::sleep(GATHER).await;
                 }
             }
         }
     }
+    inbox.close();
 }
 
 impl<B: Broker> ChainTask<B> {

@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod producers;
 pub mod relay;
 pub mod reload;
+pub mod step_registry;
 pub mod subscriber;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -171,6 +172,11 @@ pub struct Shared<B: Broker> {
     pub engine: ScriptEngine,
     pub metrics: Arc<Metrics>,
     pub status: Arc<Status>,
+    /// The chain trackers' step topics, fed by the broker with every event it accepts
+    /// (on a broker that does not keep chain state; see `chains`).
+    pub(crate) steps: Arc<step_registry::StepRegistry>,
+    /// Whether the broker took `steps` as its observer.
+    pub(crate) steps_reported: bool,
 }
 
 struct RunningSubscriber {
@@ -244,6 +250,8 @@ pub struct Runtime<B: Broker> {
 impl<B: Broker> Runtime<B> {
     /// A runtime with nothing running yet; `apply` starts a generation.
     pub fn new(broker: B, options: RuntimeOptions) -> Runtime<B> {
+        let steps = Arc::new(step_registry::StepRegistry::default());
+        let steps_reported = !broker.tracks_chains() && broker.observe_accepted(steps.clone());
         let shared = Arc::new(Shared {
             history: history::History::for_broker(&broker),
             broker,
@@ -260,6 +268,8 @@ impl<B: Broker> Runtime<B> {
                 last_reload: Mutex::new(None),
                 started: Instant::now(),
             }),
+            steps,
+            steps_reported,
         });
         Runtime {
             shared,
@@ -541,6 +551,7 @@ impl<B: Broker> Runtime<B> {
                 }
             };
             if !keep {
+                self.shared.steps.unregister(&name);
                 if let Some(chain) = self.chains.remove(&name) {
                     chain.token.cancel();
                     chain.tracker.close();
@@ -748,7 +759,7 @@ impl<B: Broker> Runtime<B> {
     }
 
     /// The patterns each consumer group receives: the union over its subscribers, plus one
-    /// group per relay.
+    /// group per relay and, on a broker that keeps chain state, one per chain.
     fn group_patterns(
         &self,
         wanted: &BTreeMap<&String, &SubscriberConfig>,
@@ -768,7 +779,9 @@ impl<B: Broker> Runtime<B> {
         for (name, relay) in &flows.relays {
             groups.insert(relay::group_name(name), vec![relay.from.clone()]);
         }
-        for (name, chain) in &flows.chains {
+        // Elsewhere the step registry feeds the trackers (see `chains`).
+        let chain_groups = self.shared.broker.tracks_chains();
+        for (name, chain) in flows.chains.iter().filter(|_| chain_groups) {
             let steps = chain
                 .steps
                 .iter()
