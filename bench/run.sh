@@ -114,6 +114,8 @@ w2b() {
     local c1; c1="$(metric 'edaflow_subscriber_handled_total{subscriber="count"}')"
     local a1; a1="$(metric 'edaflow_http_requests_total{outcome="backpressured"}')"
     rps+=("$(field rps "$line")"); p99+=("$(awk -v u="$(field p99_us "$line")" 'BEGIN{print u/1000}')")
+    acc+=("$(awk -v a=$((a1 - a0)) -v us="$(field duration_us "$line")" 'BEGIN{printf "%.0f", a / (us / 1e6)}')")
+    rej+=("$(field err_status "$line")")
     cps+=("$(awk -v c=$((c1 - c0)) -v d="$(field duration_us "$line")" 'BEGIN{printf "%.0f", c/(d/1e6)}')")
     refused+=("$((a1 - a0))")
     hwm+=("$(awk -v k="$(hwm_kib "$PID")" 'BEGIN{printf "%.1f", k/1024}')")
@@ -159,7 +161,7 @@ query() {
 }
 
 w1r() {
-  local rps=() p99=() per=() evals=() share=() hwm=() lost=()
+  local rps=() acc=() rej=() p99=() per=() evals=() share=() hwm=() lost=()
   for rep in $(seq "$REPS"); do
     start_redis
     start_edaflow bench/flows/w1.toml --broker "$RURL"
@@ -167,12 +169,17 @@ w1r() {
     for _ in $(seq 200); do [ "$(metric 'edaflow_subscriber_handled_total{subscriber="count"}')" = "$(metric 'edaflow_http_requests_total{outcome="accepted"}')" ] && break; sleep 0.05; done
     local before c0 e0 r0 p0; before="$(metric 'edaflow_subscriber_handled_total{subscriber="count"}')"
     c0="$(redis_calls)"; e0="$(redis_evals)"; r0="$(ticks "$RPID")"; p0="$(ticks "$PID")"
+    local a0; a0="$(metric 'edaflow_http_requests_total{outcome="accepted"}')"
     local out; out="$(wrk_run 10s)"; echo "$out" >"$OUT/w1r-wrk-$rep.txt"
+    # wrk counts every answer; only a 202 put an event in Redis (a 503 is back-pressure).
+    local a1; a1="$(metric 'edaflow_http_requests_total{outcome="accepted"}')"
     local line; line="$(grep '^RESULT' <<<"$out")"
     for _ in $(seq 200); do [ "$(metric 'edaflow_subscriber_handled_total{subscriber="count"}')" = "$(metric 'edaflow_http_requests_total{outcome="accepted"}')" ] && break; sleep 0.05; done
     local after; after="$(metric 'edaflow_subscriber_handled_total{subscriber="count"}')"
     local n=$((after - before)) r1 p1; r1="$(ticks "$RPID")"; p1="$(ticks "$PID")"
     rps+=("$(field rps "$line")"); p99+=("$(awk -v u="$(field p99_us "$line")" 'BEGIN{print u/1000}')")
+    acc+=("$(awk -v a=$((a1 - a0)) -v us="$(field duration_us "$line")" 'BEGIN{printf "%.0f", a / (us / 1e6)}')")
+    rej+=("$(field err_status "$line")")
     per+=("$(awk -v c=$(( $(redis_calls) - c0 )) -v n="$n" 'BEGIN{printf "%.1f", c/n}')")
     evals+=("$(awk -v c=$(( $(redis_evals) - e0 )) -v n="$n" 'BEGIN{printf "%.2f", c/n}')")
     share+=("$(awk -v r=$((r1 - r0)) -v p=$((p1 - p0)) 'BEGIN{printf "%.2f", r/p}')")
@@ -182,7 +189,9 @@ w1r() {
     stop_edaflow; stop_redis
   done
   echo "== W1 HTTP ingest on Redis (loopback, no persistence; median of $REPS) =="
-  report "req/s" "${rps[@]}"; report "p99 ms" "${p99[@]}"; report "peak RSS MiB" "${hwm[@]}"
+  report "req/s (every answer)" "${rps[@]}"; report "accepted req/s (202)" "${acc[@]}"
+  report "non-2xx answers (503 back-pressure)" "${rej[@]}"
+  report "p99 ms" "${p99[@]}"; report "peak RSS MiB" "${hwm[@]}"
   report "Redis commands per event (incl. in scripts)" "${per[@]}"; report "script calls per event" "${evals[@]}"
   report "Redis CPU / edaflow CPU" "${share[@]}"; report "wrk requests - events handled" "${lost[@]}"
 }

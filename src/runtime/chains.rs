@@ -326,6 +326,7 @@ async fn run_shared<B: Broker>(
             }
         }
     }
+    consumer.close().await;
 }
 
 /// The tracker when it keeps the instances itself (the memory broker: one process sees
