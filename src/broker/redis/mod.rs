@@ -74,8 +74,10 @@
 //! Publishes, commits and enqueues of a process go to Redis together: one script run
 //! carries every operation waiting at that moment (see `batch`), each still atomic on its
 //! own. A consumer takes up to 16 entries in one run when at least that many wait for its
-//! group (fewer waiting: one), holds them for its next `next()` calls, and gives back
-//! what it has not handed out when its worker stops (`Consumer::close`) or it is dropped.
+//! group (fewer waiting: one), and never more than its fair share of what waits (the
+//! waiting count over the group's consumers); it holds them for its next `next()` calls,
+//! and gives back what it has not handed out when its worker stops (`Consumer::close`)
+//! or it is dropped.
 //!
 //! # Ordering
 //!

@@ -162,20 +162,34 @@ local function read_n(kind, key, group, me, n)
   if #out == 2 then return nil end
   return out
 end
+-- How many to take of `waiting` entries shared by `consumers`: one unless at least `most`
+-- wait (a consumer takes ahead only under load), and never more than a fair share, so the
+-- other consumers of the group are not left idle while one works through a batch.
+local function share_of(waiting, consumers, most)
+  most = tonumber(most)
+  if waiting < most then return 1 end
+  return math.max(1, math.min(most, math.floor(waiting / math.max(1, consumers))))
+end
 -- As `read_n`, for a stream that acks by deleting (inbox, ready, back): skipped at once
--- when empty, and taking `n` only when at least `n` wait (else one).
+-- when empty.
 local function read_n_waiting(kind, key, group, me, n)
   local waiting = waiting_in(key, group)
   if waiting == 0 then return nil end
-  if waiting < tonumber(n) then n = 1 end
+  if tonumber(n) > 1 then
+    local info = group_info(key, group)
+    n = share_of(waiting, info and info['consumers'] or 1, n)
+  end
   return read_n(kind, key, group, me, n)
 end
--- As `read_n`, for a topic stream: `n` only when at least `n` wait for the group (a
--- consumer takes ahead only under load, so that others share a short backlog).
+-- As `read_n`, for a topic stream (what waits is the group's lag).
 local function read_n_lagging(kind, key, group, me, n)
   if tonumber(n) > 1 then
     local info = group_info(key, group)
-    if not (info and info['lag'] and info['lag'] >= tonumber(n)) then n = 1 end
+    if info and info['lag'] then
+      n = share_of(info['lag'], info['consumers'], n)
+    else
+      n = 1
+    end
   end
   return read_n(kind, key, group, me, n)
 end
