@@ -164,7 +164,7 @@ w1r() {
   local rps=() acc=() rej=() p99=() per=() evals=() share=() hwm=() lost=()
   for rep in $(seq "$REPS"); do
     start_redis
-    start_edaflow bench/flows/w1.toml --broker "$RURL"
+    start_edaflow "${W1R_FLOW:-bench/flows/w1.toml}" --broker "$RURL"
     wrk_run 3s >/dev/null
     for _ in $(seq 200); do [ "$(metric 'edaflow_subscriber_handled_total{subscriber="count"}')" = "$(metric 'edaflow_http_requests_total{outcome="accepted"}')" ] && break; sleep 0.05; done
     local before c0 e0 r0 p0; before="$(metric 'edaflow_subscriber_handled_total{subscriber="count"}')"
