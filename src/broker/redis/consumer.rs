@@ -247,15 +247,18 @@ impl Reader {
                     }
                 }
                 Request::Close(reply) => {
-                    while let Some(delivery) = self.taken.pop_front() {
-                        self.give_back(delivery).await;
-                    }
+                    self.give_back_taken().await;
                     let _ = reply.send(());
                 }
             }
         }
         // The consumer is gone: what it took and never handed out goes back at once
         // (rather than waiting out `claim_idle` for another consumer to claim it).
+        self.give_back_taken().await;
+    }
+
+    /// Gives back every entry taken ahead and not handed out.
+    async fn give_back_taken(&mut self) {
         while let Some(delivery) = self.taken.pop_front() {
             self.give_back(delivery).await;
         }
