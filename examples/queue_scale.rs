@@ -11,6 +11,10 @@ use std::time::{Duration, Instant};
 use edaflow::broker::{Broker, Consumer, Effects, MemoryBroker, MemoryOptions, QueueSpec};
 use edaflow::event::Event;
 
+/// The allocator of the `edaflow` binary, so that these figures are the binary's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn peak_rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()

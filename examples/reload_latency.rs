@@ -32,6 +32,10 @@ use edaflow::runtime::reload::{ReloadCause, ReloadReport, ReloadRequest, Reloade
 use edaflow::runtime::{prepare, Runtime, RuntimeOptions};
 use edaflow::watch::{FileWatcher, DEFAULT_DEBOUNCE};
 
+/// The allocator of the `edaflow` binary, so that these figures are the binary's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const EDITS: usize = 50;
 const RELOADS: usize = 50;
 const SUBSCRIBERS: usize = 50;

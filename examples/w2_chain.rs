@@ -16,6 +16,10 @@ use edaflow::broker::{Broker, MemoryBroker, MemoryOptions, RedisBroker, RedisOpt
 use edaflow::flow::model::ProducerKind;
 use edaflow::runtime::{prepare, Runtime, RuntimeOptions};
 
+/// The allocator of the `edaflow` binary, so that these figures are the binary's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn peak_rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()

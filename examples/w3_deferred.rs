@@ -18,6 +18,10 @@ use edaflow::flow::pattern::TopicPattern;
 use edaflow::runtime::{prepare, Runtime, RuntimeOptions};
 use futures_util::{StreamExt, TryStreamExt};
 
+/// The allocator of the `edaflow` binary, so that these figures are the binary's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn unix_ms() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

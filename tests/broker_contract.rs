@@ -95,7 +95,7 @@ mod redis {
     use std::time::Duration;
 
     use crate::redis_support::{Clock, RedisServer};
-    use edaflow::broker::{Backpressure, Broker, RedisOptions};
+    use edaflow::broker::{Backpressure, Broker, Consumer, RedisOptions};
 
     /// A server per test, so checks never see each other's keys.
     async fn make(group_capacity: usize) -> Option<(edaflow::broker::RedisBroker, RedisServer)> {
@@ -145,6 +145,43 @@ mod redis {
             .expect("a repeated commit is not an error");
         let done = crate::drain(&broker, "after").await;
         assert_eq!(done.len(), 1, "the effects landed once: {done:?}");
+    }
+
+    /// A consumer of one literal topic blocks in `XREADGROUP`, which hands an entry to the
+    /// blocked consumer the moment it is published. A worker that stops waiting (its
+    /// `next()` dropped, as at shutdown or reload) must not leave that read blocked: the
+    /// next event goes to a consumer that waits, not to one that no longer does, where it
+    /// would sit pending until `claim_idle` (here far longer than the test waits).
+    #[tokio::test]
+    async fn a_blocking_read_nobody_waits_for_takes_nothing() {
+        let Some(server) = RedisServer::start() else {
+            return;
+        };
+        let broker = server
+            .broker(RedisOptions {
+                namespace: "contract".to_owned(),
+                block: Duration::from_secs(30),
+                claim_idle: Duration::from_secs(600),
+                ..RedisOptions::default()
+            })
+            .await;
+        crate::declare(&broker, "work", &["job"]).await;
+        let mut gone = crate::consumer(&broker, "work");
+        let mut waiting = crate::consumer(&broker, "work");
+        // Both block in a read; the first stops waiting, the second goes on.
+        let cancelled = tokio::time::timeout(Duration::from_millis(300), gone.next()).await;
+        assert!(
+            cancelled.is_err(),
+            "nothing was published yet: {cancelled:?}"
+        );
+        let next = tokio::spawn(async move { crate::next_delivery(&mut waiting, "the job").await });
+        // The cancelled consumer has ended its read once its reader answers `close`.
+        gone.close().await;
+        crate::publish(&broker, crate::event("job", 1), Backpressure::Reject).await;
+        let delivery = next.await.expect("the waiting consumer");
+        assert_eq!(delivery.event.data, serde_json::json!({"n": 1}));
+        let stats = crate::stats_of(&broker, "work");
+        assert_eq!((stats.queued, stats.in_flight), (0, 1), "{stats:?}");
     }
 
     /// A query answered by another process: the reply crosses Redis to the broker that

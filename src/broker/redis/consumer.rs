@@ -8,6 +8,15 @@
 //! the reply cannot be delivered and the task gives the entry back with `nack`: cancelling
 //! a read never strands an entry. The task ends when the consumer is dropped.
 //!
+//! A consumer of a group that reads one literal topic (the common case) takes with a plain
+//! blocking `XREADGROUP` over the group's inbox and its topic stream instead: one native
+//! command, no script, and Redis hands each new entry to one blocked consumer, where an
+//! `XREAD` wakes every consumer of the group to race for it. The take script still runs
+//! every few takes (to claim entries of dead consumers, notice a removed group and work
+//! out the fair share to take ahead) and whenever the blocking read finds nothing. A
+//! blocking read whose caller stops waiting is ended with `CLIENT UNBLOCK`, and whatever it
+//! took is given back.
+//!
 //! Redis errors never reach the caller of `next()`: the task backs off (50 ms doubling to
 //! 2 s, jittered) and retries, so a Redis outage pauses subscribers instead of stopping
 //! them. The outage is logged once for the whole process (see `outage`), not per consumer
@@ -128,11 +137,20 @@ pub(crate) fn spawn(broker: RedisBroker, source: Source, name: String) -> RedisC
         Source::Group(g) => tracing::debug_span!("redis_consumer", group = %g, consumer = %name),
         Source::Queue(q) => tracing::debug_span!("redis_consumer", queue = %q, consumer = %name),
     };
+    let fast = match &source {
+        Source::Group(group) => fast_keys(&broker, group),
+        Source::Queue(_) => None,
+    };
     let reader = Reader {
         broker: broker.clone(),
         source,
         name,
         conn: None,
+        conn_id: None,
+        fast,
+        fast_count: 1,
+        fast_reads: 0,
+        fast_refused_until: Instant::now(),
         next_claim: Instant::now(),
         claim_streak: false,
         next_refresh: Instant::now(),
@@ -143,6 +161,22 @@ pub(crate) fn spawn(broker: RedisBroker, source: Source, name: String) -> RedisC
     RedisConsumer {
         requests: tx,
         broker,
+    }
+}
+
+/// The (inbox, topic stream) keys a consumer of `group` reads with a blocking `XREADGROUP`,
+/// when the group reads exactly one literal topic: its streams cannot change while it runs.
+fn fast_keys(broker: &RedisBroker, group: &str) -> Option<[String; 2]> {
+    let groups = broker
+        .inner
+        .groups
+        .read()
+        .unwrap_or_else(|e| e.into_inner());
+    match groups.get(group).map(Vec::as_slice) {
+        Some([only]) if only.is_literal() => {
+            Some([broker.inbox_key(group), broker.topic_key(only.as_str())])
+        }
+        _ => None,
     }
 }
 
@@ -207,6 +241,19 @@ struct Reader {
     name: String,
     /// For blocking reads only.
     conn: Option<MultiplexedConnection>,
+    /// `CLIENT ID` of `conn`, to end a blocking read nobody waits for any more.
+    conn_id: Option<i64>,
+    /// (inbox, topic stream) for a group of one literal topic: read with `XREADGROUP`
+    /// (see the module docs).
+    fast: Option<[String; 2]>,
+    /// How many a fast read takes: the fair share the take script last worked out, back to
+    /// one as soon as a read finds fewer waiting.
+    fast_count: usize,
+    /// Fast reads since the take script last ran.
+    fast_reads: u32,
+    /// Redis refused a fast read (the group's stream was deleted, say): the take script
+    /// alone reads until then.
+    fast_refused_until: Instant,
     next_claim: Instant,
     /// The last take claimed an entry: look for more at once.
     claim_streak: bool,
@@ -218,6 +265,14 @@ struct Reader {
 
 /// How often a group consumer re-checks which topic streams its group reads.
 const REFRESH_EVERY: Duration = Duration::from_secs(2);
+
+/// Fast reads between two runs of the take script (see the module docs).
+const SCRIPT_EVERY: u32 = 8;
+
+/// How long the take script alone reads after Redis refused a fast read. A group's topic
+/// stream gets its consumer group when the topic is first published to, so a consumer that
+/// starts first is refused until then.
+const REFUSED_PAUSE: Duration = Duration::from_millis(200);
 
 impl Reader {
     async fn run(mut self, mut requests: mpsc::Receiver<Request>) {
@@ -288,15 +343,43 @@ impl Reader {
         reply: &oneshot::Sender<Result<Delivery, BrokerError>>,
     ) -> Option<Result<Delivery, BrokerError>> {
         let mut backoff = outage::BACKOFF_START;
+        // The take script just found nothing: block in the fast read rather than run it again.
+        let mut script_found_nothing = false;
         loop {
             if reply.is_closed() {
                 return None;
+            }
+            if let Some(delivery) = self.taken.pop_front() {
+                return Some(Ok(delivery));
+            }
+            if self.fast_turn(script_found_nothing) {
+                script_found_nothing = false;
+                let read = self.read_fast(reply).await;
+                match self.broker.track("consumer", read) {
+                    Ok(true) => {
+                        backoff = outage::BACKOFF_START;
+                        continue;
+                    }
+                    // Nothing within the block time, or the group's streams changed: the
+                    // take script looks at everything.
+                    Ok(false) => {}
+                    Err(e) => {
+                        self.conn = None;
+                        self.pause(&e, &mut backoff, reply).await;
+                        continue;
+                    }
+                }
             }
             let taken = self.take().await;
             match self.broker.track("consumer", taken) {
                 Ok(Taken::Entry(delivery)) => return Some(Ok(delivery)),
                 Ok(Taken::Gone) => return Some(Err(self.gone())),
                 Ok(Taken::Wait { next_due, keys }) => {
+                    if self.fast_turn(true) {
+                        // The fast read blocks instead (it wakes one consumer per entry).
+                        script_found_nothing = next_due != Some(Duration::ZERO);
+                        continue;
+                    }
                     let block = self.broker.inner.options.block;
                     let wait = next_due.map_or(block, |d| d.min(block));
                     if wait.is_zero() {
@@ -340,13 +423,7 @@ impl Reader {
         wait: Duration,
         reply: &oneshot::Sender<Result<Delivery, BrokerError>>,
     ) -> Result<(), BrokerError> {
-        if self.conn.is_none() {
-            self.conn = Some(self.broker.dedicated().await?);
-        }
-        // A clone shares the connection (and lets `self.conn` be reset below).
-        let Some(mut conn) = self.conn.clone() else {
-            return Ok(());
-        };
+        let mut conn = self.blocking_conn().await?;
         let mut cmd = redis::cmd("XREAD");
         cmd.arg("COUNT")
             .arg(1)
@@ -380,10 +457,129 @@ impl Reader {
         Ok(())
     }
 
+    /// The connection for blocking reads (a clone: it shares the connection and lets
+    /// `self.conn` be reset), opened on first use.
+    async fn blocking_conn(&mut self) -> Result<MultiplexedConnection, BrokerError> {
+        if let Some(conn) = &self.conn {
+            return Ok(conn.clone());
+        }
+        let mut conn = self.broker.dedicated().await?;
+        let id: i64 = redis::cmd("CLIENT")
+            .arg("ID")
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        self.conn = Some(conn.clone());
+        self.conn_id = Some(id);
+        Ok(conn)
+    }
+
+    /// Whether the next take is a fast read: the group allows it, no claim is due, and the
+    /// take script ran recently enough (or has just found nothing).
+    fn fast_turn(&self, script_found_nothing: bool) -> bool {
+        let now = Instant::now();
+        self.fast.is_some()
+            && now >= self.fast_refused_until
+            && !self.claim_streak
+            && now < self.next_claim
+            && (script_found_nothing || self.fast_reads < SCRIPT_EVERY)
+    }
+
+    /// One blocking `XREADGROUP` over the group's inbox and topic stream (see the module
+    /// docs); what it takes goes to `taken`, inbox entries first. `Ok(false)`: nothing came
+    /// within the block time, or Redis refused the read (the group was removed, the stream
+    /// deleted) and the take script should look.
+    async fn read_fast(
+        &mut self,
+        reply: &oneshot::Sender<Result<Delivery, BrokerError>>,
+    ) -> Result<bool, BrokerError> {
+        let (Some([inbox, topic]), Source::Group(group)) = (&self.fast, &self.source) else {
+            return Ok(false);
+        };
+        let (inbox, topic, group) = (inbox.clone(), topic.clone(), group.clone());
+        self.fast_reads += 1;
+        let mut conn = self.blocking_conn().await?;
+        let block = self.broker.inner.options.block.as_millis().max(1);
+        let mut cmd = redis::cmd("XREADGROUP");
+        cmd.arg("GROUP")
+            .arg(&*group)
+            .arg(&self.name)
+            .arg("COUNT")
+            .arg(self.fast_count)
+            .arg("BLOCK")
+            .arg(u64::try_from(block).unwrap_or(1000))
+            .arg("STREAMS")
+            .arg(&inbox)
+            .arg(&topic)
+            .arg(">")
+            .arg(">");
+        let read = cmd.query_async::<Value>(&mut conn);
+        tokio::pin!(read);
+        let abandoned = async {
+            while !reply.is_closed() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        let done = tokio::select! {
+            done = &mut read => done,
+            () = abandoned => {
+                // End the read at once; an entry Redis handed over meanwhile still arrives
+                // in its reply, and goes to `taken` to be given back.
+                let unblocked = match self.conn_id {
+                    Some(id) => redis::cmd("CLIENT")
+                        .arg("UNBLOCK")
+                        .arg(id)
+                        .query_async::<Value>(&mut self.broker.conn())
+                        .await
+                        .is_ok(),
+                    None => false,
+                };
+                if !unblocked {
+                    // Left pending with this consumer, if anything: claimed after `claim_idle`.
+                    self.conn = None;
+                    return Ok(false);
+                }
+                read.await
+            }
+        };
+        let reply = match done {
+            Ok(reply) => reply,
+            Err(e) if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() => {
+                return Err(unavailable(e));
+            }
+            Err(e) => {
+                debug!(error = %e, "fast read refused; the take script reads for a while");
+                self.fast_refused_until = Instant::now() + REFUSED_PAUSE;
+                return Ok(false);
+            }
+        };
+        let mut got = 0;
+        for stream in items(&reply) {
+            let [key, entries] = items(stream) else {
+                continue;
+            };
+            let kind = if text(key) == inbox { "i" } else { "t" };
+            for entry in items(entries) {
+                let [id, fields] = items(entry) else {
+                    continue;
+                };
+                got += 1;
+                if let Some(delivery) = self.delivery(kind, id, fields, 1, group.clone()) {
+                    self.taken.push_back(delivery);
+                }
+            }
+        }
+        if got < self.fast_count {
+            self.fast_count = 1;
+        }
+        Ok(got > 0)
+    }
+
     async fn take(&mut self) -> Result<Taken, BrokerError> {
         if let Some(delivery) = self.taken.pop_front() {
             return Ok(Taken::Entry(delivery));
         }
+        self.fast_reads = 0;
         let now = Instant::now();
         let options = &self.broker.inner.options;
         let claim = self.claim_streak || now >= self.next_claim;
@@ -438,6 +634,7 @@ impl Reader {
                 // been delivered before); a fresh entry ends the streak.
                 let count = reply.get(4).map(int).unwrap_or(1);
                 self.claim_streak = claim && count > 1;
+                self.fast_count = 1;
                 let (Some(kind), Some(id), Some(fields)) =
                     (reply.get(1), reply.get(2), reply.get(3))
                 else {
@@ -459,6 +656,8 @@ impl Reader {
                         }
                     }
                 }
+                // The fair share just worked out: what fast reads take until the next look.
+                self.fast_count = reply.len().saturating_sub(2).div_ceil(2).max(1);
                 Ok(match self.taken.pop_front() {
                     Some(delivery) => Taken::Entry(delivery),
                     None => Taken::again(),
