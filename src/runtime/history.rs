@@ -11,11 +11,11 @@ use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
 use tokio::sync::mpsc;
-use tracing::{warn, Instrument};
+use tracing::{debug, warn, Instrument};
 
 use crate::broker::Broker;
 use crate::event::Event;
@@ -132,17 +132,86 @@ impl History {
     }
 }
 
+/// Entries a second a process ships to the shared history before it ships a sample (see
+/// `Sampler`).
+const SHIP_BUDGET: u64 = 2_000;
+/// How often the sampler looks at the rate again.
+const SAMPLE_WINDOW: Duration = Duration::from_millis(250);
+
+/// Which journeys go to the shared history. While entries come at up to `SHIP_BUDGET` a
+/// second, all of them. Above that, only the journeys whose correlation id hashes into one
+/// in 2^k, with k set every `SAMPLE_WINDOW` from the rate just seen: at 20,000 entries a
+/// second the shared history keeps one journey in 16, and a journey kept is kept whole.
+/// (Under such load the history's 10,000 journeys would be overwritten within a second
+/// anyway; recording every one of them was half the Redis commands of a chain.) The hash
+/// is the same in every process, so processes at one level keep the same journeys; a
+/// busier process keeps a subset of a quieter one's. A journey left out is still traced
+/// from the local history of the process that handled it.
+#[derive(Debug)]
+struct Sampler {
+    /// Keep one journey in 2^level.
+    level: u32,
+    since: Instant,
+    seen: u64,
+}
+
+impl Sampler {
+    fn new(now: Instant) -> Sampler {
+        Sampler {
+            level: 0,
+            since: now,
+            seen: 0,
+        }
+    }
+
+    fn keeps(&mut self, correlation: &str, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.since);
+        if elapsed >= SAMPLE_WINDOW {
+            let per_second =
+                self.seen * 1000 / u64::try_from(elapsed.as_millis()).unwrap_or(1).max(1);
+            let level = (0..16)
+                .find(|k| per_second >> k <= SHIP_BUDGET)
+                .unwrap_or(16);
+            if level != self.level {
+                debug!(
+                    entries_per_second = per_second,
+                    keep_one_journey_in = 1u64 << level,
+                    "shared history sampling"
+                );
+            }
+            self.level = level;
+            self.since = now;
+            self.seen = 0;
+        }
+        self.seen += 1;
+        self.level == 0 || fnv1a(correlation.as_bytes()) & ((1 << self.level) - 1) == 0
+    }
+}
+
+/// FNV-1a, 64 bits: a hash that is the same in every process and every build.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &b| {
+        (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
 /// Sends entries to the broker in batches until the history is dropped.
 async fn ship<B: Broker>(broker: B, mut rx: mpsc::Receiver<(String, TraceEntry)>) {
     let mut taken = Vec::with_capacity(SHIPMENT);
     let mut failing = false;
+    let mut sampler = Sampler::new(Instant::now());
     while rx.recv_many(&mut taken, SHIPMENT).await > 0 {
+        let now = Instant::now();
         let batch: Vec<(String, String)> = taken
             .drain(..)
+            .filter(|(correlation, _)| sampler.keeps(correlation, now))
             .filter_map(|(correlation, entry)| {
                 Some((correlation, serde_json::to_string(&entry).ok()?))
             })
             .collect();
+        if batch.is_empty() {
+            continue;
+        }
         match broker.record_history(batch).await {
             Ok(()) => failing = false,
             Err(e) => {
@@ -219,6 +288,43 @@ impl History {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn the_shared_history_gets_every_journey_at_a_low_rate_and_whole_journeys_at_a_high_one() {
+        let start = Instant::now();
+        let mut sampler = Sampler::new(start);
+        // 400 entries in one window: 1,600 a second, within the budget.
+        let quiet: Vec<String> = (0..400).map(|n| format!("quiet-{n}")).collect();
+        assert!(quiet.iter().all(|c| sampler.keeps(c, start)));
+        let later = start + SAMPLE_WINDOW;
+        assert!(sampler.keeps("quiet-next", later), "still every journey");
+        // 5,000 entries in the next window: 20,000 a second, ten times the budget, so one
+        // journey in 16 is kept from the window after.
+        for n in 0..4_999 {
+            sampler.keeps(&format!("busy-{n}"), later);
+        }
+        let busy = later + SAMPLE_WINDOW;
+        let journeys: Vec<String> = (0..16_000).map(|n| format!("journey-{n}")).collect();
+        let kept: Vec<&String> = journeys.iter().filter(|c| sampler.keeps(c, busy)).collect();
+        assert_eq!(sampler.level, 4, "{sampler:?}");
+        assert!(
+            (800..1_200).contains(&kept.len()),
+            "about one in 16 kept: {}",
+            kept.len()
+        );
+        // The decision is the journey's: every event of a kept journey is kept, and every
+        // event of a dropped one dropped.
+        for journey in &journeys {
+            let first = kept.contains(&journey);
+            assert_eq!(sampler.keeps(journey, busy), first, "{journey}");
+        }
+        // The rate falls: every journey again.
+        sampler.keeps("any", busy + SAMPLE_WINDOW * 40);
+        let quiet_again = busy + SAMPLE_WINDOW * 41;
+        sampler.keeps("any", quiet_again);
+        assert_eq!(sampler.level, 0);
+        assert!(sampler.keeps("journey-1", quiet_again));
+    }
 
     #[test]
     fn journeys_are_recorded_and_bounded() {
