@@ -739,3 +739,44 @@ contract_tests!(
     Clock::real(4, Duration::from_millis(120)),
     cluster_broker()
 );
+
+/// On Redis a queue's consumers block in `XREADGROUP` on its ready stream, so something
+/// else must move items there as they fall due: the queue's mover, which runs in the
+/// process that declared the queue, consumer or not.
+#[tokio::test]
+async fn redis_the_queue_mover_moves_due_items_to_the_ready_stream() {
+    let Some(server) = redis_support::RedisServer::start() else {
+        return;
+    };
+    let broker = server
+        .broker(edaflow::broker::RedisOptions {
+            namespace: "queues".to_owned(),
+            block: Duration::from_secs(60),
+            ..edaflow::broker::RedisOptions::default()
+        })
+        .await;
+    declare(&broker, "later", None).await;
+    // The ready stream's length (the reply is raw RESP: `:N`).
+    let ready = || {
+        let reply = server.command(&["XLEN", "edaflow:{queues}:q:later:ready"]);
+        reply.trim().trim_start_matches(':').to_owned()
+    };
+    enqueue(&broker, "later", 1, 300).await;
+    assert_eq!(ready(), "0", "not due yet");
+    // No consumer exists: only the mover can move it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while ready() != "1" {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the due item was not moved to the ready stream within 5 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A consumer blocked in its read gets it at once.
+    let mut worker = broker.queue_consumer("later").expect("consumer");
+    let delivery = tokio::time::timeout(Duration::from_secs(5), worker.next())
+        .await
+        .expect("delivered within 5 s")
+        .expect("next");
+    assert_eq!(n_of(&delivery), 1);
+}

@@ -11,7 +11,9 @@
 //! A consumer of a group that reads one literal topic (the common case) takes with a plain
 //! blocking `XREADGROUP` over the group's inbox and its topic stream instead: one native
 //! command, no script, and Redis hands each new entry to one blocked consumer, where an
-//! `XREAD` wakes every consumer of the group to race for it. The take script still runs
+//! `XREAD` wakes every consumer of the group to race for it. A queue's consumers do the same
+//! over its back and ready streams, when the queue's mover (which moves due items to the
+//! ready stream, see `run_queue_mover`) runs in the process. The take script still runs
 //! every few takes (to claim entries of dead consumers, notice a removed group and work
 //! out the fair share to take ahead) and whenever the blocking read finds nothing. A
 //! blocking read whose caller stops waiting is ended with `CLIENT UNBLOCK`, and whatever it
@@ -137,10 +139,7 @@ pub(crate) fn spawn(broker: RedisBroker, source: Source, name: String) -> RedisC
         Source::Group(g) => tracing::debug_span!("redis_consumer", group = %g, consumer = %name),
         Source::Queue(q) => tracing::debug_span!("redis_consumer", queue = %q, consumer = %name),
     };
-    let fast = match &source {
-        Source::Group(group) => fast_keys(&broker, group),
-        Source::Queue(_) => None,
-    };
+    let fast = fast_read(&broker, &source);
     let reader = Reader {
         broker: broker.clone(),
         source,
@@ -164,19 +163,52 @@ pub(crate) fn spawn(broker: RedisBroker, source: Source, name: String) -> RedisC
     }
 }
 
-/// The (inbox, topic stream) keys a consumer of `group` reads with a blocking `XREADGROUP`,
-/// when the group reads exactly one literal topic: its streams cannot change while it runs.
-fn fast_keys(broker: &RedisBroker, group: &str) -> Option<[String; 2]> {
-    let groups = broker
-        .inner
-        .groups
-        .read()
-        .unwrap_or_else(|e| e.into_inner());
-    match groups.get(group).map(Vec::as_slice) {
-        Some([only]) if only.is_literal() => {
-            Some([broker.inbox_key(group), broker.topic_key(only.as_str())])
+/// What a consumer reads with a blocking `XREADGROUP` (see the module docs): two streams, in
+/// the order they are read, each with its kind (as the take script names them), and the
+/// consumer group on both.
+struct Fast {
+    group: Arc<str>,
+    streams: [(String, &'static str); 2],
+}
+
+/// The fast read of a source, if it has one: a group that reads exactly one literal topic
+/// (its streams cannot change while it runs) reads its inbox and that topic's stream; a
+/// queue whose mover runs in this process (it was declared here) reads its back and ready
+/// streams, the mover moving due items to the ready one.
+fn fast_read(broker: &RedisBroker, source: &Source) -> Option<Fast> {
+    match source {
+        Source::Group(group) => {
+            let groups = broker
+                .inner
+                .groups
+                .read()
+                .unwrap_or_else(|e| e.into_inner());
+            match groups.get(&**group).map(Vec::as_slice) {
+                Some([only]) if only.is_literal() => Some(Fast {
+                    group: group.clone(),
+                    streams: [
+                        (broker.inbox_key(group), "i"),
+                        (broker.topic_key(only.as_str()), "t"),
+                    ],
+                }),
+                _ => None,
+            }
         }
-        _ => None,
+        Source::Queue(queue) => {
+            let moving = broker
+                .inner
+                .queue_movers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(&**queue);
+            moving.then(|| Fast {
+                group: "workers".into(),
+                streams: [
+                    (broker.queue_key(queue, "back"), "b"),
+                    (broker.queue_key(queue, "ready"), "r"),
+                ],
+            })
+        }
     }
 }
 
@@ -243,9 +275,8 @@ struct Reader {
     conn: Option<MultiplexedConnection>,
     /// `CLIENT ID` of `conn`, to end a blocking read nobody waits for any more.
     conn_id: Option<i64>,
-    /// (inbox, topic stream) for a group of one literal topic: read with `XREADGROUP`
-    /// (see the module docs).
-    fast: Option<[String; 2]>,
+    /// What a blocking `XREADGROUP` reads, when the source allows it (see `fast_read`).
+    fast: Option<Fast>,
     /// How many a fast read takes: the fair share the take script last worked out, back to
     /// one as soon as a read finds fewer waiting.
     fast_count: usize,
@@ -485,32 +516,35 @@ impl Reader {
             && (script_found_nothing || self.fast_reads < SCRIPT_EVERY)
     }
 
-    /// One blocking `XREADGROUP` over the group's inbox and topic stream (see the module
-    /// docs); what it takes goes to `taken`, inbox entries first. `Ok(false)`: nothing came
+    /// One blocking `XREADGROUP` over the source's two streams (see `fast_read`); what it
+    /// takes goes to `taken`, the first stream's entries (given back or inherited) first. `Ok(false)`: nothing came
     /// within the block time, or Redis refused the read (the group was removed, the stream
     /// deleted) and the take script should look.
     async fn read_fast(
         &mut self,
         reply: &oneshot::Sender<Result<Delivery, BrokerError>>,
     ) -> Result<bool, BrokerError> {
-        let (Some([inbox, topic]), Source::Group(group)) = (&self.fast, &self.source) else {
+        let Some(fast) = &self.fast else {
             return Ok(false);
         };
-        let (inbox, topic, group) = (inbox.clone(), topic.clone(), group.clone());
+        let (streams, xgroup) = (fast.streams.clone(), fast.group.clone());
+        let source = match &self.source {
+            Source::Group(name) | Source::Queue(name) => name.clone(),
+        };
         self.fast_reads += 1;
         let mut conn = self.blocking_conn().await?;
         let block = self.broker.inner.options.block.as_millis().max(1);
         let mut cmd = redis::cmd("XREADGROUP");
         cmd.arg("GROUP")
-            .arg(&*group)
+            .arg(&*xgroup)
             .arg(&self.name)
             .arg("COUNT")
             .arg(self.fast_count)
             .arg("BLOCK")
             .arg(u64::try_from(block).unwrap_or(1000))
             .arg("STREAMS")
-            .arg(&inbox)
-            .arg(&topic)
+            .arg(&streams[0].0)
+            .arg(&streams[1].0)
             .arg(">")
             .arg(">");
         let read = cmd.query_async::<Value>(&mut conn);
@@ -558,13 +592,16 @@ impl Reader {
             let [key, entries] = items(stream) else {
                 continue;
             };
-            let kind = if text(key) == inbox { "i" } else { "t" };
+            let key = text(key);
+            let Some((_, kind)) = streams.iter().find(|(k, _)| *k == key) else {
+                continue;
+            };
             for entry in items(entries) {
                 let [id, fields] = items(entry) else {
                     continue;
                 };
                 got += 1;
-                if let Some(delivery) = self.delivery(kind, id, fields, 1, group.clone()) {
+                if let Some(delivery) = self.delivery(kind, id, fields, 1, source.clone()) {
                     self.taken.push_back(delivery);
                 }
             }

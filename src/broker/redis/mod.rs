@@ -203,6 +203,8 @@ struct Inner {
     /// Groups and queues this process declared (for the synchronous `consumer` checks).
     groups: RwLock<HashMap<String, Vec<TopicPattern>>>,
     queues: RwLock<HashSet<String>>,
+    /// Queues whose mover runs in this process (see `run_queue_mover`).
+    queue_movers: Mutex<HashSet<String>>,
     /// Unique per broker instance: consumer names are `{instance}-{n}`, and replies to
     /// this process's queries come on `P reply:{instance}`.
     instance: String,
@@ -367,6 +369,7 @@ impl RedisBroker {
             known_topics: RwLock::new(HashSet::new()),
             groups: RwLock::new(HashMap::new()),
             queues: RwLock::new(HashSet::new()),
+            queue_movers: Mutex::new(HashSet::new()),
             instance,
             retention: Arc::default(),
             consumers: AtomicU64::new(0),
@@ -888,6 +891,122 @@ async fn run_mover(weak: Weak<Inner>) {
     }
 }
 
+/// Moves a queue's due items to its ready stream, in batches, as they fall due, so that the
+/// queue's consumers can block in `XREADGROUP` on the ready stream (see `consumer`) rather
+/// than each run the take script to move them. One per queue in each process that declared
+/// it; any number may run, the script moves each item once. It sleeps until the next item
+/// falls due, or until a commit scheduling an earlier one writes the queue's wake stream,
+/// and ends when the queue is removed or the broker dropped.
+async fn run_queue_mover(weak: Weak<Inner>, queue: String) {
+    let mut conn: Option<MultiplexedConnection> = None;
+    let mut backoff = outage::BACKOFF_START;
+    loop {
+        let Some(inner) = weak.upgrade() else { return };
+        let broker = RedisBroker { inner };
+        if !broker
+            .inner
+            .queues
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&queue)
+        {
+            broker.forget_queue_mover(&queue);
+            return;
+        }
+        let step = async {
+            let reply: Value = scripts::MOVE_QUEUE
+                .prepare_invoke()
+                .arg(&broker.inner.prefix)
+                .arg(&queue)
+                .arg(broker.inner.options.mover_batch)
+                .invoke_async(&mut broker.conn())
+                .await
+                .map_err(unavailable)?;
+            let reply = items(&reply).to_vec();
+            if reply.first().map(text).as_deref() != Some("moved") {
+                return Ok(None);
+            }
+            let moved = reply.get(1).map(int).unwrap_or(0);
+            let next_due = reply.get(2).map(text).and_then(|t| t.parse::<u64>().ok());
+            let wake_id = reply.get(3).map(text).unwrap_or_else(|| "0-0".to_owned());
+            if conn.is_none() {
+                conn = Some(broker.dedicated().await?);
+            }
+            Ok::<_, BrokerError>(Some((moved, next_due, wake_id)))
+        };
+        let (moved, next_due, wake_id) = match broker.track("queue mover", step.await) {
+            Ok(Some(found)) => {
+                backoff = outage::BACKOFF_START;
+                found
+            }
+            Ok(None) => {
+                // Removed in Redis (by another process, say): the take script answers `gone`.
+                broker.forget_queue_mover(&queue);
+                return;
+            }
+            Err(e) => {
+                debug!(queue = %queue, error = %outage::describe(&e), "queue mover: redis unavailable; retrying");
+                drop(broker);
+                tokio::time::sleep(outage::jittered(&mut backoff)).await;
+                continue;
+            }
+        };
+        if moved >= broker.inner.options.mover_batch as i64 {
+            continue;
+        }
+        let block = broker.inner.options.block;
+        let wake_key = broker.queue_key(&queue, "wake");
+        // Hold no strong reference while waiting: the broker may be dropped meanwhile.
+        drop(broker);
+        let wait_ms = next_due
+            .map_or(block, |ms| Duration::from_millis(ms).min(block))
+            .as_millis();
+        if wait_ms == 0 {
+            continue;
+        }
+        let Some(c) = conn.as_mut() else { continue };
+        let waited: redis::RedisResult<Value> = redis::cmd("XREAD")
+            .arg("BLOCK")
+            .arg(u64::try_from(wait_ms).unwrap_or(1000))
+            .arg("STREAMS")
+            .arg(&wake_key)
+            .arg(&wake_id)
+            .query_async(c)
+            .await;
+        if waited.is_err() {
+            conn = None;
+        }
+    }
+}
+
+impl RedisBroker {
+    /// Starts the queue's mover in this process, unless it runs already.
+    fn start_queue_mover(&self, queue: &str) {
+        let started = self
+            .inner
+            .queue_movers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(queue.to_owned());
+        if started {
+            let span =
+                tracing::info_span!("redis_queue_mover", component = "broker", queue = %queue);
+            // Tracked by ownership: it holds a Weak and ends once the broker is gone.
+            tokio::spawn(
+                run_queue_mover(Arc::downgrade(&self.inner), queue.to_owned()).instrument(span),
+            );
+        }
+    }
+
+    fn forget_queue_mover(&self, queue: &str) {
+        self.inner
+            .queue_movers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(queue);
+    }
+}
+
 impl Broker for RedisBroker {
     type Consumer = RedisConsumer;
 
@@ -1229,6 +1348,7 @@ impl Broker for RedisBroker {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .insert(spec.name.clone());
+        self.start_queue_mover(&spec.name);
         Ok(())
     }
 
