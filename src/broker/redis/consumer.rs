@@ -13,7 +13,7 @@
 //! command, no script, and Redis hands each new entry to one blocked consumer, where an
 //! `XREAD` wakes every consumer of the group to race for it. A queue's consumers do the same
 //! over its back and ready streams, when the queue's mover (which moves due items to the
-//! ready stream, see `run_queue_mover`) runs in the process. The take script still runs
+//! ready stream, see `run_mover`) runs in the process. The take script still runs
 //! every few takes (to claim entries of dead consumers, notice a removed group and work
 //! out the fair share to take ahead) and whenever the blocking read finds nothing. A
 //! blocking read whose caller stops waiting is ended with `CLIENT UNBLOCK`, and whatever it

@@ -203,7 +203,7 @@ struct Inner {
     /// Groups and queues this process declared (for the synchronous `consumer` checks).
     groups: RwLock<HashMap<String, Vec<TopicPattern>>>,
     queues: RwLock<HashSet<String>>,
-    /// Queues whose mover runs in this process (see `run_queue_mover`).
+    /// Queues whose mover runs in this process (see `run_mover`).
     queue_movers: Mutex<HashSet<String>>,
     /// Unique per broker instance: consumer names are `{instance}-{n}`, and replies to
     /// this process's queries come on `P reply:{instance}`.
@@ -378,7 +378,7 @@ impl RedisBroker {
         });
         let span = tracing::info_span!("redis_mover", component = "broker");
         // Tracked by ownership: it holds a Weak and ends once the broker is gone.
-        tokio::spawn(run_mover(Arc::downgrade(&inner)).instrument(span));
+        tokio::spawn(run_mover(Arc::downgrade(&inner), Moving::Deferred).instrument(span));
         let span = tracing::info_span!("redis_trimmer", component = "broker");
         let trimmer = retention::run(Arc::downgrade(&inner), inner.retention.clone());
         tokio::spawn(trimmer.instrument(span));
@@ -825,127 +825,90 @@ fn parse_patterns(texts: &[String]) -> Vec<TopicPattern> {
         .collect()
 }
 
-/// Publishes deferred events as they fall due. Any number of processes may run this: the
-/// script moves each event once. It sleeps until the next due time, or until a commit
-/// scheduling an earlier event writes the wake stream.
-async fn run_mover(weak: Weak<Inner>) {
+/// What a mover moves as it falls due: the namespace's deferred events (published to their
+/// topics), or one queue's items (moved to its ready stream, so that the queue's consumers
+/// can block in `XREADGROUP` there, see `consumer`, rather than each run the take script).
+enum Moving {
+    Deferred,
+    Queue(String),
+}
+
+/// Moves what falls due, in batches. Any number of processes may run a mover for the same
+/// thing: the script moves each item once. It sleeps until the next due time, or until a
+/// commit scheduling an earlier item writes the wake stream. The deferred mover runs as long
+/// as the broker; a queue's runs in each process that declared the queue, and ends when the
+/// queue is removed (or the broker dropped).
+async fn run_mover(weak: Weak<Inner>, moving: Moving) {
+    let what = match &moving {
+        Moving::Deferred => "deferred mover",
+        Moving::Queue(_) => "queue mover",
+    };
     let mut conn: Option<MultiplexedConnection> = None;
     let mut backoff = outage::BACKOFF_START;
     loop {
         let Some(inner) = weak.upgrade() else { return };
         let broker = RedisBroker { inner };
+        if let Moving::Queue(queue) = &moving {
+            let declared = broker
+                .inner
+                .queues
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(queue);
+            if !declared {
+                broker.forget_queue_mover(queue);
+                return;
+            }
+        }
         let step = async {
-            let reply: Value = scripts::MOVE_DEFERRED
-                .prepare_invoke()
-                .arg(&broker.inner.prefix)
-                .arg(broker.inner.options.mover_batch)
-                .invoke_async(&mut broker.conn())
-                .await
-                .map_err(unavailable)?;
+            let batch = broker.inner.options.mover_batch;
+            let reply: Value = match &moving {
+                Moving::Deferred => {
+                    scripts::MOVE_DEFERRED
+                        .prepare_invoke()
+                        .arg(&broker.inner.prefix)
+                        .arg(batch)
+                        .invoke_async(&mut broker.conn())
+                        .await
+                }
+                Moving::Queue(queue) => {
+                    scripts::MOVE_QUEUE
+                        .prepare_invoke()
+                        .arg(&broker.inner.prefix)
+                        .arg(queue)
+                        .arg(batch)
+                        .invoke_async(&mut broker.conn())
+                        .await
+                }
+            }
+            .map_err(unavailable)?;
             let reply = items(&reply).to_vec();
+            if reply.first().map(text).as_deref() == Some("gone") {
+                return Ok(None);
+            }
             let moved = reply.first().map(int).unwrap_or(0);
             let next_due = reply.get(1).map(text).and_then(|t| t.parse::<u64>().ok());
             let wake_id = reply.get(2).map(text).unwrap_or_else(|| "0-0".to_owned());
             if conn.is_none() {
                 conn = Some(broker.dedicated().await?);
             }
-            Ok::<_, BrokerError>((moved, next_due, wake_id))
-        };
-        let (moved, next_due, wake_id) = match broker.track("deferred mover", step.await) {
-            Ok(found) => {
-                backoff = outage::BACKOFF_START;
-                found
-            }
-            Err(e) => {
-                debug!(error = %outage::describe(&e), "deferred mover: redis unavailable; retrying");
-                drop(broker);
-                tokio::time::sleep(outage::jittered(&mut backoff)).await;
-                continue;
-            }
-        };
-        if moved >= broker.inner.options.mover_batch as i64 {
-            continue;
-        }
-        let block = broker.inner.options.block;
-        let wake_key = broker.key("deferred:wake");
-        // Hold no strong reference while waiting: the broker may be dropped meanwhile.
-        drop(broker);
-        let wait_ms = next_due
-            .map_or(block, |ms| Duration::from_millis(ms).min(block))
-            .as_millis();
-        if wait_ms == 0 {
-            continue;
-        }
-        let Some(c) = conn.as_mut() else { continue };
-        let waited: redis::RedisResult<Value> = redis::cmd("XREAD")
-            .arg("BLOCK")
-            .arg(u64::try_from(wait_ms).unwrap_or(1000))
-            .arg("STREAMS")
-            .arg(&wake_key)
-            .arg(&wake_id)
-            .query_async(c)
-            .await;
-        if waited.is_err() {
-            conn = None;
-        }
-    }
-}
-
-/// Moves a queue's due items to its ready stream, in batches, as they fall due, so that the
-/// queue's consumers can block in `XREADGROUP` on the ready stream (see `consumer`) rather
-/// than each run the take script to move them. One per queue in each process that declared
-/// it; any number may run, the script moves each item once. It sleeps until the next item
-/// falls due, or until a commit scheduling an earlier one writes the queue's wake stream,
-/// and ends when the queue is removed or the broker dropped.
-async fn run_queue_mover(weak: Weak<Inner>, queue: String) {
-    let mut conn: Option<MultiplexedConnection> = None;
-    let mut backoff = outage::BACKOFF_START;
-    loop {
-        let Some(inner) = weak.upgrade() else { return };
-        let broker = RedisBroker { inner };
-        if !broker
-            .inner
-            .queues
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains(&queue)
-        {
-            broker.forget_queue_mover(&queue);
-            return;
-        }
-        let step = async {
-            let reply: Value = scripts::MOVE_QUEUE
-                .prepare_invoke()
-                .arg(&broker.inner.prefix)
-                .arg(&queue)
-                .arg(broker.inner.options.mover_batch)
-                .invoke_async(&mut broker.conn())
-                .await
-                .map_err(unavailable)?;
-            let reply = items(&reply).to_vec();
-            if reply.first().map(text).as_deref() != Some("moved") {
-                return Ok(None);
-            }
-            let moved = reply.get(1).map(int).unwrap_or(0);
-            let next_due = reply.get(2).map(text).and_then(|t| t.parse::<u64>().ok());
-            let wake_id = reply.get(3).map(text).unwrap_or_else(|| "0-0".to_owned());
-            if conn.is_none() {
-                conn = Some(broker.dedicated().await?);
-            }
             Ok::<_, BrokerError>(Some((moved, next_due, wake_id)))
         };
-        let (moved, next_due, wake_id) = match broker.track("queue mover", step.await) {
+        let (moved, next_due, wake_id) = match broker.track(what, step.await) {
             Ok(Some(found)) => {
                 backoff = outage::BACKOFF_START;
                 found
             }
             Ok(None) => {
-                // Removed in Redis (by another process, say): the take script answers `gone`.
-                broker.forget_queue_mover(&queue);
+                // The queue was removed in Redis (by another process, say): its consumers'
+                // take script answers `gone`.
+                if let Moving::Queue(queue) = &moving {
+                    broker.forget_queue_mover(queue);
+                }
                 return;
             }
             Err(e) => {
-                debug!(queue = %queue, error = %outage::describe(&e), "queue mover: redis unavailable; retrying");
+                debug!(mover = what, error = %outage::describe(&e), "redis unavailable; retrying");
                 drop(broker);
                 tokio::time::sleep(outage::jittered(&mut backoff)).await;
                 continue;
@@ -955,7 +918,10 @@ async fn run_queue_mover(weak: Weak<Inner>, queue: String) {
             continue;
         }
         let block = broker.inner.options.block;
-        let wake_key = broker.queue_key(&queue, "wake");
+        let wake_key = match &moving {
+            Moving::Deferred => broker.key("deferred:wake"),
+            Moving::Queue(queue) => broker.queue_key(queue, "wake"),
+        };
         // Hold no strong reference while waiting: the broker may be dropped meanwhile.
         drop(broker);
         let wait_ms = next_due
@@ -993,7 +959,8 @@ impl RedisBroker {
                 tracing::info_span!("redis_queue_mover", component = "broker", queue = %queue);
             // Tracked by ownership: it holds a Weak and ends once the broker is gone.
             tokio::spawn(
-                run_queue_mover(Arc::downgrade(&self.inner), queue.to_owned()).instrument(span),
+                run_mover(Arc::downgrade(&self.inner), Moving::Queue(queue.to_owned()))
+                    .instrument(span),
             );
         }
     }

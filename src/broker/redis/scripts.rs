@@ -580,8 +580,9 @@ return {#due, next_due, last_id(P .. 'deferred:wake')}
 });
 
 /// `move_queue`: ARGV P, queue, batch. Moves up to `batch` due items of a queue to its
-/// ready stream; replies `gone` for a queue no longer declared, else how many moved, the ms
-/// until the next item falls due ('' for none) and the queue's wake stream's last id.
+/// ready stream; replies `gone` for a queue no longer declared, else as `move_deferred`: how
+/// many moved, the ms until the next item falls due ('' for none) and the queue's wake
+/// stream's last id.
 pub static MOVE_QUEUE: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
@@ -593,7 +594,7 @@ local moved = move_due(queue, now, batch)
 local next_due = ''
 local first = redis.call('ZRANGE', q .. ':sched', 0, 0, 'WITHSCORES')
 if #first > 0 then next_due = fmt(math.max(0, tonumber(first[2]) - now)) end
-return {'moved', moved, next_due, last_id(q .. ':wake')}
+return {moved, next_due, last_id(q .. ':wake')}
 "#,
     )
 });
