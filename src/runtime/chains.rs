@@ -8,9 +8,10 @@
 //! the tracker keeps the instances in its own memory, bounded (`MAX_INSTANCES`); a
 //! restarted tracker forgets instances in flight. It has no consumer group: the broker
 //! reports each event it accepts to the runtime's `StepRegistry`
-//! (`Broker::observe_accepted`), which hands the events of the chain's step topics to the
-//! tracker's `StepInbox` (see `step_registry`). The publishing task pays a map lookup,
-//! and for a step an `Arc` clone and a push; the tracker takes what waits in one go, then
+//! (`Broker::observe_accepted`), which hands the chain's steps to the tracker's
+//! `StepInbox` as compact `Step` records (see `step_registry`). The publishing task pays
+//! a map lookup, and for a step a hash of the correlation id and a push; the tracker
+//! keys its instances by that hash, takes what waits in one go, then
 //! lets steps gather for `GATHER` before it looks again, and flushes its stats once per
 //! batch. Every way an event reaches the broker counts: HTTP ingest and `/query`,
 //! producers, handler emits and dead letters (when their commit lands), a chain's own
@@ -28,6 +29,7 @@
 //! tracker each, and each process mirrors the shared counters for `/chains` and metrics.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
@@ -45,7 +47,7 @@ use crate::broker::{
 };
 use crate::event::Event;
 use crate::flow::model::ChainConfig;
-use crate::runtime::step_registry::StepInbox;
+use crate::runtime::step_registry::{CorrelationId, Step, StepInbox};
 use crate::runtime::Shared;
 
 /// Instances tracked at once per chain; past it the oldest is forgotten (and logged).
@@ -164,6 +166,7 @@ impl ChainStats {
 }
 
 struct Instance {
+    correlation: CorrelationId,
     /// When the tracker saw its first step (timeouts run from here).
     started: Instant,
     /// (step index, the step event's own time) of every step seen, in order. Durations
@@ -176,6 +179,24 @@ struct Instance {
     last: Option<Arc<Event>>,
     /// The key of its pending timeout in `Tracked::deadlines`.
     deadline: Option<(Instant, u64)>,
+}
+
+/// Hashes an instance key, which is already a seeded hash (`Step::key`), to itself.
+#[derive(Default)]
+struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, key: u64) {
+        self.0 = key;
+    }
 }
 
 /// What a tracker needs.
@@ -203,7 +224,10 @@ pub(crate) fn spawn<B: Broker>(
         if !task.shared.steps_reported {
             warn!(chain = %task.name, "this broker does not report the events it accepts to this runtime; the chain will see no steps");
         }
-        let inbox = task.shared.steps.register(&task.name, &task.config.steps);
+        let inbox = task
+            .shared
+            .steps
+            .register(&task.name, &task.config.steps, task.keeps_last());
         tracker.spawn(run_local(task, inbox, token.clone()).instrument(span));
     }
     Ok(())
@@ -212,13 +236,14 @@ pub(crate) fn spawn<B: Broker>(
 /// The instances a tracker follows.
 #[derive(Default)]
 struct Tracked {
-    instances: HashMap<String, Instance>,
+    /// By instance key (`Step::key`).
+    instances: HashMap<u64, Instance, BuildHasherDefault<KeyHasher>>,
     /// Durations observed since the last flush into the shared stats (one lock per batch
     /// of steps rather than one per step): (step, ms) and whole-chain ms.
     step_samples: Vec<(usize, f64)>,
     chain_samples: Vec<f64>,
-    /// Pending timeouts; an instance removes its own when it completes.
-    deadlines: BTreeMap<(Instant, u64), String>,
+    /// Pending timeouts (to instance keys); an instance removes its own when it completes.
+    deadlines: BTreeMap<(Instant, u64), u64>,
     seq: u64,
 }
 
@@ -333,7 +358,7 @@ async fn run_shared<B: Broker>(
 /// every step, handed over through `inbox`).
 async fn run_local<B: Broker>(task: ChainTask<B>, inbox: Arc<StepInbox>, token: CancellationToken) {
     let mut tracked = Tracked::default();
-    let mut batch: Vec<Arc<Event>> = Vec::new();
+    let mut batch: Vec<Step> = Vec::new();
     loop {
         let next_deadline = tracked.deadlines.keys().next().map(|(at, _)| *at);
         let sleep = async {
@@ -351,9 +376,9 @@ async fn run_local<B: Broker>(task: ChainTask<B>, inbox: Arc<StepInbox>, token: 
                     if entry.key().0 > now {
                         break;
                     }
-                    let correlation = entry.remove();
-                    if let Some(instance) = tracked.instances.remove(&correlation) {
-                        task.time_out(&correlation, instance).await;
+                    let key = entry.remove();
+                    if let Some(instance) = tracked.instances.remove(&key) {
+                        task.time_out(instance).await;
                     }
                 }
             }
@@ -361,8 +386,8 @@ async fn run_local<B: Broker>(task: ChainTask<B>, inbox: Arc<StepInbox>, token: 
                 // Everything waiting, in one go: one wake-up per batch.
                 inbox.take(&mut batch);
                 let taken = batch.len();
-                for event in batch.drain(..) {
-                    task.observe(&mut tracked, event);
+                for step in batch.drain(..) {
+                    task.observe(&mut tracked, step);
                 }
                 task.flush_samples(&mut tracked);
                 let dropped = inbox.take_dropped();
@@ -412,48 +437,51 @@ impl<B: Broker> ChainTask<B> {
         }
     }
 
-    /// Follows one step event.
-    fn observe(&self, tracked: &mut Tracked, event: Arc<Event>) {
-        let Some(step) = self.config.steps.iter().position(|s| *s == event.topic) else {
-            return;
-        };
-        let now = Instant::now();
-        match tracked.instances.get_mut(&event.correlation_id) {
-            None if step == 0 => {
+    /// Follows one step.
+    fn observe(&self, tracked: &mut Tracked, step: Step) {
+        let at = step.time;
+        match tracked.instances.get_mut(&step.key) {
+            None if step.index == 0 => {
+                let Some(correlation) = step.correlation else {
+                    return;
+                };
                 if tracked.instances.len() >= MAX_INSTANCES {
                     self.forget_one(tracked);
                 }
+                let now = Instant::now();
                 let deadline = self.config.timeout.map(|t| {
                     tracked.seq += 1;
                     let key = (now + t, tracked.seq);
-                    tracked.deadlines.insert(key, event.correlation_id.clone());
+                    tracked.deadlines.insert(key, step.key);
                     key
                 });
                 self.stats.started.fetch_add(1, Ordering::Relaxed);
                 self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
-                let correlation = event.correlation_id.clone();
+                let mut reached = Vec::with_capacity(self.config.steps.len());
+                reached.push((0, at));
                 tracked.instances.insert(
-                    correlation,
+                    step.key,
                     Instance {
+                        correlation,
                         started: now,
-                        reached: vec![(0, event.time)],
-                        last: self.keeps_last().then_some(event),
+                        reached,
+                        last: step.event,
                         deadline,
                     },
                 );
             }
             None => {} // a journey that started before this tracker did
             Some(instance) => {
-                let at = event.time;
                 let previous = instance.reached.last().map_or(at, |(_, t)| *t);
-                instance.reached.push((step, at));
-                if self.keeps_last() {
-                    instance.last = Some(event.clone());
+                instance.reached.push((step.index, at));
+                if step.event.is_some() {
+                    instance.last = step.event;
                 }
-                tracked.step_samples.push((step, ms_between(previous, at)));
-                if step + 1 == self.config.steps.len() {
-                    let correlation = event.correlation_id.clone();
-                    if let Some(done) = tracked.instances.remove(&correlation) {
+                tracked
+                    .step_samples
+                    .push((step.index, ms_between(previous, at)));
+                if step.index + 1 == self.config.steps.len() {
+                    if let Some(done) = tracked.instances.remove(&step.key) {
                         if let Some(key) = done.deadline {
                             tracked.deadlines.remove(&key);
                         }
@@ -469,19 +497,19 @@ impl<B: Broker> ChainTask<B> {
     /// Makes room: forgets the instance closest to timing out (or any, without timeouts).
     fn forget_one(&self, tracked: &mut Tracked) {
         let oldest = match tracked.deadlines.pop_first() {
-            Some((_, correlation)) => correlation,
+            Some((_, key)) => key,
             None => match tracked.instances.keys().next() {
-                Some(key) => key.clone(),
+                Some(key) => *key,
                 None => return,
             },
         };
-        if tracked.instances.remove(&oldest).is_some() {
+        if let Some(forgotten) = tracked.instances.remove(&oldest) {
             self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
-            warn!(chain = %self.name, correlation = %oldest, limit = MAX_INSTANCES, "too many chain instances in flight; forgetting one");
+            warn!(chain = %self.name, correlation = %forgotten.correlation.as_str(), limit = MAX_INSTANCES, "too many chain instances in flight; forgetting one");
         }
     }
 
-    async fn time_out(&self, correlation: &str, instance: Instance) {
+    async fn time_out(&self, instance: Instance) {
         self.stats.timed_out.fetch_add(1, Ordering::Relaxed);
         self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
         let steps = &self.config.steps;
@@ -491,8 +519,13 @@ impl<B: Broker> ChainTask<B> {
             .filter_map(|(i, _)| steps.get(*i).map(String::as_str))
             .collect();
         let waited = Instant::now() - instance.started;
-        self.emit_timeout(correlation, reached, waited, instance.last.as_deref())
-            .await;
+        self.emit_timeout(
+            instance.correlation.as_str(),
+            reached,
+            waited,
+            instance.last.as_deref(),
+        )
+        .await;
     }
 
     /// Logs a timed-out instance and publishes its `on_timeout` event, if the chain has one.

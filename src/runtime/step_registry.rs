@@ -1,13 +1,18 @@
 //! The hand-off of chain steps from the broker to the chain trackers, on a broker that
 //! does not keep chain state (memory). It owns the registry (topic -> the trackers that
-//! have it as a step) and each tracker's inbox; it does not track instances (`chains`
-//! does) and never blocks or waits.
+//! have it as a step, and at which index) and each tracker's inbox; it does not track
+//! instances (`chains` does) and never blocks or waits.
 //!
 //! The registry is the runtime's `AcceptObserver`: the broker calls it for every event it
 //! accepts, on the publishing task, so a topic that is in no chain costs one atomic load
-//! when no chain runs and one map miss when some do. A step costs an `Arc` clone and a
-//! push under the inbox's lock; the tracker is woken only when its inbox goes from empty
-//! to non-empty, and takes everything waiting in one go.
+//! when no chain runs and one map miss when some do. A step is handed over as a compact
+//! `Step` built there: the step's index, a seeded hash of the correlation id (the
+//! instance's key), the event's time, the correlation id itself (inline, no allocation)
+//! on a chain's first step only, and the event only to a chain whose `on_timeout` carries
+//! the last event. So the tracker neither shares the event's reference count with the
+//! subscribers nor frees it on its own thread. A push is one append under the inbox's
+//! lock; the tracker is woken only when its inbox goes from empty to non-empty, and takes
+//! everything waiting in one go.
 //!
 //! Each inbox holds at most `INBOX_LIMIT` steps. A tracker that falls that far behind
 //! loses the newest steps (the push is refused; older ones stay), which it counts and
@@ -15,8 +20,10 @@
 //! instances those steps belonged to simply do not complete (or time out).
 
 use std::collections::{BTreeMap, HashMap};
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::SystemTime;
 
 use tokio::sync::Notify;
 
@@ -26,7 +33,57 @@ use crate::event::Event;
 /// Steps waiting for one tracker, at most; past it the newest are dropped (and counted).
 pub const INBOX_LIMIT: usize = 1 << 16;
 
-/// The step events waiting for one chain tracker.
+/// A correlation id held without an allocation when it is short (ULIDs and UUIDs are).
+#[derive(Clone, Debug)]
+pub enum CorrelationId {
+    Inline { len: u8, bytes: [u8; INLINE] },
+    Boxed(Box<str>),
+}
+
+const INLINE: usize = 40;
+
+impl CorrelationId {
+    pub fn new(id: &str) -> Self {
+        if id.len() <= INLINE {
+            let mut bytes = [0; INLINE];
+            bytes[..id.len()].copy_from_slice(id.as_bytes());
+            CorrelationId::Inline {
+                len: id.len() as u8,
+                bytes,
+            }
+        } else {
+            CorrelationId::Boxed(id.into())
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            // Copied whole from a `&str`, so always valid UTF-8.
+            CorrelationId::Inline { len, bytes } => {
+                std::str::from_utf8(&bytes[..*len as usize]).unwrap_or_default()
+            }
+            CorrelationId::Boxed(id) => id,
+        }
+    }
+}
+
+/// One step of one chain instance, as its tracker sees it.
+#[derive(Debug)]
+pub struct Step {
+    /// Which step of the chain (index into its `steps`).
+    pub index: usize,
+    /// The instance's key: a hash of the correlation id, seeded per registry (two ids
+    /// share a key with odds of about one in 10^9 at 100,000 instances in flight).
+    pub key: u64,
+    /// The event's own time.
+    pub time: SystemTime,
+    /// The correlation id, on the chain's first step only (it starts an instance).
+    pub correlation: Option<CorrelationId>,
+    /// The event, only for a chain whose `on_timeout` carries the last event.
+    pub event: Option<Arc<Event>>,
+}
+
+/// The steps waiting for one chain tracker.
 #[derive(Debug, Default)]
 pub struct StepInbox {
     waiting: Mutex<Waiting>,
@@ -38,7 +95,7 @@ pub struct StepInbox {
 
 #[derive(Debug, Default)]
 struct Waiting {
-    steps: Vec<Arc<Event>>,
+    steps: Vec<Step>,
     /// The tracker stopped: nothing is kept any more.
     closed: bool,
 }
@@ -50,7 +107,7 @@ impl StepInbox {
     }
 
     /// Adds a step for the tracker (refused, and counted, when the inbox is full).
-    pub fn push(&self, event: &Arc<Event>) {
+    pub fn push(&self, step: Step) {
         let wake = {
             let mut waiting = self.lock();
             if waiting.closed {
@@ -60,7 +117,7 @@ impl StepInbox {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
                 return;
             }
-            waiting.steps.push(event.clone());
+            waiting.steps.push(step);
             waiting.steps.len() == 1
         };
         if wake {
@@ -75,7 +132,7 @@ impl StepInbox {
 
     /// Moves every waiting step into `batch` (which should be empty: its allocation is
     /// handed back to the inbox for the next steps).
-    pub fn take(&self, batch: &mut Vec<Arc<Event>>) {
+    pub fn take(&self, batch: &mut Vec<Step>) {
         std::mem::swap(&mut self.lock().steps, batch);
     }
 
@@ -99,27 +156,40 @@ pub struct StepRegistry {
     any: AtomicBool,
     /// By chain name; changed on reload only.
     chains: Mutex<BTreeMap<String, Registered>>,
-    /// Topic -> the inboxes of the chains it is a step of; rebuilt from `chains`.
-    by_topic: RwLock<HashMap<String, Vec<Arc<StepInbox>>>>,
+    /// Topic -> where it is a step; rebuilt from `chains`.
+    by_topic: RwLock<HashMap<String, Vec<Target>, foldhash::fast::RandomState>>,
+    /// Seeds the instance keys (`Step::key`).
+    keys: foldhash::quality::RandomState,
 }
 
 /// A chain's step topics and its tracker's inbox.
 #[derive(Debug)]
 struct Registered {
     steps: Vec<String>,
+    keeps_events: bool,
     inbox: Arc<StepInbox>,
+}
+
+/// One chain a topic is a step of.
+#[derive(Debug)]
+struct Target {
+    inbox: Arc<StepInbox>,
+    index: usize,
+    keeps_events: bool,
 }
 
 impl StepRegistry {
     /// Starts handing the steps of `chain` to a new inbox, which replaces any earlier one
-    /// of the same chain.
-    pub fn register(&self, chain: &str, steps: &[String]) -> Arc<StepInbox> {
+    /// of the same chain; `keeps_events` hands the step events over too (for a chain whose
+    /// `on_timeout` carries the last event).
+    pub fn register(&self, chain: &str, steps: &[String], keeps_events: bool) -> Arc<StepInbox> {
         let inbox = Arc::new(StepInbox::default());
         let mut chains = self.chains.lock().unwrap_or_else(|e| e.into_inner());
         chains.insert(
             chain.to_owned(),
             Registered {
                 steps: steps.to_vec(),
+                keeps_events,
                 inbox: inbox.clone(),
             },
         );
@@ -136,13 +206,21 @@ impl StepRegistry {
     }
 
     fn rebuild(&self, chains: &BTreeMap<String, Registered>) {
-        let mut by_topic: HashMap<String, Vec<Arc<StepInbox>>> = HashMap::new();
-        for Registered { steps, inbox } in chains.values() {
-            for topic in steps {
-                let inboxes = by_topic.entry(topic.clone()).or_default();
+        let mut by_topic: HashMap<String, Vec<Target>, foldhash::fast::RandomState> =
+            HashMap::default();
+        for registered in chains.values() {
+            for (index, topic) in registered.steps.iter().enumerate() {
+                let targets = by_topic.entry(topic.clone()).or_default();
                 // A topic that appears twice in one chain is one step (its first place).
-                if !inboxes.iter().any(|i| Arc::ptr_eq(i, inbox)) {
-                    inboxes.push(inbox.clone());
+                if !targets
+                    .iter()
+                    .any(|t| Arc::ptr_eq(&t.inbox, &registered.inbox))
+                {
+                    targets.push(Target {
+                        inbox: registered.inbox.clone(),
+                        index,
+                        keeps_events: registered.keeps_events,
+                    });
                 }
             }
         }
@@ -158,10 +236,18 @@ impl AcceptObserver for StepRegistry {
             return;
         }
         let by_topic = self.by_topic.read().unwrap_or_else(|e| e.into_inner());
-        if let Some(inboxes) = by_topic.get(&event.topic) {
-            for inbox in inboxes {
-                inbox.push(event);
-            }
+        let Some(targets) = by_topic.get(&event.topic) else {
+            return;
+        };
+        let key = self.keys.hash_one(&event.correlation_id);
+        for target in targets {
+            target.inbox.push(Step {
+                index: target.index,
+                key,
+                time: event.time,
+                correlation: (target.index == 0).then(|| CorrelationId::new(&event.correlation_id)),
+                event: target.keeps_events.then(|| event.clone()),
+            });
         }
     }
 }
@@ -174,44 +260,109 @@ mod tests {
         Arc::new(Event::new(topic, "edaflow://test", serde_json::Value::Null))
     }
 
+    fn step() -> Step {
+        Step {
+            index: 0,
+            key: 1,
+            time: SystemTime::UNIX_EPOCH,
+            correlation: None,
+            event: None,
+        }
+    }
+
     #[test]
     fn steps_reach_the_inboxes_of_the_chains_that_have_them() {
         let registry = StepRegistry::default();
-        let a = registry.register("a", &["x".into(), "y".into(), "x".into()]);
-        let b = registry.register("b", &["y".into(), "z".into()]);
+        let a = registry.register("a", &["x".into(), "y".into(), "x".into()], false);
+        let b = registry.register("b", &["y".into(), "z".into()], true);
         for topic in ["x", "y", "z", "other"] {
             registry.accepted(&event(topic));
         }
-        let topics = |inbox: &StepInbox| {
+        let indexes = |inbox: &StepInbox| {
             let mut batch = Vec::new();
             inbox.take(&mut batch);
-            batch.iter().map(|e| e.topic.clone()).collect::<Vec<_>>()
+            batch.iter().map(|s| s.index).collect::<Vec<_>>()
         };
-        assert_eq!(topics(&a), ["x", "y"]);
-        assert_eq!(topics(&b), ["y", "z"]);
+        assert_eq!(indexes(&a), [0, 1]);
+        assert_eq!(indexes(&b), [0, 1]);
 
         registry.unregister("a");
         registry.accepted(&event("x"));
         registry.accepted(&event("y"));
-        assert!(topics(&a).is_empty());
-        assert_eq!(topics(&b), ["y"]);
+        assert!(indexes(&a).is_empty());
+        assert_eq!(indexes(&b), [0]);
         registry.unregister("b");
         assert!(!registry.any.load(Ordering::Acquire));
     }
 
     #[test]
+    fn a_step_carries_the_correlation_on_the_first_step_and_the_event_only_when_kept() {
+        let registry = StepRegistry::default();
+        let lean = registry.register("lean", &["x".into(), "y".into()], false);
+        let keeping = registry.register("keeping", &["x".into(), "y".into()], true);
+        let first = event("x");
+        let next = Arc::new(first.caused("y", "edaflow://test", serde_json::Value::Null));
+        let other = event("y");
+        for e in [&first, &next, &other] {
+            registry.accepted(e);
+        }
+        let mut batch = Vec::new();
+        lean.take(&mut batch);
+        assert_eq!(batch.len(), 3);
+        assert_eq!(
+            batch[0].correlation.as_ref().map(CorrelationId::as_str),
+            Some(first.correlation_id.as_str())
+        );
+        assert!(batch[1].correlation.is_none() && batch[2].correlation.is_none());
+        assert_eq!(batch[0].key, batch[1].key, "one journey, one key");
+        assert_ne!(batch[0].key, batch[2].key, "another journey");
+        assert_eq!(batch[1].time, next.time);
+        assert!(batch.iter().all(|s| s.event.is_none()));
+        assert_eq!(
+            Arc::strong_count(&next),
+            2,
+            "kept only by the keeping chain"
+        );
+
+        let mut kept = Vec::new();
+        keeping.take(&mut kept);
+        assert!(Arc::ptr_eq(kept[1].event.as_ref().unwrap(), &next));
+        assert_eq!(kept[0].key, batch[0].key, "keys do not depend on the chain");
+    }
+
+    #[test]
+    fn correlation_ids_of_any_length_come_back_whole() {
+        for id in [
+            "",
+            "01J0000000000000000000000A",
+            &"é".repeat(20),
+            &"x".repeat(41),
+            &"y".repeat(300),
+        ] {
+            assert_eq!(CorrelationId::new(id).as_str(), id);
+        }
+        assert!(matches!(
+            CorrelationId::new(&"x".repeat(40)),
+            CorrelationId::Inline { .. }
+        ));
+        assert!(matches!(
+            CorrelationId::new(&"x".repeat(41)),
+            CorrelationId::Boxed(_)
+        ));
+    }
+
+    #[test]
     fn a_full_inbox_refuses_the_newest_steps_and_counts_them() {
         let inbox = StepInbox::default();
-        let step = event("x");
         for _ in 0..INBOX_LIMIT + 3 {
-            inbox.push(&step);
+            inbox.push(step());
         }
         assert_eq!(inbox.take_dropped(), 3);
         assert_eq!(inbox.take_dropped(), 0);
         let mut batch = Vec::new();
         inbox.take(&mut batch);
         assert_eq!(batch.len(), INBOX_LIMIT);
-        inbox.push(&step);
+        inbox.push(step());
         batch.clear();
         inbox.take(&mut batch);
         assert_eq!(batch.len(), 1);
@@ -222,8 +373,8 @@ mod tests {
         use futures_util::FutureExt;
         let inbox = StepInbox::default();
         assert!(inbox.ready().now_or_never().is_none(), "nothing waits yet");
-        inbox.push(&event("x"));
-        inbox.push(&event("x"));
+        inbox.push(step());
+        inbox.push(step());
         // One stored wake-up for both pushes.
         assert!(inbox.ready().now_or_never().is_some());
         assert!(
@@ -233,7 +384,7 @@ mod tests {
         let mut batch = Vec::new();
         inbox.take(&mut batch);
         assert_eq!(batch.len(), 2);
-        inbox.push(&event("x"));
+        inbox.push(step());
         assert!(
             inbox.ready().now_or_never().is_some(),
             "empty again, then a step"
@@ -243,9 +394,9 @@ mod tests {
     #[test]
     fn a_closed_inbox_keeps_nothing() {
         let inbox = StepInbox::default();
-        inbox.push(&event("x"));
+        inbox.push(step());
         inbox.close();
-        inbox.push(&event("x"));
+        inbox.push(step());
         let mut batch = Vec::new();
         inbox.take(&mut batch);
         assert!(batch.is_empty());
