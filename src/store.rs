@@ -31,6 +31,45 @@ pub trait StoreRead: Send + Sync {
     ) -> Result<Vec<(String, Value)>, StoreError>;
 }
 
+/// A read a handler's run asked for and could not be answered from its `ReadAhead`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum StoreWant {
+    Get { store: String, key: String },
+    Scan { store: String, prefix: String },
+}
+
+/// The answer to one `StoreWant`.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Fetched {
+    Value(Option<Value>),
+    Entries(Vec<(String, Value)>),
+}
+
+/// Store reads made ahead of a run: what the run reads instead of the store.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ReadAhead {
+    /// (store, key) -> the value, or `None` for a missing key.
+    pub values: HashMap<(String, String), Option<Value>>,
+    /// (store, prefix) -> the entries a scan found, in key order.
+    pub scans: HashMap<(String, String), Vec<(String, Value)>>,
+}
+
+impl ReadAhead {
+    /// Records the answer to `want`.
+    pub fn insert(&mut self, want: StoreWant, fetched: Fetched) {
+        match (want, fetched) {
+            (StoreWant::Get { store, key }, Fetched::Value(value)) => {
+                self.values.insert((store, key), value);
+            }
+            (StoreWant::Scan { store, prefix }, Fetched::Entries(entries)) => {
+                self.scans.insert((store, prefix), entries);
+            }
+            // A mismatched answer is a broker bug; the read is simply wanted again.
+            _ => {}
+        }
+    }
+}
+
 /// A store that could not be read.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("store `{store}` could not be read: {reason}")]

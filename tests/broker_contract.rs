@@ -1094,6 +1094,45 @@ async fn commit_applies_store_writes_in_order<B: Broker>(broker: B, _clock: Cloc
         stores.get("other", "order:1").expect("read"),
         Some(json!("elsewhere"))
     );
+
+    // Reads made ahead (Redis) answer exactly as the reads a run makes as it goes.
+    if broker.reads_ahead() {
+        use edaflow::store::{Fetched, StoreWant};
+        let get = |store: &str, key: &str| StoreWant::Get {
+            store: store.into(),
+            key: key.into(),
+        };
+        let scan = |store: &str, prefix: &str| StoreWant::Scan {
+            store: store.into(),
+            prefix: prefix.into(),
+        };
+        let wants = vec![
+            get("orders", "order:1"),
+            scan("orders", "order:"),
+            get("orders", "missing"),
+            scan("orders", ""),
+            scan("nothing", ""),
+            scan("orders", "zzz"),
+            get("other", "order:1"),
+        ];
+        let expected: Vec<Fetched> = wants
+            .iter()
+            .map(|want| match want {
+                StoreWant::Get { store, key } => Fetched::Value(stores.get(store, key).unwrap()),
+                StoreWant::Scan { store, prefix } => {
+                    Fetched::Entries(stores.scan(store, prefix, 1000).unwrap())
+                }
+            })
+            .collect();
+        let fetched = broker.read_ahead(wants).await.expect("read ahead");
+        assert_eq!(fetched, expected);
+        assert!(matches!(&fetched[1], Fetched::Entries(e) if e.len() == 2));
+        assert!(broker
+            .read_ahead(Vec::new())
+            .await
+            .expect("nothing to read")
+            .is_empty());
+    }
 }
 
 async fn a_committed_reply_reaches_the_waiting_request<B: Broker>(broker: B, _clock: Clock) {

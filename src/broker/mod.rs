@@ -442,6 +442,28 @@ pub trait Broker: Clone + Send + Sync + 'static {
         None
     }
 
+    /// Whether handler runs read the stores ahead (`read_ahead`) instead of through
+    /// `stores()`: for a broker whose reads cross the network, so that no run waits on
+    /// one while it holds a worker thread (see `crate::store`).
+    fn reads_ahead(&self) -> bool {
+        false
+    }
+
+    /// Makes `wants` in one go; the answers come in the same order.
+    fn read_ahead(
+        &self,
+        wants: Vec<crate::store::StoreWant>,
+    ) -> impl Future<Output = Result<Vec<crate::store::Fetched>, crate::store::StoreError>> + Send
+    {
+        let _ = wants;
+        async {
+            Err(crate::store::StoreError {
+                store: String::new(),
+                reason: "this broker does not read ahead".into(),
+            })
+        }
+    }
+
     /// The address a request awaited under `id` carries (its `replyto` extension): the
     /// id itself on one process; on Redis it also names the waiting process.
     fn reply_address(&self, id: &str) -> String {

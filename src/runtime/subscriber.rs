@@ -28,7 +28,8 @@ use crate::event::Event;
 use crate::flow::model::{SubscriberConfig, SubscriberInput};
 use crate::runtime::metrics::SubscriberMetrics;
 use crate::runtime::Shared;
-use crate::script::{script_event, CompiledScript, ScriptError, ScriptOutput, StoreEnv};
+use crate::script::{script_event, Ahead, CompiledScript, ScriptError, ScriptOutput, StoreEnv};
+use crate::store::ReadAhead;
 
 /// The handler code a subscriber runs and the generation it belongs to; swapped in place
 /// when only the script changed (and re-sent with the new generation on every reload).
@@ -42,6 +43,10 @@ pub struct HandlerCode {
 /// The CloudEvents extension attribute recording which flow generation's code emitted an
 /// event (so a test can prove which version of a handler ran).
 pub const GENERATION_EXTENSION: &str = "edaflowgeneration";
+
+/// Rounds of reads made ahead for one run at most (each round: the reads that depend on
+/// the ones made in the round before); past them the run reads as it goes.
+const READ_AHEAD_ROUNDS: usize = 4;
 
 /// What the workers of one subscriber share.
 pub(crate) struct SubscriberTask<B: Broker> {
@@ -168,7 +173,9 @@ impl<B: Broker> SubscriberTask<B> {
         loop {
             let started = Instant::now();
             let code = self.code.borrow().clone();
-            let result = self.run_once(&code, &delivery.event, attempt);
+            let result = self
+                .run_reading_ahead(&code, &delivery.event, attempt)
+                .await;
             self.metrics.latency.observe(started.elapsed());
             // A run's effects are committed with the ack; a commit the broker refuses (a
             // full or missing queue) counts as a failed run, so nothing is half-done.
@@ -272,24 +279,86 @@ impl<B: Broker> SubscriberTask<B> {
         }
     }
 
-    fn run_once(
+    /// Runs the handler once; on a broker that reads ahead, as many times as it takes to
+    /// make the store reads the runs want (see `crate::store`): each round makes all the
+    /// reads the last run wanted in one go. A handler whose reads depend on each other
+    /// more than `READ_AHEAD_ROUNDS` deep makes its last run's reads as it goes.
+    async fn run_reading_ahead(
         &self,
         code: &HandlerCode,
         event: &Arc<Event>,
         attempt: u32,
     ) -> Result<ScriptOutput, ScriptError> {
+        let broker = &self.shared.broker;
+        let Some(script) = code.script.as_ref().filter(|_| broker.reads_ahead()) else {
+            return self.run_once(code, event, attempt, None);
+        };
+        let mut ahead = ReadAhead::default();
+        for _ in 0..READ_AHEAD_ROUNDS {
+            let stores = StoreEnv {
+                ahead: Some(Arc::new(std::mem::take(&mut ahead))),
+                ..self.store_env()
+            };
+            let run = self.shared.engine.run_ahead(
+                script,
+                &self.name,
+                Some(script_event(event, attempt)),
+                stores.clone(),
+            );
+            let wants = match run {
+                Ahead::Done(result) => return result,
+                Ahead::Wants(wants) => wants,
+            };
+            ahead = stores.ahead.map(Arc::unwrap_or_clone).unwrap_or_default();
+            let fetched =
+                broker
+                    .read_ahead(wants.clone())
+                    .await
+                    .map_err(|e| ScriptError::Failed {
+                        message: e.to_string(),
+                    })?;
+            for (want, answer) in wants.into_iter().zip(fetched) {
+                ahead.insert(want, answer);
+            }
+        }
+        self.run_once(code, event, attempt, Some(ahead))
+    }
+
+    fn store_env(&self) -> StoreEnv {
+        StoreEnv {
+            reader: self.shared.broker.stores(),
+            declared: self.shared.declared_stores.borrow().clone(),
+            ahead: None,
+        }
+    }
+
+    /// One run; with `known`, reads answered there are not made again.
+    fn run_once(
+        &self,
+        code: &HandlerCode,
+        event: &Arc<Event>,
+        attempt: u32,
+        known: Option<ReadAhead>,
+    ) -> Result<ScriptOutput, ScriptError> {
         match &code.script {
             Some(script) => {
-                let stores = StoreEnv {
-                    reader: self.shared.broker.stores(),
-                    declared: self.shared.declared_stores.borrow().clone(),
-                };
-                self.shared.engine.run_with(
-                    script,
-                    &self.name,
-                    Some(script_event(event, attempt)),
-                    stores,
-                )
+                let stores = self.store_env();
+                match known {
+                    // Reads beyond what is known are made as the run goes.
+                    Some(known) => self.shared.engine.run_known(
+                        script,
+                        &self.name,
+                        Some(script_event(event, attempt)),
+                        stores,
+                        known,
+                    ),
+                    None => self.shared.engine.run_with(
+                        script,
+                        &self.name,
+                        Some(script_event(event, attempt)),
+                        stores,
+                    ),
+                }
             }
             None if self.quiet => Ok(ScriptOutput::default()),
             None => {

@@ -17,7 +17,7 @@ use rhai::{Dynamic, EvalAltResult, ImmutableString, Map, Position};
 use crate::event::Event;
 use crate::flow::duration::parse_duration;
 use crate::flow::pattern::validate_topic;
-use crate::store::{StoreOp, StoreRead, StoreWrite};
+use crate::store::{ReadAhead, StoreOp, StoreRead, StoreWant, StoreWrite};
 
 /// An event a run asked to emit.
 #[derive(Clone, Debug, PartialEq)]
@@ -61,6 +61,12 @@ pub(crate) struct RunState {
     pub stores: StoreEnv,
     /// This run's own writes, so that it reads what it wrote: (store, key) -> value.
     pub overlay: HashMap<(String, String), Option<serde_json::Value>>,
+    /// When recording: reads the run could not answer from `stores.ahead` (the run is
+    /// then discarded). When `None`, such reads go to `stores.reader`.
+    pub wanted: Option<Vec<StoreWant>>,
+    /// `log` lines held until the run is known to stand (when reading ahead: a discarded
+    /// run logs nothing, so that its re-run does not log twice).
+    pub logs: Option<Vec<String>>,
 }
 
 /// The state stores a run may use.
@@ -70,6 +76,9 @@ pub struct StoreEnv {
     pub reader: Option<Arc<dyn StoreRead>>,
     /// The stores the flow declares (`store("x")` for any other name fails the run).
     pub declared: Arc<BTreeSet<String>>,
+    /// When set, reads come from here and never from `reader`: what is not here is
+    /// recorded as wanted and reads as missing (see `crate::store`).
+    pub ahead: Option<Arc<ReadAhead>>,
 }
 
 /// Entries `scan` returns at most.
@@ -233,8 +242,17 @@ fn open_store(name: &str) -> Result<StoreHandle, Box<EvalAltResult>> {
 /// that cannot be read fails the run (it is retried) rather than reading as empty.
 fn store_read(store: &str, key: &str) -> Result<Option<serde_json::Value>, Box<EvalAltResult>> {
     with_state(|s| {
-        if let Some(value) = s.overlay.get(&(store.to_owned(), key.to_owned())) {
+        let at = (store.to_owned(), key.to_owned());
+        if let Some(value) = s.overlay.get(&at) {
             return Ok(value.clone());
+        }
+        if let Some(value) = s.stores.ahead.as_ref().and_then(|a| a.values.get(&at)) {
+            return Ok(value.clone());
+        }
+        if let Some(wanted) = &mut s.wanted {
+            let (store, key) = at;
+            wanted.push(StoreWant::Get { store, key });
+            return Ok(None);
         }
         match s.stores.reader.as_ref() {
             Some(reader) => reader
@@ -324,6 +342,15 @@ fn store_incr(s: &StoreHandle, key: &str, by: i64) -> Result<i64, Box<EvalAltRes
 /// Entries under a prefix as `#{ key, value }` maps, the run's own writes included.
 fn store_scan(store: &str, prefix: &str) -> Result<rhai::Array, Box<EvalAltResult>> {
     let mut entries: BTreeMap<String, serde_json::Value> = with_state(|s| {
+        let at = (store.to_owned(), prefix.to_owned());
+        if let Some(found) = s.stores.ahead.as_ref().and_then(|a| a.scans.get(&at)) {
+            return Ok(found.clone());
+        }
+        if let Some(wanted) = &mut s.wanted {
+            let (store, prefix) = at;
+            wanted.push(StoreWant::Scan { store, prefix });
+            return Ok(Vec::new());
+        }
         s.stores
             .reader
             .as_ref()
@@ -483,7 +510,16 @@ pub mod api {
         } else {
             message.to_string()
         };
-        tracing::info!(target: "edaflow::script", "{text}");
+        let held = with_state(|s| match &mut s.logs {
+            Some(logs) => {
+                logs.push(text.clone());
+                true
+            }
+            None => false,
+        });
+        if held != Some(true) {
+            tracing::info!(target: "edaflow::script", "{text}");
+        }
     }
 
     /// `now()`: the current time, RFC 3339 with milliseconds.

@@ -25,6 +25,7 @@ use crate::flow::diagnostic::{source_file, FlowError};
 use crate::flow::model::{FlowSet, ScriptSource};
 
 pub use host::{Emitted, Enqueued, ScriptEvent, ScriptOutput, StoreEnv};
+
 pub use limits::Limits;
 
 /// A script compiled once and shared by every worker that runs it.
@@ -76,6 +77,15 @@ pub enum ScriptError {
     #[error("script ran longer than {limit_ms} ms")]
     #[diagnostic(code(edaflow::script::wall_time))]
     WallTime { limit_ms: u128 },
+}
+
+/// How a run that reads ahead ended (`ScriptEngine::run_ahead`).
+#[derive(Debug)]
+pub enum Ahead {
+    /// The run stands: its output, or its error.
+    Done(Result<ScriptOutput, ScriptError>),
+    /// The run wanted these reads (each once) and is discarded.
+    Wants(Vec<crate::store::StoreWant>),
 }
 
 /// The engine shared by every worker.
@@ -150,6 +160,73 @@ impl ScriptEngine {
         event: Option<ScriptEvent>,
         stores: StoreEnv,
     ) -> Result<ScriptOutput, ScriptError> {
+        self.run_final(
+            script,
+            component,
+            event,
+            StoreEnv {
+                ahead: None,
+                ..stores
+            },
+        )
+    }
+
+    /// As `run_with`, answering reads from `known` first (made ahead), then from the reader.
+    pub fn run_known(
+        &self,
+        script: &CompiledScript,
+        component: &Arc<str>,
+        event: Option<ScriptEvent>,
+        stores: StoreEnv,
+        known: crate::store::ReadAhead,
+    ) -> Result<ScriptOutput, ScriptError> {
+        let stores = StoreEnv {
+            ahead: Some(Arc::new(known)),
+            ..stores
+        };
+        self.run_final(script, component, event, stores)
+    }
+
+    fn run_final(
+        &self,
+        script: &CompiledScript,
+        component: &Arc<str>,
+        event: Option<ScriptEvent>,
+        stores: StoreEnv,
+    ) -> Result<ScriptOutput, ScriptError> {
+        match self.run_inner(script, component, event, stores, false) {
+            Ahead::Done(result) => result,
+            // Reads not made ahead go to the reader: nothing is ever wanted.
+            Ahead::Wants(_) => Err(ScriptError::Failed {
+                message: "store reads were not made".into(),
+            }),
+        }
+    }
+
+    /// As `run_with`, reading the stores only from `stores.ahead` when it is set: a run
+    /// that wanted reads not made there is discarded (its output, error and log lines),
+    /// and the caller makes them and runs again (see `crate::store`).
+    pub fn run_ahead(
+        &self,
+        script: &CompiledScript,
+        component: &Arc<str>,
+        event: Option<ScriptEvent>,
+        stores: StoreEnv,
+    ) -> Ahead {
+        let records = stores.ahead.is_some();
+        self.run_inner(script, component, event, stores, records)
+    }
+
+    /// One run; `records` makes reads missing from `stores.ahead` wanted (and holds the
+    /// run's log lines until it is known to stand) instead of made through the reader.
+    fn run_inner(
+        &self,
+        script: &CompiledScript,
+        component: &Arc<str>,
+        event: Option<ScriptEvent>,
+        stores: StoreEnv,
+        records: bool,
+    ) -> Ahead {
         let guard = host::RunGuard::install(host::RunState {
             component: component.clone(),
             deadline: Instant::now() + self.limits.wall_time,
@@ -158,18 +235,33 @@ impl ScriptEngine {
             timed_out: false,
             stores,
             overlay: Default::default(),
+            wanted: records.then(Vec::new),
+            logs: records.then(Vec::new),
         });
         let mut scope = Scope::new();
         if let Some(event) = event {
             scope.push_constant("event", event);
         }
         let result = self.engine.run_ast_with_scope(&mut scope, &script.ast);
-        let state = guard.finish();
-        let timed_out = state.as_ref().is_some_and(|s| s.timed_out);
-        match result {
-            Ok(()) => Ok(state.map(|s| s.output).unwrap_or_default()),
-            Err(err) => Err(self.classify(script, *err, timed_out)),
+        let Some(state) = guard.finish() else {
+            return Ahead::Done(
+                result
+                    .map(|()| ScriptOutput::default())
+                    .map_err(|err| self.classify(script, *err, false)),
+            );
+        };
+        if let Some(mut wanted) = state.wanted.filter(|w| !w.is_empty()) {
+            wanted.sort_unstable();
+            wanted.dedup();
+            return Ahead::Wants(wanted);
         }
+        for line in state.logs.into_iter().flatten() {
+            tracing::info!(target: "edaflow::script", "{line}");
+        }
+        Ahead::Done(match result {
+            Ok(()) => Ok(state.output),
+            Err(err) => Err(self.classify(script, *err, state.timed_out)),
+        })
     }
 
     /// Evaluates a script for its value (relay filters and transforms).
@@ -190,6 +282,8 @@ impl ScriptEngine {
             timed_out: false,
             stores: StoreEnv::default(),
             overlay: Default::default(),
+            wanted: None,
+            logs: None,
         });
         let mut scope = Scope::new();
         scope.push_constant("event", event);
@@ -547,6 +641,136 @@ mod tests {
         assert_eq!(out.emits[0].data, json!({"order_id": 7}));
         assert_eq!(out.emits[0].delay, Some(std::time::Duration::from_secs(5)));
         assert_eq!(out.emits[0].key.as_deref(), Some("k"));
+    }
+
+    /// Runs `text` reading ahead, as the subscriber does on Redis: each round answers
+    /// what the last run wanted from `stores`, until a run stands.
+    fn run_reading_ahead(
+        text: &str,
+        stores: &crate::store::MemoryStores,
+    ) -> (
+        Result<ScriptOutput, ScriptError>,
+        Vec<Vec<crate::store::StoreWant>>,
+    ) {
+        use crate::store::{Fetched, ReadAhead, StoreRead, StoreWant};
+        let dir = tempfile::tempdir().unwrap();
+        let script = compile(&source(dir.path(), text)).unwrap();
+        let engine = ScriptEngine::new(Limits::default());
+        let event = Arc::new(Event::new("q", "test", json!({})));
+        let mut ahead = ReadAhead::default();
+        let mut rounds = Vec::new();
+        loop {
+            let env = StoreEnv {
+                reader: None,
+                declared: Arc::new(["s".to_owned()].into()),
+                ahead: Some(Arc::new(ahead.clone())),
+            };
+            match engine.run_ahead(
+                &script,
+                &Arc::from("test"),
+                Some(script_event(&event, 1)),
+                env,
+            ) {
+                Ahead::Done(result) => return (result, rounds),
+                Ahead::Wants(wants) => {
+                    for want in &wants {
+                        let answer = match want {
+                            StoreWant::Get { store, key } => {
+                                Fetched::Value(stores.get(store, key).unwrap())
+                            }
+                            StoreWant::Scan { store, prefix } => {
+                                Fetched::Entries(stores.scan(store, prefix, 10).unwrap())
+                            }
+                        };
+                        ahead.insert(want.clone(), answer);
+                    }
+                    rounds.push(wants);
+                    assert!(rounds.len() < 10, "reads ahead never settle");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_run_reading_ahead_wants_each_read_once_per_round_then_stands() {
+        use crate::store::{MemoryStores, StoreOp, StoreWant, StoreWrite};
+        let stores = MemoryStores::default();
+        let set = |key: &str, value: serde_json::Value| StoreWrite {
+            store: "s".into(),
+            key: key.into(),
+            op: StoreOp::Set(value),
+        };
+        stores.apply(&[
+            set("a", json!("k")),
+            set("k", json!(5)),
+            set("p:1", json!(1)),
+            set("p:2", json!(2)),
+        ]);
+        let (result, rounds) = run_reading_ahead(
+            r#"
+            let s = store("s");
+            emit("seen", 1);
+            let a = s.get("a");
+            let again = s.get("a");
+            let b = if a != () { s.get(a) } else { () };
+            let n = s.scan("p:").len();
+            s.set("own", 3);
+            reply(#{ a: a, b: b, n: n, own: s.get("own") });
+            "#,
+            &stores,
+        );
+        let get = |key: &str| StoreWant::Get {
+            store: "s".into(),
+            key: key.into(),
+        };
+        let scan = StoreWant::Scan {
+            store: "s".into(),
+            prefix: "p:".into(),
+        };
+        // Round 1 wants what it can see (once each); round 2 what depended on it; the
+        // run's own write is never wanted.
+        assert_eq!(rounds, vec![vec![get("a"), scan], vec![get("k")]]);
+        let out = result.unwrap();
+        assert_eq!(out.reply, Some(json!({"a": "k", "b": 5, "n": 2, "own": 3})));
+        assert_eq!(out.emits.len(), 1, "only the run that stands counts");
+    }
+
+    #[test]
+    fn a_run_with_reads_known_makes_the_rest_through_the_reader() {
+        use crate::store::{MemoryStores, ReadAhead, StoreOp, StoreWrite};
+        let stores = Arc::new(MemoryStores::default());
+        stores.apply(&[StoreWrite {
+            store: "s".into(),
+            key: "b".into(),
+            op: StoreOp::Set(json!(2)),
+        }]);
+        let dir = tempfile::tempdir().unwrap();
+        let script = compile(&source(
+            dir.path(),
+            r#"reply(#{ a: store("s").get("a"), b: store("s").get("b") });"#,
+        ))
+        .unwrap();
+        let engine = ScriptEngine::new(Limits::default());
+        let event = Arc::new(Event::new("q", "test", json!({})));
+        let mut known = ReadAhead::default();
+        known
+            .values
+            .insert(("s".into(), "a".into()), Some(json!(1)));
+        let env = StoreEnv {
+            reader: Some(stores),
+            declared: Arc::new(["s".to_owned()].into()),
+            ahead: None,
+        };
+        let out = engine
+            .run_known(
+                &script,
+                &Arc::from("test"),
+                Some(script_event(&event, 1)),
+                env,
+                known,
+            )
+            .unwrap();
+        assert_eq!(out.reply, Some(json!({"a": 1, "b": 2})));
     }
 
     #[test]

@@ -1406,6 +1406,21 @@ impl Broker for RedisBroker {
         true
     }
 
+    fn reads_ahead(&self) -> bool {
+        true
+    }
+
+    async fn read_ahead(
+        &self,
+        wants: Vec<crate::store::StoreWant>,
+    ) -> Result<Vec<crate::store::Fetched>, crate::store::StoreError> {
+        let mut conn = self.conn();
+        self.inner
+            .stores
+            .read_ahead(&mut conn, &wants, crate::script::host::SCAN_LIMIT)
+            .await
+    }
+
     fn keeps_history(&self) -> bool {
         true
     }

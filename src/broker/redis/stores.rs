@@ -4,17 +4,23 @@
 //! broker. Writes are not made here: they are effects, applied by the commit script in
 //! the same atomic step as the rest of a handler's run (see `scripts::BATCH`).
 //!
-//! Reads are synchronous (a handler reads while its script runs, on the worker thread), so
-//! they go over a small pool of blocking connections: one loopback round trip each, and a
-//! clear error, failing the handler's run, when Redis cannot be reached.
+//! Handlers read ahead (`read_ahead`, see `crate::store`): the reads a run wanted are made
+//! together, pipelined on the broker's shared asynchronous connection, and the handler runs
+//! again with the answers, so no run waits on the network while it holds a worker thread.
+//! What reads while it runs without reading ahead (`GET /stores/...`, `edaflow test`) goes
+//! through `StoreRead`: synchronous, over a small pool of blocking connections, one round
+//! trip each. Either way a read that fails (Redis unreachable) fails the handler's run,
+//! which is retried, rather than reading as empty.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::Value;
 
+use redis::Value as Reply;
+
 use super::cluster::Node;
-use crate::store::{StoreError, StoreRead};
+use crate::store::{Fetched, StoreError, StoreRead, StoreWant};
 
 /// Blocking connections kept for reuse; more may be opened under load, and the surplus is
 /// closed when returned.
@@ -79,6 +85,126 @@ impl RedisStores {
     fn hash(&self, store: &str) -> String {
         format!("{}s:{store}", self.prefix)
     }
+
+    /// Makes `wants` on `conn`: one pipelined round trip, and a second one for the values
+    /// of the keys that scans found. Scans return at most `scan_limit` entries each.
+    pub(crate) async fn read_ahead(
+        &self,
+        conn: &mut impl redis::aio::ConnectionLike,
+        wants: &[StoreWant],
+        scan_limit: usize,
+    ) -> Result<Vec<Fetched>, StoreError> {
+        if wants.is_empty() {
+            return Ok(Vec::new());
+        }
+        let store_of = |want: &StoreWant| match want {
+            StoreWant::Get { store, .. } | StoreWant::Scan { store, .. } => store.clone(),
+        };
+        let failed = |e: redis::RedisError| StoreError {
+            store: wants.first().map(store_of).unwrap_or_default(),
+            reason: e.to_string(),
+        };
+        let mut reads = redis::pipe();
+        for want in wants {
+            match want {
+                StoreWant::Get { store, key } => {
+                    reads.cmd("HGET").arg(self.hash(store)).arg(key);
+                }
+                StoreWant::Scan { store, prefix } => {
+                    let (from, to) = lex_range(prefix);
+                    reads
+                        .cmd("ZRANGE")
+                        .arg(format!("{}:keys", self.hash(store)))
+                        .arg(from)
+                        .arg(to)
+                        .arg("BYLEX")
+                        .arg("LIMIT")
+                        .arg(0)
+                        .arg(scan_limit.max(1));
+                }
+            }
+        }
+        let replies: Vec<Reply> = reads.query_async(conn).await.map_err(failed)?;
+        if replies.len() != wants.len() {
+            return Err(StoreError {
+                store: wants.first().map(store_of).unwrap_or_default(),
+                reason: format!("{} replies to {} reads", replies.len(), wants.len()),
+            });
+        }
+        // The keys each scan found, and one HMGET for the values of each scan that found any.
+        let mut found_keys: Vec<Vec<String>> = Vec::new();
+        let mut values = redis::pipe();
+        let mut hmgets = 0;
+        for (want, reply) in wants.iter().zip(&replies) {
+            if let (StoreWant::Scan { store, .. }, Reply::Array(keys)) = (want, reply) {
+                let keys: Vec<String> = keys.iter().filter_map(bulk_text).collect();
+                if !keys.is_empty() {
+                    values.cmd("HMGET").arg(self.hash(store)).arg(&keys);
+                    hmgets += 1;
+                }
+                found_keys.push(keys);
+            }
+        }
+        let mut scanned: Vec<Reply> = if hmgets > 0 {
+            values.query_async(conn).await.map_err(failed)?
+        } else {
+            Vec::new()
+        };
+        scanned.reverse();
+        found_keys.reverse();
+        let mut out = Vec::with_capacity(wants.len());
+        for (want, reply) in wants.iter().zip(replies) {
+            match want {
+                StoreWant::Get { store, key } => {
+                    let value = bulk_text(&reply)
+                        .map(|t| parse(store, key, &t))
+                        .transpose()?;
+                    out.push(Fetched::Value(value));
+                }
+                StoreWant::Scan { store, .. } => {
+                    let keys = found_keys.pop().unwrap_or_default();
+                    let texts = if keys.is_empty() {
+                        Vec::new()
+                    } else {
+                        match scanned.pop() {
+                            Some(Reply::Array(texts)) => texts,
+                            _ => Vec::new(),
+                        }
+                    };
+                    let mut entries = Vec::with_capacity(keys.len());
+                    for (key, text) in keys.into_iter().zip(texts) {
+                        // A key removed between the two reads is skipped.
+                        if let Some(text) = bulk_text(&text) {
+                            let value = parse(store, &key, &text)?;
+                            entries.push((key, value));
+                        }
+                    }
+                    out.push(Fetched::Entries(entries));
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn bulk_text(reply: &Reply) -> Option<String> {
+    match reply {
+        Reply::BulkString(bytes) => Some(String::from_utf8_lossy(bytes).into_owned()),
+        Reply::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+/// The ZRANGE BYLEX bounds of the keys starting with `prefix`: every such key sorts in
+/// [prefix, prefix 0xFF), as no UTF-8 text has a 0xFF byte.
+fn lex_range(prefix: &str) -> (Vec<u8>, Vec<u8>) {
+    if prefix.is_empty() {
+        return (b"-".to_vec(), b"+".to_vec());
+    }
+    let mut to = b"(".to_vec();
+    to.extend_from_slice(prefix.as_bytes());
+    to.push(0xFF);
+    (format!("[{prefix}").into_bytes(), to)
 }
 
 fn parse(store: &str, key: &str, text: &str) -> Result<Value, StoreError> {
@@ -108,16 +234,7 @@ impl StoreRead for RedisStores {
         }
         let hash = self.hash(store);
         let index = format!("{hash}:keys");
-        let (from, to): (Vec<u8>, Vec<u8>) = if prefix.is_empty() {
-            (b"-".to_vec(), b"+".to_vec())
-        } else {
-            // Every key starting with `prefix` sorts in [prefix, prefix 0xFF): no UTF-8
-            // text has a 0xFF byte.
-            let mut to = b"(".to_vec();
-            to.extend_from_slice(prefix.as_bytes());
-            to.push(0xFF);
-            (format!("[{prefix}").into_bytes(), to)
-        };
+        let (from, to) = lex_range(prefix);
         let (keys, values): (Vec<String>, Vec<Option<String>>) = self.with_conn(store, |conn| {
             let keys: Vec<String> = redis::cmd("ZRANGE")
                 .arg(&index)
