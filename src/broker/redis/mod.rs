@@ -674,16 +674,36 @@ impl RedisBroker {
                 StoreOp::Incr(n) => op.text("i").num(n),
             };
         }
+        // A reply to a query of this process is handed over here once the commit landed,
+        // not published (see `replies`).
+        let mut local_reply = None;
         match effects
             .reply
             .as_ref()
-            .and_then(|r| Some((replies::route(&self.inner.prefix, &r.to)?, &r.result)))
+            .and_then(|r| Some((replies::split(&r.to)?, r)))
         {
-            Some(((channel, id), answer)) => op.owned(channel).owned(replies::payload(&id, answer)),
-            None => op.text("").text(""),
-        };
+            Some(((instance, id), r)) if instance == self.inner.instance => {
+                local_reply = Some((id, &r.result));
+                op.text("").text("");
+            }
+            Some((_, r)) => match replies::route(&self.inner.prefix, &r.to) {
+                Some((channel, id)) => {
+                    op.owned(channel).owned(replies::payload(&id, &r.result));
+                }
+                None => {
+                    op.text("").text("");
+                }
+            },
+            None => {
+                op.text("").text("");
+            }
+        }
         let reply = self.inner.batcher.run(op).await?;
         let reply = items(&reply);
+        let landed = matches!(reply.first().map(text).as_deref(), Some("ok" | "settled"));
+        if let (true, Some((id, answer))) = (landed, local_reply) {
+            self.inner.waiting.answer(id, answer.clone());
+        }
         match reply.first().map(text).as_deref() {
             Some("ok") => Ok(()),
             // The entry is no longer pending: this commit ran already (its reply was lost

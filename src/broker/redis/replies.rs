@@ -7,6 +7,12 @@
 //! atomic step as the handler's other effects. Pub/sub is fire-and-forget, which suits a
 //! reply: nobody else wants it, and a requester that has gone (or a listener that was
 //! reconnecting at that moment) simply times out with 504.
+//!
+//! A reply to a query this same process waits on is not published: the commit script runs
+//! without it, and once the commit has landed (or was found settled already, when an earlier
+//! attempt landed and its answer was lost) the broker hands it to the waiter directly
+//! (`Waiting::answer`). The waiter sees it at the same point as it would a published one,
+//! after the handler's effects are in Redis.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
@@ -54,11 +60,16 @@ impl Waiting {
             (Some(data), _) => Ok(data),
             (None, _) => Ok(Value::Null),
         };
-        match self.lock().remove(&id) {
+        self.answer(&id, answer);
+    }
+
+    /// Hands `answer` to the query `id` (if it still waits).
+    pub(crate) fn answer(&self, id: &str, answer: Answer) {
+        match self.lock().remove(id) {
             Some(waiting) => {
                 let _ = waiting.send(answer);
             }
-            None => debug!(%id, "a reply came for a query that no longer waits"),
+            None => debug!(id, "a reply came for a query that no longer waits"),
         }
     }
 
@@ -70,11 +81,17 @@ impl Waiting {
 /// The channel a reply address `{instance}/{id}` is published on, and the id; `None` for
 /// an address this broker did not make.
 pub(crate) fn route(prefix: &str, address: &str) -> Option<(String, String)> {
+    let (instance, id) = split(address)?;
+    Some((channel(prefix, instance), id.to_owned()))
+}
+
+/// The instance and the request id of a reply address `{instance}/{id}`.
+pub(crate) fn split(address: &str) -> Option<(&str, &str)> {
     let (instance, id) = address.split_once('/')?;
     if instance.is_empty() || id.is_empty() {
         return None;
     }
-    Some((channel(prefix, instance), id.to_owned()))
+    Some((instance, id))
 }
 
 /// This instance's reply channel.
