@@ -61,6 +61,7 @@ macro_rules! broker_contract {
         contract_test!([$(#[$test])*] $clock, $make, stats_report_queued_and_in_flight, 8);
         contract_test!([$(#[$test])*] $clock, $make, commit_applies_store_writes_in_order, 16);
         contract_test!([$(#[$test])*] $clock, $make, a_committed_reply_reaches_the_waiting_request, 16);
+        contract_test!([$(#[$test])*] $clock, $make, a_commit_refused_for_a_delay_makes_nothing_visible, 16);
     };
 }
 
@@ -1133,6 +1134,37 @@ async fn commit_applies_store_writes_in_order<B: Broker>(broker: B, _clock: Cloc
             .expect("nothing to read")
             .is_empty());
     }
+}
+
+async fn a_commit_refused_for_a_delay_makes_nothing_visible<B: Broker>(broker: B, _clock: Clock) {
+    declare(&broker, "handler", &["in"]).await;
+    declare(&broker, "after", &["done", "later"]).await;
+    publish(&broker, event("in", 1), Backpressure::Reject).await;
+    let mut handler = consumer(&broker, "handler");
+    let delivery = next_delivery(&mut handler, "in").await;
+    let refused = broker
+        .commit(
+            delivery,
+            Effects {
+                publish: vec![event("done", 2)],
+                deferred: vec![
+                    (event("later", 3), Duration::ZERO),
+                    (event("later", 4), Duration::MAX),
+                ],
+                ..Effects::default()
+            },
+        )
+        .await;
+    assert!(
+        matches!(refused, Err(BrokerError::DelayTooLong { .. })),
+        "{refused:?}"
+    );
+    assert_eq!(
+        load(&broker, "after"),
+        (0, 0),
+        "nothing of a refused commit is published"
+    );
+    assert_eq!(broker.scheduled(), 0, "nor scheduled");
 }
 
 async fn a_committed_reply_reaches_the_waiting_request<B: Broker>(broker: B, _clock: Clock) {

@@ -169,6 +169,17 @@ impl GroupQueue {
 }
 
 impl MemoryBroker {
+    /// Schedules `event` to be published at `due`.
+    fn schedule_at(&self, event: Event, due: Instant) {
+        let seq = self.inner.schedule_seq.fetch_add(1, Ordering::Relaxed);
+        self.inner
+            .schedule
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert((due, seq), event);
+        self.inner.schedule_changed.notify_one();
+    }
+
     /// Creates a broker and starts its scheduler task (which ends when the last clone of
     /// the broker is dropped). Must be called inside a tokio runtime.
     pub fn new(options: MemoryOptions) -> MemoryBroker {
@@ -485,13 +496,7 @@ impl Broker for MemoryBroker {
             return self.publish_inner(event, Backpressure::Wait).await;
         }
         let due = due_after(Instant::now(), delay)?;
-        let seq = self.inner.schedule_seq.fetch_add(1, Ordering::Relaxed);
-        self.inner
-            .schedule
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert((due, seq), event);
-        self.inner.schedule_changed.notify_one();
+        self.schedule_at(event, due);
         Ok(())
     }
 
@@ -520,6 +525,20 @@ impl Broker for MemoryBroker {
                 .1 += 1;
             queued.push((target, Arc::new(item), due_after(now, delay)?));
         }
+        // Every delay is checked before anything is visible: a commit refused for one
+        // (`DelayTooLong`) must not have published the rest, or its retry would repeat them.
+        let deferred = effects
+            .deferred
+            .into_iter()
+            .map(|(event, delay)| {
+                Ok((
+                    event,
+                    (!delay.is_zero())
+                        .then(|| due_after(now, delay))
+                        .transpose()?,
+                ))
+            })
+            .collect::<Result<Vec<_>, BrokerError>>()?;
         // Check every queue before adding to any: the commit lands whole or not at all.
         for (target, n) in per_queue.values() {
             target.check_room(*n)?;
@@ -531,8 +550,11 @@ impl Broker for MemoryBroker {
         for event in effects.publish {
             self.publish_inner(event, Backpressure::Wait).await?;
         }
-        for (event, delay) in effects.deferred {
-            self.publish_later(event, delay).await?;
+        for (event, due) in deferred {
+            match due {
+                Some(due) => self.schedule_at(event, due),
+                None => self.publish_inner(event, Backpressure::Wait).await?,
+            }
         }
         self.inner.stores.apply(&effects.store_writes);
         if let Some(reply) = effects.reply {

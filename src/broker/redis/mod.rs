@@ -634,6 +634,14 @@ impl RedisBroker {
 
     /// Runs the commit script: effects, then the ack of `ack` (kind, key, group, id).
     async fn run_commit(&self, ack: [&str; 4], effects: &Effects) -> Result<(), BrokerError> {
+        // Every delay is checked before anything is sent (pub/sub effects go out first):
+        // a commit refused for one must not have sent the rest.
+        for (_, delay) in &effects.deferred {
+            delay_ms(*delay)?;
+        }
+        for (_, _, delay) in &effects.enqueue {
+            delay_ms(*delay)?;
+        }
         let rest = wire::send_effects(self, effects).await?;
         let effects = rest.as_ref().unwrap_or(effects);
         let topics = effects
