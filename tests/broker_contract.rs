@@ -148,6 +148,41 @@ mod redis {
         assert_eq!(done.len(), 1, "the effects landed once: {done:?}");
     }
 
+    /// A commit with nothing but the ack skips the batch script (a plain `XACK`, with
+    /// `XDEL` for a redelivered entry): repeating it is still not an error, and an entry
+    /// given back and acked leaves nothing waiting or in flight.
+    #[tokio::test]
+    async fn an_ack_alone_is_settled_once() {
+        let Some((broker, _server)) = make(16).await else {
+            return;
+        };
+        crate::declare(&broker, "work", &["job"]).await;
+        crate::publish(&broker, crate::event("job", 1), Backpressure::Reject).await;
+        crate::publish(&broker, crate::event("job", 2), Backpressure::Reject).await;
+        let mut work = crate::consumer(&broker, "work");
+        let first = crate::next_delivery(&mut work, "the first job").await;
+        let second = crate::next_delivery(&mut work, "the second job").await;
+        broker.nack(second).await.expect("nack");
+        let again = crate::next_delivery(&mut work, "the second job again").await;
+        assert_eq!(again.redeliveries, 1);
+        for delivery in [first, again] {
+            for _ in 0..2 {
+                broker
+                    .commit(delivery.clone(), edaflow::broker::Effects::default())
+                    .await
+                    .expect("an ack, repeated or not, is not an error");
+            }
+        }
+        assert_eq!(crate::load(&broker, "work"), (0, 0));
+        crate::publish(&broker, crate::event("job", 3), Backpressure::Reject).await;
+        let third = crate::next_delivery(&mut work, "the third job").await;
+        assert_eq!(
+            third.event.data,
+            serde_json::json!({ "n": 3 }),
+            "nothing came back"
+        );
+    }
+
     /// A consumer of one literal topic blocks in `XREADGROUP`, which hands an entry to the
     /// blocked consumer the moment it is published. A worker that stops waiting (its
     /// `next()` dropped, as at shutdown or reload) must not leave that read blocked: the

@@ -632,6 +632,74 @@ impl RedisBroker {
         Ok(())
     }
 
+    /// A commit with nothing to write but the ack (and perhaps the answer to a query of this
+    /// process): the ack alone is the whole commit, so it goes out as a plain `XACK` (with
+    /// `XDEL` in one `MULTI` for streams that ack by deleting) on the shared connection,
+    /// pipelined with everything else, instead of through the batch script. A local answer
+    /// is handed over at once: it writes nothing, so there is nothing for it to wait on (if
+    /// the ack is lost, the run is done again later and its second answer finds nobody
+    /// waiting). `None` when the commit has effects: it takes the script.
+    async fn ack_only(
+        &self,
+        [kind, key, group, id]: [&str; 4],
+        effects: &Effects,
+    ) -> Option<Result<(), BrokerError>> {
+        let writes_nothing = effects.publish.is_empty()
+            && effects.deferred.is_empty()
+            && effects.enqueue.is_empty()
+            && effects.dead_letter.is_none()
+            && effects.store_writes.is_empty();
+        if !writes_nothing {
+            return None;
+        }
+        let local = match &effects.reply {
+            None => None,
+            Some(reply) => match replies::split(&reply.to) {
+                Some((instance, request)) if instance == self.inner.instance => {
+                    Some((request, reply))
+                }
+                _ => return None,
+            },
+        };
+        if let Some((request, reply)) = local {
+            self.inner.waiting.answer(request, reply.result.clone());
+        }
+        let acked: Result<i64, redis::RedisError> = match kind {
+            "-" => return Some(Ok(())),
+            "t" => {
+                redis::cmd("XACK")
+                    .arg(key)
+                    .arg(group)
+                    .arg(id)
+                    .query_async(&mut self.conn())
+                    .await
+            }
+            _ => redis::pipe()
+                .atomic()
+                .cmd("XACK")
+                .arg(key)
+                .arg(group)
+                .arg(id)
+                .cmd("XDEL")
+                .arg(key)
+                .arg(id)
+                .ignore()
+                .query_async::<(i64,)>(&mut self.conn())
+                .await
+                .map(|(n,)| n),
+        };
+        match acked {
+            Ok(0) => {
+                // As the script's guard: settled already, by a lost-reply retry or another
+                // consumer. An ack applies nothing twice.
+                debug!(entry = id, "commit skipped: the entry was settled already");
+                Some(Ok(()))
+            }
+            Ok(_) => Some(Ok(())),
+            Err(e) => Some(Err(unavailable(e))),
+        }
+    }
+
     /// Runs the commit script: effects, then the ack of `ack` (kind, key, group, id).
     async fn run_commit(&self, ack: [&str; 4], effects: &Effects) -> Result<(), BrokerError> {
         // Every delay is checked before anything is sent (pub/sub effects go out first):
@@ -644,6 +712,9 @@ impl RedisBroker {
         }
         let rest = wire::send_effects(self, effects).await?;
         let effects = rest.as_ref().unwrap_or(effects);
+        if let Some(done) = self.ack_only(ack, effects).await {
+            return done;
+        }
         let topics = effects
             .publish
             .iter()
