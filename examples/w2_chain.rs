@@ -31,8 +31,22 @@ fn peak_rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
-#[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// Sized as `edaflow run` sizes its runtime (`BENCH_THREADS` overrides), so that the
+/// figures are the binary's.
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let broker = std::env::var("BENCH_BROKER").unwrap_or_else(|_| "memory".to_owned());
+    let asked = std::env::var("BENCH_THREADS")
+        .ok()
+        .map(|n| n.parse())
+        .transpose()?;
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(edaflow::app::runtime_threads(asked, &broker))
+        .enable_all()
+        .build()?
+        .block_on(measure())
+}
+
+async fn measure() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let flow = PathBuf::from(args.next().unwrap_or_else(|| "bench/flows/w2.toml".into()));
     let count: Option<u64> = args.next().map(|n| n.parse()).transpose()?;

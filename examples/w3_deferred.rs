@@ -45,8 +45,22 @@ fn pct(sorted: &[f64], p: f64) -> f64 {
     sorted[i.clamp(1, sorted.len()) - 1]
 }
 
-#[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// Sized as `edaflow run` sizes its runtime (`BENCH_THREADS` overrides), so that the
+/// figures are the binary's.
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let broker = std::env::var("BENCH_BROKER").unwrap_or_else(|_| "memory".to_owned());
+    let asked = std::env::var("BENCH_THREADS")
+        .ok()
+        .map(|n| n.parse())
+        .transpose()?;
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(edaflow::app::runtime_threads(asked, &broker))
+        .enable_all()
+        .build()?
+        .block_on(measure())
+}
+
+async fn measure() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let flow = PathBuf::from(args.next().unwrap_or_else(|| "bench/flows/w3.toml".into()));
     let n: usize = args

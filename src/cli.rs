@@ -260,6 +260,11 @@ pub struct RunArgs {
     /// is retried; ingest answers 503).
     #[arg(long, value_name = "DURATION", default_value = "5s", env = "EDAFLOW_REDIS_TIMEOUT", value_parser = parse_duration_arg, help_heading = "Broker")]
     pub redis_timeout: Duration,
+    /// Worker threads that run handlers and serve HTTP. Default: one per CPU, less one
+    /// when the broker is a Redis on this machine (Redis needs a core of its own); at
+    /// least one.
+    #[arg(long, value_name = "N", env = "EDAFLOW_THREADS", value_parser = clap::value_parser!(u16).range(1..))]
+    pub threads: Option<u16>,
 }
 
 const API_SERVER_HELP: &str = "\

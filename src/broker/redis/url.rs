@@ -88,6 +88,27 @@ impl RedisUrl {
         self.full.starts_with("rediss://")
     }
 
+    /// True when the server runs on this machine: a loopback address or `localhost`. Such a Redis competes with edaflow for the same cores (see
+    /// `app::runtime_threads`).
+    pub fn is_local(&self) -> bool {
+        let Ok(client) = redis::Client::open(self.full.as_str()) else {
+            return false;
+        };
+        match client.get_connection_info().addr() {
+            redis::ConnectionAddr::Tcp(host, _) | redis::ConnectionAddr::TcpTls { host, .. } => {
+                host.eq_ignore_ascii_case("localhost")
+                    || host
+                        .trim_start_matches('[')
+                        .trim_end_matches(']')
+                        .parse::<std::net::IpAddr>()
+                        .is_ok_and(|ip| ip.is_loopback())
+            }
+            redis::ConnectionAddr::Unix(_) => true,
+            // A kind of address this version does not know of: not known to be here.
+            _ => false,
+        }
+    }
+
     /// The URL with its password, for the connection only.
     pub(crate) fn secret(&self) -> &str {
         &self.full
@@ -144,6 +165,31 @@ mod tests {
         let plain = RedisUrl::parse("redis://127.0.0.1:6379").expect("valid");
         assert_eq!(plain.to_string(), "redis://127.0.0.1:6379");
         assert!(!plain.is_tls());
+    }
+
+    #[test]
+    fn a_server_on_this_machine_is_told_apart() {
+        for local in [
+            "redis://127.0.0.1:6379",
+            "redis://127.1.2.3",
+            "redis://localhost:6380/1",
+            "redis://:pw@LOCALHOST",
+            "redis://[::1]:6379",
+            "rediss://127.0.0.1:6380/#insecure",
+        ] {
+            assert!(RedisUrl::parse(local).expect("valid").is_local(), "{local}");
+        }
+        for remote in [
+            "redis://10.0.0.5:6379",
+            "redis://redis.example",
+            "rediss://:pw@cache.internal:6380/0",
+            "redis://[2001:db8::1]:6379",
+        ] {
+            assert!(
+                !RedisUrl::parse(remote).expect("valid").is_local(),
+                "{remote}"
+            );
+        }
     }
 
     #[test]
