@@ -5,6 +5,7 @@
 #                                #   plus, on a private redis-server: w1r w2r w2r8 w3r queryr
 #   bench/run.sh w1 w3           # a subset
 #   REPS=5 bench/run.sh w1       # more repetitions
+#   NOBUILD=1 BIN=/tmp/a bench/run.sh queryr   # a saved binary, no rebuild (A/B runs)
 #
 # Needs wrk and curl (apt-get install wrk curl). Builds the release binary and examples
 # first. Servers bind 127.0.0.1 on PORT (default 18900) and are stopped by PID.
@@ -16,7 +17,7 @@ OUT="${OUT:-target/bench}"
 mkdir -p "$OUT"
 URL="http://127.0.0.1:$PORT"
 POST_LUA="$(pwd)/bench/wrk/post.lua"
-BIN=target/release/edaflow
+BIN="${BIN:-target/release/edaflow}" # BIN=/tmp/edaflow-a for A/B runs of a saved binary
 
 say() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 metric() { curl -sf "$URL/metrics" | awk -v m="$1" '$1 == m {print $2}'; }
@@ -164,7 +165,7 @@ w1r() {
   local rps=() acc=() rej=() p99=() per=() evals=() share=() hwm=() lost=()
   for rep in $(seq "$REPS"); do
     start_redis
-    start_edaflow "${W1R_FLOW:-bench/flows/w1.toml}" --broker "$RURL"
+    start_edaflow "${W1R_FLOW:-bench/flows/w1_c16.toml}" --broker "$RURL"
     wrk_run 3s >/dev/null
     for _ in $(seq 200); do [ "$(metric 'edaflow_subscriber_handled_total{subscriber="count"}')" = "$(metric 'edaflow_http_requests_total{outcome="accepted"}')" ] && break; sleep 0.05; done
     local before c0 e0 r0 p0; before="$(metric 'edaflow_subscriber_handled_total{subscriber="count"}')"
@@ -188,7 +189,7 @@ w1r() {
     say "w1r rep $rep: $line handled=$n redis_cpu_ticks=$((r1 - r0)) edaflow_cpu_ticks=$((p1 - p0))"
     stop_edaflow; stop_redis
   done
-  echo "== W1 HTTP ingest on Redis (loopback, no persistence; median of $REPS) =="
+  echo "== W1 HTTP ingest on Redis, ${W1R_FLOW:-bench/flows/w1_c16.toml} (loopback, no persistence; median of $REPS) =="
   report "req/s (every answer)" "${rps[@]}"; report "accepted req/s (202)" "${acc[@]}"
   report "non-2xx answers (503 back-pressure)" "${rej[@]}"
   report "p99 ms" "${p99[@]}"; report "peak RSS MiB" "${hwm[@]}"
@@ -301,8 +302,10 @@ reload() {
   target/release/examples/reload_latency 2>/dev/null | grep '^RESULT'
 }
 
-say "building release binary and examples"
-cargo build --release --bin edaflow --examples >/dev/null 2>&1
+if [ -z "${NOBUILD:-}" ]; then # NOBUILD=1: measure the binaries as they are
+  say "building release binary and examples"
+  cargo build --release --bin edaflow --examples >/dev/null 2>&1
+fi
 sel=("$@"); [ "${#sel[@]}" -gt 0 ] || sel=(w1 w2 w2b w3 scale reload query tracked w1r w2r w2r8 w3r queryr)
 echo "edaflow $(git rev-parse --short HEAD 2>/dev/null || echo '?'), $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(uname -r)"
 for w in "${sel[@]}"; do "$w"; echo; done
