@@ -220,8 +220,11 @@ fn unreachable_redis_answers_503_backs_off_and_work_resumes() {
     };
     let dir = flow_dir(50_000);
     let url = server.url();
+    // Two runtime threads, so that ingest goes on while the workers spin (with Redis on
+    // loopback a 2-core machine gets one by default, and one thread takes turns: each
+    // event is handled before the next request is read, and nothing is left waiting).
     let (mut running, addr) = {
-        let mut running = edaflow(&dir, &url, &[])
+        let mut running = edaflow(&dir, &url, &["--threads", "2"])
             .env(
                 "EDAFLOW_LOG",
                 "info,edaflow::broker::redis=debug,edaflow::runtime::subscriber=debug",
