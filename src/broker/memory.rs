@@ -52,11 +52,15 @@ pub struct MemoryBroker {
     inner: Arc<Inner>,
 }
 
+/// The groups each topic routes to, looked up per publish: foldhash (randomly seeded)
+/// rather than SipHash.
+type Routes = HashMap<String, Arc<[Arc<GroupQueue>]>, foldhash::fast::RandomState>;
+
 struct Inner {
     options: MemoryOptions,
     groups: RwLock<HashMap<String, Arc<GroupQueue>>>,
     /// topic -> the groups it fans out to; cleared whenever groups change.
-    routes: RwLock<HashMap<String, Arc<[Arc<GroupQueue>]>>>,
+    routes: RwLock<Routes>,
     /// Incremented whenever groups change (see `clear_routes`).
     routes_version: AtomicU64,
     taps: Mutex<Vec<(TopicPattern, mpsc::Sender<Arc<Event>>)>>,
@@ -186,7 +190,7 @@ impl MemoryBroker {
         let inner = Arc::new(Inner {
             options,
             groups: RwLock::new(HashMap::new()),
-            routes: RwLock::new(HashMap::new()),
+            routes: RwLock::new(HashMap::default()),
             routes_version: AtomicU64::new(0),
             taps: Mutex::new(Vec::new()),
             tap_count: AtomicUsize::new(0),

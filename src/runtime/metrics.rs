@@ -87,7 +87,8 @@ pub struct HttpMetrics {
 /// Everything `/metrics` shows.
 #[derive(Debug, Default)]
 pub struct Metrics {
-    topics: RwLock<HashMap<String, Arc<TopicMetrics>>>,
+    /// Looked up per event: foldhash (randomly seeded) rather than SipHash.
+    topics: RwLock<HashMap<String, Arc<TopicMetrics>, foldhash::fast::RandomState>>,
     subscribers: RwLock<BTreeMap<String, Arc<SubscriberMetrics>>>,
     relays: RwLock<BTreeMap<String, Arc<RelayMetrics>>>,
     /// Per chain: its steps and its counters.
