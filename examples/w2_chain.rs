@@ -39,11 +39,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .ok()
         .map(|n| n.parse())
         .transpose()?;
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(edaflow::app::runtime_threads(asked, &broker))
-        .enable_all()
-        .build()?
-        .block_on(measure())
+    edaflow::app::build_runtime(asked, &broker)?.block_on(measure())
 }
 
 async fn measure() -> Result<(), Box<dyn std::error::Error>> {

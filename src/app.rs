@@ -171,16 +171,26 @@ fn run_article(command: ArticleCommand, redis: &str, listen: Option<String>) -> 
 /// until a shutdown signal.
 fn run_blocking(args: RunArgs) -> Result<(), Error> {
     let prepared = load(&args.flows)?;
-    let threads = runtime_threads(args.threads, &broker_url(&args, &prepared));
-    info!(threads, "starting the runtime");
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads)
-        .enable_all()
-        .build()?;
+    let rt = build_runtime(args.threads, &broker_url(&args, &prepared))?;
     rt.block_on(async {
         let shutdown = shutdown_signal();
         run_prepared(args, prepared, shutdown).await
     })
+}
+
+/// A multi-thread tokio runtime with `runtime_threads(asked, broker)` workers (the count
+/// is logged). The benchmark harnesses build theirs here too, so their figures are the
+/// binary's.
+///
+/// # Errors
+/// The runtime could not start (no threads, no I/O driver).
+pub fn build_runtime(asked: Option<u16>, broker: &str) -> std::io::Result<tokio::runtime::Runtime> {
+    let threads = runtime_threads(asked, broker);
+    info!(threads, "starting the runtime");
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()
 }
 
 /// The runtime's worker threads: `asked` if given, else one per CPU, less one when the

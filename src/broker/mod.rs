@@ -196,12 +196,17 @@ pub struct Reply {
 impl Effects {
     /// True when there is nothing to commit but the ack.
     pub fn is_empty(&self) -> bool {
+        self.writes_nothing() && self.reply.is_none()
+    }
+
+    /// True when nothing is written: no event, item, dead letter or store write (a reply
+    /// may still be there).
+    pub fn writes_nothing(&self) -> bool {
         self.publish.is_empty()
             && self.deferred.is_empty()
             && self.enqueue.is_empty()
             && self.dead_letter.is_none()
             && self.store_writes.is_empty()
-            && self.reply.is_none()
     }
 
     /// Every event this commit makes visible (for counting).

@@ -644,12 +644,7 @@ impl RedisBroker {
         [kind, key, group, id]: [&str; 4],
         effects: &Effects,
     ) -> Option<Result<(), BrokerError>> {
-        let writes_nothing = effects.publish.is_empty()
-            && effects.deferred.is_empty()
-            && effects.enqueue.is_empty()
-            && effects.dead_letter.is_none()
-            && effects.store_writes.is_empty();
-        if !writes_nothing {
+        if !effects.writes_nothing() {
             return None;
         }
         let local = match &effects.reply {

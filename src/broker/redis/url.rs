@@ -88,8 +88,8 @@ impl RedisUrl {
         self.full.starts_with("rediss://")
     }
 
-    /// True when the server runs on this machine: a loopback address or `localhost`. Such a Redis competes with edaflow for the same cores (see
-    /// `app::runtime_threads`).
+    /// True when the server runs on this machine: a loopback address or `localhost`. Such
+    /// a Redis competes with edaflow for the same cores (see `app::runtime_threads`).
     pub fn is_local(&self) -> bool {
         let Ok(client) = redis::Client::open(self.full.as_str()) else {
             return false;
