@@ -30,7 +30,9 @@ local function now_ms()
   read_clock()
   return clock_s * 1000 + math.floor(clock_us / 1000)
 end
-local function fmt(n) return string.format('%.0f', n) end
+-- Every number the scripts format is an integral ms count or sequence number; '%d' is
+-- several times cheaper than '%.0f' in Redis's Lua.
+local function fmt(n) return string.format('%d', n) end
 -- When something `delay` ms from now falls due: never before the delay has fully passed,
 -- though the clock is read in whole ms.
 local function due_at(delay)
@@ -96,9 +98,14 @@ local function waiting_in(key, group)
 end
 -- Appends an event to its topic stream with an id that orders it after every event
 -- appended before it on any topic (server ms + one global sequence), and shows it to taps.
+local topic_keys = {}
 local function append_event(topic, json, now)
-  local key = P .. 't:' .. topic
-  local id = fmt(now) .. '-' .. fmt(next_seq())
+  local key = topic_keys[topic]
+  if not key then
+    key = P .. 't:' .. topic
+    topic_keys[topic] = key
+  end
+  local id = string.format('%d-%d', now, next_seq())
   local added = redis.pcall('XADD', key, id, 'e', json)
   if type(added) == 'table' and added.err then
     -- The clock went back: let Redis pick an id after the last one.
@@ -338,14 +345,38 @@ return {'wait', next_due, waits}
 pub static BATCH: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
+-- Per operation this script allocates nothing it can avoid (no argument tables: the
+-- lists are walked in ARGV where they lie), since Lua work per operation, not the
+-- commands, is most of a run's cost.
 local i = 3
-local function take_n() local n = tonumber(ARGV[i]); i = i + 1; return n end
+local OK = {'ok'}
 -- Per topic, over this run: the lag of its most-behind group, and that group.
 local behind = {}
 -- Per queue, over this run: its capacity ('' none) and depth (counting this run's
 -- enqueues; what this run acks is not taken off, which errs on the side of full), or
 -- false for no such queue.
 local queues_seen = {}
+-- Per sorted set, over this run: the score of its first member (false when empty), to
+-- wake the set's waiters only when an item goes ahead of every other.
+local firsts = {}
+local function first_score(key)
+  local first = firsts[key]
+  if first == nil then
+    local got = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+    first = #got > 0 and tonumber(got[2]) or false
+    firsts[key] = first
+  end
+  return first
+end
+-- Adds a member due at `due` to a sorted set; wakes `wake_key` when it becomes the first.
+local function schedule(key, due, member, wake_key)
+  local first = first_score(key)
+  redis.call('ZADD', key, fmt(due), member)
+  if first == false or due < first then
+    firsts[key] = due
+    wake(wake_key)
+  end
+end
 local function publish_op()
   local topic, json, cap = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   i = i + 3
@@ -369,19 +400,24 @@ local function publish_op()
     if most[1] >= 0 then most[1] = most[1] + 1 end
   end
   append_event(topic, json, now_ms())
-  return {'ok'}
+  return OK
 end
 local function commit_op()
   local kind, key, group, id = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
-  i = i + 4
-  local publish, deferred, enqueue = {}, {}, {}
-  for _ = 1, take_n() do table.insert(publish, {ARGV[i], ARGV[i + 1]}); i = i + 2 end
-  for _ = 1, take_n() do table.insert(deferred, {ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2]}); i = i + 3 end
-  for _ = 1, take_n() do table.insert(enqueue, {ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2]}); i = i + 3 end
+  -- Where each list starts in ARGV, and its length.
+  local np = tonumber(ARGV[i + 4])
+  local p0 = i + 5
+  i = p0 + 2 * np
+  local nd = tonumber(ARGV[i])
+  local d0 = i + 1
+  i = d0 + 3 * nd
+  local nq = tonumber(ARGV[i])
+  local q0 = i + 1
+  i = q0 + 3 * nq
   local dead_topic, dead_json = ARGV[i], ARGV[i + 1]
-  i = i + 2
-  local writes = {}
-  for _ = 1, take_n() do table.insert(writes, {ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]}); i = i + 4 end
+  local nw = tonumber(ARGV[i + 2])
+  local w0 = i + 3
+  i = w0 + 4 * nw
   local reply_channel, reply_payload = ARGV[i], ARGV[i + 1]
   i = i + 2
 
@@ -389,57 +425,58 @@ local function commit_op()
   -- ran before and its reply was lost, or another consumer settled it): apply nothing.
   -- XACK's own answer is the guard, except when queues must be checked first (a full queue
   -- leaves the entry pending, to be retried).
-  if kind ~= '-' and #enqueue > 0 then
-    local p = redis.pcall('XPENDING', key, group, id, id, 1)
-    if type(p) ~= 'table' or p.err or #p == 0 then return {'settled'} end
-  end
-
-  local per_queue = {}
-  for _, item in ipairs(enqueue) do per_queue[item[1]] = (per_queue[item[1]] or 0) + 1 end
-  for queue, n in pairs(per_queue) do
-    local known = queues_seen[queue]
-    if known == nil then
-      local cap = redis.call('HGET', P .. 'queues', queue)
-      if cap and cap ~= '' then
-        known = {cap, queue_depth(queue)}
-      elseif cap then
-        known = {cap, 0}
-      else
-        known = false
+  if nq > 0 then
+    if kind ~= '-' then
+      local p = redis.pcall('XPENDING', key, group, id, id, 1)
+      if type(p) ~= 'table' or p.err or #p == 0 then return {'settled'} end
+    end
+    local per_queue = {}
+    for j = q0, q0 + 3 * (nq - 1), 3 do per_queue[ARGV[j]] = (per_queue[ARGV[j]] or 0) + 1 end
+    for queue, n in pairs(per_queue) do
+      local known = queues_seen[queue]
+      if known == nil then
+        local cap = redis.call('HGET', P .. 'queues', queue)
+        if cap and cap ~= '' then
+          known = {cap, queue_depth(queue)}
+        elseif cap then
+          known = {cap, 0}
+        else
+          known = false
+        end
+        queues_seen[queue] = known
       end
-      queues_seen[queue] = known
+      if not known then return {'unknown_queue', queue} end
+      if known[1] ~= '' and known[2] + n > tonumber(known[1]) then
+        return {'queue_full', queue, known[1]}
+      end
     end
-    if not known then return {'unknown_queue', queue} end
-    if known[1] ~= '' and known[2] + n > tonumber(known[1]) then
-      return {'queue_full', queue, known[1]}
-    end
+    for queue, n in pairs(per_queue) do queues_seen[queue][2] = queues_seen[queue][2] + n end
   end
-  for queue, n in pairs(per_queue) do queues_seen[queue][2] = queues_seen[queue][2] + n end
 
   if kind ~= '-' then
     local acked = redis.pcall('XACK', key, group, id)
-    if #enqueue == 0 and (type(acked) ~= 'number' or acked == 0) then return {'settled'} end
+    if nq == 0 and (type(acked) ~= 'number' or acked == 0) then return {'settled'} end
     if kind ~= 't' then redis.call('XDEL', key, id) end
   end
 
   local now = now_ms()
-  for _, e in ipairs(publish) do append_event(e[1], e[2], now) end
-  for _, e in ipairs(deferred) do
-    local member = string.format('%020.0f', next_seq()) .. '\n' .. e[1] .. '\n' .. e[3]
-    redis.call('ZADD', P .. 'deferred', fmt(due_at(e[2])), member)
-    local first = redis.call('ZRANGE', P .. 'deferred', 0, 0)
-    if first[1] == member then wake(P .. 'deferred:wake') end
+  for j = p0, p0 + 2 * (np - 1), 2 do append_event(ARGV[j], ARGV[j + 1], now) end
+  for j = d0, d0 + 3 * (nd - 1), 3 do
+    local member = string.format('%020d', next_seq()) .. '\n' .. ARGV[j] .. '\n' .. ARGV[j + 2]
+    schedule(P .. 'deferred', due_at(tonumber(ARGV[j + 1])), member, P .. 'deferred:wake')
   end
-  for _, e in ipairs(enqueue) do
-    local q = P .. 'q:' .. e[1]
-    local member = string.format('%020.0f', next_seq()) .. '\n' .. e[3]
-    redis.call('ZADD', q .. ':sched', fmt(due_at(e[2])), member)
-    tap(e[3])
-    if e[2] <= 0 then
-      move_due(e[1], now, 100)
+  for j = q0, q0 + 3 * (nq - 1), 3 do
+    local queue, delay, json = ARGV[j], tonumber(ARGV[j + 1]), ARGV[j + 2]
+    local q = P .. 'q:' .. queue
+    local member = string.format('%020d', next_seq()) .. '\n' .. json
+    tap(json)
+    if delay <= 0 then
+      redis.call('ZADD', q .. ':sched', fmt(due_at(delay)), member)
+      move_due(queue, now, 100)
+      -- The move may have taken the set's first member.
+      firsts[q .. ':sched'] = nil
     else
-      local first = redis.call('ZRANGE', q .. ':sched', 0, 0)
-      if first[1] == member then wake(q .. ':wake') end
+      schedule(q .. ':sched', due_at(delay), member, q .. ':wake')
     end
   end
   if dead_topic ~= '' then
@@ -448,8 +485,8 @@ local function commit_op()
   end
   -- Store writes, in the order the handler made them: `s` set (JSON), `r` remove, `i` add
   -- to an integer (a missing or non-integer value counts as 0; overflow saturates).
-  for _, w in ipairs(writes) do
-    local h, k, op, v = P .. 's:' .. w[1], w[2], w[3], w[4]
+  for j = w0, w0 + 4 * (nw - 1), 4 do
+    local h, k, op, v = P .. 's:' .. ARGV[j], ARGV[j + 1], ARGV[j + 2], ARGV[j + 3]
     if op == 'r' then
       redis.call('HDEL', h, k)
       redis.call('ZREM', h .. ':keys', k)
@@ -475,7 +512,7 @@ local function commit_op()
     end
   end
   if reply_channel ~= '' then redis.call('PUBLISH', reply_channel, reply_payload) end
-  return {'ok'}
+  return OK
 end
 local results = {}
 for k = 1, tonumber(ARGV[2]) do
