@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 pub const SPEC_VERSION: &str = "1.0";
 
 /// One event. Cheap to share: brokers hand out `Arc<Event>`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Event {
     /// Always "1.0".
     pub specversion: String,
@@ -27,23 +27,17 @@ pub struct Event {
     #[serde(rename = "type")]
     pub topic: String,
     /// Creation time, RFC 3339 on the wire.
-    #[serde(with = "rfc3339")]
+    #[serde(serialize_with = "rfc3339::serialize")]
     pub time: SystemTime,
     /// Always `application/json` for events edaflow creates.
-    #[serde(default = "json_content_type")]
     pub datacontenttype: String,
     /// The payload.
-    #[serde(default)]
     pub data: serde_json::Value,
     /// The id of the first event of the journey this event belongs to.
     #[serde(rename = "correlationid")]
     pub correlation_id: String,
     /// The id of the event whose handling emitted this one (absent for the first).
-    #[serde(
-        rename = "causationid",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(rename = "causationid", skip_serializing_if = "Option::is_none")]
     pub causation_id: Option<String>,
     /// Other CloudEvents extension attributes (e.g. the dead-letter details).
     #[serde(flatten)]
@@ -75,6 +69,128 @@ impl RawPayload {
 
 fn json_content_type() -> String {
     "application/json".to_owned()
+}
+
+/// Read by hand rather than derived: a derived reader of a struct with a flattened map
+/// buffers every field before it looks at any, which made reading an event a broker
+/// carries cost twice what it does here. It reads what the derived one did: the envelope's
+/// attributes (`specversion`, `id`, `source`, `type`, `time` and `correlationid` required;
+/// `datacontenttype`, `data` and `causationid` optional), every other attribute into
+/// `extensions`, and no attribute twice.
+impl<'de> Deserialize<'de> for Event {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Event, D::Error> {
+        d.deserialize_map(EventVisitor)
+    }
+}
+
+/// An attribute name: one of the envelope's, or an extension's.
+enum Attribute {
+    SpecVersion,
+    Id,
+    Source,
+    Type,
+    Time,
+    DataContentType,
+    Data,
+    CorrelationId,
+    CausationId,
+    Extension(String),
+}
+
+impl<'de> Deserialize<'de> for Attribute {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Attribute, D::Error> {
+        struct Name;
+        impl serde::de::Visitor<'_> for Name {
+            type Value = Attribute;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an attribute name")
+            }
+            fn visit_str<E: serde::de::Error>(self, name: &str) -> Result<Attribute, E> {
+                Ok(match name {
+                    "specversion" => Attribute::SpecVersion,
+                    "id" => Attribute::Id,
+                    "source" => Attribute::Source,
+                    "type" => Attribute::Type,
+                    "time" => Attribute::Time,
+                    "datacontenttype" => Attribute::DataContentType,
+                    "data" => Attribute::Data,
+                    "correlationid" => Attribute::CorrelationId,
+                    "causationid" => Attribute::CausationId,
+                    other => Attribute::Extension(other.to_owned()),
+                })
+            }
+        }
+        d.deserialize_identifier(Name)
+    }
+}
+
+struct EventVisitor;
+
+impl<'de> serde::de::Visitor<'de> for EventVisitor {
+    type Value = Event;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a CloudEvents JSON object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Event, A::Error> {
+        use serde::de::Error;
+        /// Sets a slot read once; a second value for it is an error.
+        fn once<T, E: Error>(slot: &mut Option<T>, value: T, name: &'static str) -> Result<(), E> {
+            if slot.is_some() {
+                return Err(E::duplicate_field(name));
+            }
+            *slot = Some(value);
+            Ok(())
+        }
+        let (mut specversion, mut id, mut source, mut topic) = (None, None, None, None);
+        let (mut time, mut datacontenttype, mut data) = (None, None, None);
+        let (mut correlation_id, mut causation_id) = (None, None);
+        let mut extensions = BTreeMap::new();
+        while let Some(attribute) = map.next_key::<Attribute>()? {
+            match attribute {
+                Attribute::SpecVersion => once(&mut specversion, map.next_value()?, "specversion")?,
+                Attribute::Id => once(&mut id, map.next_value()?, "id")?,
+                Attribute::Source => once(&mut source, map.next_value()?, "source")?,
+                Attribute::Type => once(&mut topic, map.next_value()?, "type")?,
+                Attribute::Time => {
+                    let at = map.next_value::<rfc3339::Time>()?;
+                    once(&mut time, at.0, "time")?;
+                }
+                Attribute::DataContentType => {
+                    once(&mut datacontenttype, map.next_value()?, "datacontenttype")?;
+                }
+                Attribute::Data => once(&mut data, map.next_value()?, "data")?,
+                Attribute::CorrelationId => {
+                    once(&mut correlation_id, map.next_value()?, "correlationid")?;
+                }
+                Attribute::CausationId => {
+                    once(
+                        &mut causation_id,
+                        map.next_value::<Option<String>>()?,
+                        "causationid",
+                    )?;
+                }
+                Attribute::Extension(name) => {
+                    extensions.insert(name, map.next_value()?);
+                }
+            }
+        }
+        Ok(Event {
+            specversion: specversion.ok_or_else(|| A::Error::missing_field("specversion"))?,
+            id: id.ok_or_else(|| A::Error::missing_field("id"))?,
+            source: source.ok_or_else(|| A::Error::missing_field("source"))?,
+            topic: topic.ok_or_else(|| A::Error::missing_field("type"))?,
+            time: time.ok_or_else(|| A::Error::missing_field("time"))?,
+            datacontenttype: datacontenttype.unwrap_or_else(json_content_type),
+            data: data.unwrap_or_default(),
+            correlation_id: correlation_id
+                .ok_or_else(|| A::Error::missing_field("correlationid"))?,
+            causation_id: causation_id.flatten(),
+            extensions,
+            raw: RawPayload::default(),
+        })
+    }
 }
 
 /// A fresh time-sortable id.
@@ -142,6 +258,53 @@ impl Event {
         // Serialising a struct of strings and a `serde_json::Value` cannot fail.
         serde_json::to_string(self).unwrap_or_default()
     }
+
+    /// The JSON a broker stores: `to_json`'s, with the time to the nanosecond (the wire
+    /// form keeps milliseconds), so that the event read back equals the one written.
+    /// Written in one pass into a buffer sized for a typical event: it is made for every
+    /// event a remote broker carries.
+    pub fn to_stored_json(&self) -> String {
+        let stored = Stored {
+            specversion: &self.specversion,
+            id: &self.id,
+            source: &self.source,
+            topic: &self.topic,
+            time: self.time,
+            datacontenttype: &self.datacontenttype,
+            data: &self.data,
+            correlation_id: &self.correlation_id,
+            causation_id: self.causation_id.as_deref(),
+            extensions: &self.extensions,
+        };
+        let mut out = Vec::with_capacity(384);
+        // As `to_json`: this cannot fail, and serde_json writes UTF-8 only.
+        if serde_json::to_writer(&mut out, &stored).is_err() {
+            return self.to_json();
+        }
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+/// `Event`'s envelope, borrowed, with the time to the nanosecond (see
+/// `Event::to_stored_json`). Its fields, names and order are `Event`'s: a test checks that
+/// the two agree.
+#[derive(Serialize)]
+struct Stored<'a> {
+    specversion: &'a str,
+    id: &'a str,
+    source: &'a str,
+    #[serde(rename = "type")]
+    topic: &'a str,
+    #[serde(serialize_with = "rfc3339::serialize_nanos")]
+    time: SystemTime,
+    datacontenttype: &'a str,
+    data: &'a serde_json::Value,
+    #[serde(rename = "correlationid")]
+    correlation_id: &'a str,
+    #[serde(rename = "causationid", skip_serializing_if = "Option::is_none")]
+    causation_id: Option<&'a str>,
+    #[serde(flatten)]
+    extensions: &'a BTreeMap<String, serde_json::Value>,
 }
 
 /// Writes `value` the way the article's consumer prints payloads:
@@ -198,9 +361,29 @@ mod rfc3339 {
         s.collect_str(&humantime::format_rfc3339_millis(*time))
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
-        let text = String::deserialize(d)?;
-        humantime::parse_rfc3339_weak(&text).map_err(serde::de::Error::custom)
+    pub fn serialize_nanos<S: Serializer>(time: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_rfc3339_nanos(*time))
+    }
+
+    /// A time read from its RFC 3339 text where it lies (no copy of the text).
+    pub struct Time(pub SystemTime);
+
+    impl<'de> Deserialize<'de> for Time {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Time, D::Error> {
+            struct Text;
+            impl serde::de::Visitor<'_> for Text {
+                type Value = Time;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("an RFC 3339 time")
+                }
+                fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Time, E> {
+                    humantime::parse_rfc3339_weak(text)
+                        .map(Time)
+                        .map_err(E::custom)
+                }
+            }
+            d.deserialize_str(Text)
+        }
     }
 }
 
@@ -228,6 +411,72 @@ mod tests {
         assert_eq!(third.correlation_id, first.id);
         assert_eq!(third.causation_id.as_deref(), Some(second.id.as_str()));
         assert!(second.id > first.id || second.id.len() == first.id.len());
+    }
+
+    /// `to_stored_json` writes `to_json`'s envelope (same fields, same order) with only the
+    /// time more precise, and reads back as the very event written.
+    #[test]
+    fn stored_json_is_the_wire_json_with_the_time_to_the_nanosecond() {
+        let first = Event::new(
+            "orderCreated",
+            "edaflow://orders/api",
+            json!({"a": [1, "x\"y"]}),
+        );
+        let mut second = first.caused("inventoryReserved", "edaflow://orders/reserve", json!(null));
+        second
+            .extensions
+            .insert("edaflowgeneration".into(), json!(2));
+        second
+            .extensions
+            .insert("deadletterreason".into(), json!("it \"failed\""));
+        for event in [first, second] {
+            let stored = event.to_stored_json();
+            let millis = humantime::format_rfc3339_millis(event.time).to_string();
+            let nanos = humantime::format_rfc3339_nanos(event.time).to_string();
+            assert_eq!(
+                stored,
+                event.to_json().replacen(&millis, &nanos, 1),
+                "{stored}"
+            );
+            let back: Event = serde_json::from_str(&stored).unwrap();
+            assert_eq!(back, event);
+            assert_eq!(back.time, event.time);
+        }
+    }
+
+    #[test]
+    fn events_are_read_with_defaults_extensions_and_strict_attributes() {
+        let text = r#"{"specversion":"1.0","id":"a","source":"s","type":"t",
+            "time":"2026-11-27T06:03:08.943542046Z","correlationid":"a","causationid":null,
+            "x\u0061":{"deep":[1]},"data":{"k":"v"}}"#;
+        let event: Event = serde_json::from_str(text).unwrap();
+        assert_eq!(event.topic, "t");
+        assert_eq!(event.datacontenttype, "application/json");
+        assert_eq!(event.causation_id, None);
+        assert_eq!(event.data, json!({"k": "v"}));
+        assert_eq!(event.extensions.get("xa"), Some(&json!({"deep": [1]})));
+        assert_eq!(
+            humantime::format_rfc3339_nanos(event.time).to_string(),
+            "2026-11-27T06:03:08.943542046Z"
+        );
+        // Read from a `serde_json::Value` too (flow tests and fixtures do).
+        let value: serde_json::Value = serde_json::from_str(text).unwrap();
+        assert_eq!(serde_json::from_value::<Event>(value).unwrap(), event);
+
+        let missing = serde_json::from_str::<Event>(r#"{"specversion":"1.0","id":"a"}"#);
+        assert!(missing
+            .unwrap_err()
+            .to_string()
+            .contains("missing field `source`"));
+        let twice =
+            serde_json::from_str::<Event>(&text.replace(r#""id":"a","#, r#""id":"a","id":"b","#));
+        assert!(twice
+            .unwrap_err()
+            .to_string()
+            .contains("duplicate field `id`"));
+        let bad_time = serde_json::from_str::<Event>(&text.replace("2026-11-27T", "yesterday "));
+        assert!(bad_time.is_err());
+        assert!(serde_json::from_str::<Event>("[1]").is_err());
     }
 
     #[test]

@@ -351,6 +351,13 @@ pub trait Broker: Clone + Send + Sync + 'static {
     /// A new consumer of the named group.
     fn consumer(&self, group: &str) -> Result<Self::Consumer, BrokerError>;
 
+    /// `n` consumers of the named group for the workers of one subscriber. They compete
+    /// as `n` calls of `consumer` would; a broker may serve them from one reader, so that
+    /// one read fetches entries for every worker that waits (Redis does).
+    fn consumers(&self, group: &str, n: usize) -> Result<Vec<Self::Consumer>, BrokerError> {
+        (0..n).map(|_| self.consumer(group)).collect()
+    }
+
     /// Settles a delivery: the effects are made visible, then the delivery is acked.
     fn commit(
         &self,
@@ -396,6 +403,11 @@ pub trait Broker: Clone + Send + Sync + 'static {
     /// A new consumer of a queue's due items (they compete).
     fn queue_consumer(&self, queue: &str) -> Result<Self::Consumer, BrokerError>;
 
+    /// `n` consumers of a queue for the workers of one subscriber (see `consumers`).
+    fn queue_consumers(&self, queue: &str, n: usize) -> Result<Vec<Self::Consumer>, BrokerError> {
+        (0..n).map(|_| self.queue_consumer(queue)).collect()
+    }
+
     /// The state of every queue.
     fn queue_stats(&self) -> Vec<QueueStats>;
 
@@ -418,6 +430,17 @@ pub trait Broker: Clone + Send + Sync + 'static {
     /// throughput).
     fn commit_may_fail_transiently(&self) -> bool {
         false
+    }
+
+    /// As `commit`, from borrowed effects: what a caller that may have to retry (see
+    /// `commit_may_fail_transiently`) calls, so that it keeps the effects without a copy.
+    /// The default copies them.
+    fn commit_retryable(
+        &self,
+        delivery: &Delivery,
+        effects: &Effects,
+    ) -> impl Future<Output = Result<(), BrokerError>> + Send {
+        self.commit(delivery.clone(), effects.clone())
     }
 
     /// Checks, within about a second, that the broker answers (`/healthz`). An embedded

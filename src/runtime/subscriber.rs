@@ -71,11 +71,12 @@ pub(crate) fn spawn<B: Broker>(
     token: &CancellationToken,
 ) -> Result<(), BrokerError> {
     let task = Arc::new(task);
-    for worker in 0..task.config.concurrency {
-        let consumer = match &task.config.input {
-            SubscriberInput::Topics(_) => task.shared.broker.consumer(&task.config.group)?,
-            SubscriberInput::Queue(queue) => task.shared.broker.queue_consumer(queue)?,
-        };
+    let n = task.config.concurrency;
+    let consumers = match &task.config.input {
+        SubscriberInput::Topics(_) => task.shared.broker.consumers(&task.config.group, n)?,
+        SubscriberInput::Queue(queue) => task.shared.broker.queue_consumers(queue, n)?,
+    };
+    for (worker, consumer) in consumers.into_iter().enumerate() {
         let span = tracing::info_span!("subscriber", component = %task.name, worker);
         match task.poll {
             Some(every) => tracker.spawn(
@@ -239,19 +240,13 @@ impl<B: Broker> SubscriberTask<B> {
                 .record(event, &self.name, Some(generation));
         }
         let mut backoff = crate::broker::backoff::BACKOFF_START;
-        let retry = self.shared.broker.commit_may_fail_transiently();
-        let mut effects = Some(effects);
+        let broker = &self.shared.broker;
         let committed = loop {
-            let attempt = if retry {
-                effects.clone()
-            } else {
-                effects.take()
-            };
-            let Some(attempt) = attempt else {
-                break Err(BrokerError::Closed);
-            };
-            match self.shared.broker.commit(delivery.clone(), attempt).await {
-                Err(e) if retry && e.is_transient() && !token.is_cancelled() => {
+            if !broker.commit_may_fail_transiently() {
+                break broker.commit(delivery.clone(), effects).await;
+            }
+            match broker.commit_retryable(delivery, &effects).await {
+                Err(e) if e.is_transient() && !token.is_cancelled() => {
                     let pause = crate::broker::backoff::jittered(&mut backoff);
                     debug!(event = %delivery.event.id, error = %e, retry_in_ms = pause.as_millis() as u64, "commit failed; retrying");
                     tokio::select! {

@@ -19,6 +19,11 @@
 //! blocking read whose caller stops waiting is ended with `CLIENT UNBLOCK`, and whatever it
 //! took is given back.
 //!
+//! The workers of one subscriber share one reader task (see `spawn`): a worker's `next()`
+//! waits its turn, and a fast read takes up to one entry for each worker waiting, so under
+//! load one read and one reply serve them all, where a reader each would make Redis wake
+//! and answer every worker apart.
+//!
 //! Redis errors never reach the caller of `next()`: the task backs off (50 ms doubling to
 //! 2 s, jittered) and retries, so a Redis outage pauses subscribers instead of stopping
 //! them. The outage is logged once for the whole process (see `outage`), not per consumer
@@ -133,8 +138,15 @@ impl<T: Handed> Drop for Awaiting<T> {
     }
 }
 
-pub(crate) fn spawn(broker: RedisBroker, source: Source, name: String) -> RedisConsumer {
-    let (tx, rx) = mpsc::channel(1);
+/// Starts one reader task serving `n` consumers (the workers of one subscriber): its
+/// fast reads fetch up to one entry for each consumer waiting (see `Reader::waiting`).
+pub(crate) fn spawn(
+    broker: RedisBroker,
+    source: Source,
+    name: String,
+    n: usize,
+) -> Vec<RedisConsumer> {
+    let (tx, rx) = mpsc::channel(n.max(1));
     let span = match &source {
         Source::Group(g) => tracing::debug_span!("redis_consumer", group = %g, consumer = %name),
         Source::Queue(q) => tracing::debug_span!("redis_consumer", queue = %q, consumer = %name),
@@ -154,13 +166,16 @@ pub(crate) fn spawn(broker: RedisBroker, source: Source, name: String) -> RedisC
         claim_streak: false,
         next_refresh: Instant::now(),
         taken: VecDeque::new(),
+        waiting: 1,
     };
-    // Tracked by ownership: the task ends when the consumer (its request sender) is gone.
+    // Tracked by ownership: the task ends when the consumers (its request senders) are gone.
     tokio::spawn(reader.run(rx).instrument(span));
-    RedisConsumer {
-        requests: tx,
-        broker,
-    }
+    (0..n.max(1))
+        .map(|_| RedisConsumer {
+            requests: tx.clone(),
+            broker: broker.clone(),
+        })
+        .collect()
 }
 
 /// What a consumer reads with a blocking `XREADGROUP` (see the module docs): two streams, in
@@ -292,6 +307,9 @@ struct Reader {
     /// Entries taken by the last script run and not yet handed out (they are this
     /// consumer's in Redis already; given back when the consumer goes away).
     taken: VecDeque<Delivery>,
+    /// Consumers waiting for an entry, the one being served included: a fast read takes at
+    /// least this many, so that the workers sharing this reader are served by one read.
+    waiting: usize,
 }
 
 /// How often a group consumer re-checks which topic streams its group reads.
@@ -308,6 +326,7 @@ const REFUSED_PAUSE: Duration = Duration::from_millis(200);
 impl Reader {
     async fn run(mut self, mut requests: mpsc::Receiver<Request>) {
         while let Some(request) = requests.recv().await {
+            self.waiting = 1 + requests.len();
             match request {
                 Request::Next(reply) => {
                     let Some(result) = self.next(&reply).await else {
@@ -539,7 +558,7 @@ impl Reader {
             .arg(&*xgroup)
             .arg(&self.name)
             .arg("COUNT")
-            .arg(self.fast_count)
+            .arg(self.fast_count.max(self.waiting))
             .arg("BLOCK")
             .arg(u64::try_from(block).unwrap_or(1000))
             .arg("STREAMS")
@@ -731,24 +750,41 @@ impl Reader {
     ) -> Option<Delivery> {
         let id = text(id);
         let count = count.max(1);
-        let mut json = String::new();
+        // The event's JSON is parsed where it lies in the reply (no copy, no UTF-8 pass of
+        // its own: serde_json checks what it reads).
+        let mut json: std::borrow::Cow<'_, [u8]> = std::borrow::Cow::Borrowed(&[]);
         let mut earlier = 0i64;
         let mut origin = (String::new(), String::new());
         for pair in items(fields).chunks(2) {
             let (Some(field), Some(value)) = (pair.first(), pair.get(1)) else {
                 continue;
             };
-            match text(field).as_str() {
-                "e" => json = text(value),
-                "r" => earlier = int(value),
-                "os" => origin.0 = text(value),
-                "oi" => origin.1 = text(value),
+            let name: &[u8] = match field {
+                Value::BulkString(bytes) => bytes,
+                Value::SimpleString(name) => name.as_bytes(),
+                _ => &[],
+            };
+            match name {
+                b"e" => {
+                    json = match value {
+                        Value::BulkString(bytes) => std::borrow::Cow::Borrowed(bytes.as_slice()),
+                        other => std::borrow::Cow::Owned(text(other).into_bytes()),
+                    }
+                }
+                b"r" => earlier = int(value),
+                b"os" => origin.0 = text(value),
+                b"oi" => origin.1 = text(value),
                 _ => {}
             }
         }
         let from_queue = matches!(self.source, Source::Queue(_));
         let tag = format!("{kind}\n{id}\n{}\n{}", origin.0, origin.1);
-        match serde_json::from_str::<Event>(&json) {
+        // UTF-8 checked in one fast pass, then read without checking each string again.
+        let parsed = match std::str::from_utf8(&json) {
+            Ok(text) => serde_json::from_str::<Event>(text),
+            Err(_) => serde_json::from_slice::<Event>(&json),
+        };
+        match parsed {
             Ok(event) => Some(Delivery {
                 event: Arc::new(event),
                 group,

@@ -264,21 +264,9 @@ fn client_for(url: &RedisUrl, ca: Option<&std::path::Path>) -> Result<redis::Cli
     })
 }
 
-/// The CloudEvents JSON stored in Redis: the wire form, with the time to the nanosecond
-/// (the wire form keeps milliseconds), so an event read back equals the one written.
+/// The CloudEvents JSON stored in Redis (see `Event::to_stored_json`).
 fn wire_json(event: &Event) -> String {
-    let json = event.to_json();
-    let millis = format!(
-        "\"time\":\"{}\"",
-        humantime::format_rfc3339_millis(event.time)
-    );
-    let nanos = format!(
-        "\"time\":\"{}\"",
-        humantime::format_rfc3339_nanos(event.time)
-    );
-    // The envelope's `time` comes before `data`, and a quote inside any earlier string
-    // value is escaped, so the first match is the envelope's own field.
-    json.replacen(&millis, &nanos, 1)
+    event.to_stored_json()
 }
 
 /// Bulk/simple string or integer reply as text.
@@ -1234,6 +1222,14 @@ impl Broker for RedisBroker {
     }
 
     fn consumer(&self, group: &str) -> Result<RedisConsumer, BrokerError> {
+        Ok(self.consumers(group, 1)?.swap_remove(0))
+    }
+
+    /// The workers of one subscriber share one reader (see `consumer`'s module docs): one
+    /// blocking read fetches an entry for each worker waiting, where one reader per worker
+    /// would make Redis wake and answer each of them apart.
+    fn consumers(&self, group: &str, n: usize) -> Result<Vec<RedisConsumer>, BrokerError> {
+        let n = n.max(1);
         if !self.knows_group(group)? {
             return Err(BrokerError::UnknownGroup {
                 group: group.to_owned(),
@@ -1248,23 +1244,34 @@ impl Broker for RedisBroker {
             .cloned();
         if let Some(patterns) = patterns {
             if self.inner.wire.group_is_pubsub(group, &patterns) {
-                return Ok(wire::group_consumer(self, group, patterns));
+                return Ok((0..n)
+                    .map(|_| wire::group_consumer(self, group, patterns.clone()))
+                    .collect());
             }
         }
         Ok(consumer::spawn(
             self.clone(),
             consumer::Source::Group(group.into()),
             self.new_consumer_name(),
+            n,
         ))
     }
 
     async fn commit(&self, delivery: Delivery, effects: Effects) -> Result<(), BrokerError> {
-        match self.position(&delivery) {
+        self.commit_retryable(&delivery, &effects).await
+    }
+
+    async fn commit_retryable(
+        &self,
+        delivery: &Delivery,
+        effects: &Effects,
+    ) -> Result<(), BrokerError> {
+        match self.position(delivery) {
             Some(at) => {
-                self.run_commit([&at.kind, &at.key, &at.xgroup, &at.id], &effects)
+                self.run_commit([&at.kind, &at.key, &at.xgroup, &at.id], effects)
                     .await
             }
-            None => self.run_commit(["-", "", "", ""], &effects).await,
+            None => self.run_commit(["-", "", "", ""], effects).await,
         }
     }
 
@@ -1445,8 +1452,16 @@ impl Broker for RedisBroker {
     }
 
     fn queue_consumer(&self, queue: &str) -> Result<RedisConsumer, BrokerError> {
+        Ok(self.queue_consumers(queue, 1)?.swap_remove(0))
+    }
+
+    /// One reader for the workers of one subscriber, as `consumers`.
+    fn queue_consumers(&self, queue: &str, n: usize) -> Result<Vec<RedisConsumer>, BrokerError> {
+        let n = n.max(1);
         if let Some(list) = self.inner.wire.list_of(queue) {
-            return Ok(wire::list_consumer(self, queue, list));
+            return Ok((0..n)
+                .map(|_| wire::list_consumer(self, queue, list.clone()))
+                .collect());
         }
         if !self.knows_queue(queue)? {
             return Err(BrokerError::UnknownQueue {
@@ -1457,6 +1472,7 @@ impl Broker for RedisBroker {
             self.clone(),
             consumer::Source::Queue(queue.into()),
             self.new_consumer_name(),
+            n,
         ))
     }
 
