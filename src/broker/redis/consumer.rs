@@ -750,8 +750,7 @@ impl Reader {
     ) -> Option<Delivery> {
         let id = text(id);
         let count = count.max(1);
-        // The event's JSON is parsed where it lies in the reply (no copy, no UTF-8 pass of
-        // its own: serde_json checks what it reads).
+        // The event's JSON is parsed where it lies in the reply, without a copy.
         let mut json: std::borrow::Cow<'_, [u8]> = std::borrow::Cow::Borrowed(&[]);
         let mut earlier = 0i64;
         let mut origin = (String::new(), String::new());
