@@ -8,6 +8,12 @@
 //! Lateness is the handler's own `now_ms()` (its first statement) minus the item's due
 //! time (enqueue time + delay), in milliseconds, as BullMQ's benchmark computes it.
 //! Prints one `RESULT` line.
+//!
+//! The handlers' `done` events are collected with a tap on the memory broker (in process,
+//! free). On Redis they are read from the `done` stream once it holds one per job: a tap
+//! there would make Redis publish every enqueued item and every `done` event to this
+//! harness (40,000 messages a run) and the harness parse them, load that the workload
+//! itself does not have (BullMQ's benchmark records in its worker).
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -81,7 +87,12 @@ async fn measure() -> Result<(), Box<dyn std::error::Error>> {
                 ..RedisOptions::default()
             };
             let broker = RedisBroker::connect(&url, options).await?;
-            run(broker, prepared, n, delay).await
+            let client = redis::Client::open(std::env::var("BENCH_BROKER")?)?;
+            let collect = Collect::Stream {
+                conn: client.get_multiplexed_async_connection().await?,
+                key: format!("{}t:done", broker.prefix()),
+            };
+            run(broker, prepared, n, delay, collect).await
         }
         _ => {
             run(
@@ -89,9 +100,68 @@ async fn measure() -> Result<(), Box<dyn std::error::Error>> {
                 prepared,
                 n,
                 delay,
+                Collect::Tap,
             )
             .await
         }
+    }
+}
+
+/// How the `done` events reach the harness (see the module docs).
+enum Collect {
+    Tap,
+    Stream {
+        conn: redis::aio::MultiplexedConnection,
+        key: String,
+    },
+}
+
+/// Until `n` `done` events have come (or 60 s passed): each event's data.
+async fn collect_done(
+    collect: Collect,
+    tap: Option<tokio::sync::mpsc::Receiver<std::sync::Arc<Event>>>,
+    n: usize,
+) -> Result<Vec<serde_json::Value>, Box<dyn std::error::Error>> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    match (collect, tap) {
+        (Collect::Tap, Some(mut done)) => {
+            let mut out = Vec::with_capacity(n);
+            while out.len() < n {
+                let event = tokio::time::timeout_at(deadline, done.recv())
+                    .await?
+                    .ok_or("tap closed")?;
+                out.push(event.data.clone());
+            }
+            Ok(out)
+        }
+        (Collect::Stream { mut conn, key }, _) => {
+            loop {
+                let len: usize = redis::cmd("XLEN").arg(&key).query_async(&mut conn).await?;
+                if len >= n {
+                    break;
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(format!("{len} of {n} jobs done after 60 s").into());
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            let entries: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+                .arg(&key)
+                .arg("-")
+                .arg("+")
+                .query_async(&mut conn)
+                .await?;
+            entries
+                .ids
+                .iter()
+                .map(|entry| {
+                    let json: String = entry.get("e").ok_or("an entry without its event")?;
+                    let event: Event = serde_json::from_str(&json)?;
+                    Ok(event.data)
+                })
+                .collect()
+        }
+        (Collect::Tap, None) => Err("no tap".into()),
     }
 }
 
@@ -100,8 +170,12 @@ async fn run<B: Broker>(
     prepared: edaflow::runtime::Prepared,
     n: usize,
     delay: Duration,
+    collect: Collect,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let mut done = broker.tap(TopicPattern::parse("done")?, n + 1);
+    let tap = match collect {
+        Collect::Tap => Some(broker.tap(TopicPattern::parse("done")?, n + 1)),
+        Collect::Stream { .. } => None,
+    };
     let mut runtime = Runtime::new(
         broker.clone(),
         RuntimeOptions {
@@ -141,13 +215,9 @@ async fn run<B: Broker>(
     let mut seen = vec![false; n];
     let mut duplicates = 0;
     let (mut first, mut last) = (f64::MAX, 0.0f64);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while lateness.len() < n {
-        let event = tokio::time::timeout_at(deadline, done.recv())
-            .await?
-            .ok_or("tap closed")?;
-        let id = event.data["task_id"].as_u64().ok_or("task_id")? as usize;
-        let at = event.data["started"].as_f64().ok_or("started")?;
+    for data in collect_done(collect, tap, n).await? {
+        let id = data["task_id"].as_u64().ok_or("task_id")? as usize;
+        let at = data["started"].as_f64().ok_or("started")?;
         if std::mem::replace(&mut seen[id], true) {
             duplicates += 1;
             continue;
@@ -155,6 +225,14 @@ async fn run<B: Broker>(
         lateness.push(at - due[id]);
         first = first.min(at);
         last = last.max(at);
+    }
+    if lateness.len() < n {
+        // Duplicates stood in for jobs not seen yet: the figures would be wrong.
+        return Err(format!(
+            "{duplicates} duplicate done events; {} of {n} jobs seen",
+            lateness.len()
+        )
+        .into());
     }
     lateness.sort_by(|a, b| a.total_cmp(b));
     let drain_s = ((last - first) / 1000.0).max(0.001);
