@@ -6,25 +6,12 @@
 //!
 //! Prints one `RESULT` line per size.
 
+mod common;
+
 use std::time::{Duration, Instant};
 
 use edaflow::broker::{Broker, Consumer, Effects, MemoryBroker, MemoryOptions, QueueSpec};
 use edaflow::event::Event;
-
-/// The allocator of the `edaflow` binary, so that these figures are the binary's.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-fn peak_rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
-}
 
 fn item(i: usize) -> Event {
     Event::new(
@@ -79,7 +66,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let depth = broker.queue_stats()[0].depth;
         println!(
             "RESULT pending={depth} far_enqueue_ns_per_item={fill_ns:.0} due_enqueue_ns_per_item={enqueue_ns:.0} dequeue_ns_per_item={dequeue_ns:.0} peak_rss_kib={}",
-            peak_rss_kib()
+            common::peak_rss_kib()
         );
     }
     Ok(())

@@ -13,6 +13,8 @@
 //! Run with `cargo run --release --example reload_latency`. One `RESULT …` line is printed
 //! per measurement.
 
+mod common;
+
 use std::collections::HashMap;
 use std::error::Error;
 use std::path::{Path, PathBuf};
@@ -31,10 +33,6 @@ use edaflow::flow::TopicPattern;
 use edaflow::runtime::reload::{ReloadCause, ReloadReport, ReloadRequest, Reloader};
 use edaflow::runtime::{prepare, Runtime, RuntimeOptions};
 use edaflow::watch::{FileWatcher, DEFAULT_DEBOUNCE};
-
-/// The allocator of the `edaflow` binary, so that these figures are the binary's.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const EDITS: usize = 50;
 const RELOADS: usize = 50;

@@ -8,38 +8,20 @@
 //! Prints one `RESULT` line: chains, elapsed time from the first generated event to the
 //! last chain's completion, chains/s, and the process's peak RSS.
 
+mod common;
+
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use edaflow::broker::{Broker, MemoryBroker, MemoryOptions, RedisBroker, RedisOptions, RedisUrl};
+use edaflow::broker::{Broker, MemoryBroker, MemoryOptions};
 use edaflow::flow::model::ProducerKind;
 use edaflow::runtime::{prepare, Runtime, RuntimeOptions};
-
-/// The allocator of the `edaflow` binary, so that these figures are the binary's.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-fn peak_rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        })
-        .unwrap_or(0)
-}
 
 /// Sized as `edaflow run` sizes its runtime (`BENCH_THREADS` overrides), so that the
 /// figures are the binary's.
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let broker = std::env::var("BENCH_BROKER").unwrap_or_else(|_| "memory".to_owned());
-    let asked = std::env::var("BENCH_THREADS")
-        .ok()
-        .map(|n| n.parse())
-        .transpose()?;
-    edaflow::app::build_runtime(asked, &broker)?.block_on(measure())
+    common::runtime()?.block_on(measure())
 }
 
 async fn measure() -> Result<(), Box<dyn std::error::Error>> {
@@ -60,18 +42,9 @@ async fn measure() -> Result<(), Box<dyn std::error::Error>> {
     }
     prepared.flows = std::sync::Arc::new(flows);
 
-    match std::env::var("BENCH_BROKER") {
-        Ok(url) if url != "memory" => {
-            let url = RedisUrl::parse(&url)?;
-            let options = RedisOptions {
-                namespace: format!("bench-w2-{}", std::process::id()),
-                prefetch: env_or("BENCH_PREFETCH", RedisOptions::default().prefetch),
-                batch: env_or("BENCH_BATCH", RedisOptions::default().batch),
-                ..RedisOptions::default()
-            };
-            run(RedisBroker::connect(&url, options).await?, prepared, total).await
-        }
-        _ => run(MemoryBroker::new(MemoryOptions::default()), prepared, total).await,
+    match common::redis_url() {
+        Some(url) => run(common::redis_broker(&url, "w2").await?, prepared, total).await,
+        None => run(MemoryBroker::new(MemoryOptions::default()), prepared, total).await,
     }
 }
 
@@ -104,16 +77,8 @@ async fn run<B: Broker>(
         "RESULT chains={total} elapsed_ms={:.1} chains_per_s={:.0} peak_rss_kib={}",
         elapsed.as_secs_f64() * 1000.0,
         total as f64 / elapsed.as_secs_f64(),
-        peak_rss_kib()
+        common::peak_rss_kib()
     );
     runtime.shutdown(Duration::from_secs(1)).await;
     Ok(())
-}
-
-/// A tuning knob of the Redis broker from the environment (for A/B runs), else `default`.
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }

@@ -15,35 +15,22 @@
 //! harness (40,000 messages a run) and the harness parse them, load that the workload
 //! itself does not have (BullMQ's benchmark records in its worker).
 
+mod common;
+
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use edaflow::broker::{Broker, MemoryBroker, MemoryOptions, RedisBroker, RedisOptions, RedisUrl};
+use edaflow::broker::{Broker, MemoryBroker, MemoryOptions};
 use edaflow::event::Event;
 use edaflow::flow::pattern::TopicPattern;
 use edaflow::runtime::{prepare, Runtime, RuntimeOptions};
 use futures_util::{StreamExt, TryStreamExt};
-
-/// The allocator of the `edaflow` binary, so that these figures are the binary's.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn unix_ms() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs_f64() * 1000.0)
         .unwrap_or(0.0)
-}
-
-fn peak_rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 fn pct(sorted: &[f64], p: f64) -> f64 {
@@ -54,12 +41,7 @@ fn pct(sorted: &[f64], p: f64) -> f64 {
 /// Sized as `edaflow run` sizes its runtime (`BENCH_THREADS` overrides), so that the
 /// figures are the binary's.
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let broker = std::env::var("BENCH_BROKER").unwrap_or_else(|_| "memory".to_owned());
-    let asked = std::env::var("BENCH_THREADS")
-        .ok()
-        .map(|n| n.parse())
-        .transpose()?;
-    edaflow::app::build_runtime(asked, &broker)?.block_on(measure())
+    common::runtime()?.block_on(measure())
 }
 
 async fn measure() -> Result<(), Box<dyn std::error::Error>> {
@@ -77,39 +59,29 @@ async fn measure() -> Result<(), Box<dyn std::error::Error>> {
         .get("jobs")
         .map(|q| q.delay)
         .ok_or("the flow needs [queues.jobs]")?;
-    match std::env::var("BENCH_BROKER") {
-        Ok(url) if url != "memory" => {
-            let url = RedisUrl::parse(&url)?;
-            let options = RedisOptions {
-                namespace: format!("bench-w3-{}", std::process::id()),
-                prefetch: env_or("BENCH_PREFETCH", RedisOptions::default().prefetch),
-                batch: env_or("BENCH_BATCH", RedisOptions::default().batch),
-                ..RedisOptions::default()
-            };
-            let broker = RedisBroker::connect(&url, options).await?;
-            let client = redis::Client::open(std::env::var("BENCH_BROKER")?)?;
+    match common::redis_url() {
+        Some(url) => {
+            let broker = common::redis_broker(&url, "w3").await?;
             let collect = Collect::Stream {
-                conn: client.get_multiplexed_async_connection().await?,
+                conn: redis::Client::open(url)?
+                    .get_multiplexed_async_connection()
+                    .await?,
                 key: format!("{}t:done", broker.prefix()),
             };
             run(broker, prepared, n, delay, collect).await
         }
-        _ => {
-            run(
-                MemoryBroker::new(MemoryOptions::default()),
-                prepared,
-                n,
-                delay,
-                Collect::Tap,
-            )
-            .await
+        None => {
+            let broker = MemoryBroker::new(MemoryOptions::default());
+            // Before the runtime starts, so that no `done` event goes by unseen.
+            let tap = broker.tap(TopicPattern::parse("done")?, n + 1);
+            run(broker, prepared, n, delay, Collect::Tap(tap)).await
         }
     }
 }
 
 /// How the `done` events reach the harness (see the module docs).
 enum Collect {
-    Tap,
+    Tap(tokio::sync::mpsc::Receiver<std::sync::Arc<Event>>),
     Stream {
         conn: redis::aio::MultiplexedConnection,
         key: String,
@@ -119,12 +91,11 @@ enum Collect {
 /// Until `n` `done` events have come (or 60 s passed): each event's data.
 async fn collect_done(
     collect: Collect,
-    tap: Option<tokio::sync::mpsc::Receiver<std::sync::Arc<Event>>>,
     n: usize,
 ) -> Result<Vec<serde_json::Value>, Box<dyn std::error::Error>> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    match (collect, tap) {
-        (Collect::Tap, Some(mut done)) => {
+    match collect {
+        Collect::Tap(mut done) => {
             let mut out = Vec::with_capacity(n);
             while out.len() < n {
                 let event = tokio::time::timeout_at(deadline, done.recv())
@@ -134,7 +105,7 @@ async fn collect_done(
             }
             Ok(out)
         }
-        (Collect::Stream { mut conn, key }, _) => {
+        Collect::Stream { mut conn, key } => {
             loop {
                 let len: usize = redis::cmd("XLEN").arg(&key).query_async(&mut conn).await?;
                 if len >= n {
@@ -161,7 +132,6 @@ async fn collect_done(
                 })
                 .collect()
         }
-        (Collect::Tap, None) => Err("no tap".into()),
     }
 }
 
@@ -172,10 +142,6 @@ async fn run<B: Broker>(
     delay: Duration,
     collect: Collect,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let tap = match collect {
-        Collect::Tap => Some(broker.tap(TopicPattern::parse("done")?, n + 1)),
-        Collect::Stream { .. } => None,
-    };
     let mut runtime = Runtime::new(
         broker.clone(),
         RuntimeOptions {
@@ -215,7 +181,7 @@ async fn run<B: Broker>(
     let mut seen = vec![false; n];
     let mut duplicates = 0;
     let (mut first, mut last) = (f64::MAX, 0.0f64);
-    for data in collect_done(collect, tap, n).await? {
+    for data in collect_done(collect, n).await? {
         let id = data["task_id"].as_u64().ok_or("task_id")? as usize;
         let at = data["started"].as_f64().ok_or("started")?;
         if std::mem::replace(&mut seen[id], true) {
@@ -245,16 +211,8 @@ async fn run<B: Broker>(
         pct(&lateness, 50.0),
         pct(&lateness, 99.0),
         lateness[lateness.len() - 1],
-        peak_rss_kib()
+        common::peak_rss_kib()
     );
     runtime.shutdown(Duration::from_secs(1)).await;
     Ok(())
-}
-
-/// A tuning knob of the Redis broker from the environment (for A/B runs), else `default`.
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }

@@ -1,0 +1,64 @@
+//! What the benchmark examples share: the `edaflow` binary's allocator, the runtime sized as
+//! `edaflow run` sizes it, the broker chosen by `BENCH_BROKER`, and the peak-RSS reading.
+//! (A directory with no `main.rs`, so cargo does not take it for an example of its own.)
+
+// Each example uses the part it needs.
+#![allow(dead_code)]
+
+use edaflow::broker::{RedisBroker, RedisOptions, RedisUrl};
+
+/// The allocator of the `edaflow` binary, so that these figures are the binary's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// The process's peak resident set (`VmHWM`), in KiB; 0 where /proc does not say.
+pub fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// `BENCH_BROKER` when it names a Redis (`redis://…`), else `None` for the memory broker.
+pub fn redis_url() -> Option<String> {
+    std::env::var("BENCH_BROKER")
+        .ok()
+        .filter(|url| url != "memory")
+}
+
+/// A runtime sized as `edaflow run` sizes its own for the chosen broker; `BENCH_THREADS`
+/// overrides the thread count.
+pub fn runtime() -> Result<tokio::runtime::Runtime, Box<dyn std::error::Error>> {
+    let broker = redis_url().unwrap_or_else(|| "memory".to_owned());
+    let asked = std::env::var("BENCH_THREADS")
+        .ok()
+        .map(|n| n.parse())
+        .transpose()?;
+    Ok(edaflow::app::build_runtime(asked, &broker)?)
+}
+
+/// A Redis broker on `url` in a fresh namespace (`bench-{workload}-{pid}`), with the
+/// `BENCH_PREFETCH` and `BENCH_BATCH` knobs from the environment (for A/B runs).
+pub async fn redis_broker(
+    url: &str,
+    workload: &str,
+) -> Result<RedisBroker, Box<dyn std::error::Error>> {
+    let options = RedisOptions {
+        namespace: format!("bench-{workload}-{}", std::process::id()),
+        prefetch: env_or("BENCH_PREFETCH", RedisOptions::default().prefetch),
+        batch: env_or("BENCH_BATCH", RedisOptions::default().batch),
+        ..RedisOptions::default()
+    };
+    Ok(RedisBroker::connect(&RedisUrl::parse(url)?, options).await?)
+}
+
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
