@@ -21,7 +21,7 @@ use std::time::Duration;
 use redis::{Script, Value};
 
 use super::scripts::script;
-use super::{items, text, unavailable, wire_json, RedisBroker};
+use super::{items, text, unavailable, RedisBroker};
 use crate::broker::{BrokerError, ChainCounts, ChainSpec, ChainStep, ExpiredChain};
 use crate::event::Event;
 
@@ -167,7 +167,7 @@ impl RedisBroker {
                 .arg(&step.event.correlation_id)
                 .arg(step.step)
                 .arg(time_ms)
-                .arg(wire_json(&step.event));
+                .arg(step.event.to_stored_json());
         }
         invocation
             .invoke_async::<Value>(&mut self.conn())

@@ -264,11 +264,6 @@ fn client_for(url: &RedisUrl, ca: Option<&std::path::Path>) -> Result<redis::Cli
     })
 }
 
-/// The CloudEvents JSON stored in Redis (see `Event::to_stored_json`).
-fn wire_json(event: &Event) -> String {
-    event.to_stored_json()
-}
-
 /// Bulk/simple string or integer reply as text.
 fn text(value: &Value) -> String {
     match value {
@@ -711,20 +706,22 @@ impl RedisBroker {
         }
         op.num(effects.publish.len());
         for event in &effects.publish {
-            op.text(&event.topic).owned(wire_json(event));
+            op.text(&event.topic).owned(event.to_stored_json());
         }
         op.num(effects.deferred.len());
         for (event, delay) in &effects.deferred {
             op.text(&event.topic)
                 .num(delay_ms(*delay)?)
-                .owned(wire_json(event));
+                .owned(event.to_stored_json());
         }
         op.num(effects.enqueue.len());
         for (queue, item, delay) in &effects.enqueue {
-            op.text(queue).num(delay_ms(*delay)?).owned(wire_json(item));
+            op.text(queue)
+                .num(delay_ms(*delay)?)
+                .owned(item.to_stored_json());
         }
         match &effects.dead_letter {
-            Some(dead) => op.text(&dead.topic).owned(wire_json(dead)),
+            Some(dead) => op.text(&dead.topic).owned(dead.to_stored_json()),
             None => op.text("").text(""),
         };
         op.num(effects.store_writes.len());
@@ -1185,7 +1182,7 @@ impl Broker for RedisBroker {
             return Ok(());
         }
         self.ensure_topics([event.topic.as_str()]).await?;
-        let json = wire_json(&event);
+        let json = event.to_stored_json();
         let capacity = self
             .inner
             .options
@@ -1299,7 +1296,7 @@ impl Broker for RedisBroker {
             .arg(&at.xgroup)
             .arg(&at.id)
             .arg(dest)
-            .arg(wire_json(&delivery.event))
+            .arg(delivery.event.to_stored_json())
             .arg(delivery.redeliveries.saturating_add(1))
             .arg(origin_key)
             .arg(origin_id)

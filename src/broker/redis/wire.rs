@@ -35,7 +35,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn, Instrument};
 
 use super::consumer::Request;
-use super::{unavailable, wire_json, RedisBroker, RedisConsumer};
+use super::{unavailable, RedisBroker, RedisConsumer};
 use crate::broker::{BrokerError, Delivery, Effects, WireSpec};
 use crate::event::{Event, RawPayload};
 use crate::flow::pattern::TopicPattern;
@@ -208,7 +208,7 @@ pub(super) async fn send_effects(
                 .map(|(_, e, _)| e),
         );
     for event in shown {
-        pipe.cmd("PUBLISH").arg(&tap).arg(wire_json(event));
+        pipe.cmd("PUBLISH").arg(&tap).arg(event.to_stored_json());
     }
     pipe.query_async::<Value>(&mut broker.conn())
         .await
