@@ -241,21 +241,22 @@ impl<B: Broker> SubscriberTask<B> {
         }
         let mut backoff = crate::broker::backoff::BACKOFF_START;
         let broker = &self.shared.broker;
-        let committed = loop {
-            if !broker.commit_may_fail_transiently() {
-                break broker.commit(delivery.clone(), effects).await;
-            }
-            match broker.commit_retryable(delivery, &effects).await {
-                Err(e) if e.is_transient() && !token.is_cancelled() => {
-                    let pause = crate::broker::backoff::jittered(&mut backoff);
-                    debug!(event = %delivery.event.id, error = %e, retry_in_ms = pause.as_millis() as u64, "commit failed; retrying");
-                    tokio::select! {
-                        _ = tokio::time::sleep(pause) => {}
-                        _ = token.cancelled() => {}
+        let committed = if broker.commit_may_fail_transiently() {
+            loop {
+                match broker.commit_retryable(delivery, &effects).await {
+                    Err(e) if e.is_transient() && !token.is_cancelled() => {
+                        let pause = crate::broker::backoff::jittered(&mut backoff);
+                        debug!(event = %delivery.event.id, error = %e, retry_in_ms = pause.as_millis() as u64, "commit failed; retrying");
+                        tokio::select! {
+                            _ = tokio::time::sleep(pause) => {}
+                            _ = token.cancelled() => {}
+                        }
                     }
+                    other => break other,
                 }
-                other => break other,
             }
+        } else {
+            broker.commit(delivery.clone(), effects).await
         };
         match committed {
             Ok(()) => {
