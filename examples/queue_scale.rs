@@ -29,6 +29,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .declare_queue(&QueueSpec {
             name: "jobs".into(),
             capacity: None,
+            poll: None,
         })
         .await?;
     let mut consumer = broker.queue_consumer("jobs")?;

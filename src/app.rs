@@ -316,6 +316,7 @@ async fn run_prepared(
             let options = RedisOptions {
                 namespace,
                 claim_idle: setup.args.claim_idle,
+                take_ahead: setup.args.take_ahead,
                 response_timeout: setup.args.redis_timeout,
                 tls_ca: setup.args.redis_ca.clone(),
                 ..RedisOptions::default()

@@ -247,6 +247,12 @@ pub struct RunArgs {
     /// process claims it (keep it above the slowest handler).
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration_arg, help_heading = "Broker")]
     pub claim_idle: Duration,
+    /// Redis: how long before its due time a queue item may go to an idle worker, which
+    /// holds it and starts it on time (Redis's share of the work is done by then, so a
+    /// burst falling due at once starts sooner). 0 turns it off. Capped at a quarter of
+    /// --claim-idle; queues with `poll` never take ahead.
+    #[arg(long, value_name = "DURATION", default_value = "500ms", value_parser = parse_duration_arg, help_heading = "Broker")]
+    pub take_ahead: Duration,
     /// Redis over TLS (`rediss://`): trust the CA in this PEM file instead of the system's
     /// roots (for a private CA).
     #[arg(

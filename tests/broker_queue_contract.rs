@@ -40,6 +40,7 @@ async fn declare<B: Broker>(broker: &B, name: &str, capacity: Option<usize>) {
         .declare_queue(&QueueSpec {
             name: name.to_owned(),
             capacity,
+            poll: None,
         })
         .await
         .unwrap_or_else(|e| panic!("declare queue `{name}`: {e}"));
@@ -752,6 +753,8 @@ async fn redis_the_queue_mover_moves_due_items_to_the_ready_stream() {
         .broker(edaflow::broker::RedisOptions {
             namespace: "queues".to_owned(),
             block: Duration::from_secs(60),
+            // Moved when due, not ahead (see the take-ahead tests below).
+            take_ahead: Duration::ZERO,
             ..edaflow::broker::RedisOptions::default()
         })
         .await;
@@ -779,4 +782,178 @@ async fn redis_the_queue_mover_moves_due_items_to_the_ready_stream() {
         .expect("delivered within 5 s")
         .expect("next");
     assert_eq!(n_of(&delivery), 1);
+}
+
+/// A Redis broker whose queue items may be taken up to `take_ahead` before they fall due.
+async fn redis_taking_ahead(
+    take_ahead: Duration,
+) -> Option<(edaflow::broker::RedisBroker, redis_support::RedisServer)> {
+    let server = redis_support::RedisServer::start()?;
+    let broker = server
+        .broker(edaflow::broker::RedisOptions {
+            namespace: "queues".to_owned(),
+            block: Duration::from_millis(200),
+            take_ahead,
+            ..edaflow::broker::RedisOptions::default()
+        })
+        .await;
+    Some((broker, server))
+}
+
+/// Entries in a queue's ready stream, and how many of them are pending with a consumer.
+fn ready_and_pending(server: &redis_support::RedisServer, queue: &str) -> (String, String) {
+    let key = format!("edaflow:{{queues}}:q:{queue}:ready");
+    let len = server.command(&["XLEN", &key]);
+    let pending = server.command(&["XPENDING", &key, "workers"]);
+    let first_line = |reply: &str| {
+        reply
+            .lines()
+            .find(|l| !l.starts_with('*'))
+            .unwrap_or("")
+            .trim_start_matches(':')
+            .to_owned()
+    };
+    (first_line(&len), first_line(&pending))
+}
+
+/// An idle worker takes an item before it falls due (the Redis work of moving and taking
+/// it is done by then) and is handed it when it falls due, not before.
+#[tokio::test]
+async fn redis_an_item_taken_ahead_starts_at_its_due_time_not_before() {
+    let Some((broker, server)) = redis_taking_ahead(Duration::from_secs(2)).await else {
+        return;
+    };
+    declare(&broker, "later", None).await;
+    let mut worker = broker.queue_consumer("later").expect("consumer");
+    let started = Instant::now();
+    enqueue(&broker, "later", 1, 800).await;
+    let next = tokio::spawn(async move {
+        let delivery = worker.next().await.expect("next");
+        (delivery, started.elapsed(), worker)
+    });
+    // Taken (pending with the worker's consumer) well before it is due.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while ready_and_pending(&server, "later") != ("1".to_owned(), "1".to_owned()) {
+        assert!(
+            Instant::now() < deadline,
+            "not taken ahead: {:?}",
+            ready_and_pending(&server, "later")
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(
+        started.elapsed() < Duration::from_millis(800),
+        "taken only after its due time ({:?}), not ahead",
+        started.elapsed()
+    );
+    assert!(!next.is_finished(), "handed out before its due time");
+    let (delivery, at, _worker) = tokio::time::timeout(Duration::from_secs(5), next)
+        .await
+        .expect("handed out within 5 s")
+        .expect("the worker task");
+    assert_eq!(n_of(&delivery), 1);
+    assert!(
+        at >= Duration::from_millis(800),
+        "handed out after {at:?}, before its due time"
+    );
+}
+
+/// A worker holding an item taken ahead does not make an item due sooner wait behind it.
+#[tokio::test]
+async fn redis_an_item_due_sooner_overtakes_one_taken_ahead() {
+    let Some((broker, _server)) = redis_taking_ahead(Duration::from_secs(2)).await else {
+        return;
+    };
+    declare(&broker, "later", None).await;
+    let mut worker = broker.queue_consumer("later").expect("consumer");
+    enqueue(&broker, "later", 1, 1500).await;
+    let started = Instant::now();
+    let next = tokio::spawn(async move { (worker.next().await.expect("next"), worker) });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    enqueue(&broker, "later", 2, 0).await;
+    let (first, mut worker) = tokio::time::timeout(Duration::from_secs(5), next)
+        .await
+        .expect("handed out within 5 s")
+        .expect("the worker task");
+    assert_eq!(n_of(&first), 2, "the item due at once came first");
+    assert!(started.elapsed() < Duration::from_millis(1500));
+    broker
+        .commit(first, Effects::default())
+        .await
+        .expect("commit");
+    let second = tokio::time::timeout(Duration::from_secs(5), worker.next())
+        .await
+        .expect("handed out within 5 s")
+        .expect("next");
+    assert_eq!(n_of(&second), 1);
+    assert!(started.elapsed() >= Duration::from_millis(1400));
+}
+
+/// An item taken ahead and given back (its worker stopped) keeps its due time: the next
+/// worker is not handed it early either.
+#[tokio::test]
+async fn redis_an_item_given_back_before_its_due_time_keeps_it() {
+    let Some((broker, server)) = redis_taking_ahead(Duration::from_secs(2)).await else {
+        return;
+    };
+    declare(&broker, "later", None).await;
+    let started = Instant::now();
+    enqueue(&broker, "later", 1, 1000).await;
+    let mut first = broker.queue_consumer("later").expect("consumer");
+    // The worker gives up waiting (it is stopping) while it holds the item.
+    let waited = tokio::time::timeout(Duration::from_millis(300), first.next()).await;
+    assert!(
+        waited.is_err(),
+        "handed out before its due time: {waited:?}"
+    );
+    assert_eq!(
+        ready_and_pending(&server, "later").1,
+        "1",
+        "the item was not taken ahead"
+    );
+    first.close().await;
+    drop(first);
+    let mut second = broker.queue_consumer("later").expect("consumer");
+    let delivery = tokio::time::timeout(Duration::from_secs(5), second.next())
+        .await
+        .expect("handed out within 5 s")
+        .expect("next");
+    assert_eq!(n_of(&delivery), 1);
+    let at = started.elapsed();
+    assert!(
+        at >= Duration::from_millis(1000),
+        "handed out after {at:?}, before its due time"
+    );
+}
+
+/// A queue whose workers poll takes nothing ahead: a polling worker would hold the item
+/// until its next look.
+#[tokio::test]
+async fn redis_a_polled_queue_takes_nothing_ahead() {
+    let Some((broker, server)) = redis_taking_ahead(Duration::from_secs(2)).await else {
+        return;
+    };
+    broker
+        .declare_queue(&QueueSpec {
+            name: "polled".to_owned(),
+            capacity: None,
+            poll: Some(Duration::from_secs(10)),
+        })
+        .await
+        .expect("declare");
+    let mut worker = broker.queue_consumer("polled").expect("consumer");
+    enqueue(&broker, "polled", 1, 600).await;
+    // Long enough for a mover taking ahead to have moved it (it wakes on the enqueue).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(ready_and_pending(&server, "polled").0, "0", "moved ahead");
+    assert!(worker.try_next().await.expect("a look").is_none());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(delivery) = worker.try_next().await.expect("a look") {
+            assert_eq!(n_of(&delivery), 1);
+            break;
+        }
+        assert!(Instant::now() < deadline, "never due");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

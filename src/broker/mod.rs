@@ -225,6 +225,10 @@ pub struct QueueSpec {
     pub name: String,
     /// Most items held (scheduled + ready); `None` is unbounded.
     pub capacity: Option<usize>,
+    /// Workers look only every `poll` (`[queues.X] poll`). A broker that hands items to
+    /// idle workers ahead of their due time (Redis, see its `take_ahead`) does not for
+    /// these: a polling worker could hold an item until its next look.
+    pub poll: Option<Duration>,
 }
 
 /// The article's wire format, for a broker that speaks it (Redis): which topics travel as

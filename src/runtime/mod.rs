@@ -446,6 +446,7 @@ impl<B: Broker> Runtime<B> {
             let spec = QueueSpec {
                 name: name.clone(),
                 capacity: queue.capacity,
+                poll: queue.poll,
             };
             self.shared.broker.declare_queue(&spec).await?;
             if !old_queues.contains_key(name) {

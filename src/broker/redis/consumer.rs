@@ -33,15 +33,15 @@
 //! task, so that `tap()` (synchronous) can return only once the subscription is in place:
 //! every event accepted after `tap()` returns is seen, in the order Redis accepted them.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use redis::aio::MultiplexedConnection;
 use redis::Value;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, warn, Instrument};
 
+use super::blocking::{self, BlockingConn, Ended};
+use super::held::Held;
 use super::{int, items, outage, scripts, text, unavailable, RedisBroker};
 use crate::broker::{Broker, BrokerError, Consumer, Delivery, Effects};
 use crate::event::Event;
@@ -157,7 +157,6 @@ pub(crate) fn spawn(
         source,
         name,
         conn: None,
-        conn_id: None,
         fast,
         fast_count: 1,
         fast_reads: 0,
@@ -165,7 +164,7 @@ pub(crate) fn spawn(
         next_claim: Instant::now(),
         claim_streak: false,
         next_refresh: Instant::now(),
-        taken: VecDeque::new(),
+        taken: Held::default(),
         waiting: 1,
     };
     // Tracked by ownership: the task ends when the consumers (its request senders) are gone.
@@ -286,10 +285,8 @@ struct Reader {
     broker: RedisBroker,
     source: Source,
     name: String,
-    /// For blocking reads only.
-    conn: Option<MultiplexedConnection>,
-    /// `CLIENT ID` of `conn`, to end a blocking read nobody waits for any more.
-    conn_id: Option<i64>,
+    /// For blocking reads only, opened on first use.
+    conn: Option<BlockingConn>,
     /// What a blocking `XREADGROUP` reads, when the source allows it (see `fast_read`).
     fast: Option<Fast>,
     /// How many a fast read takes: the fair share the take script last worked out, back to
@@ -304,12 +301,20 @@ struct Reader {
     /// The last take claimed an entry: look for more at once.
     claim_streak: bool,
     next_refresh: Instant,
-    /// Entries taken by the last script run and not yet handed out (they are this
-    /// consumer's in Redis already; given back when the consumer goes away).
-    taken: VecDeque<Delivery>,
+    /// Entries taken and not yet handed out, earliest due first (they are this consumer's
+    /// in Redis already; given back when the consumer goes away).
+    taken: Held,
     /// Consumers waiting for an entry, the one being served included: a fast read takes at
     /// least this many, so that the workers sharing this reader are served by one read.
     waiting: usize,
+}
+
+/// Completes once the caller waiting on `reply` has gone (polled: `closed()` needs the
+/// sender mutably).
+async fn closed<T>(reply: &oneshot::Sender<T>) {
+    while !reply.is_closed() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// How often a group consumer re-checks which topic streams its group reads.
@@ -337,15 +342,9 @@ impl Reader {
                     }
                 }
                 Request::TryNext(reply) => {
-                    let taken = self.take().await;
-                    let result = match self.broker.track("consumer", taken) {
-                        Ok(Taken::Entry(delivery)) => Ok(Some(delivery)),
-                        Ok(Taken::Wait { .. }) => Ok(None),
-                        Ok(Taken::Gone) => Err(self.gone()),
-                        Err(e) => {
-                            debug!(error = %outage::describe(&e), "take failed; the next poll retries");
-                            Ok(None)
-                        }
+                    let result = match self.taken.pop_due(&self.broker.inner.clock) {
+                        Some(delivery) => Ok(Some(delivery)),
+                        None => self.try_take().await,
                     };
                     if let Err(Ok(Some(delivery))) = reply.send(result) {
                         self.give_back(delivery).await;
@@ -362,9 +361,27 @@ impl Reader {
         self.give_back_taken().await;
     }
 
-    /// Gives back every entry taken ahead and not handed out.
+    /// One look for a polling worker: what a take finds, if it is due (an item another
+    /// process's mover moved ahead of its due time is held for a later look).
+    async fn try_take(&mut self) -> Result<Option<Delivery>, BrokerError> {
+        let taken = self.take().await;
+        match self.broker.track("consumer", taken) {
+            Ok(Taken::Entry(delivery)) => {
+                self.taken.push(delivery, &self.broker.inner.clock);
+                Ok(self.taken.pop_due(&self.broker.inner.clock))
+            }
+            Ok(Taken::Wait { .. }) => Ok(self.taken.pop_due(&self.broker.inner.clock)),
+            Ok(Taken::Gone) => Err(self.gone()),
+            Err(e) => {
+                debug!(error = %outage::describe(&e), "take failed; the next poll retries");
+                Ok(None)
+            }
+        }
+    }
+
+    /// Gives back every entry taken and not handed out.
     async fn give_back_taken(&mut self) {
-        while let Some(delivery) = self.taken.pop_front() {
+        while let Some(delivery) = self.taken.pop_any() {
             self.give_back(delivery).await;
         }
     }
@@ -399,17 +416,34 @@ impl Reader {
             if reply.is_closed() {
                 return None;
             }
-            if let Some(delivery) = self.taken.pop_front() {
+            if let Some(delivery) = self.taken.pop_due(&self.broker.inner.clock) {
                 return Some(Ok(delivery));
+            }
+            // An item taken ahead is held: wait for something new no longer than until it
+            // falls due (something due sooner may come meanwhile).
+            let held = self.taken.next_in(&self.broker.inner.clock);
+            if let Some(left) = held {
+                // Enough held already (an item due sooner than those may wait behind them;
+                // see "Taking ahead"): no more reads until the earliest falls due.
+                let most = self.broker.inner.options.prefetch.max(self.waiting);
+                if self.taken.len() >= most {
+                    tokio::select! {
+                        () = tokio::time::sleep(left) => {}
+                        () = closed(reply) => return None,
+                    }
+                    continue;
+                }
             }
             if self.fast_turn(script_found_nothing) {
                 script_found_nothing = false;
-                let read = self.read_fast(reply).await;
+                let read = self.read_fast(reply, held).await;
                 match self.broker.track("consumer", read) {
                     Ok(true) => {
                         backoff = outage::BACKOFF_START;
                         continue;
                     }
+                    // Cut short as a held item fell due.
+                    Ok(false) if held.is_some() => continue,
                     // Nothing within the block time, or the group's streams changed: the
                     // take script looks at everything.
                     Ok(false) => {}
@@ -422,7 +456,10 @@ impl Reader {
             }
             let taken = self.take().await;
             match self.broker.track("consumer", taken) {
-                Ok(Taken::Entry(delivery)) => return Some(Ok(delivery)),
+                Ok(Taken::Entry(delivery)) => {
+                    self.taken.push(delivery, &self.broker.inner.clock);
+                    continue;
+                }
                 Ok(Taken::Gone) => return Some(Err(self.gone())),
                 Ok(Taken::Wait { next_due, keys }) => {
                     if self.fast_turn(true) {
@@ -432,6 +469,7 @@ impl Reader {
                     }
                     let block = self.broker.inner.options.block;
                     let wait = next_due.map_or(block, |d| d.min(block));
+                    let wait = held.map_or(wait, |h| h.min(wait));
                     if wait.is_zero() {
                         continue;
                     }
@@ -465,15 +503,15 @@ impl Reader {
         }
     }
 
-    /// Blocks until one of `keys` gets an entry after its id, `wait` passes, or the caller
-    /// stops waiting (XREAD without a group claims nothing, so it may be abandoned).
+    /// Blocks until one of `keys` gets an entry after its id, `wait` passes (timed here, see
+    /// `blocking`), or the caller stops waiting (XREAD without a group claims nothing, so it
+    /// may be cut short at any time).
     async fn wait(
         &mut self,
         keys: &[(String, String)],
         wait: Duration,
         reply: &oneshot::Sender<Result<Delivery, BrokerError>>,
     ) -> Result<(), BrokerError> {
-        let mut conn = self.blocking_conn().await?;
         let mut cmd = redis::cmd("XREAD");
         cmd.arg("COUNT")
             .arg(1)
@@ -486,42 +524,46 @@ impl Reader {
         for (_, id) in keys {
             cmd.arg(id);
         }
-        let read = cmd.query_async::<Value>(&mut conn);
-        tokio::pin!(read);
-        let abandoned = async {
-            while !reply.is_closed() {
-                tokio::time::sleep(Duration::from_millis(20)).await;
+        // A wait shorter than the block time ends at a due time: timed here.
+        let due = (wait < self.broker.inner.options.block).then_some(wait);
+        let cut = async {
+            tokio::select! {
+                () = closed(reply) => {}
+                () = blocking::after(due) => {}
             }
         };
-        let finished = tokio::select! {
-            done = &mut read => Some(done),
-            _ = abandoned => None,
-        };
-        match finished {
-            Some(done) => {
-                done.map_err(unavailable)?;
-            }
-            // The reply of the abandoned read would arrive behind the next one.
-            None => self.conn = None,
-        }
+        self.blocking_read(&cmd, cut).await?.map_err(unavailable)?;
         Ok(())
     }
 
-    /// The connection for blocking reads (a clone: it shares the connection and lets
-    /// `self.conn` be reset), opened on first use.
-    async fn blocking_conn(&mut self) -> Result<MultiplexedConnection, BrokerError> {
-        if let Some(conn) = &self.conn {
-            return Ok(conn.clone());
+    /// Runs a blocking read on this reader's own connection (opened on first use), cut short
+    /// when `cut` completes. Inside: Redis's answer (`None` when the read was cut short and
+    /// the connection had to go), or the error Redis answered; outside: the connection
+    /// could not be opened. A broken connection is dropped, to be opened by the next read.
+    async fn blocking_read(
+        &mut self,
+        cmd: &redis::Cmd,
+        cut: impl std::future::Future<Output = ()>,
+    ) -> Result<redis::RedisResult<Option<Value>>, BrokerError> {
+        if self.conn.is_none() {
+            self.conn = Some(BlockingConn::open(&self.broker).await?);
         }
-        let mut conn = self.broker.dedicated().await?;
-        let id: i64 = redis::cmd("CLIENT")
-            .arg("ID")
-            .query_async(&mut conn)
-            .await
-            .map_err(unavailable)?;
-        self.conn = Some(conn.clone());
-        self.conn_id = Some(id);
-        Ok(conn)
+        let Some(conn) = self.conn.as_mut() else {
+            return Ok(Ok(None));
+        };
+        Ok(match conn.read(self.broker.conn(), cmd, cut).await {
+            Ok(Ended::Reply(value)) => Ok(Some(value)),
+            Ok(Ended::Abandoned) => {
+                self.conn = None;
+                Ok(None)
+            }
+            Err(e) => {
+                if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() {
+                    self.conn = None;
+                }
+                Err(e)
+            }
+        })
     }
 
     /// Whether the next take is a fast read: the group allows it, no claim is due, and the
@@ -542,6 +584,7 @@ impl Reader {
     async fn read_fast(
         &mut self,
         reply: &oneshot::Sender<Result<Delivery, BrokerError>>,
+        held: Option<Duration>,
     ) -> Result<bool, BrokerError> {
         let Some(fast) = &self.fast else {
             return Ok(false);
@@ -551,7 +594,6 @@ impl Reader {
             Source::Group(name) | Source::Queue(name) => name.clone(),
         };
         self.fast_reads += 1;
-        let mut conn = self.blocking_conn().await?;
         let block = self.broker.inner.options.block.as_millis().max(1);
         let mut cmd = redis::cmd("XREADGROUP");
         cmd.arg("GROUP")
@@ -566,34 +608,21 @@ impl Reader {
             .arg(&streams[1].0)
             .arg(">")
             .arg(">");
-        let read = cmd.query_async::<Value>(&mut conn);
-        tokio::pin!(read);
-        let abandoned = async {
-            while !reply.is_closed() {
-                tokio::time::sleep(Duration::from_millis(20)).await;
+        // Cut short when the caller stops waiting; an entry Redis handed over meanwhile
+        // still arrives in the reply, and goes to `taken` to be given back. (A read that
+        // could not be ended leaves what it took pending with this consumer: claimed after
+        // `claim_idle`.)
+        // Also cut short when a held item falls due (see `next`).
+        let cut = async {
+            tokio::select! {
+                () = closed(reply) => {}
+                () = blocking::after(held) => {}
             }
         };
-        let done = tokio::select! {
-            done = &mut read => done,
-            () = abandoned => {
-                // End the read at once; an entry Redis handed over meanwhile still arrives
-                // in its reply, and goes to `taken` to be given back.
-                let unblocked = match self.conn_id {
-                    Some(id) => redis::cmd("CLIENT")
-                        .arg("UNBLOCK")
-                        .arg(id)
-                        .query_async::<Value>(&mut self.broker.conn())
-                        .await
-                        .is_ok(),
-                    None => false,
-                };
-                if !unblocked {
-                    // Left pending with this consumer, if anything: claimed after `claim_idle`.
-                    self.conn = None;
-                    return Ok(false);
-                }
-                read.await
-            }
+        let done = match self.blocking_read(&cmd, cut).await? {
+            Ok(None) => return Ok(false),
+            Ok(Some(value)) => Ok(value),
+            Err(e) => Err(e),
         };
         let reply = match done {
             Ok(reply) => reply,
@@ -621,7 +650,7 @@ impl Reader {
                 };
                 got += 1;
                 if let Some(delivery) = self.delivery(kind, id, fields, 1, source.clone()) {
-                    self.taken.push_back(delivery);
+                    self.taken.push(delivery, &self.broker.inner.clock);
                 }
             }
         }
@@ -631,10 +660,8 @@ impl Reader {
         Ok(got > 0)
     }
 
+    /// Runs the take script; entries it takes in a batch go to `taken`.
     async fn take(&mut self) -> Result<Taken, BrokerError> {
-        if let Some(delivery) = self.taken.pop_front() {
-            return Ok(Taken::Entry(delivery));
-        }
         self.fast_reads = 0;
         let now = Instant::now();
         let options = &self.broker.inner.options;
@@ -676,6 +703,7 @@ impl Reader {
                     .arg(&idle)
                     .arg(options.mover_batch)
                     .arg(options.prefetch.max(1))
+                    .arg(self.broker.queue_ahead(queue))
                     .invoke_async(&mut self.broker.conn())
                     .await
                     .map_err(unavailable)?;
@@ -708,16 +736,14 @@ impl Reader {
                 for pair in reply.get(2..).unwrap_or_default().chunks(2) {
                     if let [id, fields] = pair {
                         if let Some(delivery) = self.delivery(&kind, id, fields, 1, name.clone()) {
-                            self.taken.push_back(delivery);
+                            self.taken.push(delivery, &self.broker.inner.clock);
                         }
                     }
                 }
                 // The fair share just worked out: what fast reads take until the next look.
                 self.fast_count = reply.len().saturating_sub(2).div_ceil(2).max(1);
-                Ok(match self.taken.pop_front() {
-                    Some(delivery) => Taken::Entry(delivery),
-                    None => Taken::again(),
-                })
+                // Handed out from `taken`, earliest due first.
+                Ok(Taken::again())
             }
             _ => {
                 self.claim_streak = false;
@@ -754,6 +780,7 @@ impl Reader {
         let mut json: std::borrow::Cow<'_, [u8]> = std::borrow::Cow::Borrowed(&[]);
         let mut earlier = 0i64;
         let mut origin = (String::new(), String::new());
+        let mut due = String::new();
         for pair in items(fields).chunks(2) {
             let (Some(field), Some(value)) = (pair.first(), pair.get(1)) else {
                 continue;
@@ -773,11 +800,16 @@ impl Reader {
                 b"r" => earlier = int(value),
                 b"os" => origin.0 = text(value),
                 b"oi" => origin.1 = text(value),
+                b"d" => due = text(value),
                 _ => {}
             }
         }
         let from_queue = matches!(self.source, Source::Queue(_));
-        let tag = format!("{kind}\n{id}\n{}\n{}", origin.0, origin.1);
+        let tag = if due.is_empty() {
+            format!("{kind}\n{id}\n{}\n{}", origin.0, origin.1)
+        } else {
+            format!("{kind}\n{id}\n{}\n{}\n{due}", origin.0, origin.1)
+        };
         // UTF-8 checked in one fast pass, then read without checking each string again.
         let parsed = match std::str::from_utf8(&json) {
             Ok(text) => serde_json::from_str::<Event>(text),

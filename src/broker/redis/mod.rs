@@ -18,7 +18,7 @@
 //! | `P g:{group}:wake` | stream | a one-entry stream written to wake blocked consumers |
 //! | `P queues` | hash | queue -> capacity (`""`: unbounded) |
 //! | `P q:{queue}:sched` | zset | items by due unix ms (member `seq\njson`) |
-//! | `P q:{queue}:ready` / `:back` | stream | due items / given-back items, group `workers` |
+//! | `P q:{queue}:ready` / `:back` | stream | due items (or due within `take_ahead`: field `d`) / given-back items, group `workers` |
 //! | `P deferred` | zset | `publish_later` events by due unix ms (member `seq\ntopic\njson`) |
 //! | `P dead` | stream | the dead-letter store |
 //! | `P s:{store}` | hash | a state store: key -> JSON text |
@@ -79,6 +79,18 @@
 //! and gives back what it has not handed out when its worker stops (`Consumer::close`)
 //! or it is dropped.
 //!
+//! # Taking ahead
+//!
+//! A queue's mover moves items to the ready stream up to `take_ahead` before they fall due
+//! (field `d`: the due time, Redis ms). A reader takes such an item like any other and
+//! holds it (`held`) until Redis's clock, as this process knows it (`clock`), reaches `d`;
+//! an item taken later and due sooner goes first, and a reader holds at most
+//! `max(prefetch, waiting workers)` items not yet due. A held item given back (`nack`)
+//! keeps `d` in the back stream. So the Redis work of moving and taking a burst is done
+//! before it falls due. `take_ahead` is capped at `claim_idle / 4`, and a queue with `poll`
+//! takes nothing ahead. Waits for a due time are timed here, not by Redis's BLOCK timeout
+//! (`blocking`).
+//!
 //! # Ordering
 //!
 //! Event ids are `{server ms}-{global sequence}`, so a group reading several topic streams
@@ -106,9 +118,12 @@
 //! blocking connection), or trim an entry a group has not read.
 
 mod batch;
+mod blocking;
 mod chains;
+mod clock;
 mod cluster;
 mod consumer;
+mod held;
 mod history;
 pub(crate) mod outage;
 mod replies;
@@ -156,6 +171,10 @@ pub struct RedisOptions {
     pub block: Duration,
     /// Due items moved per script run.
     pub mover_batch: usize,
+    /// How long before its due time a queue item may go to an idle worker, which holds it
+    /// and starts it on time (see "Taking ahead"). Zero turns it off; it is capped at a
+    /// quarter of `claim_idle`, and queues with `poll` never take ahead.
+    pub take_ahead: Duration,
     /// Most entries a consumer takes in one script run, when at least that many wait
     /// (see "Batching"; 1 takes one at a time).
     pub prefetch: usize,
@@ -176,6 +195,7 @@ impl Default for RedisOptions {
             claim_idle: Duration::from_secs(30),
             block: Duration::from_secs(1),
             mover_batch: 100,
+            take_ahead: Duration::from_millis(500),
             prefetch: 16,
             batch: 256,
             response_timeout: Duration::from_secs(5),
@@ -202,7 +222,10 @@ struct Inner {
     known_topics: RwLock<HashSet<String>>,
     /// Groups and queues this process declared (for the synchronous `consumer` checks).
     groups: RwLock<HashMap<String, Vec<TopicPattern>>>,
-    queues: RwLock<HashSet<String>>,
+    /// Per queue, how far ahead of their due time its items may be taken, in ms.
+    queues: RwLock<HashMap<String, u64>>,
+    /// Redis's clock as seen from here, to hold items taken ahead (see `clock`).
+    clock: clock::RedisClock,
     /// Queues whose mover runs in this process (see `run_mover`).
     queue_movers: Mutex<HashSet<String>>,
     /// Unique per broker instance: consumer names are `{instance}-{n}`, and replies to
@@ -351,7 +374,8 @@ impl RedisBroker {
             options,
             known_topics: RwLock::new(HashSet::new()),
             groups: RwLock::new(HashMap::new()),
-            queues: RwLock::new(HashSet::new()),
+            queues: RwLock::new(HashMap::new()),
+            clock: clock::RedisClock::default(),
             queue_movers: Mutex::new(HashSet::new()),
             instance,
             retention: Arc::default(),
@@ -359,6 +383,13 @@ impl RedisBroker {
             outage: outage::Outage::default(),
             wire: wire::Wire::default(),
         });
+        let time: Vec<i64> = redis::cmd("TIME")
+            .query_async(&mut inner.node.conn())
+            .await
+            .map_err(unavailable)?;
+        if let [s, us] = time[..] {
+            inner.clock.learn(s * 1000 + us / 1000);
+        }
         let span = tracing::info_span!("redis_mover", component = "broker");
         // Tracked by ownership: it holds a Weak and ends once the broker is gone.
         tokio::spawn(run_mover(Arc::downgrade(&inner), Moving::Deferred).instrument(span));
@@ -799,6 +830,7 @@ impl RedisBroker {
         let id = parts.next()?.to_owned();
         let origin_key = parts.next().unwrap_or("").to_owned();
         let origin_id = parts.next().unwrap_or("").to_owned();
+        let due = parts.next().unwrap_or("").to_owned();
         let (key, xgroup) = match kind.as_str() {
             "t" => (
                 self.topic_key(&delivery.event.topic),
@@ -822,6 +854,7 @@ impl RedisBroker {
             id,
             origin_key,
             origin_id,
+            due,
         })
     }
 
@@ -839,13 +872,32 @@ impl RedisBroker {
         self.with_sync(|conn| redis::cmd("HEXISTS").arg(&key).arg(group).query(conn))
     }
 
+    /// `take_ahead` in ms, capped at a quarter of `claim_idle` (an item held until its due
+    /// time must not look abandoned meanwhile).
+    fn take_ahead_ms(&self) -> u64 {
+        let options = &self.inner.options;
+        let ahead = options.take_ahead.min(options.claim_idle / 4);
+        u64::try_from(ahead.as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// How far ahead of their due time this queue's items may be taken, in ms.
+    fn queue_ahead(&self, queue: &str) -> u64 {
+        self.inner
+            .queues
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(queue)
+            .copied()
+            .unwrap_or(0)
+    }
+
     fn knows_queue(&self, queue: &str) -> Result<bool, BrokerError> {
         if self
             .inner
             .queues
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .contains(queue)
+            .contains_key(queue)
         {
             return Ok(true);
         }
@@ -895,6 +947,8 @@ struct Position {
     id: String,
     origin_key: String,
     origin_id: String,
+    /// A queue item taken ahead: its due time (Redis ms); empty otherwise.
+    due: String,
 }
 
 fn parse_patterns(texts: &[String]) -> Vec<TopicPattern> {
@@ -922,7 +976,7 @@ async fn run_mover(weak: Weak<Inner>, moving: Moving) {
         Moving::Deferred => "deferred mover",
         Moving::Queue(_) => "queue mover",
     };
-    let mut conn: Option<MultiplexedConnection> = None;
+    let mut conn: Option<blocking::BlockingConn> = None;
     let mut backoff = outage::BACKOFF_START;
     loop {
         let Some(inner) = weak.upgrade() else { return };
@@ -933,7 +987,7 @@ async fn run_mover(weak: Weak<Inner>, moving: Moving) {
                 .queues
                 .read()
                 .unwrap_or_else(|e| e.into_inner())
-                .contains(queue);
+                .contains_key(queue);
             if !declared {
                 broker.forget_queue_mover(queue);
                 return;
@@ -956,6 +1010,7 @@ async fn run_mover(weak: Weak<Inner>, moving: Moving) {
                         .arg(&broker.inner.prefix)
                         .arg(queue)
                         .arg(batch)
+                        .arg(broker.queue_ahead(queue))
                         .invoke_async(&mut broker.conn())
                         .await
                 }
@@ -968,8 +1023,11 @@ async fn run_mover(weak: Weak<Inner>, moving: Moving) {
             let moved = reply.first().map(int).unwrap_or(0);
             let next_due = reply.get(1).map(text).and_then(|t| t.parse::<u64>().ok());
             let wake_id = reply.get(2).map(text).unwrap_or_else(|| "0-0".to_owned());
+            if let Some(now) = reply.get(3).map(text).and_then(|t| t.parse::<i64>().ok()) {
+                broker.inner.clock.learn(now);
+            }
             if conn.is_none() {
-                conn = Some(broker.dedicated().await?);
+                conn = Some(blocking::BlockingConn::open(&broker).await?);
             }
             Ok::<_, BrokerError>(Some((moved, next_due, wake_id)))
         };
@@ -1001,25 +1059,26 @@ async fn run_mover(weak: Weak<Inner>, moving: Moving) {
             Moving::Deferred => broker.key("deferred:wake"),
             Moving::Queue(queue) => broker.queue_key(queue, "wake"),
         };
-        // Hold no strong reference while waiting: the broker may be dropped meanwhile.
-        drop(broker);
-        let wait_ms = next_due
-            .map_or(block, |ms| Duration::from_millis(ms).min(block))
-            .as_millis();
-        if wait_ms == 0 {
+        let wait = next_due.map_or(block, |ms| Duration::from_millis(ms).min(block));
+        if wait.is_zero() {
             continue;
         }
         let Some(c) = conn.as_mut() else { continue };
-        let waited: redis::RedisResult<Value> = redis::cmd("XREAD")
-            .arg("BLOCK")
-            .arg(u64::try_from(wait_ms).unwrap_or(1000))
+        let mut cmd = redis::cmd("XREAD");
+        cmd.arg("BLOCK")
+            .arg(u64::try_from(wait.as_millis()).unwrap_or(1000))
             .arg("STREAMS")
             .arg(&wake_key)
-            .arg(&wake_id)
-            .query_async(c)
-            .await;
-        if waited.is_err() {
-            conn = None;
+            .arg(&wake_id);
+        // Redis would end the wait up to a cron tick late (see `blocking`): a due time is
+        // timed here.
+        let due = (wait < block).then_some(wait);
+        let shared = broker.conn();
+        // Hold no strong reference while waiting: the broker may be dropped meanwhile.
+        drop(broker);
+        match c.read(shared, &cmd, blocking::after(due)).await {
+            Ok(blocking::Ended::Reply(_)) => {}
+            Ok(blocking::Ended::Abandoned) | Err(_) => conn = None,
         }
     }
 }
@@ -1300,6 +1359,7 @@ impl Broker for RedisBroker {
             .arg(delivery.redeliveries.saturating_add(1))
             .arg(origin_key)
             .arg(origin_id)
+            .arg(&at.due)
             .invoke_async::<Value>(&mut self.conn())
             .await
             .map_err(unavailable)?;
@@ -1386,7 +1446,7 @@ impl Broker for RedisBroker {
                 .queues
                 .write()
                 .unwrap_or_else(|e| e.into_inner())
-                .insert(spec.name.clone());
+                .insert(spec.name.clone(), 0);
             return Ok(());
         }
         let mut conn = self.conn();
@@ -1408,11 +1468,16 @@ impl Broker for RedisBroker {
                 .query_async::<Value>(&mut conn)
                 .await;
         }
+        let ahead = if spec.poll.is_some() {
+            0
+        } else {
+            self.take_ahead_ms()
+        };
         self.inner
             .queues
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(spec.name.clone());
+            .insert(spec.name.clone(), ahead);
         self.start_queue_mover(&spec.name);
         Ok(())
     }
@@ -1475,10 +1540,12 @@ impl Broker for RedisBroker {
 
     fn queue_stats(&self) -> Vec<QueueStats> {
         let prefix = self.inner.prefix.clone();
+        let ahead = self.take_ahead_ms();
         let reply = self.with_sync(|conn| {
             scripts::QUEUE_STATS
                 .prepare_invoke()
                 .arg(&prefix)
+                .arg(ahead)
                 .invoke::<Value>(conn)
         });
         let reply = match reply {

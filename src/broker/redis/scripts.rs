@@ -117,17 +117,40 @@ end
 local function wake(key)
   redis.call('XADD', key, 'MAXLEN', '1', '*', 'w', '1')
 end
--- Moves up to `batch` due items of a queue to its ready stream, in due order.
-local function move_due(queue, now, batch)
+-- Moves up to `batch` items of a queue due within `ahead` ms to its ready stream, in due
+-- order. An item not due yet carries its due time (field `d`, ms): whoever takes it holds
+-- it until then.
+local function move_due(queue, now, batch, ahead)
   local sched = P .. 'q:' .. queue .. ':sched'
-  local due = redis.call('ZRANGEBYSCORE', sched, '-inf', fmt(now), 'LIMIT', 0, batch)
   local ready = P .. 'q:' .. queue .. ':ready'
-  for _, member in ipairs(due) do
+  if ahead <= 0 then
+    local due = redis.call('ZRANGEBYSCORE', sched, '-inf', fmt(now), 'LIMIT', 0, batch)
+    for _, member in ipairs(due) do
+      local nl = string.find(member, '\n', 1, true)
+      redis.call('XADD', ready, '*', 'e', string.sub(member, nl + 1), 'r', '0')
+      redis.call('ZREM', sched, member)
+    end
+    return #due
+  end
+  local due = redis.call('ZRANGEBYSCORE', sched, '-inf', fmt(now + ahead), 'WITHSCORES', 'LIMIT', 0, batch)
+  for k = 1, #due, 2 do
+    local member, at = due[k], due[k + 1]
     local nl = string.find(member, '\n', 1, true)
-    redis.call('XADD', ready, '*', 'e', string.sub(member, nl + 1), 'r', '0')
+    if tonumber(at) > now then
+      redis.call('XADD', ready, '*', 'e', string.sub(member, nl + 1), 'r', '0', 'd', at)
+    else
+      redis.call('XADD', ready, '*', 'e', string.sub(member, nl + 1), 'r', '0')
+    end
     redis.call('ZREM', sched, member)
   end
-  return #due
+  return #due / 2
+end
+-- Ms until the first item of a queue's sorted set comes within `ahead` ms of its due time
+-- ('' when the set is empty).
+local function next_move(queue, now, ahead)
+  local first = redis.call('ZRANGE', P .. 'q:' .. queue .. ':sched', 0, 0, 'WITHSCORES')
+  if #first == 0 then return '' end
+  return fmt(math.max(0, tonumber(first[2]) - ahead - now))
 end
 local function queue_depth(queue)
   local q = P .. 'q:' .. queue
@@ -289,16 +312,18 @@ return {'wait', '', waits}
 });
 
 /// `take_queue`: ARGV P, queue, consumer, claim idle ms ('' for none), mover batch, most to
-/// take. Moves due items to the ready stream, then hands out: a claimed item, else given-back
-/// ones, else the next ready ones. Otherwise `wait` with the ms until the next item falls due.
+/// take, take-ahead ms. Moves items due within the take-ahead to the ready stream, then hands
+/// out: a claimed item, else given-back ones, else the next ready ones. Otherwise `wait` with
+/// the ms until the next item comes within the take-ahead.
 pub static TAKE_QUEUE: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
 local queue, me, idle, batch, n = ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5]), ARGV[6]
+local ahead = tonumber(ARGV[7])
 if redis.call('HEXISTS', P .. 'queues', queue) == 0 then return {'gone'} end
 local q = P .. 'q:' .. queue
 local now = now_ms()
-move_due(queue, now, batch)
+move_due(queue, now, batch, ahead)
 if idle ~= '' then
   local got = claim_one('b', q .. ':back', 'workers', me, idle)
   if got then return got end
@@ -309,9 +334,7 @@ local got = read_n_waiting('b', q .. ':back', 'workers', me, n)
 if got then return got end
 got = read_n_waiting('r', q .. ':ready', 'workers', me, n)
 if got then return got end
-local next_due = ''
-local first = redis.call('ZRANGE', q .. ':sched', 0, 0, 'WITHSCORES')
-if #first > 0 then next_due = fmt(math.max(0, tonumber(first[2]) - now)) end
+local next_due = next_move(queue, now, ahead)
 local waits = {q .. ':wake', last_id(q .. ':wake')}
 for _, key in ipairs({q .. ':back', q .. ':ready'}) do
   local info = group_info(key, 'workers')
@@ -472,7 +495,7 @@ local function commit_op()
     tap(json)
     if delay <= 0 then
       redis.call('ZADD', q .. ':sched', fmt(due_at(delay)), member)
-      move_due(queue, now, 100)
+      move_due(queue, now, 100, 0)
       -- The move may have taken the set's first member.
       firsts[q .. ':sched'] = nil
     else
@@ -526,18 +549,23 @@ return results
 });
 
 /// `nack`: ARGV P, kind, key, group, id, return key (inbox or back), json, redeliveries,
-/// origin key, origin id. Acks the entry and appends it to the return stream, to be taken
-/// again before anything else; does nothing when the entry is no longer pending.
+/// origin key, origin id, due ms ('' for an item due already). Acks the entry and appends
+/// it to the return stream, to be taken again before anything else (a queue item taken
+/// ahead keeps its due time); does nothing when the entry is no longer pending.
 pub static NACK: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
 local kind, key, group, id, dest = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
-local json, r, origin_key, origin_id = ARGV[7], ARGV[8], ARGV[9], ARGV[10]
+local json, r, origin_key, origin_id, due = ARGV[7], ARGV[8], ARGV[9], ARGV[10], ARGV[11]
 local acked = redis.pcall('XACK', key, group, id)
 if type(acked) ~= 'number' or acked == 0 then return 0 end
 if kind ~= 't' then redis.call('XDEL', key, id) end
 if redis.call('EXISTS', dest) == 0 then return 0 end
-redis.call('XADD', dest, '*', 'e', json, 'r', r, 'os', origin_key, 'oi', origin_id)
+if due ~= '' then
+  redis.call('XADD', dest, '*', 'e', json, 'r', r, 'os', origin_key, 'oi', origin_id, 'd', due)
+else
+  redis.call('XADD', dest, '*', 'e', json, 'r', r, 'os', origin_key, 'oi', origin_id)
+end
 return 1
 "#,
     )
@@ -616,22 +644,19 @@ return {#due, next_due, last_id(P .. 'deferred:wake')}
     )
 });
 
-/// `move_queue`: ARGV P, queue, batch. Moves up to `batch` due items of a queue to its
-/// ready stream; replies `gone` for a queue no longer declared, else as `move_deferred`: how
-/// many moved, the ms until the next item falls due ('' for none) and the queue's wake
-/// stream's last id.
+/// `move_queue`: ARGV P, queue, batch, take-ahead ms. Moves up to `batch` items of a queue
+/// due within the take-ahead to its ready stream; replies `gone` for a queue no longer
+/// declared, else: how many moved, the ms until the next item comes within the take-ahead
+/// ('' for none), the queue's wake stream's last id, and the server's time (ms).
 pub static MOVE_QUEUE: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
-local queue, batch = ARGV[2], tonumber(ARGV[3])
+local queue, batch, ahead = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 if redis.call('HEXISTS', P .. 'queues', queue) == 0 then return {'gone'} end
 local q = P .. 'q:' .. queue
 local now = now_ms()
-local moved = move_due(queue, now, batch)
-local next_due = ''
-local first = redis.call('ZRANGE', q .. ':sched', 0, 0, 'WITHSCORES')
-if #first > 0 then next_due = fmt(math.max(0, tonumber(first[2]) - now)) end
-return {moved, next_due, last_id(q .. ':wake')}
+local moved = move_due(queue, now, batch, ahead)
+return {moved, next_move(queue, now, ahead), last_id(q .. ':wake'), fmt(now)}
 "#,
     )
 });
@@ -659,13 +684,35 @@ return out
     )
 });
 
-/// `queue_stats`: ARGV P. Per queue: name, capacity ('' none), depth, due now, ms to the
-/// next item not yet due ('' none), in flight.
+/// `queue_stats`: ARGV P, take-ahead ms. Per queue: name, capacity ('' none), depth, due
+/// now, ms to the next item not yet due ('' none), in flight. Items taken ahead of their due
+/// time count as not due (and not in flight while a reader holds them): they are found
+/// among the entries of the ready and back streams added within the take-ahead.
 pub static QUEUE_STATS: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
 local out = {}
 local now = now_ms()
+local ahead = tonumber(ARGV[2])
+-- Entries of `key` not due yet (field `d` after now): how many were delivered (held by a
+-- reader) and how many wait, and the earliest due time among them (or nil).
+local function not_due_in(key)
+  local held, waiting, first = 0, 0, nil
+  if ahead <= 0 then return held, waiting, first end
+  local info = group_info(key, 'workers')
+  local last = info and info['last-delivered-id'] or '0-0'
+  for _, e in ipairs(redis.call('XRANGE', key, fmt(now - ahead), '+')) do
+    local f = e[2]
+    for j = 1, #f, 2 do
+      if f[j] == 'd' and tonumber(f[j + 1]) > now then
+        local d = tonumber(f[j + 1])
+        if id_lt(last, e[1]) then waiting = waiting + 1 else held = held + 1 end
+        if not first or d < first then first = d end
+      end
+    end
+  end
+  return held, waiting, first
+end
 local queues = redis.call('HGETALL', P .. 'queues')
 for i = 1, #queues, 2 do
   local queue, cap = queues[i], queues[i + 1]
@@ -674,15 +721,24 @@ for i = 1, #queues, 2 do
   local back, back_flight = waiting_in(q .. ':back', 'workers')
   local sched = redis.call('ZCARD', q .. ':sched')
   local due = redis.call('ZCOUNT', q .. ':sched', '-inf', fmt(now))
-  local next_due = ''
+  local first = nil
   local later = redis.call('ZRANGEBYSCORE', q .. ':sched', '(' .. fmt(now), '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
-  if #later > 0 then next_due = fmt(tonumber(later[2]) - now) end
+  if #later > 0 then first = tonumber(later[2]) end
+  local held, waiting = 0, 0
+  for _, key in ipairs({q .. ':ready', q .. ':back'}) do
+    local h, w, f = not_due_in(key)
+    held, waiting = held + h, waiting + w
+    if f and (not first or f < first) then first = f end
+  end
+  local next_due = ''
+  if first then next_due = fmt(first - now) end
   table.insert(out, queue)
   table.insert(out, cap)
-  table.insert(out, sched + ready + back)
-  table.insert(out, due + ready + back)
+  -- A held item is one not due yet, not one being handled.
+  table.insert(out, sched + ready + back + held)
+  table.insert(out, due + ready + back - waiting)
   table.insert(out, next_due)
-  table.insert(out, ready_flight + back_flight)
+  table.insert(out, ready_flight + back_flight - held)
 end
 return out
 "#,
