@@ -203,11 +203,13 @@ async fn run<B: Broker>(
     lateness.sort_by(|a, b| a.total_cmp(b));
     let drain_s = ((last - first) / 1000.0).max(0.001);
     println!(
-        "RESULT n={n} delay_ms={} workers=50 enqueue_ms={enqueue_ms:.1} total_ms={:.1} drain_ms={:.1} drain_jobs_per_s={:.0} late_p50_ms={:.1} late_p99_ms={:.1} late_max_ms={:.1} duplicates={duplicates} peak_rss_kib={}",
+        "RESULT n={n} delay_ms={} workers=50 enqueue_ms={enqueue_ms:.1} total_ms={:.1} drain_ms={:.1} drain_jobs_per_s={:.0} late_min_ms={:.1} late_p10_ms={:.1} late_p50_ms={:.1} late_p99_ms={:.1} late_max_ms={:.1} duplicates={duplicates} peak_rss_kib={}",
         delay.as_millis(),
         last - t0,
         last - first,
         n as f64 / drain_s,
+        lateness[0],
+        pct(&lateness, 10.0),
         pct(&lateness, 50.0),
         pct(&lateness, 99.0),
         lateness[lateness.len() - 1],

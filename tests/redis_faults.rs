@@ -189,6 +189,14 @@ fn wait_handled(url: &str, acked: &BTreeSet<u64>) -> BTreeMap<u64, usize> {
 fn assert_complete(counts: &BTreeMap<u64, usize>, acked: &BTreeSet<u64>, what: &str) {
     let missing: Vec<&u64> = acked.iter().filter(|n| !counts.contains_key(n)).collect();
     let doubled: Vec<(&u64, &usize)> = counts.iter().filter(|(_, c)| **c > 1).collect();
+    // The tally the closing notes quote (`cargo test -- --nocapture`).
+    eprintln!(
+        "{what}: {} published (answered 202), {} handled, {} duplicated, {} lost",
+        acked.len(),
+        counts.keys().filter(|n| acked.contains(n)).count(),
+        doubled.len(),
+        missing.len()
+    );
     assert!(
         missing.is_empty() && doubled.is_empty(),
         "{what}: {} acknowledged, {} handled; lost {missing:?}; duplicated {doubled:?}",

@@ -137,6 +137,13 @@ fn assert_each_once(counts: &BTreeMap<u64, usize>, total: usize, what: &str) {
         .filter(|n| !counts.contains_key(n))
         .collect();
     let doubled: Vec<(&u64, &usize)> = counts.iter().filter(|(_, c)| **c > 1).collect();
+    // The tally the closing notes quote (`cargo test -- --nocapture`).
+    eprintln!(
+        "{what}: {total} published, {} handled, {} duplicated, {} lost",
+        counts.len(),
+        doubled.len(),
+        missing.len()
+    );
     assert!(
         missing.is_empty() && doubled.is_empty(),
         "{what}: {} of {total} handled; lost {missing:?}; duplicated {doubled:?}",
