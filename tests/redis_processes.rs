@@ -1,7 +1,8 @@
-//! Several `edaflow run` processes on one Redis (a server each test starts itself): they
-//! compete within a group and fan out across groups, when one is killed with SIGKILL under
-//! load the other finishes every event, and both hot-reload edits under load with nothing
-//! lost. Counted by ids read back from Redis: every
+//! Several `edaflow run` processes on one Redis (a server each test starts itself): two or
+//! three compete within a group and fan out across groups, three share a deferred queue
+//! (items taken ahead by any of them, none started early), when one is killed with SIGKILL
+//! under load the other finishes every event, and both hot-reload edits under load with
+//! nothing lost. Counted by ids read back from Redis: every
 //! published event handled, no emitted event duplicated.
 
 mod common;
@@ -278,6 +279,98 @@ fn hot_reload_on_two_processes_under_load_loses_nothing() {
             reloads >= 4,
             "each process reloaded the edits ({reloads} reloads)\n{}",
             process.dump()
+        );
+    }
+}
+
+/// Three processes share one flow set with a deferred queue: the topic's work is spread
+/// over all three, and each queue item, moved ahead of its due time by whichever process's
+/// mover got to it and taken by any process's worker, is handled once and not before it
+/// falls due.
+#[test]
+fn three_processes_share_topic_work_and_a_deferred_queue() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let dir = FlowDir::new();
+    dir.write(
+        "multi.toml",
+        r#"
+[flow]
+name = "multi"
+
+[producers.api]
+kind = "http"
+listen = "127.0.0.1:0"
+
+[subscribers.work]
+topic = "job"
+script = "work.rhai"
+emits = ["worked"]
+
+[queues.later]
+delay = "300ms"
+
+[subscribers.finish]
+queue = "later"
+concurrency = 4
+script = "finish.rhai"
+emits = ["finished"]
+"#,
+    );
+    dir.write(
+        "work.rhai",
+        r#"
+let x = 0;
+for i in 0..2000 { x += i; }
+log(`worked ${event.data.n}`);
+emit("worked", #{ n: event.data.n });
+enqueue("later", #{ n: event.data.n, at: now_ms() });
+"#,
+    );
+    // The handler's clock against the time the item was enqueued plus its delay.
+    dir.write(
+        "finish.rhai",
+        r#"emit("finished", #{ n: event.data.n, early: event.data.at + 300 - now_ms() });"#,
+    );
+    let processes: Vec<(Running, SocketAddr)> = (0..3).map(|_| start(&dir, &server, &[])).collect();
+    const TOTAL: usize = 300;
+    for n in 0..TOTAL {
+        publish(processes[n % 3].1, n);
+    }
+    let mut conn = redis::Client::open(server.url())
+        .and_then(|c| c.get_connection())
+        .expect("connect");
+    let worked = wait_emitted(&mut conn, "worked", TOTAL, PATIENCE);
+    let finished = wait_emitted(&mut conn, "finished", TOTAL, PATIENCE);
+    assert_each_once(&worked, TOTAL, "group `work` across three processes");
+    assert_each_once(&finished, TOTAL, "queue `later` across three processes");
+    let shares: Vec<usize> = processes.iter().map(|(p, _)| worked_lines(p)).collect();
+    assert_eq!(
+        shares.iter().sum::<usize>(),
+        TOTAL,
+        "each event handled by one process"
+    );
+    assert!(
+        shares.iter().all(|&s| s > 0),
+        "all three compete: {shares:?}\n{}",
+        processes.iter().map(|(p, _)| p.dump()).collect::<String>()
+    );
+    // No item started before its due time (`early` is how many ms before it, by the
+    // handlers' clocks: all on this machine).
+    let stream: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg("edaflow:{multi}:t:finished")
+        .arg("-")
+        .arg("+")
+        .query(&mut conn)
+        .expect("XRANGE");
+    for entry in stream.ids {
+        let json: String = entry.get("e").expect("an event field");
+        let event: serde_json::Value = serde_json::from_str(&json).expect("event JSON");
+        let early = event["data"]["early"].as_i64().expect("early");
+        assert!(
+            early <= 0,
+            "an item started {early} ms before its due time: {event}"
         );
     }
 }

@@ -1,9 +1,12 @@
 //! What the benchmark examples share: the `edaflow` binary's allocator, the runtime sized as
-//! `edaflow run` sizes it, the broker chosen by `BENCH_BROKER`, and the peak-RSS reading.
+//! `edaflow run` sizes it, the broker chosen by `BENCH_BROKER` (`BENCH_PREFETCH`, `BENCH_BATCH`
+//! and `BENCH_TAKE_AHEAD_MS` override its defaults), and the peak-RSS reading.
 //! (A directory with no `main.rs`, so cargo does not take it for an example of its own.)
 
 // Each example uses the part it needs.
 #![allow(dead_code)]
+
+use std::time::Duration;
 
 use edaflow::broker::{RedisBroker, RedisOptions, RedisUrl};
 
@@ -51,6 +54,10 @@ pub async fn redis_broker(
         namespace: format!("bench-{workload}-{}", std::process::id()),
         prefetch: env_or("BENCH_PREFETCH", RedisOptions::default().prefetch),
         batch: env_or("BENCH_BATCH", RedisOptions::default().batch),
+        take_ahead: std::env::var("BENCH_TAKE_AHEAD_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map_or(RedisOptions::default().take_ahead, Duration::from_millis),
         ..RedisOptions::default()
     };
     Ok(RedisBroker::connect(&RedisUrl::parse(url)?, options).await?)
