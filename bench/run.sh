@@ -2,7 +2,7 @@
 # edaflow's benchmark workloads (see bench/README.md), median of REPS runs each.
 #
 #   bench/run.sh                 # everything: w1 w2 w2b w3 scale reload query tracked
-#                                #   plus, on a private redis-server: w1r w2r w2r8 w3r queryr
+#                                #   plus, on a private redis-server: w1r w2r w2r8 w2r32 w3r queryr
 #   bench/run.sh w1 w3           # a subset
 #   REPS=5 bench/run.sh w1       # more repetitions
 #   NOBUILD=1 BIN=/tmp/a bench/run.sh queryr   # a saved binary, no rebuild (A/B runs)
@@ -241,6 +241,22 @@ w2r8() {
   report "Redis CPU / edaflow CPU" "${share[@]}"
 }
 
+w2r32() {
+  local cps=() per=() share=() hwm=()
+  for rep in $(seq "$REPS"); do
+    start_redis
+    run_on_redis w2r32 w2_chain bench/flows/w2_c32.toml 200000
+    say "w2r32 rep $rep: $LINE commands_per_chain=$PER scripts_per_chain=$EVALS redis_cpu/edaflow_cpu=$SHARE"
+    cps+=("$(field chains_per_s "$LINE")"); per+=("$PER"); share+=("$SHARE")
+    hwm+=("$(awk -v k="$(field peak_rss_kib "$LINE")" 'BEGIN{printf "%.1f", k/1024}')")
+    stop_redis
+  done
+  echo "== W2 on Redis with 32 workers per subscriber, 200,000 events (bench/flows/w2_c32.toml; median of $REPS) =="
+  report "chains/s" "${cps[@]}"; report "peak RSS MiB" "${hwm[@]}"
+  report "Redis commands per chain (incl. in scripts)" "${per[@]}"
+  report "Redis CPU / edaflow CPU" "${share[@]}"
+}
+
 w3r() {
   local total=() drain=() p50=() p99=() max=() per=() share=() dups=()
   for rep in $(seq "$REPS"); do
@@ -306,6 +322,6 @@ if [ -z "${NOBUILD:-}" ]; then # NOBUILD=1: measure the binaries as they are
   say "building release binary and examples"
   cargo build --release --bin edaflow --examples >/dev/null 2>&1
 fi
-sel=("$@"); [ "${#sel[@]}" -gt 0 ] || sel=(w1 w2 w2b w3 scale reload query tracked w1r w2r w2r8 w3r queryr)
+sel=("$@"); [ "${#sel[@]}" -gt 0 ] || sel=(w1 w2 w2b w3 scale reload query tracked w1r w2r w2r8 w2r32 w3r queryr)
 echo "edaflow $(git rev-parse --short HEAD 2>/dev/null || echo '?'), $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(uname -r)"
 for w in "${sel[@]}"; do "$w"; echo; done
