@@ -2,7 +2,7 @@
 # edaflow's benchmark workloads (see bench/README.md), median of REPS runs each.
 #
 #   bench/run.sh                 # everything: w1 w2 w2b w3 scale reload query tracked
-#                                #   plus, on a private redis-server: w1r w2r w2r8 w2r32 w3r queryr
+#                                #   plus, on a private redis-server: w1r w2r w2r8 w2r32 w3r w3r_inproc queryr
 #   bench/run.sh w1 w3           # a subset
 #   REPS=5 bench/run.sh w1       # more repetitions
 #   NOBUILD=1 BIN=/tmp/a bench/run.sh queryr   # a saved binary, no rebuild (A/B runs)
@@ -257,18 +257,23 @@ w2r32() {
   report "Redis CPU / edaflow CPU" "${share[@]}"
 }
 
-w3r() {
+# W3 on Redis. The handler emits a durable `done` event per job (w3r), or records in the
+# process as BullMQ's benchmark worker does, its commit then the ack alone (w3r_inproc).
+w3r() { w3_on_redis w3r bench/flows/w3.toml "the handler emits a durable done event"; }
+w3r_inproc() { BENCH_W3_RECORD=log w3_on_redis w3r_inproc bench/flows/w3_inproc.toml "the handler records in process"; }
+
+w3_on_redis() { # NAME FLOW WHAT
   local total=() drain=() p50=() p99=() max=() per=() share=() dups=()
   for rep in $(seq "$REPS"); do
     start_redis
-    run_on_redis w3r w3_deferred bench/flows/w3.toml 20000
-    say "w3r rep $rep: $LINE commands_per_job=$PER redis_cpu/edaflow_cpu=$SHARE"
+    run_on_redis "$1" w3_deferred "$2" 20000
+    say "$1 rep $rep: $LINE commands_per_job=$PER redis_cpu/edaflow_cpu=$SHARE"
     total+=("$(field total_ms "$LINE")"); drain+=("$(field drain_jobs_per_s "$LINE")")
     p50+=("$(field late_p50_ms "$LINE")"); p99+=("$(field late_p99_ms "$LINE")"); max+=("$(field late_max_ms "$LINE")")
     per+=("$PER"); share+=("$SHARE"); dups+=("$(field duplicates "$LINE")")
     stop_redis
   done
-  echo "== W3 on Redis: 20,000 jobs, 1 s delay, one burst, 50 workers (median of $REPS) =="
+  echo "== W3 on Redis: 20,000 jobs, 1 s delay, one burst, 50 workers; $3 (median of $REPS) =="
   report "total ms (burst start to last job)" "${total[@]}"; report "drain jobs/s" "${drain[@]}"
   report "lateness p50 ms" "${p50[@]}"; report "lateness p99 ms" "${p99[@]}"; report "lateness max ms" "${max[@]}"
   report "Redis commands per job (incl. in scripts)" "${per[@]}"; report "Redis CPU / edaflow CPU" "${share[@]}"
@@ -322,6 +327,6 @@ if [ -z "${NOBUILD:-}" ]; then # NOBUILD=1: measure the binaries as they are
   say "building release binary and examples"
   cargo build --release --bin edaflow --examples >/dev/null 2>&1
 fi
-sel=("$@"); [ "${#sel[@]}" -gt 0 ] || sel=(w1 w2 w2b w3 scale reload query tracked w1r w2r w2r8 w2r32 w3r queryr)
+sel=("$@"); [ "${#sel[@]}" -gt 0 ] || sel=(w1 w2 w2b w3 scale reload query tracked w1r w2r w2r8 w2r32 w3r w3r_inproc queryr)
 echo "edaflow $(git rev-parse --short HEAD 2>/dev/null || echo '?'), $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(uname -r)"
 for w in "${sel[@]}"; do "$w"; echo; done

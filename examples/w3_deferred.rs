@@ -14,10 +14,17 @@
 //! there would make Redis publish every enqueued item and every `done` event to this
 //! harness (40,000 messages a run) and the harness parse them, load that the workload
 //! itself does not have (BullMQ's benchmark records in its worker).
+//!
+//! With `BENCH_W3_RECORD=log` and `bench/flows/w3_inproc.toml`, the handler records as
+//! BullMQ's worker does, in the process: it logs `w3 {task_id} {started}`, which this
+//! harness reads from the log (a tracing layer), and emits nothing, so each job's commit
+//! is its acknowledgement alone. Redis then does per job what it does for BullMQ's
+//! `removeOnComplete` jobs: take it, and remove it once done.
 
 mod common;
 
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use edaflow::broker::{Broker, MemoryBroker, MemoryOptions};
@@ -25,6 +32,8 @@ use edaflow::event::Event;
 use edaflow::flow::pattern::TopicPattern;
 use edaflow::runtime::{prepare, Runtime, RuntimeOptions};
 use futures_util::{StreamExt, TryStreamExt};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 fn unix_ms() -> f64 {
     SystemTime::now()
@@ -59,9 +68,13 @@ async fn measure() -> Result<(), Box<dyn std::error::Error>> {
         .get("jobs")
         .map(|q| q.delay)
         .ok_or("the flow needs [queues.jobs]")?;
+    let logged = (std::env::var("BENCH_W3_RECORD").as_deref() == Ok("log")).then(record_logs);
     match common::redis_url() {
         Some(url) => {
             let broker = common::redis_broker(&url, "w3").await?;
+            if let Some(lines) = logged {
+                return run(broker, prepared, n, delay, Collect::Log(lines)).await;
+            }
             let collect = Collect::Stream {
                 conn: redis::Client::open(url)?
                     .get_multiplexed_async_connection()
@@ -72,6 +85,9 @@ async fn measure() -> Result<(), Box<dyn std::error::Error>> {
         }
         None => {
             let broker = MemoryBroker::new(MemoryOptions::default());
+            if let Some(lines) = logged {
+                return run(broker, prepared, n, delay, Collect::Log(lines)).await;
+            }
             // Before the runtime starts, so that no `done` event goes by unseen.
             let tap = broker.tap(TopicPattern::parse("done")?, n + 1);
             run(broker, prepared, n, delay, Collect::Tap(tap)).await
@@ -79,13 +95,56 @@ async fn measure() -> Result<(), Box<dyn std::error::Error>> {
     }
 }
 
-/// How the `done` events reach the harness (see the module docs).
+/// How the handlers' start times reach the harness (see the module docs).
 enum Collect {
     Tap(tokio::sync::mpsc::Receiver<std::sync::Arc<Event>>),
     Stream {
         conn: redis::aio::MultiplexedConnection,
         key: String,
     },
+    /// `(task_id, started)` from the handlers' `w3 …` log lines.
+    Log(Arc<Mutex<Vec<(u64, f64)>>>),
+}
+
+/// Installs a tracing layer that keeps the handlers' `w3 {task_id} {started}` log lines.
+fn record_logs() -> Arc<Mutex<Vec<(u64, f64)>>> {
+    let lines = Arc::new(Mutex::new(Vec::with_capacity(20_000)));
+    tracing_subscriber::registry()
+        .with(W3Lines(lines.clone()))
+        .init();
+    lines
+}
+
+struct W3Lines(Arc<Mutex<Vec<(u64, f64)>>>);
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for W3Lines {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        if event.metadata().target() != "edaflow::script" {
+            return;
+        }
+        struct Message(String);
+        impl tracing::field::Visit for Message {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                if field.name() == "message" {
+                    self.0 = format!("{value:?}");
+                }
+            }
+        }
+        let mut message = Message(String::new());
+        event.record(&mut message);
+        let mut parts = message.0.split(' ');
+        if parts.next() != Some("w3") {
+            return;
+        }
+        let id = parts.next().and_then(|p| p.parse().ok());
+        let at = parts.next().and_then(|p| p.parse().ok());
+        if let (Some(id), Some(at)) = (id, at) {
+            self.0
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push((id, at));
+        }
+    }
 }
 
 /// Until `n` `done` events have come (or 60 s passed): each event's data.
@@ -105,6 +164,20 @@ async fn collect_done(
             }
             Ok(out)
         }
+        Collect::Log(lines) => loop {
+            let got = lines.lock().unwrap_or_else(|e| e.into_inner()).len();
+            if got >= n {
+                let lines = lines.lock().unwrap_or_else(|e| e.into_inner());
+                return Ok(lines
+                    .iter()
+                    .map(|(id, at)| serde_json::json!({"task_id": id, "started": at}))
+                    .collect());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(format!("{got} of {n} jobs done after 60 s").into());
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        },
         Collect::Stream { mut conn, key } => {
             loop {
                 let len: usize = redis::cmd("XLEN").arg(&key).query_async(&mut conn).await?;
