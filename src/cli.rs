@@ -225,7 +225,8 @@ pub struct RunArgs {
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration_arg)]
     pub grace: Duration,
     /// The broker: `memory` (the default), `redis://[:password@]host:port/db`, or
-    /// `rediss://…` for Redis over TLS.
+    /// `rediss://…` for Redis over TLS. For a Redis Cluster, any node, or several seed
+    /// nodes comma-separated: `redis://:pw@node1:7000,node2:7000/0`.
     /// Overrides `[flow] broker`; not reloadable.
     #[arg(
         long,

@@ -1,8 +1,9 @@
 //! The Redis broker on a Redis Cluster (three masters the test starts itself): flow sets in
 //! namespaces whose slots sit on different masters each run on their own master, reached
 //! through one seed node; and a namespace whose slot moves to another master (resharding)
-//! is followed there without losing what waits in it. Plus the single-Redis side of
-//! cluster detection: a user not allowed `INFO` still connects.
+//! is followed there without losing what waits in it; a URL with several seed nodes, the
+//! first unreachable. Plus the single-Redis side of cluster detection: a user not allowed
+//! `INFO` still connects, and several seeds that are one single Redis are refused.
 
 mod common;
 mod redis_support;
@@ -276,4 +277,76 @@ async fn a_user_without_info_still_connects_to_a_single_redis() {
         .expect("delivered in time")
         .expect("a delivery");
     assert_eq!(delivery.event.id, event.id);
+}
+
+/// A cluster URL may list several seed nodes: an unreachable one is skipped and the next
+/// is asked where the namespace's slot lives.
+#[tokio::test]
+async fn several_seed_nodes_an_unreachable_one_is_skipped() {
+    let Some(cluster) = RedisCluster::start() else {
+        return;
+    };
+    // A loopback port nobody listens on.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let ports = cluster.ports();
+    let url = format!(
+        "redis://127.0.0.1:{dead},127.0.0.1:{},127.0.0.1:{}",
+        ports[1], ports[2]
+    );
+    let url = edaflow::broker::RedisUrl::parse(&url).expect("a valid url");
+    let broker = edaflow::broker::RedisBroker::connect(
+        &url,
+        RedisOptions {
+            namespace: redis_support::unique_namespace("seeds"),
+            block: Duration::from_millis(200),
+            ..RedisOptions::default()
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("connect through the second seed: {e}"));
+    let (slot, master) = broker.cluster_slot().expect("the broker sees the cluster");
+    assert_eq!(master, format!("127.0.0.1:{}", cluster.master_of(slot)));
+    broker
+        .declare_group(&GroupSpec {
+            name: "g".into(),
+            patterns: vec![pattern("job")],
+        })
+        .await
+        .expect("declare");
+    let event = Event::new("job", "edaflow://cluster/test", serde_json::json!({"n": 1}));
+    publish_until_accepted(&broker, event.clone()).await;
+    let mut consumer = broker.consumer("g").expect("a consumer");
+    let delivery = tokio::time::timeout(PATIENCE, consumer.next())
+        .await
+        .expect("delivered in time")
+        .expect("a delivery");
+    assert_eq!(delivery.event.id, event.id);
+}
+
+/// Several seed nodes name a cluster; a single Redis among them is refused, clearly.
+#[tokio::test]
+async fn several_seed_nodes_that_are_a_single_redis_are_refused() {
+    let Some(server) = redis_support::RedisServer::start() else {
+        return;
+    };
+    let url = format!("redis://127.0.0.1:{0},127.0.0.1:{0}", server.port());
+    let url = edaflow::broker::RedisUrl::parse(&url).expect("a valid url");
+    let refused = edaflow::broker::RedisBroker::connect(
+        &url,
+        RedisOptions {
+            namespace: "single".to_owned(),
+            ..RedisOptions::default()
+        },
+    )
+    .await
+    .err()
+    .expect("refused");
+    let text = refused.to_string();
+    assert!(
+        text.contains("several seed nodes are for a Redis Cluster"),
+        "{text}"
+    );
 }

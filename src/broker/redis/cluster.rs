@@ -3,7 +3,8 @@
 //!
 //! Every key of a namespace is `edaflow:{NS}:…`, so on a cluster they all hash to one slot
 //! (the hash tag `NS`), and every script stays a single-slot script, atomic as on one Redis.
-//! At connect the broker asks the URL's server `INFO cluster`; on a cluster it finds the
+//! At connect the broker asks the URL's server (the first of its seed nodes that answers)
+//! `INFO cluster`; on a cluster it finds the
 //! slot (`CLUSTER KEYSLOT`) and its master (`CLUSTER SLOTS`) and connects everything there
 //! (the shared connection, blocking reads, the synchronous connection, store reads,
 //! pub/sub for taps and replies: PUBLISH reaches subscribers on every node of a cluster),
@@ -60,8 +61,9 @@ struct Cluster {
     /// The URL's connection settings (credentials, TLS, database 0); only the address
     /// changes from node to node.
     base: ConnectionInfo,
-    /// The URL's own address, asked last when every known node is silent.
-    seed: Addr,
+    /// The URL's own addresses (its seed nodes), asked last when every known node is
+    /// silent.
+    seeds: Vec<Addr>,
     slot: u16,
     owner: Mutex<Addr>,
     /// Every node `CLUSTER SLOTS` listed last time (masters and replicas).
@@ -79,14 +81,47 @@ enum State {
 
 impl Node {
     /// Connects to the URL's server, or on a cluster to the master owning the slot of
-    /// `prefix`, and starts the watcher there (it ends when the node is dropped).
+    /// `prefix`, and starts the watcher there (it ends when the node is dropped). With
+    /// several seeds (one client each, in the URL's order) the first that answers is asked;
+    /// they must be nodes of one cluster.
     ///
     /// # Errors
-    /// `BadUrl`, `Unavailable` when the server cannot be reached, `Cluster` when the
-    /// cluster has no master for the slot or the URL names a database other than 0.
+    /// `BadUrl`, `Unavailable` when no seed can be reached, `Cluster` when the cluster has
+    /// no master for the slot, the URL names a database other than 0, or several seeds
+    /// were given and the one that answered is a single Redis.
     pub(crate) async fn connect(
         url: &RedisUrl,
+        seed_clients: Vec<redis::Client>,
+        prefix: &str,
+        response_timeout: Duration,
+    ) -> Result<Arc<Node>, BrokerError> {
+        let bad = || BrokerError::BadUrl {
+            url: url.to_string(),
+        };
+        let seeds = seed_clients
+            .iter()
+            .map(|c| addr_of(c.get_connection_info()).ok_or_else(bad))
+            .collect::<Result<Vec<_>, _>>()?;
+        let several = seed_clients.len() > 1;
+        let mut unreachable = None;
+        for seed_client in seed_clients {
+            let seed = addr_of(seed_client.get_connection_info()).ok_or_else(bad)?;
+            match Node::connect_via(url, seed_client, &seeds, prefix, response_timeout).await {
+                Err(e @ BrokerError::Unavailable { .. }) if several => {
+                    debug!(%seed, error = %e, "seed node unreachable; trying the next");
+                    unreachable = Some(e);
+                }
+                other => return other,
+            }
+        }
+        Err(unreachable.unwrap_or_else(bad))
+    }
+
+    /// `connect` through one seed.
+    async fn connect_via(
+        url: &RedisUrl,
         seed_client: redis::Client,
+        seeds: &[Addr],
         prefix: &str,
         response_timeout: Duration,
     ) -> Result<Arc<Node>, BrokerError> {
@@ -98,7 +133,6 @@ impl Node {
         let base = info
             .clone()
             .set_redis_settings(info.redis_settings().clone().set_db(0));
-        let seed = addr_of(&base).ok_or_else(bad)?;
         // Database 0 for the question: a cluster refuses SELECT.
         let mut probe = open(&redis::Client::open(base.clone()).map_err(|_| bad())?).await?;
         let server: String = match redis::cmd("INFO")
@@ -114,7 +148,17 @@ impl Node {
             }
             Err(e) => return Err(unavailable(e)),
         };
+        let refuse = |reason: String| BrokerError::Cluster {
+            url: url.to_string(),
+            reason,
+        };
         if !is_cluster(&server) {
+            if seeds.len() > 1 {
+                let seed = addr_of(&base).ok_or_else(bad)?;
+                return Err(refuse(format!(
+                    "several seed nodes are for a Redis Cluster, and {seed} is a single Redis"
+                )));
+            }
             let conn = manager(&seed_client, response_timeout).await?;
             return Ok(Arc::new(Node {
                 client: RwLock::new(seed_client),
@@ -124,10 +168,6 @@ impl Node {
                 cluster: None,
             }));
         }
-        let refuse = |reason: String| BrokerError::Cluster {
-            url: url.to_string(),
-            reason,
-        };
         if db != 0 {
             return Err(refuse(format!(
                 "a cluster has only database 0, and the URL names database {db}"
@@ -145,6 +185,7 @@ impl Node {
             .query_async(&mut probe)
             .await
             .map_err(unavailable)?;
+        let seed = addr_of(&base).ok_or_else(bad)?;
         let view = View::parse(&slots, slot, &seed.host);
         let owner = view.owner.ok_or_else(|| {
             refuse(format!(
@@ -161,7 +202,7 @@ impl Node {
             response_timeout,
             cluster: Some(Cluster {
                 base,
-                seed,
+                seeds: seeds.to_vec(),
                 slot,
                 owner: Mutex::new(owner),
                 known: Mutex::new(view.nodes),
@@ -206,7 +247,7 @@ impl Node {
         let Some(cluster) = &self.cluster else { return };
         let current = lock(&cluster.owner).clone();
         let mut ask = vec![current.clone()];
-        for addr in lock(&cluster.known).iter().chain([&cluster.seed]) {
+        for addr in lock(&cluster.known).iter().chain(&cluster.seeds) {
             if !ask.contains(addr) {
                 ask.push(addr.clone());
             }

@@ -251,9 +251,14 @@ fn unavailable(source: redis::RedisError) -> BrokerError {
     BrokerError::Unavailable { source }
 }
 
-/// The client for `url`: plain, or TLS verified against the system's roots or `ca` (a PEM
-/// file). The redis crate's own URL errors are not shown, since they could quote the URL.
-fn client_for(url: &RedisUrl, ca: Option<&std::path::Path>) -> Result<redis::Client, BrokerError> {
+/// The client for `secret`, one seed of `url`: plain, or TLS verified against the system's
+/// roots or `ca` (a PEM file). The redis crate's own URL errors are not shown, since they
+/// could quote the URL.
+fn client_for(
+    url: &RedisUrl,
+    secret: &str,
+    ca: Option<&std::path::Path>,
+) -> Result<redis::Client, BrokerError> {
     let bad_url = || BrokerError::BadUrl {
         url: url.to_string(),
     };
@@ -261,13 +266,13 @@ fn client_for(url: &RedisUrl, ca: Option<&std::path::Path>) -> Result<redis::Cli
         if let Some(ca) = ca {
             warn!(ca = %ca.display(), "a Redis CA is set but the broker URL is not rediss://; the CA is not used");
         }
-        return redis::Client::open(url.secret()).map_err(|_| bad_url());
+        return redis::Client::open(secret).map_err(|_| bad_url());
     }
     // One crypto provider for rustls, chosen here rather than by feature unification
     // (fails harmlessly when one is installed already).
     let _ = rustls::crypto::ring::default_provider().install_default();
     let Some(ca) = ca else {
-        return redis::Client::open(url.secret()).map_err(|_| bad_url());
+        return redis::Client::open(secret).map_err(|_| bad_url());
     };
     let tls_ca = |detail: String| BrokerError::TlsCa {
         path: ca.display().to_string(),
@@ -281,7 +286,7 @@ fn client_for(url: &RedisUrl, ca: Option<&std::path::Path>) -> Result<redis::Cli
         client_tls: None,
         root_cert: Some(pem),
     };
-    redis::Client::build_with_tls(url.secret(), certificates).map_err(|e| match e.kind() {
+    redis::Client::build_with_tls(secret, certificates).map_err(|e| match e.kind() {
         redis::ErrorKind::InvalidClientConfig => bad_url(),
         _ => tls_ca(e.to_string()),
     })
@@ -343,8 +348,12 @@ impl RedisBroker {
         options: RedisOptions,
     ) -> Result<RedisBroker, BrokerError> {
         let prefix = cluster::prefix(&options.namespace)?;
-        let seed = client_for(url, options.tls_ca.as_deref())?;
-        let node = cluster::Node::connect(url, seed, &prefix, options.response_timeout)
+        let seeds = url
+            .seeds()
+            .iter()
+            .map(|seed| client_for(url, seed, options.tls_ca.as_deref()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let node = cluster::Node::connect(url, seeds, &prefix, options.response_timeout)
             .await
             .map_err(|e| match e {
                 BrokerError::Unavailable { source } => BrokerError::Connect {

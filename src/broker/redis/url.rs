@@ -2,7 +2,11 @@
 //! password (in logs, errors or `Debug`).
 //!
 //! `redis://` is plain TCP; `rediss://` is TLS (rustls), verifying the server against the
-//! system's roots, or against a private CA given with `--redis-ca`. The redis crate's
+//! system's roots, or against a private CA given with `--redis-ca`. A Redis Cluster may be
+//! given several seed nodes, comma-separated where the host goes
+//! (`redis://:pw@10.0.0.1:7000,10.0.0.2:7000,10.0.0.3:7000`): each seed gets the URL's
+//! credentials, database and TLS settings, and the first that answers is asked where the
+//! namespace's slot lives. The redis crate's
 //! `#insecure` fragment (`rediss://host:6380/#insecure`) turns verification off: for
 //! tests only.
 
@@ -54,11 +58,14 @@ impl fmt::Debug for BrokerUrl {
 pub struct RedisUrl {
     full: String,
     redacted: String,
+    /// One full URL per seed node (one for a URL with a single host).
+    seeds: Vec<String>,
 }
 
 impl RedisUrl {
     /// Parses `redis://[[user]:password@]host[:port][/db]`, or the same with `rediss://`
-    /// (TLS, optionally ending in `#insecure`).
+    /// (TLS, optionally ending in `#insecure`); `host[:port]` may be a comma-separated list
+    /// of a cluster's seed nodes.
     ///
     /// # Errors
     /// `BrokerError::BadUrl` for another scheme or a URL the Redis client cannot read.
@@ -74,12 +81,16 @@ impl RedisUrl {
         if rest.is_empty() {
             return Err(bad());
         }
+        let seeds = seeds_of(text).ok_or_else(bad)?;
         // The client's own parser decides the rest; its error text is not shown, since it
         // could quote the URL.
-        redis::Client::open(text).map_err(|_| bad())?;
+        for seed in &seeds {
+            redis::Client::open(seed.as_str()).map_err(|_| bad())?;
+        }
         Ok(RedisUrl {
             full: text.to_owned(),
             redacted,
+            seeds,
         })
     }
 
@@ -91,28 +102,57 @@ impl RedisUrl {
     /// True when the server runs on this machine: a loopback address or `localhost`. Such
     /// a Redis competes with edaflow for the same cores (see `app::runtime_threads`).
     pub fn is_local(&self) -> bool {
-        let Ok(client) = redis::Client::open(self.full.as_str()) else {
-            return false;
-        };
-        match client.get_connection_info().addr() {
-            redis::ConnectionAddr::Tcp(host, _) | redis::ConnectionAddr::TcpTls { host, .. } => {
-                host.eq_ignore_ascii_case("localhost")
-                    || host
-                        .trim_start_matches('[')
-                        .trim_end_matches(']')
-                        .parse::<std::net::IpAddr>()
-                        .is_ok_and(|ip| ip.is_loopback())
-            }
-            redis::ConnectionAddr::Unix(_) => true,
-            // A kind of address this version does not know of: not known to be here.
-            _ => false,
-        }
+        self.seeds.iter().all(|seed| is_local(seed))
     }
 
-    /// The URL with its password, for the connection only.
-    pub(crate) fn secret(&self) -> &str {
-        &self.full
+    /// One URL with its password per seed node, in the order given (one for a single
+    /// host): for the connection only.
+    pub(crate) fn seeds(&self) -> &[String] {
+        &self.seeds
     }
+}
+
+/// Is the server of this single-host URL on this machine?
+fn is_local(text: &str) -> bool {
+    let Ok(client) = redis::Client::open(text) else {
+        return false;
+    };
+    match client.get_connection_info().addr() {
+        redis::ConnectionAddr::Tcp(host, _) | redis::ConnectionAddr::TcpTls { host, .. } => {
+            host.eq_ignore_ascii_case("localhost")
+                || host
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        }
+        redis::ConnectionAddr::Unix(_) => true,
+        // A kind of address this version does not know of: not known to be here.
+        _ => false,
+    }
+}
+
+/// One URL per host of a comma-separated host list (the whole URL when it names one host),
+/// each with the URL's scheme, credentials, path and fragment; `None` for an empty host.
+fn seeds_of(text: &str) -> Option<Vec<String>> {
+    let (scheme, rest) = text.split_once("://")?;
+    let at = rest.rfind('@');
+    let host_start = at.map_or(0, |a| a + 1);
+    let host_end = rest[host_start..]
+        .find(['/', '?', '#'])
+        .map_or(rest.len(), |i| host_start + i);
+    let hosts = &rest[host_start..host_end];
+    if !hosts.contains(',') {
+        return Some(vec![text.to_owned()]);
+    }
+    let (userinfo, tail) = (&rest[..host_start], &rest[host_end..]);
+    hosts
+        .split(',')
+        .map(|host| {
+            let host = host.trim();
+            (!host.is_empty()).then(|| format!("{scheme}://{userinfo}{host}{tail}"))
+        })
+        .collect()
 }
 
 impl fmt::Display for RedisUrl {
@@ -159,12 +199,36 @@ mod tests {
         let url = RedisUrl::parse("redis://:hunter2@127.0.0.1:6380/2").expect("valid");
         assert_eq!(url.to_string(), "redis://:***@127.0.0.1:6380/2");
         assert!(!format!("{url:?}").contains("hunter2"));
-        assert_eq!(url.secret(), "redis://:hunter2@127.0.0.1:6380/2");
+        assert_eq!(url.seeds(), ["redis://:hunter2@127.0.0.1:6380/2"]);
         let user = RedisUrl::parse("redis://app:hunter2@host/0").expect("valid");
         assert_eq!(user.to_string(), "redis://app:***@host/0");
         let plain = RedisUrl::parse("redis://127.0.0.1:6379").expect("valid");
         assert_eq!(plain.to_string(), "redis://127.0.0.1:6379");
         assert!(!plain.is_tls());
+    }
+
+    #[test]
+    fn several_seed_nodes_share_the_credentials_and_the_rest() {
+        let url = RedisUrl::parse(
+            "rediss://app:hunter2@10.0.0.1:7000, 10.0.0.2:7001,[::1]:7002/0#insecure",
+        )
+        .expect("valid");
+        assert_eq!(
+            url.seeds(),
+            [
+                "rediss://app:hunter2@10.0.0.1:7000/0#insecure",
+                "rediss://app:hunter2@10.0.0.2:7001/0#insecure",
+                "rediss://app:hunter2@[::1]:7002/0#insecure",
+            ]
+        );
+        assert!(!url.to_string().contains("hunter2"), "{url}");
+        assert!(!url.is_local(), "two of the three are elsewhere");
+        let local = RedisUrl::parse("redis://127.0.0.1:7000,localhost:7001").expect("valid");
+        assert_eq!(local.seeds().len(), 2);
+        assert!(local.is_local());
+        for bad in ["redis://a:1,,b:2", "redis://a:1,", "redis://:pw@,b:2/0"] {
+            assert!(RedisUrl::parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]
