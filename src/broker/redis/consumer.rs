@@ -24,6 +24,12 @@
 //! load one read and one reply serve them all, where a reader each would make Redis wake
 //! and answer every worker apart.
 //!
+//! What a reader has taken and not handed out waits in `held`, earliest due first. A queue
+//! item moved ahead of its due time (see "Taking ahead" in the parent module) is handed out
+//! only once due; meanwhile the reader goes on reading, cut short when the item falls due,
+//! so that an item due sooner can overtake it, and stops reading once it holds as many as
+//! `max(prefetch, waiting workers)`.
+//!
 //! Redis errors never reach the caller of `next()`: the task backs off (50 ms doubling to
 //! 2 s, jittered) and retries, so a Redis outage pauses subscribers instead of stopping
 //! them. The outage is logged once for the whole process (see `outage`), not per consumer
