@@ -26,6 +26,8 @@ use crate::broker::BrokerError;
 const MAX_BYTES: usize = 1 << 20;
 /// Script runs on the wire at once.
 const IN_FLIGHT: usize = 2;
+/// Ack pipelines on the wire at once.
+const ACKS_IN_FLIGHT: usize = 8;
 /// Operations that may wait for the task before callers wait to hand theirs over.
 const QUEUE: usize = 8192;
 
@@ -146,6 +148,114 @@ async fn run(node: Arc<cluster::Node>, prefix: String, most: usize, mut ops: mps
                 Err(e) => {
                     for op in batch {
                         let _ = op.reply.send(Err(unavailable(e.clone())));
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// One acknowledgement on a stream that acks by deleting (a queue's, an inbox): the whole
+/// commit of a run that wrote nothing (see `ack_only` in the parent module), `XACK` and
+/// `XDEL` in one `MULTI`.
+struct Ack {
+    key: String,
+    group: String,
+    id: String,
+    /// How many entries it acked: 0 when the entry was settled already.
+    reply: oneshot::Sender<Result<i64, BrokerError>>,
+}
+
+/// Group commit for acknowledgements alone, on streams that ack by deleting: the acks
+/// waiting at one moment go out as one pipeline (one write, one read of the replies) rather
+/// than one each, which costs both sides less per ack (W3 with the handler recording in
+/// process: CPU per job about 8 % less for edaflow and 10 % less for Redis). Each keeps its
+/// own answer, so a settled entry is still told apart; no script runs. (A topic's ack, one
+/// `XACK`, goes out on its own at once: batching it cost W1's 16 counting workers more in
+/// waiting than it saved.)
+pub(super) struct Acks {
+    acks: mpsc::Sender<Ack>,
+}
+
+impl Acks {
+    /// Must be called inside a tokio runtime. Starts the task, carrying at most `most` acks
+    /// per pipeline.
+    pub(super) fn start(node: Arc<cluster::Node>, most: usize) -> Acks {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let span = tracing::info_span!("redis_acks", component = "broker");
+        // Tracked by ownership: the task ends once every sender (this handle) is gone.
+        tokio::spawn(run_acks(node, most.max(1), rx).instrument(span));
+        Acks { acks: tx }
+    }
+
+    /// Acks one entry (in some pipeline): how many it acked, 0 when it was settled already.
+    pub(super) async fn ack(&self, key: &str, group: &str, id: &str) -> Result<i64, BrokerError> {
+        let (reply, answer) = oneshot::channel();
+        let ack = Ack {
+            key: key.to_owned(),
+            group: group.to_owned(),
+            id: id.to_owned(),
+            reply,
+        };
+        self.acks.send(ack).await.map_err(|_| BrokerError::Closed)?;
+        answer.await.map_err(|_| BrokerError::Closed)?
+    }
+}
+
+async fn run_acks(node: Arc<cluster::Node>, most: usize, mut acks: mpsc::Receiver<Ack>) {
+    let slots = Arc::new(Semaphore::new(ACKS_IN_FLIGHT));
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let Some(first) = acks.recv().await else {
+            return;
+        };
+        let mut batch = vec![first];
+        while batch.len() < most {
+            match acks.try_recv() {
+                Ok(ack) => batch.push(ack),
+                Err(_) => break,
+            }
+        }
+        let mut conn = node.conn();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let mut pipe = redis::pipe();
+            for ack in &batch {
+                pipe.cmd("MULTI").ignore();
+                pipe.cmd("XACK")
+                    .arg(&ack.key)
+                    .arg(&ack.group)
+                    .arg(&ack.id)
+                    .ignore();
+                pipe.cmd("XDEL").arg(&ack.key).arg(&ack.id).ignore();
+                pipe.cmd("EXEC");
+            }
+            match pipe.query_async::<Vec<Value>>(&mut conn).await {
+                Ok(replies) if replies.len() == batch.len() => {
+                    for (ack, reply) in batch.into_iter().zip(replies) {
+                        // EXEC: [XACK's count, XDEL's count].
+                        let acked = match reply {
+                            Value::Array(counts) => counts.first().map(super::int).unwrap_or(0),
+                            _ => 0,
+                        };
+                        let _ = ack.reply.send(Ok(acked));
+                    }
+                }
+                Ok(other) => {
+                    let error = redis::RedisError::from((
+                        redis::ErrorKind::UnexpectedReturnType,
+                        "unexpected replies to the acks",
+                        format!("{other:?}"),
+                    ));
+                    for ack in batch {
+                        let _ = ack.reply.send(Err(unavailable(error.clone())));
+                    }
+                }
+                Err(e) => {
+                    for ack in batch {
+                        let _ = ack.reply.send(Err(unavailable(e.clone())));
                     }
                 }
             }

@@ -244,6 +244,8 @@ struct Inner {
     wire: wire::Wire,
     /// Where publishes, commits and enqueues go to be run in batches (see `batch`).
     batcher: batch::Batcher,
+    /// Where commits that are an ack alone go to be sent in pipelines (see `batch::Acks`).
+    acks: batch::Acks,
 }
 
 /// Maps a Redis failure to the broker boundary.
@@ -372,8 +374,10 @@ impl RedisBroker {
         .await
         .map_err(unavailable)?;
         let batcher = batch::Batcher::start(node.clone(), prefix.clone(), options.batch);
+        let acks = batch::Acks::start(node.clone(), options.batch);
         let inner = Arc::new(Inner {
             batcher,
+            acks,
             stores: Arc::new(stores::RedisStores::new(node.clone(), prefix.clone())),
             node,
             url: url.clone(),
@@ -656,12 +660,13 @@ impl RedisBroker {
     }
 
     /// A commit with nothing to write but the ack (and perhaps the answer to a query of this
-    /// process): the ack alone is the whole commit, so it goes out as a plain `XACK` (with
-    /// `XDEL` in one `MULTI` for streams that ack by deleting) on the shared connection,
-    /// pipelined with everything else, instead of through the batch script. A local answer
-    /// is handed over at once: it writes nothing, so there is nothing for it to wait on (if
-    /// the ack is lost, the run is done again later and its second answer finds nobody
-    /// waiting). `None` when the commit has effects: it takes the script.
+    /// process): the ack alone is the whole commit, so it goes out as a plain `XACK` on the
+    /// shared connection or, for streams that ack by deleting, as `XACK` and `XDEL` in one
+    /// `MULTI`, in one pipeline with the other such acks of the moment (`batch::Acks`),
+    /// instead of through the batch script. A local answer is handed over at once: it
+    /// writes nothing, so there is nothing for it to wait on (if the ack is lost, the run is
+    /// done again later and its second answer finds nobody waiting). `None` when the commit
+    /// has effects: it takes the script.
     async fn ack_only(
         &self,
         [kind, key, group, id]: [&str; 4],
@@ -682,29 +687,19 @@ impl RedisBroker {
         if let Some((request, reply)) = local {
             self.inner.waiting.answer(request, reply.result.clone());
         }
-        let acked: Result<i64, redis::RedisError> = match kind {
-            "-" => return Some(Ok(())),
-            "t" => {
-                redis::cmd("XACK")
-                    .arg(key)
-                    .arg(group)
-                    .arg(id)
-                    .query_async(&mut self.conn())
-                    .await
-            }
-            _ => redis::pipe()
-                .atomic()
-                .cmd("XACK")
+        if kind == "-" {
+            return Some(Ok(()));
+        }
+        let acked = if kind == "t" {
+            redis::cmd("XACK")
                 .arg(key)
                 .arg(group)
                 .arg(id)
-                .cmd("XDEL")
-                .arg(key)
-                .arg(id)
-                .ignore()
-                .query_async::<(i64,)>(&mut self.conn())
+                .query_async(&mut self.conn())
                 .await
-                .map(|(n,)| n),
+                .map_err(unavailable)
+        } else {
+            self.inner.acks.ack(key, group, id).await
         };
         match acked {
             Ok(0) => {
@@ -714,7 +709,7 @@ impl RedisBroker {
                 Some(Ok(()))
             }
             Ok(_) => Some(Ok(())),
-            Err(e) => Some(Err(unavailable(e))),
+            Err(e) => Some(Err(e)),
         }
     }
 
