@@ -16,7 +16,7 @@
 use std::sync::Arc;
 
 use redis::Value;
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument;
 
 use super::{cluster, scripts, unavailable};
@@ -98,25 +98,7 @@ impl Batcher {
 async fn run(node: Arc<cluster::Node>, prefix: String, most: usize, mut ops: mpsc::Receiver<Op>) {
     let prefix: Arc<str> = prefix.into();
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));
-    loop {
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            return;
-        };
-        let Some(first) = ops.recv().await else {
-            return;
-        };
-        // Whatever else is already waiting rides along.
-        let mut bytes = first.args.bytes;
-        let mut batch = vec![first];
-        while batch.len() < most && bytes < MAX_BYTES {
-            match ops.try_recv() {
-                Ok(op) => {
-                    bytes += op.args.bytes;
-                    batch.push(op);
-                }
-                Err(_) => break,
-            }
-        }
+    while let Some((slot, batch)) = gather(&slots, &mut ops, most, |op| op.args.bytes).await {
         let mut conn = node.conn();
         let prefix = prefix.clone();
         tokio::spawn(async move {
@@ -129,29 +111,68 @@ async fn run(node: Arc<cluster::Node>, prefix: String, most: usize, mut ops: mps
                 }
             }
             let result = invocation.invoke_async::<Value>(&mut conn).await;
-            match result {
-                Ok(Value::Array(results)) if results.len() == batch.len() => {
-                    for (op, result) in batch.into_iter().zip(results) {
-                        let _ = op.reply.send(Ok(result));
-                    }
-                }
-                Ok(other) => {
-                    let error = redis::RedisError::from((
-                        redis::ErrorKind::UnexpectedReturnType,
-                        "unexpected reply from the batch script",
-                        format!("{other:?}"),
-                    ));
-                    for op in batch {
-                        let _ = op.reply.send(Err(unavailable(error.clone())));
-                    }
-                }
-                Err(e) => {
-                    for op in batch {
-                        let _ = op.reply.send(Err(unavailable(e.clone())));
-                    }
-                }
-            }
+            answer_all(
+                batch,
+                result,
+                "unexpected reply from the batch script",
+                |op, r| {
+                    let _ = op.reply.send(r);
+                },
+            );
         });
+    }
+}
+
+/// The next batch: waits for a free slot and a first item, then takes whatever else is
+/// waiting already (nothing waits to fill a batch), up to `most` items or `MAX_BYTES` as
+/// `bytes` counts them. `None` once every sender is gone.
+async fn gather<T>(
+    slots: &Arc<Semaphore>,
+    items: &mut mpsc::Receiver<T>,
+    most: usize,
+    bytes: impl Fn(&T) -> usize,
+) -> Option<(OwnedSemaphorePermit, Vec<T>)> {
+    let slot = slots.clone().acquire_owned().await.ok()?;
+    let first = items.recv().await?;
+    let mut total = bytes(&first);
+    let mut batch = vec![first];
+    while batch.len() < most && total < MAX_BYTES {
+        match items.try_recv() {
+            Ok(item) => {
+                total += bytes(&item);
+                batch.push(item);
+            }
+            Err(_) => break,
+        }
+    }
+    Some((slot, batch))
+}
+
+/// Hands each item of a batch its own reply from `replies` (an array, one per item, in
+/// order). A failed round trip, or a reply of another shape, fails every item with the
+/// same transient error, to be retried by its caller.
+fn answer_all<T>(
+    batch: Vec<T>,
+    replies: redis::RedisResult<Value>,
+    unexpected: &'static str,
+    answer: impl Fn(T, Result<Value, BrokerError>),
+) {
+    let error = match replies {
+        Ok(Value::Array(replies)) if replies.len() == batch.len() => {
+            for (item, reply) in batch.into_iter().zip(replies) {
+                answer(item, Ok(reply));
+            }
+            return;
+        }
+        Ok(other) => redis::RedisError::from((
+            redis::ErrorKind::UnexpectedReturnType,
+            unexpected,
+            format!("{other:?}"),
+        )),
+        Err(e) => e,
+    };
+    for item in batch {
+        answer(item, Err(unavailable(error.clone())));
     }
 }
 
@@ -204,20 +225,7 @@ impl Acks {
 
 async fn run_acks(node: Arc<cluster::Node>, most: usize, mut acks: mpsc::Receiver<Ack>) {
     let slots = Arc::new(Semaphore::new(ACKS_IN_FLIGHT));
-    loop {
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            return;
-        };
-        let Some(first) = acks.recv().await else {
-            return;
-        };
-        let mut batch = vec![first];
-        while batch.len() < most {
-            match acks.try_recv() {
-                Ok(ack) => batch.push(ack),
-                Err(_) => break,
-            }
-        }
+    while let Some((slot, batch)) = gather(&slots, &mut acks, most, |_| 0).await {
         let mut conn = node.conn();
         tokio::spawn(async move {
             let _slot = slot;
@@ -232,33 +240,20 @@ async fn run_acks(node: Arc<cluster::Node>, most: usize, mut acks: mpsc::Receive
                 pipe.cmd("XDEL").arg(&ack.key).arg(&ack.id).ignore();
                 pipe.cmd("EXEC");
             }
-            match pipe.query_async::<Vec<Value>>(&mut conn).await {
-                Ok(replies) if replies.len() == batch.len() => {
-                    for (ack, reply) in batch.into_iter().zip(replies) {
-                        // EXEC: [XACK's count, XDEL's count].
-                        let acked = match reply {
-                            Value::Array(counts) => counts.first().map(super::int).unwrap_or(0),
-                            _ => 0,
-                        };
-                        let _ = ack.reply.send(Ok(acked));
-                    }
-                }
-                Ok(other) => {
-                    let error = redis::RedisError::from((
-                        redis::ErrorKind::UnexpectedReturnType,
-                        "unexpected replies to the acks",
-                        format!("{other:?}"),
-                    ));
-                    for ack in batch {
-                        let _ = ack.reply.send(Err(unavailable(error.clone())));
-                    }
-                }
-                Err(e) => {
-                    for ack in batch {
-                        let _ = ack.reply.send(Err(unavailable(e.clone())));
-                    }
-                }
-            }
+            let replies = pipe.query_async::<Value>(&mut conn).await;
+            answer_all(
+                batch,
+                replies,
+                "unexpected replies to the acks",
+                |ack, r| {
+                    // EXEC's reply: [XACK's count, XDEL's count].
+                    let acked = r.map(|reply| match reply {
+                        Value::Array(counts) => counts.first().map(super::int).unwrap_or(0),
+                        _ => 0,
+                    });
+                    let _ = ack.reply.send(acked);
+                },
+            );
         });
     }
 }
