@@ -52,13 +52,12 @@ impl fmt::Debug for BrokerUrl {
     }
 }
 
-/// A `redis://` or `rediss://` URL. `Display` and `Debug` show it with the password replaced by `***`;
-/// only the connection code reads the full text.
+/// A `redis://` or `rediss://` URL. `Display` and `Debug` show it with the password replaced
+/// by `***`; only the connection code reads the seeds' full URLs.
 #[derive(Clone, PartialEq, Eq)]
 pub struct RedisUrl {
-    full: String,
     redacted: String,
-    /// One full URL per seed node (one for a URL with a single host).
+    /// One full URL per seed node (one for a URL with a single host), all of one scheme.
     seeds: Vec<String>,
 }
 
@@ -87,16 +86,12 @@ impl RedisUrl {
         for seed in &seeds {
             redis::Client::open(seed.as_str()).map_err(|_| bad())?;
         }
-        Ok(RedisUrl {
-            full: text.to_owned(),
-            redacted,
-            seeds,
-        })
+        Ok(RedisUrl { redacted, seeds })
     }
 
     /// True for `rediss://` (TLS).
     pub fn is_tls(&self) -> bool {
-        self.full.starts_with("rediss://")
+        self.seeds[0].starts_with("rediss://")
     }
 
     /// True when the server runs on this machine: a loopback address or `localhost`. Such
