@@ -123,15 +123,6 @@ end
 local function move_due(queue, now, batch, ahead)
   local sched = P .. 'q:' .. queue .. ':sched'
   local ready = P .. 'q:' .. queue .. ':ready'
-  if ahead <= 0 then
-    local due = redis.call('ZRANGEBYSCORE', sched, '-inf', fmt(now), 'LIMIT', 0, batch)
-    for _, member in ipairs(due) do
-      local nl = string.find(member, '\n', 1, true)
-      redis.call('XADD', ready, '*', 'e', string.sub(member, nl + 1), 'r', '0')
-      redis.call('ZREM', sched, member)
-    end
-    return #due
-  end
   local due = redis.call('ZRANGEBYSCORE', sched, '-inf', fmt(now + ahead), 'WITHSCORES', 'LIMIT', 0, batch)
   for k = 1, #due, 2 do
     local member, at = due[k], due[k + 1]
