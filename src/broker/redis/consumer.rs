@@ -502,10 +502,9 @@ impl Reader {
     ) {
         let pause = outage::jittered(backoff);
         debug!(error = %outage::describe(error), retry_in_ms = pause.as_millis() as u64, "consumer retry");
-        // Closed-ness is polled: `closed()` needs the sender mutably.
-        let until = tokio::time::Instant::now() + pause;
-        while tokio::time::Instant::now() < until && !reply.is_closed() {
-            tokio::time::sleep(Duration::from_millis(20).min(pause)).await;
+        tokio::select! {
+            () = tokio::time::sleep(pause) => {}
+            () = closed(reply) => {}
         }
     }
 
