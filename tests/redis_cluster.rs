@@ -151,6 +151,28 @@ fn pattern(text: &str) -> TopicPattern {
     TopicPattern::parse(text).expect("a valid pattern")
 }
 
+/// Declares group `g` on topic `job`; returns an event to publish there.
+async fn declare_job_group<B: Broker>(broker: &B) -> Event {
+    broker
+        .declare_group(&GroupSpec {
+            name: "g".into(),
+            patterns: vec![pattern("job")],
+        })
+        .await
+        .expect("declare");
+    Event::new("job", "edaflow://cluster/test", serde_json::json!({"n": 1}))
+}
+
+/// A consumer of group `g` is handed `event`.
+async fn assert_group_gets<B: Broker>(broker: &B, event: &Event) {
+    let mut consumer = broker.consumer("g").expect("a consumer");
+    let delivery = tokio::time::timeout(PATIENCE, consumer.next())
+        .await
+        .expect("delivered in time")
+        .expect("a delivery");
+    assert_eq!(delivery.event.id, event.id);
+}
+
 async fn publish_until_accepted<B: Broker>(broker: &B, event: Event) {
     let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
@@ -181,14 +203,7 @@ async fn a_namespace_follows_its_slot_to_another_master() {
     let (slot, first) = broker.cluster_slot().expect("the broker sees the cluster");
     let from = cluster.master_of(slot);
     assert_eq!(first, format!("127.0.0.1:{from}"));
-    broker
-        .declare_group(&GroupSpec {
-            name: "g".into(),
-            patterns: vec![pattern("job")],
-        })
-        .await
-        .expect("declare");
-    let before = Event::new("job", "edaflow://cluster/test", serde_json::json!({"n": 1}));
+    let before = declare_job_group(&broker).await;
     broker
         .publish(before.clone(), Backpressure::Reject)
         .await
@@ -259,24 +274,12 @@ async fn a_user_without_info_still_connects_to_a_single_redis() {
     .await
     .unwrap_or_else(|e| panic!("connect without INFO: {e}"));
     assert_eq!(broker.cluster_slot(), None);
-    broker
-        .declare_group(&GroupSpec {
-            name: "g".into(),
-            patterns: vec![pattern("job")],
-        })
-        .await
-        .expect("declare");
-    let event = Event::new("job", "edaflow://cluster/test", serde_json::json!({"n": 1}));
+    let event = declare_job_group(&broker).await;
     broker
         .publish(event.clone(), Backpressure::Reject)
         .await
         .expect("publish");
-    let mut consumer = broker.consumer("g").expect("a consumer");
-    let delivery = tokio::time::timeout(PATIENCE, consumer.next())
-        .await
-        .expect("delivered in time")
-        .expect("a delivery");
-    assert_eq!(delivery.event.id, event.id);
+    assert_group_gets(&broker, &event).await;
 }
 
 /// A cluster URL may list several seed nodes: an unreachable one is skipped and the next
@@ -309,21 +312,9 @@ async fn several_seed_nodes_an_unreachable_one_is_skipped() {
     .unwrap_or_else(|e| panic!("connect through the second seed: {e}"));
     let (slot, master) = broker.cluster_slot().expect("the broker sees the cluster");
     assert_eq!(master, format!("127.0.0.1:{}", cluster.master_of(slot)));
-    broker
-        .declare_group(&GroupSpec {
-            name: "g".into(),
-            patterns: vec![pattern("job")],
-        })
-        .await
-        .expect("declare");
-    let event = Event::new("job", "edaflow://cluster/test", serde_json::json!({"n": 1}));
+    let event = declare_job_group(&broker).await;
     publish_until_accepted(&broker, event.clone()).await;
-    let mut consumer = broker.consumer("g").expect("a consumer");
-    let delivery = tokio::time::timeout(PATIENCE, consumer.next())
-        .await
-        .expect("delivered in time")
-        .expect("a delivery");
-    assert_eq!(delivery.event.id, event.id);
+    assert_group_gets(&broker, &event).await;
 }
 
 /// Several seed nodes name a cluster; a single Redis among them is refused, clearly.
