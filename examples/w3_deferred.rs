@@ -7,7 +7,8 @@
 //!
 //! Lateness is the handler's own `now_ms()` (its first statement) minus the item's due
 //! time (enqueue time + delay), in milliseconds, as BullMQ's benchmark computes it.
-//! Prints one `RESULT` line.
+//! Prints one `RESULT` line; with `BENCH_W3_DUMP=FILE`, also writes each job's due time
+//! (ms after the first) and lateness to FILE, in due order.
 //!
 //! The handlers' `done` events are collected with a tap on the memory broker (in process,
 //! free). On Redis they are read from the `done` stream once it holds one per job: a tap
@@ -254,7 +255,8 @@ async fn run<B: Broker>(
     let mut seen = vec![false; n];
     let mut duplicates = 0;
     let (mut first, mut last) = (f64::MAX, 0.0f64);
-    for data in collect_done(collect, n).await? {
+    let dumped = collect_done(collect, n).await?;
+    for data in dumped.iter().cloned() {
         let id = data["task_id"].as_u64().ok_or("task_id")? as usize;
         let at = data["started"].as_f64().ok_or("started")?;
         if std::mem::replace(&mut seen[id], true) {
@@ -272,6 +274,22 @@ async fn run<B: Broker>(
             lateness.len()
         )
         .into());
+    }
+    if let Ok(path) = std::env::var("BENCH_W3_DUMP") {
+        // One line per job, in due order: ms after the first due time, then lateness.
+        let mut rows: Vec<(f64, f64)> = (0..n).map(|i| (due[i], 0.0)).collect();
+        for data in &dumped {
+            if let (Some(id), Some(at)) = (data["task_id"].as_u64(), data["started"].as_f64()) {
+                rows[id as usize].1 = at - due[id as usize];
+            }
+        }
+        rows.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let t = rows[0].0;
+        let text: String = rows
+            .iter()
+            .map(|(d, l)| format!("{:.1} {l:.1}\n", d - t))
+            .collect();
+        std::fs::write(path, text)?;
     }
     lateness.sort_by(|a, b| a.total_cmp(b));
     let drain_s = ((last - first) / 1000.0).max(0.001);

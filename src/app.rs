@@ -317,6 +317,7 @@ async fn run_prepared(
                 namespace,
                 claim_idle: setup.args.claim_idle,
                 take_ahead: setup.args.take_ahead,
+                hold_ahead: setup.args.hold_ahead,
                 response_timeout: setup.args.redis_timeout,
                 tls_ca: setup.args.redis_ca.clone(),
                 ..RedisOptions::default()

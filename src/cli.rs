@@ -254,6 +254,16 @@ pub struct RunArgs {
     /// --claim-idle; queues with `poll` never take ahead.
     #[arg(long, value_name = "DURATION", default_value = "500ms", value_parser = parse_duration_arg, help_heading = "Broker")]
     pub take_ahead: Duration,
+    /// Redis: most queue items taken ahead (not due yet) that one subscriber holds in this
+    /// process, about 1 KiB each. A burst within --take-ahead is read before it falls due,
+    /// so only the handlers are left to run on time.
+    #[arg(
+        long,
+        value_name = "ITEMS",
+        default_value_t = 50_000,
+        help_heading = "Broker"
+    )]
+    pub hold_ahead: usize,
     /// Redis over TLS (`rediss://`): trust the CA in this PEM file instead of the system's
     /// roots (for a private CA).
     #[arg(

@@ -788,12 +788,22 @@ async fn redis_the_queue_mover_moves_due_items_to_the_ready_stream() {
 async fn redis_taking_ahead(
     take_ahead: Duration,
 ) -> Option<(edaflow::broker::RedisBroker, redis_support::RedisServer)> {
+    let hold_ahead = edaflow::broker::RedisOptions::default().hold_ahead;
+    redis_holding_ahead(take_ahead, hold_ahead).await
+}
+
+/// As `redis_taking_ahead`, a reader holding at most `hold_ahead` items not yet due.
+async fn redis_holding_ahead(
+    take_ahead: Duration,
+    hold_ahead: usize,
+) -> Option<(edaflow::broker::RedisBroker, redis_support::RedisServer)> {
     let server = redis_support::RedisServer::start()?;
     let broker = server
         .broker(edaflow::broker::RedisOptions {
             namespace: "queues".to_owned(),
             block: Duration::from_millis(200),
             take_ahead,
+            hold_ahead,
             ..edaflow::broker::RedisOptions::default()
         })
         .await;
@@ -956,4 +966,128 @@ async fn redis_a_polled_queue_takes_nothing_ahead() {
         assert!(Instant::now() < deadline, "never due");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Enqueues items 1..=n, item i due `first_ms + i` ms after now; returns when it started.
+async fn enqueue_burst<B: Broker>(broker: &B, queue: &str, n: i64, first_ms: u64) -> Instant {
+    let started = Instant::now();
+    for i in 1..=n {
+        enqueue(broker, queue, i, first_ms + i.unsigned_abs()).await;
+    }
+    started
+}
+
+/// Hands out and acks items `from..=n` of a burst: each in due order, none before its due
+/// time (item i is due `first_ms + i` ms after `started`). Then nothing is left in the
+/// ready stream, pending or not: the batched acks deleted them all.
+async fn drain_burst(
+    server: &redis_support::RedisServer,
+    broker: &edaflow::broker::RedisBroker,
+    worker: &mut impl Consumer,
+    (from, n, first_ms, started): (i64, i64, u64, Instant),
+) {
+    let mut commits = Vec::new();
+    for expected in from..=n {
+        let delivery = tokio::time::timeout(Duration::from_secs(10), worker.next())
+            .await
+            .expect("handed out within 10 s")
+            .expect("next");
+        let at = started.elapsed();
+        assert_eq!(n_of(&delivery), expected, "handed out out of due order");
+        let due = Duration::from_millis(first_ms + expected.unsigned_abs());
+        assert!(
+            at >= due,
+            "item {expected} handed out after {at:?}, before {due:?}"
+        );
+        let broker = broker.clone();
+        // Acked concurrently, as a subscriber's workers do: the acks share batches.
+        commits.push(tokio::spawn(async move {
+            broker.commit(delivery, Effects::default()).await
+        }));
+    }
+    for commit in commits {
+        commit.await.expect("the commit task").expect("commit");
+    }
+    assert_eq!(
+        ready_and_pending(server, "later"),
+        ("0".to_owned(), "0".to_owned()),
+        "acked items left in the ready stream"
+    );
+}
+
+/// One idle worker takes a whole burst ahead, far more than one read's or one worker's
+/// share, so that only the handlers are left for its due time; it still hands each item
+/// out in due order and not before its due time.
+#[tokio::test]
+async fn redis_a_worker_takes_a_whole_burst_ahead() {
+    let Some((broker, server)) = redis_taking_ahead(Duration::from_secs(2)).await else {
+        return;
+    };
+    declare(&broker, "later", None).await;
+    let mut worker = broker.queue_consumer("later").expect("consumer");
+    let (n, first_ms) = (300, 1500);
+    let started = enqueue_burst(&broker, "later", n, first_ms).await;
+    let (first, worker) = {
+        let next = tokio::spawn(async move { (worker.next().await.expect("next"), worker) });
+        let all = (n.to_string(), n.to_string());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while ready_and_pending(&server, "later") != all {
+            assert!(
+                Instant::now() < deadline,
+                "the burst was not taken ahead: {:?}",
+                ready_and_pending(&server, "later")
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(
+            started.elapsed() < Duration::from_millis(first_ms),
+            "taken only after {:?}, not ahead",
+            started.elapsed()
+        );
+        assert!(!next.is_finished(), "handed out before its due time");
+        next.await.expect("the worker task")
+    };
+    assert_eq!(n_of(&first), 1);
+    assert!(started.elapsed() >= Duration::from_millis(first_ms + 1));
+    broker
+        .commit(first, Effects::default())
+        .await
+        .expect("commit");
+    let mut worker = worker;
+    drain_burst(&server, &broker, &mut worker, (2, n, first_ms, started)).await;
+}
+
+/// A reader holds at most `hold_ahead` items not yet due (they cost memory); the rest wait
+/// in the ready stream and are read as the held ones are handed out.
+#[tokio::test]
+async fn redis_a_reader_holds_at_most_hold_ahead_items_not_yet_due() {
+    let Some((broker, server)) = redis_holding_ahead(Duration::from_secs(2), 50).await else {
+        return;
+    };
+    declare(&broker, "later", None).await;
+    let mut worker = broker.queue_consumer("later").expect("consumer");
+    let (n, first_ms) = (200, 1500);
+    let started = enqueue_burst(&broker, "later", n, first_ms).await;
+    let next = tokio::spawn(async move { (worker.next().await.expect("next"), worker) });
+    // Until the first item falls due: all of the burst is moved ahead, and 50 of it, never
+    // more, are taken.
+    let mut seen = (String::new(), String::new());
+    while started.elapsed() < Duration::from_millis(first_ms - 100) {
+        seen = ready_and_pending(&server, "later");
+        let pending: usize = seen.1.parse().expect("a count");
+        assert!(pending <= 50, "holding more than 50 items ahead: {seen:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        seen,
+        (n.to_string(), "50".to_owned()),
+        "moved / taken ahead"
+    );
+    let (first, mut worker) = next.await.expect("the worker task");
+    assert_eq!(n_of(&first), 1);
+    broker
+        .commit(first, Effects::default())
+        .await
+        .expect("commit");
+    drain_burst(&server, &broker, &mut worker, (2, n, first_ms, started)).await;
 }

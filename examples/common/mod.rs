@@ -1,6 +1,6 @@
 //! What the benchmark examples share: the `edaflow` binary's allocator, the runtime sized as
-//! `edaflow run` sizes it, the broker chosen by `BENCH_BROKER` (`BENCH_PREFETCH`, `BENCH_BATCH`
-//! and `BENCH_TAKE_AHEAD_MS` override its defaults), and the peak-RSS reading.
+//! `edaflow run` sizes it, the broker chosen by `BENCH_BROKER` (`BENCH_PREFETCH`, `BENCH_BATCH`,
+//! `BENCH_TAKE_AHEAD_MS` and `BENCH_HOLD_AHEAD` override its defaults), and the peak-RSS reading.
 //! (A directory with no `main.rs`, so cargo does not take it for an example of its own.)
 
 // Each example uses the part it needs.
@@ -58,6 +58,7 @@ pub async fn redis_broker(
             .ok()
             .and_then(|v| v.parse().ok())
             .map_or(RedisOptions::default().take_ahead, Duration::from_millis),
+        hold_ahead: env_or("BENCH_HOLD_AHEAD", RedisOptions::default().hold_ahead),
         ..RedisOptions::default()
     };
     Ok(RedisBroker::connect(&RedisUrl::parse(url)?, options).await?)

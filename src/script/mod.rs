@@ -104,6 +104,10 @@ impl std::fmt::Debug for ScriptEngine {
 
 fn base_engine(limits: &Limits) -> Engine {
     let mut engine = Engine::new();
+    // No strings interner: handlers make mostly unique, short-lived strings (ids,
+    // interpolations), and once its cache is full Rhai's interner scans all of it on
+    // every new string, under a lock the runtime's threads share.
+    engine.set_max_strings_interned(0);
     limits::harden(&mut engine, limits);
     host::register_event_type(&mut engine);
     host::register_store_type(&mut engine);

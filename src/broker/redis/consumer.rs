@@ -27,8 +27,8 @@
 //! What a reader has taken and not handed out waits in `held`, earliest due first. A queue
 //! item moved ahead of its due time (see "Taking ahead" in the parent module) is handed out
 //! only once due; meanwhile the reader goes on reading, cut short when the item falls due,
-//! so that an item due sooner can overtake it, and stops reading once it holds as many as
-//! `max(prefetch, waiting workers)`.
+//! so that an item due sooner can overtake it, and stops reading once it holds
+//! `hold_ahead` items (a read takes up to `READ_AHEAD` entries meanwhile).
 //!
 //! Redis errors never reach the caller of `next()`: the task backs off (50 ms doubling to
 //! 2 s, jittered) and retries, so a Redis outage pauses subscribers instead of stopping
@@ -42,6 +42,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
 use redis::Value;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, warn, Instrument};
@@ -329,6 +330,13 @@ const REFRESH_EVERY: Duration = Duration::from_secs(2);
 /// Fast reads between two runs of the take script (see the module docs).
 const SCRIPT_EVERY: u32 = 8;
 
+/// Most entries one fast read takes while the reader holds items not due yet (see "Taking
+/// ahead" in the parent module): large reads are cheap on both sides, and done before due.
+const READ_AHEAD: usize = 500;
+
+/// Give-backs on the wire at once when a reader lets go of all it holds.
+const GIVE_BACK_AT_ONCE: usize = 64;
+
 /// How long the take script alone reads after Redis refused a fast read. A group's topic
 /// stream gets its consumer group when the topic is first published to, so a consumer that
 /// starts first is refused until then.
@@ -385,11 +393,16 @@ impl Reader {
         }
     }
 
-    /// Gives back every entry taken and not handed out.
+    /// Gives back every entry taken and not handed out, `GIVE_BACK_AT_ONCE` on the wire at
+    /// a time (a reader may hold a whole burst taken ahead).
     async fn give_back_taken(&mut self) {
+        let mut all = Vec::with_capacity(self.taken.len());
         while let Some(delivery) = self.taken.pop_any() {
-            self.give_back(delivery).await;
+            all.push(delivery);
         }
+        futures_util::stream::iter(all)
+            .for_each_concurrent(GIVE_BACK_AT_ONCE, |delivery| self.give_back(delivery))
+            .await;
     }
 
     fn gone(&self) -> BrokerError {
@@ -431,7 +444,7 @@ impl Reader {
             if let Some(left) = held {
                 // Enough held already (an item due sooner than those may wait behind them;
                 // see "Taking ahead"): no more reads until the earliest falls due.
-                let most = self.broker.inner.options.prefetch.max(self.waiting);
+                let most = self.broker.inner.options.hold_ahead.max(self.waiting);
                 if self.taken.len() >= most {
                     tokio::select! {
                         () = tokio::time::sleep(left) => {}
@@ -582,6 +595,23 @@ impl Reader {
             && (script_found_nothing || self.fast_reads < SCRIPT_EVERY)
     }
 
+    /// How many entries a fast read takes: one for each worker waiting (or the fair share
+    /// the take script worked out), and up to `READ_AHEAD` while what is held is not due
+    /// yet, within `hold_ahead`.
+    fn read_count(&self, holding_ahead: bool) -> usize {
+        let count = self.fast_count.max(self.waiting);
+        if !holding_ahead {
+            return count;
+        }
+        let room = self
+            .broker
+            .inner
+            .options
+            .hold_ahead
+            .saturating_sub(self.taken.len());
+        count.max(READ_AHEAD.min(room))
+    }
+
     /// One blocking `XREADGROUP` over the source's two streams (see `fast_read`); what it
     /// takes goes to `taken`, the first stream's entries (given back or inherited) first. `Ok(false)`: nothing came
     /// within the block time, or Redis refused the read (the group was removed, the stream
@@ -605,7 +635,7 @@ impl Reader {
             .arg(&*xgroup)
             .arg(&self.name)
             .arg("COUNT")
-            .arg(self.fast_count.max(self.waiting))
+            .arg(self.read_count(held.is_some()))
             .arg("BLOCK")
             .arg(u64::try_from(block).unwrap_or(1000))
             .arg("STREAMS")
@@ -700,6 +730,9 @@ impl Reader {
                 (reply, group.clone())
             }
             Source::Queue(queue) => {
+                // Within `hold_ahead` (what is held is not due yet, or it would have been
+                // handed out before a take).
+                let room = options.hold_ahead.saturating_sub(self.taken.len());
                 let reply = scripts::TAKE_QUEUE
                     .prepare_invoke()
                     .arg(&self.broker.inner.prefix)
@@ -707,7 +740,7 @@ impl Reader {
                     .arg(&self.name)
                     .arg(&idle)
                     .arg(options.mover_batch)
-                    .arg(options.prefetch.max(1))
+                    .arg(options.prefetch.min(room).max(1))
                     .arg(self.broker.queue_ahead(queue))
                     .invoke_async(&mut self.broker.conn())
                     .await
