@@ -256,7 +256,7 @@ pub struct RunArgs {
     pub take_ahead: Duration,
     /// Redis: most queue items taken ahead (not due yet) that one subscriber holds in this
     /// process, about 1 KiB each. A burst within --take-ahead is read before it falls due,
-    /// so only the handlers are left to run on time.
+    /// so only the handlers are left to run on time. 0 holds one per waiting worker.
     #[arg(
         long,
         value_name = "ITEMS",
