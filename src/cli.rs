@@ -251,7 +251,7 @@ pub struct RunArgs {
     /// Redis: how long before its due time a queue item may go to an idle worker, which
     /// holds it and starts it on time (Redis's share of the work is done by then, so a
     /// burst falling due at once starts sooner). 0 turns it off. Capped at a quarter of
-    /// --claim-idle; queues with `poll` never take ahead.
+    /// --claim-idle; queues with `poll` or a `capacity` never take ahead.
     #[arg(long, value_name = "DURATION", default_value = "500ms", value_parser = parse_duration_arg, help_heading = "Broker")]
     pub take_ahead: Duration,
     /// Redis: most queue items taken ahead (not due yet) that one subscriber holds in this

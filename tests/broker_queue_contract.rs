@@ -1091,3 +1091,46 @@ async fn redis_a_reader_holds_at_most_hold_ahead_items_not_yet_due() {
         .expect("commit");
     drain_burst(&server, &broker, &mut worker, (2, n, first_ms, started)).await;
 }
+
+/// A queue with a capacity takes nothing ahead: its capacity counts the items not taken
+/// yet (as on the memory broker), and a reader holding items taken ahead would let that
+/// many more in.
+#[tokio::test]
+async fn redis_a_queue_with_a_capacity_takes_nothing_ahead() {
+    let Some((broker, server)) = redis_taking_ahead(Duration::from_secs(2)).await else {
+        return;
+    };
+    declare(&broker, "later", Some(2)).await;
+    let mut worker = broker.queue_consumer("later").expect("consumer");
+    let started = enqueue_burst(&broker, "later", 2, 1000).await;
+    let next = tokio::spawn(async move { (worker.next().await.expect("next"), worker) });
+    // Until just before the first item falls due: nothing is moved (a mover taking ahead
+    // moves at once, woken by the enqueue), so the queue stays full.
+    while started.elapsed() < Duration::from_millis(900) {
+        assert_eq!(
+            ready_and_pending(&server, "later"),
+            ("0".to_owned(), "0".to_owned()),
+            "moved ahead"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let refused = broker
+        .enqueue("later", item("later", 3), Duration::ZERO)
+        .await;
+    assert!(
+        matches!(refused, Err(BrokerError::QueueFull { .. })),
+        "{refused:?}"
+    );
+    let (first, mut worker) = next.await.expect("the worker task");
+    assert_eq!(n_of(&first), 1);
+    assert!(started.elapsed() >= Duration::from_millis(1001));
+    broker
+        .commit(first, Effects::default())
+        .await
+        .expect("commit");
+    let second = tokio::time::timeout(Duration::from_secs(5), worker.next())
+        .await
+        .expect("handed out within 5 s")
+        .expect("next");
+    assert_eq!(n_of(&second), 2);
+}

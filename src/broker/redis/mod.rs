@@ -90,8 +90,10 @@
 //! ack are left for its due time (W3: lateness p99 from about 80 ms to under 20 ms, see
 //! BENCHMARKS.md). Readers in several processes take a burst in turns, one mover batch
 //! each, as Redis serves blocked reads in order. A held item given back (`nack`) keeps `d`
-//! in the back stream. `take_ahead` is capped at `claim_idle / 4`, and a queue with `poll`
-//! takes nothing ahead. Waits for a due time are timed here, not by Redis's BLOCK timeout
+//! in the back stream. `take_ahead` is capped at `claim_idle / 4`. A queue with `poll`
+//! takes nothing ahead (a polling worker would sit on the item until its next look), nor
+//! does one with a `capacity`: capacity counts the items not taken yet, as on the memory
+//! broker, and up to `hold_ahead` held items would escape it. Waits for a due time are timed here, not by Redis's BLOCK timeout
 //! (`blocking`).
 //!
 //! # Ordering
@@ -176,7 +178,7 @@ pub struct RedisOptions {
     pub mover_batch: usize,
     /// How long before its due time a queue item may go to an idle worker, which holds it
     /// and starts it on time (see "Taking ahead"). Zero turns it off; it is capped at a
-    /// quarter of `claim_idle`, and queues with `poll` never take ahead.
+    /// quarter of `claim_idle`, and queues with `poll` or a `capacity` never take ahead.
     pub take_ahead: Duration,
     /// Most queue items not yet due one subscriber's reader holds (see "Taking ahead"):
     /// bounds the memory a burst taken ahead uses, about 1 KiB an item.
@@ -1478,7 +1480,8 @@ impl Broker for RedisBroker {
                 .query_async::<Value>(&mut conn)
                 .await;
         }
-        let ahead = if spec.poll.is_some() {
+        // See "Taking ahead" for why these two never do.
+        let ahead = if spec.poll.is_some() || spec.capacity.is_some() {
             0
         } else {
             self.take_ahead_ms()
