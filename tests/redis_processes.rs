@@ -331,7 +331,10 @@ enqueue("later", #{ n: event.data.n, at: now_ms() });
     // The handler's clock against the time the item was enqueued plus its delay.
     dir.write(
         "finish.rhai",
-        r#"emit("finished", #{ n: event.data.n, early: event.data.at + 300 - now_ms() });"#,
+        r#"
+log(`started item ${event.data.n}`);
+emit("finished", #{ n: event.data.n, early: event.data.at + 300 - now_ms() });
+"#,
     );
     let processes: Vec<(Running, SocketAddr)> = (0..3).map(|_| start(&dir, &server, &[])).collect();
     const TOTAL: usize = 300;
@@ -355,6 +358,21 @@ enqueue("later", #{ n: event.data.n, at: now_ms() });
         shares.iter().all(|&s| s > 0),
         "all three compete: {shares:?}\n{}",
         processes.iter().map(|(p, _)| p.dump()).collect::<String>()
+    );
+    // The queue's items, taken ahead by whichever readers wait, are spread too.
+    let queue_shares: Vec<usize> = processes
+        .iter()
+        .map(|(p, _)| p.stderr().matches("started item ").count())
+        .collect();
+    eprintln!("queue `later`, items started per process: {queue_shares:?}");
+    assert_eq!(
+        queue_shares.iter().sum::<usize>(),
+        TOTAL,
+        "{queue_shares:?}"
+    );
+    assert!(
+        queue_shares.iter().all(|&s| s > 0),
+        "all three take queue items: {queue_shares:?}"
     );
     // No item started before its due time (`early` is how many ms before it, by the
     // handlers' clocks: all on this machine).
