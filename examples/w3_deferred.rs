@@ -255,15 +255,17 @@ async fn run<B: Broker>(
     let mut seen = vec![false; n];
     let mut duplicates = 0;
     let (mut first, mut last) = (f64::MAX, 0.0f64);
-    let dumped = collect_done(collect, n).await?;
-    for data in dumped.iter().cloned() {
+    // Each job's own lateness, for BENCH_W3_DUMP.
+    let mut late_of = vec![0.0f64; n];
+    for data in collect_done(collect, n).await? {
         let id = data["task_id"].as_u64().ok_or("task_id")? as usize;
         let at = data["started"].as_f64().ok_or("started")?;
         if std::mem::replace(&mut seen[id], true) {
             duplicates += 1;
             continue;
         }
-        lateness.push(at - due[id]);
+        late_of[id] = at - due[id];
+        lateness.push(late_of[id]);
         first = first.min(at);
         last = last.max(at);
     }
@@ -277,12 +279,7 @@ async fn run<B: Broker>(
     }
     if let Ok(path) = std::env::var("BENCH_W3_DUMP") {
         // One line per job, in due order: ms after the first due time, then lateness.
-        let mut rows: Vec<(f64, f64)> = (0..n).map(|i| (due[i], 0.0)).collect();
-        for data in &dumped {
-            if let (Some(id), Some(at)) = (data["task_id"].as_u64(), data["started"].as_f64()) {
-                rows[id as usize].1 = at - due[id as usize];
-            }
-        }
+        let mut rows: Vec<(f64, f64)> = due.iter().copied().zip(late_of).collect();
         rows.sort_by(|a, b| a.0.total_cmp(&b.0));
         let t = rows[0].0;
         let text: String = rows

@@ -169,16 +169,21 @@ fn answer_all<T>(
             }
             return;
         }
-        Ok(other) => redis::RedisError::from((
-            redis::ErrorKind::UnexpectedReturnType,
-            unexpected,
-            format!("{other:?}"),
-        )),
+        Ok(other) => unexpected_reply(unexpected, &other),
         Err(e) => e,
     };
     for item in batch {
         answer(item, Err(unavailable(error.clone())));
     }
+}
+
+/// The error for a reply of a shape the caller did not expect.
+fn unexpected_reply(what: &'static str, reply: &impl std::fmt::Debug) -> redis::RedisError {
+    redis::RedisError::from((
+        redis::ErrorKind::UnexpectedReturnType,
+        what,
+        format!("{reply:?}"),
+    ))
 }
 
 /// One acknowledgement on a stream that acks by deleting (a queue's, an inbox): the whole
@@ -239,23 +244,17 @@ async fn run_acks(node: Arc<cluster::Node>, most: usize, mut acks: mpsc::Receive
             batch.sort_by(|a, b| (&a.key, &a.group).cmp(&(&b.key, &b.group)));
             let mut pipe = redis::pipe();
             pipe.atomic();
-            let mut acked = 0;
+            let mut streams = 0;
             for same in batch.chunk_by(|a, b| a.key == b.key && a.group == b.group) {
                 let (key, group) = (&same[0].key, &same[0].group);
-                let ids = same.iter().map(|ack| &ack.id);
-                pipe.cmd("XACK")
-                    .arg(key)
-                    .arg(group)
-                    .arg(ids.clone().collect::<Vec<_>>());
-                pipe.cmd("XDEL")
-                    .arg(key)
-                    .arg(ids.collect::<Vec<_>>())
-                    .ignore();
-                acked += 1;
+                let ids: Vec<&String> = same.iter().map(|ack| &ack.id).collect();
+                pipe.cmd("XACK").arg(key).arg(group).arg(&ids);
+                pipe.cmd("XDEL").arg(key).arg(&ids).ignore();
+                streams += 1;
             }
             let replies = pipe.query_async::<Vec<i64>>(&mut conn).await;
             match replies {
-                Ok(counts) if counts.len() == acked => {
+                Ok(counts) if counts.len() == streams => {
                     let settled = batch.len() as i64 - counts.iter().sum::<i64>();
                     if settled > 0 {
                         // As the commit script's guard: settled already, by a lost-reply
@@ -273,11 +272,7 @@ async fn run_acks(node: Arc<cluster::Node>, most: usize, mut acks: mpsc::Receive
                 other => {
                     let error = match other {
                         Err(e) => e,
-                        Ok(counts) => redis::RedisError::from((
-                            redis::ErrorKind::UnexpectedReturnType,
-                            "unexpected replies to the acks",
-                            format!("{counts:?}"),
-                        )),
+                        Ok(counts) => unexpected_reply("unexpected replies to the acks", &counts),
                     };
                     for ack in batch {
                         let _ = ack.reply.send(Err(unavailable(error.clone())));

@@ -603,13 +603,16 @@ impl Reader {
         if !holding_ahead {
             return count;
         }
-        let room = self
-            .broker
+        count.max(READ_AHEAD.min(self.room_ahead()))
+    }
+
+    /// How many more items not yet due this reader may hold (see `hold_ahead`).
+    fn room_ahead(&self) -> usize {
+        self.broker
             .inner
             .options
             .hold_ahead
-            .saturating_sub(self.taken.len());
-        count.max(READ_AHEAD.min(room))
+            .saturating_sub(self.taken.len())
     }
 
     /// One blocking `XREADGROUP` over the source's two streams (see `fast_read`); what it
@@ -732,7 +735,7 @@ impl Reader {
             Source::Queue(queue) => {
                 // Within `hold_ahead` (what is held is not due yet, or it would have been
                 // handed out before a take).
-                let room = options.hold_ahead.saturating_sub(self.taken.len());
+                let room = self.room_ahead();
                 let reply = scripts::TAKE_QUEUE
                     .prepare_invoke()
                     .arg(&self.broker.inner.prefix)
