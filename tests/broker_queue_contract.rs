@@ -792,6 +792,22 @@ async fn redis_taking_ahead(
     redis_holding_ahead(take_ahead, hold_ahead).await
 }
 
+/// A Redis broker taking queue items up to 2 s ahead, each reader holding at most
+/// `hold_ahead` of them, its server, and a worker on queue `later` (of `capacity`).
+async fn later_queue(
+    hold_ahead: usize,
+    capacity: Option<usize>,
+) -> Option<(
+    edaflow::broker::RedisBroker,
+    redis_support::RedisServer,
+    <edaflow::broker::RedisBroker as Broker>::Consumer,
+)> {
+    let (broker, server) = redis_holding_ahead(Duration::from_secs(2), hold_ahead).await?;
+    declare(&broker, "later", capacity).await;
+    let worker = broker.queue_consumer("later").expect("consumer");
+    Some((broker, server, worker))
+}
+
 /// As `redis_taking_ahead`, a reader holding at most `hold_ahead` items not yet due.
 async fn redis_holding_ahead(
     take_ahead: Duration,
@@ -830,11 +846,11 @@ fn ready_and_pending(server: &redis_support::RedisServer, queue: &str) -> (Strin
 /// it is done by then) and is handed it when it falls due, not before.
 #[tokio::test]
 async fn redis_an_item_taken_ahead_starts_at_its_due_time_not_before() {
-    let Some((broker, server)) = redis_taking_ahead(Duration::from_secs(2)).await else {
+    let Some((broker, server, mut worker)) =
+        later_queue(edaflow::broker::RedisOptions::default().hold_ahead, None).await
+    else {
         return;
     };
-    declare(&broker, "later", None).await;
-    let mut worker = broker.queue_consumer("later").expect("consumer");
     let started = Instant::now();
     enqueue(&broker, "later", 1, 800).await;
     let next = tokio::spawn(async move {
@@ -871,11 +887,11 @@ async fn redis_an_item_taken_ahead_starts_at_its_due_time_not_before() {
 /// A worker holding an item taken ahead does not make an item due sooner wait behind it.
 #[tokio::test]
 async fn redis_an_item_due_sooner_overtakes_one_taken_ahead() {
-    let Some((broker, _server)) = redis_taking_ahead(Duration::from_secs(2)).await else {
+    let Some((broker, _server, mut worker)) =
+        later_queue(edaflow::broker::RedisOptions::default().hold_ahead, None).await
+    else {
         return;
     };
-    declare(&broker, "later", None).await;
-    let mut worker = broker.queue_consumer("later").expect("consumer");
     enqueue(&broker, "later", 1, 1500).await;
     let started = Instant::now();
     let next = tokio::spawn(async move { (worker.next().await.expect("next"), worker) });
@@ -1020,11 +1036,11 @@ async fn drain_burst(
 /// out in due order and not before its due time.
 #[tokio::test]
 async fn redis_a_worker_takes_a_whole_burst_ahead() {
-    let Some((broker, server)) = redis_taking_ahead(Duration::from_secs(2)).await else {
+    let Some((broker, server, mut worker)) =
+        later_queue(edaflow::broker::RedisOptions::default().hold_ahead, None).await
+    else {
         return;
     };
-    declare(&broker, "later", None).await;
-    let mut worker = broker.queue_consumer("later").expect("consumer");
     let (n, first_ms) = (300, 1500);
     let started = enqueue_burst(&broker, "later", n, first_ms).await;
     let (first, worker) = {
@@ -1061,11 +1077,9 @@ async fn redis_a_worker_takes_a_whole_burst_ahead() {
 /// in the ready stream and are read as the held ones are handed out.
 #[tokio::test]
 async fn redis_a_reader_holds_at_most_hold_ahead_items_not_yet_due() {
-    let Some((broker, server)) = redis_holding_ahead(Duration::from_secs(2), 50).await else {
+    let Some((broker, server, mut worker)) = later_queue(50, None).await else {
         return;
     };
-    declare(&broker, "later", None).await;
-    let mut worker = broker.queue_consumer("later").expect("consumer");
     let (n, first_ms) = (200, 1500);
     let started = enqueue_burst(&broker, "later", n, first_ms).await;
     let next = tokio::spawn(async move { (worker.next().await.expect("next"), worker) });
@@ -1097,11 +1111,11 @@ async fn redis_a_reader_holds_at_most_hold_ahead_items_not_yet_due() {
 /// many more in.
 #[tokio::test]
 async fn redis_a_queue_with_a_capacity_takes_nothing_ahead() {
-    let Some((broker, server)) = redis_taking_ahead(Duration::from_secs(2)).await else {
+    let Some((broker, server, mut worker)) =
+        later_queue(edaflow::broker::RedisOptions::default().hold_ahead, Some(2)).await
+    else {
         return;
     };
-    declare(&broker, "later", Some(2)).await;
-    let mut worker = broker.queue_consumer("later").expect("consumer");
     let started = enqueue_burst(&broker, "later", 2, 1000).await;
     let next = tokio::spawn(async move { (worker.next().await.expect("next"), worker) });
     // Until just before the first item falls due: nothing is moved (a mover taking ahead
