@@ -18,14 +18,17 @@ use redis_support::RedisServer;
 
 const PATIENCE: Duration = Duration::from_secs(20);
 
-const FLOW: &str = r#"
+/// The flow set's name and its HTTP ingest, shared by the flows of these tests.
+const HEADER: &str = r#"
 [flow]
 name = "multi"
 
 [producers.api]
 kind = "http"
 listen = "127.0.0.1:0"
+"#;
 
+const SUBSCRIBERS: &str = r#"
 [subscribers.work]
 topic = "job"
 script = "work.rhai"
@@ -54,9 +57,13 @@ const AUDIT: &str = r#"emit("audited", #{ n: event.data.n });"#;
 
 const DONE: &str = "let n = event.data.n;";
 
+fn flow() -> String {
+    format!("{HEADER}{SUBSCRIBERS}")
+}
+
 fn flow_dir() -> FlowDir {
     let dir = FlowDir::new();
-    dir.write("multi.toml", FLOW);
+    dir.write("multi.toml", &flow());
     dir.write("work.rhai", WORK);
     dir.write("audit.rhai", AUDIT);
     dir.write("done.rhai", DONE);
@@ -256,7 +263,7 @@ fn hot_reload_on_two_processes_under_load_loses_nothing() {
                 let concurrency = if version % 4 == 1 { 3 } else { 2 };
                 dir.write(
                     "multi.toml",
-                    &FLOW.replace("concurrency = 2", &format!("concurrency = {concurrency}")),
+                    &flow().replace("concurrency = 2", &format!("concurrency = {concurrency}")),
                 );
             }
         }
@@ -295,14 +302,8 @@ fn three_processes_share_topic_work_and_a_deferred_queue() {
     let dir = FlowDir::new();
     dir.write(
         "multi.toml",
-        r#"
-[flow]
-name = "multi"
-
-[producers.api]
-kind = "http"
-listen = "127.0.0.1:0"
-
+        &format!(
+            r#"{HEADER}
 [subscribers.work]
 topic = "job"
 script = "work.rhai"
@@ -316,17 +317,12 @@ queue = "later"
 concurrency = 4
 script = "finish.rhai"
 emits = ["finished"]
-"#,
+"#
+        ),
     );
     dir.write(
         "work.rhai",
-        r#"
-let x = 0;
-for i in 0..2000 { x += i; }
-log(`worked ${event.data.n}`);
-emit("worked", #{ n: event.data.n });
-enqueue("later", #{ n: event.data.n, at: now_ms() });
-"#,
+        &format!("{WORK}enqueue(\"later\", #{{ n: event.data.n, at: now_ms() }});\n"),
     );
     // The handler's clock against the time the item was enqueued plus its delay.
     dir.write(
