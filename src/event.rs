@@ -14,6 +14,47 @@ use serde::{Deserialize, Serialize};
 /// The CloudEvents version edaflow speaks.
 pub const SPEC_VERSION: &str = "1.0";
 
+/// Bounds on what clients and handlers may put in an event. Ingest refuses events past
+/// them (400), handlers' emits fail the run, and every broker reads back whatever stays
+/// within them (serde_json reads at most 128 levels; an envelope adds one).
+pub mod limits {
+    /// Bytes in an event id, a correlation id or a causation id.
+    pub const MAX_ID_BYTES: usize = 256;
+    /// Bytes in a topic (or queue) name.
+    pub const MAX_TOPIC_BYTES: usize = 256;
+    /// Bytes in the `source` attribute.
+    pub const MAX_SOURCE_BYTES: usize = 1024;
+    /// Bytes in an extension attribute's name.
+    pub const MAX_EXTENSION_NAME_BYTES: usize = 64;
+    /// Bytes in an extension attribute's value (as JSON text).
+    pub const MAX_EXTENSION_VALUE_BYTES: usize = 4096;
+    /// Extension attributes on one event.
+    pub const MAX_EXTENSIONS: usize = 64;
+    /// Nesting of arrays and objects in an event's `data` (`{"a": 1}` is 1 deep).
+    pub const MAX_DATA_DEPTH: usize = 64;
+}
+
+/// How deeply arrays and objects nest in `value` (a scalar is 0 deep, `[]` and `{}` 1).
+/// Iterative, so a value nested past any limit is measured without recursion.
+pub fn data_depth(value: &serde_json::Value) -> usize {
+    let mut deepest = 0;
+    let mut stack: Vec<(&serde_json::Value, usize)> = vec![(value, 0)];
+    while let Some((value, depth)) = stack.pop() {
+        match value {
+            serde_json::Value::Array(items) => {
+                deepest = deepest.max(depth + 1);
+                stack.extend(items.iter().map(|v| (v, depth + 1)));
+            }
+            serde_json::Value::Object(map) => {
+                deepest = deepest.max(depth + 1);
+                stack.extend(map.values().map(|v| (v, depth + 1)));
+            }
+            _ => {}
+        }
+    }
+    deepest
+}
+
 /// One event. Cheap to share: brokers hand out `Arc<Event>`.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Event {
@@ -391,6 +432,26 @@ mod rfc3339 {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn data_depth_counts_nested_arrays_and_objects() {
+        assert_eq!(data_depth(&json!(1)), 0);
+        assert_eq!(data_depth(&json!({})), 1);
+        assert_eq!(data_depth(&json!({"a": [1, {"b": []}], "c": 2})), 4);
+        let mut deep = json!(null);
+        for _ in 0..100_000 {
+            deep = json!([deep]);
+        }
+        assert_eq!(data_depth(&deep), 100_000);
+        // Dropped without recursion either: serde_json's own drop of a value this deep
+        // would overflow a thread's stack.
+        let mut items = vec![deep];
+        while let Some(value) = items.pop() {
+            if let serde_json::Value::Array(inner) = value {
+                items.extend(inner);
+            }
+        }
+    }
 
     #[test]
     fn article_json_matches_the_article() {

@@ -63,6 +63,15 @@ pub enum BrokerError {
     #[error("the broker is closed")]
     #[diagnostic(code(edaflow::broker::closed))]
     Closed,
+    /// The broker's server (Redis) is out of memory (`maxmemory` reached with a policy
+    /// that refuses writes): nothing new can be stored until memory is freed. HTTP answers
+    /// 503 with its own code.
+    #[error("the broker is out of memory")]
+    #[diagnostic(
+        code(edaflow::broker::out_of_memory),
+        help("raise Redis's `maxmemory`, set `retention` on busy topics, or drain backlogs")
+    )]
+    OutOfMemory,
     /// The broker's server (Redis) cannot be reached or failed a command; try again later
     /// (HTTP answers 503).
     #[error("the broker is unavailable")]
@@ -127,11 +136,41 @@ impl BrokerError {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum BrokerHealth {
     Up,
+    /// Reachable, but refusing some work for `for_ms`: `code` names why
+    /// (`out_of_memory`), `reason` is safe to show.
+    Degraded {
+        code: &'static str,
+        reason: String,
+        for_ms: u64,
+    },
     /// Unreachable (or not answering) for `for_ms`; `reason` is safe to show.
     Down {
         reason: String,
         for_ms: u64,
     },
+}
+
+/// What a broker noticed going wrong with its server over the life of the process, for
+/// `/healthz` and `/metrics` (see `Broker::incidents`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct BrokerIncidents {
+    /// Times the server was found to have lost its state (restarted empty, failed over to
+    /// a replica that missed writes, flushed) and the state was declared again.
+    pub state_lost: u64,
+    /// The last such time: when (RFC 3339) and what was found missing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_state_loss: Option<StateLoss>,
+    /// Episodes of the server refusing writes for lack of memory.
+    pub out_of_memory_episodes: u64,
+}
+
+/// One time the broker's server was found to have lost its state.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct StateLoss {
+    /// When it was noticed, RFC 3339.
+    pub at: String,
+    /// What was missing: consumer groups, queues, keys (names, not contents).
+    pub missing: Vec<String>,
 }
 
 /// What to do when a group's buffer is full.
@@ -451,6 +490,12 @@ pub trait Broker: Clone + Send + Sync + 'static {
     /// broker is always up.
     fn health(&self) -> impl Future<Output = BrokerHealth> + Send {
         async { BrokerHealth::Up }
+    }
+
+    /// What went wrong with the broker's server so far (state lost, out of memory). An
+    /// embedded broker has no server to lose.
+    fn incidents(&self) -> BrokerIncidents {
+        BrokerIncidents::default()
     }
 
     /// Sets which topics and queues use the article's wire format (before the groups and

@@ -24,6 +24,8 @@ pub enum ApiError {
     Backpressure { group: String },
     #[error("the broker is unavailable; retry later")]
     Unavailable,
+    #[error("the broker is out of memory; retry later")]
+    BrokerOutOfMemory,
     #[error("invalid parameter: {detail}")]
     BadParameter { detail: String },
     #[error("reloading is not available in this process")]
@@ -61,9 +63,10 @@ impl ApiError {
             ApiError::QueryTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ApiError::QueryFailed { .. } => StatusCode::BAD_GATEWAY,
             ApiError::QueriesUnsupported => StatusCode::NOT_IMPLEMENTED,
-            ApiError::Backpressure { .. } | ApiError::Unavailable | ApiError::ReloadUnavailable => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ApiError::Backpressure { .. }
+            | ApiError::Unavailable
+            | ApiError::BrokerOutOfMemory
+            | ApiError::ReloadUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -78,6 +81,7 @@ impl ApiError {
             ApiError::Unauthorized => "unauthorized",
             ApiError::Backpressure { .. } => "backpressure",
             ApiError::Unavailable => "unavailable",
+            ApiError::BrokerOutOfMemory => "broker_out_of_memory",
             ApiError::BadParameter { .. } => "bad_parameter",
             ApiError::ReloadUnavailable => "reload_unavailable",
             ApiError::UnknownQueue { .. } => "unknown_queue",
@@ -102,7 +106,7 @@ impl IntoResponse for ApiError {
             HeaderValue::from_static("application/json"),
         );
         match self {
-            ApiError::Backpressure { .. } | ApiError::Unavailable => {
+            ApiError::Backpressure { .. } | ApiError::Unavailable | ApiError::BrokerOutOfMemory => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             ApiError::Unauthorized => {

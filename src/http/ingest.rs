@@ -148,6 +148,8 @@ pub(crate) fn refused(error: BrokerError) -> ApiError {
         e @ BrokerError::DelayTooLong { .. } => ApiError::BadParameter {
             detail: e.to_string(),
         },
+        // The broker logs each out-of-memory episode once, not once per refused request.
+        BrokerError::OutOfMemory => ApiError::BrokerOutOfMemory,
         // The broker logs an outage once, when it starts; not once per refused request.
         e if e.is_transient() => {
             debug!(error = %e, "publish failed: the broker is unavailable");

@@ -143,10 +143,26 @@ async fn healthz<B: Broker>(State(state): State<Arc<ApiState<B>>>) -> Response {
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .clone();
-    if let BrokerHealth::Down { reason, for_ms } = state.shared.broker.health().await {
+    let incidents = state.shared.broker.incidents();
+    let refusing = match state.shared.broker.health().await {
+        BrokerHealth::Up => None,
+        BrokerHealth::Down { reason, for_ms } => Some((
+            "unavailable",
+            serde_json::json!({"status": "down", "reason": reason, "down_for_ms": for_ms, "incidents": incidents}),
+        )),
+        BrokerHealth::Degraded {
+            code,
+            reason,
+            for_ms,
+        } => Some((
+            "degraded",
+            serde_json::json!({"status": code, "reason": reason, "for_ms": for_ms, "incidents": incidents}),
+        )),
+    };
+    if let Some((overall, broker)) = refusing {
         let body = serde_json::json!({
-            "status": "unavailable",
-            "broker": {"status": "down", "reason": reason, "down_for_ms": for_ms},
+            "status": overall,
+            "broker": broker,
             "generation": status.generation.load(Ordering::SeqCst),
             "last_reload": last_reload,
             "uptime_seconds": status.started.elapsed().as_secs(),
@@ -166,7 +182,7 @@ async fn healthz<B: Broker>(State(state): State<Arc<ApiState<B>>>) -> Response {
         .collect();
     let body = serde_json::json!({
         "status": "ok",
-        "broker": {"status": "up"},
+        "broker": {"status": "up", "incidents": incidents},
         "generation": status.generation.load(Ordering::SeqCst),
         "last_reload": last_reload,
         "uptime_seconds": status.started.elapsed().as_secs(),
@@ -184,6 +200,20 @@ async fn metrics<B: Broker>(
         &state.shared.broker.stats(),
         state.shared.status.generation.load(Ordering::SeqCst),
     );
+    {
+        use std::fmt::Write as _;
+        let incidents = state.shared.broker.incidents();
+        let _ = write!(
+            text,
+            "# HELP edaflow_broker_state_lost_total Times the broker's server was found to have lost its state (and it was declared again).\n\
+             # TYPE edaflow_broker_state_lost_total counter\n\
+             edaflow_broker_state_lost_total {}\n\
+             # HELP edaflow_broker_out_of_memory_episodes_total Episodes of the broker's server refusing writes for lack of memory.\n\
+             # TYPE edaflow_broker_out_of_memory_episodes_total counter\n\
+             edaflow_broker_out_of_memory_episodes_total {}\n",
+            incidents.state_lost, incidents.out_of_memory_episodes
+        );
+    }
     if state.shared.broker.keeps_history() {
         use std::fmt::Write as _;
         let _ = write!(
