@@ -80,6 +80,11 @@ pub struct Event {
     /// The id of the event whose handling emitted this one (absent for the first).
     #[serde(rename = "causationid", skip_serializing_if = "Option::is_none")]
     pub causation_id: Option<String>,
+    /// How many events of its journey lie between this one and the journey's first
+    /// (0 for the first). Handlers' emits are refused past the flow set's `max_hops`, so a
+    /// loop of handlers emitting to each other ends in a dead letter.
+    #[serde(rename = "edaflowhops", skip_serializing_if = "is_zero")]
+    pub hops: u32,
     /// Other CloudEvents extension attributes (e.g. the dead-letter details).
     #[serde(flatten)]
     pub extensions: BTreeMap<String, serde_json::Value>,
@@ -106,6 +111,13 @@ impl RawPayload {
     pub fn get(&self) -> Option<&str> {
         self.0.as_deref()
     }
+}
+
+/// The extension attribute carrying `Event::hops`.
+pub const HOPS_EXTENSION: &str = "edaflowhops";
+
+fn is_zero(hops: &u32) -> bool {
+    *hops == 0
 }
 
 fn json_content_type() -> String {
@@ -135,6 +147,7 @@ enum Attribute {
     Data,
     CorrelationId,
     CausationId,
+    Hops,
     Extension(String),
 }
 
@@ -157,6 +170,7 @@ impl<'de> Deserialize<'de> for Attribute {
                     "data" => Attribute::Data,
                     "correlationid" => Attribute::CorrelationId,
                     "causationid" => Attribute::CausationId,
+                    HOPS_EXTENSION => Attribute::Hops,
                     other => Attribute::Extension(other.to_owned()),
                 })
             }
@@ -186,7 +200,7 @@ impl<'de> serde::de::Visitor<'de> for EventVisitor {
         }
         let (mut specversion, mut id, mut source, mut topic) = (None, None, None, None);
         let (mut time, mut datacontenttype, mut data) = (None, None, None);
-        let (mut correlation_id, mut causation_id) = (None, None);
+        let (mut correlation_id, mut causation_id, mut hops) = (None, None, None);
         let mut extensions = BTreeMap::new();
         while let Some(attribute) = map.next_key::<Attribute>()? {
             match attribute {
@@ -212,6 +226,7 @@ impl<'de> serde::de::Visitor<'de> for EventVisitor {
                         "causationid",
                     )?;
                 }
+                Attribute::Hops => once(&mut hops, map.next_value::<u32>()?, HOPS_EXTENSION)?,
                 Attribute::Extension(name) => {
                     extensions.insert(name, map.next_value()?);
                 }
@@ -228,6 +243,7 @@ impl<'de> serde::de::Visitor<'de> for EventVisitor {
             correlation_id: correlation_id
                 .ok_or_else(|| A::Error::missing_field("correlationid"))?,
             causation_id: causation_id.flatten(),
+            hops: hops.unwrap_or(0),
             extensions,
             raw: RawPayload::default(),
         })
@@ -257,6 +273,7 @@ impl Event {
             datacontenttype: json_content_type(),
             data,
             causation_id: None,
+            hops: 0,
             extensions: BTreeMap::new(),
             raw: RawPayload::default(),
         }
@@ -273,6 +290,7 @@ impl Event {
         let mut child = Event::new(topic, source, data);
         child.correlation_id = self.correlation_id.clone();
         child.causation_id = Some(self.id.clone());
+        child.hops = self.hops.saturating_add(1);
         child
     }
 
@@ -315,6 +333,7 @@ impl Event {
             data: &self.data,
             correlation_id: &self.correlation_id,
             causation_id: self.causation_id.as_deref(),
+            hops: self.hops,
             extensions: &self.extensions,
         };
         let mut out = Vec::with_capacity(384);
@@ -344,6 +363,8 @@ struct Stored<'a> {
     correlation_id: &'a str,
     #[serde(rename = "causationid", skip_serializing_if = "Option::is_none")]
     causation_id: Option<&'a str>,
+    #[serde(rename = "edaflowhops", skip_serializing_if = "is_zero")]
+    hops: u32,
     #[serde(flatten)]
     extensions: &'a BTreeMap<String, serde_json::Value>,
 }
@@ -440,7 +461,7 @@ mod tests {
         assert_eq!(data_depth(&json!({"a": [1, {"b": []}], "c": 2})), 4);
         let mut deep = json!(null);
         for _ in 0..100_000 {
-            deep = json!([deep]);
+            deep = serde_json::Value::Array(vec![deep]);
         }
         assert_eq!(data_depth(&deep), 100_000);
         // Dropped without recursion either: serde_json's own drop of a value this deep

@@ -28,3 +28,9 @@ pub mod store;
 pub mod watch;
 
 pub use app::Error;
+
+/// The unit tests count script memory as the binary does.
+#[cfg(test)]
+#[global_allocator]
+static TEST_ALLOCATOR: script::memory::MeteredAlloc<std::alloc::System> =
+    script::memory::MeteredAlloc(std::alloc::System);

@@ -6,9 +6,11 @@ use tracing_subscriber::EnvFilter;
 use edaflow::cli::{Cli, Command, LogFormat};
 
 /// mimalloc instead of the system allocator: events, deliveries and Redis replies are many
-/// small, short-lived allocations, where glibc's malloc cost a fifth of the CPU.
+/// small, short-lived allocations, where glibc's malloc cost a fifth of the CPU. Metered,
+/// so that a script run's memory is bounded (`edaflow::script::memory`).
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: edaflow::script::memory::MeteredAlloc<mimalloc::MiMalloc> =
+    edaflow::script::memory::MeteredAlloc(mimalloc::MiMalloc);
 
 fn main() -> miette::Result<()> {
     let cli = Cli::parse();

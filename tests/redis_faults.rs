@@ -341,7 +341,7 @@ fn unreachable_redis_answers_503_backs_off_and_work_resumes() {
     let health = healthz(addr);
     assert_eq!(health.status, 200, "{health:?}");
     assert!(
-        health.body.contains("\"broker\":{\"status\":\"up\"}"),
+        health.body.contains("\"broker\":{\"status\":\"up\""),
         "{}",
         health.body
     );

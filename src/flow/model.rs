@@ -41,7 +41,14 @@ pub struct FlowFile {
     /// `[flow] topic_mode`: the mode of every topic without a `[topics.NAME] mode` of its
     /// own. Applies to the whole set (the first file that sets it wins); Redis only.
     pub topic_mode: Option<TopicMode>,
+    /// `[flow] max_hops`: how many events a journey may chain (by causation) before a
+    /// handler's emits are refused and its event dead-lettered. Applies to the whole set
+    /// (the first file that sets it wins); default `DEFAULT_MAX_HOPS`.
+    pub max_hops: Option<u32>,
 }
+
+/// A journey's length past which handlers' emits are refused (`[flow] max_hops`).
+pub const DEFAULT_MAX_HOPS: u32 = 64;
 
 /// A Rhai source file referenced by a component. Equality compares the text, so a
 /// touched-but-unchanged script is not a change.
@@ -243,6 +250,14 @@ impl FlowSet {
             Some(config) if config.mode_set => config.mode,
             _ => self.default_topic_mode(),
         }
+    }
+
+    /// `[flow] max_hops` of the first file that sets it, else `DEFAULT_MAX_HOPS`.
+    pub fn max_hops(&self) -> u32 {
+        self.files
+            .iter()
+            .find_map(|f| f.max_hops)
+            .unwrap_or(DEFAULT_MAX_HOPS)
     }
 
     /// `[flow] topic_mode` of the first file that sets it, else `stream`.

@@ -349,6 +349,7 @@ fn structured_event(topic: String, bytes: &Bytes) -> Result<Event, ApiError> {
         datacontenttype: "application/json".to_owned(),
         data: incoming.data,
         causation_id: incoming.causationid,
+        hops: 0,
         extensions: incoming.extensions,
         raw: Default::default(),
     })

@@ -59,6 +59,13 @@ pub struct SubscriberMetrics {
     pub errors: AtomicU64,
     /// Events sent to the dead-letter topic.
     pub dead_letters: AtomicU64,
+    /// Runs moved off the runtime's threads for running long (`Limits::inline_time`).
+    pub offloaded: AtomicU64,
+    /// Commits that gave up waiting for room in a full group (the run then failed and
+    /// was retried).
+    pub full_waits: AtomicU64,
+    /// Events dead-lettered because their journey passed the flow set's `max_hops`.
+    pub hop_limited: AtomicU64,
     /// Time per run.
     pub latency: Histogram,
 }
@@ -212,7 +219,7 @@ impl Metrics {
         drop(topics);
 
         let subs = self.subscribers.read().unwrap_or_else(|e| e.into_inner());
-        let counters: [(&str, &str, CounterOf); 5] = [
+        let counters: [(&str, &str, CounterOf); 8] = [
             (
                 "edaflow_subscriber_events_in_total",
                 "Events received by a subscriber.",
@@ -237,6 +244,21 @@ impl Metrics {
                 "edaflow_dead_letters_total",
                 "Events sent to a dead-letter topic.",
                 |m| &m.dead_letters,
+            ),
+            (
+                "edaflow_handler_offloaded_total",
+                "Handler runs moved off the runtime's threads for running long.",
+                |m| &m.offloaded,
+            ),
+            (
+                "edaflow_commit_full_waits_total",
+                "Commits that gave up waiting for room in a full group (the run is retried).",
+                |m| &m.full_waits,
+            ),
+            (
+                "edaflow_hop_limit_dead_letters_total",
+                "Events dead-lettered because their journey passed max_hops.",
+                |m| &m.hop_limited,
             ),
         ];
         for (metric, help, get) in counters {

@@ -9,6 +9,7 @@
 //! restarted, removed ones drained, added ones started. Starting is applying onto nothing.
 
 pub mod chains;
+pub mod dead_letter;
 pub mod history;
 pub mod metrics;
 pub mod producers;
@@ -177,6 +178,8 @@ pub struct Shared<B: Broker> {
     pub(crate) steps: Arc<step_registry::StepRegistry>,
     /// Whether the broker took `steps` as its observer.
     pub(crate) steps_reported: bool,
+    /// The running generation's `[flow] max_hops`.
+    pub max_hops: std::sync::atomic::AtomicU32,
 }
 
 struct RunningSubscriber {
@@ -270,6 +273,7 @@ impl<B: Broker> Runtime<B> {
             }),
             steps,
             steps_reported,
+            max_hops: crate::flow::model::DEFAULT_MAX_HOPS.into(),
         });
         Runtime {
             shared,
@@ -467,6 +471,9 @@ impl<B: Broker> Runtime<B> {
         self.shared
             .topics
             .send_replace(Arc::new(flows.topics.clone()));
+        self.shared
+            .max_hops
+            .store(flows.max_hops(), Ordering::Relaxed);
         // Pub/sub topics have no stream to trim.
         let retention: Vec<(String, Duration)> = flows
             .topics
@@ -821,6 +828,7 @@ impl<B: Broker> Runtime<B> {
                 SubscriberInput::Topics(_) => None,
             },
             quiet: self.options.quiet,
+            slow: Default::default(),
         };
         subscriber::spawn(task, &tracker, &token)?;
         self.subscribers.insert(
@@ -1027,6 +1035,19 @@ impl<B: Broker> Runtime<B> {
             s.tracker.wait().await;
         }
     }
+}
+
+/// Whether script runs that hold a runtime thread too long move to a thread of their
+/// own: on a multi-thread runtime, whose worker threads also serve HTTP ingest. On a
+/// current-thread runtime (`edaflow test`, on paused time) everything shares one thread
+/// anyway, and runs stay inline.
+pub(crate) fn offloading() -> bool {
+    tokio::runtime::Handle::try_current().is_ok_and(|h| {
+        matches!(
+            h.runtime_flavor(),
+            tokio::runtime::RuntimeFlavor::MultiThread
+        )
+    })
 }
 
 /// Equal apart from the script's text (a text-only change swaps code in place).

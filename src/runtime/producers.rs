@@ -62,7 +62,16 @@ pub(crate) fn spawn_interval<B: Broker>(
                     cx.publish(Event::new(topic.clone(), cx.source.clone(), config.data.clone())).await;
                 }
                 if let Some(script) = &script {
-                    match cx.shared.engine.run(script, &cx.name, None) {
+                    // Once per tick: always off the runtime's threads, which serve HTTP too.
+                    let ran = if super::offloading() {
+                        let (shared, script, name) = (cx.shared.clone(), script.clone(), cx.name.clone());
+                        tokio::task::spawn_blocking(move || shared.engine.run(&script, &name, None))
+                            .await
+                            .unwrap_or_else(|e| Err(crate::script::ScriptError::Failed { message: format!("the script's thread failed: {e}") }))
+                    } else {
+                        cx.shared.engine.run(script, &cx.name, None)
+                    };
+                    match ran {
                         Ok(output) => {
                             for emitted in output.emits {
                                 let event = Event::new(emitted.topic, cx.source.clone(), emitted.data);

@@ -4,8 +4,10 @@
 //! the ack land together, so an event is never both lost and never queued twice by one
 //! process.
 //!
-//! A filter that throws is counted and logged and the event is not queued; the relay goes
-//! on. A transform evaluates to the new data, or to `()` to drop the event.
+//! A transform evaluates to the new data, or to `()` to drop the event. A filter or a
+//! transform that fails (throws, exceeds a limit, returns something that is not a bool or
+//! JSON data) dead-letters the event on `dead.RELAY` with the reason; so does an event
+//! whose journey is already `max_hops` long. The relay goes on either way.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -17,10 +19,10 @@ use tracing::{debug, warn, Instrument};
 
 use crate::broker::{Broker, BrokerError, Consumer, Delivery, Effects};
 use crate::flow::model::RelayConfig;
+use crate::runtime::dead_letter;
 use crate::runtime::metrics::RelayMetrics;
 use crate::runtime::Shared;
-use crate::script::host::to_json;
-use crate::script::{script_event, CompiledScript};
+use crate::script::{script_event, CompiledScript, Evaluated};
 
 /// The consumer group a relay reads through.
 pub fn group_name(relay: &str) -> String {
@@ -71,9 +73,19 @@ async fn run<B: Broker>(
     }
 }
 
+/// What a relay does with one event.
+enum Decision {
+    /// Queue this data.
+    Queue(serde_json::Value),
+    /// The filter rejected it, or the transform dropped it: ack it, queue nothing.
+    Skip,
+    /// The filter or the transform failed: dead-letter the event with this reason.
+    Fail(String),
+}
+
 impl<B: Broker> RelayTask<B> {
-    /// Decides what to queue for one event: `None` when it is filtered out or dropped.
-    fn item(&self, delivery: &Delivery) -> Option<serde_json::Value> {
+    /// Decides what to do with one event.
+    fn decide(&self, delivery: &Delivery) -> Decision {
         let event = &delivery.event;
         if let Some(filter) = &self.filter {
             match self
@@ -81,54 +93,68 @@ impl<B: Broker> RelayTask<B> {
                 .engine
                 .eval(filter, &self.name, script_event(event, 1))
             {
-                Ok(keep) if keep.as_bool().unwrap_or(false) => {}
-                Ok(keep) if keep.is_bool() => {
+                Ok(Evaluated::Bool(true)) => {}
+                Ok(Evaluated::Bool(false)) => {
                     self.metrics.filtered.fetch_add(1, Ordering::Relaxed);
-                    return None;
+                    return Decision::Skip;
                 }
                 Ok(other) => {
-                    self.metrics.errors.fetch_add(1, Ordering::Relaxed);
-                    warn!(event = %event.id, found = other.type_name(), "relay filter must evaluate to a bool; event not queued");
-                    return None;
+                    return Decision::Fail(format!(
+                        "relay filter must evaluate to a bool, not {}",
+                        evaluated_type(&other)
+                    ))
                 }
-                Err(error) => {
-                    self.metrics.errors.fetch_add(1, Ordering::Relaxed);
-                    warn!(event = %event.id, %error, "relay filter failed; event not queued");
-                    return None;
-                }
+                Err(error) => return Decision::Fail(format!("relay filter failed: {error}")),
             }
         }
         let Some(transform) = &self.transform else {
-            return Some(event.data.clone());
+            return Decision::Queue(event.data.clone());
         };
         match self
             .shared
             .engine
             .eval(transform, &self.name, script_event(event, 1))
         {
-            Ok(value) if value.is_unit() => {
+            Ok(Evaluated::Unit) => {
                 self.metrics.dropped.fetch_add(1, Ordering::Relaxed);
-                None
+                Decision::Skip
             }
-            Ok(value) => match to_json(&value) {
-                Ok(data) => Some(data),
-                Err(error) => {
-                    self.metrics.errors.fetch_add(1, Ordering::Relaxed);
-                    warn!(event = %event.id, %error, "relay script returned data that is not JSON; event not queued");
-                    None
-                }
-            },
-            Err(error) => {
-                self.metrics.errors.fetch_add(1, Ordering::Relaxed);
-                warn!(event = %event.id, %error, "relay script failed; event not queued");
-                None
-            }
+            Ok(Evaluated::Bool(b)) => Decision::Queue(b.into()),
+            Ok(Evaluated::Json(data)) => Decision::Queue(data),
+            Ok(Evaluated::NotJson { type_name, reason }) => Decision::Fail(format!(
+                "relay script returned {type_name}, which is not JSON data: {reason}"
+            )),
+            Err(error) => Decision::Fail(format!("relay script failed: {error}")),
         }
     }
 
     async fn relay(&self, delivery: Delivery, token: &CancellationToken) {
         let mut effects = Effects::default();
-        if let Some(data) = self.item(&delivery) {
+        let mut decision = self.decide(&delivery);
+        let max_hops = self.shared.max_hops.load(Ordering::Relaxed);
+        if matches!(decision, Decision::Queue(_)) && delivery.event.hops >= max_hops {
+            decision = Decision::Fail(format!(
+                "journey longer than {max_hops} hops: the queue item would be hop {}; is there an emit loop?",
+                delivery.event.hops.saturating_add(1)
+            ));
+        }
+        if let Decision::Fail(reason) = &decision {
+            self.metrics.errors.fetch_add(1, Ordering::Relaxed);
+            let topic = format!("dead.{}", self.name);
+            warn!(event = %delivery.event.id, %reason, dead_letter = %topic, "relay failed; dead-lettering the event");
+            effects.dead_letter = Some(dead_letter::build(
+                &delivery.event,
+                &dead_letter::Failure {
+                    topic: &topic,
+                    source: &self.source,
+                    component: &self.name,
+                    attempts: 1,
+                    reason,
+                    queue: None,
+                },
+            ));
+        }
+        if let Decision::Queue(data) = decision {
             let default_delay = self
                 .shared
                 .queues
@@ -178,5 +204,21 @@ impl<B: Broker> RelayTask<B> {
                 }
             }
         }
+    }
+}
+
+fn evaluated_type(value: &Evaluated) -> String {
+    match value {
+        Evaluated::Unit => "()".into(),
+        Evaluated::Bool(_) => "a bool".into(),
+        Evaluated::Json(v) => match v {
+            serde_json::Value::Null => "null".into(),
+            serde_json::Value::Number(_) => "a number".into(),
+            serde_json::Value::String(_) => "a string".into(),
+            serde_json::Value::Array(_) => "an array".into(),
+            serde_json::Value::Object(_) => "a map".into(),
+            serde_json::Value::Bool(_) => "a bool".into(),
+        },
+        Evaluated::NotJson { type_name, .. } => type_name.clone(),
     }
 }

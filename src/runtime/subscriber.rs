@@ -26,6 +26,7 @@ use tracing::{debug, warn, Instrument};
 use crate::broker::{Broker, BrokerError, Consumer, Delivery, Effects, Reply};
 use crate::event::Event;
 use crate::flow::model::{SubscriberConfig, SubscriberInput};
+use crate::runtime::dead_letter;
 use crate::runtime::metrics::SubscriberMetrics;
 use crate::runtime::Shared;
 use crate::script::{script_event, Ahead, CompiledScript, ScriptError, ScriptOutput, StoreEnv};
@@ -62,6 +63,9 @@ pub(crate) struct SubscriberTask<B: Broker> {
     pub per_poll: Option<usize>,
     /// Do not print the article's output for script-less subscribers.
     pub quiet: bool,
+    /// The handler ran past `Limits::inline_time` lately: its runs start on a thread of
+    /// their own (see `run_offloaded`).
+    pub slow: std::sync::atomic::AtomicBool,
 }
 
 /// Spawns the workers of a subscriber on `tracker`; they stop when `token` is cancelled.
@@ -201,7 +205,10 @@ impl<B: Broker> SubscriberTask<B> {
                 Err(error) => error,
             };
             self.metrics.errors.fetch_add(1, Ordering::Relaxed);
-            if attempt >= retry.attempts {
+            if attempt >= retry.attempts || !error.is_retryable() {
+                if matches!(error, ScriptError::HopLimit { .. }) {
+                    self.metrics.hop_limited.fetch_add(1, Ordering::Relaxed);
+                }
                 warn!(event = %delivery.event.id, topic = %delivery.event.topic, attempt, dead_letter = %self.config.dead_letter, %error, "handler failed for the last time; dead-lettering the event");
                 self.metrics.dead_letters.fetch_add(1, Ordering::Relaxed);
                 let dead = self.dead_letter(&delivery, attempt, &error, code.generation);
@@ -285,14 +292,20 @@ impl<B: Broker> SubscriberTask<B> {
         event: &Arc<Event>,
         attempt: u32,
     ) -> Result<ScriptOutput, ScriptError> {
-        let broker = &self.shared.broker;
-        let Some(script) = code.script.as_ref().filter(|_| broker.reads_ahead()) else {
+        let Some(script) = &code.script else {
             return self.run_once(code, event, attempt, None);
         };
+        let offloads = super::offloading();
+        if offloads && self.slow.load(Ordering::Relaxed) {
+            return self.run_offloaded(script, event, attempt, None).await;
+        }
+        let inline_time = offloads.then_some(self.shared.engine.limits().inline_time);
+        let broker = &self.shared.broker;
+        let reads_ahead = broker.reads_ahead();
         let mut ahead = ReadAhead::default();
         for _ in 0..READ_AHEAD_ROUNDS {
             let stores = StoreEnv {
-                ahead: Some(Arc::new(std::mem::take(&mut ahead))),
+                ahead: reads_ahead.then(|| Arc::new(std::mem::take(&mut ahead))),
                 ..self.store_env()
             };
             let run = self.shared.engine.run_ahead(
@@ -300,9 +313,23 @@ impl<B: Broker> SubscriberTask<B> {
                 &self.name,
                 Some(script_event(event, attempt)),
                 stores.clone(),
+                inline_time,
             );
             let wants = match run {
                 Ahead::Done(result) => return result,
+                Ahead::Offload => {
+                    // Too slow for a runtime thread: this subscriber's runs go to threads
+                    // of their own until one is quick again.
+                    if !self.slow.swap(true, Ordering::Relaxed) {
+                        debug!(
+                            inline_ms = self.shared.engine.limits().inline_time.as_millis() as u64,
+                            "handler runs long; running it off the runtime's threads"
+                        );
+                    }
+                    self.metrics.offloaded.fetch_add(1, Ordering::Relaxed);
+                    let known = stores.ahead.map(Arc::unwrap_or_clone);
+                    return self.run_offloaded(script, event, attempt, known).await;
+                }
                 Ahead::Wants(wants) => wants,
             };
             ahead = stores.ahead.map(Arc::unwrap_or_clone).unwrap_or_default();
@@ -317,7 +344,55 @@ impl<B: Broker> SubscriberTask<B> {
                 ahead.insert(want, answer);
             }
         }
+        if offloads {
+            // The last run reads as it goes: off the runtime's threads, where waiting on a
+            // read holds nobody up.
+            return self
+                .run_offloaded(script, event, attempt, Some(ahead))
+                .await;
+        }
         self.run_once(code, event, attempt, Some(ahead))
+    }
+
+    /// Runs the handler on a thread that may block (tokio's blocking pool), with the whole
+    /// of its limits; `known` answers the reads made ahead so far. The worker waits for
+    /// it, so a subscriber holds at most `concurrency` such threads.
+    async fn run_offloaded(
+        &self,
+        script: &Arc<CompiledScript>,
+        event: &Arc<Event>,
+        attempt: u32,
+        known: Option<ReadAhead>,
+    ) -> Result<ScriptOutput, ScriptError> {
+        let shared = self.shared.clone();
+        let (script, name, event) = (script.clone(), self.name.clone(), event.clone());
+        let stores = self.store_env();
+        let inline_time = shared.engine.limits().inline_time;
+        let span = tracing::Span::current();
+        let run = tokio::task::spawn_blocking(move || {
+            let _entered = span.enter();
+            let started = Instant::now();
+            let event = Some(script_event(&event, attempt));
+            let result = match known {
+                Some(known) => shared
+                    .engine
+                    .run_known(&script, &name, event, stores, known),
+                None => shared.engine.run_with(&script, &name, event, stores),
+            };
+            (result, started.elapsed() < inline_time)
+        });
+        match run.await {
+            Ok((result, quick)) => {
+                if quick {
+                    self.slow.store(false, Ordering::Relaxed);
+                }
+                result
+            }
+            // The run itself catches panics (`script::stack`): this is the pool failing.
+            Err(e) => Err(ScriptError::Failed {
+                message: format!("the handler's thread failed: {e}"),
+            }),
+        }
     }
 
     fn store_env(&self) -> StoreEnv {
@@ -376,6 +451,13 @@ impl<B: Broker> SubscriberTask<B> {
         generation: u64,
     ) -> Result<Effects, ScriptError> {
         let mut effects = Effects::default();
+        let max_hops = self.shared.max_hops.load(Ordering::Relaxed);
+        if parent.hops >= max_hops && !(output.emits.is_empty() && output.enqueues.is_empty()) {
+            return Err(ScriptError::HopLimit {
+                hops: parent.hops.saturating_add(1),
+                max: max_hops,
+            });
+        }
         if !output.enqueues.is_empty() {
             let queues = self.shared.queues.borrow().clone();
             for item in output.enqueues {
@@ -433,21 +515,20 @@ impl<B: Broker> SubscriberTask<B> {
         generation: u64,
     ) -> Effects {
         let event = &delivery.event;
-        let mut dead = event.caused(
-            self.config.dead_letter.clone(),
-            self.source.clone(),
-            event.data.clone(),
+        let reason = error.to_string();
+        let mut dead = dead_letter::build(
+            event,
+            &dead_letter::Failure {
+                topic: &self.config.dead_letter,
+                source: &self.source,
+                component: &self.name,
+                attempts,
+                reason: &reason,
+                queue: delivery.from_queue.then_some(&*delivery.group),
+            },
         );
-        let ext = &mut dead.extensions;
-        ext.insert("deadletterreason".into(), error.to_string().into());
-        ext.insert("deadletterattempts".into(), attempts.into());
-        ext.insert("deadlettersubscriber".into(), self.name.to_string().into());
-        ext.insert("deadlettertopic".into(), event.topic.clone().into());
-        ext.insert("deadletterid".into(), event.id.clone().into());
-        ext.insert(GENERATION_EXTENSION.into(), generation.into());
-        if delivery.from_queue {
-            ext.insert("deadletterqueue".into(), delivery.group.to_string().into());
-        }
+        dead.extensions
+            .insert(GENERATION_EXTENSION.into(), generation.into());
         // A query whose handler gave up gets a safe answer now rather than a timeout.
         let reply = reply_to(event).map(|to| Reply {
             to,

@@ -55,6 +55,9 @@ pub(crate) struct RunState {
     #[allow(dead_code)]
     pub component: Arc<str>,
     pub deadline: Instant,
+    /// When the run must leave the thread it runs on (`Limits::inline_time`), if it runs
+    /// inline; past it the run stops and is run again elsewhere.
+    pub inline_until: Option<Instant>,
     pub max_emits: usize,
     pub output: ScriptOutput,
     pub timed_out: bool,
@@ -113,15 +116,28 @@ fn with_state<T>(f: impl FnOnce(&mut RunState) -> T) -> Option<T> {
     CURRENT.with(|c| c.borrow_mut().as_mut().map(f))
 }
 
-/// Called by the engine's progress hook: true when the run has used up its wall time.
-pub(crate) fn past_deadline() -> bool {
+/// Why the engine's progress hook stops a run (the token of Rhai's `ErrorTerminated`).
+pub(crate) const STOP_WALL_TIME: &str = "wall time";
+/// The run held its thread past `Limits::inline_time` and is to be run again elsewhere.
+pub(crate) const STOP_INLINE_TIME: &str = "inline time";
+/// The run holds more than `Limits::max_memory`.
+pub(crate) const STOP_MEMORY: &str = "memory";
+
+/// Called by the engine's progress hook every few hundred operations: why the run must
+/// stop now, if it must.
+pub(crate) fn out_of_time() -> Option<&'static str> {
     with_state(|s| {
-        if Instant::now() >= s.deadline {
+        let now = Instant::now();
+        if now >= s.deadline {
             s.timed_out = true;
+            return Some(STOP_WALL_TIME);
         }
-        s.timed_out
+        match s.inline_until {
+            Some(until) if now >= until => Some(STOP_INLINE_TIME),
+            _ => None,
+        }
     })
-    .unwrap_or(false)
+    .flatten()
 }
 
 fn runtime_error(message: impl Into<String>) -> Box<EvalAltResult> {
@@ -131,15 +147,33 @@ fn runtime_error(message: impl Into<String>) -> Box<EvalAltResult> {
     ))
 }
 
-/// Converts script data to JSON; fails for values JSON cannot carry (functions, handles).
+/// Converts script data to JSON; fails for values JSON cannot carry (functions, handles)
+/// and for data nested deeper than events may be (`event::limits::MAX_DATA_DEPTH`), which
+/// no broker could read back.
 pub fn to_json(value: &Dynamic) -> Result<serde_json::Value, Box<EvalAltResult>> {
-    rhai::serde::from_dynamic::<serde_json::Value>(value)
+    let json = rhai::serde::from_dynamic::<serde_json::Value>(value)?;
+    let depth = crate::event::data_depth(&json);
+    let most = crate::event::limits::MAX_DATA_DEPTH;
+    if depth > most {
+        return Err(runtime_error(format!(
+            "data nested {depth} levels deep (at most {most})"
+        )));
+    }
+    Ok(json)
 }
 
 /// Converts JSON to script data.
 pub fn to_dynamic(value: &serde_json::Value) -> Dynamic {
     // Every JSON value has a Rhai counterpart (numbers beyond i64 become floats).
     rhai::serde::to_dynamic(value).unwrap_or(Dynamic::UNIT)
+}
+
+/// The text of a conversion error, without Rhai's "Runtime error:" prefix.
+fn reason(err: &EvalAltResult) -> String {
+    match err {
+        EvalAltResult::ErrorRuntime(value, _) => value.to_string(),
+        other => other.to_string(),
+    }
 }
 
 fn record_emit(
@@ -150,7 +184,8 @@ fn record_emit(
     if let Err(e) = validate_topic(topic) {
         return Err(runtime_error(format!("emit: invalid topic {topic:?}: {e}")));
     }
-    let data = to_json(data).map_err(|e| runtime_error(format!("emit: data is not JSON: {e}")))?;
+    let data = to_json(data)
+        .map_err(|e| runtime_error(format!("emit: data is not JSON: {}", reason(&e))))?;
     let mut delay = None;
     let mut key = None;
     if let Some(options) = options {
@@ -190,8 +225,8 @@ fn record_enqueue(
     data: &Dynamic,
     delay: Option<&Dynamic>,
 ) -> Result<(), Box<EvalAltResult>> {
-    let data =
-        to_json(data).map_err(|e| runtime_error(format!("enqueue: data is not JSON: {e}")))?;
+    let data = to_json(data)
+        .map_err(|e| runtime_error(format!("enqueue: data is not JSON: {}", reason(&e))))?;
     let delay = delay.map(delay_option).transpose()?;
     let item = Enqueued {
         queue: queue.to_owned(),
@@ -302,8 +337,9 @@ pub fn register_store_type(engine: &mut rhai::Engine) {
         .register_fn(
             "set",
             |s: &mut StoreHandle, key: &str, value: Dynamic| -> Result<(), Box<EvalAltResult>> {
-                let value = to_json(&value)
-                    .map_err(|e| runtime_error(format!("store.set: value is not JSON: {e}")))?;
+                let value = to_json(&value).map_err(|e| {
+                    runtime_error(format!("store.set: value is not JSON: {}", reason(&e)))
+                })?;
                 store_write(&s.name, key, StoreOp::Set(value.clone()), Some(value))
             },
         )
@@ -478,8 +514,8 @@ pub mod api {
     /// `reply(data)`: answer the query this event carries (`POST /query/…`).
     #[rhai_fn(name = "reply", return_raw)]
     pub fn reply(data: Dynamic) -> Result<(), Box<EvalAltResult>> {
-        let data =
-            to_json(&data).map_err(|e| runtime_error(format!("reply: data is not JSON: {e}")))?;
+        let data = to_json(&data)
+            .map_err(|e| runtime_error(format!("reply: data is not JSON: {}", reason(&e))))?;
         with_state(|s| {
             if s.output.reply.is_some() {
                 return Err(runtime_error("reply: called twice in one run"));

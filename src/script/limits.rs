@@ -26,6 +26,11 @@ pub struct Limits {
     pub wall_time: Duration,
     /// Events one run may emit.
     pub max_emits: usize,
+    /// Bytes one run may hold at once, whatever it builds (see `script::memory`).
+    pub max_memory: usize,
+    /// How long a handler run may hold one of the runtime's worker threads (which also
+    /// serve HTTP) before it is moved to a thread of its own (see `runtime::subscriber`).
+    pub inline_time: Duration,
 }
 
 impl Default for Limits {
@@ -40,6 +45,8 @@ impl Default for Limits {
             max_modules: 32,
             wall_time: Duration::from_millis(500),
             max_emits: 10_000,
+            max_memory: 64 << 20,
+            inline_time: Duration::from_millis(1),
         }
     }
 }

@@ -10,10 +10,12 @@
 pub mod facts;
 pub mod host;
 pub mod limits;
+pub mod memory;
+pub mod stack;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rhai::module_resolvers::{DummyModuleResolver, FileModuleResolver, ModuleResolver};
 use rhai::{Dynamic, Engine, EvalAltResult, Module, Position, Scope, AST};
@@ -77,6 +79,38 @@ pub enum ScriptError {
     #[error("script ran longer than {limit_ms} ms")]
     #[diagnostic(code(edaflow::script::wall_time))]
     WallTime { limit_ms: u128 },
+    /// The run held more memory than the limit.
+    #[error("script used more than {} MiB of memory", limit >> 20)]
+    #[diagnostic(
+        code(edaflow::script::memory),
+        help("data built in one run (strings, arrays, maps, closures) counts; limits are in `script::limits`")
+    )]
+    Memory { limit: usize },
+    /// The script engine panicked during the run (a bug, reported in the log).
+    #[error("the script engine failed: {message}")]
+    #[diagnostic(code(edaflow::script::panicked))]
+    Panicked { message: String },
+    /// The run emitted events one hop past the flow set's `max_hops` (a loop of handlers
+    /// emitting to each other, most likely): dead-lettered at once, never retried.
+    #[error("journey longer than {max} hops: this run's events would be hop {hops}; is there an emit loop?")]
+    #[diagnostic(
+        code(edaflow::script::hop_limit),
+        help("`edaflow validate` warns about subscribers that emit to topics they read; raise `[flow] max_hops` for longer journeys")
+    )]
+    HopLimit { hops: u32, max: u32 },
+    /// The run held a runtime thread past `Limits::inline_time`; it is run again on a
+    /// thread of its own (never reported as a failure).
+    #[error("script ran past its time on a runtime thread")]
+    #[diagnostic(code(edaflow::script::inline_time))]
+    InlineTime,
+}
+
+impl ScriptError {
+    /// False for a failure that would fail the same way on every retry and is
+    /// dead-lettered at once (a journey past its hop limit).
+    pub fn is_retryable(&self) -> bool {
+        !matches!(self, ScriptError::HopLimit { .. })
+    }
 }
 
 /// How a run that reads ahead ended (`ScriptEngine::run_ahead`).
@@ -86,6 +120,24 @@ pub enum Ahead {
     Done(Result<ScriptOutput, ScriptError>),
     /// The run wanted these reads (each once) and is discarded.
     Wants(Vec<crate::store::StoreWant>),
+    /// The run held its thread past `Limits::inline_time` and is discarded: run it again
+    /// on a thread that may block (see `runtime::subscriber`).
+    Offload,
+}
+
+/// What a relay's filter or transform evaluated to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Evaluated {
+    /// `()`: a transform that drops the event.
+    Unit,
+    Bool(bool),
+    /// Any other value JSON can carry.
+    Json(serde_json::Value),
+    /// A value JSON cannot carry (a function, a handle), or data nested too deep.
+    NotJson {
+        type_name: String,
+        reason: String,
+    },
 }
 
 /// The engine shared by every worker.
@@ -117,21 +169,29 @@ fn base_engine(limits: &Limits) -> Engine {
     engine.on_debug(|text, source, pos| {
         tracing::debug!(target: "edaflow::script", source, line = pos.line(), "{text}");
     });
+    // Memory on every operation (one thread-local read); time every 256 (a clock read).
+    let max_memory = limits.max_memory;
+    engine.on_progress(move |ops| {
+        if memory::held() > max_memory {
+            return Some(Dynamic::from(host::STOP_MEMORY));
+        }
+        if ops % 256 == 0 {
+            return host::out_of_time().map(Dynamic::from);
+        }
+        None
+    });
     engine
 }
+
+/// A run's memory above which its script stack is handed back afterwards: data this
+/// large may be nested deep enough to have used the stack far down (see `stack`).
+const DEEP_RUN_BYTES: usize = 256 << 10;
 
 impl ScriptEngine {
     /// Builds the shared engine with the given limits.
     pub fn new(limits: Limits) -> ScriptEngine {
         let mut engine = base_engine(&limits);
         engine.set_module_resolver(DummyModuleResolver::new());
-        engine.on_progress(|ops| {
-            if ops % 256 == 0 && host::past_deadline() {
-                Some(Dynamic::from("wall time"))
-            } else {
-                None
-            }
-        });
         ScriptEngine { engine, limits }
     }
 
@@ -176,6 +236,9 @@ impl ScriptEngine {
     }
 
     /// As `run_with`, answering reads from `known` first (made ahead), then from the reader.
+    ///
+    /// # Errors
+    /// As `run`.
     pub fn run_known(
         &self,
         script: &CompiledScript,
@@ -198,10 +261,10 @@ impl ScriptEngine {
         event: Option<ScriptEvent>,
         stores: StoreEnv,
     ) -> Result<ScriptOutput, ScriptError> {
-        match self.run_inner(script, component, event, stores, false) {
+        match self.run_inner(script, component, event, stores, false, None) {
             Ahead::Done(result) => result,
-            // Reads not made ahead go to the reader: nothing is ever wanted.
-            Ahead::Wants(_) => Err(ScriptError::Failed {
+            // Reads not made ahead go to the reader, and the run has no inline time.
+            Ahead::Wants(_) | Ahead::Offload => Err(ScriptError::Failed {
                 message: "store reads were not made".into(),
             }),
         }
@@ -209,20 +272,23 @@ impl ScriptEngine {
 
     /// As `run_with`, reading the stores only from `stores.ahead` when it is set: a run
     /// that wanted reads not made there is discarded (its output, error and log lines),
-    /// and the caller makes them and runs again (see `crate::store`).
+    /// and the caller makes them and runs again (see `crate::store`). With `inline_time`,
+    /// a run still going after that long is discarded too (`Ahead::Offload`).
     pub fn run_ahead(
         &self,
         script: &CompiledScript,
         component: &Arc<str>,
         event: Option<ScriptEvent>,
         stores: StoreEnv,
+        inline_time: Option<Duration>,
     ) -> Ahead {
         let records = stores.ahead.is_some();
-        self.run_inner(script, component, event, stores, records)
+        self.run_inner(script, component, event, stores, records, inline_time)
     }
 
-    /// One run; `records` makes reads missing from `stores.ahead` wanted (and holds the
-    /// run's log lines until it is known to stand) instead of made through the reader.
+    /// One run, on the script stack (see `stack`), metered (see `memory`). `records` makes
+    /// reads missing from `stores.ahead` wanted instead of made through the reader; with
+    /// it or `inline_time`, the run's log lines are held until it is known to stand.
     fn run_inner(
         &self,
         script: &CompiledScript,
@@ -230,29 +296,54 @@ impl ScriptEngine {
         event: Option<ScriptEvent>,
         stores: StoreEnv,
         records: bool,
+        inline_time: Option<Duration>,
     ) -> Ahead {
-        let guard = host::RunGuard::install(host::RunState {
+        let started = Instant::now();
+        let state = host::RunState {
             component: component.clone(),
-            deadline: Instant::now() + self.limits.wall_time,
+            deadline: started + self.limits.wall_time,
+            inline_until: inline_time.map(|t| started + t),
             max_emits: self.limits.max_emits,
             output: ScriptOutput::default(),
             timed_out: false,
             stores,
             overlay: Default::default(),
             wanted: records.then(Vec::new),
-            logs: records.then(Vec::new),
+            logs: (records || inline_time.is_some()).then(Vec::new),
+        };
+        let meter = memory::Meter::start();
+        let ran = stack::run(|| {
+            let guard = host::RunGuard::install(state);
+            let mut scope = Scope::new();
+            if let Some(event) = event {
+                scope.push_constant("event", event);
+            }
+            let result = self.engine.run_ast_with_scope(&mut scope, &script.ast);
+            // Dropped here, on the script stack: the scope may hold deeply nested data.
+            drop(scope);
+            let state = guard.finish();
+            let timed_out = state.as_ref().is_some_and(|s| s.timed_out);
+            // Classified here too: an error may carry a script value (`throw x`).
+            let result = result.map_err(|err| self.classify(script, *err, timed_out));
+            (result, state)
         });
-        let mut scope = Scope::new();
-        if let Some(event) = event {
-            scope.push_constant("event", event);
+        let peak = meter.peak();
+        drop(meter);
+        let (result, state) = match ran {
+            Ok(ran) => ran,
+            Err(panic) => {
+                stack::release_depths();
+                return Ahead::Done(Err(panicked(script, &panic)));
+            }
+        };
+        if result.is_err() || peak > DEEP_RUN_BYTES {
+            stack::release_depths();
         }
-        let result = self.engine.run_ast_with_scope(&mut scope, &script.ast);
-        let Some(state) = guard.finish() else {
-            return Ahead::Done(
-                result
-                    .map(|()| ScriptOutput::default())
-                    .map_err(|err| self.classify(script, *err, false)),
-            );
+        if matches!(result, Err(ScriptError::InlineTime)) {
+            return Ahead::Offload;
+        }
+        let Some(state) = state else {
+            return Ahead::Done(result.map(|()| ScriptOutput::default()));
         };
         if let Some(mut wanted) = state.wanted.filter(|w| !w.is_empty()) {
             wanted.sort_unstable();
@@ -262,10 +353,7 @@ impl ScriptEngine {
         for line in state.logs.into_iter().flatten() {
             tracing::info!(target: "edaflow::script", "{line}");
         }
-        Ahead::Done(match result {
-            Ok(()) => Ok(state.output),
-            Err(err) => Err(self.classify(script, *err, state.timed_out)),
-        })
+        Ahead::Done(result.map(|()| state.output))
     }
 
     /// Evaluates a script for its value (relay filters and transforms).
@@ -277,10 +365,11 @@ impl ScriptEngine {
         script: &CompiledScript,
         component: &Arc<str>,
         event: ScriptEvent,
-    ) -> Result<Dynamic, ScriptError> {
-        let guard = host::RunGuard::install(host::RunState {
+    ) -> Result<Evaluated, ScriptError> {
+        let state = host::RunState {
             component: component.clone(),
             deadline: Instant::now() + self.limits.wall_time,
+            inline_until: None,
             max_emits: 0,
             output: ScriptOutput::default(),
             timed_out: false,
@@ -288,14 +377,29 @@ impl ScriptEngine {
             overlay: Default::default(),
             wanted: None,
             logs: None,
+        };
+        let meter = memory::Meter::start();
+        let ran = stack::run(|| {
+            let guard = host::RunGuard::install(state);
+            let mut scope = Scope::new();
+            scope.push_constant("event", event);
+            let result = self
+                .engine
+                .eval_ast_with_scope::<Dynamic>(&mut scope, &script.ast);
+            drop(scope);
+            let timed_out = guard.finish().is_some_and(|s| s.timed_out);
+            // The value is turned into plain data here, on the script stack.
+            result
+                .map(|value| evaluated(&value))
+                .map_err(|err| self.classify(script, *err, timed_out))
         });
-        let mut scope = Scope::new();
-        scope.push_constant("event", event);
-        let result = self
-            .engine
-            .eval_ast_with_scope::<Dynamic>(&mut scope, &script.ast);
-        let timed_out = guard.finish().is_some_and(|s| s.timed_out);
-        result.map_err(|err| self.classify(script, *err, timed_out))
+        let peak = meter.peak();
+        drop(meter);
+        let result = ran.unwrap_or_else(|panic| Err(panicked(script, &panic)));
+        if result.is_err() || peak > DEEP_RUN_BYTES {
+            stack::release_depths();
+        }
+        result
     }
 
     fn classify(
@@ -305,15 +409,38 @@ impl ScriptEngine {
         timed_out: bool,
     ) -> ScriptError {
         match err {
-            EvalAltResult::ErrorTerminated(..) if timed_out => ScriptError::WallTime {
-                limit_ms: self.limits.wall_time.as_millis(),
+            EvalAltResult::ErrorTerminated(token, _) => {
+                let token = token.read_lock::<rhai::ImmutableString>();
+                match token.as_deref().map(|t| t.as_str()) {
+                    Some(host::STOP_INLINE_TIME) => ScriptError::InlineTime,
+                    Some(host::STOP_MEMORY) => ScriptError::Memory {
+                        limit: self.limits.max_memory,
+                    },
+                    _ if timed_out => ScriptError::WallTime {
+                        limit_ms: self.limits.wall_time.as_millis(),
+                    },
+                    _ => ScriptError::Limit {
+                        message: "the run was stopped".into(),
+                    },
+                }
+            }
+            EvalAltResult::ErrorTooManyOperations(_) => ScriptError::Limit {
+                message: format!(
+                    "more than {} operations (an endless loop?)",
+                    self.limits.max_operations
+                ),
             },
-            EvalAltResult::ErrorTooManyOperations(_)
-            | EvalAltResult::ErrorStackOverflow(_)
-            | EvalAltResult::ErrorDataTooLarge(..)
-            | EvalAltResult::ErrorTooManyModules(_) => ScriptError::Limit {
-                message: err.to_string(),
+            EvalAltResult::ErrorStackOverflow(_) => ScriptError::Limit {
+                message: format!(
+                    "calls nested more than {} deep (endless recursion?)",
+                    self.limits.max_call_depth
+                ),
             },
+            EvalAltResult::ErrorDataTooLarge(..) | EvalAltResult::ErrorTooManyModules(_) => {
+                ScriptError::Limit {
+                    message: err.to_string(),
+                }
+            }
             // `fail(…)`, `throw …` and host-API refusals (a bad `emit`) all land here.
             EvalAltResult::ErrorRuntime(value, _) => {
                 let message = if value.is_string() {
@@ -339,6 +466,34 @@ impl ScriptEngine {
     }
 }
 
+/// A script run that panicked (a bug of the engine, or of a host function): that run
+/// fails; the worker and the process go on.
+fn panicked(script: &CompiledScript, panic: &stack::ScriptPanic) -> ScriptError {
+    tracing::error!(script = %script.path.display(), panic = %panic.0, "a script run panicked; the run fails and the worker goes on");
+    ScriptError::Panicked {
+        message: panic.0.clone(),
+    }
+}
+
+fn evaluated(value: &Dynamic) -> Evaluated {
+    if value.is_unit() {
+        return Evaluated::Unit;
+    }
+    if let Ok(b) = value.as_bool() {
+        return Evaluated::Bool(b);
+    }
+    match host::to_json(value) {
+        Ok(json) => Evaluated::Json(json),
+        Err(err) => Evaluated::NotJson {
+            type_name: value.type_name().to_owned(),
+            reason: match *err {
+                EvalAltResult::ErrorRuntime(v, _) => v.to_string(),
+                other => other.to_string(),
+            },
+        },
+    }
+}
+
 /// Wraps `event` for a script.
 pub fn script_event(event: &Arc<Event>, attempt: u32) -> ScriptEvent {
     ScriptEvent {
@@ -347,12 +502,19 @@ pub fn script_event(event: &Arc<Event>, attempt: u32) -> ScriptEvent {
     }
 }
 
-/// A module resolver that remembers which files it loaded.
+/// A module resolver that remembers which files it loaded, and refuses an import that
+/// closes a ring (a module importing itself, directly or through others), which would
+/// otherwise recurse until the stack ends.
 struct RecordingResolver {
     files: FileModuleResolver,
     base: PathBuf,
     seen: Mutex<Vec<PathBuf>>,
+    /// The modules being resolved now, outermost first, as (file, the path imported).
+    resolving: Mutex<Vec<(PathBuf, String)>>,
 }
+
+/// The message of an import that closes a ring; `compile_text` reports it as it is.
+const IMPORT_CYCLE: &str = "import cycle: ";
 
 impl ModuleResolver for RecordingResolver {
     fn resolve(
@@ -362,12 +524,46 @@ impl ModuleResolver for RecordingResolver {
         path: &str,
         pos: Position,
     ) -> Result<SharedModule, Box<EvalAltResult>> {
-        let file = self.base.join(path).with_extension("rhai");
+        let joined = self.base.join(path).with_extension("rhai");
+        let file = std::fs::canonicalize(&joined).unwrap_or_else(|_| joined.clone());
+        {
+            let mut resolving = self.resolving.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(at) = resolving.iter().position(|(f, _)| *f == file) {
+                let ring: Vec<String> = resolving[at..]
+                    .iter()
+                    .map(|(_, p)| format!("`{p}`"))
+                    .chain(std::iter::once(format!("`{path}`")))
+                    .collect();
+                return Err(Box::new(EvalAltResult::ErrorRuntime(
+                    format!("{IMPORT_CYCLE}{}", ring.join(" imports ")).into(),
+                    pos,
+                )));
+            }
+            resolving.push((file, path.to_owned()));
+        }
         self.seen
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .push(file);
-        self.files.resolve(engine, source, path, pos)
+            .push(joined);
+        let resolved = self.files.resolve(engine, source, path, pos);
+        self.resolving
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop();
+        resolved
+    }
+}
+
+/// The innermost error of nested module errors: the import cycle, when there is one, is
+/// reported alone rather than inside one "in module" per module of the ring.
+fn cycle_message(err: &EvalAltResult) -> Option<String> {
+    match err {
+        EvalAltResult::ErrorInModule(_, inner, _) => cycle_message(inner),
+        EvalAltResult::ErrorRuntime(value, _) => value
+            .read_lock::<rhai::ImmutableString>()
+            .filter(|m| m.starts_with(IMPORT_CYCLE))
+            .map(|m| m.to_string()),
+        _ => None,
     }
 }
 
@@ -411,12 +607,27 @@ fn compile_text(
         files,
         base: base_dir.to_owned(),
         seen: Mutex::new(Vec::new()),
+        resolving: Mutex::new(Vec::new()),
     });
     engine.set_module_resolver(SharedResolver(resolver.clone()));
     engine.set_strict_variables(strict);
-    let mut scope = Scope::new();
-    scope.push_constant("event", ());
-    match engine.compile_into_self_contained(&scope, text) {
+    // Compiling runs the top-level code of imported modules: on the script stack, metered,
+    // like any run.
+    let meter = memory::Meter::start();
+    let compiled = stack::run(|| {
+        let mut scope = Scope::new();
+        scope.push_constant("event", ());
+        engine.compile_into_self_contained(&scope, text)
+    });
+    drop(meter);
+    stack::release_depths();
+    let compiled = compiled.unwrap_or_else(|panic| {
+        Err(Box::new(EvalAltResult::ErrorRuntime(
+            format!("the script engine failed: {}", panic.0).into(),
+            Position::NONE,
+        )))
+    });
+    match compiled {
         Ok(ast) => {
             let mut imports = resolver
                 .seen
@@ -434,7 +645,11 @@ fn compile_text(
         }
         Err(err) => {
             let pos = err.position();
+            let cycle = cycle_message(&err);
             let (message, module) = match *err {
+                EvalAltResult::ErrorInModule(module, _, _) if cycle.is_some() => {
+                    (cycle.unwrap_or_default(), Some(module))
+                }
                 EvalAltResult::ErrorInModule(module, inner, _) => (
                     format!("in module `{module}`: {}", inner.unwrap_inner()),
                     Some(module),
@@ -674,8 +889,10 @@ mod tests {
                 &Arc::from("test"),
                 Some(script_event(&event, 1)),
                 env,
+                None,
             ) {
                 Ahead::Done(result) => return (result, rounds),
+                Ahead::Offload => unreachable!("no inline time was given"),
                 Ahead::Wants(wants) => {
                     for want in &wants {
                         let answer = match want {

@@ -34,7 +34,7 @@ const SECTIONS: &[&str] = &[
     "tests",
 ];
 
-const FLOW_KEYS: &[&str] = &["name", "broker", "deferred_topic", "topic_mode"];
+const FLOW_KEYS: &[&str] = &["name", "broker", "deferred_topic", "topic_mode", "max_hops"];
 const PRODUCER_KINDS: &[&str] = &["http", "interval", "lines", "generator"];
 const HTTP_KEYS: &[&str] = &["kind", "role", "listen", "token", "body_limit"];
 const INTERVAL_KEYS: &[&str] = &["kind", "role", "every", "topic", "data", "script"];
@@ -102,6 +102,7 @@ pub(super) fn parse_file(file: &FlowSource, found: &mut Findings) -> RawFlowFile
             broker: None,
             deferred_topic: None,
             topic_mode: None,
+            max_hops: None,
         },
         producers: Vec::new(),
         subscribers: Vec::new(),
@@ -199,6 +200,9 @@ fn read_flow(r: &mut Reader<'_>, mut f: Fields<'_>, flow: &mut FlowFile) {
             "pubsub" => TopicMode::Pubsub,
             _ => TopicMode::Stream,
         });
+    flow.max_hops = f
+        .take("max_hops")
+        .and_then(|v| r.at_least::<u32>("max_hops", v, 1));
     f.finish(r, FLOW_KEYS);
 }
 

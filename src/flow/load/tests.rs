@@ -191,6 +191,7 @@ fn the_design_sketch_loads_into_the_model() {
             broker: None,
             deferred_topic: None,
             topic_mode: None,
+            max_hops: None,
         }]
     );
     assert_eq!(
