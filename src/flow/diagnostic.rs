@@ -486,6 +486,24 @@ pub enum FlowWarning {
         span: SourceSpan,
     },
 
+    /// Subscribers whose declared `emits` feed each other in a ring (or one that emits to
+    /// a topic it reads): each event of the ring can start the next one for ever.
+    #[error("emit loop: {ring}")]
+    #[diagnostic(
+        code(edaflow::flow::emit_loop),
+        severity(Warning),
+        help("every event here can cause another around the ring; at run time a journey longer than {max_hops} hops (`[flow] max_hops`) is dead-lettered. Make sure the handlers stop the loop, or break it")
+    )]
+    EmitLoop {
+        /// The ring, written `a` -> `b` -> `a`.
+        ring: String,
+        max_hops: u32,
+        #[source_code]
+        src: SharedSource,
+        #[label("emitted here, and consumed again around the ring")]
+        span: SourceSpan,
+    },
+
     /// A declared store that no handler reads or writes.
     #[error("store `{store}` is declared but no handler uses it")]
     #[diagnostic(

@@ -91,6 +91,7 @@ pub fn load(paths: &[PathBuf]) -> Result<Loaded, FlowReport> {
         return Err(FlowReport::new(&given, found.into_errors()));
     }
     let mut warnings = check::warnings(&found.refs);
+    warnings.extend(check::emit_loops(&flows, &found.refs));
     // A pub/sub topic is a plain Redis channel that other processes (the article's tool,
     // redis-cli) publish to and read from, so this set alone does not tell.
     warnings.retain(|warning| match warning {

@@ -412,6 +412,103 @@ pub(super) fn warnings(refs: &TopicRefs) -> Vec<FlowWarning> {
     warnings
 }
 
+/// An edge of the emit graph: the node it leads to, and the `emits` entry it comes from
+/// (none for a relay's edge into its queue's readers).
+type Step<'a> = (String, Option<&'a Located<String>>);
+/// Each node's outgoing edges.
+type Edges<'a> = BTreeMap<String, Vec<Step<'a>>>;
+
+/// One warning per ring of subscribers (and relays) whose declared outputs feed each
+/// other: a subscriber emits a topic that another reads, directly or through a relay
+/// into the queue it reads, and so on back to the first. Labelled at the `emits` entry
+/// that starts the ring, at the first subscriber of the ring in file order.
+pub(super) fn emit_loops(set: &FlowSet, refs: &TopicRefs) -> Vec<FlowWarning> {
+    // Nodes: subscribers and relays, by name; relays as `relays.NAME` so names never clash.
+    let reads = |subscriber: &str, topic: &str| -> bool {
+        set.subscribers
+            .get(subscriber)
+            .is_some_and(|s| match &s.input {
+                SubscriberInput::Topics(patterns) => patterns.iter().any(|p| p.matches(topic)),
+                SubscriberInput::Queue(_) => false,
+            })
+    };
+    let mut next: Edges<'_> = BTreeMap::new();
+    for (from, topic) in &refs.subscriber_emits {
+        let out = next.entry(from.clone()).or_default();
+        for to in set.subscribers.keys().filter(|to| reads(to, &topic.value)) {
+            out.push((to.clone(), Some(topic)));
+        }
+        for (relay, config) in &set.relays {
+            if config.from.matches(&topic.value) {
+                out.push((format!("relays.{relay}"), Some(topic)));
+            }
+        }
+    }
+    for (relay, config) in &set.relays {
+        let out = next.entry(format!("relays.{relay}")).or_default();
+        for (to, sub) in &set.subscribers {
+            if matches!(&sub.input, SubscriberInput::Queue(q) if *q == config.to) {
+                out.push((to.clone(), None));
+            }
+        }
+    }
+    let mut warnings = Vec::new();
+    let mut in_a_ring: BTreeSet<String> = BTreeSet::new();
+    // Subscribers in file order, then source order: the ring is reported from the first.
+    let mut starts: Vec<(&String, &Located<String>)> =
+        refs.subscriber_emits.iter().map(|(s, t)| (s, t)).collect();
+    starts.sort_by_key(|(_, t)| (t.file, t.span.offset()));
+    for (start, _) in starts {
+        if in_a_ring.contains(start) {
+            continue;
+        }
+        let Some(path) = ring_from(start, &next) else {
+            continue;
+        };
+        let first_topic = path[0].1;
+        in_a_ring.extend(path.iter().map(|(node, _)| node.clone()));
+        let mut names: Vec<String> = path.iter().map(|(node, _)| format!("`{node}`")).collect();
+        names.push(format!("`{start}`"));
+        if let Some(topic) = first_topic {
+            warnings.push(FlowWarning::EmitLoop {
+                ring: names.join(" -> "),
+                max_hops: set.max_hops(),
+                src: topic.src.clone(),
+                span: topic.span,
+            });
+        }
+    }
+    warnings
+}
+
+/// A shortest path of edges from `start` back to `start` (each step: the node left and the
+/// emit that leaves it), if there is one. Breadth-first, without recursion.
+fn ring_from<'a>(start: &str, next: &Edges<'a>) -> Option<Vec<Step<'a>>> {
+    // node -> (the node before it, the emit between them)
+    let mut came_from: HashMap<&str, (&str, Option<&'a Located<String>>)> = HashMap::new();
+    let mut frontier = std::collections::VecDeque::from([start]);
+    while let Some(node) = frontier.pop_front() {
+        for (to, via) in next.get(node).into_iter().flatten() {
+            if to == start {
+                let mut path = vec![(node.to_owned(), *via)];
+                let mut at = node;
+                while at != start {
+                    let (before, via) = came_from[at];
+                    path.push((before.to_owned(), via));
+                    at = before;
+                }
+                path.reverse();
+                return Some(path);
+            }
+            if !came_from.contains_key(to.as_str()) {
+                came_from.insert(to, (node, *via));
+                frontier.push_back(to);
+            }
+        }
+    }
+    None
+}
+
 /// References sorted by file, then by position in the file.
 fn ordered<T>(refs: &[Located<T>]) -> Vec<&Located<T>> {
     let mut sorted: Vec<_> = refs.iter().collect();

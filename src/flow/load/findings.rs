@@ -89,6 +89,8 @@ pub(super) struct TopicRefs {
     pub has_http: bool,
     /// Each subscriber's topic patterns, with the subscriber's name (for the CQRS lint).
     pub subscriber_patterns: Vec<(String, Located<TopicPattern>)>,
+    /// Each subscriber's `emits`, with the subscriber's name (for the emit-loop warning).
+    pub subscriber_emits: Vec<(String, Located<String>)>,
     /// Every chain step: (chain name, position, the step), for the link check.
     pub chain_steps: Vec<(String, usize, Located<String>)>,
 }

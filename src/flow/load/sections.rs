@@ -386,6 +386,11 @@ fn subscriber(r: &mut Reader<'_>, name: &str, mut f: Fields<'_>) -> Option<Subsc
     let emits = f.take("emits").and_then(|v| r.topics("emits", v));
     for topic in emits.iter().flatten() {
         emitted(r, topic);
+        let located = r.locate(topic.value.clone(), topic.span);
+        r.found
+            .refs
+            .subscriber_emits
+            .push((name.to_owned(), located));
     }
     let concurrency = f
         .take("concurrency")

@@ -1281,3 +1281,49 @@ fn store_rules_stay_quiet_when_a_name_is_computed() {
     );
     assert!(warnings.is_empty(), "{warnings:?}");
 }
+
+#[test]
+fn rings_of_emits_are_warned_about_once_each() {
+    let (_dir, loaded) = valid(indoc! {r#"
+        [producers.api]
+        kind = "http"
+
+        [subscribers.echo]
+        topic = "ping"
+        emits = ["ping"]
+
+        [subscribers.a]
+        topic = "left"
+        emits = ["right"]
+
+        [subscribers.b]
+        topic = "right"
+        emits = ["master"]
+
+        [relays.master]
+        from = "master"
+        to = "work"
+
+        [queues.work]
+
+        [subscribers.worker]
+        queue = "work"
+        emits = ["left", "done"]
+
+        [subscribers.done]
+        topic = "done"
+    "#});
+    let loops: Vec<String> = loaded
+        .warnings
+        .iter()
+        .filter(|w| code(*w) == "edaflow::flow::emit_loop")
+        .map(|w| format!("{w} @ {}", labelled(w).join(",")))
+        .collect();
+    assert_eq!(
+        loops,
+        [
+            "emit loop: `echo` -> `echo` @ ping",
+            "emit loop: `a` -> `b` -> `relays.master` -> `worker` -> `a` @ right",
+        ]
+    );
+}
