@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::article::{ArticleCommand, ArticleError};
 use crate::broker::{
@@ -172,10 +172,46 @@ fn run_article(command: ArticleCommand, redis: &str, listen: Option<String>) -> 
 fn run_blocking(args: RunArgs) -> Result<(), Error> {
     let prepared = load(&args.flows)?;
     let rt = build_runtime(args.threads, &broker_url(&args, &prepared))?;
-    rt.block_on(async {
-        let shutdown = shutdown_signal();
-        run_prepared(args, prepared, shutdown).await
-    })
+    let result = rt.block_on(async {
+        let signals = Signals::listen();
+        run_prepared(args, prepared, signals.nth(1), signals.nth(2)).await
+    });
+    // A handler still running on a blocking thread (it was left behind by a forced stop)
+    // must not hold the exit up.
+    rt.shutdown_background();
+    result
+}
+
+/// Counts Ctrl-C and SIGTERM: the first asks for a shutdown, the second for an exit now.
+#[derive(Clone)]
+struct Signals(tokio::sync::watch::Receiver<u32>);
+
+impl Signals {
+    /// Starts listening (inside the tokio runtime); the listener lives as long as the
+    /// runtime.
+    fn listen() -> Signals {
+        let (count, seen) = tokio::sync::watch::channel(0u32);
+        let signal = shutdown_signal_repeating();
+        // Untracked on purpose: it must outlive every tracker, to see the second signal.
+        tokio::spawn(async move {
+            let mut signal = signal;
+            loop {
+                signal.recv().await;
+                count.send_modify(|n| *n += 1);
+            }
+        });
+        Signals(seen)
+    }
+
+    /// Resolves once `n` signals have arrived.
+    fn nth(&self, n: u32) -> impl Future<Output = ()> + use<> {
+        let mut seen = self.0.clone();
+        async move {
+            if seen.wait_for(|count| *count >= n).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
 }
 
 /// A multi-thread tokio runtime with `runtime_threads(asked, broker)` workers (the count
@@ -261,14 +297,15 @@ fn validate(flows: &[PathBuf]) -> Result<(), Error> {
 /// Invalid flows, or a component that cannot start (a port in use).
 pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
     let prepared = load(&args.flows)?;
-    run_prepared(args, prepared, shutdown).await
+    run_prepared(args, prepared, shutdown, std::future::pending()).await
 }
 
-/// As `run`, for flows already loaded.
+/// As `run`, for flows already loaded; `now` (a second signal) cuts a shutdown short.
 async fn run_prepared(
     args: RunArgs,
     prepared: Prepared,
     shutdown: impl Future<Output = ()>,
+    now: impl Future<Output = ()>,
 ) -> Result<(), Error> {
     // Every reload trigger feeds one channel; one loop applies them in order. The watcher
     // starts before the first generation does, and one check right after startup catches
@@ -301,8 +338,11 @@ async fn run_prepared(
     };
     match BrokerUrl::parse(&url)? {
         BrokerUrl::Memory => {
-            let broker = MemoryBroker::new(MemoryOptions::default());
-            run_on(broker, "memory".to_owned(), setup, shutdown).await
+            let broker = MemoryBroker::new(MemoryOptions {
+                full_wait: setup.args.full_wait,
+                ..MemoryOptions::default()
+            });
+            run_on(broker, "memory".to_owned(), setup, shutdown, now).await
         }
         BrokerUrl::Redis(url) => {
             let namespace = setup.args.namespace.clone().unwrap_or_else(|| {
@@ -323,7 +363,7 @@ async fn run_prepared(
                 ..RedisOptions::default()
             };
             let broker = RedisBroker::connect(&url, options).await?;
-            run_on(broker, url.to_string(), setup, shutdown).await
+            run_on(broker, url.to_string(), setup, shutdown, now).await
         }
     }
 }
@@ -345,6 +385,7 @@ async fn run_on<B: Broker>(
     broker_name: String,
     setup: Setup,
     shutdown: impl Future<Output = ()>,
+    now: impl Future<Output = ()>,
 ) -> Result<(), Error> {
     let Setup {
         args,
@@ -398,13 +439,25 @@ async fn run_on<B: Broker>(
     }
     token.cancel();
     tracker.close();
-    tracker.wait().await;
-    info!("shutting down: ingest stopped, draining");
+    // The watcher and the SIGHUP listener end at once; a reload in progress is not
+    // waited for past a moment.
+    let _ = tokio::time::timeout(Duration::from_millis(200), tracker.wait()).await;
     // A durable broker keeps what is queued for the next process: no drain, only the
     // events in flight finish.
     let grace = if durable { Duration::ZERO } else { args.grace };
-    reloader.into_runtime().shutdown(grace).await;
-    info!("stopped");
+    info!(
+        grace_ms = grace.as_millis() as u64,
+        "shutting down: ingest stopped, draining (a second Ctrl-C or SIGTERM exits at once)"
+    );
+    tokio::select! {
+        biased;
+        _ = now => {
+            warn!("second signal: exiting now, without waiting for what is in flight");
+        }
+        report = reloader.into_runtime().shutdown(grace) => {
+            info!(forced = report.forced, unfinished = report.unfinished, "stopped");
+        }
+    }
     Ok(())
 }
 
@@ -434,38 +487,63 @@ fn spawn_sighup(
     let _ = (requests, tracker, token);
 }
 
+/// Ctrl-C and SIGTERM, as many times as they come.
+struct RepeatingSignal {
+    #[cfg(unix)]
+    interrupt: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    terminate: Option<tokio::signal::unix::Signal>,
+}
+
+impl RepeatingSignal {
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        {
+            async fn wait(s: Option<&mut tokio::signal::unix::Signal>) {
+                match s {
+                    Some(s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            }
+            tokio::select! {
+                _ = wait(self.interrupt.as_mut()) => {}
+                _ = wait(self.terminate.as_mut()) => {}
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// Installs the Ctrl-C and SIGTERM handlers now (so a signal that arrives while flows are
+/// starting is not fatal). Call it inside the tokio runtime.
+fn shutdown_signal_repeating() -> RepeatingSignal {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        RepeatingSignal {
+            interrupt: signal(SignalKind::interrupt()).ok(),
+            terminate: signal(SignalKind::terminate()).ok(),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        RepeatingSignal {}
+    }
+}
+
 /// Resolves on Ctrl-C or SIGTERM.
 ///
 /// The handlers are installed when this is called, not when the future is first polled,
 /// so a signal that arrives while flows are starting is not fatal. Call it inside the
 /// tokio runtime.
 pub fn shutdown_signal() -> impl Future<Output = ()> {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let interrupt = signal(SignalKind::interrupt()).ok();
-        let terminate = signal(SignalKind::terminate()).ok();
-        async move {
-            let wait = |s: Option<tokio::signal::unix::Signal>| async move {
-                match s {
-                    Some(mut s) => {
-                        s.recv().await;
-                    }
-                    None => std::future::pending::<()>().await,
-                }
-            };
-            tokio::select! {
-                _ = wait(interrupt) => {}
-                _ = wait(terminate) => {}
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        async {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
+    let mut signal = shutdown_signal_repeating();
+    async move { signal.recv().await }
 }
 
 async fn test(prepared: &Prepared) -> Result<(), Error> {

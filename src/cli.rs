@@ -222,8 +222,14 @@ pub struct RunArgs {
     #[arg(long, value_name = "DURATION", default_value = "15ms", value_parser = parse_duration_arg)]
     pub debounce: Duration,
     /// How long queued events may drain at shutdown (memory broker; Redis keeps them).
+    /// The process exits within this plus 1.5 s whatever is stuck; a second Ctrl-C or
+    /// SIGTERM exits at once.
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration_arg)]
     pub grace: Duration,
+    /// How long a handler's commit waits for room in a full group (memory broker) before
+    /// the run fails and is retried with the subscriber's backoff.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration_arg)]
+    pub full_wait: Duration,
     /// The broker: `memory` (the default), `redis://[:password@]host:port/db`, or
     /// `rediss://…` for Redis over TLS. For a Redis Cluster, any node, or several seed
     /// nodes comma-separated: `redis://:pw@node1:7000,node2:7000/0`.

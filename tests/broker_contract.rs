@@ -87,7 +87,7 @@ mod memory {
         #[tokio::test(start_paused = true)]
         clock = Clock::PAUSED,
         make = |group_capacity| async move {
-            Some((MemoryBroker::new(MemoryOptions { group_capacity }), ()))
+            Some((MemoryBroker::new(MemoryOptions { group_capacity, ..MemoryOptions::default() }), ()))
         }
     }
 }

@@ -278,7 +278,10 @@ async fn steps_are_seen_from_every_publishing_path_and_not_when_refused() {
     );
     // `blocker` takes every orderCreated and is never read: with room for two events, the
     // third orderCreated published with `Reject` (HTTP ingest) is refused.
-    let broker = MemoryBroker::new(MemoryOptions { group_capacity: 2 });
+    let broker = MemoryBroker::new(MemoryOptions {
+        group_capacity: 2,
+        ..MemoryOptions::default()
+    });
     broker
         .declare_group(&GroupSpec {
             name: "blocker".into(),

@@ -492,7 +492,10 @@ async fn a_configured_token_is_required() {
 
 /// A runtime with no flow and one group that nobody consumes, of capacity 1.
 async fn stuck_api() -> (Runtime<MemoryBroker>, MemoryBroker, Router) {
-    let broker = MemoryBroker::new(MemoryOptions { group_capacity: 1 });
+    let broker = MemoryBroker::new(MemoryOptions {
+        group_capacity: 1,
+        ..MemoryOptions::default()
+    });
     broker
         .declare_group(&GroupSpec {
             name: "stuck".into(),

@@ -37,7 +37,10 @@ fn options() -> RuntimeOptions {
 
 /// Starts a runtime on a fresh memory broker with `flow.toml` of `dir`.
 async fn start(dir: &FlowDir, group_capacity: usize) -> (Runtime<MemoryBroker>, MemoryBroker) {
-    let broker = MemoryBroker::new(MemoryOptions { group_capacity });
+    let broker = MemoryBroker::new(MemoryOptions {
+        group_capacity,
+        ..MemoryOptions::default()
+    });
     let mut runtime = Runtime::new(broker.clone(), options());
     let outcome = runtime
         .apply(dir.prepare("flow.toml"))

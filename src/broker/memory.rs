@@ -36,12 +36,20 @@ use crate::store::{MemoryStores, StoreRead};
 pub struct MemoryOptions {
     /// Events each group buffers before publishers are pushed back.
     pub group_capacity: usize,
+    /// Bytes of events (`Event::approx_bytes`) each group buffers before publishers are
+    /// pushed back; a group that holds nothing takes one event of any size.
+    pub group_bytes: usize,
+    /// How long a handler's commit waits for room in a full group before it fails with
+    /// `BrokerError::Full` (the runtime then retries the run with backoff).
+    pub full_wait: Duration,
 }
 
 impl Default for MemoryOptions {
     fn default() -> Self {
         MemoryOptions {
             group_capacity: 10_000,
+            group_bytes: 64 << 20,
+            full_wait: Duration::from_secs(5),
         }
     }
 }
@@ -78,6 +86,9 @@ struct Inner {
     observer: OnceLock<Arc<dyn AcceptObserver>>,
 }
 
+/// How often a commit waiting for room in a full group looks again.
+const FULL_POLL: Duration = Duration::from_millis(5);
+
 /// Dead letters kept in memory; past this, the oldest are dropped (and logged).
 const DEAD_LETTER_LIMIT: usize = 10_000;
 
@@ -92,13 +103,27 @@ struct GroupQueue {
     items_ready: Notify,
     space_ready: Notify,
     capacity: usize,
+    /// The byte budget (`MemoryOptions::group_bytes`).
+    budget: usize,
 }
+
+/// An event waiting in a group: the event, its redeliveries, its size.
+type Waiting = (Arc<Event>, u32, usize);
 
 #[derive(Default)]
 struct GroupState {
-    items: VecDeque<(Arc<Event>, u32)>,
+    items: VecDeque<Waiting>,
+    /// The sizes of `items`, summed.
+    bytes: usize,
     in_flight: usize,
     removed: bool,
+}
+
+impl GroupState {
+    /// Whether `n` more events of `bytes` fit (a group holding nothing takes anything).
+    fn fits(&self, n: usize, bytes: usize, capacity: usize, budget: usize) -> bool {
+        self.items.is_empty() || (self.items.len() + n <= capacity && self.bytes + bytes <= budget)
+    }
 }
 
 impl GroupQueue {
@@ -112,8 +137,8 @@ impl GroupQueue {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn has_room(&self) -> bool {
-        self.lock().items.len() < self.capacity
+    fn has_room_for(&self, n: usize, bytes: usize) -> bool {
+        self.lock().fits(n, bytes, self.capacity, self.budget)
     }
 
     /// Pushes without checking capacity (the caller did, or it is a nack); false when the
@@ -123,6 +148,7 @@ impl GroupQueue {
         &self,
         event: Arc<Event>,
         redeliveries: u32,
+        bytes: usize,
         front: bool,
         observe: Option<&dyn AcceptObserver>,
     ) -> bool {
@@ -134,41 +160,15 @@ impl GroupQueue {
             if let Some(observer) = observe {
                 observer.accepted(&event);
             }
+            state.bytes += bytes;
             if front {
-                state.items.push_front((event, redeliveries));
+                state.items.push_front((event, redeliveries, bytes));
             } else {
-                state.items.push_back((event, redeliveries));
+                state.items.push_back((event, redeliveries, bytes));
             }
         }
         self.items_ready.notify_one();
         true
-    }
-
-    /// Pushes, waiting for room; false when the group has been removed. `observe` sees
-    /// the event as it enters, as with `push` (not while it waits for room: a publisher
-    /// that gives up waiting published nothing here).
-    async fn push_waiting(&self, event: Arc<Event>, observe: Option<&dyn AcceptObserver>) -> bool {
-        loop {
-            let notified = self.space_ready.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            {
-                let mut state = self.lock();
-                if state.removed {
-                    return false;
-                }
-                if state.items.len() < self.capacity {
-                    if let Some(observer) = observe {
-                        observer.accepted(&event);
-                    }
-                    state.items.push_back((event, 0));
-                    drop(state);
-                    self.items_ready.notify_one();
-                    return true;
-                }
-            }
-            notified.await;
-        }
     }
 }
 
@@ -312,11 +312,22 @@ impl MemoryBroker {
         dead.push_back(event);
     }
 
-    async fn publish_inner(&self, event: Event, mode: Backpressure) -> Result<(), BrokerError> {
+    async fn publish_inner(&self, event: Event, mode: Admit) -> Result<(), BrokerError> {
         let mut groups = self.route(&event.topic);
+        let bytes = if groups.is_empty() {
+            0
+        } else {
+            event.approx_bytes()
+        };
+        if mode == Admit::Wait {
+            // Room in every group first, then all of them at once: a publisher that gives
+            // up waiting (its future dropped) has published to none.
+            self.wait_for_room(std::slice::from_ref(&event), None)
+                .await?;
+        }
         let event = Arc::new(event);
-        if mode == Backpressure::Reject {
-            if let Some(full) = groups.iter().find(|g| !g.has_room()) {
+        if mode == Admit::Reject {
+            if let Some(full) = groups.iter().find(|g| !g.has_room_for(1, bytes)) {
                 return Err(BrokerError::Full {
                     group: full.name.to_string(),
                 });
@@ -337,10 +348,7 @@ impl MemoryBroker {
                     continue;
                 }
                 let observe = if observed { None } else { observer };
-                let pushed = match mode {
-                    Backpressure::Reject => group.push(event.clone(), 0, false, observe),
-                    Backpressure::Wait => group.push_waiting(event.clone(), observe).await,
-                };
+                let pushed = group.push(event.clone(), 0, bytes, false, observe);
                 if pushed {
                     observed = true;
                     reached.push(group.name.clone());
@@ -359,6 +367,27 @@ impl MemoryBroker {
         // Only what was accepted is shown to taps.
         self.feed_taps(&event);
         Ok(())
+    }
+}
+
+/// How `publish_inner` admits an event into full groups.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Admit {
+    /// Refuse at once (`Backpressure::Reject`).
+    Reject,
+    /// Wait for room as long as it takes (`Backpressure::Wait`).
+    Wait,
+    /// Push without looking at room: the caller waited for it already (a commit), or the
+    /// event must never be refused (a dead letter).
+    Force,
+}
+
+impl From<Backpressure> for Admit {
+    fn from(mode: Backpressure) -> Admit {
+        match mode {
+            Backpressure::Reject => Admit::Reject,
+            Backpressure::Wait => Admit::Wait,
+        }
     }
 }
 
@@ -393,7 +422,7 @@ async fn run_schedule(weak: Weak<Inner>) {
             };
             for (_, event) in due {
                 // A removed destination simply drops the event, as a publish would.
-                let _ = broker.publish_inner(event, Backpressure::Wait).await;
+                let _ = broker.publish_inner(event, Admit::Wait).await;
             }
             next
         };
@@ -448,6 +477,7 @@ impl Broker for MemoryBroker {
                             items_ready: Notify::new(),
                             space_ready: Notify::new(),
                             capacity: self.inner.options.group_capacity,
+                            budget: self.inner.options.group_bytes,
                         }),
                     );
                 }
@@ -468,6 +498,7 @@ impl Broker for MemoryBroker {
             let left = {
                 let mut state = group.lock();
                 state.removed = true;
+                state.bytes = 0;
                 std::mem::take(&mut state.items)
             };
             group.items_ready.notify_waiters();
@@ -479,11 +510,11 @@ impl Broker for MemoryBroker {
                     .lock()
                     .items
                     .iter()
-                    .map(|(e, _)| e.id.clone())
+                    .map(|(e, _, _)| e.id.clone())
                     .collect();
-                for (event, redeliveries) in left {
+                for (event, redeliveries, bytes) in left {
                     if !held.contains(&event.id) {
-                        heir.push(event, redeliveries, false, None);
+                        heir.push(event, redeliveries, bytes, false, None);
                     }
                 }
             }
@@ -492,12 +523,12 @@ impl Broker for MemoryBroker {
     }
 
     async fn publish(&self, event: Event, mode: Backpressure) -> Result<(), BrokerError> {
-        self.publish_inner(event, mode).await
+        self.publish_inner(event, mode.into()).await
     }
 
     async fn publish_later(&self, event: Event, delay: Duration) -> Result<(), BrokerError> {
         if delay.is_zero() {
-            return self.publish_inner(event, Backpressure::Wait).await;
+            return self.publish_inner(event, Admit::Wait).await;
         }
         let due = due_after(Instant::now(), delay)?;
         self.schedule_at(event, due);
@@ -547,17 +578,31 @@ impl Broker for MemoryBroker {
         for (target, n) in per_queue.values() {
             target.check_room(*n)?;
         }
+        // Room in every group the events enter, waited for (at most `full_wait`) before
+        // anything is visible; past this point nothing waits, so a commit given up (the
+        // future dropped) has done nothing.
+        let (now_events, later): (Vec<_>, Vec<_>) =
+            deferred.into_iter().partition(|(_, due)| due.is_none());
+        let publish: Vec<Event> = effects
+            .publish
+            .into_iter()
+            .chain(now_events.into_iter().map(|(event, _)| event))
+            .collect();
+        let deadline = Instant::now() + self.inner.options.full_wait;
+        self.wait_for_room(&publish, Some(deadline)).await?;
+        for (target, n) in per_queue.values() {
+            target.check_room(*n)?;
+        }
         for (target, item, due) in queued {
             target.push_checked(item.clone(), due)?;
             self.feed_taps(&item);
         }
-        for event in effects.publish {
-            self.publish_inner(event, Backpressure::Wait).await?;
+        for event in publish {
+            self.publish_inner(event, Admit::Force).await?;
         }
-        for (event, due) in deferred {
-            match due {
-                Some(due) => self.schedule_at(event, due),
-                None => self.publish_inner(event, Backpressure::Wait).await?,
+        for (event, due) in later {
+            if let Some(due) = due {
+                self.schedule_at(event, due);
             }
         }
         self.inner.stores.apply(&effects.store_writes);
@@ -575,7 +620,8 @@ impl Broker for MemoryBroker {
         }
         if let Some(dead) = effects.dead_letter {
             self.store_dead(dead.clone());
-            self.publish_inner(dead, Backpressure::Wait).await?;
+            // Never refused: a dead letter ends an event's journey.
+            self.publish_inner(dead, Admit::Force).await?;
         }
         self.settle(&delivery);
         Ok(())
@@ -594,7 +640,8 @@ impl Broker for MemoryBroker {
                 let mut state = group.lock();
                 state.in_flight = state.in_flight.saturating_sub(1);
             }
-            group.push(delivery.event, delivery.redeliveries + 1, true, None);
+            let bytes = delivery.event.approx_bytes();
+            group.push(delivery.event, delivery.redeliveries + 1, bytes, true, None);
         }
         Ok(())
     }
@@ -722,6 +769,60 @@ impl Broker for MemoryBroker {
 }
 
 impl MemoryBroker {
+    /// Waits until every group that `events` enter has room for all of them (counting
+    /// events and bytes), until `deadline` if there is one.
+    ///
+    /// # Errors
+    /// `BrokerError::Full` naming a group still full at the deadline.
+    async fn wait_for_room(
+        &self,
+        events: &[Event],
+        deadline: Option<Instant>,
+    ) -> Result<(), BrokerError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        loop {
+            let mut needs: Vec<(Arc<GroupQueue>, usize, usize)> = Vec::new();
+            for event in events {
+                let groups = self.route(&event.topic);
+                if groups.is_empty() {
+                    continue;
+                }
+                let bytes = event.approx_bytes();
+                for group in groups.iter() {
+                    match needs.iter_mut().find(|(g, _, _)| Arc::ptr_eq(g, group)) {
+                        Some(need) => {
+                            need.1 += 1;
+                            need.2 += bytes;
+                        }
+                        None => needs.push((group.clone(), 1, bytes)),
+                    }
+                }
+            }
+            let Some((full, _, _)) = needs
+                .iter()
+                .find(|(g, n, bytes)| !g.has_room_for(*n, *bytes))
+            else {
+                return Ok(());
+            };
+            let now = Instant::now();
+            if deadline.is_some_and(|d| now >= d) {
+                return Err(BrokerError::Full {
+                    group: full.name.to_string(),
+                });
+            }
+            // Woken when a consumer takes an event; also every few milliseconds, since a
+            // wake-up taken by another waiter that still lacked room is not passed on.
+            let pause = deadline.map_or(FULL_POLL, |d| FULL_POLL.min(d - now));
+            let notified = full.space_ready.notified();
+            tokio::select! {
+                _ = notified => {}
+                _ = tokio::time::sleep(pause) => {}
+            }
+        }
+    }
+
     fn settle(&self, delivery: &Delivery) {
         if delivery.from_queue {
             if let Ok(queue) = self.work_queue(&delivery.group) {
@@ -753,9 +854,10 @@ impl GroupQueue {
                 group: self.name.to_string(),
             });
         }
-        let Some((event, redeliveries)) = state.items.pop_front() else {
+        let Some((event, redeliveries, bytes)) = state.items.pop_front() else {
             return Ok(None);
         };
+        state.bytes = state.bytes.saturating_sub(bytes);
         state.in_flight += 1;
         let more = !state.items.is_empty();
         drop(state);

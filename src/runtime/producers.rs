@@ -10,7 +10,7 @@ use std::time::Instant;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn, Instrument};
+use tracing::{debug, info, warn, Instrument};
 
 use crate::broker::{Backpressure, Broker};
 use crate::event::Event;
@@ -27,11 +27,24 @@ pub(crate) struct ProducerContext<B: Broker> {
 }
 
 impl<B: Broker> ProducerContext<B> {
+    /// Publishes, waiting for room in full groups, but never past the producer's stop:
+    /// a producer asked to stop (a reload, shutdown) gives up the event it waits with.
     async fn publish(&self, event: Event) -> bool {
-        self.shared.metrics.published(&event.topic);
-        self.shared.history.record(&event, &self.name, None);
-        match self.shared.broker.publish(event, Backpressure::Wait).await {
-            Ok(()) => true,
+        let topic = event.topic.clone();
+        let pending = crate::runtime::history::Pending::of(&event, &self.name, None);
+        let published = tokio::select! {
+            published = self.shared.broker.publish(event, Backpressure::Wait) => published,
+            _ = self.token.cancelled() => {
+                debug!(topic, "producer stopped while waiting for room; the event was not published");
+                return false;
+            }
+        };
+        match published {
+            Ok(()) => {
+                self.shared.metrics.published(&topic);
+                self.shared.history.insert(pending);
+                true
+            }
             Err(e) => {
                 warn!(error = %e, "publish failed");
                 false

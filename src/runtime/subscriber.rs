@@ -163,6 +163,8 @@ enum Refused {
     Retry(String),
     /// The broker could not take the commit at all.
     Fatal(BrokerError),
+    /// The worker was asked to stop while the commit waited: nothing was committed.
+    Stopping,
 }
 
 impl<B: Broker> SubscriberTask<B> {
@@ -196,6 +198,10 @@ impl<B: Broker> SubscriberTask<B> {
                         return;
                     }
                     Err(Refused::Retry(message)) => ScriptError::Failed { message },
+                    Err(Refused::Stopping) => {
+                        let _ = self.shared.broker.nack(delivery).await;
+                        return;
+                    }
                     Err(Refused::Fatal(e)) => {
                         warn!(error = %e, "could not commit; giving the event back");
                         let _ = self.shared.broker.nack(delivery).await;
@@ -213,7 +219,9 @@ impl<B: Broker> SubscriberTask<B> {
                 self.metrics.dead_letters.fetch_add(1, Ordering::Relaxed);
                 let dead = self.dead_letter(&delivery, attempt, &error, code.generation);
                 if let Err(e) = self.settle(&delivery, dead, token).await {
-                    warn!(error = ?e, "could not dead-letter the event; giving it back");
+                    if !matches!(e, Refused::Stopping) {
+                        warn!(error = ?e, "could not dead-letter the event; giving it back");
+                    }
                     let _ = self.shared.broker.nack(delivery).await;
                 }
                 return;
@@ -263,7 +271,14 @@ impl<B: Broker> SubscriberTask<B> {
                 }
             }
         } else {
-            broker.commit(delivery.clone(), effects).await
+            // A commit may wait for room in a full group (at most the broker's `full_wait`);
+            // a worker asked to stop gives up waiting, and the event goes back.
+            tokio::select! {
+                // First: a commit that need not wait lands even when stopping.
+                biased;
+                committed = broker.commit(delivery.clone(), effects) => committed,
+                _ = token.cancelled() => return Err(Refused::Stopping),
+            }
         };
         match committed {
             Ok(()) => {
@@ -272,11 +287,18 @@ impl<B: Broker> SubscriberTask<B> {
                 }
                 Ok(())
             }
+            Err(e @ BrokerError::Full { .. }) => {
+                self.metrics.full_waits.fetch_add(1, Ordering::Relaxed);
+                Err(Refused::Retry(format!(
+                    "commit refused: {e}, still after waiting"
+                )))
+            }
             Err(
                 e @ (BrokerError::QueueFull { .. }
                 | BrokerError::UnknownQueue { .. }
                 | BrokerError::DelayTooLong { .. }
-                | BrokerError::Undelayable { .. }),
+                | BrokerError::Undelayable { .. }
+                | BrokerError::OutOfMemory),
             ) => Err(Refused::Retry(format!("commit refused: {e}"))),
             Err(e) => Err(Refused::Fatal(e)),
         }
