@@ -159,6 +159,42 @@ fn an_invalid_edit_prints_the_diagnostic_and_the_old_code_keeps_working() {
 }
 
 #[test]
+fn an_import_ring_saved_live_is_a_diagnostic_and_the_last_good_generation_runs_on() {
+    let dir = flow_dir();
+    dir.write("lib/a.rhai", "fn tag() { \"a\" }\n");
+    dir.write("lib/b.rhai", "fn tag() { \"b\" }\n");
+    dir.write(
+        "handlers/worker.rhai",
+        &format!("import \"lib/a\" as a;\n{}", worker("v1")),
+    );
+    let mut instance = Instance::start(dir.root(), &["flow.toml"]);
+    instance.wait_until_watching(&dir, "flow.toml");
+    assert_eq!(handled_by(&mut instance), "v1");
+
+    // `a` imports `b`, which imports `a`: unbounded recursion if it were followed.
+    dir.save_atomic("lib/b.rhai", "import \"lib/a\" as a;\nfn tag() { \"b\" }\n");
+    dir.save_atomic("lib/a.rhai", "import \"lib/b\" as b;\nfn tag() { \"a\" }\n");
+    instance.wait("the import ring's diagnostic", WITHIN, |i| {
+        let stderr = i.stderr();
+        stderr.contains("import cycle: `lib/a` imports `lib/b` imports `lib/a`")
+            && stderr.contains("keeping generation 1")
+    });
+    for _ in 0..3 {
+        assert_eq!(
+            handled_by(&mut instance),
+            "v1",
+            "the last good code runs on"
+        );
+    }
+    assert_eq!(instance.health()["generation"], 1);
+
+    // Breaking the ring is picked up as usual.
+    dir.save_atomic("lib/b.rhai", "fn tag() { \"b\" }\n");
+    dir.save_atomic("handlers/worker.rhai", &worker("v2"));
+    wait_for_version(&mut instance, "v2");
+}
+
+#[test]
 fn with_no_watch_edits_wait_for_sighup_or_admin_reload() {
     let dir = flow_dir();
     let mut instance = Instance::start(dir.root(), &["flow.toml", "--no-watch"]);
