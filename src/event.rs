@@ -34,6 +34,23 @@ pub mod limits {
     pub const MAX_DATA_DEPTH: usize = 64;
 }
 
+/// The extension attributes of a dead letter: why and where its event failed (see
+/// `runtime::dead_letter`, which builds them).
+pub mod dead_letter {
+    /// Why the event was dead-lettered (the error's text).
+    pub const REASON: &str = "deadletterreason";
+    /// How many runs were tried.
+    pub const ATTEMPTS: &str = "deadletterattempts";
+    /// The component that gave up (a subscriber or a relay).
+    pub const SUBSCRIBER: &str = "deadlettersubscriber";
+    /// The topic the event came from.
+    pub const TOPIC: &str = "deadlettertopic";
+    /// The id of the original event.
+    pub const ID: &str = "deadletterid";
+    /// The queue the event came from, when it came from one.
+    pub const QUEUE: &str = "deadletterqueue";
+}
+
 /// How deeply arrays and objects nest in `value` (a scalar is 0 deep, `[]` and `{}` 1).
 /// Iterative, so a value nested past any limit is measured without recursion.
 pub fn data_depth(value: &serde_json::Value) -> usize {

@@ -42,6 +42,9 @@ pub struct MemoryOptions {
     /// How long a handler's commit waits for room in a full group before it fails with
     /// `BrokerError::Full` (the runtime then retries the run with backoff).
     pub full_wait: Duration,
+    /// Bytes of items each work queue holds (serialised ones counted as such) before
+    /// enqueueing fails; a queue holding nothing takes one item of any size.
+    pub queue_bytes: usize,
 }
 
 impl Default for MemoryOptions {
@@ -50,6 +53,7 @@ impl Default for MemoryOptions {
             group_capacity: 10_000,
             group_bytes: 64 << 20,
             full_wait: Duration::from_secs(5),
+            queue_bytes: 512 << 20,
         }
     }
 }
@@ -302,6 +306,16 @@ impl MemoryBroker {
             })
     }
 
+    /// Where a work queue sends an item it cannot decode: the dead-letter store.
+    fn dead_sink(&self) -> crate::broker::memory_queue::DeadSink {
+        let weak = Arc::downgrade(&self.inner);
+        Arc::new(move |dead: Event| {
+            if let Some(inner) = weak.upgrade() {
+                MemoryBroker { inner }.store_dead(dead);
+            }
+        })
+    }
+
     fn store_dead(&self, event: Event) {
         let mut dead = self.inner.dead.lock().unwrap_or_else(|e| e.into_inner());
         if dead.len() >= DEAD_LETTER_LIMIT {
@@ -551,13 +565,14 @@ impl Broker for MemoryBroker {
         // and the caller can retry the whole handler run.
         let now = Instant::now();
         let mut queued = Vec::with_capacity(effects.enqueue.len());
-        let mut per_queue: HashMap<String, (Arc<WorkQueue>, usize)> = HashMap::new();
+        let mut per_queue: HashMap<String, (Arc<WorkQueue>, usize, usize)> = HashMap::new();
         for (queue, item, delay) in effects.enqueue {
             let target = self.work_queue(&queue)?;
-            per_queue
+            let need = per_queue
                 .entry(queue)
-                .or_insert_with(|| (target.clone(), 0))
-                .1 += 1;
+                .or_insert_with(|| (target.clone(), 0, 0));
+            need.1 += 1;
+            need.2 += item.approx_bytes();
             queued.push((target, Arc::new(item), due_after(now, delay)?));
         }
         // Every delay is checked before anything is visible: a commit refused for one
@@ -575,8 +590,8 @@ impl Broker for MemoryBroker {
             })
             .collect::<Result<Vec<_>, BrokerError>>()?;
         // Check every queue before adding to any: the commit lands whole or not at all.
-        for (target, n) in per_queue.values() {
-            target.check_room(*n)?;
+        for (target, n, bytes) in per_queue.values() {
+            target.check_room(*n, *bytes)?;
         }
         // Room in every group the events enter, waited for (at most `full_wait`) before
         // anything is visible; past this point nothing waits, so a commit given up (the
@@ -590,8 +605,8 @@ impl Broker for MemoryBroker {
             .collect();
         let deadline = Instant::now() + self.inner.options.full_wait;
         self.wait_for_room(&publish, Some(deadline)).await?;
-        for (target, n) in per_queue.values() {
-            target.check_room(*n)?;
+        for (target, n, bytes) in per_queue.values() {
+            target.check_room(*n, *bytes)?;
         }
         for (target, item, due) in queued {
             target.push_checked(item.clone(), due)?;
@@ -683,7 +698,12 @@ impl Broker for MemoryBroker {
             None => {
                 queues.insert(
                     spec.name.clone(),
-                    Arc::new(WorkQueue::new(&spec.name, spec.capacity)),
+                    Arc::new(WorkQueue::new(
+                        &spec.name,
+                        spec.capacity,
+                        self.inner.options.queue_bytes,
+                        self.dead_sink(),
+                    )),
                 );
             }
         }

@@ -8,7 +8,9 @@
 //!
 //! Items due more than `COLD_AFTER` ahead are kept serialised (their JSON form is a
 //! fraction of the in-memory event), so a million reminders due in an hour fit in a few
-//! hundred MiB; they are decoded when taken.
+//! hundred MiB; they are decoded when taken. A queue holds at most its byte budget of items
+//! (`MemoryOptions::queue_bytes`) besides its `capacity`. An item that cannot be decoded
+//! (a bug: only this module writes them) goes to the dead-letter store, not away.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -41,20 +43,31 @@ impl Held {
         Held::Hot(item)
     }
 
-    fn into_event(self) -> Option<Arc<Event>> {
+    /// What the item counts against the queue's byte budget.
+    fn bytes(&self) -> usize {
         match self {
-            Held::Hot(event) => Some(event),
+            Held::Hot(event) => event.approx_bytes(),
+            Held::Cold(bytes) => bytes.len() + COLD_OVERHEAD,
+        }
+    }
+
+    /// The item, or why it cannot be read back (with its bytes, for the dead letter).
+    fn into_event(self) -> Result<Arc<Event>, (String, Box<[u8]>)> {
+        match self {
+            Held::Hot(event) => Ok(event),
             Held::Cold(bytes) => match serde_json::from_slice::<Event>(&thaw(&bytes)) {
-                Ok(event) => Some(Arc::new(event)),
-                Err(e) => {
-                    // Only edaflow writes these bytes; failing to read them back is a bug.
-                    error!(error = %e, "could not decode a stored queue item; it is skipped");
-                    None
-                }
+                Ok(event) => Ok(Arc::new(event)),
+                Err(e) => Err((e.to_string(), bytes)),
             },
         }
     }
 }
+
+/// A held cold item's bookkeeping (its map entry, its box) beside its bytes.
+const COLD_OVERHEAD: usize = 64;
+
+/// Where a queue sends an item it cannot decode: the broker's dead-letter store.
+pub(crate) type DeadSink = Arc<dyn Fn(Event) + Send + Sync>;
 
 /// The event's JSON, as held: without the two fields nearly every event has the same
 /// (`"specversion":"1.0"` first, and `"datacontenttype":"application/json"` after `time`:
@@ -106,30 +119,46 @@ pub(crate) struct WorkQueue {
     pub name: Arc<str>,
     state: Mutex<QueueState>,
     changed: Notify,
+    /// The byte budget (`MemoryOptions::queue_bytes`).
+    budget: usize,
+    dead: DeadSink,
 }
 
 struct QueueState {
     capacity: Option<usize>,
-    scheduled: BTreeMap<(Instant, u64), (Held, u32)>,
-    ready: VecDeque<(Arc<Event>, u32)>,
+    /// Items not yet due: (held item, redeliveries, bytes counted).
+    scheduled: BTreeMap<(Instant, u64), (Held, u32, usize)>,
+    /// Items given back: (item, redeliveries, bytes counted).
+    ready: VecDeque<(Arc<Event>, u32, usize)>,
+    /// What `scheduled` and `ready` count against the budget.
+    bytes: usize,
     seq: u64,
     in_flight: usize,
     removed: bool,
 }
 
+impl QueueState {
+    fn held(&self) -> usize {
+        self.scheduled.len() + self.ready.len()
+    }
+}
+
 impl WorkQueue {
-    pub fn new(name: &str, capacity: Option<usize>) -> WorkQueue {
+    pub fn new(name: &str, capacity: Option<usize>, budget: usize, dead: DeadSink) -> WorkQueue {
         WorkQueue {
             name: name.into(),
             state: Mutex::new(QueueState {
                 capacity,
                 scheduled: BTreeMap::new(),
                 ready: VecDeque::new(),
+                bytes: 0,
                 seq: 0,
                 in_flight: 0,
                 removed: false,
             }),
             changed: Notify::new(),
+            budget,
+            dead,
         }
     }
 
@@ -147,23 +176,33 @@ impl WorkQueue {
             state.removed = true;
             state.scheduled.clear();
             state.ready.clear();
+            state.bytes = 0;
         }
         self.changed.notify_waiters();
     }
 
-    /// Fails with `QueueFull` unless `n` more items fit.
-    pub fn check_room(&self, n: usize) -> Result<(), BrokerError> {
+    /// Fails with `QueueFull` unless `n` more items of `bytes` in all fit.
+    pub fn check_room(&self, n: usize, bytes: usize) -> Result<(), BrokerError> {
         let state = self.lock();
         if state.removed {
             return Err(BrokerError::UnknownQueue {
                 queue: self.name.to_string(),
             });
         }
+        self.fits(&state, n, bytes)
+    }
+
+    fn fits(&self, state: &QueueState, n: usize, bytes: usize) -> Result<(), BrokerError> {
         match state.capacity {
-            Some(capacity) if state.scheduled.len() + state.ready.len() + n > capacity => {
-                Err(BrokerError::QueueFull {
+            Some(capacity) if state.held() + n > capacity => Err(BrokerError::QueueFull {
+                queue: self.name.to_string(),
+                capacity,
+            }),
+            // An empty queue takes an item of any size.
+            _ if state.held() > 0 && state.bytes + bytes > self.budget => {
+                Err(BrokerError::QueueOverBudget {
                     queue: self.name.to_string(),
-                    capacity,
+                    bytes: self.budget,
                 })
             }
             _ => Ok(()),
@@ -189,20 +228,16 @@ impl WorkQueue {
                     queue: self.name.to_string(),
                 });
             }
-            if let Some(capacity) = state.capacity.filter(|_| enforce) {
-                if state.scheduled.len() + state.ready.len() >= capacity {
-                    return Err(BrokerError::QueueFull {
-                        queue: self.name.to_string(),
-                        capacity,
-                    });
-                }
+            let held = Held::new(item, due);
+            let bytes = held.bytes();
+            if enforce {
+                self.fits(&state, 1, bytes)?;
             }
             let earliest = state.scheduled.keys().next().map(|(at, _)| *at);
             state.seq += 1;
             let seq = state.seq;
-            state
-                .scheduled
-                .insert((due, seq), (Held::new(item, due), 0));
+            state.bytes += bytes;
+            state.scheduled.insert((due, seq), (held, 0, bytes));
             // Sleepers wait for the earliest due time: only an earlier item needs them.
             earliest.is_none_or(|at| due < at)
         };
@@ -220,7 +255,9 @@ impl WorkQueue {
             if state.removed {
                 return;
             }
-            state.ready.push_front((item, redeliveries));
+            let bytes = item.approx_bytes();
+            state.bytes += bytes;
+            state.ready.push_front((item, redeliveries, bytes));
         }
         self.changed.notify_one();
     }
@@ -239,12 +276,19 @@ impl WorkQueue {
             });
         }
         let now = Instant::now();
-        let mut item = state.ready.pop_front();
+        let mut item = state.ready.pop_front().map(|(event, redeliveries, bytes)| {
+            state.bytes = state.bytes.saturating_sub(bytes);
+            (event, redeliveries)
+        });
         while item.is_none() {
             match state.scheduled.first_key_value() {
                 Some(((due, _), _)) if *due <= now => {
-                    if let Some((_, (held, redeliveries))) = state.scheduled.pop_first() {
-                        item = held.into_event().map(|event| (event, redeliveries));
+                    if let Some((_, (held, redeliveries, bytes))) = state.scheduled.pop_first() {
+                        state.bytes = state.bytes.saturating_sub(bytes);
+                        match held.into_event() {
+                            Ok(event) => item = Some((event, redeliveries)),
+                            Err((reason, raw)) => self.undecodable(&reason, &raw),
+                        }
                     }
                 }
                 _ => break,
@@ -263,6 +307,26 @@ impl WorkQueue {
             }
             None => Ok(Err(state.scheduled.keys().next().map(|(at, _)| *at))),
         }
+    }
+
+    /// An item that cannot be read back: logged, and kept as a dead letter with its bytes
+    /// as text, so that nothing accepted disappears without a trace.
+    fn undecodable(&self, reason: &str, raw: &[u8]) {
+        error!(queue = %self.name, %reason, "could not decode a stored queue item; it is dead-lettered");
+        let text = String::from_utf8_lossy(&thaw(raw)).into_owned();
+        let mut dead = Event::new(
+            format!("dead.{}", self.name),
+            format!("edaflow://queues/{}", self.name),
+            serde_json::Value::String(text),
+        );
+        let reason = format!("undecodable queue item: {reason}");
+        dead.extensions
+            .insert(crate::event::dead_letter::REASON.into(), reason.into());
+        dead.extensions.insert(
+            crate::event::dead_letter::QUEUE.into(),
+            self.name.to_string().into(),
+        );
+        (self.dead)(dead);
     }
 
     pub fn try_next(&self) -> Result<Option<Delivery>, BrokerError> {
@@ -299,7 +363,7 @@ impl WorkQueue {
             .map(|at| u64::try_from((at - now).as_millis()).unwrap_or(u64::MAX));
         QueueStats {
             name: self.name.to_string(),
-            depth: state.scheduled.len() + state.ready.len(),
+            depth: state.held(),
             due_now: due_scheduled + state.ready.len(),
             next_due_ms,
             in_flight: state.in_flight,
@@ -367,5 +431,71 @@ mod tests {
             (thawed.specversion.as_str(), thawed.datacontenttype.as_str()),
             ("1.1", "text/plain")
         );
+    }
+
+    fn sink() -> (DeadSink, Arc<Mutex<Vec<Event>>>) {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let into = seen.clone();
+        (Arc::new(move |e| into.lock().unwrap().push(e)), seen)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_queue_holds_at_most_its_byte_budget() {
+        let (dead, _) = sink();
+        let queue = WorkQueue::new("q", None, 20_000, dead);
+        let big = Arc::new(Event::new("q", "t", json!({"blob": "x".repeat(4_000)})));
+        let mut taken = 0;
+        let refused = loop {
+            match queue.push(big.clone(), Instant::now()) {
+                Ok(()) => taken += 1,
+                Err(e) => break e,
+            }
+            assert!(taken < 100, "the budget never bound the queue");
+        };
+        assert!(
+            matches!(refused, BrokerError::QueueOverBudget { .. }),
+            "{refused}"
+        );
+        assert!(
+            (4..=5).contains(&taken),
+            "{taken} items of about 4 KiB in 20,000 bytes"
+        );
+        assert!(queue.check_room(1, big.approx_bytes()).is_err());
+        // Taking one makes room for one.
+        assert!(queue.try_next().unwrap().is_some());
+        queue.push(big.clone(), Instant::now()).expect("room again");
+        // An empty queue takes an item of any size.
+        let (dead, _) = sink();
+        let small = WorkQueue::new("s", None, 10, dead);
+        small
+            .push(big, Instant::now())
+            .expect("the first item always fits");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_item_that_cannot_be_read_back_is_dead_lettered() {
+        let (dead, seen) = sink();
+        let queue = WorkQueue::new("jobs", None, 1 << 20, dead);
+        {
+            let mut state = queue.lock();
+            state.scheduled.insert(
+                (Instant::now(), 1),
+                (Held::Cold(Box::from(&b"{\"id\": 7, garbled"[..])), 0, 10),
+            );
+            state.bytes = 10;
+            state.seq = 1;
+        }
+        queue
+            .push(Arc::new(Event::new("jobs", "t", json!(1))), Instant::now())
+            .unwrap();
+        // The garbled item goes to the dead letters; the next one is handed out.
+        let next = queue.try_next().unwrap().expect("the good item");
+        assert_eq!(next.event.data, json!(1));
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 1);
+        assert_eq!(seen[0].topic, "dead.jobs");
+        let reason = seen[0].extensions["deadletterreason"].as_str().unwrap();
+        assert!(reason.starts_with("undecodable queue item: "), "{reason}");
+        assert!(seen[0].data.as_str().unwrap().contains("garbled"));
     }
 }

@@ -48,6 +48,13 @@ pub enum BrokerError {
         help("raise the queue's `capacity`, or add workers")
     )]
     QueueFull { queue: String, capacity: usize },
+    /// A queue held in memory holds its byte budget of items already.
+    #[error("queue `{queue}` is full (it holds its budget of {bytes} bytes)")]
+    #[diagnostic(
+        code(edaflow::broker::queue_over_budget),
+        help("add workers, or use the Redis broker for large backlogs")
+    )]
+    QueueOverBudget { queue: String, bytes: usize },
     /// A delay so long that its due time cannot be represented.
     #[error("a delay of {delay_ms} ms is too long")]
     #[diagnostic(code(edaflow::broker::delay_too_long))]

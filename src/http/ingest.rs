@@ -143,7 +143,9 @@ async fn accept<B: Broker>(
 pub(crate) fn refused(error: BrokerError) -> ApiError {
     match error {
         BrokerError::Full { group } => ApiError::Backpressure { group },
-        BrokerError::QueueFull { queue, .. } => ApiError::Backpressure { group: queue },
+        BrokerError::QueueFull { queue, .. } | BrokerError::QueueOverBudget { queue, .. } => {
+            ApiError::Backpressure { group: queue }
+        }
         BrokerError::UnknownQueue { queue } => ApiError::UnknownQueue { queue },
         e @ BrokerError::DelayTooLong { .. } => ApiError::BadParameter {
             detail: e.to_string(),

@@ -1,23 +1,12 @@
 //! Dead letters: the event a component gave up on, as a new event on a dead-letter topic,
 //! with why and where it failed in CloudEvents extension attributes. Every component that
 //! gives up on an event (a subscriber after its last attempt, a relay whose filter or
-//! transform fails, a journey past its hop limit) builds it here, so the attributes are
-//! named in one place.
+//! transform fails, a journey past its hop limit) builds it here; the attributes' names
+//! live with the event (`event::dead_letter`).
 
 use crate::event::Event;
 
-/// Why the event was dead-lettered (the error's text).
-pub const REASON: &str = "deadletterreason";
-/// How many runs were tried.
-pub const ATTEMPTS: &str = "deadletterattempts";
-/// The component that gave up (a subscriber or a relay).
-pub const SUBSCRIBER: &str = "deadlettersubscriber";
-/// The topic the event came from.
-pub const TOPIC: &str = "deadlettertopic";
-/// The id of the original event.
-pub const ID: &str = "deadletterid";
-/// The queue the event came from, when it came from one.
-pub const QUEUE: &str = "deadletterqueue";
+pub use crate::event::dead_letter::{ATTEMPTS, ID, QUEUE, REASON, SUBSCRIBER, TOPIC};
 
 /// Where an event failed, for its dead letter.
 pub struct Failure<'a> {

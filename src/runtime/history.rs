@@ -25,6 +25,10 @@ const SHARDS: usize = 16;
 pub const MAX_JOURNEYS: usize = 10_000;
 /// Events kept per journey.
 pub const MAX_EVENTS_PER_JOURNEY: usize = 1_000;
+/// Bytes of entries kept (in total, across shards): past them the oldest journeys go
+/// first, whatever their count. Client-chosen ids are bounded (`event::limits`), so this
+/// holds about 200,000 entries of long ids, or more of ULIDs.
+pub const MAX_BYTES: usize = 64 << 20;
 
 /// One event of a journey.
 #[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq)]
@@ -81,6 +85,30 @@ impl Pending {
 struct Shard {
     journeys: HashMap<String, Vec<TraceEntry>>,
     order: VecDeque<String>,
+    /// The entries' sizes (`entry_bytes`), summed over every journey.
+    bytes: usize,
+}
+
+/// About how much memory an entry (and its share of its journey's key) holds.
+fn entry_bytes(entry: &TraceEntry) -> usize {
+    const FIXED: usize = 160;
+    FIXED
+        + entry.id.len()
+        + entry.causation_id.as_ref().map_or(0, String::len)
+        + entry.topic.len()
+        + entry.emitted_by.len()
+}
+
+impl Shard {
+    fn forget_oldest(&mut self) {
+        let Some(oldest) = self.order.pop_front() else {
+            return;
+        };
+        if let Some(events) = self.journeys.remove(&oldest) {
+            let freed: usize = events.iter().map(|e| entry_bytes(e) + oldest.len()).sum();
+            self.bytes = self.bytes.saturating_sub(freed);
+        }
+    }
 }
 
 /// The history.
@@ -265,21 +293,26 @@ impl History {
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         let shard = &mut *shard;
+        let bytes = entry_bytes(&entry) + correlation.len();
         match shard.journeys.get_mut(&correlation) {
             Some(events) => {
-                if events.len() < MAX_EVENTS_PER_JOURNEY {
-                    events.push(entry);
+                if events.len() >= MAX_EVENTS_PER_JOURNEY {
+                    return;
                 }
+                events.push(entry);
             }
             None => {
                 if shard.order.len() >= MAX_JOURNEYS / SHARDS {
-                    if let Some(oldest) = shard.order.pop_front() {
-                        shard.journeys.remove(&oldest);
-                    }
+                    shard.forget_oldest();
                 }
                 shard.order.push_back(correlation.clone());
                 shard.journeys.insert(correlation, vec![entry]);
             }
+        }
+        shard.bytes += bytes;
+        // The journey just written is the newest: older ones go first, and it goes last.
+        while shard.bytes > MAX_BYTES / SHARDS && shard.order.len() > 1 {
+            shard.forget_oldest();
         }
     }
 
@@ -349,6 +382,45 @@ mod tests {
             .count();
         assert!(sampler.level >= 7, "{sampler:?}");
         assert!((125..1_500).contains(&kept), "kept {kept} of 20,000");
+    }
+
+    #[test]
+    fn the_history_is_bounded_by_bytes_whatever_the_ids() {
+        let history = History::default();
+        // Journeys of long ids (256 bytes each, the most a client may choose): the count
+        // bound alone would let them hold far more than the byte budget.
+        let long = "x".repeat(240);
+        // 5,000 journeys (half the count bound) of 40 entries: some 180 MB at that size.
+        for n in 0..5_000 {
+            let mut event = Event::new("t", "test", json!({}));
+            event.correlation_id = format!("{long}{n:016}");
+            event.id = event.correlation_id.clone();
+            for _ in 0..40 {
+                history.record(&event, &long, None);
+            }
+        }
+        let bytes: usize = history.shards.iter().map(|s| s.lock().unwrap().bytes).sum();
+        assert!(bytes <= MAX_BYTES, "{bytes}");
+        assert!(
+            bytes > MAX_BYTES / 2,
+            "the budget, not the count, bounded it: {bytes}"
+        );
+        let counted: usize = history
+            .shards
+            .iter()
+            .map(|s| {
+                let s = s.lock().unwrap();
+                s.journeys
+                    .iter()
+                    .flat_map(|(c, events)| events.iter().map(move |e| entry_bytes(e) + c.len()))
+                    .sum::<usize>()
+            })
+            .sum();
+        assert_eq!(bytes, counted, "the running sum matches the entries");
+        // The newest journey is kept.
+        let newest = format!("{long}{:016}", 4_999);
+        assert_eq!(history.journey(&newest).map(|j| j.len()), Some(40));
+        assert!(history.journey(&format!("{long}{:016}", 0)).is_none());
     }
 
     #[test]

@@ -186,8 +186,8 @@ impl<B: Broker> RelayTask<B> {
                         self.shared.metrics.published(&self.config.to);
                     }
                 }
-                Err(BrokerError::QueueFull { queue, capacity }) => {
-                    warn!(queue, capacity, retry_in = ?backoff, "queue full; the relay waits");
+                Err(e @ (BrokerError::QueueFull { .. } | BrokerError::QueueOverBudget { .. })) => {
+                    warn!(error = %e, retry_in = ?backoff, "queue full; the relay waits");
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
                         _ = token.cancelled() => {
