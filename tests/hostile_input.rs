@@ -175,7 +175,7 @@ fn any_flow_file_loads_or_is_reported() {
     runner
         .run(&strategy, |text| {
             std::fs::write(&path, &text).expect("write the flow");
-            match edaflow::runtime::prepare(&[path.clone()]) {
+            match edaflow::runtime::prepare(std::slice::from_ref(&path)) {
                 Ok(prepared) => {
                     loaded.set(loaded.get() + 1);
                     for warning in &prepared.warnings {
