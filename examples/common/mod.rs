@@ -10,9 +10,11 @@ use std::time::Duration;
 
 use edaflow::broker::{RedisBroker, RedisOptions, RedisUrl};
 
-/// The allocator of the `edaflow` binary, so that these figures are the binary's.
+/// The allocator of the `edaflow` binary (mimalloc, metered for scripts), so that these
+/// figures are the binary's.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: edaflow::script::memory::MeteredAlloc<mimalloc::MiMalloc> =
+    edaflow::script::memory::MeteredAlloc(mimalloc::MiMalloc);
 
 /// The process's peak resident set (`VmHWM`), in KiB; 0 where /proc does not say.
 pub fn peak_rss_kib() -> u64 {

@@ -45,6 +45,9 @@ pub struct MemoryOptions {
     /// Bytes of items each work queue holds (serialised ones counted as such) before
     /// enqueueing fails; a queue holding nothing takes one item of any size.
     pub queue_bytes: usize,
+    /// Bytes of events published with a delay (`emit(…, #{ delay })`) held until they
+    /// fall due, before such publishes fail.
+    pub scheduled_bytes: usize,
 }
 
 impl Default for MemoryOptions {
@@ -54,6 +57,7 @@ impl Default for MemoryOptions {
             group_bytes: 64 << 20,
             full_wait: Duration::from_secs(5),
             queue_bytes: 512 << 20,
+            scheduled_bytes: 256 << 20,
         }
     }
 }
@@ -77,12 +81,12 @@ struct Inner {
     routes_version: AtomicU64,
     taps: Mutex<Vec<(TopicPattern, mpsc::Sender<Arc<Event>>)>>,
     tap_count: AtomicUsize,
-    schedule: Mutex<BTreeMap<(Instant, u64), Event>>,
+    schedule: Mutex<Schedule>,
     schedule_changed: Arc<Notify>,
     schedule_seq: AtomicU64,
     queues: RwLock<HashMap<String, Arc<WorkQueue>>>,
     /// Dead letters, oldest first, at most `DEAD_LETTER_LIMIT`.
-    dead: Mutex<VecDeque<Event>>,
+    dead: Mutex<DeadStore>,
     stores: Arc<MemoryStores>,
     /// Requests waiting for their reply, by request id.
     replies: Mutex<HashMap<String, oneshot::Sender<Result<serde_json::Value, String>>>>,
@@ -95,6 +99,24 @@ const FULL_POLL: Duration = Duration::from_millis(5);
 
 /// Dead letters kept in memory; past this, the oldest are dropped (and logged).
 const DEAD_LETTER_LIMIT: usize = 10_000;
+/// Bytes of dead letters kept in memory (`Event::approx_bytes`); past them, the oldest are
+/// dropped (and logged), whatever their count.
+const DEAD_LETTER_BYTES: usize = 64 << 20;
+
+/// Events published with a delay, by due time, and their size.
+#[derive(Default)]
+struct Schedule {
+    items: BTreeMap<(Instant, u64), Event>,
+    /// `Event::approx_bytes` of `items`, summed.
+    bytes: usize,
+}
+
+/// The dead letters, oldest first, and their size.
+#[derive(Default)]
+struct DeadStore {
+    letters: VecDeque<Event>,
+    bytes: usize,
+}
 
 /// Routes are cached per topic; an unbounded number of topic names (HTTP ingest accepts
 /// any) must not grow the cache without limit.
@@ -177,14 +199,35 @@ impl GroupQueue {
 }
 
 impl MemoryBroker {
-    /// Schedules `event` to be published at `due`.
-    fn schedule_at(&self, event: Event, due: Instant) {
-        let seq = self.inner.schedule_seq.fetch_add(1, Ordering::Relaxed);
+    fn schedule(&self) -> std::sync::MutexGuard<'_, Schedule> {
         self.inner
             .schedule
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert((due, seq), event);
+    }
+
+    /// Fails unless delayed events of `bytes` in all fit the schedule's budget (an empty
+    /// schedule takes anything).
+    fn check_schedule(&self, bytes: usize) -> Result<(), BrokerError> {
+        let schedule = self.schedule();
+        if !schedule.items.is_empty() && schedule.bytes + bytes > self.inner.options.scheduled_bytes
+        {
+            return Err(BrokerError::OverBudget {
+                held: "the delayed events".into(),
+                bytes: self.inner.options.scheduled_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    /// Schedules `event` to be published at `due` (the caller checked the budget).
+    fn schedule_at(&self, event: Event, due: Instant) {
+        let seq = self.inner.schedule_seq.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut schedule = self.schedule();
+            schedule.bytes += event.approx_bytes();
+            schedule.items.insert((due, seq), event);
+        }
         self.inner.schedule_changed.notify_one();
     }
 
@@ -198,11 +241,11 @@ impl MemoryBroker {
             routes_version: AtomicU64::new(0),
             taps: Mutex::new(Vec::new()),
             tap_count: AtomicUsize::new(0),
-            schedule: Mutex::new(BTreeMap::new()),
+            schedule: Mutex::new(Schedule::default()),
             schedule_changed: Arc::new(Notify::new()),
             schedule_seq: AtomicU64::new(0),
             queues: RwLock::new(HashMap::new()),
-            dead: Mutex::new(VecDeque::new()),
+            dead: Mutex::new(DeadStore::default()),
             stores: Arc::new(MemoryStores::default()),
             replies: Mutex::new(HashMap::new()),
             observer: OnceLock::new(),
@@ -278,10 +321,8 @@ impl MemoryBroker {
     pub fn is_idle(&self) -> bool {
         let now = Instant::now();
         let nothing_due = self
-            .inner
-            .schedule
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .schedule()
+            .items
             .keys()
             .next()
             .is_none_or(|(at, _)| *at > now);
@@ -318,12 +359,17 @@ impl MemoryBroker {
 
     fn store_dead(&self, event: Event) {
         let mut dead = self.inner.dead.lock().unwrap_or_else(|e| e.into_inner());
-        if dead.len() >= DEAD_LETTER_LIMIT {
-            if let Some(oldest) = dead.pop_front() {
-                tracing::warn!(id = %oldest.id, limit = DEAD_LETTER_LIMIT, "dead-letter store full; dropping the oldest dead letter");
-            }
+        dead.bytes += event.approx_bytes();
+        dead.letters.push_back(event);
+        while dead.letters.len() > DEAD_LETTER_LIMIT
+            || (dead.bytes > DEAD_LETTER_BYTES && dead.letters.len() > 1)
+        {
+            let Some(oldest) = dead.letters.pop_front() else {
+                break;
+            };
+            dead.bytes = dead.bytes.saturating_sub(oldest.approx_bytes());
+            tracing::warn!(id = %oldest.id, most = DEAD_LETTER_LIMIT, most_bytes = DEAD_LETTER_BYTES, "dead-letter store full; dropping the oldest dead letter");
         }
-        dead.push_back(event);
     }
 
     async fn publish_inner(&self, event: Event, mode: Admit) -> Result<(), BrokerError> {
@@ -425,14 +471,12 @@ async fn run_schedule(weak: Weak<Inner>) {
             let broker = MemoryBroker { inner };
             let now = Instant::now();
             let (due, next) = {
-                let mut schedule = broker
-                    .inner
-                    .schedule
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner());
-                let later = schedule.split_off(&(now, u64::MAX));
-                let due = std::mem::replace(&mut *schedule, later);
-                (due, schedule.keys().next().map(|(at, _)| *at))
+                let mut schedule = broker.schedule();
+                let later = schedule.items.split_off(&(now, u64::MAX));
+                let due = std::mem::replace(&mut schedule.items, later);
+                let freed: usize = due.values().map(Event::approx_bytes).sum();
+                schedule.bytes = schedule.bytes.saturating_sub(freed);
+                (due, schedule.items.keys().next().map(|(at, _)| *at))
             };
             for (_, event) in due {
                 // A removed destination simply drops the event, as a publish would.
@@ -545,6 +589,7 @@ impl Broker for MemoryBroker {
             return self.publish_inner(event, Admit::Wait).await;
         }
         let due = due_after(Instant::now(), delay)?;
+        self.check_schedule(event.approx_bytes())?;
         self.schedule_at(event, due);
         Ok(())
     }
@@ -592,6 +637,14 @@ impl Broker for MemoryBroker {
         // Check every queue before adding to any: the commit lands whole or not at all.
         for (target, n, bytes) in per_queue.values() {
             target.check_room(*n, *bytes)?;
+        }
+        let delayed: usize = deferred
+            .iter()
+            .filter(|(_, due)| due.is_some())
+            .map(|(event, _)| event.approx_bytes())
+            .sum();
+        if delayed > 0 {
+            self.check_schedule(delayed)?;
         }
         // Room in every group the events enter, waited for (at most `full_wait`) before
         // anything is visible; past this point nothing waits, so a commit given up (the
@@ -743,14 +796,20 @@ impl Broker for MemoryBroker {
 
     async fn dead_letters(&self, filter: &DeadFilter) -> Result<Vec<Event>, BrokerError> {
         let dead = self.inner.dead.lock().unwrap_or_else(|e| e.into_inner());
-        Ok(dead.iter().filter(|e| filter.matches(e)).cloned().collect())
+        Ok(dead
+            .letters
+            .iter()
+            .filter(|e| filter.matches(e))
+            .cloned()
+            .collect())
     }
 
     async fn take_dead_letters(&self, filter: &DeadFilter) -> Result<Vec<Event>, BrokerError> {
         let mut dead = self.inner.dead.lock().unwrap_or_else(|e| e.into_inner());
         let (taken, kept): (VecDeque<Event>, VecDeque<Event>) =
-            dead.drain(..).partition(|e| filter.matches(e));
-        *dead = kept;
+            dead.letters.drain(..).partition(|e| filter.matches(e));
+        dead.bytes = kept.iter().map(Event::approx_bytes).sum();
+        dead.letters = kept;
         Ok(taken.into())
     }
 
@@ -780,11 +839,7 @@ impl Broker for MemoryBroker {
     }
 
     fn scheduled(&self) -> usize {
-        self.inner
-            .schedule
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .len()
+        self.schedule().items.len()
     }
 }
 
@@ -921,5 +976,92 @@ impl Consumer for MemoryConsumer {
             Source::Group(group) => group.try_pop(),
             Source::Queue(queue) => queue.try_next(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn big(topic: &str) -> Event {
+        Event::new(topic, "test", json!({ "blob": "x".repeat(10_000) }))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_group_is_full_by_bytes_before_it_is_by_count() {
+        let broker = MemoryBroker::new(MemoryOptions {
+            group_bytes: 50_000,
+            ..MemoryOptions::default()
+        });
+        broker
+            .declare_group(&GroupSpec {
+                name: "g".into(),
+                patterns: vec![TopicPattern::parse("t").unwrap()],
+            })
+            .await
+            .unwrap();
+        let mut accepted = 0;
+        while broker.publish(big("t"), Backpressure::Reject).await.is_ok() {
+            accepted += 1;
+            assert!(accepted < 100, "bytes never bound the group");
+        }
+        assert!(
+            (4..=5).contains(&accepted),
+            "{accepted} events of 10 kB in 50 kB"
+        );
+        // Taking one makes room again.
+        let mut consumer = broker.consumer("g").unwrap();
+        consumer.next().await.unwrap();
+        broker
+            .publish(big("t"), Backpressure::Reject)
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn delayed_events_hold_at_most_their_budget() {
+        let broker = MemoryBroker::new(MemoryOptions {
+            scheduled_bytes: 50_000,
+            ..MemoryOptions::default()
+        });
+        let mut held = 0;
+        let refused = loop {
+            match broker
+                .publish_later(big("t"), Duration::from_secs(60))
+                .await
+            {
+                Ok(()) => held += 1,
+                Err(e) => break e,
+            }
+            assert!(held < 100, "the budget never bound the schedule");
+        };
+        assert!(
+            matches!(refused, BrokerError::OverBudget { .. }),
+            "{refused}"
+        );
+        assert_eq!(broker.scheduled(), held);
+        // Once they fall due (nobody subscribes: they are dropped), there is room again.
+        tokio::time::sleep(Duration::from_secs(61)).await;
+        tokio::task::yield_now().await;
+        assert_eq!(broker.scheduled(), 0);
+        broker
+            .publish_later(big("t"), Duration::from_secs(60))
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_dead_letter_store_keeps_its_byte_budget() {
+        let broker = MemoryBroker::new(MemoryOptions::default());
+        let huge = Event::new("dead.x", "test", json!({ "blob": "x".repeat(1 << 20) }));
+        for _ in 0..100 {
+            broker.store_dead(huge.clone());
+        }
+        let dead = broker.inner.dead.lock().unwrap();
+        assert!(dead.bytes <= DEAD_LETTER_BYTES, "{}", dead.bytes);
+        assert!(dead.letters.len() < 100 && !dead.letters.is_empty());
+        let counted: usize = dead.letters.iter().map(Event::approx_bytes).sum();
+        assert_eq!(dead.bytes, counted);
     }
 }

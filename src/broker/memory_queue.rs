@@ -200,8 +200,8 @@ impl WorkQueue {
             }),
             // An empty queue takes an item of any size.
             _ if state.held() > 0 && state.bytes + bytes > self.budget => {
-                Err(BrokerError::QueueOverBudget {
-                    queue: self.name.to_string(),
+                Err(BrokerError::OverBudget {
+                    held: format!("the items of queue `{}`", self.name),
                     bytes: self.budget,
                 })
             }
@@ -453,7 +453,7 @@ mod tests {
             assert!(taken < 100, "the budget never bound the queue");
         };
         assert!(
-            matches!(refused, BrokerError::QueueOverBudget { .. }),
+            matches!(refused, BrokerError::OverBudget { .. }),
             "{refused}"
         );
         assert!(

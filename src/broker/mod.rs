@@ -48,13 +48,14 @@ pub enum BrokerError {
         help("raise the queue's `capacity`, or add workers")
     )]
     QueueFull { queue: String, capacity: usize },
-    /// A queue held in memory holds its byte budget of items already.
-    #[error("queue `{queue}` is full (it holds its budget of {bytes} bytes)")]
+    /// Something held in memory (a queue's items, the delayed events) holds its byte
+    /// budget already.
+    #[error("{held} hold their budget of {bytes} bytes")]
     #[diagnostic(
-        code(edaflow::broker::queue_over_budget),
+        code(edaflow::broker::over_budget),
         help("add workers, or use the Redis broker for large backlogs")
     )]
-    QueueOverBudget { queue: String, bytes: usize },
+    OverBudget { held: String, bytes: usize },
     /// A delay so long that its due time cannot be represented.
     #[error("a delay of {delay_ms} ms is too long")]
     #[diagnostic(code(edaflow::broker::delay_too_long))]

@@ -143,9 +143,8 @@ async fn accept<B: Broker>(
 pub(crate) fn refused(error: BrokerError) -> ApiError {
     match error {
         BrokerError::Full { group } => ApiError::Backpressure { group },
-        BrokerError::QueueFull { queue, .. } | BrokerError::QueueOverBudget { queue, .. } => {
-            ApiError::Backpressure { group: queue }
-        }
+        BrokerError::QueueFull { queue, .. } => ApiError::Backpressure { group: queue },
+        BrokerError::OverBudget { held, .. } => ApiError::Backpressure { group: held },
         BrokerError::UnknownQueue { queue } => ApiError::UnknownQueue { queue },
         e @ BrokerError::DelayTooLong { .. } => ApiError::BadParameter {
             detail: e.to_string(),

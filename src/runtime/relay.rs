@@ -186,7 +186,7 @@ impl<B: Broker> RelayTask<B> {
                         self.shared.metrics.published(&self.config.to);
                     }
                 }
-                Err(e @ (BrokerError::QueueFull { .. } | BrokerError::QueueOverBudget { .. })) => {
+                Err(e @ (BrokerError::QueueFull { .. } | BrokerError::OverBudget { .. })) => {
                     warn!(error = %e, retry_in = ?backoff, "queue full; the relay waits");
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}

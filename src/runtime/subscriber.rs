@@ -295,7 +295,7 @@ impl<B: Broker> SubscriberTask<B> {
             }
             Err(
                 e @ (BrokerError::QueueFull { .. }
-                | BrokerError::QueueOverBudget { .. }
+                | BrokerError::OverBudget { .. }
                 | BrokerError::UnknownQueue { .. }
                 | BrokerError::DelayTooLong { .. }
                 | BrokerError::Undelayable { .. }
