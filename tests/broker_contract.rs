@@ -16,7 +16,8 @@ use serde_json::json;
 use tokio::sync::mpsc;
 
 use edaflow::broker::{
-    Backpressure, Broker, BrokerError, Consumer, Delivery, Effects, GroupSpec, GroupStats, Reply,
+    Backpressure, Broker, BrokerError, Consumer, Delivery, Effects, GroupSpec, GroupStats, Removed,
+    Reply,
 };
 use edaflow::event::Event;
 use edaflow::flow::TopicPattern;
@@ -847,7 +848,15 @@ async fn removed_groups_stop_receiving_and_their_consumers_fail<B: Broker>(
     publish(&broker, event("job", 1), Backpressure::Reject).await;
     assert_eq!(load(&broker, "g"), (1, 0));
 
-    broker.remove_group("g", None).await.expect("remove");
+    let removed = broker.remove_group("g", None).await.expect("remove");
+    assert_eq!(
+        removed,
+        Removed {
+            moved: 0,
+            dropped: 1
+        },
+        "what waited is dropped, and counted"
+    );
     assert!(
         broker.stats().iter().all(|s| s.name != "g"),
         "a removed group is not in stats: {:?}",
@@ -882,10 +891,17 @@ async fn removing_a_group_hands_its_events_to_a_successor<B: Broker>(broker: B, 
         published.push(publish(&broker, event("job", n), Backpressure::Reject).await);
     }
     declare(&broker, "new", &["other"]).await;
-    broker
+    let removed = broker
         .remove_group("old", Some("new"))
         .await
         .expect("remove with a successor");
+    assert_eq!(
+        removed,
+        Removed {
+            moved: 3,
+            dropped: 0
+        }
+    );
     assert!(broker.stats().iter().all(|s| s.name != "old"));
     assert_eq!(
         load(&broker, "new"),
@@ -909,10 +925,18 @@ async fn a_successor_does_not_inherit_what_it_already_has<B: Broker>(broker: B, 
     let before = publish(&broker, event("job", 1), Backpressure::Reject).await;
     declare(&broker, "new", &["job"]).await;
     let between = publish(&broker, event("job", 2), Backpressure::Reject).await;
-    broker
+    let removed = broker
         .remove_group("old", Some("new"))
         .await
         .expect("remove with a successor");
+    assert_eq!(
+        removed,
+        Removed {
+            moved: 2,
+            dropped: 0
+        },
+        "both are with the successor"
+    );
 
     let mut new = consumer(&broker, "new");
     let mut got = Vec::new();

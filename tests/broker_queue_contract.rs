@@ -16,7 +16,9 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use edaflow::broker::{Broker, BrokerError, Consumer, DeadFilter, Delivery, Effects, QueueSpec};
+use edaflow::broker::{
+    Broker, BrokerError, Consumer, DeadFilter, Delivery, Effects, QueueSpec, Removed,
+};
 use edaflow::event::Event;
 use edaflow::flow::TopicPattern;
 
@@ -600,7 +602,7 @@ pub async fn unknown_and_removed_queues_are_errors<B: Broker>(broker: B, _clock:
     // A consumer blocked in `next()` is woken by the removal.
     let blocked = tokio::spawn(async move { idle.next().await.map(|d| d.event.id.clone()) });
     tokio::task::yield_now().await;
-    broker.remove_queue("tasks").await.expect("remove");
+    broker.remove_queue("tasks", None).await.expect("remove");
     let woke = tokio::time::timeout(Duration::from_secs(1), blocked)
         .await
         .expect("the waiting consumer wakes up")
@@ -628,6 +630,52 @@ pub async fn unknown_and_removed_queues_are_errors<B: Broker>(broker: B, _clock:
     declare(&broker, "tasks", None).await;
     let stats = stats_of(&broker, "tasks");
     assert_eq!((stats.depth, stats.in_flight), (0, 0), "{stats:?}");
+}
+
+/// Removing a queue with a successor (a queue renamed on reload) moves its items there,
+/// each keeping its due time; without one, what waits is dropped and counted.
+pub async fn removing_a_queue_hands_its_items_to_a_successor<B: Broker>(broker: B, clock: Clock) {
+    declare(&broker, "old", None).await;
+    let t0 = Instant::now();
+    for (n, delay) in [(1, 0), (2, 2000), (3, 1000)] {
+        enqueue(&broker, "old", n, clock.ms(delay)).await;
+    }
+    declare(&broker, "new", None).await;
+    let removed = broker
+        .remove_queue("old", Some("new"))
+        .await
+        .expect("remove with a successor");
+    assert_eq!(
+        removed,
+        Removed {
+            moved: 3,
+            dropped: 0
+        }
+    );
+    assert!(broker.queue_stats().iter().all(|s| s.name != "old"));
+    assert_eq!(stats_of(&broker, "new").depth, 3);
+    let mut consumer = broker.queue_consumer("new").expect("a consumer");
+    for (n, due) in [(1, 0), (3, 1000), (2, 2000)] {
+        let delivery = consumer.next().await.expect("a delivery");
+        assert_eq!(n_of(&delivery), n);
+        assert_eq!(&*delivery.group, "new");
+        clock.assert_at(t0.elapsed(), due, &format!("moved item {n}"));
+        broker
+            .commit(delivery, Effects::default())
+            .await
+            .expect("commit");
+    }
+
+    enqueue(&broker, "new", 4, clock.ms(5000)).await;
+    enqueue(&broker, "new", 5, 0).await;
+    let removed = broker.remove_queue("new", None).await.expect("remove");
+    assert_eq!(
+        removed,
+        Removed {
+            moved: 0,
+            dropped: 2
+        }
+    );
 }
 
 /// Declaring an existing queue again keeps its items and applies the new capacity.
@@ -667,6 +715,7 @@ macro_rules! contract_tests {
                 queue_stats_report_depth_due_and_in_flight,
                 unknown_and_removed_queues_are_errors,
                 redeclaring_keeps_items_and_updates_capacity,
+                removing_a_queue_hands_its_items_to_a_successor,
                 commit_past_capacity_makes_nothing_visible,
             );
         }

@@ -25,7 +25,7 @@ use tokio::time::Instant;
 use crate::broker::memory_queue::WorkQueue;
 use crate::broker::{
     AcceptObserver, Backpressure, Broker, BrokerError, Consumer, DeadFilter, Delivery, Effects,
-    GroupSpec, GroupStats, QueueSpec, QueueStats,
+    GroupSpec, GroupStats, QueueSpec, QueueStats, Removed,
 };
 use crate::event::Event;
 use crate::flow::pattern::TopicPattern;
@@ -545,13 +545,18 @@ impl Broker for MemoryBroker {
         Ok(())
     }
 
-    async fn remove_group(&self, name: &str, successor: Option<&str>) -> Result<(), BrokerError> {
+    async fn remove_group(
+        &self,
+        name: &str,
+        successor: Option<&str>,
+    ) -> Result<Removed, BrokerError> {
         let (removed, heir) = {
             let mut groups = self.inner.groups.write().unwrap_or_else(|e| e.into_inner());
             let removed = groups.remove(name);
             (removed, successor.and_then(|s| groups.get(s).cloned()))
         };
         self.clear_routes();
+        let mut outcome = Removed::default();
         if let Some(group) = removed {
             let left = {
                 let mut state = group.lock();
@@ -561,6 +566,12 @@ impl Broker for MemoryBroker {
             };
             group.items_ready.notify_waiters();
             group.space_ready.notify_waiters();
+            let n = left.len() as u64;
+            if heir.is_some() {
+                outcome.moved = n;
+            } else {
+                outcome.dropped = n;
+            }
             if let Some(heir) = heir {
                 // Events published while both groups existed are in both: move only the
                 // others. The heir may go over capacity by what it inherits; nothing is dropped.
@@ -577,7 +588,7 @@ impl Broker for MemoryBroker {
                 }
             }
         }
-        Ok(())
+        Ok(outcome)
     }
 
     async fn publish(&self, event: Event, mode: Backpressure) -> Result<(), BrokerError> {
@@ -763,17 +774,38 @@ impl Broker for MemoryBroker {
         Ok(())
     }
 
-    async fn remove_queue(&self, name: &str) -> Result<(), BrokerError> {
-        let removed = self
-            .inner
-            .queues
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(name);
-        if let Some(queue) = removed {
-            queue.remove();
-        }
-        Ok(())
+    async fn remove_queue(
+        &self,
+        name: &str,
+        successor: Option<&str>,
+    ) -> Result<Removed, BrokerError> {
+        let (removed, heir) = {
+            let mut queues = self.inner.queues.write().unwrap_or_else(|e| e.into_inner());
+            let removed = queues.remove(name);
+            let heir = successor
+                .filter(|s| *s != name)
+                .and_then(|s| queues.get(s).cloned());
+            (removed, heir)
+        };
+        let Some(queue) = removed else {
+            return Ok(Removed::default());
+        };
+        let left = queue.remove();
+        let n = left.count() as u64;
+        let in_flight = left.in_flight as u64;
+        Ok(match heir {
+            Some(heir) => {
+                heir.inherit(left);
+                Removed {
+                    moved: n,
+                    dropped: in_flight,
+                }
+            }
+            None => Removed {
+                moved: 0,
+                dropped: n + in_flight,
+            },
+        })
     }
 
     async fn enqueue(&self, queue: &str, item: Event, delay: Duration) -> Result<(), BrokerError> {

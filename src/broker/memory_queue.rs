@@ -137,6 +137,22 @@ struct QueueState {
     removed: bool,
 }
 
+/// What a removed queue held, in order: see `WorkQueue::remove`.
+pub(crate) struct Leftover {
+    scheduled: Vec<(Instant, (Held, u32, usize))>,
+    ready: VecDeque<(Arc<Event>, u32, usize)>,
+    /// Items taken and not settled: a removed queue cannot take them back (the runtime
+    /// stops a queue's workers before removing it, so on reload there are none).
+    pub in_flight: usize,
+}
+
+impl Leftover {
+    /// How many items are held (not counting those in flight).
+    pub fn count(&self) -> usize {
+        self.scheduled.len() + self.ready.len()
+    }
+}
+
 impl QueueState {
     fn held(&self) -> usize {
         self.scheduled.len() + self.ready.len()
@@ -170,13 +186,46 @@ impl WorkQueue {
         self.lock().capacity = capacity;
     }
 
-    pub fn remove(&self) {
-        {
+    /// Marks the queue removed and hands back what it held (for a successor, or to drop).
+    pub fn remove(&self) -> Leftover {
+        let left = {
             let mut state = self.lock();
             state.removed = true;
-            state.scheduled.clear();
-            state.ready.clear();
             state.bytes = 0;
+            Leftover {
+                scheduled: std::mem::take(&mut state.scheduled)
+                    .into_iter()
+                    .map(|((due, _), held)| (due, held))
+                    .collect(),
+                ready: std::mem::take(&mut state.ready),
+                in_flight: state.in_flight,
+            }
+        };
+        self.changed.notify_waiters();
+        left
+    }
+
+    /// Takes over what a removed queue held: given-back items stay first in line, the rest
+    /// keep their due times (after this queue's items due at the same instant). Capacity and
+    /// byte budget are not checked: the items were accepted once, and nothing is dropped.
+    pub fn inherit(&self, left: Leftover) {
+        {
+            let mut state = self.lock();
+            if state.removed {
+                return;
+            }
+            for (item, redeliveries, bytes) in left.ready.into_iter().rev() {
+                state.bytes += bytes;
+                state.ready.push_front((item, redeliveries, bytes));
+            }
+            for (due, (held, redeliveries, bytes)) in left.scheduled {
+                state.seq += 1;
+                let seq = state.seq;
+                state.bytes += bytes;
+                state
+                    .scheduled
+                    .insert((due, seq), (held, redeliveries, bytes));
+            }
         }
         self.changed.notify_waiters();
     }

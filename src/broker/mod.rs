@@ -345,6 +345,22 @@ impl DeadFilter {
     }
 }
 
+/// What removing a group or a queue did with what waited in it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Removed {
+    /// Events or items handed to the successor.
+    pub moved: u64,
+    /// Events or items dropped with the group or queue (no successor).
+    pub dropped: u64,
+}
+
+impl Removed {
+    /// True when nothing waited.
+    pub fn is_empty(&self) -> bool {
+        self.moved == 0 && self.dropped == 0
+    }
+}
+
 /// A point-in-time view of one group, for metrics and `/healthz`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GroupStats {
@@ -378,12 +394,14 @@ pub trait Broker: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), BrokerError>> + Send;
 
     /// Removes a group. What waits in it moves to `successor` (an existing group) when
-    /// given, so a subscriber that changes its group loses nothing; otherwise it is dropped.
+    /// given, so a subscriber that changes its group or is renamed loses nothing; otherwise
+    /// it is dropped. Says how many events moved and how many were dropped, for the reload
+    /// report. Removing a group the broker does not know is not an error (nothing moves).
     fn remove_group(
         &self,
         name: &str,
         successor: Option<&str>,
-    ) -> impl Future<Output = Result<(), BrokerError>> + Send;
+    ) -> impl Future<Output = Result<Removed, BrokerError>> + Send;
 
     /// Publishes an event to every group whose patterns match its topic.
     fn publish(
@@ -437,8 +455,14 @@ pub trait Broker: Clone + Send + Sync + 'static {
         spec: &QueueSpec,
     ) -> impl Future<Output = Result<(), BrokerError>> + Send;
 
-    /// Removes a queue and the items it holds.
-    fn remove_queue(&self, name: &str) -> impl Future<Output = Result<(), BrokerError>> + Send;
+    /// Removes a queue. The items it holds move to `successor` (an existing queue) when
+    /// given, each keeping its due time; otherwise they are dropped. Says how many, as
+    /// `remove_group` does.
+    fn remove_queue(
+        &self,
+        name: &str,
+        successor: Option<&str>,
+    ) -> impl Future<Output = Result<Removed, BrokerError>> + Send;
 
     /// Adds an item to a queue, due after `delay`.
     ///

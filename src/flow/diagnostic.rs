@@ -323,6 +323,41 @@ pub enum FlowError {
         span: SourceSpan,
     },
 
+    /// `renamed_from` names a component that is still declared (or the component itself).
+    #[error("`[{section}.{name}]` says it was renamed from `{old}`, but `[{section}.{old}]` is still declared")]
+    #[diagnostic(
+        code(edaflow::flow::renamed_from_declared),
+        help("`renamed_from` moves the backlog of a component that is gone; remove `[{section}.{old}]`, or drop `renamed_from`")
+    )]
+    RenamedFromDeclared {
+        section: &'static str,
+        name: String,
+        old: String,
+        #[source_code]
+        src: SharedSource,
+        #[label("still declared")]
+        span: SourceSpan,
+    },
+
+    /// Two components claim the same former name.
+    #[error(
+        "`[{section}.{name}]` and `[{section}.{first}]` both say they were renamed from `{old}`"
+    )]
+    #[diagnostic(
+        code(edaflow::flow::renamed_twice),
+        help("a backlog moves to one successor: keep `renamed_from = \"{old}\"` on one of them")
+    )]
+    RenamedTwice {
+        section: &'static str,
+        name: String,
+        first: String,
+        old: String,
+        #[source_code]
+        src: SharedSource,
+        #[label("claimed again here")]
+        span: SourceSpan,
+    },
+
     /// `queue = "…"` or relay `to = "…"` names a queue that no `[queues.NAME]` declares.
     #[error("no `[queues.{queue}]` declares queue `{queue}`")]
     #[diagnostic(code(edaflow::flow::unknown_queue))]

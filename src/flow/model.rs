@@ -147,6 +147,8 @@ pub struct SubscriberConfig {
     pub group: String,
     /// `role`, e.g. `command` or `query`.
     pub role: Option<String>,
+    /// `renamed_from`: the subscriber's former name; what waits for it moves here.
+    pub renamed_from: Option<String>,
 }
 
 /// `retry = { attempts, backoff, max_backoff }`.
@@ -196,6 +198,8 @@ pub struct QueueConfig {
     /// wire format: raw payloads, LPUSH in, RPOP out, no due times). `None`: a scheduled
     /// queue.
     pub list: Option<String>,
+    /// `renamed_from`: the queue's former name; its items move here, keeping their due times.
+    pub renamed_from: Option<String>,
 }
 
 /// `[relays.NAME]`: the master node, moving events from topics into a queue.
@@ -208,6 +212,8 @@ pub struct RelayConfig {
     /// A Rhai expression over `event`; events for which it is false are not queued.
     pub filter: Option<String>,
     pub script: Option<ScriptSource>,
+    /// `renamed_from`: the relay's former name; the events it had not relayed yet move here.
+    pub renamed_from: Option<String>,
 }
 
 /// `[chains.NAME]`: a declared choreography.

@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::broker::{Broker, BrokerError, GroupSpec, QueueSpec, WireSpec};
+use crate::broker::{Broker, BrokerError, GroupSpec, QueueSpec, Removed, WireSpec};
 use crate::flow::diagnostic::{FlowReport, FlowWarning};
 use crate::flow::model::{
     ChainConfig, FlowSet, ProducerConfig, ProducerKind, QueueConfig, RelayConfig, ScriptSource,
@@ -133,6 +133,56 @@ pub struct ReloadOutcome {
     pub message: Option<String>,
     #[serde(with = "unix_ms")]
     pub at: SystemTime,
+    /// What became of the work waiting for each component removed or renamed (only those
+    /// that had some).
+    pub backlogs: Vec<Backlog>,
+}
+
+/// The work a removed or renamed component still had when a reload took it away.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct Backlog {
+    /// `subscribers.NAME`, `relays.NAME`, `queues.NAME` or `chains.NAME`.
+    pub component: String,
+    /// The component that took the work over (`renamed_from`, or a subscriber's new group).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
+    /// Events or queue items handed to `to`.
+    pub moved: u64,
+    /// Events or queue items dropped with the component.
+    pub dropped: u64,
+}
+
+impl ReloadOutcome {
+    /// Records what removing `component` did with its work, and logs it: a drop at warn
+    /// level, since those events are gone.
+    fn backlog(&mut self, component: String, to: Option<String>, removed: Removed) {
+        if removed.is_empty() {
+            return;
+        }
+        if removed.dropped > 0 {
+            warn!(
+                component,
+                dropped = removed.dropped,
+                moved = removed.moved,
+                "{component} was removed with {} waiting events or items; they are dropped (to keep a backlog, give its successor `renamed_from`)",
+                removed.dropped
+            );
+        }
+        if removed.moved > 0 {
+            info!(
+                component,
+                to = to.as_deref().unwrap_or(""),
+                moved = removed.moved,
+                "moved the backlog of {component} to its successor"
+            );
+        }
+        self.backlogs.push(Backlog {
+            component,
+            to,
+            moved: removed.moved,
+            dropped: removed.dropped,
+        });
+    }
 }
 
 mod unix_ms {
@@ -426,6 +476,7 @@ impl<B: Broker> Runtime<B> {
             took_ms: 0.0,
             message: None,
             at: SystemTime::now(),
+            backlogs: Vec::new(),
         };
         let old_queues: BTreeMap<String, QueueConfig> = self
             .current
@@ -582,25 +633,53 @@ impl<B: Broker> Runtime<B> {
             };
             self.shared.broker.declare_group(&spec).await?;
         }
+        // What waits for a component that goes moves to its successor: the same subscriber
+        // under a new group, or whichever component says `renamed_from` the old name.
+        let first = self.current.is_none();
+        let mut gone_subscribers = BTreeSet::new();
         for (_, left) in &stopping {
             if let Some((subscriber, group)) = left {
+                gone_subscribers.insert(subscriber.clone());
                 if !groups.contains_key(group) {
-                    let successor = wanted.get(subscriber).map(|c| c.group.as_str());
-                    self.shared.broker.remove_group(group, successor).await?;
+                    let heir = match wanted.get_key_value(subscriber) {
+                        Some((name, config)) => Some((*name, *config)),
+                        None => renamed_to(&wanted, subscriber, |c| c.renamed_from.as_deref())
+                            .map(|(name, config)| (name, *config)),
+                    };
+                    let removed = self
+                        .shared
+                        .broker
+                        .remove_group(group, heir.map(|(_, c)| c.group.as_str()))
+                        .await?;
+                    outcome.backlog(
+                        format!("subscribers.{subscriber}"),
+                        heir.map(|(name, _)| format!("subscribers.{name}")),
+                        removed,
+                    );
                 }
             }
         }
-        for name in self
+        let old_relays = self
             .current
             .as_ref()
-            .map(|c| c.flows.relays.keys().cloned().collect::<Vec<_>>())
-            .unwrap_or_default()
-        {
-            if !flows.relays.contains_key(&name) {
-                self.shared
+            .map(|c| c.flows.relays.keys().cloned().collect::<BTreeSet<_>>())
+            .unwrap_or_default();
+        for name in &old_relays {
+            if !flows.relays.contains_key(name) {
+                let heir = renamed_to(&flows.relays, name, |c| c.renamed_from.as_deref());
+                let removed = self
+                    .shared
                     .broker
-                    .remove_group(&relay::group_name(&name), None)
+                    .remove_group(
+                        &relay::group_name(name),
+                        heir.map(|(new, _)| relay::group_name(new)).as_deref(),
+                    )
                     .await?;
+                outcome.backlog(
+                    format!("relays.{name}"),
+                    heir.map(|(new, _)| format!("relays.{new}")),
+                    removed,
+                );
             }
         }
         for name in self
@@ -610,16 +689,76 @@ impl<B: Broker> Runtime<B> {
             .unwrap_or_default()
         {
             if !flows.chains.contains_key(&name) {
-                self.shared
+                let removed = self
+                    .shared
                     .broker
                     .remove_group(&chains::group_name(&name), None)
                     .await?;
+                outcome.backlog(format!("chains.{name}"), None, removed);
             }
         }
         for name in old_queues.keys() {
             if !flows.queues.contains_key(name) {
-                self.shared.broker.remove_queue(name).await?;
+                let heir = renamed_to(&flows.queues, name, |c| c.renamed_from.as_deref());
+                let removed = self
+                    .shared
+                    .broker
+                    .remove_queue(name, heir.map(|(new, _)| new.as_str()))
+                    .await?;
                 outcome.removed.push(format!("queues.{name}"));
+                outcome.backlog(
+                    format!("queues.{name}"),
+                    heir.map(|(new, _)| format!("queues.{new}")),
+                    removed,
+                );
+            }
+        }
+        // At start, a durable broker may still hold the backlog of a component a previous
+        // run knew under its former name: it moves too (a no-op on the memory broker).
+        if first {
+            for (name, config) in &wanted {
+                let Some(old) = config.renamed_from.as_deref() else {
+                    continue;
+                };
+                if groups.contains_key(old) || gone_subscribers.contains(old) {
+                    continue;
+                }
+                let removed = self
+                    .shared
+                    .broker
+                    .remove_group(old, Some(&config.group))
+                    .await?;
+                outcome.backlog(
+                    format!("subscribers.{old}"),
+                    Some(format!("subscribers.{name}")),
+                    removed,
+                );
+            }
+            for (name, config) in &flows.relays {
+                let Some(old) = config.renamed_from.as_deref() else {
+                    continue;
+                };
+                let removed = self
+                    .shared
+                    .broker
+                    .remove_group(&relay::group_name(old), Some(&relay::group_name(name)))
+                    .await?;
+                outcome.backlog(
+                    format!("relays.{old}"),
+                    Some(format!("relays.{name}")),
+                    removed,
+                );
+            }
+            for (name, config) in &flows.queues {
+                let Some(old) = config.renamed_from.as_deref() else {
+                    continue;
+                };
+                let removed = self.shared.broker.remove_queue(old, Some(name)).await?;
+                outcome.backlog(
+                    format!("queues.{old}"),
+                    Some(format!("queues.{name}")),
+                    removed,
+                );
             }
         }
 
@@ -1176,6 +1315,22 @@ fn same_settings(a: &SubscriberConfig, b: &SubscriberConfig) -> bool {
         c
     };
     strip(a) == strip(b)
+}
+
+/// The component of `table` that says it was `renamed_from` the name `old`.
+fn renamed_to<'a, T, M>(
+    table: &'a BTreeMap<M, T>,
+    old: &str,
+    renamed_from: impl Fn(&T) -> Option<&str>,
+) -> Option<(&'a String, &'a T)>
+where
+    M: std::borrow::Borrow<String> + Ord,
+    T: 'a,
+{
+    table
+        .iter()
+        .find(|(_, c)| renamed_from(c) == Some(old))
+        .map(|(name, c)| (name.borrow(), c))
 }
 
 /// Lists `kind.NAME` entries added, changed or removed between two tables.

@@ -199,6 +199,7 @@ impl<B: Broker> Reloader<B> {
             took_ms: 0.0,
             message: Some(message.to_owned()),
             at: SystemTime::now(),
+            backlogs: Vec::new(),
         });
     }
 

@@ -151,7 +151,8 @@ use tracing::{debug, warn, Instrument};
 
 use crate::broker::{
     Backpressure, Broker, BrokerError, BrokerHealth, ChainCounts, ChainSpec, ChainStep, DeadFilter,
-    Delivery, Effects, ExpiredChain, GroupSpec, GroupStats, QueueSpec, QueueStats, WireSpec,
+    Delivery, Effects, ExpiredChain, GroupSpec, GroupStats, QueueSpec, QueueStats, Removed,
+    WireSpec,
 };
 use crate::event::Event;
 use crate::flow::pattern::TopicPattern;
@@ -634,24 +635,26 @@ impl RedisBroker {
             .await
     }
 
+    /// Hands what waits for `group` on `key` to `successor` (see `scripts::HANDOFF`) and
+    /// says how many entries moved and how many were dropped.
     async fn handoff(
         &self,
         group: &str,
         key: &str,
         successor: Option<&str>,
-    ) -> Result<(), BrokerError> {
+    ) -> Result<Removed, BrokerError> {
         let itself = successor == Some(group);
-        scripts::HANDOFF
+        let (moved, dropped): (u64, u64) = scripts::HANDOFF
             .prepare_invoke()
             .arg(&self.inner.prefix)
             .arg(group)
             .arg(key)
             .arg(successor.unwrap_or(""))
             .arg(if itself { "1" } else { "0" })
-            .invoke_async::<Value>(&mut self.conn())
+            .invoke_async(&mut self.conn())
             .await
             .map_err(unavailable)?;
-        Ok(())
+        Ok(Removed { moved, dropped })
     }
 
     async fn wake(&self, key: String) -> Result<(), BrokerError> {
@@ -1200,7 +1203,11 @@ impl Broker for RedisBroker {
         Ok(())
     }
 
-    async fn remove_group(&self, name: &str, successor: Option<&str>) -> Result<(), BrokerError> {
+    async fn remove_group(
+        &self,
+        name: &str,
+        successor: Option<&str>,
+    ) -> Result<Removed, BrokerError> {
         self.inner
             .groups
             .write()
@@ -1230,9 +1237,11 @@ impl Broker for RedisBroker {
             .query_async(&mut conn)
             .await
             .map_err(unavailable)?;
-        self.handoff(name, &self.inbox_key(name), successor).await?;
+        let mut removed = self.handoff(name, &self.inbox_key(name), successor).await?;
         for key in streams {
-            self.handoff(name, &key, successor).await?;
+            let more = self.handoff(name, &key, successor).await?;
+            removed.moved += more.moved;
+            removed.dropped += more.dropped;
         }
         redis::cmd("DEL")
             .arg(self.key(&format!("gs:{name}")))
@@ -1240,7 +1249,8 @@ impl Broker for RedisBroker {
             .query_async::<Value>(&mut conn)
             .await
             .map_err(unavailable)?;
-        self.wake(self.key(&format!("g:{name}:wake"))).await
+        self.wake(self.key(&format!("g:{name}:wake"))).await?;
+        Ok(removed)
     }
 
     async fn publish(&self, event: Event, mode: Backpressure) -> Result<(), BrokerError> {
@@ -1495,13 +1505,25 @@ impl Broker for RedisBroker {
         Ok(())
     }
 
-    async fn remove_queue(&self, name: &str) -> Result<(), BrokerError> {
+    async fn remove_queue(
+        &self,
+        name: &str,
+        successor: Option<&str>,
+    ) -> Result<Removed, BrokerError> {
         self.inner
             .queues
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .remove(name);
         let mut conn = self.conn();
+        let (moved, dropped): (u64, u64) = scripts::REHOME_QUEUE
+            .prepare_invoke()
+            .arg(&self.inner.prefix)
+            .arg(name)
+            .arg(successor.unwrap_or(""))
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
         redis::cmd("HDEL")
             .arg(self.key("queues"))
             .arg(name)
@@ -1515,7 +1537,8 @@ impl Broker for RedisBroker {
             .query_async::<Value>(&mut conn)
             .await
             .map_err(unavailable)?;
-        self.wake(self.queue_key(name, "wake")).await
+        self.wake(self.queue_key(name, "wake")).await?;
+        Ok(Removed { moved, dropped })
     }
 
     async fn enqueue(&self, queue: &str, item: Event, delay: Duration) -> Result<(), BrokerError> {

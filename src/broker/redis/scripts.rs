@@ -565,7 +565,8 @@ return 1
 /// `handoff`: ARGV P, group, key, successor ('' for none), '1' when the successor is the
 /// group itself. Moves what waits for `group` on `key` (pending and undelivered entries)
 /// to the successor's inbox, skipping entries the successor already received on their
-/// origin stream, then destroys the group's XGROUP there.
+/// origin stream, then destroys the group's XGROUP there. Replies how many entries waited
+/// and moved (the successor holds them now) and how many were dropped (no successor).
 pub static HANDOFF: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
@@ -573,10 +574,12 @@ local group, key, dest, itself = ARGV[2], ARGV[3], ARGV[4], ARGV[5] == '1'
 local info = group_info(key, group)
 if not info then
   redis.call('HDEL', P .. 'gs:' .. group, key)
-  return 0
+  return {0, 0}
 end
-local moved = 0
-if dest ~= '' then
+local moved, dropped = 0, 0
+if dest == '' then
+  dropped = info['pending'] + lag_of(key, info, 1000000)
+else
   local entries = {}
   local pending = redis.call('XPENDING', key, group, '-', '+', 1000000)
   for _, p in ipairs(pending) do
@@ -600,14 +603,44 @@ if dest ~= '' then
     end
     if not has then
       local r = tonumber(fields['r'] or '0') + count
-      redis.call('XADD', inbox, '*', 'e', fields['e'], 'r', r, 'os', origin_key, 'oi', origin_id)
-      moved = moved + 1
+      redis.call('XADD', inbox, '*', 'e', fields['e'] or '', 'r', r, 'os', origin_key, 'oi', origin_id)
     end
+    moved = moved + 1
   end
 end
 redis.pcall('XGROUP', 'DESTROY', key, group)
 redis.call('HDEL', P .. 'gs:' .. group, key)
-return moved
+return {moved, dropped}
+"#,
+    )
+});
+
+/// `rehome_queue`: ARGV P, queue, successor ('' for none). Moves every item of a queue that
+/// is being removed to the successor queue (scheduled items keep their member and due time;
+/// ready and given-back entries keep their fields) and wakes its workers. The ready and
+/// back streams ack by deleting, so what they hold is exactly what waits or is in flight.
+/// Replies how many items moved and how many are left to be dropped (no successor).
+pub static REHOME_QUEUE: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local queue, dest = ARGV[2], ARGV[3]
+local q = P .. 'q:' .. queue
+local n = redis.call('ZCARD', q .. ':sched') + redis.call('XLEN', q .. ':ready') + redis.call('XLEN', q .. ':back')
+if dest == '' or dest == queue or redis.call('HEXISTS', P .. 'queues', dest) == 0 then
+  return {0, n}
+end
+local d = P .. 'q:' .. dest
+local members = redis.call('ZRANGE', q .. ':sched', 0, -1, 'WITHSCORES')
+for i = 1, #members, 2 do
+  redis.call('ZADD', d .. ':sched', members[i + 1], members[i])
+end
+for _, part in ipairs({':ready', ':back'}) do
+  for _, e in ipairs(redis.call('XRANGE', q .. part, '-', '+')) do
+    redis.call('XADD', d .. part, '*', unpack(e[2]))
+  end
+end
+wake(d .. ':wake')
+return {n, 0}
 "#,
     )
 });

@@ -47,6 +47,7 @@ pub(super) fn merge(files: Vec<RawFlowFile>, shown: &[String], found: &mut Findi
     set.topics = by_name("topics", topics, shown, found);
     set.stores = by_name("stores", stores, shown, found);
     check_queues(&declared_queues, found);
+    check_renames(&set, found);
     check_chains(&set, found);
     let facts = script_facts(&set);
     let queries = check_cqrs(&set, &facts, found);
@@ -350,6 +351,44 @@ fn by_name<T>(
         }
     }
     configs
+}
+
+/// A `renamed_from` must name a component that is gone (else two would share a backlog),
+/// and each former name may be claimed by one component per section.
+fn check_renames(set: &FlowSet, found: &mut Findings) {
+    let renames = std::mem::take(&mut found.refs.renames);
+    let mut claimed: HashMap<(&str, &str), &str> = HashMap::new();
+    for (section, name, old) in &renames {
+        let declared = match *section {
+            "subscribers" => set.subscribers.contains_key(&old.value),
+            "queues" => set.queues.contains_key(&old.value),
+            _ => set.relays.contains_key(&old.value),
+        };
+        let error = if declared {
+            Some(FlowError::RenamedFromDeclared {
+                section,
+                name: name.clone(),
+                old: old.value.clone(),
+                src: old.src.clone(),
+                span: old.span,
+            })
+        } else {
+            claimed
+                .insert((section, &old.value), name)
+                .map(|first| FlowError::RenamedTwice {
+                    section,
+                    name: name.clone(),
+                    first: first.to_owned(),
+                    old: old.value.clone(),
+                    src: old.src.clone(),
+                    span: old.span,
+                })
+        };
+        if let Some(error) = error {
+            found.push(old.file, old.span.offset(), error);
+        }
+    }
+    found.refs.renames = renames;
 }
 
 /// Every `queue = "…"` and relay `to = "…"` must name a declared queue.

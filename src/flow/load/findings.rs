@@ -93,4 +93,6 @@ pub(super) struct TopicRefs {
     pub subscriber_emits: Vec<(String, Located<String>)>,
     /// Every chain step: (chain name, position, the step), for the link check.
     pub chain_steps: Vec<(String, usize, Located<String>)>,
+    /// Every `renamed_from`: (section, the component's name, the former name).
+    pub renames: Vec<(&'static str, String, Located<String>)>,
 }

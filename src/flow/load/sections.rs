@@ -52,10 +52,18 @@ const SUBSCRIBER_KEYS: &[&str] = &[
     "dead_letter",
     "group",
     "role",
+    "renamed_from",
 ];
 const RETRY_KEYS: &[&str] = &["attempts", "backoff", "max_backoff"];
-const QUEUE_KEYS: &[&str] = &["delay", "poll", "capacity", "per_poll", "list"];
-const RELAY_KEYS: &[&str] = &["from", "to", "delay", "filter", "script"];
+const QUEUE_KEYS: &[&str] = &[
+    "delay",
+    "poll",
+    "capacity",
+    "per_poll",
+    "list",
+    "renamed_from",
+];
+const RELAY_KEYS: &[&str] = &["from", "to", "delay", "filter", "script", "renamed_from"];
 const CHAIN_KEYS: &[&str] = &["steps", "timeout", "on_timeout"];
 const TOPIC_KEYS: &[&str] = &["mode", "kind", "retention", "timeout"];
 const STORE_KEYS: &[&str] = &["expose"];
@@ -406,6 +414,7 @@ fn subscriber(r: &mut Reader<'_>, name: &str, mut f: Fields<'_>) -> Option<Subsc
     r.found.refs.produced_quietly.push(dead_letter.clone());
     let group = f.take("group").and_then(|v| r.string("group", v));
     let role = f.take("role").and_then(|v| r.string("role", v));
+    let renamed_from = renamed_from(r, "subscribers", name, &mut f);
     f.finish(r, SUBSCRIBER_KEYS);
     Some(SubscriberConfig {
         file: r.file.index,
@@ -421,6 +430,7 @@ fn subscriber(r: &mut Reader<'_>, name: &str, mut f: Fields<'_>) -> Option<Subsc
         dead_letter,
         group: group.map_or_else(|| name.to_owned(), |g| g.value),
         role: role.map(|s| s.value),
+        renamed_from,
     })
 }
 
@@ -516,7 +526,7 @@ fn retry(r: &mut Reader<'_>, mut f: Fields<'_>) -> RetryPolicy {
 }
 
 /// `[queues.NAME]`.
-fn queue(r: &mut Reader<'_>, _name: &str, mut f: Fields<'_>) -> Option<QueueConfig> {
+fn queue(r: &mut Reader<'_>, name: &str, mut f: Fields<'_>) -> Option<QueueConfig> {
     let delay = f.take("delay").and_then(|v| r.duration("delay", v));
     let poll = f.take("poll").and_then(|v| r.duration("poll", v));
     let capacity = f
@@ -529,6 +539,7 @@ fn queue(r: &mut Reader<'_>, _name: &str, mut f: Fields<'_>) -> Option<QueueConf
         .take("list")
         .and_then(|v| r.string("list", v))
         .map(|s| s.value);
+    let renamed_from = renamed_from(r, "queues", name, &mut f);
     f.finish(r, QUEUE_KEYS);
     Some(QueueConfig {
         file: r.file.index,
@@ -537,11 +548,12 @@ fn queue(r: &mut Reader<'_>, _name: &str, mut f: Fields<'_>) -> Option<QueueConf
         capacity,
         per_poll,
         list,
+        renamed_from,
     })
 }
 
 /// `[relays.NAME]`.
-fn relay(r: &mut Reader<'_>, _name: &str, mut f: Fields<'_>) -> Option<RelayConfig> {
+fn relay(r: &mut Reader<'_>, name: &str, mut f: Fields<'_>) -> Option<RelayConfig> {
     let from = r
         .required(&mut f, "from")
         .and_then(|v| r.pattern("from", v));
@@ -556,6 +568,7 @@ fn relay(r: &mut Reader<'_>, _name: &str, mut f: Fields<'_>) -> Option<RelayConf
     let delay = f.take("delay").and_then(|v| r.duration("delay", v));
     let filter = f.take("filter").and_then(|v| r.string("filter", v));
     let script = f.take("script").and_then(|v| r.script("script", v));
+    let renamed_from = renamed_from(r, "relays", name, &mut f);
     f.finish(r, RELAY_KEYS);
     Some(RelayConfig {
         file: r.file.index,
@@ -564,7 +577,27 @@ fn relay(r: &mut Reader<'_>, _name: &str, mut f: Fields<'_>) -> Option<RelayConf
         delay,
         filter: filter.map(|s| s.value),
         script,
+        renamed_from,
     })
+}
+
+/// `renamed_from = "old"` of a subscriber, queue or relay, kept for the check across files
+/// (the old name must be gone, and claimed once).
+fn renamed_from(
+    r: &mut Reader<'_>,
+    section: &'static str,
+    name: &str,
+    f: &mut Fields<'_>,
+) -> Option<String> {
+    let old = f
+        .take("renamed_from")
+        .and_then(|v| r.string("renamed_from", v))?;
+    let located = r.locate(old.value.clone(), old.span);
+    r.found
+        .refs
+        .renames
+        .push((section, name.to_owned(), located));
+    Some(old.value)
 }
 
 /// `[chains.NAME]`.

@@ -235,6 +235,7 @@ fn the_design_sketch_loads_into_the_model() {
             dead_letter: "orderCreated.dead".into(),
             group: "reserve_inventory".into(),
             role: None,
+            renamed_from: None,
         }
     );
     assert_eq!(
@@ -250,6 +251,7 @@ fn the_design_sketch_loads_into_the_model() {
             capacity: None,
             per_poll: None,
             list: None,
+            renamed_from: None,
         }
     );
     assert_eq!(
@@ -261,6 +263,7 @@ fn the_design_sketch_loads_into_the_model() {
             delay: None,
             filter: None,
             script: None,
+            renamed_from: None,
         }
     );
     assert_eq!(
@@ -876,6 +879,64 @@ fn queues_must_be_declared() {
 
     let e = only(invalid("[subscribers.w]\nqueue = \"tasks\"\n"));
     assert_eq!(help(&e), "no queue is declared");
+}
+
+#[test]
+fn renamed_from_names_a_component_that_is_gone_once() {
+    let errors = invalid(indoc! {r#"
+        [queues.tasks]
+        [queues.jobs]
+        renamed_from = "tasks"
+
+        [subscribers.a]
+        topic = "x"
+        [subscribers.b]
+        topic = "x"
+        renamed_from = "old"
+        [subscribers.c]
+        topic = "x"
+        renamed_from = "old"
+
+        [relays.r]
+        from = "x"
+        to = "jobs"
+        renamed_from = "r"
+    "#});
+    assert_eq!(
+        summary(&errors),
+        [
+            (
+                "edaflow::flow::renamed_from_declared".into(),
+                "tasks".into()
+            ),
+            ("edaflow::flow::renamed_twice".into(), "old".into()),
+            ("edaflow::flow::renamed_from_declared".into(), "r".into()),
+        ]
+    );
+    assert_eq!(
+        errors[0].to_string(),
+        "`[queues.jobs]` says it was renamed from `tasks`, but `[queues.tasks]` is still declared"
+    );
+    assert_eq!(
+        errors[1].to_string(),
+        "`[subscribers.c]` and `[subscribers.b]` both say they were renamed from `old`"
+    );
+
+    let (_dir, loaded) = valid(indoc! {r#"
+        [queues.jobs]
+        renamed_from = "tasks"
+        [subscribers.b]
+        queue = "jobs"
+        renamed_from = "a"
+        [relays.r]
+        from = "x"
+        to = "jobs"
+        renamed_from = "master"
+    "#});
+    let flows = loaded.flows;
+    assert_eq!(flows.queues["jobs"].renamed_from.as_deref(), Some("tasks"));
+    assert_eq!(flows.subscribers["b"].renamed_from.as_deref(), Some("a"));
+    assert_eq!(flows.relays["r"].renamed_from.as_deref(), Some("master"));
 }
 
 #[test]
