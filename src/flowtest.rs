@@ -56,7 +56,8 @@ async fn run_one(prepared: &Prepared, test: &FlowTest) -> Result<Option<String>,
     let broker = MemoryBroker::new(MemoryOptions::default());
     let all = TopicPattern::parse(">")
         .map_err(|_| RuntimeError::Broker(crate::broker::BrokerError::Closed))?;
-    let mut seen = broker.tap(all, 1_000_000);
+    // Read once the test has run: a test is a bounded run, so its tap is not.
+    let mut seen = broker.tap_within(all, 1_000_000, usize::MAX);
     let mut runtime = Runtime::new(
         broker.clone(),
         RuntimeOptions {

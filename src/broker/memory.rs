@@ -23,6 +23,7 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::time::Instant;
 
 use crate::broker::memory_queue::WorkQueue;
+use crate::broker::tap::TapFeed;
 use crate::broker::{
     AcceptObserver, Backpressure, Broker, BrokerError, Consumer, DeadFilter, Delivery, Effects,
     GroupSpec, GroupStats, QueueSpec, QueueStats, Removed,
@@ -79,7 +80,7 @@ struct Inner {
     routes: RwLock<Routes>,
     /// Incremented whenever groups change (see `clear_routes`).
     routes_version: AtomicU64,
-    taps: Mutex<Vec<(TopicPattern, mpsc::Sender<Arc<Event>>)>>,
+    taps: Mutex<Vec<(TopicPattern, TapFeed)>>,
     tap_count: AtomicUsize,
     schedule: Mutex<Schedule>,
     schedule_changed: Arc<Notify>,
@@ -301,13 +302,13 @@ impl MemoryBroker {
             return;
         }
         let mut taps = self.inner.taps.lock().unwrap_or_else(|e| e.into_inner());
-        taps.retain(|(pattern, tx)| {
-            if tx.is_closed() {
+        taps.retain_mut(|(pattern, feed)| {
+            if feed.is_closed() {
                 return false;
             }
             if pattern.matches(&event.topic) {
                 // A full tap drops the event for that reader: taps are lossy by contract.
-                let _ = tx.try_send(event.clone());
+                feed.offer(event);
             }
             true
         });
@@ -729,10 +730,15 @@ impl Broker for MemoryBroker {
         self.inner.observer.set(observer).is_ok()
     }
 
-    fn tap(&self, pattern: TopicPattern, buffer: usize) -> mpsc::Receiver<Arc<Event>> {
-        let (tx, rx) = mpsc::channel(buffer.max(1));
+    fn tap_within(
+        &self,
+        pattern: TopicPattern,
+        buffer: usize,
+        bytes: usize,
+    ) -> mpsc::Receiver<Arc<Event>> {
+        let (feed, rx) = TapFeed::channel(buffer, bytes);
         let mut taps = self.inner.taps.lock().unwrap_or_else(|e| e.into_inner());
-        taps.push((pattern, tx));
+        taps.push((pattern, feed));
         self.inner.tap_count.store(taps.len(), Ordering::Relaxed);
         rx
     }

@@ -11,6 +11,7 @@ pub(crate) mod backoff;
 pub mod memory;
 mod memory_queue;
 pub mod redis;
+pub(crate) mod tap;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
@@ -22,6 +23,7 @@ use crate::flow::pattern::TopicPattern;
 
 pub use memory::{MemoryBroker, MemoryOptions};
 pub use redis::{BrokerUrl, RedisBroker, RedisOptions, RedisUrl, TrimReport};
+pub use tap::TAP_BYTES;
 
 /// Errors at the broker boundary.
 #[derive(Debug, Clone, thiserror::Error, miette::Diagnostic)]
@@ -440,8 +442,19 @@ pub trait Broker: Clone + Send + Sync + 'static {
 
     /// A lossy live view of the events on matching topics, and of the items entering
     /// matching queues (for `edaflow tail` and tests).
-    /// At most `buffer` events wait for the reader; past that, events are dropped for it.
-    fn tap(&self, pattern: TopicPattern, buffer: usize) -> tokio::sync::mpsc::Receiver<Arc<Event>>;
+    /// At most `buffer` events and `TAP_BYTES` of them wait for the reader; past that,
+    /// events are dropped for it.
+    fn tap(&self, pattern: TopicPattern, buffer: usize) -> tokio::sync::mpsc::Receiver<Arc<Event>> {
+        self.tap_within(pattern, buffer, TAP_BYTES)
+    }
+
+    /// `tap`, holding at most `bytes` of events for the reader.
+    fn tap_within(
+        &self,
+        pattern: TopicPattern,
+        buffer: usize,
+        bytes: usize,
+    ) -> tokio::sync::mpsc::Receiver<Arc<Event>>;
 
     /// The state of every group.
     fn stats(&self) -> Vec<GroupStats>;

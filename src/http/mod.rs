@@ -34,6 +34,11 @@ use crate::runtime::Shared;
 
 pub use error::ApiError;
 
+/// A `/tail` reader that falls behind holds at most this many events…
+const TAIL_EVENTS: usize = 1024;
+/// …and this many bytes of them; past either, events are skipped for that reader.
+const TAIL_BYTES: usize = 4 << 20;
+
 /// What the handlers share.
 pub struct ApiState<B: Broker> {
     pub(crate) shared: Arc<Shared<B>>,
@@ -335,7 +340,10 @@ async fn tail<B: Broker>(
     let pattern = TopicPattern::parse(&text).map_err(|e| ApiError::BadParameter {
         detail: format!("pattern {text:?}: {e}"),
     })?;
-    let rx = state.shared.broker.tap(pattern, 1024);
+    let rx = state
+        .shared
+        .broker
+        .tap_within(pattern, TAIL_EVENTS, TAIL_BYTES);
     let stopping = state.stopping.clone();
     let stream = futures_util::stream::unfold((rx, stopping), |(mut rx, stopping)| async move {
         let event = tokio::select! {

@@ -50,6 +50,7 @@ use tracing::{debug, error, warn, Instrument};
 use super::blocking::{self, BlockingConn, Ended};
 use super::held::Held;
 use super::{int, items, outage, scripts, text, unavailable, RedisBroker};
+use crate::broker::tap::TapFeed;
 use crate::broker::{Broker, BrokerError, Consumer, Delivery, Effects};
 use crate::event::Event;
 use crate::flow::pattern::TopicPattern;
@@ -898,14 +899,15 @@ pub(crate) fn tap(
     broker: &RedisBroker,
     pattern: TopicPattern,
     buffer: usize,
+    bytes: usize,
 ) -> mpsc::Receiver<Arc<Event>> {
-    let (tx, rx) = mpsc::channel(buffer.max(1));
+    let (mut feed, rx) = TapFeed::channel(buffer, bytes);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
     let node = broker.inner.node.clone();
     let channel = broker.key("tap");
     let spawned = std::thread::Builder::new()
         .name("edaflow-redis-tap".to_owned())
-        .spawn(move || run_tap(&node, &channel, &pattern, &tx, ready_tx));
+        .spawn(move || run_tap(&node, &channel, &pattern, &mut feed, ready_tx));
     if spawned.is_ok() {
         // The thread signals once subscribed (or gives up, dropping the sender).
         let _ = ready_rx.recv_timeout(Duration::from_secs(2));
@@ -917,13 +919,13 @@ fn run_tap(
     node: &super::cluster::Node,
     channel: &str,
     pattern: &TopicPattern,
-    tx: &mpsc::Sender<Arc<Event>>,
+    feed: &mut TapFeed,
     ready: std::sync::mpsc::Sender<()>,
 ) {
     let mut ready = Some(ready);
     let mut backoff = Duration::from_millis(50);
-    while !tx.is_closed() {
-        let subscribed = (|| {
+    while !feed.is_closed() {
+        let mut subscribed = || {
             let mut conn = node
                 .client()
                 .get_connection_with_timeout(Duration::from_secs(1))?;
@@ -934,7 +936,7 @@ fn run_tap(
                 let _ = ready.send(());
             }
             backoff = Duration::from_millis(50);
-            while !tx.is_closed() {
+            while !feed.is_closed() {
                 let message = match pubsub.get_message() {
                     Ok(message) => message,
                     Err(e) if e.is_timeout() => continue,
@@ -944,13 +946,13 @@ fn run_tap(
                 if let Ok(event) = serde_json::from_slice::<Event>(&payload) {
                     if pattern.matches(&event.topic) {
                         // Lossy by contract: a full tap drops the event for its reader.
-                        let _ = tx.try_send(Arc::new(event));
+                        feed.offer(&Arc::new(event));
                     }
                 }
             }
             Ok::<(), redis::RedisError>(())
-        })();
-        if subscribed.is_err() {
+        };
+        if subscribed().is_err() {
             // Give up waiting for the first subscription; keep trying in the background.
             ready.take();
             std::thread::sleep(backoff);

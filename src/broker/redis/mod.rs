@@ -1416,8 +1416,13 @@ impl Broker for RedisBroker {
         }
     }
 
-    fn tap(&self, pattern: TopicPattern, buffer: usize) -> mpsc::Receiver<Arc<Event>> {
-        consumer::tap(self, pattern, buffer)
+    fn tap_within(
+        &self,
+        pattern: TopicPattern,
+        buffer: usize,
+        bytes: usize,
+    ) -> mpsc::Receiver<Arc<Event>> {
+        consumer::tap(self, pattern, buffer, bytes)
     }
 
     fn stats(&self) -> Vec<GroupStats> {
