@@ -92,7 +92,8 @@ for broker in $BROKERS; do
   start="$(date +%s)"
   while kill -0 "$LPID" 2>/dev/null; do
     sleep 10
-    a="$(accepted)"; h="$(handled)"; r="$(metric 'edaflow_http_requests_total{outcome="backpressured"}')"
+    # Handled first: an event is counted accepted a moment after its chain may have run.
+    h="$(handled)"; a="$(accepted)"; r="$(metric 'edaflow_http_requests_total{outcome="backpressured"}')"
     row="$(( $(date +%s) - start )),$(rss_kib "$PID"),$((a - h)),$(redis_pending),$((a - a0)),$((h - h0)),$((r - r0))"
     echo "$row" >>"$csv"
     say "$broker: $row"
