@@ -127,8 +127,47 @@ pub(crate) struct DropRequest {
     all: bool,
 }
 
-const REPLAY_FIELDS: &[&str] = &["origin", "ids", "all", "delay"];
-const DROP_FIELDS: &[&str] = &["origin", "ids", "all"];
+/// What a field of an admin body holds.
+#[derive(Clone, Copy)]
+enum Kind {
+    /// A string (or null).
+    Text,
+    /// An array of strings.
+    Texts,
+    Boolean,
+}
+
+impl Kind {
+    fn holds(self, value: &serde_json::Value) -> bool {
+        match self {
+            Kind::Text => value.is_string() || value.is_null(),
+            Kind::Texts => value
+                .as_array()
+                .is_some_and(|items| items.iter().all(serde_json::Value::is_string)),
+            Kind::Boolean => value.is_boolean(),
+        }
+    }
+
+    fn noun(self) -> &'static str {
+        match self {
+            Kind::Text => "a string",
+            Kind::Texts => "an array of strings",
+            Kind::Boolean => "true or false",
+        }
+    }
+}
+
+const REPLAY_FIELDS: &[(&str, Kind)] = &[
+    ("origin", Kind::Text),
+    ("ids", Kind::Texts),
+    ("all", Kind::Boolean),
+    ("delay", Kind::Text),
+];
+const DROP_FIELDS: &[(&str, Kind)] = &[
+    ("origin", Kind::Text),
+    ("ids", Kind::Texts),
+    ("all", Kind::Boolean),
+];
 
 /// The dead letters an admin request acts on: said explicitly, never by default.
 ///
@@ -170,13 +209,13 @@ fn dead_filter(origin: Option<&str>, ids: &[String]) -> Result<DeadFilter, ApiEr
 }
 
 /// Reads an admin request's JSON body strictly: an object whose fields are all in
-/// `fields` (a misspelt field is refused by name, never ignored), or `None` for an empty
-/// body.
+/// `fields`, each holding its kind (a misspelt field is refused by name, never ignored),
+/// or `None` for an empty body.
 async fn strict_body<T: serde::de::DeserializeOwned>(
     headers: &HeaderMap,
     body: Body,
     limit: usize,
-    fields: &'static [&'static str],
+    fields: &'static [(&'static str, Kind)],
     expected: &'static str,
 ) -> Result<Option<T>, ApiError> {
     if let Some(content_type) = headers.get(header::CONTENT_TYPE) {
@@ -195,11 +234,18 @@ async fn strict_body<T: serde::de::DeserializeOwned>(
         .map_err(|e| ApiError::InvalidJson {
             detail: format!("{e} (the body is a JSON object)"),
         })?;
-    if let Some(unknown) = object.keys().find(|k| !fields.contains(&k.as_str())) {
-        return Err(ApiError::UnknownField {
-            field: unknown.clone(),
-            expected,
-        });
+    for (name, value) in &object {
+        let Some((_, kind)) = fields.iter().find(|(field, _)| field == name) else {
+            return Err(ApiError::UnknownField {
+                field: name.clone(),
+                expected,
+            });
+        };
+        if !kind.holds(value) {
+            return Err(ApiError::BadParameter {
+                detail: format!("`{name}` must be {}", kind.noun()),
+            });
+        }
     }
     serde_json::from_value(serde_json::Value::Object(object))
         .map(Some)
