@@ -58,7 +58,11 @@ enum Length {
 
 impl Generated {
     fn bytes(&self) -> Vec<u8> {
-        let mut out = format!("{} {} {}\r\nHost: hostile.test\r\nConnection: close\r\n", self.method, self.path, self.version).into_bytes();
+        let mut out = format!(
+            "{} {} {}\r\nHost: hostile.test\r\nConnection: close\r\n",
+            self.method, self.path, self.version
+        )
+        .into_bytes();
         for (name, value) in &self.headers {
             out.extend_from_slice(name.as_bytes());
             out.extend_from_slice(b": ");
@@ -66,7 +70,9 @@ impl Generated {
             out.extend_from_slice(b"\r\n");
         }
         match self.length {
-            Length::True => out.extend_from_slice(format!("Content-Length: {}\r\n", self.body.len()).as_bytes()),
+            Length::True => {
+                out.extend_from_slice(format!("Content-Length: {}\r\n", self.body.len()).as_bytes())
+            }
             Length::Absent => {}
             Length::Lie(n) => out.extend_from_slice(format!("Content-Length: {n}\r\n").as_bytes()),
         }
@@ -167,14 +173,32 @@ fn header() -> impl Strategy<Value = (String, Vec<u8>)> {
     .prop_map(|v| ("Content-Type".to_owned(), v.as_bytes().to_vec()));
     let ce = (
         prop::sample::select(vec![
-            "ce-specversion", "ce-id", "ce-source", "ce-type", "ce-time", "ce-correlationid",
-            "ce-causationid", "ce-edaflowhops", "ce-tenant", "ce-ten_ant", "ce-datacontenttype",
-            "ce-replyto", "ce-",
+            "ce-specversion",
+            "ce-id",
+            "ce-source",
+            "ce-type",
+            "ce-time",
+            "ce-correlationid",
+            "ce-causationid",
+            "ce-edaflowhops",
+            "ce-tenant",
+            "ce-ten_ant",
+            "ce-datacontenttype",
+            "ce-replyto",
+            "ce-",
         ]),
         prop_oneof![
             prop::sample::select(vec![
-                "1.0", "orderCreated", "", "2026-11-26T10:30:00+05:30", "2026-11-26", "3", "-1",
-                "%zz", "%C3%A9", "%C3",
+                "1.0",
+                "orderCreated",
+                "",
+                "2026-11-26T10:30:00+05:30",
+                "2026-11-26",
+                "3",
+                "-1",
+                "%zz",
+                "%C3%A9",
+                "%C3",
             ])
             .prop_map(str::to_owned),
             "[ -~]{0,40}",
@@ -187,7 +211,10 @@ fn header() -> impl Strategy<Value = (String, Vec<u8>)> {
         Just(("Expect".to_owned(), b"100-continue".to_vec())),
         Just(("Authorization".to_owned(), b"Bearer nope".to_vec())),
         Just(("Content-Length".to_owned(), b"abc".to_vec())),
-        Just(("Content-Length".to_owned(), b"99999999999999999999".to_vec())),
+        Just((
+            "Content-Length".to_owned(),
+            b"99999999999999999999".to_vec()
+        )),
         ("[A-Za-z-]{1,12}", "[ -~]{0,40}").prop_map(|(n, v)| (n, v.into_bytes())),
         ("\\PC{1,6}", prop::collection::vec(any::<u8>(), 0..12)),
     ];
@@ -277,10 +304,19 @@ fn publish() -> impl Strategy<Value = Generated> {
         1 => "/topics/[a-zA-Z0-9._:-]{1,300}",
     ];
     let plain = (
-        prop::sample::select(vec!["application/json", "application/json; charset=utf-8", "text/json"]),
+        prop::sample::select(vec![
+            "application/json",
+            "application/json; charset=utf-8",
+            "text/json",
+        ]),
         body(),
     )
-        .prop_map(|(ct, body)| (vec![("Content-Type".to_owned(), ct.as_bytes().to_vec())], body));
+        .prop_map(|(ct, body)| {
+            (
+                vec![("Content-Type".to_owned(), ct.as_bytes().to_vec())],
+                body,
+            )
+        });
     let structured = cloudevent().prop_map(|body| {
         (
             vec![(
@@ -331,10 +367,18 @@ fn exchange(addr: SocketAddr, bytes: &[u8]) -> Result<Answer, String> {
             return Ok(answer);
         }
         if Instant::now() >= deadline {
-            return Err(format!("no whole answer in 10 s: {:?}", String::from_utf8_lossy(&read)));
+            return Err(format!(
+                "no whole answer in 10 s: {:?}",
+                String::from_utf8_lossy(&read)
+            ));
         }
         match stream.read(&mut buf) {
-            Ok(0) => return Err(format!("closed without a whole answer: {:?}", String::from_utf8_lossy(&read))),
+            Ok(0) => {
+                return Err(format!(
+                    "closed without a whole answer: {:?}",
+                    String::from_utf8_lossy(&read)
+                ))
+            }
             Ok(n) => read.extend_from_slice(&buf[..n]),
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => {
@@ -349,13 +393,22 @@ fn exchange(addr: SocketAddr, bytes: &[u8]) -> Result<Answer, String> {
 
 /// What every answer must be.
 fn check(answer: &Answer) -> Result<(), String> {
-    let body: Value = serde_json::from_slice(&answer.body)
-        .map_err(|e| format!("a {} answer whose body is not JSON ({e}): {:?}", answer.status, answer.text()))?;
+    let body: Value = serde_json::from_slice(&answer.body).map_err(|e| {
+        format!(
+            "a {} answer whose body is not JSON ({e}): {:?}",
+            answer.status,
+            answer.text()
+        )
+    })?;
     if answer.status >= 400 {
         if answer.header("content-type") != Some("application/json") {
-            return Err(format!("a refusal without the JSON content type: {answer:?}"));
+            return Err(format!(
+                "a refusal without the JSON content type: {answer:?}"
+            ));
         }
-        let code = body["code"].as_str().ok_or_else(|| format!("a refusal without a code: {body}"))?;
+        let code = body["code"]
+            .as_str()
+            .ok_or_else(|| format!("a refusal without a code: {body}"))?;
         if body["error"].as_str().is_none_or(str::is_empty) {
             return Err(format!("a refusal without a message: {body}"));
         }
@@ -419,8 +472,11 @@ fn every_generated_request_gets_a_json_answer_and_the_server_keeps_answering() {
         panic!("{e}");
     }
     // Still answering, and still publishing.
-    let health = exchange(addr, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .expect("health after the run");
+    let health = exchange(
+        addr,
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .expect("health after the run");
     assert_eq!(health.status, 200, "{health:?}");
     let published = exchange(
         addr,

@@ -20,7 +20,8 @@ use tokio::time::Instant;
 use edaflow::broker::Broker;
 use edaflow::flow::TopicPattern;
 use http_support::{
-    connect, exchange, healthz, parse_answer, read_answer, read_until_closed, request, serve,
+    connect, exchange, healthz, parse_answer, preview, read_answer, read_until_closed, request,
+    serve,
 };
 
 /// Generous bound for a close or an answer that is due: the machine may be busy.
@@ -68,8 +69,8 @@ async fn a_head_trickled_in_is_answered_408_at_the_header_timeout() {
         elapsed >= Duration::from_millis(400),
         "closed after {elapsed:?}, before the header timeout"
     );
-    let (answer, _) = parse_answer(&bytes)
-        .unwrap_or_else(|| panic!("no answer: {:?}", String::from_utf8_lossy(&bytes)));
+    let (answer, _) =
+        parse_answer(&bytes).unwrap_or_else(|| panic!("no answer: {:?}", preview(&bytes)));
     answer.refused(408, "header_timeout");
     assert_eq!(answer.header("connection"), Some("close"));
     assert_eq!(
@@ -88,7 +89,7 @@ async fn a_connection_that_sends_nothing_is_closed_without_a_word() {
     let started = Instant::now();
     let mut stream = connect(server.addr).await;
     let bytes = read_until_closed(&mut stream, WITHIN).await;
-    assert!(bytes.is_empty(), "{:?}", String::from_utf8_lossy(&bytes));
+    assert!(bytes.is_empty(), "{:?}", preview(&bytes));
     assert!(started.elapsed() >= Duration::from_millis(300));
     server.runtime.shutdown(Duration::ZERO).await;
 }
@@ -123,8 +124,8 @@ async fn a_body_trickled_in_is_answered_408_at_the_body_timeout_and_not_publishe
     .await
     .unwrap_or_else(|_| panic!("still open after {WITHIN:?}"));
     assert!(started.elapsed() >= Duration::from_millis(400));
-    let (answer, _) = parse_answer(&bytes)
-        .unwrap_or_else(|| panic!("no answer: {:?}", String::from_utf8_lossy(&bytes)));
+    let (answer, _) =
+        parse_answer(&bytes).unwrap_or_else(|| panic!("no answer: {:?}", preview(&bytes)));
     answer.refused(408, "body_timeout");
     assert_eq!(answer.header("connection"), Some("close"));
     assert!(all.try_recv().is_err(), "a timed-out body was published");
@@ -147,7 +148,7 @@ async fn an_idle_kept_alive_connection_closes_at_the_idle_timeout_not_the_header
     let idle_from = Instant::now();
     let bytes = read_until_closed(&mut stream, WITHIN).await;
     let idle = idle_from.elapsed();
-    assert!(bytes.is_empty(), "{:?}", String::from_utf8_lossy(&bytes));
+    assert!(bytes.is_empty(), "{:?}", preview(&bytes));
     assert!(
         idle >= Duration::from_millis(1100),
         "closed after {idle:?} idle"
@@ -239,8 +240,8 @@ async fn past_max_connections_a_new_one_gets_503_json_and_the_server_recovers() 
     let mut third = connect(server.addr).await;
     let _ = third.write_all(&healthz()).await;
     let bytes = read_until_closed(&mut third, WITHIN).await;
-    let (answer, _) = parse_answer(&bytes)
-        .unwrap_or_else(|| panic!("no answer: {:?}", String::from_utf8_lossy(&bytes)));
+    let (answer, _) =
+        parse_answer(&bytes).unwrap_or_else(|| panic!("no answer: {:?}", preview(&bytes)));
     answer.refused(503, "too_many_connections");
     assert_eq!(answer.header("retry-after"), Some("1"));
     assert_eq!(
@@ -335,5 +336,34 @@ async fn a_flood_of_connections_past_the_limit_is_refused_without_harm() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let server = Arc::try_unwrap(server).unwrap_or_else(|_| panic!("the server is shared"));
+    server.runtime.shutdown(Duration::ZERO).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_takes_no_byte_of_its_answer_is_dropped_at_the_idle_timeout() {
+    let server = serve(r#"idle_timeout = "500ms""#).await;
+    let mut tail = connect(server.addr).await;
+    tail.write_all(&request("GET", "/tail?pattern=bulk", &[], b""))
+        .await
+        .expect("open the tail");
+    // Far more than the socket buffers hold, and nobody reading.
+    let big = serde_json::json!({ "pad": "x".repeat(64 * 1024) });
+    for _ in 0..400 {
+        let event = edaflow::event::Event::new("bulk", "test", big.clone());
+        server
+            .broker
+            .publish(event, edaflow::broker::Backpressure::Reject)
+            .await
+            .expect("publish");
+        tokio::task::yield_now().await;
+    }
+    // The client stays away longer than the idle timeout; the server gives up on it, so
+    // reading now finds what was sent, then the end. (Were it still open, it would stay
+    // open: nothing more is published.)
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let bytes = read_until_closed(&mut tail, WITHIN).await;
+    assert!(bytes.len() > 1 << 20, "only {} bytes came", bytes.len());
+    // Everyone else is still served.
+    assert_eq!(exchange(server.addr, &healthz()).await.status, 200);
     server.runtime.shutdown(Duration::ZERO).await;
 }

@@ -191,13 +191,13 @@ pub async fn read_answer(stream: &mut TcpStream, within: Duration) -> Answer {
             .unwrap_or_else(|_| {
                 panic!(
                     "no whole answer within {within:?}; read so far: {:?}",
-                    String::from_utf8_lossy(&bytes)
+                    preview(&bytes)
                 )
             });
         match read {
             Ok(0) | Err(_) => panic!(
                 "the server closed before a whole answer; read: {:?}",
-                String::from_utf8_lossy(&bytes)
+                preview(&bytes)
             ),
             Ok(n) => bytes.extend_from_slice(&buf[..n]),
         }
@@ -215,8 +215,9 @@ pub async fn read_until_closed(stream: &mut TcpStream, within: Duration) -> Vec<
             .await
             .unwrap_or_else(|_| {
                 panic!(
-                    "the server kept the connection open past {within:?}; read: {:?}",
-                    String::from_utf8_lossy(&bytes)
+                    "the server kept the connection open past {within:?}; read {} bytes: {:?}",
+                    bytes.len(),
+                    preview(&bytes)
                 )
             });
         match read {
@@ -224,6 +225,16 @@ pub async fn read_until_closed(stream: &mut TcpStream, within: Duration) -> Vec<
             Ok(n) => bytes.extend_from_slice(&buf[..n]),
         }
     }
+}
+
+/// The start of what was read, for a failure message.
+pub fn preview(bytes: &[u8]) -> String {
+    let shown = &bytes[..bytes.len().min(300)];
+    let mut text = String::from_utf8_lossy(shown).into_owned();
+    if bytes.len() > shown.len() {
+        text.push('…');
+    }
+    text
 }
 
 /// Connects to `addr`.
