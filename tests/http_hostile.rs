@@ -449,8 +449,7 @@ fn every_generated_request_gets_a_json_answer_and_the_server_keeps_answering() {
     ));
     let addr = server.addr;
     let ran = AtomicU32::new(0);
-    let mut statuses = std::collections::BTreeMap::<u16, u32>::new();
-    let seen = std::sync::Mutex::new(&mut statuses);
+    let seen = std::sync::Mutex::new(std::collections::BTreeMap::<u16, u32>::new());
     let mut runner = TestRunner::new(Config {
         cases: cases(256),
         failure_persistence: None,
@@ -484,7 +483,7 @@ fn every_generated_request_gets_a_json_answer_and_the_server_keeps_answering() {
     )
     .expect("a publish after the run");
     assert_eq!(published.status, 202, "{published:?}");
-    drop(seen);
+    let statuses = seen.into_inner().unwrap_or_else(|e| e.into_inner());
     println!(
         "generated HTTP requests: {} run, answers by status: {statuses:?}",
         ran.load(Ordering::Relaxed)
