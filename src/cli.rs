@@ -96,7 +96,7 @@ pub enum Command {
     },
     /// Inspect, replay and drop the dead letters of a running instance.
     #[command(
-        after_help = "Examples:\n  edaflow dead list\n  edaflow dead list orderCreated\n  edaflow dead replay orderCreated --delay 10s\n  edaflow dead replay --id 01JD…\n  edaflow dead drop 'order*'\n  edaflow dead drop --all"
+        after_help = "Examples:\n  edaflow dead list\n  edaflow dead list orderCreated\n  edaflow dead replay orderCreated --delay 10s\n  edaflow dead replay --id 01JD…\n  edaflow dead replay --all\n  edaflow dead drop 'order*'\n  edaflow dead drop --all"
     )]
     Dead {
         #[command(subcommand)]
