@@ -367,3 +367,82 @@ async fn a_client_that_takes_no_byte_of_its_answer_is_dropped_at_the_idle_timeou
     assert_eq!(exchange(server.addr, &healthz()).await.status, 200);
     server.runtime.shutdown(Duration::ZERO).await;
 }
+
+/// The value of the metric line starting with `name ` in `/metrics`.
+fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_clocks_and_the_limit_are_counted_in_metrics() {
+    let server =
+        serve("max_connections = 2\nheader_timeout = \"300ms\"\nbody_timeout = \"300ms\"").await;
+    // Two slow heads hold both places; a third is refused.
+    let mut slow = Vec::new();
+    for _ in 0..2 {
+        let mut stream = connect(server.addr).await;
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nHo")
+            .await
+            .expect("send");
+        slow.push(stream);
+    }
+    let mut third = connect(server.addr).await;
+    let bytes = read_until_closed(&mut third, WITHIN).await;
+    parse_answer(&bytes)
+        .expect("an answer")
+        .0
+        .refused(503, "too_many_connections");
+    for mut stream in slow {
+        let bytes = read_until_closed(&mut stream, WITHIN).await;
+        parse_answer(&bytes)
+            .expect("an answer")
+            .0
+            .refused(408, "header_timeout");
+    }
+    // A slow body.
+    let mut body = connect(server.addr).await;
+    body.write_all(b"POST /topics/t HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n{")
+        .await
+        .expect("send");
+    let bytes = read_until_closed(&mut body, WITHIN).await;
+    parse_answer(&bytes)
+        .expect("an answer")
+        .0
+        .refused(408, "body_timeout");
+
+    // The closed connections may linger a moment: ask until there is room.
+    let deadline = Instant::now() + WITHIN;
+    let text = loop {
+        let mut stream = connect(server.addr).await;
+        let _ = stream
+            .write_all(&request("GET", "/metrics", &[], b""))
+            .await;
+        let bytes = read_until_closed_or_answer(&mut stream).await;
+        match parse_answer(&bytes) {
+            Some((answer, _)) if answer.status == 200 => break answer.text(),
+            _ => {
+                assert!(Instant::now() < deadline, "no room for /metrics");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    assert_eq!(
+        metric(&text, "edaflow_http_timeouts_total{clock=\"header\"}"),
+        2
+    );
+    assert_eq!(
+        metric(&text, "edaflow_http_timeouts_total{clock=\"body\"}"),
+        1
+    );
+    assert_eq!(
+        metric(&text, "edaflow_http_timeouts_total{clock=\"write\"}"),
+        0
+    );
+    assert!(metric(&text, "edaflow_http_connections_refused_total") >= 1);
+    let open = metric(&text, "edaflow_http_connections_open");
+    assert!((1..=2).contains(&open), "{open} open");
+    server.runtime.shutdown(Duration::ZERO).await;
+}

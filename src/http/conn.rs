@@ -20,6 +20,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll, Waker};
 use std::time::Duration;
@@ -38,6 +39,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use crate::http::error::ApiError;
+use crate::runtime::metrics::Metrics;
 
 /// The largest request head (request line and headers) read; past it, 431.
 pub(crate) const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -66,10 +68,11 @@ pub(crate) async fn serve_connection(
     stream: TcpStream,
     router: Router,
     timeouts: Timeouts,
+    metrics: Arc<Metrics>,
     stop: CancellationToken,
     force: CancellationToken,
 ) {
-    let progress = Arc::new(Progress::new(timeouts));
+    let progress = Arc::new(Progress::new(timeouts, metrics));
     let io = ConnIo::new(stream, progress.clone());
     let service = ConnService {
         router,
@@ -113,6 +116,8 @@ pub(crate) async fn serve_connection(
 /// Where the connection stands, shared by the socket (`ConnIo`) and the bodies.
 struct Progress {
     timeouts: Timeouts,
+    /// Where the clocks that run out are counted.
+    metrics: Arc<Metrics>,
     state: Mutex<State>,
 }
 
@@ -151,17 +156,20 @@ enum Stage {
 /// What the socket does when its read clock runs out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Expiry {
-    /// Close without a word: nothing of a request arrived (or an answer is still
-    /// unflushed, which a 408 must not interleave with).
+    /// Close without a word: an idle connection, a body nobody reads.
     Close,
+    /// Close without a word, counted as a slow head: nothing of it arrived (or an answer
+    /// is still unflushed, which a 408 must not interleave with).
+    SlowHead,
     /// Answer `408 header_timeout`, then close.
     HeaderTimeout,
 }
 
 impl Progress {
-    fn new(timeouts: Timeouts) -> Progress {
+    fn new(timeouts: Timeouts, metrics: Arc<Metrics>) -> Progress {
         Progress {
             timeouts,
+            metrics,
             state: Mutex::new(State {
                 // A new connection owes its first head within `header_timeout`.
                 stage: Stage::Head {
@@ -281,12 +289,16 @@ impl Progress {
         let state = self.lock();
         match state.stage {
             Stage::Head {
-                deadline, started, ..
+                deadline,
+                started,
+                header_clock,
             } => {
-                let expiry = if started && state.flushed {
+                let expiry = if !header_clock {
+                    Expiry::Close
+                } else if started && state.flushed {
                     Expiry::HeaderTimeout
                 } else {
-                    Expiry::Close
+                    Expiry::SlowHead
                 };
                 Some((deadline, expiry))
             }
@@ -382,6 +394,8 @@ impl ConnIo {
         match self.write_timer.as_mut().poll(cx) {
             Poll::Ready(()) => {
                 debug!("the client took no byte of the answer for the idle timeout");
+                let http = &self.progress.metrics.http;
+                http.write_timeouts.fetch_add(1, Ordering::Relaxed);
                 Poll::Ready(io::ErrorKind::TimedOut.into())
             }
             Poll::Pending => Poll::Pending,
@@ -437,13 +451,20 @@ impl AsyncRead for ConnIo {
                 if this.read_timer.as_mut().poll(cx).is_pending() {
                     return Poll::Pending;
                 }
+                let http = &this.progress.metrics.http;
                 match expiry {
                     Expiry::Close => {
                         debug!("closing a connection: a read timed out");
                         Poll::Ready(Err(io::ErrorKind::TimedOut.into()))
                     }
+                    Expiry::SlowHead => {
+                        debug!("closing a connection: no request head in time");
+                        http.header_timeouts.fetch_add(1, Ordering::Relaxed);
+                        Poll::Ready(Err(io::ErrorKind::TimedOut.into()))
+                    }
                     Expiry::HeaderTimeout => {
                         debug!("answering 408: the request head was too slow");
+                        http.header_timeouts.fetch_add(1, Ordering::Relaxed);
                         let after_ms = this.progress.timeouts.header.as_millis();
                         this.answer(&ApiError::HeaderTimeout { after_ms });
                         this.failed = true;
@@ -589,6 +610,15 @@ impl TimedBody {
             progress.body_ended();
         }
     }
+
+    /// Fails for good (the socket's backstop closes the connection if nobody answers).
+    fn timed_out(&mut self) -> Box<dyn std::error::Error + Send + Sync> {
+        if let Some(progress) = self.progress.take() {
+            let http = &progress.metrics.http;
+            http.body_timeouts.fetch_add(1, Ordering::Relaxed);
+        }
+        Box::new(BodyTimeout { after: self.after })
+    }
 }
 
 impl HttpBody for TimedBody {
@@ -613,19 +643,13 @@ impl HttpBody for TimedBody {
                     this.ended();
                 } else if this.timer.is_elapsed() {
                     // A body trickling in never waits long enough to see its clock.
-                    this.progress = None;
-                    return Poll::Ready(Some(Err(Box::new(BodyTimeout { after: this.after }))));
+                    return Poll::Ready(Some(Err(this.timed_out())));
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
             Poll::Pending => match this.timer.as_mut().poll(cx) {
-                Poll::Ready(()) => {
-                    // Failed for good: the socket's backstop closes the connection if
-                    // nobody answers.
-                    this.progress = None;
-                    Poll::Ready(Some(Err(Box::new(BodyTimeout { after: this.after }))))
-                }
+                Poll::Ready(()) => Poll::Ready(Some(Err(this.timed_out()))),
                 Poll::Pending => Poll::Pending,
             },
         }
@@ -699,12 +723,12 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_clocks_follow_the_request() {
         let start = Instant::now();
-        let progress = Progress::new(timeouts());
+        let progress = Progress::new(timeouts(), Arc::default());
         // A new connection: its first head is due within the header timeout, and if
         // nothing came, it closes without a word.
         assert_eq!(
             progress.read_deadline(),
-            Some((start + Duration::from_secs(10), Expiry::Close))
+            Some((start + Duration::from_secs(10), Expiry::SlowHead))
         );
         progress.read_some();
         assert_eq!(
@@ -743,7 +767,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_answer_before_the_body_leaves_the_body_clock_running() {
         let start = Instant::now();
-        let progress = Progress::new(timeouts());
+        let progress = Progress::new(timeouts(), Arc::default());
         progress.request_started(Some(start + Duration::from_secs(30)));
         progress.answered();
         assert_eq!(

@@ -142,7 +142,8 @@ pub async fn serve<B: Broker>(
         max_connections: config.max_connections,
     };
     let stopping = state.stopping.clone();
-    server::serve(listener, router(state), limits, token, stopping).await;
+    let metrics = state.shared.metrics.clone();
+    server::serve(listener, router(state), limits, metrics, token, stopping).await;
 }
 
 /// Any route not listed.

@@ -8,6 +8,7 @@
 //! close, a request being handled gets `STOP_GRACE` to finish, and whatever is still open
 //! then is dropped. It owns no routes: the router is handed in.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,6 +22,7 @@ use tracing::{debug, warn};
 
 use crate::http::conn::{serve_connection, Timeouts};
 use crate::http::error::ApiError;
+use crate::runtime::metrics::Metrics;
 
 /// How long requests in progress may go on once the producer stops, before their
 /// connections are dropped (within the runtime's half-second for stopping producers).
@@ -50,6 +52,7 @@ pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: ServerLimits,
+    metrics: Arc<Metrics>,
     stop: CancellationToken,
     stopping: CancellationToken,
 ) {
@@ -94,16 +97,20 @@ pub async fn serve(
             Ok(permit) => {
                 let span = tracing::debug_span!("connection", %peer);
                 let (router, stop, force) = (router.clone(), stop.clone(), force.clone());
+                let open = OpenConnection::count(metrics.clone());
+                let metrics = metrics.clone();
                 connections.spawn(tracing::Instrument::instrument(
                     async move {
-                        serve_connection(stream, router, timeouts, stop, force).await;
-                        drop(permit);
+                        serve_connection(stream, router, timeouts, metrics, stop, force).await;
+                        drop((permit, open));
                     },
                     span,
                 ));
             }
             Err(_) => {
                 debug!(%peer, limit = limits.max_connections, "refusing a connection: too many open");
+                let http = &metrics.http;
+                http.connections_refused.fetch_add(1, Ordering::Relaxed);
                 refuse(
                     stream,
                     limits.max_connections,
@@ -128,6 +135,26 @@ pub async fn serve(
         );
         force.cancel();
         connections.wait().await;
+    }
+}
+
+/// One connection in `edaflow_http_connections_open`, for as long as it lives (a dropped
+/// task included).
+struct OpenConnection(Arc<Metrics>);
+
+impl OpenConnection {
+    fn count(metrics: Arc<Metrics>) -> OpenConnection {
+        metrics
+            .http
+            .connections_open
+            .fetch_add(1, Ordering::Relaxed);
+        OpenConnection(metrics)
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.http.connections_open.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
