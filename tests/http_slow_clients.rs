@@ -452,3 +452,10 @@ async fn the_clocks_and_the_limit_are_counted_in_metrics() {
     assert!((1..=2).contains(&open), "{open} open");
     server.runtime.shutdown(Duration::ZERO).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_enormous_connection_limit_is_only_a_large_one() {
+    let server = serve("max_connections = 9223372036854775807").await;
+    assert_eq!(exchange(server.addr, &healthz()).await.status, 200);
+    server.runtime.shutdown(Duration::ZERO).await;
+}

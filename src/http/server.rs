@@ -62,7 +62,10 @@ pub async fn serve(
         idle: limits.idle_timeout,
     };
     let connections = TaskTracker::new();
-    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    // Any count a flow file can write is far beyond what a process can hold open.
+    let permits = Arc::new(Semaphore::new(
+        limits.max_connections.min(Semaphore::MAX_PERMITS),
+    ));
     let refusers = Arc::new(Semaphore::new(REFUSERS));
     // Cancelled when the grace is over: connections still open are dropped.
     let force = CancellationToken::new();
