@@ -402,6 +402,7 @@ async fn run_on<B: Broker>(
         RuntimeOptions {
             roles: args.roles.clone(),
             listen: args.listen.clone(),
+            token: args.token.clone(),
             producers: true,
             ..RuntimeOptions::default()
         },
@@ -717,11 +718,13 @@ async fn dead(action: DeadAction) -> Result<(), Error> {
             origin,
             ids,
             delay,
+            all,
             remote,
         } => {
             let target = Target::parse(&remote.url, remote.token.clone())?;
             let body =
-                serde_json::json!({ "origin": origin, "ids": ids, "delay": delay }).to_string();
+                serde_json::json!({ "origin": origin, "ids": ids, "all": all, "delay": delay })
+                    .to_string();
             let answer = target
                 .call(
                     "POST",

@@ -96,7 +96,7 @@ pub enum Command {
     },
     /// Inspect, replay and drop the dead letters of a running instance.
     #[command(
-        after_help = "Examples:\n  edaflow dead list\n  edaflow dead list orderCreated\n  edaflow dead replay orderCreated --delay 10s\n  edaflow dead replay --id 01JD…\n  edaflow dead drop 'order*'\n  edaflow dead drop --all"
+        after_help = "Examples:\n  edaflow dead list\n  edaflow dead list orderCreated\n  edaflow dead replay orderCreated --delay 10s\n  edaflow dead replay --id 01JD…\n  edaflow dead replay --all\n  edaflow dead drop 'order*'\n  edaflow dead drop --all"
     )]
     Dead {
         #[command(subcommand)]
@@ -185,6 +185,9 @@ pub enum DeadAction {
         /// Make them due again only after this long (e.g. 10s).
         #[arg(long, value_name = "DURATION")]
         delay: Option<String>,
+        /// Replay every dead letter (required when no origin or id is given).
+        #[arg(long)]
+        all: bool,
         #[command(flatten)]
         remote: Remote,
     },
@@ -212,6 +215,15 @@ pub struct RunArgs {
     /// Override the HTTP producer's listen address (port 0 picks a free port).
     #[arg(long, value_name = "ADDR", env = "EDAFLOW_LISTEN")]
     pub listen: Option<String>,
+    /// The bearer token every HTTP producer requires, in place of the flow files' `token`
+    /// (keeps the secret out of them). Never logged.
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "EDAFLOW_TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<crate::flow::model::ApiToken>,
     /// Run only subscribers with this role (repeatable); producers without a role still run.
     #[arg(long = "role", value_name = "ROLE")]
     pub roles: Vec<String>,

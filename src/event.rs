@@ -73,7 +73,11 @@ pub fn data_depth(value: &serde_json::Value) -> usize {
 }
 
 /// One event. Cheap to share: brokers hand out `Arc<Event>`.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+///
+/// Binary data (which came as CloudEvents' `data_base64`) is kept as the `data_base64`
+/// attribute in `extensions`, with `data` null; the envelope then leaves `data` out, as
+/// the JSON format requires of an event with `data_base64`.
+#[derive(Clone, Debug, PartialEq)]
 pub struct Event {
     /// Always "1.0".
     pub specversion: String,
@@ -82,34 +86,28 @@ pub struct Event {
     /// Who produced it, e.g. `edaflow://orders/api`.
     pub source: String,
     /// The topic.
-    #[serde(rename = "type")]
     pub topic: String,
     /// Creation time, RFC 3339 on the wire.
-    #[serde(serialize_with = "rfc3339::serialize")]
     pub time: SystemTime,
-    /// Always `application/json` for events edaflow creates.
+    /// `application/json` for events edaflow creates; a client's own type for what it
+    /// sent (binary data: `application/octet-stream` unless it said otherwise).
     pub datacontenttype: String,
     /// The payload.
     pub data: serde_json::Value,
     /// The id of the first event of the journey this event belongs to.
-    #[serde(rename = "correlationid")]
     pub correlation_id: String,
     /// The id of the event whose handling emitted this one (absent for the first).
-    #[serde(rename = "causationid", skip_serializing_if = "Option::is_none")]
     pub causation_id: Option<String>,
     /// How many events of its journey lie between this one and the journey's first
     /// (0 for the first). Handlers' emits are refused past the flow set's `max_hops`, so a
     /// loop of handlers emitting to each other ends in a dead letter.
-    #[serde(rename = "edaflowhops", skip_serializing_if = "is_zero")]
     pub hops: u32,
     /// Other CloudEvents extension attributes (e.g. the dead-letter details).
-    #[serde(flatten)]
     pub extensions: BTreeMap<String, serde_json::Value>,
     /// The payload exactly as it arrived, when it came as bare bytes (the article's curl
     /// body, a Redis pub/sub message, a plain-list item). Not part of the envelope (never
     /// serialised) and ignored by `==`: it only lets the article's wire format and output
     /// repeat a client's bytes unchanged instead of re-writing `data`.
-    #[serde(skip)]
     pub raw: RawPayload,
 }
 
@@ -132,6 +130,10 @@ impl RawPayload {
 
 /// The extension attribute carrying `Event::hops`.
 pub const HOPS_EXTENSION: &str = "edaflowhops";
+
+/// The attribute carrying binary data as base64 (CloudEvents' JSON format), held in
+/// `Event::extensions`.
+pub const DATA_BASE64: &str = "data_base64";
 
 fn is_zero(hops: &u32) -> bool {
     *hops == 0
@@ -373,42 +375,40 @@ impl Event {
     /// Written in one pass into a buffer sized for a typical event: it is made for every
     /// event a remote broker carries.
     pub fn to_stored_json(&self) -> String {
-        let stored = Stored {
-            specversion: &self.specversion,
-            id: &self.id,
-            source: &self.source,
-            topic: &self.topic,
-            time: self.time,
-            datacontenttype: &self.datacontenttype,
-            data: &self.data,
-            correlation_id: &self.correlation_id,
-            causation_id: self.causation_id.as_deref(),
-            hops: self.hops,
-            extensions: &self.extensions,
-        };
         let mut out = Vec::with_capacity(384);
         // As `to_json`: this cannot fail, and serde_json writes UTF-8 only.
-        if serde_json::to_writer(&mut out, &stored).is_err() {
+        if serde_json::to_writer(&mut out, &Envelope::of(self, true)).is_err() {
             return self.to_json();
         }
         String::from_utf8(out).unwrap_or_default()
     }
+
+    /// Whether the event's data is binary (held as `data_base64`).
+    pub fn has_binary_data(&self) -> bool {
+        self.data.is_null() && self.extensions.contains_key(DATA_BASE64)
+    }
 }
 
-/// `Event`'s envelope, borrowed, with the time to the nanosecond (see
-/// `Event::to_stored_json`). Its fields, names and order are `Event`'s: a test checks that
-/// the two agree.
+impl Serialize for Event {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        Envelope::of(self, false).serialize(s)
+    }
+}
+
+/// `Event`'s envelope, borrowed: what both its wire form (time to the millisecond) and its
+/// stored form (to the nanosecond, see `Event::to_stored_json`) write.
 #[derive(Serialize)]
-struct Stored<'a> {
+struct Envelope<'a> {
     specversion: &'a str,
     id: &'a str,
     source: &'a str,
     #[serde(rename = "type")]
     topic: &'a str,
-    #[serde(serialize_with = "rfc3339::serialize_nanos")]
-    time: SystemTime,
+    #[serde(serialize_with = "rfc3339::serialize_precise")]
+    time: (SystemTime, bool),
     datacontenttype: &'a str,
-    data: &'a serde_json::Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<&'a serde_json::Value>,
     #[serde(rename = "correlationid")]
     correlation_id: &'a str,
     #[serde(rename = "causationid", skip_serializing_if = "Option::is_none")]
@@ -417,6 +417,24 @@ struct Stored<'a> {
     hops: u32,
     #[serde(flatten)]
     extensions: &'a BTreeMap<String, serde_json::Value>,
+}
+
+impl<'a> Envelope<'a> {
+    fn of(event: &'a Event, nanos: bool) -> Envelope<'a> {
+        Envelope {
+            specversion: &event.specversion,
+            id: &event.id,
+            source: &event.source,
+            topic: &event.topic,
+            time: (event.time, nanos),
+            datacontenttype: &event.datacontenttype,
+            data: (!event.has_binary_data()).then_some(&event.data),
+            correlation_id: &event.correlation_id,
+            causation_id: event.causation_id.as_deref(),
+            hops: event.hops,
+            extensions: &event.extensions,
+        }
+    }
 }
 
 /// Writes `value` the way the article's consumer prints payloads:
@@ -469,12 +487,16 @@ mod rfc3339 {
 
     use serde::{Deserialize, Deserializer, Serializer};
 
-    pub fn serialize<S: Serializer>(time: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&humantime::format_rfc3339_millis(*time))
-    }
-
-    pub fn serialize_nanos<S: Serializer>(time: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&humantime::format_rfc3339_nanos(*time))
+    /// A time to the millisecond, or to the nanosecond when the flag says so.
+    pub fn serialize_precise<S: Serializer>(
+        (time, nanos): &(SystemTime, bool),
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        if *nanos {
+            s.collect_str(&humantime::format_rfc3339_nanos(*time))
+        } else {
+            s.collect_str(&humantime::format_rfc3339_millis(*time))
+        }
     }
 
     /// A time read from its RFC 3339 text where it lies (no copy of the text).

@@ -8,7 +8,7 @@
 //! - [`script`]: the Rhai engine, host API, sandbox limits.
 //! - [`broker`]: the broker contract and the memory broker.
 //! - [`runtime`]: running components, handler execution, generations.
-//! - [`http`]: the HTTP producer (ingest, health, metrics, tail).
+//! - [`http`]: the HTTP producer (its accept loop and clocks, ingest, health, metrics, tail).
 //! - [`flowtest`]: `edaflow test`.
 //! - [`client`], [`cli`], [`app`]: the command line.
 //! - [`article`]: the article's own commands, as built-in flows.

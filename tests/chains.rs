@@ -189,6 +189,7 @@ async fn chains_are_reported_over_http_and_in_metrics() {
             listen: "127.0.0.1:0".into(),
             token: None,
             body_limit: 1 << 20,
+            ..edaflow::flow::model::HttpProducer::default()
         },
         "master",
     );
@@ -305,6 +306,7 @@ async fn steps_are_seen_from_every_publishing_path_and_not_when_refused() {
             listen: "127.0.0.1:0".into(),
             token: None,
             body_limit: 1 << 20,
+            ..edaflow::flow::model::HttpProducer::default()
         },
         "master",
     );

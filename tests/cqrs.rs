@@ -98,6 +98,7 @@ fn app(runtime: &Runtime<MemoryBroker>) -> axum::Router {
             listen: "127.0.0.1:0".into(),
             token: None,
             body_limit: 1 << 20,
+            ..HttpProducer::default()
         },
         "master",
     )

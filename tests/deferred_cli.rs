@@ -245,6 +245,23 @@ fn dead_letters_are_listed_replayed_and_dropped_from_the_cli() {
         Some(2)
     );
 
+    // replay with nothing selected is refused too, and replays nothing.
+    let refused = dead(dir.root(), addr, &["replay"]);
+    assert_ne!(refused.code, Some(0), "{}", refused.dump());
+    assert!(
+        unwrapped(&refused.stderr)
+            .contains("say which dead letters to replay: an origin, ids, or all"),
+        "{}",
+        refused.dump()
+    );
+    assert_eq!(
+        http(addr, "GET", "/admin/dead", b"")
+            .json()
+            .as_array()
+            .map(Vec::len),
+        Some(2)
+    );
+
     // Fix the worker, reload, and replay task 7: it is handled this time.
     dir.write("worker.rhai", FIXED_WORKER);
     let reload = http(addr, "POST", "/admin/reload", b"");
@@ -267,7 +284,27 @@ fn dead_letters_are_listed_replayed_and_dropped_from_the_cli() {
         listed.dump()
     );
 
-    // drop by origin empties the store.
+    // replay --all takes what is left: task 8, handled this time.
+    let replayed = dead(dir.root(), addr, &["replay", "--all"]);
+    assert_eq!(replayed.code, Some(0), "{}", replayed.dump());
+    assert_eq!(replayed.stdout, "replayed 1\n", "{}", replayed.dump());
+    running.stderr.wait_for(
+        "the replayed task 8 to be processed",
+        PATIENCE,
+        || running.dump(),
+        |line| line.contains("processed task 8").then_some(()),
+    );
+
+    // A new dead letter; drop by origin empties the store.
+    dir.write("worker.rhai", BROKEN_WORKER);
+    let reload = http(addr, "POST", "/admin/reload", b"");
+    assert_eq!(reload.status, 200, "{reload:?}\n{}", running.dump());
+    let reply = http(addr, "POST", "/queues/tasks", br#"{"task_id": 9}"#);
+    assert_eq!(reply.status, 202, "{reply:?}");
+    wait_until("a dead letter for task 9", &running, PATIENCE, || {
+        let list = http(addr, "GET", "/admin/dead", b"").json();
+        (list.as_array().map(Vec::len) == Some(1)).then_some(())
+    });
     let dropped = dead(dir.root(), addr, &["drop", "tasks"]);
     assert_eq!(dropped.code, Some(0), "{}", dropped.dump());
     assert_eq!(dropped.stdout, "dropped 1\n", "{}", dropped.dump());
@@ -276,8 +313,8 @@ fn dead_letters_are_listed_replayed_and_dropped_from_the_cli() {
     let none = dead(dir.root(), addr, &["drop", "--all"]);
     assert_eq!(none.stdout, "dropped 0\n", "{}", none.dump());
     assert!(
-        !running.stderr.text().contains("processed task 8"),
-        "task 8 was never replayed\n{}",
+        !running.stderr.text().contains("processed task 9"),
+        "task 9 was never replayed\n{}",
         running.dump()
     );
 }

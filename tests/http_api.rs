@@ -63,8 +63,11 @@ impl Default for Settings {
 fn http_config(settings: &Settings) -> HttpProducer {
     HttpProducer {
         listen: "127.0.0.1:0".into(),
-        token: settings.token.map(str::to_owned),
+        token: settings
+            .token
+            .map(|t| edaflow::flow::ApiToken::new(t).expect("a valid token")),
         body_limit: settings.body_limit,
+        ..HttpProducer::default()
     }
 }
 
@@ -416,7 +419,7 @@ async fn bodies_over_the_limit_are_a_413() {
         .expect("a valid request");
     send(&api.router, declared)
         .await
-        .refused(StatusCode::PAYLOAD_TOO_LARGE, "too_large");
+        .refused(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large");
 
     // A streamed body with no length is cut off at the limit.
     let chunks: Vec<Result<Bytes, std::io::Error>> = (0..8)
@@ -428,7 +431,7 @@ async fn bodies_over_the_limit_are_a_413() {
         .expect("a valid request");
     send(&api.router, streamed)
         .await
-        .refused(StatusCode::PAYLOAD_TOO_LARGE, "too_large");
+        .refused(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large");
 
     assert_nothing_published_before_marker(&api, &mut all).await;
 }

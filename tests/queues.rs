@@ -943,6 +943,7 @@ fn http_config() -> HttpProducer {
         listen: "127.0.0.1:0".to_owned(),
         token: None,
         body_limit: 1 << 20,
+        ..HttpProducer::default()
     }
 }
 

@@ -997,6 +997,7 @@ async fn healthz_shows_the_generation_and_the_last_reload() {
         listen: "127.0.0.1:0".into(),
         token: None,
         body_limit: 1 << 20,
+        ..HttpProducer::default()
     };
     let router = reloader.runtime().api_router(api, "master");
     let health = |router: axum::Router| async move {

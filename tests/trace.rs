@@ -66,6 +66,7 @@ async fn a_journey_is_traced_from_ingest_to_its_last_event() {
             listen: "127.0.0.1:0".into(),
             token: None,
             body_limit: 1 << 20,
+            ..HttpProducer::default()
         },
         "master",
     );

@@ -170,6 +170,36 @@ pub enum FlowError {
         span: SourceSpan,
     },
 
+    /// A duration that must be longer than zero (a timeout) is zero.
+    #[error("`{key}` must be longer than zero")]
+    #[diagnostic(
+        code(edaflow::flow::zero_duration),
+        help("a zero timeout would refuse every client; write e.g. \"10s\" (the default is {default})")
+    )]
+    ZeroDuration {
+        key: String,
+        /// The key's default, as written in a flow file.
+        default: &'static str,
+        #[source_code]
+        src: SharedSource,
+        #[label("zero")]
+        span: SourceSpan,
+    },
+
+    /// The HTTP producer's `token` cannot be used as a bearer token.
+    #[error("`token` is not a usable bearer token: {reason}")]
+    #[diagnostic(
+        code(edaflow::flow::invalid_token),
+        help("use letters, digits and punctuation, e.g. from `openssl rand -hex 32`; or leave `token` out and pass --token or EDAFLOW_TOKEN")
+    )]
+    InvalidToken {
+        reason: crate::flow::TokenError,
+        #[source_code]
+        src: SharedSource,
+        #[label("this token")]
+        span: SourceSpan,
+    },
+
     /// A byte size (such as `body_limit`) that does not parse.
     #[error("`{key}` is not a valid size: `{value}`")]
     #[diagnostic(

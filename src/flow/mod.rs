@@ -3,8 +3,10 @@
 //!
 //! No tokio and no Rhai here: scripts are read as text (the `script` module compiles
 //! them), and nothing runs. `model` is the data, `load` reads and checks it, `pattern`
-//! owns topic syntax, `diagnostic` the error types, `duration` the `"250ms"` strings.
+//! owns topic syntax, `diagnostic` the error types, `duration` the `"250ms"` strings, `api_token` the
+//! HTTP producer's token (kept out of logs).
 
+pub mod api_token;
 pub mod diagnostic;
 pub mod duration;
 pub mod graph;

@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use crate::flow::pattern::TopicPattern;
 
+pub use crate::flow::api_token::{ApiToken, TokenError};
+
 /// Every flow file of one `edaflow run`, merged. Component names are unique across the set.
 #[derive(Clone, Debug, PartialEq, Default)]
 pub struct FlowSet {
@@ -87,9 +89,51 @@ pub struct HttpProducer {
     /// `listen`, default `127.0.0.1:3000`.
     pub listen: String,
     /// `token`: when set, every request needs `Authorization: Bearer <token>`.
-    pub token: Option<String>,
+    pub token: Option<ApiToken>,
     /// `body_limit` in bytes, default 1 MiB.
     pub body_limit: usize,
+    /// `header_timeout`: how long a client may take to send a request's head (from the
+    /// connection's start, or from the first byte of a later request), default 10 s.
+    pub header_timeout: Duration,
+    /// `body_timeout`: how long a client may take to send a request's body once its head
+    /// is in, default 30 s.
+    pub body_timeout: Duration,
+    /// `idle_timeout`: how long a kept-alive connection may wait for its next request,
+    /// default 60 s.
+    pub idle_timeout: Duration,
+    /// `max_connections`: connections served at once; past it a new connection is
+    /// answered 503 and closed. Default 1024.
+    pub max_connections: usize,
+}
+
+impl HttpProducer {
+    /// The default `listen`.
+    pub const DEFAULT_LISTEN: &'static str = "127.0.0.1:3000";
+    /// The default `body_limit`: 1 MiB.
+    pub const DEFAULT_BODY_LIMIT: usize = 1 << 20;
+    /// The default `header_timeout`.
+    pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+    /// The default `body_timeout`.
+    pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
+    /// The default `idle_timeout`.
+    pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+    /// The default `max_connections`.
+    pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+}
+
+impl Default for HttpProducer {
+    /// What `[producers.NAME] kind = "http"` with no other key declares.
+    fn default() -> HttpProducer {
+        HttpProducer {
+            listen: HttpProducer::DEFAULT_LISTEN.to_owned(),
+            token: None,
+            body_limit: HttpProducer::DEFAULT_BODY_LIMIT,
+            header_timeout: HttpProducer::DEFAULT_HEADER_TIMEOUT,
+            body_timeout: HttpProducer::DEFAULT_BODY_TIMEOUT,
+            idle_timeout: HttpProducer::DEFAULT_IDLE_TIMEOUT,
+            max_connections: HttpProducer::DEFAULT_MAX_CONNECTIONS,
+        }
+    }
 }
 
 /// `kind = "interval"`: a timer.

@@ -1,14 +1,18 @@
 //! Inspection and admin routes: queue state (`GET /queues`, `GET /queues/{queue}`) and the
 //! dead-letter store (`GET /admin/dead`, `POST /admin/dead/replay`,
 //! `POST /admin/dead/drop`), which `edaflow dead …` drives.
+//!
+//! Admin bodies and query strings are read strictly: an unknown or misspelt field is a 400
+//! that names it (it never widens what is done), and replaying or dropping dead letters
+//! needs an explicit selection (`{"all": true}`, or an origin and/or ids).
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::body::Body;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::Response;
-use axum::Json;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
@@ -16,6 +20,8 @@ use crate::broker::{Backpressure, Broker, DeadFilter, QueueStats};
 use crate::event::Event;
 use crate::flow::duration::parse_duration;
 use crate::flow::pattern::TopicPattern;
+use crate::http::cloudevents::is_json_type;
+use crate::http::ingest::read_body;
 use crate::http::{json_response, ApiError, ApiState};
 
 /// One queue as `GET /queues` reports it.
@@ -86,50 +92,179 @@ pub(crate) async fn show_queue<B: Broker>(
     ))
 }
 
-/// Which dead letters a request is about (query string or JSON body).
+/// `GET /admin/dead?origin=PATTERN`: which dead letters to list (all without `origin`).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DeadQuery {
+    /// A topic pattern matched against the original topic or queue.
+    origin: Option<String>,
+}
+
+/// The body of `POST /admin/dead/replay`.
 #[derive(Deserialize, Default)]
-pub(crate) struct DeadSelection {
+#[serde(deny_unknown_fields)]
+pub(crate) struct ReplayRequest {
     /// A topic pattern matched against the original topic or queue.
     origin: Option<String>,
     /// Dead-letter event ids.
     #[serde(default)]
     ids: Vec<String>,
-    /// Replay only: wait this long before the events are due again.
+    /// Every dead letter; only alone.
+    #[serde(default)]
+    all: bool,
+    /// Wait this long before the events are due again.
     delay: Option<String>,
-    /// Drop only: required when neither `origin` nor `ids` narrows the selection.
+}
+
+/// The body of `POST /admin/dead/drop`.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DropRequest {
+    origin: Option<String>,
+    #[serde(default)]
+    ids: Vec<String>,
     #[serde(default)]
     all: bool,
 }
 
-impl DeadSelection {
-    fn filter(&self) -> Result<DeadFilter, ApiError> {
-        let origin = self
-            .origin
-            .as_deref()
-            .map(|o| {
-                TopicPattern::parse(o).map_err(|e| ApiError::BadParameter {
-                    detail: format!("origin {o:?}: {e}"),
-                })
-            })
-            .transpose()?;
-        Ok(DeadFilter {
-            origin,
-            ids: self.ids.clone(),
-        })
+/// What a field of an admin body holds.
+#[derive(Clone, Copy)]
+enum Kind {
+    /// A string (or null).
+    Text,
+    /// An array of strings.
+    Texts,
+    Boolean,
+}
+
+impl Kind {
+    fn holds(self, value: &serde_json::Value) -> bool {
+        match self {
+            Kind::Text => value.is_string() || value.is_null(),
+            Kind::Texts => value
+                .as_array()
+                .is_some_and(|items| items.iter().all(serde_json::Value::is_string)),
+            Kind::Boolean => value.is_boolean(),
+        }
     }
+
+    fn noun(self) -> &'static str {
+        match self {
+            Kind::Text => "a string",
+            Kind::Texts => "an array of strings",
+            Kind::Boolean => "true or false",
+        }
+    }
+}
+
+const REPLAY_FIELDS: &[(&str, Kind)] = &[
+    ("origin", Kind::Text),
+    ("ids", Kind::Texts),
+    ("all", Kind::Boolean),
+    ("delay", Kind::Text),
+];
+const DROP_FIELDS: &[(&str, Kind)] = &[
+    ("origin", Kind::Text),
+    ("ids", Kind::Texts),
+    ("all", Kind::Boolean),
+];
+
+/// The dead letters an admin request acts on: said explicitly, never by default.
+///
+/// # Errors
+/// No selection at all (`action` says what would have been done), `all` together with a
+/// narrower one, or an origin that is not a pattern.
+fn selection(
+    origin: Option<&str>,
+    ids: &[String],
+    all: bool,
+    action: &str,
+) -> Result<DeadFilter, ApiError> {
+    let narrowed = origin.is_some() || !ids.is_empty();
+    if all && narrowed {
+        return Err(ApiError::BadParameter {
+            detail: "`all` goes alone: give `all`, or an origin and/or ids".to_owned(),
+        });
+    }
+    if !all && !narrowed {
+        return Err(ApiError::BadParameter {
+            detail: format!("say which dead letters to {action}: an origin, ids, or all"),
+        });
+    }
+    dead_filter(origin, ids)
+}
+
+fn dead_filter(origin: Option<&str>, ids: &[String]) -> Result<DeadFilter, ApiError> {
+    let origin = origin
+        .map(|o| {
+            TopicPattern::parse(o).map_err(|e| ApiError::BadParameter {
+                detail: format!("origin {o:?}: {e}"),
+            })
+        })
+        .transpose()?;
+    Ok(DeadFilter {
+        origin,
+        ids: ids.to_vec(),
+    })
+}
+
+/// Reads an admin request's JSON body strictly: an object whose fields are all in
+/// `fields`, each holding its kind (a misspelt field is refused by name, never ignored),
+/// or `None` for an empty body.
+async fn strict_body<T: serde::de::DeserializeOwned>(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+    fields: &'static [(&'static str, Kind)],
+    expected: &'static str,
+) -> Result<Option<T>, ApiError> {
+    if let Some(content_type) = headers.get(header::CONTENT_TYPE) {
+        let text = String::from_utf8_lossy(content_type.as_bytes());
+        if !is_json_type(&text) {
+            return Err(ApiError::UnsupportedMediaType {
+                content_type: text.into_owned(),
+            });
+        }
+    }
+    let bytes = read_body(headers, body, limit).await?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    let object: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::InvalidJson {
+            detail: format!("{e} (the body is a JSON object)"),
+        })?;
+    for (name, value) in &object {
+        let Some((_, kind)) = fields.iter().find(|(field, _)| field == name) else {
+            return Err(ApiError::UnknownField {
+                field: name.clone(),
+                expected,
+            });
+        };
+        if !kind.holds(value) {
+            return Err(ApiError::BadParameter {
+                detail: format!("`{name}` must be {}", kind.noun()),
+            });
+        }
+    }
+    serde_json::from_value(serde_json::Value::Object(object))
+        .map(Some)
+        .map_err(|e| ApiError::BadParameter {
+            detail: e.to_string(),
+        })
 }
 
 /// `GET /admin/dead?origin=PATTERN`.
 pub(crate) async fn list_dead<B: Broker>(
     State(state): State<Arc<ApiState<B>>>,
     headers: HeaderMap,
-    Query(selection): Query<DeadSelection>,
+    Query(query): Query<DeadQuery>,
 ) -> Result<Response, ApiError> {
     state.authorize(&headers)?;
     let dead = state
         .shared
         .broker
-        .dead_letters(&selection.filter()?)
+        .dead_letters(&dead_filter(query.origin.as_deref(), &[])?)
         .await
         .map_err(|_| ApiError::Unavailable)?;
     Ok(json_response(
@@ -173,18 +308,31 @@ fn revive(dead: &Event) -> (Option<String>, Event) {
     (queue, event)
 }
 
-/// `POST /admin/dead/replay` with `{"origin": …, "ids": […], "delay": "10s"}`: re-publishes
-/// each selected dead letter to its original topic (or queue), then removes those that
-/// went through from the store.
+/// `POST /admin/dead/replay` with `{"origin": …, "ids": […], "delay": "10s"}` or
+/// `{"all": true}`: re-publishes each selected dead letter to its original topic (or
+/// queue), then removes those that went through from the store.
 pub(crate) async fn replay_dead<B: Broker>(
     State(state): State<Arc<ApiState<B>>>,
     headers: HeaderMap,
-    body: Option<Json<DeadSelection>>,
+    body: Body,
 ) -> Result<Response, ApiError> {
     state.authorize(&headers)?;
-    let selection = body.map(|Json(s)| s).unwrap_or_default();
-    let filter = selection.filter()?;
-    let delay = selection
+    let request: Option<ReplayRequest> = strict_body(
+        &headers,
+        body,
+        state.config.body_limit,
+        REPLAY_FIELDS,
+        "origin, ids, all or delay",
+    )
+    .await?;
+    let request = request.unwrap_or_default();
+    let filter = selection(
+        request.origin.as_deref(),
+        &request.ids,
+        request.all,
+        "replay",
+    )?;
+    let delay = request
         .delay
         .as_deref()
         .map(|d| {
@@ -257,19 +405,23 @@ pub(crate) async fn replay_dead<B: Broker>(
 pub(crate) async fn drop_dead<B: Broker>(
     State(state): State<Arc<ApiState<B>>>,
     headers: HeaderMap,
-    body: Option<Json<DeadSelection>>,
+    body: Body,
 ) -> Result<Response, ApiError> {
     state.authorize(&headers)?;
-    let selection = body.map(|Json(s)| s).unwrap_or_default();
-    if selection.origin.is_none() && selection.ids.is_empty() && !selection.all {
-        return Err(ApiError::BadParameter {
-            detail: "say which dead letters to drop: an origin, ids, or all".to_owned(),
-        });
-    }
+    let request: Option<DropRequest> = strict_body(
+        &headers,
+        body,
+        state.config.body_limit,
+        DROP_FIELDS,
+        "origin, ids or all",
+    )
+    .await?;
+    let request = request.unwrap_or_default();
+    let filter = selection(request.origin.as_deref(), &request.ids, request.all, "drop")?;
     let taken = state
         .shared
         .broker
-        .take_dead_letters(&selection.filter()?)
+        .take_dead_letters(&filter)
         .await
         .map_err(|_| ApiError::Unavailable)?;
     info!(dropped = taken.len(), "dead letters dropped");

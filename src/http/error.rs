@@ -1,9 +1,18 @@
 //! `ApiError`: every way an HTTP request can be refused, mapped to a status and a JSON
 //! body `{"error": "...", "code": "..."}`. Messages are safe to show: broker and script
-//! details go to the log, never to the client.
+//! details go to the log, never to the client. The codes are stable: clients match on
+//! them, so a code is never renamed or reused for another refusal.
+//!
+//! Refusals that happen before a request reaches the router (a malformed head, a timeout,
+//! too many connections) are written by `http::conn` and `http::server` through
+//! `ApiError::raw_response`, so they read the same.
+
+use std::fmt;
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+
+use crate::event::limits;
 
 /// A refused request.
 #[derive(Debug, thiserror::Error)]
@@ -14,20 +23,37 @@ pub enum ApiError {
     InvalidTopic { topic: String, detail: String },
     #[error("invalid CloudEvent: {detail}")]
     InvalidEvent { detail: String },
+    #[error("invalid extension attribute name {name:?}: names are 1 to {max} lowercase letters (a-z) and digits (0-9)", max = limits::MAX_EXTENSION_NAME_BYTES)]
+    InvalidExtensionName { name: String },
+    #[error("invalid value of extension attribute `{name}`: {detail}")]
+    InvalidExtensionValue { name: String, detail: String },
+    #[error("{}", .field.message(*.limit))]
+    TooLong { field: LimitedField, limit: usize },
+    #[error("data nested more than {limit} levels deep")]
+    DataTooDeep { limit: usize },
     #[error("request body larger than {limit} bytes")]
     TooLarge { limit: usize },
     #[error("unsupported content type {content_type:?}; send application/json or application/cloudevents+json")]
     UnsupportedMediaType { content_type: String },
+    #[error("unknown field `{field}` in the request body; expected {expected}")]
+    UnknownField {
+        field: String,
+        expected: &'static str,
+    },
     #[error("missing or wrong bearer token")]
     Unauthorized,
     #[error("too busy: the buffer of `{group}` is full; retry later")]
     Backpressure { group: String },
+    #[error("too busy: {held} are over their byte budget ({bytes} bytes); retry later")]
+    OverBudget { held: String, bytes: usize },
     #[error("the broker is unavailable; retry later")]
     Unavailable,
     #[error("the broker is out of memory; retry later")]
     BrokerOutOfMemory,
     #[error("invalid parameter: {detail}")]
     BadParameter { detail: String },
+    #[error("bad request: {detail}")]
+    BadRequest { detail: String },
     #[error("reloading is not available in this process")]
     ReloadUnavailable,
     #[error("no queue named {queue:?}")]
@@ -44,29 +70,115 @@ pub enum ApiError {
     NoSuchKey { store: String, key: String },
     #[error("no journey {correlation:?} in the recent history")]
     UnknownJourney { correlation: String },
+    #[error("no route {method} {path}")]
+    NotFound { method: String, path: String },
+    #[error("{method} is not allowed on {path}")]
+    MethodNotAllowed { method: String, path: String },
+    #[error("the request head did not arrive within {after_ms} ms")]
+    HeaderTimeout { after_ms: u128 },
+    #[error("the request body did not arrive within {after_ms} ms")]
+    BodyTimeout { after_ms: u128 },
+    #[error("the request head is larger than this server reads")]
+    HeadersTooLarge,
+    #[error("the request's URI is longer than this server reads")]
+    UriTooLong,
+    #[error("too many connections (at most {limit} at once); retry later")]
+    TooManyConnections { limit: usize },
+    #[error("the request was refused ({status})")]
+    Refused { status: u16 },
+}
+
+/// A client-chosen string edaflow keeps, bounded by `event::limits`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LimitedField {
+    Id,
+    CorrelationId,
+    CausationId,
+    Source,
+    Topic,
+    ExtensionName,
+    ExtensionValue,
+    /// The number of extension attributes, not a length.
+    Extensions,
+}
+
+impl LimitedField {
+    fn code(self) -> &'static str {
+        match self {
+            LimitedField::Id => "id_too_long",
+            LimitedField::CorrelationId => "correlationid_too_long",
+            LimitedField::CausationId => "causationid_too_long",
+            LimitedField::Source => "source_too_long",
+            LimitedField::Topic => "topic_too_long",
+            LimitedField::ExtensionName => "extension_name_too_long",
+            LimitedField::ExtensionValue => "extension_value_too_long",
+            LimitedField::Extensions => "too_many_extensions",
+        }
+    }
+
+    fn message(self, limit: usize) -> String {
+        let what = match self {
+            LimitedField::Id => "`id`",
+            LimitedField::CorrelationId => "`correlationid`",
+            LimitedField::CausationId => "`causationid`",
+            LimitedField::Source => "`source`",
+            LimitedField::Topic => "the topic name",
+            LimitedField::ExtensionName => "an extension attribute's name",
+            LimitedField::ExtensionValue => "an extension attribute's value",
+            LimitedField::Extensions => {
+                return format!("more than {limit} extension attributes");
+            }
+        };
+        format!("{what} is longer than {limit} bytes")
+    }
+}
+
+impl fmt::Display for LimitedField {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.code())
+    }
 }
 
 impl ApiError {
-    fn status(&self) -> StatusCode {
+    /// The HTTP status of this refusal.
+    pub fn status(&self) -> StatusCode {
         match self {
             ApiError::InvalidJson { .. }
             | ApiError::InvalidTopic { .. }
             | ApiError::InvalidEvent { .. }
-            | ApiError::BadParameter { .. } => StatusCode::BAD_REQUEST,
+            | ApiError::InvalidExtensionName { .. }
+            | ApiError::InvalidExtensionValue { .. }
+            | ApiError::TooLong { .. }
+            | ApiError::DataTooDeep { .. }
+            | ApiError::UnknownField { .. }
+            | ApiError::BadParameter { .. }
+            | ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::UnknownQueue { .. }
             | ApiError::NotExposed { .. }
             | ApiError::NoSuchKey { .. }
-            | ApiError::UnknownJourney { .. } => StatusCode::NOT_FOUND,
+            | ApiError::UnknownJourney { .. }
+            | ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::HeaderTimeout { .. } | ApiError::BodyTimeout { .. } => {
+                StatusCode::REQUEST_TIMEOUT
+            }
+            ApiError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ApiError::UriTooLong => StatusCode::URI_TOO_LONG,
             ApiError::QueryTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ApiError::QueryFailed { .. } => StatusCode::BAD_GATEWAY,
             ApiError::QueriesUnsupported => StatusCode::NOT_IMPLEMENTED,
             ApiError::Backpressure { .. }
+            | ApiError::OverBudget { .. }
             | ApiError::Unavailable
             | ApiError::BrokerOutOfMemory
-            | ApiError::ReloadUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            | ApiError::ReloadUnavailable
+            | ApiError::TooManyConnections { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Refused { status } => {
+                StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_REQUEST)
+            }
         }
     }
 
@@ -76,13 +188,20 @@ impl ApiError {
             ApiError::InvalidJson { .. } => "invalid_json",
             ApiError::InvalidTopic { .. } => "invalid_topic",
             ApiError::InvalidEvent { .. } => "invalid_event",
-            ApiError::TooLarge { .. } => "too_large",
+            ApiError::InvalidExtensionName { .. } => "invalid_extension_name",
+            ApiError::InvalidExtensionValue { .. } => "invalid_extension_value",
+            ApiError::TooLong { field, .. } => field.code(),
+            ApiError::DataTooDeep { .. } => "data_too_deep",
+            ApiError::TooLarge { .. } => "body_too_large",
             ApiError::UnsupportedMediaType { .. } => "unsupported_media_type",
+            ApiError::UnknownField { .. } => "unknown_field",
             ApiError::Unauthorized => "unauthorized",
-            ApiError::Backpressure { .. } => "backpressure",
+            // One family for every "too busy, retry later": clients back off alike.
+            ApiError::Backpressure { .. } | ApiError::OverBudget { .. } => "backpressure",
             ApiError::Unavailable => "unavailable",
             ApiError::BrokerOutOfMemory => "broker_out_of_memory",
             ApiError::BadParameter { .. } => "bad_parameter",
+            ApiError::BadRequest { .. } => "bad_request",
             ApiError::ReloadUnavailable => "reload_unavailable",
             ApiError::UnknownQueue { .. } => "unknown_queue",
             ApiError::QueryTimeout { .. } => "query_timeout",
@@ -91,29 +210,144 @@ impl ApiError {
             ApiError::NotExposed { .. } => "not_exposed",
             ApiError::NoSuchKey { .. } => "no_such_key",
             ApiError::UnknownJourney { .. } => "unknown_journey",
+            ApiError::NotFound { .. } => "not_found",
+            ApiError::MethodNotAllowed { .. } => "method_not_allowed",
+            ApiError::HeaderTimeout { .. } => "header_timeout",
+            ApiError::BodyTimeout { .. } => "body_timeout",
+            ApiError::HeadersTooLarge => "headers_too_large",
+            ApiError::UriTooLong => "uri_too_long",
+            ApiError::TooManyConnections { .. } => "too_many_connections",
+            ApiError::Refused { .. } => "refused",
         }
+    }
+
+    /// The JSON body: `{"error": "...", "code": "..."}`.
+    pub fn body(&self) -> String {
+        serde_json::json!({ "error": self.to_string(), "code": self.code() }).to_string()
+    }
+
+    /// Whether the client is told to come back later (`Retry-After: 1`).
+    fn retry_later(&self) -> bool {
+        matches!(
+            self,
+            ApiError::Backpressure { .. }
+                | ApiError::OverBudget { .. }
+                | ApiError::Unavailable
+                | ApiError::BrokerOutOfMemory
+                | ApiError::TooManyConnections { .. }
+        )
+    }
+
+    /// Whether the connection cannot carry another request after this answer: the
+    /// request's body was not read to its end, or the client was too slow.
+    fn closes(&self) -> bool {
+        matches!(
+            self,
+            ApiError::TooLarge { .. }
+                | ApiError::HeaderTimeout { .. }
+                | ApiError::BodyTimeout { .. }
+                | ApiError::HeadersTooLarge
+                | ApiError::UriTooLong
+                | ApiError::TooManyConnections { .. }
+        )
+    }
+
+    /// The whole HTTP/1.1 answer as bytes (`Connection: close`), for refusals written
+    /// straight to a socket, outside the router.
+    pub fn raw_response(&self) -> Vec<u8> {
+        let status = self.status();
+        let body = self.body();
+        let mut head = format!(
+            "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n",
+            status.as_str(),
+            status.canonical_reason().unwrap_or(""),
+            body.len()
+        );
+        if self.retry_later() {
+            head.push_str("retry-after: 1\r\n");
+        }
+        head.push_str("\r\n");
+        let mut bytes = head.into_bytes();
+        bytes.extend_from_slice(body.as_bytes());
+        bytes
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body =
-            serde_json::json!({ "error": self.to_string(), "code": self.code() }).to_string();
-        let mut response = (self.status(), body).into_response();
+        let mut response = (self.status(), self.body()).into_response();
         let headers = response.headers_mut();
         headers.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
-        match self {
-            ApiError::Backpressure { .. } | ApiError::Unavailable | ApiError::BrokerOutOfMemory => {
-                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-            }
-            ApiError::Unauthorized => {
-                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            }
-            _ => {}
+        if self.retry_later() {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if matches!(self, ApiError::Unauthorized) {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if self.closes() {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raw_responses_are_complete_json_answers() {
+        let raw = ApiError::TooManyConnections { limit: 3 }.raw_response();
+        let text = String::from_utf8(raw).expect("ASCII");
+        let (head, body) = text.split_once("\r\n\r\n").expect("a head and a body");
+        assert!(
+            head.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
+            "{head}"
+        );
+        assert!(head.contains("\r\nretry-after: 1"), "{head}");
+        assert!(head.contains("\r\nconnection: close"), "{head}");
+        assert!(
+            head.contains(&format!("\r\ncontent-length: {}", body.len())),
+            "{head}"
+        );
+        let json: serde_json::Value = serde_json::from_str(body).expect("JSON");
+        assert_eq!(json["code"], "too_many_connections");
+        assert_eq!(
+            json["error"],
+            "too many connections (at most 3 at once); retry later"
+        );
+    }
+
+    #[test]
+    fn over_budget_reads_plainly_in_the_backpressure_family() {
+        let e = ApiError::OverBudget {
+            held: "the delayed events".into(),
+            bytes: 1024,
+        };
+        assert_eq!(e.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(e.code(), "backpressure");
+        assert_eq!(
+            e.to_string(),
+            "too busy: the delayed events are over their byte budget (1024 bytes); retry later"
+        );
+    }
+
+    #[test]
+    fn length_refusals_name_their_field() {
+        let e = ApiError::TooLong {
+            field: LimitedField::CorrelationId,
+            limit: 256,
+        };
+        assert_eq!(e.code(), "correlationid_too_long");
+        assert_eq!(e.to_string(), "`correlationid` is longer than 256 bytes");
+        let e = ApiError::TooLong {
+            field: LimitedField::Extensions,
+            limit: 64,
+        };
+        assert_eq!(e.code(), "too_many_extensions");
+        assert_eq!(e.to_string(), "more than 64 extension attributes");
     }
 }

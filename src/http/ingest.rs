@@ -1,11 +1,10 @@
 //! Turning an HTTP request into an event: content negotiation (plain JSON, structured and
-//! binary CloudEvents), size limits, topic checks, then one publish that refuses rather
-//! than waits when a buffer is full.
+//! binary CloudEvents, read by `http::cloudevents`), the body's size and time limits, topic
+//! checks, then one publish that refuses rather than waits when a buffer is full.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
@@ -15,9 +14,12 @@ use serde::Deserialize;
 use tracing::{debug, warn};
 
 use crate::broker::{Backpressure, Broker, BrokerError};
-use crate::event::{new_id, Event, RawPayload, SPEC_VERSION};
+use crate::event::{limits, Event};
 use crate::flow::duration::parse_duration;
-use crate::flow::pattern::validate_topic;
+use crate::flow::pattern::{validate_topic, PatternError};
+use crate::http::cloudevents;
+use crate::http::conn::BodyTimeout;
+use crate::http::error::LimitedField;
 use crate::http::{json_response, ApiError, ApiState};
 use crate::runtime::history::Pending;
 
@@ -93,8 +95,10 @@ pub(crate) async fn enqueue<B: Broker>(
     result
 }
 
-/// The query string of `POST /queues/{queue}`.
+/// The query string of `POST /queues/{queue}` (a misspelt `delay` is refused, not
+/// ignored).
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct EnqueueQuery {
     delay: Option<String>,
 }
@@ -144,7 +148,7 @@ pub(crate) fn refused(error: BrokerError) -> ApiError {
     match error {
         BrokerError::Full { group } => ApiError::Backpressure { group },
         BrokerError::QueueFull { queue, .. } => ApiError::Backpressure { group: queue },
-        BrokerError::OverBudget { held, .. } => ApiError::Backpressure { group: held },
+        BrokerError::OverBudget { held, bytes } => ApiError::OverBudget { held, bytes },
         BrokerError::UnknownQueue { queue } => ApiError::UnknownQueue { queue },
         e @ BrokerError::DelayTooLong { .. } => ApiError::BadParameter {
             detail: e.to_string(),
@@ -171,33 +175,81 @@ pub(crate) async fn read_event<B: Broker>(
     body: Body,
 ) -> Result<Event, ApiError> {
     state.authorize(headers)?;
-    validate_topic(&topic).map_err(|e| ApiError::InvalidTopic {
-        topic: topic.clone(),
-        detail: e.to_string(),
-    })?;
+    check_topic(&topic)?;
     let mode = content_mode(headers)?;
-    let limit = state.config.body_limit;
+    let bytes = read_body(headers, body, state.config.body_limit).await?;
+    match mode {
+        Mode::Plain => cloudevents::plain(topic, &state.source, &bytes),
+        Mode::Binary => {
+            let content_type = headers
+                .get(header::CONTENT_TYPE)
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+            cloudevents::binary(
+                topic,
+                headers,
+                content_type.as_deref(),
+                &bytes,
+                &state.source,
+            )
+        }
+        Mode::Structured => cloudevents::structured(topic, &bytes),
+    }
+}
+
+/// A topic (or queue) name from a URL.
+fn check_topic(topic: &str) -> Result<(), ApiError> {
+    if topic.len() > limits::MAX_TOPIC_BYTES {
+        return Err(ApiError::TooLong {
+            field: LimitedField::Topic,
+            limit: limits::MAX_TOPIC_BYTES,
+        });
+    }
+    validate_topic(topic).map_err(|e| match e {
+        PatternError::TooLong { max } => ApiError::TooLong {
+            field: LimitedField::Topic,
+            limit: max,
+        },
+        e => ApiError::InvalidTopic {
+            topic: topic.to_owned(),
+            detail: e.to_string(),
+        },
+    })
+}
+
+/// Reads a whole request body of at most `limit` bytes: 413 past it (on the declared
+/// length alone when there is one), 408 when it does not arrive within the producer's
+/// `body_timeout`.
+pub(crate) async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
     if let Some(length) = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok())
+        .and_then(|v| v.parse::<u64>().ok())
     {
-        if length > limit {
+        if length > limit as u64 {
             return Err(ApiError::TooLarge { limit });
         }
     }
-    let bytes = axum::body::to_bytes(body, limit)
-        .await
-        .map_err(|_| ApiError::TooLarge { limit })?;
-    Ok(match mode {
-        Mode::Plain => {
-            let mut event = Event::new(topic, state.source.clone(), parse_json(&bytes)?);
-            // Valid JSON, so valid UTF-8: kept so the article's wire repeats it unchanged.
-            event.raw = RawPayload(std::str::from_utf8(&bytes).ok().map(Arc::from));
-            event
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let e = e.into_inner();
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e.as_ref());
+        while let Some(error) = cause {
+            if let Some(timeout) = error.downcast_ref::<BodyTimeout>() {
+                return ApiError::BodyTimeout {
+                    after_ms: timeout.after.as_millis(),
+                };
+            }
+            if error.is::<http_body_util::LengthLimitError>() {
+                return ApiError::TooLarge { limit };
+            }
+            cause = error.source();
         }
-        Mode::Binary => binary_event(topic, headers, &bytes, &state.source)?,
-        Mode::Structured => structured_event(topic, &bytes)?,
+        ApiError::BadRequest {
+            detail: "the request body could not be read to its end".to_owned(),
+        }
     })
 }
 
@@ -208,150 +260,31 @@ enum Mode {
 }
 
 fn content_mode(headers: &HeaderMap) -> Result<Mode, ApiError> {
+    let binary = headers.contains_key("ce-specversion");
     let Some(value) = headers.get(header::CONTENT_TYPE) else {
         // curl without -H sends a form type; no header at all is taken as JSON (binary
         // mode when `ce-*` headers say so).
-        if headers.contains_key("ce-specversion") {
-            return Ok(Mode::Binary);
-        }
-        return Ok(Mode::Plain);
+        return Ok(if binary { Mode::Binary } else { Mode::Plain });
     };
-    let text = value.to_str().unwrap_or("");
+    let text = String::from_utf8_lossy(value.as_bytes());
     let media = text
         .split(';')
         .next()
         .unwrap_or("")
         .trim()
         .to_ascii_lowercase();
-    match media.as_str() {
-        "application/json" | "text/json" => {
-            if headers.contains_key("ce-specversion") {
-                Ok(Mode::Binary)
-            } else {
-                Ok(Mode::Plain)
-            }
-        }
-        "application/cloudevents+json" => Ok(Mode::Structured),
-        _ => Err(ApiError::UnsupportedMediaType {
-            content_type: text.to_owned(),
-        }),
+    if media == "application/cloudevents+json" {
+        return Ok(Mode::Structured);
     }
-}
-
-fn parse_json(bytes: &Bytes) -> Result<serde_json::Value, ApiError> {
-    serde_json::from_slice(bytes).map_err(|e| ApiError::InvalidJson {
-        detail: e.to_string(),
-    })
-}
-
-fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers.get(name).and_then(|v| v.to_str().ok())
-}
-
-fn check_type(topic: &str, ty: &str) -> Result<(), ApiError> {
-    if ty == topic {
-        Ok(())
+    if binary {
+        // Binary mode carries data of any type: JSON is read, anything else kept as bytes.
+        return Ok(Mode::Binary);
+    }
+    if cloudevents::is_json_type(&media) {
+        Ok(Mode::Plain)
     } else {
-        Err(ApiError::InvalidEvent {
-            detail: format!("type {ty:?} does not match the topic {topic:?} of the URL"),
+        Err(ApiError::UnsupportedMediaType {
+            content_type: text.into_owned(),
         })
     }
-}
-
-fn parse_time(text: Option<&str>) -> Result<SystemTime, ApiError> {
-    match text {
-        None => Ok(SystemTime::now()),
-        Some(t) => humantime::parse_rfc3339_weak(t).map_err(|e| ApiError::InvalidEvent {
-            detail: format!("time {t:?}: {e}"),
-        }),
-    }
-}
-
-fn binary_event(
-    topic: String,
-    headers: &HeaderMap,
-    bytes: &Bytes,
-    default_source: &str,
-) -> Result<Event, ApiError> {
-    let version = header_str(headers, "ce-specversion").unwrap_or("");
-    if version != SPEC_VERSION {
-        return Err(ApiError::InvalidEvent {
-            detail: format!("ce-specversion {version:?} is not supported (1.0 is)"),
-        });
-    }
-    if let Some(ty) = header_str(headers, "ce-type") {
-        check_type(&topic, ty)?;
-    }
-    let mut event = Event::new(topic, default_source, parse_json(bytes)?);
-    if let Some(id) = header_str(headers, "ce-id") {
-        event.id = id.to_owned();
-        event.correlation_id = id.to_owned();
-    }
-    if let Some(source) = header_str(headers, "ce-source") {
-        event.source = source.to_owned();
-    }
-    event.time = parse_time(header_str(headers, "ce-time"))?;
-    if let Some(c) = header_str(headers, "ce-correlationid") {
-        event.correlation_id = c.to_owned();
-    }
-    if let Some(c) = header_str(headers, "ce-causationid") {
-        event.causation_id = Some(c.to_owned());
-    }
-    Ok(event)
-}
-
-/// A structured CloudEvent as clients send it: optional fields are filled in.
-#[derive(Deserialize)]
-struct IncomingEvent {
-    specversion: String,
-    id: Option<String>,
-    source: String,
-    #[serde(rename = "type")]
-    ty: String,
-    time: Option<String>,
-    datacontenttype: Option<String>,
-    #[serde(default)]
-    data: serde_json::Value,
-    correlationid: Option<String>,
-    causationid: Option<String>,
-    #[serde(flatten)]
-    extensions: BTreeMap<String, serde_json::Value>,
-}
-
-fn structured_event(topic: String, bytes: &Bytes) -> Result<Event, ApiError> {
-    let incoming: IncomingEvent =
-        serde_json::from_slice(bytes).map_err(|e| ApiError::InvalidEvent {
-            detail: e.to_string(),
-        })?;
-    if incoming.specversion != SPEC_VERSION {
-        return Err(ApiError::InvalidEvent {
-            detail: format!(
-                "specversion {:?} is not supported (1.0 is)",
-                incoming.specversion
-            ),
-        });
-    }
-    check_type(&topic, &incoming.ty)?;
-    if let Some(ct) = &incoming.datacontenttype {
-        if !ct.starts_with("application/json") {
-            return Err(ApiError::InvalidEvent {
-                detail: format!("datacontenttype {ct:?}: only JSON data is supported"),
-            });
-        }
-    }
-    let id = incoming.id.unwrap_or_else(new_id);
-    Ok(Event {
-        specversion: SPEC_VERSION.to_owned(),
-        correlation_id: incoming.correlationid.unwrap_or_else(|| id.clone()),
-        id,
-        source: incoming.source,
-        topic,
-        time: parse_time(incoming.time.as_deref())?,
-        datacontenttype: "application/json".to_owned(),
-        data: incoming.data,
-        causation_id: incoming.causationid,
-        hops: 0,
-        extensions: incoming.extensions,
-        raw: Default::default(),
-    })
 }

@@ -1,15 +1,24 @@
 //! The `http` producer: ingest (`POST /topics/{topic}`, `POST /deferred-exec`), health,
-//! metrics and a live tail, on axum.
+//! metrics, a live tail and the admin routes, on axum, served by edaflow's own accept loop.
 //!
 //! Ingest accepts the article's plain JSON, structured CloudEvents
 //! (`application/cloudevents+json`) and binary-mode CloudEvents (`ce-*` headers). Bad input
 //! is refused with a JSON error and never published; a full buffer answers 503 with
-//! `Retry-After`. An event answered 202 has been handed to the broker.
+//! `Retry-After`. An event answered 202 has been handed to the broker. Every refusal, the
+//! router's own (404, 405, a rejected path or query) included, is JSON with a stable code.
+//!
+//! `server` owns the accept loop and the connection limit, `conn` a connection's clocks,
+//! `cloudevents` reading an event from a request, `error` the refusals.
 
 mod admin;
+pub mod base64;
+mod cloudevents;
+mod conn;
 pub mod error;
 mod ingest;
 pub mod query;
+pub mod rfc3339;
+pub mod server;
 
 use std::convert::Infallible;
 use std::sync::atomic::Ordering;
@@ -77,10 +86,9 @@ impl<B: Broker> ApiState<B> {
         };
         let given = headers
             .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
-        if constant_time_eq(given.as_bytes(), token.as_bytes()) {
+            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+            .unwrap_or(b"");
+        if token.matches(given) {
             Ok(())
         } else {
             Err(ApiError::Unauthorized)
@@ -88,15 +96,9 @@ impl<B: Broker> ApiState<B> {
     }
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 /// The routes of the HTTP producer.
 pub fn router<B: Broker>(state: Arc<ApiState<B>>) -> Router {
+    let body_limit = state.config.body_limit;
     Router::new()
         .route("/topics/{topic}", post(ingest::publish_topic::<B>))
         .route("/deferred-exec", post(ingest::publish_deferred::<B>))
@@ -116,27 +118,105 @@ pub fn router<B: Broker>(state: Arc<ApiState<B>>) -> Router {
         .route("/admin/dead", get(admin::list_dead::<B>))
         .route("/admin/dead/replay", post(admin::replay_dead::<B>))
         .route("/admin/dead/drop", post(admin::drop_dead::<B>))
+        .fallback(not_found)
+        .layer(axum::middleware::from_fn(
+            move |request: axum::extract::Request, next: axum::middleware::Next| {
+                json_refusals(request, next, body_limit)
+            },
+        ))
         .with_state(state)
 }
 
-/// Serves until `token` is cancelled, then lets open requests finish.
+/// Serves until `token` is cancelled: the listener closes at once, open streams end, and
+/// connections still open after `server::STOP_GRACE` are dropped.
 pub async fn serve<B: Broker>(
     listener: tokio::net::TcpListener,
     state: Arc<ApiState<B>>,
     token: CancellationToken,
 ) {
-    let stopping = state.stopping.clone();
-    let app = router(state);
-    let shutdown = async move {
-        token.cancelled().await;
-        stopping.cancel();
+    let config = &state.config;
+    let limits = server::ServerLimits {
+        header_timeout: config.header_timeout,
+        body_timeout: config.body_timeout,
+        idle_timeout: config.idle_timeout,
+        max_connections: config.max_connections,
     };
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-    {
-        warn!(error = %e, "http server stopped with an error");
+    let stopping = state.stopping.clone();
+    let metrics = state.shared.metrics.clone();
+    server::serve(listener, router(state), limits, metrics, token, stopping).await;
+}
+
+/// Any route not listed.
+async fn not_found(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::NotFound {
+        method: method.to_string(),
+        path: shown_path(uri.path()),
     }
+}
+
+/// A path as an error message shows it: at most 256 bytes of it.
+fn shown_path(path: &str) -> String {
+    const SHOWN: usize = 256;
+    if path.len() <= SHOWN {
+        return path.to_owned();
+    }
+    let mut end = SHOWN;
+    while !path.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &path[..end])
+}
+
+/// Turns every refusal that is not JSON yet (axum's 405, an extractor's rejection) into
+/// the JSON one for its status, keeping its headers (`Allow` on a 405).
+async fn json_refusals(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+    body_limit: usize,
+) -> Response {
+    let method = request.method().to_string();
+    let path = shown_path(request.uri().path());
+    let content_type = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .unwrap_or_default();
+    let response = next.run(request).await;
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if is_json {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    // A rejection's text: short, and safe to show (it says what was wrong with the input).
+    let text = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
+    let detail = String::from_utf8_lossy(&text).trim().to_owned();
+    let error = match status {
+        StatusCode::NOT_FOUND => ApiError::NotFound { method, path },
+        StatusCode::METHOD_NOT_ALLOWED => ApiError::MethodNotAllowed { method, path },
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge { limit: body_limit },
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::UnsupportedMediaType { content_type },
+        StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY if !detail.is_empty() => {
+            ApiError::BadRequest { detail }
+        }
+        _ => ApiError::Refused {
+            status: status.as_u16(),
+        },
+    };
+    let mut answer = error.into_response();
+    *answer.status_mut() = status;
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            answer.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    answer
 }
 
 /// `GET /healthz`: 200 with the groups' state while the broker answers; 503 with the
@@ -324,6 +404,7 @@ async fn trace<B: Broker>(
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct TailQuery {
     pattern: Option<String>,
 }

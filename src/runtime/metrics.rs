@@ -83,12 +83,22 @@ pub struct RelayMetrics {
     pub errors: AtomicU64,
 }
 
-/// HTTP ingest counters.
+/// HTTP ingest counters, and the HTTP server's (every `http` producer's together).
 #[derive(Debug, Default)]
 pub struct HttpMetrics {
     pub accepted: AtomicU64,
     pub rejected: AtomicU64,
     pub backpressured: AtomicU64,
+    /// Connections open now.
+    pub connections_open: AtomicU64,
+    /// Connections refused past `max_connections`.
+    pub connections_refused: AtomicU64,
+    /// Connections whose request head did not arrive within `header_timeout`.
+    pub header_timeouts: AtomicU64,
+    /// Requests whose body did not arrive within `body_timeout`.
+    pub body_timeouts: AtomicU64,
+    /// Connections dropped because the client took no byte of an answer for `idle_timeout`.
+    pub write_timeouts: AtomicU64,
 }
 
 /// Everything `/metrics` shows.
@@ -377,6 +387,46 @@ impl Metrics {
             let _ = writeln!(
                 out,
                 "edaflow_http_requests_total{{outcome=\"{outcome}\"}} {}",
+                v.load(Ordering::Relaxed)
+            );
+        }
+        header(
+            &mut out,
+            "edaflow_http_connections_open",
+            "gauge",
+            "HTTP connections open now.",
+        );
+        let http = &self.http;
+        let _ = writeln!(
+            out,
+            "edaflow_http_connections_open {}",
+            http.connections_open.load(Ordering::Relaxed)
+        );
+        header(
+            &mut out,
+            "edaflow_http_connections_refused_total",
+            "counter",
+            "HTTP connections answered 503 and closed past max_connections.",
+        );
+        let _ = writeln!(
+            out,
+            "edaflow_http_connections_refused_total {}",
+            http.connections_refused.load(Ordering::Relaxed)
+        );
+        header(
+            &mut out,
+            "edaflow_http_timeouts_total",
+            "counter",
+            "HTTP clients cut off by a clock: a request head or body too slow, an answer not taken.",
+        );
+        for (clock, v) in [
+            ("header", &http.header_timeouts),
+            ("body", &http.body_timeouts),
+            ("write", &http.write_timeouts),
+        ] {
+            let _ = writeln!(
+                out,
+                "edaflow_http_timeouts_total{{clock=\"{clock}\"}} {}",
                 v.load(Ordering::Relaxed)
             );
         }

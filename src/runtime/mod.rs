@@ -111,6 +111,9 @@ pub struct RuntimeOptions {
     pub roles: Vec<String>,
     /// `--listen`: overrides the HTTP producer's address.
     pub listen: Option<String>,
+    /// `--token` (or `EDAFLOW_TOKEN`): the bearer token of every HTTP producer, in place
+    /// of the flow file's `token`.
+    pub token: Option<crate::flow::model::ApiToken>,
     /// Start producers (false for `edaflow test`, which publishes itself).
     pub producers: bool,
     /// Let script-less subscribers print the article's output (false for `edaflow test`,
@@ -858,12 +861,13 @@ impl<B: Broker> Runtime<B> {
             }
             let declared = (*config).clone();
             let mut config = declared.clone();
-            if let (ProducerKind::Http(http), Some(listen)) =
-                (&mut config.kind, &self.options.listen)
-            {
-                if first_http {
+            if let ProducerKind::Http(http) = &mut config.kind {
+                if let (Some(listen), true) = (&self.options.listen, first_http) {
                     http.listen = listen.clone();
                     first_http = false;
+                }
+                if let Some(token) = &self.options.token {
+                    http.token = Some(token.clone());
                 }
             }
             self.start_producer(name, config, declared, &next).await?;
@@ -875,6 +879,7 @@ impl<B: Broker> Runtime<B> {
             diff_names("stores", &current.flows.stores, &flows.stores, &mut outcome);
         }
 
+        self.warn_exposed_without_token();
         self.code_unsure = false;
         self.shared
             .status
@@ -884,6 +889,28 @@ impl<B: Broker> Runtime<B> {
         self.current = Some(next);
         self.set_last_reload(outcome.clone());
         Ok(outcome)
+    }
+
+    /// Warns about every HTTP producer that listens on more than loopback without a
+    /// token: anyone who can reach it may publish, replay dead letters and reload. Said at
+    /// start and again on every reload that keeps it so.
+    fn warn_exposed_without_token(&self) {
+        let addrs = self.http_addrs.lock().unwrap_or_else(|e| e.into_inner());
+        for (name, producer) in &self.producers {
+            let ProducerKind::Http(http) = &producer.config.kind else {
+                continue;
+            };
+            let Some(addr) = addrs.get(name) else {
+                continue;
+            };
+            if !addr.ip().is_loopback() && http.token.is_none() && self.options.token.is_none() {
+                warn!(
+                    producer = %name,
+                    %addr,
+                    "the HTTP API listens beyond this machine without a token: anyone who reaches it can publish, replay dead letters and reload; set `token` on the producer, or pass --token or EDAFLOW_TOKEN"
+                );
+            }
+        }
     }
 
     /// Imported module files whose text differs between the running set and `next`.

@@ -247,6 +247,28 @@ impl Reader<'_> {
         }
     }
 
+    /// A duration longer than zero (a timeout); `default` is shown in the help of a zero.
+    pub fn positive_duration(
+        &mut self,
+        key: &str,
+        value: Value<'_>,
+        default: &'static str,
+    ) -> Option<Duration> {
+        let at = value.span;
+        let duration = self.duration(key, value)?;
+        if duration.is_zero() {
+            let key = key.to_owned();
+            self.report(at, |src, span| FlowError::ZeroDuration {
+                key,
+                default,
+                src,
+                span,
+            });
+            return None;
+        }
+        Some(duration)
+    }
+
     /// A byte size: an integer number of bytes or a string with a unit (`"512KiB"`), at least 1.
     pub fn size(&mut self, key: &str, value: Value<'_>) -> Option<usize> {
         if value.as_integer().is_some() {

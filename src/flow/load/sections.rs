@@ -14,7 +14,7 @@ use crate::flow::load::fields::Fields;
 use crate::flow::load::findings::{Findings, Located};
 use crate::flow::load::reader::{FlowSource, Reader};
 use crate::flow::model::{
-    ChainConfig, ExpectedEvent, FlowFile, FlowTest, GeneratorProducer, HttpProducer,
+    ApiToken, ChainConfig, ExpectedEvent, FlowFile, FlowTest, GeneratorProducer, HttpProducer,
     IntervalProducer, LinesProducer, ProducerConfig, ProducerKind, QueueConfig, RelayConfig,
     RetryPolicy, StoreConfig, SubscriberConfig, SubscriberInput, TestStep, TopicConfig, TopicKind,
     TopicMode,
@@ -36,7 +36,17 @@ const SECTIONS: &[&str] = &[
 
 const FLOW_KEYS: &[&str] = &["name", "broker", "deferred_topic", "topic_mode", "max_hops"];
 const PRODUCER_KINDS: &[&str] = &["http", "interval", "lines", "generator"];
-const HTTP_KEYS: &[&str] = &["kind", "role", "listen", "token", "body_limit"];
+const HTTP_KEYS: &[&str] = &[
+    "kind",
+    "role",
+    "listen",
+    "token",
+    "body_limit",
+    "header_timeout",
+    "body_timeout",
+    "idle_timeout",
+    "max_connections",
+];
 const INTERVAL_KEYS: &[&str] = &["kind", "role", "every", "topic", "data", "script"];
 const LINES_KEYS: &[&str] = &["kind", "role", "path", "topic"];
 const GENERATOR_KEYS: &[&str] = &["kind", "role", "topic", "count", "data"];
@@ -70,11 +80,6 @@ const STORE_KEYS: &[&str] = &["expose"];
 const TEST_KEYS: &[&str] = &["name", "publish", "advance", "expect"];
 const PUBLISH_KEYS: &[&str] = &["topic", "data"];
 const EXPECT_KEYS: &[&str] = &["topic", "data", "handled_by"];
-
-/// The `http` producer's default listen address.
-pub(super) const DEFAULT_LISTEN: &str = "127.0.0.1:3000";
-/// The `http` producer's default body limit: 1 MiB.
-pub(super) const DEFAULT_BODY_LIMIT: usize = 1 << 20;
 
 /// A named component as declared: the name (for duplicate checks) and its configuration,
 /// `None` when the table had errors (already reported).
@@ -316,13 +321,41 @@ fn producer(r: &mut Reader<'_>, _name: &str, mut f: Fields<'_>) -> Option<Produc
 
 fn http(r: &mut Reader<'_>, f: &mut Fields<'_>) -> Option<HttpProducer> {
     r.found.refs.has_http = true;
+    let defaults = HttpProducer::default();
     let listen = f.take("listen").and_then(|v| r.string("listen", v));
-    let token = f.take("token").and_then(|v| r.string("token", v));
+    let token = f
+        .take("token")
+        .and_then(|v| r.string("token", v))
+        .and_then(|text| match ApiToken::new(text.value) {
+            Ok(token) => Some(token),
+            Err(reason) => {
+                r.report(text.span, |src, span| FlowError::InvalidToken {
+                    reason,
+                    src,
+                    span,
+                });
+                None
+            }
+        });
     let body_limit = f.take("body_limit").and_then(|v| r.size("body_limit", v));
+    let mut timeout = |key: &'static str, default: &'static str| {
+        f.take(key)
+            .and_then(|v| r.positive_duration(key, v, default))
+    };
+    let header_timeout = timeout("header_timeout", "10s");
+    let body_timeout = timeout("body_timeout", "30s");
+    let idle_timeout = timeout("idle_timeout", "60s");
+    let max_connections = f
+        .take("max_connections")
+        .and_then(|v| r.at_least::<usize>("max_connections", v, 1));
     Some(HttpProducer {
-        listen: listen.map_or_else(|| DEFAULT_LISTEN.to_owned(), |s| s.value),
-        token: token.map(|s| s.value),
-        body_limit: body_limit.unwrap_or(DEFAULT_BODY_LIMIT),
+        listen: listen.map_or(defaults.listen, |s| s.value),
+        token,
+        body_limit: body_limit.unwrap_or(defaults.body_limit),
+        header_timeout: header_timeout.unwrap_or(defaults.header_timeout),
+        body_timeout: body_timeout.unwrap_or(defaults.body_timeout),
+        idle_timeout: idle_timeout.unwrap_or(defaults.idle_timeout),
+        max_connections: max_connections.unwrap_or(defaults.max_connections),
     })
 }
 

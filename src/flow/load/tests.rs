@@ -203,6 +203,10 @@ fn the_design_sketch_loads_into_the_model() {
                 listen: "127.0.0.1:3000".into(),
                 token: None,
                 body_limit: 1 << 20,
+                header_timeout: Duration::from_secs(10),
+                body_timeout: Duration::from_secs(30),
+                idle_timeout: Duration::from_secs(60),
+                max_connections: 1024,
             }),
         }
     );
@@ -365,6 +369,10 @@ fn every_producer_kind_and_setting_is_read() {
         listen = "0.0.0.0:8080"
         token = "s3cret"
         body_limit = "512KiB"
+        header_timeout = "2s"
+        body_timeout = "1m"
+        idle_timeout = "500ms"
+        max_connections = 8
 
         [producers.small]
         kind = "http"
@@ -400,8 +408,12 @@ fn every_producer_kind_and_setting_is_read() {
         p["api"].kind,
         ProducerKind::Http(HttpProducer {
             listen: "0.0.0.0:8080".into(),
-            token: Some("s3cret".into()),
+            token: Some(ApiToken::new("s3cret").expect("a valid token")),
             body_limit: 512 * 1024,
+            header_timeout: Duration::from_secs(2),
+            body_timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_millis(500),
+            max_connections: 8,
         })
     );
     let ProducerKind::Http(small) = &p["small"].kind else {
@@ -702,6 +714,65 @@ fn bad_durations_and_sizes() {
         errors[3].to_string(),
         "`poll` is not a valid duration: unknown unit `x`"
     );
+}
+
+#[test]
+fn http_timeouts_and_limits_are_checked() {
+    let errors = invalid(indoc! {r#"
+        [producers.api]
+        kind = "http"
+        header_timeout = "0s"
+        body_timeout = "0ms"
+        idle_timeout = "forever"
+        max_connections = 0
+        token = ""
+
+        [producers.other]
+        kind = "http"
+        listen = "127.0.0.1:0"
+        token = "with space"
+    "#});
+    assert_eq!(
+        summary(&errors),
+        [
+            ("edaflow::flow::zero_duration".into(), "0s".into()),
+            ("edaflow::flow::zero_duration".into(), "0ms".into()),
+            ("edaflow::flow::invalid_duration".into(), "forever".into()),
+            ("edaflow::flow::too_small".into(), "0".into()),
+            // The span of an empty string is its opening quote.
+            ("edaflow::flow::invalid_token".into(), "\"".into()),
+            ("edaflow::flow::invalid_token".into(), "with space".into()),
+        ]
+    );
+    assert_eq!(
+        errors[0].to_string(),
+        "`header_timeout` must be longer than zero"
+    );
+    assert!(
+        help(&errors[0]).contains("the default is 10s"),
+        "{}",
+        help(&errors[0])
+    );
+    assert!(help(&errors[1]).contains("the default is 30s"));
+    assert_eq!(
+        errors[3].to_string(),
+        "`max_connections` must be at least 1, found 0"
+    );
+    assert_eq!(
+        errors[4].to_string(),
+        "`token` is not a usable bearer token: a token cannot be empty"
+    );
+}
+
+#[test]
+fn the_defaults_in_zero_duration_help_are_the_defaults() {
+    for (text, default) in [
+        ("10s", HttpProducer::DEFAULT_HEADER_TIMEOUT),
+        ("30s", HttpProducer::DEFAULT_BODY_TIMEOUT),
+        ("60s", HttpProducer::DEFAULT_IDLE_TIMEOUT),
+    ] {
+        assert_eq!(crate::flow::duration::parse_duration(text), Ok(default));
+    }
 }
 
 #[test]
