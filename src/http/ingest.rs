@@ -134,12 +134,19 @@ async fn accept<B: Broker>(
         Ok(()) => {
             state.shared.metrics.published(&published_topic);
             state.shared.history.insert(pending);
-            Ok(json_response(
-                StatusCode::ACCEPTED,
-                format!("{{\"id\":\"{id}\"}}"),
-            ))
+            Ok(json_response(StatusCode::ACCEPTED, accepted_body(&id)))
         }
         Err(e) => Err(refused(e)),
+    }
+}
+
+/// The body of a 202: `{"id":"…"}`, the id escaped as JSON needs (a client may choose
+/// any id); generated ids need no escaping and skip the serializer.
+fn accepted_body(id: &str) -> String {
+    if id.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        format!("{{\"id\":\"{id}\"}}")
+    } else {
+        serde_json::json!({ "id": id }).to_string()
     }
 }
 
@@ -286,5 +293,24 @@ fn content_mode(headers: &HeaderMap) -> Result<Mode, ApiError> {
         Err(ApiError::UnsupportedMediaType {
             content_type: text.into_owned(),
         })
+    }
+}
+
+#[cfg(test)]
+mod accepted_tests {
+    use super::accepted_body;
+
+    #[test]
+    fn an_accepted_body_is_json_whatever_the_id() {
+        for id in [
+            "01J0000000000000000000000A",
+            "a\\c",
+            "say \"hi\"",
+            "tab\there",
+            "é",
+        ] {
+            let body: serde_json::Value = serde_json::from_str(&accepted_body(id)).unwrap();
+            assert_eq!(body["id"], id);
+        }
     }
 }
