@@ -873,8 +873,10 @@ impl Reader {
                     })
                 }
                 b"r" => earlier = int(value).max(0),
-                b"os" => origin.0 = text(value),
-                b"oi" => origin.1 = text(value),
+                // Where an inherited entry came from: a stream key and an id, never a
+                // line break (the tag is made of lines); a value holding one is not kept.
+                b"os" => origin.0 = one_line(value),
+                b"oi" => origin.1 = one_line(value),
                 // Only a queue's items are held for a due time.
                 b"d" if from_queue => due = self.due_time(value),
                 _ => {}
@@ -989,6 +991,16 @@ impl Reader {
                 }
             }
         });
+    }
+}
+
+/// A field's text, or nothing when it holds a line break.
+fn one_line(value: &Value) -> String {
+    let text = text(value);
+    if text.contains('\n') {
+        String::new()
+    } else {
+        text
     }
 }
 
