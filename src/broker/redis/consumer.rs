@@ -32,8 +32,14 @@
 //!
 //! Redis errors never reach the caller of `next()`: the task backs off (50 ms doubling to
 //! 2 s, jittered) and retries, so a Redis outage pauses subscribers instead of stopping
-//! them. The outage is logged once for the whole process (see `outage`), not per consumer
-//! or per retry.
+//! them (while the circuit is open it sends nothing, see `circuit`). The outage is logged
+//! once for the whole process (see `outage`), not per consumer or per retry. A group or
+//! queue found gone (`gone`, or a blocked read ended by its stream's deletion) is checked
+//! against the epoch marker: when Redis lost its state it is declared again and the reader
+//! goes on at once (see `epoch`); only one another process removed ends the consumer.
+//!
+//! An entry that cannot be handed out (see `stored`) is dead-lettered on `dead.{group}`
+//! (or `dead.{queue}`) with its ack, in one commit, never skipped.
 //!
 //! A tap is a thread subscribed to the namespace's tap channel. It is a thread, not a
 //! task, so that `tap()` (synchronous) can return only once the subscription is in place:

@@ -5,8 +5,8 @@
 //! `P epoch` is a hash: `token`, a random id written by whichever process found the marker
 //! missing (at connect, at a declaration, or when healing), and `n`, bumped by every
 //! declaration. Each process remembers the token it adopted and the highest `n` it saw.
-//! Every `CHECK_EVERY` (and at once after a reconnect, a failover, or a consumer finding
-//! its group gone) the watcher reads the marker. Redis lost the state edaflow keeps there
+//! Every `CHECK_EVERY` (and at once when the circuit closes, Redis answering again after
+//! an outage, or when a consumer finds its group gone) the watcher reads the marker. Redis lost the state edaflow keeps there
 //! when the marker is:
 //!
 //! - **missing**: Redis restarted without persistence, was flushed (`FLUSHALL`,
@@ -38,8 +38,9 @@
 //! # The watcher
 //!
 //! One task per broker: every `CHECK_EVERY` it reads the marker (skipped while the circuit
-//! is open: the probe looks after reachability), and while Redis is out of memory it tries
-//! one write, so that the episode's end is noticed without traffic (see `oom`).
+//! is open: the probe looks after reachability; after a failover on a cluster, the next
+//! check reads the new master's), and while Redis is out of memory it tries one write, so
+//! that the episode's end is noticed without traffic (see `oom`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{LazyLock, Mutex, Weak};
@@ -119,12 +120,13 @@ impl Epoch {
         }
     }
 
-    /// What is wrong with the marker as read (`token`, `n`), if anything.
+    /// What is wrong with the marker as read (`token`, `n`), if anything. Before this
+    /// process took in a marker (it could not write one at connect), nothing is.
     fn judge(&self, token: Option<&str>, n: u64) -> Option<&'static str> {
         let ours = self.token();
         match (token, ours.as_deref()) {
+            (_, None) => None,
             (None, _) => Some("the epoch marker is missing"),
-            (Some(_), None) => None,
             (Some(t), Some(o)) if t != o => Some("the epoch marker was replaced"),
             _ if n < self.seen.load(Ordering::Acquire) => {
                 Some("the epoch marker went back (a replica that missed writes)")
@@ -203,9 +205,13 @@ impl RedisBroker {
         }
     }
 
-    /// One look at the marker, healing when it says the state was lost.
+    /// One look at the marker, healing when it says the state was lost (or writing it,
+    /// when it could not be written at connect).
     pub(super) async fn check_epoch(&self) -> Result<(), BrokerError> {
         let _one = self.inner.epoch.healing.lock().await;
+        if self.inner.epoch.token().is_none() {
+            return self.mark_epoch(true).await;
+        }
         if let Some(why) = self.read_epoch().await? {
             self.heal(why).await?;
         }
@@ -464,8 +470,9 @@ mod tests {
     #[test]
     fn a_marker_missing_replaced_or_rolled_back_is_a_loss() {
         let epoch = Epoch::default();
-        // Before the first read, any marker is taken in.
+        // Before the first read, any marker is taken in, and none is no loss.
         assert_eq!(epoch.judge(Some("a"), 3), None);
+        assert_eq!(epoch.judge(None, 0), None);
         epoch.note("a", 3, false);
         assert_eq!(epoch.judge(Some("a"), 3), None);
         assert_eq!(epoch.judge(Some("a"), 7), None);

@@ -27,6 +27,7 @@
 //! | `P c:{chain}:…` | hashes, zset, lists | tracked chain instances and counters (see `chains`) |
 //! | `P h:{correlation}`, `P h:index` | list, zset | the journey history (see `history`) |
 //! | `P seq` | counter | orders events across streams and equal due times |
+//! | `P epoch` | hash | the epoch marker: `token`, `n` (see `epoch`) |
 //! | channel `P tap` | pub/sub | every accepted event and queue item, while a tap listens |
 //! | channel `{topic}` | pub/sub | raw payloads of a `pubsub` topic (no prefix; see `wire`) |
 //! | `{list}` | list | raw payloads of a queue declared `list = "…"` (no prefix; see `wire`) |
@@ -66,8 +67,22 @@
 //! Every command fails with `Unavailable` (after `response_timeout` at worst). Nothing
 //! here crashes or gives up: consumers back off and retry (see `consumer`), the runtime
 //! retries commits, ingest answers 503, and `health` reports the outage. The outage is
-//! logged once for the process (see `outage`). `connect` alone does not retry: a Redis
-//! that is not there at startup is an error for the caller.
+//! logged once for the process (see `outage`). After two failures in a row the circuit
+//! opens: commands are refused at once, without a connection attempt, until one probe
+//! gets an answer (see `circuit`). `connect` alone does not retry: a Redis that is not
+//! there at startup is an error for the caller.
+//!
+//! # When Redis loses its state, runs out of memory, or holds what it should not
+//!
+//! A Redis restarted without persistence, flushed, or failed over to a replica that
+//! missed writes is noticed by the epoch marker within half a second (or at once, after a
+//! reconnect or when a consumer finds its group gone), and everything this process
+//! declared is declared again; the loss is logged once and counted (see `epoch`). Redis
+//! refusing writes for lack of memory (`-OOM`) is `OutOfMemory`: ingest answers 503, the
+//! commit script refuses a whole run before it writes anything, commits retry, and the
+//! episode is logged once (see `oom`). An entry that cannot be read back is dead-lettered
+//! with its ack (see `stored`), and a topic no group reads is trimmed by the unread
+//! retention (see `retention`).
 //!
 //! # Batching
 //!
@@ -454,7 +469,13 @@ impl RedisBroker {
             inner.clock.learn(s * 1000 + us / 1000);
         }
         let broker = RedisBroker { inner };
-        broker.mark_epoch(true).await?;
+        match broker.mark_epoch(true).await {
+            // Redis is full: the watcher writes the marker once it takes writes again.
+            Err(BrokerError::OutOfMemory) => {
+                warn!("redis is out of memory at connect: the epoch marker is written once it takes writes again");
+            }
+            other => other?,
+        }
         let inner = broker.inner;
         let span = tracing::info_span!("redis_mover", component = "broker");
         // Tracked by ownership: it holds a Weak and ends once the broker is gone.
