@@ -90,6 +90,10 @@ fn start(dir: &FlowDir, url: &str) -> (Running, SocketAddr) {
             "127.0.0.1:0",
             "--broker",
             url,
+            // `done` is counted, and nothing reads it: it must not be trimmed meanwhile,
+            // however slow the machine.
+            "--unread-retention",
+            "0s",
         ])
         // Commit retries are logged at debug level.
         .env("EDAFLOW_LOG", "info,edaflow::runtime::subscriber=debug")
