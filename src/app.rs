@@ -360,6 +360,8 @@ async fn run_prepared(
                 hold_ahead: setup.args.hold_ahead,
                 response_timeout: setup.args.redis_timeout,
                 tls_ca: setup.args.redis_ca.clone(),
+                unread_retention: Some(setup.args.unread_retention)
+                    .filter(|retention| !retention.is_zero()),
                 ..RedisOptions::default()
             };
             let broker = RedisBroker::connect(&url, options).await?;

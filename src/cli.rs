@@ -295,6 +295,11 @@ pub struct RunArgs {
     /// is retried; ingest answers 503).
     #[arg(long, value_name = "DURATION", default_value = "5s", env = "EDAFLOW_REDIS_TIMEOUT", value_parser = parse_duration_arg, help_heading = "Broker")]
     pub redis_timeout: Duration,
+    /// Redis: how long events are kept on a topic that no group reads and that has no
+    /// `retention` of its own (nobody will handle them; without a bound such a topic grows
+    /// Redis for ever). 0s keeps them for ever.
+    #[arg(long, value_name = "DURATION", default_value = "1m", value_parser = parse_duration_arg, help_heading = "Broker")]
+    pub unread_retention: Duration,
     /// Worker threads that run handlers and serve HTTP. Default: one per CPU, less one
     /// when the broker is a Redis on this machine (Redis needs a core of its own); at
     /// least one.

@@ -1,8 +1,9 @@
 //! Per-topic retention on the Redis broker, against a private `redis-server`: acked entries
 //! older than the retention are trimmed, entries a group has not read or acknowledged are
 //! kept and counted (with a warning naming the topic, the group and how many), a declared
-//! group whose XGROUP is not on the stream yet holds its entries too, and several trimmers
-//! running at once lose nothing.
+//! group whose XGROUP is not on the stream yet holds its entries too, several trimmers
+//! running at once lose nothing, and a topic no group reads is trimmed by the unread
+//! retention (while one a group reads, or one with a retention of its own, is not).
 //!
 //! Retentions are short (200 ms) and every wait polls a condition against a deadline.
 
@@ -21,7 +22,7 @@ use edaflow::flow::TopicPattern;
 
 mod common;
 mod redis_support;
-use common::FlowDir;
+use common::{http, Edaflow, FlowDir};
 use edaflow::runtime::{Runtime, RuntimeOptions};
 use redis_support::RedisServer;
 
@@ -355,4 +356,107 @@ async fn the_runtime_passes_topic_retention_to_the_broker_and_reload_updates_it(
         .expect("the reload applies");
     assert!(broker.trim_now().await.expect("trim").is_empty());
     runtime.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn a_topic_no_group_reads_is_trimmed_by_the_unread_retention_and_no_other() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let broker = server
+        .broker(RedisOptions {
+            unread_retention: Some(RETENTION),
+            ..options("unread")
+        })
+        .await;
+    group(&broker, "billing", "orders").await;
+    // A group declared for a pattern: the topics it matches are read, streams or not.
+    group(&broker, "audit", "audit.>").await;
+    broker.set_retention(&[("archive".to_owned(), Duration::from_secs(3600))]);
+    for topic in ["orders", "audit.login", "done", "archive"] {
+        publish(&broker, topic, 3).await;
+    }
+    let key = |topic: &str| format!("edaflow:{{unread}}:t:{topic}");
+    let start = Instant::now();
+    loop {
+        let reports = broker.trim_unread_now().await.expect("trim");
+        // Only the topic nobody reads is looked at: the others are read, or have a
+        // retention of their own.
+        let topics: Vec<&str> = reports.iter().map(|r| r.topic.as_str()).collect();
+        assert_eq!(topics, ["done"], "{reports:?}");
+        assert_eq!(reports[0].retention, RETENTION);
+        if xlen(&server, &key("done")) == 0 {
+            break;
+        }
+        assert!(start.elapsed() < DEADLINE, "`done` never trimmed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(start.elapsed() >= RETENTION, "trimmed before it was old");
+    for topic in ["orders", "audit.login", "archive"] {
+        assert_eq!(xlen(&server, &key(topic)), 3, "{topic} is kept");
+    }
+    // The unread events of `orders` still reach its group.
+    take_and_ack(&broker, "billing", 3).await;
+
+    // Off: nothing is looked at.
+    let off = server
+        .broker(RedisOptions {
+            unread_retention: None,
+            ..options("unread")
+        })
+        .await;
+    publish(&off, "done", 2).await;
+    assert!(off.trim_unread_now().await.expect("trim").is_empty());
+}
+
+#[test]
+fn edaflow_run_takes_the_unread_retention_from_its_flag() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let dir = FlowDir::new();
+    dir.write(
+        "flow.toml",
+        "[flow]\nname = \"flag\"\n\n[producers.api]\nkind = \"http\"\nlisten = \"127.0.0.1:0\"\n\n\
+         [subscribers.billing]\ntopic = \"orders\"\n",
+    );
+    let mut running = Edaflow::new(dir.root())
+        .args([
+            "run",
+            "flow.toml",
+            "--no-watch",
+            "--listen",
+            "127.0.0.1:0",
+            "--broker",
+            &server.url(),
+            "--unread-retention",
+            "300ms",
+        ])
+        .spawn();
+    let addr = running.listening_addr(DEADLINE);
+    for topic in ["orders", "nobody"] {
+        let reply = http(
+            addr,
+            "POST",
+            &format!("/topics/{topic}"),
+            &[("Content-Type", "application/json")],
+            b"{}",
+        );
+        assert_eq!(reply.status, 202, "{reply:?}");
+    }
+    let start = Instant::now();
+    while xlen(&server, "edaflow:{flag}:t:nobody") > 0 {
+        assert!(start.elapsed() < DEADLINE, "{}", running.dump());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        xlen(&server, "edaflow:{flag}:t:orders"),
+        1,
+        "read by billing"
+    );
+    running.wait_stderr("the trim said once", DEADLINE, |log| {
+        log.contains("no group reads topic `nobody`")
+    });
+    running.terminate();
+    assert!(running.wait_exit(DEADLINE).success(), "{}", running.dump());
 }

@@ -130,13 +130,15 @@ pub enum BrokerError {
 
 impl BrokerError {
     /// True when trying again later may succeed: the server is unreachable, stalled, busy
-    /// loading its data, or the connection dropped. A command the server refused (a script
-    /// error, a wrong type) is not transient.
+    /// loading its data, the connection dropped, or the server is out of memory (it takes
+    /// writes again once memory is freed). A command the server refused (a script error, a
+    /// wrong type) is not transient.
     pub fn is_transient(&self) -> bool {
         match self {
             BrokerError::Unavailable { source } => {
                 !matches!(source.retry_method(), ::redis::RetryMethod::NoRetry)
             }
+            BrokerError::OutOfMemory => true,
             _ => false,
         }
     }

@@ -177,6 +177,17 @@ fn answer_all<T>(
     }
 }
 
+/// How many entries one `XACK` acked. A stream or group that is gone (removed, or Redis
+/// lost its state) holds nothing pending: none.
+fn acked(reply: Value) -> redis::RedisResult<i64> {
+    match reply {
+        Value::Int(n) => Ok(n),
+        Value::ServerError(e) if e.code() == "NOGROUP" => Ok(0),
+        Value::ServerError(e) => Err(e.into()),
+        other => Err(unexpected_reply("unexpected reply to an XACK", &other)),
+    }
+}
+
 /// The error for a reply of a shape the caller did not expect.
 fn unexpected_reply(what: &'static str, reply: &impl std::fmt::Debug) -> redis::RedisError {
     redis::RedisError::from((
@@ -252,7 +263,16 @@ async fn run_acks(node: Arc<cluster::Node>, most: usize, mut acks: mpsc::Receive
                 pipe.cmd("XDEL").arg(key).arg(&ids).ignore();
                 streams += 1;
             }
-            let replies = pipe.query_async::<Vec<i64>>(&mut conn).await;
+            pipe.ignore_errors();
+            let replies = pipe
+                .query_async::<Vec<Value>>(&mut conn)
+                .await
+                .and_then(|replies| {
+                    replies
+                        .into_iter()
+                        .map(acked)
+                        .collect::<Result<Vec<_>, _>>()
+                });
             match replies {
                 Ok(counts) if counts.len() == streams => {
                     let settled = batch.len() as i64 - counts.iter().sum::<i64>();

@@ -32,8 +32,14 @@
 //!
 //! Redis errors never reach the caller of `next()`: the task backs off (50 ms doubling to
 //! 2 s, jittered) and retries, so a Redis outage pauses subscribers instead of stopping
-//! them. The outage is logged once for the whole process (see `outage`), not per consumer
-//! or per retry.
+//! them (while the circuit is open it sends nothing, see `circuit`). The outage is logged
+//! once for the whole process (see `outage`), not per consumer or per retry. A group or
+//! queue found gone (`gone`, or a blocked read ended by its stream's deletion) is checked
+//! against the epoch marker: when Redis lost its state it is declared again and the reader
+//! goes on at once (see `epoch`); only one another process removed ends the consumer.
+//!
+//! An entry that cannot be handed out (see `stored`) is dead-lettered on `dead.{group}`
+//! (or `dead.{queue}`) with its ack, in one commit, never skipped.
 //!
 //! A tap is a thread subscribed to the namespace's tap channel. It is a thread, not a
 //! task, so that `tap()` (synchronous) can return only once the subscription is in place:
@@ -49,7 +55,7 @@ use tracing::{debug, error, warn, Instrument};
 
 use super::blocking::{self, BlockingConn, Ended};
 use super::held::Held;
-use super::{int, items, outage, scripts, text, unavailable, RedisBroker};
+use super::{int, items, outage, scripts, stored, text, unavailable, RedisBroker};
 use crate::broker::tap::TapFeed;
 use crate::broker::{Broker, BrokerError, Consumer, Delivery, Effects};
 use crate::event::Event;
@@ -379,6 +385,10 @@ impl Reader {
     /// One look for a polling worker: what a take finds, if it is due (an item another
     /// process's mover moved ahead of its due time is held for a later look).
     async fn try_take(&mut self) -> Result<Option<Delivery>, BrokerError> {
+        if self.broker.inner.circuit.is_open() {
+            return Ok(self.taken.pop_due(&self.broker.inner.clock));
+        }
+        let heals = self.broker.heals();
         let taken = self.take().await;
         match self.broker.track("consumer", taken) {
             Ok(Taken::Entry(delivery)) => {
@@ -386,7 +396,15 @@ impl Reader {
                 Ok(self.taken.pop_due(&self.broker.inner.clock))
             }
             Ok(Taken::Wait { .. }) => Ok(self.taken.pop_due(&self.broker.inner.clock)),
-            Ok(Taken::Gone) => Err(self.gone()),
+            Ok(Taken::Gone) => match self.broker.state_check(heals).await {
+                // Redis lost its state and it was declared again: the next poll takes.
+                Ok(true) => Ok(None),
+                Ok(false) => Err(self.gone()),
+                Err(e) => {
+                    debug!(error = %outage::describe(&e), "take failed; the next poll retries");
+                    Ok(None)
+                }
+            },
             Err(e) => {
                 debug!(error = %outage::describe(&e), "take failed; the next poll retries");
                 Ok(None)
@@ -454,6 +472,14 @@ impl Reader {
                     continue;
                 }
             }
+            if self.broker.inner.circuit.is_open() {
+                // Redis is unreachable: nothing is sent until the probe gets an answer.
+                self.pause(&unreachable(), &mut backoff, reply).await;
+                continue;
+            }
+            // Heals so far: a group or queue found gone after one more was lost and
+            // declared again, not removed.
+            let heals = self.broker.heals();
             if self.fast_turn(script_found_nothing) {
                 script_found_nothing = false;
                 let read = self.read_fast(reply, held).await;
@@ -480,7 +506,12 @@ impl Reader {
                     self.taken.push(delivery, &self.broker.inner.clock);
                     continue;
                 }
-                Ok(Taken::Gone) => return Some(Err(self.gone())),
+                Ok(Taken::Gone) => match self.broker.state_check(heals).await {
+                    // Redis lost its state, and it was declared again: take again at once.
+                    Ok(true) => continue,
+                    Ok(false) => return Some(Err(self.gone())),
+                    Err(e) => self.pause(&e, &mut backoff, reply).await,
+                },
                 Ok(Taken::Wait { next_due, keys }) => {
                     if self.fast_turn(true) {
                         // The fast read blocks instead (it wakes one consumer per entry).
@@ -688,7 +719,7 @@ impl Reader {
                     continue;
                 };
                 got += 1;
-                if let Some(delivery) = self.delivery(kind, id, fields, 1, source.clone()) {
+                if let Some(delivery) = self.delivery(kind, &key, id, fields, 1, source.clone()) {
                     self.taken.push(delivery, &self.broker.inner.clock);
                 }
             }
@@ -766,24 +797,28 @@ impl Reader {
                 else {
                     return Ok(Taken::again());
                 };
-                match self.delivery(&text(kind), id, fields, count, name) {
+                let key = reply.get(5).map(text).unwrap_or_default();
+                match self.delivery(&text(kind), &key, id, fields, count, name) {
                     Some(delivery) => Ok(Taken::Entry(delivery)),
-                    // Unreadable: settled and skipped; look again at once.
+                    // Unreadable: dead-lettered; look again at once.
                     None => Ok(Taken::again()),
                 }
             }
             Some("entries") => {
                 self.claim_streak = false;
                 let kind = reply.get(1).map(text).unwrap_or_default();
-                for pair in reply.get(2..).unwrap_or_default().chunks(2) {
+                let key = reply.get(2).map(text).unwrap_or_default();
+                for pair in reply.get(3..).unwrap_or_default().chunks(2) {
                     if let [id, fields] = pair {
-                        if let Some(delivery) = self.delivery(&kind, id, fields, 1, name.clone()) {
+                        if let Some(delivery) =
+                            self.delivery(&kind, &key, id, fields, 1, name.clone())
+                        {
                             self.taken.push(delivery, &self.broker.inner.clock);
                         }
                     }
                 }
                 // The fair share just worked out: what fast reads take until the next look.
-                self.fast_count = reply.len().saturating_sub(2).div_ceil(2).max(1);
+                self.fast_count = reply.len().saturating_sub(3).div_ceil(2).max(1);
                 // Handed out from `taken`, earliest due first.
                 Ok(Taken::again())
             }
@@ -807,10 +842,13 @@ impl Reader {
         }
     }
 
-    /// Builds a delivery from an entry: its kind, id, fields and delivery count.
+    /// Builds a delivery from an entry: its kind, the stream it was read from, its id,
+    /// fields and delivery count. An entry that cannot be handed out (see `stored`) is
+    /// dead-lettered instead, and `None` returned.
     fn delivery(
         &self,
         kind: &str,
+        key: &str,
         id: &Value,
         fields: &Value,
         count: i64,
@@ -819,10 +857,11 @@ impl Reader {
         let id = text(id);
         let count = count.max(1);
         // The event's JSON is parsed where it lies in the reply, without a copy.
-        let mut json: std::borrow::Cow<'_, [u8]> = std::borrow::Cow::Borrowed(&[]);
+        let mut json: Option<std::borrow::Cow<'_, [u8]>> = None;
         let mut earlier = 0i64;
         let mut origin = (String::new(), String::new());
         let mut due = String::new();
+        let from_queue = matches!(self.source, Source::Queue(_));
         for pair in items(fields).chunks(2) {
             let (Some(field), Some(value)) = (pair.first(), pair.get(1)) else {
                 continue;
@@ -834,63 +873,150 @@ impl Reader {
             };
             match name {
                 b"e" => {
-                    json = match value {
+                    json = Some(match value {
                         Value::BulkString(bytes) => std::borrow::Cow::Borrowed(bytes.as_slice()),
                         other => std::borrow::Cow::Owned(text(other).into_bytes()),
-                    }
+                    })
                 }
-                b"r" => earlier = int(value),
-                b"os" => origin.0 = text(value),
-                b"oi" => origin.1 = text(value),
-                b"d" => due = text(value),
+                b"r" => earlier = int(value).max(0),
+                // Where an inherited entry came from: a stream key and an id, never a
+                // line break (the tag is made of lines); a value holding one is not kept.
+                b"os" => origin.0 = one_line(value),
+                b"oi" => origin.1 = one_line(value),
+                // Only a queue's items are held for a due time.
+                b"d" if from_queue => due = self.due_time(value),
                 _ => {}
             }
         }
-        let from_queue = matches!(self.source, Source::Queue(_));
-        let tag = if due.is_empty() {
-            format!("{kind}\n{id}\n{}\n{}", origin.0, origin.1)
-        } else {
-            format!("{kind}\n{id}\n{}\n{}\n{due}", origin.0, origin.1)
+        let stream = if kind == "t" { key } else { "" };
+        let tag = format!("{kind}\n{id}\n{}\n{}\n{due}\n{stream}", origin.0, origin.1);
+        let read = match &json {
+            None => Err("it has no `e` field (the event)".to_owned()),
+            Some(json) => stored::read(json),
         };
-        // UTF-8 checked in one fast pass, then read without checking each string again.
-        let parsed = match std::str::from_utf8(&json) {
-            Ok(text) => serde_json::from_str::<Event>(text),
-            Err(_) => serde_json::from_slice::<Event>(&json),
-        };
-        match parsed {
+        let read = read.and_then(|event| {
+            // A topic's entry must hold an event of that topic: it is acked on its stream.
+            match key.strip_prefix(self.broker.topic_prefix()) {
+                Some(topic) if kind == "t" && topic != event.topic => Err(format!(
+                    "it holds an event of topic `{}` in the stream of `{topic}`",
+                    stored::excerpt(event.topic.as_bytes(), 256)
+                )),
+                _ => Ok(event),
+            }
+        });
+        match read {
             Ok(event) => Some(Delivery {
                 event: Arc::new(event),
                 group,
                 from_queue,
-                redeliveries: u32::try_from(earlier + count - 1).unwrap_or(u32::MAX),
+                redeliveries: u32::try_from(earlier.saturating_add(count - 1)).unwrap_or(u32::MAX),
                 tag,
             }),
-            Err(e) => {
-                // Only edaflow writes these entries; one it cannot read is a bug. It is
-                // acked so it does not come back forever.
-                error!(id = %id, error = %e, "unreadable entry skipped");
-                let broker = self.broker.clone();
-                let stub = Delivery {
-                    event: Arc::new(Event::new("", "", serde_json::Value::Null)),
-                    group,
-                    from_queue,
-                    redeliveries: 0,
-                    tag,
-                };
-                let position = broker.position(&stub);
-                tokio::spawn(async move {
-                    if let Some(at) = position {
-                        let _ = broker
-                            .run_commit(
-                                [&at.kind, &at.key, &at.xgroup, &at.id],
-                                &Effects::default(),
-                            )
-                            .await;
-                    }
-                });
+            Err(reason) => {
+                self.dead_letter(kind, key, &id, fields, &reason, group, tag);
                 None
             }
         }
+    }
+
+    /// The due time field `d` of a queue item as the tag carries it: empty (due now) when it
+    /// is not a time, or lies further ahead than any item is moved ahead of its due time
+    /// (`claim_idle`, past which it would be claimed anyway).
+    fn due_time(&self, value: &Value) -> String {
+        let Ok(due) = text(value).parse::<i64>() else {
+            return String::new();
+        };
+        let most =
+            i64::try_from(self.broker.inner.options.claim_idle.as_millis()).unwrap_or(i64::MAX);
+        if due > self.broker.inner.clock.now_ms().saturating_add(most) {
+            debug!(
+                due,
+                "a queue item due further ahead than it can be taken; handed out now"
+            );
+            return String::new();
+        }
+        due.to_string()
+    }
+
+    /// Dead-letters an entry that cannot be handed out (see `stored`): a dead letter on
+    /// `dead.{group}` (or `dead.{queue}`) carrying the entry's fields as text and why, kept
+    /// in the dead-letter store, committed with the entry's ack. The commit is retried while
+    /// Redis is unreachable or out of memory; until it lands the entry stays pending.
+    #[allow(clippy::too_many_arguments)]
+    fn dead_letter(
+        &self,
+        kind: &str,
+        key: &str,
+        id: &str,
+        fields: &Value,
+        reason: &str,
+        group: Arc<str>,
+        tag: String,
+    ) {
+        let (name, is_queue) = match &self.source {
+            Source::Group(name) => (name.clone(), false),
+            Source::Queue(name) => (name.clone(), true),
+        };
+        error!(entry = %id, stream = %key, %reason, "could not read a stored entry; it is dead-lettered");
+        let topic = match kind {
+            "t" => key
+                .strip_prefix(self.broker.topic_prefix())
+                .map(str::to_owned),
+            _ => None,
+        };
+        let dead = stored::dead_letter(&name, is_queue, id, topic.as_deref(), fields, reason);
+        let stub = Delivery {
+            event: Arc::new(Event::new("", "", serde_json::Value::Null)),
+            group,
+            from_queue: is_queue,
+            redeliveries: 0,
+            tag,
+        };
+        let broker = self.broker.clone();
+        let Some(at) = broker.position(&stub) else {
+            return;
+        };
+        let effects = Effects {
+            dead_letter: Some(dead),
+            ..Effects::default()
+        };
+        tokio::spawn(async move {
+            let mut backoff = outage::BACKOFF_START;
+            loop {
+                let ack = [at.kind.as_str(), &at.key, &at.xgroup, &at.id];
+                match broker.run_commit(ack, &effects).await {
+                    Err(e) if e.is_transient() => {
+                        debug!(error = %outage::describe(&e), "dead letter of an unreadable entry not committed yet; retrying");
+                        tokio::time::sleep(outage::jittered(&mut backoff)).await;
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "could not dead-letter an unreadable entry; it stays pending and is claimed later");
+                        return;
+                    }
+                    Ok(()) => return,
+                }
+            }
+        });
+    }
+}
+
+/// A field's text, or nothing when it holds a line break.
+fn one_line(value: &Value) -> String {
+    let text = text(value);
+    if text.contains('\n') {
+        String::new()
+    } else {
+        text
+    }
+}
+
+/// The error a consumer pauses on while the circuit is open.
+fn unreachable() -> BrokerError {
+    BrokerError::Unavailable {
+        source: redis::RedisError::from(std::io::Error::new(
+            std::io::ErrorKind::NotConnected,
+            "the circuit is open",
+        )),
     }
 }
 

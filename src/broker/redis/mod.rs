@@ -27,6 +27,7 @@
 //! | `P c:{chain}:…` | hashes, zset, lists | tracked chain instances and counters (see `chains`) |
 //! | `P h:{correlation}`, `P h:index` | list, zset | the journey history (see `history`) |
 //! | `P seq` | counter | orders events across streams and equal due times |
+//! | `P epoch` | hash | the epoch marker: `token`, `n` (see `epoch`) |
 //! | channel `P tap` | pub/sub | every accepted event and queue item, while a tap listens |
 //! | channel `{topic}` | pub/sub | raw payloads of a `pubsub` topic (no prefix; see `wire`) |
 //! | `{list}` | list | raw payloads of a queue declared `list = "…"` (no prefix; see `wire`) |
@@ -66,8 +67,22 @@
 //! Every command fails with `Unavailable` (after `response_timeout` at worst). Nothing
 //! here crashes or gives up: consumers back off and retry (see `consumer`), the runtime
 //! retries commits, ingest answers 503, and `health` reports the outage. The outage is
-//! logged once for the process (see `outage`). `connect` alone does not retry: a Redis
-//! that is not there at startup is an error for the caller.
+//! logged once for the process (see `outage`). After two failures in a row the circuit
+//! opens: commands are refused at once, without a connection attempt, until one probe
+//! gets an answer (see `circuit`). `connect` alone does not retry: a Redis that is not
+//! there at startup is an error for the caller.
+//!
+//! # When Redis loses its state, runs out of memory, or holds what it should not
+//!
+//! A Redis restarted without persistence, flushed, or failed over to a replica that
+//! missed writes is noticed by the epoch marker within half a second (or at once, after a
+//! reconnect or when a consumer finds its group gone), and everything this process
+//! declared is declared again; the loss is logged once and counted (see `epoch`). Redis
+//! refusing writes for lack of memory (`-OOM`) is `OutOfMemory`: ingest answers 503, the
+//! commit script refuses a whole run before it writes anything, commits retry, and the
+//! episode is logged once (see `oom`). An entry that cannot be read back is dead-lettered
+//! with its ack (see `stored`), and a topic no group reads is trimmed by the unread
+//! retention (see `retention`).
 //!
 //! # Batching
 //!
@@ -125,15 +140,19 @@
 mod batch;
 mod blocking;
 mod chains;
+mod circuit;
 mod clock;
 mod cluster;
 mod consumer;
+mod epoch;
 mod held;
 mod history;
+mod oom;
 pub(crate) mod outage;
 mod replies;
 mod retention;
 mod scripts;
+mod stored;
 mod stores;
 mod url;
 mod wire;
@@ -150,9 +169,9 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn, Instrument};
 
 use crate::broker::{
-    Backpressure, Broker, BrokerError, BrokerHealth, ChainCounts, ChainSpec, ChainStep, DeadFilter,
-    Delivery, Effects, ExpiredChain, GroupSpec, GroupStats, QueueSpec, QueueStats, Removed,
-    WireSpec,
+    Backpressure, Broker, BrokerError, BrokerHealth, BrokerIncidents, ChainCounts, ChainSpec,
+    ChainStep, DeadFilter, Delivery, Effects, ExpiredChain, GroupSpec, GroupStats, QueueSpec,
+    QueueStats, Removed, WireSpec,
 };
 use crate::event::Event;
 use crate::flow::pattern::TopicPattern;
@@ -194,6 +213,10 @@ pub struct RedisOptions {
     pub response_timeout: Duration,
     /// For `rediss://`: trust this CA (a PEM file) instead of the system's roots.
     pub tls_ca: Option<PathBuf>,
+    /// How long events are kept on a topic stream that no group reads (no consumer group on
+    /// it, no declared group matching the topic) and that has no `retention` of its own
+    /// (see `retention`); `None` keeps them for ever.
+    pub unread_retention: Option<Duration>,
 }
 
 impl Default for RedisOptions {
@@ -210,8 +233,20 @@ impl Default for RedisOptions {
             batch: 256,
             response_timeout: Duration::from_secs(5),
             tls_ca: None,
+            unread_retention: Some(Duration::from_secs(60)),
         }
     }
+}
+
+/// The circuit breaker's state (see `RedisBroker::circuit`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CircuitState {
+    /// Commands are refused at once until a probe gets an answer.
+    pub open: bool,
+    /// Times it opened so far.
+    pub opened: u64,
+    /// Commands refused at once so far (none of them tried to reach Redis).
+    pub refused: u64,
 }
 
 /// The Redis broker. Clones share one set of connections.
@@ -227,11 +262,16 @@ struct Inner {
     /// For the synchronous parts of the trait (`stats`, `queue_stats`, `scheduled`).
     sync: Mutex<Option<redis::Connection>>,
     prefix: String,
+    /// `P t:`, what every topic stream's key starts with.
+    topic_prefix: String,
     options: RedisOptions,
     /// Topics this process has registered (and created its groups' XGROUPs on).
     known_topics: RwLock<HashSet<String>>,
     /// Groups and queues this process declared (for the synchronous `consumer` checks).
     groups: RwLock<HashMap<String, Vec<TopicPattern>>>,
+    /// The queues this process declared in Redis, as declared (to declare them again when
+    /// Redis lost its state, see `epoch`).
+    queue_specs: RwLock<HashMap<String, QueueSpec>>,
     /// Per queue, how far ahead of their due time its items may be taken, in ms.
     queues: RwLock<HashMap<String, u64>>,
     /// Redis's clock as seen from here, to hold items taken ahead (see `clock`).
@@ -250,6 +290,12 @@ struct Inner {
     consumers: AtomicU64,
     /// Whether Redis is down, shared by every task (see `outage`).
     outage: outage::Outage,
+    /// Fast refusals while Redis cannot be reached (see `circuit`).
+    circuit: circuit::Circuit,
+    /// Redis refusing writes for lack of memory (see `oom`).
+    oom: oom::OutOfMemory,
+    /// The epoch marker and the state losses healed (see `epoch`).
+    epoch: epoch::Epoch,
     /// The article's wire format: pub/sub topics and plain-list queues.
     wire: wire::Wire,
     /// Where publishes, commits and enqueues go to be run in batches (see `batch`).
@@ -258,8 +304,12 @@ struct Inner {
     acks: batch::Acks,
 }
 
-/// Maps a Redis failure to the broker boundary.
+/// Maps a Redis failure to the broker boundary: Redis out of memory (`-OOM`, see `oom`) is
+/// `OutOfMemory`, anything else `Unavailable`.
 fn unavailable(source: redis::RedisError) -> BrokerError {
+    if source.code() == Some("OOM") {
+        return BrokerError::OutOfMemory;
+    }
     BrokerError::Unavailable { source }
 }
 
@@ -392,11 +442,13 @@ impl RedisBroker {
             node,
             url: url.clone(),
             sync: Mutex::new(None),
+            topic_prefix: format!("{prefix}t:"),
             prefix,
             waiting,
             options,
             known_topics: RwLock::new(HashSet::new()),
             groups: RwLock::new(HashMap::new()),
+            queue_specs: RwLock::new(HashMap::new()),
             queues: RwLock::new(HashMap::new()),
             clock: clock::RedisClock::default(),
             queue_movers: Mutex::new(HashSet::new()),
@@ -404,6 +456,9 @@ impl RedisBroker {
             retention: Arc::default(),
             consumers: AtomicU64::new(0),
             outage: outage::Outage::default(),
+            circuit: circuit::Circuit::default(),
+            oom: oom::OutOfMemory::default(),
+            epoch: epoch::Epoch::default(),
             wire: wire::Wire::default(),
         });
         let time: Vec<i64> = redis::cmd("TIME")
@@ -413,12 +468,28 @@ impl RedisBroker {
         if let [s, us] = time[..] {
             inner.clock.learn(s * 1000 + us / 1000);
         }
+        let broker = RedisBroker { inner };
+        match broker.mark_epoch(true).await {
+            // Redis is full: the watcher writes the marker once it takes writes again.
+            Err(BrokerError::OutOfMemory) => {
+                warn!("redis is out of memory at connect: the epoch marker is written once it takes writes again");
+            }
+            other => other?,
+        }
+        let inner = broker.inner;
         let span = tracing::info_span!("redis_mover", component = "broker");
         // Tracked by ownership: it holds a Weak and ends once the broker is gone.
         tokio::spawn(run_mover(Arc::downgrade(&inner), Moving::Deferred).instrument(span));
         let span = tracing::info_span!("redis_trimmer", component = "broker");
-        let trimmer = retention::run(Arc::downgrade(&inner), inner.retention.clone());
+        let trimmer = retention::run(
+            Arc::downgrade(&inner),
+            inner.retention.clone(),
+            inner.options.unread_retention,
+        );
         tokio::spawn(trimmer.instrument(span));
+        let span = tracing::info_span!("redis_watcher", component = "broker");
+        // Tracked by ownership: it holds a Weak and ends once the broker is gone.
+        tokio::spawn(epoch::run(Arc::downgrade(&inner)).instrument(span));
         Ok(RedisBroker { inner })
     }
 
@@ -441,19 +512,71 @@ impl RedisBroker {
         self.inner.node.conn()
     }
 
-    /// Notes the outcome of a command for the outage log and `/healthz`: an unreachable
-    /// Redis is logged once per outage, not once per failed command.
+    /// Notes the outcome of a command for the outage log, the circuit, the out-of-memory
+    /// episode and `/healthz`: an unreachable Redis is logged once per outage, and Redis
+    /// out of memory once per episode, not once per failed command.
     pub(crate) fn track<T>(
         &self,
         what: &str,
         result: Result<T, BrokerError>,
     ) -> Result<T, BrokerError> {
         match &result {
-            Ok(_) => self.inner.outage.recovered(),
-            Err(e @ BrokerError::Unavailable { .. }) => self.inner.outage.failed(what, e),
+            Ok(_) => {
+                self.inner.circuit.answered();
+                self.inner.outage.recovered();
+            }
+            Err(e @ BrokerError::Unavailable { source }) => {
+                self.inner.outage.failed(what, e);
+                if self.inner.circuit.failed(source) == circuit::Failed::Opened {
+                    self.start_probe();
+                }
+            }
+            Err(BrokerError::OutOfMemory) => {
+                self.inner.circuit.answered();
+                self.inner.outage.recovered();
+                self.inner.oom.refused(what);
+            }
             Err(_) => {}
         }
         result
+    }
+
+    /// Runs a command through the circuit: refused at once while it is open (see
+    /// `circuit`), else run and its outcome noted (`track`).
+    async fn guarded<T>(
+        &self,
+        what: &str,
+        command: impl std::future::Future<Output = Result<T, BrokerError>>,
+    ) -> Result<T, BrokerError> {
+        self.inner.circuit.admit()?;
+        self.track(what, command.await)
+    }
+
+    /// A write that landed: ends an out-of-memory episode once writes settle.
+    fn wrote(&self) {
+        self.inner.oom.wrote();
+    }
+
+    /// Starts the probe that closes the circuit once Redis answers (one at a time).
+    fn start_probe(&self) {
+        if !self.inner.circuit.start_probing() {
+            return;
+        }
+        let span = tracing::info_span!("redis_probe", component = "broker");
+        // Tracked by ownership: it holds a Weak and ends once the broker is gone or the
+        // circuit is closed.
+        tokio::spawn(run_probe(Arc::downgrade(&self.inner)).instrument(span));
+    }
+
+    /// Whether the circuit is open, how many times it opened, and how many commands it
+    /// refused at once (for tests and tools: see `circuit`).
+    pub fn circuit(&self) -> CircuitState {
+        let circuit = &self.inner.circuit;
+        CircuitState {
+            open: circuit.is_open(),
+            opened: circuit.opened(),
+            refused: circuit.refused(),
+        }
     }
 
     fn key(&self, suffix: &str) -> String {
@@ -461,7 +584,12 @@ impl RedisBroker {
     }
 
     fn topic_key(&self, topic: &str) -> String {
-        format!("{}t:{topic}", self.inner.prefix)
+        format!("{}{topic}", self.inner.topic_prefix)
+    }
+
+    /// `P t:`, what every topic stream's key starts with.
+    fn topic_prefix(&self) -> &str {
+        &self.inner.topic_prefix
     }
 
     fn inbox_key(&self, group: &str) -> String {
@@ -488,11 +616,13 @@ impl RedisBroker {
             .map_err(unavailable)
     }
 
-    /// Runs `f` on the blocking connection, reconnecting once if it is broken.
+    /// Runs `f` on the blocking connection, reconnecting once if it is broken (refused at
+    /// once while the circuit is open).
     fn with_sync<T>(
         &self,
         f: impl Fn(&mut redis::Connection) -> redis::RedisResult<T>,
     ) -> Result<T, BrokerError> {
+        self.inner.circuit.admit()?;
         let mut guard = self.inner.sync.lock().unwrap_or_else(|e| e.into_inner());
         for attempt in 0..2 {
             if guard.is_none() {
@@ -710,8 +840,13 @@ impl RedisBroker {
             .arg(group)
             .arg(id)
             .query_async(&mut self.conn())
-            .await
-            .map_err(unavailable);
+            .await;
+        let acked = match acked {
+            // The stream or its group is gone (removed, or Redis lost its state): nothing
+            // is pending any more, as when the commit script finds the entry settled.
+            Err(e) if e.code() == Some("NOGROUP") => Ok(0),
+            other => other.map_err(unavailable),
+        };
         match acked {
             Ok(0) => {
                 // As the script's guard: settled already, by a lost-reply retry or another
@@ -724,8 +859,33 @@ impl RedisBroker {
         }
     }
 
-    /// Runs the commit script: effects, then the ack of `ack` (kind, key, group, id).
+    /// Runs the commit script: effects, then the ack of `ack` (kind, key, group, id). A
+    /// queue this process declared that Redis does not know means Redis lost its state:
+    /// it is healed (see `epoch`) and the commit tried once more.
     async fn run_commit(&self, ack: [&str; 4], effects: &Effects) -> Result<(), BrokerError> {
+        let heals = self.heals();
+        match self.run_commit_once(ack, effects).await {
+            Err(BrokerError::UnknownQueue { queue }) if self.declared_queue(&queue) => {
+                if self.state_check(heals).await? {
+                    self.run_commit_once(ack, effects).await
+                } else {
+                    Err(BrokerError::UnknownQueue { queue })
+                }
+            }
+            other => other,
+        }
+    }
+
+    /// Whether this process declared `queue` in Redis (not a plain list).
+    fn declared_queue(&self, queue: &str) -> bool {
+        self.inner
+            .queue_specs
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(queue)
+    }
+
+    async fn run_commit_once(&self, ack: [&str; 4], effects: &Effects) -> Result<(), BrokerError> {
         // Every delay is checked before anything is sent (pub/sub effects go out first):
         // a commit refused for one must not have sent the rest.
         for (_, delay) in &effects.deferred {
@@ -809,8 +969,12 @@ impl RedisBroker {
         if let (true, Some((id, answer))) = (landed, local_reply) {
             self.inner.waiting.answer(id, answer.clone());
         }
+        if landed {
+            self.wrote();
+        }
         match reply.first().map(text).as_deref() {
             Some("ok") => Ok(()),
+            Some("oom") => Err(BrokerError::OutOfMemory),
             // The entry is no longer pending: this commit ran already (its reply was lost
             // to a timeout) or another consumer settled the entry. Nothing applied twice.
             Some("settled") => {
@@ -846,9 +1010,12 @@ impl RedisBroker {
         let origin_key = parts.next().unwrap_or("").to_owned();
         let origin_id = parts.next().unwrap_or("").to_owned();
         let due = parts.next().unwrap_or("").to_owned();
+        // The stream an entry was read from, when its reader knew it (a topic's entry is
+        // acked on the stream it lies in, whatever its event says).
+        let stream = parts.next().filter(|k| !k.is_empty());
         let (key, xgroup) = match kind.as_str() {
             "t" => (
-                self.topic_key(&delivery.event.topic),
+                stream.map_or_else(|| self.topic_key(&delivery.event.topic), str::to_owned),
                 delivery.group.to_string(),
             ),
             "i" => (self.inbox_key(&delivery.group), delivery.group.to_string()),
@@ -973,6 +1140,21 @@ fn parse_patterns(texts: &[String]) -> Vec<TopicPattern> {
         .collect()
 }
 
+/// The dead letter a deferred member that cannot be read becomes (see
+/// `scripts::MOVE_DEFERRED`, which gives it the member as its data and an id of its own).
+fn undecodable_deferred() -> Event {
+    let mut dead = Event::new(
+        "dead.deferred",
+        "edaflow://redis/deferred",
+        serde_json::Value::Null,
+    );
+    dead.extensions.insert(
+        crate::event::dead_letter::REASON.into(),
+        "undecodable delayed event: a stored member that is not `seq\\ntopic\\njson`".into(),
+    );
+    dead
+}
+
 /// What a mover moves as it falls due: the namespace's deferred events (published to their
 /// topics), or one queue's items (moved to its ready stream, so that the queue's consumers
 /// can block in `XREADGROUP` there, see `consumer`, rather than each run the take script).
@@ -1008,6 +1190,13 @@ async fn run_mover(weak: Weak<Inner>, moving: Moving) {
                 return;
             }
         }
+        if broker.inner.circuit.is_open() {
+            // Redis is unreachable: the probe tells when to go on.
+            drop(broker);
+            tokio::time::sleep(outage::jittered(&mut backoff)).await;
+            continue;
+        }
+        let heals = broker.heals();
         let step = async {
             let batch = broker.inner.options.mover_batch;
             let reply: Value = match &moving {
@@ -1016,6 +1205,7 @@ async fn run_mover(weak: Weak<Inner>, moving: Moving) {
                         .prepare_invoke()
                         .arg(&broker.inner.prefix)
                         .arg(batch)
+                        .arg(undecodable_deferred().to_stored_json())
                         .invoke_async(&mut broker.conn())
                         .await
                 }
@@ -1052,8 +1242,19 @@ async fn run_mover(weak: Weak<Inner>, moving: Moving) {
                 found
             }
             Ok(None) => {
-                // The queue was removed in Redis (by another process, say): its consumers'
-                // take script answers `gone`.
+                // The queue is gone in Redis: Redis lost its state (healed now, the mover
+                // goes on), or another process removed it (its consumers' take script
+                // answers `gone` too).
+                match broker.state_check(heals).await {
+                    Ok(true) => continue,
+                    Ok(false) => {}
+                    Err(e) => {
+                        debug!(mover = what, error = %outage::describe(&e), "redis unavailable; retrying");
+                        drop(broker);
+                        tokio::time::sleep(outage::jittered(&mut backoff)).await;
+                        continue;
+                    }
+                }
                 if let Moving::Queue(queue) = &moving {
                     broker.forget_queue_mover(queue);
                 }
@@ -1098,7 +1299,57 @@ async fn run_mover(weak: Weak<Inner>, moving: Moving) {
     }
 }
 
+/// The circuit's probe (see `circuit`): tries Redis every `PROBE_EVERY` until it answers,
+/// then closes the circuit and has the watcher check at once whether Redis kept its state.
+async fn run_probe(weak: Weak<Inner>) {
+    loop {
+        tokio::time::sleep(circuit::PROBE_EVERY).await;
+        let Some(inner) = weak.upgrade() else { return };
+        let broker = RedisBroker { inner };
+        let circuit = &broker.inner.circuit;
+        if !circuit.is_open() {
+            circuit.stop_probing();
+            return;
+        }
+        if broker.probe().await {
+            // Stopped first: a failure once closed opens it again with a probe of its own.
+            circuit.stop_probing();
+            circuit.close();
+            broker.inner.epoch.check_now.notify_one();
+            return;
+        }
+    }
+}
+
 impl RedisBroker {
+    /// One `PING` on a connection of its own, within a short timeout: does Redis answer?
+    async fn probe(&self) -> bool {
+        let wait = self
+            .inner
+            .options
+            .response_timeout
+            .min(Duration::from_secs(1));
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(wait))
+            .set_response_timeout(Some(wait));
+        let connected = self
+            .inner
+            .node
+            .client()
+            .get_multiplexed_async_connection_with_config(&config)
+            .await;
+        match connected {
+            Ok(mut conn) => redis::cmd("PING")
+                .query_async::<Value>(&mut conn)
+                .await
+                .is_ok(),
+            Err(e) => {
+                debug!(error = %e, "probe: redis still unreachable");
+                false
+            }
+        }
+    }
+
     /// Starts the queue's mover in this process, unless it runs already.
     fn start_queue_mover(&self, queue: &str) {
         let started = self
@@ -1131,76 +1382,79 @@ impl Broker for RedisBroker {
     type Consumer = RedisConsumer;
 
     async fn declare_group(&self, spec: &GroupSpec) -> Result<(), BrokerError> {
-        let now = self.server_ms().await?;
-        let mut conn = self.conn();
-        let groups_key = self.key("groups");
-        let existing: Option<String> = redis::cmd("HGET")
-            .arg(&groups_key)
-            .arg(&spec.name)
-            .query_async(&mut conn)
-            .await
-            .map_err(unavailable)?;
-        let existing: Option<GroupRecord> =
-            existing.and_then(|json| serde_json::from_str(&json).ok());
-        let patterns: Vec<String> = spec.patterns.iter().map(|p| p.to_string()).collect();
-        let changed = existing.as_ref().is_some_and(|r| r.patterns != patterns);
-        let since = match &existing {
-            Some(record) if !changed => record.since,
-            _ => now,
-        };
-        let record = serde_json::to_string(&GroupRecord {
-            patterns: patterns.clone(),
-            since,
-        })
-        .unwrap_or_default();
-        redis::cmd("HSET")
-            .arg(&groups_key)
-            .arg(&spec.name)
-            .arg(record)
-            .query_async::<Value>(&mut conn)
-            .await
-            .map_err(unavailable)?;
-        // BUSYGROUP when it exists already: fine.
-        let _ = redis::cmd("XGROUP")
-            .arg("CREATE")
-            .arg(self.inbox_key(&spec.name))
-            .arg(&spec.name)
-            .arg("0")
-            .arg("MKSTREAM")
-            .query_async::<Value>(&mut conn)
-            .await;
-        if changed {
-            // Streams the group no longer reads: what waits there moves to its inbox.
-            let on: Vec<String> = redis::cmd("HKEYS")
-                .arg(self.key(&format!("gs:{}", spec.name)))
+        self.guarded("declare", async {
+            let now = self.server_ms().await?;
+            let mut conn = self.conn();
+            let groups_key = self.key("groups");
+            let existing: Option<String> = redis::cmd("HGET")
+                .arg(&groups_key)
+                .arg(&spec.name)
                 .query_async(&mut conn)
                 .await
                 .map_err(unavailable)?;
-            let topic_prefix = self.topic_key("");
-            for key in on {
-                let topic = key.strip_prefix(&topic_prefix).unwrap_or("");
-                if !spec.patterns.iter().any(|p| p.matches(topic)) {
-                    self.handoff(&spec.name, &key, Some(&spec.name)).await?;
+            let existing: Option<GroupRecord> =
+                existing.and_then(|json| serde_json::from_str(&json).ok());
+            let patterns: Vec<String> = spec.patterns.iter().map(|p| p.to_string()).collect();
+            let changed = existing.as_ref().is_some_and(|r| r.patterns != patterns);
+            let since = match &existing {
+                Some(record) if !changed => record.since,
+                _ => now,
+            };
+            let record = serde_json::to_string(&GroupRecord {
+                patterns: patterns.clone(),
+                since,
+            })
+            .unwrap_or_default();
+            redis::cmd("HSET")
+                .arg(&groups_key)
+                .arg(&spec.name)
+                .arg(record)
+                .query_async::<Value>(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            // BUSYGROUP when it exists already: fine.
+            let _ = redis::cmd("XGROUP")
+                .arg("CREATE")
+                .arg(self.inbox_key(&spec.name))
+                .arg(&spec.name)
+                .arg("0")
+                .arg("MKSTREAM")
+                .query_async::<Value>(&mut conn)
+                .await;
+            if changed {
+                // Streams the group no longer reads: what waits there moves to its inbox.
+                let on: Vec<String> = redis::cmd("HKEYS")
+                    .arg(self.key(&format!("gs:{}", spec.name)))
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(unavailable)?;
+                let topic_prefix = self.topic_key("");
+                for key in on {
+                    let topic = key.strip_prefix(&topic_prefix).unwrap_or("");
+                    if !spec.patterns.iter().any(|p| p.matches(topic)) {
+                        self.handoff(&spec.name, &key, Some(&spec.name)).await?;
+                    }
                 }
             }
-        }
-        let topics: Vec<String> = redis::cmd("SMEMBERS")
-            .arg(self.key("topics"))
-            .query_async(&mut conn)
-            .await
-            .map_err(unavailable)?;
-        let keys: Vec<String> = topics
-            .iter()
-            .filter(|t| spec.patterns.iter().any(|p| p.matches(t)))
-            .map(|t| self.topic_key(t))
-            .collect();
-        self.ensure(&spec.name, "$", &keys).await?;
-        self.inner
-            .groups
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(spec.name.clone(), spec.patterns.clone());
-        Ok(())
+            let topics: Vec<String> = redis::cmd("SMEMBERS")
+                .arg(self.key("topics"))
+                .query_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            let keys: Vec<String> = topics
+                .iter()
+                .filter(|t| spec.patterns.iter().any(|p| p.matches(t)))
+                .map(|t| self.topic_key(t))
+                .collect();
+            self.ensure(&spec.name, "$", &keys).await?;
+            self.inner
+                .groups
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(spec.name.clone(), spec.patterns.clone());
+            self.mark_epoch(false).await
+        })
+        .await
     }
 
     async fn remove_group(
@@ -1208,95 +1462,109 @@ impl Broker for RedisBroker {
         name: &str,
         successor: Option<&str>,
     ) -> Result<Removed, BrokerError> {
-        self.inner
-            .groups
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(name);
-        let mut conn = self.conn();
-        redis::cmd("HDEL")
-            .arg(self.key("groups"))
-            .arg(name)
-            .query_async::<Value>(&mut conn)
-            .await
-            .map_err(unavailable)?;
-        let successor = match successor {
-            Some(s) if s != name => {
-                let exists: bool = redis::cmd("HEXISTS")
-                    .arg(self.key("groups"))
-                    .arg(s)
-                    .query_async(&mut conn)
-                    .await
-                    .map_err(unavailable)?;
-                exists.then_some(s)
+        self.guarded("remove", async {
+            self.inner
+                .groups
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(name);
+            let mut conn = self.conn();
+            redis::cmd("HDEL")
+                .arg(self.key("groups"))
+                .arg(name)
+                .query_async::<Value>(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            let successor = match successor {
+                Some(s) if s != name => {
+                    let exists: bool = redis::cmd("HEXISTS")
+                        .arg(self.key("groups"))
+                        .arg(s)
+                        .query_async(&mut conn)
+                        .await
+                        .map_err(unavailable)?;
+                    exists.then_some(s)
+                }
+                _ => None,
+            };
+            let streams: Vec<String> = redis::cmd("HKEYS")
+                .arg(self.key(&format!("gs:{name}")))
+                .query_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            let mut removed = self.handoff(name, &self.inbox_key(name), successor).await?;
+            for key in streams {
+                let more = self.handoff(name, &key, successor).await?;
+                removed.moved += more.moved;
+                removed.dropped += more.dropped;
             }
-            _ => None,
-        };
-        let streams: Vec<String> = redis::cmd("HKEYS")
-            .arg(self.key(&format!("gs:{name}")))
-            .query_async(&mut conn)
-            .await
-            .map_err(unavailable)?;
-        let mut removed = self.handoff(name, &self.inbox_key(name), successor).await?;
-        for key in streams {
-            let more = self.handoff(name, &key, successor).await?;
-            removed.moved += more.moved;
-            removed.dropped += more.dropped;
-        }
-        redis::cmd("DEL")
-            .arg(self.key(&format!("gs:{name}")))
-            .arg(self.inbox_key(name))
-            .query_async::<Value>(&mut conn)
-            .await
-            .map_err(unavailable)?;
-        self.wake(self.key(&format!("g:{name}:wake"))).await?;
-        Ok(removed)
+            redis::cmd("DEL")
+                .arg(self.key(&format!("gs:{name}")))
+                .arg(self.inbox_key(name))
+                .query_async::<Value>(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            self.wake(self.key(&format!("g:{name}:wake"))).await?;
+            Ok(removed)
+        })
+        .await
     }
 
     async fn publish(&self, event: Event, mode: Backpressure) -> Result<(), BrokerError> {
-        if self.inner.wire.is_pubsub(&event.topic) {
-            let effects = Effects {
-                publish: vec![event],
-                ..Effects::default()
-            };
-            wire::send_effects(self, &effects).await?;
-            return Ok(());
-        }
-        self.ensure_topics([event.topic.as_str()]).await?;
-        let json = event.to_stored_json();
-        let capacity = self
-            .inner
-            .options
-            .group_capacity
-            .map(|c| c.to_string())
-            .unwrap_or_default();
-        let mut backoff = Duration::from_millis(1);
-        loop {
-            let mut op = batch::OpArgs::new("p");
-            op.text(&event.topic).text(&json).text(&capacity);
-            let reply = self.inner.batcher.run(op).await?;
-            let reply = items(&reply);
-            if reply.first().map(text).as_deref() != Some("full") {
+        self.guarded("ingest", async {
+            if self.inner.wire.is_pubsub(&event.topic) {
+                let effects = Effects {
+                    publish: vec![event],
+                    ..Effects::default()
+                };
+                wire::send_effects(self, &effects).await?;
                 return Ok(());
             }
-            let group = reply.get(1).map(text).unwrap_or_default();
-            if mode == Backpressure::Reject {
-                return Err(BrokerError::Full { group });
+            self.ensure_topics([event.topic.as_str()]).await?;
+            let json = event.to_stored_json();
+            let capacity = self
+                .inner
+                .options
+                .group_capacity
+                .map(|c| c.to_string())
+                .unwrap_or_default();
+            let mut backoff = Duration::from_millis(1);
+            loop {
+                let mut op = batch::OpArgs::new("p");
+                op.text(&event.topic).text(&json).text(&capacity);
+                let reply = self.inner.batcher.run(op).await?;
+                let reply = items(&reply);
+                match reply.first().map(text).as_deref() {
+                    Some("full") => {}
+                    Some("oom") => return Err(BrokerError::OutOfMemory),
+                    _ => {
+                        self.wrote();
+                        return Ok(());
+                    }
+                }
+                let group = reply.get(1).map(text).unwrap_or_default();
+                if mode == Backpressure::Reject {
+                    return Err(BrokerError::Full { group });
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_millis(50));
             }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_millis(50));
-        }
+        })
+        .await
     }
 
     async fn publish_later(&self, event: Event, delay: Duration) -> Result<(), BrokerError> {
-        if delay.is_zero() {
-            return self.publish(event, Backpressure::Wait).await;
-        }
-        let effects = Effects {
-            deferred: vec![(event, delay)],
-            ..Effects::default()
-        };
-        self.run_commit(["-", "", "", ""], &effects).await
+        self.guarded("ingest", async {
+            if delay.is_zero() {
+                return self.publish(event, Backpressure::Wait).await;
+            }
+            let effects = Effects {
+                deferred: vec![(event, delay)],
+                ..Effects::default()
+            };
+            self.run_commit(["-", "", "", ""], &effects).await
+        })
+        .await
     }
 
     fn consumer(&self, group: &str) -> Result<RedisConsumer, BrokerError> {
@@ -1344,51 +1612,77 @@ impl Broker for RedisBroker {
         delivery: &Delivery,
         effects: &Effects,
     ) -> Result<(), BrokerError> {
-        match self.position(delivery) {
-            Some(at) => {
-                self.run_commit([&at.kind, &at.key, &at.xgroup, &at.id], effects)
-                    .await
+        self.guarded("commit", async {
+            match self.position(delivery) {
+                Some(at) => {
+                    self.run_commit([&at.kind, &at.key, &at.xgroup, &at.id], effects)
+                        .await
+                }
+                None => self.run_commit(["-", "", "", ""], effects).await,
             }
-            None => self.run_commit(["-", "", "", ""], effects).await,
-        }
+        })
+        .await
     }
 
     async fn nack(&self, delivery: Delivery) -> Result<(), BrokerError> {
-        if let Some(done) = wire::nack(self, &delivery).await {
-            return done;
-        }
-        let Some(at) = self.position(&delivery) else {
-            return Ok(());
-        };
-        let dest = if delivery.from_queue {
-            self.queue_key(&delivery.group, "back")
-        } else {
-            self.inbox_key(&delivery.group)
-        };
-        let (origin_key, origin_id) = match at.kind.as_str() {
-            "t" => (at.key.clone(), at.id.clone()),
-            _ => (at.origin_key.clone(), at.origin_id.clone()),
-        };
-        scripts::NACK
-            .prepare_invoke()
-            .arg(&self.inner.prefix)
-            .arg(&at.kind)
-            .arg(&at.key)
-            .arg(&at.xgroup)
-            .arg(&at.id)
-            .arg(dest)
-            .arg(delivery.event.to_stored_json())
-            .arg(delivery.redeliveries.saturating_add(1))
-            .arg(origin_key)
-            .arg(origin_id)
-            .arg(&at.due)
-            .invoke_async::<Value>(&mut self.conn())
-            .await
-            .map_err(unavailable)?;
-        Ok(())
+        self.guarded("nack", async {
+            if let Some(done) = wire::nack(self, &delivery).await {
+                return done;
+            }
+            let Some(at) = self.position(&delivery) else {
+                return Ok(());
+            };
+            let dest = if delivery.from_queue {
+                self.queue_key(&delivery.group, "back")
+            } else {
+                self.inbox_key(&delivery.group)
+            };
+            let (origin_key, origin_id) = match at.kind.as_str() {
+                "t" => (at.key.clone(), at.id.clone()),
+                _ => (at.origin_key.clone(), at.origin_id.clone()),
+            };
+            scripts::NACK
+                .prepare_invoke()
+                .arg(&self.inner.prefix)
+                .arg(&at.kind)
+                .arg(&at.key)
+                .arg(&at.xgroup)
+                .arg(&at.id)
+                .arg(dest)
+                .arg(delivery.event.to_stored_json())
+                .arg(delivery.redeliveries.saturating_add(1))
+                .arg(origin_key)
+                .arg(origin_id)
+                .arg(&at.due)
+                .invoke_async::<Value>(&mut self.conn())
+                .await
+                .map_err(unavailable)?;
+            Ok(())
+        })
+        .await
     }
 
     async fn health(&self) -> BrokerHealth {
+        let down_for = || {
+            self.inner
+                .outage
+                .down()
+                .map_or(0, |(d, _)| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        };
+        if self.inner.circuit.is_open() {
+            let reason = self
+                .inner
+                .outage
+                .down()
+                .map_or_else(|| "no answer".to_owned(), |(_, reason)| reason);
+            return BrokerHealth::Down {
+                reason: format!(
+                    "redis unreachable: {reason} (commands are refused at once; a probe tries Redis every {} ms)",
+                    circuit::PROBE_EVERY.as_millis()
+                ),
+                for_ms: down_for(),
+            };
+        }
         let wait = self
             .inner
             .options
@@ -1404,15 +1698,26 @@ impl Broker for RedisBroker {
             )))),
         };
         match self.track("health check", result) {
-            Ok(()) => BrokerHealth::Up,
+            Ok(()) => match self.inner.oom.current() {
+                Some(lasted) => BrokerHealth::Degraded {
+                    code: "out_of_memory",
+                    reason: "redis is out of memory (maxmemory): it refuses writes, so ingest answers 503 and commits wait".to_owned(),
+                    for_ms: u64::try_from(lasted.as_millis()).unwrap_or(u64::MAX),
+                },
+                None => BrokerHealth::Up,
+            },
             Err(e) => BrokerHealth::Down {
                 reason: format!("redis unreachable: {}", outage::describe(&e)),
-                for_ms: self
-                    .inner
-                    .outage
-                    .down()
-                    .map_or(0, |(d, _)| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+                for_ms: down_for(),
             },
+        }
+    }
+
+    fn incidents(&self) -> BrokerIncidents {
+        BrokerIncidents {
+            state_lost: self.inner.epoch.heals(),
+            last_state_loss: self.inner.epoch.last(),
+            out_of_memory_episodes: self.inner.oom.episodes(),
         }
     }
 
@@ -1467,47 +1772,55 @@ impl Broker for RedisBroker {
     }
 
     async fn declare_queue(&self, spec: &QueueSpec) -> Result<(), BrokerError> {
-        if self.inner.wire.list_of(&spec.name).is_some() {
-            // A plain list needs no keys of edaflow's: it exists once something is pushed.
+        self.guarded("declare", async {
+            if self.inner.wire.list_of(&spec.name).is_some() {
+                // A plain list needs no keys of edaflow's: it exists once something is pushed.
+                self.inner
+                    .queues
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(spec.name.clone(), 0);
+                return Ok(());
+            }
+            let mut conn = self.conn();
+            redis::cmd("HSET")
+                .arg(self.key("queues"))
+                .arg(&spec.name)
+                .arg(spec.capacity.map(|c| c.to_string()).unwrap_or_default())
+                .query_async::<Value>(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            for part in ["ready", "back"] {
+                // BUSYGROUP when it exists already: fine.
+                let _ = redis::cmd("XGROUP")
+                    .arg("CREATE")
+                    .arg(self.queue_key(&spec.name, part))
+                    .arg("workers")
+                    .arg("0")
+                    .arg("MKSTREAM")
+                    .query_async::<Value>(&mut conn)
+                    .await;
+            }
+            // See "Taking ahead" for why these two never do.
+            let ahead = if spec.poll.is_some() || spec.capacity.is_some() {
+                0
+            } else {
+                self.take_ahead_ms()
+            };
             self.inner
                 .queues
                 .write()
                 .unwrap_or_else(|e| e.into_inner())
-                .insert(spec.name.clone(), 0);
-            return Ok(());
-        }
-        let mut conn = self.conn();
-        redis::cmd("HSET")
-            .arg(self.key("queues"))
-            .arg(&spec.name)
-            .arg(spec.capacity.map(|c| c.to_string()).unwrap_or_default())
-            .query_async::<Value>(&mut conn)
-            .await
-            .map_err(unavailable)?;
-        for part in ["ready", "back"] {
-            // BUSYGROUP when it exists already: fine.
-            let _ = redis::cmd("XGROUP")
-                .arg("CREATE")
-                .arg(self.queue_key(&spec.name, part))
-                .arg("workers")
-                .arg("0")
-                .arg("MKSTREAM")
-                .query_async::<Value>(&mut conn)
-                .await;
-        }
-        // See "Taking ahead" for why these two never do.
-        let ahead = if spec.poll.is_some() || spec.capacity.is_some() {
-            0
-        } else {
-            self.take_ahead_ms()
-        };
-        self.inner
-            .queues
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(spec.name.clone(), ahead);
-        self.start_queue_mover(&spec.name);
-        Ok(())
+                .insert(spec.name.clone(), ahead);
+            self.inner
+                .queue_specs
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(spec.name.clone(), spec.clone());
+            self.start_queue_mover(&spec.name);
+            self.mark_epoch(false).await
+        })
+        .await
     }
 
     async fn remove_queue(
@@ -1515,43 +1828,54 @@ impl Broker for RedisBroker {
         name: &str,
         successor: Option<&str>,
     ) -> Result<Removed, BrokerError> {
-        self.inner
-            .queues
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(name);
-        let mut conn = self.conn();
-        let (moved, dropped): (u64, u64) = scripts::REHOME_QUEUE
-            .prepare_invoke()
-            .arg(&self.inner.prefix)
-            .arg(name)
-            .arg(successor.unwrap_or(""))
-            .invoke_async(&mut conn)
-            .await
-            .map_err(unavailable)?;
-        redis::cmd("HDEL")
-            .arg(self.key("queues"))
-            .arg(name)
-            .query_async::<Value>(&mut conn)
-            .await
-            .map_err(unavailable)?;
-        redis::cmd("DEL")
-            .arg(self.queue_key(name, "sched"))
-            .arg(self.queue_key(name, "ready"))
-            .arg(self.queue_key(name, "back"))
-            .query_async::<Value>(&mut conn)
-            .await
-            .map_err(unavailable)?;
-        self.wake(self.queue_key(name, "wake")).await?;
-        Ok(Removed { moved, dropped })
+        self.guarded("remove", async {
+            self.inner
+                .queues
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(name);
+            self.inner
+                .queue_specs
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(name);
+            let mut conn = self.conn();
+            let (moved, dropped): (u64, u64) = scripts::REHOME_QUEUE
+                .prepare_invoke()
+                .arg(&self.inner.prefix)
+                .arg(name)
+                .arg(successor.unwrap_or(""))
+                .invoke_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            redis::cmd("HDEL")
+                .arg(self.key("queues"))
+                .arg(name)
+                .query_async::<Value>(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            redis::cmd("DEL")
+                .arg(self.queue_key(name, "sched"))
+                .arg(self.queue_key(name, "ready"))
+                .arg(self.queue_key(name, "back"))
+                .query_async::<Value>(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            self.wake(self.queue_key(name, "wake")).await?;
+            Ok(Removed { moved, dropped })
+        })
+        .await
     }
 
     async fn enqueue(&self, queue: &str, item: Event, delay: Duration) -> Result<(), BrokerError> {
-        let effects = Effects {
-            enqueue: vec![(queue.to_owned(), item, delay)],
-            ..Effects::default()
-        };
-        self.run_commit(["-", "", "", ""], &effects).await
+        self.guarded("ingest", async {
+            let effects = Effects {
+                enqueue: vec![(queue.to_owned(), item, delay)],
+                ..Effects::default()
+            };
+            self.run_commit(["-", "", "", ""], &effects).await
+        })
+        .await
     }
 
     fn queue_consumer(&self, queue: &str) -> Result<RedisConsumer, BrokerError> {
@@ -1641,11 +1965,17 @@ impl Broker for RedisBroker {
     }
 
     async fn record_history(&self, entries: Vec<(String, String)>) -> Result<(), BrokerError> {
-        self.record_history_entries(&entries).await
+        self.guarded("history", async {
+            self.record_history_entries(&entries).await
+        })
+        .await
     }
 
     async fn history(&self, correlation: &str) -> Result<Option<Vec<String>>, BrokerError> {
-        self.journey(correlation).await.map(Some)
+        self.guarded("history", async {
+            self.journey(correlation).await.map(Some)
+        })
+        .await
     }
 
     fn tracks_chains(&self) -> bool {
@@ -1657,7 +1987,8 @@ impl Broker for RedisBroker {
         chain: &ChainSpec,
         steps: &[ChainStep],
     ) -> Result<(), BrokerError> {
-        self.observe_chain(chain, steps).await
+        self.guarded("chains", async { self.observe_chain(chain, steps).await })
+            .await
     }
 
     async fn chain_expire(
@@ -1665,11 +1996,15 @@ impl Broker for RedisBroker {
         chain: &ChainSpec,
         limit: usize,
     ) -> Result<Vec<ExpiredChain>, BrokerError> {
-        self.expire_chains(chain, limit).await
+        self.guarded("chains", async { self.expire_chains(chain, limit).await })
+            .await
     }
 
     async fn chain_counts(&self, chain: &ChainSpec) -> Result<Option<ChainCounts>, BrokerError> {
-        self.counts_of_chain(chain).await.map(Some)
+        self.guarded("chains", async {
+            self.counts_of_chain(chain).await.map(Some)
+        })
+        .await
     }
 
     fn set_retention(&self, topics: &[(String, Duration)]) {
@@ -1694,40 +2029,46 @@ impl Broker for RedisBroker {
     }
 
     async fn dead_letters(&self, filter: &DeadFilter) -> Result<Vec<Event>, BrokerError> {
-        Ok(self
-            .read_dead()
-            .await?
-            .into_iter()
-            .map(|(_, e)| e)
-            .filter(|e| filter.matches(e))
-            .collect())
+        self.guarded("dead letters", async {
+            Ok(self
+                .read_dead()
+                .await?
+                .into_iter()
+                .map(|(_, e)| e)
+                .filter(|e| filter.matches(e))
+                .collect())
+        })
+        .await
     }
 
     async fn take_dead_letters(&self, filter: &DeadFilter) -> Result<Vec<Event>, BrokerError> {
-        let selected: Vec<(String, Event)> = self
-            .read_dead()
-            .await?
-            .into_iter()
-            .filter(|(_, e)| filter.matches(e))
-            .collect();
-        if selected.is_empty() {
-            return Ok(Vec::new());
-        }
-        // One XDEL per entry: whoever deletes an entry is the one who took it, so two
-        // concurrent takers never both return the same dead letter.
-        let mut pipe = redis::pipe();
-        for (id, _) in &selected {
-            pipe.cmd("XDEL").arg(self.key("dead")).arg(id);
-        }
-        let deleted: Vec<i64> = pipe
-            .query_async(&mut self.conn())
-            .await
-            .map_err(unavailable)?;
-        Ok(selected
-            .into_iter()
-            .zip(deleted)
-            .filter(|(_, n)| *n == 1)
-            .map(|((_, e), _)| e)
-            .collect())
+        self.guarded("dead letters", async {
+            let selected: Vec<(String, Event)> = self
+                .read_dead()
+                .await?
+                .into_iter()
+                .filter(|(_, e)| filter.matches(e))
+                .collect();
+            if selected.is_empty() {
+                return Ok(Vec::new());
+            }
+            // One XDEL per entry: whoever deletes an entry is the one who took it, so two
+            // concurrent takers never both return the same dead letter.
+            let mut pipe = redis::pipe();
+            for (id, _) in &selected {
+                pipe.cmd("XDEL").arg(self.key("dead")).arg(id);
+            }
+            let deleted: Vec<i64> = pipe
+                .query_async(&mut self.conn())
+                .await
+                .map_err(unavailable)?;
+            Ok(selected
+                .into_iter()
+                .zip(deleted)
+                .filter(|(_, n)| *n == 1)
+                .map(|((_, e), _)| e)
+                .collect())
+        })
+        .await
     }
 }

@@ -17,18 +17,32 @@
 //! may trim the same streams at once: each pass trims only what is safe at that instant, and
 //! passes do not interfere.
 //!
-//! Topics without `retention` are never trimmed. The internal streams need no trimming: a
-//! group's inbox and a queue's ready and back streams delete an entry when it is acked,
-//! wake streams hold one entry, and the dead-letter stream is a store emptied by the admin
-//! commands.
+//! # Which retention applies
+//!
+//! - A topic with `retention` (`[topics.NAME] retention`) is trimmed by it, as above,
+//!   whether any group reads it or not.
+//! - A topic without one that **no group reads** (no consumer group on its stream, and no
+//!   declared group whose patterns match it) is trimmed by the *unread retention*
+//!   (`RedisOptions::unread_retention`, `edaflow run --unread-retention`, one minute by
+//!   default): its entries older than that go, since no handler will ever run for them.
+//!   Such a topic (an event nobody subscribes to, a dead-letter topic with no subscriber)
+//!   would otherwise grow Redis without bound. The check that no group reads it is made in
+//!   the same script as the trim, so a group that appears meanwhile loses nothing; a group
+//!   declared later starts at its declaration anyway. `0` turns this off.
+//! - A topic without `retention` that some group reads is never trimmed: its stream is the
+//!   event history, kept until the flow's author sets a retention.
+//!
+//! The internal streams need no trimming: a group's inbox and a queue's ready and back
+//! streams delete an entry when it is acked, wake streams hold one entry, and the
+//! dead-letter stream is a store emptied by the admin commands.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, LazyLock, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use redis::{Script, Value};
 use tokio::sync::Notify;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use super::{int, items, parse_patterns, text, unavailable, Inner, RedisBroker};
 use crate::broker::BrokerError;
@@ -46,6 +60,8 @@ pub(super) struct Retention {
     changed: Notify,
     /// (topic, group) -> (count, when) of the last "kept" warning.
     warned: Mutex<HashMap<(String, String), (u64, Instant)>>,
+    /// Unread topics whose trimming was logged at info level already.
+    unread_logged: Mutex<HashSet<String>>,
 }
 
 impl Retention {
@@ -69,13 +85,17 @@ pub struct TrimReport {
     pub kept: Vec<(String, u64)>,
 }
 
-/// `ARGV`: stream key, retention ms, count limit, then (group, since ms) of every declared
-/// group whose patterns match the topic. Replies `{trimmed, group, kept, group, kept, …}`.
+/// `ARGV`: stream key, retention ms, count limit, '1' to trim only a stream no group reads
+/// ('0' otherwise), then (group, since ms) of every declared group whose patterns match
+/// the topic. Replies `{trimmed, group, kept, group, kept, …}`.
 static TRIM: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
 local key, retention, limit = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 if redis.call('EXISTS', key) == 0 then return {0} end
+if ARGV[4] == '1' and (#ARGV > 4 or #redis.call('XINFO', 'GROUPS', key) > 0) then
+  return {0}
+end
 local t = redis.call('TIME')
 local cutoff = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - retention
 local function parse(id)
@@ -114,7 +134,7 @@ for _, info in ipairs(redis.call('XINFO', 'GROUPS', key)) do
   end
   kept(name, pending_old + unread_old)
 end
-for i = 4, #ARGV, 2 do
+for i = 5, #ARGV, 2 do
   local name, since = ARGV[i], tonumber(ARGV[i + 1])
   if not on[name] then
     local start = {since, 0}
@@ -148,7 +168,8 @@ impl RedisBroker {
             invocation
                 .arg(self.topic_key(&topic))
                 .arg(u64::try_from(retention.as_millis()).unwrap_or(u64::MAX))
-                .arg(COUNT_LIMIT);
+                .arg(COUNT_LIMIT)
+                .arg("0");
             for (group, record) in &records {
                 if parse_patterns(&record.patterns)
                     .iter()
@@ -182,6 +203,80 @@ impl RedisBroker {
             reports.push(report);
         }
         Ok(reports)
+    }
+
+    /// One trimming pass over every registered topic that has no retention of its own and
+    /// that no group reads, by the unread retention (see "Which retention applies"): what
+    /// each lost. Empty when the unread retention is off.
+    ///
+    /// # Errors
+    /// `Unavailable` when Redis cannot be reached.
+    pub async fn trim_unread_now(&self) -> Result<Vec<TrimReport>, BrokerError> {
+        let Some(retention) = self.inner.options.unread_retention else {
+            return Ok(Vec::new());
+        };
+        let with_retention = self.inner.retention.topics();
+        let mut conn = self.conn();
+        let mut topics: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(self.key("topics"))
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        topics.sort();
+        let records = self.group_records().await?;
+        let patterns: Vec<_> = records
+            .iter()
+            .flat_map(|(_, record)| parse_patterns(&record.patterns))
+            .collect();
+        let mut reports = Vec::new();
+        for topic in topics {
+            let read = patterns.iter().any(|p| p.matches(&topic));
+            if read || with_retention.contains_key(&topic) || self.inner.wire.is_pubsub(&topic) {
+                continue;
+            }
+            let trimmed: Value = TRIM
+                .prepare_invoke()
+                .arg(self.topic_key(&topic))
+                .arg(u64::try_from(retention.as_millis()).unwrap_or(u64::MAX))
+                .arg(COUNT_LIMIT)
+                .arg("1")
+                .invoke_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            let trimmed = u64::try_from(items(&trimmed).first().map_or(0, int)).unwrap_or(0);
+            if trimmed > 0 {
+                self.log_unread(&topic, retention, trimmed);
+            }
+            reports.push(TrimReport {
+                topic,
+                retention,
+                trimmed,
+                kept: Vec::new(),
+            });
+        }
+        Ok(reports)
+    }
+
+    /// Says once per topic and process that a topic nobody reads is trimmed.
+    fn log_unread(&self, topic: &str, retention: Duration, trimmed: u64) {
+        let first = self
+            .inner
+            .retention
+            .unread_logged
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(topic.to_owned());
+        let retention = crate::flow::duration::format_duration(retention);
+        if first {
+            info!(
+                topic,
+                trimmed,
+                %retention,
+                "retention: no group reads topic `{topic}`; its events older than {retention} are trimmed (--unread-retention)"
+            );
+        } else {
+            debug!(topic, trimmed, %retention, "retention: trimmed an unread topic");
+        }
     }
 
     fn log_pass(&self, report: &TrimReport) {
@@ -245,22 +340,37 @@ fn pass_interval(topics: &BTreeMap<String, Duration>) -> Duration {
 }
 
 /// The trimmer task: a pass, then a wait, until the broker is dropped. Every process runs
-/// one; see the module docs for why that is safe.
-pub(super) async fn run(weak: Weak<Inner>, retention: Arc<Retention>) {
+/// one; see the module docs for why that is safe. `unread` is the unread retention.
+pub(super) async fn run(weak: Weak<Inner>, retention: Arc<Retention>, unread: Option<Duration>) {
+    // Unread topics are looked at every quarter of the unread retention, whatever the
+    // passes for topics with a retention of their own.
+    let unread_every = unread.map(|u| pass_interval(&BTreeMap::from([(String::new(), u)])));
+    let mut next_unread = Instant::now();
     loop {
         let topics = retention.topics();
-        if !topics.is_empty() {
-            let Some(inner) = weak.upgrade() else { return };
-            if let Err(e) = (RedisBroker { inner }).trim_now().await {
-                debug!(error = %e, "retention: redis unavailable; trying again later");
+        let Some(inner) = weak.upgrade() else { return };
+        let broker = RedisBroker { inner };
+        if !broker.inner.circuit.is_open() {
+            if !topics.is_empty() {
+                if let Err(e) = broker.trim_now().await {
+                    debug!(error = %e, "retention: redis unavailable; trying again later");
+                }
+            }
+            if let Some(every) = unread_every.filter(|_| Instant::now() >= next_unread) {
+                next_unread = Instant::now() + every;
+                if let Err(e) = broker.trim_unread_now().await {
+                    debug!(error = %e, "retention: redis unavailable; trying again later");
+                }
             }
         }
-        if weak.strong_count() == 0 {
-            return;
+        drop(broker);
+        let mut wait = pass_interval(&topics);
+        if unread_every.is_some() {
+            wait = wait.min(next_unread.saturating_duration_since(Instant::now()));
         }
         tokio::select! {
             () = retention.changed.notified() => {}
-            () = tokio::time::sleep(pass_interval(&topics)) => {}
+            () = tokio::time::sleep(wait) => {}
         }
     }
 }

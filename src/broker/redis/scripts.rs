@@ -117,9 +117,16 @@ end
 local function wake(key)
   redis.call('XADD', key, 'MAXLEN', '1', '*', 'w', '1')
 end
+-- True for the error Redis answers a write with while it is out of memory (`maxmemory`
+-- reached under a policy that refuses writes). Redis refuses such a write only while the
+-- script has written nothing yet, so a refused first write leaves nothing half-done.
+local function is_oom(reply)
+  return type(reply) == 'table' and reply.err ~= nil and string.sub(reply.err, 1, 3) == 'OOM'
+end
 -- Moves up to `batch` items of a queue due within `ahead` ms to its ready stream, in due
 -- order. An item not due yet carries its due time (field `d`, ms): whoever takes it holds
--- it until then.
+-- it until then. A member that is not `seq\njson` moves whole (its reader dead-letters
+-- what it cannot read). Moves nothing while Redis is out of memory.
 local function move_due(queue, now, batch, ahead)
   local sched = P .. 'q:' .. queue .. ':sched'
   local ready = P .. 'q:' .. queue .. ':ready'
@@ -127,10 +134,17 @@ local function move_due(queue, now, batch, ahead)
   for k = 1, #due, 2 do
     local member, at = due[k], due[k + 1]
     local nl = string.find(member, '\n', 1, true)
+    local json = member
+    if nl then json = string.sub(member, nl + 1) end
+    local added
     if tonumber(at) > now then
-      redis.call('XADD', ready, '*', 'e', string.sub(member, nl + 1), 'r', '0', 'd', at)
+      added = redis.pcall('XADD', ready, '*', 'e', json, 'r', '0', 'd', at)
     else
-      redis.call('XADD', ready, '*', 'e', string.sub(member, nl + 1), 'r', '0')
+      added = redis.pcall('XADD', ready, '*', 'e', json, 'r', '0')
+    end
+    if type(added) == 'table' and added.err then
+      if is_oom(added) then return (k - 1) / 2 end
+      error(added)
     end
     redis.call('ZREM', sched, member)
   end
@@ -154,13 +168,13 @@ local function last_id(key)
   if #last == 0 then return '0-0' end
   return last[1][1]
 end
--- The reply for one entry read from `key`: kind, id, fields, delivery count.
+-- The reply for one entry read from `key`: kind, id, fields, delivery count, key.
 local function entry_reply(kind, key, group, entry)
   local id = entry[1]
   local count = 1
   local p = redis.call('XPENDING', key, group, id, id, 1)
   if #p > 0 then count = p[1][4] end
-  return {'entry', kind, id, entry[2], count}
+  return {'entry', kind, id, entry[2], count, key}
 end
 -- Claims one entry idle for at least `idle` ms from any consumer of `group`.
 local function claim_one(kind, key, group, me, idle)
@@ -171,16 +185,16 @@ local function claim_one(kind, key, group, me, idle)
   return nil
 end
 -- Up to `n` new entries ('>'): each on its first delivery to the group, so no need to ask
--- XPENDING. Reply: 'entries', kind, then (id, fields) pairs.
+-- XPENDING. Reply: 'entries', kind, key, then (id, fields) pairs.
 local function read_n(kind, key, group, me, n)
   local got = redis.pcall('XREADGROUP', 'GROUP', group, me, 'COUNT', n, 'STREAMS', key, '>')
   if type(got) ~= 'table' or got.err then return nil end
-  local out = {'entries', kind}
+  local out = {'entries', kind, key}
   for _, entry in ipairs(got[1][2]) do
     table.insert(out, entry[1])
     table.insert(out, entry[2])
   end
-  if #out == 2 then return nil end
+  if #out == 3 then return nil end
   return out
 end
 -- How many to take of `waiting` entries shared by `consumers`: one unless at least `most`
@@ -222,7 +236,9 @@ pub(super) fn script(body: &str) -> Script {
 
 /// `ensure`: ARGV P, group, start id ('$' or an id), stream keys... Creates the group's
 /// XGROUP on each stream that lacks it (never for a group that no longer exists) and
-/// records where it started, in `gs:{group}`, and wakes the group's waiting consumers.
+/// records where it started, in `gs:{group}`, and wakes the group's waiting consumers. A
+/// stream recorded there whose XGROUP is gone (the stream was deleted, or Redis lost it)
+/// gets it again.
 pub static ENSURE: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
@@ -231,7 +247,7 @@ if redis.call('HEXISTS', P .. 'groups', group) == 0 then return 0 end
 local created = 0
 for i = 4, #ARGV do
   local key = ARGV[i]
-  if redis.call('HEXISTS', P .. 'gs:' .. group, key) == 0 then
+  if redis.call('HEXISTS', P .. 'gs:' .. group, key) == 0 or not group_info(key, group) then
     redis.pcall('XGROUP', 'CREATE', key, group, start, 'MKSTREAM')
     local since = start
     if start == '$' then
@@ -356,6 +372,9 @@ return {'wait', next_due, waits}
 /// A commit whose entry is no longer pending for its group applies nothing and replies
 /// `settled`: it ran already (a retry after a lost reply) or another consumer settled the
 /// entry.
+///
+/// While Redis is out of memory (`maxmemory` under a policy that refuses writes) the run's
+/// first write is refused, and every operation replies `oom` with nothing written.
 pub static BATCH: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
@@ -529,6 +548,16 @@ local function commit_op()
   return OK
 end
 local results = {}
+-- The run's first write reserves its sequence numbers. While Redis is out of memory that
+-- write is refused, and so is every operation of the run, before anything is written:
+-- each replies `oom` (the callers retry, or answer 503).
+local reserved = redis.pcall('INCRBY', P .. 'seq', 64)
+if is_oom(reserved) then
+  for k = 1, tonumber(ARGV[2]) do results[k] = {'oom'} end
+  return results
+end
+if type(reserved) ~= 'number' then error(reserved) end
+seq_next, seq_left = reserved - 63, 64
 for k = 1, tonumber(ARGV[2]) do
   local op = ARGV[i]
   i = i + 1
@@ -602,7 +631,7 @@ else
       has = since and id_lt(since, origin_id)
     end
     if not has then
-      local r = tonumber(fields['r'] or '0') + count
+      local r = (tonumber(fields['r'] or '0') or 0) + count
       redis.call('XADD', inbox, '*', 'e', fields['e'] or '', 'r', r, 'os', origin_key, 'oi', origin_id)
     end
     moved = moved + 1
@@ -645,8 +674,12 @@ return {n, 0}
     )
 });
 
-/// `move_deferred`: ARGV P, batch. Publishes due deferred events; replies with how many,
-/// the ms until the next one ('' for none), and the wake stream's last id.
+/// `move_deferred`: ARGV P, batch, dead-letter template. Publishes due deferred events;
+/// replies with how many, the ms until the next one ('' for none), and the wake stream's
+/// last id. A member that is not `seq\ntopic\njson` cannot be published: it becomes a dead
+/// letter (the template, a CloudEvents JSON object, with the member as its data, at most
+/// 64 KiB of it, bytes past ASCII shown as `?`), kept in the dead-letter store and
+/// published on the template's topic.
 pub static MOVE_DEFERRED: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
@@ -654,10 +687,21 @@ local batch = tonumber(ARGV[2])
 local key = P .. 'deferred'
 local now = now_ms()
 local due = redis.call('ZRANGEBYSCORE', key, '-inf', fmt(now), 'LIMIT', 0, batch)
-for _, member in ipairs(due) do
+for k, member in ipairs(due) do
   local a = string.find(member, '\n', 1, true)
-  local b = string.find(member, '\n', a + 1, true)
-  append_event(string.sub(member, a + 1, b - 1), string.sub(member, b + 1), now)
+  local b = a and string.find(member, '\n', a + 1, true)
+  if b then
+    append_event(string.sub(member, a + 1, b - 1), string.sub(member, b + 1), now)
+  else
+    local dead = cjson.decode(ARGV[3])
+    dead['id'] = dead['id'] .. '-' .. k
+    dead['correlationid'] = dead['id']
+    dead['data'] = string.gsub(string.sub(member, 1, 65536), '[\128-\255]', '?')
+    local json = cjson.encode(dead)
+    redis.call('XADD', P .. 'dead', '*', 'e', json)
+    redis.call('SADD', P .. 'topics', dead['type'])
+    append_event(dead['type'], json, now)
+  end
   redis.call('ZREM', key, member)
 end
 local next_due = ''
@@ -728,8 +772,8 @@ local function not_due_in(key)
   for _, e in ipairs(redis.call('XRANGE', key, fmt(now - ahead), '+')) do
     local f = e[2]
     for j = 1, #f, 2 do
-      if f[j] == 'd' and tonumber(f[j + 1]) > now then
-        local d = tonumber(f[j + 1])
+      local d = f[j] == 'd' and tonumber(f[j + 1])
+      if d and d > now then
         if id_lt(last, e[1]) then waiting = waiting + 1 else held = held + 1 end
         if not first or d < first then first = d end
       end

@@ -262,11 +262,19 @@ async fn push_back(broker: &RedisBroker, list: &str, event: &Event) -> Result<()
     Ok(())
 }
 
-/// An event from a payload that arrived over the article's wire.
+/// An event from a payload that arrived over the article's wire. Any bytes make one: a
+/// payload that is not JSON, or JSON nested deeper than an event's data may be
+/// (`event::limits::MAX_DATA_DEPTH`), is its data as a string.
 fn incoming(topic: &str, source: String, bytes: &[u8]) -> Event {
     let text = String::from_utf8_lossy(bytes);
+    let opened = bytes.iter().filter(|b| matches!(b, b'[' | b'{')).count();
     let data = serde_json::from_str(&text)
-        .unwrap_or_else(|_| serde_json::Value::String(text.clone().into_owned()));
+        .ok()
+        .filter(|data| {
+            opened <= crate::event::limits::MAX_DATA_DEPTH
+                || crate::event::data_depth(data) <= crate::event::limits::MAX_DATA_DEPTH
+        })
+        .unwrap_or_else(|| serde_json::Value::String(text.clone().into_owned()));
     let mut event = Event::new(topic, source, data);
     event.raw = RawPayload(Some(Arc::from(text.as_ref())));
     event
@@ -700,5 +708,21 @@ mod tests {
         let event = incoming("t", "test".into(), br#"{"task_id": 456}"#);
         assert_eq!(event.data, serde_json::json!({"task_id": 456}));
         assert_eq!(event.article_payload(), r#"{"task_id": 456}"#);
+    }
+
+    #[test]
+    fn any_bytes_make_an_event_that_reads_back() {
+        let deep = format!("{}1{}", "[".repeat(100), "]".repeat(100));
+        let deeper = format!("{}1{}", "[".repeat(1000), "]".repeat(1000));
+        for payload in [deep.as_bytes(), deeper.as_bytes(), &[0xff, 0xfe, 0x00][..]] {
+            let event = incoming("t", "test".into(), payload);
+            assert!(event.data.is_string(), "{:?}", event.data);
+            let again: Event = serde_json::from_str(&event.to_stored_json()).expect("reads back");
+            assert_eq!(again.data, event.data);
+        }
+        let within = format!("{}1{}", "[".repeat(60), "]".repeat(60));
+        assert!(incoming("t", "test".into(), within.as_bytes())
+            .data
+            .is_array());
     }
 }
