@@ -233,7 +233,7 @@ pub fn build_runtime(asked: Option<u16>, broker: &str) -> std::io::Result<tokio:
 /// broker is a Redis server on this machine, at least one. Redis runs its commands on one
 /// thread; with as many busy runtime threads as cores, that thread waits for a core while
 /// edaflow waits for Redis. Measured on 2 cores with Redis on loopback (BENCHMARKS.md,
-/// session 12): one runtime thread instead of two gave 40-70 % more chains/s and halved
+/// the 2026-11-27 sitting): one runtime thread instead of two gave 40-70 % more chains/s and halved
 /// the query round trip's p99, while on the memory broker two threads stay ahead.
 pub fn runtime_threads(asked: Option<u16>, broker: &str) -> usize {
     if let Some(n) = asked {
