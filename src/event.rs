@@ -20,8 +20,9 @@ pub const SPEC_VERSION: &str = "1.0";
 pub mod limits {
     /// Bytes in an event id, a correlation id or a causation id.
     pub const MAX_ID_BYTES: usize = 256;
-    /// Bytes in a topic (or queue) name.
-    pub const MAX_TOPIC_BYTES: usize = 256;
+    /// Bytes in a topic (or queue) name, wherever one is written: flow files, patterns,
+    /// ingest URLs, emits and stored entries.
+    pub const MAX_TOPIC_BYTES: usize = 255;
     /// Bytes in the `source` attribute.
     pub const MAX_SOURCE_BYTES: usize = 1024;
     /// Bytes in an extension attribute's name.

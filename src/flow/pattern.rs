@@ -23,8 +23,8 @@ pub enum PatternError {
     TooLong { max: usize },
 }
 
-/// The longest accepted topic name, in bytes.
-pub const MAX_TOPIC_LEN: usize = 255;
+/// The longest accepted topic name, in bytes (the event's own limit).
+pub const MAX_TOPIC_LEN: usize = crate::event::limits::MAX_TOPIC_BYTES;
 
 fn valid_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | ':')
