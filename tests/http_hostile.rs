@@ -28,7 +28,7 @@ fn cases(default: u32) -> u32 {
         .unwrap_or(default)
 }
 
-/// The 503s the README documents; any other 5xx is a failure.
+/// The 503s docs/http-api.md documents; any other 5xx is a failure.
 const DOCUMENTED_503: &[&str] = &[
     "backpressure",
     "unavailable",
