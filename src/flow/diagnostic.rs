@@ -67,7 +67,7 @@ pub enum FlowError {
     #[error("invalid TOML: {reason}")]
     #[diagnostic(code(edaflow::flow::toml_syntax))]
     Syntax {
-        reason: Box<toml_span::Error>,
+        reason: String,
         #[source_code]
         src: SharedSource,
         #[label("{label}")]

@@ -15,6 +15,7 @@ mod reader;
 mod sections;
 #[cfg(test)]
 mod tests;
+mod toml_tree;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

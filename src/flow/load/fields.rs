@@ -1,8 +1,7 @@
 //! One TOML table read key by key: what the schema takes is removed, and what is left at
 //! the end is reported as unknown, with a "did you mean" suggestion.
 
-use toml_span::value::{Key, Table};
-use toml_span::{Span, Value};
+use crate::flow::load::toml_tree::{Key, Span, Table, Value};
 
 use crate::flow::diagnostic::{FlowError, Suggestion};
 use crate::flow::load::reader::Reader;

@@ -2,15 +2,14 @@
 //! value into a `FlowError` with a span, record it, and let the caller go on.
 //!
 //! Nothing here knows the flow-file schema (that is `sections`); this module only knows
-//! how to read a string, a duration, a topic, a script, … out of a `toml_span::Value`.
+//! how to read a string, a duration, a topic, a script, … out of a spanned TOML value (`toml_tree::Value`).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::flow::load::toml_tree::{Span, Spanned, Value, ValueInner};
 use miette::SourceSpan;
-use toml_span::value::ValueInner;
-use toml_span::{Span, Spanned, Value};
 
 use crate::flow::diagnostic::{FlowError, SharedSource, Suggestion};
 use crate::flow::duration::parse_duration;
@@ -388,6 +387,15 @@ impl Reader<'_> {
             ValueInner::String(s) => Some(Json::String(s.into_owned())),
             ValueInner::Integer(n) => Some(Json::from(n)),
             ValueInner::Boolean(b) => Some(Json::Bool(b)),
+            ValueInner::Datetime => {
+                self.wrong_type(
+                    key,
+                    "a string, number, boolean, array or table",
+                    "datetime",
+                    at,
+                );
+                None
+            }
             ValueInner::Float(f) => match serde_json::Number::from_f64(f) {
                 Some(n) => Some(Json::Number(n)),
                 None => {

@@ -6,8 +6,9 @@
 
 use std::time::Duration;
 
-use toml_span::value::{Key, Table, ValueInner};
-use toml_span::{Span, Spanned, Value};
+use crate::flow::load::toml_tree::{
+    self, Key, Span, Spanned, SyntaxError, Table, Value, ValueInner,
+};
 
 use crate::flow::diagnostic::{FlowError, Suggestion};
 use crate::flow::load::fields::Fields;
@@ -127,16 +128,14 @@ pub(super) fn parse_file(file: &FlowSource, found: &mut Findings) -> RawFlowFile
         tests: Vec::new(),
     };
     let mut r = Reader { file, found };
-    let mut root = match toml_span::parse(&file.text) {
-        Ok(root) => root,
-        Err(error) => {
-            report_syntax(&mut r, error);
+    let table = match toml_tree::parse(&file.text) {
+        Ok(table) => table,
+        Err(errors) => {
+            for error in errors {
+                report_syntax(&mut r, error);
+            }
             return raw;
         }
-    };
-    let ValueInner::Table(table) = root.take() else {
-        // toml_span always parses a document into a table.
-        return raw;
     };
     let file_name = file.shown.display().to_string();
     let mut root = Fields::new(file_name, Span::new(0, 0), table);
@@ -161,28 +160,16 @@ pub(super) fn parse_file(file: &FlowSource, found: &mut Findings) -> RawFlowFile
 }
 
 /// Reports a TOML syntax error, with a second label on the first definition of a duplicate.
-fn report_syntax(r: &mut Reader<'_>, error: toml_span::Error) {
-    use toml_span::ErrorKind;
-    let (label, first) = match &error.kind {
-        ErrorKind::DuplicateKey { first, .. } => ("duplicate key", Some(*first)),
-        ErrorKind::DuplicateTable { first, .. } => ("table defined again", Some(*first)),
-        ErrorKind::DottedKeyInvalidType { first } => {
-            ("extends a value that is not a table", Some(*first))
-        }
-        ErrorKind::UnexpectedEof => ("the file ends here", None),
-        ErrorKind::Unexpected(_) => ("unexpected character", None),
-        ErrorKind::UnterminatedString => ("string not closed", None),
-        ErrorKind::InvalidCharInString('\n') => ("string not closed on this line", None),
-        ErrorKind::InvalidCharInString(_) => ("invalid character in string", None),
-        ErrorKind::InvalidNumber => ("not a number (dates and times are not supported)", None),
-        ErrorKind::UnquotedString => ("put this string in quotes", None),
-        ErrorKind::Wanted { .. } => ("unexpected token", None),
-        _ => ("here", None),
-    };
-    let first = first.map(|at| r.span(at));
-    let at = error.span;
+fn report_syntax(r: &mut Reader<'_>, error: SyntaxError) {
+    let first = error.first.map(|at| r.span(at));
+    let SyntaxError {
+        message,
+        span: at,
+        label,
+        ..
+    } = error;
     r.report(at, |src, span| FlowError::Syntax {
-        reason: Box::new(error),
+        reason: message,
         src,
         span,
         label,

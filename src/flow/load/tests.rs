@@ -739,8 +739,8 @@ fn http_timeouts_and_limits_are_checked() {
             ("edaflow::flow::zero_duration".into(), "0ms".into()),
             ("edaflow::flow::invalid_duration".into(), "forever".into()),
             ("edaflow::flow::too_small".into(), "0".into()),
-            // The span of an empty string is its opening quote.
-            ("edaflow::flow::invalid_token".into(), "\"".into()),
+            // An empty string is labelled with its quotes.
+            ("edaflow::flow::invalid_token".into(), "\"\"".into()),
             ("edaflow::flow::invalid_token".into(), "with space".into()),
         ]
     );
