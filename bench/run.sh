@@ -7,8 +7,9 @@
 #   REPS=5 bench/run.sh w1       # more repetitions
 #   NOBUILD=1 BIN=/tmp/a bench/run.sh queryr   # a saved binary, no rebuild (A/B runs)
 #
-# Needs wrk and curl (apt-get install wrk curl). Builds the release binary and examples
-# first. Servers bind 127.0.0.1 on PORT (default 18900) and are stopped by PID.
+# Needs wrk and curl (apt-get install wrk curl). Builds the release binary and the
+# harnesses (bench/harness/, built as cargo examples) first. Servers bind 127.0.0.1 on
+# PORT (default 18900) and are stopped by PID.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPS="${REPS:-3}"
@@ -324,7 +325,7 @@ reload() {
 }
 
 if [ -z "${NOBUILD:-}" ]; then # NOBUILD=1: measure the binaries as they are
-  say "building release binary and examples"
+  say "building release binary and harnesses"
   cargo build --release --bin edaflow --examples >/dev/null 2>&1
 fi
 sel=("$@"); [ "${#sel[@]}" -gt 0 ] || sel=(w1 w2 w2b w3 scale reload query tracked w1r w2r w2r8 w2r32 w3r w3r_inproc queryr)

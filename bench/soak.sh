@@ -8,7 +8,7 @@
 #
 #   bench/soak.sh                      # memory, then redis (a private redis-server)
 #   BROKERS=memory SOAK_SECONDS=60 bench/soak.sh
-#   NOBUILD=1 bench/soak.sh            # the release binary and examples already built
+#   NOBUILD=1 bench/soak.sh            # the release binary and soak_load already built
 #
 # Samples go to target/bench/soak-BROKER.csv; a summary per broker is printed at the end.
 # Needs wrk, curl and (for Redis) redis-server and redis-cli.

@@ -1,6 +1,6 @@
 //! W2 (see bench/README.md): a three-hop Rhai chain fed by an in-process generator,
-//! measured by the runtime's own clock. Also a small example of embedding edaflow:
-//! prepare a flow, apply it to a runtime on the memory broker, watch its metrics.
+//! measured by the runtime's own clock. (`examples/embed.rs` is the example of embedding
+//! edaflow; this harness does the same with a generator and watches the metrics.)
 //!
 //!     cargo run --release --example w2_chain -- bench/flows/w2.toml 200000
 //!     BENCH_BROKER=redis://127.0.0.1:6379 cargo run --release --example w2_chain   # on Redis

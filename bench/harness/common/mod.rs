@@ -1,7 +1,7 @@
-//! What the benchmark examples share: the `edaflow` binary's allocator, the runtime sized as
+//! What the benchmark harnesses share: the `edaflow` binary's allocator, the runtime sized as
 //! `edaflow run` sizes it, the broker chosen by `BENCH_BROKER` (`BENCH_PREFETCH`, `BENCH_BATCH`,
 //! `BENCH_TAKE_AHEAD_MS` and `BENCH_HOLD_AHEAD` override its defaults), and the peak-RSS reading.
-//! (A directory with no `main.rs`, so cargo does not take it for an example of its own.)
+//! (Each harness includes it with `mod common;`; it is no target of its own.)
 
 // Each example uses the part it needs.
 #![allow(dead_code)]
