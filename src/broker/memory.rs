@@ -650,6 +650,9 @@ impl Broker for MemoryBroker {
         for (target, n, bytes) in per_queue.values() {
             target.check_room(*n, *bytes)?;
         }
+        // The run's store writes land before anything it emits or enqueues is visible: a
+        // handler of what it emitted reads the state the run wrote, never an older one.
+        self.inner.stores.apply(&effects.store_writes);
         let delayed: usize = deferred
             .iter()
             .filter(|(_, due)| due.is_some())
@@ -685,7 +688,6 @@ impl Broker for MemoryBroker {
                 self.schedule_at(event, due);
             }
         }
-        self.inner.stores.apply(&effects.store_writes);
         if let Some(reply) = effects.reply {
             let waiting = self
                 .inner
@@ -1055,6 +1057,57 @@ mod tests {
             .publish(big("t"), Backpressure::Reject)
             .await
             .unwrap();
+    }
+
+    /// Reads a store as each event is accepted.
+    struct ReadsOnAccept {
+        stores: Arc<dyn StoreRead>,
+        seen: std::sync::Mutex<Vec<Option<serde_json::Value>>>,
+    }
+
+    impl AcceptObserver for ReadsOnAccept {
+        fn accepted(&self, event: &Arc<Event>) {
+            if event.topic == "charged" {
+                let value = self.stores.get("orders", "order:1").unwrap();
+                self.seen.lock().unwrap().push(value);
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn what_a_commit_emits_is_accepted_after_its_store_writes() {
+        let broker = MemoryBroker::new(MemoryOptions::default());
+        for (name, topic) in [("charge", "reserved"), ("ship", "charged")] {
+            broker
+                .declare_group(&GroupSpec {
+                    name: name.into(),
+                    patterns: vec![TopicPattern::parse(topic).unwrap()],
+                })
+                .await
+                .unwrap();
+        }
+        let observer = Arc::new(ReadsOnAccept {
+            stores: broker.stores().unwrap(),
+            seen: Default::default(),
+        });
+        assert!(broker.observe_accepted(observer.clone()));
+        let reserved = Event::new("reserved", "test", json!({}));
+        broker
+            .publish(reserved, Backpressure::Reject)
+            .await
+            .unwrap();
+        let delivery = broker.consumer("charge").unwrap().next().await.unwrap();
+        let effects = Effects {
+            publish: vec![Event::new("charged", "test", json!({}))],
+            store_writes: vec![crate::store::StoreWrite {
+                store: "orders".into(),
+                key: "order:1".into(),
+                op: crate::store::StoreOp::Set(json!("charged")),
+            }],
+            ..Effects::default()
+        };
+        broker.commit(delivery, effects).await.unwrap();
+        assert_eq!(*observer.seen.lock().unwrap(), [Some(json!("charged"))]);
     }
 
     #[tokio::test(start_paused = true)]
