@@ -140,6 +140,16 @@ async fn while_redis_is_gone_publishes_are_refused_at_once_and_a_probe_closes_th
         .commit(delivery, Default::default())
         .await
         .expect("commit");
+    // The consumer may have found its group gone and the publish gone through before the
+    // broker's watcher (every 500 ms) saw the epoch marker missing: wait for that check.
+    let deadline = Instant::now() + PATIENCE;
+    while broker.incidents().state_lost == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the state loss was never noticed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let incidents = broker.incidents();
     assert_eq!(incidents.state_lost, 1, "{incidents:?}");
     let loss = incidents.last_state_loss.expect("the loss");
