@@ -1,5 +1,6 @@
 //! Snapshot tests of flow diagnostics: each broken fixture under `tests/fixtures/invalid/`
-//! is loaded and its report rendered exactly as the CLI prints it; valid fixtures load.
+//! is prepared as `edaflow validate` does (loaded, scripts compiled, linted) and its report
+//! rendered exactly as the CLI prints it; valid fixtures prepare.
 //!
 //! Fixtures are given by paths relative to the crate root (cargo runs integration tests
 //! there), so the rendered file names are the same on every machine.
@@ -7,7 +8,8 @@
 use std::path::{Path, PathBuf};
 
 use edaflow::flow::diagnostic::render;
-use edaflow::flow::{load, Loaded, ProducerKind, SubscriberInput};
+use edaflow::flow::{ProducerKind, SubscriberInput};
+use edaflow::runtime::{prepare, Prepared};
 
 /// Makes relative fixture paths resolve, whoever runs the test binary.
 fn at_crate_root() {
@@ -27,15 +29,15 @@ fn fixture_paths(paths: &[&str]) -> Vec<PathBuf> {
 
 /// Loads fixtures that must be invalid and renders the report at 100 columns.
 fn report(paths: &[&str]) -> String {
-    match load(&fixture_paths(paths)) {
+    match prepare(&fixture_paths(paths)) {
         Ok(_) => panic!("{paths:?} should not load"),
         Err(report) => render(&report, 100),
     }
 }
 
-/// Loads fixtures that must be valid.
-fn loaded(paths: &[&str]) -> Loaded {
-    match load(&fixture_paths(paths)) {
+/// Prepares fixtures that must be valid.
+fn loaded(paths: &[&str]) -> Prepared {
+    match prepare(&fixture_paths(paths)) {
         Ok(loaded) => loaded,
         Err(report) => panic!("{}", render(&report, 100)),
     }
@@ -169,8 +171,9 @@ fn valid_fixtures_load_without_errors_or_warnings() {
     ));
     assert_eq!(flows.tests.len(), 2);
 
-    // Both flow files and all three scripts, for the watcher.
-    let read: Vec<String> = loaded
+    // Both flow files and all three scripts, for the watcher, in the order they were read.
+    let read: Vec<String> = edaflow::flow::load(&fixture_paths(&["valid"]))
+        .expect("valid fixtures load")
         .files_read
         .iter()
         .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))

@@ -4,13 +4,13 @@
 //! The work is split up: `reader` reads typed values out of TOML (`fields` one table at a
 //! time), `sections` knows the flow-file schema, `findings` collects what was found, and
 //! `check` merges the files and checks what spans several of them. This module finds the
-//! files and ties the steps together. It reads script files as text and never compiles
-//! them (the `script` module does); the CQRS lint only parses handler scripts, through
-//! `script::facts`. It never starts anything.
+//! files and ties the steps together. It reads script files as text and never parses or
+//! compiles them: that is the `script` module's, and the checks that need what scripts do
+//! (the CQRS lint, `flow::lint`) run once they are compiled. It never starts anything.
 
 mod check;
 mod fields;
-mod findings;
+pub(crate) mod findings;
 mod reader;
 mod sections;
 #[cfg(test)]
@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::flow::diagnostic::{source_file, FlowError, FlowReport, FlowWarning};
+use crate::flow::lint::LintInput;
 use crate::flow::model::FlowSet;
 
 use self::findings::Findings;
@@ -35,6 +36,8 @@ pub struct Loaded {
     pub warnings: Vec<FlowWarning>,
     /// Every file read (flow files and scripts), for the watcher.
     pub files_read: Vec<PathBuf>,
+    /// Where subscriber patterns and store names were written, for `flow::lint`.
+    pub lint: LintInput,
 }
 
 /// Loads the given flow files and folders (a folder means every `*.toml` directly in it,
@@ -103,10 +106,15 @@ pub fn load(paths: &[PathBuf]) -> Result<Loaded, FlowReport> {
         _ => true,
     });
     warnings.extend(found.take_warnings());
+    let lint = LintInput {
+        subscriber_patterns: std::mem::take(&mut found.refs.subscriber_patterns),
+        store_names: std::mem::take(&mut found.refs.store_names),
+    };
     Ok(Loaded {
         flows,
         warnings,
         files_read: found.files_read,
+        lint,
     })
 }
 

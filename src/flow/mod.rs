@@ -10,6 +10,7 @@ pub mod api_token;
 pub mod diagnostic;
 pub mod duration;
 pub mod graph;
+pub mod lint;
 pub mod load;
 pub mod model;
 pub mod pattern;

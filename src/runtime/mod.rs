@@ -54,7 +54,7 @@ pub struct Prepared {
     pub module_texts: BTreeMap<PathBuf, Arc<str>>,
 }
 
-/// Loads flow files and folders and compiles their scripts.
+/// Loads flow files and folders, compiles their scripts and lints the two together.
 ///
 /// # Errors
 /// Every problem at once, as one report.
@@ -85,6 +85,23 @@ pub fn prepare_after(
     };
     let scripts = compile_set_reusing(&loaded.flows, reuse)
         .map_err(|errors| FlowReport::new(&names, errors))?;
+    // The CQRS lint, on what the compiled handlers do.
+    let facts: crate::flow::lint::Facts = loaded
+        .flows
+        .subscribers
+        .iter()
+        .filter(|(_, s)| s.script.is_some())
+        .map(|(name, _)| {
+            let key = format!("subscribers.{name}");
+            let facts = scripts.by_component.get(&key).and_then(|s| s.facts.clone());
+            (name.clone(), facts)
+        })
+        .collect();
+    let mut warnings = loaded.warnings.clone();
+    warnings.extend(
+        crate::flow::lint::lint(&loaded, &facts)
+            .map_err(|errors| FlowReport::new(&names, errors))?,
+    );
     let mut files = loaded.files_read;
     let mut module_texts = BTreeMap::new();
     for module in scripts.imports() {
@@ -98,7 +115,7 @@ pub fn prepare_after(
     Ok(Prepared {
         flows: Arc::new(loaded.flows),
         scripts,
-        warnings: loaded.warnings,
+        warnings,
         files,
         module_texts,
     })

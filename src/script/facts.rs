@@ -1,9 +1,9 @@
 //! What a handler script does, read off its Rhai syntax tree without running it: whether
 //! its `reply` calls can run, and which state stores it reads and writes. The flow lint
-//! (`flow::load::check`) judges these facts; this module only finds them.
+//! (`flow::lint`) judges these facts; this module only finds them.
 //!
-//! The analysis is deliberately conservative. It parses the script alone (imports are not
-//! resolved, the optimizer is off so dead code is still there to see) and answers
+//! The analysis is deliberately conservative. It reads the tree `script::compile` makes
+//! before optimizing (imports are not followed, dead code is still there to see) and answers
 //! "unknown" whenever the tree cannot tell: a call into an imported module, `Fn(…)` of a
 //! name that is not a string literal, a store whose name is not a string literal, or a
 //! store handle passed somewhere it cannot follow.
@@ -11,65 +11,26 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::ptr;
 
-use rhai::{ASTFlags, ASTNode, Engine, Expr, FnCallExpr, OptimizationLevel, Position, Stmt, AST};
+use crate::flow::lint::{ReplyFact, ScriptFacts, StoreUse, Use};
+use rhai::{ASTFlags, ASTNode, Expr, FnCallExpr, Position, Stmt, AST};
 
-/// What the lint needs to know about one handler script.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ScriptFacts {
-    pub reply: ReplyFact,
-    /// Every store opened by a string literal (`store("orders")`), by name.
-    pub stores: BTreeMap<String, StoreUse>,
-    /// The script may use stores the tree does not show: `store(name)` of a variable, or a
-    /// call into an imported module.
-    pub stores_unknown: bool,
-}
-
-/// Whether, and how, a script calls `reply`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ReplyFact {
-    /// Some `reply` call can run.
-    Replies,
-    /// No `reply` call anywhere in the script.
-    Never,
-    /// There are `reply` calls, but none of them can run. The first one (in source order)
-    /// and why it cannot run.
-    Unreachable { line: usize, why: String },
-    /// No `reply` that surely can run, but the script calls code the analysis cannot see
-    /// (an imported module, a function pointer built from a computed name), which might.
-    Unknown,
-}
-
-/// How sure the analysis is that something happens.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Default)]
-pub enum Use {
-    #[default]
-    No,
-    /// The store handle goes where the analysis cannot follow it (a function argument, a
-    /// reassigned variable), so it may be read or written there.
-    Maybe,
-    /// A `get`/`scan` (reads) or `set`/`remove`/`incr` (writes) is called on it.
-    Yes,
-}
-
-/// One store's use by one script.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct StoreUse {
-    pub reads: Use,
-    pub writes: Use,
-}
-
-/// Parses `text` and finds its facts; `None` when it does not parse (the compile step
-/// reports that, with a position).
-pub fn analyse(text: &str) -> Option<ScriptFacts> {
-    let mut engine = Engine::new_raw();
-    engine.set_optimization_level(OptimizationLevel::None);
-    let ast = engine.compile(text).ok()?;
-    let (stores, stores_unknown) = store_uses(&ast);
-    Some(ScriptFacts {
-        reply: reply_fact(&ast),
+/// The facts of a script compiled without optimization (so dead code is still there to
+/// see): what `script::compile` records for each handler.
+pub fn of(ast: &AST) -> ScriptFacts {
+    let (stores, stores_unknown) = store_uses(ast);
+    ScriptFacts {
+        reply: reply_fact(ast),
         stores,
         stores_unknown,
-    })
+    }
+}
+
+/// Parses `text` alone and finds its facts; `None` when it does not parse.
+#[cfg(test)]
+pub(crate) fn analyse(text: &str) -> Option<ScriptFacts> {
+    let mut engine = rhai::Engine::new_raw();
+    engine.set_optimization_level(rhai::OptimizationLevel::None);
+    Some(of(&engine.compile(text).ok()?))
 }
 
 /// The `reply` facts of one body: the main script, or one function.

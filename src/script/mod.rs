@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rhai::module_resolvers::{DummyModuleResolver, FileModuleResolver, ModuleResolver};
-use rhai::{Dynamic, Engine, EvalAltResult, Module, Position, Scope, AST};
+use rhai::{Dynamic, Engine, EvalAltResult, Module, OptimizationLevel, Position, Scope, AST};
 
 type SharedModule = Arc<Module>;
 
@@ -40,6 +40,8 @@ pub struct CompiledScript {
     pub path: PathBuf,
     /// Every module file it imports (transitively), for the watcher.
     pub imports: Vec<PathBuf>,
+    /// What the script does, for the CQRS lint (`None` for relay filter expressions).
+    pub facts: Option<crate::flow::lint::ScriptFacts>,
 }
 
 impl std::fmt::Debug for CompiledScript {
@@ -589,9 +591,21 @@ pub fn compile_expression(name: &Path, text: &str) -> Result<CompiledScript, Flo
             text: Arc::from(text),
             path: name.to_owned(),
             imports: Vec::new(),
+            facts: None,
         }),
         Err(err) => Err(compile_error(name, text, &err.to_string(), err.position())),
     }
+}
+
+/// A tree compiled unoptimized, optimized as Rhai does by default when compiling (with
+/// `event` as the constant compiling sees), keeping the modules it embeds.
+fn optimized(engine: &Engine, raw: AST) -> AST {
+    let mut scope = Scope::new();
+    scope.push_constant("event", ());
+    // An AST with no code that holds the embedded modules; merging keeps them.
+    let modules = raw.clone_functions_only_filtered(|_, _, _, _, _| false);
+    let code = engine.optimize_ast(&scope, raw, OptimizationLevel::Simple);
+    modules.merge(&code)
 }
 
 fn compile_text(
@@ -611,6 +625,9 @@ fn compile_text(
     });
     engine.set_module_resolver(SharedResolver(resolver.clone()));
     engine.set_strict_variables(strict);
+    // Parsed once, unoptimized: the lint's facts are read off the tree as written, then it
+    // is optimized for running (see `optimized`).
+    engine.set_optimization_level(OptimizationLevel::None);
     // Compiling runs the top-level code of imported modules: on the script stack, metered,
     // like any run.
     let meter = memory::Meter::start();
@@ -636,11 +653,13 @@ fn compile_text(
                 .clone();
             imports.sort();
             imports.dedup();
+            let facts = facts::of(&ast);
             Ok(CompiledScript {
-                ast: Arc::new(ast),
+                ast: Arc::new(optimized(&engine, ast)),
                 text: Arc::from(text),
                 path: path.to_owned(),
                 imports,
+                facts: Some(facts),
             })
         }
         Err(err) => {

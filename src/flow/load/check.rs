@@ -1,19 +1,16 @@
 //! Checks across the whole flow set, once every file is read: merging components by name
-//! (duplicates are errors), queue references, chain links, the CQRS lint (command topics,
-//! query replies, stores written and queried) and the topic warnings ("emitted but never
-//! consumed", "consumed but never produced").
+//! (duplicates are errors), queue references, chain links and the topic warnings ("emitted
+//! but never consumed", "consumed but never produced").
 //!
-//! Per-value checks belong to `sections`; this module only sees names, references and, for
-//! the CQRS lint, the facts `script::facts` reads off each handler script.
+//! Per-value checks belong to `sections`; this module only sees names and references. What
+//! needs the handler scripts too (the CQRS lint) is `flow::lint`, run once they are compiled.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::flow::diagnostic::{FlowError, FlowWarning, Suggestion};
 use crate::flow::load::findings::{Findings, Located, TopicRefs};
 use crate::flow::load::sections::{Component, RawFlowFile};
-use crate::flow::model::{FlowSet, SubscriberInput, TopicKind};
-use crate::flow::pattern::TopicPattern;
-use crate::script::facts::{self, ReplyFact, ScriptFacts, Use};
+use crate::flow::model::{FlowSet, SubscriberInput};
 
 /// Merges the files into one set; a name declared twice in one section, in two files, is an
 /// error labelled in the second file. `shown` names each file for messages.
@@ -38,7 +35,7 @@ pub(super) fn merge(files: Vec<RawFlowFile>, shown: &[String], found: &mut Findi
         set.tests.extend(file.tests);
     }
     let declared_queues: BTreeSet<String> = queues.iter().map(|q| q.name.value.clone()).collect();
-    let store_names: Vec<Located<String>> = stores.iter().map(|c| c.name.clone()).collect();
+    found.refs.store_names = stores.iter().map(|c| c.name.clone()).collect();
     set.producers = by_name("producers", producers, shown, found);
     set.subscribers = by_name("subscribers", subscribers, shown, found);
     set.queues = by_name("queues", queues, shown, found);
@@ -49,208 +46,7 @@ pub(super) fn merge(files: Vec<RawFlowFile>, shown: &[String], found: &mut Findi
     check_queues(&declared_queues, found);
     check_renames(&set, found);
     check_chains(&set, found);
-    let facts = script_facts(&set);
-    let queries = check_cqrs(&set, &facts, found);
-    check_stores(&set, &facts, &queries, &store_names, found);
     set
-}
-
-/// What each subscriber's script does, by subscriber name: `None` for a script that does
-/// not parse (its compile error is reported when the set is compiled). Subscribers without
-/// a script are absent.
-type Facts = BTreeMap<String, Option<ScriptFacts>>;
-
-fn script_facts(set: &FlowSet) -> Facts {
-    set.subscribers
-        .iter()
-        .filter_map(|(name, s)| {
-            let script = s.script.as_ref()?;
-            Some((name.clone(), facts::analyse(&script.text)))
-        })
-        .collect()
-}
-
-/// The default pattern that marks command topics (besides `[topics.X] kind = "command"`).
-const COMMAND_PATTERN: &str = "*.command.*";
-/// The default pattern that marks query topics (besides `kind = "query"`).
-const QUERY_PATTERN: &str = "*.query.*";
-
-fn topic_kind_is(set: &FlowSet, topic: &str, kind: TopicKind, pattern: &str) -> bool {
-    match set.topics.get(topic) {
-        Some(config) if config.kind != TopicKind::Event => config.kind == kind,
-        _ => TopicPattern::parse(pattern).is_ok_and(|p| p.matches(topic)),
-    }
-}
-
-/// CQRS rules: a command topic has exactly one handling group; a query handler replies,
-/// from code that can run. Returns the query handlers (exact subscribers of query topics).
-fn check_cqrs(set: &FlowSet, facts: &Facts, found: &mut Findings) -> BTreeSet<String> {
-    let mut queries = BTreeSet::new();
-    let patterns = std::mem::take(&mut found.refs.subscriber_patterns);
-    let mut topics: BTreeSet<&str> = set.topics.keys().map(String::as_str).collect();
-    topics.extend(
-        patterns
-            .iter()
-            .filter(|(_, p)| p.value.is_literal())
-            .map(|(_, p)| p.value.as_str()),
-    );
-    topics.extend(
-        set.subscribers
-            .values()
-            .flat_map(|s| s.emits.iter().map(String::as_str)),
-    );
-    for topic in topics {
-        if topic_kind_is(set, topic, TopicKind::Command, COMMAND_PATTERN) {
-            let mut groups: Vec<&str> = Vec::new();
-            for (subscriber, pattern) in &patterns {
-                let Some(config) = set.subscribers.get(subscriber) else {
-                    continue;
-                };
-                // Only exact subscriptions handle a command; `orders.>` monitors just watch.
-                if pattern.value.as_str() != topic || groups.contains(&config.group.as_str()) {
-                    continue;
-                }
-                groups.push(&config.group);
-                if groups.len() > 1 {
-                    found.push(
-                        pattern.file,
-                        pattern.span.offset(),
-                        FlowError::CommandHandledTwice {
-                            topic: topic.to_owned(),
-                            first: groups[0].to_owned(),
-                            src: pattern.src.clone(),
-                            span: pattern.span,
-                        },
-                    );
-                }
-            }
-        }
-        if topic_kind_is(set, topic, TopicKind::Query, QUERY_PATTERN) {
-            for (subscriber, pattern) in &patterns {
-                let Some(config) = set.subscribers.get(subscriber) else {
-                    continue;
-                };
-                if pattern.value.as_str() != topic {
-                    continue;
-                }
-                queries.insert(subscriber.clone());
-                let fact = match (&config.script, facts.get(subscriber)) {
-                    (None, _) => ReplyFact::Never,
-                    (Some(_), Some(Some(f))) => f.reply.clone(),
-                    // Unparsable: the compile step reports it; judge the text meanwhile.
-                    (Some(s), _) if s.text.contains("reply(") => ReplyFact::Replies,
-                    (Some(_), _) => ReplyFact::Never,
-                };
-                if let ReplyFact::Unreachable { line, why } = fact {
-                    let script = config.script.as_ref().map_or_else(String::new, |s| {
-                        let path = s.path.strip_prefix(&s.base_dir).unwrap_or(&s.path);
-                        path.display().to_string()
-                    });
-                    found.warn(
-                        pattern.file,
-                        pattern.span.offset(),
-                        FlowWarning::UnreachableReply {
-                            topic: topic.to_owned(),
-                            subscriber: subscriber.clone(),
-                            at: format!("{script}:{line} never runs: {why}"),
-                            src: pattern.src.clone(),
-                            span: pattern.span,
-                        },
-                    );
-                } else if fact == ReplyFact::Never {
-                    found.push(
-                        pattern.file,
-                        pattern.span.offset(),
-                        FlowError::QueryWithoutReply {
-                            topic: topic.to_owned(),
-                            subscriber: subscriber.clone(),
-                            src: pattern.src.clone(),
-                            span: pattern.span,
-                        },
-                    );
-                }
-            }
-        }
-    }
-    found.refs.subscriber_patterns = patterns;
-    queries
-}
-
-/// The store rule: a store some handler writes is read by some query handler (or exposed
-/// over HTTP), a store a query reads is written by some handler, and a declared store is
-/// used at all. Only `store("literal")` calls are seen; when any script may use stores the
-/// analysis cannot see (a computed name, a module call, a script that does not parse), the
-/// warnings that such a use could contradict are not given.
-fn check_stores(
-    set: &FlowSet,
-    facts: &Facts,
-    queries: &BTreeSet<String>,
-    names: &[Located<String>],
-    found: &mut Findings,
-) {
-    let blind = |f: &Option<ScriptFacts>| f.as_ref().is_none_or(|f| f.stores_unknown);
-    let any_blind = facts.values().any(blind);
-    let query_blind = facts
-        .iter()
-        .any(|(name, f)| queries.contains(name) && blind(f));
-    let mut seen = BTreeSet::new();
-    for name in names {
-        let store = name.value.as_str();
-        let Some(config) = set.stores.get(store) else {
-            continue;
-        };
-        if !seen.insert(store) {
-            continue;
-        }
-        let mut used = false;
-        let mut writers = Vec::new();
-        let mut may_be_written = false;
-        let mut readers = Vec::new();
-        let mut may_be_queried = config.expose;
-        for (subscriber, f) in facts {
-            let Some(uses) = f.as_ref().and_then(|f| f.stores.get(store)) else {
-                continue;
-            };
-            used = true;
-            may_be_written |= uses.writes >= Use::Maybe;
-            if uses.writes == Use::Yes {
-                writers.push(format!("`{subscriber}`"));
-            }
-            if queries.contains(subscriber) {
-                may_be_queried |= uses.reads >= Use::Maybe;
-                if uses.reads == Use::Yes {
-                    readers.push(format!("`{subscriber}`"));
-                }
-            }
-        }
-        let (file, offset, src, span) = (name.file, name.span.offset(), &name.src, name.span);
-        if !used && !any_blind {
-            let warning = FlowWarning::StoreUnused {
-                store: store.to_owned(),
-                src: src.clone(),
-                span,
-            };
-            found.warn(file, offset, warning);
-        }
-        if !writers.is_empty() && !may_be_queried && !query_blind {
-            let warning = FlowWarning::StoreNotQueried {
-                store: store.to_owned(),
-                writers: writers.join(", "),
-                src: src.clone(),
-                span,
-            };
-            found.warn(file, offset, warning);
-        }
-        if !readers.is_empty() && !may_be_written && !any_blind {
-            let warning = FlowWarning::StoreNeverWritten {
-                store: store.to_owned(),
-                queries: readers.join(", "),
-                src: src.clone(),
-                span,
-            };
-            found.warn(file, offset, warning);
-        }
-    }
 }
 
 /// Every step of a chain must be reachable from the one before: some subscriber that

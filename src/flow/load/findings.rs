@@ -15,7 +15,7 @@ use crate::flow::pattern::TopicPattern;
 /// reported in file order), the files read, and the topic and queue references that are
 /// only checked once every file is in.
 #[derive(Default)]
-pub(super) struct Findings {
+pub(crate) struct Findings {
     /// `(file index, byte offset, error)`; errors without a file use `(0, 0)`.
     errors: Vec<(usize, usize, FlowError)>,
     /// Warnings found while checking (the CQRS lint), kept the same way.
@@ -66,7 +66,7 @@ impl Findings {
 
 /// A value with the file and span it came from, for checks that run after all files are read.
 #[derive(Clone, Debug)]
-pub(super) struct Located<T> {
+pub(crate) struct Located<T> {
     pub value: T,
     pub file: usize,
     pub src: SharedSource,
@@ -75,7 +75,7 @@ pub(super) struct Located<T> {
 
 /// The topic and queue references of the whole set, checked once every file is read.
 #[derive(Default)]
-pub(super) struct TopicRefs {
+pub(crate) struct TopicRefs {
     /// `queue = "…"` of subscribers and `to = "…"` of relays.
     pub queues_used: Vec<Located<String>>,
     /// Topics that something emits and that should have a consumer: `emits`, producer topics,
@@ -89,6 +89,8 @@ pub(super) struct TopicRefs {
     pub has_http: bool,
     /// Each subscriber's topic patterns, with the subscriber's name (for the CQRS lint).
     pub subscriber_patterns: Vec<(String, Located<TopicPattern>)>,
+    /// Every store's name where it was declared (for the CQRS lint).
+    pub store_names: Vec<Located<String>>,
     /// Each subscriber's `emits`, with the subscriber's name (for the emit-loop warning).
     pub subscriber_emits: Vec<(String, Located<String>)>,
     /// Every chain step: (chain name, position, the step), for the link check.

@@ -35,9 +35,25 @@ impl Dir {
         path
     }
 
+    /// Loads, then lints as the prepare step does (facts read off each script's text, as
+    /// `script::compile` would before optimizing), without compiling.
     fn load(&self, names: &[&str]) -> Result<Loaded, FlowReport> {
         let paths: Vec<PathBuf> = names.iter().map(|n| self.path().join(n)).collect();
-        load(&paths)
+        let mut loaded = load(&paths)?;
+        let facts: crate::flow::lint::Facts = loaded
+            .flows
+            .subscribers
+            .iter()
+            .filter_map(|(name, s)| {
+                let script = s.script.as_ref()?;
+                Some((name.clone(), crate::script::facts::analyse(&script.text)))
+            })
+            .collect();
+        let given: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let warnings = crate::flow::lint::lint(&loaded, &facts)
+            .map_err(|errors| FlowReport::new(&given, errors))?;
+        loaded.warnings.extend(warnings);
+        Ok(loaded)
     }
 }
 
