@@ -191,3 +191,17 @@ impl Target {
         Ok(())
     }
 }
+
+/// Percent-encodes `text` for a URL path segment or query value: everything but ASCII
+/// letters, digits and `-_.~`.
+pub fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
