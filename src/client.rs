@@ -1,6 +1,10 @@
 //! A small HTTP/1.1 client for the CLI commands that talk to a running instance
-//! (`publish`, `tail`). Plain `http://` on hyper's connection API; nothing else is needed
-//! to reach a loopback address.
+//! (`publish`, `query`, `tail`, `trace`, `dead`, `graph --live`). Plain `http://` on hyper's
+//! connection API; nothing else is needed to reach a loopback address.
+
+use std::convert::Infallible;
+use std::fmt;
+use std::str::FromStr;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -39,12 +43,45 @@ pub enum ClientError {
     Status { status: u16, body: String },
 }
 
-/// A base URL such as `http://127.0.0.1:3000`.
+/// The bearer token a client command sends (`--token`, `EDAFLOW_TOKEN`). `Debug` prints
+/// `<redacted>`, so a dump of a parsed command line or of a `Target` never shows it; only
+/// `expose` does, for the `Authorization` header. Sent as given: the server says whether
+/// it is right.
+#[derive(Clone, PartialEq, Eq)]
+pub struct BearerToken(String);
+
+impl BearerToken {
+    /// Wraps `text`.
+    pub fn new(text: impl Into<String>) -> BearerToken {
+        BearerToken(text.into())
+    }
+
+    /// The token itself, for the one place that needs it: the request header.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for BearerToken {
+    type Err = Infallible;
+
+    fn from_str(text: &str) -> Result<BearerToken, Infallible> {
+        Ok(BearerToken::new(text))
+    }
+}
+
+impl fmt::Debug for BearerToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// A base URL such as `http://127.0.0.1:3000`, and the token to send there.
 #[derive(Clone, Debug)]
 pub struct Target {
     authority: String,
     prefix: String,
-    token: Option<String>,
+    token: Option<BearerToken>,
 }
 
 impl Target {
@@ -52,7 +89,7 @@ impl Target {
     ///
     /// # Errors
     /// `ClientError::Url` for anything but `http://host:port[/prefix]`.
-    pub fn parse(url: &str, token: Option<String>) -> Result<Target, ClientError> {
+    pub fn parse(url: &str, token: Option<BearerToken>) -> Result<Target, ClientError> {
         let bad = || ClientError::Url {
             url: url.to_owned(),
         };
@@ -102,7 +139,8 @@ impl Target {
             builder = builder.header(hyper::header::CONTENT_TYPE, ct);
         }
         if let Some(token) = &self.token {
-            builder = builder.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
+            let value = format!("Bearer {}", token.expose());
+            builder = builder.header(hyper::header::AUTHORIZATION, value);
         }
         let request = builder
             .body(Full::new(body))
@@ -204,4 +242,22 @@ pub fn percent_encode(text: &str) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_is_redacted_in_debug_output() {
+        let token: BearerToken = "s3cret".parse().unwrap_or_else(|never| match never {});
+        assert_eq!(format!("{token:?}"), "<redacted>");
+        assert_eq!(token.expose(), "s3cret");
+        let target = Target::parse("http://127.0.0.1:3000", Some(token)).expect("a valid URL");
+        let shown = format!("{target:?}");
+        assert!(
+            !shown.contains("s3cret") && shown.contains("<redacted>"),
+            "{shown}"
+        );
+    }
 }

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use super::flow_files::load;
 use super::Error;
 use crate::cli::GraphFormatArg;
-use crate::client::Target;
+use crate::client::{BearerToken, Target};
 use crate::flow::graph::{GraphFormat, LiveCounts};
 
 /// `edaflow graph FLOW... [--format] [--live URL]`.
@@ -16,7 +16,7 @@ pub(super) fn graph(
     flows: &[PathBuf],
     format: GraphFormatArg,
     live: Option<&str>,
-    token: Option<String>,
+    token: Option<BearerToken>,
 ) -> Result<(), Error> {
     let prepared = load(flows)?;
     let counts = match live {
@@ -35,7 +35,7 @@ pub(super) fn graph(
 }
 
 /// Reads the per-topic and per-subscriber counts of a running instance from `/metrics`.
-async fn live_counts(url: &str, token: Option<String>) -> Result<LiveCounts, Error> {
+async fn live_counts(url: &str, token: Option<BearerToken>) -> Result<LiveCounts, Error> {
     let target = Target::parse(url, token)?;
     let body = target.call("GET", "/metrics", None, Bytes::new()).await?;
     let text = String::from_utf8_lossy(&body);
