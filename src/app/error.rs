@@ -43,7 +43,27 @@ pub enum Error {
     #[error(transparent)]
     #[diagnostic(transparent)]
     Article(#[from] ArticleError),
+    #[error("the options of the built-in flow's `edaflow run` do not parse")]
+    #[diagnostic(
+        code(edaflow::article::options),
+        help("an EDAFLOW_* variable of `edaflow run` in the environment holds a bad value")
+    )]
+    BuiltinOptions {
+        #[source]
+        source: clap::Error,
+    },
     #[error("cannot start the async runtime")]
     #[diagnostic(code(edaflow::io))]
     Io(#[from] std::io::Error),
+}
+
+impl Error {
+    /// The process's exit code for this error: 2 for a command line that does not parse
+    /// (as clap exits for `edaflow`'s own), 1 for everything else.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::BuiltinOptions { .. } => 2,
+            _ => 1,
+        }
+    }
 }
