@@ -52,9 +52,21 @@ pub enum Error {
         #[source]
         source: clap::Error,
     },
+    #[error("cannot read events from stdin")]
+    #[diagnostic(code(edaflow::publish::stdin))]
+    Stdin {
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot write to stdout")]
+    #[diagnostic(code(edaflow::stdout))]
+    Stdout {
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot start the async runtime")]
     #[diagnostic(code(edaflow::io))]
-    Io(#[from] std::io::Error),
+    Io(#[source] std::io::Error),
 }
 
 impl Error {

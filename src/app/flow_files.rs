@@ -28,8 +28,7 @@ fn terminal_width() -> usize {
 /// `edaflow validate`: loads and compiles, and prints what the flows declare.
 pub(super) fn validate(flows: &[PathBuf]) -> Result<(), Error> {
     let prepared = load(flows)?;
-    print!("{}", render::validation(&prepared));
-    Ok(())
+    render::emit(&render::validation(&prepared))
 }
 
 /// `edaflow test`: runs the flows' `[[tests]]` on paused virtual time and prints a report.
@@ -38,9 +37,10 @@ pub(super) fn test(flows: &[PathBuf]) -> Result<(), Error> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .start_paused(true)
-        .build()?;
+        .build()
+        .map_err(Error::Io)?;
     let reports = rt.block_on(crate::flowtest::run_all(&prepared))?;
-    print!("{}", render::test_reports(&reports));
+    render::emit(&render::test_reports(&reports))?;
     let failed = reports.iter().filter(|r| r.failure.is_some()).count();
     if failed > 0 {
         return Err(Error::TestsFailed {

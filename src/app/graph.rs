@@ -1,14 +1,15 @@
 //! `edaflow graph`: draws the declared wiring of flows (Mermaid or dot), annotated with the
-//! event counts of a running instance (its `/metrics`) with `--live URL`.
+//! event counts of a running instance (its `/metrics`) with `--live URL`. An answer that is
+//! not edaflow's metrics is an error, not a graph without counts.
 
 use std::path::PathBuf;
 
 use bytes::Bytes;
 
 use super::flow_files::load;
-use super::Error;
+use super::{render, Error};
 use crate::cli::GraphFormatArg;
-use crate::client::{BearerToken, Target};
+use crate::client::{BearerToken, ClientError, Target};
 use crate::flow::graph::{GraphFormat, LiveCounts};
 
 /// `edaflow graph FLOW... [--format] [--live URL]`.
@@ -21,17 +22,17 @@ pub(super) fn graph(
     let prepared = load(flows)?;
     let counts = match live {
         None => LiveCounts::default(),
-        Some(url) => super::client_runtime()?.block_on(live_counts(url, token))?,
+        Some(url) => super::on_client_runtime(live_counts(url, token))?,
     };
     let format = match format {
         GraphFormatArg::Mermaid => GraphFormat::Mermaid,
         GraphFormatArg::Dot => GraphFormat::Dot,
     };
-    print!(
-        "{}",
-        crate::flow::graph::render(&prepared.flows, format, &counts)
-    );
-    Ok(())
+    render::emit(&crate::flow::graph::render(
+        &prepared.flows,
+        format,
+        &counts,
+    ))
 }
 
 /// Reads the per-topic and per-subscriber counts of a running instance from `/metrics`.
@@ -39,6 +40,11 @@ async fn live_counts(url: &str, token: Option<BearerToken>) -> Result<LiveCounts
     let target = Target::parse(url, token)?;
     let body = target.call("GET", "/metrics", None, Bytes::new()).await?;
     let text = String::from_utf8_lossy(&body);
+    // Every edaflow instance reports some `edaflow_…` series, even before its first event.
+    if !text.lines().any(|line| line.starts_with("edaflow_")) {
+        let expected = "Prometheus text with edaflow_ series";
+        return Err(ClientError::unexpected("GET /metrics", expected, &body, None).into());
+    }
     let mut counts = LiveCounts::default();
     for line in text.lines() {
         let Some((series, value)) = line.rsplit_once(' ') else {

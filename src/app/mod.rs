@@ -38,7 +38,17 @@ pub use signals::shutdown_signal;
 /// # Errors
 /// What the command failed on, as a diagnostic.
 pub fn main(cli: Cli) -> Result<(), Error> {
-    match cli.command {
+    match dispatch(cli.command) {
+        // The reader of stdout went away (`edaflow tail | head`): that ends the command, as
+        // SIGPIPE ends other tools, without an error of its own.
+        Err(Error::Stdout { source }) if source.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        result => result,
+    }
+}
+
+/// Hands a command to the module that owns it.
+fn dispatch(command: Command) -> Result<(), Error> {
+    match command {
         Command::Run(args) => run::run_blocking(args),
         Command::ApiServer(args) => article::api_server(args),
         Command::Consumer(args) => article::consumer(args),
@@ -82,6 +92,6 @@ fn client_runtime() -> std::io::Result<tokio::runtime::Runtime> {
 }
 
 /// Runs one client command to its end on a `client_runtime`.
-fn on_client_runtime(command: impl Future<Output = Result<(), Error>>) -> Result<(), Error> {
-    client_runtime()?.block_on(command)
+fn on_client_runtime<T>(command: impl Future<Output = Result<T, Error>>) -> Result<T, Error> {
+    client_runtime().map_err(Error::Io)?.block_on(command)
 }

@@ -1,67 +1,80 @@
 //! `edaflow publish` and `edaflow query`: send JSON to a running instance's HTTP producer
 //! and print its answer (the new event's id, or the query's reply). The JSON is checked
-//! here, before anything is sent.
+//! here, before anything is sent; an answer that is not what the server sends is an error.
 
 use std::io::BufRead;
 
 use bytes::Bytes;
+use serde::de::IgnoredAny;
+use serde::Deserialize;
 
-use super::Error;
+use super::{render, Error};
 use crate::cli::Remote;
-use crate::client::Target;
+use crate::client::{decode, Target};
+
+/// What `POST /topics/{topic}` answers with.
+#[derive(Deserialize)]
+struct Accepted {
+    id: String,
+}
 
 /// `edaflow publish TOPIC JSON`, or one event per stdin line with `-`.
 pub(super) async fn publish(topic: &str, data: &str, remote: &Remote) -> Result<(), Error> {
     let target = Target::parse(&remote.url, remote.token.clone())?;
     let path = format!("/topics/{topic}");
-    let send = |body: String| {
-        let target = target.clone();
-        let path = path.clone();
-        async move {
-            let answer = target
-                .call("POST", &path, Some("application/json"), Bytes::from(body))
-                .await?;
-            let id = serde_json::from_slice::<serde_json::Value>(&answer)
-                .ok()
-                .and_then(|v| v.get("id").and_then(|i| i.as_str()).map(str::to_owned))
-                .unwrap_or_default();
-            println!("{id}");
-            Ok::<(), Error>(())
-        }
-    };
     if data != "-" {
-        serde_json::from_str::<serde_json::Value>(data)
-            .map_err(|source| Error::BadJson { line: 1, source })?;
-        return send(data.to_owned()).await;
+        check_json(data, 1)?;
+        return send(&target, &path, data.to_owned()).await;
     }
     let stdin = std::io::stdin();
     for (i, line) in stdin.lock().lines().enumerate() {
-        let line = line?;
+        let line = line.map_err(|source| Error::Stdin { source })?;
         if line.trim().is_empty() {
             continue;
         }
-        serde_json::from_str::<serde_json::Value>(&line).map_err(|source| Error::BadJson {
-            line: i + 1,
-            source,
-        })?;
-        send(line).await?;
+        check_json(&line, i + 1)?;
+        send(&target, &path, line).await?;
     }
     Ok(())
 }
 
-/// `edaflow query TOPIC JSON`.
+/// Publishes one event and prints the id the server gave it.
+async fn send(target: &Target, path: &str, body: String) -> Result<(), Error> {
+    let accepted: Accepted = target
+        .call_json(
+            "POST",
+            path,
+            Some(body),
+            "a JSON object with the event's `id`",
+        )
+        .await?;
+    render::emit(&format!("{}\n", accepted.id))
+}
+
+/// `text` must be one JSON value; `line` numbers it for the error.
+fn check_json(text: &str, line: usize) -> Result<(), Error> {
+    serde_json::from_str::<serde_json::Value>(text)
+        .map(drop)
+        .map_err(|source| Error::BadJson { line, source })
+}
+
+/// `edaflow query TOPIC JSON`: prints the reply as the server wrote it.
 pub(super) async fn query(topic: &str, data: &str, remote: &Remote) -> Result<(), Error> {
-    serde_json::from_str::<serde_json::Value>(data)
-        .map_err(|source| Error::BadJson { line: 1, source })?;
+    check_json(data, 1)?;
     let target = Target::parse(&remote.url, remote.token.clone())?;
+    let path = format!("/query/{topic}");
     let answer = target
         .call(
             "POST",
-            &format!("/query/{topic}"),
+            &path,
             Some("application/json"),
             Bytes::from(data.to_owned()),
         )
         .await?;
-    println!("{}", String::from_utf8_lossy(&answer));
-    Ok(())
+    decode::<IgnoredAny>(
+        &target.describe("POST", &path),
+        "the reply as JSON",
+        &answer,
+    )?;
+    render::emit(&format!("{}\n", String::from_utf8_lossy(&answer)))
 }

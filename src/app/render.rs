@@ -1,15 +1,29 @@
 //! What the commands print on stdout, as text built from plain data: the summary of
 //! `validate`, the report of `test`, the dead-letter listing, a `tail` line and the tree of
 //! a `trace`. Nothing here reads files or talks to a server, so each rendering is testable
-//! on its own.
+//! on its own; `emit` is the one place that writes to stdout, and a write that fails is an
+//! error, not a silent loss.
 
 use std::collections::HashSet;
 use std::fmt::Write as _;
+use std::io::Write as _;
 
+use super::Error;
 use crate::event::{to_article_json, Event};
 use crate::flowtest::TestReport;
 use crate::runtime::history::TraceEntry;
 use crate::runtime::Prepared;
+
+/// Writes `text` to stdout, now.
+///
+/// # Errors
+/// `Error::Stdout` when stdout does not take it (a full disk, a closed pipe).
+pub(super) fn emit(text: &str) -> Result<(), Error> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .map_err(|source| Error::Stdout { source })
+}
 
 /// `edaflow validate`'s one line: what the flows declare, and how many warnings.
 pub(super) fn validation(prepared: &Prepared) -> String {

@@ -24,7 +24,7 @@ use crate::watch::FileWatcher;
 /// until a shutdown signal.
 pub(super) fn run_blocking(args: RunArgs) -> Result<(), Error> {
     let prepared = load(&args.flows)?;
-    let rt = build_runtime(args.threads, &broker_url(&args, &prepared))?;
+    let rt = build_runtime(args.threads, &broker_url(&args, &prepared)).map_err(Error::Io)?;
     let result = rt.block_on(async {
         let signals = Signals::listen();
         run_prepared(args, prepared, signals.nth(1), signals.nth(2)).await
