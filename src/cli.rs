@@ -142,7 +142,7 @@ pub enum Command {
         live: Option<String>,
         /// Bearer token for --live, when the instance sets one.
         #[arg(long, env = "EDAFLOW_TOKEN", hide_env_values = true)]
-        token: Option<String>,
+        token: Option<crate::client::BearerToken>,
     },
     /// The article's API server on Redis ("Topics" and "Deferred Execution"): POST
     /// /topics/{topic} publishes the body to the Redis channel {topic}, POST /deferred-exec
@@ -381,9 +381,10 @@ pub struct Remote {
     /// Base URL of the running instance's HTTP producer.
     #[arg(long, default_value = "http://127.0.0.1:3000", env = "EDAFLOW_URL")]
     pub url: String,
-    /// Bearer token, when the HTTP producer sets `token`.
+    /// Bearer token, when the HTTP producer sets `token`. Never printed (its `Debug` is
+    /// `<redacted>`).
     #[arg(long, env = "EDAFLOW_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
+    pub token: Option<crate::client::BearerToken>,
 }
 
 fn parse_duration_arg(text: &str) -> Result<Duration, String> {
@@ -398,5 +399,28 @@ mod tests {
     #[test]
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn client_tokens_never_show_in_debug_output() {
+        for argv in [
+            vec!["edaflow", "dead", "list", "--token", "s3cret"],
+            vec!["edaflow", "publish", "t", "{}", "--token", "s3cret"],
+            vec![
+                "edaflow",
+                "graph",
+                "f.toml",
+                "--live",
+                "http://h:1",
+                "--token",
+                "s3cret",
+            ],
+            vec!["edaflow", "run", "f.toml", "--token", "s3cret"],
+        ] {
+            let cli = Cli::try_parse_from(argv.iter().copied()).expect("a valid command line");
+            let shown = format!("{cli:?}");
+            assert!(!shown.contains("s3cret"), "{argv:?}: {shown}");
+            assert!(shown.contains("redacted"), "{argv:?}: {shown}");
+        }
     }
 }

@@ -1,5 +1,7 @@
 //! The `edaflow` binary: parse the command line, set up logging, run the library.
 
+use std::process::ExitCode;
+
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
@@ -12,7 +14,9 @@ use edaflow::cli::{Cli, Command, LogFormat};
 static ALLOCATOR: edaflow::script::memory::MeteredAlloc<mimalloc::MiMalloc> =
     edaflow::script::memory::MeteredAlloc(mimalloc::MiMalloc);
 
-fn main() -> miette::Result<()> {
+/// The only place the process exits: with the command's error rendered by miette (as a
+/// `miette::Result` from `main` would be), and its exit code.
+fn main() -> ExitCode {
     let cli = Cli::parse();
     // `edaflow test` reports results itself; handler logs would drown them.
     let default_level = match cli.command {
@@ -20,8 +24,14 @@ fn main() -> miette::Result<()> {
         _ => "info",
     };
     init_tracing(cli.log_format, default_level);
-    edaflow::app::main(cli)?;
-    Ok(())
+    match edaflow::app::main(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            let code = error.exit_code();
+            eprintln!("Error: {:?}", miette::Report::new(error));
+            ExitCode::from(code)
+        }
+    }
 }
 
 fn init_tracing(format: LogFormat, default_level: &str) {

@@ -278,3 +278,17 @@ fn consumer_refuses_unclear_arguments() {
         .code(1)
         .stderr_has("is not a topic name");
 }
+
+/// An `EDAFLOW_*` variable of `run` that does not parse is a usage error of the built-in
+/// `run` (exit 2, naming the option), reported before any Redis is needed.
+#[test]
+fn a_bad_run_variable_is_a_usage_error() {
+    let dir = FlowDir::new();
+    Edaflow::new(dir.root())
+        .args(["consumer", "-d", "--redis", "redis://127.0.0.1:1"])
+        .env("EDAFLOW_THREADS", "0")
+        .run()
+        .code(2)
+        .stderr_has("edaflow::article::options")
+        .stderr_has("--threads");
+}

@@ -1,0 +1,97 @@
+//! The command line's library side: `main` takes a parsed `Cli` and hands each command to
+//! the module that owns it, and returns what it failed on. It never exits the process:
+//! `main.rs` prints the error and sets the exit code.
+//!
+//! - `run`: `edaflow run`, the long-running process (runtime threads, reloads, shutdown).
+//! - `signals`: Ctrl-C, SIGTERM and SIGHUP as futures and reload requests.
+//! - `article`: `edaflow api-server` and `edaflow consumer`, each a `run` of a built-in flow.
+//! - `flow_files`: `validate` and `test`, which read flow files without running them.
+//! - `graph`: `edaflow graph`, with live counts from a running instance.
+//! - `publish`, `tail`, `trace`, `dead`: the commands that talk to a running instance
+//!   (through `crate::client`).
+//! - `render`: what the commands print.
+//! - `error`: `Error`, everything a command can fail with.
+
+mod article;
+mod dead;
+mod error;
+mod flow_files;
+mod graph;
+mod publish;
+mod render;
+mod run;
+mod signals;
+mod tail;
+mod trace;
+
+use std::future::Future;
+
+use crate::cli::{Cli, Command};
+
+pub use error::Error;
+pub use render::render_trace;
+pub use run::{build_runtime, run, runtime_threads};
+pub use signals::shutdown_signal;
+
+/// Runs one parsed command line.
+///
+/// # Errors
+/// What the command failed on, as a diagnostic.
+pub fn main(cli: Cli) -> Result<(), Error> {
+    match dispatch(cli.command) {
+        // The reader of stdout went away (`edaflow tail | head`): that ends the command, as
+        // SIGPIPE ends other tools, without an error of its own.
+        Err(Error::Stdout { source }) if source.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        result => result,
+    }
+}
+
+/// Hands a command to the module that owns it.
+fn dispatch(command: Command) -> Result<(), Error> {
+    match command {
+        Command::Run(args) => run::run_blocking(args),
+        Command::ApiServer(args) => article::api_server(args),
+        Command::Consumer(args) => article::consumer(args),
+        Command::Validate { flows } => flow_files::validate(&flows),
+        Command::Test { flows } => flow_files::test(&flows),
+        Command::Graph {
+            flows,
+            format,
+            live,
+            token,
+        } => graph::graph(&flows, format, live.as_deref(), token),
+        Command::Publish {
+            topic,
+            data,
+            remote,
+        } => on_client_runtime(publish::publish(&topic, &data, &remote)),
+        Command::Query {
+            topic,
+            data,
+            remote,
+        } => on_client_runtime(publish::query(&topic, &data, &remote)),
+        Command::Trace {
+            correlation_id,
+            remote,
+        } => on_client_runtime(trace::trace(&correlation_id, &remote)),
+        Command::Dead { action } => on_client_runtime(dead::dead(action)),
+        Command::Tail {
+            pattern,
+            json,
+            remote,
+        } => on_client_runtime(tail::tail(&pattern, json, &remote)),
+    }
+}
+
+/// The single-threaded runtime the client commands (publish, query, trace, dead, tail,
+/// graph --live) run their requests on.
+fn client_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+}
+
+/// Runs one client command to its end on a `client_runtime`.
+fn on_client_runtime<T>(command: impl Future<Output = Result<T, Error>>) -> Result<T, Error> {
+    client_runtime().map_err(Error::Io)?.block_on(command)
+}
