@@ -4,6 +4,7 @@
 //! on its own; `emit` is the one place that writes to stdout, and a write that fails is an
 //! error, not a silent loss.
 
+use crate::event::dead_letter;
 use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -105,10 +106,10 @@ pub(super) fn dead_letters(letters: &[Event]) -> String {
                 .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned))
                 .unwrap_or_default()
         };
-        let origin = if ext("deadletterqueue").is_empty() {
-            format!("topic {}", ext("deadlettertopic"))
+        let origin = if ext(dead_letter::QUEUE).is_empty() {
+            format!("topic {}", ext(dead_letter::TOPIC))
         } else {
-            format!("queue {}", ext("deadletterqueue"))
+            format!("queue {}", ext(dead_letter::QUEUE))
         };
         let _ = writeln!(
             out,
@@ -116,9 +117,9 @@ pub(super) fn dead_letters(letters: &[Event]) -> String {
             letter.id,
             humantime::format_rfc3339_millis(letter.time),
             origin,
-            ext("deadlettersubscriber"),
-            ext("deadletterattempts"),
-            ext("deadletterreason"),
+            ext(dead_letter::SUBSCRIBER),
+            ext(dead_letter::ATTEMPTS),
+            ext(dead_letter::REASON),
             to_article_json(&letter.data)
         );
     }

@@ -338,8 +338,8 @@ impl DeadFilter {
     pub fn matches(&self, dead: &Event) -> bool {
         let origin = dead
             .extensions
-            .get("deadletterqueue")
-            .or_else(|| dead.extensions.get("deadlettertopic"))
+            .get(crate::event::dead_letter::QUEUE)
+            .or_else(|| dead.extensions.get(crate::event::dead_letter::TOPIC))
             .and_then(|v| v.as_str())
             .unwrap_or("");
         self.origin
