@@ -563,7 +563,9 @@ fn an_out_of_memory_episode_answers_503_is_logged_once_and_loses_nothing() {
     loop {
         attempt += 1;
         assert!(attempt <= 5, "no commit met an episode in 5 batches");
-        let batch: BTreeSet<u64> = (0..8 * attempt).map(|k| 30_000 + 100 * attempt + k).collect();
+        let batch: BTreeSet<u64> = (0..8 * attempt)
+            .map(|k| 30_000 + 100 * attempt + k)
+            .collect();
         for &n in &batch {
             assert_eq!(post_slow(addr, n, 80_000).status, 202);
             acked.insert(n);
@@ -578,11 +580,14 @@ fn an_out_of_memory_episode_answers_503_is_logged_once_and_loses_nothing() {
             if batch.iter().all(|n| done.contains_key(n)) {
                 break false;
             }
-            assert!(Instant::now() < deadline, "a batch neither committed nor retried");
+            assert!(
+                Instant::now() < deadline,
+                "a batch neither committed nor retried"
+            );
             std::thread::sleep(Duration::from_millis(20));
         };
         // Nothing is written while Redis is past its limit.
-        assert_eq!(post(addr, 40_000 + attempt as u64, PAD).status, 503);
+        assert_eq!(post(addr, 40_000 + attempt, PAD).status, 503);
         set_maxmemory(&server, 0);
         wait_healthy(addr);
         if met {
