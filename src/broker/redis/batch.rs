@@ -19,7 +19,8 @@ use redis::Value;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument;
 
-use super::{cluster, scripts, unavailable};
+use super::failure::unavailable;
+use super::{cluster, scripts};
 use crate::broker::BrokerError;
 
 /// Stop adding operations to a run past this many argument bytes.

@@ -20,8 +20,10 @@ use std::time::Duration;
 
 use redis::{Script, Value};
 
+use super::failure::unavailable;
+use super::reply::{items, text};
 use super::scripts::script;
-use super::{items, text, unavailable, RedisBroker};
+use super::RedisBroker;
 use crate::broker::{BrokerError, ChainCounts, ChainSpec, ChainStep, ExpiredChain};
 use crate::event::Event;
 
@@ -131,10 +133,6 @@ return out
 });
 
 impl RedisBroker {
-    fn chain_base(&self, chain: &str) -> String {
-        format!("{}c:{chain}", self.prefix())
-    }
-
     pub(super) async fn observe_chain(
         &self,
         chain: &ChainSpec,
@@ -145,7 +143,7 @@ impl RedisBroker {
         }
         let mut invocation = OBSERVE.prepare_invoke();
         invocation
-            .arg(self.prefix())
+            .arg(self.inner.keys.prefix())
             .arg(&chain.name)
             .arg(chain.steps)
             .arg(
@@ -183,7 +181,7 @@ impl RedisBroker {
     ) -> Result<Vec<ExpiredChain>, BrokerError> {
         let reply: Value = EXPIRE
             .prepare_invoke()
-            .arg(self.prefix())
+            .arg(self.inner.keys.prefix())
             .arg(&chain.name)
             .arg(chain.steps)
             .arg(limit)
@@ -214,7 +212,7 @@ impl RedisBroker {
         &self,
         chain: &ChainSpec,
     ) -> Result<ChainCounts, BrokerError> {
-        let base = self.chain_base(&chain.name);
+        let base = self.inner.keys.chain(&chain.name);
         let mut pipe = redis::pipe();
         pipe.cmd("HGETALL").arg(format!("{base}:stats"));
         pipe.cmd("LRANGE").arg(format!("{base}:ms")).arg(0).arg(-1);

@@ -27,7 +27,9 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnecti
 use redis::{AsyncConnectionConfig, ConnectionAddr, ConnectionInfo, Value};
 use tracing::{debug, info, warn};
 
-use super::{int, items, text, unavailable, RedisUrl};
+use super::failure::unavailable;
+use super::reply::{int, items, text};
+use super::url::RedisUrl;
 use crate::broker::BrokerError;
 
 /// How often the watcher asks the cluster who owns the namespace's slot.

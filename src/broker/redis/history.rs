@@ -11,8 +11,9 @@ use std::sync::LazyLock;
 
 use redis::{Script, Value};
 
+use super::failure::unavailable;
 use super::scripts::script;
-use super::{unavailable, RedisBroker};
+use super::RedisBroker;
 use crate::broker::BrokerError;
 
 pub(super) const MAX_JOURNEYS: usize = 10_000;
@@ -64,7 +65,7 @@ impl RedisBroker {
         }
         let mut invocation = RECORD.prepare_invoke();
         invocation
-            .arg(self.prefix())
+            .arg(self.inner.keys.prefix())
             .arg(MAX_JOURNEYS)
             .arg(MAX_EVENTS)
             .arg(TTL_MS)
@@ -81,7 +82,7 @@ impl RedisBroker {
 
     pub(super) async fn journey(&self, correlation: &str) -> Result<Vec<String>, BrokerError> {
         redis::cmd("LRANGE")
-            .arg(format!("{}h:{correlation}", self.prefix()))
+            .arg(self.inner.keys.journey(correlation))
             .arg(0)
             .arg(-1)
             .query_async(&mut self.conn())

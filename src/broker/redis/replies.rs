@@ -24,6 +24,7 @@ use tokio::sync::oneshot;
 use tracing::{debug, warn};
 
 use super::cluster::Node;
+use super::keys::Keys;
 
 /// What a waiting query receives: the reply, or the handler's failure message.
 pub(crate) type Answer = Result<Value, String>;
@@ -80,9 +81,9 @@ impl Waiting {
 
 /// The channel a reply address `{instance}/{id}` is published on, and the id; `None` for
 /// an address this broker did not make.
-pub(crate) fn route(prefix: &str, address: &str) -> Option<(String, String)> {
+pub(super) fn route(keys: &Keys, address: &str) -> Option<(String, String)> {
     let (instance, id) = split(address)?;
-    Some((channel(prefix, instance), id.to_owned()))
+    Some((keys.reply_channel(instance), id.to_owned()))
 }
 
 /// The instance and the request id of a reply address `{instance}/{id}`.
@@ -92,11 +93,6 @@ pub(crate) fn split(address: &str) -> Option<(&str, &str)> {
         return None;
     }
     Some((instance, id))
-}
-
-/// This instance's reply channel.
-pub(crate) fn channel(prefix: &str, instance: &str) -> String {
-    format!("{prefix}reply:{instance}")
 }
 
 /// The message a commit publishes for one reply.
@@ -182,12 +178,13 @@ mod tests {
 
     #[test]
     fn addresses_route_to_the_instance_channel() {
+        let keys = Keys::new("edaflow:{x}:".to_owned());
         assert_eq!(
-            route("edaflow:{x}:", "123-abc/01J"),
+            route(&keys, "123-abc/01J"),
             Some(("edaflow:{x}:reply:123-abc".to_owned(), "01J".to_owned()))
         );
-        assert_eq!(route("edaflow:{x}:", "no-slash"), None);
-        assert_eq!(route("edaflow:{x}:", "/id"), None);
+        assert_eq!(route(&keys, "no-slash"), None);
+        assert_eq!(route(&keys, "/id"), None);
     }
 
     #[tokio::test]

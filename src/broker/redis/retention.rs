@@ -44,7 +44,10 @@ use redis::{Script, Value};
 use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
-use super::{int, items, parse_patterns, text, unavailable, Inner, RedisBroker};
+use super::failure::unavailable;
+use super::groups::parse_patterns;
+use super::reply::{int, items, text};
+use super::{Inner, RedisBroker};
 use crate::broker::BrokerError;
 
 /// How long a "kept" warning for one topic and group stays quiet when nothing changed.
@@ -166,7 +169,7 @@ impl RedisBroker {
         for (topic, retention) in topics {
             let mut invocation = TRIM.prepare_invoke();
             invocation
-                .arg(self.topic_key(&topic))
+                .arg(self.inner.keys.topic(&topic))
                 .arg(u64::try_from(retention.as_millis()).unwrap_or(u64::MAX))
                 .arg(COUNT_LIMIT)
                 .arg("0");
@@ -218,7 +221,7 @@ impl RedisBroker {
         let with_retention = self.inner.retention.topics();
         let mut conn = self.conn();
         let mut topics: Vec<String> = redis::cmd("SMEMBERS")
-            .arg(self.key("topics"))
+            .arg(self.inner.keys.topics())
             .query_async(&mut conn)
             .await
             .map_err(unavailable)?;
@@ -236,7 +239,7 @@ impl RedisBroker {
             }
             let trimmed: Value = TRIM
                 .prepare_invoke()
-                .arg(self.topic_key(&topic))
+                .arg(self.inner.keys.topic(&topic))
                 .arg(u64::try_from(retention.as_millis()).unwrap_or(u64::MAX))
                 .arg(COUNT_LIMIT)
                 .arg("1")

@@ -20,6 +20,7 @@ use serde_json::Value;
 use redis::Value as Reply;
 
 use super::cluster::Node;
+use super::keys::Keys;
 use crate::store::{Fetched, StoreError, StoreRead, StoreWant};
 
 /// Blocking connections kept for reuse; more may be opened under load, and the surplus is
@@ -29,16 +30,16 @@ const POOL_SIZE: usize = 8;
 /// Reads the stores of one namespace.
 pub(crate) struct RedisStores {
     node: Arc<Node>,
-    prefix: String,
+    keys: Keys,
     /// Connections with the node generation they were opened in.
     pool: Mutex<Vec<(u64, redis::Connection)>>,
 }
 
 impl RedisStores {
-    pub(crate) fn new(node: Arc<Node>, prefix: String) -> RedisStores {
+    pub(super) fn new(node: Arc<Node>, keys: Keys) -> RedisStores {
         RedisStores {
             node,
-            prefix,
+            keys,
             pool: Mutex::new(Vec::new()),
         }
     }
@@ -82,10 +83,6 @@ impl RedisStores {
         Ok(value)
     }
 
-    fn hash(&self, store: &str) -> String {
-        format!("{}s:{store}", self.prefix)
-    }
-
     /// Makes `wants` on `conn`: one pipelined round trip, and a second one for the values
     /// of the keys that scans found. Scans return at most `scan_limit` entries each.
     pub(crate) async fn read_ahead(
@@ -108,13 +105,13 @@ impl RedisStores {
         for want in wants {
             match want {
                 StoreWant::Get { store, key } => {
-                    reads.cmd("HGET").arg(self.hash(store)).arg(key);
+                    reads.cmd("HGET").arg(self.keys.store(store)).arg(key);
                 }
                 StoreWant::Scan { store, prefix } => {
                     let (from, to) = lex_range(prefix);
                     reads
                         .cmd("ZRANGE")
-                        .arg(format!("{}:keys", self.hash(store)))
+                        .arg(self.keys.store_keys(store))
                         .arg(from)
                         .arg(to)
                         .arg("BYLEX")
@@ -139,7 +136,7 @@ impl RedisStores {
             if let (StoreWant::Scan { store, .. }, Reply::Array(keys)) = (want, reply) {
                 let keys: Vec<String> = keys.iter().filter_map(bulk_text).collect();
                 if !keys.is_empty() {
-                    values.cmd("HMGET").arg(self.hash(store)).arg(&keys);
+                    values.cmd("HMGET").arg(self.keys.store(store)).arg(&keys);
                     hmgets += 1;
                 }
                 found_keys.push(keys);
@@ -216,7 +213,7 @@ fn parse(store: &str, key: &str, text: &str) -> Result<Value, StoreError> {
 
 impl StoreRead for RedisStores {
     fn get(&self, store: &str, key: &str) -> Result<Option<Value>, StoreError> {
-        let hash = self.hash(store);
+        let hash = self.keys.store(store);
         let text: Option<String> = self.with_conn(store, |conn| {
             redis::cmd("HGET").arg(&hash).arg(key).query(conn)
         })?;
@@ -232,8 +229,8 @@ impl StoreRead for RedisStores {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let hash = self.hash(store);
-        let index = format!("{hash}:keys");
+        let hash = self.keys.store(store);
+        let index = self.keys.store_keys(store);
         let (from, to) = lex_range(prefix);
         let (keys, values): (Vec<String>, Vec<Option<String>>) = self.with_conn(store, |conn| {
             let keys: Vec<String> = redis::cmd("ZRANGE")

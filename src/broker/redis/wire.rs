@@ -34,8 +34,9 @@ use redis::Value;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn, Instrument};
 
-use super::consumer::Request;
-use super::{unavailable, RedisBroker, RedisConsumer};
+use super::consumer::{RedisConsumer, Request};
+use super::failure::unavailable;
+use super::RedisBroker;
 use crate::broker::{BrokerError, Delivery, Effects, WireSpec};
 use crate::event::{Event, RawPayload};
 use crate::flow::pattern::TopicPattern;
@@ -187,7 +188,7 @@ pub(super) async fn send_effects(
     let Some((rest, ops)) = broker.inner.wire.split(effects)? else {
         return Ok(None);
     };
-    let tap = broker.key("tap");
+    let tap = broker.inner.keys.tap();
     let mut pipe = redis::pipe();
     for op in &ops {
         match op {
