@@ -23,19 +23,10 @@ use super::failure::unavailable;
 use super::{cluster, scripts};
 use crate::broker::BrokerError;
 
-/// Stop adding operations to a run past this many argument bytes.
-const MAX_BYTES: usize = 1 << 20;
-/// Script runs on the wire at once. With 2, workers whose commits emit waited on round
-/// trips, Redis and edaflow each about half busy. 8 against 2, the same hour: W3 (a `done`
-/// event per job) drained 92k against 74k jobs/s, lateness p99 64 against 118 ms; W2 with 8
-/// workers 25.2k against 22.8k chains/s. The price is smaller runs while Redis keeps up: W1
-/// on Redis costs 4.5 commands per event instead of 2.9 (Redis CPU / edaflow CPU 0.56
-/// against 0.50), for the same accepted rate. Once Redis is the limit, runs fill up again.
-const IN_FLIGHT: usize = 8;
-/// Ack pipelines on the wire at once.
-const ACKS_IN_FLIGHT: usize = 8;
-/// Operations that may wait for the task before callers wait to hand theirs over.
-const QUEUE: usize = 8192;
+use super::defaults::{
+    ACKS_IN_FLIGHT, BATCH_IN_FLIGHT as IN_FLIGHT, BATCH_MAX_BYTES as MAX_BYTES,
+    BATCH_QUEUE as QUEUE,
+};
 
 /// The arguments of one operation: its kind (`p` publish, `c` commit), then its own.
 pub(super) struct OpArgs {

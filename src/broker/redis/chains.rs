@@ -27,11 +27,7 @@ use super::RedisBroker;
 use crate::broker::{BrokerError, ChainCounts, ChainSpec, ChainStep, ExpiredChain};
 use crate::event::Event;
 
-/// Durations kept per list (as the memory tracker keeps per chain).
-const SAMPLES: usize = 1024;
-
-/// How long an instance without a timeout is kept.
-const UNTIMED_TTL_MS: u64 = 24 * 60 * 60 * 1000;
+use super::defaults::{CHAIN_SAMPLES as SAMPLES, CHAIN_UNTIMED_TTL};
 
 /// `chain_observe`: ARGV P, chain, steps, timeout ms ('' for none), samples, untimed ttl,
 /// n, n × (correlation, step, event time unix ms, event json).
@@ -153,7 +149,7 @@ impl RedisBroker {
                     .unwrap_or_default(),
             )
             .arg(SAMPLES)
-            .arg(UNTIMED_TTL_MS)
+            .arg(CHAIN_UNTIMED_TTL.as_millis() as u64)
             .arg(steps.len());
         for step in steps {
             let time_ms = step

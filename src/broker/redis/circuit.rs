@@ -19,7 +19,7 @@ use std::time::Duration;
 use redis::{AsyncConnectionConfig, Value};
 use tracing::{debug, info, Instrument};
 
-use super::{Inner, RedisBroker};
+use super::{defaults, Inner, RedisBroker};
 use crate::broker::BrokerError;
 
 /// The circuit breaker's state (see `RedisBroker::circuit`).
@@ -34,9 +34,9 @@ pub struct CircuitState {
 }
 
 /// Failed commands in a row that open the circuit.
-pub(super) const OPEN_AFTER: u32 = 2;
+pub(super) const OPEN_AFTER: u32 = defaults::CIRCUIT_OPEN_AFTER;
 /// How often the probe tries Redis while the circuit is open.
-pub(super) const PROBE_EVERY: Duration = Duration::from_millis(200);
+pub(super) const PROBE_EVERY: Duration = defaults::CIRCUIT_PROBE_EVERY;
 
 #[derive(Default)]
 pub(crate) struct Circuit {
@@ -182,11 +182,7 @@ impl RedisBroker {
 
     /// One `PING` on a connection of its own, within a short timeout: does Redis answer?
     async fn probe(&self) -> bool {
-        let wait = self
-            .inner
-            .options
-            .response_timeout
-            .min(Duration::from_secs(1));
+        let wait = self.inner.options.response_timeout.min(defaults::PING_WAIT);
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(wait))
             .set_response_timeout(Some(wait));

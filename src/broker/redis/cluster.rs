@@ -12,7 +12,8 @@
 //! one namespace lives on one master; spreading a namespace's topics over slots (the outbox
 //! and forwarder of DESIGN.md) is not done yet.
 //!
-//! Failover and resharding: a watcher asks the cluster every `CHECK_EVERY` who owns the
+//! Failover and resharding: a watcher asks the cluster every `CLUSTER_CHECK_EVERY` (see
+//! `defaults`) who owns the
 //! slot (the current master first, then any node seen before). When the owner changes it
 //! connects to the new one and swaps the client; connections to the old master fail
 //! (`MOVED`, refused, reset) and are opened again on the new one. Meanwhile commands fail
@@ -27,13 +28,11 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnecti
 use redis::{AsyncConnectionConfig, ConnectionAddr, ConnectionInfo, Value};
 use tracing::{debug, info, warn};
 
+use super::defaults;
 use super::failure::unavailable;
 use super::reply::{int, items, text};
 use super::url::RedisUrl;
 use crate::broker::BrokerError;
-
-/// How often the watcher asks the cluster who owns the namespace's slot.
-const CHECK_EVERY: Duration = Duration::from_secs(1);
 
 /// A node's address, `host:port`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -332,10 +331,10 @@ impl Cluster {
     }
 }
 
-/// Looks at the cluster every `CHECK_EVERY` until the node is dropped.
+/// Looks at the cluster every `CLUSTER_CHECK_EVERY` until the node is dropped.
 async fn watch(node: Weak<Node>) {
     loop {
-        tokio::time::sleep(CHECK_EVERY).await;
+        tokio::time::sleep(defaults::CLUSTER_CHECK_EVERY).await;
         let Some(node) = node.upgrade() else { return };
         node.check().await;
     }
@@ -424,8 +423,8 @@ fn with_addr(base: &ConnectionInfo, addr: &Addr) -> ConnectionInfo {
 /// A short-lived connection for a question.
 async fn open(client: &redis::Client) -> Result<MultiplexedConnection, BrokerError> {
     let config = AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(2)))
-        .set_response_timeout(Some(Duration::from_secs(2)));
+        .set_connection_timeout(Some(defaults::CONNECT_TIMEOUT))
+        .set_response_timeout(Some(defaults::CLUSTER_QUESTION_TIMEOUT));
     client
         .get_multiplexed_async_connection_with_config(&config)
         .await
@@ -438,10 +437,10 @@ async fn manager(
     response_timeout: Duration,
 ) -> Result<ConnectionManager, BrokerError> {
     let config = ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(2)))
+        .set_connection_timeout(Some(defaults::CONNECT_TIMEOUT))
         .set_response_timeout(Some(response_timeout))
-        .set_number_of_retries(2)
-        .set_max_delay(Duration::from_millis(500));
+        .set_number_of_retries(defaults::RECONNECT_RETRIES)
+        .set_max_delay(defaults::RECONNECT_MAX_DELAY);
     client
         .get_connection_manager_with_config(config)
         .await

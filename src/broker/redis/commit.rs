@@ -18,7 +18,7 @@ use tracing::{debug, warn};
 use super::failure::unavailable;
 use super::keys::QUEUE_GROUP;
 use super::reply::{items, text};
-use super::{batch, replies, scripts, wire, RedisBroker};
+use super::{batch, defaults, replies, scripts, wire, RedisBroker};
 use crate::broker::{Backpressure, Broker, BrokerError, Delivery, Effects};
 use crate::event::Event;
 use crate::store::StoreOp;
@@ -329,7 +329,7 @@ pub(super) async fn publish(
         .group_capacity
         .map(|c| c.to_string())
         .unwrap_or_default();
-    let mut backoff = Duration::from_millis(1);
+    let mut backoff = defaults::PUBLISH_RETRY_START;
     loop {
         let mut op = batch::OpArgs::new("p");
         op.text(&event.topic).text(&json).text(&capacity);
@@ -348,7 +348,7 @@ pub(super) async fn publish(
             return Err(BrokerError::Full { group });
         }
         tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_millis(50));
+        backoff = (backoff * 2).min(defaults::PUBLISH_RETRY_MAX);
     }
 }
 

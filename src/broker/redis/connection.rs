@@ -8,15 +8,13 @@
 //! this process did not declare exists, in `consumers`/`queue_consumers`): one round trip
 //! each, never from an `async fn` of the broker.
 
-use std::time::Duration;
-
 use redis::aio::{ConnectionManager, MultiplexedConnection};
 use redis::AsyncConnectionConfig;
 use tracing::warn;
 
 use super::failure::unavailable;
 use super::url::RedisUrl;
-use super::RedisBroker;
+use super::{defaults, RedisBroker};
 use crate::broker::BrokerError;
 
 /// The client for `secret`, one seed of `url`: plain, or TLS verified against the system's
@@ -70,7 +68,7 @@ impl RedisBroker {
     /// command on a shared one).
     pub(super) async fn dedicated(&self) -> Result<MultiplexedConnection, BrokerError> {
         let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_connection_timeout(Some(defaults::CONNECT_TIMEOUT))
             .set_response_timeout(Some(
                 self.inner.options.block + self.inner.options.response_timeout,
             ));
@@ -97,7 +95,7 @@ impl RedisBroker {
                     .inner
                     .node
                     .client()
-                    .get_connection_with_timeout(Duration::from_secs(1))
+                    .get_connection_with_timeout(defaults::SYNC_CONNECT_TIMEOUT)
                     .map_err(unavailable)?;
                 conn.set_read_timeout(Some(self.inner.options.response_timeout))
                     .map_err(unavailable)?;

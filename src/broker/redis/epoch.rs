@@ -58,7 +58,7 @@ use crate::broker::{BrokerError, QueueSpec, StateLoss};
 use crate::flow::pattern::TopicPattern;
 
 /// How often the watcher reads the marker.
-pub(super) const CHECK_EVERY: Duration = Duration::from_millis(500);
+pub(super) const CHECK_EVERY: Duration = super::defaults::EPOCH_CHECK_EVERY;
 
 /// `mark`: ARGV P, a fresh token. Writes the token unless the marker has one, bumps `n`;
 /// replies the marker's token and `n`.

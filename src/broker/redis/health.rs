@@ -9,12 +9,10 @@
 //! This module owns no state of its own: it must not decide anything the circuit, the
 //! outage log or the episode do not already know.
 
-use std::time::Duration;
-
 use redis::Value;
 
 use super::failure::unavailable;
-use super::{circuit, outage, RedisBroker};
+use super::{circuit, defaults, outage, RedisBroker};
 use crate::broker::{BrokerError, BrokerHealth, BrokerIncidents};
 
 impl RedisBroker {
@@ -86,7 +84,7 @@ pub(super) async fn report(broker: &RedisBroker) -> BrokerHealth {
             for_ms: down_for(),
         };
     }
-    let wait = inner.options.response_timeout.min(Duration::from_secs(1));
+    let wait = inner.options.response_timeout.min(defaults::PING_WAIT);
     let mut conn = broker.conn();
     let ping = redis::cmd("PING");
     let result = match tokio::time::timeout(wait, ping.query_async::<Value>(&mut conn)).await {

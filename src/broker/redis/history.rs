@@ -4,7 +4,7 @@
 //! kept. Entries arrive in batches from each process's history shipper, off the hot path.
 //!
 //! Bounds: `MAX_JOURNEYS` journeys (the oldest are deleted first), `MAX_EVENTS` entries per
-//! journey, and each journey expires `TTL_MS` after its first entry (set once, not on every
+//! journey, and each journey expires `HISTORY_TTL` after its first entry (set once, not on every
 //! entry: a journey is short, and one command fewer per event counts on the hot path).
 
 use std::sync::LazyLock;
@@ -16,9 +16,9 @@ use super::scripts::script;
 use super::RedisBroker;
 use crate::broker::BrokerError;
 
-pub(super) const MAX_JOURNEYS: usize = 10_000;
-pub(super) const MAX_EVENTS: usize = 1_000;
-pub(super) const TTL_MS: u64 = 60 * 60 * 1000;
+use super::defaults::{
+    HISTORY_EVENTS as MAX_EVENTS, HISTORY_JOURNEYS as MAX_JOURNEYS, HISTORY_TTL,
+};
 
 /// `history`: ARGV P, max journeys, max events, ttl ms, n, n × (correlation, entry json).
 static RECORD: LazyLock<Script> = LazyLock::new(|| {
@@ -68,7 +68,7 @@ impl RedisBroker {
             .arg(self.inner.keys.prefix())
             .arg(MAX_JOURNEYS)
             .arg(MAX_EVENTS)
-            .arg(TTL_MS)
+            .arg(HISTORY_TTL.as_millis() as u64)
             .arg(entries.len());
         for (correlation, json) in entries {
             invocation.arg(correlation).arg(json);

@@ -9,6 +9,7 @@
 //! | `keys` | the name of every key and channel (the key layout) |
 //! | `reply` | reading Redis replies |
 //! | `failure` | what a Redis failure becomes as a `BrokerError` |
+//! | `defaults` | every default and tuning constant of the broker |
 //! | `connection` | clients (plain and TLS) and connections: shared, blocking reads, synchronous |
 //! | `cluster` | which node connections go to, and following it on a Redis Cluster |
 //! | `groups` | consumer groups: records, XGROUPs, declare and remove, making consumers |
@@ -143,6 +144,7 @@ mod commit;
 mod connection;
 mod consumer;
 mod dead;
+pub mod defaults;
 mod epoch;
 mod failure;
 mod groups;
@@ -193,55 +195,63 @@ pub use url::{BrokerUrl, RedisUrl};
 #[derive(Clone, Debug)]
 pub struct RedisOptions {
     /// Key namespace: keys are `edaflow:{namespace}:…`, braces included (the hash tag), so
-    /// it must be non-empty and hold no brace.
+    /// it must be non-empty and hold no brace. Default: `defaults::NAMESPACE`.
     pub namespace: String,
     /// Entries a group may have waiting on one topic stream before `publish` pushes back
-    /// (`None`: unbounded).
+    /// (`None`: unbounded). Default: `defaults::GROUP_CAPACITY`.
     pub group_capacity: Option<usize>,
     /// How long an entry stays pending with a consumer before another may claim it.
+    /// Default: `defaults::CLAIM_IDLE`.
     pub claim_idle: Duration,
     /// Longest a consumer blocks in one read before it looks again (claims, removals).
+    /// Default: `defaults::BLOCK`.
     pub block: Duration,
-    /// Due items moved per script run.
+    /// Due items moved per script run. Default: `defaults::MOVER_BATCH`.
     pub mover_batch: usize,
     /// How long before its due time a queue item may go to an idle worker, which holds it
     /// and starts it on time (see "Taking ahead"). Zero turns it off; it is capped at a
     /// quarter of `claim_idle`, and queues with `poll` or a `capacity` never take ahead.
+    /// Default: `defaults::TAKE_AHEAD`.
     pub take_ahead: Duration,
     /// Most queue items not yet due one subscriber's reader holds (see "Taking ahead"):
-    /// bounds the memory a burst taken ahead uses, about 1 KiB an item.
+    /// bounds the memory a burst taken ahead uses, about 1 KiB an item. Default:
+    /// `defaults::HOLD_AHEAD`.
     pub hold_ahead: usize,
     /// Most entries a consumer takes in one script run, when at least that many wait
-    /// (see "Batching"; 1 takes one at a time).
+    /// (see "Batching"; 1 takes one at a time). Default: `defaults::PREFETCH`.
     pub prefetch: usize,
     /// Most publishes, commits and enqueues carried by one script run (1: one each).
+    /// Default: `defaults::BATCH`.
     pub batch: usize,
     /// How long a command may wait for its reply before it fails (and is retried). A
-    /// command that timed out may still have run (see "Delivery guarantee").
+    /// command that timed out may still have run (see "Delivery guarantee"). Default:
+    /// `defaults::RESPONSE_TIMEOUT`.
     pub response_timeout: Duration,
     /// For `rediss://`: trust this CA (a PEM file) instead of the system's roots.
     pub tls_ca: Option<PathBuf>,
     /// How long events are kept on a topic stream that no group reads (no consumer group on
     /// it, no declared group matching the topic) and that has no `retention` of its own
-    /// (see `retention`); `None` keeps them for ever.
+    /// (see `retention`); `None` keeps them for ever. Default:
+    /// `defaults::UNREAD_RETENTION`.
     pub unread_retention: Option<Duration>,
 }
 
+/// Every default is a named constant of `defaults`.
 impl Default for RedisOptions {
     fn default() -> Self {
         RedisOptions {
-            namespace: "default".to_owned(),
-            group_capacity: Some(100_000),
-            claim_idle: Duration::from_secs(30),
-            block: Duration::from_secs(1),
-            mover_batch: 100,
-            take_ahead: Duration::from_millis(500),
-            hold_ahead: 50_000,
-            prefetch: 16,
-            batch: 256,
-            response_timeout: Duration::from_secs(5),
+            namespace: defaults::NAMESPACE.to_owned(),
+            group_capacity: Some(defaults::GROUP_CAPACITY),
+            claim_idle: defaults::CLAIM_IDLE,
+            block: defaults::BLOCK,
+            mover_batch: defaults::MOVER_BATCH,
+            take_ahead: defaults::TAKE_AHEAD,
+            hold_ahead: defaults::HOLD_AHEAD,
+            prefetch: defaults::PREFETCH,
+            batch: defaults::BATCH,
+            response_timeout: defaults::RESPONSE_TIMEOUT,
             tls_ca: None,
-            unread_retention: Some(Duration::from_secs(60)),
+            unread_retention: Some(defaults::UNREAD_RETENTION),
         }
     }
 }

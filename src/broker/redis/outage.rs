@@ -16,7 +16,7 @@ use tracing::{debug, info, warn};
 use crate::broker::BrokerError;
 
 /// How often a warning repeats while Redis stays unreachable.
-const REMIND_EVERY: Duration = Duration::from_secs(30);
+const REMIND_EVERY: Duration = super::defaults::OUTAGE_REMIND_EVERY;
 
 pub(crate) use crate::broker::backoff::{jittered, BACKOFF_START};
 
@@ -40,7 +40,7 @@ struct State {
 }
 
 /// How long commands must keep succeeding before an outage counts as over.
-const SETTLE: Duration = Duration::from_millis(500);
+const SETTLE: Duration = super::defaults::OUTAGE_SETTLE;
 
 impl Outage {
     /// Records a failed command. `what` says who failed ("ingest", "consumer", ...).

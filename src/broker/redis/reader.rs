@@ -51,6 +51,10 @@ use tracing::{debug, error, warn};
 
 use super::blocking::{self, BlockingConn, Ended};
 use super::consumer::{Request, Source};
+use super::defaults::{
+    CALLER_GONE_POLL, CLAIM_EVERY_MAX, CLAIM_EVERY_MIN, GIVE_BACK_AT_ONCE, READ_AHEAD,
+    REFRESH_EVERY, REFUSED_PAUSE, SCRIPT_EVERY,
+};
 use super::failure::unavailable;
 use super::held::Held;
 use super::keys::QUEUE_GROUP;
@@ -161,27 +165,9 @@ pub(super) struct Reader {
 /// sender mutably).
 async fn closed<T>(reply: &oneshot::Sender<T>) {
     while !reply.is_closed() {
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(CALLER_GONE_POLL).await;
     }
 }
-
-/// How often a group consumer re-checks which topic streams its group reads.
-const REFRESH_EVERY: Duration = Duration::from_secs(2);
-
-/// Fast reads between two runs of the take script (see the module docs).
-const SCRIPT_EVERY: u32 = 8;
-
-/// Most entries one fast read takes while the reader holds items not due yet (see "Taking
-/// ahead" in the parent module): large reads are cheap on both sides, and done before due.
-const READ_AHEAD: usize = 500;
-
-/// Give-backs on the wire at once when a reader lets go of all it holds.
-const GIVE_BACK_AT_ONCE: usize = 64;
-
-/// How long the take script alone reads after Redis refused a fast read. A group's topic
-/// stream gets its consumer group when the topic is first published to, so a consumer that
-/// starts first is refused until then.
-const REFUSED_PAUSE: Duration = Duration::from_millis(200);
 
 impl Reader {
     /// A reader of `source` for the consumer `name`.
@@ -593,8 +579,7 @@ impl Reader {
         let options = &self.broker.inner.options;
         let claim = self.claim_streak || now >= self.next_claim;
         if claim && !self.claim_streak {
-            let every =
-                (options.claim_idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
+            let every = (options.claim_idle / 4).clamp(CLAIM_EVERY_MIN, CLAIM_EVERY_MAX);
             self.next_claim = now + every;
         }
         let idle = if claim {

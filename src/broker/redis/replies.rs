@@ -16,7 +16,6 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
 
 use futures_util::StreamExt;
 use serde_json::Value;
@@ -24,6 +23,7 @@ use tokio::sync::oneshot;
 use tracing::{debug, warn};
 
 use super::cluster::Node;
+use super::defaults::{REPLY_LISTENER_TICK, RESUBSCRIBE_MAX, RESUBSCRIBE_START};
 use super::keys::Keys;
 
 /// What a waiting query receives: the reply, or the handler's failure message.
@@ -117,10 +117,10 @@ pub(crate) async fn listen(
     let first = subscribe(&node.client(), &channel).await?;
     tokio::spawn(async move {
         let mut stream = Some(first);
-        let mut backoff = Duration::from_millis(50);
+        let mut backoff = RESUBSCRIBE_START;
         loop {
             if let Some(messages) = stream.take() {
-                backoff = Duration::from_millis(50);
+                backoff = RESUBSCRIBE_START;
                 if !pump(messages, &waiting).await {
                     return;
                 }
@@ -134,7 +134,7 @@ pub(crate) async fn listen(
                 Err(e) => {
                     debug!(error = %e, "the reply listener could not reconnect yet");
                     tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    backoff = (backoff * 2).min(RESUBSCRIBE_MAX);
                 }
             }
         }
@@ -155,7 +155,7 @@ async fn subscribe(
 async fn pump(mut messages: redis::aio::PubSubStream, waiting: &Weak<Waiting>) -> bool {
     loop {
         // Wake now and then to notice that the broker has gone.
-        match tokio::time::timeout(Duration::from_secs(1), messages.next()).await {
+        match tokio::time::timeout(REPLY_LISTENER_TICK, messages.next()).await {
             Ok(Some(message)) => match waiting.upgrade() {
                 Some(waiting) => waiting.deliver(message.get_payload_bytes()),
                 None => return false,

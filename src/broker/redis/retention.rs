@@ -50,10 +50,10 @@ use super::reply::{int, items, text};
 use super::{Inner, RedisBroker};
 use crate::broker::BrokerError;
 
-/// How long a "kept" warning for one topic and group stays quiet when nothing changed.
-const WARN_EVERY: Duration = Duration::from_secs(60);
-/// Most overdue entries counted per group and pass (the count says "at least" past it).
-const COUNT_LIMIT: usize = 10_000;
+use super::defaults::{
+    RETENTION_COUNT_LIMIT as COUNT_LIMIT, RETENTION_IDLE_PASS, RETENTION_PASS_MAX,
+    RETENTION_PASS_MIN, RETENTION_WARN_EVERY as WARN_EVERY,
+};
 
 /// The retention settings of this process and the trimmer's memory.
 #[derive(Default)]
@@ -337,8 +337,8 @@ fn pass_interval(topics: &BTreeMap<String, Duration>) -> Duration {
     topics
         .values()
         .min()
-        .map_or(Duration::from_secs(1), |shortest| {
-            (*shortest / 4).clamp(Duration::from_millis(50), Duration::from_secs(60))
+        .map_or(RETENTION_IDLE_PASS, |shortest| {
+            (*shortest / 4).clamp(RETENTION_PASS_MIN, RETENTION_PASS_MAX)
         })
 }
 

@@ -13,19 +13,19 @@
 //! which is retried, rather than reading as empty.
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use serde_json::Value;
 
 use redis::Value as Reply;
 
 use super::cluster::Node;
+use super::defaults;
 use super::keys::Keys;
 use crate::store::{Fetched, StoreError, StoreRead, StoreWant};
 
 /// Blocking connections kept for reuse; more may be opened under load, and the surplus is
 /// closed when returned.
-const POOL_SIZE: usize = 8;
+const POOL_SIZE: usize = defaults::STORE_POOL;
 
 /// Reads the stores of one namespace.
 pub(crate) struct RedisStores {
@@ -68,9 +68,9 @@ impl RedisStores {
                 let conn = self
                     .node
                     .client()
-                    .get_connection_with_timeout(Duration::from_secs(1))
+                    .get_connection_with_timeout(defaults::SYNC_CONNECT_TIMEOUT)
                     .map_err(failed)?;
-                conn.set_read_timeout(Some(Duration::from_secs(2)))
+                conn.set_read_timeout(Some(defaults::STORE_READ_TIMEOUT))
                     .map_err(failed)?;
                 conn
             }

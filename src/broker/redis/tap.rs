@@ -11,11 +11,13 @@
 //! A tap is lossy by contract (see `broker::tap`); this module must not hold events back.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::sync::mpsc;
 
 use super::cluster::Node;
+use super::defaults::{
+    RESUBSCRIBE_MAX, RESUBSCRIBE_START, SYNC_CONNECT_TIMEOUT, TAP_SUBSCRIBE_WAIT, TAP_TICK,
+};
 use super::RedisBroker;
 use crate::broker::tap::TapFeed;
 use crate::event::Event;
@@ -37,7 +39,7 @@ pub(super) fn start(
         .spawn(move || run_tap(&node, &channel, &pattern, &mut feed, ready_tx));
     if spawned.is_ok() {
         // The thread signals once subscribed (or gives up, dropping the sender).
-        let _ = ready_rx.recv_timeout(Duration::from_secs(2));
+        let _ = ready_rx.recv_timeout(TAP_SUBSCRIBE_WAIT);
     }
     rx
 }
@@ -50,19 +52,19 @@ fn run_tap(
     ready: std::sync::mpsc::Sender<()>,
 ) {
     let mut ready = Some(ready);
-    let mut backoff = Duration::from_millis(50);
+    let mut backoff = RESUBSCRIBE_START;
     while !feed.is_closed() {
         let mut subscribed = || {
             let mut conn = node
                 .client()
-                .get_connection_with_timeout(Duration::from_secs(1))?;
+                .get_connection_with_timeout(SYNC_CONNECT_TIMEOUT)?;
             let mut pubsub = conn.as_pubsub();
             pubsub.subscribe(channel)?;
-            pubsub.set_read_timeout(Some(Duration::from_millis(200)))?;
+            pubsub.set_read_timeout(Some(TAP_TICK))?;
             if let Some(ready) = ready.take() {
                 let _ = ready.send(());
             }
-            backoff = Duration::from_millis(50);
+            backoff = RESUBSCRIBE_START;
             while !feed.is_closed() {
                 let message = match pubsub.get_message() {
                     Ok(message) => message,
@@ -83,7 +85,7 @@ fn run_tap(
             // Give up waiting for the first subscription; keep trying in the background.
             ready.take();
             std::thread::sleep(backoff);
-            backoff = (backoff * 2).min(Duration::from_secs(2));
+            backoff = (backoff * 2).min(RESUBSCRIBE_MAX);
         }
     }
 }
