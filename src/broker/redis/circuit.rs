@@ -19,8 +19,8 @@ use std::time::Duration;
 use redis::{AsyncConnectionConfig, Value};
 use tracing::{debug, info, Instrument};
 
-use super::{defaults, Inner, RedisBroker};
-use crate::broker::BrokerError;
+use super::{defaults, failure, Inner, RedisBroker};
+use crate::broker::{BrokerError, ServerFailure};
 
 /// The circuit breaker's state (see `RedisBroker::circuit`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -74,14 +74,9 @@ impl Circuit {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        Err(BrokerError::Unavailable {
-            source: redis::RedisError::from(std::io::Error::new(
-                std::io::ErrorKind::NotConnected,
-                format!(
-                    "{reason} (refused at once: the circuit is open until Redis answers a probe)"
-                ),
-            )),
-        })
+        Err(failure::unreachable(format!(
+            "{reason} (refused at once: the circuit is open until Redis answers a probe)"
+        )))
     }
 
     pub(super) fn is_open(&self) -> bool {
@@ -107,8 +102,8 @@ impl Circuit {
     }
 
     /// A command failed; counts it when it failed to reach Redis.
-    pub(super) fn failed(&self, error: &redis::RedisError) -> Failed {
-        if !unreachable(error) || self.is_open() {
+    pub(super) fn failed(&self, error: &ServerFailure) -> Failed {
+        if !error.is_unreachable() || self.is_open() {
             return Failed::Counted;
         }
         let failures = self.failures.fetch_add(1, Ordering::AcqRel) + 1;
@@ -146,15 +141,6 @@ impl Circuit {
             info!("redis circuit closed: Redis answered a probe; commands go to it again");
         }
     }
-}
-
-/// True for a failure to reach Redis (refused, reset, dropped, timed out), as opposed to
-/// an answer that is an error.
-pub(super) fn unreachable(error: &redis::RedisError) -> bool {
-    error.is_io_error()
-        || error.is_timeout()
-        || error.is_connection_dropped()
-        || error.is_connection_refusal()
 }
 
 impl RedisBroker {
@@ -231,8 +217,10 @@ async fn run_probe(weak: Weak<Inner>) {
 mod tests {
     use super::*;
 
-    fn refused() -> redis::RedisError {
-        redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionRefused))
+    fn refused() -> ServerFailure {
+        failure::describe(&redis::RedisError::from(std::io::Error::from(
+            std::io::ErrorKind::ConnectionRefused,
+        )))
     }
 
     #[test]
@@ -269,10 +257,10 @@ mod tests {
     #[test]
     fn answers_that_are_errors_do_not_count() {
         let circuit = Circuit::default();
-        let wrong_type = redis::RedisError::from((
+        let wrong_type = failure::describe(&redis::RedisError::from((
             redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError),
             "WRONGTYPE",
-        ));
+        )));
         for _ in 0..5 {
             assert_eq!(circuit.failed(&wrong_type), Failed::Counted);
         }

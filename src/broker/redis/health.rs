@@ -11,7 +11,7 @@
 
 use redis::Value;
 
-use super::failure::unavailable;
+use super::failure::{self, unavailable};
 use super::{circuit, defaults, outage, RedisBroker};
 use crate::broker::{BrokerError, BrokerHealth, BrokerIncidents};
 
@@ -89,10 +89,10 @@ pub(super) async fn report(broker: &RedisBroker) -> BrokerHealth {
     let ping = redis::cmd("PING");
     let result = match tokio::time::timeout(wait, ping.query_async::<Value>(&mut conn)).await {
         Ok(answered) => answered.map(|_| ()).map_err(unavailable),
-        Err(_) => Err(unavailable(redis::RedisError::from(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            format!("no answer to PING within {} ms", wait.as_millis()),
-        )))),
+        Err(_) => Err(failure::unreachable(format!(
+            "no answer to PING within {} ms",
+            wait.as_millis()
+        ))),
     };
     match broker.track("health check", result) {
         Ok(()) => match inner.oom.current() {

@@ -55,7 +55,7 @@ use super::defaults::{
     CALLER_GONE_POLL, CLAIM_EVERY_MAX, CLAIM_EVERY_MIN, GIVE_BACK_AT_ONCE, READ_AHEAD,
     REFRESH_EVERY, REFUSED_PAUSE, SCRIPT_EVERY,
 };
-use super::failure::unavailable;
+use super::failure::{self, unavailable};
 use super::held::Held;
 use super::keys::QUEUE_GROUP;
 use super::reply::{int, items, text};
@@ -863,10 +863,5 @@ fn one_line(value: &Value) -> String {
 
 /// The error a consumer pauses on while the circuit is open.
 fn unreachable() -> BrokerError {
-    BrokerError::Unavailable {
-        source: redis::RedisError::from(std::io::Error::new(
-            std::io::ErrorKind::NotConnected,
-            "the circuit is open",
-        )),
-    }
+    failure::unreachable("the circuit is open")
 }
