@@ -29,8 +29,8 @@ use redis::{AsyncConnectionConfig, ConnectionAddr, ConnectionInfo, Value};
 use tracing::{debug, info, warn};
 
 use super::defaults;
-use super::failure::unavailable;
-use super::reply::{int, items, text};
+use super::failure::{unavailable, unexpected};
+use super::reply::{int, items, nth, text};
 use super::url::RedisUrl;
 use crate::broker::BrokerError;
 
@@ -187,7 +187,7 @@ impl Node {
             .await
             .map_err(unavailable)?;
         let seed = addr_of(&base).ok_or_else(bad)?;
-        let view = View::parse(&slots, slot, &seed.host);
+        let view = View::parse(&slots, slot, &seed.host)?;
         let owner = view.owner.ok_or_else(|| {
             refuse(format!(
                 "no master serves slot {slot} of `{prefix}` (is cluster_state ok?)"
@@ -318,7 +318,7 @@ impl Cluster {
             .query_async(&mut conn)
             .await
             .map_err(unavailable)?;
-        Ok(View::parse(&slots, self.slot, &addr.host))
+        View::parse(&slots, self.slot, &addr.host)
     }
 
     /// Logs through `log` when the state changes to `state`.
@@ -351,26 +351,26 @@ struct View {
 
 impl View {
     /// Reads a `CLUSTER SLOTS` reply: `[[start, end, [host, port, id, …], replica…], …]`.
-    /// A node listed without a host (`""` or `"?"`) is on the host that answered.
-    fn parse(reply: &Value, slot: u16, asked_host: &str) -> View {
+    /// A node listed without a host (`""`, `"?"` or nil) is on the host that answered.
+    ///
+    /// # Errors
+    /// An unexpected reply for anything of another shape.
+    fn parse(reply: &Value, slot: u16, asked_host: &str) -> Result<View, BrokerError> {
         let mut view = View {
             owner: None,
             nodes: Vec::new(),
         };
-        for range in items(reply) {
-            let range = items(range);
-            let (Some(start), Some(end)) = (range.first().map(int), range.get(1).map(int)) else {
-                continue;
-            };
+        for range in items(reply)? {
+            let range = items(range)?;
+            let (start, end) = (int(nth(range, 0)?)?, int(nth(range, 1)?)?);
             for (i, node) in range.iter().skip(2).enumerate() {
-                let node = items(node);
-                let (Some(host), Some(port)) = (node.first().map(text), node.get(1).map(int))
-                else {
-                    continue;
+                let node = items(node)?;
+                let host = match nth(node, 0)? {
+                    Value::Nil => String::new(),
+                    host => text(host)?,
                 };
-                let Ok(port) = u16::try_from(port) else {
-                    continue;
-                };
+                let port = int(nth(node, 1)?)?;
+                let port = u16::try_from(port).map_err(|_| unexpected("a node's port", &node))?;
                 let host = match host.as_str() {
                     "" | "?" => asked_host.to_owned(),
                     _ => host,
@@ -384,7 +384,7 @@ impl View {
                 }
             }
         }
-        view
+        Ok(view)
     }
 }
 
@@ -516,7 +516,7 @@ mod tests {
                 node("", 7002, "b"),
             ]),
         ]);
-        let view = View::parse(&reply, 5461, "10.0.0.9");
+        let view = View::parse(&reply, 5461, "10.0.0.9").unwrap();
         assert_eq!(
             view.owner,
             Some(Addr {
@@ -528,10 +528,16 @@ mod tests {
         assert_eq!(ports, [7001, 7004, 7002]);
         // A replica never counts as the owner, and an unserved slot has none.
         assert_eq!(
-            View::parse(&reply, 5460, "h").owner.map(|a| a.port),
+            View::parse(&reply, 5460, "h")
+                .unwrap()
+                .owner
+                .map(|a| a.port),
             Some(7001)
         );
-        assert_eq!(View::parse(&reply, 16000, "h").owner, None);
+        assert_eq!(View::parse(&reply, 16000, "h").unwrap().owner, None);
+        // A reply of another shape is an error, not an empty view.
+        assert!(View::parse(&Value::Array(vec![Value::Int(0)]), 0, "h").is_err());
+        assert!(View::parse(&Value::Nil, 0, "h").is_err());
     }
 
     #[test]

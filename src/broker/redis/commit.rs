@@ -13,11 +13,11 @@
 use std::time::Duration;
 
 use redis::Value;
-use tracing::{debug, warn};
+use tracing::debug;
 
-use super::failure::unavailable;
+use super::failure::{unavailable, unexpected};
 use super::keys::QUEUE_GROUP;
-use super::reply::{items, text};
+use super::reply::{count, head, items, nth, text};
 use super::{batch, defaults, replies, scripts, wire, RedisBroker};
 use crate::broker::{Backpressure, Broker, BrokerError, Delivery, Effects};
 use crate::event::Event;
@@ -197,15 +197,16 @@ impl RedisBroker {
         self.ensure_topics(topics).await?;
         let (op, local_reply) = self.commit_op(ack, effects)?;
         let reply = self.inner.batcher.run(op).await?;
-        let reply = items(&reply);
-        let landed = matches!(reply.first().map(text).as_deref(), Some("ok" | "settled"));
+        let reply = items(&reply)?;
+        let outcome = head(reply)?;
+        let landed = matches!(outcome.as_str(), "ok" | "settled");
         if let (true, Some((id, answer))) = (landed, local_reply) {
             self.inner.waiting.answer(id, answer.clone());
         }
         if landed {
             self.wrote();
         }
-        commit_outcome(reply, ack[3])
+        commit_outcome(&outcome, reply, ack[3])
     }
 
     /// The batch script's arguments for one commit (see `scripts::BATCH`), and the answer
@@ -276,32 +277,33 @@ impl RedisBroker {
     }
 }
 
-/// What the batch script's reply to one commit means (`entry`: the id acked, for the log).
-fn commit_outcome(reply: &[Value], entry: &str) -> Result<(), BrokerError> {
-    match reply.first().map(text).as_deref() {
-        Some("ok") => Ok(()),
-        Some("oom") => Err(BrokerError::OutOfMemory),
+/// What the batch script's reply to one commit means: its `outcome` (the reply's first
+/// element) and the rest of `reply` (`entry`: the id acked, for the log).
+///
+/// # Errors
+/// What the script refused, and an unexpected reply for an outcome it does not give.
+fn commit_outcome(outcome: &str, reply: &[Value], entry: &str) -> Result<(), BrokerError> {
+    match outcome {
+        "ok" => Ok(()),
+        "oom" => Err(BrokerError::OutOfMemory),
         // The entry is no longer pending: this commit ran already (its reply was lost
         // to a timeout) or another consumer settled the entry. Nothing applied twice.
-        Some("settled") => {
+        "settled" => {
             debug!(entry, "commit skipped: the entry was settled already");
             Ok(())
         }
-        Some("unknown_queue") => Err(BrokerError::UnknownQueue {
-            queue: reply.get(1).map(text).unwrap_or_default(),
+        "unknown_queue" => Err(BrokerError::UnknownQueue {
+            queue: text(nth(reply, 1)?)?,
         }),
-        Some("queue_full") => Err(BrokerError::QueueFull {
-            queue: reply.get(1).map(text).unwrap_or_default(),
-            capacity: reply
-                .get(2)
-                .map(text)
-                .and_then(|c| c.parse().ok())
-                .unwrap_or(0),
-        }),
-        other => {
-            warn!(reply = ?other, "unexpected reply from the commit script");
-            Ok(())
+        "queue_full" => {
+            let capacity = count(nth(reply, 2)?)?;
+            Err(BrokerError::QueueFull {
+                queue: text(nth(reply, 1)?)?,
+                capacity: usize::try_from(capacity)
+                    .map_err(|_| unexpected("a queue's capacity", &reply))?,
+            })
         }
+        _ => Err(unexpected("the outcome of a commit", &reply)),
     }
 }
 
@@ -323,6 +325,7 @@ pub(super) async fn publish(
     }
     broker.ensure_topics([event.topic.as_str()]).await?;
     let json = event.to_stored_json();
+    // '' for unbounded groups: the script then checks nothing.
     let capacity = broker
         .inner
         .options
@@ -334,16 +337,17 @@ pub(super) async fn publish(
         let mut op = batch::OpArgs::new("p");
         op.text(&event.topic).text(&json).text(&capacity);
         let reply = broker.inner.batcher.run(op).await?;
-        let reply = items(&reply);
-        match reply.first().map(text).as_deref() {
-            Some("full") => {}
-            Some("oom") => return Err(BrokerError::OutOfMemory),
-            _ => {
+        let reply = items(&reply)?;
+        match head(reply)?.as_str() {
+            "ok" => {
                 broker.wrote();
                 return Ok(());
             }
+            "full" => {}
+            "oom" => return Err(BrokerError::OutOfMemory),
+            _ => return Err(unexpected("the outcome of a publish", &reply)),
         }
-        let group = reply.get(1).map(text).unwrap_or_default();
+        let group = text(nth(reply, 1)?)?;
         if mode == Backpressure::Reject {
             return Err(BrokerError::Full { group });
         }

@@ -8,7 +8,7 @@
 use redis::Value;
 use tracing::warn;
 
-use super::failure::unavailable;
+use super::failure::{unavailable, unexpected};
 use super::reply::{items, text};
 use super::RedisBroker;
 use crate::broker::{BrokerError, DeadFilter};
@@ -24,21 +24,29 @@ async fn read(broker: &RedisBroker) -> Result<Vec<(String, Event)>, BrokerError>
         .await
         .map_err(unavailable)?;
     let mut out = Vec::new();
-    for entry in items(&entries) {
-        let parts = items(entry);
-        let (Some(id), Some(fields)) = (parts.first(), parts.get(1)) else {
+    for entry in items(&entries)? {
+        let [id, fields] = items(entry)? else {
+            return Err(unexpected("a dead letter's id and fields", entry));
+        };
+        let id = text(id)?;
+        let mut json = None;
+        for pair in items(fields)?.chunks(2) {
+            if let [name, value] = pair {
+                if text(name)? == "e" {
+                    json = Some(text(value)?);
+                    break;
+                }
+            }
+        }
+        // What the dead-letter stream holds is edaflow's, but anything can write to Redis:
+        // an entry that is not a dead letter is left there, and said so.
+        let Some(json) = json else {
+            warn!(%id, "unreadable dead letter skipped: it has no `e` field (the event)");
             continue;
         };
-        let fields = items(fields);
-        let json = fields
-            .chunks(2)
-            .find(|kv| kv.first().map(text).as_deref() == Some("e"))
-            .and_then(|kv| kv.get(1))
-            .map(text)
-            .unwrap_or_default();
         match serde_json::from_str::<Event>(&json) {
-            Ok(event) => out.push((text(id), event)),
-            Err(e) => warn!(id = %text(id), error = %e, "unreadable dead letter skipped"),
+            Ok(event) => out.push((id, event)),
+            Err(e) => warn!(%id, error = %e, "unreadable dead letter skipped"),
         }
     }
     Ok(out)

@@ -52,7 +52,7 @@ use tracing::{debug, error};
 
 use super::failure::unavailable;
 use super::groups::{parse_patterns, GroupRecord};
-use super::reply::{int, items, text};
+use super::reply::{count, items, nth, text};
 use super::{outage, Inner, RedisBroker};
 use crate::broker::{BrokerError, QueueSpec, StateLoss};
 use crate::flow::pattern::TopicPattern;
@@ -151,12 +151,10 @@ impl RedisBroker {
             .invoke_async(&mut self.conn())
             .await
             .map_err(unavailable)?;
-        let reply = items(&reply);
-        let token = reply.first().map(text).unwrap_or_default();
-        let n = reply.get(1).map(int).unwrap_or(0);
-        self.inner
-            .epoch
-            .note(&token, u64::try_from(n).unwrap_or(0), adopt);
+        let reply = items(&reply)?;
+        let token = text(nth(reply, 0)?)?;
+        let n = count(nth(reply, 1)?)?;
+        self.inner.epoch.note(&token, n, adopt);
         if !adopt && self.inner.epoch.token().as_deref() != Some(token.as_str()) {
             self.inner.epoch.check_now.notify_one();
         }
@@ -172,6 +170,8 @@ impl RedisBroker {
             .query_async(&mut self.conn())
             .await
             .map_err(unavailable)?;
+        // A marker without `n` is missing (the token with it, see `judge`), or was never
+        // bumped by a declaration: either way it has seen none.
         let n = n.unwrap_or(0);
         let wrong = self.inner.epoch.judge(token.as_deref(), n);
         if wrong.is_none() {
@@ -352,12 +352,12 @@ impl RedisBroker {
             .await
             .map_err(unavailable)?;
         for (name, patterns) in &declared.groups {
-            let record = serde_json::to_string(&GroupRecord {
+            let record = GroupRecord {
                 patterns: patterns.iter().map(|p| p.to_string()).collect(),
                 // From the start of every stream: what they hold came after the loss.
                 since: 0,
-            })
-            .unwrap_or_default();
+            }
+            .to_json();
             redis::cmd("HSETNX")
                 .arg(keys.groups())
                 .arg(name)

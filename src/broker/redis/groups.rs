@@ -14,6 +14,7 @@
 use std::collections::{HashMap, HashSet};
 
 use redis::Value;
+use tracing::warn;
 
 use super::consumer::{self, RedisConsumer};
 use super::failure::unavailable;
@@ -28,7 +29,17 @@ pub(super) struct GroupRecord {
     pub(super) since: u64,
 }
 
-/// The patterns of a record (one that does not parse matches nothing).
+impl GroupRecord {
+    /// The record as stored.
+    pub(super) fn to_json(&self) -> String {
+        // Strings and a number: serde_json writes them whatever they hold.
+        serde_json::to_string(self).expect("a record of strings and a number serialises")
+    }
+}
+
+/// The patterns of a record. They were checked when their flow was validated, before any
+/// was written: one that does not parse was written by something else, and matches
+/// nothing.
 pub(super) fn parse_patterns(texts: &[String]) -> Vec<TopicPattern> {
     texts
         .iter()
@@ -46,7 +57,8 @@ impl RedisBroker {
         Ok(secs * 1000 + micros / 1000)
     }
 
-    /// Every group's record (this process's and the others').
+    /// Every group's record (this process's and the others'), but those that cannot be
+    /// read (see `read_record`).
     pub(super) async fn group_records(&self) -> Result<Vec<(String, GroupRecord)>, BrokerError> {
         let all: HashMap<String, String> = redis::cmd("HGETALL")
             .arg(self.inner.keys.groups())
@@ -55,8 +67,32 @@ impl RedisBroker {
             .map_err(unavailable)?;
         Ok(all
             .into_iter()
-            .filter_map(|(name, json)| Some((name, serde_json::from_str(&json).ok()?)))
+            .filter_map(|(name, json)| {
+                let record = self.read_record(&name, &json)?;
+                Some((name, record))
+            })
             .collect())
+    }
+
+    /// A group's record from its JSON. A record that is not edaflow's JSON (something else
+    /// wrote it) is left out, as if the group were not declared, until a process declares
+    /// the group again; this is logged once per group and process.
+    fn read_record(&self, group: &str, json: &str) -> Option<GroupRecord> {
+        match serde_json::from_str(json) {
+            Ok(record) => Some(record),
+            Err(e) => {
+                let first = self
+                    .inner
+                    .unreadable_groups
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(group.to_owned());
+                if first {
+                    warn!(group, error = %e, "a group record in Redis that edaflow cannot read is left out until the group is declared again");
+                }
+                None
+            }
+        }
     }
 
     /// Creates `group`'s XGROUP on each of `keys` that lacks it, starting at `start`
@@ -139,7 +175,9 @@ impl RedisBroker {
             .query_async(&mut conn)
             .await
             .map_err(unavailable)?;
-        let Some(record) = record.and_then(|r| serde_json::from_str::<GroupRecord>(&r).ok()) else {
+        // No record: the group was removed (its consumers find that out from the take
+        // script); an unreadable one is left out (see `read_record`).
+        let Some(record) = record.and_then(|r| self.read_record(group, &r)) else {
             return Ok(());
         };
         let topics: Vec<String> = redis::cmd("SMEMBERS")
@@ -163,18 +201,29 @@ impl RedisBroker {
             .await
     }
 
-    /// Creates the group's inbox and its XGROUP there (nothing when both exist).
-    pub(super) async fn create_inbox(&self, group: &str) -> Result<(), BrokerError> {
-        // BUSYGROUP when it exists already: fine.
-        let _ = redis::cmd("XGROUP")
+    /// Creates the XGROUP `group` on the stream `key` (and the stream), reading from its
+    /// start; nothing when it exists already.
+    pub(super) async fn create_xgroup(&self, key: &str, group: &str) -> Result<(), BrokerError> {
+        let created = redis::cmd("XGROUP")
             .arg("CREATE")
-            .arg(self.inner.keys.inbox(group))
+            .arg(key)
             .arg(group)
             .arg("0")
             .arg("MKSTREAM")
             .query_async::<Value>(&mut self.conn())
             .await;
-        Ok(())
+        match created {
+            Ok(_) => Ok(()),
+            // It exists already: what was asked for is there.
+            Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
+    /// Creates the group's inbox and its XGROUP there (nothing when both exist).
+    pub(super) async fn create_inbox(&self, group: &str) -> Result<(), BrokerError> {
+        self.create_xgroup(&self.inner.keys.inbox(group), group)
+            .await
     }
 
     /// Hands what waits for `group` on `key` to `successor` (see `scripts::HANDOFF`) and
@@ -245,18 +294,19 @@ pub(super) async fn declare(broker: &RedisBroker, spec: &GroupSpec) -> Result<()
         .query_async(&mut conn)
         .await
         .map_err(unavailable)?;
-    let existing: Option<GroupRecord> = existing.and_then(|json| serde_json::from_str(&json).ok());
+    // None: a new group; an unreadable record (see `read_record`) is written anew.
+    let existing = existing.and_then(|json| broker.read_record(&spec.name, &json));
     let patterns: Vec<String> = spec.patterns.iter().map(|p| p.to_string()).collect();
     let changed = existing.as_ref().is_some_and(|r| r.patterns != patterns);
     let since = match &existing {
         Some(record) if !changed => record.since,
         _ => now,
     };
-    let record = serde_json::to_string(&GroupRecord {
+    let record = GroupRecord {
         patterns: patterns.clone(),
         since,
-    })
-    .unwrap_or_default();
+    }
+    .to_json();
     redis::cmd("HSET")
         .arg(keys.groups())
         .arg(&spec.name)
@@ -264,6 +314,12 @@ pub(super) async fn declare(broker: &RedisBroker, spec: &GroupSpec) -> Result<()
         .query_async::<Value>(&mut conn)
         .await
         .map_err(unavailable)?;
+    broker
+        .inner
+        .unreadable_groups
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&spec.name);
     broker.create_inbox(&spec.name).await?;
     if changed {
         // Streams the group no longer reads: what waits there moves to its inbox.

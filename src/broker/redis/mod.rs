@@ -295,6 +295,8 @@ struct Inner {
     stores: Arc<stores::RedisStores>,
     /// Per-topic retention and the trimmer's state (see `retention`).
     retention: Arc<retention::Retention>,
+    /// Groups whose record in Redis could not be read, warned about once (see `groups`).
+    unreadable_groups: Mutex<HashSet<String>>,
     /// Consumers made so far, for their names.
     consumers: AtomicU64,
     /// Whether Redis is down, shared by every task (see `outage`).
@@ -370,6 +372,7 @@ impl RedisBroker {
             queue_movers: Mutex::new(HashSet::new()),
             instance,
             retention: Arc::default(),
+            unreadable_groups: Mutex::new(HashSet::new()),
             consumers: AtomicU64::new(0),
             outage: outage::Outage::default(),
             circuit: circuit::Circuit::default(),
@@ -381,9 +384,13 @@ impl RedisBroker {
             .query_async(&mut inner.node.conn())
             .await
             .map_err(failure::unavailable)?;
-        if let [s, us] = time[..] {
-            inner.clock.learn(s * 1000 + us / 1000);
-        }
+        let [s, us] = time[..] else {
+            return Err(failure::unexpected(
+                "TIME's seconds and microseconds",
+                &time,
+            ));
+        };
+        inner.clock.learn(s * 1000 + us / 1000);
         let broker = RedisBroker { inner };
         match broker.mark_epoch(true).await {
             // Redis is full: the watcher writes the marker once it takes writes again.

@@ -19,8 +19,8 @@ use std::time::Duration;
 use redis::Value;
 use tracing::debug;
 
-use super::failure::unavailable;
-use super::reply::{int, items, text};
+use super::failure::{unavailable, unexpected};
+use super::reply::{head, int, items, nth, text};
 use super::{blocking, outage, scripts, Inner, RedisBroker};
 use crate::broker::BrokerError;
 use crate::event::Event;
@@ -84,15 +84,23 @@ async fn step(broker: &RedisBroker, moving: &Moving) -> Result<Option<Moved>, Br
         }
     }
     .map_err(unavailable)?;
-    let reply = items(&reply);
-    if reply.first().map(text).as_deref() == Some("gone") {
+    let reply = items(&reply)?;
+    if head(reply)? == "gone" {
         return Ok(None);
     }
-    let count = reply.first().map(int).unwrap_or(0);
-    let next_due = reply.get(1).map(text).and_then(|t| t.parse::<u64>().ok());
-    let wake_id = reply.get(2).map(text).unwrap_or_else(|| "0-0".to_owned());
-    if let Some(now) = reply.get(3).map(text).and_then(|t| t.parse::<i64>().ok()) {
-        broker.inner.clock.learn(now);
+    let count = int(nth(reply, 0)?)?;
+    let next_due = match text(nth(reply, 1)?)?.as_str() {
+        // Nothing scheduled: no due time to wait for.
+        "" => None,
+        ms => Some(
+            ms.parse::<u64>()
+                .map_err(|_| unexpected("the ms until the next due item", &reply))?,
+        ),
+    };
+    let wake_id = text(nth(reply, 2)?)?;
+    // Only a queue's mover reports Redis's time (the deferred mover's script does not).
+    if let Some(now) = reply.get(3) {
+        broker.inner.clock.learn(int(now)?);
     }
     Ok(Some(Moved {
         count,

@@ -30,24 +30,17 @@ impl RedisBroker {
     /// (nothing is created twice).
     pub(super) async fn create_queue(&self, spec: &QueueSpec) -> Result<(), BrokerError> {
         let keys = &self.inner.keys;
-        let mut conn = self.conn();
         redis::cmd("HSET")
             .arg(keys.queues())
             .arg(&spec.name)
+            // '' for an unbounded queue.
             .arg(spec.capacity.map(|c| c.to_string()).unwrap_or_default())
-            .query_async::<Value>(&mut conn)
+            .query_async::<Value>(&mut self.conn())
             .await
             .map_err(unavailable)?;
         for part in ["ready", "back"] {
-            // BUSYGROUP when it exists already: fine.
-            let _ = redis::cmd("XGROUP")
-                .arg("CREATE")
-                .arg(keys.queue(&spec.name, part))
-                .arg(QUEUE_GROUP)
-                .arg("0")
-                .arg("MKSTREAM")
-                .query_async::<Value>(&mut conn)
-                .await;
+            self.create_xgroup(&keys.queue(&spec.name, part), QUEUE_GROUP)
+                .await?;
         }
         Ok(())
     }

@@ -55,10 +55,10 @@ use super::defaults::{
     CALLER_GONE_POLL, CLAIM_EVERY_MAX, CLAIM_EVERY_MIN, GIVE_BACK_AT_ONCE, READ_AHEAD,
     REFRESH_EVERY, REFUSED_PAUSE, SCRIPT_EVERY,
 };
-use super::failure::{self, unavailable};
+use super::failure::{self, unavailable, unexpected};
 use super::held::Held;
 use super::keys::QUEUE_GROUP;
-use super::reply::{int, items, text};
+use super::reply::{head, int, items, items_or_nil, nth, text};
 use super::{outage, scripts, stored, RedisBroker};
 use crate::broker::{BrokerError, Delivery, Effects};
 use crate::event::Event;
@@ -548,19 +548,21 @@ impl Reader {
             }
         };
         let mut got = 0;
-        for stream in items(&reply) {
-            let [key, entries] = items(stream) else {
-                continue;
+        // Nil: nothing came within the block time, or the read was cut short.
+        for stream in items_or_nil(&reply)? {
+            let [key, entries] = items(stream)? else {
+                return Err(unexpected("a stream and its entries", stream));
             };
-            let key = text(key);
+            let key = text(key)?;
             let Some((_, kind)) = streams.iter().find(|(k, _)| *k == key) else {
-                continue;
+                return Err(unexpected("one of the streams read", &key));
             };
-            for entry in items(entries) {
-                let [id, fields] = items(entry) else {
-                    continue;
+            for entry in items(entries)? {
+                let [id, fields] = items(entry)? else {
+                    return Err(unexpected("an entry's id and fields", entry));
                 };
                 got += 1;
+                let id = text(id)?;
                 if let Some(delivery) = self.delivery(kind, &key, id, fields, 1, source.clone()) {
                     self.taken.push(delivery, &self.broker.inner.clock);
                 }
@@ -635,62 +637,71 @@ impl Reader {
         claim: bool,
         name: Arc<str>,
     ) -> Result<Taken, BrokerError> {
-        let reply = items(reply);
-        match reply.first().map(text).as_deref() {
-            Some("gone") => Ok(Taken::Gone),
-            Some("entry") => {
-                // Keep claiming at once only while claims find entries (a claimed entry has
-                // been delivered before); a fresh entry ends the streak.
-                let count = reply.get(4).map(int).unwrap_or(1);
-                self.claim_streak = claim && count > 1;
+        let reply = items(reply)?;
+        match head(reply)?.as_str() {
+            "gone" => Ok(Taken::Gone),
+            "entry" => {
                 self.fast_count = 1;
-                let (Some(kind), Some(id), Some(fields)) =
-                    (reply.get(1), reply.get(2), reply.get(3))
-                else {
+                let kind = text(nth(reply, 1)?)?;
+                let id = text(nth(reply, 2)?)?;
+                let Some(fields) = reply.get(3) else {
+                    // A claimed entry deleted meanwhile: Redis before 7.0 claims it with no
+                    // fields (a Lua nil, which ends the reply there). Nothing to hand out.
+                    self.claim_streak = false;
                     return Ok(Taken::again());
                 };
-                let key = reply.get(5).map(text).unwrap_or_default();
-                match self.delivery(&text(kind), &key, id, fields, count, name) {
+                // Keep claiming at once only while claims find entries (a claimed entry has
+                // been delivered before); a fresh entry ends the streak.
+                let count = int(nth(reply, 4)?)?;
+                self.claim_streak = claim && count > 1;
+                let key = text(nth(reply, 5)?)?;
+                match self.delivery(&kind, &key, id, fields, count, name) {
                     Some(delivery) => Ok(Taken::Entry(delivery)),
                     // Unreadable: dead-lettered; look again at once.
                     None => Ok(Taken::again()),
                 }
             }
-            Some("entries") => {
+            "entries" => {
                 self.claim_streak = false;
-                let kind = reply.get(1).map(text).unwrap_or_default();
-                let key = reply.get(2).map(text).unwrap_or_default();
-                for pair in reply.get(3..).unwrap_or_default().chunks(2) {
-                    if let [id, fields] = pair {
-                        if let Some(delivery) =
-                            self.delivery(&kind, &key, id, fields, 1, name.clone())
-                        {
-                            self.taken.push(delivery, &self.broker.inner.clock);
-                        }
+                let kind = text(nth(reply, 1)?)?;
+                let key = text(nth(reply, 2)?)?;
+                let pairs = &reply[3..];
+                if pairs.len() % 2 != 0 {
+                    return Err(unexpected("entries' ids and fields", &reply));
+                }
+                for pair in pairs.chunks_exact(2) {
+                    let id = text(&pair[0])?;
+                    if let Some(delivery) =
+                        self.delivery(&kind, &key, id, &pair[1], 1, name.clone())
+                    {
+                        self.taken.push(delivery, &self.broker.inner.clock);
                     }
                 }
                 // The fair share just worked out: what fast reads take until the next look.
-                self.fast_count = reply.len().saturating_sub(3).div_ceil(2).max(1);
+                self.fast_count = (pairs.len() / 2).max(1);
                 // Handed out from `taken`, earliest due first.
                 Ok(Taken::again())
             }
-            _ => {
+            "wait" => {
                 self.claim_streak = false;
-                let next_due = reply
-                    .get(1)
-                    .map(text)
-                    .and_then(|t| t.parse::<u64>().ok())
-                    .map(Duration::from_millis);
-                let keys = reply
-                    .get(2)
-                    .map(items)
-                    .unwrap_or_default()
-                    .chunks(2)
-                    .filter(|c| c.len() == 2)
-                    .map(|c| (text(&c[0]), text(&c[1])))
-                    .collect();
+                let next_due = match text(nth(reply, 1)?)?.as_str() {
+                    // A group's take, or a queue with nothing scheduled: no due time.
+                    "" => None,
+                    ms => Some(Duration::from_millis(ms.parse().map_err(|_| {
+                        unexpected("the ms until the next due item", &reply)
+                    })?)),
+                };
+                let waits = items(nth(reply, 2)?)?;
+                if waits.len() % 2 != 0 {
+                    return Err(unexpected("the streams to wait on and their ids", &reply));
+                }
+                let keys = waits
+                    .chunks_exact(2)
+                    .map(|pair| Ok((text(&pair[0])?, text(&pair[1])?)))
+                    .collect::<Result<Vec<_>, BrokerError>>()?;
                 Ok(Taken::Wait { next_due, keys })
             }
+            _ => Err(unexpected("the outcome of a take", &reply)),
         }
     }
 
@@ -701,23 +712,29 @@ impl Reader {
         &self,
         kind: &str,
         key: &str,
-        id: &Value,
+        id: String,
         fields: &Value,
         count: i64,
         group: Arc<str>,
     ) -> Option<Delivery> {
-        let id = text(id);
         let count = count.max(1);
         // The event's JSON is parsed where it lies in the reply, without a copy.
-        let mut json: Option<std::borrow::Cow<'_, [u8]>> = None;
+        let mut json: Option<Result<std::borrow::Cow<'_, [u8]>, String>> = None;
         let mut earlier = 0i64;
         let mut origin = (String::new(), String::new());
         let mut due = String::new();
         let from_queue = matches!(self.source, Source::Queue(_));
-        for pair in items(fields).chunks(2) {
+        // Fields that are not a list of names and values were not written by edaflow: read
+        // as no fields, the entry has no event and is dead-lettered below, its fields shown.
+        let pairs = match fields {
+            Value::Array(pairs) => pairs.as_slice(),
+            _ => &[],
+        };
+        for pair in pairs.chunks(2) {
             let (Some(field), Some(value)) = (pair.first(), pair.get(1)) else {
                 continue;
             };
+            // A name that is not text names no field edaflow reads.
             let name: &[u8] = match field {
                 Value::BulkString(bytes) => bytes,
                 Value::SimpleString(name) => name.as_bytes(),
@@ -726,11 +743,20 @@ impl Reader {
             match name {
                 b"e" => {
                     json = Some(match value {
-                        Value::BulkString(bytes) => std::borrow::Cow::Borrowed(bytes.as_slice()),
-                        other => std::borrow::Cow::Owned(text(other).into_bytes()),
+                        Value::BulkString(bytes) => {
+                            Ok(std::borrow::Cow::Borrowed(bytes.as_slice()))
+                        }
+                        Value::SimpleString(s) => Ok(std::borrow::Cow::Borrowed(s.as_bytes())),
+                        other => Err(format!(
+                            "its `e` field is not text: {}",
+                            stored::excerpt(format!("{other:?}").as_bytes(), 256)
+                        )),
                     })
                 }
-                b"r" => earlier = int(value).max(0),
+                // The times it was given back before, written by edaflow's nack; a count
+                // that is not a number (written by something else) counts as none, and the
+                // entry is still handed out.
+                b"r" => earlier = int(value).map_or(0, |n| n.max(0)),
                 // Where an inherited entry came from: a stream key and an id, never a
                 // line break (the tag is made of lines); a value holding one is not kept.
                 b"os" => origin.0 = one_line(value),
@@ -742,9 +768,10 @@ impl Reader {
         }
         let stream = if kind == "t" { key } else { "" };
         let tag = format!("{kind}\n{id}\n{}\n{}\n{due}\n{stream}", origin.0, origin.1);
-        let read = match &json {
+        let read = match json {
             None => Err("it has no `e` field (the event)".to_owned()),
-            Some(json) => stored::read(json),
+            Some(Ok(json)) => stored::read(&json),
+            Some(Err(reason)) => Err(reason),
         };
         let read = read.and_then(|event| {
             // A topic's entry must hold an event of that topic: it is acked on its stream.
@@ -775,7 +802,7 @@ impl Reader {
     /// is not a time, or lies further ahead than any item is moved ahead of its due time
     /// (`claim_idle`, past which it would be claimed anyway).
     fn due_time(&self, value: &Value) -> String {
-        let Ok(due) = text(value).parse::<i64>() else {
+        let Some(due) = text(value).ok().and_then(|t| t.parse::<i64>().ok()) else {
             return String::new();
         };
         let most =
@@ -851,13 +878,12 @@ impl Reader {
     }
 }
 
-/// A field's text, or nothing when it holds a line break.
+/// A field's text, or nothing when it is not text or holds a line break (neither was
+/// written by edaflow, and the tag is made of lines).
 fn one_line(value: &Value) -> String {
-    let text = text(value);
-    if text.contains('\n') {
-        String::new()
-    } else {
-        text
+    match text(value) {
+        Ok(text) if !text.contains('\n') => text,
+        _ => String::new(),
     }
 }
 

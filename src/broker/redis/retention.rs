@@ -44,9 +44,9 @@ use redis::{Script, Value};
 use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
-use super::failure::unavailable;
+use super::failure::{unavailable, unexpected};
 use super::groups::parse_patterns;
-use super::reply::{int, items, text};
+use super::reply::{count, items, nth, text};
 use super::{Inner, RedisBroker};
 use crate::broker::BrokerError;
 
@@ -185,21 +185,20 @@ impl RedisBroker {
                 .invoke_async(&mut self.conn())
                 .await
                 .map_err(unavailable)?;
-            let reply = items(&reply);
-            let trimmed = reply.first().map_or(0, int);
-            let kept: Vec<(String, u64)> = reply
-                .get(1..)
-                .unwrap_or_default()
-                .chunks(2)
-                .filter_map(|pair| {
-                    let count = u64::try_from(int(pair.get(1)?)).ok()?;
-                    Some((text(pair.first()?), count))
-                })
-                .collect();
+            let reply = items(&reply)?;
+            let trimmed = count(nth(reply, 0)?)?;
+            let pairs = &reply[1..];
+            if pairs.len() % 2 != 0 {
+                return Err(unexpected("the kept counts of a trimming pass", &reply));
+            }
+            let kept = pairs
+                .chunks_exact(2)
+                .map(|pair| Ok((text(&pair[0])?, count(&pair[1])?)))
+                .collect::<Result<Vec<(String, u64)>, BrokerError>>()?;
             let report = TrimReport {
                 topic,
                 retention,
-                trimmed: u64::try_from(trimmed).unwrap_or(0),
+                trimmed,
                 kept,
             };
             self.log_pass(&report);
@@ -246,7 +245,7 @@ impl RedisBroker {
                 .invoke_async(&mut conn)
                 .await
                 .map_err(unavailable)?;
-            let trimmed = u64::try_from(items(&trimmed).first().map_or(0, int)).unwrap_or(0);
+            let trimmed = count(nth(items(&trimmed)?, 0)?)?;
             if trimmed > 0 {
                 self.log_unread(&topic, retention, trimmed);
             }

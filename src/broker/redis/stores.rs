@@ -21,6 +21,7 @@ use redis::Value as Reply;
 use super::cluster::Node;
 use super::defaults;
 use super::keys::Keys;
+use super::stored::excerpt;
 use crate::store::{Fetched, StoreError, StoreRead, StoreWant};
 
 /// Blocking connections kept for reuse; more may be opened under load, and the surplus is
@@ -97,6 +98,7 @@ impl RedisStores {
         let store_of = |want: &StoreWant| match want {
             StoreWant::Get { store, .. } | StoreWant::Scan { store, .. } => store.clone(),
         };
+        // `wants` is not empty here: the first want names the store in errors.
         let failed = |e: redis::RedisError| StoreError {
             store: wants.first().map(store_of).unwrap_or_default(),
             reason: e.to_string(),
@@ -133,8 +135,14 @@ impl RedisStores {
         let mut values = redis::pipe();
         let mut hmgets = 0;
         for (want, reply) in wants.iter().zip(&replies) {
-            if let (StoreWant::Scan { store, .. }, Reply::Array(keys)) = (want, reply) {
-                let keys: Vec<String> = keys.iter().filter_map(bulk_text).collect();
+            if let StoreWant::Scan { store, .. } = want {
+                let Reply::Array(keys) = reply else {
+                    return Err(unexpected_reply(store, reply));
+                };
+                let keys = keys
+                    .iter()
+                    .map(|key| bulk_text(store, key)?.ok_or_else(|| unexpected_reply(store, key)))
+                    .collect::<Result<Vec<String>, StoreError>>()?;
                 if !keys.is_empty() {
                     values.cmd("HMGET").arg(self.keys.store(store)).arg(&keys);
                     hmgets += 1;
@@ -153,25 +161,27 @@ impl RedisStores {
         for (want, reply) in wants.iter().zip(replies) {
             match want {
                 StoreWant::Get { store, key } => {
-                    let value = bulk_text(&reply)
+                    // Nil: no value under the key.
+                    let value = bulk_text(store, &reply)?
                         .map(|t| parse(store, key, &t))
                         .transpose()?;
                     out.push(Fetched::Value(value));
                 }
                 StoreWant::Scan { store, .. } => {
+                    // One list of keys was pushed for each scan above, in this order.
                     let keys = found_keys.pop().unwrap_or_default();
                     let texts = if keys.is_empty() {
                         Vec::new()
                     } else {
                         match scanned.pop() {
-                            Some(Reply::Array(texts)) => texts,
-                            _ => Vec::new(),
+                            Some(Reply::Array(texts)) if texts.len() == keys.len() => texts,
+                            other => return Err(unexpected_reply(store, &other)),
                         }
                     };
                     let mut entries = Vec::with_capacity(keys.len());
                     for (key, text) in keys.into_iter().zip(texts) {
-                        // A key removed between the two reads is skipped.
-                        if let Some(text) = bulk_text(&text) {
+                        // A key removed between the two reads is skipped (nil).
+                        if let Some(text) = bulk_text(store, &text)? {
                             let value = parse(store, &key, &text)?;
                             entries.push((key, value));
                         }
@@ -184,11 +194,27 @@ impl RedisStores {
     }
 }
 
-fn bulk_text(reply: &Reply) -> Option<String> {
+/// A string reply as text; `None` for nil (a key or field that does not exist).
+///
+/// # Errors
+/// A reply of another kind, which no read of a store answers.
+fn bulk_text(store: &str, reply: &Reply) -> Result<Option<String>, StoreError> {
     match reply {
-        Reply::BulkString(bytes) => Some(String::from_utf8_lossy(bytes).into_owned()),
-        Reply::SimpleString(s) => Some(s.clone()),
-        _ => None,
+        Reply::BulkString(bytes) => Ok(Some(String::from_utf8_lossy(bytes).into_owned())),
+        Reply::SimpleString(s) => Ok(Some(s.clone())),
+        Reply::Nil => Ok(None),
+        other => Err(unexpected_reply(store, other)),
+    }
+}
+
+/// The error for a reply of a shape no read of a store answers.
+fn unexpected_reply(store: &str, reply: &impl std::fmt::Debug) -> StoreError {
+    StoreError {
+        store: store.to_owned(),
+        reason: format!(
+            "unexpected reply from Redis: {}",
+            excerpt(format!("{reply:?}").as_bytes(), 256)
+        ),
     }
 }
 

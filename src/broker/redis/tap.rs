@@ -72,6 +72,8 @@ fn run_tap(
                     Err(e) => return Err(e),
                 };
                 let payload: Vec<u8> = message.get_payload_bytes().to_vec();
+                // Only edaflow publishes on the tap channel; a message that is not an
+                // event (something else published it) is not shown.
                 if let Ok(event) = serde_json::from_slice::<Event>(&payload) {
                     if pattern.matches(&event.topic) {
                         // Lossy by contract: a full tap drops the event for its reader.
