@@ -3,10 +3,23 @@
 //! one synchronous connection the synchronous parts of the `Broker` trait need.
 //!
 //! Every connection goes to the node `cluster` chose (one Redis, or the master of the
-//! namespace's slot). The synchronous connection serves only trait methods that are
-//! synchronous (`stats`, `scheduled`, `queue_stats`, and the check that a group or queue
-//! this process did not declare exists, in `consumers`/`queue_consumers`): one round trip
-//! each, never from an `async fn` of the broker.
+//! namespace's slot).
+//!
+//! # Synchronous calls
+//!
+//! No `async fn` of the broker makes a synchronous Redis call. Three kinds of caller must,
+//! as long as the methods they serve are synchronous, and they are the only ones:
+//!
+//! - the synchronous connection here (`with_sync`), for `Broker::stats`, `scheduled`,
+//!   `queue_stats`, and the check in `consumers`/`queue_consumers` that a group or queue
+//!   this process did not declare exists: one round trip each, within `response_timeout`;
+//! - the pool of `stores`, for `StoreRead::get`/`scan` (`GET /stores/…`, `edaflow
+//!   test`); handlers read ahead, asynchronously, on the shared connection;
+//! - the thread of each tap (`tap`), which subscribes on a connection of its own, off the
+//!   tokio workers; `tap_within` waits for it to be subscribed (at most
+//!   `TAP_SUBSCRIBE_WAIT`).
+//!
+//! Each becomes asynchronous once the method it serves is.
 
 use redis::aio::{ConnectionManager, MultiplexedConnection};
 use redis::AsyncConnectionConfig;
