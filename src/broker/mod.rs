@@ -8,6 +8,7 @@
 //! pure topic-pattern syntax).
 
 pub(crate) mod backoff;
+mod failure;
 pub mod memory;
 mod memory_queue;
 pub mod redis;
@@ -21,6 +22,7 @@ use std::time::Duration;
 use crate::event::Event;
 use crate::flow::pattern::TopicPattern;
 
+pub use failure::{FailureKind, ServerFailure};
 pub use memory::{MemoryBroker, MemoryOptions};
 pub use redis::{BrokerUrl, RedisBroker, RedisOptions, RedisUrl, TrimReport};
 pub use tap::TAP_BYTES;
@@ -83,7 +85,8 @@ pub enum BrokerError {
     )]
     OutOfMemory,
     /// The broker's server (Redis) cannot be reached or failed a command; try again later
-    /// (HTTP answers 503).
+    /// when it is transient (HTTP answers 503). `source` says what happened, in edaflow's
+    /// words (no client library's types cross this boundary).
     #[error("the broker is unavailable")]
     #[diagnostic(
         code(edaflow::broker::unavailable),
@@ -91,7 +94,7 @@ pub enum BrokerError {
     )]
     Unavailable {
         #[source]
-        source: ::redis::RedisError,
+        source: ServerFailure,
     },
     /// A broker URL that cannot be used (shown with its password hidden).
     #[error("`{url}` is not a broker URL")]
@@ -135,9 +138,7 @@ impl BrokerError {
     /// wrong type) is not transient.
     pub fn is_transient(&self) -> bool {
         match self {
-            BrokerError::Unavailable { source } => {
-                !matches!(source.retry_method(), ::redis::RetryMethod::NoRetry)
-            }
+            BrokerError::Unavailable { source } => source.is_transient(),
             BrokerError::OutOfMemory => true,
             _ => false,
         }

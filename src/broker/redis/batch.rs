@@ -19,22 +19,14 @@ use redis::Value;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument;
 
-use super::{cluster, scripts, unavailable};
+use super::failure::{unavailable, unexpected};
+use super::{cluster, scripts};
 use crate::broker::BrokerError;
 
-/// Stop adding operations to a run past this many argument bytes.
-const MAX_BYTES: usize = 1 << 20;
-/// Script runs on the wire at once. With 2, workers whose commits emit waited on round
-/// trips, Redis and edaflow each about half busy. 8 against 2, the same hour: W3 (a `done`
-/// event per job) drained 92k against 74k jobs/s, lateness p99 64 against 118 ms; W2 with 8
-/// workers 25.2k against 22.8k chains/s. The price is smaller runs while Redis keeps up: W1
-/// on Redis costs 4.5 commands per event instead of 2.9 (Redis CPU / edaflow CPU 0.56
-/// against 0.50), for the same accepted rate. Once Redis is the limit, runs fill up again.
-const IN_FLIGHT: usize = 8;
-/// Ack pipelines on the wire at once.
-const ACKS_IN_FLIGHT: usize = 8;
-/// Operations that may wait for the task before callers wait to hand theirs over.
-const QUEUE: usize = 8192;
+use super::defaults::{
+    ACKS_IN_FLIGHT, BATCH_IN_FLIGHT as IN_FLIGHT, BATCH_MAX_BYTES as MAX_BYTES,
+    BATCH_QUEUE as QUEUE,
+};
 
 /// The arguments of one operation: its kind (`p` publish, `c` commit), then its own.
 pub(super) struct OpArgs {
@@ -119,7 +111,7 @@ async fn run(node: Arc<cluster::Node>, prefix: String, most: usize, mut ops: mps
             answer_all(
                 batch,
                 result,
-                "unexpected reply from the batch script",
+                "one reply per operation of a batch",
                 |op, r| {
                     let _ = op.reply.send(r);
                 },
@@ -154,12 +146,13 @@ async fn gather<T>(
 }
 
 /// Hands each item of a batch its own reply from `replies` (an array, one per item, in
-/// order). A failed round trip, or a reply of another shape, fails every item with the
-/// same transient error, to be retried by its caller.
+/// order). A failed round trip fails every item with the same error (transient when Redis
+/// could not be reached: each caller retries, as after a failed command of its own), and
+/// so does a reply of another shape (`what` says which was expected).
 fn answer_all<T>(
     batch: Vec<T>,
     replies: redis::RedisResult<Value>,
-    unexpected: &'static str,
+    what: &'static str,
     answer: impl Fn(T, Result<Value, BrokerError>),
 ) {
     let error = match replies {
@@ -169,32 +162,23 @@ fn answer_all<T>(
             }
             return;
         }
-        Ok(other) => unexpected_reply(unexpected, &other),
-        Err(e) => e,
+        Ok(other) => unexpected(what, &other),
+        Err(e) => unavailable(e),
     };
     for item in batch {
-        answer(item, Err(unavailable(error.clone())));
+        answer(item, Err(error.clone()));
     }
 }
 
 /// How many entries one `XACK` acked. A stream or group that is gone (removed, or Redis
 /// lost its state) holds nothing pending: none.
-fn acked(reply: Value) -> redis::RedisResult<i64> {
+fn acked(reply: Value) -> Result<i64, BrokerError> {
     match reply {
         Value::Int(n) => Ok(n),
         Value::ServerError(e) if e.code() == "NOGROUP" => Ok(0),
-        Value::ServerError(e) => Err(e.into()),
-        other => Err(unexpected_reply("unexpected reply to an XACK", &other)),
+        Value::ServerError(e) => Err(unavailable(e.into())),
+        other => Err(unexpected("the count of an XACK", &other)),
     }
-}
-
-/// The error for a reply of a shape the caller did not expect.
-fn unexpected_reply(what: &'static str, reply: &impl std::fmt::Debug) -> redis::RedisError {
-    redis::RedisError::from((
-        redis::ErrorKind::UnexpectedReturnType,
-        what,
-        format!("{reply:?}"),
-    ))
 }
 
 /// One acknowledgement on a stream that acks by deleting (a queue's, an inbox): the whole
@@ -267,6 +251,7 @@ async fn run_acks(node: Arc<cluster::Node>, most: usize, mut acks: mpsc::Receive
             let replies = pipe
                 .query_async::<Vec<Value>>(&mut conn)
                 .await
+                .map_err(unavailable)
                 .and_then(|replies| {
                     replies
                         .into_iter()
@@ -292,10 +277,10 @@ async fn run_acks(node: Arc<cluster::Node>, most: usize, mut acks: mpsc::Receive
                 other => {
                     let error = match other {
                         Err(e) => e,
-                        Ok(counts) => unexpected_reply("unexpected replies to the acks", &counts),
+                        Ok(counts) => unexpected("one count per stream of the acks", &counts),
                     };
                     for ack in batch {
-                        let _ = ack.reply.send(Err(unavailable(error.clone())));
+                        let _ = ack.reply.send(Err(error.clone()));
                     }
                 }
             }

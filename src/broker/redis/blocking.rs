@@ -13,7 +13,8 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, MultiplexedConnection};
 use redis::Value;
 
-use super::{unavailable, RedisBroker};
+use super::failure::unavailable;
+use super::RedisBroker;
 use crate::broker::BrokerError;
 
 /// A connection of its own for blocking reads, with its `CLIENT ID`.

@@ -20,16 +20,14 @@ use std::time::Duration;
 
 use redis::{Script, Value};
 
+use super::failure::{unavailable, unexpected};
+use super::reply::{int, items, text};
 use super::scripts::script;
-use super::{items, text, unavailable, RedisBroker};
+use super::RedisBroker;
 use crate::broker::{BrokerError, ChainCounts, ChainSpec, ChainStep, ExpiredChain};
 use crate::event::Event;
 
-/// Durations kept per list (as the memory tracker keeps per chain).
-const SAMPLES: usize = 1024;
-
-/// How long an instance without a timeout is kept.
-const UNTIMED_TTL_MS: u64 = 24 * 60 * 60 * 1000;
+use super::defaults::{CHAIN_SAMPLES as SAMPLES, CHAIN_UNTIMED_TTL};
 
 /// `chain_observe`: ARGV P, chain, steps, timeout ms ('' for none), samples, untimed ttl,
 /// n, n × (correlation, step, event time unix ms, event json).
@@ -131,10 +129,6 @@ return out
 });
 
 impl RedisBroker {
-    fn chain_base(&self, chain: &str) -> String {
-        format!("{}c:{chain}", self.prefix())
-    }
-
     pub(super) async fn observe_chain(
         &self,
         chain: &ChainSpec,
@@ -145,9 +139,10 @@ impl RedisBroker {
         }
         let mut invocation = OBSERVE.prepare_invoke();
         invocation
-            .arg(self.prefix())
+            .arg(self.inner.keys.prefix())
             .arg(&chain.name)
             .arg(chain.steps)
+            // '' for a chain without a timeout.
             .arg(
                 chain
                     .timeout
@@ -155,7 +150,7 @@ impl RedisBroker {
                     .unwrap_or_default(),
             )
             .arg(SAMPLES)
-            .arg(UNTIMED_TTL_MS)
+            .arg(CHAIN_UNTIMED_TTL.as_millis() as u64)
             .arg(steps.len());
         for step in steps {
             let time_ms = step
@@ -183,7 +178,7 @@ impl RedisBroker {
     ) -> Result<Vec<ExpiredChain>, BrokerError> {
         let reply: Value = EXPIRE
             .prepare_invoke()
-            .arg(self.prefix())
+            .arg(self.inner.keys.prefix())
             .arg(&chain.name)
             .arg(chain.steps)
             .arg(limit)
@@ -191,19 +186,33 @@ impl RedisBroker {
             .await
             .map_err(unavailable)?;
         let mut expired = Vec::new();
-        for entry in items(&reply) {
-            let fields: Vec<String> = items(entry).iter().map(text).collect();
-            let [correlation, reached, waited, last] = fields.as_slice() else {
-                continue;
+        for entry in items(&reply)? {
+            let [correlation, reached, waited, last] = items(entry)? else {
+                return Err(unexpected("a timed-out chain instance", entry));
             };
-            let Ok(last) = serde_json::from_str::<Event>(last) else {
+            let correlation = text(correlation)?;
+            let reached = text(reached)?
+                .split(',')
+                .map(|step| {
+                    step.parse()
+                        .map_err(|_| unexpected("the steps a chain instance reached", entry))
+                })
+                .collect::<Result<Vec<usize>, BrokerError>>()?;
+            // The first step's time is the emitting process's clock, which may run ahead
+            // of Redis's: a wait below zero is none.
+            let waited = u64::try_from(int(waited)?).unwrap_or(0);
+            // A last event that is missing (nil) or not JSON was not written by edaflow.
+            let last = text(last)
+                .ok()
+                .and_then(|json| serde_json::from_str::<Event>(&json).ok());
+            let Some(last) = last else {
                 tracing::warn!(chain = %chain.name, %correlation, "a timed-out chain instance had an unreadable last event");
                 continue;
             };
             expired.push(ExpiredChain {
-                correlation: correlation.clone(),
-                reached: reached.split(',').filter_map(|s| s.parse().ok()).collect(),
-                waited: Duration::from_millis(waited.parse().unwrap_or(0)),
+                correlation,
+                reached,
+                waited: Duration::from_millis(waited),
                 last,
             });
         }
@@ -214,7 +223,7 @@ impl RedisBroker {
         &self,
         chain: &ChainSpec,
     ) -> Result<ChainCounts, BrokerError> {
-        let base = self.chain_base(&chain.name);
+        let base = self.inner.keys.chain(&chain.name);
         let mut pipe = redis::pipe();
         pipe.cmd("HGETALL").arg(format!("{base}:stats"));
         pipe.cmd("LRANGE").arg(format!("{base}:ms")).arg(0).arg(-1);
@@ -224,34 +233,48 @@ impl RedisBroker {
                 .arg(0)
                 .arg(-1);
         }
-        let mut replies: Vec<Value> = pipe
+        let replies: Vec<Value> = pipe
             .query_async(&mut self.conn())
             .await
             .map_err(unavailable)?;
-        let mut replies = replies.drain(..);
-        let stats: std::collections::HashMap<String, i64> = replies
-            .next()
-            .map(|v| redis::from_redis_value(v).unwrap_or_default())
-            .unwrap_or_default();
-        // Lists are newest first; reports want newest last.
-        let sample = |v: Option<Value>| -> Vec<f64> {
-            let mut ms: Vec<f64> = v
-                .map(|v| redis::from_redis_value::<Vec<f64>>(v).unwrap_or_default())
-                .unwrap_or_default();
-            ms.reverse();
-            ms
+        // One reply per command of the pipeline: the stats, then `chain.steps` lists.
+        if replies.len() != chain.steps.max(1) + 1 {
+            return Err(unexpected("a chain's counts and durations", &replies));
+        }
+        let mut replies = replies.into_iter();
+        let mut next = || {
+            replies
+                .next()
+                .ok_or_else(|| unexpected("a chain's counts and durations", &chain.name))
         };
-        let durations_ms = sample(replies.next());
-        let step_ms = (1..chain.steps)
-            .map(|step| (step, sample(replies.next())))
-            .filter(|(_, s)| !s.is_empty())
-            .collect();
-        let get = |k: &str| u64::try_from(stats.get(k).copied().unwrap_or(0)).unwrap_or(0);
+        let stats: std::collections::HashMap<String, i64> = redis::from_redis_value(next()?)
+            .map_err(|e| unexpected("a chain's counts", &e.to_string()))?;
+        // Lists are newest first; reports want newest last.
+        let sample = |v: Value| -> Result<Vec<f64>, BrokerError> {
+            let mut ms: Vec<f64> = redis::from_redis_value(v)
+                .map_err(|e| unexpected("a chain's durations", &e.to_string()))?;
+            ms.reverse();
+            Ok(ms)
+        };
+        let durations_ms = sample(next()?)?;
+        let mut step_ms = Vec::new();
+        for step in 1..chain.steps {
+            let sampled = sample(next()?)?;
+            if !sampled.is_empty() {
+                step_ms.push((step, sampled));
+            }
+        }
+        // A counter never incremented is not in the hash yet: none. Counters only count up
+        // from zero, bar `in_flight`, which each instance raises before it lowers it.
+        let get = |k: &str| -> Result<u64, BrokerError> {
+            let n = stats.get(k).copied().unwrap_or(0);
+            u64::try_from(n).map_err(|_| unexpected("a chain's counter", &(k, n)))
+        };
         Ok(ChainCounts {
-            started: get("started"),
-            completed: get("completed"),
-            timed_out: get("timed_out"),
-            in_flight: get("in_flight"),
+            started: get("started")?,
+            completed: get("completed")?,
+            timed_out: get("timed_out")?,
+            in_flight: get("in_flight")?,
             durations_ms,
             step_ms,
         })

@@ -9,21 +9,34 @@
 //! connection of its own; the first answer closes the circuit, and the broker looks at
 //! once whether Redis kept its state (see `epoch`).
 //!
-//! This module owns the circuit's state and the probe's schedule; what a probe does and
-//! what follows a close are the broker's (see `RedisBroker::probe`).
+//! This module owns the circuit's state, the probe task and what follows a close; which
+//! commands go through the circuit is the broker's (see `health`).
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use tracing::info;
+use redis::{AsyncConnectionConfig, Value};
+use tracing::{debug, info, Instrument};
 
-use crate::broker::BrokerError;
+use super::{defaults, failure, Inner, RedisBroker};
+use crate::broker::{BrokerError, ServerFailure};
+
+/// The circuit breaker's state (see `RedisBroker::circuit`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CircuitState {
+    /// Commands are refused at once until a probe gets an answer.
+    pub open: bool,
+    /// Times it opened so far.
+    pub opened: u64,
+    /// Commands refused at once so far (none of them tried to reach Redis).
+    pub refused: u64,
+}
 
 /// Failed commands in a row that open the circuit.
-pub(super) const OPEN_AFTER: u32 = 2;
+pub(super) const OPEN_AFTER: u32 = defaults::CIRCUIT_OPEN_AFTER;
 /// How often the probe tries Redis while the circuit is open.
-pub(super) const PROBE_EVERY: Duration = Duration::from_millis(200);
+pub(super) const PROBE_EVERY: Duration = defaults::CIRCUIT_PROBE_EVERY;
 
 #[derive(Default)]
 pub(crate) struct Circuit {
@@ -61,14 +74,9 @@ impl Circuit {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        Err(BrokerError::Unavailable {
-            source: redis::RedisError::from(std::io::Error::new(
-                std::io::ErrorKind::NotConnected,
-                format!(
-                    "{reason} (refused at once: the circuit is open until Redis answers a probe)"
-                ),
-            )),
-        })
+        Err(failure::unreachable(format!(
+            "{reason} (refused at once: the circuit is open until Redis answers a probe)"
+        )))
     }
 
     pub(super) fn is_open(&self) -> bool {
@@ -94,8 +102,8 @@ impl Circuit {
     }
 
     /// A command failed; counts it when it failed to reach Redis.
-    pub(super) fn failed(&self, error: &redis::RedisError) -> Failed {
-        if !unreachable(error) || self.is_open() {
+    pub(super) fn failed(&self, error: &ServerFailure) -> Failed {
+        if !error.is_unreachable() || self.is_open() {
             return Failed::Counted;
         }
         let failures = self.failures.fetch_add(1, Ordering::AcqRel) + 1;
@@ -135,21 +143,84 @@ impl Circuit {
     }
 }
 
-/// True for a failure to reach Redis (refused, reset, dropped, timed out), as opposed to
-/// an answer that is an error.
-pub(super) fn unreachable(error: &redis::RedisError) -> bool {
-    error.is_io_error()
-        || error.is_timeout()
-        || error.is_connection_dropped()
-        || error.is_connection_refusal()
+impl RedisBroker {
+    /// Whether the circuit is open, how many times it opened, and how many commands it
+    /// refused at once (for tests and tools).
+    pub fn circuit(&self) -> CircuitState {
+        let circuit = &self.inner.circuit;
+        CircuitState {
+            open: circuit.is_open(),
+            opened: circuit.opened(),
+            refused: circuit.refused(),
+        }
+    }
+
+    /// Starts the probe that closes the circuit once Redis answers (one at a time).
+    pub(super) fn start_probe(&self) {
+        if !self.inner.circuit.start_probing() {
+            return;
+        }
+        let span = tracing::info_span!("redis_probe", component = "broker");
+        // Tracked by ownership: it holds a Weak and ends once the broker is gone or the
+        // circuit is closed.
+        tokio::spawn(run_probe(Arc::downgrade(&self.inner)).instrument(span));
+    }
+
+    /// One `PING` on a connection of its own, within a short timeout: does Redis answer?
+    async fn probe(&self) -> bool {
+        let wait = self.inner.options.response_timeout.min(defaults::PING_WAIT);
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(wait))
+            .set_response_timeout(Some(wait));
+        let connected = self
+            .inner
+            .node
+            .client()
+            .get_multiplexed_async_connection_with_config(&config)
+            .await;
+        match connected {
+            Ok(mut conn) => redis::cmd("PING")
+                .query_async::<Value>(&mut conn)
+                .await
+                .is_ok(),
+            Err(e) => {
+                debug!(error = %e, "probe: redis still unreachable");
+                false
+            }
+        }
+    }
+}
+
+/// The circuit's probe: tries Redis every `PROBE_EVERY` until it answers, then closes the
+/// circuit and has the watcher check at once whether Redis kept its state (see `epoch`).
+async fn run_probe(weak: Weak<Inner>) {
+    loop {
+        tokio::time::sleep(PROBE_EVERY).await;
+        let Some(inner) = weak.upgrade() else { return };
+        let broker = RedisBroker { inner };
+        let circuit = &broker.inner.circuit;
+        if !circuit.is_open() {
+            circuit.stop_probing();
+            return;
+        }
+        if broker.probe().await {
+            // Stopped first: a failure once closed opens it again with a probe of its own.
+            circuit.stop_probing();
+            circuit.close();
+            broker.inner.epoch.check_now.notify_one();
+            return;
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn refused() -> redis::RedisError {
-        redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionRefused))
+    fn refused() -> ServerFailure {
+        failure::describe(&redis::RedisError::from(std::io::Error::from(
+            std::io::ErrorKind::ConnectionRefused,
+        )))
     }
 
     #[test]
@@ -186,10 +257,10 @@ mod tests {
     #[test]
     fn answers_that_are_errors_do_not_count() {
         let circuit = Circuit::default();
-        let wrong_type = redis::RedisError::from((
+        let wrong_type = failure::describe(&redis::RedisError::from((
             redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError),
             "WRONGTYPE",
-        ));
+        )));
         for _ in 0..5 {
             assert_eq!(circuit.failed(&wrong_type), Failed::Counted);
         }

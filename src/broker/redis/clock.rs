@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// How long the best (least delayed) sample stands before a newer one replaces it anyway,
 /// so that a clock step on either machine is followed.
-const SAMPLE_LIFE: Duration = Duration::from_secs(5);
+const SAMPLE_LIFE: Duration = super::defaults::CLOCK_SAMPLE_LIFE;
 
 #[derive(Default)]
 pub(super) struct RedisClock {

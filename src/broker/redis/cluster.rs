@@ -12,7 +12,8 @@
 //! one namespace lives on one master; spreading a namespace's topics over slots (the outbox
 //! and forwarder of DESIGN.md) is not done yet.
 //!
-//! Failover and resharding: a watcher asks the cluster every `CHECK_EVERY` who owns the
+//! Failover and resharding: a watcher asks the cluster every `CLUSTER_CHECK_EVERY` (see
+//! `defaults`) who owns the
 //! slot (the current master first, then any node seen before). When the owner changes it
 //! connects to the new one and swaps the client; connections to the old master fail
 //! (`MOVED`, refused, reset) and are opened again on the new one. Meanwhile commands fail
@@ -27,11 +28,11 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnecti
 use redis::{AsyncConnectionConfig, ConnectionAddr, ConnectionInfo, Value};
 use tracing::{debug, info, warn};
 
-use super::{int, items, text, unavailable, RedisUrl};
+use super::defaults;
+use super::failure::{unavailable, unexpected};
+use super::reply::{int, items, nth, text};
+use super::url::RedisUrl;
 use crate::broker::BrokerError;
-
-/// How often the watcher asks the cluster who owns the namespace's slot.
-const CHECK_EVERY: Duration = Duration::from_secs(1);
 
 /// A node's address, `host:port`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -186,7 +187,7 @@ impl Node {
             .await
             .map_err(unavailable)?;
         let seed = addr_of(&base).ok_or_else(bad)?;
-        let view = View::parse(&slots, slot, &seed.host);
+        let view = View::parse(&slots, slot, &seed.host)?;
         let owner = view.owner.ok_or_else(|| {
             refuse(format!(
                 "no master serves slot {slot} of `{prefix}` (is cluster_state ok?)"
@@ -317,7 +318,7 @@ impl Cluster {
             .query_async(&mut conn)
             .await
             .map_err(unavailable)?;
-        Ok(View::parse(&slots, self.slot, &addr.host))
+        View::parse(&slots, self.slot, &addr.host)
     }
 
     /// Logs through `log` when the state changes to `state`.
@@ -330,10 +331,10 @@ impl Cluster {
     }
 }
 
-/// Looks at the cluster every `CHECK_EVERY` until the node is dropped.
+/// Looks at the cluster every `CLUSTER_CHECK_EVERY` until the node is dropped.
 async fn watch(node: Weak<Node>) {
     loop {
-        tokio::time::sleep(CHECK_EVERY).await;
+        tokio::time::sleep(defaults::CLUSTER_CHECK_EVERY).await;
         let Some(node) = node.upgrade() else { return };
         node.check().await;
     }
@@ -350,26 +351,26 @@ struct View {
 
 impl View {
     /// Reads a `CLUSTER SLOTS` reply: `[[start, end, [host, port, id, …], replica…], …]`.
-    /// A node listed without a host (`""` or `"?"`) is on the host that answered.
-    fn parse(reply: &Value, slot: u16, asked_host: &str) -> View {
+    /// A node listed without a host (`""`, `"?"` or nil) is on the host that answered.
+    ///
+    /// # Errors
+    /// An unexpected reply for anything of another shape.
+    fn parse(reply: &Value, slot: u16, asked_host: &str) -> Result<View, BrokerError> {
         let mut view = View {
             owner: None,
             nodes: Vec::new(),
         };
-        for range in items(reply) {
-            let range = items(range);
-            let (Some(start), Some(end)) = (range.first().map(int), range.get(1).map(int)) else {
-                continue;
-            };
+        for range in items(reply)? {
+            let range = items(range)?;
+            let (start, end) = (int(nth(range, 0)?)?, int(nth(range, 1)?)?);
             for (i, node) in range.iter().skip(2).enumerate() {
-                let node = items(node);
-                let (Some(host), Some(port)) = (node.first().map(text), node.get(1).map(int))
-                else {
-                    continue;
+                let node = items(node)?;
+                let host = match nth(node, 0)? {
+                    Value::Nil => String::new(),
+                    host => text(host)?,
                 };
-                let Ok(port) = u16::try_from(port) else {
-                    continue;
-                };
+                let port = int(nth(node, 1)?)?;
+                let port = u16::try_from(port).map_err(|_| unexpected("a node's port", &node))?;
                 let host = match host.as_str() {
                     "" | "?" => asked_host.to_owned(),
                     _ => host,
@@ -383,7 +384,7 @@ impl View {
                 }
             }
         }
-        view
+        Ok(view)
     }
 }
 
@@ -422,8 +423,8 @@ fn with_addr(base: &ConnectionInfo, addr: &Addr) -> ConnectionInfo {
 /// A short-lived connection for a question.
 async fn open(client: &redis::Client) -> Result<MultiplexedConnection, BrokerError> {
     let config = AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(2)))
-        .set_response_timeout(Some(Duration::from_secs(2)));
+        .set_connection_timeout(Some(defaults::CONNECT_TIMEOUT))
+        .set_response_timeout(Some(defaults::CLUSTER_QUESTION_TIMEOUT));
     client
         .get_multiplexed_async_connection_with_config(&config)
         .await
@@ -436,10 +437,10 @@ async fn manager(
     response_timeout: Duration,
 ) -> Result<ConnectionManager, BrokerError> {
     let config = ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(2)))
+        .set_connection_timeout(Some(defaults::CONNECT_TIMEOUT))
         .set_response_timeout(Some(response_timeout))
-        .set_number_of_retries(2)
-        .set_max_delay(Duration::from_millis(500));
+        .set_number_of_retries(defaults::RECONNECT_RETRIES)
+        .set_max_delay(defaults::RECONNECT_MAX_DELAY);
     client
         .get_connection_manager_with_config(config)
         .await
@@ -515,7 +516,7 @@ mod tests {
                 node("", 7002, "b"),
             ]),
         ]);
-        let view = View::parse(&reply, 5461, "10.0.0.9");
+        let view = View::parse(&reply, 5461, "10.0.0.9").unwrap();
         assert_eq!(
             view.owner,
             Some(Addr {
@@ -527,10 +528,16 @@ mod tests {
         assert_eq!(ports, [7001, 7004, 7002]);
         // A replica never counts as the owner, and an unserved slot has none.
         assert_eq!(
-            View::parse(&reply, 5460, "h").owner.map(|a| a.port),
+            View::parse(&reply, 5460, "h")
+                .unwrap()
+                .owner
+                .map(|a| a.port),
             Some(7001)
         );
-        assert_eq!(View::parse(&reply, 16000, "h").owner, None);
+        assert_eq!(View::parse(&reply, 16000, "h").unwrap().owner, None);
+        // A reply of another shape is an error, not an empty view.
+        assert!(View::parse(&Value::Array(vec![Value::Int(0)]), 0, "h").is_err());
+        assert!(View::parse(&Value::Nil, 0, "h").is_err());
     }
 
     #[test]

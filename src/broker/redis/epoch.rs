@@ -50,12 +50,15 @@ use redis::{Script, Value};
 use tokio::sync::Notify;
 use tracing::{debug, error};
 
-use super::{items, text, unavailable, GroupRecord, Inner, RedisBroker};
+use super::failure::unavailable;
+use super::groups::{parse_patterns, GroupRecord};
+use super::reply::{count, items, nth, text};
+use super::{outage, Inner, RedisBroker};
 use crate::broker::{BrokerError, QueueSpec, StateLoss};
 use crate::flow::pattern::TopicPattern;
 
 /// How often the watcher reads the marker.
-pub(super) const CHECK_EVERY: Duration = Duration::from_millis(500);
+pub(super) const CHECK_EVERY: Duration = super::defaults::EPOCH_CHECK_EVERY;
 
 /// `mark`: ARGV P, a fresh token. Writes the token unless the marker has one, bumps `n`;
 /// replies the marker's token and `n`.
@@ -143,17 +146,15 @@ impl RedisBroker {
     pub(super) async fn mark_epoch(&self, adopt: bool) -> Result<(), BrokerError> {
         let reply: Value = MARK
             .prepare_invoke()
-            .arg(&self.inner.prefix)
+            .arg(self.inner.keys.prefix())
             .arg(crate::event::new_id())
             .invoke_async(&mut self.conn())
             .await
             .map_err(unavailable)?;
-        let reply = items(&reply);
-        let token = reply.first().map(text).unwrap_or_default();
-        let n = reply.get(1).map(super::int).unwrap_or(0);
-        self.inner
-            .epoch
-            .note(&token, u64::try_from(n).unwrap_or(0), adopt);
+        let reply = items(&reply)?;
+        let token = text(nth(reply, 0)?)?;
+        let n = count(nth(reply, 1)?)?;
+        self.inner.epoch.note(&token, n, adopt);
         if !adopt && self.inner.epoch.token().as_deref() != Some(token.as_str()) {
             self.inner.epoch.check_now.notify_one();
         }
@@ -163,12 +164,14 @@ impl RedisBroker {
     /// Reads the marker: what is wrong with it, if anything.
     async fn read_epoch(&self) -> Result<Option<&'static str>, BrokerError> {
         let (token, n): (Option<String>, Option<u64>) = redis::cmd("HMGET")
-            .arg(self.key("epoch"))
+            .arg(self.inner.keys.epoch())
             .arg("token")
             .arg("n")
             .query_async(&mut self.conn())
             .await
             .map_err(unavailable)?;
+        // A marker without `n` is missing (the token with it, see `judge`), or was never
+        // bumped by a declaration: either way it has seen none.
         let n = n.unwrap_or(0);
         let wrong = self.inner.epoch.judge(token.as_deref(), n);
         if wrong.is_none() {
@@ -221,158 +224,26 @@ impl RedisBroker {
     /// Declares again everything this process declared, then the marker (see the module
     /// docs); logs and counts the loss. Called with `healing` held.
     async fn heal(&self, why: &str) -> Result<(), BrokerError> {
-        let groups: Vec<(String, Vec<TopicPattern>)> = self
-            .inner
-            .groups
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .map(|(name, patterns)| (name.clone(), patterns.clone()))
-            .collect();
-        let queues: Vec<QueueSpec> = self
-            .inner
-            .queue_specs
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .cloned()
-            .collect();
-        let mut known: Vec<String> = self
-            .inner
-            .known_topics
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .cloned()
-            .collect();
-        known.sort();
-        let mut conn = self.conn();
-
-        // What is missing, for the log.
-        let mut pipe = redis::pipe();
-        for (name, _) in &groups {
-            pipe.cmd("HEXISTS").arg(self.key("groups")).arg(name);
-        }
-        for queue in &queues {
-            pipe.cmd("HEXISTS").arg(self.key("queues")).arg(&queue.name);
-        }
-        for topic in &known {
-            pipe.cmd("EXISTS").arg(self.topic_key(topic));
-        }
-        let present: Vec<bool> = if groups.is_empty() && queues.is_empty() && known.is_empty() {
-            Vec::new()
-        } else {
-            pipe.query_async(&mut conn).await.map_err(unavailable)?
-        };
-        let mut present = present.into_iter();
-        let mut missing = vec![why.to_owned()];
-        let mut gone_groups = Vec::new();
-        for (name, _) in &groups {
-            if present.next() == Some(false) {
-                missing.push(format!("group `{name}`"));
-                gone_groups.push(name.as_str());
-            }
-        }
-        let mut gone_queues = Vec::new();
-        for queue in &queues {
-            if present.next() == Some(false) {
-                missing.push(format!("queue `{}`", queue.name));
-                gone_queues.push(queue.name.as_str());
-            }
-        }
-        let mut gone_topics = Vec::new();
-        for topic in &known {
-            if present.next() == Some(false) {
-                missing.push(format!("topic stream `{topic}`"));
-                gone_topics.push(topic.as_str());
-            }
-        }
-
-        // Declare again: topics, groups, queues.
-        if !known.is_empty() {
-            redis::cmd("SADD")
-                .arg(self.key("topics"))
-                .arg(&known)
-                .query_async::<Value>(&mut conn)
-                .await
-                .map_err(unavailable)?;
-        }
-        let topics: Vec<String> = redis::cmd("SMEMBERS")
-            .arg(self.key("topics"))
-            .query_async(&mut conn)
-            .await
-            .map_err(unavailable)?;
-        for (name, patterns) in &groups {
-            let record = serde_json::to_string(&GroupRecord {
-                patterns: patterns.iter().map(|p| p.to_string()).collect(),
-                // From the start of every stream: what they hold came after the loss.
-                since: 0,
-            })
-            .unwrap_or_default();
-            redis::cmd("HSETNX")
-                .arg(self.key("groups"))
-                .arg(name)
-                .arg(record)
-                .query_async::<Value>(&mut conn)
-                .await
-                .map_err(unavailable)?;
-            // BUSYGROUP when it exists already: fine.
-            let _ = redis::cmd("XGROUP")
-                .arg("CREATE")
-                .arg(self.inbox_key(name))
-                .arg(name)
-                .arg("0")
-                .arg("MKSTREAM")
-                .query_async::<Value>(&mut conn)
-                .await;
-        }
-        // Every registered group (this process's and the others') on every registered
-        // topic it reads, from where its record says it started.
-        for (group, record) in self.group_records().await? {
-            let patterns = super::parse_patterns(&record.patterns);
-            let keys: Vec<String> = topics
-                .iter()
-                .filter(|t| patterns.iter().any(|p| p.matches(t)))
-                .map(|t| self.topic_key(t))
-                .collect();
-            self.ensure(&group, &format!("{}-0", record.since), &keys)
-                .await?;
-        }
-        for queue in &queues {
-            redis::cmd("HSET")
-                .arg(self.key("queues"))
-                .arg(&queue.name)
-                .arg(queue.capacity.map(|c| c.to_string()).unwrap_or_default())
-                .query_async::<Value>(&mut conn)
-                .await
-                .map_err(unavailable)?;
-            for part in ["ready", "back"] {
-                let _ = redis::cmd("XGROUP")
-                    .arg("CREATE")
-                    .arg(self.queue_key(&queue.name, part))
-                    .arg("workers")
-                    .arg("0")
-                    .arg("MKSTREAM")
-                    .query_async::<Value>(&mut conn)
-                    .await;
-            }
-            self.start_queue_mover(&queue.name);
-        }
-        // Waiting consumers look again at once.
-        for (name, _) in &groups {
-            self.wake(self.key(&format!("g:{name}:wake"))).await?;
-        }
-        for queue in &queues {
-            self.wake(self.queue_key(&queue.name, "wake")).await?;
-        }
+        let declared = self.declared();
+        let missing = self.find_missing(&declared).await?;
+        self.declare_again(&declared).await?;
         let token_before = self.inner.epoch.token();
         self.mark_epoch(true).await?;
 
         let at = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
         let found_by_another = token_before.is_some() && why == "the epoch marker was replaced";
+        let mut named = vec![why.to_owned()];
+        named.extend(missing.groups.iter().map(|name| format!("group `{name}`")));
+        named.extend(missing.queues.iter().map(|name| format!("queue `{name}`")));
+        named.extend(
+            missing
+                .topics
+                .iter()
+                .map(|name| format!("topic stream `{name}`")),
+        );
         error!(
-            missing = %missing.join(", "),
-            may_be_lost = %may_be_lost(&gone_groups, &gone_queues, &gone_topics),
+            missing = %named.join(", "),
+            may_be_lost = %may_be_lost(&missing.groups, &missing.queues, &missing.topics),
             healed_first_by_another_process = found_by_another,
             "redis lost its state (restarted without persistence, flushed, or failed over to a replica that missed writes); this process declared again its topics, groups and queues, and work goes on"
         );
@@ -381,10 +252,161 @@ impl RedisBroker {
             .epoch
             .last
             .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some(StateLoss { at, missing });
+            .unwrap_or_else(|e| e.into_inner()) = Some(StateLoss { at, missing: named });
         self.inner.epoch.heals.fetch_add(1, Ordering::AcqRel);
         Ok(())
     }
+
+    /// What this process declared: its groups, its queues, and the topics it registered
+    /// (sorted, for the log).
+    fn declared(&self) -> Declared {
+        let groups = self
+            .inner
+            .groups
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(name, patterns)| (name.clone(), patterns.clone()))
+            .collect();
+        let queues = self
+            .inner
+            .queue_specs
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        let mut topics: Vec<String> = self
+            .inner
+            .known_topics
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .cloned()
+            .collect();
+        topics.sort();
+        Declared {
+            groups,
+            queues,
+            topics,
+        }
+    }
+
+    /// Which of `declared` Redis no longer holds, for the log.
+    async fn find_missing<'d>(&self, declared: &'d Declared) -> Result<Missing<'d>, BrokerError> {
+        let keys = &self.inner.keys;
+        let mut missing = Missing::default();
+        if declared.groups.is_empty() && declared.queues.is_empty() && declared.topics.is_empty() {
+            return Ok(missing);
+        }
+        let mut pipe = redis::pipe();
+        for (name, _) in &declared.groups {
+            pipe.cmd("HEXISTS").arg(keys.groups()).arg(name);
+        }
+        for queue in &declared.queues {
+            pipe.cmd("HEXISTS").arg(keys.queues()).arg(&queue.name);
+        }
+        for topic in &declared.topics {
+            pipe.cmd("EXISTS").arg(keys.topic(topic));
+        }
+        let present: Vec<bool> = pipe
+            .query_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        let mut present = present.into_iter();
+        for (name, _) in &declared.groups {
+            if present.next() == Some(false) {
+                missing.groups.push(name);
+            }
+        }
+        for queue in &declared.queues {
+            if present.next() == Some(false) {
+                missing.queues.push(&queue.name);
+            }
+        }
+        for topic in &declared.topics {
+            if present.next() == Some(false) {
+                missing.topics.push(topic);
+            }
+        }
+        Ok(missing)
+    }
+
+    /// Declares `declared` again: topics, groups (records, inboxes, and the XGROUPs of every
+    /// registered group on the topics it reads), queues and their movers; then wakes what
+    /// waits on them.
+    async fn declare_again(&self, declared: &Declared) -> Result<(), BrokerError> {
+        let keys = &self.inner.keys;
+        let mut conn = self.conn();
+        if !declared.topics.is_empty() {
+            redis::cmd("SADD")
+                .arg(keys.topics())
+                .arg(&declared.topics)
+                .query_async::<Value>(&mut conn)
+                .await
+                .map_err(unavailable)?;
+        }
+        let topics: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(keys.topics())
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        for (name, patterns) in &declared.groups {
+            let record = GroupRecord {
+                patterns: patterns.iter().map(|p| p.to_string()).collect(),
+                // From the start of every stream: what they hold came after the loss.
+                since: 0,
+            }
+            .to_json();
+            redis::cmd("HSETNX")
+                .arg(keys.groups())
+                .arg(name)
+                .arg(record)
+                .query_async::<Value>(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            self.create_inbox(name).await?;
+        }
+        // Every registered group (this process's and the others') on every registered
+        // topic it reads, from where its record says it started.
+        for (group, record) in self.group_records().await? {
+            let patterns = parse_patterns(&record.patterns);
+            let streams: Vec<String> = topics
+                .iter()
+                .filter(|t| patterns.iter().any(|p| p.matches(t)))
+                .map(|t| keys.topic(t))
+                .collect();
+            self.ensure(&group, &format!("{}-0", record.since), &streams)
+                .await?;
+        }
+        for queue in &declared.queues {
+            self.create_queue(queue).await?;
+            self.start_queue_mover(&queue.name);
+        }
+        // Waiting consumers look again at once.
+        for (name, _) in &declared.groups {
+            self.wake(keys.group_wake(name)).await?;
+        }
+        for queue in &declared.queues {
+            self.wake(keys.queue(&queue.name, "wake")).await?;
+        }
+        Ok(())
+    }
+}
+
+/// What a process declared, as `heal` declares it again.
+struct Declared {
+    groups: Vec<(String, Vec<TopicPattern>)>,
+    queues: Vec<QueueSpec>,
+    topics: Vec<String>,
+}
+
+/// What of `Declared` Redis no longer held, by name.
+#[derive(Default)]
+struct Missing<'d> {
+    groups: Vec<&'d str>,
+    queues: Vec<&'d str>,
+    topics: Vec<&'d str>,
 }
 
 /// What may have gone with a loss, by name (never contents).
@@ -430,7 +452,7 @@ pub(super) async fn run(weak: Weak<Inner>) {
             generation = Some(now);
             let checked = broker.check_epoch().await;
             if let Err(e) = broker.track("state check", checked) {
-                debug!(error = %super::outage::describe(&e), "state check failed; trying again");
+                debug!(error = %outage::describe(&e), "state check failed; trying again");
             }
             if broker.inner.oom.current().is_some() {
                 broker.probe_memory().await;
@@ -450,7 +472,7 @@ impl RedisBroker {
     /// sequence), to learn whether Redis takes writes again.
     async fn probe_memory(&self) {
         let wrote = redis::cmd("INCRBY")
-            .arg(self.key("seq"))
+            .arg(self.inner.keys.seq())
             .arg(0)
             .query_async::<Value>(&mut self.conn())
             .await

@@ -4,20 +4,21 @@
 //! kept. Entries arrive in batches from each process's history shipper, off the hot path.
 //!
 //! Bounds: `MAX_JOURNEYS` journeys (the oldest are deleted first), `MAX_EVENTS` entries per
-//! journey, and each journey expires `TTL_MS` after its first entry (set once, not on every
+//! journey, and each journey expires `HISTORY_TTL` after its first entry (set once, not on every
 //! entry: a journey is short, and one command fewer per event counts on the hot path).
 
 use std::sync::LazyLock;
 
 use redis::{Script, Value};
 
+use super::failure::unavailable;
 use super::scripts::script;
-use super::{unavailable, RedisBroker};
+use super::RedisBroker;
 use crate::broker::BrokerError;
 
-pub(super) const MAX_JOURNEYS: usize = 10_000;
-pub(super) const MAX_EVENTS: usize = 1_000;
-pub(super) const TTL_MS: u64 = 60 * 60 * 1000;
+use super::defaults::{
+    HISTORY_EVENTS as MAX_EVENTS, HISTORY_JOURNEYS as MAX_JOURNEYS, HISTORY_TTL,
+};
 
 /// `history`: ARGV P, max journeys, max events, ttl ms, n, n × (correlation, entry json).
 static RECORD: LazyLock<Script> = LazyLock::new(|| {
@@ -64,10 +65,10 @@ impl RedisBroker {
         }
         let mut invocation = RECORD.prepare_invoke();
         invocation
-            .arg(self.prefix())
+            .arg(self.inner.keys.prefix())
             .arg(MAX_JOURNEYS)
             .arg(MAX_EVENTS)
-            .arg(TTL_MS)
+            .arg(HISTORY_TTL.as_millis() as u64)
             .arg(entries.len());
         for (correlation, json) in entries {
             invocation.arg(correlation).arg(json);
@@ -81,7 +82,7 @@ impl RedisBroker {
 
     pub(super) async fn journey(&self, correlation: &str) -> Result<Vec<String>, BrokerError> {
         redis::cmd("LRANGE")
-            .arg(format!("{}h:{correlation}", self.prefix()))
+            .arg(self.inner.keys.journey(correlation))
             .arg(0)
             .arg(-1)
             .query_async(&mut self.conn())

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use tracing::{error, info};
 
 /// How long writes must go without a refusal before an episode counts as over.
-pub(super) const SETTLE: Duration = Duration::from_secs(1);
+pub(super) const SETTLE: Duration = super::defaults::OOM_SETTLE;
 
 #[derive(Default)]
 pub(crate) struct OutOfMemory {

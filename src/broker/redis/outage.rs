@@ -16,7 +16,7 @@ use tracing::{debug, info, warn};
 use crate::broker::BrokerError;
 
 /// How often a warning repeats while Redis stays unreachable.
-const REMIND_EVERY: Duration = Duration::from_secs(30);
+const REMIND_EVERY: Duration = super::defaults::OUTAGE_REMIND_EVERY;
 
 pub(crate) use crate::broker::backoff::{jittered, BACKOFF_START};
 
@@ -40,7 +40,7 @@ struct State {
 }
 
 /// How long commands must keep succeeding before an outage counts as over.
-const SETTLE: Duration = Duration::from_millis(500);
+const SETTLE: Duration = super::defaults::OUTAGE_SETTLE;
 
 impl Outage {
     /// Records a failed command. `what` says who failed ("ingest", "consumer", ...).
@@ -111,8 +111,8 @@ impl Outage {
     }
 }
 
-/// The error and its cause in one line (never the URL: the redis crate's errors do not
-/// quote it, and URL errors are redacted before they get here).
+/// The error and its cause in one line (never the URL: Redis's failures do not quote it,
+/// and URL errors are redacted before they get here).
 pub(crate) fn describe(error: &BrokerError) -> String {
     match error {
         BrokerError::Unavailable { source } => source.to_string(),
@@ -123,15 +123,14 @@ pub(crate) fn describe(error: &BrokerError) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::broker::{FailureKind, ServerFailure};
 
     #[test]
     fn an_outage_is_down_until_a_command_succeeds() {
         let outage = Outage::default();
         assert!(outage.down().is_none());
         let error = BrokerError::Unavailable {
-            source: redis::RedisError::from(std::io::Error::from(
-                std::io::ErrorKind::ConnectionRefused,
-            )),
+            source: ServerFailure::new(FailureKind::Unreachable, "connection refused"),
         };
         outage.failed("test", &error);
         outage.failed("test", &error);
@@ -144,9 +143,7 @@ mod tests {
     #[test]
     fn a_success_right_after_a_failure_does_not_end_the_outage() {
         let refused = || BrokerError::Unavailable {
-            source: redis::RedisError::from(std::io::Error::from(
-                std::io::ErrorKind::ConnectionRefused,
-            )),
+            source: ServerFailure::new(FailureKind::Unreachable, "connection refused"),
         };
         let outage = Outage::default();
         outage.failed("mover", &refused());

@@ -16,7 +16,6 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
 
 use futures_util::StreamExt;
 use serde_json::Value;
@@ -24,6 +23,8 @@ use tokio::sync::oneshot;
 use tracing::{debug, warn};
 
 use super::cluster::Node;
+use super::defaults::{REPLY_LISTENER_TICK, RESUBSCRIBE_MAX, RESUBSCRIBE_START};
+use super::keys::Keys;
 
 /// What a waiting query receives: the reply, or the handler's failure message.
 pub(crate) type Answer = Result<Value, String>;
@@ -80,9 +81,9 @@ impl Waiting {
 
 /// The channel a reply address `{instance}/{id}` is published on, and the id; `None` for
 /// an address this broker did not make.
-pub(crate) fn route(prefix: &str, address: &str) -> Option<(String, String)> {
+pub(super) fn route(keys: &Keys, address: &str) -> Option<(String, String)> {
     let (instance, id) = split(address)?;
-    Some((channel(prefix, instance), id.to_owned()))
+    Some((keys.reply_channel(instance), id.to_owned()))
 }
 
 /// The instance and the request id of a reply address `{instance}/{id}`.
@@ -92,11 +93,6 @@ pub(crate) fn split(address: &str) -> Option<(&str, &str)> {
         return None;
     }
     Some((instance, id))
-}
-
-/// This instance's reply channel.
-pub(crate) fn channel(prefix: &str, instance: &str) -> String {
-    format!("{prefix}reply:{instance}")
 }
 
 /// The message a commit publishes for one reply.
@@ -121,10 +117,10 @@ pub(crate) async fn listen(
     let first = subscribe(&node.client(), &channel).await?;
     tokio::spawn(async move {
         let mut stream = Some(first);
-        let mut backoff = Duration::from_millis(50);
+        let mut backoff = RESUBSCRIBE_START;
         loop {
             if let Some(messages) = stream.take() {
-                backoff = Duration::from_millis(50);
+                backoff = RESUBSCRIBE_START;
                 if !pump(messages, &waiting).await {
                     return;
                 }
@@ -138,7 +134,7 @@ pub(crate) async fn listen(
                 Err(e) => {
                     debug!(error = %e, "the reply listener could not reconnect yet");
                     tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    backoff = (backoff * 2).min(RESUBSCRIBE_MAX);
                 }
             }
         }
@@ -159,7 +155,7 @@ async fn subscribe(
 async fn pump(mut messages: redis::aio::PubSubStream, waiting: &Weak<Waiting>) -> bool {
     loop {
         // Wake now and then to notice that the broker has gone.
-        match tokio::time::timeout(Duration::from_secs(1), messages.next()).await {
+        match tokio::time::timeout(REPLY_LISTENER_TICK, messages.next()).await {
             Ok(Some(message)) => match waiting.upgrade() {
                 Some(waiting) => waiting.deliver(message.get_payload_bytes()),
                 None => return false,
@@ -182,12 +178,13 @@ mod tests {
 
     #[test]
     fn addresses_route_to_the_instance_channel() {
+        let keys = Keys::new("edaflow:{x}:".to_owned());
         assert_eq!(
-            route("edaflow:{x}:", "123-abc/01J"),
+            route(&keys, "123-abc/01J"),
             Some(("edaflow:{x}:reply:123-abc".to_owned(), "01J".to_owned()))
         );
-        assert_eq!(route("edaflow:{x}:", "no-slash"), None);
-        assert_eq!(route("edaflow:{x}:", "/id"), None);
+        assert_eq!(route(&keys, "no-slash"), None);
+        assert_eq!(route(&keys, "/id"), None);
     }
 
     #[tokio::test]

@@ -44,13 +44,16 @@ use redis::{Script, Value};
 use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
-use super::{int, items, parse_patterns, text, unavailable, Inner, RedisBroker};
+use super::failure::{unavailable, unexpected};
+use super::groups::parse_patterns;
+use super::reply::{count, items, nth, text};
+use super::{Inner, RedisBroker};
 use crate::broker::BrokerError;
 
-/// How long a "kept" warning for one topic and group stays quiet when nothing changed.
-const WARN_EVERY: Duration = Duration::from_secs(60);
-/// Most overdue entries counted per group and pass (the count says "at least" past it).
-const COUNT_LIMIT: usize = 10_000;
+use super::defaults::{
+    RETENTION_COUNT_LIMIT as COUNT_LIMIT, RETENTION_IDLE_PASS, RETENTION_PASS_MAX,
+    RETENTION_PASS_MIN, RETENTION_WARN_EVERY as WARN_EVERY,
+};
 
 /// The retention settings of this process and the trimmer's memory.
 #[derive(Default)]
@@ -166,7 +169,7 @@ impl RedisBroker {
         for (topic, retention) in topics {
             let mut invocation = TRIM.prepare_invoke();
             invocation
-                .arg(self.topic_key(&topic))
+                .arg(self.inner.keys.topic(&topic))
                 .arg(u64::try_from(retention.as_millis()).unwrap_or(u64::MAX))
                 .arg(COUNT_LIMIT)
                 .arg("0");
@@ -182,21 +185,20 @@ impl RedisBroker {
                 .invoke_async(&mut self.conn())
                 .await
                 .map_err(unavailable)?;
-            let reply = items(&reply);
-            let trimmed = reply.first().map_or(0, int);
-            let kept: Vec<(String, u64)> = reply
-                .get(1..)
-                .unwrap_or_default()
-                .chunks(2)
-                .filter_map(|pair| {
-                    let count = u64::try_from(int(pair.get(1)?)).ok()?;
-                    Some((text(pair.first()?), count))
-                })
-                .collect();
+            let reply = items(&reply)?;
+            let trimmed = count(nth(reply, 0)?)?;
+            let pairs = &reply[1..];
+            if pairs.len() % 2 != 0 {
+                return Err(unexpected("the kept counts of a trimming pass", &reply));
+            }
+            let kept = pairs
+                .chunks_exact(2)
+                .map(|pair| Ok((text(&pair[0])?, count(&pair[1])?)))
+                .collect::<Result<Vec<(String, u64)>, BrokerError>>()?;
             let report = TrimReport {
                 topic,
                 retention,
-                trimmed: u64::try_from(trimmed).unwrap_or(0),
+                trimmed,
                 kept,
             };
             self.log_pass(&report);
@@ -218,7 +220,7 @@ impl RedisBroker {
         let with_retention = self.inner.retention.topics();
         let mut conn = self.conn();
         let mut topics: Vec<String> = redis::cmd("SMEMBERS")
-            .arg(self.key("topics"))
+            .arg(self.inner.keys.topics())
             .query_async(&mut conn)
             .await
             .map_err(unavailable)?;
@@ -236,14 +238,14 @@ impl RedisBroker {
             }
             let trimmed: Value = TRIM
                 .prepare_invoke()
-                .arg(self.topic_key(&topic))
+                .arg(self.inner.keys.topic(&topic))
                 .arg(u64::try_from(retention.as_millis()).unwrap_or(u64::MAX))
                 .arg(COUNT_LIMIT)
                 .arg("1")
                 .invoke_async(&mut conn)
                 .await
                 .map_err(unavailable)?;
-            let trimmed = u64::try_from(items(&trimmed).first().map_or(0, int)).unwrap_or(0);
+            let trimmed = count(nth(items(&trimmed)?, 0)?)?;
             if trimmed > 0 {
                 self.log_unread(&topic, retention, trimmed);
             }
@@ -334,8 +336,8 @@ fn pass_interval(topics: &BTreeMap<String, Duration>) -> Duration {
     topics
         .values()
         .min()
-        .map_or(Duration::from_secs(1), |shortest| {
-            (*shortest / 4).clamp(Duration::from_millis(50), Duration::from_secs(60))
+        .map_or(RETENTION_IDLE_PASS, |shortest| {
+            (*shortest / 4).clamp(RETENTION_PASS_MIN, RETENTION_PASS_MAX)
         })
 }
 

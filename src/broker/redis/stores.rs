@@ -13,32 +13,34 @@
 //! which is retried, rather than reading as empty.
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use serde_json::Value;
 
 use redis::Value as Reply;
 
 use super::cluster::Node;
+use super::defaults;
+use super::keys::Keys;
+use super::stored::excerpt;
 use crate::store::{Fetched, StoreError, StoreRead, StoreWant};
 
 /// Blocking connections kept for reuse; more may be opened under load, and the surplus is
 /// closed when returned.
-const POOL_SIZE: usize = 8;
+const POOL_SIZE: usize = defaults::STORE_POOL;
 
 /// Reads the stores of one namespace.
 pub(crate) struct RedisStores {
     node: Arc<Node>,
-    prefix: String,
+    keys: Keys,
     /// Connections with the node generation they were opened in.
     pool: Mutex<Vec<(u64, redis::Connection)>>,
 }
 
 impl RedisStores {
-    pub(crate) fn new(node: Arc<Node>, prefix: String) -> RedisStores {
+    pub(super) fn new(node: Arc<Node>, keys: Keys) -> RedisStores {
         RedisStores {
             node,
-            prefix,
+            keys,
             pool: Mutex::new(Vec::new()),
         }
     }
@@ -67,9 +69,9 @@ impl RedisStores {
                 let conn = self
                     .node
                     .client()
-                    .get_connection_with_timeout(Duration::from_secs(1))
+                    .get_connection_with_timeout(defaults::SYNC_CONNECT_TIMEOUT)
                     .map_err(failed)?;
-                conn.set_read_timeout(Some(Duration::from_secs(2)))
+                conn.set_read_timeout(Some(defaults::STORE_READ_TIMEOUT))
                     .map_err(failed)?;
                 conn
             }
@@ -80,10 +82,6 @@ impl RedisStores {
             pool.push((generation, conn));
         }
         Ok(value)
-    }
-
-    fn hash(&self, store: &str) -> String {
-        format!("{}s:{store}", self.prefix)
     }
 
     /// Makes `wants` on `conn`: one pipelined round trip, and a second one for the values
@@ -100,6 +98,7 @@ impl RedisStores {
         let store_of = |want: &StoreWant| match want {
             StoreWant::Get { store, .. } | StoreWant::Scan { store, .. } => store.clone(),
         };
+        // `wants` is not empty here: the first want names the store in errors.
         let failed = |e: redis::RedisError| StoreError {
             store: wants.first().map(store_of).unwrap_or_default(),
             reason: e.to_string(),
@@ -108,13 +107,13 @@ impl RedisStores {
         for want in wants {
             match want {
                 StoreWant::Get { store, key } => {
-                    reads.cmd("HGET").arg(self.hash(store)).arg(key);
+                    reads.cmd("HGET").arg(self.keys.store(store)).arg(key);
                 }
                 StoreWant::Scan { store, prefix } => {
                     let (from, to) = lex_range(prefix);
                     reads
                         .cmd("ZRANGE")
-                        .arg(format!("{}:keys", self.hash(store)))
+                        .arg(self.keys.store_keys(store))
                         .arg(from)
                         .arg(to)
                         .arg("BYLEX")
@@ -136,10 +135,16 @@ impl RedisStores {
         let mut values = redis::pipe();
         let mut hmgets = 0;
         for (want, reply) in wants.iter().zip(&replies) {
-            if let (StoreWant::Scan { store, .. }, Reply::Array(keys)) = (want, reply) {
-                let keys: Vec<String> = keys.iter().filter_map(bulk_text).collect();
+            if let StoreWant::Scan { store, .. } = want {
+                let Reply::Array(keys) = reply else {
+                    return Err(unexpected_reply(store, reply));
+                };
+                let keys = keys
+                    .iter()
+                    .map(|key| bulk_text(store, key)?.ok_or_else(|| unexpected_reply(store, key)))
+                    .collect::<Result<Vec<String>, StoreError>>()?;
                 if !keys.is_empty() {
-                    values.cmd("HMGET").arg(self.hash(store)).arg(&keys);
+                    values.cmd("HMGET").arg(self.keys.store(store)).arg(&keys);
                     hmgets += 1;
                 }
                 found_keys.push(keys);
@@ -156,25 +161,27 @@ impl RedisStores {
         for (want, reply) in wants.iter().zip(replies) {
             match want {
                 StoreWant::Get { store, key } => {
-                    let value = bulk_text(&reply)
+                    // Nil: no value under the key.
+                    let value = bulk_text(store, &reply)?
                         .map(|t| parse(store, key, &t))
                         .transpose()?;
                     out.push(Fetched::Value(value));
                 }
                 StoreWant::Scan { store, .. } => {
+                    // One list of keys was pushed for each scan above, in this order.
                     let keys = found_keys.pop().unwrap_or_default();
                     let texts = if keys.is_empty() {
                         Vec::new()
                     } else {
                         match scanned.pop() {
-                            Some(Reply::Array(texts)) => texts,
-                            _ => Vec::new(),
+                            Some(Reply::Array(texts)) if texts.len() == keys.len() => texts,
+                            other => return Err(unexpected_reply(store, &other)),
                         }
                     };
                     let mut entries = Vec::with_capacity(keys.len());
                     for (key, text) in keys.into_iter().zip(texts) {
-                        // A key removed between the two reads is skipped.
-                        if let Some(text) = bulk_text(&text) {
+                        // A key removed between the two reads is skipped (nil).
+                        if let Some(text) = bulk_text(store, &text)? {
                             let value = parse(store, &key, &text)?;
                             entries.push((key, value));
                         }
@@ -187,11 +194,27 @@ impl RedisStores {
     }
 }
 
-fn bulk_text(reply: &Reply) -> Option<String> {
+/// A string reply as text; `None` for nil (a key or field that does not exist).
+///
+/// # Errors
+/// A reply of another kind, which no read of a store answers.
+fn bulk_text(store: &str, reply: &Reply) -> Result<Option<String>, StoreError> {
     match reply {
-        Reply::BulkString(bytes) => Some(String::from_utf8_lossy(bytes).into_owned()),
-        Reply::SimpleString(s) => Some(s.clone()),
-        _ => None,
+        Reply::BulkString(bytes) => Ok(Some(String::from_utf8_lossy(bytes).into_owned())),
+        Reply::SimpleString(s) => Ok(Some(s.clone())),
+        Reply::Nil => Ok(None),
+        other => Err(unexpected_reply(store, other)),
+    }
+}
+
+/// The error for a reply of a shape no read of a store answers.
+fn unexpected_reply(store: &str, reply: &impl std::fmt::Debug) -> StoreError {
+    StoreError {
+        store: store.to_owned(),
+        reason: format!(
+            "unexpected reply from Redis: {}",
+            excerpt(format!("{reply:?}").as_bytes(), 256)
+        ),
     }
 }
 
@@ -216,7 +239,7 @@ fn parse(store: &str, key: &str, text: &str) -> Result<Value, StoreError> {
 
 impl StoreRead for RedisStores {
     fn get(&self, store: &str, key: &str) -> Result<Option<Value>, StoreError> {
-        let hash = self.hash(store);
+        let hash = self.keys.store(store);
         let text: Option<String> = self.with_conn(store, |conn| {
             redis::cmd("HGET").arg(&hash).arg(key).query(conn)
         })?;
@@ -232,8 +255,8 @@ impl StoreRead for RedisStores {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let hash = self.hash(store);
-        let index = format!("{hash}:keys");
+        let hash = self.keys.store(store);
+        let index = self.keys.store_keys(store);
         let (from, to) = lex_range(prefix);
         let (keys, values): (Vec<String>, Vec<Option<String>>) = self.with_conn(store, |conn| {
             let keys: Vec<String> = redis::cmd("ZRANGE")

@@ -26,7 +26,6 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
 
 use futures_util::StreamExt;
 use redis::aio::PubSubStream;
@@ -34,8 +33,10 @@ use redis::Value;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn, Instrument};
 
-use super::consumer::Request;
-use super::{unavailable, RedisBroker, RedisConsumer};
+use super::consumer::{RedisConsumer, Request};
+use super::defaults::{HUB_BUFFER, HUB_REQUESTS, LIST_POLL, RESUBSCRIBE_MAX, RESUBSCRIBE_START};
+use super::failure::unavailable;
+use super::RedisBroker;
 use crate::broker::{BrokerError, Delivery, Effects, WireSpec};
 use crate::event::{Event, RawPayload};
 use crate::flow::pattern::TopicPattern;
@@ -44,11 +45,6 @@ use crate::flow::pattern::TopicPattern;
 const PUBSUB_TAG: &str = "p";
 /// The delivery tag of a list item (nothing to ack: RPOP took it).
 const LIST_TAG: &str = "l";
-/// Messages a hub holds for its workers before it drops new ones (pub/sub cannot push
-/// back on the publisher).
-const HUB_BUFFER: usize = 10_000;
-/// How often a waiting list reader looks at its list again.
-const LIST_POLL: Duration = Duration::from_millis(50);
 
 /// The wire settings of one broker and its running hubs.
 #[derive(Default)]
@@ -187,7 +183,7 @@ pub(super) async fn send_effects(
     let Some((rest, ops)) = broker.inner.wire.split(effects)? else {
         return Ok(None);
     };
-    let tap = broker.key("tap");
+    let tap = broker.inner.keys.tap();
     let mut pipe = redis::pipe();
     for op in &ops {
         match op {
@@ -296,7 +292,7 @@ pub(super) fn group_consumer(
     if let Some(requests) = hubs.get(group).and_then(|h| h.requests.upgrade()) {
         return RedisConsumer::from_requests(requests, broker.clone());
     }
-    let (requests, requests_rx) = mpsc::channel(64);
+    let (requests, requests_rx) = mpsc::channel(HUB_REQUESTS);
     let (given_back, given_back_rx) = mpsc::channel(HUB_BUFFER);
     hubs.insert(
         group.to_owned(),
@@ -339,14 +335,14 @@ impl Hub {
     ) {
         let mut stream: Option<PubSubStream> = None;
         let mut retry_at = tokio::time::Instant::now();
-        let mut backoff = Duration::from_millis(50);
+        let mut backoff = RESUBSCRIBE_START;
         let mut failing = false;
         loop {
             if stream.is_none() && tokio::time::Instant::now() >= retry_at {
                 match self.subscribe().await {
                     Ok(subscribed) => {
                         stream = Some(subscribed);
-                        backoff = Duration::from_millis(50);
+                        backoff = RESUBSCRIBE_START;
                         failing = false;
                     }
                     Err(e) => {
@@ -355,7 +351,7 @@ impl Hub {
                             failing = true;
                         }
                         retry_at = tokio::time::Instant::now() + backoff;
-                        backoff = (backoff * 2).min(Duration::from_secs(2));
+                        backoff = (backoff * 2).min(RESUBSCRIBE_MAX);
                     }
                 }
             }
@@ -535,7 +531,7 @@ impl ListReader {
                             Err(e) => {
                                 self.report(&e);
                                 tokio::time::sleep(backoff).await;
-                                backoff = (backoff * 2).min(Duration::from_secs(2));
+                                backoff = (backoff * 2).min(RESUBSCRIBE_MAX);
                             }
                         }
                     }
@@ -596,6 +592,8 @@ impl ListReader {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn event(topic: &str) -> Event {

@@ -1,0 +1,426 @@
+//! What goes through the batch script, and how deliveries are settled: publishes, commits
+//! (with the shortcut for a commit that is an ack alone), and nacks.
+//!
+//! A commit is one operation of the batch script (see `batch`, `scripts::BATCH`): the
+//! handler's published, deferred and enqueued events, its dead letter, store writes and
+//! query reply, then the ack of the delivery, all or nothing (see "Delivery guarantee" in
+//! the parent module). A delivery's tag says where its entry lies (`Position`), which the
+//! commit acks and a nack gives back from. What goes over the article's wire (pub/sub
+//! topics, plain-list queues) is sent first, by `wire`.
+//!
+//! This module must not read entries (`consumer`) or move due items (`mover`).
+
+use std::time::Duration;
+
+use redis::Value;
+use tracing::debug;
+
+use super::failure::{unavailable, unexpected};
+use super::keys::QUEUE_GROUP;
+use super::reply::{count, head, items, nth, text};
+use super::{batch, defaults, replies, scripts, wire, RedisBroker};
+use crate::broker::{Backpressure, Broker, BrokerError, Delivery, Effects};
+use crate::event::Event;
+use crate::store::StoreOp;
+
+/// What a commit with no delivery to ack passes as its ack: kind `-`, nothing else.
+pub(super) const NO_ACK: [&str; 4] = ["-", "", "", ""];
+
+/// A delay in whole ms, refusing what a Lua number cannot add exactly.
+fn delay_ms(delay: Duration) -> Result<u64, BrokerError> {
+    const MAX_MS: u128 = 1 << 52;
+    let ms = delay.as_millis();
+    if ms > MAX_MS {
+        return Err(BrokerError::DelayTooLong { delay_ms: ms });
+    }
+    // Bounded above by 2^52.
+    Ok(u64::try_from(ms).unwrap_or(u64::MAX))
+}
+
+/// Where a delivery's entry lies, read from its tag (see `consumer::Reader::delivery`).
+pub(super) struct Position {
+    /// `t` topic stream, `i` inbox, `r` ready stream, `b` back stream.
+    pub(super) kind: String,
+    /// The stream's key.
+    pub(super) key: String,
+    /// The XGROUP the entry is pending in.
+    pub(super) xgroup: String,
+    /// The entry's id.
+    pub(super) id: String,
+    /// Where an inherited or given-back entry first lay: stream key and entry id.
+    pub(super) origin_key: String,
+    pub(super) origin_id: String,
+    /// A queue item taken ahead: its due time (Redis ms); empty otherwise.
+    pub(super) due: String,
+}
+
+impl Position {
+    /// The ack a commit of this delivery carries: kind, key, group, id.
+    pub(super) fn ack(&self) -> [&str; 4] {
+        [&self.kind, &self.key, &self.xgroup, &self.id]
+    }
+}
+
+impl RedisBroker {
+    /// Where a delivery lives; `None` for a tag that is not a stream entry's.
+    pub(super) fn position(&self, delivery: &Delivery) -> Option<Position> {
+        let keys = &self.inner.keys;
+        let mut parts = delivery.tag.split('\n');
+        let kind = parts.next()?.to_owned();
+        let id = parts.next()?.to_owned();
+        let origin_key = parts.next().unwrap_or("").to_owned();
+        let origin_id = parts.next().unwrap_or("").to_owned();
+        let due = parts.next().unwrap_or("").to_owned();
+        // The stream an entry was read from, when its reader knew it (a topic's entry is
+        // acked on the stream it lies in, whatever its event says).
+        let stream = parts.next().filter(|k| !k.is_empty());
+        let (key, xgroup) = match kind.as_str() {
+            "t" => (
+                stream.map_or_else(|| keys.topic(&delivery.event.topic), str::to_owned),
+                delivery.group.to_string(),
+            ),
+            "i" => (keys.inbox(&delivery.group), delivery.group.to_string()),
+            "r" => (keys.queue(&delivery.group, "ready"), QUEUE_GROUP.to_owned()),
+            "b" => (keys.queue(&delivery.group, "back"), QUEUE_GROUP.to_owned()),
+            _ => return None,
+        };
+        Some(Position {
+            kind,
+            key,
+            xgroup,
+            id,
+            origin_key,
+            origin_id,
+            due,
+        })
+    }
+
+    /// A commit with nothing to write but the ack (and perhaps the answer to a query of this
+    /// process): the ack alone is the whole commit, so it goes out as a plain `XACK` on the
+    /// shared connection or, for streams that ack by deleting, as `XACK` and `XDEL` in one
+    /// `MULTI`, in one pipeline with the other such acks of the moment (`batch::Acks`),
+    /// instead of through the batch script. A local answer is handed over at once: it
+    /// writes nothing, so there is nothing for it to wait on (if the ack is lost, the run is
+    /// done again later and its second answer finds nobody waiting). `None` when the commit
+    /// has effects: it takes the script.
+    async fn ack_only(
+        &self,
+        [kind, key, group, id]: [&str; 4],
+        effects: &Effects,
+    ) -> Option<Result<(), BrokerError>> {
+        if !effects.writes_nothing() {
+            return None;
+        }
+        let local = match &effects.reply {
+            None => None,
+            Some(reply) => match replies::split(&reply.to) {
+                Some((instance, request)) if instance == self.inner.instance => {
+                    Some((request, reply))
+                }
+                _ => return None,
+            },
+        };
+        if let Some((request, reply)) = local {
+            self.inner.waiting.answer(request, reply.result.clone());
+        }
+        if kind == "-" {
+            return Some(Ok(()));
+        }
+        if kind != "t" {
+            return Some(self.inner.acks.ack(key, group, id).await);
+        }
+        let acked = redis::cmd("XACK")
+            .arg(key)
+            .arg(group)
+            .arg(id)
+            .query_async(&mut self.conn())
+            .await;
+        let acked = match acked {
+            // The stream or its group is gone (removed, or Redis lost its state): nothing
+            // is pending any more, as when the commit script finds the entry settled.
+            Err(e) if e.code() == Some("NOGROUP") => Ok(0),
+            other => other.map_err(unavailable),
+        };
+        match acked {
+            Ok(0) => {
+                // As the script's guard: settled already, by a lost-reply retry or another
+                // consumer. An ack applies nothing twice.
+                debug!(entry = id, "commit skipped: the entry was settled already");
+                Some(Ok(()))
+            }
+            Ok(_) => Some(Ok(())),
+            Err(e) => Some(Err(e)),
+        }
+    }
+
+    /// Runs the commit script: effects, then the ack of `ack` (kind, key, group, id). A
+    /// queue this process declared that Redis does not know means Redis lost its state:
+    /// it is healed (see `epoch`) and the commit tried once more.
+    pub(super) async fn run_commit(
+        &self,
+        ack: [&str; 4],
+        effects: &Effects,
+    ) -> Result<(), BrokerError> {
+        let heals = self.heals();
+        match self.run_commit_once(ack, effects).await {
+            Err(BrokerError::UnknownQueue { queue }) if self.declared_queue(&queue) => {
+                if self.state_check(heals).await? {
+                    self.run_commit_once(ack, effects).await
+                } else {
+                    Err(BrokerError::UnknownQueue { queue })
+                }
+            }
+            other => other,
+        }
+    }
+
+    async fn run_commit_once(&self, ack: [&str; 4], effects: &Effects) -> Result<(), BrokerError> {
+        // Every delay is checked before anything is sent (pub/sub effects go out first):
+        // a commit refused for one must not have sent the rest.
+        for (_, delay) in &effects.deferred {
+            delay_ms(*delay)?;
+        }
+        for (_, _, delay) in &effects.enqueue {
+            delay_ms(*delay)?;
+        }
+        let rest = wire::send_effects(self, effects).await?;
+        let effects = rest.as_ref().unwrap_or(effects);
+        if let Some(done) = self.ack_only(ack, effects).await {
+            return done;
+        }
+        let topics = effects
+            .publish
+            .iter()
+            .chain(effects.deferred.iter().map(|(e, _)| e))
+            .chain(effects.dead_letter.iter())
+            .map(|e| e.topic.as_str());
+        self.ensure_topics(topics).await?;
+        let (op, local_reply) = self.commit_op(ack, effects)?;
+        let reply = self.inner.batcher.run(op).await?;
+        let reply = items(&reply)?;
+        let outcome = head(reply)?;
+        let landed = matches!(outcome.as_str(), "ok" | "settled");
+        if let (true, Some((id, answer))) = (landed, local_reply) {
+            self.inner.waiting.answer(id, answer.clone());
+        }
+        if landed {
+            self.wrote();
+        }
+        commit_outcome(&outcome, reply, ack[3])
+    }
+
+    /// The batch script's arguments for one commit (see `scripts::BATCH`), and the answer
+    /// to a query of this process, handed over once the commit landed rather than
+    /// published (see `replies`).
+    #[allow(clippy::type_complexity)]
+    fn commit_op<'e>(
+        &self,
+        ack: [&str; 4],
+        effects: &'e Effects,
+    ) -> Result<(batch::OpArgs, Option<(&'e str, &'e replies::Answer)>), BrokerError> {
+        let mut op = batch::OpArgs::new("c");
+        for part in ack {
+            op.text(part);
+        }
+        op.num(effects.publish.len());
+        for event in &effects.publish {
+            op.text(&event.topic).owned(event.to_stored_json());
+        }
+        op.num(effects.deferred.len());
+        for (event, delay) in &effects.deferred {
+            op.text(&event.topic)
+                .num(delay_ms(*delay)?)
+                .owned(event.to_stored_json());
+        }
+        op.num(effects.enqueue.len());
+        for (queue, item, delay) in &effects.enqueue {
+            op.text(queue)
+                .num(delay_ms(*delay)?)
+                .owned(item.to_stored_json());
+        }
+        match &effects.dead_letter {
+            Some(dead) => op.text(&dead.topic).owned(dead.to_stored_json()),
+            None => op.text("").text(""),
+        };
+        op.num(effects.store_writes.len());
+        for write in &effects.store_writes {
+            op.text(&write.store).text(&write.key);
+            match &write.op {
+                StoreOp::Set(value) => op.text("s").owned(value.to_string()),
+                StoreOp::Remove => op.text("r").text(""),
+                StoreOp::Incr(n) => op.text("i").num(n),
+            };
+        }
+        let mut local_reply = None;
+        match effects
+            .reply
+            .as_ref()
+            .and_then(|r| Some((replies::split(&r.to)?, r)))
+        {
+            Some(((instance, id), r)) if instance == self.inner.instance => {
+                local_reply = Some((id, &r.result));
+                op.text("").text("");
+            }
+            Some((_, r)) => match replies::route(&self.inner.keys, &r.to) {
+                Some((channel, id)) => {
+                    op.owned(channel).owned(replies::payload(&id, &r.result));
+                }
+                None => {
+                    op.text("").text("");
+                }
+            },
+            None => {
+                op.text("").text("");
+            }
+        }
+        Ok((op, local_reply))
+    }
+}
+
+/// What the batch script's reply to one commit means: its `outcome` (the reply's first
+/// element) and the rest of `reply` (`entry`: the id acked, for the log).
+///
+/// # Errors
+/// What the script refused, and an unexpected reply for an outcome it does not give.
+fn commit_outcome(outcome: &str, reply: &[Value], entry: &str) -> Result<(), BrokerError> {
+    match outcome {
+        "ok" => Ok(()),
+        "oom" => Err(BrokerError::OutOfMemory),
+        // The entry is no longer pending: this commit ran already (its reply was lost
+        // to a timeout) or another consumer settled the entry. Nothing applied twice.
+        "settled" => {
+            debug!(entry, "commit skipped: the entry was settled already");
+            Ok(())
+        }
+        "unknown_queue" => Err(BrokerError::UnknownQueue {
+            queue: text(nth(reply, 1)?)?,
+        }),
+        "queue_full" => {
+            let capacity = count(nth(reply, 2)?)?;
+            Err(BrokerError::QueueFull {
+                queue: text(nth(reply, 1)?)?,
+                capacity: usize::try_from(capacity)
+                    .map_err(|_| unexpected("a queue's capacity", &reply))?,
+            })
+        }
+        _ => Err(unexpected("the outcome of a commit", &reply)),
+    }
+}
+
+/// Publishes one event (see `Broker::publish`): over the article's wire for a pub/sub
+/// topic, else through the batch script, which refuses it while a group reading the topic
+/// holds `group_capacity` entries (`Full`, or a wait with `Backpressure::Wait`).
+pub(super) async fn publish(
+    broker: &RedisBroker,
+    event: Event,
+    mode: Backpressure,
+) -> Result<(), BrokerError> {
+    if broker.inner.wire.is_pubsub(&event.topic) {
+        let effects = Effects {
+            publish: vec![event],
+            ..Effects::default()
+        };
+        wire::send_effects(broker, &effects).await?;
+        return Ok(());
+    }
+    broker.ensure_topics([event.topic.as_str()]).await?;
+    let json = event.to_stored_json();
+    // '' for unbounded groups: the script then checks nothing.
+    let capacity = broker
+        .inner
+        .options
+        .group_capacity
+        .map(|c| c.to_string())
+        .unwrap_or_default();
+    let mut backoff = defaults::PUBLISH_RETRY_START;
+    loop {
+        let mut op = batch::OpArgs::new("p");
+        op.text(&event.topic).text(&json).text(&capacity);
+        let reply = broker.inner.batcher.run(op).await?;
+        let reply = items(&reply)?;
+        match head(reply)?.as_str() {
+            "ok" => {
+                broker.wrote();
+                return Ok(());
+            }
+            "full" => {}
+            "oom" => return Err(BrokerError::OutOfMemory),
+            _ => return Err(unexpected("the outcome of a publish", &reply)),
+        }
+        let group = text(nth(reply, 1)?)?;
+        if mode == Backpressure::Reject {
+            return Err(BrokerError::Full { group });
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(defaults::PUBLISH_RETRY_MAX);
+    }
+}
+
+/// Publishes one event after `delay` (see `Broker::publish_later`): at once when there is
+/// none (through `Broker::publish`, guarded on its own), else a commit with nothing to ack
+/// that schedules it.
+pub(super) async fn publish_later(
+    broker: &RedisBroker,
+    event: Event,
+    delay: Duration,
+) -> Result<(), BrokerError> {
+    if delay.is_zero() {
+        return Broker::publish(broker, event, Backpressure::Wait).await;
+    }
+    let effects = Effects {
+        deferred: vec![(event, delay)],
+        ..Effects::default()
+    };
+    broker.run_commit(NO_ACK, &effects).await
+}
+
+/// Commits a handler run (see `Broker::commit`): its effects and the ack of its delivery.
+pub(super) async fn commit(
+    broker: &RedisBroker,
+    delivery: &Delivery,
+    effects: &Effects,
+) -> Result<(), BrokerError> {
+    match broker.position(delivery) {
+        Some(at) => broker.run_commit(at.ack(), effects).await,
+        None => broker.run_commit(NO_ACK, effects).await,
+    }
+}
+
+/// Gives a delivery back untouched (see `Broker::nack`): over the article's wire for one
+/// that came from it, else to its group's inbox or its queue's back stream, to be taken
+/// again first.
+pub(super) async fn nack(broker: &RedisBroker, delivery: Delivery) -> Result<(), BrokerError> {
+    if let Some(done) = wire::nack(broker, &delivery).await {
+        return done;
+    }
+    let Some(at) = broker.position(&delivery) else {
+        return Ok(());
+    };
+    let keys = &broker.inner.keys;
+    let dest = if delivery.from_queue {
+        keys.queue(&delivery.group, "back")
+    } else {
+        keys.inbox(&delivery.group)
+    };
+    let (origin_key, origin_id) = match at.kind.as_str() {
+        "t" => (at.key.clone(), at.id.clone()),
+        _ => (at.origin_key.clone(), at.origin_id.clone()),
+    };
+    scripts::NACK
+        .prepare_invoke()
+        .arg(keys.prefix())
+        .arg(&at.kind)
+        .arg(&at.key)
+        .arg(&at.xgroup)
+        .arg(&at.id)
+        .arg(dest)
+        .arg(delivery.event.to_stored_json())
+        .arg(delivery.redeliveries.saturating_add(1))
+        .arg(origin_key)
+        .arg(origin_id)
+        .arg(&at.due)
+        .invoke_async::<Value>(&mut broker.conn())
+        .await
+        .map_err(unavailable)?;
+    Ok(())
+}
