@@ -13,7 +13,7 @@ mod http_support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -346,6 +346,25 @@ async fn a_client_that_takes_no_byte_of_its_answer_is_dropped_at_the_idle_timeou
     tail.write_all(&request("GET", "/tail?pattern=bulk", &[], b""))
         .await
         .expect("open the tail");
+    // The tail is open once a first event comes through it; from then on nobody reads.
+    let deadline = Instant::now() + WITHIN;
+    let mut seen = Vec::new();
+    while !String::from_utf8_lossy(&seen).contains("\"first\"") {
+        assert!(Instant::now() < deadline, "the tail never opened");
+        let first = edaflow::event::Event::new("bulk", "test", serde_json::json!("first"));
+        server
+            .broker
+            .publish(first, edaflow::broker::Backpressure::Reject)
+            .await
+            .expect("publish");
+        let mut buffer = [0u8; 4096];
+        if let Ok(Ok(n)) =
+            tokio::time::timeout(Duration::from_millis(50), tail.read(&mut buffer)).await
+        {
+            assert!(n > 0, "the tail closed");
+            seen.extend_from_slice(&buffer[..n]);
+        }
+    }
     // Far more than the socket buffers hold, and nobody reading.
     let big = serde_json::json!({ "pad": "x".repeat(64 * 1024) });
     for _ in 0..400 {
@@ -357,10 +376,18 @@ async fn a_client_that_takes_no_byte_of_its_answer_is_dropped_at_the_idle_timeou
             .expect("publish");
         tokio::task::yield_now().await;
     }
-    // The client stays away longer than the idle timeout; the server gives up on it, so
-    // reading now finds what was sent, then the end. (Were it still open, it would stay
-    // open: nothing more is published.)
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The client stays away until the server has given up on it (its write clock, counted
+    // in metrics); reading now finds what was sent, then the end. (Were it still open, it
+    // would stay open: nothing more is published.)
+    let deadline = Instant::now() + WITHIN;
+    loop {
+        let metrics = exchange(server.addr, &request("GET", "/metrics", &[], b"")).await;
+        if metric(&metrics.text(), "edaflow_http_timeouts_total{clock=\"write\"}") >= 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the server never gave up on the tail");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let bytes = read_until_closed(&mut tail, WITHIN).await;
     assert!(bytes.len() > 1 << 20, "only {} bytes came", bytes.len());
     // Everyone else is still served.
