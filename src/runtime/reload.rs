@@ -8,7 +8,7 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use serde::Serialize;
 use tokio::sync::oneshot;
@@ -189,18 +189,8 @@ impl<B: Broker> Reloader<B> {
             .metrics()
             .reload_failures
             .fetch_add(1, Ordering::Relaxed);
-        self.runtime.set_last_reload(ReloadOutcome {
-            generation,
-            ok: false,
-            added: Vec::new(),
-            changed: Vec::new(),
-            removed: Vec::new(),
-            swapped: Vec::new(),
-            took_ms: 0.0,
-            message: Some(message.to_owned()),
-            at: SystemTime::now(),
-            backlogs: Vec::new(),
-        });
+        self.runtime
+            .set_last_reload(ReloadOutcome::failed(generation, message));
     }
 
     /// Settings that only take effect at start: the broker URL.
