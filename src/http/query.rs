@@ -13,10 +13,9 @@ use axum::response::Response;
 use tracing::warn;
 
 use crate::broker::{Backpressure, Broker};
-use crate::event::new_id;
+use crate::event::{new_id, REPLY_TO_EXTENSION};
 use crate::http::ingest::{read_event, refused};
 use crate::http::{json_response, ApiError, ApiState};
-use crate::runtime::subscriber::REPLY_TO_EXTENSION;
 
 /// How long a query waits for its reply when its topic sets no `timeout`.
 pub const DEFAULT_QUERY_TIMEOUT: Duration = Duration::from_secs(5);
