@@ -35,13 +35,13 @@ struct QueueReport {
 
 async fn queue_reports<B: Broker>(state: &ApiState<B>) -> Result<Vec<QueueReport>, ApiError> {
     let dead = state
-        .shared
+        .runtime
         .broker
         .dead_letters(&DeadFilter::default())
         .await
         .map_err(|_| ApiError::Unavailable)?;
     Ok(state
-        .shared
+        .runtime
         .broker
         .queue_stats()
         .into_iter()
@@ -262,7 +262,7 @@ pub(crate) async fn list_dead<B: Broker>(
 ) -> Result<Response, ApiError> {
     state.authorize(&headers)?;
     let dead = state
-        .shared
+        .runtime
         .broker
         .dead_letters(&dead_filter(query.origin.as_deref(), &[])?)
         .await
@@ -341,7 +341,7 @@ pub(crate) async fn replay_dead<B: Broker>(
             })
         })
         .transpose()?;
-    let broker = &state.shared.broker;
+    let broker = &state.runtime.broker;
     let dead = broker
         .dead_letters(&filter)
         .await
@@ -353,7 +353,7 @@ pub(crate) async fn replay_dead<B: Broker>(
         let result = match (&queue, delay) {
             (Some(queue), delay) => {
                 let default = state
-                    .shared
+                    .runtime
                     .queues
                     .borrow()
                     .get(queue)
@@ -419,7 +419,7 @@ pub(crate) async fn drop_dead<B: Broker>(
     let request = request.unwrap_or_default();
     let filter = selection(request.origin.as_deref(), &request.ids, request.all, "drop")?;
     let taken = state
-        .shared
+        .runtime
         .broker
         .take_dead_letters(&filter)
         .await

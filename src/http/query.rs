@@ -28,7 +28,7 @@ pub(crate) async fn query<B: Broker>(
     body: Body,
 ) -> Result<Response, ApiError> {
     let mut event = read_event(&state, topic, &headers, body).await?;
-    let broker = &state.shared.broker;
+    let broker = &state.runtime.broker;
     let request = new_id();
     let Some(answer) = broker.await_reply(&request) else {
         return Err(ApiError::QueriesUnsupported);
@@ -38,7 +38,7 @@ pub(crate) async fn query<B: Broker>(
         broker.reply_address(&request).into(),
     );
     let timeout = state
-        .shared
+        .runtime
         .topics
         .borrow()
         .get(&event.topic)
@@ -49,7 +49,7 @@ pub(crate) async fn query<B: Broker>(
         broker.forget_reply(&request);
         return Err(refused(e));
     }
-    state.shared.metrics.published(&topic);
+    state.runtime.metrics.published(&topic);
     match tokio::time::timeout(timeout, answer).await {
         Ok(Ok(Ok(data))) => Ok(json_response(StatusCode::OK, data.to_string())),
         Ok(Ok(Err(message))) => {
@@ -75,7 +75,7 @@ pub(crate) async fn read_store<B: Broker>(
 ) -> Result<Response, ApiError> {
     state.authorize(&headers)?;
     let exposed = state
-        .shared
+        .runtime
         .stores
         .borrow()
         .get(&store)
@@ -84,7 +84,7 @@ pub(crate) async fn read_store<B: Broker>(
         return Err(ApiError::NotExposed { store });
     }
     let value = state
-        .shared
+        .runtime
         .broker
         .stores()
         .map(|s| s.get(&store, &key))

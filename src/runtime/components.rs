@@ -19,6 +19,7 @@ use crate::flow::model::{
     ChainConfig, FlowSet, ProducerConfig, ProducerKind, RelayConfig, SubscriberConfig,
     SubscriberInput,
 };
+use crate::runtime::api::ApiProducer;
 use crate::runtime::subscriber::{HandlerCode, SubscriberTask};
 use crate::runtime::{chains, producers, relay, subscriber, Prepared, Runtime, RuntimeError};
 
@@ -234,16 +235,19 @@ impl<B: Broker> Runtime<B> {
                         .unwrap_or_else(|e| e.into_inner())
                         .insert(name.to_owned(), addr);
                 }
-                let state = crate::http::ApiState::new(
-                    self.shared.clone(),
-                    http.clone(),
-                    file.and_then(|f| f.deferred_topic.clone())
+                let producer = ApiProducer {
+                    runtime: self.api_context(),
+                    config: http.clone(),
+                    deferred_topic: file
+                        .and_then(|f| f.deferred_topic.clone())
                         .unwrap_or_else(|| "master".to_owned()),
                     source,
-                );
+                };
                 let span = tracing::info_span!("producer", component = name);
                 running.tracker.spawn(
-                    crate::http::serve(listener, state, running.token.clone()).instrument(span),
+                    self.api
+                        .serve(listener, producer, running.token.clone())
+                        .instrument(span),
                 );
             }
             ProducerKind::Interval(interval) => {

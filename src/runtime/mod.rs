@@ -11,8 +11,10 @@
 //!
 //! The other modules are the components themselves (`subscriber`, `relay`, `chains`,
 //! `producers`) and what they record (`metrics`, `history`, `dead_letter`,
-//! `step_registry`), the reload path (`reload`) and its report (`outcome`).
+//! `step_registry`), the reload path (`reload`) and its report (`outcome`). `api` is what
+//! the HTTP API may see of a runtime and how the runtime starts it, without naming it.
 
+pub mod api;
 mod apply;
 pub mod chains;
 mod components;
@@ -48,6 +50,7 @@ pub use outcome::{Backlog, ReloadOutcome};
 pub use prepare::{prepare, prepare_after, Prepared};
 pub use shutdown::{ShutdownReport, COMPONENTS_STOP, PRODUCERS_STOP};
 
+use api::{ApiContext, ApiServer};
 use components::Running;
 
 /// Settings of a runtime that hold for its whole life.
@@ -76,8 +79,9 @@ pub struct Status {
     pub started: Instant,
 }
 
-/// What every component of a runtime shares.
-pub struct Shared<B: Broker> {
+/// What every component of a runtime shares. Not for the HTTP API, which gets the narrow
+/// `api::ApiContext`.
+pub(crate) struct Shared<B: Broker> {
     pub broker: B,
     /// The queues of the running generation (defaults and existence for `enqueue` and HTTP).
     pub queues: watch::Sender<Arc<BTreeMap<String, QueueConfig>>>,
@@ -88,13 +92,13 @@ pub struct Shared<B: Broker> {
     /// Per-topic settings of the running generation (query reply timeouts).
     pub topics: watch::Sender<Arc<BTreeMap<String, TopicConfig>>>,
     /// Recent journeys, for `edaflow trace`.
-    pub history: history::History,
+    pub history: Arc<history::History>,
     /// When set, each successfully handled event is reported here with its subscriber
     /// (`edaflow test` uses it to check `handled_by`); lossy if the reader falls behind.
     pub handled:
         std::sync::OnceLock<tokio::sync::mpsc::Sender<(Arc<str>, Arc<crate::event::Event>)>>,
     /// Where `POST /admin/reload` sends its request (set once by whoever owns reloads).
-    pub reload: std::sync::OnceLock<tokio::sync::mpsc::Sender<reload::ReloadRequest>>,
+    pub reload: reload::ReloadHandle,
     pub engine: ScriptEngine,
     pub metrics: Arc<Metrics>,
     pub status: Arc<Status>,
@@ -137,6 +141,8 @@ pub enum RuntimeError {
 pub struct Runtime<B: Broker> {
     shared: Arc<Shared<B>>,
     options: RuntimeOptions,
+    /// What serves the `http` producers.
+    api: Arc<dyn ApiServer<B>>,
     /// Which components of a set this process runs (from `options`).
     selection: Selection,
     /// The set last applied.
@@ -152,18 +158,20 @@ pub struct Runtime<B: Broker> {
 }
 
 impl<B: Broker> Runtime<B> {
-    /// A runtime with nothing running yet; `apply` starts a generation.
-    pub fn new(broker: B, options: RuntimeOptions) -> Runtime<B> {
+    /// A runtime with nothing running yet, whose `http` producers `api` serves; `apply`
+    /// starts a generation. (`Runtime::new`, at the crate root, hands it the `http`
+    /// module's API.)
+    pub fn with_api(broker: B, options: RuntimeOptions, api: Arc<dyn ApiServer<B>>) -> Runtime<B> {
         let steps = Arc::new(step_registry::StepRegistry::default());
         let steps_reported = !broker.tracks_chains() && broker.observe_accepted(steps.clone());
         let shared = Arc::new(Shared {
-            history: history::History::for_broker(&broker),
+            history: Arc::new(history::History::for_broker(&broker)),
             broker,
             queues: watch::Sender::new(Arc::new(BTreeMap::new())),
             stores: watch::Sender::new(Arc::new(BTreeMap::new())),
             declared_stores: watch::Sender::new(Arc::new(BTreeSet::new())),
             topics: watch::Sender::new(Arc::new(BTreeMap::new())),
-            reload: std::sync::OnceLock::new(),
+            reload: reload::ReloadHandle::default(),
             handled: std::sync::OnceLock::new(),
             engine: ScriptEngine::new(options.limits),
             metrics: Arc::new(Metrics::default()),
@@ -183,6 +191,7 @@ impl<B: Broker> Runtime<B> {
                 producers: options.producers,
             },
             options,
+            api,
             current: None,
             running: BTreeMap::new(),
             code_unsure: false,
@@ -234,7 +243,7 @@ impl<B: Broker> Runtime<B> {
 
     /// Lets `POST /admin/reload` reach the reload path.
     pub fn set_reload_channel(&self, requests: tokio::sync::mpsc::Sender<reload::ReloadRequest>) {
-        let _ = self.shared.reload.set(requests);
+        self.shared.reload.connect(requests);
     }
 
     /// The flow set running now.
@@ -242,20 +251,19 @@ impl<B: Broker> Runtime<B> {
         self.current.as_ref()
     }
 
-    /// The HTTP API over this runtime, as a router (for embedding, and for tests that drive
-    /// it with `tower::ServiceExt::oneshot`). `deferred_topic` is where `/deferred-exec`
-    /// publishes.
-    pub fn api_router(
-        &self,
-        config: crate::flow::model::HttpProducer,
-        deferred_topic: &str,
-    ) -> axum::Router {
-        crate::http::router(crate::http::ApiState::new(
-            self.shared.clone(),
-            config,
-            deferred_topic.to_owned(),
-            "edaflow://embedded/api".to_owned(),
-        ))
+    /// The narrow view of this runtime that its HTTP API is built on.
+    pub fn api_context(&self) -> ApiContext<B> {
+        let shared = &self.shared;
+        ApiContext {
+            broker: shared.broker.clone(),
+            metrics: shared.metrics.clone(),
+            status: shared.status.clone(),
+            history: shared.history.clone(),
+            reload: shared.reload.clone(),
+            queues: shared.queues.subscribe(),
+            stores: shared.stores.subscribe(),
+            topics: shared.topics.subscribe(),
+        }
     }
 
     /// Where each HTTP producer listens, by producer name.
