@@ -132,6 +132,10 @@ impl RawPayload {
 /// The extension attribute carrying `Event::hops`.
 pub const HOPS_EXTENSION: &str = "edaflowhops";
 
+/// The extension attribute carrying a query's request id: `POST /query/…` sets it, the
+/// subscriber that handles the query replies to it, and a client may not set it.
+pub const REPLY_TO_EXTENSION: &str = "replyto";
+
 /// The attribute carrying binary data as base64 (CloudEvents' JSON format), held in
 /// `Event::extensions`.
 pub const DATA_BASE64: &str = "data_base64";

@@ -29,6 +29,33 @@ pub mod watch;
 
 pub use app::Error;
 
+/// Where `runtime` and `http` meet: the runtime starts `http` producers through
+/// `runtime::api::ApiServer`, and this is the one place that hands it the `http` module's,
+/// so that neither module names the other's insides.
+impl<B: broker::Broker> runtime::Runtime<B> {
+    /// A runtime with nothing running yet, whose `http` producers serve [`http::Api`];
+    /// `apply` starts a generation.
+    pub fn new(broker: B, options: runtime::RuntimeOptions) -> runtime::Runtime<B> {
+        runtime::Runtime::with_api(broker, options, std::sync::Arc::new(http::Api))
+    }
+
+    /// The HTTP API over this runtime, as a router (for embedding, and for tests that drive
+    /// it with `tower::ServiceExt::oneshot`). `deferred_topic` is where `/deferred-exec`
+    /// publishes.
+    pub fn api_router(
+        &self,
+        config: flow::model::HttpProducer,
+        deferred_topic: &str,
+    ) -> axum::Router {
+        http::router(http::ApiState::new(runtime::api::ApiProducer {
+            runtime: self.api_context(),
+            config,
+            deferred_topic: deferred_topic.to_owned(),
+            source: "edaflow://embedded/api".to_owned(),
+        }))
+    }
+}
+
 /// The unit tests count script memory as the binary does.
 #[cfg(test)]
 #[global_allocator]

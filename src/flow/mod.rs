@@ -8,6 +8,7 @@
 
 pub mod api_token;
 pub mod diagnostic;
+pub mod diff;
 pub mod duration;
 pub mod graph;
 pub mod lint;

@@ -35,13 +35,13 @@ struct QueueReport {
 
 async fn queue_reports<B: Broker>(state: &ApiState<B>) -> Result<Vec<QueueReport>, ApiError> {
     let dead = state
-        .shared
+        .runtime
         .broker
         .dead_letters(&DeadFilter::default())
         .await
         .map_err(|_| ApiError::Unavailable)?;
     Ok(state
-        .shared
+        .runtime
         .broker
         .queue_stats()
         .into_iter()
@@ -49,7 +49,9 @@ async fn queue_reports<B: Broker>(state: &ApiState<B>) -> Result<Vec<QueueReport
             let dead_letters = dead
                 .iter()
                 .filter(|e| {
-                    e.extensions.get("deadletterqueue").and_then(|v| v.as_str())
+                    e.extensions
+                        .get(crate::event::dead_letter::QUEUE)
+                        .and_then(|v| v.as_str())
                         == Some(stats.name.as_str())
                 })
                 .count();
@@ -262,7 +264,7 @@ pub(crate) async fn list_dead<B: Broker>(
 ) -> Result<Response, ApiError> {
     state.authorize(&headers)?;
     let dead = state
-        .shared
+        .runtime
         .broker
         .dead_letters(&dead_filter(query.origin.as_deref(), &[])?)
         .await
@@ -296,10 +298,10 @@ fn revive(dead: &Event) -> (Option<String>, Event) {
             .and_then(|v| v.as_str())
             .map(str::to_owned)
     };
-    let queue = text("deadletterqueue");
+    let queue = text(crate::event::dead_letter::QUEUE);
     let topic = queue
         .clone()
-        .or_else(|| text("deadlettertopic"))
+        .or_else(|| text(crate::event::dead_letter::TOPIC))
         .unwrap_or_else(|| dead.topic.clone());
     let mut event = dead.caused(topic, dead.source.clone(), dead.data.clone());
     event
@@ -341,7 +343,7 @@ pub(crate) async fn replay_dead<B: Broker>(
             })
         })
         .transpose()?;
-    let broker = &state.shared.broker;
+    let broker = &state.runtime.broker;
     let dead = broker
         .dead_letters(&filter)
         .await
@@ -353,7 +355,7 @@ pub(crate) async fn replay_dead<B: Broker>(
         let result = match (&queue, delay) {
             (Some(queue), delay) => {
                 let default = state
-                    .shared
+                    .runtime
                     .queues
                     .borrow()
                     .get(queue)
@@ -419,7 +421,7 @@ pub(crate) async fn drop_dead<B: Broker>(
     let request = request.unwrap_or_default();
     let filter = selection(request.origin.as_deref(), &request.ids, request.all, "drop")?;
     let taken = state
-        .shared
+        .runtime
         .broker
         .take_dead_letters(&filter)
         .await

@@ -27,11 +27,11 @@ use axum::http::HeaderMap;
 use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 
 use crate::event::{
-    data_depth, limits, new_id, Event, RawPayload, DATA_BASE64, HOPS_EXTENSION, SPEC_VERSION,
+    data_depth, limits, new_id, Event, RawPayload, DATA_BASE64, HOPS_EXTENSION, REPLY_TO_EXTENSION,
+    SPEC_VERSION,
 };
 use crate::http::error::{ApiError, LimitedField};
 use crate::http::{base64, rfc3339};
-use crate::runtime::subscriber::REPLY_TO_EXTENSION;
 
 /// The `datacontenttype` of binary data that came without one.
 const OCTET_STREAM: &str = "application/octet-stream";

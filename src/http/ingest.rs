@@ -48,7 +48,7 @@ pub(crate) async fn publish_deferred<B: Broker>(
 }
 
 fn count<B: Broker>(state: &ApiState<B>, result: &Result<Response, ApiError>) {
-    let http = &state.shared.metrics.http;
+    let http = &state.runtime.metrics.http;
     let counter = match result {
         Ok(_) => &http.accepted,
         Err(ApiError::Backpressure { .. }) => &http.backpressured,
@@ -74,7 +74,7 @@ pub(crate) async fn enqueue<B: Broker>(
     let result = async {
         state.authorize(&headers)?;
         let default_delay = state
-            .shared
+            .runtime
             .queues
             .borrow()
             .get(&queue)
@@ -117,14 +117,14 @@ async fn accept<B: Broker>(
     let result = match destination {
         Destination::Topic => {
             state
-                .shared
+                .runtime
                 .broker
                 .publish(event, Backpressure::Reject)
                 .await
         }
         Destination::Queue(delay) => {
             state
-                .shared
+                .runtime
                 .broker
                 .enqueue(&published_topic, event, delay)
                 .await
@@ -132,8 +132,8 @@ async fn accept<B: Broker>(
     };
     match result {
         Ok(()) => {
-            state.shared.metrics.published(&published_topic);
-            state.shared.history.insert(pending);
+            state.runtime.metrics.published(&published_topic);
+            state.runtime.history.insert(pending);
             Ok(json_response(StatusCode::ACCEPTED, accepted_body(&id)))
         }
         Err(e) => Err(refused(e)),

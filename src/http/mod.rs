@@ -9,6 +9,10 @@
 //!
 //! `server` owns the accept loop and the connection limit, `conn` a connection's clocks,
 //! `cloudevents` reading an event from a request, `error` the refusals.
+//!
+//! It sees the runtime only through `runtime::api::ApiContext` (the broker, metrics,
+//! status, history, reload requests and the running generation's settings), and the
+//! runtime starts it through `Api`, its `runtime::api::ApiServer`.
 
 mod admin;
 pub mod base64;
@@ -37,9 +41,9 @@ use tracing::warn;
 use crate::broker::{Broker, BrokerHealth};
 use crate::flow::model::HttpProducer;
 use crate::flow::pattern::TopicPattern;
+use crate::runtime::api::{ApiContext, ApiProducer, ApiServer};
 use crate::runtime::history::TraceEntry;
-use crate::runtime::reload::{ReloadCause, ReloadReport, ReloadRequest};
-use crate::runtime::Shared;
+use crate::runtime::reload::{ReloadCause, ReloadReport};
 
 pub use error::ApiError;
 
@@ -48,9 +52,25 @@ const TAIL_EVENTS: usize = 1024;
 /// …and this many bytes of them; past either, events are skipped for that reader.
 const TAIL_BYTES: usize = 4 << 20;
 
+/// The HTTP API as the runtime starts it: `ApiServer` for every `http` producer.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Api;
+
+impl<B: Broker> ApiServer<B> for Api {
+    fn serve(
+        &self,
+        listener: tokio::net::TcpListener,
+        producer: ApiProducer<B>,
+        stop: CancellationToken,
+    ) -> futures_util::future::BoxFuture<'static, ()> {
+        Box::pin(serve(listener, ApiState::new(producer), stop))
+    }
+}
+
 /// What the handlers share.
 pub struct ApiState<B: Broker> {
-    pub(crate) shared: Arc<Shared<B>>,
+    /// What the API may read and drive in the runtime.
+    pub(crate) runtime: ApiContext<B>,
     pub(crate) config: HttpProducer,
     pub(crate) deferred_topic: String,
     pub(crate) source: String,
@@ -60,14 +80,15 @@ pub struct ApiState<B: Broker> {
 
 impl<B: Broker> ApiState<B> {
     /// State for one HTTP producer.
-    pub fn new(
-        shared: Arc<Shared<B>>,
-        config: HttpProducer,
-        deferred_topic: String,
-        source: String,
-    ) -> Arc<ApiState<B>> {
+    pub fn new(producer: ApiProducer<B>) -> Arc<ApiState<B>> {
+        let ApiProducer {
+            runtime,
+            config,
+            deferred_topic,
+            source,
+        } = producer;
         Arc::new(ApiState {
-            shared,
+            runtime,
             config,
             deferred_topic,
             source,
@@ -142,7 +163,7 @@ pub async fn serve<B: Broker>(
         max_connections: config.max_connections,
     };
     let stopping = state.stopping.clone();
-    let metrics = state.shared.metrics.clone();
+    let metrics = state.runtime.metrics.clone();
     server::serve(listener, router(state), limits, metrics, token, stopping).await;
 }
 
@@ -222,14 +243,14 @@ async fn json_refusals(
 /// `GET /healthz`: 200 with the groups' state while the broker answers; 503 with the
 /// reason (and no group figures, which would need the broker) while it does not.
 async fn healthz<B: Broker>(State(state): State<Arc<ApiState<B>>>) -> Response {
-    let status = &state.shared.status;
+    let status = &state.runtime.status;
     let last_reload = status
         .last_reload
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .clone();
-    let incidents = state.shared.broker.incidents();
-    let refusing = match state.shared.broker.health().await {
+    let incidents = state.runtime.broker.incidents();
+    let refusing = match state.runtime.broker.health().await {
         BrokerHealth::Up => None,
         BrokerHealth::Down { reason, for_ms } => Some((
             "unavailable",
@@ -259,7 +280,7 @@ async fn healthz<B: Broker>(State(state): State<Arc<ApiState<B>>>) -> Response {
         return response;
     }
     let groups: Vec<serde_json::Value> = state
-        .shared
+        .runtime
         .broker
         .stats()
         .into_iter()
@@ -281,13 +302,13 @@ async fn metrics<B: Broker>(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     state.authorize(&headers)?;
-    let mut text = state.shared.metrics.render(
-        &state.shared.broker.stats(),
-        state.shared.status.generation.load(Ordering::SeqCst),
+    let mut text = state.runtime.metrics.render(
+        &state.runtime.broker.stats(),
+        state.runtime.status.generation.load(Ordering::SeqCst),
     );
     {
         use std::fmt::Write as _;
-        let incidents = state.shared.broker.incidents();
+        let incidents = state.runtime.broker.incidents();
         let _ = write!(
             text,
             "# HELP edaflow_broker_state_lost_total Times the broker's server was found to have lost its state (and it was declared again).\n\
@@ -299,14 +320,14 @@ async fn metrics<B: Broker>(
             incidents.state_lost, incidents.out_of_memory_episodes
         );
     }
-    if state.shared.broker.keeps_history() {
+    if state.runtime.broker.keeps_history() {
         use std::fmt::Write as _;
         let _ = write!(
             text,
             "# HELP edaflow_history_unshipped_total History entries dropped because shipping them to the broker fell behind.\n\
              # TYPE edaflow_history_unshipped_total counter\n\
              edaflow_history_unshipped_total {}\n",
-            state.shared.history.unshipped()
+            state.runtime.history.unshipped()
         );
     }
     let mut response = text.into_response();
@@ -324,19 +345,12 @@ async fn admin_reload<B: Broker>(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     state.authorize(&headers)?;
-    let Some(requests) = state.shared.reload.get() else {
-        return Err(ApiError::ReloadUnavailable);
-    };
-    let (reply, answer) = tokio::sync::oneshot::channel();
-    let request = ReloadRequest {
-        cause: ReloadCause::Http,
-        noticed: std::time::Instant::now(),
-        reply: Some(reply),
-    };
-    requests
-        .send(request)
+    let answer = state
+        .runtime
+        .reload
+        .request(ReloadCause::Http)
         .await
-        .map_err(|_| ApiError::ReloadUnavailable)?;
+        .ok_or(ApiError::ReloadUnavailable)?;
     // If the reload restarts this very producer, it waits for this request to finish:
     // answer as soon as the producer starts stopping instead of waiting for the outcome.
     let report = tokio::select! {
@@ -361,7 +375,7 @@ async fn chains<B: Broker>(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     state.authorize(&headers)?;
-    let reports = state.shared.metrics.chain_reports();
+    let reports = state.runtime.metrics.chain_reports();
     Ok(json_response(
         StatusCode::OK,
         serde_json::to_string(&reports).unwrap_or_default(),
@@ -375,7 +389,7 @@ async fn trace<B: Broker>(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     state.authorize(&headers)?;
-    let broker = &state.shared.broker;
+    let broker = &state.runtime.broker;
     let journey = if broker.keeps_history() {
         // Shared by every process: the whole journey, wherever its events were handled.
         let recorded = broker.history(&correlation).await.map_err(|e| {
@@ -392,9 +406,9 @@ async fn trace<B: Broker>(
         // still in this process's own history, if it passed here.
         Some(entries)
             .filter(|e| !e.is_empty())
-            .or_else(|| state.shared.history.journey(&correlation))
+            .or_else(|| state.runtime.history.journey(&correlation))
     } else {
-        state.shared.history.journey(&correlation)
+        state.runtime.history.journey(&correlation)
     }
     .ok_or(ApiError::UnknownJourney { correlation })?;
     Ok(json_response(
@@ -422,7 +436,7 @@ async fn tail<B: Broker>(
         detail: format!("pattern {text:?}: {e}"),
     })?;
     let rx = state
-        .shared
+        .runtime
         .broker
         .tap_within(pattern, TAIL_EVENTS, TAIL_BYTES);
     let stopping = state.stopping.clone();

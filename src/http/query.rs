@@ -13,10 +13,9 @@ use axum::response::Response;
 use tracing::warn;
 
 use crate::broker::{Backpressure, Broker};
-use crate::event::new_id;
+use crate::event::{new_id, REPLY_TO_EXTENSION};
 use crate::http::ingest::{read_event, refused};
 use crate::http::{json_response, ApiError, ApiState};
-use crate::runtime::subscriber::REPLY_TO_EXTENSION;
 
 /// How long a query waits for its reply when its topic sets no `timeout`.
 pub const DEFAULT_QUERY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -29,7 +28,7 @@ pub(crate) async fn query<B: Broker>(
     body: Body,
 ) -> Result<Response, ApiError> {
     let mut event = read_event(&state, topic, &headers, body).await?;
-    let broker = &state.shared.broker;
+    let broker = &state.runtime.broker;
     let request = new_id();
     let Some(answer) = broker.await_reply(&request) else {
         return Err(ApiError::QueriesUnsupported);
@@ -39,7 +38,7 @@ pub(crate) async fn query<B: Broker>(
         broker.reply_address(&request).into(),
     );
     let timeout = state
-        .shared
+        .runtime
         .topics
         .borrow()
         .get(&event.topic)
@@ -50,7 +49,7 @@ pub(crate) async fn query<B: Broker>(
         broker.forget_reply(&request);
         return Err(refused(e));
     }
-    state.shared.metrics.published(&topic);
+    state.runtime.metrics.published(&topic);
     match tokio::time::timeout(timeout, answer).await {
         Ok(Ok(Ok(data))) => Ok(json_response(StatusCode::OK, data.to_string())),
         Ok(Ok(Err(message))) => {
@@ -76,7 +75,7 @@ pub(crate) async fn read_store<B: Broker>(
 ) -> Result<Response, ApiError> {
     state.authorize(&headers)?;
     let exposed = state
-        .shared
+        .runtime
         .stores
         .borrow()
         .get(&store)
@@ -85,7 +84,7 @@ pub(crate) async fn read_store<B: Broker>(
         return Err(ApiError::NotExposed { store });
     }
     let value = state
-        .shared
+        .runtime
         .broker
         .stores()
         .map(|s| s.get(&store, &key))

@@ -8,10 +8,11 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
-use std::time::{Instant, SystemTime};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
 use serde::Serialize;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, info, warn};
 
 use crate::broker::Broker;
@@ -48,6 +49,33 @@ impl ReloadRequest {
             noticed: Instant::now(),
             reply: None,
         }
+    }
+}
+
+/// Where reload requests go, once something owns reloads (`Runtime::set_reload_channel`):
+/// how `POST /admin/reload` reaches the one reload path. Cheap to clone; every clone sends
+/// to the same place.
+#[derive(Clone, Debug, Default)]
+pub struct ReloadHandle(Arc<OnceLock<mpsc::Sender<ReloadRequest>>>);
+
+impl ReloadHandle {
+    /// Sends requests to `requests` from now on; only the first call counts.
+    pub(crate) fn connect(&self, requests: mpsc::Sender<ReloadRequest>) {
+        let _ = self.0.set(requests);
+    }
+
+    /// Asks for a reload for `cause`; its report comes on the returned channel. `None`
+    /// when nothing owns reloads (an embedded runtime, `edaflow test`) or its owner is gone.
+    pub async fn request(&self, cause: ReloadCause) -> Option<oneshot::Receiver<ReloadReport>> {
+        let requests = self.0.get()?;
+        let (reply, report) = oneshot::channel();
+        let request = ReloadRequest {
+            cause,
+            noticed: Instant::now(),
+            reply: Some(reply),
+        };
+        requests.send(request).await.ok()?;
+        Some(report)
     }
 }
 
@@ -189,18 +217,8 @@ impl<B: Broker> Reloader<B> {
             .metrics()
             .reload_failures
             .fetch_add(1, Ordering::Relaxed);
-        self.runtime.set_last_reload(ReloadOutcome {
-            generation,
-            ok: false,
-            added: Vec::new(),
-            changed: Vec::new(),
-            removed: Vec::new(),
-            swapped: Vec::new(),
-            took_ms: 0.0,
-            message: Some(message.to_owned()),
-            at: SystemTime::now(),
-            backlogs: Vec::new(),
-        });
+        self.runtime
+            .set_last_reload(ReloadOutcome::failed(generation, message));
     }
 
     /// Settings that only take effect at start: the broker URL.

@@ -24,7 +24,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, warn, Instrument};
 
 use crate::broker::{Broker, BrokerError, Consumer, Delivery, Effects, Reply};
-use crate::event::Event;
+use crate::event::{Event, REPLY_TO_EXTENSION};
 use crate::flow::model::{SubscriberConfig, SubscriberInput};
 use crate::runtime::dead_letter;
 use crate::runtime::metrics::SubscriberMetrics;
@@ -573,9 +573,6 @@ fn reply_to(event: &Event) -> Option<String> {
         .as_str()
         .map(str::to_owned)
 }
-
-/// The CloudEvents extension carrying a query's request id.
-pub const REPLY_TO_EXTENSION: &str = "replyto";
 
 /// The article's consumer output, byte for byte: the topic consumer's two lines, or the
 /// deferred worker's `Processing event:` line.
