@@ -341,9 +341,11 @@ fn flushall_under_load_with_two_processes_is_noticed_healed_and_loses_only_what_
     let load = Load::start(vec![addr_a, addr_b], 0);
     load.wait_acked_from(0, 100, "before the flush");
 
-    let flush_from = load.posting.load(Ordering::SeqCst);
     let reply = server.command(&["FLUSHALL"]);
     assert!(reply.starts_with("+OK"), "{reply}");
+    // A number being posted now may have reached Redis before the flush did; the ones
+    // after it were sent once the flush was done.
+    let flush_from = load.posting.load(Ordering::SeqCst);
     let after = load.next_fresh();
 
     // Each process notices, logs it once, declares again what it needs, and goes on.
@@ -414,8 +416,10 @@ fn a_restart_without_persistence_under_load_is_healed_and_what_follows_is_handle
     let load = Load::start(vec![addr], 0);
     load.wait_acked_from(0, 100, "before the restart");
 
-    let killed_while = load.posting.load(Ordering::SeqCst);
     server.kill();
+    // Nothing reaches Redis once it is killed: a number being posted now may have landed
+    // just before.
+    let killed_while = load.posting.load(Ordering::SeqCst);
     // Refused meanwhile (503), at once once the circuit is open.
     running.wait_stderr("the outage noticed", PATIENCE, |log| {
         log.contains("redis unreachable")

@@ -518,6 +518,9 @@ impl Running {
             match self.child.try_wait() {
                 Ok(Some(status)) => {
                     self.exit = Some(status);
+                    // Its last lines may still be in the pipes: read them to the end, so a
+                    // test reading the output after the exit sees all of it.
+                    self.join_readers();
                     return status;
                 }
                 Ok(None) if Instant::now() < deadline => {
