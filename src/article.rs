@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use crate::flow::pattern::{validate_topic, PatternError};
+use crate::pattern::{validate_topic, PatternError};
 
 /// `flows/article/api-server.toml`.
 pub const API_SERVER: &str = include_str!("../flows/article/api-server.toml");

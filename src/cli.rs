@@ -388,7 +388,7 @@ pub struct Remote {
 }
 
 fn parse_duration_arg(text: &str) -> Result<Duration, String> {
-    crate::flow::duration::parse_duration(text).map_err(|e| format!("{e} (try 500ms, 5s, 1m)"))
+    crate::duration::parse_duration(text).map_err(|e| format!("{e} (try 500ms, 5s, 1m)"))
 }
 
 #[cfg(test)]

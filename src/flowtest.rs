@@ -13,7 +13,7 @@ use serde_json::Value;
 use crate::broker::{Backpressure, Broker, MemoryBroker, MemoryOptions};
 use crate::event::{to_article_json, Event};
 use crate::flow::model::{ExpectedEvent, FlowTest, TestStep};
-use crate::flow::pattern::TopicPattern;
+use crate::pattern::TopicPattern;
 use crate::runtime::{Prepared, Runtime, RuntimeError, RuntimeOptions};
 
 /// How long (virtual time) a test may take to settle.
@@ -101,7 +101,7 @@ async fn run_one(prepared: &Prepared, test: &FlowTest) -> Result<Option<String>,
         let _ = writeln!(
             problems,
             "the flow did not settle within {} of virtual time",
-            crate::flow::duration::format_duration(SETTLE_LIMIT)
+            crate::duration::format_duration(SETTLE_LIMIT)
         );
     }
     for expected in &test.expect {

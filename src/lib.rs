@@ -3,25 +3,31 @@
 //! Flow files (TOML) declare producers, topic subscribers, queues, relays and chains;
 //! Rhai scripts handle each event. Modules, in dependency order:
 //!
-//! - [`event`]: the CloudEvents envelope.
-//! - [`flow`]: TOML to a validated, immutable flow set, with diagnostics (no tokio).
+//! - [`event`]: the CloudEvents envelope and its limits.
+//! - [`pattern`], [`duration`]: topic names and patterns, duration strings (leaf modules).
+//! - [`flow`]: TOML to a validated, immutable flow set, with diagnostics, the CQRS lint and
+//!   the reload diff (no tokio, no Rhai).
 //! - [`script`]: the Rhai engine, host API, sandbox limits.
-//! - [`broker`]: the broker contract and the memory broker.
-//! - [`runtime`]: running components, handler execution, generations.
+//! - [`store`]: state stores (the memory ones, and the read trait handlers go through).
+//! - [`broker`]: the broker contract, the memory broker and the Redis broker.
+//! - [`runtime`]: preparing and applying generations, running components, reload, metrics.
 //! - [`http`]: the HTTP producer (its accept loop and clocks, ingest, health, metrics, tail).
 //! - [`flowtest`]: `edaflow test`.
 //! - [`client`], [`cli`], [`app`]: the command line.
 //! - [`article`]: the article's own commands, as built-in flows.
+//! - [`watch`]: the file watcher behind hot reload.
 
 pub mod app;
 pub mod article;
 pub mod broker;
 pub mod cli;
 pub mod client;
+pub mod duration;
 pub mod event;
 pub mod flow;
 pub mod flowtest;
 pub mod http;
+pub mod pattern;
 pub mod runtime;
 pub mod script;
 pub mod store;

@@ -11,8 +11,8 @@ use std::sync::Arc;
 
 use miette::{Diagnostic, GraphicalReportHandler, GraphicalTheme, NamedSource, SourceSpan};
 
-use crate::flow::duration::DurationError;
-use crate::flow::pattern::PatternError;
+use crate::duration::DurationError;
+use crate::pattern::PatternError;
 
 /// A source file miette can render; cheap to clone (one per flow or script file).
 pub type SourceFile = NamedSource<Arc<str>>;

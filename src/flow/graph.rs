@@ -87,7 +87,7 @@ fn build(flows: &FlowSet, live: &LiveCounts) -> Graph {
         let (kind, topic) = match &producer.kind {
             ProducerKind::Http(h) => (format!("http {}", h.listen), None),
             ProducerKind::Interval(i) => (
-                format!("every {}", crate::flow::duration::format_duration(i.every)),
+                format!("every {}", crate::duration::format_duration(i.every)),
                 i.topic.clone(),
             ),
             ProducerKind::Lines(l) => ("lines".to_owned(), Some(l.topic.clone())),
@@ -122,11 +122,7 @@ fn build(flows: &FlowSet, live: &LiveCounts) -> Graph {
     for (name, queue) in &flows.queues {
         let mut label = format!("{name}<br/>queue");
         if let Some(poll) = queue.poll {
-            let _ = write!(
-                label,
-                ", poll {}",
-                crate::flow::duration::format_duration(poll)
-            );
+            let _ = write!(label, ", poll {}", crate::duration::format_duration(poll));
         }
         g.nodes.insert(id("queue", name), (Kind::Queue, label));
     }
@@ -205,7 +201,7 @@ fn build(flows: &FlowSet, live: &LiveCounts) -> Graph {
             let label = match chain.timeout {
                 Some(timeout) => format!(
                     "{name}: not done in {}",
-                    crate::flow::duration::format_duration(timeout)
+                    crate::duration::format_duration(timeout)
                 ),
                 None => format!("{name}: on timeout"),
             };

@@ -13,7 +13,7 @@ use crate::flow::diagnostic::{FlowError, FlowWarning};
 use crate::flow::load::findings::{Findings, Located};
 use crate::flow::load::Loaded;
 use crate::flow::model::{FlowSet, TopicKind};
-use crate::flow::pattern::TopicPattern;
+use crate::pattern::TopicPattern;
 
 /// What the lint needs to know about one handler script.
 #[derive(Clone, Debug, PartialEq, Eq)]

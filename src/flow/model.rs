@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::flow::pattern::TopicPattern;
+use crate::pattern::TopicPattern;
 
 pub use crate::flow::api_token::{ApiToken, TokenError};
 

@@ -17,12 +17,12 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use crate::broker::{Backpressure, Broker, DeadFilter, QueueStats};
+use crate::duration::parse_duration;
 use crate::event::Event;
-use crate::flow::duration::parse_duration;
-use crate::flow::pattern::TopicPattern;
 use crate::http::cloudevents::is_json_type;
 use crate::http::ingest::read_body;
 use crate::http::{json_response, ApiError, ApiState};
+use crate::pattern::TopicPattern;
 
 /// One queue as `GET /queues` reports it.
 #[derive(Serialize)]

@@ -14,13 +14,13 @@ use serde::Deserialize;
 use tracing::{debug, warn};
 
 use crate::broker::{Backpressure, Broker, BrokerError};
+use crate::duration::parse_duration;
 use crate::event::{limits, Event};
-use crate::flow::duration::parse_duration;
-use crate::flow::pattern::{validate_topic, PatternError};
 use crate::http::cloudevents;
 use crate::http::conn::BodyTimeout;
 use crate::http::error::LimitedField;
 use crate::http::{json_response, ApiError, ApiState};
+use crate::pattern::{validate_topic, PatternError};
 use crate::runtime::history::Pending;
 
 /// `POST /topics/{topic}`.

@@ -40,7 +40,7 @@ use tracing::warn;
 
 use crate::broker::{Broker, BrokerHealth};
 use crate::flow::model::HttpProducer;
-use crate::flow::pattern::TopicPattern;
+use crate::pattern::TopicPattern;
 use crate::runtime::api::{ApiContext, ApiProducer, ApiServer};
 use crate::runtime::history::TraceEntry;
 use crate::runtime::reload::{ReloadCause, ReloadReport};

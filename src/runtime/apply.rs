@@ -27,7 +27,7 @@ use tracing::warn;
 use crate::broker::{Broker, GroupSpec, QueueSpec, WireSpec};
 use crate::flow::diff::{CodeChanges, ComponentKey, FlowDiff, Kind};
 use crate::flow::model::{FlowSet, ProducerKind, SubscriberInput, TopicMode};
-use crate::flow::pattern::TopicPattern;
+use crate::pattern::TopicPattern;
 use crate::runtime::components::{handler_code, ComponentConfig, Running};
 use crate::runtime::{chains, relay, Prepared, ReloadOutcome, Runtime, RuntimeError};
 

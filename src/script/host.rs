@@ -14,9 +14,9 @@ use std::time::{Duration, Instant, SystemTime};
 use rhai::plugin::*;
 use rhai::{Dynamic, EvalAltResult, ImmutableString, Map, Position};
 
+use crate::duration::parse_duration;
 use crate::event::Event;
-use crate::flow::duration::parse_duration;
-use crate::flow::pattern::validate_topic;
+use crate::pattern::validate_topic;
 use crate::store::{ReadAhead, StoreOp, StoreRead, StoreWant, StoreWrite};
 
 /// An event a run asked to emit.
@@ -429,7 +429,7 @@ pub fn delay_option(value: &Dynamic) -> Result<Duration, Box<EvalAltResult>> {
         let delay = u64::try_from(ms)
             .map(Duration::from_millis)
             .map_err(|_| runtime_error(format!("delay: negative delay {ms}")))?;
-        if delay > crate::flow::duration::MAX_DURATION {
+        if delay > crate::duration::MAX_DURATION {
             return Err(runtime_error(format!(
                 "delay: {ms} ms is too long (at most 100 years)"
             )));

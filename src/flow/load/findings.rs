@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use miette::SourceSpan;
 
 use crate::flow::diagnostic::{FlowError, FlowWarning, SharedSource};
-use crate::flow::pattern::TopicPattern;
+use crate::pattern::TopicPattern;
 
 /// Everything found while loading, across files: errors (with where they are, so they can be
 /// reported in file order), the files read, and the topic and queue references that are

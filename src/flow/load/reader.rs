@@ -11,12 +11,12 @@ use std::time::Duration;
 use crate::flow::load::toml_tree::{Span, Spanned, Value, ValueInner};
 use miette::SourceSpan;
 
+use crate::duration::parse_duration;
 use crate::flow::diagnostic::{FlowError, SharedSource, Suggestion};
-use crate::flow::duration::parse_duration;
 use crate::flow::load::fields::Fields;
 use crate::flow::load::findings::{Findings, Located};
 use crate::flow::model::ScriptSource;
-use crate::flow::pattern::{validate_topic, TopicPattern};
+use crate::pattern::{validate_topic, TopicPattern};
 
 /// One flow file: where it is (as given and absolute) and its text.
 pub(super) struct FlowSource {

@@ -20,7 +20,7 @@ use crate::flow::model::{
     RetryPolicy, StoreConfig, SubscriberConfig, SubscriberInput, TestStep, TopicConfig, TopicKind,
     TopicMode,
 };
-use crate::flow::pattern::validate_topic;
+use crate::pattern::validate_topic;
 
 /// The top-level keys of a flow file.
 const SECTIONS: &[&str] = &[
@@ -850,7 +850,7 @@ fn emitted(r: &mut Reader<'_>, topic: &Spanned<String>) {
 }
 
 /// Records a pattern that something consumes.
-fn consumed(r: &mut Reader<'_>, pattern: &Spanned<crate::flow::pattern::TopicPattern>) {
+fn consumed(r: &mut Reader<'_>, pattern: &Spanned<crate::pattern::TopicPattern>) {
     let located = r.locate(pattern.value.clone(), pattern.span);
     r.found.refs.consumed.push(located);
 }

@@ -12,7 +12,7 @@ use tempfile::TempDir;
 use super::{load, Loaded};
 use crate::flow::diagnostic::{FlowError, FlowReport, FlowWarning};
 use crate::flow::model::*;
-use crate::flow::pattern::TopicPattern;
+use crate::pattern::TopicPattern;
 
 /// A temp dir holding flow files and scripts.
 struct Dir(TempDir);
@@ -787,7 +787,7 @@ fn the_defaults_in_zero_duration_help_are_the_defaults() {
         ("30s", HttpProducer::DEFAULT_BODY_TIMEOUT),
         ("60s", HttpProducer::DEFAULT_IDLE_TIMEOUT),
     ] {
-        assert_eq!(crate::flow::duration::parse_duration(text), Ok(default));
+        assert_eq!(crate::duration::parse_duration(text), Ok(default));
     }
 }
 
