@@ -12,6 +12,7 @@ use indoc::indoc;
 use serde_json::json;
 use tokio::sync::mpsc;
 
+use common::runtime::{start_with, tap};
 use common::{wait_for, FlowDir};
 use edaflow::broker::{Backpressure, Broker, GroupSpec, MemoryBroker, MemoryOptions};
 use edaflow::event::Event;
@@ -61,12 +62,8 @@ async fn start(
     mpsc::Receiver<Arc<Event>>,
 ) {
     let broker = MemoryBroker::new(MemoryOptions::default());
-    let stalled = broker.tap(TopicPattern::parse("orderStalled").expect("pattern"), 100);
-    let mut runtime = Runtime::new(broker.clone(), RuntimeOptions::default());
-    runtime
-        .apply(dir.prepare("flow.toml"))
-        .await
-        .expect("the flow starts");
+    let stalled = tap(&broker, "orderStalled");
+    let (runtime, _) = start_with(broker.clone(), RuntimeOptions::default(), dir).await;
     (runtime, broker, stalled)
 }
 
@@ -290,17 +287,15 @@ async fn steps_are_seen_from_every_publishing_path_and_not_when_refused() {
         })
         .await
         .expect("group");
-    let mut runtime = Runtime::new(
+    let (runtime, _) = start_with(
         broker.clone(),
         RuntimeOptions {
             producers: true,
             ..RuntimeOptions::default()
         },
-    );
-    runtime
-        .apply(dir.prepare("flow.toml"))
-        .await
-        .expect("the flow starts");
+        &dir,
+    )
+    .await;
     let app = runtime.api_router(
         edaflow::flow::model::HttpProducer {
             listen: "127.0.0.1:0".into(),

@@ -13,6 +13,7 @@ use indoc::indoc;
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
+use common::runtime::start_with;
 use common::{wait_for, FlowDir};
 use edaflow::broker::{Backpressure, Broker, MemoryBroker, MemoryOptions};
 use edaflow::event::Event;
@@ -78,17 +79,15 @@ fn flow(dir: &FlowDir) {
 
 async fn start(dir: &FlowDir, roles: &[&str]) -> (Runtime<MemoryBroker>, MemoryBroker) {
     let broker = MemoryBroker::new(MemoryOptions::default());
-    let mut runtime = Runtime::new(
+    let (runtime, _) = start_with(
         broker.clone(),
         RuntimeOptions {
             roles: roles.iter().map(|r| r.to_string()).collect(),
             ..RuntimeOptions::default()
         },
-    );
-    runtime
-        .apply(dir.prepare("flow.toml"))
-        .await
-        .expect("the flow starts");
+        dir,
+    )
+    .await;
     (runtime, broker)
 }
 

@@ -18,6 +18,7 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tower::ServiceExt;
 
+use common::runtime::{drain, start_with, tap};
 use common::{wait_for, FlowDir};
 use edaflow::broker::{Broker, GroupSpec, MemoryBroker, MemoryOptions};
 use edaflow::event::Event;
@@ -76,17 +77,15 @@ async fn api(settings: Settings) -> Api {
     dir.write("flow.toml", RECORDER);
     dir.write("record.rhai", r#"emit("orderRecorded", event.data);"#);
     let broker = MemoryBroker::new(MemoryOptions::default());
-    let mut runtime = Runtime::new(
+    let (runtime, _) = start_with(
         broker.clone(),
         RuntimeOptions {
             producers: false,
             ..RuntimeOptions::default()
         },
-    );
-    runtime
-        .apply(dir.prepare("flow.toml"))
-        .await
-        .expect("the flow starts");
+        &dir,
+    )
+    .await;
     let router = runtime.api_router(http_config(&settings), "master");
     Api {
         runtime,
@@ -94,18 +93,6 @@ async fn api(settings: Settings) -> Api {
         router,
         _dir: dir,
     }
-}
-
-fn tap(broker: &MemoryBroker, pattern: &str) -> mpsc::Receiver<Arc<Event>> {
-    broker.tap(TopicPattern::parse(pattern).expect("test pattern"), 1024)
-}
-
-fn seen(tap: &mut mpsc::Receiver<Arc<Event>>) -> Vec<Arc<Event>> {
-    let mut events = Vec::new();
-    while let Ok(event) = tap.try_recv() {
-        events.push(event);
-    }
-    events
 }
 
 fn post(path: &str, content_type: Option<&str>, body: impl Into<Body>) -> Request<Body> {
@@ -197,7 +184,7 @@ async fn assert_nothing_published_before_marker(api: &Api, tap: &mut mpsc::Recei
     )
     .await
     .accepted();
-    let ids: Vec<String> = seen(tap).iter().map(|e| e.id.clone()).collect();
+    let ids: Vec<String> = drain(tap).iter().map(|e| e.id.clone()).collect();
     assert_eq!(ids, [marker], "a refused request was published");
 }
 
@@ -221,7 +208,7 @@ async fn the_articles_plain_json_is_accepted_and_handled() {
         "the body is only the id"
     );
 
-    let published = seen(&mut orders);
+    let published = drain(&mut orders);
     assert_eq!(published.len(), 1);
     let event = &published[0];
     assert_eq!(event.id, id);
@@ -238,7 +225,7 @@ async fn the_articles_plain_json_is_accepted_and_handled() {
         "the recorder to handle the order",
         Duration::from_secs(5),
         || {
-            handled.extend(seen(&mut recorded));
+            handled.extend(drain(&mut recorded));
             !handled.is_empty()
         },
     )
@@ -255,7 +242,7 @@ async fn a_body_without_content_type_is_taken_as_json() {
     let id = send(&api.router, post("/topics/orderCreated", None, ARTICLE))
         .await
         .accepted();
-    assert_eq!(seen(&mut orders)[0].id, id);
+    assert_eq!(drain(&mut orders)[0].id, id);
 }
 
 #[tokio::test]
@@ -285,7 +272,7 @@ async fn structured_cloudevents_keep_their_attributes() {
     .await;
     assert_eq!(answer.accepted(), "order-123");
 
-    let event = &seen(&mut orders)[0];
+    let event = &drain(&mut orders)[0];
     assert_eq!(event.id, "order-123");
     assert_eq!(event.source, "urn:shop:checkout");
     assert_eq!(event.correlation_id, "journey-42");
@@ -337,7 +324,7 @@ async fn binary_cloudevents_take_their_attributes_from_ce_headers() {
         .expect("a valid request");
     assert_eq!(send(&api.router, request).await.accepted(), "pos-0001");
 
-    let event = &seen(&mut orders)[0];
+    let event = &drain(&mut orders)[0];
     assert_eq!(event.id, "pos-0001");
     assert_eq!(event.source, "urn:shop:pos");
     assert_eq!(event.correlation_id, "journey-9");
@@ -354,7 +341,7 @@ async fn binary_cloudevents_take_their_attributes_from_ce_headers() {
     send(&api.router, mismatch)
         .await
         .refused(StatusCode::BAD_REQUEST, "invalid_event");
-    assert!(seen(&mut orders).is_empty());
+    assert!(drain(&mut orders).is_empty());
 }
 
 #[tokio::test]
@@ -408,7 +395,7 @@ async fn bodies_over_the_limit_are_a_413() {
     )
     .await
     .accepted();
-    assert_eq!(seen(&mut all)[0].id, accepted);
+    assert_eq!(drain(&mut all)[0].id, accepted);
 
     // Refused on the declared length alone.
     let too_long = format!(r#"{{"pad": "{}"}}"#, "x".repeat(LIMIT));
@@ -485,12 +472,15 @@ async fn a_configured_token_is_required() {
     }
     let metrics = send(&api.router, get("/metrics")).await;
     metrics.refused(StatusCode::UNAUTHORIZED, "unauthorized");
-    assert!(seen(&mut all).is_empty(), "a refused request was published");
+    assert!(
+        drain(&mut all).is_empty(),
+        "a refused request was published"
+    );
 
     let id = send(&api.router, with_auth(Some(&format!("Bearer {TOKEN}"))))
         .await
         .accepted();
-    assert_eq!(seen(&mut all)[0].id, id);
+    assert_eq!(drain(&mut all)[0].id, id);
 }
 
 /// A runtime with no flow and one group that nobody consumes, of capacity 1.
@@ -568,7 +558,7 @@ async fn a_503_publishes_nothing_a_tap_can_see() {
     )
     .await
     .refused(StatusCode::SERVICE_UNAVAILABLE, "backpressure");
-    let ids: Vec<String> = seen(&mut all).iter().map(|e| e.id.clone()).collect();
+    let ids: Vec<String> = drain(&mut all).iter().map(|e| e.id.clone()).collect();
     assert_eq!(ids, [accepted], "the refused event reached the tap");
 }
 
@@ -649,7 +639,7 @@ async fn deferred_exec_publishes_to_the_relay_topic() {
     )
     .await
     .accepted();
-    let published = seen(&mut master);
+    let published = drain(&mut master);
     assert_eq!(published.len(), 1);
     assert_eq!(published[0].id, id);
     assert_eq!(published[0].topic, "master");
@@ -675,7 +665,7 @@ async fn the_http_producer_serves_on_a_real_socket() {
     );
     dir.write("record.rhai", r#"emit("orderRecorded", event.data);"#);
     let broker = MemoryBroker::new(MemoryOptions::default());
-    let mut runtime = Runtime::new(
+    let (runtime, _) = start_with(
         broker.clone(),
         RuntimeOptions {
             producers: true,
@@ -683,11 +673,9 @@ async fn the_http_producer_serves_on_a_real_socket() {
             listen: Some("127.0.0.1:0".into()),
             ..RuntimeOptions::default()
         },
-    );
-    runtime
-        .apply(dir.prepare("flow.toml"))
-        .await
-        .expect("the flow starts");
+        &dir,
+    )
+    .await;
     let addr: SocketAddr = runtime.http_addrs()["api"];
     assert_ne!(addr.port(), 0);
     assert_ne!(addr.port(), 3000);
@@ -715,7 +703,7 @@ async fn the_http_producer_serves_on_a_real_socket() {
         "the recorder to handle the order",
         Duration::from_secs(5),
         || {
-            handled.extend(seen(&mut recorded));
+            handled.extend(drain(&mut recorded));
             !handled.is_empty()
         },
     )

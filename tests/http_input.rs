@@ -9,7 +9,6 @@
 //! head hyper cannot read) go through a real socket.
 
 mod common;
-mod http_support;
 
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
@@ -20,15 +19,15 @@ use axum::Router;
 use http_body_util::BodyExt;
 use indoc::indoc;
 use serde_json::{json, Value};
-use tokio::sync::mpsc;
 use tower::ServiceExt;
 
+use common::http_server::{exchange, request, serve};
+use common::runtime::{self, drain, tap};
 use common::FlowDir;
 use edaflow::broker::{Broker, DeadFilter, MemoryBroker, MemoryOptions};
 use edaflow::event::{limits, Event};
-use edaflow::flow::{HttpProducer, TopicPattern};
+use edaflow::flow::HttpProducer;
 use edaflow::runtime::{Runtime, RuntimeOptions};
-use http_support::{exchange, request, serve};
 
 struct Api {
     runtime: Runtime<MemoryBroker>,
@@ -38,24 +37,14 @@ struct Api {
 }
 
 async fn api_with(flow: &str, files: &[(&str, &str)], body_limit: usize) -> Api {
-    let dir = FlowDir::new();
+    let dir = FlowDir::with_files(files);
     dir.write("flow.toml", flow);
-    for (name, text) in files {
-        dir.write(name, text);
-    }
     let broker = MemoryBroker::new(MemoryOptions::default());
-    let mut runtime = Runtime::new(
-        broker.clone(),
-        RuntimeOptions {
-            producers: false,
-            quiet: true,
-            ..RuntimeOptions::default()
-        },
-    );
-    runtime
-        .apply(dir.prepare("flow.toml"))
-        .await
-        .expect("the flow starts");
+    let options = RuntimeOptions {
+        quiet: true,
+        ..runtime::options()
+    };
+    let (runtime, _) = runtime::start_with(broker.clone(), options, &dir).await;
     let router = runtime.api_router(
         HttpProducer {
             listen: "127.0.0.1:0".into(),
@@ -74,18 +63,6 @@ async fn api_with(flow: &str, files: &[(&str, &str)], body_limit: usize) -> Api 
 
 async fn api() -> Api {
     api_with("[flow]\nname = \"input\"\n", &[], 1 << 20).await
-}
-
-fn tap(broker: &MemoryBroker) -> mpsc::Receiver<Arc<Event>> {
-    broker.tap(TopicPattern::parse(">").expect("a pattern"), 1024)
-}
-
-fn seen(tap: &mut mpsc::Receiver<Arc<Event>>) -> Vec<Arc<Event>> {
-    let mut events = Vec::new();
-    while let Ok(event) = tap.try_recv() {
-        events.push(event);
-    }
-    events
 }
 
 struct Answer {
@@ -166,23 +143,23 @@ fn order(extra: Value) -> Value {
 /// Sends a structured event built from `order(extra)` and asserts the refusal; then makes
 /// sure nothing was published.
 async fn refuses(api: &Api, extra: Value, status: StatusCode, code: &str) -> String {
-    let mut all = tap(&api.broker);
+    let mut all = tap(&api.broker, ">");
     let error = send(
         &api.router,
         structured("orderCreated", &order(extra.clone())),
     )
     .await
     .refused(status, code);
-    assert!(seen(&mut all).is_empty(), "{extra} was published");
+    assert!(drain(&mut all).is_empty(), "{extra} was published");
     error
 }
 
 async fn accepts(api: &Api, event: &Value) -> Arc<Event> {
-    let mut all = tap(&api.broker);
+    let mut all = tap(&api.broker, ">");
     let id = send(&api.router, structured("orderCreated", event))
         .await
         .accepted();
-    let published = seen(&mut all);
+    let published = drain(&mut all);
     assert_eq!(published.len(), 1);
     assert_eq!(published[0].id, id);
     published[0].clone()
@@ -330,12 +307,12 @@ async fn data_base64_keeps_binary_bytes_and_decodes_json() {
     ] {
         let mut event = order(extra.clone());
         event.as_object_mut().expect("an object").remove("data");
-        let mut all = tap(&api.broker);
+        let mut all = tap(&api.broker, ">");
         let error = send(&api.router, structured("orderCreated", &event))
             .await
             .refused(StatusCode::BAD_REQUEST, "invalid_event");
         assert!(error.contains(why), "{extra}: {error}");
-        assert!(seen(&mut all).is_empty());
+        assert!(drain(&mut all).is_empty());
     }
     let error = refuses(
         &api,
@@ -452,7 +429,7 @@ async fn edaflowhops_is_the_hop_count_not_an_extension() {
 #[tokio::test]
 async fn duplicated_attributes_are_refused() {
     let api = api().await;
-    let mut all = tap(&api.broker);
+    let mut all = tap(&api.broker, ">");
     let body = r#"{"specversion":"1.0","id":"a","id":"b","source":"s","type":"orderCreated"}"#;
     let request = Request::post("/topics/orderCreated")
         .header(header::CONTENT_TYPE, "application/cloudevents+json")
@@ -462,7 +439,7 @@ async fn duplicated_attributes_are_refused() {
         .await
         .refused(StatusCode::BAD_REQUEST, "invalid_event");
     assert!(error.contains("`id` appears twice"), "{error}");
-    assert!(seen(&mut all).is_empty());
+    assert!(drain(&mut all).is_empty());
 }
 
 // ---------------------------------------------------------------------------------------
@@ -486,7 +463,7 @@ fn binary(
 #[tokio::test]
 async fn binary_mode_reads_ce_headers_as_the_spec_says() {
     let api = api().await;
-    let mut all = tap(&api.broker);
+    let mut all = tap(&api.broker, ">");
     let id = send(
         &api.router,
         binary(
@@ -504,7 +481,7 @@ async fn binary_mode_reads_ce_headers_as_the_spec_says() {
     )
     .await
     .accepted();
-    let event = &seen(&mut all)[0];
+    let event = &drain(&mut all)[0];
     assert_eq!(id, "pos-1");
     assert_eq!(event.source, "urn:shop:pos");
     assert_eq!(event.extensions["tenant"], "acme corpé", "percent-decoded");
@@ -526,7 +503,7 @@ async fn binary_mode_reads_ce_headers_as_the_spec_says() {
     )
     .await
     .accepted();
-    let png = &seen(&mut all)[0];
+    let png = &drain(&mut all)[0];
     assert_eq!(png.datacontenttype, "image/png");
     assert_eq!(
         edaflow::http::base64::decode(png.extensions["data_base64"].as_str().expect("base64")),
@@ -536,7 +513,7 @@ async fn binary_mode_reads_ce_headers_as_the_spec_says() {
     send(&api.router, binary(&[("ce-id", "pos-3")], None, b""))
         .await
         .accepted();
-    assert_eq!(seen(&mut all)[0].data, Value::Null);
+    assert_eq!(drain(&mut all)[0].data, Value::Null);
 
     for (headers, code) in [
         (vec![("ce-ten_ant", "x")], "invalid_extension_name"),
@@ -564,7 +541,7 @@ async fn binary_mode_reads_ce_headers_as_the_spec_says() {
     send(&api.router, twice)
         .await
         .refused(StatusCode::BAD_REQUEST, "invalid_event");
-    assert!(seen(&mut all).is_empty());
+    assert!(drain(&mut all).is_empty());
 }
 
 // ---------------------------------------------------------------------------------------
@@ -659,7 +636,7 @@ fn nested(depth: usize) -> String {
 async fn data_deeper_than_the_limit_is_refused_in_every_mode() {
     let api = api().await;
     let max = limits::MAX_DATA_DEPTH;
-    let mut all = tap(&api.broker);
+    let mut all = tap(&api.broker, ">");
     let plain = |body: String| {
         Request::post("/topics/orderCreated")
             .header(header::CONTENT_TYPE, "application/json")
@@ -695,7 +672,7 @@ async fn data_deeper_than_the_limit_is_refused_in_every_mode() {
     send(&api.router, deep_binary)
         .await
         .refused(StatusCode::BAD_REQUEST, "data_too_deep");
-    assert_eq!(seen(&mut all).len(), 2, "only the two at the limit");
+    assert_eq!(drain(&mut all).len(), 2, "only the two at the limit");
 }
 
 // ---------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@
 //! Paused time makes delays exact: a handler that runs at 1 s of virtual time runs at
 //! exactly 1 s, so the tests can assert due times to the millisecond without sleeping.
 
-mod queue_support;
+mod common;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -21,11 +21,13 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tower::ServiceExt;
 
+use common::deferred::{assert_near, next_timed};
+use common::runtime::{drain, start, tap, LogCapture};
+use common::{wait_for, FlowDir};
 use edaflow::broker::{Backpressure, Broker, DeadFilter, MemoryBroker};
 use edaflow::event::Event;
 use edaflow::flow::model::HttpProducer;
 use edaflow::runtime::Runtime;
-use queue_support::{assert_near, drain, next_timed, start, tap, wait_until, FlowDir, LogCapture};
 
 const SOURCE: &str = "edaflow://queues/test";
 
@@ -36,14 +38,6 @@ const ECHO: &str = r#"emit("handled", event.data);"#;
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
-}
-
-fn flow(files: &[(&str, &str)]) -> FlowDir {
-    let dir = FlowDir::new();
-    for (path, text) in files {
-        dir.write(path, text);
-    }
-    dir
 }
 
 async fn publish(broker: &MemoryBroker, topic: &str, data: Value) -> Event {
@@ -108,7 +102,7 @@ fn queue_stats(broker: &MemoryBroker, queue: &str) -> edaflow::broker::QueueStat
 
 #[tokio::test(start_paused = true)]
 async fn items_are_handled_when_due_to_the_millisecond() {
-    let dir = flow(&[
+    let dir = FlowDir::with_files(&[
         (
             "flow.toml",
             indoc! {r#"
@@ -138,7 +132,7 @@ async fn items_are_handled_when_due_to_the_millisecond() {
 
 #[tokio::test(start_paused = true)]
 async fn a_polling_worker_looks_only_at_each_tick() {
-    let dir = flow(&[
+    let dir = FlowDir::with_files(&[
         (
             "flow.toml",
             indoc! {r#"
@@ -214,7 +208,7 @@ const PLANNER: &str = indoc! {r#"
 
 #[tokio::test(start_paused = true)]
 async fn handler_enqueues_and_delayed_emits_land_on_time() {
-    let dir = flow(&[
+    let dir = FlowDir::with_files(&[
         ("flow.toml", PLANNER_FLOW),
         ("planner.rhai", PLANNER),
         ("worker.rhai", ECHO),
@@ -258,7 +252,7 @@ async fn handler_enqueues_and_delayed_emits_land_on_time() {
 
 #[tokio::test(start_paused = true)]
 async fn a_failed_run_enqueues_nothing_and_the_retry_enqueues_once() {
-    let dir = flow(&[
+    let dir = FlowDir::with_files(&[
         ("flow.toml", PLANNER_FLOW),
         ("planner.rhai", PLANNER),
         ("worker.rhai", ECHO),
@@ -300,7 +294,7 @@ async fn a_failed_run_enqueues_nothing_and_the_retry_enqueues_once() {
 
 #[tokio::test(start_paused = true)]
 async fn a_run_that_always_fails_enqueues_nothing_and_is_dead_lettered() {
-    let dir = flow(&[
+    let dir = FlowDir::with_files(&[
         ("flow.toml", PLANNER_FLOW),
         ("planner.rhai", PLANNER),
         ("worker.rhai", ECHO),
@@ -321,7 +315,7 @@ async fn a_run_that_always_fails_enqueues_nothing_and_is_dead_lettered() {
 
 #[tokio::test(start_paused = true)]
 async fn enqueue_to_an_unknown_queue_fails_the_run() {
-    let dir = flow(&[
+    let dir = FlowDir::with_files(&[
         (
             "flow.toml",
             indoc! {r#"
@@ -370,7 +364,7 @@ async fn enqueue_to_an_unknown_queue_fails_the_run() {
 
 #[tokio::test(start_paused = true)]
 async fn a_handler_enqueueing_into_a_full_queue_loses_nothing() {
-    let dir = flow(&[
+    let dir = FlowDir::with_files(&[
         (
             "flow.toml",
             indoc! {r#"
@@ -415,7 +409,7 @@ async fn a_handler_enqueueing_into_a_full_queue_loses_nothing() {
 
 #[tokio::test(start_paused = true)]
 async fn a_failing_queue_worker_retries_then_dead_letters_with_its_queue() {
-    let dir = flow(&[
+    let dir = FlowDir::with_files(&[
         (
             "flow.toml",
             indoc! {r#"
@@ -505,7 +499,7 @@ async fn queue_subscribers_run_concurrency_workers() {
         (3, vec![1000, 1000, 1000, 2000, 2000, 2000]),
         (1, vec![1000, 2000, 3000, 4000, 5000, 6000]),
     ] {
-        let dir = flow(&[
+        let dir = FlowDir::with_files(&[
             (
                 "flow.toml",
                 &format!(
@@ -547,7 +541,7 @@ async fn queue_subscribers_run_concurrency_workers() {
 
 #[tokio::test(start_paused = true)]
 async fn a_relay_moves_matching_events_into_its_queue_with_its_delay() {
-    let dir = flow(&[
+    let dir = FlowDir::with_files(&[
         (
             "flow.toml",
             indoc! {r#"
@@ -626,7 +620,7 @@ async fn a_relay_moves_matching_events_into_its_queue_with_its_delay() {
 async fn a_relay_filter_that_throws_is_counted_logged_and_skipped() {
     let logs = LogCapture::default();
     let _guard = logs.install();
-    let dir = flow(&[
+    let dir = FlowDir::with_files(&[
         (
             "flow.toml",
             indoc! {r#"
@@ -674,7 +668,7 @@ async fn a_relay_filter_that_throws_is_counted_logged_and_skipped() {
 
 #[tokio::test(start_paused = true)]
 async fn a_relay_script_transforms_or_drops() {
-    let dir = flow(&[
+    let dir = FlowDir::with_files(&[
         (
             "flow.toml",
             indoc! {r#"
@@ -725,7 +719,7 @@ async fn a_relay_script_transforms_or_drops() {
 
 #[tokio::test(start_paused = true)]
 async fn a_full_queue_makes_the_relay_wait_not_drop() {
-    let dir = flow(&[
+    let dir = FlowDir::with_files(&[
         (
             "flow.toml",
             indoc! {r#"
@@ -788,7 +782,7 @@ async fn a_full_queue_makes_the_relay_wait_not_drop() {
 
 #[tokio::test(start_paused = true)]
 async fn flow_tests_advance_virtual_time() {
-    let dir = flow(&[
+    let dir = FlowDir::with_files(&[
         (
             "flow.toml",
             indoc! {r#"
@@ -847,7 +841,7 @@ async fn flow_tests_advance_virtual_time() {
 
 #[tokio::test(start_paused = true)]
 async fn the_deferred_demo_passes_its_own_flow_test() {
-    let path = queue_support::crate_root().join("flows/deferred.toml");
+    let path = common::crate_root().join("flows/deferred.toml");
     let prepared = edaflow::runtime::prepare(&[path]).expect("flows/deferred.toml is valid");
     let reports = edaflow::flowtest::run_all(&prepared).await.expect("runs");
     assert!(!reports.is_empty());
@@ -877,7 +871,7 @@ fn negative_or_unparseable_delays_are_rejected() {
             "soon",
         ),
     ] {
-        let dir = flow(&[("flow.toml", &format!("{table}\n{key} = \"{value}\"\n"))]);
+        let dir = FlowDir::with_files(&[("flow.toml", &format!("{table}\n{key} = \"{value}\"\n"))]);
         let rendered = dir.rejected("flow.toml");
         assert!(
             rendered.contains("invalid duration"),
@@ -892,7 +886,7 @@ fn negative_or_unparseable_delays_are_rejected() {
 
 #[test]
 fn a_relay_to_a_missing_queue_is_labelled_on_the_value() {
-    let dir = flow(&[(
+    let dir = FlowDir::with_files(&[(
         "flow.toml",
         indoc! {r#"
             [queues.tasks]
@@ -1001,7 +995,7 @@ const HTTP_FLOW: &str = indoc! {r#"
 
 #[tokio::test(start_paused = true)]
 async fn http_enqueue_takes_the_queue_default_or_the_given_delay() {
-    let dir = flow(&[("flow.toml", HTTP_FLOW), ("worker.rhai", ECHO)]);
+    let dir = FlowDir::with_files(&[("flow.toml", HTTP_FLOW), ("worker.rhai", ECHO)]);
     let (runtime, broker) = start(&dir).await;
     let router = runtime.api_router(http_config(), "master");
     let mut handled = tap(&broker, "handled");
@@ -1040,7 +1034,7 @@ async fn http_enqueue_takes_the_queue_default_or_the_given_delay() {
 
 #[tokio::test(start_paused = true)]
 async fn http_enqueue_refuses_bad_input() {
-    let dir = flow(&[("flow.toml", HTTP_FLOW), ("worker.rhai", ECHO)]);
+    let dir = FlowDir::with_files(&[("flow.toml", HTTP_FLOW), ("worker.rhai", ECHO)]);
     let (runtime, broker) = start(&dir).await;
     let router = runtime.api_router(http_config(), "master");
 
@@ -1112,7 +1106,7 @@ async fn http_enqueue_refuses_bad_input() {
 
 #[tokio::test(start_paused = true)]
 async fn http_reports_queues() {
-    let dir = flow(&[
+    let dir = FlowDir::with_files(&[
         (
             "flow.toml",
             indoc! {r#"
@@ -1138,7 +1132,7 @@ async fn http_reports_queues() {
     enqueue(&broker, "tasks", json!({"fail": true}), Duration::ZERO).await;
     enqueue(&broker, "tasks", json!({"n": 1}), ms(5_000)).await;
     enqueue(&broker, "tasks", json!({"n": 2}), ms(7_000)).await;
-    wait_until("the dead letter", Duration::from_secs(5), || {
+    wait_for("the dead letter", Duration::from_secs(5), || {
         queue_stats(&broker, "tasks").depth == 2
     })
     .await;
@@ -1218,7 +1212,7 @@ async fn dead_letters_ready(broker: &MemoryBroker, n: usize) {
 
 #[tokio::test(start_paused = true)]
 async fn http_lists_and_filters_dead_letters() {
-    let dir = flow(&[("flow.toml", DEAD_FLOW), ("worker.rhai", DEAD_WORKER)]);
+    let dir = FlowDir::with_files(&[("flow.toml", DEAD_FLOW), ("worker.rhai", DEAD_WORKER)]);
     let (runtime, broker) = start(&dir).await;
     let router = runtime.api_router(http_config(), "master");
     enqueue(&broker, "tasks", json!({"n": 1}), Duration::ZERO).await;
@@ -1270,7 +1264,7 @@ async fn http_lists_and_filters_dead_letters() {
 
 #[tokio::test(start_paused = true)]
 async fn http_replay_puts_dead_letters_back_where_they_came_from() {
-    let dir = flow(&[("flow.toml", DEAD_FLOW), ("worker.rhai", DEAD_WORKER)]);
+    let dir = FlowDir::with_files(&[("flow.toml", DEAD_FLOW), ("worker.rhai", DEAD_WORKER)]);
     let (runtime, broker) = start(&dir).await;
     let router = runtime.api_router(http_config(), "master");
     let original = enqueue(&broker, "tasks", json!({"n": 1}), Duration::ZERO).await;
@@ -1341,7 +1335,7 @@ async fn http_replay_puts_dead_letters_back_where_they_came_from() {
 
 #[tokio::test(start_paused = true)]
 async fn http_drop_needs_a_selection() {
-    let dir = flow(&[("flow.toml", DEAD_FLOW), ("worker.rhai", DEAD_WORKER)]);
+    let dir = FlowDir::with_files(&[("flow.toml", DEAD_FLOW), ("worker.rhai", DEAD_WORKER)]);
     let (runtime, broker) = start(&dir).await;
     let router = runtime.api_router(http_config(), "master");
     enqueue(&broker, "tasks", json!({"n": 1}), Duration::ZERO).await;
@@ -1409,7 +1403,7 @@ const HUGE_DELAY: &str = "200000000000000d";
 
 #[tokio::test(start_paused = true)]
 async fn http_refuses_a_delay_past_what_the_clock_can_hold() {
-    let dir = flow(&[("flow.toml", HTTP_FLOW), ("worker.rhai", ECHO)]);
+    let dir = FlowDir::with_files(&[("flow.toml", HTTP_FLOW), ("worker.rhai", ECHO)]);
     let (runtime, broker) = start(&dir).await;
     let router = runtime.api_router(http_config(), "master");
     let answer = tokio::spawn({
@@ -1435,7 +1429,7 @@ async fn http_refuses_a_delay_past_what_the_clock_can_hold() {
 
 #[tokio::test(start_paused = true)]
 async fn a_script_delay_past_what_the_clock_can_hold_fails_only_that_run() {
-    let dir = flow(&[
+    let dir = FlowDir::with_files(&[
         (
             "flow.toml",
             indoc! {r#"
@@ -1476,7 +1470,8 @@ fn a_delay_past_what_the_clock_can_hold_is_rejected() {
         "[queues.tasks]",
         "[queues.tasks]\n[relays.master]\nfrom = \"jobs\"\nto = \"tasks\"",
     ] {
-        let dir = flow(&[("flow.toml", &format!("{table}\ndelay = \"{HUGE_DELAY}\"\n"))]);
+        let dir =
+            FlowDir::with_files(&[("flow.toml", &format!("{table}\ndelay = \"{HUGE_DELAY}\"\n"))]);
         let result = edaflow::runtime::prepare(&[dir.path("flow.toml")]);
         assert!(result.is_err(), "accepted in {table:?}");
     }
@@ -1484,7 +1479,7 @@ fn a_delay_past_what_the_clock_can_hold_is_rejected() {
 
 #[tokio::test(start_paused = true)]
 async fn the_deferred_demo_test_fails_when_its_worker_fails() {
-    let demo = std::fs::read_to_string(queue_support::crate_root().join("flows/deferred.toml"))
+    let demo = std::fs::read_to_string(common::crate_root().join("flows/deferred.toml"))
         .expect("read the demo");
     let worker = "[subscribers.worker]";
     assert!(demo.contains(worker), "the demo has a worker");
@@ -1493,7 +1488,7 @@ async fn the_deferred_demo_test_fails_when_its_worker_fails() {
         &format!("{worker}\nscript = \"broken.rhai\"\nretry = {{ attempts = 1 }}"),
         1,
     );
-    let dir = flow(&[
+    let dir = FlowDir::with_files(&[
         ("deferred.toml", &broken),
         ("broken.rhai", r#"fail("the worker is broken");"#),
     ]);

@@ -6,16 +6,15 @@
 //! `INFO` still connects, and several seeds that are one single Redis are refused.
 
 mod common;
-mod redis_support;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use common::redis::RedisCluster;
 use common::{http, Edaflow, FlowDir, Running};
 use edaflow::broker::{Backpressure, Broker, Consumer, Effects, GroupSpec, RedisOptions};
 use edaflow::event::Event;
 use edaflow::flow::TopicPattern;
-use redis_support::RedisCluster;
 
 const PATIENCE: Duration = Duration::from_secs(20);
 
@@ -255,7 +254,7 @@ async fn a_namespace_follows_its_slot_to_another_master() {
 /// working broker on a single Redis.
 #[tokio::test]
 async fn a_user_without_info_still_connects_to_a_single_redis() {
-    let Some(server) = redis_support::RedisServer::start() else {
+    let Some(server) = common::redis::RedisServer::start() else {
         return;
     };
     let reply = server.command(&[
@@ -303,7 +302,7 @@ async fn several_seed_nodes_an_unreachable_one_is_skipped() {
     let broker = edaflow::broker::RedisBroker::connect(
         &url,
         RedisOptions {
-            namespace: redis_support::unique_namespace("seeds"),
+            namespace: common::redis::unique_namespace("seeds"),
             block: Duration::from_millis(200),
             ..RedisOptions::default()
         },
@@ -320,7 +319,7 @@ async fn several_seed_nodes_an_unreachable_one_is_skipped() {
 /// Several seed nodes name a cluster; a single Redis among them is refused, clearly.
 #[tokio::test]
 async fn several_seed_nodes_that_are_a_single_redis_are_refused() {
-    let Some(server) = redis_support::RedisServer::start() else {
+    let Some(server) = common::redis::RedisServer::start() else {
         return;
     };
     let url = format!("redis://127.0.0.1:{0},127.0.0.1:{0}", server.port());

@@ -5,7 +5,6 @@
 //! event answered 202 is handled, and no emitted event is duplicated.
 
 mod common;
-mod redis_support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -15,8 +14,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use common::redis::{RedisServer, ServerOptions, TlsFiles};
 use common::{http, Edaflow, FlowDir, Running};
-use redis_support::{RedisServer, ServerOptions, TlsFiles};
 
 const PATIENCE: Duration = Duration::from_secs(15);
 

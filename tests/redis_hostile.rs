@@ -12,7 +12,6 @@
 //! raise it for a longer hunt, e.g. `PROPTEST_CASES=5000`).
 
 mod common;
-mod redis_support;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,9 +20,9 @@ use std::time::{Duration, Instant};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 
+use common::redis::RedisServer;
 use common::{http, Edaflow, FlowDir};
 use edaflow::event::Event;
-use redis_support::RedisServer;
 
 const PATIENCE: Duration = Duration::from_secs(10);
 const P: &str = "edaflow:{hostile}:";

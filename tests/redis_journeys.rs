@@ -5,14 +5,13 @@
 //! processes is traced whole from either.
 
 mod common;
-mod redis_support;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use common::redis::RedisServer;
 use common::{http, Edaflow, FlowDir, Running};
-use redis_support::RedisServer;
 use serde_json::Value;
 
 const PATIENCE: Duration = Duration::from_secs(20);

@@ -6,15 +6,14 @@
 //! published event handled, no emitted event duplicated.
 
 mod common;
-mod redis_support;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::redis::RedisServer;
 use common::{http, Edaflow, FlowDir, Running};
-use redis_support::RedisServer;
 
 const PATIENCE: Duration = Duration::from_secs(20);
 

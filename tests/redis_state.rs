@@ -8,7 +8,6 @@
 //! `fault tally | <fault> | published N | handled N | dead-lettered N | lost N | duplicated N | alive yes`.
 
 mod common;
-mod redis_support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -17,8 +16,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use common::redis::RedisServer;
 use common::{http, Edaflow, FlowDir, Running};
-use redis_support::RedisServer;
 
 const PATIENCE: Duration = Duration::from_secs(20);
 const LOST_STATE: &str = "redis lost its state";

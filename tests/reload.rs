@@ -8,7 +8,7 @@
 //! Nothing here sleeps to wait for a result: every wait is a condition with a deadline.
 //! The last test runs the real `FileWatcher` + `Reloader` loop under load.
 
-mod reload_support;
+mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -28,11 +28,12 @@ use edaflow::flow::model::HttpProducer;
 use edaflow::flow::TopicPattern;
 use edaflow::runtime::reload::{ReloadCause, ReloadReport, ReloadRequest, Reloader};
 use edaflow::runtime::subscriber::GENERATION_EXTENSION;
-use edaflow::runtime::{prepare, ReloadOutcome, Runtime, RuntimeOptions};
+use edaflow::runtime::{ReloadOutcome, RuntimeOptions};
 use edaflow::script::Limits;
 use edaflow::watch::{FileWatcher, DEFAULT_DEBOUNCE};
 
-use reload_support::{http_async, versioned_handler, wait_until, FlowDir};
+use common::runtime::start_reloader;
+use common::{http_async, wait_for, FlowDir};
 
 /// Upper bound for anything a test waits on (generous: the machine may be busy).
 const WITHIN: Duration = Duration::from_secs(10);
@@ -69,6 +70,11 @@ fn slow_handler_options() -> RuntimeOptions {
     }
 }
 
+/// A subscriber script that emits `done` with the event's `id` and its `version`.
+fn versioned_handler(version: &str) -> String {
+    format!("emit(\"done\", #{{ id: event.data.id, version: \"{version}\" }});\n")
+}
+
 /// A handler that busy-waits `event.data.busy_ms` (if given), then emits its version.
 fn busy_handler(version: &str) -> String {
     formatdoc! {r#"
@@ -87,16 +93,9 @@ async fn start(
     options: RuntimeOptions,
 ) -> (Reloader<MemoryBroker>, MemoryBroker) {
     let broker = MemoryBroker::new(MemoryOptions::default());
-    let mut runtime = Runtime::new(broker.clone(), options);
-    let prepared = prepare(&paths).unwrap_or_else(|report| {
-        panic!(
-            "the first generation should be valid:\n{}",
-            edaflow::flow::diagnostic::render(&report, 100)
-        )
-    });
-    let outcome = runtime.apply(prepared).await.expect("generation 1 starts");
+    let (reloader, outcome) = start_reloader(broker.clone(), options, paths).await;
     assert_eq!(outcome.generation, 1);
-    (Reloader::new(runtime, paths), broker)
+    (reloader, broker)
 }
 
 /// The one reload path, as `POST /admin/reload` drives it.
@@ -510,7 +509,7 @@ async fn config_only_sections_reload_without_restarting_subscribers() {
             if slow {
                 let before = metrics.events_in.load(Ordering::SeqCst);
                 publish(&broker, "work", json!({ "id": n, "busy_ms": 700 })).await;
-                wait_until("the slow event to be in flight", WITHIN, || {
+                wait_for("the slow event to be in flight", WITHIN, || {
                     metrics.events_in.load(Ordering::SeqCst) > before
                 })
                 .await;
@@ -769,7 +768,7 @@ async fn a_script_edit_swaps_in_place_and_in_flight_events_finish_on_the_old_cod
 
     // Event 1 is in flight on worker 1 (busy for 1.5 s) when the script changes.
     publish(&broker, "work", json!({ "id": 1, "busy_ms": 1500 })).await;
-    wait_until("event 1 to be in flight", WITHIN, || {
+    wait_for("event 1 to be in flight", WITHIN, || {
         metrics.events_in.load(Ordering::SeqCst) == 1
     })
     .await;
@@ -819,7 +818,7 @@ async fn restart_under_traffic(edit: impl Fn(&str) -> String) {
             }
         }
     });
-    wait_until("some traffic before the reload", WITHIN, || {
+    wait_for("some traffic before the reload", WITHIN, || {
         published.load(Ordering::SeqCst) >= COUNT / 5
     })
     .await;
@@ -842,7 +841,7 @@ async fn restart_under_traffic(edit: impl Fn(&str) -> String) {
             Err(_) => {}
         }
     }
-    wait_until("the broker to go idle", WITHIN, || broker.is_idle()).await;
+    wait_for("the broker to go idle", WITHIN, || broker.is_idle()).await;
     for event in seen.drain() {
         *counts.entry(id(&event)).or_default() += 1;
     }
@@ -1138,7 +1137,7 @@ async fn reloads_under_load_lose_nothing_and_switch_code_at_once() {
             (next_seq.load(Ordering::SeqCst), started.elapsed())
         }
     });
-    wait_until("traffic before the first edit", WITHIN, || {
+    wait_for("traffic before the first edit", WITHIN, || {
         next_seq.load(Ordering::SeqCst) >= 500
     })
     .await;
@@ -1158,7 +1157,7 @@ async fn reloads_under_load_lose_nothing_and_switch_code_at_once() {
         }
         let report = {
             let mut found = None;
-            wait_until(&format!("edit {edit} to be reloaded"), WITHIN, || {
+            wait_for(&format!("edit {edit} to be reloaded"), WITHIN, || {
                 let reports = reports.lock().unwrap();
                 let decisive: Vec<_> = reports
                     .iter()
@@ -1193,11 +1192,11 @@ async fn reloads_under_load_lose_nothing_and_switch_code_at_once() {
     }
     stop.store(true, Ordering::SeqCst);
     let (total, publishing) = publisher.await.expect("the publisher finishes");
-    wait_until("every event to be handled", WITHIN, || {
+    wait_for("every event to be handled", WITHIN, || {
         handled.lock().unwrap().len() as u64 >= total
     })
     .await;
-    wait_until("the broker to go idle", WITHIN, || broker.is_idle()).await;
+    wait_for("the broker to go idle", WITHIN, || broker.is_idle()).await;
     token.cancel();
     let reloader = reload_loop.await.expect("the reload loop ends");
     tracker.close();

@@ -12,10 +12,11 @@ use indoc::indoc;
 use serde_json::Value;
 use tower::ServiceExt;
 
+use common::runtime::start_with;
 use common::{wait_for, FlowDir};
 use edaflow::broker::{MemoryBroker, MemoryOptions};
 use edaflow::flow::model::HttpProducer;
-use edaflow::runtime::{Runtime, RuntimeOptions};
+use edaflow::runtime::RuntimeOptions;
 
 async fn get(app: &axum::Router, uri: &str) -> (u16, Value) {
     let response = app
@@ -56,11 +57,7 @@ async fn a_journey_is_traced_from_ingest_to_its_last_event() {
     dir.write("reserve.rhai", r#"emit("inventoryReserved", event.data);"#);
     dir.write("charge.rhai", r#"emit("paymentCharged", event.data);"#);
     let broker = MemoryBroker::new(MemoryOptions::default());
-    let mut runtime = Runtime::new(broker, RuntimeOptions::default());
-    runtime
-        .apply(dir.prepare("flow.toml"))
-        .await
-        .expect("starts");
+    let (runtime, _) = start_with(broker, RuntimeOptions::default(), &dir).await;
     let app = runtime.api_router(
         HttpProducer {
             listen: "127.0.0.1:0".into(),
