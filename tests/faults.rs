@@ -458,13 +458,7 @@ async fn a_runaway_handler_does_not_stall_http_ingest() {
     let addr = runtime.http_addrs()["api"];
     let post = move |topic: &'static str, n: u64| {
         tokio::task::spawn_blocking(move || {
-            common::http(
-                addr,
-                "POST",
-                &format!("/topics/{topic}"),
-                &[("Content-Type", "application/json")],
-                format!("{{\"n\": {n}}}").as_bytes(),
-            )
+            common::post_json(addr, &format!("/topics/{topic}"), format!("{{\"n\": {n}}}"))
         })
     };
     for n in 0..4 {
@@ -765,13 +759,7 @@ fn start_lingering(dir: &FlowDir, grace: &str) -> (common::Running, std::net::So
         .spawn();
     let addr = running.listening_addr(WITHIN);
     running.wait_catching_sigterm(WITHIN);
-    let reply = common::http(
-        addr,
-        "POST",
-        "/topics/later",
-        &[("Content-Type", "application/json")],
-        b"{}",
-    );
+    let reply = common::post_json(addr, "/topics/later", b"{}");
     assert_eq!(reply.status, 202, "{reply:?}");
     (running, addr)
 }

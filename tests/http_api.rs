@@ -9,15 +9,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::http::{header, HeaderMap, Request, StatusCode};
+use axum::http::{header, Request, StatusCode};
 use axum::Router;
 use bytes::Bytes;
-use http_body_util::BodyExt;
 use indoc::indoc;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
-use tower::ServiceExt;
 
+use common::http_server::oneshot;
 use common::runtime::{drain, start_with, tap};
 use common::{wait_for, FlowDir};
 use edaflow::broker::{Broker, GroupSpec, MemoryBroker, MemoryOptions};
@@ -109,76 +108,10 @@ fn get(path: &str) -> Request<Body> {
         .expect("a valid request")
 }
 
-struct Answer {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: String,
-}
-
-impl Answer {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
-    }
-
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
-
-    /// Asserts an accepted publish and returns the event id.
-    fn accepted(&self) -> String {
-        assert_eq!(self.status, StatusCode::ACCEPTED, "{}", self.body);
-        assert_eq!(self.header("content-type"), Some("application/json"));
-        let body = self.json();
-        let id = body["id"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no id in {body}"));
-        id.to_owned()
-    }
-
-    /// Asserts a refusal with a JSON `{error, code}` body.
-    fn refused(&self, status: StatusCode, code: &str) {
-        assert_eq!(self.status, status, "{}", self.body);
-        assert_eq!(
-            self.header("content-type"),
-            Some("application/json"),
-            "{}",
-            self.body
-        );
-        let body = self.json();
-        assert_eq!(body["code"], code, "{body}");
-        assert!(
-            body["error"].as_str().is_some_and(|e| !e.is_empty()),
-            "a readable `error`: {body}"
-        );
-    }
-}
-
-async fn send(router: &Router, request: Request<Body>) -> Answer {
-    let response = router
-        .clone()
-        .oneshot(request)
-        .await
-        .expect("the router is infallible");
-    let status = response.status();
-    let headers = response.headers().clone();
-    let bytes = response
-        .into_body()
-        .collect()
-        .await
-        .expect("read the body")
-        .to_bytes();
-    Answer {
-        status,
-        headers,
-        body: String::from_utf8_lossy(&bytes).into_owned(),
-    }
-}
-
 /// Publishes a marker through the API and asserts that it is the first (and only) event
 /// the tap has seen: whatever was refused before it was never published.
 async fn assert_nothing_published_before_marker(api: &Api, tap: &mut mpsc::Receiver<Arc<Event>>) {
-    let marker = send(
+    let marker = oneshot(
         &api.router,
         post("/topics/marker", Some("application/json"), "{}"),
     )
@@ -196,7 +129,7 @@ async fn the_articles_plain_json_is_accepted_and_handled() {
     let mut orders = tap(&api.broker, "orderCreated");
     let mut recorded = tap(&api.broker, "orderRecorded");
 
-    let answer = send(
+    let answer = oneshot(
         &api.router,
         post("/topics/orderCreated", Some("application/json"), ARTICLE),
     )
@@ -239,7 +172,7 @@ async fn the_articles_plain_json_is_accepted_and_handled() {
 async fn a_body_without_content_type_is_taken_as_json() {
     let api = api(Settings::default()).await;
     let mut orders = tap(&api.broker, "orderCreated");
-    let id = send(&api.router, post("/topics/orderCreated", None, ARTICLE))
+    let id = oneshot(&api.router, post("/topics/orderCreated", None, ARTICLE))
         .await
         .accepted();
     assert_eq!(drain(&mut orders)[0].id, id);
@@ -261,7 +194,7 @@ async fn structured_cloudevents_keep_their_attributes() {
         "tenant": "acme",
         "data": {"order_id": 123, "customer": "John Doe", "total": 49.99},
     });
-    let answer = send(
+    let answer = oneshot(
         &api.router,
         post(
             "/topics/orderCreated",
@@ -296,7 +229,7 @@ async fn a_structured_event_whose_type_is_not_the_url_topic_is_refused() {
         "type": "orderShipped",
         "data": {},
     });
-    send(
+    oneshot(
         &api.router,
         post(
             "/topics/orderCreated",
@@ -322,7 +255,7 @@ async fn binary_cloudevents_take_their_attributes_from_ce_headers() {
         .header("ce-correlationid", "journey-9")
         .body(Body::from(ARTICLE))
         .expect("a valid request");
-    assert_eq!(send(&api.router, request).await.accepted(), "pos-0001");
+    assert_eq!(oneshot(&api.router, request).await.accepted(), "pos-0001");
 
     let event = &drain(&mut orders)[0];
     assert_eq!(event.id, "pos-0001");
@@ -338,7 +271,7 @@ async fn binary_cloudevents_take_their_attributes_from_ce_headers() {
         .header("ce-source", "urn:shop:pos")
         .body(Body::from(ARTICLE))
         .expect("a valid request");
-    send(&api.router, mismatch)
+    oneshot(&api.router, mismatch)
         .await
         .refused(StatusCode::BAD_REQUEST, "invalid_event");
     assert!(drain(&mut orders).is_empty());
@@ -349,7 +282,7 @@ async fn invalid_json_is_a_400() {
     let api = api(Settings::default()).await;
     let mut all = tap(&api.broker, ">");
     for body in [r#"{"order_id": 123,"#, "not json", ""] {
-        send(
+        oneshot(
             &api.router,
             post("/topics/orderCreated", Some("application/json"), body),
         )
@@ -370,7 +303,7 @@ async fn invalid_topic_names_are_a_400() {
         "/topics/orders.*",
         "/topics/orders.%3E",
     ] {
-        let answer = send(&api.router, post(path, Some("application/json"), ARTICLE)).await;
+        let answer = oneshot(&api.router, post(path, Some("application/json"), ARTICLE)).await;
         answer.refused(StatusCode::BAD_REQUEST, "invalid_topic");
     }
     assert_nothing_published_before_marker(&api, &mut all).await;
@@ -389,7 +322,7 @@ async fn bodies_over_the_limit_are_a_413() {
     // Exactly at the limit is fine.
     let at_limit = format!(r#"{{"pad": "{}"}}"#, "x".repeat(LIMIT - 11));
     assert_eq!(at_limit.len(), LIMIT);
-    let accepted = send(
+    let accepted = oneshot(
         &api.router,
         post("/topics/orderCreated", Some("application/json"), at_limit),
     )
@@ -404,7 +337,7 @@ async fn bodies_over_the_limit_are_a_413() {
         .header(header::CONTENT_LENGTH, too_long.len())
         .body(Body::from(too_long.clone()))
         .expect("a valid request");
-    send(&api.router, declared)
+    oneshot(&api.router, declared)
         .await
         .refused(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large");
 
@@ -416,7 +349,7 @@ async fn bodies_over_the_limit_are_a_413() {
         .header(header::CONTENT_TYPE, "application/json")
         .body(Body::from_stream(futures_util::stream::iter(chunks)))
         .expect("a valid request");
-    send(&api.router, streamed)
+    oneshot(&api.router, streamed)
         .await
         .refused(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large");
 
@@ -432,7 +365,7 @@ async fn unsupported_content_types_are_a_415() {
         "application/x-www-form-urlencoded",
         "application/xml",
     ] {
-        send(
+        oneshot(
             &api.router,
             post("/topics/orderCreated", Some(content_type), ARTICLE),
         )
@@ -466,18 +399,18 @@ async fn a_configured_token_is_required() {
         Some("Basic czNjcmV0LXRva2Vu"),
         Some("Bearer s3cret-token-and-more"),
     ] {
-        let answer = send(&api.router, with_auth(auth)).await;
+        let answer = oneshot(&api.router, with_auth(auth)).await;
         answer.refused(StatusCode::UNAUTHORIZED, "unauthorized");
         assert_eq!(answer.header("www-authenticate"), Some("Bearer"));
     }
-    let metrics = send(&api.router, get("/metrics")).await;
+    let metrics = oneshot(&api.router, get("/metrics")).await;
     metrics.refused(StatusCode::UNAUTHORIZED, "unauthorized");
     assert!(
         drain(&mut all).is_empty(),
         "a refused request was published"
     );
 
-    let id = send(&api.router, with_auth(Some(&format!("Bearer {TOKEN}"))))
+    let id = oneshot(&api.router, with_auth(Some(&format!("Bearer {TOKEN}"))))
         .await
         .accepted();
     assert_eq!(drain(&mut all)[0].id, id);
@@ -504,14 +437,14 @@ async fn stuck_api() -> (Runtime<MemoryBroker>, MemoryBroker, Router) {
 #[tokio::test]
 async fn a_full_buffer_answers_503_with_retry_after() {
     let (_runtime, broker, router) = stuck_api().await;
-    send(
+    oneshot(
         &router,
         post("/topics/orderCreated", Some("application/json"), ARTICLE),
     )
     .await
     .accepted();
 
-    let answer = send(
+    let answer = oneshot(
         &router,
         post("/topics/orderCreated", Some("application/json"), ARTICLE),
     )
@@ -525,7 +458,7 @@ async fn a_full_buffer_answers_503_with_retry_after() {
         .find(|g| g.name == "stuck")
         .expect("the group");
     assert_eq!(stuck.queued, 1, "the refused event was not queued");
-    let metrics = send(&router, get("/metrics")).await;
+    let metrics = oneshot(&router, get("/metrics")).await;
     assert!(
         metrics
             .body
@@ -546,13 +479,13 @@ async fn a_full_buffer_answers_503_with_retry_after() {
 async fn a_503_publishes_nothing_a_tap_can_see() {
     let (_runtime, broker, router) = stuck_api().await;
     let mut all = tap(&broker, ">");
-    let accepted = send(
+    let accepted = oneshot(
         &router,
         post("/topics/orderCreated", Some("application/json"), ARTICLE),
     )
     .await
     .accepted();
-    send(
+    oneshot(
         &router,
         post("/topics/orderCreated", Some("application/json"), ARTICLE),
     )
@@ -570,8 +503,8 @@ async fn healthz_reports_the_generation_and_groups() {
     })
     .await;
     // Health is for load balancers and needs no token.
-    let answer = send(&api.router, get("/healthz")).await;
-    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    let answer = oneshot(&api.router, get("/healthz")).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
     assert_eq!(answer.header("content-type"), Some("application/json"));
     let body = answer.json();
     assert_eq!(body["status"], "ok");
@@ -591,21 +524,21 @@ async fn healthz_reports_the_generation_and_groups() {
 #[tokio::test]
 async fn metrics_are_prometheus_text() {
     let api = api(Settings::default()).await;
-    send(
+    oneshot(
         &api.router,
         post("/topics/orderCreated", Some("application/json"), ARTICLE),
     )
     .await
     .accepted();
-    send(
+    oneshot(
         &api.router,
         post("/topics/orderCreated", Some("text/plain"), ARTICLE),
     )
     .await
     .refused(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type");
 
-    let answer = send(&api.router, get("/metrics")).await;
-    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    let answer = oneshot(&api.router, get("/metrics")).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
     assert_eq!(
         answer.header("content-type"),
         Some("text/plain; version=0.0.4; charset=utf-8")
@@ -629,7 +562,7 @@ async fn metrics_are_prometheus_text() {
 async fn deferred_exec_publishes_to_the_relay_topic() {
     let api = api(Settings::default()).await;
     let mut master = tap(&api.broker, "master");
-    let id = send(
+    let id = oneshot(
         &api.router,
         post(
             "/deferred-exec",
@@ -682,13 +615,7 @@ async fn the_http_producer_serves_on_a_real_socket() {
     let mut recorded = tap(&broker, "orderRecorded");
 
     let reply = tokio::task::spawn_blocking(move || {
-        common::http(
-            addr,
-            "POST",
-            "/topics/orderCreated",
-            &[("Content-Type", "application/json")],
-            ARTICLE.as_bytes(),
-        )
+        common::post_json(addr, "/topics/orderCreated", ARTICLE)
     })
     .await
     .expect("client thread");

@@ -19,14 +19,13 @@ use indoc::indoc;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tower::ServiceExt;
 
 use common::deferred::{assert_near, next_timed};
-use common::runtime::{drain, start, tap, LogCapture};
+use common::http_server::{oneshot, router};
+use common::runtime::{self, drain, start, tap, LogCapture};
 use common::{wait_for, FlowDir};
-use edaflow::broker::{Backpressure, Broker, DeadFilter, MemoryBroker};
+use edaflow::broker::{Broker, DeadFilter, MemoryBroker};
 use edaflow::event::Event;
-use edaflow::flow::model::HttpProducer;
 use edaflow::runtime::Runtime;
 
 const SOURCE: &str = "edaflow://queues/test";
@@ -41,12 +40,7 @@ fn ms(n: u64) -> Duration {
 }
 
 async fn publish(broker: &MemoryBroker, topic: &str, data: Value) -> Event {
-    let event = Event::new(topic, SOURCE, data);
-    broker
-        .publish(event.clone(), Backpressure::Wait)
-        .await
-        .unwrap_or_else(|e| panic!("publish to `{topic}`: {e}"));
-    event
+    runtime::publish(broker, topic, SOURCE, data).await
 }
 
 async fn enqueue(broker: &MemoryBroker, queue: &str, data: Value, delay: Duration) -> Event {
@@ -932,15 +926,6 @@ fn a_relay_to_a_missing_queue_is_labelled_on_the_value() {
 // ---------------------------------------------------------------------------------------
 // HTTP
 
-fn http_config() -> HttpProducer {
-    HttpProducer {
-        listen: "127.0.0.1:0".to_owned(),
-        token: None,
-        body_limit: 1 << 20,
-        ..HttpProducer::default()
-    }
-}
-
 struct Answer {
     status: StatusCode,
     retry_after: Option<String>,
@@ -956,29 +941,15 @@ async fn call(router: &axum::Router, method: &str, uri: &str, body: Option<Value
         }
         None => Body::empty(),
     };
-    let response = router
-        .clone()
-        .oneshot(request.body(body).expect("a request"))
-        .await
-        .expect("the router answers");
-    let status = response.status();
-    let retry_after = response
-        .headers()
-        .get("retry-after")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
-        .await
-        .expect("a body");
-    let body = if bytes.is_empty() {
+    let reply = oneshot(router, request.body(body).expect("a request")).await;
+    let body = if reply.bytes().is_empty() {
         Value::Null
     } else {
-        serde_json::from_slice(&bytes)
-            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
+        serde_json::from_slice(reply.bytes()).unwrap_or_else(|_| Value::String(reply.body.clone()))
     };
     Answer {
-        status,
-        retry_after,
+        status: StatusCode::from_u16(reply.status).expect("a status code"),
+        retry_after: reply.header("retry-after").map(str::to_owned),
         body,
     }
 }
@@ -997,7 +968,7 @@ const HTTP_FLOW: &str = indoc! {r#"
 async fn http_enqueue_takes_the_queue_default_or_the_given_delay() {
     let dir = FlowDir::with_files(&[("flow.toml", HTTP_FLOW), ("worker.rhai", ECHO)]);
     let (runtime, broker) = start(&dir).await;
-    let router = runtime.api_router(http_config(), "master");
+    let router = router(&runtime);
     let mut handled = tap(&broker, "handled");
     let t0 = Instant::now();
     let a = call(
@@ -1036,7 +1007,7 @@ async fn http_enqueue_takes_the_queue_default_or_the_given_delay() {
 async fn http_enqueue_refuses_bad_input() {
     let dir = FlowDir::with_files(&[("flow.toml", HTTP_FLOW), ("worker.rhai", ECHO)]);
     let (runtime, broker) = start(&dir).await;
-    let router = runtime.api_router(http_config(), "master");
+    let router = router(&runtime);
 
     let nope = call(&router, "POST", "/queues/nope", Some(json!({}))).await;
     assert_eq!(nope.status, StatusCode::NOT_FOUND, "{:?}", nope.body);
@@ -1063,8 +1034,8 @@ async fn http_enqueue_refuses_bad_input() {
         .header("content-type", "application/json")
         .body(Body::from("{not json"))
         .expect("a request");
-    let answer = router.clone().oneshot(bad_json).await.expect("an answer");
-    assert_eq!(answer.status(), StatusCode::BAD_REQUEST);
+    let answer = oneshot(&router, bad_json).await;
+    assert_eq!(answer.status, StatusCode::BAD_REQUEST.as_u16());
     assert_eq!(
         queue_stats(&broker, "tasks").depth,
         0,
@@ -1127,7 +1098,7 @@ async fn http_reports_queues() {
         ),
     ]);
     let (runtime, broker) = start(&dir).await;
-    let router = runtime.api_router(http_config(), "master");
+    let router = router(&runtime);
     let mut handled = tap(&broker, "handled");
     enqueue(&broker, "tasks", json!({"fail": true}), Duration::ZERO).await;
     enqueue(&broker, "tasks", json!({"n": 1}), ms(5_000)).await;
@@ -1214,7 +1185,7 @@ async fn dead_letters_ready(broker: &MemoryBroker, n: usize) {
 async fn http_lists_and_filters_dead_letters() {
     let dir = FlowDir::with_files(&[("flow.toml", DEAD_FLOW), ("worker.rhai", DEAD_WORKER)]);
     let (runtime, broker) = start(&dir).await;
-    let router = runtime.api_router(http_config(), "master");
+    let router = router(&runtime);
     enqueue(&broker, "tasks", json!({"n": 1}), Duration::ZERO).await;
     publish(&broker, "orderCreated", json!({"n": 2})).await;
     enqueue(&broker, "tasks", json!({"n": 3}), ms(100)).await;
@@ -1266,7 +1237,7 @@ async fn http_lists_and_filters_dead_letters() {
 async fn http_replay_puts_dead_letters_back_where_they_came_from() {
     let dir = FlowDir::with_files(&[("flow.toml", DEAD_FLOW), ("worker.rhai", DEAD_WORKER)]);
     let (runtime, broker) = start(&dir).await;
-    let router = runtime.api_router(http_config(), "master");
+    let router = router(&runtime);
     let original = enqueue(&broker, "tasks", json!({"n": 1}), Duration::ZERO).await;
     publish(&broker, "orderCreated", json!({"n": 2})).await;
     dead_letters_ready(&broker, 2).await;
@@ -1337,7 +1308,7 @@ async fn http_replay_puts_dead_letters_back_where_they_came_from() {
 async fn http_drop_needs_a_selection() {
     let dir = FlowDir::with_files(&[("flow.toml", DEAD_FLOW), ("worker.rhai", DEAD_WORKER)]);
     let (runtime, broker) = start(&dir).await;
-    let router = runtime.api_router(http_config(), "master");
+    let router = router(&runtime);
     enqueue(&broker, "tasks", json!({"n": 1}), Duration::ZERO).await;
     enqueue(&broker, "tasks", json!({"n": 2}), Duration::ZERO).await;
     publish(&broker, "orderCreated", json!({"n": 3})).await;
@@ -1405,7 +1376,7 @@ const HUGE_DELAY: &str = "200000000000000d";
 async fn http_refuses_a_delay_past_what_the_clock_can_hold() {
     let dir = FlowDir::with_files(&[("flow.toml", HTTP_FLOW), ("worker.rhai", ECHO)]);
     let (runtime, broker) = start(&dir).await;
-    let router = runtime.api_router(http_config(), "master");
+    let router = router(&runtime);
     let answer = tokio::spawn({
         let router = router.clone();
         async move {

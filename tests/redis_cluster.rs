@@ -10,8 +10,8 @@ mod common;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::redis::RedisCluster;
-use common::{http, Edaflow, FlowDir, Running};
+use common::redis::{run_on, RedisCluster};
+use common::{post_json, FlowDir, Running};
 use edaflow::broker::{Backpressure, Broker, Consumer, Effects, GroupSpec, RedisOptions};
 use edaflow::event::Event;
 use edaflow::flow::TopicPattern;
@@ -55,21 +55,10 @@ fn namespaces_on_two_masters(cluster: &RedisCluster) -> [(String, u16); 2] {
 }
 
 fn start(dir: &FlowDir, cluster: &RedisCluster, namespace: &str) -> (Running, SocketAddr) {
-    let url = cluster.seed_url();
-    let mut running = Edaflow::new(dir.root())
-        .args([
-            "run",
-            "spread.toml",
-            "--no-watch",
-            "--listen",
-            "127.0.0.1:0",
-            "--broker",
-            &url,
-            "--namespace",
-            namespace,
-        ])
-        .spawn();
-    let addr = running.listening_addr(PATIENCE);
+    let running = run_on(dir, "spread.toml", &cluster.seed_url())
+        .args(["--namespace", namespace])
+        .serve(PATIENCE);
+    let addr = running.addr();
     (running, addr)
 }
 
@@ -107,13 +96,7 @@ fn flow_sets_in_different_namespaces_run_on_different_masters() {
     const EACH: usize = 20;
     for (_, addr) in &processes {
         for n in 0..EACH {
-            let reply = http(
-                *addr,
-                "POST",
-                "/topics/job",
-                &[("Content-Type", "application/json")],
-                format!("{{\"n\":{n}}}").as_bytes(),
-            );
+            let reply = post_json(*addr, "/topics/job", format!("{{\"n\":{n}}}"));
             assert_eq!(reply.status, 202, "{reply:?}");
         }
     }

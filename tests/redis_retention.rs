@@ -22,7 +22,7 @@ use edaflow::flow::TopicPattern;
 mod common;
 use common::redis::RedisServer;
 use common::runtime::{apply, start_with, LogCapture};
-use common::{http, Edaflow, FlowDir};
+use common::{post_json, Edaflow, FlowDir};
 use edaflow::runtime::RuntimeOptions;
 
 const RETENTION: Duration = Duration::from_millis(200);
@@ -389,13 +389,7 @@ fn edaflow_run_takes_the_unread_retention_from_its_flag() {
         .spawn();
     let addr = running.listening_addr(DEADLINE);
     for topic in ["orders", "nobody"] {
-        let reply = http(
-            addr,
-            "POST",
-            &format!("/topics/{topic}"),
-            &[("Content-Type", "application/json")],
-            b"{}",
-        );
+        let reply = post_json(addr, &format!("/topics/{topic}"), b"{}");
         assert_eq!(reply.status, 202, "{reply:?}");
     }
     let start = Instant::now();

@@ -22,9 +22,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use edaflow::broker::{Backpressure, Broker, MemoryBroker, MemoryOptions};
+use edaflow::broker::{Broker, MemoryBroker, MemoryOptions};
 use edaflow::event::Event;
-use edaflow::flow::model::HttpProducer;
 use edaflow::flow::TopicPattern;
 use edaflow::runtime::reload::{ReloadCause, ReloadReport, ReloadRequest, Reloader};
 use edaflow::runtime::subscriber::GENERATION_EXTENSION;
@@ -32,7 +31,8 @@ use edaflow::runtime::{ReloadOutcome, RuntimeOptions};
 use edaflow::script::Limits;
 use edaflow::watch::{FileWatcher, DEFAULT_DEBOUNCE};
 
-use common::runtime::start_reloader;
+use common::http_server::{oneshot, router};
+use common::runtime::{self, start_reloader};
 use common::{http_async, wait_for, FlowDir};
 
 /// Upper bound for anything a test waits on (generous: the machine may be busy).
@@ -153,10 +153,7 @@ fn assert_outcome(
 }
 
 async fn publish(broker: &MemoryBroker, topic: &str, data: Value) {
-    broker
-        .publish(Event::new(topic, SOURCE, data), Backpressure::Wait)
-        .await
-        .unwrap_or_else(|e| panic!("publish to `{topic}`: {e}"));
+    runtime::publish(broker, topic, SOURCE, data).await;
 }
 
 /// A live view of the events on some topics, read with deadlines.
@@ -985,33 +982,18 @@ async fn a_rollback_restores_the_old_module_code() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn healthz_shows_the_generation_and_the_last_reload() {
-    use http_body_util::BodyExt as _;
-    use tower::ServiceExt as _;
-
     let dir = FlowDir::new();
     dir.write("a.rhai", &versioned_handler("a1"));
     let flow = dir.write("flow.toml", ONE_SUBSCRIBER);
     let (mut reloader, _broker) = start(vec![flow], options()).await;
-    let api = HttpProducer {
-        listen: "127.0.0.1:0".into(),
-        token: None,
-        body_limit: 1 << 20,
-        ..HttpProducer::default()
-    };
-    let router = reloader.runtime().api_router(api, "master");
+    let router = router(reloader.runtime());
     let health = |router: axum::Router| async move {
         let request = axum::http::Request::get("/healthz")
             .body(axum::body::Body::empty())
             .expect("a request");
-        let response = router.oneshot(request).await.expect("infallible");
-        assert_eq!(response.status(), 200);
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .expect("a body")
-            .to_bytes();
-        serde_json::from_slice::<Value>(&body).expect("JSON")
+        let reply = oneshot(&router, request).await;
+        assert_eq!(reply.status, 200);
+        serde_json::from_slice::<Value>(reply.bytes()).expect("JSON")
     };
 
     let first = health(router.clone()).await;

@@ -17,13 +17,13 @@ use indoc::indoc;
 use serde_json::json;
 use tokio::sync::mpsc;
 
-use edaflow::broker::{Backpressure, Broker, MemoryBroker, MemoryOptions, RedisOptions};
+use edaflow::broker::{Broker, MemoryBroker, MemoryOptions, RedisOptions};
 use edaflow::event::Event;
 use edaflow::flow::TopicPattern;
 use edaflow::runtime::reload::{ReloadCause, ReloadReport, ReloadRequest, Reloader};
 use edaflow::runtime::{Backlog, ReloadOutcome, RuntimeOptions};
 
-use common::runtime::{start_reloader, tap};
+use common::runtime::{self, start_reloader, tap};
 use common::{wait_for, FlowDir};
 
 const WITHIN: Duration = Duration::from_secs(15);
@@ -110,13 +110,7 @@ async fn reload<B: Broker>(reloader: &mut Reloader<B>) -> ReloadOutcome {
 }
 
 async fn publish<B: Broker>(broker: &B, topic: &str, n: u64) {
-    broker
-        .publish(
-            Event::new(topic, SOURCE, json!({ "n": n })),
-            Backpressure::Wait,
-        )
-        .await
-        .unwrap_or_else(|e| panic!("publish to `{topic}`: {e}"));
+    runtime::publish(broker, topic, SOURCE, json!({ "n": n })).await;
 }
 
 fn waiting_in_group<B: Broker>(broker: &B, group: &str) -> (usize, usize) {

@@ -16,7 +16,7 @@ use indoc::indoc;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
-use common::runtime::{apply, drain, options, start_with, tap};
+use common::runtime::{self, apply, drain, options, start_with, tap};
 use common::{wait_for, FlowDir};
 use edaflow::broker::{Backpressure, Broker, BrokerError, GroupStats, MemoryBroker, MemoryOptions};
 use edaflow::event::Event;
@@ -40,12 +40,7 @@ async fn start(dir: &FlowDir, group_capacity: usize) -> (Runtime<MemoryBroker>, 
 }
 
 async fn publish(broker: &MemoryBroker, topic: &str, data: Value) -> Event {
-    let event = Event::new(topic, SOURCE, data);
-    broker
-        .publish(event.clone(), Backpressure::Wait)
-        .await
-        .unwrap_or_else(|e| panic!("publish to `{topic}`: {e}"));
-    event
+    runtime::publish(broker, topic, SOURCE, data).await
 }
 
 /// Waits until nothing is queued, in flight or scheduled.

@@ -1,18 +1,67 @@
-//! What the HTTP server tests share: an in-process runtime serving one `http` producer on
-//! a free loopback port, and raw TCP clients that send exactly the bytes a test chooses
-//! (half a head, a trickled body), read answers with deadlines and notice when the server
-//! closes. Nothing here sleeps to wait for a result: every wait has a deadline.
+//! HTTP in process: a runtime's API router and requests through it without a socket,
+//! a runtime serving one `http` producer on a free loopback port, and raw TCP clients
+//! that send exactly the bytes a test chooses (half a head, a trickled body), read answers
+//! with deadlines and notice when the server closes. Nothing here sleeps to wait for a
+//! result: every wait has a deadline.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use axum::body::Body;
+use axum::http::Request;
+use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
+use tower::ServiceExt;
 
 use super::{parse_reply, FlowDir, Reply};
-use edaflow::broker::{MemoryBroker, MemoryOptions};
+use edaflow::broker::{Broker, MemoryBroker, MemoryOptions};
+use edaflow::flow::model::HttpProducer;
 use edaflow::runtime::{Runtime, RuntimeOptions};
+
+/// The API router of `runtime` as a `master` serves it: token-free, a 1 MiB body limit.
+pub fn router<B: Broker>(runtime: &Runtime<B>) -> axum::Router {
+    runtime.api_router(
+        HttpProducer {
+            listen: "127.0.0.1:0".into(),
+            token: None,
+            body_limit: 1 << 20,
+            ..HttpProducer::default()
+        },
+        "master",
+    )
+}
+
+/// Sends `request` through `router` (no socket) and reads the whole answer.
+pub async fn oneshot(router: &axum::Router, request: Request<Body>) -> Reply {
+    let response = router
+        .clone()
+        .oneshot(request)
+        .await
+        .expect("the router is infallible");
+    let status = response.status().as_u16();
+    let headers = response
+        .headers()
+        .iter()
+        .map(|(name, value)| {
+            let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+            (name.as_str().to_owned(), value)
+        })
+        .collect();
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .expect("read the body")
+        .to_bytes();
+    Reply {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&bytes).into_owned(),
+        bytes: bytes.to_vec(),
+    }
+}
 
 /// A runtime serving `[producers.api]` on a free port.
 pub struct Server {

@@ -865,10 +865,27 @@ impl Reply {
         serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {self:?}"))
     }
 
-    /// Asserts a JSON refusal `{error, code}` with this status and code.
+    /// Asserts an accepted publish (202, JSON) and returns the event id.
     #[track_caller]
-    pub fn refused(&self, status: u16, code: &str) {
-        assert_eq!(self.status, status, "{self:?}");
+    pub fn accepted(&self) -> String {
+        assert_eq!(self.status, 202, "{self:?}");
+        assert_eq!(
+            self.header("content-type"),
+            Some("application/json"),
+            "{self:?}"
+        );
+        let body = self.json();
+        let id = body["id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no id in {body}"));
+        id.to_owned()
+    }
+
+    /// Asserts a JSON refusal `{error, code}` with this status and code; returns the
+    /// `error`.
+    #[track_caller]
+    pub fn refused(&self, status: impl Status, code: &str) -> String {
+        assert_eq!(self.status, status.code(), "{self:?}");
         assert_eq!(
             self.header("content-type"),
             Some("application/json"),
@@ -876,10 +893,26 @@ impl Reply {
         );
         let body = self.json();
         assert_eq!(body["code"], code, "{body}");
-        assert!(
-            body["error"].as_str().is_some_and(|e| !e.is_empty()),
-            "a readable `error`: {body}"
-        );
+        let error = body["error"].as_str().unwrap_or_default().to_owned();
+        assert!(!error.is_empty(), "a readable `error`: {body}");
+        error
+    }
+}
+
+/// An HTTP status as a test writes it: a number, or axum's `StatusCode`.
+pub trait Status {
+    fn code(self) -> u16;
+}
+
+impl Status for u16 {
+    fn code(self) -> u16 {
+        self
+    }
+}
+
+impl Status for axum::http::StatusCode {
+    fn code(self) -> u16 {
+        self.as_u16()
     }
 }
 
@@ -894,6 +927,17 @@ pub fn http(
 ) -> Reply {
     try_http(addr, method, path, headers, body)
         .unwrap_or_else(|e| panic!("{method} {path} to {addr}: {e}"))
+}
+
+/// `POST PATH` with a JSON `body` (`Content-Type: application/json`), through `http`.
+pub fn post_json(addr: SocketAddr, path: &str, body: impl AsRef<[u8]>) -> Reply {
+    http(
+        addr,
+        "POST",
+        path,
+        &[("Content-Type", "application/json")],
+        body.as_ref(),
+    )
 }
 
 /// As `http`, returning connection and I/O failures (a refused connection when nothing

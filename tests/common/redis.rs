@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use edaflow::broker::{RedisBroker, RedisOptions, RedisUrl};
 
-use super::free_port;
+use super::{free_port, Edaflow, FlowDir};
 
 /// A `redis-server` this test started. Dropping it kills the server and removes its dir.
 pub struct RedisServer {
@@ -674,6 +674,20 @@ pub fn unique_namespace(base: &str) -> String {
     format!("{base}-{n}")
 }
 
+/// `edaflow run FLOW --no-watch --listen 127.0.0.1:0 --broker URL` in `dir`, ready for
+/// more arguments and settings before `Edaflow::serve`.
+pub fn run_on(dir: &FlowDir, flow: &str, url: &str) -> Edaflow {
+    Edaflow::new(dir.root()).args([
+        "run",
+        flow,
+        "--no-watch",
+        "--listen",
+        "127.0.0.1:0",
+        "--broker",
+        url,
+    ])
+}
+
 /// A connection to the test's Redis at `url`.
 pub fn connect(url: &str) -> ::redis::Connection {
     ::redis::Client::open(url)
@@ -681,9 +695,13 @@ pub fn connect(url: &str) -> ::redis::Connection {
         .expect("connect to the test's redis")
 }
 
-/// How many times each `data.n` stands among the events of the stream `key` (a topic's
-/// stream: `edaflow:{NAMESPACE}:t:TOPIC`).
-pub fn counts_of_n(conn: &mut ::redis::Connection, key: &str) -> BTreeMap<u64, usize> {
+/// How many events of the stream `key` (a topic's stream: `edaflow:{NAMESPACE}:t:TOPIC`)
+/// give each number, as `number_of` reads it from the event's JSON.
+pub fn counts_by(
+    conn: &mut ::redis::Connection,
+    key: &str,
+    number_of: impl Fn(&serde_json::Value) -> u64,
+) -> BTreeMap<u64, usize> {
     let entries: ::redis::streams::StreamRangeReply = ::redis::cmd("XRANGE")
         .arg(key)
         .arg("-")
@@ -694,8 +712,12 @@ pub fn counts_of_n(conn: &mut ::redis::Connection, key: &str) -> BTreeMap<u64, u
     for entry in entries.ids {
         let json: String = entry.get("e").expect("an event field");
         let event: serde_json::Value = serde_json::from_str(&json).expect("event JSON");
-        let n = event["data"]["n"].as_u64().expect("n");
-        *counts.entry(n).or_default() += 1;
+        *counts.entry(number_of(&event)).or_default() += 1;
     }
     counts
+}
+
+/// How many times each `data.n` stands among the events of the stream `key`.
+pub fn counts_of_n(conn: &mut ::redis::Connection, key: &str) -> BTreeMap<u64, usize> {
+    counts_by(conn, key, |event| event["data"]["n"].as_u64().expect("n"))
 }

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::sync::{Arc, LazyLock, Mutex};
 
-use edaflow::broker::{Broker, MemoryBroker, MemoryOptions};
+use edaflow::broker::{Backpressure, Broker, MemoryBroker, MemoryOptions};
 use edaflow::event::Event;
 use edaflow::flow::TopicPattern;
 use edaflow::runtime::reload::Reloader;
@@ -79,6 +79,21 @@ pub async fn start_reloader<B: Broker>(
         .unwrap_or_else(|e| panic!("generation 1 cannot be applied: {e}"));
     assert!(outcome.ok, "{outcome:?}");
     (Reloader::new(runtime, paths), outcome)
+}
+
+/// Publishes an event on `topic` from `source` with `data` (waiting for room); returns it.
+pub async fn publish<B: Broker>(
+    broker: &B,
+    topic: &str,
+    source: &str,
+    data: serde_json::Value,
+) -> Event {
+    let event = Event::new(topic, source, data);
+    broker
+        .publish(event.clone(), Backpressure::Wait)
+        .await
+        .unwrap_or_else(|e| panic!("publish to `{topic}`: {e}"));
+    event
 }
 
 /// Everything `broker` carries on topics (and into queues) matching `pattern`, from now on.
