@@ -746,18 +746,8 @@ fn lingering_flow(dir: &FlowDir) {
 }
 
 fn start_lingering(dir: &FlowDir, grace: &str) -> (common::Running, std::net::SocketAddr) {
-    let mut running = common::Edaflow::new(dir.root())
-        .args([
-            "run",
-            "flow.toml",
-            "--listen",
-            "127.0.0.1:0",
-            "--no-watch",
-            "--grace",
-            grace,
-        ])
-        .spawn();
-    let addr = running.listening_addr(WITHIN);
+    let running = common::run_flow(dir.root(), &["flow.toml", "--no-watch", "--grace", grace]);
+    let addr = running.addr();
     running.wait_catching_sigterm(WITHIN);
     let reply = common::post_json(addr, "/topics/later", b"{}");
     assert_eq!(reply.status, 202, "{reply:?}");

@@ -18,7 +18,7 @@ use common::http_server::{
     connect, exchange, healthz, read_answer, read_until_closed, refuses, request, serve,
 };
 use common::runtime::start_reloader;
-use common::{free_port, Edaflow, FlowDir};
+use common::{free_port, run_flow, FlowDir};
 use edaflow::runtime::reload::{ReloadCause, ReloadReport, ReloadRequest};
 use edaflow::runtime::RuntimeOptions;
 
@@ -200,18 +200,8 @@ fn sigterm_ends_the_process_within_grace_even_with_clients_holding_connections()
         "[flow]\nname = \"held\"\n\n[producers.api]\nkind = \"http\"\n\n[subscribers.log]\ntopic = \"orderCreated\"\nscript = \"log.rhai\"\n",
     );
     dir.write("log.rhai", "log(`order ${event.data}`);");
-    let mut running = Edaflow::new(dir.root())
-        .args([
-            "run",
-            "flow.toml",
-            "--listen",
-            "127.0.0.1:0",
-            "--no-watch",
-            "--grace",
-            "1s",
-        ])
-        .spawn();
-    let addr = running.listening_addr(WITHIN);
+    let mut running = run_flow(dir.root(), &["flow.toml", "--no-watch", "--grace", "1s"]);
+    let addr = running.addr();
     running.wait_catching_sigterm(WITHIN);
     let half_head = hold_blocking(
         addr,

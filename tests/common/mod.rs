@@ -5,11 +5,12 @@
 //! dump of command, folder, stdout and stderr on failure), one guard that kills a spawned
 //! binary even when the test panics, and one blocking HTTP/1.1 client.
 //!
-//! The submodules hold what only some crates need: `runtime` (a runtime in process on a
-//! flow folder, taps, a log capture), `deferred` (taps that time what they see),
-//! `http_server` (an in-process HTTP server and raw async clients), `load` (numbered
-//! events posted to running processes until stopped) and `redis` (a `redis-server` or
-//! cluster of the test's own, and the clock the broker contract reads time through).
+//! The submodules hold what only some crates need: `runtime` (a runtime or a reloader in
+//! process on a flow folder, publishing, taps, a log capture), `deferred` (taps that time
+//! what they see), `http_server` (the API router without a socket, an in-process HTTP
+//! server and raw async clients), `load` (numbered events posted to running processes
+//! until stopped) and `redis` (a `redis-server` or cluster of the test's own, `edaflow run`
+//! on it, what its streams hold, and the clock the broker contract reads time through).
 
 // Each test crate includes this module and uses a different part of it.
 #![allow(dead_code)]
