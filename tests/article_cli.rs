@@ -4,14 +4,13 @@
 //! raw RESP client the way `redis-cli` (or the original `eda` tool) would see it.
 
 mod common;
-mod redis_support;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
+use common::redis::RedisServer;
 use common::{http, Edaflow, FlowDir, Running};
-use redis_support::RedisServer;
 
 const PATIENCE: Duration = Duration::from_secs(20);
 

@@ -23,8 +23,8 @@ use edaflow::event::Event;
 use edaflow::flow::TopicPattern;
 use edaflow::store::{StoreOp, StoreWrite};
 
-mod redis_support;
-use redis_support::Clock;
+mod common;
+use common::redis::Clock;
 
 /// The `source` of every event these checks publish.
 const SOURCE: &str = "edaflow://contract/test";
@@ -81,7 +81,7 @@ macro_rules! contract_test {
 }
 
 mod memory {
-    use crate::redis_support::Clock;
+    use crate::common::redis::Clock;
     use edaflow::broker::{MemoryBroker, MemoryOptions};
 
     broker_contract! {
@@ -96,7 +96,7 @@ mod memory {
 mod redis {
     use std::time::Duration;
 
-    use crate::redis_support::{Clock, RedisServer};
+    use crate::common::redis::{Clock, RedisServer};
     use edaflow::broker::{Backpressure, Broker, Consumer, RedisOptions};
 
     /// A server per test, so checks never see each other's keys.
@@ -285,7 +285,7 @@ mod redis {
 mod redis_cluster {
     use std::time::Duration;
 
-    use crate::redis_support::{unique_namespace, Clock, RedisCluster};
+    use crate::common::redis::{unique_namespace, Clock, RedisCluster};
     use edaflow::broker::RedisOptions;
 
     async fn make(group_capacity: usize) -> Option<(edaflow::broker::RedisBroker, ())> {

@@ -22,8 +22,8 @@ use edaflow::broker::{
 use edaflow::event::Event;
 use edaflow::flow::TopicPattern;
 
-mod redis_support;
-use redis_support::Clock;
+mod common;
+use common::redis::Clock;
 
 const SOURCE: &str = "edaflow://contract/test";
 
@@ -746,8 +746,8 @@ contract_tests!(
 );
 
 /// A Redis server per test, so checks never see each other's keys.
-async fn redis_broker() -> Option<(edaflow::broker::RedisBroker, redis_support::RedisServer)> {
-    let server = redis_support::RedisServer::start()?;
+async fn redis_broker() -> Option<(edaflow::broker::RedisBroker, common::redis::RedisServer)> {
+    let server = common::redis::RedisServer::start()?;
     let broker = server
         .broker(edaflow::broker::RedisOptions {
             namespace: "queues".to_owned(),
@@ -768,10 +768,10 @@ contract_tests!(
 /// A three-master Redis Cluster shared by this binary's tests, a namespace per test,
 /// reached through a seed node.
 async fn cluster_broker() -> Option<(edaflow::broker::RedisBroker, ())> {
-    let cluster = redis_support::RedisCluster::shared()?;
+    let cluster = common::redis::RedisCluster::shared()?;
     let broker = cluster
         .broker(edaflow::broker::RedisOptions {
-            namespace: redis_support::unique_namespace("queues"),
+            namespace: common::redis::unique_namespace("queues"),
             block: Duration::from_millis(200),
             ..edaflow::broker::RedisOptions::default()
         })
@@ -795,7 +795,7 @@ contract_tests!(
 /// process that declared the queue, consumer or not.
 #[tokio::test]
 async fn redis_the_queue_mover_moves_due_items_to_the_ready_stream() {
-    let Some(server) = redis_support::RedisServer::start() else {
+    let Some(server) = common::redis::RedisServer::start() else {
         return;
     };
     let broker = server
@@ -836,7 +836,7 @@ async fn redis_the_queue_mover_moves_due_items_to_the_ready_stream() {
 /// A Redis broker whose queue items may be taken up to `take_ahead` before they fall due.
 async fn redis_taking_ahead(
     take_ahead: Duration,
-) -> Option<(edaflow::broker::RedisBroker, redis_support::RedisServer)> {
+) -> Option<(edaflow::broker::RedisBroker, common::redis::RedisServer)> {
     let hold_ahead = edaflow::broker::RedisOptions::default().hold_ahead;
     redis_holding_ahead(take_ahead, hold_ahead).await
 }
@@ -848,7 +848,7 @@ async fn later_queue(
     capacity: Option<usize>,
 ) -> Option<(
     edaflow::broker::RedisBroker,
-    redis_support::RedisServer,
+    common::redis::RedisServer,
     <edaflow::broker::RedisBroker as Broker>::Consumer,
 )> {
     let (broker, server) = redis_holding_ahead(Duration::from_secs(2), hold_ahead).await?;
@@ -861,8 +861,8 @@ async fn later_queue(
 async fn redis_holding_ahead(
     take_ahead: Duration,
     hold_ahead: usize,
-) -> Option<(edaflow::broker::RedisBroker, redis_support::RedisServer)> {
-    let server = redis_support::RedisServer::start()?;
+) -> Option<(edaflow::broker::RedisBroker, common::redis::RedisServer)> {
+    let server = common::redis::RedisServer::start()?;
     let broker = server
         .broker(edaflow::broker::RedisOptions {
             namespace: "queues".to_owned(),
@@ -876,7 +876,7 @@ async fn redis_holding_ahead(
 }
 
 /// Entries in a queue's ready stream, and how many of them are pending with a consumer.
-fn ready_and_pending(server: &redis_support::RedisServer, queue: &str) -> (String, String) {
+fn ready_and_pending(server: &common::redis::RedisServer, queue: &str) -> (String, String) {
     let key = format!("edaflow:{{queues}}:q:{queue}:ready");
     let len = server.command(&["XLEN", &key]);
     let pending = server.command(&["XPENDING", &key, "workers"]);
@@ -1046,7 +1046,7 @@ async fn enqueue_burst<B: Broker>(broker: &B, queue: &str, n: i64, first_ms: u64
 /// time (item i is due `first_ms + i` ms after `started`). Then nothing is left in the
 /// ready stream, pending or not: the batched acks deleted them all.
 async fn drain_burst(
-    server: &redis_support::RedisServer,
+    server: &common::redis::RedisServer,
     broker: &edaflow::broker::RedisBroker,
     worker: &mut impl Consumer,
     (from, n, first_ms, started): (i64, i64, u64, Instant),

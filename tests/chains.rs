@@ -12,8 +12,10 @@ use indoc::indoc;
 use serde_json::json;
 use tokio::sync::mpsc;
 
+use common::http_server::{oneshot, router};
+use common::runtime::{publish, start_with, tap};
 use common::{wait_for, FlowDir};
-use edaflow::broker::{Backpressure, Broker, GroupSpec, MemoryBroker, MemoryOptions};
+use edaflow::broker::{Broker, GroupSpec, MemoryBroker, MemoryOptions};
 use edaflow::event::Event;
 use edaflow::flow::TopicPattern;
 use edaflow::runtime::chains::ChainReport;
@@ -61,12 +63,8 @@ async fn start(
     mpsc::Receiver<Arc<Event>>,
 ) {
     let broker = MemoryBroker::new(MemoryOptions::default());
-    let stalled = broker.tap(TopicPattern::parse("orderStalled").expect("pattern"), 100);
-    let mut runtime = Runtime::new(broker.clone(), RuntimeOptions::default());
-    runtime
-        .apply(dir.prepare("flow.toml"))
-        .await
-        .expect("the flow starts");
+    let stalled = tap(&broker, "orderStalled");
+    let (runtime, _) = start_with(broker.clone(), RuntimeOptions::default(), dir).await;
     (runtime, broker, stalled)
 }
 
@@ -80,16 +78,8 @@ fn report(runtime: &Runtime<MemoryBroker>) -> ChainReport {
 }
 
 async fn order(broker: &MemoryBroker, id: u64, ship: bool) -> Event {
-    let event = Event::new(
-        "orderCreated",
-        "edaflow://test",
-        json!({"order_id": id, "ship": ship}),
-    );
-    broker
-        .publish(event.clone(), Backpressure::Wait)
-        .await
-        .expect("publish");
-    event
+    let data = json!({"order_id": id, "ship": ship});
+    publish(broker, "orderCreated", "edaflow://test", data).await
 }
 
 #[tokio::test(start_paused = true)]
@@ -175,7 +165,6 @@ async fn a_stalled_chain_times_out_into_on_timeout_with_its_context() {
 
 #[tokio::test(start_paused = true)]
 async fn chains_are_reported_over_http_and_in_metrics() {
-    use tower::ServiceExt;
     let dir = FlowDir::new();
     flow(&dir);
     let (runtime, broker, _stalled) = start(&dir).await;
@@ -184,49 +173,30 @@ async fn chains_are_reported_over_http_and_in_metrics() {
         report(&runtime).completed == 1
     })
     .await;
-    let app = runtime.api_router(
-        edaflow::flow::model::HttpProducer {
-            listen: "127.0.0.1:0".into(),
-            token: None,
-            body_limit: 1 << 20,
-            ..edaflow::flow::model::HttpProducer::default()
-        },
-        "master",
-    );
-    let response = app
-        .clone()
-        .oneshot(
-            axum::http::Request::get("/chains")
-                .body(axum::body::Body::empty())
-                .expect("request"),
-        )
-        .await
-        .expect("answer");
-    assert_eq!(response.status(), 200);
-    let body = http_body_util::BodyExt::collect(response.into_body())
-        .await
-        .expect("body")
-        .to_bytes();
-    let chains: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+    let app = router(&runtime);
+    let reply = oneshot(
+        &app,
+        axum::http::Request::get("/chains")
+            .body(axum::body::Body::empty())
+            .expect("request"),
+    )
+    .await;
+    assert_eq!(reply.status, 200);
+    let chains: serde_json::Value = serde_json::from_slice(reply.bytes()).expect("JSON");
     assert_eq!(chains[0]["chain"], "fulfilment");
     assert_eq!(chains[0]["completed"], 1);
     assert_eq!(
         chains[0]["steps"],
         json!(["orderCreated", "paymentCharged", "orderShipped"])
     );
-    let response = app
-        .oneshot(
-            axum::http::Request::get("/metrics")
-                .body(axum::body::Body::empty())
-                .expect("request"),
-        )
-        .await
-        .expect("answer");
-    let body = http_body_util::BodyExt::collect(response.into_body())
-        .await
-        .expect("body")
-        .to_bytes();
-    let text = String::from_utf8_lossy(&body);
+    let reply = oneshot(
+        &app,
+        axum::http::Request::get("/metrics")
+            .body(axum::body::Body::empty())
+            .expect("request"),
+    )
+    .await;
+    let text = reply.body;
     assert!(
         text.contains("edaflow_chain_completed_total{chain=\"fulfilment\"} 1"),
         "{text}"
@@ -235,13 +205,11 @@ async fn chains_are_reported_over_http_and_in_metrics() {
 
 /// Posts `data` to `/topics/{topic}` through the HTTP API and returns the status.
 async fn ingest(app: &axum::Router, topic: &str, data: serde_json::Value) -> u16 {
-    use tower::ServiceExt;
     let request = axum::http::Request::post(format!("/topics/{topic}"))
         .header("content-type", "application/json")
         .body(axum::body::Body::from(data.to_string()))
         .expect("request");
-    let response = app.clone().oneshot(request).await.expect("answer");
-    response.status().as_u16()
+    oneshot(app, request).await.status
 }
 
 #[tokio::test(start_paused = true)]
@@ -290,26 +258,16 @@ async fn steps_are_seen_from_every_publishing_path_and_not_when_refused() {
         })
         .await
         .expect("group");
-    let mut runtime = Runtime::new(
+    let (runtime, _) = start_with(
         broker.clone(),
         RuntimeOptions {
             producers: true,
             ..RuntimeOptions::default()
         },
-    );
-    runtime
-        .apply(dir.prepare("flow.toml"))
-        .await
-        .expect("the flow starts");
-    let app = runtime.api_router(
-        edaflow::flow::model::HttpProducer {
-            listen: "127.0.0.1:0".into(),
-            token: None,
-            body_limit: 1 << 20,
-            ..edaflow::flow::model::HttpProducer::default()
-        },
-        "master",
-    );
+        &dir,
+    )
+    .await;
+    let app = router(&runtime);
     let t0 = tokio::time::Instant::now();
 
     // HTTP ingest starts an instance; the handler's emit and the delayed emit complete it.

@@ -8,15 +8,13 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::Request;
-use http_body_util::BodyExt;
 use indoc::indoc;
 use serde_json::{json, Value};
-use tower::ServiceExt;
 
+use common::http_server::{oneshot, router};
+use common::runtime::{publish, start_with};
 use common::{wait_for, FlowDir};
-use edaflow::broker::{Backpressure, Broker, MemoryBroker, MemoryOptions};
-use edaflow::event::Event;
-use edaflow::flow::model::HttpProducer;
+use edaflow::broker::{Broker, MemoryBroker, MemoryOptions};
 use edaflow::runtime::{Runtime, RuntimeOptions};
 
 fn flow(dir: &FlowDir) {
@@ -78,30 +76,16 @@ fn flow(dir: &FlowDir) {
 
 async fn start(dir: &FlowDir, roles: &[&str]) -> (Runtime<MemoryBroker>, MemoryBroker) {
     let broker = MemoryBroker::new(MemoryOptions::default());
-    let mut runtime = Runtime::new(
+    let (runtime, _) = start_with(
         broker.clone(),
         RuntimeOptions {
             roles: roles.iter().map(|r| r.to_string()).collect(),
             ..RuntimeOptions::default()
         },
-    );
-    runtime
-        .apply(dir.prepare("flow.toml"))
-        .await
-        .expect("the flow starts");
-    (runtime, broker)
-}
-
-fn app(runtime: &Runtime<MemoryBroker>) -> axum::Router {
-    runtime.api_router(
-        HttpProducer {
-            listen: "127.0.0.1:0".into(),
-            token: None,
-            body_limit: 1 << 20,
-            ..HttpProducer::default()
-        },
-        "master",
+        dir,
     )
+    .await;
+    (runtime, broker)
 }
 
 async fn call(app: &axum::Router, method: &str, uri: &str, body: Value) -> (u16, Value) {
@@ -111,26 +95,13 @@ async fn call(app: &axum::Router, method: &str, uri: &str, body: Value) -> (u16,
         .header("content-type", "application/json")
         .body(Body::from(body.to_string()))
         .expect("request");
-    let response = app.clone().oneshot(request).await.expect("answer");
-    let status = response.status().as_u16();
-    let bytes = response
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes();
-    (
-        status,
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    )
+    let reply = oneshot(app, request).await;
+    let json = serde_json::from_slice(reply.bytes()).unwrap_or(Value::Null);
+    (reply.status, json)
 }
 
 async fn place(broker: &MemoryBroker, data: Value) {
-    let event = Event::new("orders.event.placed", "edaflow://test", data);
-    broker
-        .publish(event, Backpressure::Wait)
-        .await
-        .expect("publish");
+    publish(broker, "orders.event.placed", "edaflow://test", data).await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -138,7 +109,7 @@ async fn projections_write_stores_and_queries_reply_from_them() {
     let dir = FlowDir::new();
     flow(&dir);
     let (runtime, broker) = start(&dir, &[]).await;
-    let app = app(&runtime);
+    let app = router(&runtime);
 
     let (status, answer) = call(
         &app,
@@ -216,7 +187,7 @@ async fn a_failing_query_is_a_502_without_its_details_and_a_silent_one_a_504() {
     let dir = FlowDir::new();
     flow(&dir);
     let (runtime, _broker) = start(&dir, &[]).await;
-    let app = app(&runtime);
+    let app = router(&runtime);
     let (status, error) = call(&app, "POST", "/query/orders.query.broken", json!({})).await;
     assert_eq!(status, 502, "{error}");
     assert_eq!(error["code"], "query_failed");
@@ -241,7 +212,7 @@ async fn role_query_runs_only_the_query_side() {
         ["broken_query", "get_order"],
         "only query subscribers run"
     );
-    let app = app(&runtime);
+    let app = router(&runtime);
     let (status, _) = call(
         &app,
         "POST",

@@ -6,13 +6,13 @@
 //! Every child runs with `NO_COLOR`, without the user's `EDAFLOW_*`, and is killed when its
 //! guard drops (also when a test panics). Waits poll for a condition with a deadline.
 
-mod queue_support;
+mod common;
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use queue_support::{crate_root, edaflow, http, run_to_end, FlowDir, Running};
+use common::{crate_root, http, run_flow, Edaflow, FlowDir, Running};
 
 const ARTICLE_BODY: &str = r#"{"task_id": 456, "description": "Process data files"}"#;
 const ARTICLE_LINE: &str =
@@ -44,7 +44,7 @@ fn wait_until<T>(
 }
 
 fn queue_depth(addr: SocketAddr, queue: &str) -> u64 {
-    let reply = http(addr, "GET", &format!("/queues/{queue}"), b"");
+    let reply = http(addr, "GET", &format!("/queues/{queue}"), &[], b"");
     assert_eq!(reply.status, 200, "{reply:?}");
     reply.json()["depth"].as_u64().expect("depth")
 }
@@ -74,12 +74,12 @@ fn entries(stdout: &str) -> Vec<String> {
 }
 
 /// `edaflow dead ARGS… --url http://ADDR`, run to the end.
-fn dead(dir: &Path, addr: SocketAddr, args: &[&str]) -> queue_support::Finished {
+fn dead(dir: &Path, addr: SocketAddr, args: &[&str]) -> common::Finished {
     let url = format!("http://{addr}");
     let mut all = vec!["dead"];
     all.extend_from_slice(args);
     all.extend_from_slice(&["--url", &url]);
-    run_to_end(edaflow(dir, &all), COMMAND_LIMIT)
+    Edaflow::new(dir).args(all).limit(COMMAND_LIMIT).run()
 }
 
 #[test]
@@ -95,16 +95,17 @@ fn the_articles_deferred_walkthrough() {
         &demo.replacen("poll = \"10s\"", "poll = \"2s\"", 1),
     );
 
-    let (running, addr) = Running::run_flow(dir.root(), &["deferred.toml"]);
+    let running = run_flow(dir.root(), &["deferred.toml"]);
+    let addr = running.addr();
     assert_eq!(queue_depth(addr, "tasks"), 0);
 
-    let reply = http(addr, "POST", "/deferred-exec", ARTICLE_BODY.as_bytes());
+    let reply = http(addr, "POST", "/deferred-exec", &[], ARTICLE_BODY.as_bytes());
     assert_eq!(reply.status, 202, "{reply:?}\n{}", running.dump());
     assert!(reply.json()["id"].is_string(), "{reply:?}");
     // The master node moved it into the queue; the worker has not looked yet.
     let waiting = wait_until("the item in the queue", &running, PATIENCE, || {
         let depth = queue_depth(addr, "tasks");
-        let printed = !running.stdout.lines().is_empty();
+        let printed = !running.stdout_lines().is_empty();
         (depth == 1 || printed).then_some(printed)
     });
     assert!(
@@ -113,29 +114,25 @@ fn the_articles_deferred_walkthrough() {
         running.dump()
     );
 
-    let (printed_at, line) = running.stdout.wait_for(
-        "the article's `Processing event:` line",
-        PATIENCE,
-        || running.dump(),
-        |line| {
+    let (printed_at, line) =
+        running.wait_stdout_line("the article's `Processing event:` line", PATIENCE, |line| {
             line.starts_with("Processing event:")
                 .then(|| line.to_owned())
-        },
-    );
+        });
     assert_eq!(line, ARTICLE_LINE);
     // The worker's clock starts when the process does, so the first look comes at least
     // one poll interval after the process was started.
     assert!(
-        printed_at.duration_since(running.started) >= poll,
+        printed_at.duration_since(running.started()) >= poll,
         "printed {:?} after start, before the first poll at {poll:?}\n{}",
-        printed_at.duration_since(running.started),
+        printed_at.duration_since(running.started()),
         running.dump()
     );
     wait_until("the queue to empty", &running, PATIENCE, || {
         (queue_depth(addr, "tasks") == 0).then_some(())
     });
     assert_eq!(
-        running.stdout.text(),
+        running.stdout(),
         format!("{ARTICLE_LINE}\n"),
         "one line, once\n{}",
         running.dump()
@@ -165,15 +162,16 @@ fn dead_letters_are_listed_replayed_and_dropped_from_the_cli() {
     let dir = FlowDir::new();
     dir.write("jobs.toml", JOBS_FLOW);
     dir.write("worker.rhai", BROKEN_WORKER);
-    let (running, addr) = Running::run_flow(dir.root(), &["jobs.toml", "--no-watch"]);
+    let running = run_flow(dir.root(), &["jobs.toml", "--no-watch"]);
+    let addr = running.addr();
 
     for task in [7, 8] {
         let body = format!(r#"{{"task_id": {task}}}"#);
-        let reply = http(addr, "POST", "/queues/tasks", body.as_bytes());
+        let reply = http(addr, "POST", "/queues/tasks", &[], body.as_bytes());
         assert_eq!(reply.status, 202, "{reply:?}");
     }
     let letters = wait_until("two dead letters", &running, PATIENCE, || {
-        let list = http(addr, "GET", "/admin/dead", b"").json();
+        let list = http(addr, "GET", "/admin/dead", &[], b"").json();
         let list = list.as_array().cloned().unwrap_or_default();
         (list.len() == 2).then_some(list)
     });
@@ -189,7 +187,7 @@ fn dead_letters_are_listed_replayed_and_dropped_from_the_cli() {
 
     // list: id, origin, subscriber, attempts, error and data of each.
     let listed = dead(dir.root(), addr, &["list"]);
-    assert_eq!(listed.code, Some(0), "{}", listed.dump());
+    assert_eq!(listed.status.code(), Some(0), "{}", listed.dump());
     for (id, task) in [(&seven, 7), (&eight, 8)] {
         let entry = entries(&listed.stdout)
             .into_iter()
@@ -218,7 +216,7 @@ fn dead_letters_are_listed_replayed_and_dropped_from_the_cli() {
         listed.dump()
     );
     let elsewhere = dead(dir.root(), addr, &["list", "orders.*"]);
-    assert_eq!(elsewhere.code, Some(0), "{}", elsewhere.dump());
+    assert_eq!(elsewhere.status.code(), Some(0), "{}", elsewhere.dump());
     assert_eq!(
         elsewhere.stdout,
         "no dead letters\n",
@@ -230,7 +228,7 @@ fn dead_letters_are_listed_replayed_and_dropped_from_the_cli() {
 
     // drop with nothing selected is refused, and drops nothing.
     let refused = dead(dir.root(), addr, &["drop"]);
-    assert_ne!(refused.code, Some(0), "{}", refused.dump());
+    assert_ne!(refused.status.code(), Some(0), "{}", refused.dump());
     assert!(
         unwrapped(&refused.stderr)
             .contains("say which dead letters to drop: an origin, ids, or all"),
@@ -238,7 +236,7 @@ fn dead_letters_are_listed_replayed_and_dropped_from_the_cli() {
         refused.dump()
     );
     assert_eq!(
-        http(addr, "GET", "/admin/dead", b"")
+        http(addr, "GET", "/admin/dead", &[], b"")
             .json()
             .as_array()
             .map(Vec::len),
@@ -247,7 +245,7 @@ fn dead_letters_are_listed_replayed_and_dropped_from_the_cli() {
 
     // replay with nothing selected is refused too, and replays nothing.
     let refused = dead(dir.root(), addr, &["replay"]);
-    assert_ne!(refused.code, Some(0), "{}", refused.dump());
+    assert_ne!(refused.status.code(), Some(0), "{}", refused.dump());
     assert!(
         unwrapped(&refused.stderr)
             .contains("say which dead letters to replay: an origin, ids, or all"),
@@ -255,7 +253,7 @@ fn dead_letters_are_listed_replayed_and_dropped_from_the_cli() {
         refused.dump()
     );
     assert_eq!(
-        http(addr, "GET", "/admin/dead", b"")
+        http(addr, "GET", "/admin/dead", &[], b"")
             .json()
             .as_array()
             .map(Vec::len),
@@ -264,17 +262,14 @@ fn dead_letters_are_listed_replayed_and_dropped_from_the_cli() {
 
     // Fix the worker, reload, and replay task 7: it is handled this time.
     dir.write("worker.rhai", FIXED_WORKER);
-    let reload = http(addr, "POST", "/admin/reload", b"");
+    let reload = http(addr, "POST", "/admin/reload", &[], b"");
     assert_eq!(reload.status, 200, "{reload:?}\n{}", running.dump());
     let replayed = dead(dir.root(), addr, &["replay", "--id", &seven]);
-    assert_eq!(replayed.code, Some(0), "{}", replayed.dump());
+    assert_eq!(replayed.status.code(), Some(0), "{}", replayed.dump());
     assert_eq!(replayed.stdout, "replayed 1\n", "{}", replayed.dump());
-    running.stderr.wait_for(
-        "the replayed task to be processed",
-        PATIENCE,
-        || running.dump(),
-        |line| line.contains("processed task 7").then_some(()),
-    );
+    running.wait_stderr_line("the replayed task to be processed", PATIENCE, |line| {
+        line.contains("processed task 7").then_some(())
+    });
     let listed = dead(dir.root(), addr, &["list"]);
     assert!(listed.stdout.contains(&eight), "{}", listed.dump());
     assert!(!listed.stdout.contains(&seven), "{}", listed.dump());
@@ -286,34 +281,31 @@ fn dead_letters_are_listed_replayed_and_dropped_from_the_cli() {
 
     // replay --all takes what is left: task 8, handled this time.
     let replayed = dead(dir.root(), addr, &["replay", "--all"]);
-    assert_eq!(replayed.code, Some(0), "{}", replayed.dump());
+    assert_eq!(replayed.status.code(), Some(0), "{}", replayed.dump());
     assert_eq!(replayed.stdout, "replayed 1\n", "{}", replayed.dump());
-    running.stderr.wait_for(
-        "the replayed task 8 to be processed",
-        PATIENCE,
-        || running.dump(),
-        |line| line.contains("processed task 8").then_some(()),
-    );
+    running.wait_stderr_line("the replayed task 8 to be processed", PATIENCE, |line| {
+        line.contains("processed task 8").then_some(())
+    });
 
     // A new dead letter; drop by origin empties the store.
     dir.write("worker.rhai", BROKEN_WORKER);
-    let reload = http(addr, "POST", "/admin/reload", b"");
+    let reload = http(addr, "POST", "/admin/reload", &[], b"");
     assert_eq!(reload.status, 200, "{reload:?}\n{}", running.dump());
-    let reply = http(addr, "POST", "/queues/tasks", br#"{"task_id": 9}"#);
+    let reply = http(addr, "POST", "/queues/tasks", &[], br#"{"task_id": 9}"#);
     assert_eq!(reply.status, 202, "{reply:?}");
     wait_until("a dead letter for task 9", &running, PATIENCE, || {
-        let list = http(addr, "GET", "/admin/dead", b"").json();
+        let list = http(addr, "GET", "/admin/dead", &[], b"").json();
         (list.as_array().map(Vec::len) == Some(1)).then_some(())
     });
     let dropped = dead(dir.root(), addr, &["drop", "tasks"]);
-    assert_eq!(dropped.code, Some(0), "{}", dropped.dump());
+    assert_eq!(dropped.status.code(), Some(0), "{}", dropped.dump());
     assert_eq!(dropped.stdout, "dropped 1\n", "{}", dropped.dump());
     let listed = dead(dir.root(), addr, &["list"]);
     assert_eq!(listed.stdout, "no dead letters\n", "{}", listed.dump());
     let none = dead(dir.root(), addr, &["drop", "--all"]);
     assert_eq!(none.stdout, "dropped 0\n", "{}", none.dump());
     assert!(
-        !running.stderr.text().contains("processed task 9"),
+        !running.stderr().contains("processed task 9"),
         "task 9 was never replayed\n{}",
         running.dump()
     );
@@ -321,11 +313,11 @@ fn dead_letters_are_listed_replayed_and_dropped_from_the_cli() {
 
 #[test]
 fn the_deferred_demo_passes_edaflow_test() {
-    let finished = run_to_end(
-        edaflow(crate_root(), &["test", "flows/deferred.toml"]),
-        COMMAND_LIMIT,
-    );
-    assert_eq!(finished.code, Some(0), "{}", finished.dump());
+    let finished = Edaflow::new(crate_root())
+        .args(["test", "flows/deferred.toml"])
+        .limit(COMMAND_LIMIT)
+        .run();
+    assert_eq!(finished.status.code(), Some(0), "{}", finished.dump());
     assert!(
         finished
             .stdout
@@ -344,11 +336,11 @@ fn the_deferred_demo_passes_edaflow_test() {
 
 #[test]
 fn the_deferred_demo_validates() {
-    let finished = run_to_end(
-        edaflow(crate_root(), &["validate", "flows/deferred.toml"]),
-        COMMAND_LIMIT,
-    );
-    assert_eq!(finished.code, Some(0), "{}", finished.dump());
+    let finished = Edaflow::new(crate_root())
+        .args(["validate", "flows/deferred.toml"])
+        .limit(COMMAND_LIMIT)
+        .run();
+    assert_eq!(finished.status.code(), Some(0), "{}", finished.dump());
     assert!(
         finished.stdout.contains("1 queue(s), 1 relay(s)"),
         "{}",

@@ -5,13 +5,12 @@
 //! example targets.
 
 mod common;
-mod redis_support;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use common::redis::RedisServer;
 use common::{crate_root, http, Edaflow, Reply, Running};
-use redis_support::RedisServer;
 use serde_json::{json, Value};
 
 const PATIENCE: Duration = Duration::from_secs(20);

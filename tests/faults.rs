@@ -6,10 +6,9 @@
 //!
 //! Each scenario counts, by event id, what was published, handled, dead-lettered, lost
 //! (neither) and duplicated (handled twice), and prints the tally (`--nocapture`). The
-//! Redis variants start a `redis-server` of their own (see `redis_support`).
+//! Redis variants start a `redis-server` of their own (see `common::redis`).
 
 mod common;
-mod redis_support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
@@ -19,6 +18,8 @@ use std::time::Duration;
 use indoc::{formatdoc, indoc};
 use serde_json::{json, Value};
 
+use common::redis::RedisServer;
+use common::runtime::{apply, start_with};
 use common::{wait_for, FlowDir};
 use edaflow::broker::{
     Backpressure, Broker, DeadFilter, MemoryBroker, MemoryOptions, RedisOptions,
@@ -26,7 +27,6 @@ use edaflow::broker::{
 use edaflow::event::Event;
 use edaflow::runtime::{Runtime, RuntimeOptions};
 use edaflow::script::Limits;
-use redis_support::RedisServer;
 
 /// Script memory is counted by the allocator, as in the binary.
 #[global_allocator]
@@ -99,11 +99,7 @@ impl<B: Broker> Scenario<B> {
     async fn start(broker: B, dir: &FlowDir, limits: Limits) -> Scenario<B> {
         let mut runtime = Runtime::new(broker.clone(), options(limits));
         let handled = runtime.watch_handled(100_000);
-        let outcome = runtime
-            .apply(dir.prepare("flow.toml"))
-            .await
-            .expect("the flow starts");
-        assert!(outcome.ok, "{outcome:?}");
+        apply(&mut runtime, dir).await;
         Scenario {
             runtime,
             broker,
@@ -448,7 +444,7 @@ async fn a_runaway_handler_does_not_stall_http_ingest() {
         wall_time: Duration::from_secs(4),
         ..Limits::default()
     };
-    let mut runtime = Runtime::new(
+    let (runtime, _) = start_with(
         MemoryBroker::new(MemoryOptions::default()),
         RuntimeOptions {
             producers: true,
@@ -456,21 +452,13 @@ async fn a_runaway_handler_does_not_stall_http_ingest() {
             limits,
             ..RuntimeOptions::default()
         },
-    );
-    runtime
-        .apply(dir.prepare("flow.toml"))
-        .await
-        .expect("starts");
+        &dir,
+    )
+    .await;
     let addr = runtime.http_addrs()["api"];
     let post = move |topic: &'static str, n: u64| {
         tokio::task::spawn_blocking(move || {
-            common::http(
-                addr,
-                "POST",
-                &format!("/topics/{topic}"),
-                &[("Content-Type", "application/json")],
-                format!("{{\"n\": {n}}}").as_bytes(),
-            )
+            common::post_json(addr, &format!("/topics/{topic}"), format!("{{\"n\": {n}}}"))
         })
     };
     for n in 0..4 {
@@ -758,26 +746,10 @@ fn lingering_flow(dir: &FlowDir) {
 }
 
 fn start_lingering(dir: &FlowDir, grace: &str) -> (common::Running, std::net::SocketAddr) {
-    let mut running = common::Edaflow::new(dir.root())
-        .args([
-            "run",
-            "flow.toml",
-            "--listen",
-            "127.0.0.1:0",
-            "--no-watch",
-            "--grace",
-            grace,
-        ])
-        .spawn();
-    let addr = running.listening_addr(WITHIN);
+    let running = common::run_flow(dir.root(), &["flow.toml", "--no-watch", "--grace", grace]);
+    let addr = running.addr();
     running.wait_catching_sigterm(WITHIN);
-    let reply = common::http(
-        addr,
-        "POST",
-        "/topics/later",
-        &[("Content-Type", "application/json")],
-        b"{}",
-    );
+    let reply = common::post_json(addr, "/topics/later", b"{}");
     assert_eq!(reply.status, 202, "{reply:?}");
     (running, addr)
 }

@@ -9,15 +9,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::http::{header, HeaderMap, Request, StatusCode};
+use axum::http::{header, Request, StatusCode};
 use axum::Router;
 use bytes::Bytes;
-use http_body_util::BodyExt;
 use indoc::indoc;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
-use tower::ServiceExt;
 
+use common::http_server::oneshot;
+use common::runtime::{drain, start_with, tap};
 use common::{wait_for, FlowDir};
 use edaflow::broker::{Broker, GroupSpec, MemoryBroker, MemoryOptions};
 use edaflow::event::Event;
@@ -76,17 +76,15 @@ async fn api(settings: Settings) -> Api {
     dir.write("flow.toml", RECORDER);
     dir.write("record.rhai", r#"emit("orderRecorded", event.data);"#);
     let broker = MemoryBroker::new(MemoryOptions::default());
-    let mut runtime = Runtime::new(
+    let (runtime, _) = start_with(
         broker.clone(),
         RuntimeOptions {
             producers: false,
             ..RuntimeOptions::default()
         },
-    );
-    runtime
-        .apply(dir.prepare("flow.toml"))
-        .await
-        .expect("the flow starts");
+        &dir,
+    )
+    .await;
     let router = runtime.api_router(http_config(&settings), "master");
     Api {
         runtime,
@@ -94,18 +92,6 @@ async fn api(settings: Settings) -> Api {
         router,
         _dir: dir,
     }
-}
-
-fn tap(broker: &MemoryBroker, pattern: &str) -> mpsc::Receiver<Arc<Event>> {
-    broker.tap(TopicPattern::parse(pattern).expect("test pattern"), 1024)
-}
-
-fn seen(tap: &mut mpsc::Receiver<Arc<Event>>) -> Vec<Arc<Event>> {
-    let mut events = Vec::new();
-    while let Ok(event) = tap.try_recv() {
-        events.push(event);
-    }
-    events
 }
 
 fn post(path: &str, content_type: Option<&str>, body: impl Into<Body>) -> Request<Body> {
@@ -122,82 +108,16 @@ fn get(path: &str) -> Request<Body> {
         .expect("a valid request")
 }
 
-struct Answer {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: String,
-}
-
-impl Answer {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
-    }
-
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
-
-    /// Asserts an accepted publish and returns the event id.
-    fn accepted(&self) -> String {
-        assert_eq!(self.status, StatusCode::ACCEPTED, "{}", self.body);
-        assert_eq!(self.header("content-type"), Some("application/json"));
-        let body = self.json();
-        let id = body["id"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no id in {body}"));
-        id.to_owned()
-    }
-
-    /// Asserts a refusal with a JSON `{error, code}` body.
-    fn refused(&self, status: StatusCode, code: &str) {
-        assert_eq!(self.status, status, "{}", self.body);
-        assert_eq!(
-            self.header("content-type"),
-            Some("application/json"),
-            "{}",
-            self.body
-        );
-        let body = self.json();
-        assert_eq!(body["code"], code, "{body}");
-        assert!(
-            body["error"].as_str().is_some_and(|e| !e.is_empty()),
-            "a readable `error`: {body}"
-        );
-    }
-}
-
-async fn send(router: &Router, request: Request<Body>) -> Answer {
-    let response = router
-        .clone()
-        .oneshot(request)
-        .await
-        .expect("the router is infallible");
-    let status = response.status();
-    let headers = response.headers().clone();
-    let bytes = response
-        .into_body()
-        .collect()
-        .await
-        .expect("read the body")
-        .to_bytes();
-    Answer {
-        status,
-        headers,
-        body: String::from_utf8_lossy(&bytes).into_owned(),
-    }
-}
-
 /// Publishes a marker through the API and asserts that it is the first (and only) event
 /// the tap has seen: whatever was refused before it was never published.
 async fn assert_nothing_published_before_marker(api: &Api, tap: &mut mpsc::Receiver<Arc<Event>>) {
-    let marker = send(
+    let marker = oneshot(
         &api.router,
         post("/topics/marker", Some("application/json"), "{}"),
     )
     .await
     .accepted();
-    let ids: Vec<String> = seen(tap).iter().map(|e| e.id.clone()).collect();
+    let ids: Vec<String> = drain(tap).iter().map(|e| e.id.clone()).collect();
     assert_eq!(ids, [marker], "a refused request was published");
 }
 
@@ -209,7 +129,7 @@ async fn the_articles_plain_json_is_accepted_and_handled() {
     let mut orders = tap(&api.broker, "orderCreated");
     let mut recorded = tap(&api.broker, "orderRecorded");
 
-    let answer = send(
+    let answer = oneshot(
         &api.router,
         post("/topics/orderCreated", Some("application/json"), ARTICLE),
     )
@@ -221,7 +141,7 @@ async fn the_articles_plain_json_is_accepted_and_handled() {
         "the body is only the id"
     );
 
-    let published = seen(&mut orders);
+    let published = drain(&mut orders);
     assert_eq!(published.len(), 1);
     let event = &published[0];
     assert_eq!(event.id, id);
@@ -238,7 +158,7 @@ async fn the_articles_plain_json_is_accepted_and_handled() {
         "the recorder to handle the order",
         Duration::from_secs(5),
         || {
-            handled.extend(seen(&mut recorded));
+            handled.extend(drain(&mut recorded));
             !handled.is_empty()
         },
     )
@@ -252,10 +172,10 @@ async fn the_articles_plain_json_is_accepted_and_handled() {
 async fn a_body_without_content_type_is_taken_as_json() {
     let api = api(Settings::default()).await;
     let mut orders = tap(&api.broker, "orderCreated");
-    let id = send(&api.router, post("/topics/orderCreated", None, ARTICLE))
+    let id = oneshot(&api.router, post("/topics/orderCreated", None, ARTICLE))
         .await
         .accepted();
-    assert_eq!(seen(&mut orders)[0].id, id);
+    assert_eq!(drain(&mut orders)[0].id, id);
 }
 
 #[tokio::test]
@@ -274,7 +194,7 @@ async fn structured_cloudevents_keep_their_attributes() {
         "tenant": "acme",
         "data": {"order_id": 123, "customer": "John Doe", "total": 49.99},
     });
-    let answer = send(
+    let answer = oneshot(
         &api.router,
         post(
             "/topics/orderCreated",
@@ -285,7 +205,7 @@ async fn structured_cloudevents_keep_their_attributes() {
     .await;
     assert_eq!(answer.accepted(), "order-123");
 
-    let event = &seen(&mut orders)[0];
+    let event = &drain(&mut orders)[0];
     assert_eq!(event.id, "order-123");
     assert_eq!(event.source, "urn:shop:checkout");
     assert_eq!(event.correlation_id, "journey-42");
@@ -309,7 +229,7 @@ async fn a_structured_event_whose_type_is_not_the_url_topic_is_refused() {
         "type": "orderShipped",
         "data": {},
     });
-    send(
+    oneshot(
         &api.router,
         post(
             "/topics/orderCreated",
@@ -335,9 +255,9 @@ async fn binary_cloudevents_take_their_attributes_from_ce_headers() {
         .header("ce-correlationid", "journey-9")
         .body(Body::from(ARTICLE))
         .expect("a valid request");
-    assert_eq!(send(&api.router, request).await.accepted(), "pos-0001");
+    assert_eq!(oneshot(&api.router, request).await.accepted(), "pos-0001");
 
-    let event = &seen(&mut orders)[0];
+    let event = &drain(&mut orders)[0];
     assert_eq!(event.id, "pos-0001");
     assert_eq!(event.source, "urn:shop:pos");
     assert_eq!(event.correlation_id, "journey-9");
@@ -351,10 +271,10 @@ async fn binary_cloudevents_take_their_attributes_from_ce_headers() {
         .header("ce-source", "urn:shop:pos")
         .body(Body::from(ARTICLE))
         .expect("a valid request");
-    send(&api.router, mismatch)
+    oneshot(&api.router, mismatch)
         .await
         .refused(StatusCode::BAD_REQUEST, "invalid_event");
-    assert!(seen(&mut orders).is_empty());
+    assert!(drain(&mut orders).is_empty());
 }
 
 #[tokio::test]
@@ -362,7 +282,7 @@ async fn invalid_json_is_a_400() {
     let api = api(Settings::default()).await;
     let mut all = tap(&api.broker, ">");
     for body in [r#"{"order_id": 123,"#, "not json", ""] {
-        send(
+        oneshot(
             &api.router,
             post("/topics/orderCreated", Some("application/json"), body),
         )
@@ -383,7 +303,7 @@ async fn invalid_topic_names_are_a_400() {
         "/topics/orders.*",
         "/topics/orders.%3E",
     ] {
-        let answer = send(&api.router, post(path, Some("application/json"), ARTICLE)).await;
+        let answer = oneshot(&api.router, post(path, Some("application/json"), ARTICLE)).await;
         answer.refused(StatusCode::BAD_REQUEST, "invalid_topic");
     }
     assert_nothing_published_before_marker(&api, &mut all).await;
@@ -402,13 +322,13 @@ async fn bodies_over_the_limit_are_a_413() {
     // Exactly at the limit is fine.
     let at_limit = format!(r#"{{"pad": "{}"}}"#, "x".repeat(LIMIT - 11));
     assert_eq!(at_limit.len(), LIMIT);
-    let accepted = send(
+    let accepted = oneshot(
         &api.router,
         post("/topics/orderCreated", Some("application/json"), at_limit),
     )
     .await
     .accepted();
-    assert_eq!(seen(&mut all)[0].id, accepted);
+    assert_eq!(drain(&mut all)[0].id, accepted);
 
     // Refused on the declared length alone.
     let too_long = format!(r#"{{"pad": "{}"}}"#, "x".repeat(LIMIT));
@@ -417,7 +337,7 @@ async fn bodies_over_the_limit_are_a_413() {
         .header(header::CONTENT_LENGTH, too_long.len())
         .body(Body::from(too_long.clone()))
         .expect("a valid request");
-    send(&api.router, declared)
+    oneshot(&api.router, declared)
         .await
         .refused(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large");
 
@@ -429,7 +349,7 @@ async fn bodies_over_the_limit_are_a_413() {
         .header(header::CONTENT_TYPE, "application/json")
         .body(Body::from_stream(futures_util::stream::iter(chunks)))
         .expect("a valid request");
-    send(&api.router, streamed)
+    oneshot(&api.router, streamed)
         .await
         .refused(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large");
 
@@ -445,7 +365,7 @@ async fn unsupported_content_types_are_a_415() {
         "application/x-www-form-urlencoded",
         "application/xml",
     ] {
-        send(
+        oneshot(
             &api.router,
             post("/topics/orderCreated", Some(content_type), ARTICLE),
         )
@@ -479,18 +399,21 @@ async fn a_configured_token_is_required() {
         Some("Basic czNjcmV0LXRva2Vu"),
         Some("Bearer s3cret-token-and-more"),
     ] {
-        let answer = send(&api.router, with_auth(auth)).await;
+        let answer = oneshot(&api.router, with_auth(auth)).await;
         answer.refused(StatusCode::UNAUTHORIZED, "unauthorized");
         assert_eq!(answer.header("www-authenticate"), Some("Bearer"));
     }
-    let metrics = send(&api.router, get("/metrics")).await;
+    let metrics = oneshot(&api.router, get("/metrics")).await;
     metrics.refused(StatusCode::UNAUTHORIZED, "unauthorized");
-    assert!(seen(&mut all).is_empty(), "a refused request was published");
+    assert!(
+        drain(&mut all).is_empty(),
+        "a refused request was published"
+    );
 
-    let id = send(&api.router, with_auth(Some(&format!("Bearer {TOKEN}"))))
+    let id = oneshot(&api.router, with_auth(Some(&format!("Bearer {TOKEN}"))))
         .await
         .accepted();
-    assert_eq!(seen(&mut all)[0].id, id);
+    assert_eq!(drain(&mut all)[0].id, id);
 }
 
 /// A runtime with no flow and one group that nobody consumes, of capacity 1.
@@ -514,14 +437,14 @@ async fn stuck_api() -> (Runtime<MemoryBroker>, MemoryBroker, Router) {
 #[tokio::test]
 async fn a_full_buffer_answers_503_with_retry_after() {
     let (_runtime, broker, router) = stuck_api().await;
-    send(
+    oneshot(
         &router,
         post("/topics/orderCreated", Some("application/json"), ARTICLE),
     )
     .await
     .accepted();
 
-    let answer = send(
+    let answer = oneshot(
         &router,
         post("/topics/orderCreated", Some("application/json"), ARTICLE),
     )
@@ -535,7 +458,7 @@ async fn a_full_buffer_answers_503_with_retry_after() {
         .find(|g| g.name == "stuck")
         .expect("the group");
     assert_eq!(stuck.queued, 1, "the refused event was not queued");
-    let metrics = send(&router, get("/metrics")).await;
+    let metrics = oneshot(&router, get("/metrics")).await;
     assert!(
         metrics
             .body
@@ -556,19 +479,19 @@ async fn a_full_buffer_answers_503_with_retry_after() {
 async fn a_503_publishes_nothing_a_tap_can_see() {
     let (_runtime, broker, router) = stuck_api().await;
     let mut all = tap(&broker, ">");
-    let accepted = send(
+    let accepted = oneshot(
         &router,
         post("/topics/orderCreated", Some("application/json"), ARTICLE),
     )
     .await
     .accepted();
-    send(
+    oneshot(
         &router,
         post("/topics/orderCreated", Some("application/json"), ARTICLE),
     )
     .await
     .refused(StatusCode::SERVICE_UNAVAILABLE, "backpressure");
-    let ids: Vec<String> = seen(&mut all).iter().map(|e| e.id.clone()).collect();
+    let ids: Vec<String> = drain(&mut all).iter().map(|e| e.id.clone()).collect();
     assert_eq!(ids, [accepted], "the refused event reached the tap");
 }
 
@@ -580,8 +503,8 @@ async fn healthz_reports_the_generation_and_groups() {
     })
     .await;
     // Health is for load balancers and needs no token.
-    let answer = send(&api.router, get("/healthz")).await;
-    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    let answer = oneshot(&api.router, get("/healthz")).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
     assert_eq!(answer.header("content-type"), Some("application/json"));
     let body = answer.json();
     assert_eq!(body["status"], "ok");
@@ -601,21 +524,21 @@ async fn healthz_reports_the_generation_and_groups() {
 #[tokio::test]
 async fn metrics_are_prometheus_text() {
     let api = api(Settings::default()).await;
-    send(
+    oneshot(
         &api.router,
         post("/topics/orderCreated", Some("application/json"), ARTICLE),
     )
     .await
     .accepted();
-    send(
+    oneshot(
         &api.router,
         post("/topics/orderCreated", Some("text/plain"), ARTICLE),
     )
     .await
     .refused(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type");
 
-    let answer = send(&api.router, get("/metrics")).await;
-    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    let answer = oneshot(&api.router, get("/metrics")).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
     assert_eq!(
         answer.header("content-type"),
         Some("text/plain; version=0.0.4; charset=utf-8")
@@ -639,7 +562,7 @@ async fn metrics_are_prometheus_text() {
 async fn deferred_exec_publishes_to_the_relay_topic() {
     let api = api(Settings::default()).await;
     let mut master = tap(&api.broker, "master");
-    let id = send(
+    let id = oneshot(
         &api.router,
         post(
             "/deferred-exec",
@@ -649,7 +572,7 @@ async fn deferred_exec_publishes_to_the_relay_topic() {
     )
     .await
     .accepted();
-    let published = seen(&mut master);
+    let published = drain(&mut master);
     assert_eq!(published.len(), 1);
     assert_eq!(published[0].id, id);
     assert_eq!(published[0].topic, "master");
@@ -675,7 +598,7 @@ async fn the_http_producer_serves_on_a_real_socket() {
     );
     dir.write("record.rhai", r#"emit("orderRecorded", event.data);"#);
     let broker = MemoryBroker::new(MemoryOptions::default());
-    let mut runtime = Runtime::new(
+    let (runtime, _) = start_with(
         broker.clone(),
         RuntimeOptions {
             producers: true,
@@ -683,24 +606,16 @@ async fn the_http_producer_serves_on_a_real_socket() {
             listen: Some("127.0.0.1:0".into()),
             ..RuntimeOptions::default()
         },
-    );
-    runtime
-        .apply(dir.prepare("flow.toml"))
-        .await
-        .expect("the flow starts");
+        &dir,
+    )
+    .await;
     let addr: SocketAddr = runtime.http_addrs()["api"];
     assert_ne!(addr.port(), 0);
     assert_ne!(addr.port(), 3000);
     let mut recorded = tap(&broker, "orderRecorded");
 
     let reply = tokio::task::spawn_blocking(move || {
-        common::http(
-            addr,
-            "POST",
-            "/topics/orderCreated",
-            &[("Content-Type", "application/json")],
-            ARTICLE.as_bytes(),
-        )
+        common::post_json(addr, "/topics/orderCreated", ARTICLE)
     })
     .await
     .expect("client thread");
@@ -715,7 +630,7 @@ async fn the_http_producer_serves_on_a_real_socket() {
         "the recorder to handle the order",
         Duration::from_secs(5),
         || {
-            handled.extend(seen(&mut recorded));
+            handled.extend(drain(&mut recorded));
             !handled.is_empty()
         },
     )

@@ -8,7 +8,6 @@
 //! raise it for a longer hunt, e.g. `PROPTEST_CASES=20000`). The count is printed.
 
 mod common;
-mod http_support;
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;
@@ -19,7 +18,8 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use serde_json::{json, Value};
 
-use http_support::{parse_answer, serve_with, Answer};
+use common::http_server::serve_with;
+use common::{parse_reply, Reply};
 
 fn cases(default: u32) -> u32 {
     std::env::var("PROPTEST_CASES")
@@ -351,7 +351,7 @@ fn request() -> impl Strategy<Value = Generated> {
 
 /// Sends `bytes` on a new connection and reads until one whole answer is in, or the
 /// server closes; `None` when it closed without one.
-fn exchange(addr: SocketAddr, bytes: &[u8]) -> Result<Answer, String> {
+fn exchange(addr: SocketAddr, bytes: &[u8]) -> Result<Reply, String> {
     let mut stream = std::net::TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
@@ -363,7 +363,7 @@ fn exchange(addr: SocketAddr, bytes: &[u8]) -> Result<Answer, String> {
     let mut read = Vec::new();
     let mut buf = [0u8; 8192];
     loop {
-        if let Some((answer, _)) = parse_answer(&read) {
+        if let Some((answer, _)) = parse_reply(&read) {
             return Ok(answer);
         }
         if Instant::now() >= deadline {
@@ -392,12 +392,11 @@ fn exchange(addr: SocketAddr, bytes: &[u8]) -> Result<Answer, String> {
 }
 
 /// What every answer must be.
-fn check(answer: &Answer) -> Result<(), String> {
-    let body: Value = serde_json::from_slice(&answer.body).map_err(|e| {
+fn check(answer: &Reply) -> Result<(), String> {
+    let body: Value = serde_json::from_slice(answer.bytes()).map_err(|e| {
         format!(
             "a {} answer whose body is not JSON ({e}): {:?}",
-            answer.status,
-            answer.text()
+            answer.status, answer.body
         )
     })?;
     if answer.status >= 400 {

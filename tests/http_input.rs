@@ -9,7 +9,6 @@
 //! head hyper cannot read) go through a real socket.
 
 mod common;
-mod http_support;
 
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
@@ -17,18 +16,16 @@ use std::time::{Duration, UNIX_EPOCH};
 use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
 use axum::Router;
-use http_body_util::BodyExt;
 use indoc::indoc;
 use serde_json::{json, Value};
-use tokio::sync::mpsc;
-use tower::ServiceExt;
 
+use common::http_server::{exchange, oneshot, request, serve};
+use common::runtime::{self, drain, tap};
 use common::FlowDir;
 use edaflow::broker::{Broker, DeadFilter, MemoryBroker, MemoryOptions};
 use edaflow::event::{limits, Event};
-use edaflow::flow::{HttpProducer, TopicPattern};
+use edaflow::flow::HttpProducer;
 use edaflow::runtime::{Runtime, RuntimeOptions};
-use http_support::{exchange, request, serve};
 
 struct Api {
     runtime: Runtime<MemoryBroker>,
@@ -38,24 +35,14 @@ struct Api {
 }
 
 async fn api_with(flow: &str, files: &[(&str, &str)], body_limit: usize) -> Api {
-    let dir = FlowDir::new();
+    let dir = FlowDir::with_files(files);
     dir.write("flow.toml", flow);
-    for (name, text) in files {
-        dir.write(name, text);
-    }
     let broker = MemoryBroker::new(MemoryOptions::default());
-    let mut runtime = Runtime::new(
-        broker.clone(),
-        RuntimeOptions {
-            producers: false,
-            quiet: true,
-            ..RuntimeOptions::default()
-        },
-    );
-    runtime
-        .apply(dir.prepare("flow.toml"))
-        .await
-        .expect("the flow starts");
+    let options = RuntimeOptions {
+        quiet: true,
+        ..runtime::options()
+    };
+    let (runtime, _) = runtime::start_with(broker.clone(), options, &dir).await;
     let router = runtime.api_router(
         HttpProducer {
             listen: "127.0.0.1:0".into(),
@@ -74,72 +61,6 @@ async fn api_with(flow: &str, files: &[(&str, &str)], body_limit: usize) -> Api 
 
 async fn api() -> Api {
     api_with("[flow]\nname = \"input\"\n", &[], 1 << 20).await
-}
-
-fn tap(broker: &MemoryBroker) -> mpsc::Receiver<Arc<Event>> {
-    broker.tap(TopicPattern::parse(">").expect("a pattern"), 1024)
-}
-
-fn seen(tap: &mut mpsc::Receiver<Arc<Event>>) -> Vec<Arc<Event>> {
-    let mut events = Vec::new();
-    while let Ok(event) = tap.try_recv() {
-        events.push(event);
-    }
-    events
-}
-
-struct Answer {
-    status: StatusCode,
-    headers: axum::http::HeaderMap,
-    body: String,
-}
-
-impl Answer {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
-    }
-
-    #[track_caller]
-    fn accepted(&self) -> String {
-        assert_eq!(self.status, StatusCode::ACCEPTED, "{}", self.body);
-        self.json()["id"].as_str().expect("an id").to_owned()
-    }
-
-    #[track_caller]
-    fn refused(&self, status: StatusCode, code: &str) -> String {
-        assert_eq!(self.status, status, "{}", self.body);
-        assert_eq!(
-            self.headers
-                .get(header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok()),
-            Some("application/json"),
-            "{}",
-            self.body
-        );
-        let body = self.json();
-        assert_eq!(body["code"], code, "{body}");
-        let error = body["error"].as_str().unwrap_or("").to_owned();
-        assert!(!error.is_empty(), "{body}");
-        error
-    }
-}
-
-async fn send(router: &Router, request: Request<Body>) -> Answer {
-    let response = router.clone().oneshot(request).await.expect("infallible");
-    let status = response.status();
-    let headers = response.headers().clone();
-    let bytes = response
-        .into_body()
-        .collect()
-        .await
-        .expect("the body")
-        .to_bytes();
-    Answer {
-        status,
-        headers,
-        body: String::from_utf8_lossy(&bytes).into_owned(),
-    }
 }
 
 fn structured(topic: &str, event: &Value) -> Request<Body> {
@@ -166,23 +87,23 @@ fn order(extra: Value) -> Value {
 /// Sends a structured event built from `order(extra)` and asserts the refusal; then makes
 /// sure nothing was published.
 async fn refuses(api: &Api, extra: Value, status: StatusCode, code: &str) -> String {
-    let mut all = tap(&api.broker);
-    let error = send(
+    let mut all = tap(&api.broker, ">");
+    let error = oneshot(
         &api.router,
         structured("orderCreated", &order(extra.clone())),
     )
     .await
     .refused(status, code);
-    assert!(seen(&mut all).is_empty(), "{extra} was published");
+    assert!(drain(&mut all).is_empty(), "{extra} was published");
     error
 }
 
 async fn accepts(api: &Api, event: &Value) -> Arc<Event> {
-    let mut all = tap(&api.broker);
-    let id = send(&api.router, structured("orderCreated", event))
+    let mut all = tap(&api.broker, ">");
+    let id = oneshot(&api.router, structured("orderCreated", event))
         .await
         .accepted();
-    let published = seen(&mut all);
+    let published = drain(&mut all);
     assert_eq!(published.len(), 1);
     assert_eq!(published[0].id, id);
     published[0].clone()
@@ -330,12 +251,12 @@ async fn data_base64_keeps_binary_bytes_and_decodes_json() {
     ] {
         let mut event = order(extra.clone());
         event.as_object_mut().expect("an object").remove("data");
-        let mut all = tap(&api.broker);
-        let error = send(&api.router, structured("orderCreated", &event))
+        let mut all = tap(&api.broker, ">");
+        let error = oneshot(&api.router, structured("orderCreated", &event))
             .await
             .refused(StatusCode::BAD_REQUEST, "invalid_event");
         assert!(error.contains(why), "{extra}: {error}");
-        assert!(seen(&mut all).is_empty());
+        assert!(drain(&mut all).is_empty());
     }
     let error = refuses(
         &api,
@@ -452,17 +373,17 @@ async fn edaflowhops_is_the_hop_count_not_an_extension() {
 #[tokio::test]
 async fn duplicated_attributes_are_refused() {
     let api = api().await;
-    let mut all = tap(&api.broker);
+    let mut all = tap(&api.broker, ">");
     let body = r#"{"specversion":"1.0","id":"a","id":"b","source":"s","type":"orderCreated"}"#;
     let request = Request::post("/topics/orderCreated")
         .header(header::CONTENT_TYPE, "application/cloudevents+json")
         .body(Body::from(body))
         .expect("a request");
-    let error = send(&api.router, request)
+    let error = oneshot(&api.router, request)
         .await
         .refused(StatusCode::BAD_REQUEST, "invalid_event");
     assert!(error.contains("`id` appears twice"), "{error}");
-    assert!(seen(&mut all).is_empty());
+    assert!(drain(&mut all).is_empty());
 }
 
 // ---------------------------------------------------------------------------------------
@@ -486,8 +407,8 @@ fn binary(
 #[tokio::test]
 async fn binary_mode_reads_ce_headers_as_the_spec_says() {
     let api = api().await;
-    let mut all = tap(&api.broker);
-    let id = send(
+    let mut all = tap(&api.broker, ">");
+    let id = oneshot(
         &api.router,
         binary(
             &[
@@ -504,7 +425,7 @@ async fn binary_mode_reads_ce_headers_as_the_spec_says() {
     )
     .await
     .accepted();
-    let event = &seen(&mut all)[0];
+    let event = &drain(&mut all)[0];
     assert_eq!(id, "pos-1");
     assert_eq!(event.source, "urn:shop:pos");
     assert_eq!(event.extensions["tenant"], "acme corpé", "percent-decoded");
@@ -516,7 +437,7 @@ async fn binary_mode_reads_ce_headers_as_the_spec_says() {
     );
 
     // Data that is not JSON is kept as bytes.
-    send(
+    oneshot(
         &api.router,
         binary(
             &[("ce-id", "pos-2")],
@@ -526,17 +447,17 @@ async fn binary_mode_reads_ce_headers_as_the_spec_says() {
     )
     .await
     .accepted();
-    let png = &seen(&mut all)[0];
+    let png = &drain(&mut all)[0];
     assert_eq!(png.datacontenttype, "image/png");
     assert_eq!(
         edaflow::http::base64::decode(png.extensions["data_base64"].as_str().expect("base64")),
         Ok(b"\x89PNG\r\n\x1a\n".to_vec())
     );
     // No body: an event without data.
-    send(&api.router, binary(&[("ce-id", "pos-3")], None, b""))
+    oneshot(&api.router, binary(&[("ce-id", "pos-3")], None, b""))
         .await
         .accepted();
-    assert_eq!(seen(&mut all)[0].data, Value::Null);
+    assert_eq!(drain(&mut all)[0].data, Value::Null);
 
     for (headers, code) in [
         (vec![("ce-ten_ant", "x")], "invalid_extension_name"),
@@ -548,7 +469,7 @@ async fn binary_mode_reads_ce_headers_as_the_spec_says() {
         (vec![("ce-datacontenttype", "text/plain")], "invalid_event"),
         (vec![("ce-replyto", "x")], "invalid_event"),
     ] {
-        send(
+        oneshot(
             &api.router,
             binary(&headers, Some("application/json"), b"{}"),
         )
@@ -561,10 +482,10 @@ async fn binary_mode_reads_ce_headers_as_the_spec_says() {
         .header("ce-id", "b")
         .body(Body::from("{}"))
         .expect("a request");
-    send(&api.router, twice)
+    oneshot(&api.router, twice)
         .await
         .refused(StatusCode::BAD_REQUEST, "invalid_event");
-    assert!(seen(&mut all).is_empty());
+    assert!(drain(&mut all).is_empty());
 }
 
 // ---------------------------------------------------------------------------------------
@@ -630,7 +551,7 @@ async fn every_kept_string_is_bounded_with_a_code_naming_it() {
     .await;
 
     // Binary mode: the same limits on headers.
-    send(
+    oneshot(
         &api.router,
         binary(
             &[("ce-id", Box::leak(id_over.clone().into_boxed_str()))],
@@ -646,7 +567,7 @@ async fn every_kept_string_is_bounded_with_a_code_naming_it() {
     let request = Request::post(format!("/topics/{long_topic}"))
         .body(Body::from("{}"))
         .expect("a request");
-    send(&api.router, request)
+    oneshot(&api.router, request)
         .await
         .refused(StatusCode::BAD_REQUEST, "topic_too_long");
 }
@@ -659,16 +580,16 @@ fn nested(depth: usize) -> String {
 async fn data_deeper_than_the_limit_is_refused_in_every_mode() {
     let api = api().await;
     let max = limits::MAX_DATA_DEPTH;
-    let mut all = tap(&api.broker);
+    let mut all = tap(&api.broker, ">");
     let plain = |body: String| {
         Request::post("/topics/orderCreated")
             .header(header::CONTENT_TYPE, "application/json")
             .body(Body::from(body))
             .expect("a request")
     };
-    send(&api.router, plain(nested(max))).await.accepted();
+    oneshot(&api.router, plain(nested(max))).await.accepted();
     for depth in [max + 1, 200, 100_000] {
-        send(&api.router, plain(nested(depth)))
+        oneshot(&api.router, plain(nested(depth)))
             .await
             .refused(StatusCode::BAD_REQUEST, "data_too_deep");
     }
@@ -682,9 +603,9 @@ async fn data_deeper_than_the_limit_is_refused_in_every_mode() {
             .body(Body::from(text))
             .expect("a request")
     };
-    send(&api.router, envelope(max)).await.accepted();
+    oneshot(&api.router, envelope(max)).await.accepted();
     for depth in [max + 1, 100_000] {
-        send(&api.router, envelope(depth))
+        oneshot(&api.router, envelope(depth))
             .await
             .refused(StatusCode::BAD_REQUEST, "data_too_deep");
     }
@@ -692,10 +613,10 @@ async fn data_deeper_than_the_limit_is_refused_in_every_mode() {
         .header("ce-specversion", "1.0")
         .body(Body::from(nested(max + 1)))
         .expect("a request");
-    send(&api.router, deep_binary)
+    oneshot(&api.router, deep_binary)
         .await
         .refused(StatusCode::BAD_REQUEST, "data_too_deep");
-    assert_eq!(seen(&mut all).len(), 2, "only the two at the limit");
+    assert_eq!(drain(&mut all).len(), 2, "only the two at the limit");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -706,21 +627,15 @@ async fn router_refusals_are_json_with_stable_codes() {
     let api = api_with("[flow]\nname = \"input\"\n", &[], 64).await;
     let get = |path: &str| Request::get(path).body(Body::empty()).expect("a request");
 
-    let error = send(&api.router, get("/no/such/route"))
+    let error = oneshot(&api.router, get("/no/such/route"))
         .await
         .refused(StatusCode::NOT_FOUND, "not_found");
     assert_eq!(error, "no route GET /no/such/route");
 
-    let answer = send(&api.router, get("/topics/orderCreated")).await;
+    let answer = oneshot(&api.router, get("/topics/orderCreated")).await;
     answer.refused(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
-    assert_eq!(
-        answer
-            .headers
-            .get(header::ALLOW)
-            .and_then(|v| v.to_str().ok()),
-        Some("POST")
-    );
-    send(
+    assert_eq!(answer.header("allow"), Some("POST"));
+    oneshot(
         &api.router,
         Request::delete("/healthz")
             .body(Body::empty())
@@ -729,7 +644,7 @@ async fn router_refusals_are_json_with_stable_codes() {
     .await
     .refused(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
 
-    send(
+    oneshot(
         &api.router,
         Request::post("/topics/orderCreated")
             .header(header::CONTENT_TYPE, "application/json")
@@ -739,7 +654,7 @@ async fn router_refusals_are_json_with_stable_codes() {
     .await
     .refused(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large");
 
-    send(
+    oneshot(
         &api.router,
         Request::post("/topics/orderCreated")
             .header(header::CONTENT_TYPE, "text/plain")
@@ -750,7 +665,7 @@ async fn router_refusals_are_json_with_stable_codes() {
     .refused(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type");
 
     // A query string with a misspelt key names it.
-    let error = send(
+    let error = oneshot(
         &api.router,
         Request::post("/queues/tasks?dealy=5s")
             .body(Body::from("{}"))
@@ -759,12 +674,12 @@ async fn router_refusals_are_json_with_stable_codes() {
     .await
     .refused(StatusCode::BAD_REQUEST, "bad_request");
     assert!(error.contains("dealy"), "{error}");
-    let error = send(&api.router, get("/tail?patern=orders"))
+    let error = oneshot(&api.router, get("/tail?patern=orders"))
         .await
         .refused(StatusCode::BAD_REQUEST, "bad_request");
     assert!(error.contains("patern"), "{error}");
     // A path that does not decode.
-    send(&api.router, get("/trace/%FF%FE"))
+    oneshot(&api.router, get("/trace/%FF%FE"))
         .await
         .refused(StatusCode::BAD_REQUEST, "bad_request");
 }
@@ -814,7 +729,7 @@ const FAILING: &str = indoc! {r#"
 async fn with_dead_letters(n: usize) -> Api {
     let api = api_with(FAILING, &[("fail.rhai", r#"fail("broken");"#)], 1 << 20).await;
     for i in 0..n {
-        send(
+        oneshot(
             &api.router,
             Request::post("/topics/orderCreated")
                 .body(Body::from(format!("{{\"n\": {i}}}")))
@@ -924,13 +839,13 @@ async fn admin_bodies_are_strict_and_never_widen_what_is_done() {
         ),
         ("/admin/dead/replay", "[1]", "invalid_json", "object"),
     ] {
-        let error = send(&api.router, admin(path, body))
+        let error = oneshot(&api.router, admin(path, body))
             .await
             .refused(StatusCode::BAD_REQUEST, code);
         assert!(error.contains(names), "{path} {body}: {error}");
         assert_eq!(dead_count(&api).await, 2, "{path} {body} acted");
     }
-    send(
+    oneshot(
         &api.router,
         Request::post("/admin/dead/replay")
             .header(header::CONTENT_TYPE, "text/plain")
@@ -939,7 +854,7 @@ async fn admin_bodies_are_strict_and_never_widen_what_is_done() {
     )
     .await
     .refused(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type");
-    let error = send(
+    let error = oneshot(
         &api.router,
         Request::get("/admin/dead?orign=x")
             .body(Body::empty())
@@ -950,8 +865,8 @@ async fn admin_bodies_are_strict_and_never_widen_what_is_done() {
     assert!(error.contains("orign"), "{error}");
 
     // Said explicitly, it is done.
-    let answer = send(&api.router, admin("/admin/dead/replay", r#"{"all": true}"#)).await;
-    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    let answer = oneshot(&api.router, admin("/admin/dead/replay", r#"{"all": true}"#)).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
     assert_eq!(answer.json()["replayed"], 2);
     api.runtime.shutdown(Duration::from_secs(1)).await;
 }

@@ -8,7 +8,6 @@
 //! that trickles bytes paces itself, which is the behaviour under test, not a wait.
 
 mod common;
-mod http_support;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,12 +16,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use common::http_server::{
+    connect, exchange, healthz, preview, read_answer, read_until_closed, request, serve,
+};
+use common::parse_reply;
 use edaflow::broker::Broker;
 use edaflow::flow::TopicPattern;
-use http_support::{
-    connect, exchange, healthz, parse_answer, preview, read_answer, read_until_closed, request,
-    serve,
-};
 
 /// Generous bound for a close or an answer that is due: the machine may be busy.
 const WITHIN: Duration = Duration::from_secs(5);
@@ -70,7 +69,7 @@ async fn a_head_trickled_in_is_answered_408_at_the_header_timeout() {
         "closed after {elapsed:?}, before the header timeout"
     );
     let (answer, _) =
-        parse_answer(&bytes).unwrap_or_else(|| panic!("no answer: {:?}", preview(&bytes)));
+        parse_reply(&bytes).unwrap_or_else(|| panic!("no answer: {:?}", preview(&bytes)));
     answer.refused(408, "header_timeout");
     assert_eq!(answer.header("connection"), Some("close"));
     assert_eq!(
@@ -125,7 +124,7 @@ async fn a_body_trickled_in_is_answered_408_at_the_body_timeout_and_not_publishe
     .unwrap_or_else(|_| panic!("still open after {WITHIN:?}"));
     assert!(started.elapsed() >= Duration::from_millis(400));
     let (answer, _) =
-        parse_answer(&bytes).unwrap_or_else(|| panic!("no answer: {:?}", preview(&bytes)));
+        parse_reply(&bytes).unwrap_or_else(|| panic!("no answer: {:?}", preview(&bytes)));
     answer.refused(408, "body_timeout");
     assert_eq!(answer.header("connection"), Some("close"));
     assert!(all.try_recv().is_err(), "a timed-out body was published");
@@ -170,7 +169,7 @@ async fn a_head_started_after_an_idle_wait_runs_on_the_header_clock() {
         started.elapsed() < Duration::from_secs(3),
         "the idle clock ran"
     );
-    let (answer, _) = parse_answer(&bytes).expect("an answer");
+    let (answer, _) = parse_reply(&bytes).expect("an answer");
     answer.refused(408, "header_timeout");
     server.runtime.shutdown(Duration::ZERO).await;
 }
@@ -207,7 +206,7 @@ async fn an_open_tail_runs_no_clock() {
         ),
     )
     .await;
-    assert_eq!(published.status, 202, "{}", published.text());
+    assert_eq!(published.status, 202, "{}", published.body);
     let id = published.json()["id"].as_str().expect("an id").to_owned();
     let mut seen = head;
     tokio::time::timeout(WITHIN, async {
@@ -241,7 +240,7 @@ async fn past_max_connections_a_new_one_gets_503_json_and_the_server_recovers() 
     let _ = third.write_all(&healthz()).await;
     let bytes = read_until_closed(&mut third, WITHIN).await;
     let (answer, _) =
-        parse_answer(&bytes).unwrap_or_else(|| panic!("no answer: {:?}", preview(&bytes)));
+        parse_reply(&bytes).unwrap_or_else(|| panic!("no answer: {:?}", preview(&bytes)));
     answer.refused(503, "too_many_connections");
     assert_eq!(answer.header("retry-after"), Some("1"));
     assert_eq!(
@@ -260,7 +259,7 @@ async fn past_max_connections_a_new_one_gets_503_json_and_the_server_recovers() 
         let mut stream = connect(server.addr).await;
         let _ = stream.write_all(&healthz()).await;
         let bytes = read_until_closed_or_answer(&mut stream).await;
-        let (answer, _) = parse_answer(&bytes).expect("an answer");
+        let (answer, _) = parse_reply(&bytes).expect("an answer");
         if answer.status == 200 {
             break;
         }
@@ -279,7 +278,7 @@ async fn read_until_closed_or_answer(stream: &mut TcpStream) -> Vec<u8> {
     let mut bytes = Vec::new();
     let mut buf = [0u8; 4096];
     tokio::time::timeout(WITHIN, async {
-        while parse_answer(&bytes).is_none() {
+        while parse_reply(&bytes).is_none() {
             match tokio::io::AsyncReadExt::read(stream, &mut buf).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => bytes.extend_from_slice(&buf[..n]),
@@ -311,7 +310,7 @@ async fn a_flood_of_connections_past_the_limit_is_refused_without_harm() {
             };
             let _ = stream.write_all(&healthz()).await;
             let bytes = read_until_closed_or_answer(&mut stream).await;
-            parse_answer(&bytes).map(|(a, _)| a.status)
+            parse_reply(&bytes).map(|(a, _)| a.status)
         });
     }
     let mut refused = 0;
@@ -329,7 +328,7 @@ async fn a_flood_of_connections_past_the_limit_is_refused_without_harm() {
         let mut stream = connect(server.addr).await;
         let _ = stream.write_all(&healthz()).await;
         let bytes = read_until_closed_or_answer(&mut stream).await;
-        if parse_answer(&bytes).is_some_and(|(a, _)| a.status == 200) {
+        if parse_reply(&bytes).is_some_and(|(a, _)| a.status == 200) {
             break;
         }
         assert!(Instant::now() < deadline, "the server did not recover");
@@ -383,7 +382,7 @@ async fn a_client_that_takes_no_byte_of_its_answer_is_dropped_at_the_idle_timeou
     loop {
         let metrics = exchange(server.addr, &request("GET", "/metrics", &[], b"")).await;
         if metric(
-            &metrics.text(),
+            &metrics.body,
             "edaflow_http_timeouts_total{clock=\"write\"}",
         ) >= 1
         {
@@ -425,13 +424,13 @@ async fn the_clocks_and_the_limit_are_counted_in_metrics() {
     }
     let mut third = connect(server.addr).await;
     let bytes = read_until_closed(&mut third, WITHIN).await;
-    parse_answer(&bytes)
+    parse_reply(&bytes)
         .expect("an answer")
         .0
         .refused(503, "too_many_connections");
     for mut stream in slow {
         let bytes = read_until_closed(&mut stream, WITHIN).await;
-        parse_answer(&bytes)
+        parse_reply(&bytes)
             .expect("an answer")
             .0
             .refused(408, "header_timeout");
@@ -444,7 +443,7 @@ async fn the_clocks_and_the_limit_are_counted_in_metrics() {
             .write_all(b"POST /topics/t HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n{")
             .await;
         let bytes = read_until_closed(&mut body, WITHIN).await;
-        let (answer, _) = parse_answer(&bytes).expect("an answer");
+        let (answer, _) = parse_reply(&bytes).expect("an answer");
         if answer.status != 503 {
             answer.refused(408, "body_timeout");
             break;
@@ -461,8 +460,8 @@ async fn the_clocks_and_the_limit_are_counted_in_metrics() {
             .write_all(&request("GET", "/metrics", &[], b""))
             .await;
         let bytes = read_until_closed_or_answer(&mut stream).await;
-        match parse_answer(&bytes) {
-            Some((answer, _)) if answer.status == 200 => break answer.text(),
+        match parse_reply(&bytes) {
+            Some((answer, _)) if answer.status == 200 => break answer.body,
             _ => {
                 assert!(Instant::now() < deadline, "no room for /metrics");
                 tokio::time::sleep(Duration::from_millis(20)).await;

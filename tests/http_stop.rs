@@ -5,7 +5,6 @@
 //! stop or reload is over in well under a second or two.
 
 mod common;
-mod http_support;
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;
@@ -15,12 +14,13 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use common::{Edaflow, FlowDir};
-use edaflow::runtime::reload::{ReloadCause, ReloadReport, ReloadRequest, Reloader};
-use edaflow::runtime::{prepare, Runtime, RuntimeOptions};
-use http_support::{
-    connect, exchange, free_port, healthz, read_answer, read_until_closed, refuses, request, serve,
+use common::http_server::{
+    connect, exchange, healthz, read_answer, read_until_closed, refuses, request, serve,
 };
+use common::runtime::start_reloader;
+use common::{free_port, run_flow, FlowDir};
+use edaflow::runtime::reload::{ReloadCause, ReloadReport, ReloadRequest};
+use edaflow::runtime::RuntimeOptions;
 
 const WITHIN: Duration = Duration::from_secs(5);
 
@@ -129,19 +129,16 @@ async fn a_reload_that_moves_listen_takes_effect_without_waiting_on_old_clients(
     let (first, second) = (free_port(), free_port());
     let dir = FlowDir::new();
     let path = dir.write("flow.toml", &flow_on(first, ""));
-    let mut runtime = Runtime::new(
+    let (mut reloader, _) = start_reloader(
         edaflow::broker::MemoryBroker::new(edaflow::broker::MemoryOptions::default()),
         RuntimeOptions {
             producers: true,
             quiet: true,
             ..RuntimeOptions::default()
         },
-    );
-    runtime
-        .apply(prepare(std::slice::from_ref(&path)).expect("valid"))
-        .await
-        .expect("generation 1");
-    let mut reloader = Reloader::new(runtime, vec![path.clone()]);
+        vec![path.clone()],
+    )
+    .await;
     let old: SocketAddr = ([127, 0, 0, 1], first).into();
     let new: SocketAddr = ([127, 0, 0, 1], second).into();
 
@@ -203,18 +200,8 @@ fn sigterm_ends_the_process_within_grace_even_with_clients_holding_connections()
         "[flow]\nname = \"held\"\n\n[producers.api]\nkind = \"http\"\n\n[subscribers.log]\ntopic = \"orderCreated\"\nscript = \"log.rhai\"\n",
     );
     dir.write("log.rhai", "log(`order ${event.data}`);");
-    let mut running = Edaflow::new(dir.root())
-        .args([
-            "run",
-            "flow.toml",
-            "--listen",
-            "127.0.0.1:0",
-            "--no-watch",
-            "--grace",
-            "1s",
-        ])
-        .spawn();
-    let addr = running.listening_addr(WITHIN);
+    let mut running = run_flow(dir.root(), &["flow.toml", "--no-watch", "--grace", "1s"]);
+    let addr = running.addr();
     running.wait_catching_sigterm(WITHIN);
     let half_head = hold_blocking(
         addr,

@@ -11,35 +11,25 @@ use indoc::indoc;
 use serde_json::json;
 use tokio::sync::mpsc;
 
+use common::runtime::{drain, start_with, tap};
 use common::{wait_for, FlowDir};
-use edaflow::broker::{Broker, MemoryBroker, MemoryOptions};
+use edaflow::broker::{MemoryBroker, MemoryOptions};
 use edaflow::event::Event;
-use edaflow::flow::TopicPattern;
 use edaflow::runtime::{Runtime, RuntimeOptions};
 
 async fn start(dir: &FlowDir) -> (Runtime<MemoryBroker>, mpsc::Receiver<Arc<Event>>) {
     let broker = MemoryBroker::new(MemoryOptions::default());
-    let tap = broker.tap(TopicPattern::parse(">").expect("pattern"), 100_000);
-    let mut runtime = Runtime::new(
+    let tap = tap(&broker, ">");
+    let (runtime, _) = start_with(
         broker,
         RuntimeOptions {
             producers: true,
             ..RuntimeOptions::default()
         },
-    );
-    runtime
-        .apply(dir.prepare("flow.toml"))
-        .await
-        .expect("the flow starts");
+        dir,
+    )
+    .await;
     (runtime, tap)
-}
-
-fn drain(tap: &mut mpsc::Receiver<Arc<Event>>) -> Vec<Arc<Event>> {
-    let mut out = Vec::new();
-    while let Ok(e) = tap.try_recv() {
-        out.push(e);
-    }
-    out
 }
 
 #[tokio::test(start_paused = true)]

@@ -6,7 +6,7 @@
 //! Paused time makes delays exact: a handler that runs at 1 s of virtual time runs at
 //! exactly 1 s, so the tests can assert due times to the millisecond without sleeping.
 
-mod queue_support;
+mod common;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -19,13 +19,14 @@ use indoc::indoc;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tower::ServiceExt;
 
-use edaflow::broker::{Backpressure, Broker, DeadFilter, MemoryBroker};
+use common::deferred::{assert_near, next_timed};
+use common::http_server::{oneshot, router};
+use common::runtime::{self, drain, start, tap, LogCapture};
+use common::{wait_for, FlowDir};
+use edaflow::broker::{Broker, DeadFilter, MemoryBroker};
 use edaflow::event::Event;
-use edaflow::flow::model::HttpProducer;
 use edaflow::runtime::Runtime;
-use queue_support::{assert_near, drain, next_timed, start, tap, wait_until, FlowDir, LogCapture};
 
 const SOURCE: &str = "edaflow://queues/test";
 
@@ -38,21 +39,8 @@ fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
 
-fn flow(files: &[(&str, &str)]) -> FlowDir {
-    let dir = FlowDir::new();
-    for (path, text) in files {
-        dir.write(path, text);
-    }
-    dir
-}
-
 async fn publish(broker: &MemoryBroker, topic: &str, data: Value) -> Event {
-    let event = Event::new(topic, SOURCE, data);
-    broker
-        .publish(event.clone(), Backpressure::Wait)
-        .await
-        .unwrap_or_else(|e| panic!("publish to `{topic}`: {e}"));
-    event
+    runtime::publish(broker, topic, SOURCE, data).await
 }
 
 async fn enqueue(broker: &MemoryBroker, queue: &str, data: Value, delay: Duration) -> Event {
@@ -108,7 +96,7 @@ fn queue_stats(broker: &MemoryBroker, queue: &str) -> edaflow::broker::QueueStat
 
 #[tokio::test(start_paused = true)]
 async fn items_are_handled_when_due_to_the_millisecond() {
-    let dir = flow(&[
+    let dir = FlowDir::with_files(&[
         (
             "flow.toml",
             indoc! {r#"
@@ -138,7 +126,7 @@ async fn items_are_handled_when_due_to_the_millisecond() {
 
 #[tokio::test(start_paused = true)]
 async fn a_polling_worker_looks_only_at_each_tick() {
-    let dir = flow(&[
+    let dir = FlowDir::with_files(&[
         (
             "flow.toml",
             indoc! {r#"
@@ -214,7 +202,7 @@ const PLANNER: &str = indoc! {r#"
 
 #[tokio::test(start_paused = true)]
 async fn handler_enqueues_and_delayed_emits_land_on_time() {
-    let dir = flow(&[
+    let dir = FlowDir::with_files(&[
         ("flow.toml", PLANNER_FLOW),
         ("planner.rhai", PLANNER),
         ("worker.rhai", ECHO),
@@ -258,7 +246,7 @@ async fn handler_enqueues_and_delayed_emits_land_on_time() {
 
 #[tokio::test(start_paused = true)]
 async fn a_failed_run_enqueues_nothing_and_the_retry_enqueues_once() {
-    let dir = flow(&[
+    let dir = FlowDir::with_files(&[
         ("flow.toml", PLANNER_FLOW),
         ("planner.rhai", PLANNER),
         ("worker.rhai", ECHO),
@@ -300,7 +288,7 @@ async fn a_failed_run_enqueues_nothing_and_the_retry_enqueues_once() {
 
 #[tokio::test(start_paused = true)]
 async fn a_run_that_always_fails_enqueues_nothing_and_is_dead_lettered() {
-    let dir = flow(&[
+    let dir = FlowDir::with_files(&[
         ("flow.toml", PLANNER_FLOW),
         ("planner.rhai", PLANNER),
         ("worker.rhai", ECHO),
@@ -321,7 +309,7 @@ async fn a_run_that_always_fails_enqueues_nothing_and_is_dead_lettered() {
 
 #[tokio::test(start_paused = true)]
 async fn enqueue_to_an_unknown_queue_fails_the_run() {
-    let dir = flow(&[
+    let dir = FlowDir::with_files(&[
         (
             "flow.toml",
             indoc! {r#"
@@ -370,7 +358,7 @@ async fn enqueue_to_an_unknown_queue_fails_the_run() {
 
 #[tokio::test(start_paused = true)]
 async fn a_handler_enqueueing_into_a_full_queue_loses_nothing() {
-    let dir = flow(&[
+    let dir = FlowDir::with_files(&[
         (
             "flow.toml",
             indoc! {r#"
@@ -415,7 +403,7 @@ async fn a_handler_enqueueing_into_a_full_queue_loses_nothing() {
 
 #[tokio::test(start_paused = true)]
 async fn a_failing_queue_worker_retries_then_dead_letters_with_its_queue() {
-    let dir = flow(&[
+    let dir = FlowDir::with_files(&[
         (
             "flow.toml",
             indoc! {r#"
@@ -505,7 +493,7 @@ async fn queue_subscribers_run_concurrency_workers() {
         (3, vec![1000, 1000, 1000, 2000, 2000, 2000]),
         (1, vec![1000, 2000, 3000, 4000, 5000, 6000]),
     ] {
-        let dir = flow(&[
+        let dir = FlowDir::with_files(&[
             (
                 "flow.toml",
                 &format!(
@@ -547,7 +535,7 @@ async fn queue_subscribers_run_concurrency_workers() {
 
 #[tokio::test(start_paused = true)]
 async fn a_relay_moves_matching_events_into_its_queue_with_its_delay() {
-    let dir = flow(&[
+    let dir = FlowDir::with_files(&[
         (
             "flow.toml",
             indoc! {r#"
@@ -626,7 +614,7 @@ async fn a_relay_moves_matching_events_into_its_queue_with_its_delay() {
 async fn a_relay_filter_that_throws_is_counted_logged_and_skipped() {
     let logs = LogCapture::default();
     let _guard = logs.install();
-    let dir = flow(&[
+    let dir = FlowDir::with_files(&[
         (
             "flow.toml",
             indoc! {r#"
@@ -674,7 +662,7 @@ async fn a_relay_filter_that_throws_is_counted_logged_and_skipped() {
 
 #[tokio::test(start_paused = true)]
 async fn a_relay_script_transforms_or_drops() {
-    let dir = flow(&[
+    let dir = FlowDir::with_files(&[
         (
             "flow.toml",
             indoc! {r#"
@@ -725,7 +713,7 @@ async fn a_relay_script_transforms_or_drops() {
 
 #[tokio::test(start_paused = true)]
 async fn a_full_queue_makes_the_relay_wait_not_drop() {
-    let dir = flow(&[
+    let dir = FlowDir::with_files(&[
         (
             "flow.toml",
             indoc! {r#"
@@ -788,7 +776,7 @@ async fn a_full_queue_makes_the_relay_wait_not_drop() {
 
 #[tokio::test(start_paused = true)]
 async fn flow_tests_advance_virtual_time() {
-    let dir = flow(&[
+    let dir = FlowDir::with_files(&[
         (
             "flow.toml",
             indoc! {r#"
@@ -847,7 +835,7 @@ async fn flow_tests_advance_virtual_time() {
 
 #[tokio::test(start_paused = true)]
 async fn the_deferred_demo_passes_its_own_flow_test() {
-    let path = queue_support::crate_root().join("flows/deferred.toml");
+    let path = common::crate_root().join("flows/deferred.toml");
     let prepared = edaflow::runtime::prepare(&[path]).expect("flows/deferred.toml is valid");
     let reports = edaflow::flowtest::run_all(&prepared).await.expect("runs");
     assert!(!reports.is_empty());
@@ -877,7 +865,7 @@ fn negative_or_unparseable_delays_are_rejected() {
             "soon",
         ),
     ] {
-        let dir = flow(&[("flow.toml", &format!("{table}\n{key} = \"{value}\"\n"))]);
+        let dir = FlowDir::with_files(&[("flow.toml", &format!("{table}\n{key} = \"{value}\"\n"))]);
         let rendered = dir.rejected("flow.toml");
         assert!(
             rendered.contains("invalid duration"),
@@ -892,7 +880,7 @@ fn negative_or_unparseable_delays_are_rejected() {
 
 #[test]
 fn a_relay_to_a_missing_queue_is_labelled_on_the_value() {
-    let dir = flow(&[(
+    let dir = FlowDir::with_files(&[(
         "flow.toml",
         indoc! {r#"
             [queues.tasks]
@@ -938,15 +926,6 @@ fn a_relay_to_a_missing_queue_is_labelled_on_the_value() {
 // ---------------------------------------------------------------------------------------
 // HTTP
 
-fn http_config() -> HttpProducer {
-    HttpProducer {
-        listen: "127.0.0.1:0".to_owned(),
-        token: None,
-        body_limit: 1 << 20,
-        ..HttpProducer::default()
-    }
-}
-
 struct Answer {
     status: StatusCode,
     retry_after: Option<String>,
@@ -962,29 +941,15 @@ async fn call(router: &axum::Router, method: &str, uri: &str, body: Option<Value
         }
         None => Body::empty(),
     };
-    let response = router
-        .clone()
-        .oneshot(request.body(body).expect("a request"))
-        .await
-        .expect("the router answers");
-    let status = response.status();
-    let retry_after = response
-        .headers()
-        .get("retry-after")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
-        .await
-        .expect("a body");
-    let body = if bytes.is_empty() {
+    let reply = oneshot(router, request.body(body).expect("a request")).await;
+    let body = if reply.bytes().is_empty() {
         Value::Null
     } else {
-        serde_json::from_slice(&bytes)
-            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
+        serde_json::from_slice(reply.bytes()).unwrap_or_else(|_| Value::String(reply.body.clone()))
     };
     Answer {
-        status,
-        retry_after,
+        status: StatusCode::from_u16(reply.status).expect("a status code"),
+        retry_after: reply.header("retry-after").map(str::to_owned),
         body,
     }
 }
@@ -1001,9 +966,9 @@ const HTTP_FLOW: &str = indoc! {r#"
 
 #[tokio::test(start_paused = true)]
 async fn http_enqueue_takes_the_queue_default_or_the_given_delay() {
-    let dir = flow(&[("flow.toml", HTTP_FLOW), ("worker.rhai", ECHO)]);
+    let dir = FlowDir::with_files(&[("flow.toml", HTTP_FLOW), ("worker.rhai", ECHO)]);
     let (runtime, broker) = start(&dir).await;
-    let router = runtime.api_router(http_config(), "master");
+    let router = router(&runtime);
     let mut handled = tap(&broker, "handled");
     let t0 = Instant::now();
     let a = call(
@@ -1040,9 +1005,9 @@ async fn http_enqueue_takes_the_queue_default_or_the_given_delay() {
 
 #[tokio::test(start_paused = true)]
 async fn http_enqueue_refuses_bad_input() {
-    let dir = flow(&[("flow.toml", HTTP_FLOW), ("worker.rhai", ECHO)]);
+    let dir = FlowDir::with_files(&[("flow.toml", HTTP_FLOW), ("worker.rhai", ECHO)]);
     let (runtime, broker) = start(&dir).await;
-    let router = runtime.api_router(http_config(), "master");
+    let router = router(&runtime);
 
     let nope = call(&router, "POST", "/queues/nope", Some(json!({}))).await;
     assert_eq!(nope.status, StatusCode::NOT_FOUND, "{:?}", nope.body);
@@ -1069,8 +1034,8 @@ async fn http_enqueue_refuses_bad_input() {
         .header("content-type", "application/json")
         .body(Body::from("{not json"))
         .expect("a request");
-    let answer = router.clone().oneshot(bad_json).await.expect("an answer");
-    assert_eq!(answer.status(), StatusCode::BAD_REQUEST);
+    let answer = oneshot(&router, bad_json).await;
+    assert_eq!(answer.status, StatusCode::BAD_REQUEST.as_u16());
     assert_eq!(
         queue_stats(&broker, "tasks").depth,
         0,
@@ -1112,7 +1077,7 @@ async fn http_enqueue_refuses_bad_input() {
 
 #[tokio::test(start_paused = true)]
 async fn http_reports_queues() {
-    let dir = flow(&[
+    let dir = FlowDir::with_files(&[
         (
             "flow.toml",
             indoc! {r#"
@@ -1133,12 +1098,12 @@ async fn http_reports_queues() {
         ),
     ]);
     let (runtime, broker) = start(&dir).await;
-    let router = runtime.api_router(http_config(), "master");
+    let router = router(&runtime);
     let mut handled = tap(&broker, "handled");
     enqueue(&broker, "tasks", json!({"fail": true}), Duration::ZERO).await;
     enqueue(&broker, "tasks", json!({"n": 1}), ms(5_000)).await;
     enqueue(&broker, "tasks", json!({"n": 2}), ms(7_000)).await;
-    wait_until("the dead letter", Duration::from_secs(5), || {
+    wait_for("the dead letter", Duration::from_secs(5), || {
         queue_stats(&broker, "tasks").depth == 2
     })
     .await;
@@ -1218,9 +1183,9 @@ async fn dead_letters_ready(broker: &MemoryBroker, n: usize) {
 
 #[tokio::test(start_paused = true)]
 async fn http_lists_and_filters_dead_letters() {
-    let dir = flow(&[("flow.toml", DEAD_FLOW), ("worker.rhai", DEAD_WORKER)]);
+    let dir = FlowDir::with_files(&[("flow.toml", DEAD_FLOW), ("worker.rhai", DEAD_WORKER)]);
     let (runtime, broker) = start(&dir).await;
-    let router = runtime.api_router(http_config(), "master");
+    let router = router(&runtime);
     enqueue(&broker, "tasks", json!({"n": 1}), Duration::ZERO).await;
     publish(&broker, "orderCreated", json!({"n": 2})).await;
     enqueue(&broker, "tasks", json!({"n": 3}), ms(100)).await;
@@ -1270,9 +1235,9 @@ async fn http_lists_and_filters_dead_letters() {
 
 #[tokio::test(start_paused = true)]
 async fn http_replay_puts_dead_letters_back_where_they_came_from() {
-    let dir = flow(&[("flow.toml", DEAD_FLOW), ("worker.rhai", DEAD_WORKER)]);
+    let dir = FlowDir::with_files(&[("flow.toml", DEAD_FLOW), ("worker.rhai", DEAD_WORKER)]);
     let (runtime, broker) = start(&dir).await;
-    let router = runtime.api_router(http_config(), "master");
+    let router = router(&runtime);
     let original = enqueue(&broker, "tasks", json!({"n": 1}), Duration::ZERO).await;
     publish(&broker, "orderCreated", json!({"n": 2})).await;
     dead_letters_ready(&broker, 2).await;
@@ -1341,9 +1306,9 @@ async fn http_replay_puts_dead_letters_back_where_they_came_from() {
 
 #[tokio::test(start_paused = true)]
 async fn http_drop_needs_a_selection() {
-    let dir = flow(&[("flow.toml", DEAD_FLOW), ("worker.rhai", DEAD_WORKER)]);
+    let dir = FlowDir::with_files(&[("flow.toml", DEAD_FLOW), ("worker.rhai", DEAD_WORKER)]);
     let (runtime, broker) = start(&dir).await;
-    let router = runtime.api_router(http_config(), "master");
+    let router = router(&runtime);
     enqueue(&broker, "tasks", json!({"n": 1}), Duration::ZERO).await;
     enqueue(&broker, "tasks", json!({"n": 2}), Duration::ZERO).await;
     publish(&broker, "orderCreated", json!({"n": 3})).await;
@@ -1409,9 +1374,9 @@ const HUGE_DELAY: &str = "200000000000000d";
 
 #[tokio::test(start_paused = true)]
 async fn http_refuses_a_delay_past_what_the_clock_can_hold() {
-    let dir = flow(&[("flow.toml", HTTP_FLOW), ("worker.rhai", ECHO)]);
+    let dir = FlowDir::with_files(&[("flow.toml", HTTP_FLOW), ("worker.rhai", ECHO)]);
     let (runtime, broker) = start(&dir).await;
-    let router = runtime.api_router(http_config(), "master");
+    let router = router(&runtime);
     let answer = tokio::spawn({
         let router = router.clone();
         async move {
@@ -1435,7 +1400,7 @@ async fn http_refuses_a_delay_past_what_the_clock_can_hold() {
 
 #[tokio::test(start_paused = true)]
 async fn a_script_delay_past_what_the_clock_can_hold_fails_only_that_run() {
-    let dir = flow(&[
+    let dir = FlowDir::with_files(&[
         (
             "flow.toml",
             indoc! {r#"
@@ -1476,7 +1441,8 @@ fn a_delay_past_what_the_clock_can_hold_is_rejected() {
         "[queues.tasks]",
         "[queues.tasks]\n[relays.master]\nfrom = \"jobs\"\nto = \"tasks\"",
     ] {
-        let dir = flow(&[("flow.toml", &format!("{table}\ndelay = \"{HUGE_DELAY}\"\n"))]);
+        let dir =
+            FlowDir::with_files(&[("flow.toml", &format!("{table}\ndelay = \"{HUGE_DELAY}\"\n"))]);
         let result = edaflow::runtime::prepare(&[dir.path("flow.toml")]);
         assert!(result.is_err(), "accepted in {table:?}");
     }
@@ -1484,7 +1450,7 @@ fn a_delay_past_what_the_clock_can_hold_is_rejected() {
 
 #[tokio::test(start_paused = true)]
 async fn the_deferred_demo_test_fails_when_its_worker_fails() {
-    let demo = std::fs::read_to_string(queue_support::crate_root().join("flows/deferred.toml"))
+    let demo = std::fs::read_to_string(common::crate_root().join("flows/deferred.toml"))
         .expect("read the demo");
     let worker = "[subscribers.worker]";
     assert!(demo.contains(worker), "the demo has a worker");
@@ -1493,7 +1459,7 @@ async fn the_deferred_demo_test_fails_when_its_worker_fails() {
         &format!("{worker}\nscript = \"broken.rhai\"\nretry = {{ attempts = 1 }}"),
         1,
     );
-    let dir = flow(&[
+    let dir = FlowDir::with_files(&[
         ("deferred.toml", &broken),
         ("broken.rhai", r#"fail("the worker is broken");"#),
     ]);

@@ -5,16 +5,16 @@
 //! circuit when Redis is back; the broker then finds Redis empty, declares its group again,
 //! and a consumer that waited through it all gets what is published next.
 
-mod redis_support;
+mod common;
 
 use std::time::{Duration, Instant};
 
+use common::redis::RedisServer;
 use edaflow::broker::{
     Backpressure, Broker, BrokerError, BrokerHealth, Consumer, GroupSpec, RedisOptions,
 };
 use edaflow::event::Event;
 use edaflow::flow::TopicPattern;
-use redis_support::RedisServer;
 
 const PATIENCE: Duration = Duration::from_secs(15);
 /// Each refusal must come back within this: a bound no refusal that opened a connection

@@ -6,16 +6,15 @@
 //! `INFO` still connects, and several seeds that are one single Redis are refused.
 
 mod common;
-mod redis_support;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::{http, Edaflow, FlowDir, Running};
+use common::redis::{run_on, RedisCluster};
+use common::{post_json, FlowDir, Running};
 use edaflow::broker::{Backpressure, Broker, Consumer, Effects, GroupSpec, RedisOptions};
 use edaflow::event::Event;
 use edaflow::flow::TopicPattern;
-use redis_support::RedisCluster;
 
 const PATIENCE: Duration = Duration::from_secs(20);
 
@@ -56,21 +55,10 @@ fn namespaces_on_two_masters(cluster: &RedisCluster) -> [(String, u16); 2] {
 }
 
 fn start(dir: &FlowDir, cluster: &RedisCluster, namespace: &str) -> (Running, SocketAddr) {
-    let url = cluster.seed_url();
-    let mut running = Edaflow::new(dir.root())
-        .args([
-            "run",
-            "spread.toml",
-            "--no-watch",
-            "--listen",
-            "127.0.0.1:0",
-            "--broker",
-            &url,
-            "--namespace",
-            namespace,
-        ])
-        .spawn();
-    let addr = running.listening_addr(PATIENCE);
+    let running = run_on(dir, "spread.toml", &cluster.seed_url())
+        .args(["--namespace", namespace])
+        .serve(PATIENCE);
+    let addr = running.addr();
     (running, addr)
 }
 
@@ -108,13 +96,7 @@ fn flow_sets_in_different_namespaces_run_on_different_masters() {
     const EACH: usize = 20;
     for (_, addr) in &processes {
         for n in 0..EACH {
-            let reply = http(
-                *addr,
-                "POST",
-                "/topics/job",
-                &[("Content-Type", "application/json")],
-                format!("{{\"n\":{n}}}").as_bytes(),
-            );
+            let reply = post_json(*addr, "/topics/job", format!("{{\"n\":{n}}}"));
             assert_eq!(reply.status, 202, "{reply:?}");
         }
     }
@@ -255,7 +237,7 @@ async fn a_namespace_follows_its_slot_to_another_master() {
 /// working broker on a single Redis.
 #[tokio::test]
 async fn a_user_without_info_still_connects_to_a_single_redis() {
-    let Some(server) = redis_support::RedisServer::start() else {
+    let Some(server) = common::redis::RedisServer::start() else {
         return;
     };
     let reply = server.command(&[
@@ -303,7 +285,7 @@ async fn several_seed_nodes_an_unreachable_one_is_skipped() {
     let broker = edaflow::broker::RedisBroker::connect(
         &url,
         RedisOptions {
-            namespace: redis_support::unique_namespace("seeds"),
+            namespace: common::redis::unique_namespace("seeds"),
             block: Duration::from_millis(200),
             ..RedisOptions::default()
         },
@@ -320,7 +302,7 @@ async fn several_seed_nodes_an_unreachable_one_is_skipped() {
 /// Several seed nodes name a cluster; a single Redis among them is refused, clearly.
 #[tokio::test]
 async fn several_seed_nodes_that_are_a_single_redis_are_refused() {
-    let Some(server) = redis_support::RedisServer::start() else {
+    let Some(server) = common::redis::RedisServer::start() else {
         return;
     };
     let url = format!("redis://127.0.0.1:{0},127.0.0.1:{0}", server.port());

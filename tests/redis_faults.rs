@@ -5,18 +5,15 @@
 //! event answered 202 is handled, and no emitted event is duplicated.
 
 mod common;
-mod redis_support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::{http, Edaflow, FlowDir, Running};
-use redis_support::{RedisServer, ServerOptions, TlsFiles};
+use common::load::{self, Load};
+use common::redis::{connect, counts_of_n, run_on, RedisServer, ServerOptions, TlsFiles};
+use common::{http, post_json, Edaflow, FlowDir, Running};
 
 const PATIENCE: Duration = Duration::from_secs(15);
 
@@ -52,19 +49,9 @@ fn flow_dir(spin: u32) -> FlowDir {
 fn edaflow(dir: &FlowDir, url: &str, extra: &[&str]) -> Edaflow {
     // The tests count what was emitted on `done`, which nothing reads: it must not be
     // trimmed meanwhile, however slow the machine.
-    let mut args = vec![
-        "run",
-        "faults.toml",
-        "--no-watch",
-        "--listen",
-        "127.0.0.1:0",
-        "--broker",
-        url,
-        "--unread-retention",
-        "0s",
-    ];
-    args.extend_from_slice(extra);
-    Edaflow::new(dir.root()).args(args)
+    run_on(dir, "faults.toml", url)
+        .args(["--unread-retention", "0s"])
+        .args(extra.iter().copied())
 }
 
 fn listening(running: &mut Running) -> SocketAddr {
@@ -78,115 +65,17 @@ fn start(dir: &FlowDir, url: &str, extra: &[&str]) -> (Running, SocketAddr) {
 }
 
 fn post(addr: SocketAddr, n: u64) -> common::Reply {
-    http(
-        addr,
-        "POST",
-        "/topics/job",
-        &[("Content-Type", "application/json")],
-        format!("{{\"n\":{n}}}").as_bytes(),
-    )
-}
-
-/// Numbered events posted one after another until stopped; which were answered 202.
-struct Load {
-    stop: Arc<AtomicBool>,
-    acked: Arc<Mutex<BTreeSet<u64>>>,
-    refused: Arc<Mutex<usize>>,
-    thread: JoinHandle<()>,
-}
-
-impl Load {
-    /// Posts `first`, `first + 1`, ... to `addr`, a few ms apart. Any answer other than 202
-    /// or 503 fails the test (when the thread is joined), as does a refused connection:
-    /// the process must stay up.
-    fn start(addr: SocketAddr, first: u64) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let acked = Arc::new(Mutex::new(BTreeSet::new()));
-        let refused = Arc::new(Mutex::new(0));
-        let thread = {
-            let (stop, acked, refused) = (stop.clone(), acked.clone(), refused.clone());
-            std::thread::spawn(move || {
-                let mut n = first;
-                while !stop.load(Ordering::Relaxed) {
-                    let reply = post(addr, n);
-                    match reply.status {
-                        202 => {
-                            acked.lock().unwrap().insert(n);
-                        }
-                        503 => *refused.lock().unwrap() += 1,
-                        _ => panic!("unexpected answer to event {n}: {reply:?}"),
-                    }
-                    n += 1;
-                    std::thread::sleep(Duration::from_millis(3));
-                }
-            })
-        };
-        Load {
-            stop,
-            acked,
-            refused,
-            thread,
-        }
-    }
-
-    fn acked(&self) -> usize {
-        self.acked.lock().unwrap().len()
-    }
-
-    /// Waits until `more` events beyond `from` were acknowledged.
-    fn wait_acked(&self, at_least: usize, what: &str) {
-        let deadline = Instant::now() + PATIENCE;
-        while self.acked() < at_least {
-            assert!(
-                Instant::now() < deadline,
-                "{what}: only {} events acknowledged",
-                self.acked()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    /// Stops posting; returns the acknowledged ids and how many were refused.
-    fn finish(self) -> (BTreeSet<u64>, usize) {
-        self.stop.store(true, Ordering::Relaxed);
-        self.thread.join().expect("the load generator failed");
-        let acked = self.acked.lock().unwrap().clone();
-        let refused = *self.refused.lock().unwrap();
-        (acked, refused)
-    }
+    post_json(addr, "/topics/job", format!("{{\"n\":{n}}}"))
 }
 
 /// How many times each `n` was emitted on `done` (read from its stream).
 fn done_counts(url: &str) -> BTreeMap<u64, usize> {
-    let mut conn = redis::Client::open(url)
-        .and_then(|c| c.get_connection())
-        .expect("connect to the test's redis");
-    let entries: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-        .arg("edaflow:{faults}:t:done")
-        .arg("-")
-        .arg("+")
-        .query(&mut conn)
-        .expect("XRANGE");
-    let mut counts = BTreeMap::new();
-    for entry in entries.ids {
-        let json: String = entry.get("e").expect("an event field");
-        let event: serde_json::Value = serde_json::from_str(&json).expect("event JSON");
-        let n = event["data"]["n"].as_u64().expect("n");
-        *counts.entry(n).or_default() += 1;
-    }
-    counts
+    counts_of_n(&mut connect(url), "edaflow:{faults}:t:done")
 }
 
 /// Waits until every acknowledged id was emitted on `done`, then returns the counts.
 fn wait_handled(url: &str, acked: &BTreeSet<u64>) -> BTreeMap<u64, usize> {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let counts = done_counts(url);
-        if acked.iter().all(|n| counts.contains_key(n)) || Instant::now() >= deadline {
-            return counts;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    load::wait_handled(acked, PATIENCE, || done_counts(url))
 }
 
 /// Every acknowledged id handled, and no id emitted twice.
@@ -387,7 +276,7 @@ fn redis_killed_and_restarted_with_aof_under_load_loses_no_acknowledged_event() 
     let dir = flow_dir(2_000);
     let url = server.url();
     let (running, addr) = start(&dir, &url, &["--claim-idle", "1s"]);
-    let load = Load::start(addr, 0);
+    let load = Load::start(vec![addr], PATIENCE, post);
     load.wait_acked(100, "before the restart");
     server.restart();
     let at_restart = load.acked();
@@ -423,7 +312,7 @@ fn redis_stalled_by_sigstop_under_load_loses_and_duplicates_nothing() {
         let addr = listening(&mut running);
         (running, addr)
     };
-    let load = Load::start(addr, 0);
+    let load = Load::start(vec![addr], PATIENCE, post);
     load.wait_acked(100, "before the stall");
     // A burst on top, so that both workers are busy handling when Redis stops: their
     // commits go out to a stalled server.
@@ -473,7 +362,7 @@ fn sigterm_under_load_finishes_in_flight_work_and_leaves_the_rest_to_another_pro
     let (mut stopping, _) = start(&dir, &url, &claim);
     let (survivor, addr) = start(&dir, &url, &claim);
     stopping.wait_catching_sigterm(PATIENCE);
-    let load = Load::start(addr, 0);
+    let load = Load::start(vec![addr], PATIENCE, post);
     load.wait_acked(50, "before SIGTERM");
     stopping.wait_stderr("the stopping process taking part", PATIENCE, |log| {
         log.contains("worked ")

@@ -12,7 +12,6 @@
 //! raise it for a longer hunt, e.g. `PROPTEST_CASES=5000`).
 
 mod common;
-mod redis_support;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,9 +20,9 @@ use std::time::{Duration, Instant};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 
-use common::{http, Edaflow, FlowDir};
+use common::redis::{connect, RedisServer};
+use common::{http, post_json, Edaflow, FlowDir};
 use edaflow::event::Event;
-use redis_support::RedisServer;
 
 const PATIENCE: Duration = Duration::from_secs(10);
 const P: &str = "edaflow:{hostile}:";
@@ -345,19 +344,11 @@ fn every_hostile_stored_entry_ends_handled_or_dead_lettered_and_the_process_live
         .spawn();
     let addr = running.listening_addr(PATIENCE);
     assert_eq!(healthz(addr).status, 200);
-    let conn = redis::Client::open(url.as_str())
-        .and_then(|c| c.get_connection())
-        .expect("connect to the test's redis");
+    let conn = connect(&url);
     // One ordinary event and item first: the topic is registered (its stream gets the
     // group) and both subscribers are seen to work.
     for (path, body) in [("/topics/job", "{\"n\":1}"), ("/queues/tasks", "{\"n\":2}")] {
-        let reply = http(
-            addr,
-            "POST",
-            path,
-            &[("Content-Type", "application/json")],
-            body.as_bytes(),
-        );
+        let reply = post_json(addr, path, body);
         assert_eq!(reply.status, 202, "{reply:?}");
     }
     let mut conn = conn;

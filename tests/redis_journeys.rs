@@ -5,14 +5,13 @@
 //! processes is traced whole from either.
 
 mod common;
-mod redis_support;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::{http, Edaflow, FlowDir, Running};
-use redis_support::RedisServer;
+use common::redis::{connect, counts_by, run_on, RedisServer};
+use common::{http, post_json, FlowDir, Running};
 use serde_json::Value;
 
 const PATIENCE: Duration = Duration::from_secs(20);
@@ -55,19 +54,10 @@ fn start_with(
     flow: &str,
     extra: &[&str],
 ) -> (Running, SocketAddr) {
-    let url = server.url();
-    let mut args = vec![
-        "run",
-        flow,
-        "--no-watch",
-        "--listen",
-        "127.0.0.1:0",
-        "--broker",
-        &url,
-    ];
-    args.extend_from_slice(extra);
-    let mut running = Edaflow::new(dir.root()).args(args).spawn();
-    let addr = running.listening_addr(PATIENCE);
+    let running = run_on(dir, flow, &server.url())
+        .args(extra.iter().copied())
+        .serve(PATIENCE);
+    let addr = running.addr();
     (running, addr)
 }
 
@@ -80,23 +70,12 @@ fn chain_report(addr: SocketAddr) -> Value {
 
 /// How many `orderStalled` events each order id has on the topic's stream.
 fn stalled(conn: &mut redis::Connection) -> BTreeMap<u64, usize> {
-    let entries: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-        .arg("edaflow:{tracked}:t:orderStalled")
-        .arg("-")
-        .arg("+")
-        .query(conn)
-        .expect("XRANGE");
-    let mut counts = BTreeMap::new();
-    for entry in entries.ids {
-        let json: String = entry.get("e").expect("an event field");
-        let event: Value = serde_json::from_str(&json).expect("event JSON");
+    counts_by(conn, "edaflow:{tracked}:t:orderStalled", |event| {
         assert_eq!(event["data"]["chain"], "order");
-        let n = event["data"]["last_event"]["data"]["n"]
+        event["data"]["last_event"]["data"]["n"]
             .as_u64()
-            .expect("the last step's data");
-        *counts.entry(n).or_default() += 1;
-    }
-    counts
+            .expect("the last step's data")
+    })
 }
 
 #[test]
@@ -121,13 +100,7 @@ fn two_processes_track_one_chain_and_time_out_each_stalled_instance_once() {
     let stalls: Vec<u64> = (0..TOTAL).filter(|n| n % 10 == 3).collect();
     for n in 0..TOTAL {
         let body = format!("{{\"n\":{n},\"stall\":{}}}", stalls.contains(&n));
-        let reply = http(
-            if n % 2 == 0 { a } else { b },
-            "POST",
-            "/topics/orderCreated",
-            &[("Content-Type", "application/json")],
-            body.as_bytes(),
-        );
+        let reply = post_json(if n % 2 == 0 { a } else { b }, "/topics/orderCreated", body);
         assert_eq!(reply.status, 202, "{reply:?}");
     }
     let completed = TOTAL - stalls.len() as u64;
@@ -152,9 +125,7 @@ fn two_processes_track_one_chain_and_time_out_each_stalled_instance_once() {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
-    let mut conn = redis::Client::open(server.url())
-        .and_then(|c| c.get_connection())
-        .expect("connect");
+    let mut conn = connect(&server.url());
     let counts = stalled(&mut conn);
     let expected: BTreeMap<u64, usize> = stalls.iter().map(|n| (*n, 1)).collect();
     assert_eq!(
@@ -206,13 +177,7 @@ fn a_journey_across_two_processes_is_traced_whole_from_either() {
     dir.write("done.rhai", "let n = event.data.n;\n");
     let (first, a) = start_with(&dir, &server, "split.toml", &["--role", "a"]);
     let (second, b) = start_with(&dir, &server, "split.toml", &["--role", "b"]);
-    let accepted = http(
-        a,
-        "POST",
-        "/topics/orderCreated",
-        &[("Content-Type", "application/json")],
-        b"{\"n\":1}",
-    );
+    let accepted = post_json(a, "/topics/orderCreated", b"{\"n\":1}");
     assert_eq!(accepted.status, 202, "{accepted:?}");
     let id = serde_json::from_str::<Value>(&accepted.body).expect("JSON")["id"]
         .as_str()

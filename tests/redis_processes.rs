@@ -6,15 +6,14 @@
 //! published event handled, no emitted event duplicated.
 
 mod common;
-mod redis_support;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{http, Edaflow, FlowDir, Running};
-use redis_support::RedisServer;
+use common::redis::{connect, counts_of_n, RedisServer};
+use common::{post_json, Edaflow, FlowDir, Running};
 
 const PATIENCE: Duration = Duration::from_secs(20);
 
@@ -95,32 +94,8 @@ fn start_watching(
 
 fn publish(addr: SocketAddr, n: usize) {
     let body = format!("{{\"n\":{n}}}");
-    let reply = http(
-        addr,
-        "POST",
-        "/topics/job",
-        &[("Content-Type", "application/json")],
-        body.as_bytes(),
-    );
+    let reply = post_json(addr, "/topics/job", body);
     assert_eq!(reply.status, 202, "{reply:?}");
-}
-
-/// How many times each `n` was emitted on `topic` (read from its stream).
-fn emitted(conn: &mut redis::Connection, topic: &str) -> BTreeMap<u64, usize> {
-    let entries: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-        .arg(format!("edaflow:{{multi}}:t:{topic}"))
-        .arg("-")
-        .arg("+")
-        .query(conn)
-        .expect("XRANGE");
-    let mut counts = BTreeMap::new();
-    for entry in entries.ids {
-        let json: String = entry.get("e").expect("an event field");
-        let event: serde_json::Value = serde_json::from_str(&json).expect("event JSON");
-        let n = event["data"]["n"].as_u64().expect("n");
-        *counts.entry(n).or_default() += 1;
-    }
-    counts
 }
 
 /// Waits until `topic` has an event for each of `0..total`, then returns the counts.
@@ -132,7 +107,7 @@ fn wait_emitted(
 ) -> BTreeMap<u64, usize> {
     let deadline = Instant::now() + within;
     loop {
-        let counts = emitted(conn, topic);
+        let counts = counts_of_n(conn, &format!("edaflow:{{multi}}:t:{topic}"));
         if counts.len() >= total || Instant::now() >= deadline {
             return counts;
         }
@@ -176,9 +151,7 @@ fn two_processes_compete_within_a_group_and_fan_out_across_groups() {
         // Ingest on both: either process may publish; the groups are shared.
         publish(if n % 2 == 0 { addr } else { other }, n);
     }
-    let mut conn = redis::Client::open(server.url())
-        .and_then(|c| c.get_connection())
-        .expect("connect");
+    let mut conn = connect(&server.url());
     let worked = wait_emitted(&mut conn, "worked", TOTAL, PATIENCE);
     let audited = wait_emitted(&mut conn, "audited", TOTAL, PATIENCE);
     assert_each_once(&worked, TOTAL, "group `work` across both processes");
@@ -203,9 +176,7 @@ fn kill_9_of_one_process_under_load_loses_nothing() {
     let (survivor, addr) = start(&dir, &server, &claim);
     let (victim, _) = start(&dir, &server, &claim);
     const TOTAL: usize = 600;
-    let mut conn = redis::Client::open(server.url())
-        .and_then(|c| c.get_connection())
-        .expect("connect");
+    let mut conn = connect(&server.url());
     for n in 0..TOTAL / 2 {
         publish(addr, n);
     }
@@ -247,9 +218,7 @@ fn hot_reload_on_two_processes_under_load_loses_nothing() {
     let (first, addr) = start_watching(&dir, &server, true, &[]);
     let (second, other) = start_watching(&dir, &server, true, &[]);
     const TOTAL: usize = 400;
-    let mut conn = redis::Client::open(server.url())
-        .and_then(|c| c.get_connection())
-        .expect("connect");
+    let mut conn = connect(&server.url());
     for n in 0..TOTAL {
         publish(if n % 2 == 0 { addr } else { other }, n);
         if n % 50 == 25 {
@@ -337,9 +306,7 @@ emit("finished", #{ n: event.data.n, early: event.data.at + 300 - now_ms() });
     for n in 0..TOTAL {
         publish(processes[n % 3].1, n);
     }
-    let mut conn = redis::Client::open(server.url())
-        .and_then(|c| c.get_connection())
-        .expect("connect");
+    let mut conn = connect(&server.url());
     let worked = wait_emitted(&mut conn, "worked", TOTAL, PATIENCE);
     let finished = wait_emitted(&mut conn, "finished", TOTAL, PATIENCE);
     assert_each_once(&worked, TOTAL, "group `work` across three processes");

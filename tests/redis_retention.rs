@@ -7,8 +7,7 @@
 //!
 //! Retentions are short (200 ms) and every wait polls a condition against a deadline.
 
-use std::io::Write;
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -21,10 +20,10 @@ use edaflow::event::Event;
 use edaflow::flow::TopicPattern;
 
 mod common;
-mod redis_support;
-use common::{http, Edaflow, FlowDir};
-use edaflow::runtime::{Runtime, RuntimeOptions};
-use redis_support::RedisServer;
+use common::redis::RedisServer;
+use common::runtime::{apply, start_with, LogCapture};
+use common::{post_json, Edaflow, FlowDir};
+use edaflow::runtime::RuntimeOptions;
 
 const RETENTION: Duration = Duration::from_millis(200);
 const DEADLINE: Duration = Duration::from_secs(10);
@@ -134,49 +133,12 @@ async fn acked_entries_older_than_the_retention_are_trimmed() {
     assert_eq!(xlen(&server, "edaflow:{trim}:t:payments"), 3);
 }
 
-/// The warnings logged by this test binary. A global subscriber, not a scoped one: tracing
-/// caches per call site whether anyone listens, and a thread-local subscriber can miss
-/// events once another test thread (with none) has hit the call site first.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-fn warnings() -> &'static Captured {
-    static LOG: LazyLock<Captured> = LazyLock::new(|| {
-        let captured = Captured::default();
-        let writer = captured.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_writer(move || writer.clone())
-            .with_ansi(false)
-            .with_max_level(tracing::Level::WARN)
-            .finish();
-        tracing::subscriber::set_global_default(subscriber).expect("the only subscriber");
-        captured
-    });
-    &LOG
-}
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Captured {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
-
 #[tokio::test]
 async fn unread_and_unacked_entries_are_kept_counted_and_logged() {
     let Some(server) = RedisServer::start() else {
         return;
     };
-    let captured = warnings();
+    let captured = LogCapture::global_warnings();
 
     let broker = server.broker(options("keep")).await;
     group(&broker, "billing", "orders").await;
@@ -316,18 +278,16 @@ async fn the_runtime_passes_topic_retention_to_the_broker_and_reload_updates_it(
         )
     };
     dir.write("flow.toml", &flow("retention = \"200ms\""));
-    let mut runtime = Runtime::new(
+    let (mut runtime, _) = start_with(
         broker.clone(),
         RuntimeOptions {
             producers: false,
             quiet: true,
             ..RuntimeOptions::default()
         },
-    );
-    runtime
-        .apply(dir.prepare("flow.toml"))
-        .await
-        .expect("the flow starts");
+        &dir,
+    )
+    .await;
     let topics = |reports: Vec<TrimReport>| -> Vec<(String, Duration)> {
         reports
             .into_iter()
@@ -340,20 +300,14 @@ async fn the_runtime_passes_topic_retention_to_the_broker_and_reload_updates_it(
     );
 
     dir.write("flow.toml", &flow("retention = \"1h\""));
-    runtime
-        .apply(dir.prepare("flow.toml"))
-        .await
-        .expect("the reload applies");
+    apply(&mut runtime, &dir).await;
     assert_eq!(
         topics(broker.trim_now().await.expect("trim")),
         [("orders".to_owned(), Duration::from_secs(3600))]
     );
 
     dir.write("flow.toml", &flow(""));
-    runtime
-        .apply(dir.prepare("flow.toml"))
-        .await
-        .expect("the reload applies");
+    apply(&mut runtime, &dir).await;
     assert!(broker.trim_now().await.expect("trim").is_empty());
     runtime.shutdown(Duration::from_secs(1)).await;
 }
@@ -435,13 +389,7 @@ fn edaflow_run_takes_the_unread_retention_from_its_flag() {
         .spawn();
     let addr = running.listening_addr(DEADLINE);
     for topic in ["orders", "nobody"] {
-        let reply = http(
-            addr,
-            "POST",
-            &format!("/topics/{topic}"),
-            &[("Content-Type", "application/json")],
-            b"{}",
-        );
+        let reply = post_json(addr, &format!("/topics/{topic}"), b"{}");
         assert_eq!(reply.status, 202, "{reply:?}");
     }
     let start = Instant::now();

@@ -8,17 +8,14 @@
 //! `fault tally | <fault> | published N | handled N | dead-lettered N | lost N | duplicated N | alive yes`.
 
 mod common;
-mod redis_support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::{http, Edaflow, FlowDir, Running};
-use redis_support::RedisServer;
+use common::load::{wait_handled, Load};
+use common::redis::{connect, counts_of_n, run_on, RedisServer};
+use common::{http, post_json, FlowDir, Running};
 
 const PATIENCE: Duration = Duration::from_secs(20);
 const LOST_STATE: &str = "redis lost its state";
@@ -81,45 +78,26 @@ fn flow_dir_of(flow: &str, spin: u32) -> FlowDir {
 }
 
 fn start(dir: &FlowDir, url: &str) -> (Running, SocketAddr) {
-    let mut running = Edaflow::new(dir.root())
-        .args([
-            "run",
-            "state.toml",
-            "--no-watch",
-            "--listen",
-            "127.0.0.1:0",
-            "--broker",
-            url,
-            // `done` is counted, and nothing reads it: it must not be trimmed meanwhile,
-            // however slow the machine.
-            "--unread-retention",
-            "0s",
-        ])
+    let running = run_on(dir, "state.toml", url)
+        // `done` is counted, and nothing reads it: it must not be trimmed meanwhile,
+        // however slow the machine.
+        .args(["--unread-retention", "0s"])
         // Commit retries are logged at debug level.
         .env("EDAFLOW_LOG", "info,edaflow::runtime::subscriber=debug")
-        .spawn();
-    let addr = running.listening_addr(PATIENCE);
+        .serve(PATIENCE);
+    let addr = running.addr();
     (running, addr)
 }
 
 fn post(addr: SocketAddr, n: u64, pad: usize) -> common::Reply {
-    post_json(addr, serde_json::json!({ "n": n, "pad": "x".repeat(pad) }))
+    let body = serde_json::json!({ "n": n, "pad": "x".repeat(pad) });
+    post_json(addr, "/topics/job", body.to_string())
 }
 
 /// An event whose handler spins `spin` rounds (the flow's own count otherwise).
 fn post_slow(addr: SocketAddr, n: u64, spin: u32) -> common::Reply {
-    post_json(addr, serde_json::json!({ "n": n, "spin": spin }))
-}
-
-fn post_json(addr: SocketAddr, body: serde_json::Value) -> common::Reply {
-    let body = body.to_string();
-    http(
-        addr,
-        "POST",
-        "/topics/job",
-        &[("Content-Type", "application/json")],
-        body.as_bytes(),
-    )
+    let body = serde_json::json!({ "n": n, "spin": spin });
+    post_json(addr, "/topics/job", body.to_string())
 }
 
 fn healthz(addr: SocketAddr) -> common::Reply {
@@ -153,108 +131,21 @@ fn worked(logs: &[String]) -> BTreeMap<u64, usize> {
     counts
 }
 
-fn redis(url: &str) -> redis::Connection {
-    redis::Client::open(url)
-        .and_then(|c| c.get_connection())
-        .expect("connect to the test's redis")
-}
-
 /// How many times each `n` was emitted on `done` (its handler's commit landed).
 fn done_counts(url: &str) -> BTreeMap<u64, usize> {
-    let entries: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-        .arg("edaflow:{state}:t:done")
-        .arg("-")
-        .arg("+")
-        .query(&mut redis(url))
-        .expect("XRANGE");
-    let mut counts = BTreeMap::new();
-    for entry in entries.ids {
-        let json: String = entry.get("e").expect("an event field");
-        let event: serde_json::Value = serde_json::from_str(&json).expect("event JSON");
-        let n = event["data"]["n"].as_u64().expect("n");
-        *counts.entry(n).or_default() += 1;
-    }
-    counts
+    counts_of_n(&mut connect(url), "edaflow:{state}:t:done")
 }
 
 fn dead_letters(url: &str) -> u64 {
     redis::cmd("XLEN")
         .arg("edaflow:{state}:dead")
-        .query(&mut redis(url))
+        .query(&mut connect(url))
         .expect("XLEN")
 }
 
-/// Numbered events posted one after another, to each address in turn, until stopped.
-struct Load {
-    stop: Arc<AtomicBool>,
-    /// The number being posted now (set before its request goes out).
-    posting: Arc<AtomicU64>,
-    acked: Arc<Mutex<BTreeSet<u64>>>,
-    thread: JoinHandle<()>,
-}
-
-impl Load {
-    /// Any answer but 202 and 503 fails the test (when joined), as does a refused
-    /// connection: the processes must stay up.
-    fn start(addrs: Vec<SocketAddr>, first: u64) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let posting = Arc::new(AtomicU64::new(first));
-        let acked = Arc::new(Mutex::new(BTreeSet::new()));
-        let thread = {
-            let (stop, posting, acked) = (stop.clone(), posting.clone(), acked.clone());
-            std::thread::spawn(move || {
-                let mut n = first;
-                while !stop.load(Ordering::Relaxed) {
-                    posting.store(n, Ordering::SeqCst);
-                    let addr = addrs[usize::try_from(n).unwrap_or(0) % addrs.len()];
-                    let reply = post(addr, n, 0);
-                    match reply.status {
-                        202 => {
-                            acked.lock().unwrap().insert(n);
-                        }
-                        503 => {}
-                        _ => panic!("unexpected answer to event {n}: {reply:?}"),
-                    }
-                    n += 1;
-                    std::thread::sleep(Duration::from_millis(3));
-                }
-            })
-        };
-        Load {
-            stop,
-            posting,
-            acked,
-            thread,
-        }
-    }
-
-    /// Numbers posted from now on were sent after whatever happened before this call.
-    fn next_fresh(&self) -> u64 {
-        self.posting.load(Ordering::SeqCst) + 1
-    }
-
-    fn acked_from(&self, from: u64) -> usize {
-        self.acked.lock().unwrap().range(from..).count()
-    }
-
-    fn wait_acked_from(&self, from: u64, at_least: usize, what: &str) {
-        let deadline = Instant::now() + PATIENCE;
-        while self.acked_from(from) < at_least {
-            assert!(
-                Instant::now() < deadline,
-                "{what}: only {} events acknowledged",
-                self.acked_from(from)
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    fn finish(self) -> BTreeSet<u64> {
-        self.stop.store(true, Ordering::Relaxed);
-        self.thread.join().expect("the load generator failed");
-        let acked = self.acked.lock().unwrap().clone();
-        acked
-    }
+/// An event of the load: `n`, without padding.
+fn post_plain(addr: SocketAddr, n: u64) -> common::Reply {
+    post(addr, n, 0)
 }
 
 /// The tally of one fault: what was published (answered 202), handled, dead-lettered,
@@ -299,21 +190,6 @@ impl Tally {
     }
 }
 
-/// Waits until every id in `must` was handled, by `handled()`, or the deadline passes.
-fn wait_handled(
-    must: &BTreeSet<u64>,
-    mut handled: impl FnMut() -> BTreeMap<u64, usize>,
-) -> BTreeMap<u64, usize> {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let counts = handled();
-        if must.iter().all(|n| counts.contains_key(n)) || Instant::now() >= deadline {
-            return counts;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// Alive and answering: `/healthz` is 200 with the broker up, reporting `state_lost`.
 fn assert_alive(addr: SocketAddr, state_lost: u64, running: &Running) -> bool {
     let health = healthz(addr);
@@ -338,14 +214,14 @@ fn flushall_under_load_with_two_processes_is_noticed_healed_and_loses_only_what_
     let url = server.url();
     let (mut a, addr_a) = start(&dir, &url);
     let (mut b, addr_b) = start(&dir, &url);
-    let load = Load::start(vec![addr_a, addr_b], 0);
+    let load = Load::start(vec![addr_a, addr_b], PATIENCE, post_plain);
     load.wait_acked_from(0, 100, "before the flush");
 
     let reply = server.command(&["FLUSHALL"]);
     assert!(reply.starts_with("+OK"), "{reply}");
     // A number being posted now may have reached Redis before the flush did; the ones
     // after it were sent once the flush was done.
-    let flush_from = load.posting.load(Ordering::SeqCst);
+    let flush_from = load.posting();
     let after = load.next_fresh();
 
     // Each process notices, logs it once, declares again what it needs, and goes on.
@@ -357,9 +233,9 @@ fn flushall_under_load_with_two_processes_is_noticed_healed_and_loses_only_what_
         );
     }
     load.wait_acked_from(after, 100, "after the flush");
-    let acked = load.finish();
+    let (acked, _) = load.finish();
     let must: BTreeSet<u64> = acked.range(after..).copied().collect();
-    let handled = wait_handled(&must, || worked(&[a.stderr(), b.stderr()]));
+    let handled = wait_handled(&must, PATIENCE, || worked(&[a.stderr(), b.stderr()]));
     let tally = Tally::of(&acked, &handled, dead_letters(&url));
 
     let alive = assert_alive(addr_a, 1, &a) && assert_alive(addr_b, 1, &b);
@@ -413,13 +289,13 @@ fn a_restart_without_persistence_under_load_is_healed_and_what_follows_is_handle
     let dir = flow_dir(20_000);
     let url = server.url();
     let (mut running, addr) = start(&dir, &url);
-    let load = Load::start(vec![addr], 0);
+    let load = Load::start(vec![addr], PATIENCE, post_plain);
     load.wait_acked_from(0, 100, "before the restart");
 
     server.kill();
     // Nothing reaches Redis once it is killed: a number being posted now may have landed
     // just before.
-    let killed_while = load.posting.load(Ordering::SeqCst);
+    let killed_while = load.posting();
     // Refused meanwhile (503), at once once the circuit is open.
     running.wait_stderr("the outage noticed", PATIENCE, |log| {
         log.contains("redis unreachable")
@@ -428,9 +304,9 @@ fn a_restart_without_persistence_under_load_is_healed_and_what_follows_is_handle
     let after = load.next_fresh();
     running.wait_stderr("the loss noticed", PATIENCE, |log| log.contains(LOST_STATE));
     load.wait_acked_from(after, 100, "after the restart");
-    let acked = load.finish();
+    let (acked, _) = load.finish();
     let must: BTreeSet<u64> = acked.range(after..).copied().collect();
-    let handled = wait_handled(&must, || worked(&[running.stderr()]));
+    let handled = wait_handled(&must, PATIENCE, || worked(&[running.stderr()]));
     let tally = Tally::of(&acked, &handled, dead_letters(&url));
     let alive = assert_alive(addr, 1, &running);
     tally.print("restart without persistence", alive);
@@ -492,7 +368,7 @@ fn an_out_of_memory_episode_answers_503_is_logged_once_and_loses_nothing() {
         assert_eq!(post(addr, n, PAD).status, 202);
         acked.insert(n);
     }
-    let counts = wait_handled(&acked, || done_counts(&url));
+    let counts = wait_handled(&acked, PATIENCE, || done_counts(&url));
     assert_eq!(counts.len(), 20, "handled before the episode");
 
     // Room for a few dozen more events, then Redis refuses writes.
@@ -604,7 +480,7 @@ fn an_out_of_memory_episode_answers_503_is_logged_once_and_loses_nothing() {
         assert_eq!(post(addr, n, PAD).status, 202);
         acked.insert(n);
     }
-    let counts = wait_handled(&acked, || done_counts(&url));
+    let counts = wait_handled(&acked, PATIENCE, || done_counts(&url));
     let tally = Tally::of(&acked, &counts, dead_letters(&url));
     let log = running.stderr();
     let alive = assert_alive(addr, 0, &running);

@@ -8,7 +8,7 @@
 //! Nothing here sleeps to wait for a result: every wait is a condition with a deadline.
 //! The last test runs the real `FileWatcher` + `Reloader` loop under load.
 
-mod reload_support;
+mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -22,17 +22,18 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use edaflow::broker::{Backpressure, Broker, MemoryBroker, MemoryOptions};
+use edaflow::broker::{Broker, MemoryBroker, MemoryOptions};
 use edaflow::event::Event;
-use edaflow::flow::model::HttpProducer;
 use edaflow::flow::TopicPattern;
 use edaflow::runtime::reload::{ReloadCause, ReloadReport, ReloadRequest, Reloader};
 use edaflow::runtime::subscriber::GENERATION_EXTENSION;
-use edaflow::runtime::{prepare, ReloadOutcome, Runtime, RuntimeOptions};
+use edaflow::runtime::{ReloadOutcome, RuntimeOptions};
 use edaflow::script::Limits;
 use edaflow::watch::{FileWatcher, DEFAULT_DEBOUNCE};
 
-use reload_support::{http_async, versioned_handler, wait_until, FlowDir};
+use common::http_server::{oneshot, router};
+use common::runtime::{self, start_reloader};
+use common::{http_async, wait_for, FlowDir};
 
 /// Upper bound for anything a test waits on (generous: the machine may be busy).
 const WITHIN: Duration = Duration::from_secs(10);
@@ -69,6 +70,11 @@ fn slow_handler_options() -> RuntimeOptions {
     }
 }
 
+/// A subscriber script that emits `done` with the event's `id` and its `version`.
+fn versioned_handler(version: &str) -> String {
+    format!("emit(\"done\", #{{ id: event.data.id, version: \"{version}\" }});\n")
+}
+
 /// A handler that busy-waits `event.data.busy_ms` (if given), then emits its version.
 fn busy_handler(version: &str) -> String {
     formatdoc! {r#"
@@ -87,16 +93,9 @@ async fn start(
     options: RuntimeOptions,
 ) -> (Reloader<MemoryBroker>, MemoryBroker) {
     let broker = MemoryBroker::new(MemoryOptions::default());
-    let mut runtime = Runtime::new(broker.clone(), options);
-    let prepared = prepare(&paths).unwrap_or_else(|report| {
-        panic!(
-            "the first generation should be valid:\n{}",
-            edaflow::flow::diagnostic::render(&report, 100)
-        )
-    });
-    let outcome = runtime.apply(prepared).await.expect("generation 1 starts");
+    let (reloader, outcome) = start_reloader(broker.clone(), options, paths).await;
     assert_eq!(outcome.generation, 1);
-    (Reloader::new(runtime, paths), broker)
+    (reloader, broker)
 }
 
 /// The one reload path, as `POST /admin/reload` drives it.
@@ -154,10 +153,7 @@ fn assert_outcome(
 }
 
 async fn publish(broker: &MemoryBroker, topic: &str, data: Value) {
-    broker
-        .publish(Event::new(topic, SOURCE, data), Backpressure::Wait)
-        .await
-        .unwrap_or_else(|e| panic!("publish to `{topic}`: {e}"));
+    runtime::publish(broker, topic, SOURCE, data).await;
 }
 
 /// A live view of the events on some topics, read with deadlines.
@@ -510,7 +506,7 @@ async fn config_only_sections_reload_without_restarting_subscribers() {
             if slow {
                 let before = metrics.events_in.load(Ordering::SeqCst);
                 publish(&broker, "work", json!({ "id": n, "busy_ms": 700 })).await;
-                wait_until("the slow event to be in flight", WITHIN, || {
+                wait_for("the slow event to be in flight", WITHIN, || {
                     metrics.events_in.load(Ordering::SeqCst) > before
                 })
                 .await;
@@ -769,7 +765,7 @@ async fn a_script_edit_swaps_in_place_and_in_flight_events_finish_on_the_old_cod
 
     // Event 1 is in flight on worker 1 (busy for 1.5 s) when the script changes.
     publish(&broker, "work", json!({ "id": 1, "busy_ms": 1500 })).await;
-    wait_until("event 1 to be in flight", WITHIN, || {
+    wait_for("event 1 to be in flight", WITHIN, || {
         metrics.events_in.load(Ordering::SeqCst) == 1
     })
     .await;
@@ -819,7 +815,7 @@ async fn restart_under_traffic(edit: impl Fn(&str) -> String) {
             }
         }
     });
-    wait_until("some traffic before the reload", WITHIN, || {
+    wait_for("some traffic before the reload", WITHIN, || {
         published.load(Ordering::SeqCst) >= COUNT / 5
     })
     .await;
@@ -842,7 +838,7 @@ async fn restart_under_traffic(edit: impl Fn(&str) -> String) {
             Err(_) => {}
         }
     }
-    wait_until("the broker to go idle", WITHIN, || broker.is_idle()).await;
+    wait_for("the broker to go idle", WITHIN, || broker.is_idle()).await;
     for event in seen.drain() {
         *counts.entry(id(&event)).or_default() += 1;
     }
@@ -986,33 +982,18 @@ async fn a_rollback_restores_the_old_module_code() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn healthz_shows_the_generation_and_the_last_reload() {
-    use http_body_util::BodyExt as _;
-    use tower::ServiceExt as _;
-
     let dir = FlowDir::new();
     dir.write("a.rhai", &versioned_handler("a1"));
     let flow = dir.write("flow.toml", ONE_SUBSCRIBER);
     let (mut reloader, _broker) = start(vec![flow], options()).await;
-    let api = HttpProducer {
-        listen: "127.0.0.1:0".into(),
-        token: None,
-        body_limit: 1 << 20,
-        ..HttpProducer::default()
-    };
-    let router = reloader.runtime().api_router(api, "master");
+    let router = router(reloader.runtime());
     let health = |router: axum::Router| async move {
         let request = axum::http::Request::get("/healthz")
             .body(axum::body::Body::empty())
             .expect("a request");
-        let response = router.oneshot(request).await.expect("infallible");
-        assert_eq!(response.status(), 200);
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .expect("a body")
-            .to_bytes();
-        serde_json::from_slice::<Value>(&body).expect("JSON")
+        let reply = oneshot(&router, request).await;
+        assert_eq!(reply.status, 200);
+        serde_json::from_slice::<Value>(reply.bytes()).expect("JSON")
     };
 
     let first = health(router.clone()).await;
@@ -1138,7 +1119,7 @@ async fn reloads_under_load_lose_nothing_and_switch_code_at_once() {
             (next_seq.load(Ordering::SeqCst), started.elapsed())
         }
     });
-    wait_until("traffic before the first edit", WITHIN, || {
+    wait_for("traffic before the first edit", WITHIN, || {
         next_seq.load(Ordering::SeqCst) >= 500
     })
     .await;
@@ -1158,7 +1139,7 @@ async fn reloads_under_load_lose_nothing_and_switch_code_at_once() {
         }
         let report = {
             let mut found = None;
-            wait_until(&format!("edit {edit} to be reloaded"), WITHIN, || {
+            wait_for(&format!("edit {edit} to be reloaded"), WITHIN, || {
                 let reports = reports.lock().unwrap();
                 let decisive: Vec<_> = reports
                     .iter()
@@ -1193,11 +1174,11 @@ async fn reloads_under_load_lose_nothing_and_switch_code_at_once() {
     }
     stop.store(true, Ordering::SeqCst);
     let (total, publishing) = publisher.await.expect("the publisher finishes");
-    wait_until("every event to be handled", WITHIN, || {
+    wait_for("every event to be handled", WITHIN, || {
         handled.lock().unwrap().len() as u64 >= total
     })
     .await;
-    wait_until("the broker to go idle", WITHIN, || broker.is_idle()).await;
+    wait_for("the broker to go idle", WITHIN, || broker.is_idle()).await;
     token.cancel();
     let reloader = reload_loop.await.expect("the reload loop ends");
     tracker.close();

@@ -7,8 +7,7 @@
 //! holds one event while the others wait in its group; a queue with a one-hour delay holds
 //! its items. Every wait is a condition with a deadline.
 
-mod redis_support;
-mod reload_support;
+mod common;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -18,13 +17,14 @@ use indoc::indoc;
 use serde_json::json;
 use tokio::sync::mpsc;
 
-use edaflow::broker::{Backpressure, Broker, MemoryBroker, MemoryOptions, RedisOptions};
+use edaflow::broker::{Broker, MemoryBroker, MemoryOptions, RedisOptions};
 use edaflow::event::Event;
 use edaflow::flow::TopicPattern;
 use edaflow::runtime::reload::{ReloadCause, ReloadReport, ReloadRequest, Reloader};
-use edaflow::runtime::{prepare, Backlog, ReloadOutcome, Runtime, RuntimeOptions};
+use edaflow::runtime::{Backlog, ReloadOutcome, RuntimeOptions};
 
-use reload_support::{wait_until, FlowDir};
+use common::runtime::{self, start_reloader, tap};
+use common::{wait_for, FlowDir};
 
 const WITHIN: Duration = Duration::from_secs(15);
 const SOURCE: &str = "edaflow://reload/backlog";
@@ -102,18 +102,6 @@ fn flow_dir(flow: &str) -> (FlowDir, Vec<PathBuf>) {
     (dir, vec![path])
 }
 
-async fn start<B: Broker>(broker: B, paths: Vec<PathBuf>) -> (Reloader<B>, ReloadOutcome) {
-    let mut runtime = Runtime::new(broker, RuntimeOptions::default());
-    let prepared = prepare(&paths).unwrap_or_else(|report| {
-        panic!(
-            "the first generation should be valid:\n{}",
-            edaflow::flow::diagnostic::render(&report, 100)
-        )
-    });
-    let outcome = runtime.apply(prepared).await.expect("generation 1 starts");
-    (Reloader::new(runtime, paths), outcome)
-}
-
 async fn reload<B: Broker>(reloader: &mut Reloader<B>) -> ReloadOutcome {
     match reloader.handle(ReloadRequest::new(ReloadCause::Http)).await {
         ReloadReport::Applied(outcome) => outcome,
@@ -122,13 +110,7 @@ async fn reload<B: Broker>(reloader: &mut Reloader<B>) -> ReloadOutcome {
 }
 
 async fn publish<B: Broker>(broker: &B, topic: &str, n: u64) {
-    broker
-        .publish(
-            Event::new(topic, SOURCE, json!({ "n": n })),
-            Backpressure::Wait,
-        )
-        .await
-        .unwrap_or_else(|e| panic!("publish to `{topic}`: {e}"));
+    runtime::publish(broker, topic, SOURCE, json!({ "n": n })).await;
 }
 
 fn waiting_in_group<B: Broker>(broker: &B, group: &str) -> (usize, usize) {
@@ -162,7 +144,7 @@ async fn pile_up_on_a<B: Broker>(broker: &B) {
     for n in 1..=3 {
         publish(broker, "work", n).await;
     }
-    wait_until("a backlog of three on `a`", WITHIN, || {
+    wait_for("a backlog of three on `a`", WITHIN, || {
         let (queued, in_flight) = waiting_in_group(broker, "a");
         in_flight >= 1 && queued + in_flight == 3
     })
@@ -185,8 +167,8 @@ async fn the_ns_done(taps: &mut mpsc::Receiver<Arc<Event>>, count: usize) -> Vec
 /// A renamed subscriber takes the backlog of its former name over and handles all of it.
 async fn a_renamed_subscriber_keeps_its_backlog<B: Broker>(broker: B) {
     let (dir, paths) = flow_dir(STUCK_A);
-    let mut done = broker.tap(TopicPattern::parse("done").expect("pattern"), 1024);
-    let (mut reloader, _) = start(broker.clone(), paths).await;
+    let mut done = tap(&broker, "done");
+    let (mut reloader, _) = start_reloader(broker.clone(), RuntimeOptions::default(), paths).await;
     pile_up_on_a(&broker).await;
 
     dir.write("flow.toml", RENAMED_TO_B);
@@ -207,7 +189,7 @@ async fn a_renamed_subscriber_keeps_its_backlog<B: Broker>(broker: B) {
 /// A subscriber removed with work waiting says how much it dropped.
 async fn a_removed_subscriber_reports_what_it_dropped<B: Broker>(broker: B) {
     let (dir, paths) = flow_dir(STUCK_A);
-    let (mut reloader, _) = start(broker.clone(), paths).await;
+    let (mut reloader, _) = start_reloader(broker.clone(), RuntimeOptions::default(), paths).await;
     pile_up_on_a(&broker).await;
 
     dir.write("flow.toml", WITHOUT_A);
@@ -226,10 +208,10 @@ async fn a_removed_subscriber_reports_what_it_dropped<B: Broker>(broker: B) {
 /// A renamed queue keeps its items and their due times; removing it reports the drop.
 async fn a_renamed_queue_keeps_its_items<B: Broker>(broker: B) {
     let (dir, paths) = flow_dir(QUEUE_LATER);
-    let (mut reloader, _) = start(broker.clone(), paths).await;
+    let (mut reloader, _) = start_reloader(broker.clone(), RuntimeOptions::default(), paths).await;
     publish(&broker, "in", 1).await;
     publish(&broker, "in", 2).await;
-    wait_until("two items in `later`", WITHIN, || {
+    wait_for("two items in `later`", WITHIN, || {
         queue_depth(&broker, "later") == Some(2)
     })
     .await;
@@ -280,9 +262,10 @@ async fn at_start_a_renamed_subscriber_takes_over_a_left_backlog<B: Broker>(brok
     for n in 1..=2 {
         publish(&broker, "work", n).await;
     }
-    let mut done = broker.tap(TopicPattern::parse("done").expect("pattern"), 1024);
+    let mut done = tap(&broker, "done");
     let (_dir, paths) = flow_dir(RENAMED_TO_B);
-    let (reloader, outcome) = start(broker.clone(), paths).await;
+    let (reloader, outcome) =
+        start_reloader(broker.clone(), RuntimeOptions::default(), paths).await;
     assert_eq!(
         outcome.backlogs,
         [backlog("subscribers.a", Some("subscribers.b"), 2, 0)],
@@ -310,7 +293,7 @@ macro_rules! on_both_brokers {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $scenario() {
-                    let Some(server) = super::redis_support::RedisServer::start() else {
+                    let Some(server) = super::common::redis::RedisServer::start() else {
                         return;
                     };
                     let broker = server

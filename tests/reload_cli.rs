@@ -5,14 +5,14 @@
 //! stderr). Every wait polls a condition with a deadline; on failure the command, the
 //! folder and the instance's output are dumped.
 
-mod reload_support;
+mod common;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use indoc::indoc;
 
-use reload_support::{FlowDir, Instance};
+use common::{run_flow, FlowDir, Running};
 
 /// Generous: the machine may be busy.
 const WITHIN: Duration = Duration::from_secs(15);
@@ -50,7 +50,7 @@ fn next_id() -> u64 {
 
 /// POSTs one event and waits until a `worker … handled ID` line shows which version
 /// handled it.
-fn handled_by(instance: &mut Instance) -> String {
+fn handled_by(instance: &mut Running) -> String {
     let id = next_id();
     let answer = instance.request("POST", "/topics/work", &format!(r#"{{"id": {id}}}"#));
     assert_eq!(answer.status, 202, "{answer:?}\n{}", instance.dump());
@@ -71,7 +71,7 @@ fn handled_by(instance: &mut Instance) -> String {
 
 /// Posts events until one is handled by `version` (the edit before may still be in the
 /// debounce window or being reloaded).
-fn wait_for_version(instance: &mut Instance, version: &str) {
+fn wait_for_version(instance: &mut Running, version: &str) {
     let deadline = std::time::Instant::now() + WITHIN;
     loop {
         if handled_by(instance) == version {
@@ -90,7 +90,7 @@ fn wait_for_version(instance: &mut Instance, version: &str) {
 #[test]
 fn editor_saves_are_picked_up() {
     let dir = flow_dir();
-    let mut instance = Instance::start(dir.root(), &["flow.toml"]);
+    let mut instance = run_flow(dir.root(), &["flow.toml"]);
     instance.wait_until_watching(&dir, "flow.toml");
     assert_eq!(handled_by(&mut instance), "v1");
     assert_eq!(instance.generation(), 1);
@@ -127,7 +127,7 @@ fn editor_saves_are_picked_up() {
 #[test]
 fn an_invalid_edit_prints_the_diagnostic_and_the_old_code_keeps_working() {
     let dir = flow_dir();
-    let mut instance = Instance::start(dir.root(), &["flow.toml"]);
+    let mut instance = run_flow(dir.root(), &["flow.toml"]);
     instance.wait_until_watching(&dir, "flow.toml");
     assert_eq!(handled_by(&mut instance), "v1");
 
@@ -167,7 +167,7 @@ fn an_import_ring_saved_live_is_a_diagnostic_and_the_last_good_generation_runs_o
         "handlers/worker.rhai",
         &format!("import \"lib/a\" as a;\n{}", worker("v1")),
     );
-    let mut instance = Instance::start(dir.root(), &["flow.toml"]);
+    let mut instance = run_flow(dir.root(), &["flow.toml"]);
     instance.wait_until_watching(&dir, "flow.toml");
     assert_eq!(handled_by(&mut instance), "v1");
 
@@ -197,7 +197,7 @@ fn an_import_ring_saved_live_is_a_diagnostic_and_the_last_good_generation_runs_o
 #[test]
 fn with_no_watch_edits_wait_for_sighup_or_admin_reload() {
     let dir = flow_dir();
-    let mut instance = Instance::start(dir.root(), &["flow.toml", "--no-watch"]);
+    let mut instance = run_flow(dir.root(), &["flow.toml", "--no-watch"]);
     assert_eq!(handled_by(&mut instance), "v1");
 
     dir.save_atomic("handlers/worker.rhai", &worker("v2"));

@@ -16,11 +16,11 @@ use indoc::indoc;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
+use common::runtime::{self, apply, drain, options, start_with, tap};
 use common::{wait_for, FlowDir};
 use edaflow::broker::{Backpressure, Broker, BrokerError, GroupStats, MemoryBroker, MemoryOptions};
 use edaflow::event::Event;
-use edaflow::flow::TopicPattern;
-use edaflow::runtime::{ReloadOutcome, Runtime, RuntimeOptions};
+use edaflow::runtime::{ReloadOutcome, Runtime};
 
 /// The `source` of the events the tests publish.
 const SOURCE: &str = "edaflow://runtime/test";
@@ -28,50 +28,19 @@ const SOURCE: &str = "edaflow://runtime/test";
 /// Virtual time a flow may take to settle; far beyond any backoff used here.
 const SETTLE: Duration = Duration::from_secs(3600);
 
-fn options() -> RuntimeOptions {
-    RuntimeOptions {
-        producers: false,
-        ..RuntimeOptions::default()
-    }
-}
-
 /// Starts a runtime on a fresh memory broker with `flow.toml` of `dir`.
 async fn start(dir: &FlowDir, group_capacity: usize) -> (Runtime<MemoryBroker>, MemoryBroker) {
     let broker = MemoryBroker::new(MemoryOptions {
         group_capacity,
         ..MemoryOptions::default()
     });
-    let mut runtime = Runtime::new(broker.clone(), options());
-    let outcome = runtime
-        .apply(dir.prepare("flow.toml"))
-        .await
-        .expect("the flow starts");
-    assert!(outcome.ok, "{outcome:?}");
+    let (runtime, outcome) = start_with(broker.clone(), options(), dir).await;
     assert_eq!(outcome.generation, 1);
     (runtime, broker)
 }
 
-fn tap(broker: &MemoryBroker, pattern: &str) -> mpsc::Receiver<Arc<Event>> {
-    let pattern = TopicPattern::parse(pattern).expect("test pattern");
-    broker.tap(pattern, 10_000)
-}
-
-/// Everything the tap has seen so far.
-fn seen(tap: &mut mpsc::Receiver<Arc<Event>>) -> Vec<Arc<Event>> {
-    let mut events = Vec::new();
-    while let Ok(event) = tap.try_recv() {
-        events.push(event);
-    }
-    events
-}
-
 async fn publish(broker: &MemoryBroker, topic: &str, data: Value) -> Event {
-    let event = Event::new(topic, SOURCE, data);
-    broker
-        .publish(event.clone(), Backpressure::Wait)
-        .await
-        .unwrap_or_else(|e| panic!("publish to `{topic}`: {e}"));
-    event
+    runtime::publish(broker, topic, SOURCE, data).await
 }
 
 /// Waits until nothing is queued, in flight or scheduled.
@@ -146,7 +115,7 @@ async fn a_three_hop_chain_shares_the_correlation_id() {
     .await;
     settle(&broker).await;
 
-    let events = seen(&mut all);
+    let events = drain(&mut all);
     let topics: Vec<&str> = events.iter().map(|e| e.topic.as_str()).collect();
     assert_eq!(
         topics,
@@ -226,7 +195,7 @@ async fn effects_of_a_failed_run_are_discarded() {
     publish(&broker, "doomedWork", json!({})).await;
     settle(&broker).await;
 
-    let emitted: Vec<Value> = seen(&mut side_effects)
+    let emitted: Vec<Value> = drain(&mut side_effects)
         .iter()
         .map(|e| e.data.clone())
         .collect();
@@ -235,7 +204,7 @@ async fn effects_of_a_failed_run_are_discarded() {
         [json!({"from": "flaky", "attempt": 3})],
         "only the successful run's emit is published; retries never emit twice"
     );
-    let dead: Vec<String> = seen(&mut dead).iter().map(|e| e.topic.clone()).collect();
+    let dead: Vec<String> = drain(&mut dead).iter().map(|e| e.topic.clone()).collect();
     assert_eq!(dead, ["dead.doomed"]);
     let flaky = runtime.metrics().subscriber("flaky");
     assert_eq!(flaky.errors.load(Ordering::Relaxed), 2);
@@ -284,7 +253,7 @@ async fn retries_back_off_then_dead_letter_with_the_details() {
     );
     settle(&broker).await;
 
-    let letters = seen(&mut dead);
+    let letters = drain(&mut dead);
     assert_eq!(letters.len(), 1, "{letters:?}");
     let letter = &letters[0];
     assert_eq!(letter.topic, "dead.payments");
@@ -305,7 +274,7 @@ async fn retries_back_off_then_dead_letter_with_the_details() {
     // A subscriber's own `dead_letter` topic.
     let refund = publish(&broker, "refundRequested", json!({"order_id": 8})).await;
     settle(&broker).await;
-    let letters = seen(&mut custom);
+    let letters = drain(&mut custom);
     assert_eq!(letters.len(), 1, "{letters:?}");
     assert_eq!(ext(&letters[0], "deadletterattempts"), 2);
     assert_eq!(ext(&letters[0], "deadlettersubscriber"), "refunds");
@@ -315,7 +284,7 @@ async fn retries_back_off_then_dead_letter_with_the_details() {
         ext(&letters[0], "deadletterreason"),
         "card declined for order 8"
     );
-    assert!(seen(&mut dead).is_empty(), "not also on dead.refunds");
+    assert!(drain(&mut dead).is_empty(), "not also on dead.refunds");
     runtime.shutdown(Duration::from_secs(1)).await;
 }
 
@@ -346,9 +315,12 @@ async fn a_handler_that_succeeds_on_attempt_two_is_not_dead_lettered() {
     publish(&broker, "inventoryReserved", json!({"order_id": 9})).await;
     settle(&broker).await;
 
-    let data: Vec<Value> = seen(&mut charged).iter().map(|e| e.data.clone()).collect();
+    let data: Vec<Value> = drain(&mut charged).iter().map(|e| e.data.clone()).collect();
     assert_eq!(data, [json!({"order_id": 9, "attempt": 2})]);
-    assert!(seen(&mut dead).is_empty(), "dead-lettered after succeeding");
+    assert!(
+        drain(&mut dead).is_empty(),
+        "dead-lettered after succeeding"
+    );
     let metrics = runtime.metrics().subscriber("charge");
     assert_eq!(metrics.errors.load(Ordering::Relaxed), 1);
     assert_eq!(metrics.dead_letters.load(Ordering::Relaxed), 0);
@@ -383,9 +355,9 @@ async fn an_endless_loop_fails_only_its_event() {
     publish(&broker, "job", json!({"n": 2, "spin": false})).await;
     settle(&broker).await;
 
-    let done: Vec<Value> = seen(&mut done).iter().map(|e| e.data.clone()).collect();
+    let done: Vec<Value> = drain(&mut done).iter().map(|e| e.data.clone()).collect();
     assert_eq!(done, [json!({"n": 2})], "the next event is handled");
-    let letters = seen(&mut dead);
+    let letters = drain(&mut dead);
     assert_eq!(letters.len(), 1, "{letters:?}");
     assert_eq!(ext(&letters[0], "deadletterid"), spinning.id.as_str());
     let reason = ext(&letters[0], "deadletterreason")
@@ -446,7 +418,7 @@ async fn concurrency_sets_how_many_events_a_subscriber_holds_at_once() {
     assert_eq!((narrow.queued, narrow.in_flight), (3, 1), "{narrow:?}");
 
     settle(&broker).await;
-    let done: BTreeSet<(String, i64)> = seen(&mut done)
+    let done: BTreeSet<(String, i64)> = drain(&mut done)
         .iter()
         .map(|e| {
             (
@@ -533,7 +505,7 @@ async fn a_full_group_pushes_back_on_publishers() {
         .expect("publish");
     settle(&broker).await;
 
-    let released: BTreeSet<i64> = seen(&mut released)
+    let released: BTreeSet<i64> = drain(&mut released)
         .iter()
         .map(|e| e.data["n"].as_i64().unwrap_or(-1))
         .collect();
@@ -559,7 +531,7 @@ async fn greeting_version(
 ) -> Value {
     publish(broker, "hello", json!({})).await;
     settle(broker).await;
-    let got = seen(greetings);
+    let got = drain(greetings);
     assert_eq!(got.len(), 1, "{got:?}");
     got[0].data["version"].clone()
 }
@@ -574,10 +546,7 @@ async fn a_script_edit_is_swapped_in_without_a_restart() {
     assert_eq!(greeting_version(&broker, &mut greetings).await, 1);
 
     dir.write("greet.rhai", r#"emit("greeting", #{ version: 2 });"#);
-    let outcome = runtime
-        .apply(dir.prepare("flow.toml"))
-        .await
-        .expect("reload");
+    let outcome = apply(&mut runtime, &dir).await;
     assert!(outcome.ok, "{outcome:?}");
     assert_eq!(outcome.generation, 2);
     assert_eq!(outcome.swapped, ["subscribers.greeter"]);
@@ -596,10 +565,7 @@ async fn applying_identical_flows_is_a_no_op() {
     dir.write("flow.toml", GREETER);
     dir.write("greet.rhai", r#"emit("greeting", #{ version: 1 });"#);
     let (mut runtime, broker) = start(&dir, 64).await;
-    let outcome = runtime
-        .apply(dir.prepare("flow.toml"))
-        .await
-        .expect("reload");
+    let outcome = apply(&mut runtime, &dir).await;
     assert_no_change(&outcome);
     assert_eq!(outcome.generation, 2);
     let mut greetings = tap(&broker, "greeting");
@@ -614,15 +580,9 @@ async fn applying_identical_flows_after_a_swap_is_a_no_op() {
     dir.write("greet.rhai", r#"emit("greeting", #{ version: 1 });"#);
     let (mut runtime, _broker) = start(&dir, 64).await;
     dir.write("greet.rhai", r#"emit("greeting", #{ version: 2 });"#);
-    let swap = runtime
-        .apply(dir.prepare("flow.toml"))
-        .await
-        .expect("reload");
+    let swap = apply(&mut runtime, &dir).await;
     assert_eq!(swap.swapped, ["subscribers.greeter"]);
-    let again = runtime
-        .apply(dir.prepare("flow.toml"))
-        .await
-        .expect("reload");
+    let again = apply(&mut runtime, &dir).await;
     assert_no_change(&again);
     runtime.shutdown(Duration::from_secs(1)).await;
 }
@@ -636,17 +596,11 @@ async fn reverting_a_swapped_script_runs_the_original_code_again() {
     let mut greetings = tap(&broker, "greeting");
 
     dir.write("greet.rhai", r#"emit("greeting", #{ version: 2 });"#);
-    runtime
-        .apply(dir.prepare("flow.toml"))
-        .await
-        .expect("reload");
+    apply(&mut runtime, &dir).await;
     assert_eq!(greeting_version(&broker, &mut greetings).await, 2);
 
     dir.write("greet.rhai", r#"emit("greeting", #{ version: 1 });"#);
-    let revert = runtime
-        .apply(dir.prepare("flow.toml"))
-        .await
-        .expect("reload");
+    let revert = apply(&mut runtime, &dir).await;
     assert_eq!(revert.swapped, ["subscribers.greeter"], "{revert:?}");
     assert_eq!(greeting_version(&broker, &mut greetings).await, 1);
     runtime.shutdown(Duration::from_secs(1)).await;
@@ -685,9 +639,9 @@ async fn shutdown_drains_queued_and_deferred_events() {
 
     runtime.shutdown(Duration::from_secs(30)).await;
 
-    assert_eq!(seen(&mut done).len(), JOBS, "every queued job was handled");
+    assert_eq!(drain(&mut done).len(), JOBS, "every queued job was handled");
     assert_eq!(
-        seen(&mut reminders).len(),
+        drain(&mut reminders).len(),
         JOBS,
         "deferred effects were published before shutdown returned"
     );

@@ -7,33 +7,19 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::Request;
-use http_body_util::BodyExt;
 use indoc::indoc;
 use serde_json::Value;
-use tower::ServiceExt;
 
+use common::http_server::{oneshot, router};
+use common::runtime::start_with;
 use common::{wait_for, FlowDir};
 use edaflow::broker::{MemoryBroker, MemoryOptions};
-use edaflow::flow::model::HttpProducer;
-use edaflow::runtime::{Runtime, RuntimeOptions};
+use edaflow::runtime::RuntimeOptions;
 
 async fn get(app: &axum::Router, uri: &str) -> (u16, Value) {
-    let response = app
-        .clone()
-        .oneshot(Request::get(uri).body(Body::empty()).expect("request"))
-        .await
-        .expect("answer");
-    let status = response.status().as_u16();
-    let bytes = response
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes();
-    (
-        status,
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    )
+    let reply = oneshot(app, Request::get(uri).body(Body::empty()).expect("request")).await;
+    let json = serde_json::from_slice(reply.bytes()).unwrap_or(Value::Null);
+    (reply.status, json)
 }
 
 #[tokio::test(start_paused = true)]
@@ -56,40 +42,17 @@ async fn a_journey_is_traced_from_ingest_to_its_last_event() {
     dir.write("reserve.rhai", r#"emit("inventoryReserved", event.data);"#);
     dir.write("charge.rhai", r#"emit("paymentCharged", event.data);"#);
     let broker = MemoryBroker::new(MemoryOptions::default());
-    let mut runtime = Runtime::new(broker, RuntimeOptions::default());
-    runtime
-        .apply(dir.prepare("flow.toml"))
-        .await
-        .expect("starts");
-    let app = runtime.api_router(
-        HttpProducer {
-            listen: "127.0.0.1:0".into(),
-            token: None,
-            body_limit: 1 << 20,
-            ..HttpProducer::default()
-        },
-        "master",
-    );
-    let response = app
-        .clone()
-        .oneshot(
-            Request::post("/topics/orderCreated")
-                .header("content-type", "application/json")
-                .body(Body::from(r#"{"order_id": 1}"#))
-                .expect("request"),
-        )
-        .await
-        .expect("answer");
-    let bytes = response
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes();
-    let id = serde_json::from_slice::<Value>(&bytes).expect("JSON")["id"]
-        .as_str()
-        .expect("id")
-        .to_owned();
+    let (runtime, _) = start_with(broker, RuntimeOptions::default(), &dir).await;
+    let app = router(&runtime);
+    let reply = oneshot(
+        &app,
+        Request::post("/topics/orderCreated")
+            .header("content-type", "application/json")
+            .body(Body::from(r#"{"order_id": 1}"#))
+            .expect("request"),
+    )
+    .await;
+    let id = reply.json()["id"].as_str().expect("id").to_owned();
     let charge = runtime.metrics().subscriber("charge");
     wait_for("the chain", Duration::from_secs(1), || {
         charge.handled.load(std::sync::atomic::Ordering::Relaxed) == 1

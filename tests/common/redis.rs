@@ -1,19 +1,21 @@
 //! What the Redis tests share: a `redis-server` of their own on a free loopback port in a
-//! temp dir (never the one on 6379), killed when the guard is dropped; a broker on it; and
+//! temp dir (never the one on 6379), killed when the guard is dropped, or a three-master
+//! cluster of their own; a broker on either; reading back which events a stream holds; and
 //! the `Clock` the generic contract checks read time through (paused tokio time for the
 //! memory broker, real time with a tolerance for Redis, which keeps its own clock).
 //!
 //! Without `redis-server` installed the tests say so and pass, except under CI (`CI` set),
 //! where a missing server is a failure: CI installs it.
 
-#![allow(dead_code)]
-
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use edaflow::broker::{RedisBroker, RedisOptions, RedisUrl};
+
+use super::{free_port, Edaflow, FlowDir};
 
 /// A `redis-server` this test started. Dropping it kills the server and removes its dir.
 pub struct RedisServer {
@@ -60,17 +62,7 @@ impl RedisServer {
     /// As `start`, with a password and/or TLS (see `ServerOptions`).
     pub fn start_custom(options: ServerOptions) -> Option<RedisServer> {
         let appendonly = options.appendonly;
-        if Command::new("redis-server")
-            .arg("--version")
-            .stdout(Stdio::null())
-            .status()
-            .is_err()
-        {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "redis-server is not installed; CI must install it (.ci/run does)"
-            );
-            eprintln!("SKIPPED: redis-server is not installed; the Redis tests did not run");
+        if !installed("the Redis tests") {
             return None;
         }
         let dir = tempfile::tempdir().expect("a temp dir for redis-server");
@@ -144,26 +136,7 @@ impl RedisServer {
 
     /// Sends one command in RESP and returns the raw reply (for test assertions).
     pub fn command(&self, args: &[&str]) -> String {
-        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).expect("connect to redis");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .expect("timeout");
-        if let Some(password) = &self.options.password {
-            stream
-                .write_all(format!("AUTH {password}\r\n").as_bytes())
-                .expect("send AUTH");
-            let mut ok = [0u8; 5];
-            stream.read_exact(&mut ok).expect("AUTH reply");
-            assert_eq!(&ok, b"+OK\r\n", "AUTH");
-        }
-        let mut request = format!("*{}\r\n", args.len());
-        for arg in args {
-            request.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
-        }
-        stream.write_all(request.as_bytes()).expect("send");
-        let mut buf = [0u8; 65536];
-        let n = stream.read(&mut buf).unwrap_or(0);
-        String::from_utf8_lossy(&buf[..n]).into_owned()
+        resp(self.port, self.options.password.as_deref(), args)
     }
 
     /// A broker on this server, in its own namespace.
@@ -207,6 +180,11 @@ fn spawn(dir: &std::path::Path, port: u16, options: &ServerOptions) -> Child {
             "",
             "--appendonly",
             if options.appendonly { "yes" } else { "no" },
+            // Every write on disk before Redis answers: a test that kills Redis (SIGKILL)
+            // counts on what was acknowledged to survive, which `everysec` does not promise
+            // while a slow fsync holds writes back.
+            "--appendfsync",
+            "always",
             "--dir",
         ])
         .arg(dir)
@@ -244,13 +222,6 @@ fn wait_ready(child: &mut Child, port: u16, options: &ServerOptions, within: Dur
         std::thread::sleep(Duration::from_millis(5));
     }
     false
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
 }
 
 /// How the generic checks read and move time.
@@ -397,19 +368,7 @@ impl RedisCluster {
     /// every node says `cluster_state:ok`; `None` (after saying why) when `redis-server`
     /// is not installed outside CI.
     pub fn start() -> Option<RedisCluster> {
-        if Command::new("redis-server")
-            .arg("--version")
-            .stdout(Stdio::null())
-            .status()
-            .is_err()
-        {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "redis-server is not installed; CI must install it (.ci/run does)"
-            );
-            eprintln!(
-                "SKIPPED: redis-server is not installed; the Redis Cluster tests did not run"
-            );
+        if !installed("the Redis Cluster tests") {
             return None;
         }
         let dir = tempfile::tempdir().expect("a temp dir for the cluster");
@@ -459,7 +418,7 @@ impl RedisCluster {
 
     /// Sends one command to the node on `port` and returns the raw reply.
     pub fn command(&self, port: u16, args: &[&str]) -> String {
-        resp(port, args)
+        resp(port, None, args)
     }
 
     /// Waits until every node says `cluster_state:ok`.
@@ -469,7 +428,7 @@ impl RedisCluster {
             let states: Vec<String> = self
                 .ports()
                 .into_iter()
-                .map(|p| resp(p, &["CLUSTER", "INFO"]))
+                .map(|p| resp(p, None, &["CLUSTER", "INFO"]))
                 .collect();
             if states.iter().all(|s| s.contains("cluster_state:ok")) {
                 return;
@@ -486,6 +445,7 @@ impl RedisCluster {
     pub fn slot_of(&self, namespace: &str) -> u16 {
         let reply = resp(
             self.nodes[0].port,
+            None,
             &["CLUSTER", "KEYSLOT", &format!("edaflow:{{{namespace}}}:")],
         );
         reply
@@ -497,7 +457,7 @@ impl RedisCluster {
 
     /// The port of the master serving `slot`, as `CLUSTER NODES` on the first node says.
     pub fn master_of(&self, slot: u16) -> u16 {
-        let nodes = resp(self.nodes[0].port, &["CLUSTER", "NODES"]);
+        let nodes = resp(self.nodes[0].port, None, &["CLUSTER", "NODES"]);
         for line in nodes.lines() {
             let fields: Vec<&str> = line.split(' ').collect();
             if fields.len() < 9 || !fields[2].contains("master") {
@@ -533,7 +493,7 @@ impl RedisCluster {
 
     /// The node id of the node on `port`.
     pub fn node_id(&self, port: u16) -> String {
-        let reply = resp(port, &["CLUSTER", "MYID"]);
+        let reply = resp(port, None, &["CLUSTER", "MYID"]);
         reply
             .lines()
             .nth(1)
@@ -552,15 +512,23 @@ impl RedisCluster {
             assert!(reply.starts_with("+OK"), "{what}: {reply:?}");
         };
         ok(
-            resp(to, &["CLUSTER", "SETSLOT", &slot, "IMPORTING", &from_id]),
+            resp(
+                to,
+                None,
+                &["CLUSTER", "SETSLOT", &slot, "IMPORTING", &from_id],
+            ),
             "importing",
         );
         ok(
-            resp(from, &["CLUSTER", "SETSLOT", &slot, "MIGRATING", &to_id]),
+            resp(
+                from,
+                None,
+                &["CLUSTER", "SETSLOT", &slot, "MIGRATING", &to_id],
+            ),
             "migrating",
         );
         loop {
-            let keys = resp(from, &["CLUSTER", "GETKEYSINSLOT", &slot, "100"]);
+            let keys = resp(from, None, &["CLUSTER", "GETKEYSINSLOT", &slot, "100"]);
             let keys: Vec<&str> = keys
                 .lines()
                 .skip(1)
@@ -572,19 +540,19 @@ impl RedisCluster {
             let port = to.to_string();
             let mut args = vec!["MIGRATE", "127.0.0.1", &port, "", "0", "5000", "KEYS"];
             args.extend(keys.iter().copied());
-            let reply = resp(from, &args);
+            let reply = resp(from, None, &args);
             assert!(reply.starts_with("+OK"), "MIGRATE {keys:?}: {reply:?}");
         }
         for port in [to, from] {
             ok(
-                resp(port, &["CLUSTER", "SETSLOT", &slot, "NODE", &to_id]),
+                resp(port, None, &["CLUSTER", "SETSLOT", &slot, "NODE", &to_id]),
                 "setslot node",
             );
         }
         for port in self.ports() {
             if port != to && port != from {
                 ok(
-                    resp(port, &["CLUSTER", "SETSLOT", &slot, "NODE", &to_id]),
+                    resp(port, None, &["CLUSTER", "SETSLOT", &slot, "NODE", &to_id]),
                     "setslot node",
                 );
             }
@@ -660,12 +628,40 @@ fn start_node(dir: &std::path::Path) -> ClusterNode {
     panic!("a cluster node did not start on free ports");
 }
 
-/// One command in RESP to the server on `port`; the raw reply.
-fn resp(port: u16, args: &[&str]) -> String {
+/// Whether `redis-server` is installed; when it is not, says that `what` did not run, or
+/// fails under CI (`CI` set), which installs it.
+fn installed(what: &str) -> bool {
+    if Command::new("redis-server")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status()
+        .is_ok()
+    {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "redis-server is not installed; CI must install it (.ci/run does)"
+    );
+    eprintln!("SKIPPED: redis-server is not installed; {what} did not run");
+    false
+}
+
+/// One command in RESP to the server on `port` (after `AUTH` when it has a password);
+/// the raw reply.
+fn resp(port: u16, password: Option<&str>, args: &[&str]) -> String {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to redis");
     stream
         .set_read_timeout(Some(Duration::from_secs(5)))
         .expect("timeout");
+    if let Some(password) = password {
+        stream
+            .write_all(format!("AUTH {password}\r\n").as_bytes())
+            .expect("send AUTH");
+        let mut ok = [0u8; 5];
+        stream.read_exact(&mut ok).expect("AUTH reply");
+        assert_eq!(&ok, b"+OK\r\n", "AUTH");
+    }
     let mut request = format!("*{}\r\n", args.len());
     for arg in args {
         request.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
@@ -681,4 +677,52 @@ pub fn unique_namespace(base: &str) -> String {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     format!("{base}-{n}")
+}
+
+/// `edaflow run FLOW --no-watch --listen 127.0.0.1:0 --broker URL` in `dir`, ready for
+/// more arguments and settings before `Edaflow::serve`.
+pub fn run_on(dir: &FlowDir, flow: &str, url: &str) -> Edaflow {
+    Edaflow::new(dir.root()).args([
+        "run",
+        flow,
+        "--no-watch",
+        "--listen",
+        "127.0.0.1:0",
+        "--broker",
+        url,
+    ])
+}
+
+/// A connection to the test's Redis at `url`.
+pub fn connect(url: &str) -> ::redis::Connection {
+    ::redis::Client::open(url)
+        .and_then(|c| c.get_connection())
+        .expect("connect to the test's redis")
+}
+
+/// How many events of the stream `key` (a topic's stream: `edaflow:{NAMESPACE}:t:TOPIC`)
+/// give each number, as `number_of` reads it from the event's JSON.
+pub fn counts_by(
+    conn: &mut ::redis::Connection,
+    key: &str,
+    number_of: impl Fn(&serde_json::Value) -> u64,
+) -> BTreeMap<u64, usize> {
+    let entries: ::redis::streams::StreamRangeReply = ::redis::cmd("XRANGE")
+        .arg(key)
+        .arg("-")
+        .arg("+")
+        .query(conn)
+        .expect("XRANGE");
+    let mut counts = BTreeMap::new();
+    for entry in entries.ids {
+        let json: String = entry.get("e").expect("an event field");
+        let event: serde_json::Value = serde_json::from_str(&json).expect("event JSON");
+        *counts.entry(number_of(&event)).or_default() += 1;
+    }
+    counts
+}
+
+/// How many times each `data.n` stands among the events of the stream `key`.
+pub fn counts_of_n(conn: &mut ::redis::Connection, key: &str) -> BTreeMap<u64, usize> {
+    counts_by(conn, key, |event| event["data"]["n"].as_u64().expect("n"))
 }
