@@ -867,6 +867,26 @@ mod tests {
         engine.run(&script, &Arc::from("test"), Some(script_event(&event, 1)))
     }
 
+    /// Strings captured in closures count against a run's memory: the run fails by the
+    /// memory limit (the wall clock set far off, so a loaded machine cannot stop it first).
+    #[test]
+    fn strings_captured_in_closures_are_metered() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = "let s = \"x\"; for i in 0..19 { s += s; } let fs = []; for i in 0..5000 { let t = s + i; fs.push(|| t); }";
+        let script = compile(&source(dir.path(), text)).unwrap();
+        let engine = ScriptEngine::new(Limits {
+            wall_time: std::time::Duration::from_secs(60),
+            ..Limits::default()
+        });
+        let event = Arc::new(Event::new("orderCreated", "test", json!({})));
+        let result = engine.run(&script, &Arc::from("test"), Some(script_event(&event, 1)));
+        assert!(
+            matches!(result, Err(ScriptError::Memory { .. })),
+            "{:?}",
+            result.err()
+        );
+    }
+
     #[test]
     fn emits_are_recorded_not_published() {
         let out = run(
