@@ -401,6 +401,21 @@ mod tests {
         Cli::command().debug_assert();
     }
 
+    /// The Redis defaults `--help` shows are the broker's own (`broker::redis::defaults`).
+    #[test]
+    fn redis_defaults_are_the_brokers() {
+        use crate::broker::redis::defaults;
+        let cli = Cli::try_parse_from(["edaflow", "run", "flow.toml"]).expect("parses");
+        let Command::Run(run) = cli.command else {
+            panic!("not run")
+        };
+        assert_eq!(run.claim_idle, defaults::CLAIM_IDLE);
+        assert_eq!(run.take_ahead, defaults::TAKE_AHEAD);
+        assert_eq!(run.hold_ahead, defaults::HOLD_AHEAD);
+        assert_eq!(run.redis_timeout, defaults::RESPONSE_TIMEOUT);
+        assert_eq!(run.unread_retention, defaults::UNREAD_RETENTION);
+    }
+
     #[test]
     fn client_tokens_never_show_in_debug_output() {
         for argv in [
