@@ -382,10 +382,17 @@ async fn a_client_that_takes_no_byte_of_its_answer_is_dropped_at_the_idle_timeou
     let deadline = Instant::now() + WITHIN;
     loop {
         let metrics = exchange(server.addr, &request("GET", "/metrics", &[], b"")).await;
-        if metric(&metrics.text(), "edaflow_http_timeouts_total{clock=\"write\"}") >= 1 {
+        if metric(
+            &metrics.text(),
+            "edaflow_http_timeouts_total{clock=\"write\"}",
+        ) >= 1
+        {
             break;
         }
-        assert!(Instant::now() < deadline, "the server never gave up on the tail");
+        assert!(
+            Instant::now() < deadline,
+            "the server never gave up on the tail"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let bytes = read_until_closed(&mut tail, WITHIN).await;
