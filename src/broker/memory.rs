@@ -745,22 +745,8 @@ impl Broker for MemoryBroker {
         rx
     }
 
-    fn stats(&self) -> Vec<GroupStats> {
-        let mut stats: Vec<GroupStats> = self
-            .groups_read()
-            .values()
-            .map(|g| {
-                let state = g.lock();
-                GroupStats {
-                    name: g.name.to_string(),
-                    queued: state.items.len(),
-                    in_flight: state.in_flight,
-                    capacity: g.capacity,
-                }
-            })
-            .collect();
-        stats.sort_by(|a, b| a.name.cmp(&b.name));
-        stats
+    async fn stats(&self) -> Vec<GroupStats> {
+        MemoryBroker::stats(self)
     }
 
     async fn declare_queue(&self, spec: &QueueSpec) -> Result<(), BrokerError> {
@@ -828,10 +814,8 @@ impl Broker for MemoryBroker {
         Ok(MemoryConsumer(Source::Queue(self.work_queue(queue)?)))
     }
 
-    fn queue_stats(&self) -> Vec<QueueStats> {
-        let mut stats: Vec<QueueStats> = self.queues_read().values().map(|q| q.stats()).collect();
-        stats.sort_by(|a, b| a.name.cmp(&b.name));
-        stats
+    async fn queue_stats(&self) -> Vec<QueueStats> {
+        MemoryBroker::queue_stats(self)
     }
 
     async fn dead_letters(&self, filter: &DeadFilter) -> Result<Vec<Event>, BrokerError> {
@@ -878,12 +862,45 @@ impl Broker for MemoryBroker {
             .remove(id);
     }
 
-    fn scheduled(&self) -> usize {
-        self.schedule().items.len()
+    async fn scheduled(&self) -> usize {
+        MemoryBroker::scheduled(self)
     }
 }
 
 impl MemoryBroker {
+    /// The state of every group, read at once: the memory broker answers `Broker::stats`
+    /// without waiting, and tests on it read this snapshot directly.
+    pub fn stats(&self) -> Vec<GroupStats> {
+        let mut stats: Vec<GroupStats> = self
+            .groups_read()
+            .values()
+            .map(|g| {
+                let state = g.lock();
+                GroupStats {
+                    name: g.name.to_string(),
+                    queued: state.items.len(),
+                    in_flight: state.in_flight,
+                    capacity: g.capacity,
+                }
+            })
+            .collect();
+        stats.sort_by(|a, b| a.name.cmp(&b.name));
+        stats
+    }
+
+    /// The state of every queue, read at once (see `stats`).
+    pub fn queue_stats(&self) -> Vec<QueueStats> {
+        let mut stats: Vec<QueueStats> = self.queues_read().values().map(|q| q.stats()).collect();
+        stats.sort_by(|a, b| a.name.cmp(&b.name));
+        stats
+    }
+
+    /// Events scheduled by `publish_later` and not published yet, read at once (see
+    /// `stats`).
+    pub fn scheduled(&self) -> usize {
+        self.schedule().items.len()
+    }
+
     /// Waits until every group that `events` enter has room for all of them (counting
     /// events and bytes), until `deadline` if there is one.
     ///

@@ -459,11 +459,13 @@ pub trait Broker: Clone + Send + Sync + 'static {
         bytes: usize,
     ) -> tokio::sync::mpsc::Receiver<Arc<Event>>;
 
-    /// The state of every group.
-    fn stats(&self) -> Vec<GroupStats>;
+    /// The state of every group (empty when it cannot be read: a remote broker that is
+    /// unreachable).
+    fn stats(&self) -> impl Future<Output = Vec<GroupStats>> + Send;
 
-    /// Events scheduled by `publish_later` that have not been published yet.
-    fn scheduled(&self) -> usize;
+    /// Events scheduled by `publish_later` that have not been published yet (0 when it
+    /// cannot be read).
+    fn scheduled(&self) -> impl Future<Output = usize> + Send;
 
     /// Creates a work queue, or updates the settings of an existing one.
     fn declare_queue(
@@ -499,8 +501,8 @@ pub trait Broker: Clone + Send + Sync + 'static {
         (0..n).map(|_| self.queue_consumer(queue)).collect()
     }
 
-    /// The state of every queue.
-    fn queue_stats(&self) -> Vec<QueueStats>;
+    /// The state of every queue (empty when it cannot be read).
+    fn queue_stats(&self) -> impl Future<Output = Vec<QueueStats>> + Send;
 
     /// Dead letters kept in the store, oldest first.
     fn dead_letters(

@@ -283,6 +283,7 @@ async fn healthz<B: Broker>(State(state): State<Arc<ApiState<B>>>) -> Response {
         .runtime
         .broker
         .stats()
+        .await
         .into_iter()
         .map(|g| serde_json::json!({"group": g.name, "queued": g.queued, "in_flight": g.in_flight, "capacity": g.capacity}))
         .collect();
@@ -303,7 +304,7 @@ async fn metrics<B: Broker>(
 ) -> Result<Response, ApiError> {
     state.authorize(&headers)?;
     let mut text = state.runtime.metrics.render(
-        &state.runtime.broker.stats(),
+        &state.runtime.broker.stats().await,
         state.runtime.status.generation.load(Ordering::SeqCst),
     );
     {

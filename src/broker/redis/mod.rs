@@ -505,12 +505,12 @@ impl Broker for RedisBroker {
         tap::start(self, pattern, buffer, bytes)
     }
 
-    fn stats(&self) -> Vec<GroupStats> {
-        stats::groups(self)
+    async fn stats(&self) -> Vec<GroupStats> {
+        stats::groups(self).await
     }
 
-    fn scheduled(&self) -> usize {
-        stats::scheduled(self)
+    async fn scheduled(&self) -> usize {
+        stats::scheduled(self).await
     }
 
     async fn declare_queue(&self, spec: &QueueSpec) -> Result<(), BrokerError> {
@@ -540,8 +540,8 @@ impl Broker for RedisBroker {
         queues::consumers(self, queue, n)
     }
 
-    fn queue_stats(&self) -> Vec<QueueStats> {
-        stats::queues(self)
+    async fn queue_stats(&self) -> Vec<QueueStats> {
+        stats::queues(self).await
     }
 
     fn stores(&self) -> Option<Arc<dyn StoreRead>> {
