@@ -242,12 +242,23 @@ mod redis {
             })
             .await;
         crate::declare(&answerer, "answer", &["q"]).await;
-        let waiting = requester.await_reply("r1").expect("redis carries replies");
-        let unrelated = bystander.await_reply("r1").expect("redis carries replies");
+        let waiting = requester
+            .replies()
+            .expect("redis carries replies")
+            .await_reply("r1");
+        let unrelated = bystander
+            .replies()
+            .expect("redis carries replies")
+            .await_reply("r1");
         let mut query = crate::event("q", 1);
-        query
-            .extensions
-            .insert("replyto".into(), requester.reply_address("r1").into());
+        query.extensions.insert(
+            "replyto".into(),
+            requester
+                .replies()
+                .expect("replies")
+                .reply_address("r1")
+                .into(),
+        );
         crate::publish(&requester, query, Backpressure::Reject).await;
         let mut consumer = crate::consumer(&answerer, "answer");
         let delivery = crate::next_delivery(&mut consumer, "the query").await;
@@ -274,7 +285,7 @@ mod redis {
             .expect("the waiter is still there");
         assert_eq!(answer, Ok(serde_json::json!({"found": 1})));
         // The same request id waiting in a third process got nothing.
-        bystander.forget_reply("r1");
+        bystander.replies().expect("replies").forget_reply("r1");
         assert!(unrelated.await.is_err());
     }
 }
@@ -1168,7 +1179,7 @@ async fn commit_applies_store_writes_in_order<B: Broker>(broker: B, _clock: Cloc
     );
 
     // Reads made ahead (Redis) answer exactly as the reads a run makes as it goes.
-    if broker.reads_ahead() {
+    if let Some(reader) = broker.read_ahead() {
         use edaflow::store::{Fetched, StoreWant};
         let get = |store: &str, key: &str| StoreWant::Get {
             store: store.into(),
@@ -1196,10 +1207,10 @@ async fn commit_applies_store_writes_in_order<B: Broker>(broker: B, _clock: Cloc
                 }
             })
             .collect();
-        let fetched = broker.read_ahead(wants).await.expect("read ahead");
+        let fetched = reader.read_ahead(wants).await.expect("read ahead");
         assert_eq!(fetched, expected);
         assert!(matches!(&fetched[1], Fetched::Entries(e) if e.len() == 2));
-        assert!(broker
+        assert!(reader
             .read_ahead(Vec::new())
             .await
             .expect("nothing to read")
@@ -1240,17 +1251,16 @@ async fn a_commit_refused_for_a_delay_makes_nothing_visible<B: Broker>(broker: B
 
 async fn a_committed_reply_reaches_the_waiting_request<B: Broker>(broker: B, _clock: Clock) {
     declare(&broker, "answer", &["q"]).await;
-    let ok = broker
-        .await_reply("ok")
-        .expect("the broker carries replies");
-    let failed = broker.await_reply("failed").expect("replies");
-    let forgotten = broker.await_reply("forgotten").expect("replies");
-    broker.forget_reply("forgotten");
+    let replies = broker.replies().expect("the broker carries replies");
+    let ok = replies.await_reply("ok");
+    let failed = replies.await_reply("failed");
+    let forgotten = replies.await_reply("forgotten");
+    replies.forget_reply("forgotten");
     for (n, id) in [(1, "ok"), (2, "failed")] {
         let mut query = event("q", n);
         query
             .extensions
-            .insert("replyto".into(), broker.reply_address(id).into());
+            .insert("replyto".into(), replies.reply_address(id).into());
         publish(&broker, query, Backpressure::Reject).await;
     }
     let mut answer = consumer(&broker, "answer");

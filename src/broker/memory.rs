@@ -25,8 +25,8 @@ use tokio::time::Instant;
 use crate::broker::memory_queue::WorkQueue;
 use crate::broker::tap::TapFeed;
 use crate::broker::{
-    AcceptObserver, Backpressure, Broker, BrokerError, Consumer, DeadFilter, Delivery, Effects,
-    GroupSpec, GroupStats, QueueSpec, QueueStats, Removed,
+    AcceptFeed, AcceptObserver, Backpressure, Broker, BrokerError, Consumer, DeadFilter, Delivery,
+    Effects, GroupSpec, GroupStats, QueueSpec, QueueStats, Removed, Replies, ReplyResult,
 };
 use crate::event::Event;
 use crate::flow::pattern::TopicPattern;
@@ -91,7 +91,7 @@ struct Inner {
     stores: Arc<MemoryStores>,
     /// Requests waiting for their reply, by request id.
     replies: Mutex<HashMap<String, oneshot::Sender<Result<serde_json::Value, String>>>>,
-    /// Sees every accepted event (`Broker::observe_accepted`); set at most once.
+    /// Sees every accepted event (`AcceptFeed::observe_accepted`); set at most once.
     observer: OnceLock<Arc<dyn AcceptObserver>>,
 }
 
@@ -728,8 +728,8 @@ impl Broker for MemoryBroker {
         Ok(())
     }
 
-    fn observe_accepted(&self, observer: Arc<dyn AcceptObserver>) -> bool {
-        self.inner.observer.set(observer).is_ok()
+    fn accept_feed(&self) -> Option<&dyn AcceptFeed> {
+        Some(self)
     }
 
     fn tap_within(
@@ -841,17 +841,29 @@ impl Broker for MemoryBroker {
         Some(self.inner.stores.clone())
     }
 
-    fn await_reply(
-        &self,
-        id: &str,
-    ) -> Option<oneshot::Receiver<Result<serde_json::Value, String>>> {
+    fn replies(&self) -> Option<&dyn Replies> {
+        Some(self)
+    }
+
+    async fn scheduled(&self) -> usize {
+        MemoryBroker::scheduled(self)
+    }
+}
+
+impl Replies for MemoryBroker {
+    /// The request's id itself: one process holds every waiting request.
+    fn reply_address(&self, id: &str) -> String {
+        id.to_owned()
+    }
+
+    fn await_reply(&self, id: &str) -> oneshot::Receiver<ReplyResult> {
         let (tx, rx) = oneshot::channel();
         self.inner
             .replies
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(id.to_owned(), tx);
-        Some(rx)
+        rx
     }
 
     fn forget_reply(&self, id: &str) {
@@ -861,9 +873,11 @@ impl Broker for MemoryBroker {
             .unwrap_or_else(|e| e.into_inner())
             .remove(id);
     }
+}
 
-    async fn scheduled(&self) -> usize {
-        MemoryBroker::scheduled(self)
+impl AcceptFeed for MemoryBroker {
+    fn observe_accepted(&self, observer: Arc<dyn AcceptObserver>) -> bool {
+        self.inner.observer.set(observer).is_ok()
     }
 }
 
@@ -1107,7 +1121,10 @@ mod tests {
             stores: broker.stores().unwrap(),
             seen: Default::default(),
         });
-        assert!(broker.observe_accepted(observer.clone()));
+        assert!(broker
+            .accept_feed()
+            .expect("the memory broker reports what it accepts")
+            .observe_accepted(observer.clone()));
         let reserved = Event::new("reserved", "test", json!({}));
         broker
             .publish(reserved, Backpressure::Reject)

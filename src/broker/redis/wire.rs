@@ -37,7 +37,7 @@ use super::consumer::{RedisConsumer, Request};
 use super::defaults::{HUB_BUFFER, HUB_REQUESTS, LIST_POLL, RESUBSCRIBE_MAX, RESUBSCRIBE_START};
 use super::failure::unavailable;
 use super::RedisBroker;
-use crate::broker::{BrokerError, Delivery, Effects, WireSpec};
+use crate::broker::{BrokerError, Delivery, Effects, WireFormat, WireSpec};
 use crate::event::{Event, RawPayload};
 use crate::flow::pattern::TopicPattern;
 
@@ -722,5 +722,11 @@ mod tests {
         assert!(incoming("t", "test".into(), within.as_bytes())
             .data
             .is_array());
+    }
+}
+
+impl WireFormat for RedisBroker {
+    fn declare_wire(&self, wire: &WireSpec) {
+        self.inner.wire.set(wire);
     }
 }
