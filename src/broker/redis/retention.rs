@@ -378,6 +378,12 @@ pub(super) async fn run(weak: Weak<Inner>, retention: Arc<Retention>, unread: Op
     }
 }
 
+impl TopicRetention for RedisBroker {
+    fn set_retention(&self, topics: &[(String, Duration)]) {
+        RedisBroker::set_retention(self, topics);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -400,11 +406,5 @@ mod tests {
             pass_interval(&topics(&[86_400_000])),
             Duration::from_secs(60)
         );
-    }
-}
-
-impl TopicRetention for RedisBroker {
-    fn set_retention(&self, topics: &[(String, Duration)]) {
-        RedisBroker::set_retention(self, topics);
     }
 }

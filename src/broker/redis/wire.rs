@@ -590,6 +590,12 @@ impl ListReader {
     }
 }
 
+impl WireFormat for RedisBroker {
+    fn declare_wire(&self, wire: &WireSpec) {
+        self.inner.wire.set(wire);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -722,11 +728,5 @@ mod tests {
         assert!(incoming("t", "test".into(), within.as_bytes())
             .data
             .is_array());
-    }
-}
-
-impl WireFormat for RedisBroker {
-    fn declare_wire(&self, wire: &WireSpec) {
-        self.inner.wire.set(wire);
     }
 }
