@@ -33,6 +33,7 @@ pub use capability::history::SharedHistory;
 pub use capability::read_ahead::StoreReadAhead;
 pub use capability::replies::{Replies, ReplyResult};
 pub use capability::retention::TopicRetention;
+pub use capability::retry::RetryableCommit;
 pub use capability::wire::{WireFormat, WireSpec};
 pub use failure::{FailureKind, ServerFailure};
 pub use memory::{MemoryBroker, MemoryOptions};
@@ -493,24 +494,10 @@ pub trait Broker: Clone + Send + Sync + 'static {
         filter: &DeadFilter,
     ) -> impl Future<Output = Result<Vec<Event>, BrokerError>> + Send;
 
-    /// Whether `commit` can fail for a while and then succeed (a remote broker that is
-    /// unreachable: `BrokerError::is_transient`). The runtime then keeps a copy of the
-    /// effects to retry the commit with; a broker that cannot fail that way gets them
-    /// without a copy (copying every emitted event costs the memory broker a third of its
-    /// throughput).
-    fn commit_may_fail_transiently(&self) -> bool {
-        false
-    }
-
-    /// As `commit`, from borrowed effects: what a caller that may have to retry (see
-    /// `commit_may_fail_transiently`) calls, so that it keeps the effects without a copy.
-    /// The default copies them.
-    fn commit_retryable(
-        &self,
-        delivery: &Delivery,
-        effects: &Effects,
-    ) -> impl Future<Output = Result<(), BrokerError>> + Send {
-        self.commit(delivery.clone(), effects.clone())
+    /// Commits a worker retries while they fail transiently, when this broker's can (see
+    /// `RetryableCommit`).
+    fn retryable_commit(&self) -> Option<&dyn RetryableCommit> {
+        None
     }
 
     /// Checks, within about a second, that the broker answers (`/healthz`). An embedded

@@ -93,7 +93,7 @@ impl<B: Broker> Runtime<B> {
         }
         report.unfinished = self.unfinished().await;
         if report.forced || report.unfinished > 0 {
-            if self.shared.broker.commit_may_fail_transiently() {
+            if self.shared.broker.retryable_commit().is_some() {
                 warn!(
                     in_flight = report.unfinished,
                     "stopped with events unfinished: they stay pending in the broker, and another process (or the next start) takes them after --claim-idle"
@@ -118,7 +118,7 @@ impl<B: Broker> Runtime<B> {
             .iter()
             .map(|g| g.queued + g.in_flight)
             .sum();
-        let queues: usize = if broker.commit_may_fail_transiently() {
+        let queues: usize = if broker.retryable_commit().is_some() {
             0
         } else {
             broker

@@ -256,9 +256,9 @@ impl<B: Broker> SubscriberTask<B> {
         }
         let mut backoff = crate::broker::backoff::BACKOFF_START;
         let broker = &self.shared.broker;
-        let committed = if broker.commit_may_fail_transiently() {
+        let committed = if let Some(retryable) = broker.retryable_commit() {
             loop {
-                match broker.commit_retryable(delivery, &effects).await {
+                match retryable.commit_retryable(delivery, &effects).await {
                     Err(e) if e.is_transient() && !token.is_cancelled() => {
                         let pause = crate::broker::backoff::jittered(&mut backoff);
                         debug!(event = %delivery.event.id, error = %e, retry_in_ms = pause.as_millis() as u64, "commit failed; retrying");

@@ -17,6 +17,7 @@ pub mod history;
 pub mod read_ahead;
 pub mod replies;
 pub mod retention;
+pub mod retry;
 pub mod wire;
 
 use std::future::Future;

@@ -180,7 +180,7 @@ use tracing::{warn, Instrument};
 use crate::broker::{
     Backpressure, Broker, BrokerError, BrokerHealth, BrokerIncidents, DeadFilter, Delivery,
     Effects, GroupSpec, GroupStats, QueueSpec, QueueStats, Removed, Replies, ReplyResult,
-    SharedChains, SharedHistory, StoreReadAhead, TopicRetention, WireFormat,
+    RetryableCommit, SharedChains, SharedHistory, StoreReadAhead, TopicRetention, WireFormat,
 };
 use crate::event::Event;
 use crate::flow::pattern::TopicPattern;
@@ -472,15 +472,7 @@ impl Broker for RedisBroker {
     }
 
     async fn commit(&self, delivery: Delivery, effects: Effects) -> Result<(), BrokerError> {
-        self.commit_retryable(&delivery, &effects).await
-    }
-
-    async fn commit_retryable(
-        &self,
-        delivery: &Delivery,
-        effects: &Effects,
-    ) -> Result<(), BrokerError> {
-        self.guarded("commit", commit::commit(self, delivery, effects))
+        self.guarded("commit", commit::commit(self, &delivery, &effects))
             .await
     }
 
@@ -548,8 +540,8 @@ impl Broker for RedisBroker {
         Some(self.inner.stores.clone())
     }
 
-    fn commit_may_fail_transiently(&self) -> bool {
-        true
+    fn retryable_commit(&self) -> Option<&dyn RetryableCommit> {
+        Some(self)
     }
 
     fn read_ahead(&self) -> Option<&dyn StoreReadAhead> {
@@ -614,5 +606,15 @@ impl Replies for RedisBroker {
 
     fn forget_reply(&self, id: &str) {
         self.inner.waiting.forget(id);
+    }
+}
+
+impl RetryableCommit for RedisBroker {
+    fn commit_retryable<'a>(
+        &'a self,
+        delivery: &'a Delivery,
+        effects: &'a Effects,
+    ) -> crate::broker::capability::BoxFuture<'a, Result<(), BrokerError>> {
+        Box::pin(self.guarded("commit", commit::commit(self, delivery, effects)))
     }
 }
