@@ -174,7 +174,7 @@ mod redis {
                     .expect("an ack, repeated or not, is not an error");
             }
         }
-        assert_eq!(crate::load(&broker, "work"), (0, 0));
+        assert_eq!(crate::load(&broker, "work").await, (0, 0));
         crate::publish(&broker, crate::event("job", 3), Backpressure::Reject).await;
         let third = crate::next_delivery(&mut work, "the third job").await;
         assert_eq!(
@@ -217,7 +217,7 @@ mod redis {
         crate::publish(&broker, crate::event("job", 1), Backpressure::Reject).await;
         let delivery = next.await.expect("the waiting consumer");
         assert_eq!(delivery.event.data, serde_json::json!({"n": 1}));
-        let stats = crate::stats_of(&broker, "work");
+        let stats = crate::stats_of(&broker, "work").await;
         assert_eq!((stats.queued, stats.in_flight), (0, 1), "{stats:?}");
     }
 
@@ -242,12 +242,23 @@ mod redis {
             })
             .await;
         crate::declare(&answerer, "answer", &["q"]).await;
-        let waiting = requester.await_reply("r1").expect("redis carries replies");
-        let unrelated = bystander.await_reply("r1").expect("redis carries replies");
+        let waiting = requester
+            .replies()
+            .expect("redis carries replies")
+            .await_reply("r1");
+        let unrelated = bystander
+            .replies()
+            .expect("redis carries replies")
+            .await_reply("r1");
         let mut query = crate::event("q", 1);
-        query
-            .extensions
-            .insert("replyto".into(), requester.reply_address("r1").into());
+        query.extensions.insert(
+            "replyto".into(),
+            requester
+                .replies()
+                .expect("replies")
+                .reply_address("r1")
+                .into(),
+        );
         crate::publish(&requester, query, Backpressure::Reject).await;
         let mut consumer = crate::consumer(&answerer, "answer");
         let delivery = crate::next_delivery(&mut consumer, "the query").await;
@@ -274,7 +285,7 @@ mod redis {
             .expect("the waiter is still there");
         assert_eq!(answer, Ok(serde_json::json!({"found": 1})));
         // The same request id waiting in a third process got nothing.
-        bystander.forget_reply("r1");
+        bystander.replies().expect("replies").forget_reply("r1");
         assert!(unrelated.await.is_err());
     }
 }
@@ -366,8 +377,8 @@ async fn ack<B: Broker>(broker: &B, delivery: Delivery) {
         .expect("commit without effects");
 }
 
-fn stats_of<B: Broker>(broker: &B, group: &str) -> GroupStats {
-    let all = broker.stats();
+async fn stats_of<B: Broker>(broker: &B, group: &str) -> GroupStats {
+    let all = broker.stats().await;
     all.iter()
         .find(|g| g.name == group)
         .cloned()
@@ -375,8 +386,8 @@ fn stats_of<B: Broker>(broker: &B, group: &str) -> GroupStats {
 }
 
 /// (queued, in flight) of a group.
-fn load<B: Broker>(broker: &B, group: &str) -> (usize, usize) {
-    let stats = stats_of(broker, group);
+async fn load<B: Broker>(broker: &B, group: &str) -> (usize, usize) {
+    let stats = stats_of(broker, group).await;
     (stats.queued, stats.in_flight)
 }
 
@@ -384,14 +395,18 @@ fn load<B: Broker>(broker: &B, group: &str) -> (usize, usize) {
 /// topics in delivery order; the group is empty afterwards.
 async fn drain<B: Broker>(broker: &B, group: &str) -> Vec<String> {
     let mut consumer = consumer(broker, group);
-    let waiting = stats_of(broker, group).queued;
+    let waiting = stats_of(broker, group).await.queued;
     let mut topics = Vec::with_capacity(waiting);
     for _ in 0..waiting {
         let delivery = next_delivery(&mut consumer, group).await;
         topics.push(delivery.event.topic.clone());
         ack(broker, delivery).await;
     }
-    assert_eq!(load(broker, group), (0, 0), "`{group}` after draining it");
+    assert_eq!(
+        load(broker, group).await,
+        (0, 0),
+        "`{group}` after draining it"
+    );
     topics
 }
 
@@ -408,7 +423,11 @@ async fn publish_fans_out_to_every_matching_group<B: Broker>(broker: B, _clock: 
     let id = publish(&broker, sent.clone(), Backpressure::Reject).await;
 
     for group in ["inventory", "billing", "audit"] {
-        assert_eq!(load(&broker, group), (1, 0), "`{group}` holds one copy");
+        assert_eq!(
+            load(&broker, group).await,
+            (1, 0),
+            "`{group}` holds one copy"
+        );
         let mut consumer = consumer(&broker, group);
         let delivery = next_delivery(&mut consumer, group).await;
         assert_eq!(delivery.event.id, id, "`{group}` got the published event");
@@ -417,14 +436,14 @@ async fn publish_fans_out_to_every_matching_group<B: Broker>(broker: B, _clock: 
         assert_eq!(delivery.redeliveries, 0);
         ack(&broker, delivery).await;
         assert_eq!(
-            load(&broker, group),
+            load(&broker, group).await,
             (0, 0),
             "`{group}` got exactly one copy"
         );
     }
 
     // `shipping` does not match: the first thing it ever receives is a later event.
-    assert_eq!(load(&broker, "shipping"), (0, 0));
+    assert_eq!(load(&broker, "shipping").await, (0, 0));
     let marker = publish(&broker, event("paymentCharged", 2), Backpressure::Reject).await;
     let mut shipping = consumer(&broker, "shipping");
     let first = next_delivery(&mut shipping, "shipping").await;
@@ -448,7 +467,7 @@ async fn consumers_of_one_group_compete<B: Broker>(broker: B, _clock: Clock) {
     let a = next_delivery(&mut first, "first consumer").await;
     let b = next_delivery(&mut second, "second consumer").await;
     assert_ne!(a.event.id, b.event.id, "two consumers got the same event");
-    assert_eq!(load(&broker, "workers"), (EVENTS as usize - 2, 2));
+    assert_eq!(load(&broker, "workers").await, (EVENTS as usize - 2, 2));
     let mut seen = vec![a.event.id.clone(), b.event.id.clone()];
     ack(&broker, a).await;
     ack(&broker, b).await;
@@ -550,12 +569,12 @@ async fn events_published_before_a_group_exists_are_not_delivered<B: Broker>(
     publish(&broker, event("orderCreated", 2), Backpressure::Wait).await;
 
     declare(&broker, "late", &["orderCreated"]).await;
-    assert_eq!(load(&broker, "late"), (0, 0));
+    assert_eq!(load(&broker, "late").await, (0, 0));
     let after = publish(&broker, event("orderCreated", 3), Backpressure::Reject).await;
     let mut late = consumer(&broker, "late");
     let first = next_delivery(&mut late, "late").await;
     assert_eq!(first.event.id, after, "the late group saw an earlier event");
-    assert_eq!(load(&broker, "late"), (0, 1));
+    assert_eq!(load(&broker, "late").await, (0, 1));
 }
 
 async fn redeclaring_a_group_changes_its_patterns<B: Broker>(broker: B, _clock: Clock) {
@@ -563,7 +582,7 @@ async fn redeclaring_a_group_changes_its_patterns<B: Broker>(broker: B, _clock: 
     publish(&broker, event("before", 1), Backpressure::Reject).await;
     declare(&broker, "g", &["after"]).await;
     assert_eq!(
-        load(&broker, "g"),
+        load(&broker, "g").await,
         (1, 0),
         "redeclaring keeps what already waits"
     );
@@ -583,9 +602,13 @@ async fn nack_returns_the_event_for_redelivery<B: Broker>(broker: B, _clock: Clo
         (delivery.event.id.as_str(), delivery.redeliveries),
         (id.as_str(), 0)
     );
-    assert_eq!(load(&broker, "g"), (0, 1));
+    assert_eq!(load(&broker, "g").await, (0, 1));
     broker.nack(delivery).await.expect("nack");
-    assert_eq!(load(&broker, "g"), (1, 0), "a nacked event waits again");
+    assert_eq!(
+        load(&broker, "g").await,
+        (1, 0),
+        "a nacked event waits again"
+    );
 
     // Any consumer of the group may get it back.
     let again = next_delivery(&mut second, "redelivery").await;
@@ -600,7 +623,7 @@ async fn nack_returns_the_event_for_redelivery<B: Broker>(broker: B, _clock: Clo
         (id.as_str(), 2)
     );
     ack(&broker, third).await;
-    assert_eq!(load(&broker, "g"), (0, 0));
+    assert_eq!(load(&broker, "g").await, (0, 0));
 }
 
 async fn commit_publishes_the_effects_then_acks<B: Broker>(broker: B, _clock: Clock) {
@@ -615,7 +638,7 @@ async fn commit_publishes_the_effects_then_acks<B: Broker>(broker: B, _clock: Cl
         .caused("inventoryReserved", SOURCE, json!({ "reserved": true }));
     let child_id = child.id.clone();
     assert_eq!(
-        load(&broker, "charge"),
+        load(&broker, "charge").await,
         (0, 0),
         "effects wait for the commit"
     );
@@ -630,7 +653,7 @@ async fn commit_publishes_the_effects_then_acks<B: Broker>(broker: B, _clock: Cl
         .await
         .expect("commit");
     assert_eq!(
-        load(&broker, "reserve"),
+        load(&broker, "reserve").await,
         (0, 0),
         "the commit acked the delivery"
     );
@@ -666,10 +689,10 @@ async fn commit_publishes_deferred_effects_after_their_delay<B: Broker>(broker: 
         )
         .await
         .expect("commit");
-    assert_eq!(load(&broker, "reserve"), (0, 0), "acked at once");
-    assert_eq!(broker.scheduled(), 1);
+    assert_eq!(load(&broker, "reserve").await, (0, 0), "acked at once");
+    assert_eq!(broker.scheduled().await, 1);
     assert_eq!(
-        load(&broker, "remind"),
+        load(&broker, "remind").await,
         (0, 0),
         "not published before its delay"
     );
@@ -678,11 +701,11 @@ async fn commit_publishes_deferred_effects_after_their_delay<B: Broker>(broker: 
     clock.advance(delay - early).await;
     tokio::task::yield_now().await;
     assert_eq!(
-        load(&broker, "remind"),
+        load(&broker, "remind").await,
         (0, 0),
         "{early:?} early: still waiting"
     );
-    assert_eq!(broker.scheduled(), 1);
+    assert_eq!(broker.scheduled().await, 1);
 
     if clock.is_paused() {
         clock.advance(early).await;
@@ -695,7 +718,7 @@ async fn commit_publishes_deferred_effects_after_their_delay<B: Broker>(broker: 
         took >= delay && took <= delay + clock.late(Duration::from_millis(5)),
         "published after {took:?}, expected {delay:?}"
     );
-    assert_eq!(broker.scheduled(), 0);
+    assert_eq!(broker.scheduled().await, 0);
 }
 
 async fn publish_later_waits_for_its_delay<B: Broker>(broker: B, _clock: Clock) {
@@ -713,8 +736,8 @@ async fn publish_later_waits_for_its_delay<B: Broker>(broker: B, _clock: Clock) 
         .publish_later(soon, Duration::from_millis(100))
         .await
         .expect("publish_later");
-    assert_eq!(broker.scheduled(), 2);
-    assert_eq!(load(&broker, "g"), (0, 0));
+    assert_eq!(broker.scheduled().await, 2);
+    assert_eq!(load(&broker, "g").await, (0, 0));
 
     let mut g = consumer(&broker, "g");
     let first = next_delivery(&mut g, "the 100 ms event").await;
@@ -723,7 +746,7 @@ async fn publish_later_waits_for_its_delay<B: Broker>(broker: B, _clock: Clock) 
     let second = next_delivery(&mut g, "the 250 ms event").await;
     assert_eq!(second.event.id, late_id);
     assert!(start.elapsed() >= Duration::from_millis(250));
-    assert_eq!(broker.scheduled(), 0);
+    assert_eq!(broker.scheduled().await, 0);
 
     // A zero delay publishes at once.
     let now = event("tick", 3);
@@ -745,7 +768,7 @@ async fn reject_fails_with_full_when_a_buffer_is_full<B: Broker>(broker: B, _clo
         other => panic!("expected Full from a full buffer, got {other:?}"),
     }
     assert_eq!(
-        load(&broker, "slow"),
+        load(&broker, "slow").await,
         (2, 0),
         "the refused event was not queued"
     );
@@ -769,11 +792,11 @@ async fn a_rejected_publish_reaches_no_group<B: Broker>(broker: B, _clock: Clock
         other => panic!("expected Full, got {other:?}"),
     }
     assert_eq!(
-        load(&broker, "fast"),
+        load(&broker, "fast").await,
         (0, 0),
         "a refused event must not reach the groups that had room"
     );
-    assert_eq!(load(&broker, "slow"), (1, 0));
+    assert_eq!(load(&broker, "slow").await, (1, 0));
 }
 
 async fn a_rejected_publish_is_not_tapped<B: Broker>(broker: B, _clock: Clock) {
@@ -823,7 +846,7 @@ async fn wait_blocks_until_a_consumer_takes_an_item<B: Broker>(broker: B, clock:
             .is_err(),
         "Wait returned while the buffer was full"
     );
-    assert_eq!(load(&broker, "g"), (1, 0));
+    assert_eq!(load(&broker, "g").await, (1, 0));
 
     let mut g = consumer(&broker, "g");
     let taken = next_delivery(&mut g, "first").await;
@@ -833,7 +856,7 @@ async fn wait_blocks_until_a_consumer_takes_an_item<B: Broker>(broker: B, clock:
         .expect("the publisher is released once a consumer takes an item")
         .expect("publisher task")
         .expect("publish");
-    assert_eq!(load(&broker, "g"), (1, 1));
+    assert_eq!(load(&broker, "g").await, (1, 1));
     ack(&broker, taken).await;
     assert_eq!(next_delivery(&mut g, "second").await.event.id, second_id);
 }
@@ -846,7 +869,7 @@ async fn removed_groups_stop_receiving_and_their_consumers_fail<B: Broker>(
     declare(&broker, "other", &["job"]).await;
     let mut held = consumer(&broker, "g");
     publish(&broker, event("job", 1), Backpressure::Reject).await;
-    assert_eq!(load(&broker, "g"), (1, 0));
+    assert_eq!(load(&broker, "g").await, (1, 0));
 
     let removed = broker.remove_group("g", None).await.expect("remove");
     assert_eq!(
@@ -858,9 +881,9 @@ async fn removed_groups_stop_receiving_and_their_consumers_fail<B: Broker>(
         "what waited is dropped, and counted"
     );
     assert!(
-        broker.stats().iter().all(|s| s.name != "g"),
+        broker.stats().await.iter().all(|s| s.name != "g"),
         "a removed group is not in stats: {:?}",
-        broker.stats()
+        broker.stats().await
     );
     match tokio::time::timeout(PATIENCE, held.next()).await {
         Ok(Err(BrokerError::UnknownGroup { group })) => assert_eq!(group, "g"),
@@ -875,10 +898,10 @@ async fn removed_groups_stop_receiving_and_their_consumers_fail<B: Broker>(
 
     // Publishing goes on for the others; nothing is kept for the removed group.
     publish(&broker, event("job", 2), Backpressure::Reject).await;
-    assert_eq!(load(&broker, "other"), (2, 0));
+    assert_eq!(load(&broker, "other").await, (2, 0));
     declare(&broker, "g", &["job"]).await;
     assert_eq!(
-        load(&broker, "g"),
+        load(&broker, "g").await,
         (0, 0),
         "a re-declared group starts empty"
     );
@@ -902,9 +925,9 @@ async fn removing_a_group_hands_its_events_to_a_successor<B: Broker>(broker: B, 
             dropped: 0
         }
     );
-    assert!(broker.stats().iter().all(|s| s.name != "old"));
+    assert!(broker.stats().await.iter().all(|s| s.name != "old"));
     assert_eq!(
-        load(&broker, "new"),
+        load(&broker, "new").await,
         (3, 0),
         "the successor inherits the waiting events"
     );
@@ -940,7 +963,7 @@ async fn a_successor_does_not_inherit_what_it_already_has<B: Broker>(broker: B, 
 
     let mut new = consumer(&broker, "new");
     let mut got = Vec::new();
-    for _ in 0..stats_of(&broker, "new").queued {
+    for _ in 0..stats_of(&broker, "new").await.queued {
         let delivery = next_delivery(&mut new, "new").await;
         got.push(delivery.event.id.clone());
         ack(&broker, delivery).await;
@@ -1028,12 +1051,12 @@ async fn tap_sees_matching_events<B: Broker>(broker: B, _clock: Clock) {
         "the tap saw a topic outside its pattern"
     );
     // Tapping does not consume: the group still has its event.
-    assert_eq!(load(&broker, "g"), (1, 0));
+    assert_eq!(load(&broker, "g").await, (1, 0));
 
     // A dropped tap does not get in the way of publishing.
     drop(tap);
     publish(&broker, event("orders.created", 5), Backpressure::Reject).await;
-    assert_eq!(load(&broker, "g"), (2, 0));
+    assert_eq!(load(&broker, "g").await, (2, 0));
 }
 
 async fn tap_is_lossy_and_never_blocks_publishers<B: Broker>(broker: B, clock: Clock) {
@@ -1065,23 +1088,23 @@ async fn stats_report_queued_and_in_flight<B: Broker>(broker: B, _clock: Clock) 
     // Capacity 8.
     declare(&broker, "a", &["job"]).await;
     declare(&broker, "b", &["other"]).await;
-    let fresh = stats_of(&broker, "a");
+    let fresh = stats_of(&broker, "a").await;
     assert_eq!((fresh.queued, fresh.in_flight, fresh.capacity), (0, 0, 8));
 
     for n in 0..3 {
         publish(&broker, event("job", n), Backpressure::Reject).await;
     }
-    assert_eq!(load(&broker, "a"), (3, 0));
-    assert_eq!(load(&broker, "b"), (0, 0));
+    assert_eq!(load(&broker, "a").await, (3, 0));
+    assert_eq!(load(&broker, "b").await, (0, 0));
 
     let mut a = consumer(&broker, "a");
     let one = next_delivery(&mut a, "one").await;
     let two = next_delivery(&mut a, "two").await;
-    assert_eq!(load(&broker, "a"), (1, 2));
+    assert_eq!(load(&broker, "a").await, (1, 2));
     ack(&broker, one).await;
-    assert_eq!(load(&broker, "a"), (1, 1));
+    assert_eq!(load(&broker, "a").await, (1, 1));
     broker.nack(two).await.expect("nack");
-    assert_eq!(load(&broker, "a"), (2, 0));
+    assert_eq!(load(&broker, "a").await, (2, 0));
 }
 
 fn write(store: &str, key: &str, op: StoreOp) -> StoreWrite {
@@ -1156,7 +1179,7 @@ async fn commit_applies_store_writes_in_order<B: Broker>(broker: B, _clock: Cloc
     );
 
     // Reads made ahead (Redis) answer exactly as the reads a run makes as it goes.
-    if broker.reads_ahead() {
+    if let Some(reader) = broker.read_ahead() {
         use edaflow::store::{Fetched, StoreWant};
         let get = |store: &str, key: &str| StoreWant::Get {
             store: store.into(),
@@ -1184,10 +1207,10 @@ async fn commit_applies_store_writes_in_order<B: Broker>(broker: B, _clock: Cloc
                 }
             })
             .collect();
-        let fetched = broker.read_ahead(wants).await.expect("read ahead");
+        let fetched = reader.read_ahead(wants).await.expect("read ahead");
         assert_eq!(fetched, expected);
         assert!(matches!(&fetched[1], Fetched::Entries(e) if e.len() == 2));
-        assert!(broker
+        assert!(reader
             .read_ahead(Vec::new())
             .await
             .expect("nothing to read")
@@ -1219,26 +1242,25 @@ async fn a_commit_refused_for_a_delay_makes_nothing_visible<B: Broker>(broker: B
         "{refused:?}"
     );
     assert_eq!(
-        load(&broker, "after"),
+        load(&broker, "after").await,
         (0, 0),
         "nothing of a refused commit is published"
     );
-    assert_eq!(broker.scheduled(), 0, "nor scheduled");
+    assert_eq!(broker.scheduled().await, 0, "nor scheduled");
 }
 
 async fn a_committed_reply_reaches_the_waiting_request<B: Broker>(broker: B, _clock: Clock) {
     declare(&broker, "answer", &["q"]).await;
-    let ok = broker
-        .await_reply("ok")
-        .expect("the broker carries replies");
-    let failed = broker.await_reply("failed").expect("replies");
-    let forgotten = broker.await_reply("forgotten").expect("replies");
-    broker.forget_reply("forgotten");
+    let replies = broker.replies().expect("the broker carries replies");
+    let ok = replies.await_reply("ok");
+    let failed = replies.await_reply("failed");
+    let forgotten = replies.await_reply("forgotten");
+    replies.forget_reply("forgotten");
     for (n, id) in [(1, "ok"), (2, "failed")] {
         let mut query = event("q", n);
         query
             .extensions
-            .insert("replyto".into(), broker.reply_address(id).into());
+            .insert("replyto".into(), replies.reply_address(id).into());
         publish(&broker, query, Backpressure::Reject).await;
     }
     let mut answer = consumer(&broker, "answer");

@@ -57,9 +57,10 @@ async fn enqueue<B: Broker>(broker: &B, queue: &str, n: i64, delay_ms: u64) -> E
     event
 }
 
-fn stats_of<B: Broker>(broker: &B, queue: &str) -> edaflow::broker::QueueStats {
+async fn stats_of<B: Broker>(broker: &B, queue: &str) -> edaflow::broker::QueueStats {
     broker
         .queue_stats()
+        .await
         .into_iter()
         .find(|s| s.name == queue)
         .unwrap_or_else(|| panic!("no stats for queue `{queue}`"))
@@ -224,7 +225,7 @@ pub async fn competing_consumers_share_items_once<B: Broker>(broker: B, clock: C
             "consumer {worker} got nothing: {seen:?}"
         );
     }
-    let stats = stats_of(&broker, "tasks");
+    let stats = stats_of(&broker, "tasks").await;
     assert_eq!((stats.depth, stats.in_flight), (0, 0), "{stats:?}");
 }
 
@@ -243,7 +244,7 @@ pub async fn capacity_refuses_and_frees_up<B: Broker>(broker: B, clock: Clock) {
         }
         other => panic!("expected QueueFull, got {other:?}"),
     }
-    let stats = stats_of(&broker, "tasks");
+    let stats = stats_of(&broker, "tasks").await;
     assert_eq!(stats.depth, 2, "{stats:?}");
     assert_eq!(stats.capacity, Some(2), "{stats:?}");
 
@@ -280,10 +281,10 @@ pub async fn nack_redelivers_first<B: Broker>(broker: B, _clock: Clock) {
     let mut consumer = broker.queue_consumer("tasks").expect("a consumer");
     let first = take_now(&mut consumer).await.expect("item 1");
     assert_eq!((n_of(&first), first.redeliveries), (1, 0));
-    assert_eq!(stats_of(&broker, "tasks").in_flight, 1);
+    assert_eq!(stats_of(&broker, "tasks").await.in_flight, 1);
     let id = first.event.id.clone();
     broker.nack(first).await.expect("nack");
-    let stats = stats_of(&broker, "tasks");
+    let stats = stats_of(&broker, "tasks").await;
     assert_eq!((stats.depth, stats.in_flight), (2, 0), "{stats:?}");
 
     let again = take_now(&mut consumer).await.expect("item 1 again");
@@ -331,20 +332,20 @@ pub async fn commit_enqueues_then_acks<B: Broker>(broker: B, clock: Clock) {
     };
     // Before the commit: the delivery is in flight and nothing is visible downstream.
     clock.advance(clock.d(Duration::from_secs(1))).await;
-    let inbox_stats = stats_of(&broker, "inbox");
+    let inbox_stats = stats_of(&broker, "inbox").await;
     assert_eq!(
         (inbox_stats.depth, inbox_stats.in_flight),
         (0, 1),
         "{inbox_stats:?}"
     );
-    assert_eq!(stats_of(&broker, "later").depth, 0);
+    assert_eq!(stats_of(&broker, "later").await.depth, 0);
     assert!(take_now(&mut later).await.is_none());
     assert!(tap.try_recv().is_err(), "a tap saw an uncommitted item");
 
     broker.commit(delivery, effects).await.expect("commit");
-    let inbox_stats = stats_of(&broker, "inbox");
+    let inbox_stats = stats_of(&broker, "inbox").await;
     assert_eq!(inbox_stats.in_flight, 0, "acked by the commit");
-    let later_stats = stats_of(&broker, "later");
+    let later_stats = stats_of(&broker, "later").await;
     assert_eq!((later_stats.depth, later_stats.due_now), (2, 1));
     // Delays count from the commit, not from when the effects were built.
     clock.assert_remaining(later_stats.next_due_ms, 2000, "next due");
@@ -383,7 +384,7 @@ pub async fn commit_past_capacity_makes_nothing_visible<B: Broker>(broker: B, _c
         "{result:?}"
     );
     assert_eq!(
-        stats_of(&broker, "small").depth,
+        stats_of(&broker, "small").await.depth,
         0,
         "a failed commit left part of its effects visible"
     );
@@ -437,7 +438,7 @@ pub async fn dead_letters_are_published_stored_and_taken_by_filter<B: Broker>(
         "listed oldest first"
     );
     assert_eq!(all[0], letters[0], "stored as committed");
-    assert_eq!(stats_of(&broker, "tasks").in_flight, 0);
+    assert_eq!(stats_of(&broker, "tasks").await.in_flight, 0);
 
     let from_tasks = DeadFilter {
         origin: Some(pattern("tasks")),
@@ -517,7 +518,7 @@ pub async fn dead_letters_are_published_stored_and_taken_by_filter<B: Broker>(
 pub async fn queue_stats_report_depth_due_and_in_flight<B: Broker>(broker: B, clock: Clock) {
     declare(&broker, "tasks", Some(10)).await;
     declare(&broker, "empty", None).await;
-    let empty = stats_of(&broker, "empty");
+    let empty = stats_of(&broker, "empty").await;
     assert_eq!(
         (
             empty.depth,
@@ -533,7 +534,7 @@ pub async fn queue_stats_report_depth_due_and_in_flight<B: Broker>(broker: B, cl
     enqueue(&broker, "tasks", 2, 0).await;
     enqueue(&broker, "tasks", 3, clock.ms(5000)).await;
     enqueue(&broker, "tasks", 4, clock.ms(8000)).await;
-    let stats = stats_of(&broker, "tasks");
+    let stats = stats_of(&broker, "tasks").await;
     assert_eq!(stats.name, "tasks");
     assert_eq!(
         (
@@ -550,7 +551,7 @@ pub async fn queue_stats_report_depth_due_and_in_flight<B: Broker>(broker: B, cl
     let mut consumer = broker.queue_consumer("tasks").expect("a consumer");
     let taken = take_now(&mut consumer).await.expect("item 1");
     clock.advance(clock.d(Duration::from_millis(2000))).await;
-    let stats = stats_of(&broker, "tasks");
+    let stats = stats_of(&broker, "tasks").await;
     assert_eq!(
         (stats.depth, stats.due_now, stats.in_flight),
         (3, 1, 1),
@@ -568,14 +569,19 @@ pub async fn queue_stats_report_depth_due_and_in_flight<B: Broker>(broker: B, cl
                 + clock.late(Duration::ZERO).min(Duration::from_millis(5)),
         )
         .await;
-    let stats = stats_of(&broker, "tasks");
+    let stats = stats_of(&broker, "tasks").await;
     assert_eq!(
         (stats.depth, stats.due_now, stats.in_flight),
         (3, 2, 0),
         "{stats:?}"
     );
     clock.assert_remaining(stats.next_due_ms, 3000, "next due after 5s");
-    let names: Vec<String> = broker.queue_stats().into_iter().map(|s| s.name).collect();
+    let names: Vec<String> = broker
+        .queue_stats()
+        .await
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
     assert_eq!(names, vec!["empty".to_owned(), "tasks".to_owned()]);
 }
 
@@ -622,13 +628,13 @@ pub async fn unknown_and_removed_queues_are_errors<B: Broker>(broker: B, _clock:
         waiting.try_next().await,
         Err(BrokerError::UnknownQueue { .. })
     ));
-    assert!(broker.queue_stats().iter().all(|s| s.name != "tasks"));
+    assert!(broker.queue_stats().await.iter().all(|s| s.name != "tasks"));
     // Settling a delivery of a removed queue is harmless.
     let _ = broker.nack(delivery).await;
 
     // Declaring it again starts empty.
     declare(&broker, "tasks", None).await;
-    let stats = stats_of(&broker, "tasks");
+    let stats = stats_of(&broker, "tasks").await;
     assert_eq!((stats.depth, stats.in_flight), (0, 0), "{stats:?}");
 }
 
@@ -652,8 +658,8 @@ pub async fn removing_a_queue_hands_its_items_to_a_successor<B: Broker>(broker: 
             dropped: 0
         }
     );
-    assert!(broker.queue_stats().iter().all(|s| s.name != "old"));
-    assert_eq!(stats_of(&broker, "new").depth, 3);
+    assert!(broker.queue_stats().await.iter().all(|s| s.name != "old"));
+    assert_eq!(stats_of(&broker, "new").await.depth, 3);
     let mut consumer = broker.queue_consumer("new").expect("a consumer");
     for (n, due) in [(1, 0), (3, 1000), (2, 2000)] {
         let delivery = consumer.next().await.expect("a delivery");
@@ -684,7 +690,7 @@ pub async fn redeclaring_keeps_items_and_updates_capacity<B: Broker>(broker: B, 
     enqueue(&broker, "tasks", 1, 0).await;
     enqueue(&broker, "tasks", 2, 0).await;
     declare(&broker, "tasks", Some(2)).await;
-    let stats = stats_of(&broker, "tasks");
+    let stats = stats_of(&broker, "tasks").await;
     assert_eq!((stats.depth, stats.capacity), (2, Some(2)));
     let refused = broker
         .enqueue("tasks", item("tasks", 3), Duration::ZERO)

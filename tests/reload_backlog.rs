@@ -24,7 +24,7 @@ use edaflow::runtime::reload::{ReloadCause, ReloadReport, ReloadRequest, Reloade
 use edaflow::runtime::{Backlog, ReloadOutcome, RuntimeOptions};
 
 use common::runtime::{self, start_reloader, tap};
-use common::{wait_for, FlowDir};
+use common::FlowDir;
 
 const WITHIN: Duration = Duration::from_secs(15);
 const SOURCE: &str = "edaflow://reload/backlog";
@@ -113,17 +113,19 @@ async fn publish<B: Broker>(broker: &B, topic: &str, n: u64) {
     runtime::publish(broker, topic, SOURCE, json!({ "n": n })).await;
 }
 
-fn waiting_in_group<B: Broker>(broker: &B, group: &str) -> (usize, usize) {
+async fn waiting_in_group<B: Broker>(broker: &B, group: &str) -> (usize, usize) {
     broker
         .stats()
+        .await
         .into_iter()
         .find(|s| s.name == group)
         .map_or((0, 0), |s| (s.queued, s.in_flight))
 }
 
-fn queue_depth<B: Broker>(broker: &B, queue: &str) -> Option<usize> {
+async fn queue_depth<B: Broker>(broker: &B, queue: &str) -> Option<usize> {
     broker
         .queue_stats()
+        .await
         .into_iter()
         .find(|s| s.name == queue)
         .map(|s| s.depth)
@@ -144,11 +146,19 @@ async fn pile_up_on_a<B: Broker>(broker: &B) {
     for n in 1..=3 {
         publish(broker, "work", n).await;
     }
-    wait_for("a backlog of three on `a`", WITHIN, || {
-        let (queued, in_flight) = waiting_in_group(broker, "a");
-        in_flight >= 1 && queued + in_flight == 3
-    })
-    .await;
+    // `wait_for` takes a synchronous check; broker stats are read asynchronously.
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    loop {
+        let (queued, in_flight) = waiting_in_group(broker, "a").await;
+        if in_flight >= 1 && queued + in_flight == 3 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {WITHIN:?} waiting for a backlog of three on `a`"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
 }
 
 async fn the_ns_done(taps: &mut mpsc::Receiver<Arc<Event>>, count: usize) -> Vec<u64> {
@@ -179,7 +189,7 @@ async fn a_renamed_subscriber_keeps_its_backlog<B: Broker>(broker: B) {
         "{outcome:#?}"
     );
     assert_eq!(the_ns_done(&mut done, 3).await, [1, 2, 3]);
-    assert!(broker.stats().iter().all(|s| s.name != "a"));
+    assert!(broker.stats().await.iter().all(|s| s.name != "a"));
     reloader
         .into_runtime()
         .shutdown(Duration::from_secs(2))
@@ -211,10 +221,14 @@ async fn a_renamed_queue_keeps_its_items<B: Broker>(broker: B) {
     let (mut reloader, _) = start_reloader(broker.clone(), RuntimeOptions::default(), paths).await;
     publish(&broker, "in", 1).await;
     publish(&broker, "in", 2).await;
-    wait_for("two items in `later`", WITHIN, || {
-        queue_depth(&broker, "later") == Some(2)
-    })
-    .await;
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    while queue_depth(&broker, "later").await != Some(2) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {WITHIN:?} waiting for two items in `later`"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
 
     dir.write("flow.toml", QUEUE_RENAMED);
     let outcome = reload(&mut reloader).await;
@@ -223,9 +237,10 @@ async fn a_renamed_queue_keeps_its_items<B: Broker>(broker: B) {
         [backlog("queues.later", Some("queues.soon"), 2, 0)],
         "{outcome:#?}"
     );
-    assert_eq!(queue_depth(&broker, "later"), None);
+    assert_eq!(queue_depth(&broker, "later").await, None);
     let soon = broker
         .queue_stats()
+        .await
         .into_iter()
         .find(|s| s.name == "soon")
         .expect("the renamed queue");

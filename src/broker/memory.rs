@@ -25,11 +25,11 @@ use tokio::time::Instant;
 use crate::broker::memory_queue::WorkQueue;
 use crate::broker::tap::TapFeed;
 use crate::broker::{
-    AcceptObserver, Backpressure, Broker, BrokerError, Consumer, DeadFilter, Delivery, Effects,
-    GroupSpec, GroupStats, QueueSpec, QueueStats, Removed,
+    AcceptFeed, AcceptObserver, Backpressure, Broker, BrokerError, Consumer, DeadFilter, Delivery,
+    Effects, GroupSpec, GroupStats, QueueSpec, QueueStats, Removed, Replies, ReplyResult,
 };
 use crate::event::Event;
-use crate::flow::pattern::TopicPattern;
+use crate::pattern::TopicPattern;
 use crate::store::{MemoryStores, StoreRead};
 
 /// Settings of the memory broker.
@@ -91,7 +91,7 @@ struct Inner {
     stores: Arc<MemoryStores>,
     /// Requests waiting for their reply, by request id.
     replies: Mutex<HashMap<String, oneshot::Sender<Result<serde_json::Value, String>>>>,
-    /// Sees every accepted event (`Broker::observe_accepted`); set at most once.
+    /// Sees every accepted event (`AcceptFeed::observe_accepted`); set at most once.
     observer: OnceLock<Arc<dyn AcceptObserver>>,
 }
 
@@ -728,8 +728,8 @@ impl Broker for MemoryBroker {
         Ok(())
     }
 
-    fn observe_accepted(&self, observer: Arc<dyn AcceptObserver>) -> bool {
-        self.inner.observer.set(observer).is_ok()
+    fn accept_feed(&self) -> Option<&dyn AcceptFeed> {
+        Some(self)
     }
 
     fn tap_within(
@@ -745,22 +745,8 @@ impl Broker for MemoryBroker {
         rx
     }
 
-    fn stats(&self) -> Vec<GroupStats> {
-        let mut stats: Vec<GroupStats> = self
-            .groups_read()
-            .values()
-            .map(|g| {
-                let state = g.lock();
-                GroupStats {
-                    name: g.name.to_string(),
-                    queued: state.items.len(),
-                    in_flight: state.in_flight,
-                    capacity: g.capacity,
-                }
-            })
-            .collect();
-        stats.sort_by(|a, b| a.name.cmp(&b.name));
-        stats
+    async fn stats(&self) -> Vec<GroupStats> {
+        MemoryBroker::stats(self)
     }
 
     async fn declare_queue(&self, spec: &QueueSpec) -> Result<(), BrokerError> {
@@ -828,10 +814,8 @@ impl Broker for MemoryBroker {
         Ok(MemoryConsumer(Source::Queue(self.work_queue(queue)?)))
     }
 
-    fn queue_stats(&self) -> Vec<QueueStats> {
-        let mut stats: Vec<QueueStats> = self.queues_read().values().map(|q| q.stats()).collect();
-        stats.sort_by(|a, b| a.name.cmp(&b.name));
-        stats
+    async fn queue_stats(&self) -> Vec<QueueStats> {
+        MemoryBroker::queue_stats(self)
     }
 
     async fn dead_letters(&self, filter: &DeadFilter) -> Result<Vec<Event>, BrokerError> {
@@ -857,17 +841,29 @@ impl Broker for MemoryBroker {
         Some(self.inner.stores.clone())
     }
 
-    fn await_reply(
-        &self,
-        id: &str,
-    ) -> Option<oneshot::Receiver<Result<serde_json::Value, String>>> {
+    fn replies(&self) -> Option<&dyn Replies> {
+        Some(self)
+    }
+
+    async fn scheduled(&self) -> usize {
+        MemoryBroker::scheduled(self)
+    }
+}
+
+impl Replies for MemoryBroker {
+    /// The request's id itself: one process holds every waiting request.
+    fn reply_address(&self, id: &str) -> String {
+        id.to_owned()
+    }
+
+    fn await_reply(&self, id: &str) -> oneshot::Receiver<ReplyResult> {
         let (tx, rx) = oneshot::channel();
         self.inner
             .replies
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(id.to_owned(), tx);
-        Some(rx)
+        rx
     }
 
     fn forget_reply(&self, id: &str) {
@@ -877,13 +873,48 @@ impl Broker for MemoryBroker {
             .unwrap_or_else(|e| e.into_inner())
             .remove(id);
     }
+}
 
-    fn scheduled(&self) -> usize {
-        self.schedule().items.len()
+impl AcceptFeed for MemoryBroker {
+    fn observe_accepted(&self, observer: Arc<dyn AcceptObserver>) -> bool {
+        self.inner.observer.set(observer).is_ok()
     }
 }
 
 impl MemoryBroker {
+    /// The state of every group, read at once: the memory broker answers `Broker::stats`
+    /// without waiting, and tests on it read this snapshot directly.
+    pub fn stats(&self) -> Vec<GroupStats> {
+        let mut stats: Vec<GroupStats> = self
+            .groups_read()
+            .values()
+            .map(|g| {
+                let state = g.lock();
+                GroupStats {
+                    name: g.name.to_string(),
+                    queued: state.items.len(),
+                    in_flight: state.in_flight,
+                    capacity: g.capacity,
+                }
+            })
+            .collect();
+        stats.sort_by(|a, b| a.name.cmp(&b.name));
+        stats
+    }
+
+    /// The state of every queue, read at once (see `stats`).
+    pub fn queue_stats(&self) -> Vec<QueueStats> {
+        let mut stats: Vec<QueueStats> = self.queues_read().values().map(|q| q.stats()).collect();
+        stats.sort_by(|a, b| a.name.cmp(&b.name));
+        stats
+    }
+
+    /// Events scheduled by `publish_later` and not published yet, read at once (see
+    /// `stats`).
+    pub fn scheduled(&self) -> usize {
+        self.schedule().items.len()
+    }
+
     /// Waits until every group that `events` enter has room for all of them (counting
     /// events and bytes), until `deadline` if there is one.
     ///
@@ -1090,7 +1121,10 @@ mod tests {
             stores: broker.stores().unwrap(),
             seen: Default::default(),
         });
-        assert!(broker.observe_accepted(observer.clone()));
+        assert!(broker
+            .accept_feed()
+            .expect("the memory broker reports what it accepts")
+            .observe_accepted(observer.clone()));
         let reserved = Event::new("reserved", "test", json!({}));
         broker
             .publish(reserved, Backpressure::Reject)

@@ -6,22 +6,35 @@
 //! by `nack` (it goes back to the group untouched). The runtime is generic over this
 //! trait and never sees a broker's internals. This module depends only on `event` (and the
 //! pure topic-pattern syntax).
+//!
+//! What only some brokers offer (a shared history, shared chain state, the article's wire
+//! format, retention, read-ahead, replies, a feed of accepted events) is not part of the
+//! core contract: each is a small trait in `capability`, reached through a `Broker`
+//! accessor that answers `None` when the broker does not offer it.
 
 pub(crate) mod backoff;
+pub mod capability;
 mod failure;
 pub mod memory;
 mod memory_queue;
 pub mod redis;
 pub(crate) mod tap;
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::event::Event;
-use crate::flow::pattern::TopicPattern;
+use crate::pattern::TopicPattern;
 
+pub use capability::accept::{AcceptFeed, AcceptObserver};
+pub use capability::chains::{ChainCounts, ChainSpec, ChainStep, ExpiredChain, SharedChains};
+pub use capability::history::SharedHistory;
+pub use capability::read_ahead::StoreReadAhead;
+pub use capability::replies::{Replies, ReplyResult};
+pub use capability::retention::TopicRetention;
+pub use capability::retry::RetryableCommit;
+pub use capability::wire::{WireFormat, WireSpec};
 pub use failure::{FailureKind, ServerFailure};
 pub use memory::{MemoryBroker, MemoryOptions};
 pub use redis::{BrokerUrl, RedisBroker, RedisOptions, RedisUrl, TrimReport};
@@ -283,33 +296,6 @@ pub struct QueueSpec {
     pub poll: Option<Duration>,
 }
 
-/// The article's wire format, for a broker that speaks it (Redis): which topics travel as
-/// plain pub/sub with raw payloads and which queues are plain lists. Built from the flows
-/// on every load and handed to `Broker::declare_wire`.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct WireSpec {
-    /// `[flow] topic_mode = "pubsub"`: every topic not in `streams` is pub/sub.
-    pub pubsub_by_default: bool,
-    /// Topics declared `mode = "pubsub"`.
-    pub pubsub: BTreeSet<String>,
-    /// Topics declared `mode = "stream"` (what stays a stream under a pub/sub default).
-    pub streams: BTreeSet<String>,
-    /// Queue name -> the plain list holding its items (`list = "…"`).
-    pub lists: BTreeMap<String, String>,
-}
-
-impl WireSpec {
-    /// Does `topic` travel as plain pub/sub?
-    pub fn is_pubsub(&self, topic: &str) -> bool {
-        self.pubsub.contains(topic) || (self.pubsub_by_default && !self.streams.contains(topic))
-    }
-
-    /// True when nothing uses the article's wire.
-    pub fn is_empty(&self) -> bool {
-        !self.pubsub_by_default && self.pubsub.is_empty() && self.lists.is_empty()
-    }
-}
-
 /// A point-in-time view of one work queue.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct QueueStats {
@@ -375,14 +361,6 @@ pub struct GroupStats {
     /// Events delivered and not yet settled.
     pub in_flight: usize,
     pub capacity: usize,
-}
-
-/// Sees each event a broker accepts for delivery (see `Broker::observe_accepted`).
-pub trait AcceptObserver: Send + Sync + 'static {
-    /// Called once per accepted event with the broker's own shared copy of it. It may run
-    /// under one of the broker's locks: it must be quick and must not block or call back
-    /// into the broker.
-    fn accepted(&self, event: &Arc<Event>);
 }
 
 /// The broker contract. See the module docs; `tests/broker_contract.rs` holds the tests every
@@ -459,11 +437,13 @@ pub trait Broker: Clone + Send + Sync + 'static {
         bytes: usize,
     ) -> tokio::sync::mpsc::Receiver<Arc<Event>>;
 
-    /// The state of every group.
-    fn stats(&self) -> Vec<GroupStats>;
+    /// The state of every group (empty when it cannot be read: a remote broker that is
+    /// unreachable).
+    fn stats(&self) -> impl Future<Output = Vec<GroupStats>> + Send;
 
-    /// Events scheduled by `publish_later` that have not been published yet.
-    fn scheduled(&self) -> usize;
+    /// Events scheduled by `publish_later` that have not been published yet (0 when it
+    /// cannot be read).
+    fn scheduled(&self) -> impl Future<Output = usize> + Send;
 
     /// Creates a work queue, or updates the settings of an existing one.
     fn declare_queue(
@@ -499,8 +479,8 @@ pub trait Broker: Clone + Send + Sync + 'static {
         (0..n).map(|_| self.queue_consumer(queue)).collect()
     }
 
-    /// The state of every queue.
-    fn queue_stats(&self) -> Vec<QueueStats>;
+    /// The state of every queue (empty when it cannot be read).
+    fn queue_stats(&self) -> impl Future<Output = Vec<QueueStats>> + Send;
 
     /// Dead letters kept in the store, oldest first.
     fn dead_letters(
@@ -514,24 +494,10 @@ pub trait Broker: Clone + Send + Sync + 'static {
         filter: &DeadFilter,
     ) -> impl Future<Output = Result<Vec<Event>, BrokerError>> + Send;
 
-    /// Whether `commit` can fail for a while and then succeed (a remote broker that is
-    /// unreachable: `BrokerError::is_transient`). The runtime then keeps a copy of the
-    /// effects to retry the commit with; a broker that cannot fail that way gets them
-    /// without a copy (copying every emitted event costs the memory broker a third of its
-    /// throughput).
-    fn commit_may_fail_transiently(&self) -> bool {
-        false
-    }
-
-    /// As `commit`, from borrowed effects: what a caller that may have to retry (see
-    /// `commit_may_fail_transiently`) calls, so that it keeps the effects without a copy.
-    /// The default copies them.
-    fn commit_retryable(
-        &self,
-        delivery: &Delivery,
-        effects: &Effects,
-    ) -> impl Future<Output = Result<(), BrokerError>> + Send {
-        self.commit(delivery.clone(), effects.clone())
+    /// Commits a worker retries while they fail transiently, when this broker's can (see
+    /// `RetryableCommit`).
+    fn retryable_commit(&self) -> Option<&dyn RetryableCommit> {
+        None
     }
 
     /// Checks, within about a second, that the broker answers (`/healthz`). An embedded
@@ -546,20 +512,15 @@ pub trait Broker: Clone + Send + Sync + 'static {
         BrokerIncidents::default()
     }
 
-    /// Sets which topics and queues use the article's wire format (before the groups and
-    /// queues of a new flow generation are declared). Returns false when this broker has
-    /// no such wire and ignores the settings (the memory broker: every topic and queue
-    /// behaves the same there).
-    fn declare_wire(&self, wire: &WireSpec) -> bool {
-        let _ = wire;
-        false
+    /// The article's wire format, when this broker can carry it (see `WireFormat`).
+    fn wire(&self) -> Option<&dyn WireFormat> {
+        None
     }
 
-    /// Sets how long each topic's events are kept (`[topics.NAME] retention`), replacing
-    /// what was set before: topics left out are kept for ever. Only the Redis broker keeps
-    /// events after delivery; the memory broker ignores it.
-    fn set_retention(&self, topics: &[(String, Duration)]) {
-        let _ = topics;
+    /// Per-topic retention, when this broker keeps events after delivery (see
+    /// `TopicRetention`).
+    fn retention(&self) -> Option<&dyn TopicRetention> {
+        None
     }
 
     /// The state stores handlers read while they run; `None` when this broker keeps none.
@@ -567,164 +528,35 @@ pub trait Broker: Clone + Send + Sync + 'static {
         None
     }
 
-    /// Whether handler runs read the stores ahead (`read_ahead`) instead of through
-    /// `stores()`: for a broker whose reads cross the network, so that no run waits on
-    /// one while it holds a worker thread (see `crate::store`).
-    fn reads_ahead(&self) -> bool {
-        false
-    }
-
-    /// Makes `wants` in one go; the answers come in the same order.
-    fn read_ahead(
-        &self,
-        wants: Vec<crate::store::StoreWant>,
-    ) -> impl Future<Output = Result<Vec<crate::store::Fetched>, crate::store::StoreError>> + Send
-    {
-        let _ = wants;
-        async {
-            Err(crate::store::StoreError {
-                store: String::new(),
-                reason: "this broker does not read ahead".into(),
-            })
-        }
-    }
-
-    /// The address a request awaited under `id` carries (its `replyto` extension): the
-    /// id itself on one process; on Redis it also names the waiting process.
-    fn reply_address(&self, id: &str) -> String {
-        id.to_owned()
-    }
-
-    /// Starts waiting for the reply to request `id`; `None` when this broker cannot carry
-    /// replies. The receiver resolves when a commit carries
-    /// `Reply { to: reply_address(id), .. }`, from this process or (on Redis) any other.
-    fn await_reply(
-        &self,
-        id: &str,
-    ) -> Option<tokio::sync::oneshot::Receiver<Result<serde_json::Value, String>>> {
-        let _ = id;
+    /// Store reads made ahead of a handler run, when this broker's reads cross the
+    /// network (see `StoreReadAhead`); handlers of other brokers read through `stores()`.
+    fn read_ahead(&self) -> Option<&dyn StoreReadAhead> {
         None
     }
 
-    /// Stops waiting for a reply (the request timed out).
-    fn forget_reply(&self, id: &str) {
-        let _ = id;
+    /// Replies to waiting requests (`POST /query/…`), when this broker carries them (see
+    /// `Replies`).
+    fn replies(&self) -> Option<&dyn Replies> {
+        None
     }
 
-    /// Whether the broker keeps the journey history shared by every process (Redis), so
-    /// that `edaflow trace` sees the events recorded by any of them.
-    fn keeps_history(&self) -> bool {
-        false
+    /// The journey history shared by every process, when this broker keeps one (see
+    /// `SharedHistory`).
+    fn history(&self) -> Option<&dyn SharedHistory> {
+        None
     }
 
-    /// Records history entries: (correlation id, entry JSON), in order. Bounded by the
-    /// broker (journeys kept, entries per journey, age).
-    fn record_history(
-        &self,
-        entries: Vec<(String, String)>,
-    ) -> impl Future<Output = Result<(), BrokerError>> + Send {
-        let _ = entries;
-        async { Ok(()) }
+    /// Chain instances kept in the broker and shared by every process's tracker, when
+    /// this broker keeps them (see `SharedChains`).
+    fn chains(&self) -> Option<&dyn SharedChains> {
+        None
     }
 
-    /// The entries recorded for one journey, in the order they were recorded (`None` when
-    /// the broker keeps no history).
-    fn history(
-        &self,
-        correlation: &str,
-    ) -> impl Future<Output = Result<Option<Vec<String>>, BrokerError>> + Send {
-        let _ = correlation;
-        async { Ok(None) }
+    /// A report of every event this broker accepts for delivery, when it can make one
+    /// (see `AcceptFeed`).
+    fn accept_feed(&self) -> Option<&dyn AcceptFeed> {
+        None
     }
-
-    /// Whether chain instances live in the broker, shared by every process's tracker
-    /// (Redis), rather than in each tracker's memory (the default: one process sees every
-    /// step). When true, trackers call the three methods below instead of keeping state.
-    fn tracks_chains(&self) -> bool {
-        false
-    }
-
-    /// Reports every event this broker accepts for delivery to `observer`, once each and
-    /// before any consumer can take it (a journey's events reach the observer in the order
-    /// they happened): events published, published by a commit (emits, dead letters), and
-    /// delayed ones when they fall due. Redeliveries, and items entering work queues, are
-    /// not reported. A broker takes one observer; returns false when it takes none (this
-    /// one is refused, or the broker cannot report). Runtimes ask a broker that does not
-    /// track chains (`tracks_chains`), to feed their chain trackers this way.
-    fn observe_accepted(&self, observer: Arc<dyn AcceptObserver>) -> bool {
-        let _ = observer;
-        false
-    }
-
-    /// Records steps of a chain's instances (a step that does not advance its instance,
-    /// such as a redelivery, is not counted twice).
-    fn chain_observe(
-        &self,
-        chain: &ChainSpec,
-        steps: &[ChainStep],
-    ) -> impl Future<Output = Result<(), BrokerError>> + Send {
-        let _ = (chain, steps);
-        async { Ok(()) }
-    }
-
-    /// Takes up to `limit` instances past their timeout; each is handed to one caller.
-    fn chain_expire(
-        &self,
-        chain: &ChainSpec,
-        limit: usize,
-    ) -> impl Future<Output = Result<Vec<ExpiredChain>, BrokerError>> + Send {
-        let _ = (chain, limit);
-        async { Ok(Vec::new()) }
-    }
-
-    /// The chain's shared counters (`None` when the broker keeps none).
-    fn chain_counts(
-        &self,
-        chain: &ChainSpec,
-    ) -> impl Future<Output = Result<Option<ChainCounts>, BrokerError>> + Send {
-        let _ = chain;
-        async { Ok(None) }
-    }
-}
-
-/// A tracked chain, as the broker needs to know it to keep its instances.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ChainSpec {
-    pub name: String,
-    /// How many steps it has.
-    pub steps: usize,
-    pub timeout: Option<Duration>,
-}
-
-/// One step event a chain tracker read: the step's index in the chain.
-#[derive(Clone, Debug)]
-pub struct ChainStep {
-    pub step: usize,
-    pub event: Arc<Event>,
-}
-
-/// An instance that did not complete in time, taken by exactly one tracker.
-#[derive(Clone, Debug, PartialEq)]
-pub struct ExpiredChain {
-    pub correlation: String,
-    /// Indexes of the steps it reached, in order.
-    pub reached: Vec<usize>,
-    pub waited: Duration,
-    /// The last step event it reached.
-    pub last: Event,
-}
-
-/// A chain's counters as a broker shares them between processes.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct ChainCounts {
-    pub started: u64,
-    pub completed: u64,
-    pub timed_out: u64,
-    pub in_flight: u64,
-    /// Recent whole-chain durations, ms, newest last.
-    pub durations_ms: Vec<f64>,
-    /// Per step index after the first: recent durations from the previous step, ms.
-    pub step_ms: Vec<(usize, Vec<f64>)>,
 }
 
 /// Receives deliveries from one group.

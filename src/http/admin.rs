@@ -44,6 +44,7 @@ async fn queue_reports<B: Broker>(state: &ApiState<B>) -> Result<Vec<QueueReport
         .runtime
         .broker
         .queue_stats()
+        .await
         .into_iter()
         .map(|stats| {
             let dead_letters = dead

@@ -283,6 +283,7 @@ async fn healthz<B: Broker>(State(state): State<Arc<ApiState<B>>>) -> Response {
         .runtime
         .broker
         .stats()
+        .await
         .into_iter()
         .map(|g| serde_json::json!({"group": g.name, "queued": g.queued, "in_flight": g.in_flight, "capacity": g.capacity}))
         .collect();
@@ -303,7 +304,7 @@ async fn metrics<B: Broker>(
 ) -> Result<Response, ApiError> {
     state.authorize(&headers)?;
     let mut text = state.runtime.metrics.render(
-        &state.runtime.broker.stats(),
+        &state.runtime.broker.stats().await,
         state.runtime.status.generation.load(Ordering::SeqCst),
     );
     {
@@ -320,7 +321,7 @@ async fn metrics<B: Broker>(
             incidents.state_lost, incidents.out_of_memory_episodes
         );
     }
-    if state.runtime.broker.keeps_history() {
+    if state.runtime.broker.history().is_some() {
         use std::fmt::Write as _;
         let _ = write!(
             text,
@@ -390,14 +391,13 @@ async fn trace<B: Broker>(
 ) -> Result<Response, ApiError> {
     state.authorize(&headers)?;
     let broker = &state.runtime.broker;
-    let journey = if broker.keeps_history() {
+    let journey = if let Some(shared) = broker.history() {
         // Shared by every process: the whole journey, wherever its events were handled.
-        let recorded = broker.history(&correlation).await.map_err(|e| {
+        let recorded = shared.entries(&correlation).await.map_err(|e| {
             warn!(error = %e, "could not read the shared history");
             ApiError::Unavailable
         })?;
         let mut entries: Vec<TraceEntry> = recorded
-            .unwrap_or_default()
             .iter()
             .filter_map(|json| serde_json::from_str(json).ok())
             .collect();

@@ -30,12 +30,13 @@ pub(crate) async fn query<B: Broker>(
     let mut event = read_event(&state, topic, &headers, body).await?;
     let broker = &state.runtime.broker;
     let request = new_id();
-    let Some(answer) = broker.await_reply(&request) else {
+    let Some(replies) = broker.replies() else {
         return Err(ApiError::QueriesUnsupported);
     };
+    let answer = replies.await_reply(&request);
     event.extensions.insert(
         REPLY_TO_EXTENSION.into(),
-        broker.reply_address(&request).into(),
+        replies.reply_address(&request).into(),
     );
     let timeout = state
         .runtime
@@ -46,7 +47,7 @@ pub(crate) async fn query<B: Broker>(
         .unwrap_or(DEFAULT_QUERY_TIMEOUT);
     let topic = event.topic.clone();
     if let Err(e) = broker.publish(event, Backpressure::Reject).await {
-        broker.forget_reply(&request);
+        replies.forget_reply(&request);
         return Err(refused(e));
     }
     state.runtime.metrics.published(&topic);
@@ -58,7 +59,7 @@ pub(crate) async fn query<B: Broker>(
         }
         Ok(Err(_)) => Err(ApiError::Unavailable),
         Err(_) => {
-            broker.forget_reply(&request);
+            replies.forget_reply(&request);
             Err(ApiError::QueryTimeout {
                 topic,
                 after_ms: timeout.as_millis(),
@@ -83,17 +84,25 @@ pub(crate) async fn read_store<B: Broker>(
     if !exposed {
         return Err(ApiError::NotExposed { store });
     }
-    let value = state
-        .runtime
-        .broker
-        .stores()
-        .map(|s| s.get(&store, &key))
-        .transpose()
+    let Some(reader) = state.runtime.broker.stores() else {
+        return Err(ApiError::NoSuchKey { store, key });
+    };
+    // `StoreRead::get` is synchronous, and on Redis it waits for a round trip: it runs
+    // where waiting holds up no other request.
+    let read = {
+        let (store, key) = (store.clone(), key.clone());
+        tokio::task::spawn_blocking(move || reader.get(&store, &key))
+    };
+    let value = read
+        .await
+        .map_err(|e| {
+            warn!(error = %e, "a store read's thread failed");
+            ApiError::Unavailable
+        })?
         .map_err(|e| {
             warn!(error = %e, "a store read failed");
             ApiError::Unavailable
         })?
-        .flatten()
         .ok_or(ApiError::NoSuchKey { store, key })?;
     Ok(json_response(StatusCode::OK, value.to_string()))
 }

@@ -150,7 +150,9 @@ impl<B: Broker> Runtime<B> {
     async fn declare(&self, flows: &FlowSet) -> Result<(), RuntimeError> {
         let broker = &self.shared.broker;
         let wire = wire_spec(flows);
-        if !broker.declare_wire(&wire) && !wire.is_empty() {
+        if let Some(carrier) = broker.wire() {
+            carrier.declare_wire(&wire);
+        } else if !wire.is_empty() {
             warn!(
                 pubsub_topics = ?wire.pubsub,
                 topic_mode_pubsub = wire.pubsub_by_default,
@@ -181,7 +183,9 @@ impl<B: Broker> Runtime<B> {
             .filter(|(topic, _)| flows.topic_mode(topic) == TopicMode::Stream)
             .filter_map(|(topic, config)| Some((topic.clone(), config.retention?)))
             .collect();
-        broker.set_retention(&retention);
+        if let Some(kept) = broker.retention() {
+            kept.set_retention(&retention);
+        }
         Ok(())
     }
 
@@ -248,7 +252,7 @@ impl<B: Broker> Runtime<B> {
             groups.insert(relay::group_name(name), vec![relay.from.clone()]);
         }
         // Elsewhere the step registry feeds the trackers (see `chains`).
-        let chain_groups = self.shared.broker.tracks_chains();
+        let chain_groups = self.shared.broker.chains().is_some();
         for (name, chain) in flows.chains.iter().filter(|_| chain_groups) {
             let steps = chain
                 .steps

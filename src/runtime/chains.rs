@@ -4,11 +4,11 @@
 //! chain's `timeout` emits `on_timeout` with the chain's context (correlation id, steps
 //! reached, the last event), which is the hook for compensation.
 //!
-//! On the memory broker (`Broker::tracks_chains` false) one process sees every step, and
+//! On the memory broker (no `Broker::chains`) one process sees every step, and
 //! the tracker keeps the instances in its own memory, bounded (`MAX_INSTANCES`); a
 //! restarted tracker forgets instances in flight. It has no consumer group: the broker
 //! reports each event it accepts to the runtime's `StepRegistry`
-//! (`Broker::observe_accepted`), which hands the chain's steps to the tracker's
+//! (`AcceptFeed::observe_accepted`), which hands the chain's steps to the tracker's
 //! `StepInbox` as compact `Step` records (see `step_registry`). The publishing task pays
 //! a map lookup, and for a step a hash of the correlation id and a push; the tracker
 //! keys its instances by that hash, takes what waits in one go, then
@@ -25,7 +25,7 @@
 //!
 //! On a broker that keeps chain state (Redis, where the trackers of several processes
 //! share the consumer group `chain:NAME` and each reads only some of the steps),
-//! instances live in the broker (`Broker::chain_observe`), timed-out ones are taken by one
+//! instances live in the broker (`SharedChains::observe`), timed-out ones are taken by one
 //! tracker each, and each process mirrors the shared counters for `/chains` and metrics.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -217,7 +217,7 @@ pub(crate) fn spawn<B: Broker>(
     token: &CancellationToken,
 ) -> Result<(), BrokerError> {
     let span = tracing::info_span!("chain", component = %task.name);
-    if task.shared.broker.tracks_chains() {
+    if task.shared.broker.chains().is_some() {
         let consumer = task.shared.broker.consumer(&group_name(&task.name))?;
         tracker.spawn(run_shared(task, consumer, token.clone()).instrument(span));
     } else {
@@ -269,6 +269,10 @@ async fn run_shared<B: Broker>(
     token: CancellationToken,
 ) {
     let broker = task.shared.broker.clone();
+    // Started only for a broker that keeps chain state (see `spawn`).
+    let Some(chains) = broker.chains() else {
+        return;
+    };
     let spec = ChainSpec {
         name: task.name.to_string(),
         steps: task.config.steps.len(),
@@ -285,7 +289,7 @@ async fn run_shared<B: Broker>(
             _ = tick.tick() => {
                 ticks = ticks.wrapping_add(1);
                 if spec.timeout.is_some() {
-                    match broker.chain_expire(&spec, BATCH).await {
+                    match chains.expire(&spec, BATCH).await {
                         Ok(expired) => {
                             for e in expired {
                                 let reached = e.reached.iter().filter_map(|i| task.config.steps.get(*i).map(String::as_str)).collect();
@@ -301,9 +305,8 @@ async fn run_shared<B: Broker>(
                     }
                 }
                 if ticks % MIRROR_TICKS == 0 {
-                    match broker.chain_counts(&spec).await {
-                        Ok(Some(counts)) => task.stats.mirror(&counts),
-                        Ok(None) => {}
+                    match chains.counts(&spec).await {
+                        Ok(counts) => task.stats.mirror(&counts),
                         Err(e) => debug!(error = %e, "could not read the chain's counters"),
                     }
                 }
@@ -331,7 +334,7 @@ async fn run_shared<B: Broker>(
                         Some(ChainStep { step, event: d.event.clone() })
                     })
                     .collect();
-                match broker.chain_observe(&spec, &steps).await {
+                match chains.observe(&spec, &steps).await {
                     Ok(()) => {
                         for delivery in batch {
                             if let Err(e) = broker.commit(delivery, Effects::default()).await {

@@ -143,7 +143,7 @@ impl History {
     /// and a tokio runtime is running); the shipper ends when the history is dropped.
     pub fn for_broker<B: Broker>(broker: &B) -> History {
         let mut history = History::default();
-        if broker.keeps_history() {
+        if broker.history().is_some() {
             if let Ok(handle) = tokio::runtime::Handle::try_current() {
                 let (tx, rx) = mpsc::channel(SHIPPING_BUFFER);
                 history.shipping = Some(tx);
@@ -249,7 +249,11 @@ async fn ship<B: Broker>(broker: B, mut rx: mpsc::Receiver<(String, TraceEntry)>
         if batch.is_empty() {
             continue;
         }
-        match broker.record_history(batch).await {
+        // Spawned only for a broker that keeps a shared history (see `for_broker`).
+        let Some(shared) = broker.history() else {
+            return;
+        };
+        match shared.record(batch).await {
             Ok(()) => failing = false,
             Err(e) => {
                 if !std::mem::replace(&mut failing, true) {

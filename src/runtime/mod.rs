@@ -163,7 +163,10 @@ impl<B: Broker> Runtime<B> {
     /// module's API.)
     pub fn with_api(broker: B, options: RuntimeOptions, api: Arc<dyn ApiServer<B>>) -> Runtime<B> {
         let steps = Arc::new(step_registry::StepRegistry::default());
-        let steps_reported = !broker.tracks_chains() && broker.observe_accepted(steps.clone());
+        let steps_reported = broker.chains().is_none()
+            && broker
+                .accept_feed()
+                .is_some_and(|feed| feed.observe_accepted(steps.clone()));
         let shared = Arc::new(Shared {
             history: Arc::new(history::History::for_broker(&broker)),
             broker,

@@ -59,10 +59,11 @@ impl<B: Broker> Runtime<B> {
             let broker = &self.shared.broker;
             let busy = broker
                 .stats()
+                .await
                 .iter()
                 .map(|g| g.queued + g.in_flight)
                 .sum::<usize>()
-                + broker.scheduled();
+                + broker.scheduled().await;
             if busy == 0 {
                 break;
             }
@@ -90,9 +91,9 @@ impl<B: Broker> Runtime<B> {
         {
             report.forced = true;
         }
-        report.unfinished = self.unfinished();
+        report.unfinished = self.unfinished().await;
         if report.forced || report.unfinished > 0 {
-            if self.shared.broker.commit_may_fail_transiently() {
+            if self.shared.broker.retryable_commit().is_some() {
                 warn!(
                     in_flight = report.unfinished,
                     "stopped with events unfinished: they stay pending in the broker, and another process (or the next start) takes them after --claim-idle"
@@ -109,22 +110,24 @@ impl<B: Broker> Runtime<B> {
 
     /// Events queued, in flight or scheduled in this process's broker, queue items
     /// included (for a remote broker: only what this process holds).
-    fn unfinished(&self) -> usize {
+    async fn unfinished(&self) -> usize {
         let broker = &self.shared.broker;
-        broker
+        let groups: usize = broker
             .stats()
+            .await
             .iter()
             .map(|g| g.queued + g.in_flight)
-            .sum::<usize>()
-            + broker.scheduled()
-            + if broker.commit_may_fail_transiently() {
-                0
-            } else {
-                broker
-                    .queue_stats()
-                    .iter()
-                    .map(|q| q.depth + q.in_flight)
-                    .sum::<usize>()
-            }
+            .sum();
+        let queues: usize = if broker.retryable_commit().is_some() {
+            0
+        } else {
+            broker
+                .queue_stats()
+                .await
+                .iter()
+                .map(|q| q.depth + q.in_flight)
+                .sum()
+        };
+        groups + broker.scheduled().await + queues
     }
 }

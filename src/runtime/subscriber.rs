@@ -256,9 +256,9 @@ impl<B: Broker> SubscriberTask<B> {
         }
         let mut backoff = crate::broker::backoff::BACKOFF_START;
         let broker = &self.shared.broker;
-        let committed = if broker.commit_may_fail_transiently() {
+        let committed = if let Some(retryable) = broker.retryable_commit() {
             loop {
-                match broker.commit_retryable(delivery, &effects).await {
+                match retryable.commit_retryable(delivery, &effects).await {
                     Err(e) if e.is_transient() && !token.is_cancelled() => {
                         let pause = crate::broker::backoff::jittered(&mut backoff);
                         debug!(event = %delivery.event.id, error = %e, retry_in_ms = pause.as_millis() as u64, "commit failed; retrying");
@@ -324,11 +324,13 @@ impl<B: Broker> SubscriberTask<B> {
         }
         let inline_time = offloads.then_some(self.shared.engine.limits().inline_time);
         let broker = &self.shared.broker;
-        let reads_ahead = broker.reads_ahead();
+        let reader = broker.read_ahead();
         let mut ahead = ReadAhead::default();
         for _ in 0..READ_AHEAD_ROUNDS {
             let stores = StoreEnv {
-                ahead: reads_ahead.then(|| Arc::new(std::mem::take(&mut ahead))),
+                ahead: reader
+                    .is_some()
+                    .then(|| Arc::new(std::mem::take(&mut ahead))),
                 ..self.store_env()
             };
             let run = self.shared.engine.run_ahead(
@@ -356,8 +358,14 @@ impl<B: Broker> SubscriberTask<B> {
                 Ahead::Wants(wants) => wants,
             };
             ahead = stores.ahead.map(Arc::unwrap_or_clone).unwrap_or_default();
+            // Only runs given an `ahead` ask for reads (see `StoreEnv`).
+            let Some(reader) = reader else {
+                return Err(ScriptError::Failed {
+                    message: "this broker does not read ahead".into(),
+                });
+            };
             let fetched =
-                broker
+                reader
                     .read_ahead(wants.clone())
                     .await
                     .map_err(|e| ScriptError::Failed {

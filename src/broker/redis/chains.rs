@@ -24,13 +24,14 @@ use super::failure::{unavailable, unexpected};
 use super::reply::{int, items, text};
 use super::scripts::script;
 use super::RedisBroker;
-use crate::broker::{BrokerError, ChainCounts, ChainSpec, ChainStep, ExpiredChain};
+use crate::broker::capability::BoxFuture;
+use crate::broker::{BrokerError, ChainCounts, ChainSpec, ChainStep, ExpiredChain, SharedChains};
 use crate::event::Event;
 
 use super::defaults::{CHAIN_SAMPLES as SAMPLES, CHAIN_UNTIMED_TTL};
 
-/// `chain_observe`: ARGV P, chain, steps, timeout ms ('' for none), samples, untimed ttl,
-/// n, n × (correlation, step, event time unix ms, event json).
+/// `SharedChains::observe`: ARGV P, chain, steps, timeout ms ('' for none), samples,
+/// untimed ttl, n, n × (correlation, step, event time unix ms, event json).
 ///
 /// Steps may arrive in any order (two trackers read different steps of one instance), so
 /// an instance is a set of step times `t{i}` (the events' own times) filled in as they
@@ -96,7 +97,7 @@ return {'ok'}
     )
 });
 
-/// `chain_expire`: ARGV P, chain, steps, limit. Takes instances past due: each one's
+/// `SharedChains::expire`: ARGV P, chain, steps, limit. Takes instances past due: each one's
 /// (correlation, reached step indexes joined by ',', waited ms, last event json).
 static EXPIRE: LazyLock<Script> = LazyLock::new(|| {
     script(
@@ -278,5 +279,30 @@ impl RedisBroker {
             durations_ms,
             step_ms,
         })
+    }
+}
+
+impl SharedChains for RedisBroker {
+    fn observe<'a>(
+        &'a self,
+        chain: &'a ChainSpec,
+        steps: &'a [ChainStep],
+    ) -> BoxFuture<'a, Result<(), BrokerError>> {
+        Box::pin(self.guarded("chains", self.observe_chain(chain, steps)))
+    }
+
+    fn expire<'a>(
+        &'a self,
+        chain: &'a ChainSpec,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<ExpiredChain>, BrokerError>> {
+        Box::pin(self.guarded("chains", self.expire_chains(chain, limit)))
+    }
+
+    fn counts<'a>(
+        &'a self,
+        chain: &'a ChainSpec,
+    ) -> BoxFuture<'a, Result<ChainCounts, BrokerError>> {
+        Box::pin(self.guarded("chains", self.counts_of_chain(chain)))
     }
 }

@@ -10,9 +10,9 @@
 //! No `async fn` of the broker makes a synchronous Redis call. Three kinds of caller must,
 //! as long as the methods they serve are synchronous, and they are the only ones:
 //!
-//! - the synchronous connection here (`with_sync`), for `Broker::stats`, `scheduled`,
-//!   `queue_stats`, and the check in `consumers`/`queue_consumers` that a group or queue
-//!   this process did not declare exists: one round trip each, within `response_timeout`;
+//! - the synchronous connection here (`with_sync`), for the check in
+//!   `consumers`/`queue_consumers` that a group or queue this process did not declare
+//!   exists: one round trip each, within `response_timeout`;
 //! - the pool of `stores`, for `StoreRead::get`/`scan` (`GET /stores/…`, `edaflow
 //!   test`); handlers read ahead, asynchronously, on the shared connection;
 //! - the thread of each tap (`tap`), which subscribes on a connection of its own, off the

@@ -55,7 +55,7 @@ use super::groups::{parse_patterns, GroupRecord};
 use super::reply::{count, items, nth, text};
 use super::{outage, Inner, RedisBroker};
 use crate::broker::{BrokerError, QueueSpec, StateLoss};
-use crate::flow::pattern::TopicPattern;
+use crate::pattern::TopicPattern;
 
 /// How often the watcher reads the marker.
 pub(super) const CHECK_EVERY: Duration = super::defaults::EPOCH_CHECK_EVERY;

@@ -20,7 +20,7 @@ use super::consumer::{self, RedisConsumer};
 use super::failure::unavailable;
 use super::{scripts, wire, RedisBroker};
 use crate::broker::{BrokerError, GroupSpec, Removed};
-use crate::flow::pattern::TopicPattern;
+use crate::pattern::TopicPattern;
 
 /// A group's record in `P groups`, as JSON.
 #[derive(serde::Serialize, serde::Deserialize)]

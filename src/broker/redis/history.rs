@@ -14,7 +14,8 @@ use redis::{Script, Value};
 use super::failure::unavailable;
 use super::scripts::script;
 use super::RedisBroker;
-use crate::broker::BrokerError;
+use crate::broker::capability::BoxFuture;
+use crate::broker::{BrokerError, SharedHistory};
 
 use super::defaults::{
     HISTORY_EVENTS as MAX_EVENTS, HISTORY_JOURNEYS as MAX_JOURNEYS, HISTORY_TTL,
@@ -88,5 +89,20 @@ impl RedisBroker {
             .query_async(&mut self.conn())
             .await
             .map_err(unavailable)
+    }
+}
+
+impl SharedHistory for RedisBroker {
+    fn record(&self, entries: Vec<(String, String)>) -> BoxFuture<'_, Result<(), BrokerError>> {
+        Box::pin(self.guarded("history", async move {
+            self.record_history_entries(&entries).await
+        }))
+    }
+
+    fn entries<'a>(
+        &'a self,
+        correlation: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<String>, BrokerError>> {
+        Box::pin(self.guarded("history", self.journey(correlation)))
     }
 }

@@ -178,12 +178,12 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{warn, Instrument};
 
 use crate::broker::{
-    Backpressure, Broker, BrokerError, BrokerHealth, BrokerIncidents, ChainCounts, ChainSpec,
-    ChainStep, DeadFilter, Delivery, Effects, ExpiredChain, GroupSpec, GroupStats, QueueSpec,
-    QueueStats, Removed, WireSpec,
+    Backpressure, Broker, BrokerError, BrokerHealth, BrokerIncidents, DeadFilter, Delivery,
+    Effects, GroupSpec, GroupStats, QueueSpec, QueueStats, Removed, Replies, ReplyResult,
+    RetryableCommit, SharedChains, SharedHistory, StoreReadAhead, TopicRetention, WireFormat,
 };
 use crate::event::Event;
-use crate::flow::pattern::TopicPattern;
+use crate::pattern::TopicPattern;
 use crate::store::StoreRead;
 
 pub use circuit::CircuitState;
@@ -472,15 +472,7 @@ impl Broker for RedisBroker {
     }
 
     async fn commit(&self, delivery: Delivery, effects: Effects) -> Result<(), BrokerError> {
-        self.commit_retryable(&delivery, &effects).await
-    }
-
-    async fn commit_retryable(
-        &self,
-        delivery: &Delivery,
-        effects: &Effects,
-    ) -> Result<(), BrokerError> {
-        self.guarded("commit", commit::commit(self, delivery, effects))
+        self.guarded("commit", commit::commit(self, &delivery, &effects))
             .await
     }
 
@@ -505,12 +497,12 @@ impl Broker for RedisBroker {
         tap::start(self, pattern, buffer, bytes)
     }
 
-    fn stats(&self) -> Vec<GroupStats> {
-        stats::groups(self)
+    async fn stats(&self) -> Vec<GroupStats> {
+        stats::groups(self).await
     }
 
-    fn scheduled(&self) -> usize {
-        stats::scheduled(self)
+    async fn scheduled(&self) -> usize {
+        stats::scheduled(self).await
     }
 
     async fn declare_queue(&self, spec: &QueueSpec) -> Result<(), BrokerError> {
@@ -540,99 +532,40 @@ impl Broker for RedisBroker {
         queues::consumers(self, queue, n)
     }
 
-    fn queue_stats(&self) -> Vec<QueueStats> {
-        stats::queues(self)
+    async fn queue_stats(&self) -> Vec<QueueStats> {
+        stats::queues(self).await
     }
 
     fn stores(&self) -> Option<Arc<dyn StoreRead>> {
         Some(self.inner.stores.clone())
     }
 
-    fn commit_may_fail_transiently(&self) -> bool {
-        true
+    fn retryable_commit(&self) -> Option<&dyn RetryableCommit> {
+        Some(self)
     }
 
-    fn reads_ahead(&self) -> bool {
-        true
+    fn read_ahead(&self) -> Option<&dyn StoreReadAhead> {
+        Some(self)
     }
 
-    async fn read_ahead(
-        &self,
-        wants: Vec<crate::store::StoreWant>,
-    ) -> Result<Vec<crate::store::Fetched>, crate::store::StoreError> {
-        let mut conn = self.conn();
-        self.inner
-            .stores
-            .read_ahead(&mut conn, &wants, crate::script::host::SCAN_LIMIT)
-            .await
+    fn replies(&self) -> Option<&dyn Replies> {
+        Some(self)
     }
 
-    fn keeps_history(&self) -> bool {
-        true
+    fn history(&self) -> Option<&dyn SharedHistory> {
+        Some(self)
     }
 
-    async fn record_history(&self, entries: Vec<(String, String)>) -> Result<(), BrokerError> {
-        self.guarded("history", async {
-            self.record_history_entries(&entries).await
-        })
-        .await
+    fn chains(&self) -> Option<&dyn SharedChains> {
+        Some(self)
     }
 
-    async fn history(&self, correlation: &str) -> Result<Option<Vec<String>>, BrokerError> {
-        self.guarded("history", async {
-            self.journey(correlation).await.map(Some)
-        })
-        .await
+    fn retention(&self) -> Option<&dyn TopicRetention> {
+        Some(self)
     }
 
-    fn tracks_chains(&self) -> bool {
-        true
-    }
-
-    async fn chain_observe(
-        &self,
-        chain: &ChainSpec,
-        steps: &[ChainStep],
-    ) -> Result<(), BrokerError> {
-        self.guarded("chains", async { self.observe_chain(chain, steps).await })
-            .await
-    }
-
-    async fn chain_expire(
-        &self,
-        chain: &ChainSpec,
-        limit: usize,
-    ) -> Result<Vec<ExpiredChain>, BrokerError> {
-        self.guarded("chains", async { self.expire_chains(chain, limit).await })
-            .await
-    }
-
-    async fn chain_counts(&self, chain: &ChainSpec) -> Result<Option<ChainCounts>, BrokerError> {
-        self.guarded("chains", async {
-            self.counts_of_chain(chain).await.map(Some)
-        })
-        .await
-    }
-
-    fn set_retention(&self, topics: &[(String, Duration)]) {
-        self.replace_retention(topics);
-    }
-
-    fn reply_address(&self, id: &str) -> String {
-        format!("{}/{id}", self.inner.instance)
-    }
-
-    fn await_reply(&self, id: &str) -> Option<oneshot::Receiver<replies::Answer>> {
-        Some(self.inner.waiting.register(id))
-    }
-
-    fn forget_reply(&self, id: &str) {
-        self.inner.waiting.forget(id);
-    }
-
-    fn declare_wire(&self, wire: &WireSpec) -> bool {
-        self.inner.wire.set(wire);
-        true
+    fn wire(&self) -> Option<&dyn WireFormat> {
+        Some(self)
     }
 
     async fn dead_letters(&self, filter: &DeadFilter) -> Result<Vec<Event>, BrokerError> {
@@ -641,5 +574,47 @@ impl Broker for RedisBroker {
 
     async fn take_dead_letters(&self, filter: &DeadFilter) -> Result<Vec<Event>, BrokerError> {
         self.guarded("dead letters", dead::take(self, filter)).await
+    }
+}
+
+impl StoreReadAhead for RedisBroker {
+    fn read_ahead(
+        &self,
+        wants: Vec<crate::store::StoreWant>,
+    ) -> crate::broker::capability::BoxFuture<
+        '_,
+        Result<Vec<crate::store::Fetched>, crate::store::StoreError>,
+    > {
+        Box::pin(async move {
+            let mut conn = self.conn();
+            self.inner
+                .stores
+                .read_ahead(&mut conn, &wants, crate::script::host::SCAN_LIMIT)
+                .await
+        })
+    }
+}
+
+impl Replies for RedisBroker {
+    fn reply_address(&self, id: &str) -> String {
+        format!("{}/{id}", self.inner.instance)
+    }
+
+    fn await_reply(&self, id: &str) -> oneshot::Receiver<ReplyResult> {
+        self.inner.waiting.register(id)
+    }
+
+    fn forget_reply(&self, id: &str) {
+        self.inner.waiting.forget(id);
+    }
+}
+
+impl RetryableCommit for RedisBroker {
+    fn commit_retryable<'a>(
+        &'a self,
+        delivery: &'a Delivery,
+        effects: &'a Effects,
+    ) -> crate::broker::capability::BoxFuture<'a, Result<(), BrokerError>> {
+        Box::pin(self.guarded("commit", commit::commit(self, delivery, effects)))
     }
 }

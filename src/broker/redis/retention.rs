@@ -48,7 +48,7 @@ use super::failure::{unavailable, unexpected};
 use super::groups::parse_patterns;
 use super::reply::{count, items, nth, text};
 use super::{Inner, RedisBroker};
-use crate::broker::BrokerError;
+use crate::broker::{BrokerError, TopicRetention};
 
 use super::defaults::{
     RETENTION_COUNT_LIMIT as COUNT_LIMIT, RETENTION_IDLE_PASS, RETENTION_PASS_MAX,
@@ -321,8 +321,9 @@ impl RedisBroker {
     }
 
     /// Replaces the retention of every topic (`[topics.NAME] retention`); topics left out
-    /// are no longer trimmed.
-    pub(super) fn replace_retention(&self, topics: &[(String, Duration)]) {
+    /// are no longer trimmed. (The same as `TopicRetention::set_retention`, callable without
+    /// the trait.)
+    pub fn set_retention(&self, topics: &[(String, Duration)]) {
         let retention = &self.inner.retention;
         *retention.topics.lock().unwrap_or_else(|e| e.into_inner()) =
             topics.iter().cloned().collect();
@@ -374,6 +375,12 @@ pub(super) async fn run(weak: Weak<Inner>, retention: Arc<Retention>, unread: Op
             () = retention.changed.notified() => {}
             () = tokio::time::sleep(wait) => {}
         }
+    }
+}
+
+impl TopicRetention for RedisBroker {
+    fn set_retention(&self, topics: &[(String, Duration)]) {
+        RedisBroker::set_retention(self, topics);
     }
 }
 

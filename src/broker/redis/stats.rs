@@ -2,16 +2,16 @@
 //! shutdown: groups' queued and in-flight entries, scheduled deferred events, queues'
 //! depths.
 //!
-//! These are synchronous trait methods (`Broker::stats`, `scheduled`, `queue_stats`), so
-//! they read over the synchronous connection (see `connection`), one round trip each. A
-//! count that cannot be read is reported as nothing, as the trait asks, and logged: at
+//! Each is one round trip on the shared asynchronous connection, refused at once while the
+//! circuit is open. A count that cannot be read is reported as nothing, as the trait
+//! asks, and logged: at
 //! debug level while Redis is unreachable (the outage is logged once elsewhere), as a
 //! warning when Redis answered something the broker cannot read.
 
 use redis::Value;
 use tracing::{debug, warn};
 
-use super::failure::unexpected;
+use super::failure::{unavailable, unexpected};
 use super::reply::{count, items, text};
 use super::{scripts, RedisBroker};
 use crate::broker::{BrokerError, FailureKind, GroupStats, QueueStats};
@@ -43,21 +43,21 @@ fn optional_number<T: std::str::FromStr>(value: &Value) -> Result<Option<T>, Bro
 }
 
 /// Every group's queued and in-flight entries (see `Broker::stats`).
-pub(super) fn groups(broker: &RedisBroker) -> Vec<GroupStats> {
-    read_groups(broker).unwrap_or_else(|e| {
+pub(super) async fn groups(broker: &RedisBroker) -> Vec<GroupStats> {
+    read_groups(broker).await.unwrap_or_else(|e| {
         not_counted("group stats", &e);
         Vec::new()
     })
 }
 
-fn read_groups(broker: &RedisBroker) -> Result<Vec<GroupStats>, BrokerError> {
-    let prefix = broker.inner.keys.prefix().to_owned();
-    let reply = broker.with_sync(|conn| {
-        scripts::STATS
-            .prepare_invoke()
-            .arg(&prefix)
-            .invoke::<Value>(conn)
-    })?;
+async fn read_groups(broker: &RedisBroker) -> Result<Vec<GroupStats>, BrokerError> {
+    broker.inner.circuit.admit()?;
+    let reply = scripts::STATS
+        .prepare_invoke()
+        .arg(broker.inner.keys.prefix())
+        .invoke_async::<Value>(&mut broker.conn())
+        .await
+        .map_err(unavailable)?;
     let capacity = broker.inner.options.group_capacity.unwrap_or(usize::MAX);
     let reply = items(&reply)?;
     if reply.len() % 3 != 0 {
@@ -79,9 +79,16 @@ fn read_groups(broker: &RedisBroker) -> Result<Vec<GroupStats>, BrokerError> {
 }
 
 /// Deferred events waiting for their due time (see `Broker::scheduled`).
-pub(super) fn scheduled(broker: &RedisBroker) -> usize {
-    let key = broker.inner.keys.deferred();
-    match broker.with_sync(|conn| redis::cmd("ZCARD").arg(&key).query::<usize>(conn)) {
+pub(super) async fn scheduled(broker: &RedisBroker) -> usize {
+    let count = async {
+        broker.inner.circuit.admit()?;
+        redis::cmd("ZCARD")
+            .arg(broker.inner.keys.deferred())
+            .query_async::<usize>(&mut broker.conn())
+            .await
+            .map_err(unavailable)
+    };
+    match count.await {
         Ok(n) => n,
         Err(e) => {
             not_counted("scheduled count", &e);
@@ -92,23 +99,22 @@ pub(super) fn scheduled(broker: &RedisBroker) -> usize {
 
 /// Every queue's depth, items due now, next due time and items in flight (see
 /// `Broker::queue_stats`).
-pub(super) fn queues(broker: &RedisBroker) -> Vec<QueueStats> {
-    read_queues(broker).unwrap_or_else(|e| {
+pub(super) async fn queues(broker: &RedisBroker) -> Vec<QueueStats> {
+    read_queues(broker).await.unwrap_or_else(|e| {
         not_counted("queue stats", &e);
         Vec::new()
     })
 }
 
-fn read_queues(broker: &RedisBroker) -> Result<Vec<QueueStats>, BrokerError> {
-    let prefix = broker.inner.keys.prefix().to_owned();
-    let ahead = broker.take_ahead_ms();
-    let reply = broker.with_sync(|conn| {
-        scripts::QUEUE_STATS
-            .prepare_invoke()
-            .arg(&prefix)
-            .arg(ahead)
-            .invoke::<Value>(conn)
-    })?;
+async fn read_queues(broker: &RedisBroker) -> Result<Vec<QueueStats>, BrokerError> {
+    broker.inner.circuit.admit()?;
+    let reply = scripts::QUEUE_STATS
+        .prepare_invoke()
+        .arg(broker.inner.keys.prefix())
+        .arg(broker.take_ahead_ms())
+        .invoke_async::<Value>(&mut broker.conn())
+        .await
+        .map_err(unavailable)?;
     let reply = items(&reply)?;
     if reply.len() % 6 != 0 {
         return Err(unexpected("queues' names and counts", &reply));

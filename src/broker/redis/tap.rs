@@ -21,7 +21,7 @@ use super::defaults::{
 use super::RedisBroker;
 use crate::broker::tap::TapFeed;
 use crate::event::Event;
-use crate::flow::pattern::TopicPattern;
+use crate::pattern::TopicPattern;
 
 /// Starts a tap thread (see the module docs).
 pub(super) fn start(

@@ -37,9 +37,9 @@ use super::consumer::{RedisConsumer, Request};
 use super::defaults::{HUB_BUFFER, HUB_REQUESTS, LIST_POLL, RESUBSCRIBE_MAX, RESUBSCRIBE_START};
 use super::failure::unavailable;
 use super::RedisBroker;
-use crate::broker::{BrokerError, Delivery, Effects, WireSpec};
+use crate::broker::{BrokerError, Delivery, Effects, WireFormat, WireSpec};
 use crate::event::{Event, RawPayload};
-use crate::flow::pattern::TopicPattern;
+use crate::pattern::TopicPattern;
 
 /// The delivery tag of a pub/sub message (nothing to ack).
 const PUBSUB_TAG: &str = "p";
@@ -587,6 +587,12 @@ impl ListReader {
         if let Err(e) = push_back(&self.broker, &self.list, &delivery.event).await {
             warn!(error = %e, list = %self.list, "could not give back a list item; it is lost");
         }
+    }
+}
+
+impl WireFormat for RedisBroker {
+    fn declare_wire(&self, wire: &WireSpec) {
+        self.inner.wire.set(wire);
     }
 }
 
