@@ -195,11 +195,23 @@ impl Metrics {
     /// Renders everything in the Prometheus text exposition format.
     pub fn render(&self, groups: &[GroupStats], generation: u64) -> String {
         let mut out = String::with_capacity(4096);
+        self.render_topics(&mut out);
+        self.render_subscribers(&mut out);
+        self.render_relays(&mut out);
+        Self::render_groups(&mut out, groups);
+        self.render_http(&mut out);
+        self.render_chains(&mut out);
+        self.render_generation(&mut out, generation);
+        out
+    }
+
+    /// Events in and out per topic.
+    fn render_topics(&self, out: &mut String) {
         let topics = self.topics.read().unwrap_or_else(|e| e.into_inner());
         let mut topic_names: Vec<&String> = topics.keys().collect();
         topic_names.sort();
         header(
-            &mut out,
+            out,
             "edaflow_topic_events_in_total",
             "counter",
             "Events published to a topic.",
@@ -213,7 +225,7 @@ impl Metrics {
             );
         }
         header(
-            &mut out,
+            out,
             "edaflow_topic_events_out_total",
             "counter",
             "Events of a topic delivered to handlers.",
@@ -227,7 +239,10 @@ impl Metrics {
             );
         }
         drop(topics);
+    }
 
+    /// Per subscriber: events, runs, errors, dead letters, latency.
+    fn render_subscribers(&self, out: &mut String) {
         let subs = self.subscribers.read().unwrap_or_else(|e| e.into_inner());
         let counters: [(&str, &str, CounterOf); 8] = [
             (
@@ -272,7 +287,7 @@ impl Metrics {
             ),
         ];
         for (metric, help, get) in counters {
-            header(&mut out, metric, "counter", help);
+            header(out, metric, "counter", help);
             for (name, m) in subs.iter() {
                 let _ = writeln!(
                     out,
@@ -283,7 +298,7 @@ impl Metrics {
             }
         }
         header(
-            &mut out,
+            out,
             "edaflow_handler_duration_seconds",
             "histogram",
             "Time per handler run.",
@@ -308,7 +323,10 @@ impl Metrics {
             );
         }
         drop(subs);
+    }
 
+    /// Per relay: what it moved and what failed.
+    fn render_relays(&self, out: &mut String) {
         let relays = self.relays.read().unwrap_or_else(|e| e.into_inner());
         let relay_counters: [(&str, &str, RelayCounterOf); 4] = [
             (
@@ -333,7 +351,7 @@ impl Metrics {
             ),
         ];
         for (metric, help, get) in relay_counters {
-            header(&mut out, metric, "counter", help);
+            header(out, metric, "counter", help);
             for (name, m) in relays.iter() {
                 let _ = writeln!(
                     out,
@@ -344,9 +362,12 @@ impl Metrics {
             }
         }
         drop(relays);
+    }
 
+    /// Per consumer group: what waits and what is in flight.
+    fn render_groups(out: &mut String, groups: &[GroupStats]) {
         header(
-            &mut out,
+            out,
             "edaflow_buffer_depth",
             "gauge",
             "Events waiting in a consumer group's buffer.",
@@ -360,7 +381,7 @@ impl Metrics {
             );
         }
         header(
-            &mut out,
+            out,
             "edaflow_in_flight",
             "gauge",
             "Events delivered to a group and not yet settled.",
@@ -373,8 +394,12 @@ impl Metrics {
                 g.in_flight
             );
         }
+    }
+
+    /// The HTTP producer: requests by outcome, connections, clocks.
+    fn render_http(&self, out: &mut String) {
         header(
-            &mut out,
+            out,
             "edaflow_http_requests_total",
             "counter",
             "HTTP ingest requests by outcome.",
@@ -391,7 +416,7 @@ impl Metrics {
             );
         }
         header(
-            &mut out,
+            out,
             "edaflow_http_connections_open",
             "gauge",
             "HTTP connections open now.",
@@ -403,7 +428,7 @@ impl Metrics {
             http.connections_open.load(Ordering::Relaxed)
         );
         header(
-            &mut out,
+            out,
             "edaflow_http_connections_refused_total",
             "counter",
             "HTTP connections answered 503 and closed past max_connections.",
@@ -414,7 +439,7 @@ impl Metrics {
             http.connections_refused.load(Ordering::Relaxed)
         );
         header(
-            &mut out,
+            out,
             "edaflow_http_timeouts_total",
             "counter",
             "HTTP clients cut off by a clock: a request head or body too slow, an answer not taken.",
@@ -430,6 +455,10 @@ impl Metrics {
                 v.load(Ordering::Relaxed)
             );
         }
+    }
+
+    /// Per chain: its instances and steps.
+    fn render_chains(&self, out: &mut String) {
         let reports = self.chain_reports();
         let chain_counters: [(&str, &str, ChainCounterOf); 4] = [
             (
@@ -459,13 +488,13 @@ impl Metrics {
             } else {
                 "gauge"
             };
-            header(&mut out, metric, kind, help);
+            header(out, metric, kind, help);
             for r in &reports {
                 let _ = writeln!(out, "{metric}{{chain=\"{}\"}} {}", escape(&r.chain), get(r));
             }
         }
         header(
-            &mut out,
+            out,
             "edaflow_chain_duration_ms",
             "summary",
             "Whole-chain durations over recent completions.",
@@ -481,26 +510,25 @@ impl Metrics {
                 }
             }
         }
+    }
+
+    /// The running generation and its reloads.
+    fn render_generation(&self, out: &mut String, generation: u64) {
         header(
-            &mut out,
+            out,
             "edaflow_generation",
             "gauge",
             "The flow generation running.",
         );
         let _ = writeln!(out, "edaflow_generation {generation}");
-        header(
-            &mut out,
-            "edaflow_reloads_total",
-            "counter",
-            "Reloads applied.",
-        );
+        header(out, "edaflow_reloads_total", "counter", "Reloads applied.");
         let _ = writeln!(
             out,
             "edaflow_reloads_total {}",
             self.reloads.load(Ordering::Relaxed)
         );
         header(
-            &mut out,
+            out,
             "edaflow_reload_failures_total",
             "counter",
             "Reloads refused or rolled back.",
@@ -510,7 +538,6 @@ impl Metrics {
             "edaflow_reload_failures_total {}",
             self.reload_failures.load(Ordering::Relaxed)
         );
-        out
     }
 }
 
