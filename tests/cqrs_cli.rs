@@ -54,13 +54,7 @@ fn start(dir: &FlowDir, flow: &str, broker: &str, extra: &[&str]) -> (Running, S
 }
 
 fn post(addr: SocketAddr, path: &str, body: &Value) -> Reply {
-    http(
-        addr,
-        "POST",
-        path,
-        &[("Content-Type", "application/json")],
-        body.to_string().as_bytes(),
-    )
+    common::post_json(addr, path, body.to_string())
 }
 
 fn json_of(reply: &Reply) -> Value {

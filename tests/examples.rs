@@ -100,13 +100,7 @@ fn start(flow: &str, extra: &[&str]) -> (Running, SocketAddr) {
 }
 
 fn post(addr: SocketAddr, path: &str, body: &Value) -> Reply {
-    http(
-        addr,
-        "POST",
-        path,
-        &[("Content-Type", "application/json")],
-        body.to_string().as_bytes(),
-    )
+    common::post_json(addr, path, body.to_string())
 }
 
 fn publish(addr: SocketAddr, topic: &str, body: Value, running: &Running) {
