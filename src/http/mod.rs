@@ -435,10 +435,16 @@ async fn tail<B: Broker>(
     let pattern = TopicPattern::parse(&text).map_err(|e| ApiError::BadParameter {
         detail: format!("pattern {text:?}: {e}"),
     })?;
-    let rx = state
-        .runtime
-        .broker
-        .tap_within(pattern, TAIL_EVENTS, TAIL_BYTES);
+    // Opening a tap may wait for its subscription (on Redis, up to a couple of seconds):
+    // on a blocking thread, where waiting holds up no other request.
+    let broker = state.runtime.broker.clone();
+    let rx =
+        tokio::task::spawn_blocking(move || broker.tap_within(pattern, TAIL_EVENTS, TAIL_BYTES))
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = %e, "opening a tail's tap failed");
+                ApiError::Unavailable
+            })?;
     let stopping = state.stopping.clone();
     let stream = futures_util::stream::unfold((rx, stopping), |(mut rx, stopping)| async move {
         let event = tokio::select! {
