@@ -55,7 +55,7 @@ impl<B: Broker> Runtime<B> {
         self.move_backlogs(&diff, &stopped, &groups, &flows, &mut outcome)
             .await?;
         self.send_code(&diff, &next, generation);
-        self.start_components(&diff, &next, generation)?;
+        self.start_components(&diff, &next, generation).await?;
         self.restart_producers(&diff, &next).await?;
 
         self.warn_exposed_without_token();
@@ -380,7 +380,7 @@ impl<B: Broker> Runtime<B> {
 
     /// Phase 5, second half: starts the subscribers, chain trackers and relays the diff
     /// adds or changes, in that order.
-    fn start_components(
+    async fn start_components(
         &mut self,
         diff: &FlowDiff,
         next: &Prepared,
@@ -388,7 +388,7 @@ impl<B: Broker> Runtime<B> {
     ) -> Result<(), RuntimeError> {
         for kind in [Kind::Subscriber, Kind::Chain, Kind::Relay] {
             for key in diff.added_or_changed(kind) {
-                if let Some(running) = self.start(key, next, generation)? {
+                if let Some(running) = self.start(key, next, generation).await? {
                     self.running.insert(key.clone(), running);
                 }
             }

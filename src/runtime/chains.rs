@@ -211,14 +211,16 @@ pub(crate) struct ChainTask<B: Broker> {
 /// Starts the tracker of one chain: on a broker that keeps chain state, reading the
 /// chain's consumer group (which must be declared); otherwise fed by the runtime's step
 /// registry.
-pub(crate) fn spawn<B: Broker>(
+pub(crate) async fn spawn<B: Broker>(
     task: ChainTask<B>,
     tracker: &TaskTracker,
     token: &CancellationToken,
 ) -> Result<(), BrokerError> {
     let span = tracing::info_span!("chain", component = %task.name);
     if task.shared.broker.chains().is_some() {
-        let consumer = task.shared.broker.consumer(&group_name(&task.name))?;
+        let group = group_name(&task.name);
+        let consumer =
+            crate::runtime::off_thread(&task.shared.broker, move |b| b.consumer(&group)).await?;
         tracker.spawn(run_shared(task, consumer, token.clone()).instrument(span));
     } else {
         if !task.shared.steps_reported {

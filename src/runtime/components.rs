@@ -107,7 +107,7 @@ impl<B: Broker> Runtime<B> {
     ///
     /// # Errors
     /// The broker refuses the component's consumers.
-    pub(super) fn start(
+    pub(super) async fn start(
         &self,
         key: &ComponentKey,
         next: &Prepared,
@@ -116,24 +116,24 @@ impl<B: Broker> Runtime<B> {
         let flows = &next.flows;
         let name = key.name.as_str();
         let started = match key.kind {
-            Kind::Subscriber => flows
-                .subscribers
-                .get(name)
-                .map(|config| self.start_subscriber(key, config, next, generation)),
-            Kind::Relay => flows
-                .relays
-                .get(name)
-                .map(|config| self.start_relay(name, config, next)),
-            Kind::Chain => flows
-                .chains
-                .get(name)
-                .map(|config| self.start_chain(name, config, flows)),
+            Kind::Subscriber => match flows.subscribers.get(name) {
+                Some(config) => Some(self.start_subscriber(key, config, next, generation).await),
+                None => None,
+            },
+            Kind::Relay => match flows.relays.get(name) {
+                Some(config) => Some(self.start_relay(name, config, next).await),
+                None => None,
+            },
+            Kind::Chain => match flows.chains.get(name) {
+                Some(config) => Some(self.start_chain(name, config, flows).await),
+                None => None,
+            },
             Kind::Queue | Kind::Producer | Kind::Topic | Kind::Store => None,
         };
         started.transpose()
     }
 
-    fn start_subscriber(
+    async fn start_subscriber(
         &self,
         key: &ComponentKey,
         config: &SubscriberConfig,
@@ -161,11 +161,11 @@ impl<B: Broker> Runtime<B> {
             quiet: self.options.quiet,
             slow: Default::default(),
         };
-        subscriber::spawn(task, &running.tracker, &running.token)?;
+        subscriber::spawn(task, &running.tracker, &running.token).await?;
         Ok(running)
     }
 
-    fn start_chain(
+    async fn start_chain(
         &self,
         name: &str,
         config: &ChainConfig,
@@ -179,11 +179,11 @@ impl<B: Broker> Runtime<B> {
             source: format!("edaflow://{}/chains/{name}", flow_name(flows, config.file)),
             stats: self.shared.metrics.chain(name, &config.steps),
         };
-        chains::spawn(task, &running.tracker, &running.token)?;
+        chains::spawn(task, &running.tracker, &running.token).await?;
         Ok(running)
     }
 
-    fn start_relay(
+    async fn start_relay(
         &self,
         name: &str,
         config: &RelayConfig,
@@ -200,7 +200,7 @@ impl<B: Broker> Runtime<B> {
             transform: script(ComponentKey::new(Kind::Relay, name).to_string()),
             metrics: self.shared.metrics.relay(name),
         };
-        relay::spawn(task, &running.tracker, &running.token)?;
+        relay::spawn(task, &running.tracker, &running.token).await?;
         Ok(running)
     }
 

@@ -53,6 +53,23 @@ pub use shutdown::{ShutdownReport, COMPONENTS_STOP, PRODUCERS_STOP};
 use api::{ApiContext, ApiServer};
 use components::Running;
 
+/// Makes a component's consumers on a blocking thread: on Redis, a consumer of a group
+/// this process has not declared itself checks with a blocking call that the group exists.
+pub(crate) async fn off_thread<B: Broker, T: Send + 'static>(
+    broker: &B,
+    make: impl FnOnce(B) -> Result<T, BrokerError> + Send + 'static,
+) -> Result<T, BrokerError> {
+    let broker = broker.clone();
+    tokio::task::spawn_blocking(move || make(broker))
+        .await
+        .map_err(|e| BrokerError::Unavailable {
+            source: crate::broker::ServerFailure::new(
+                crate::broker::FailureKind::Unusable,
+                format!("making a consumer failed: {e}"),
+            ),
+        })?
+}
+
 /// Settings of a runtime that hold for its whole life.
 #[derive(Clone, Debug, Default)]
 pub struct RuntimeOptions {

@@ -41,12 +41,14 @@ pub(crate) struct RelayTask<B: Broker> {
 }
 
 /// Starts the relay's worker on `tracker`.
-pub(crate) fn spawn<B: Broker>(
+pub(crate) async fn spawn<B: Broker>(
     task: RelayTask<B>,
     tracker: &TaskTracker,
     token: &CancellationToken,
 ) -> Result<(), BrokerError> {
-    let consumer = task.shared.broker.consumer(&group_name(&task.name))?;
+    let group = group_name(&task.name);
+    let consumer =
+        crate::runtime::off_thread(&task.shared.broker, move |b| b.consumer(&group)).await?;
     let span = tracing::info_span!("relay", component = %task.name);
     tracker.spawn(run(Arc::new(task), consumer, token.clone()).instrument(span));
     Ok(())

@@ -69,7 +69,7 @@ pub(crate) struct SubscriberTask<B: Broker> {
 }
 
 /// Spawns the workers of a subscriber on `tracker`; they stop when `token` is cancelled.
-pub(crate) fn spawn<B: Broker>(
+pub(crate) async fn spawn<B: Broker>(
     task: SubscriberTask<B>,
     tracker: &TaskTracker,
     token: &CancellationToken,
@@ -77,8 +77,15 @@ pub(crate) fn spawn<B: Broker>(
     let task = Arc::new(task);
     let n = task.config.concurrency;
     let consumers = match &task.config.input {
-        SubscriberInput::Topics(_) => task.shared.broker.consumers(&task.config.group, n)?,
-        SubscriberInput::Queue(queue) => task.shared.broker.queue_consumers(queue, n)?,
+        SubscriberInput::Topics(_) => {
+            let group = task.config.group.clone();
+            crate::runtime::off_thread(&task.shared.broker, move |b| b.consumers(&group, n)).await?
+        }
+        SubscriberInput::Queue(queue) => {
+            let queue = queue.clone();
+            crate::runtime::off_thread(&task.shared.broker, move |b| b.queue_consumers(&queue, n))
+                .await?
+        }
     };
     for (worker, consumer) in consumers.into_iter().enumerate() {
         let span = tracing::info_span!("subscriber", component = %task.name, worker);
