@@ -362,7 +362,6 @@ fn any_handler_compiles_or_is_reported_and_any_run_ends() {
         max_memory: 16 << 20,
         ..Limits::default()
     });
-    let component: Arc<str> = Arc::from("s");
     let statements = prop::collection::vec(prop::sample::select(STATEMENTS.to_vec()), 0..12)
         .prop_map(|t| format!("{PRELUDE}{}", t.join("\n")));
     let soup = prop::collection::vec(rhai_piece(), 0..25).prop_map(|t| t.join("\n"));
@@ -376,10 +375,7 @@ fn any_handler_compiles_or_is_reported_and_any_run_ends() {
                     compiled.set(compiled.get() + 1);
                     let script = &prepared.scripts.by_component["subscribers.s"];
                     let event = Arc::new(Event::new("in", "test", data));
-                    if engine
-                        .run(script, &component, Some(script_event(&event, 1)))
-                        .is_ok()
-                    {
+                    if engine.run(script, Some(script_event(&event, 1))).is_ok() {
                         ran_ok.set(ran_ok.get() + 1);
                     }
                 }

@@ -77,12 +77,12 @@ pub(crate) fn spawn_interval<B: Broker>(
                 if let Some(script) = &script {
                     // Once per tick: always off the runtime's threads, which serve HTTP too.
                     let ran = if super::offloading() {
-                        let (shared, script, name) = (cx.shared.clone(), script.clone(), cx.name.clone());
-                        tokio::task::spawn_blocking(move || shared.engine.run(&script, &name, None))
+                        let (shared, script) = (cx.shared.clone(), script.clone());
+                        tokio::task::spawn_blocking(move || shared.engine.run(&script, None))
                             .await
                             .unwrap_or_else(|e| Err(crate::script::ScriptError::Failed { message: format!("the script's thread failed: {e}") }))
                     } else {
-                        cx.shared.engine.run(script, &cx.name, None)
+                        cx.shared.engine.run(script, None)
                     };
                     match ran {
                         Ok(output) => {

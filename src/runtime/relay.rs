@@ -90,11 +90,7 @@ impl<B: Broker> RelayTask<B> {
     fn decide(&self, delivery: &Delivery) -> Decision {
         let event = &delivery.event;
         if let Some(filter) = &self.filter {
-            match self
-                .shared
-                .engine
-                .eval(filter, &self.name, script_event(event, 1))
-            {
+            match self.shared.engine.eval(filter, script_event(event, 1)) {
                 Ok(Evaluated::Bool(true)) => {}
                 Ok(Evaluated::Bool(false)) => {
                     self.metrics.filtered.fetch_add(1, Ordering::Relaxed);
@@ -112,11 +108,7 @@ impl<B: Broker> RelayTask<B> {
         let Some(transform) = &self.transform else {
             return Decision::Queue(event.data.clone());
         };
-        match self
-            .shared
-            .engine
-            .eval(transform, &self.name, script_event(event, 1))
-        {
+        match self.shared.engine.eval(transform, script_event(event, 1)) {
             Ok(Evaluated::Unit) => {
                 self.metrics.dropped.fetch_add(1, Ordering::Relaxed);
                 Decision::Skip

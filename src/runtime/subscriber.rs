@@ -342,7 +342,6 @@ impl<B: Broker> SubscriberTask<B> {
             };
             let run = self.shared.engine.run_ahead(
                 script,
-                &self.name,
                 Some(script_event(event, attempt)),
                 stores.clone(),
                 inline_time,
@@ -403,7 +402,7 @@ impl<B: Broker> SubscriberTask<B> {
         known: Option<ReadAhead>,
     ) -> Result<ScriptOutput, ScriptError> {
         let shared = self.shared.clone();
-        let (script, name, event) = (script.clone(), self.name.clone(), event.clone());
+        let (script, event) = (script.clone(), event.clone());
         let stores = self.store_env();
         let inline_time = shared.engine.limits().inline_time;
         let span = tracing::Span::current();
@@ -412,10 +411,8 @@ impl<B: Broker> SubscriberTask<B> {
             let started = Instant::now();
             let event = Some(script_event(&event, attempt));
             let result = match known {
-                Some(known) => shared
-                    .engine
-                    .run_known(&script, &name, event, stores, known),
-                None => shared.engine.run_with(&script, &name, event, stores),
+                Some(known) => shared.engine.run_known(&script, event, stores, known),
+                None => shared.engine.run_with(&script, event, stores),
             };
             (result, started.elapsed() < inline_time)
         });
@@ -456,14 +453,12 @@ impl<B: Broker> SubscriberTask<B> {
                     // Reads beyond what is known are made as the run goes.
                     Some(known) => self.shared.engine.run_known(
                         script,
-                        &self.name,
                         Some(script_event(event, attempt)),
                         stores,
                         known,
                     ),
                     None => self.shared.engine.run_with(
                         script,
-                        &self.name,
                         Some(script_event(event, attempt)),
                         stores,
                     ),

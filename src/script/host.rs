@@ -51,9 +51,6 @@ pub struct ScriptOutput {
 
 /// The state of the run in progress on this thread.
 pub(crate) struct RunState {
-    /// Kept for diagnostics of the run (the tracing span carries it for log lines).
-    #[allow(dead_code)]
-    pub component: Arc<str>,
     pub deadline: Instant,
     /// When the run must leave the thread it runs on (`Limits::inline_time`), if it runs
     /// inline; past it the run stops and is run again elsewhere.

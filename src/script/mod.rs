@@ -209,10 +209,9 @@ impl ScriptEngine {
     pub fn run(
         &self,
         script: &CompiledScript,
-        component: &Arc<str>,
         event: Option<ScriptEvent>,
     ) -> Result<ScriptOutput, ScriptError> {
-        self.run_with(script, component, event, StoreEnv::default())
+        self.run_with(script, event, StoreEnv::default())
     }
 
     /// As `run`, with access to the flow's state stores.
@@ -222,13 +221,11 @@ impl ScriptEngine {
     pub fn run_with(
         &self,
         script: &CompiledScript,
-        component: &Arc<str>,
         event: Option<ScriptEvent>,
         stores: StoreEnv,
     ) -> Result<ScriptOutput, ScriptError> {
         self.run_final(
             script,
-            component,
             event,
             StoreEnv {
                 ahead: None,
@@ -244,7 +241,6 @@ impl ScriptEngine {
     pub fn run_known(
         &self,
         script: &CompiledScript,
-        component: &Arc<str>,
         event: Option<ScriptEvent>,
         stores: StoreEnv,
         known: crate::store::ReadAhead,
@@ -253,17 +249,16 @@ impl ScriptEngine {
             ahead: Some(Arc::new(known)),
             ..stores
         };
-        self.run_final(script, component, event, stores)
+        self.run_final(script, event, stores)
     }
 
     fn run_final(
         &self,
         script: &CompiledScript,
-        component: &Arc<str>,
         event: Option<ScriptEvent>,
         stores: StoreEnv,
     ) -> Result<ScriptOutput, ScriptError> {
-        match self.run_inner(script, component, event, stores, false, None) {
+        match self.run_inner(script, event, stores, false, None) {
             Ahead::Done(result) => result,
             // Reads not made ahead go to the reader, and the run has no inline time.
             Ahead::Wants(_) | Ahead::Offload => Err(ScriptError::Failed {
@@ -279,13 +274,12 @@ impl ScriptEngine {
     pub fn run_ahead(
         &self,
         script: &CompiledScript,
-        component: &Arc<str>,
         event: Option<ScriptEvent>,
         stores: StoreEnv,
         inline_time: Option<Duration>,
     ) -> Ahead {
         let records = stores.ahead.is_some();
-        self.run_inner(script, component, event, stores, records, inline_time)
+        self.run_inner(script, event, stores, records, inline_time)
     }
 
     /// One run, on the script stack (see `stack`), metered (see `memory`). `records` makes
@@ -294,7 +288,6 @@ impl ScriptEngine {
     fn run_inner(
         &self,
         script: &CompiledScript,
-        component: &Arc<str>,
         event: Option<ScriptEvent>,
         stores: StoreEnv,
         records: bool,
@@ -302,7 +295,6 @@ impl ScriptEngine {
     ) -> Ahead {
         let started = Instant::now();
         let state = host::RunState {
-            component: component.clone(),
             deadline: started + self.limits.wall_time,
             inline_until: inline_time.map(|t| started + t),
             max_emits: self.limits.max_emits,
@@ -365,11 +357,9 @@ impl ScriptEngine {
     pub fn eval(
         &self,
         script: &CompiledScript,
-        component: &Arc<str>,
         event: ScriptEvent,
     ) -> Result<Evaluated, ScriptError> {
         let state = host::RunState {
-            component: component.clone(),
             deadline: Instant::now() + self.limits.wall_time,
             inline_until: None,
             max_emits: 0,
@@ -864,7 +854,7 @@ mod tests {
         let script = compile(&source(dir.path(), text)).unwrap();
         let engine = ScriptEngine::new(Limits::default());
         let event = Arc::new(Event::new("orderCreated", "test", data));
-        engine.run(&script, &Arc::from("test"), Some(script_event(&event, 1)))
+        engine.run(&script, Some(script_event(&event, 1)))
     }
 
     /// Strings captured in closures count against a run's memory: the run fails by the
@@ -879,7 +869,7 @@ mod tests {
             ..Limits::default()
         });
         let event = Arc::new(Event::new("orderCreated", "test", json!({})));
-        let result = engine.run(&script, &Arc::from("test"), Some(script_event(&event, 1)));
+        let result = engine.run(&script, Some(script_event(&event, 1)));
         assert!(
             matches!(result, Err(ScriptError::Memory { .. })),
             "{:?}",
@@ -923,13 +913,7 @@ mod tests {
                 declared: Arc::new(["s".to_owned()].into()),
                 ahead: Some(Arc::new(ahead.clone())),
             };
-            match engine.run_ahead(
-                &script,
-                &Arc::from("test"),
-                Some(script_event(&event, 1)),
-                env,
-                None,
-            ) {
+            match engine.run_ahead(&script, Some(script_event(&event, 1)), env, None) {
                 Ahead::Done(result) => return (result, rounds),
                 Ahead::Offload => unreachable!("no inline time was given"),
                 Ahead::Wants(wants) => {
@@ -1022,13 +1006,7 @@ mod tests {
             ahead: None,
         };
         let out = engine
-            .run_known(
-                &script,
-                &Arc::from("test"),
-                Some(script_event(&event, 1)),
-                env,
-                known,
-            )
+            .run_known(&script, Some(script_event(&event, 1)), env, known)
             .unwrap();
         assert_eq!(out.reply, Some(json!({"a": 1, "b": 2})));
     }
@@ -1113,9 +1091,7 @@ mod tests {
         assert_eq!(script.imports, vec![dir.path().join("lib/money.rhai")]);
         let engine = ScriptEngine::new(Limits::default());
         let event = Arc::new(Event::new("t", "test", json!({"total": 500.0})));
-        let out = engine
-            .run(&script, &Arc::from("t"), Some(script_event(&event, 1)))
-            .unwrap();
+        let out = engine.run(&script, Some(script_event(&event, 1))).unwrap();
         assert_eq!(out.emits.len(), 1);
     }
 }
