@@ -11,6 +11,7 @@
 //! `http`. Nothing here routes or serves.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
@@ -23,7 +24,7 @@ use crate::flow::model::{HttpProducer, QueueConfig, StoreConfig, TopicConfig};
 use crate::runtime::history::History;
 use crate::runtime::metrics::Metrics;
 use crate::runtime::reload::ReloadHandle;
-use crate::runtime::Status;
+use crate::runtime::{FlowView, Status};
 
 /// What the HTTP API may read and drive in a runtime. Cheap to clone: every field is a
 /// handle.
@@ -44,6 +45,10 @@ pub struct ApiContext<B: Broker> {
     pub stores: watch::Receiver<Arc<BTreeMap<String, StoreConfig>>>,
     /// The running generation's topic settings (query reply timeouts).
     pub topics: watch::Receiver<Arc<BTreeMap<String, TopicConfig>>>,
+    /// The running generation's flow set and files (the console's graph and editor).
+    pub flows: watch::Receiver<Arc<FlowView>>,
+    /// The flow folders (`RuntimeOptions::roots`): where the console may edit files.
+    pub roots: Arc<[PathBuf]>,
 }
 
 /// One `http` producer, as the runtime hands it to its `ApiServer`.

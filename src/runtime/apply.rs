@@ -29,6 +29,7 @@ use crate::flow::diff::{CodeChanges, ComponentKey, FlowDiff, Kind};
 use crate::flow::model::{FlowSet, ProducerKind, SubscriberInput, TopicMode};
 use crate::pattern::TopicPattern;
 use crate::runtime::components::{handler_code, ComponentConfig, Running};
+use crate::runtime::FlowView;
 use crate::runtime::{chains, relay, Prepared, ReloadOutcome, Runtime, RuntimeError};
 
 impl<B: Broker> Runtime<B> {
@@ -65,6 +66,11 @@ impl<B: Broker> Runtime<B> {
             .generation
             .store(generation, Ordering::SeqCst);
         outcome.took_ms = started.elapsed().as_secs_f64() * 1000.0;
+        self.shared.flows.send_replace(Arc::new(FlowView {
+            generation,
+            flows: next.flows.clone(),
+            files: next.files.clone().into(),
+        }));
         self.current = Some(next);
         self.set_last_reload(outcome.clone());
         Ok(outcome)

@@ -86,6 +86,9 @@ pub struct RuntimeOptions {
     /// whose report would be interleaved with it).
     pub quiet: bool,
     pub limits: Limits,
+    /// The flow folders: the folders given to `edaflow run`, or a given flow file's folder.
+    /// Only files inside them may be edited from the console.
+    pub roots: Vec<std::path::PathBuf>,
 }
 
 /// Live status shared with the HTTP API.
@@ -94,6 +97,18 @@ pub struct Status {
     pub generation: AtomicU64,
     pub last_reload: Mutex<Option<ReloadOutcome>>,
     pub started: Instant,
+    /// Every reload's report, whatever caused it, as it finishes (the console's stream).
+    pub reports: tokio::sync::broadcast::Sender<reload::ReloadReport>,
+}
+
+/// The running generation as the console shows it: its flow set and the files it was
+/// loaded from.
+#[derive(Clone, Debug, Default)]
+pub struct FlowView {
+    pub generation: u64,
+    pub flows: Arc<crate::flow::model::FlowSet>,
+    /// Flow files, scripts and imported modules.
+    pub files: Arc<[std::path::PathBuf]>,
 }
 
 /// What every component of a runtime shares. Not for the HTTP API, which gets the narrow
@@ -108,6 +123,8 @@ pub(crate) struct Shared<B: Broker> {
     pub declared_stores: watch::Sender<Arc<BTreeSet<String>>>,
     /// Per-topic settings of the running generation (query reply timeouts).
     pub topics: watch::Sender<Arc<BTreeMap<String, TopicConfig>>>,
+    /// The running generation's flow set and files.
+    pub flows: watch::Sender<Arc<FlowView>>,
     /// Recent journeys, for `edaflow trace`.
     pub history: Arc<history::History>,
     /// When set, each successfully handled event is reported here with its subscriber
@@ -191,6 +208,7 @@ impl<B: Broker> Runtime<B> {
             stores: watch::Sender::new(Arc::new(BTreeMap::new())),
             declared_stores: watch::Sender::new(Arc::new(BTreeSet::new())),
             topics: watch::Sender::new(Arc::new(BTreeMap::new())),
+            flows: watch::Sender::new(Arc::new(FlowView::default())),
             reload: reload::ReloadHandle::default(),
             handled: std::sync::OnceLock::new(),
             engine: ScriptEngine::new(options.limits),
@@ -199,6 +217,7 @@ impl<B: Broker> Runtime<B> {
                 generation: AtomicU64::new(0),
                 last_reload: Mutex::new(None),
                 started: Instant::now(),
+                reports: tokio::sync::broadcast::channel(16).0,
             }),
             steps,
             steps_reported,
@@ -283,6 +302,8 @@ impl<B: Broker> Runtime<B> {
             queues: shared.queues.subscribe(),
             stores: shared.stores.subscribe(),
             topics: shared.topics.subscribe(),
+            flows: shared.flows.subscribe(),
+            roots: self.options.roots.clone().into(),
         }
     }
 

@@ -140,6 +140,8 @@ impl<B: Broker> Reloader<B> {
                 }
             }
         };
+        // Nobody listening (no console open) is fine.
+        let _ = self.runtime.status().reports.send(report.clone());
         if let Some(reply) = request.reply {
             let _ = reply.send(report.clone());
         }
