@@ -124,8 +124,11 @@ fn unreachable_redis_answers_503_backs_off_and_work_resumes() {
     // Two runtime threads, so that ingest goes on while the workers spin (with Redis on
     // loopback a 2-core machine gets one by default, and one thread takes turns: each
     // event is handled before the next request is read, and nothing is left waiting).
+    // A read in the air when Redis goes away may have taken entries whose reply never
+    // arrives: they stay pending with this process and are claimed after `--claim-idle`
+    // (30 s by default), so the test keeps it short.
     let (mut running, addr) = {
-        let mut running = edaflow(&dir, &url, &["--threads", "2"])
+        let mut running = edaflow(&dir, &url, &["--threads", "2", "--claim-idle", "2s"])
             .env(
                 "EDAFLOW_LOG",
                 "info,edaflow::broker::redis=debug,edaflow::runtime::subscriber=debug",
