@@ -130,7 +130,9 @@ impl RedisBroker {
                     this: false,
                     ..info
                 }),
-                Err(e) => debug!(process = %id, error = %e, "an unreadable process entry is left out"),
+                Err(e) => {
+                    debug!(process = %id, error = %e, "an unreadable process entry is left out")
+                }
             }
         }
         Ok(processes)
