@@ -144,8 +144,8 @@ impl Heartbeat {
         self.stop.cancel();
     }
 
-    /// Stops beating and removes the entry: over within `REGISTRY_STOP` (plus a moment
-    /// for a heartbeat in flight to be dropped).
+    /// Stops beating and removes the entry, waiting at most `REGISTRY_STOP` for it (the
+    /// removal, bounded the same, goes on without the wait past that).
     pub(crate) async fn stop(mut self) {
         self.stop.cancel();
         if let Some(task) = self.task.take() {
