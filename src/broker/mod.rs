@@ -8,9 +8,10 @@
 //! pure topic-pattern syntax).
 //!
 //! What only some brokers offer (a shared history, shared chain state, the article's wire
-//! format, retention, read-ahead, replies, a feed of accepted events) is not part of the
-//! core contract: each is a small trait in `capability`, reached through a `Broker`
-//! accessor that answers `None` when the broker does not offer it.
+//! format, retention, read-ahead, replies, a feed of accepted events, a registry of the
+//! processes sharing it) is not part of the core contract: each is a small trait in
+//! `capability`, reached through a `Broker` accessor that answers `None` when the broker
+//! does not offer it.
 
 pub(crate) mod backoff;
 pub mod capability;
@@ -30,6 +31,7 @@ use crate::pattern::TopicPattern;
 pub use capability::accept::{AcceptFeed, AcceptObserver};
 pub use capability::chains::{ChainCounts, ChainSpec, ChainStep, ExpiredChain, SharedChains};
 pub use capability::history::SharedHistory;
+pub use capability::processes::{ProcessInfo, Processes};
 pub use capability::read_ahead::StoreReadAhead;
 pub use capability::replies::{Replies, ReplyResult};
 pub use capability::retention::TopicRetention;
@@ -555,6 +557,12 @@ pub trait Broker: Clone + Send + Sync + 'static {
     /// A report of every event this broker accepts for delivery, when it can make one
     /// (see `AcceptFeed`).
     fn accept_feed(&self) -> Option<&dyn AcceptFeed> {
+        None
+    }
+
+    /// The registry of the processes sharing this broker, when several can (see
+    /// `Processes`).
+    fn processes(&self) -> Option<&dyn Processes> {
         None
     }
 }

@@ -294,6 +294,7 @@ async fn healthz<B: Broker>(State(state): State<Arc<ApiState<B>>>) -> Response {
         "last_reload": last_reload,
         "uptime_seconds": status.started.elapsed().as_secs(),
         "groups": groups,
+        "processes": crate::runtime::processes::list_processes(&state.runtime.broker, &status.this_process()).await,
     });
     json_response(StatusCode::OK, body.to_string())
 }

@@ -11,8 +11,10 @@
 //!
 //! The other modules are the components themselves (`subscriber`, `relay`, `chains`,
 //! `producers`) and what they record (`metrics`, `history`, `dead_letter`,
-//! `step_registry`), the reload path (`reload`) and its report (`outcome`). `api` is what
-//! the HTTP API may see of a runtime and how the runtime starts it, without naming it.
+//! `step_registry`), the reload path (`reload`) and its report (`outcome`). `processes`
+//! keeps this process's entry in the broker's registry of processes and lists them. `api`
+//! is what the HTTP API may see of a runtime and how the runtime starts it, without
+//! naming it.
 
 pub mod api;
 mod apply;
@@ -23,6 +25,7 @@ pub mod history;
 pub mod metrics;
 mod outcome;
 mod prepare;
+pub mod processes;
 pub mod producers;
 pub mod relay;
 pub mod reload;
@@ -99,6 +102,16 @@ pub struct Status {
     pub started: Instant,
     /// Every reload's report, whatever caused it, as it finishes (the console's stream).
     pub reports: tokio::sync::broadcast::Sender<reload::ReloadReport>,
+    /// Who this process is in the registry of the processes sharing the broker.
+    pub process: processes::ThisProcess,
+}
+
+impl Status {
+    /// This process's registry entry as of now: its generation and HTTP addresses, for
+    /// `processes::list_processes`.
+    pub fn this_process(&self) -> crate::broker::ProcessInfo {
+        self.process.info(self.generation.load(Ordering::SeqCst))
+    }
 }
 
 /// The running generation as the console shows it: its flow set and the files it was
@@ -188,6 +201,9 @@ pub struct Runtime<B: Broker> {
     code_unsure: bool,
     /// Addresses the HTTP producers actually listen on (after port 0 is resolved).
     http_addrs: Arc<Mutex<BTreeMap<String, std::net::SocketAddr>>>,
+    /// Keeps this process's entry in the broker's registry fresh, once a generation runs
+    /// (`None` before, and on a broker without a registry).
+    heartbeat: Option<processes::Heartbeat>,
     root: CancellationToken,
 }
 
@@ -197,6 +213,8 @@ impl<B: Broker> Runtime<B> {
     /// module's API.)
     pub fn with_api(broker: B, options: RuntimeOptions, api: Arc<dyn ApiServer<B>>) -> Runtime<B> {
         let steps = Arc::new(step_registry::StepRegistry::default());
+        let http_addrs = Arc::new(Mutex::new(BTreeMap::new()));
+        let process = processes::ThisProcess::new(&broker, http_addrs.clone());
         let steps_reported = broker.chains().is_none()
             && broker
                 .accept_feed()
@@ -218,6 +236,7 @@ impl<B: Broker> Runtime<B> {
                 last_reload: Mutex::new(None),
                 started: Instant::now(),
                 reports: tokio::sync::broadcast::channel(16).0,
+                process,
             }),
             steps,
             steps_reported,
@@ -234,7 +253,8 @@ impl<B: Broker> Runtime<B> {
             current: None,
             running: BTreeMap::new(),
             code_unsure: false,
-            http_addrs: Arc::new(Mutex::new(BTreeMap::new())),
+            http_addrs,
+            heartbeat: None,
             root: CancellationToken::new(),
         }
     }
@@ -323,7 +343,9 @@ impl<B: Broker> Runtime<B> {
     /// already applied stays applied: the caller restores the previous set (`restore`).
     pub async fn apply(&mut self, next: Prepared) -> Result<ReloadOutcome, RuntimeError> {
         let generation = self.generation() + 1;
-        self.apply_as(next, generation).await
+        let outcome = self.apply_as(next, generation).await;
+        self.announce();
+        outcome
     }
 
     /// Re-applies an earlier flow set under its own generation number, after a failed
@@ -336,7 +358,23 @@ impl<B: Broker> Runtime<B> {
         previous: Prepared,
         generation: u64,
     ) -> Result<ReloadOutcome, RuntimeError> {
-        self.apply_as(previous, generation).await
+        let outcome = self.apply_as(previous, generation).await;
+        self.announce();
+        outcome
+    }
+
+    /// Shows what runs now in the broker's registry of processes: starts the heartbeat
+    /// after the first apply, and refreshes the entry at once after the others.
+    fn announce(&mut self) {
+        match &self.heartbeat {
+            Some(heartbeat) => heartbeat.nudge(),
+            None => {
+                self.heartbeat = processes::Heartbeat::start(
+                    self.shared.broker.clone(),
+                    self.shared.status.clone(),
+                );
+            }
+        }
     }
 
     /// True when `next` is the running set exactly (flows, scripts and imported modules):

@@ -1,6 +1,7 @@
 //! Stopping a runtime: ingest first, then a grace period for what is queued, then every
 //! component after the event it holds, each step bounded so that a stuck component
-//! cannot hold the process. What was left unfinished is counted and said.
+//! cannot hold the process. What was left unfinished is counted and said. The process
+//! leaves the broker's registry of processes as the stop begins.
 
 use std::time::Duration;
 
@@ -31,9 +32,15 @@ pub struct ShutdownReport {
 impl<B: Broker> Runtime<B> {
     /// Stops ingest, lets queued events drain for at most `grace`, then stops every
     /// subscriber after the event it holds. Always over within `grace` plus
-    /// `PRODUCERS_STOP` and `COMPONENTS_STOP`, whatever is stuck: a component still going
-    /// then is left behind, and what it had not finished is counted and logged.
+    /// `PRODUCERS_STOP` and `COMPONENTS_STOP` (and `processes::REGISTRY_STOP` at worst,
+    /// for a broker that does not answer), whatever is stuck: a component still going then
+    /// is left behind, and what it had not finished is counted and logged.
     pub async fn shutdown(mut self, grace: Duration) -> ShutdownReport {
+        // The entry is removed while the components stop; waited for at the end.
+        let heartbeat = self.heartbeat.take();
+        if let Some(heartbeat) = &heartbeat {
+            heartbeat.cancel();
+        }
         let (producers, components): (Vec<_>, Vec<_>) = std::mem::take(&mut self.running)
             .into_iter()
             .partition(|(key, _)| key.kind == Kind::Producer);
@@ -92,6 +99,9 @@ impl<B: Broker> Runtime<B> {
             report.forced = true;
         }
         report.unfinished = self.unfinished().await;
+        if let Some(heartbeat) = heartbeat {
+            heartbeat.stop().await;
+        }
         if report.forced || report.unfinished > 0 {
             if self.shared.broker.retryable_commit().is_some() {
                 warn!(

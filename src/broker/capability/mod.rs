@@ -1,7 +1,7 @@
 //! What a broker may offer beyond the core contract, one small trait per capability.
 //!
 //! `Broker` reaches each through an accessor returning `Option` (`Broker::retention`,
-//! `Broker::wire`, `Broker::history`, `Broker::chains`, …): a broker that offers it answers `Some`, and
+//! `Broker::wire`, `Broker::history`, `Broker::chains`, `Broker::processes`, …): a broker that offers it answers `Some`, and
 //! callers write `if let Some(x) = broker.x()` rather than checking a flag and calling a
 //! method that does nothing on the other broker. These traits are object safe, so that
 //! the accessors can hand out `&dyn` views of the broker itself; their asynchronous
@@ -14,6 +14,7 @@
 pub mod accept;
 pub mod chains;
 pub mod history;
+pub mod processes;
 pub mod read_ahead;
 pub mod replies;
 pub mod retention;

@@ -30,6 +30,7 @@
 //! | `P h:{correlation}`, `P h:index` | list, zset | the journey history (see `history`) |
 //! | `P seq` | counter | orders events across streams and equal due times |
 //! | `P epoch` | hash | the epoch marker: `token`, `n` (see `epoch`) |
+//! | `P processes` | hash | process id -> `{seen ms}\n{ProcessInfo JSON}`: the process registry (see `processes`) |
 //! | channel `P tap` | pub/sub | every accepted event and queue item, while a tap listens |
 //! | channel `{topic}` | pub/sub | raw payloads of a `pubsub` topic (no prefix; see `wire`) |
 //! | `{list}` | list | raw payloads of a queue declared `list = "…"` (no prefix; see `wire`) |
@@ -104,6 +105,11 @@ impl Keys {
     /// `P epoch`: the epoch marker.
     pub(super) fn epoch(&self) -> String {
         self.named("epoch")
+    }
+
+    /// `P processes`: the process registry.
+    pub(super) fn processes(&self) -> String {
+        self.named("processes")
     }
 
     /// Channel `P tap`: what taps listen to.
@@ -183,6 +189,7 @@ mod tests {
             keys.dead(),
             keys.seq(),
             keys.epoch(),
+            keys.processes(),
             keys.tap(),
             keys.topic("orderCreated"),
             keys.group_streams("billing"),

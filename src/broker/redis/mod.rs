@@ -21,6 +21,7 @@
 //! | `replies` | replies to queries across processes |
 //! | `stores` | reading the state stores |
 //! | `chains`, `history` | chain instances; the journey history |
+//! | `processes` | the registry of the processes sharing the namespace |
 //! | `retention` | trimming topic streams |
 //! | `stats` | counts of what waits, for the synchronous trait methods |
 //! | `health`, `outage`, `circuit`, `oom`, `epoch` | what each command's outcome tells; outages; the circuit breaker; out of memory; state loss |
@@ -155,6 +156,7 @@ mod keys;
 mod mover;
 mod oom;
 pub(crate) mod outage;
+mod processes;
 mod queues;
 mod reader;
 mod replies;
@@ -179,8 +181,9 @@ use tracing::{warn, Instrument};
 
 use crate::broker::{
     Backpressure, Broker, BrokerError, BrokerHealth, BrokerIncidents, DeadFilter, Delivery,
-    Effects, GroupSpec, GroupStats, QueueSpec, QueueStats, Removed, Replies, ReplyResult,
-    RetryableCommit, SharedChains, SharedHistory, StoreReadAhead, TopicRetention, WireFormat,
+    Effects, GroupSpec, GroupStats, Processes, QueueSpec, QueueStats, Removed, Replies,
+    ReplyResult, RetryableCommit, SharedChains, SharedHistory, StoreReadAhead, TopicRetention,
+    WireFormat,
 };
 use crate::event::Event;
 use crate::pattern::TopicPattern;
@@ -286,7 +289,8 @@ struct Inner {
     clock: clock::RedisClock,
     /// Queues whose mover runs in this process (see `mover`).
     queue_movers: Mutex<HashSet<String>>,
-    /// Unique per broker instance: consumer names are `{instance}-{n}`, and replies to
+    /// Unique per broker instance, `{host}-{pid}-{random}`: the process's id in the
+    /// registry (see `processes`), consumer names are `{instance}-{n}`, and replies to
     /// this process's queries come on `P reply:{instance}`.
     instance: String,
     /// Queries this process waits on (see `replies`).
@@ -343,7 +347,7 @@ impl RedisBroker {
                 },
                 other => other,
             })?;
-        let instance = format!("{}-{}", std::process::id(), &crate::event::new_id()[16..]);
+        let instance = crate::broker::capability::processes::new_process_id();
         let waiting = Arc::new(replies::Waiting::default());
         replies::listen(
             node.clone(),
@@ -557,6 +561,10 @@ impl Broker for RedisBroker {
     }
 
     fn chains(&self) -> Option<&dyn SharedChains> {
+        Some(self)
+    }
+
+    fn processes(&self) -> Option<&dyn Processes> {
         Some(self)
     }
 
