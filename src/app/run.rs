@@ -1,6 +1,7 @@
 //! `edaflow run`: loads the flows, builds the tokio runtime (`--threads`), connects the
-//! broker, starts the runtime and the file watcher, and applies reload requests (files,
-//! SIGHUP, `POST /admin/reload`) one at a time until a shutdown signal, then drains.
+//! broker, starts the runtime, the file watcher and (`--console`) the console's own
+//! listener, and applies reload requests (files, SIGHUP, `POST /admin/reload`) one at a
+//! time until a shutdown signal, then drains.
 //! It owns the order of startup and shutdown; what each component does is `runtime`'s.
 
 use std::future::Future;
