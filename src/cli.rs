@@ -215,6 +215,11 @@ pub struct RunArgs {
     /// Override the HTTP producer's listen address (port 0 picks a free port).
     #[arg(long, value_name = "ADDR", env = "EDAFLOW_LISTEN")]
     pub listen: Option<String>,
+    /// Serve the browser console, with the read and admin routes but not ingest, on this
+    /// address of its own, whether or not a flow has an `http` producer (port 0 picks a
+    /// free port). Its token is --token, else the first `http` producer's `token`.
+    #[arg(long, value_name = "ADDR", env = "EDAFLOW_CONSOLE")]
+    pub console: Option<String>,
     /// The bearer token every HTTP producer requires, in place of the flow files' `token`
     /// (keeps the secret out of them). Never logged.
     #[arg(

@@ -1,23 +1,27 @@
 //! `edaflow run`: loads the flows, builds the tokio runtime (`--threads`), connects the
-//! broker, starts the runtime and the file watcher, and applies reload requests (files,
-//! SIGHUP, `POST /admin/reload`) one at a time until a shutdown signal, then drains.
+//! broker, starts the runtime, the file watcher and (`--console`) the console's own
+//! listener, and applies reload requests (files, SIGHUP, `POST /admin/reload`) one at a
+//! time until a shutdown signal, then drains.
 //! It owns the order of startup and shutdown; what each component does is `runtime`'s.
 
 use std::future::Future;
 use std::time::Duration;
 
+use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{info, warn, Instrument};
 
 use super::flow_files::load;
 use super::signals::{spawn_sighup, Signals};
 use super::Error;
 use crate::broker::{Broker, BrokerUrl, MemoryBroker, MemoryOptions, RedisBroker, RedisOptions};
 use crate::cli::RunArgs;
+use crate::flow::model::{ApiToken, HttpProducer, ProducerKind};
+use crate::runtime::api::ApiProducer;
 use crate::runtime::reload::{ReloadCause, ReloadRequest, Reloader};
-use crate::runtime::{Prepared, Runtime, RuntimeOptions};
+use crate::runtime::{Prepared, Runtime, RuntimeError, RuntimeOptions};
 use crate::watch::FileWatcher;
 
 /// `edaflow run` on a runtime of its own, sized by `--threads` (see `runtime_threads`),
@@ -203,8 +207,17 @@ async fn run_on<B: Broker>(
             ..RuntimeOptions::default()
         },
     );
+    // Bound before anything starts, so that an address in use fails the start.
+    let console = match &args.console {
+        Some(addr) => Some(bind_console(addr).await?),
+        None => None,
+    };
+    let console_token = args.token.clone().or_else(|| first_token(&prepared));
     let outcome = runtime.apply(prepared).await?;
     runtime.set_reload_channel(requests.clone());
+    if let Some(listener) = console {
+        serve_console(&runtime, listener, console_token, &tracker, token.clone());
+    }
     spawn_sighup(requests.clone(), &tracker, token.clone());
     if watcher.is_some() {
         let _ = requests
@@ -233,6 +246,63 @@ async fn run_on<B: Broker>(
     let grace = if durable { Duration::ZERO } else { args.grace };
     stop(reloader, grace, now).await;
     Ok(())
+}
+
+/// The console's listener (`--console ADDR`).
+async fn bind_console(addr: &str) -> Result<TcpListener, RuntimeError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| RuntimeError::Bind {
+            addr: addr.to_owned(),
+            source,
+        })
+}
+
+/// The `token` of the first `http` producer that has one (the console's, without
+/// `--token`).
+fn first_token(prepared: &Prepared) -> Option<ApiToken> {
+    prepared
+        .flows
+        .producers
+        .values()
+        .find_map(|p| match &p.kind {
+            ProducerKind::Http(http) => http.token.clone(),
+            _ => None,
+        })
+}
+
+/// Serves the console, the read and the admin routes on `listener` until `stop`, and says
+/// where (never with the token).
+fn serve_console<B: Broker>(
+    runtime: &Runtime<B>,
+    listener: TcpListener,
+    token: Option<ApiToken>,
+    tracker: &TaskTracker,
+    stop: CancellationToken,
+) {
+    let Ok(addr) = listener.local_addr() else {
+        warn!("the console's listener has no address; not serving the console");
+        return;
+    };
+    if !addr.ip().is_loopback() && token.is_none() {
+        warn!(%addr, "the console listens beyond this machine without a token: anyone who reaches it can replay dead letters and reload; pass --token or EDAFLOW_TOKEN");
+    }
+    let producer = ApiProducer {
+        runtime: runtime.api_context(),
+        config: HttpProducer {
+            listen: addr.to_string(),
+            token,
+            ..HttpProducer::default()
+        },
+        // The console's listener has no ingest: nothing publishes there.
+        deferred_topic: String::new(),
+        source: "edaflow://console".to_owned(),
+    };
+    info!(%addr, "console at http://{addr}/");
+    tracker.spawn(
+        crate::http::serve_console(listener, producer, stop)
+            .instrument(tracing::info_span!("console")),
+    );
 }
 
 /// Applies reload requests one at a time, in order, until `shutdown` resolves, and points

@@ -518,6 +518,10 @@ async fn closed(weak: &Weak<Inner>) {
 impl Broker for MemoryBroker {
     type Consumer = MemoryConsumer;
 
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
+
     async fn declare_group(&self, spec: &GroupSpec) -> Result<(), BrokerError> {
         {
             let mut groups = self.inner.groups.write().unwrap_or_else(|e| e.into_inner());

@@ -502,6 +502,9 @@ pub trait Broker: Clone + Send + Sync + 'static {
         None
     }
 
+    /// What kind of broker this is, as the console shows it: `memory` or `redis`.
+    fn kind(&self) -> &'static str;
+
     /// Checks, within about a second, that the broker answers (`/healthz`). An embedded
     /// broker is always up.
     fn health(&self) -> impl Future<Output = BrokerHealth> + Send {

@@ -17,6 +17,30 @@ pub enum GraphFormat {
     Dot,
 }
 
+/// How a handler uses a store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreUse {
+    Reads,
+    Writes,
+}
+
+/// How the script `text` uses `store`. Stores are not declared per subscriber: this reads
+/// the script's `store("…")` calls, and a script that also calls set/incr/remove is taken
+/// as writing.
+pub fn store_use(text: &str, store: &str) -> Option<StoreUse> {
+    if !text.contains(&format!("store(\"{store}\")")) {
+        return None;
+    }
+    let writes = [".set(", ".incr(", ".remove("]
+        .iter()
+        .any(|w| text.contains(w));
+    Some(if writes {
+        StoreUse::Writes
+    } else {
+        StoreUse::Reads
+    })
+}
+
 /// Optional numbers to print on the nodes (from a running instance's `/metrics`).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct LiveCounts {
@@ -170,20 +194,13 @@ fn build(flows: &FlowSet, live: &LiveCounts) -> Graph {
             let t = g.topic(topic, live);
             g.edge(&node, &t, "");
         }
-        // Stores are not declared per subscriber: read them off the script's `store("…")`
-        // calls (a script that also calls set/incr/remove is drawn as writing).
         if let Some(script) = &sub.script {
             for store in flows.stores.keys() {
-                if script.text.contains(&format!("store(\"{store}\")")) {
-                    let s = id("store", store);
-                    let writes = [".set(", ".incr(", ".remove("]
-                        .iter()
-                        .any(|w| script.text.contains(w));
-                    if writes {
-                        g.edge(&node, &s, "writes");
-                    } else {
-                        g.edge(&s, &node, "reads");
-                    }
+                let s = id("store", store);
+                match store_use(&script.text, store) {
+                    Some(StoreUse::Writes) => g.edge(&node, &s, "writes"),
+                    Some(StoreUse::Reads) => g.edge(&s, &node, "reads"),
+                    None => {}
                 }
             }
         }

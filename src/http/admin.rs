@@ -6,6 +6,7 @@
 //! that names it (it never widens what is done), and replaying or dropping dead letters
 //! needs an explicit selection (`{"all": true}`, or an origin and/or ids).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,6 +41,7 @@ async fn queue_reports<B: Broker>(state: &ApiState<B>) -> Result<Vec<QueueReport
         .dead_letters(&DeadFilter::default())
         .await
         .map_err(|_| ApiError::Unavailable)?;
+    let by_queue = dead_letters_by_queue(&dead);
     Ok(state
         .runtime
         .broker
@@ -47,21 +49,28 @@ async fn queue_reports<B: Broker>(state: &ApiState<B>) -> Result<Vec<QueueReport
         .await
         .into_iter()
         .map(|stats| {
-            let dead_letters = dead
-                .iter()
-                .filter(|e| {
-                    e.extensions
-                        .get(crate::event::dead_letter::QUEUE)
-                        .and_then(|v| v.as_str())
-                        == Some(stats.name.as_str())
-                })
-                .count();
+            let dead_letters = by_queue.get(&stats.name).copied().unwrap_or(0);
             QueueReport {
                 stats,
                 dead_letters,
             }
         })
         .collect())
+}
+
+/// How many of `dead` came from each queue (dead letters of topic events are in none).
+pub(crate) fn dead_letters_by_queue(dead: &[Event]) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for letter in dead {
+        let queue = letter
+            .extensions
+            .get(crate::event::dead_letter::QUEUE)
+            .and_then(|v| v.as_str());
+        if let Some(queue) = queue {
+            *counts.entry(queue.to_owned()).or_default() += 1;
+        }
+    }
+    counts
 }
 
 /// `GET /queues`.
@@ -319,7 +328,7 @@ pub(crate) async fn replay_dead<B: Broker>(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    state.authorize(&headers)?;
+    state.authorize_change(&headers)?;
     let request: Option<ReplayRequest> = strict_body(
         &headers,
         body,
@@ -410,7 +419,7 @@ pub(crate) async fn drop_dead<B: Broker>(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    state.authorize(&headers)?;
+    state.authorize_change(&headers)?;
     let request: Option<DropRequest> = strict_body(
         &headers,
         body,

@@ -42,6 +42,10 @@ pub enum ApiError {
     },
     #[error("missing or wrong bearer token")]
     Unauthorized,
+    #[error(
+        "a request authorised by the console's cookie must carry the header `X-Edaflow-Console: 1`"
+    )]
+    Csrf,
     #[error("too busy: the buffer of `{group}` is full; retry later")]
     Backpressure { group: String },
     #[error("too busy: {held} are over their byte budget ({bytes} bytes); retry later")]
@@ -156,6 +160,7 @@ impl ApiError {
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Csrf => StatusCode::FORBIDDEN,
             ApiError::UnknownQueue { .. }
             | ApiError::NotExposed { .. }
             | ApiError::NoSuchKey { .. }
@@ -196,6 +201,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType { .. } => "unsupported_media_type",
             ApiError::UnknownField { .. } => "unknown_field",
             ApiError::Unauthorized => "unauthorized",
+            ApiError::Csrf => "csrf",
             // One family for every "too busy, retry later": clients back off alike.
             ApiError::Backpressure { .. } | ApiError::OverBudget { .. } => "backpressure",
             ApiError::Unavailable => "unavailable",

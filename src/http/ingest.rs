@@ -72,7 +72,7 @@ pub(crate) async fn enqueue<B: Broker>(
     body: Body,
 ) -> Result<Response, ApiError> {
     let result = async {
-        state.authorize(&headers)?;
+        state.authorize_bearer(&headers)?;
         let default_delay = state
             .runtime
             .queues
@@ -181,7 +181,7 @@ pub(crate) async fn read_event<B: Broker>(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Event, ApiError> {
-    state.authorize(headers)?;
+    state.authorize_bearer(headers)?;
     check_topic(&topic)?;
     let mode = content_mode(headers)?;
     let bytes = read_body(headers, body, state.config.body_limit).await?;

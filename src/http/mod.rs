@@ -8,7 +8,12 @@
 //! router's own (404, 405, a rejected path or query) included, is JSON with a stable code.
 //!
 //! `server` owns the accept loop and the connection limit, `conn` a connection's clocks,
-//! `cloudevents` reading an event from a request, `error` the refusals.
+//! `cloudevents` reading an event from a request, `error` the refusals, `console` the
+//! browser console's routes (also served alone, without ingest, by `serve_console`).
+//!
+//! Ingest takes the token as `Authorization: Bearer` only. The read and admin routes also
+//! take the console's cookie, and a change (not GET or HEAD) authorised by the cookie alone
+//! must carry `X-Edaflow-Console: 1` (see `console`).
 //!
 //! It sees the runtime only through `runtime::api::ApiContext` (the broker, metrics,
 //! status, history, reload requests and the running generation's settings), and the
@@ -18,6 +23,7 @@ mod admin;
 pub mod base64;
 mod cloudevents;
 mod conn;
+pub mod console;
 pub mod error;
 mod ingest;
 pub mod query;
@@ -101,44 +107,109 @@ impl<B: Broker> ApiState<B> {
         self.source.rsplit('/').next().unwrap_or("api")
     }
 
+    /// Ingest's check: the token as `Authorization: Bearer` (the console's cookie does not
+    /// publish).
+    fn authorize_bearer(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        match self.credential(headers, false)? {
+            Credential::Open | Credential::Bearer => Ok(()),
+            Credential::Cookie => Err(ApiError::Unauthorized),
+        }
+    }
+
+    /// A read route's check: the token as `Authorization: Bearer` or as the console's
+    /// cookie.
     fn authorize(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        self.credential(headers, true).map(drop)
+    }
+
+    /// A change's check (any method but GET and HEAD): as `authorize`, and a request
+    /// authorised by the cookie alone must also carry `X-Edaflow-Console: 1`, which a
+    /// cross-site form or link cannot send.
+    fn authorize_change(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        match self.credential(headers, true)? {
+            Credential::Cookie
+                if headers
+                    .get(console::CHANGE_HEADER)
+                    .is_none_or(|v| v.as_bytes() != b"1") =>
+            {
+                Err(ApiError::Csrf)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// What authorises the request: nothing needed (no token set), the bearer header, or
+    /// (when `cookie`) the console's cookie; both compared in constant time.
+    fn credential(&self, headers: &HeaderMap, cookie: bool) -> Result<Credential, ApiError> {
         let Some(token) = &self.config.token else {
-            return Ok(());
+            return Ok(Credential::Open);
         };
         let given = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
             .unwrap_or(b"");
         if token.matches(given) {
-            Ok(())
-        } else {
-            Err(ApiError::Unauthorized)
+            return Ok(Credential::Bearer);
         }
+        if cookie && console::cookie_token(headers).is_some_and(|given| token.matches(&given)) {
+            return Ok(Credential::Cookie);
+        }
+        Err(ApiError::Unauthorized)
     }
 }
 
-/// The routes of the HTTP producer.
+/// What authorised a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Credential {
+    /// No token is set: everything is open.
+    Open,
+    Bearer,
+    /// The console's cookie (`POST /console/login`).
+    Cookie,
+}
+
+/// The routes of the HTTP producer: ingest, the read and admin routes, and the console.
 pub fn router<B: Broker>(state: Arc<ApiState<B>>) -> Router {
-    let body_limit = state.config.body_limit;
-    Router::new()
+    let ingest = Router::new()
         .route("/topics/{topic}", post(ingest::publish_topic::<B>))
         .route("/deferred-exec", post(ingest::publish_deferred::<B>))
+        .route("/query/{topic}", post(query::query::<B>))
+        .route("/queues/{queue}", post(ingest::enqueue::<B>));
+    finish(
+        ingest
+            .merge(read_and_admin::<B>())
+            .merge(console::routes::<B>()),
+        state,
+    )
+}
+
+/// The routes of the console's own listener (`edaflow run --console`): the read and admin
+/// routes and the console, without ingest.
+pub fn console_router<B: Broker>(state: Arc<ApiState<B>>) -> Router {
+    finish(read_and_admin::<B>().merge(console::routes::<B>()), state)
+}
+
+/// Health, metrics, tail, trace, chains, queues, stores, reload and dead letters.
+fn read_and_admin<B: Broker>() -> Router<Arc<ApiState<B>>> {
+    Router::new()
         .route("/healthz", get(healthz::<B>))
         .route("/metrics", get(metrics::<B>))
         .route("/tail", get(tail::<B>))
         .route("/admin/reload", post(admin_reload::<B>))
         .route("/chains", get(chains::<B>))
         .route("/trace/{correlation}", get(trace::<B>))
-        .route("/query/{topic}", post(query::query::<B>))
         .route("/stores/{store}/{key}", get(query::read_store::<B>))
         .route("/queues", get(admin::list_queues::<B>))
-        .route(
-            "/queues/{queue}",
-            get(admin::show_queue::<B>).post(ingest::enqueue::<B>),
-        )
+        .route("/queues/{queue}", get(admin::show_queue::<B>))
         .route("/admin/dead", get(admin::list_dead::<B>))
         .route("/admin/dead/replay", post(admin::replay_dead::<B>))
         .route("/admin/dead/drop", post(admin::drop_dead::<B>))
+}
+
+/// `routes` with the JSON 404 and the JSON refusals, on `state`.
+fn finish<B: Broker>(routes: Router<Arc<ApiState<B>>>, state: Arc<ApiState<B>>) -> Router {
+    let body_limit = state.config.body_limit;
+    routes
         .fallback(not_found)
         .layer(axum::middleware::from_fn(
             move |request: axum::extract::Request, next: axum::middleware::Next| {
@@ -155,6 +226,28 @@ pub async fn serve<B: Broker>(
     state: Arc<ApiState<B>>,
     token: CancellationToken,
 ) {
+    let router = router(state.clone());
+    serve_router(listener, state, router, token).await;
+}
+
+/// Serves the console and the read and admin routes, without ingest, on a listener of
+/// their own (`edaflow run --console`), until `token` is cancelled, as `serve` does.
+pub async fn serve_console<B: Broker>(
+    listener: tokio::net::TcpListener,
+    producer: ApiProducer<B>,
+    token: CancellationToken,
+) {
+    let state = ApiState::new(producer);
+    let router = console_router(state.clone());
+    serve_router(listener, state, router, token).await;
+}
+
+async fn serve_router<B: Broker>(
+    listener: tokio::net::TcpListener,
+    state: Arc<ApiState<B>>,
+    router: Router,
+    token: CancellationToken,
+) {
     let config = &state.config;
     let limits = server::ServerLimits {
         header_timeout: config.header_timeout,
@@ -164,7 +257,7 @@ pub async fn serve<B: Broker>(
     };
     let stopping = state.stopping.clone();
     let metrics = state.runtime.metrics.clone();
-    server::serve(listener, router(state), limits, metrics, token, stopping).await;
+    server::serve(listener, router, limits, metrics, token, stopping).await;
 }
 
 /// Any route not listed.
@@ -346,7 +439,7 @@ async fn admin_reload<B: Broker>(
     State(state): State<Arc<ApiState<B>>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    state.authorize(&headers)?;
+    state.authorize_change(&headers)?;
     let answer = state
         .runtime
         .reload

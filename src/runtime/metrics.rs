@@ -1,14 +1,21 @@
 //! Counters and histograms the runtime keeps, rendered in the Prometheus text format for
-//! `GET /metrics`. Hot paths hold an `Arc` to their own counters (atomics, no locks);
-//! the maps are only locked to register a new topic or subscriber and to render.
+//! `GET /metrics` and read as plain numbers for the console (`*_counts`). Hot paths hold
+//! an `Arc` to their own counters (atomics, no locks); the maps are only locked to
+//! register a new topic or subscriber and to render or read.
+//!
+//! Subscribers and relays also keep their last `RECENT_ERRORS` failures (`RecentErrors`),
+//! behind a mutex touched only when a run fails: the success path never sees it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
 
 use crate::broker::GroupStats;
+use crate::event::Event;
 use crate::runtime::chains::{ChainReport, ChainStats};
 
 /// Upper bounds of the handler latency buckets, in seconds.
@@ -34,6 +41,90 @@ impl Histogram {
         self.count.fetch_add(1, Ordering::Relaxed);
         let nanos = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
         self.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+
+    /// The histogram as it stands: each bucket's own count (not cumulative). Runs longer
+    /// than the last bound are in `count` only.
+    pub fn snapshot(&self) -> LatencySnapshot {
+        LatencySnapshot {
+            le: &LATENCY_BUCKETS,
+            counts: self
+                .buckets
+                .iter()
+                .map(|b| b.load(Ordering::Relaxed))
+                .collect(),
+            count: self.count.load(Ordering::Relaxed),
+            sum_seconds: self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9,
+        }
+    }
+}
+
+/// A histogram read at one moment (`Histogram::snapshot`).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct LatencySnapshot {
+    /// The buckets' upper bounds, in seconds.
+    pub le: &'static [f64],
+    /// Observations per bucket, not cumulative.
+    pub counts: Vec<u64>,
+    pub count: u64,
+    pub sum_seconds: f64,
+}
+
+/// How many recent failures a subscriber or a relay keeps.
+pub const RECENT_ERRORS: usize = 20;
+
+/// A failure message is kept to this many bytes.
+const RECENT_ERROR_BYTES: usize = 1024;
+
+/// One failed run, as the console lists it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct RecentError {
+    #[serde(serialize_with = "rfc3339_millis")]
+    pub at: SystemTime,
+    pub message: String,
+    pub event_id: String,
+    pub correlation: String,
+    /// Which run of the event failed (1 for the first).
+    pub attempt: u32,
+}
+
+fn rfc3339_millis<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&humantime::format_rfc3339_millis(*t))
+}
+
+/// The last `RECENT_ERRORS` failures of one component, oldest first.
+#[derive(Debug, Default)]
+pub struct RecentErrors(Mutex<VecDeque<RecentError>>);
+
+impl RecentErrors {
+    /// Keeps a failure of `event`, forgetting the oldest past `RECENT_ERRORS`.
+    pub fn record(&self, event: &Event, attempt: u32, message: &str) {
+        let mut end = message.len().min(RECENT_ERROR_BYTES);
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        let error = RecentError {
+            at: SystemTime::now(),
+            message: message[..end].to_owned(),
+            event_id: event.id.clone(),
+            correlation: event.correlation_id.clone(),
+            attempt,
+        };
+        let mut kept = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if kept.len() >= RECENT_ERRORS {
+            kept.pop_front();
+        }
+        kept.push_back(error);
+    }
+
+    /// The failures kept, oldest first.
+    pub fn list(&self) -> Vec<RecentError> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .cloned()
+            .collect()
     }
 }
 
@@ -68,6 +159,48 @@ pub struct SubscriberMetrics {
     pub hop_limited: AtomicU64,
     /// Time per run.
     pub latency: Histogram,
+    /// The last failed runs.
+    recent_errors: RecentErrors,
+}
+
+impl SubscriberMetrics {
+    /// Keeps a failed run of `event` (only called when a run fails).
+    pub fn record_error(&self, event: &Event, attempt: u32, message: &str) {
+        self.recent_errors.record(event, attempt, message);
+    }
+
+    /// The last failed runs, oldest first.
+    pub fn recent_errors(&self) -> Vec<RecentError> {
+        self.recent_errors.list()
+    }
+
+    /// The counters as they stand, for the console.
+    pub fn counts(&self) -> SubscriberCounts {
+        let read = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        SubscriberCounts {
+            events_in: read(&self.events_in),
+            events_out: read(&self.events_out),
+            handled: read(&self.handled),
+            errors: read(&self.errors),
+            dead_letters: read(&self.dead_letters),
+            latency: self.latency.snapshot(),
+            recent_errors: self.recent_errors(),
+        }
+    }
+}
+
+/// A subscriber's counters read at one moment.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct SubscriberCounts {
+    #[serde(rename = "in")]
+    pub events_in: u64,
+    #[serde(rename = "out")]
+    pub events_out: u64,
+    pub handled: u64,
+    pub errors: u64,
+    pub dead_letters: u64,
+    pub latency: LatencySnapshot,
+    pub recent_errors: Vec<RecentError>,
 }
 
 /// Per-relay counters.
@@ -81,6 +214,51 @@ pub struct RelayMetrics {
     pub dropped: AtomicU64,
     /// Filter or transform failures (the event is not queued).
     pub errors: AtomicU64,
+    /// The last failures.
+    recent_errors: RecentErrors,
+}
+
+impl RelayMetrics {
+    /// Keeps a failure on `event` (only called when the filter or transform fails).
+    pub fn record_error(&self, event: &Event, message: &str) {
+        self.recent_errors.record(event, 1, message);
+    }
+
+    /// The last failures, oldest first.
+    pub fn recent_errors(&self) -> Vec<RecentError> {
+        self.recent_errors.list()
+    }
+
+    /// The counters as they stand, for the console.
+    pub fn counts(&self) -> RelayCounts {
+        let read = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        RelayCounts {
+            relayed: read(&self.relayed),
+            filtered: read(&self.filtered),
+            dropped: read(&self.dropped),
+            errors: read(&self.errors),
+            recent_errors: self.recent_errors(),
+        }
+    }
+}
+
+/// A relay's counters read at one moment.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct RelayCounts {
+    pub relayed: u64,
+    pub filtered: u64,
+    pub dropped: u64,
+    pub errors: u64,
+    pub recent_errors: Vec<RecentError>,
+}
+
+/// A topic's counters read at one moment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct TopicCounts {
+    #[serde(rename = "in")]
+    pub events_in: u64,
+    #[serde(rename = "out")]
+    pub events_out: u64,
 }
 
 /// HTTP ingest counters, and the HTTP server's (every `http` producer's together).
@@ -180,6 +358,52 @@ impl Metrics {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .remove(name);
+    }
+
+    /// Every topic's counters, by name.
+    pub fn topic_counts(&self) -> BTreeMap<String, TopicCounts> {
+        self.topics
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(name, m)| {
+                let counts = TopicCounts {
+                    events_in: m.events_in.load(Ordering::Relaxed),
+                    events_out: m.events_out.load(Ordering::Relaxed),
+                };
+                (name.clone(), counts)
+            })
+            .collect()
+    }
+
+    /// Every subscriber's counters (those of subscribers since removed too), by name.
+    pub fn subscriber_counts(&self) -> BTreeMap<String, SubscriberCounts> {
+        let subscribers: Vec<(String, Arc<SubscriberMetrics>)> = self
+            .subscribers
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(name, m)| (name.clone(), m.clone()))
+            .collect();
+        subscribers
+            .into_iter()
+            .map(|(name, m)| (name, m.counts()))
+            .collect()
+    }
+
+    /// Every relay's counters, by name.
+    pub fn relay_counts(&self) -> BTreeMap<String, RelayCounts> {
+        let relays: Vec<(String, Arc<RelayMetrics>)> = self
+            .relays
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(name, m)| (name.clone(), m.clone()))
+            .collect();
+        relays
+            .into_iter()
+            .map(|(name, m)| (name, m.counts()))
+            .collect()
     }
 
     /// What `GET /chains` shows.
@@ -598,5 +822,58 @@ mod tests {
         ));
         assert!(text.contains("edaflow_buffer_depth{group=\"reserve\"} 3"));
         assert!(text.contains("# TYPE edaflow_handler_duration_seconds histogram"));
+    }
+
+    #[test]
+    fn only_the_last_failures_are_kept_oldest_first() {
+        let m = Metrics::default();
+        let s = m.subscriber("reserve");
+        assert!(s.recent_errors().is_empty());
+        let event = Event::new("orderCreated", "test", serde_json::json!({}));
+        for attempt in 1..=(RECENT_ERRORS as u32 + 5) {
+            s.record_error(&event, attempt, &format!("failure {attempt}"));
+        }
+        let kept = s.recent_errors();
+        assert_eq!(kept.len(), RECENT_ERRORS);
+        assert_eq!(kept[0].attempt, 6);
+        assert_eq!(kept[0].message, "failure 6");
+        assert_eq!(kept[RECENT_ERRORS - 1].attempt, RECENT_ERRORS as u32 + 5);
+        assert_eq!(kept[0].event_id, event.id);
+        assert_eq!(kept[0].correlation, event.correlation_id);
+        let json = serde_json::to_value(&kept[0]).expect("serializes");
+        let at = json["at"].as_str().expect("a time");
+        assert!(at.ends_with('Z') && at.contains('T'), "{at}");
+        // A long message is cut on a character boundary.
+        s.record_error(&event, 1, &"é".repeat(RECENT_ERROR_BYTES));
+        let last = s.recent_errors().pop().expect("kept");
+        assert!(last.message.len() <= RECENT_ERROR_BYTES);
+        assert_eq!(
+            m.subscriber_counts()["reserve"].recent_errors.len(),
+            RECENT_ERRORS
+        );
+
+        let r = m.relay("master");
+        r.record_error(&event, "relay filter failed");
+        assert_eq!(m.relay_counts()["master"].recent_errors[0].attempt, 1);
+    }
+
+    #[test]
+    fn latency_snapshots_count_per_bucket() {
+        let h = Histogram::default();
+        h.observe(Duration::from_micros(30));
+        h.observe(Duration::from_micros(300));
+        h.observe(Duration::from_micros(400));
+        h.observe(Duration::from_secs(3));
+        let snap = h.snapshot();
+        assert_eq!(snap.le.len(), snap.counts.len());
+        assert_eq!(snap.counts[0], 1);
+        assert_eq!(snap.counts[3], 2);
+        assert_eq!(
+            snap.counts.iter().sum::<u64>(),
+            3,
+            "past the last bound: in count only"
+        );
+        assert_eq!(snap.count, 4);
+        assert!(snap.sum_seconds > 3.0);
     }
 }

@@ -134,6 +134,7 @@ impl<B: Broker> RelayTask<B> {
         }
         if let Decision::Fail(reason) = &decision {
             self.metrics.errors.fetch_add(1, Ordering::Relaxed);
+            self.metrics.record_error(&delivery.event, reason);
             let topic = format!("dead.{}", self.name);
             warn!(event = %delivery.event.id, %reason, dead_letter = %topic, "relay failed; dead-lettering the event");
             effects.dead_letter = Some(dead_letter::build(

@@ -218,6 +218,8 @@ impl<B: Broker> SubscriberTask<B> {
                 Err(error) => error,
             };
             self.metrics.errors.fetch_add(1, Ordering::Relaxed);
+            self.metrics
+                .record_error(&delivery.event, attempt, &error.to_string());
             if attempt >= retry.attempts || !error.is_retryable() {
                 if matches!(error, ScriptError::HopLimit { .. }) {
                     self.metrics.hop_limited.fetch_add(1, Ordering::Relaxed);

@@ -441,6 +441,10 @@ impl RedisBroker {
 impl Broker for RedisBroker {
     type Consumer = RedisConsumer;
 
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+
     async fn declare_group(&self, spec: &GroupSpec) -> Result<(), BrokerError> {
         self.guarded("declare", groups::declare(self, spec)).await
     }
