@@ -275,6 +275,25 @@ async fn stop<B: Broker>(reloader: Reloader<B>, grace: Duration, now: impl Futur
     }
 }
 
+/// The flow folders of `paths`: a folder as given, a flow file's own folder.
+fn flow_roots(paths: &[std::path::PathBuf]) -> Vec<std::path::PathBuf> {
+    let mut roots: Vec<std::path::PathBuf> = paths
+        .iter()
+        .map(|path| {
+            let folder = if path.is_dir() {
+                path.as_path()
+            } else {
+                path.parent()
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .unwrap_or(std::path::Path::new("."))
+            };
+            std::path::absolute(folder).unwrap_or_else(|_| folder.to_path_buf())
+        })
+        .collect();
+    roots.dedup();
+    roots
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -296,23 +315,4 @@ mod tests {
         // A URL that does not parse fails later, with its own error; the count is the plain one.
         assert_eq!(runtime_threads(None, "nonsense://x"), cores);
     }
-}
-
-/// The flow folders of `paths`: a folder as given, a flow file's own folder.
-fn flow_roots(paths: &[std::path::PathBuf]) -> Vec<std::path::PathBuf> {
-    let mut roots: Vec<std::path::PathBuf> = paths
-        .iter()
-        .map(|path| {
-            let folder = if path.is_dir() {
-                path.as_path()
-            } else {
-                path.parent()
-                    .filter(|p| !p.as_os_str().is_empty())
-                    .unwrap_or(std::path::Path::new("."))
-            };
-            std::path::absolute(folder).unwrap_or_else(|_| folder.to_path_buf())
-        })
-        .collect();
-    roots.dedup();
-    roots
 }

@@ -18,6 +18,7 @@ mod admin;
 pub mod base64;
 mod cloudevents;
 mod conn;
+mod console;
 pub mod error;
 mod ingest;
 pub mod query;
@@ -139,6 +140,7 @@ pub fn router<B: Broker>(state: Arc<ApiState<B>>) -> Router {
         .route("/admin/dead", get(admin::list_dead::<B>))
         .route("/admin/dead/replay", post(admin::replay_dead::<B>))
         .route("/admin/dead/drop", post(admin::drop_dead::<B>))
+        .merge(console::files::routes::<B>())
         .fallback(not_found)
         .layer(axum::middleware::from_fn(
             move |request: axum::extract::Request, next: axum::middleware::Next| {
