@@ -623,6 +623,32 @@ mod tests {
     }
 
     #[test]
+    fn a_save_reloaded_first_by_another_trigger_reports_that_reload() {
+        use crate::flow::diff::FlowDiff;
+        use crate::runtime::ReloadOutcome;
+
+        let applied =
+            |generation| ReloadReport::Applied(ReloadOutcome::of(&FlowDiff::default(), generation));
+        let (reports, mut seen) = broadcast::channel(8);
+        reports.send(applied(2)).expect("a receiver");
+        let third = applied(3);
+        reports.send(third.clone()).expect("a receiver");
+        let own = ReloadReport::Unchanged { generation: 3 };
+        reports.send(own.clone()).expect("a receiver");
+        assert_eq!(covering(own.clone(), &mut seen), third);
+        // Nothing since the save made the running generation: the save changed nothing.
+        assert_eq!(covering(own.clone(), &mut seen), own);
+        // A report that is not `unchanged` is the save's own.
+        reports.send(applied(4)).expect("a receiver");
+        let invalid = ReloadReport::Invalid {
+            generation: 4,
+            diagnostic: String::new(),
+            problems: Vec::new(),
+        };
+        assert_eq!(covering(invalid.clone(), &mut seen), invalid);
+    }
+
+    #[test]
     fn versions_are_fnv1a_in_hex() {
         assert_eq!(version(b""), "cbf29ce484222325");
         assert_eq!(version(b"a"), "af63dc4c8601ec8c");
