@@ -201,9 +201,9 @@ fn saves_are_reloaded_and_reported_with_their_problems() {
 }
 
 #[test]
-fn stale_saves_missing_preconditions_and_creation() {
+fn stale_saves_preconditions_creation_and_a_save_that_restarts_the_producer() {
     let dir = FlowDir::with_files(&[("flow.toml", FLOW), ("handlers/worker.rhai", &worker("v1"))]);
-    let instance = run_flow(dir.root(), &["flow.toml"]);
+    let mut instance = run_flow(dir.root(), &["flow.toml"]);
     let id = "0/handlers/worker.rhai";
     let (_, v1) = read(&instance, id);
 
@@ -264,6 +264,26 @@ fn stale_saves_missing_preconditions_and_creation() {
     );
     answer.refused(400, "not_utf8");
     assert_eq!(read(&instance, new).0, worker("new"));
+
+    // A save whose reload restarts this very HTTP producer is answered as the producer
+    // stops (the reload waits for its requests to finish), without the report.
+    let (flow, flow_version) = read(&instance, "0/flow.toml");
+    let answer = put_file(
+        &instance,
+        "0/flow.toml",
+        &[("If-Match", &format!("\"{flow_version}\""))],
+        &flow.replace("kind = \"http\"", "kind = \"http\"\nbody_limit = \"2MiB\""),
+    );
+    assert_eq!(answer.status, 202, "{answer:?}");
+    let body = answer.json();
+    assert_eq!(body["report"]["result"], "in_progress", "{body}");
+    // The producer comes back (on another port: it listens on port 0), as generation 3.
+    instance.listening_addr(WITHIN);
+    assert_eq!(instance.generation(), 3);
+    assert_eq!(
+        read(&instance, "0/flow.toml").1,
+        body["version"].as_str().expect("v")
+    );
 }
 
 #[test]
