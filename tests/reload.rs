@@ -582,6 +582,7 @@ async fn invalid_edits_change_nothing_and_the_old_code_runs_on() {
             ReloadReport::Invalid {
                 generation,
                 diagnostic,
+                problems,
             } => {
                 assert_eq!(generation, 1, "{what}");
                 for part in expected {
@@ -590,6 +591,14 @@ async fn invalid_edits_change_nothing_and_the_old_code_runs_on() {
                         "{what}: the diagnostic should contain {part:?}:\n{diagnostic}"
                     );
                 }
+                // The same problem as data, placed in the edited file.
+                assert!(
+                    problems.iter().any(|p| p.code == expected[0]
+                        && p.file.as_deref().is_some_and(|f| f.ends_with(file))
+                        && p.line.is_some()),
+                    "{what}: a {} problem in {file}: {problems:#?}",
+                    expected[0]
+                );
             }
             other => panic!("{what}: expected Invalid, got {other:#?}"),
         }

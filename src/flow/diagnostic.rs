@@ -3,13 +3,18 @@
 //!
 //! Errors and warnings are separate types: warnings never fail validation. A load collects
 //! all errors and returns them together in one `FlowReport`. This module only describes
-//! problems; finding them is `load`'s job.
+//! problems; finding them is `load`'s job. `problems` turns a report into plain
+//! `Problem`s (file, line, column, code, message) for readers that are not terminals.
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use miette::{Diagnostic, GraphicalReportHandler, GraphicalTheme, NamedSource, SourceSpan};
+use miette::{
+    Diagnostic, GraphicalReportHandler, GraphicalTheme, LabeledSpan, NamedSource, SourceCode,
+    SourceSpan,
+};
+use serde::Serialize;
 
 use crate::duration::DurationError;
 use crate::pattern::PatternError;
@@ -723,6 +728,121 @@ pub fn render(diagnostic: &dyn Diagnostic, width: usize) -> String {
     out
 }
 
+/// One problem of a failed load as plain data: where it is and what it says, for an
+/// editor that marks the line rather than a terminal that draws the source.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Problem {
+    /// The file the problem is in, named as the diagnostic names it (relative to the
+    /// working directory when inside it); `None` when the problem is about no file.
+    #[serde(serialize_with = "path_as_text")]
+    pub file: Option<PathBuf>,
+    /// 1-based line of the primary label; `None` when the problem has no place.
+    pub line: Option<usize>,
+    /// 1-based column (in characters) of the primary label; `None` with `line`.
+    pub column: Option<usize>,
+    /// The stable code, e.g. `edaflow::script::compile`.
+    pub code: String,
+    /// The diagnostic's text, with its primary label when the label says more.
+    pub message: String,
+    /// The diagnostic's advice, if it has any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub help: Option<String>,
+}
+
+/// Every error of `report` as a `Problem`, in the report's order.
+pub fn problems(report: &FlowReport) -> Vec<Problem> {
+    report.errors.iter().map(problem).collect()
+}
+
+fn problem(error: &FlowError) -> Problem {
+    let label = primary_label(error);
+    let place = error
+        .source_code()
+        .zip(label.as_ref())
+        .and_then(|(source, label)| place(source, label.inner()));
+    let file = match error {
+        // About a path, not a place in a file's text.
+        FlowError::PathNotFound { path }
+        | FlowError::ReadFailed { path, .. }
+        | FlowError::NoFlowFiles { path } => Some(path.clone()),
+        _ => place.as_ref().and_then(|p| p.file.clone()),
+    };
+    Problem {
+        file,
+        line: place.as_ref().map(|p| p.line),
+        column: place.as_ref().map(|p| p.column),
+        code: error.code().map_or_else(
+            || "edaflow::flow::invalid".to_owned(),
+            |code| code.to_string(),
+        ),
+        message: message(error, label.as_ref().and_then(LabeledSpan::label)),
+        help: error.help().map(|help| help.to_string()),
+    }
+}
+
+/// The label marked primary, or else the first: the one the problem is about.
+fn primary_label(error: &FlowError) -> Option<LabeledSpan> {
+    let labels: Vec<LabeledSpan> = error.labels()?.collect();
+    let primary = labels.iter().position(LabeledSpan::primary).unwrap_or(0);
+    labels.into_iter().nth(primary)
+}
+
+/// Where a span starts in its source.
+struct Place {
+    file: Option<PathBuf>,
+    line: usize,
+    column: usize,
+}
+
+fn place(source: &dyn SourceCode, span: &SourceSpan) -> Option<Place> {
+    let start = SourceSpan::from((span.offset(), 0));
+    let at = source.read_span(&start, 0, 0).ok()?;
+    // miette counts the column in bytes; an editor counts characters.
+    let column_bytes = at.column();
+    let line_start = span.offset().checked_sub(column_bytes)?;
+    let before = source
+        .read_span(&SourceSpan::from((line_start, column_bytes)), 0, 0)
+        .ok()?;
+    let before = before.data().get(..column_bytes).unwrap_or(before.data());
+    let column = String::from_utf8_lossy(before).chars().count();
+    Some(Place {
+        file: at.name().map(PathBuf::from),
+        line: at.line() + 1,
+        column: column + 1,
+    })
+}
+
+/// The diagnostic's text, plus its label where the label adds to it ("expected an
+/// integer"), plus the chain of causes (an I/O error's reason).
+fn message(error: &FlowError, label: Option<&str>) -> String {
+    let mut message = error.to_string();
+    if let Some(label) = label.map(str::trim).filter(|l| !l.is_empty()) {
+        if !message.to_lowercase().contains(&label.to_lowercase()) {
+            message = format!("{message}: {label}");
+        }
+    }
+    let mut cause = std::error::Error::source(error);
+    while let Some(error) = cause {
+        let text = error.to_string();
+        if !message.contains(&text) {
+            message = format!("{message}: {text}");
+        }
+        cause = error.source();
+    }
+    message
+}
+
+/// Serializes a path as text (lossily: a path that is not UTF-8 still shows).
+fn path_as_text<S: serde::Serializer>(
+    path: &Option<PathBuf>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match path {
+        Some(path) => serializer.serialize_str(&Path::to_string_lossy(path)),
+        None => serializer.serialize_none(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -765,5 +885,143 @@ mod tests {
                 .as_deref(),
             Some("http")
         );
+    }
+
+    /// Loads (and compiles) `files` written into a temp dir, which must fail; the
+    /// problems, and the dir to name files by.
+    fn problems_of(files: &[(&str, &str)]) -> (tempfile::TempDir, Vec<Problem>) {
+        let dir = tempfile::TempDir::new().expect("temp dir");
+        for (name, text) in files {
+            let path = dir.path().join(name);
+            std::fs::create_dir_all(path.parent().expect("a file in the dir")).expect("mkdir");
+            std::fs::write(&path, text).expect("write");
+        }
+        let flow = vec![dir.path().join(files[0].0)];
+        let report = match crate::runtime::prepare(&flow) {
+            Ok(_) => panic!("{files:?} should not load"),
+            Err(report) => report,
+        };
+        let problems = problems(&report);
+        (dir, problems)
+    }
+
+    #[test]
+    fn a_toml_syntax_error_points_at_its_line() {
+        let (dir, problems) = problems_of(&[(
+            "flow.toml",
+            "[flow]\nname = \"p\"\n\n[topics.a]\nkind = \"event\n",
+        )]);
+        let [problem] = problems.as_slice() else {
+            panic!("one problem: {problems:#?}");
+        };
+        assert_eq!(problem.file, Some(dir.path().join("flow.toml")));
+        assert_eq!(problem.code, "edaflow::flow::toml_syntax");
+        // Where the string should have been closed: the end of line 5.
+        assert_eq!((problem.line, problem.column), (Some(5), Some(14)));
+        assert!(problem.message.starts_with("invalid TOML"), "{problem:#?}");
+    }
+
+    #[test]
+    fn a_script_that_does_not_compile_points_into_the_script() {
+        let flow = "[flow]\nname = \"p\"\n\n[subscribers.w]\ntopic = \"t\"\nscript = \"handlers/w.rhai\"\n";
+        let (dir, problems) = problems_of(&[
+            ("flow.toml", flow),
+            ("handlers/w.rhai", "let a = 1;\n// é\nlet é = ;\n"),
+        ]);
+        let [problem] = problems.as_slice() else {
+            panic!("one problem: {problems:#?}");
+        };
+        assert_eq!(problem.file, Some(dir.path().join("handlers/w.rhai")));
+        assert_eq!(problem.code, "edaflow::script::compile");
+        // At the `é` (the fifth character; the sixth byte).
+        assert_eq!((problem.line, problem.column), (Some(3), Some(5)));
+        assert!(problem.message.contains("does not compile"), "{problem:#?}");
+        // The label repeats the compiler's message, already in the text.
+        assert_eq!(problem.message.matches(':').count(), 1, "{problem:#?}");
+    }
+
+    #[test]
+    fn an_unknown_key_has_its_place_and_the_suggestion() {
+        let flow =
+            "[flow]\nname = \"p\"\n\n[subscribers.w]\ntopic = \"t\"\n  scirpt = \"w.rhai\"\n";
+        let (dir, problems) = problems_of(&[("flow.toml", flow)]);
+        let problem = problems
+            .iter()
+            .find(|p| p.code == "edaflow::flow::unknown_key")
+            .unwrap_or_else(|| panic!("an unknown key: {problems:#?}"));
+        assert_eq!(
+            problem,
+            &Problem {
+                file: Some(dir.path().join("flow.toml")),
+                line: Some(6),
+                column: Some(3),
+                code: "edaflow::flow::unknown_key".to_owned(),
+                message: "unknown key `scirpt` in `subscribers.w`".to_owned(),
+                help: Some("did you mean `script`?".to_owned()),
+            }
+        );
+    }
+
+    #[test]
+    fn columns_count_characters_and_labels_that_add_are_kept() {
+        let text: Arc<str> = "a = 1\nnamé = \"x\" = \"y\"\n".into();
+        let at = text.find("= \"y").expect("in the text");
+        let error = FlowError::WrongType {
+            key: "namé".to_owned(),
+            expected: "a string",
+            found: "an integer",
+            src: Arc::new(source_file("f.toml", text.clone())),
+            span: (at, 1).into(),
+        };
+        let [problem] = problems(&FlowReport::new(&[], vec![error]))
+            .try_into()
+            .expect("one");
+        assert_eq!((problem.line, problem.column), (Some(2), Some(12)));
+        assert_eq!(problem.file, Some(PathBuf::from("f.toml")));
+        assert_eq!(
+            problem.message,
+            "`namé` must be a string, found an integer: expected a string"
+        );
+    }
+
+    #[test]
+    fn a_problem_without_a_place_names_its_path_only() {
+        let missing = PathBuf::from("/nonexistent/flows");
+        let report = match crate::runtime::prepare(std::slice::from_ref(&missing)) {
+            Ok(_) => panic!("a missing path should not load"),
+            Err(report) => report,
+        };
+        let problems = problems(&report);
+        assert_eq!(
+            problems,
+            [Problem {
+                file: Some(missing),
+                line: None,
+                column: None,
+                code: "edaflow::flow::path_not_found".to_owned(),
+                message: "flow path /nonexistent/flows does not exist".to_owned(),
+                help: Some(
+                    "give a flow file (`orders.toml`) or a folder of them (`flows/`)".to_owned()
+                ),
+            }]
+        );
+        let json = serde_json::to_value(&problems[0]).expect("serializes");
+        assert_eq!(json["file"], "/nonexistent/flows");
+        assert_eq!(json["line"], serde_json::Value::Null);
+        assert_eq!(json["column"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn a_read_failure_says_why() {
+        let error = FlowError::ReadFailed {
+            path: PathBuf::from("f.toml"),
+            source: Arc::new(std::io::Error::other("disk on fire")),
+        };
+        let [problem] = problems(&FlowReport::new(&[], vec![error]))
+            .try_into()
+            .expect("one");
+        assert_eq!(problem.message, "cannot read f.toml: disk on fire");
+        assert_eq!(problem.line, None);
+        assert_eq!(problem.file, Some(PathBuf::from("f.toml")));
     }
 }

@@ -90,6 +90,104 @@ pub enum ApiError {
     TooManyConnections { limit: usize },
     #[error("the request was refused ({status})")]
     Refused { status: u16 },
+    #[error("{}", .refusal.message(.id))]
+    BadFile { id: String, refusal: FileRefusal },
+    #[error("{}", .conflict.message())]
+    EditConflict {
+        conflict: Conflict,
+        /// The version of the file on disk now, if there is one.
+        version: Option<String>,
+    },
+    #[error("send `If-Match` with the version that was read, or `If-None-Match: *` to create a new file")]
+    PreconditionRequired,
+    #[error("{what} is not UTF-8 text")]
+    NotUtf8 { what: &'static str },
+    #[error("the file could not be read or written; details are in the server's log")]
+    FileIo,
+}
+
+/// Why a console file id (`ROOT/relative/path`) is refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileRefusal {
+    /// It does not start with a root's index and a slash.
+    NoRoot,
+    /// No flow folder has that index.
+    UnknownRoot,
+    /// It starts with `/`.
+    Absolute,
+    /// A `..` part.
+    ParentPart,
+    /// An empty or `.` part (`0//a.rhai`, `0/./a.rhai`, a trailing slash).
+    EmptyPart,
+    Backslash,
+    Nul,
+    /// Not a `.toml` or `.rhai` file.
+    Extension,
+    /// A link that leads out of its flow folder (or nowhere).
+    OutsideRoot,
+    /// No such file, or no such folder for a new one.
+    Missing,
+}
+
+impl FileRefusal {
+    fn code(self) -> &'static str {
+        match self {
+            FileRefusal::NoRoot => "file_id_root",
+            FileRefusal::UnknownRoot => "unknown_root",
+            FileRefusal::Absolute => "file_id_absolute",
+            FileRefusal::ParentPart => "file_id_parent",
+            FileRefusal::EmptyPart => "file_id_empty_part",
+            FileRefusal::Backslash => "file_id_backslash",
+            FileRefusal::Nul => "file_id_nul",
+            FileRefusal::Extension => "file_id_extension",
+            FileRefusal::OutsideRoot => "file_outside_root",
+            FileRefusal::Missing => "unknown_file",
+        }
+    }
+
+    fn status(self) -> StatusCode {
+        match self {
+            FileRefusal::UnknownRoot | FileRefusal::Missing => StatusCode::NOT_FOUND,
+            _ => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    fn message(self, id: &str) -> String {
+        let why = match self {
+            FileRefusal::NoRoot => "does not start with a flow folder's index (`0/flow.toml`)",
+            FileRefusal::UnknownRoot => "names a flow folder that does not exist",
+            FileRefusal::Absolute => "is an absolute path; ids are `ROOT/relative/path`",
+            FileRefusal::ParentPart => "has a `..` part",
+            FileRefusal::EmptyPart => "has an empty or `.` part",
+            FileRefusal::Backslash => "has a backslash",
+            FileRefusal::Nul => "has a NUL character",
+            FileRefusal::Extension => "is not a `.toml` or `.rhai` file",
+            FileRefusal::OutsideRoot => "leads outside its flow folder",
+            FileRefusal::Missing => "names no file",
+        };
+        format!("file id {id:?} {why}")
+    }
+}
+
+/// How a save met a change on disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Conflict {
+    /// The file is not the version the save was based on.
+    Changed,
+    /// The file was deleted since it was read.
+    Deleted,
+    /// A new file was to be created, but one exists.
+    Exists,
+}
+
+impl Conflict {
+    fn message(self) -> &'static str {
+        match self {
+            Conflict::Changed => "the file changed on disk since it was read",
+            Conflict::Deleted => "the file was deleted since it was read",
+            Conflict::Exists => "the file already exists",
+        }
+    }
 }
 
 /// A client-chosen string edaflow keeps, bounded by `event::limits`.
@@ -156,7 +254,12 @@ impl ApiError {
             | ApiError::DataTooDeep { .. }
             | ApiError::UnknownField { .. }
             | ApiError::BadParameter { .. }
-            | ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            | ApiError::BadRequest { .. }
+            | ApiError::NotUtf8 { .. } => StatusCode::BAD_REQUEST,
+            ApiError::BadFile { refusal, .. } => refusal.status(),
+            ApiError::EditConflict { .. } => StatusCode::CONFLICT,
+            ApiError::PreconditionRequired => StatusCode::PRECONDITION_REQUIRED,
+            ApiError::FileIo => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
@@ -224,11 +327,27 @@ impl ApiError {
             ApiError::UriTooLong => "uri_too_long",
             ApiError::TooManyConnections { .. } => "too_many_connections",
             ApiError::Refused { .. } => "refused",
+            ApiError::BadFile { refusal, .. } => refusal.code(),
+            ApiError::EditConflict { .. } => "edit_conflict",
+            ApiError::PreconditionRequired => "precondition_required",
+            ApiError::NotUtf8 { .. } => "not_utf8",
+            ApiError::FileIo => "file_io",
         }
     }
 
-    /// The JSON body: `{"error": "...", "code": "..."}`.
+    /// The JSON body: `{"error": "...", "code": "..."}`. An edit conflict reads as the
+    /// console's contract has it: `{"error": "edit_conflict", "detail": "...", "version":
+    /// "<on disk>"}`, with the `code` too.
     pub fn body(&self) -> String {
+        if let ApiError::EditConflict { version, .. } = self {
+            return serde_json::json!({
+                "error": self.code(),
+                "code": self.code(),
+                "detail": self.to_string(),
+                "version": version,
+            })
+            .to_string();
+        }
         serde_json::json!({ "error": self.to_string(), "code": self.code() }).to_string()
     }
 
@@ -355,5 +474,41 @@ mod tests {
         };
         assert_eq!(e.code(), "too_many_extensions");
         assert_eq!(e.to_string(), "more than 64 extension attributes");
+    }
+
+    #[test]
+    fn an_edit_conflict_carries_the_version_on_disk() {
+        let e = ApiError::EditConflict {
+            conflict: Conflict::Changed,
+            version: Some("00ff".into()),
+        };
+        assert_eq!(e.status(), StatusCode::CONFLICT);
+        let body: serde_json::Value = serde_json::from_str(&e.body()).expect("JSON");
+        assert_eq!(
+            body,
+            serde_json::json!({
+                "error": "edit_conflict",
+                "code": "edit_conflict",
+                "detail": "the file changed on disk since it was read",
+                "version": "00ff",
+            })
+        );
+    }
+
+    #[test]
+    fn file_refusals_have_their_own_codes() {
+        let e = ApiError::BadFile {
+            id: "0/../x.rhai".into(),
+            refusal: FileRefusal::ParentPart,
+        };
+        assert_eq!(e.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(e.code(), "file_id_parent");
+        assert_eq!(e.to_string(), "file id \"0/../x.rhai\" has a `..` part");
+        let e = ApiError::BadFile {
+            id: "5/x.rhai".into(),
+            refusal: FileRefusal::UnknownRoot,
+        };
+        assert_eq!(e.status(), StatusCode::NOT_FOUND);
+        assert_eq!(e.code(), "unknown_root");
     }
 }

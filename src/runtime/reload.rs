@@ -1,6 +1,6 @@
 //! The one reload path: load → validate → diff → apply → report, whatever asked for it
-//! (the file watcher, SIGHUP or `POST /admin/reload`). `Reloader` owns the runtime and
-//! handles one `ReloadRequest` at a time, so reloads never overlap.
+//! (the file watcher, SIGHUP, `POST /admin/reload` or a save in the console). `Reloader`
+//! owns the runtime and handles one `ReloadRequest` at a time, so reloads never overlap.
 //!
 //! An invalid edit changes nothing: the diagnostic is printed and the running generation
 //! stays. Identical content is a no-op. A failure while applying restores the previous
@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, info, warn};
 
 use crate::broker::Broker;
-use crate::flow::diagnostic::render;
+use crate::flow::diagnostic::{problems, render, Problem};
 use crate::runtime::{prepare_after, Prepared, ReloadOutcome, Runtime};
 
 /// Why a reload was asked for.
@@ -28,6 +28,8 @@ pub enum ReloadCause {
     Signal,
     /// `POST /admin/reload`.
     Http,
+    /// The console saved this file.
+    Console(PathBuf),
     /// The check right after startup, for edits made while starting.
     Startup,
 }
@@ -87,8 +89,13 @@ pub enum ReloadReport {
     Applied(ReloadOutcome),
     /// Nothing changed; the generation stays.
     Unchanged { generation: u64 },
-    /// The new files are invalid; the generation stays. `diagnostic` is the rendered report.
-    Invalid { generation: u64, diagnostic: String },
+    /// The new files are invalid; the generation stays. `diagnostic` is the rendered
+    /// report, `problems` the same errors as data (file, line, code, message).
+    Invalid {
+        generation: u64,
+        diagnostic: String,
+        problems: Vec<Problem>,
+    },
     /// Applying failed; the previous generation was restored.
     RolledBack { generation: u64, error: String },
 }
@@ -137,6 +144,7 @@ impl<B: Broker> Reloader<B> {
                 ReloadReport::Invalid {
                     generation,
                     diagnostic,
+                    problems: problems(&report),
                 }
             }
         };

@@ -710,12 +710,13 @@ impl Running {
     /// missed; this rewrites `file` of `dir` with its own bytes until the process reports
     /// the no-op reload (`flows unchanged`).
     pub fn wait_until_watching(&mut self, dir: &FlowDir, file: &str) {
-        let path = dir.path(file);
-        let bytes = std::fs::read(&path).expect("read the file back");
+        let text = std::fs::read_to_string(dir.path(file)).expect("read the file back");
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let before = self.stderr().matches("flows unchanged").count();
-            std::fs::write(&path, &bytes).expect("rewrite the same bytes");
+            // Atomically: a reload could read a truncating rewrite half done, and an empty
+            // flow file is a valid flow set without components.
+            dir.save_atomic(file, &text);
             let attempt = Instant::now() + Duration::from_millis(250);
             while Instant::now() < attempt {
                 if self.stderr().matches("flows unchanged").count() > before {

@@ -16,11 +16,11 @@
 //! or a login body.
 
 mod assets;
+pub(crate) mod files;
 mod model;
 mod stream;
 
-use std::sync::{Arc, OnceLock};
-use std::time::SystemTime;
+use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::State;
@@ -28,7 +28,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use crate::broker::Broker;
 use crate::http::cloudevents::is_json_type;
@@ -53,6 +53,7 @@ pub(crate) fn routes<B: Broker>() -> Router<Arc<ApiState<B>>> {
         .route("/console/logout", post(logout))
         .route("/console/model", get(model::model::<B>))
         .route("/console/stream", get(stream::stream::<B>))
+        .merge(files::routes::<B>())
 }
 
 /// The token the `edaflow_console` cookie carries, if the request has one (the last, when
@@ -167,79 +168,6 @@ fn no_content(cookie: Option<String>) -> Response {
     response
 }
 
-/// Who this process is, for the console's list of processes.
-#[derive(Clone, Debug)]
-pub struct ProcessIdentity {
-    /// `HOST-PID-ULID`: unique even when a pid is reused.
-    pub id: String,
-    pub host: String,
-    pub pid: u32,
-    pub started_at: SystemTime,
-}
-
-/// This process (fixed at the first call).
-pub fn this_process() -> &'static ProcessIdentity {
-    static IDENTITY: OnceLock<ProcessIdentity> = OnceLock::new();
-    IDENTITY.get_or_init(|| {
-        let host = host_name();
-        let pid = std::process::id();
-        ProcessIdentity {
-            id: format!("{host}-{pid}-{}", crate::event::new_id()),
-            host,
-            pid,
-            started_at: SystemTime::now(),
-        }
-    })
-}
-
-/// The machine's name: the kernel's, else `$HOSTNAME`, else `localhost`.
-fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .map(|name| name.trim().to_owned())
-        .filter(|name| !name.is_empty())
-        .unwrap_or_else(|| "localhost".to_owned())
-}
-
-/// One process running this flow set, as the console lists it.
-#[derive(Clone, Debug, Serialize)]
-pub(crate) struct ProcessInfo {
-    pub id: String,
-    pub host: String,
-    pub pid: u32,
-    pub generation: u64,
-    #[serde(serialize_with = "rfc3339_millis")]
-    pub started_at: SystemTime,
-    /// How long ago it last said it was alive (0 for this process).
-    pub seen_ms_ago: u64,
-    /// Whether it is the process answering.
-    #[serde(rename = "self")]
-    pub this: bool,
-}
-
-fn rfc3339_millis<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
-    s.collect_str(&humantime::format_rfc3339_millis(*t))
-}
-
-/// The processes running this flow set: this one.
-pub(crate) fn processes_of<B: Broker>(state: &ApiState<B>) -> Vec<ProcessInfo> {
-    let me = this_process();
-    vec![ProcessInfo {
-        id: me.id.clone(),
-        host: me.host.clone(),
-        pid: me.pid,
-        generation: state
-            .runtime
-            .status
-            .generation
-            .load(std::sync::atomic::Ordering::SeqCst),
-        started_at: me.started_at,
-        seen_ms_ago: 0,
-        this: true,
-    }]
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -284,21 +212,5 @@ mod tests {
         }
         assert_eq!(encode_cookie("plain-token_1"), "plain-token_1");
         assert_eq!(decode_cookie(b"50%"), b"50%");
-    }
-
-    #[test]
-    fn this_process_is_named_after_its_host_and_pid() {
-        let me = this_process();
-        assert_eq!(me.pid, std::process::id());
-        assert!(
-            me.id.starts_with(&format!("{}-{}-", me.host, me.pid)),
-            "{}",
-            me.id
-        );
-        assert_eq!(
-            this_process().id,
-            me.id,
-            "fixed for the life of the process"
-        );
     }
 }

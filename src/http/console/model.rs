@@ -14,7 +14,9 @@
 //! and are not listed.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Component, Path, PathBuf};
+use std::path::PathBuf;
+
+use super::files::file_id;
 use std::sync::Arc;
 
 use axum::extract::State;
@@ -29,7 +31,6 @@ use crate::flow::graph::{store_use, StoreUse};
 use crate::flow::model::{
     FlowSet, ProducerKind, ScriptSource, SubscriberInput, TopicKind, TopicMode,
 };
-use crate::http::console::this_process;
 use crate::http::{json_response, ApiError, ApiState};
 use crate::runtime::FlowView;
 
@@ -115,7 +116,7 @@ pub(super) async fn model<B: Broker>(
     let view = state.runtime.flows.borrow().clone();
     let answer = ModelAnswer {
         process: ProcessRef {
-            id: this_process().id.clone(),
+            id: state.runtime.status.this_process().id,
             broker: state.runtime.broker.kind(),
         },
         model: model_of(&view, &state.runtime.roots),
@@ -124,40 +125,6 @@ pub(super) async fn model<B: Broker>(
         StatusCode::OK,
         serde_json::to_string(&answer).unwrap_or_default(),
     ))
-}
-
-/// The id of `path` under `roots` (see the module docs), or `None` outside every root (or
-/// for a path that is not UTF-8). Both are compared as absolute paths with `.` and `..`
-/// resolved by their text, without touching the disk.
-pub(crate) fn file_id(roots: &[PathBuf], path: &Path) -> Option<String> {
-    let path = lexical(path)?;
-    roots.iter().enumerate().find_map(|(index, root)| {
-        let relative = path.strip_prefix(lexical(root)?).ok()?;
-        let parts = relative
-            .components()
-            .map(|c| match c {
-                Component::Normal(part) => part.to_str(),
-                _ => None,
-            })
-            .collect::<Option<Vec<&str>>>()?;
-        (!parts.is_empty()).then(|| format!("{index}/{}", parts.join("/")))
-    })
-}
-
-/// `path` made absolute, with `.` and `..` resolved by their text.
-fn lexical(path: &Path) -> Option<PathBuf> {
-    let absolute = std::path::absolute(path).ok()?;
-    let mut clean = PathBuf::new();
-    for component in absolute.components() {
-        match component {
-            Component::CurDir => {}
-            Component::ParentDir => {
-                clean.pop();
-            }
-            other => clean.push(other),
-        }
-    }
-    Some(clean)
 }
 
 /// The graph model of `view`, with file ids under `roots`.
@@ -549,7 +516,7 @@ mod tests {
     }
 
     fn demo(file: &str) -> Model {
-        let flows = Path::new(env!("CARGO_MANIFEST_DIR")).join("flows");
+        let flows = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("flows");
         model_of(&view_of(&[flows.join(file)]), &[flows])
     }
 
@@ -707,25 +674,5 @@ mod tests {
             "topics.seen",
             "publishes"
         ));
-    }
-
-    #[test]
-    fn file_ids_are_relative_to_their_root() {
-        let roots = [PathBuf::from("/srv/a"), PathBuf::from("/srv/b/")];
-        assert_eq!(
-            file_id(&roots, Path::new("/srv/a/x.toml")).as_deref(),
-            Some("0/x.toml")
-        );
-        assert_eq!(
-            file_id(&roots, Path::new("/srv/b/h/./y.rhai")).as_deref(),
-            Some("1/h/y.rhai")
-        );
-        assert_eq!(
-            file_id(&roots, Path::new("/srv/b/h/../z.rhai")).as_deref(),
-            Some("1/z.rhai")
-        );
-        assert_eq!(file_id(&roots, Path::new("/srv/a/../c/x.toml")), None);
-        assert_eq!(file_id(&roots, Path::new("/srv/a")), None);
-        assert_eq!(file_id(&roots, Path::new("/elsewhere/x.toml")), None);
     }
 }

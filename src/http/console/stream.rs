@@ -23,10 +23,10 @@ use serde::Serialize;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
+use crate::broker::ProcessInfo;
 use crate::broker::{Broker, BrokerHealth, DeadFilter, GroupStats, QueueStats};
 use crate::flow::model::SubscriberInput;
 use crate::http::admin::dead_letters_by_queue;
-use crate::http::console::{processes_of, ProcessInfo};
 use crate::http::{ApiError, ApiState};
 use crate::runtime::chains::ChainReport;
 use crate::runtime::metrics::{RelayCounts, SubscriberCounts, TopicCounts};
@@ -88,7 +88,7 @@ impl<B: Broker> Feed<B> {
                 () = self.stopping.cancelled() => return None,
                 report = recv(&mut self.reports) => match report {
                     Ok(report) => {
-                        let data = serde_json::to_string(&report).unwrap_or_default();
+                        let data = super::files::report_json(&self.state.runtime.roots, &report).to_string();
                         return Some(frame("reload", &data));
                     }
                     // Reports missed by a slow page: the next snapshot has the generation.
@@ -165,6 +165,11 @@ impl<B: Broker> Feed<B> {
                 (q.name, snapshot)
             })
             .collect();
+        let processes = crate::runtime::processes::list_processes(
+            &runtime.broker,
+            &runtime.status.this_process(),
+        )
+        .await;
         let http = &runtime.metrics.http;
         let status = &runtime.status;
         Snapshot {
@@ -191,7 +196,7 @@ impl<B: Broker> Feed<B> {
                 connections_open: http.connections_open.load(Ordering::Relaxed),
             },
             dead_letters: dead_total,
-            processes: processes_of(state),
+            processes,
         }
     }
 }
