@@ -7,6 +7,12 @@
 //!
 //! Prints one `RESULT` line: chains, elapsed time from the first generated event to the
 //! last chain's completion, chains/s, and the process's peak RSS.
+//!
+//! With `BENCH_WAIT_PAGE=1` (for a flow with an `http` producer, such as
+//! `bench/flows/w2_console.toml`), the flow first runs without its generators until a
+//! browser has the console open (a connection to the producer, then 3 s for the page to
+//! load and open its stream), and only then generates: how `bench/console/cost.sh`
+//! measures what an open console costs.
 
 mod common;
 
@@ -61,6 +67,24 @@ async fn run<B: Broker>(
         },
     );
     let last = runtime.metrics().subscriber("count");
+    if std::env::var_os("BENCH_WAIT_PAGE").is_some() {
+        let mut waiting = prepared.clone();
+        let mut flows = (*waiting.flows).clone();
+        flows
+            .producers
+            .retain(|_, p| !matches!(p.kind, ProducerKind::Generator(_)));
+        waiting.flows = std::sync::Arc::new(flows);
+        runtime.apply(waiting).await?;
+        eprintln!("waiting for a browser on the console");
+        let waited = Instant::now();
+        while runtime.metrics().http.connections_open.load(Ordering::Relaxed) == 0 {
+            if waited.elapsed() > Duration::from_secs(60) {
+                return Err("no browser opened the console within 60 s".into());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
     let started = Instant::now();
     runtime.apply(prepared).await?;
     loop {
