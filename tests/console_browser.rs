@@ -108,9 +108,13 @@ fn worker_instance(extra: &[&str]) -> (FlowDir, Running) {
     (dir, instance)
 }
 
-/// Fails at once, and clearly, when the instance serves no console page (rather than
+/// Waits until the instance runs its whole first generation (its producer listens
+/// before), then fails at once, and clearly, when it serves no console page (rather than
 /// after every wait on the page has run out).
 fn assert_console_served(instance: &Running) {
+    instance.wait_stderr("`edaflow running`", WITHIN, |text| {
+        text.contains("edaflow running")
+    });
     let reply = instance.request("GET", "/", "");
     let html = reply
         .header("content-type")
