@@ -1134,7 +1134,9 @@ fn save_latency() {
     let Some(browser) = Browser::start() else {
         return;
     };
-    let (_dir, instance) = worker_instance(&[]);
+    // Without the watcher: its own reload of a saved file could take a save's change
+    // first, and leave the save's reload `unchanged`.
+    let (_dir, instance) = worker_instance(&["--no-watch"]);
     let editor = open_editor(&browser, &instance);
     let versions = [worker("a"), worker("b")];
     let mut samples = Vec::with_capacity(SAVES);
