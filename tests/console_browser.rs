@@ -261,6 +261,7 @@ const JUNK: &[&str] = &["[object ", "undefined", "NaN"];
 /// Takes a screenshot of the view (`target/console-screenshots/NAME.png`), once the text
 /// it shows has been checked for values printed by mistake and the console for the
 /// page's errors.
+#[track_caller]
 fn screenshot(browser: &Browser, name: &str) {
     let text = browser.execute("return document.body.innerText;", &[]);
     let text = text.as_str().unwrap_or_default();

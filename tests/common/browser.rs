@@ -200,17 +200,22 @@ impl Browser {
     }
 
     /// As `try_command`, panicking (with the page's state) on a WebDriver error.
+    #[track_caller]
     fn command(&self, method: &str, path: &str, body: Option<Value>) -> Value {
-        self.try_command(method, path, body)
-            .unwrap_or_else(|failure| self.fail(&format!("{method} {path}: {failure}")))
+        match self.try_command(method, path, body) {
+            Ok(value) => value,
+            Err(failure) => self.fail(&format!("{method} {path}: {failure}")),
+        }
     }
 
     /// Opens `url` and waits for its `load` event.
+    #[track_caller]
     pub fn goto(&self, url: &str) {
         self.command("POST", "/url", Some(json!({ "url": url })));
     }
 
     /// The page's address.
+    #[track_caller]
     pub fn url(&self) -> String {
         self.command("GET", "/url", None)
             .as_str()
@@ -219,39 +224,45 @@ impl Browser {
     }
 
     /// The first element matching `css`, if any.
+    #[track_caller]
     pub fn try_find(&self, css: &str) -> Option<Element> {
         self.find_from("", css).into_iter().next()
     }
 
     /// The first element matching `css`; panics when there is none.
+    #[track_caller]
     pub fn find(&self, css: &str) -> Element {
-        self.try_find(css)
-            .unwrap_or_else(|| self.fail(&format!("no element matches {css:?}")))
+        match self.try_find(css) {
+            Some(element) => element,
+            None => self.fail(&format!("no element matches {css:?}")),
+        }
     }
 
     /// Every element matching `css`, in document order.
+    #[track_caller]
     pub fn find_all(&self, css: &str) -> Vec<Element> {
         self.find_from("", css)
     }
 
     /// Every element matching `css` inside `parent`.
+    #[track_caller]
     pub fn find_all_in(&self, parent: &Element, css: &str) -> Vec<Element> {
         self.find_from(&format!("/element/{}", parent.id), css)
     }
 
     /// The first element matching `css` inside `parent`; panics when there is none.
+    #[track_caller]
     pub fn find_in(&self, parent: &Element, css: &str) -> Element {
-        self.find_all_in(parent, css)
-            .into_iter()
-            .next()
-            .unwrap_or_else(|| {
-                self.fail(&format!(
-                    "no element matches {css:?} inside {:?}",
-                    parent.selector
-                ))
-            })
+        match self.find_all_in(parent, css).into_iter().next() {
+            Some(element) => element,
+            None => self.fail(&format!(
+                "no element matches {css:?} inside {:?}",
+                parent.selector
+            )),
+        }
     }
 
+    #[track_caller]
     fn find_from(&self, scope: &str, css: &str) -> Vec<Element> {
         let found = self.command(
             "POST",
@@ -274,6 +285,7 @@ impl Browser {
     }
 
     /// The element's rendered text (as a user sees it: hidden parts left out).
+    #[track_caller]
     pub fn text(&self, element: &Element) -> String {
         self.element_command("GET", element, "/text", None)
             .as_str()
@@ -282,12 +294,14 @@ impl Browser {
     }
 
     /// The element's attribute (or property of that name), if it has one.
+    #[track_caller]
     pub fn attribute(&self, element: &Element, name: &str) -> Option<String> {
         let value = self.element_command("GET", element, &format!("/attribute/{name}"), None);
         value.as_str().map(str::to_owned)
     }
 
     /// Whether the element is displayed.
+    #[track_caller]
     pub fn displayed(&self, element: &Element) -> bool {
         self.element_command("GET", element, "/displayed", None)
             .as_bool()
@@ -295,21 +309,25 @@ impl Browser {
     }
 
     /// Clicks the element's centre (scrolling it into view first).
+    #[track_caller]
     pub fn click(&self, element: &Element) {
         self.element_command("POST", element, "/click", Some(json!({})));
     }
 
     /// Focuses the element and types `text` into it; the codes of `key` stand for keys
     /// (`key::CONTROL` stays held down until `key::NULL` or the end of the text).
+    #[track_caller]
     pub fn send_keys(&self, element: &Element, text: &str) {
         self.element_command("POST", element, "/value", Some(json!({ "text": text })));
     }
 
     /// Empties an input or a textarea.
+    #[track_caller]
     pub fn clear(&self, element: &Element) {
         self.element_command("POST", element, "/clear", Some(json!({})));
     }
 
+    #[track_caller]
     fn element_command(
         &self,
         method: &str,
@@ -317,17 +335,18 @@ impl Browser {
         path: &str,
         body: Option<Value>,
     ) -> Value {
-        self.try_command(method, &format!("/element/{}{path}", element.id), body)
-            .unwrap_or_else(|failure| {
-                self.fail(&format!(
-                    "{method} {path} on {:?}: {failure}",
-                    element.selector
-                ))
-            })
+        match self.try_command(method, &format!("/element/{}{path}", element.id), body) {
+            Ok(value) => value,
+            Err(failure) => self.fail(&format!(
+                "{method} {path} on {:?}: {failure}",
+                element.selector
+            )),
+        }
     }
 
     /// Presses `keys` together on the focused element, in order, and releases them in
     /// reverse order (`press(&[key::CONTROL, "s"])` is Ctrl+S).
+    #[track_caller]
     pub fn press(&self, keys: &[&str]) {
         let mut actions: Vec<Value> = keys
             .iter()
@@ -345,9 +364,12 @@ impl Browser {
 
     /// Runs `script` (a function body: `return …`) in the page with `args` as
     /// `arguments`, and gives back what it returned, as JSON.
+    #[track_caller]
     pub fn execute(&self, script: &str, args: &[Value]) -> Value {
-        self.try_execute(script, args)
-            .unwrap_or_else(|failure| self.fail(&format!("script failed: {failure}\n{script}")))
+        match self.try_execute(script, args) {
+            Ok(value) => value,
+            Err(failure) => self.fail(&format!("script failed: {failure}\n{script}")),
+        }
     }
 
     /// As `execute`, giving back a script error instead of failing.
@@ -361,6 +383,7 @@ impl Browser {
 
     /// The text of every element matching `css`, in document order (`textContent`, so
     /// hidden parts too).
+    #[track_caller]
     pub fn texts(&self, css: &str) -> Vec<String> {
         let value = self.execute(
             "return Array.from(document.querySelectorAll(arguments[0]), e => e.textContent);",
@@ -370,6 +393,7 @@ impl Browser {
     }
 
     /// How many elements match `css`.
+    #[track_caller]
     pub fn count(&self, css: &str) -> usize {
         let value = self.execute(
             "return document.querySelectorAll(arguments[0]).length;",
@@ -386,6 +410,7 @@ impl Browser {
 
     /// Polls `ready` until it gives `Some`, or fails the test (screenshot, console log and
     /// DOM in the message) once `within` has passed.
+    #[track_caller]
     pub fn wait<T>(
         &self,
         what: &str,
@@ -405,6 +430,7 @@ impl Browser {
     }
 
     /// Waits until an element matches `css`, and gives the first.
+    #[track_caller]
     pub fn wait_for(&self, css: &str, within: Duration) -> Element {
         self.wait(&format!("an element matching {css:?}"), within, |b| {
             b.try_find(css)
@@ -414,6 +440,7 @@ impl Browser {
     /// Waits until `script` (a function body, as for `execute`) returns a truthy value,
     /// and gives that value. A script that throws counts as not yet (the page may still
     /// be building what it reads); its last error is in the failure message.
+    #[track_caller]
     pub fn wait_until(&self, what: &str, script: &str, args: &[Value], within: Duration) -> Value {
         let mut last_error = None;
         let deadline = Instant::now() + within;
@@ -435,38 +462,46 @@ impl Browser {
         }
     }
 
-    /// Waits until the text of the first element matching `css` satisfies `ready`, and
-    /// gives that text.
+    /// Waits until the text (`textContent`) of the first element matching `css` satisfies
+    /// `ready`, and gives that text.
+    #[track_caller]
     pub fn wait_for_text(
         &self,
         css: &str,
         within: Duration,
         ready: impl Fn(&str) -> bool,
     ) -> String {
+        let deadline = Instant::now() + within;
         let mut seen = None;
-        let found = self.wait_or_report(within, || {
+        loop {
             let text = self
                 .try_execute(
                     "const e = document.querySelector(arguments[0]); \
                      return e ? e.textContent : null;",
                     &[json!(css)],
                 )
-                .ok()?;
-            let text = text.as_str()?.to_owned();
-            seen = Some(text.clone());
-            ready(&text).then_some(text)
-        });
-        found.unwrap_or_else(|| {
-            self.fail(&format!(
-                "timed out after {within:?} waiting for the text of {css:?}; last seen: {seen:?}"
-            ))
-        })
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned));
+            if let Some(text) = text {
+                if ready(&text) {
+                    return text;
+                }
+                seen = Some(text);
+            }
+            if Instant::now() >= deadline {
+                self.fail(&format!(
+                    "timed out after {within:?} waiting for the text of {css:?}; last seen: {seen:?}"
+                ));
+            }
+            std::thread::sleep(POLL);
+        }
     }
 
     /// Checks `holds` every poll for `during`, failing the test the first time it does not.
     /// For what must *not* happen (a paused list that must not grow): call it only once
     /// what would have shown the failure has happened elsewhere (the server has handled
     /// the event), so that `during` only covers the page's own delay.
+    #[track_caller]
     pub fn assert_for(
         &self,
         what: &str,
@@ -485,31 +520,17 @@ impl Browser {
         }
     }
 
-    fn wait_or_report<T>(
-        &self,
-        within: Duration,
-        mut ready: impl FnMut() -> Option<T>,
-    ) -> Option<T> {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(found) = ready() {
-                return Some(found);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(POLL);
-        }
-    }
-
     // -----------------------------------------------------------------------------------
     // What the page shows
 
     /// Takes a screenshot of the window into `target/console-screenshots/NAME.png` and
     /// gives its path.
+    #[track_caller]
     pub fn screenshot(&self, name: &str) -> PathBuf {
-        self.try_screenshot(name)
-            .unwrap_or_else(|e| panic!("screenshot {name}: {e}"))
+        match self.try_screenshot(name) {
+            Ok(path) => path,
+            Err(e) => panic!("screenshot {name}: {e}"),
+        }
     }
 
     fn try_screenshot(&self, name: &str) -> Result<PathBuf, String> {
@@ -554,6 +575,7 @@ impl Browser {
 
     /// Fails the test with `what`, a screenshot, the page's address, its console log and
     /// the start of its DOM.
+    #[track_caller]
     pub fn fail(&self, what: &str) -> ! {
         let n = self.failures.get() + 1;
         self.failures.set(n);
