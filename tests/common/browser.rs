@@ -1,6 +1,6 @@
 //! A headless Chromium for the browser console's tests, driven through chromedriver with a
-//! small W3C WebDriver client (JSON over the blocking HTTP/1.1 client of `common`): open a
-//! page, find elements by CSS, read, click, type, run scripts, wait on conditions with a
+//! small W3C WebDriver client (JSON over blocking HTTP/1.1, answers read with `common`'s
+//! `parse_reply`): open a page, find elements by CSS, read, click, type, run scripts, wait on conditions with a
 //! deadline, and take screenshots (`target/console-screenshots/NAME.png`).
 //!
 //! Each `Browser` owns its chromedriver (on a free loopback port) and one session with a
@@ -150,6 +150,7 @@ impl Browser {
     /// # Panics
     /// When Chromium or chromedriver is not installed (the message says how to install
     /// them), or when they do not start.
+    #[track_caller]
     pub fn start() -> Option<Browser> {
         let test = std::thread::current()
             .name()
@@ -165,10 +166,12 @@ impl Browser {
             .collect();
         assert!(
             missing.is_empty(),
-            "{} not installed: the browser console's tests drive a headless Chromium through \
-             chromedriver. Install them (Debian: `apt-get install -y chromium chromium-driver`; \
-             .ci/run does it in CI), or set EDAFLOW_SKIP_BROWSER=1 to skip these tests.",
-            missing.join(" and ")
+            "{} {} not installed: the browser console's tests drive a headless Chromium \
+             through chromedriver. Install them (Debian: `apt-get install -y chromium \
+             chromium-driver`; .ci/run does it in CI), or set EDAFLOW_SKIP_BROWSER=1 to skip \
+             these tests.",
+            missing.join(" and "),
+            if missing.len() == 1 { "is" } else { "are" }
         );
         let slot = Slot::take();
         let profile = tempfile::tempdir().expect("a temp dir for the browser profile");
