@@ -9,12 +9,14 @@
 //! process on a flow folder, publishing, taps, a log capture), `deferred` (taps that time
 //! what they see), `http_server` (the API router without a socket, an in-process HTTP
 //! server and raw async clients), `load` (numbered events posted to running processes
-//! until stopped) and `redis` (a `redis-server` or cluster of the test's own, `edaflow run`
-//! on it, what its streams hold, and the clock the broker contract reads time through).
+//! until stopped), `browser` (a headless Chromium driven over WebDriver, for the console)
+//! and `redis` (a `redis-server` or cluster of the test's own, `edaflow run` on it, what
+//! its streams hold, and the clock the broker contract reads time through).
 
 // Each test crate includes this module and uses a different part of it.
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod deferred;
 pub mod http_server;
 pub mod load;
