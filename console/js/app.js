@@ -151,6 +151,7 @@ function showLogin() {
   for (const section of document.querySelectorAll('main > .view')) section.hidden = true;
   document.getElementById('view-login').hidden = false;
   document.getElementById('logout').hidden = true;
+  setText(document.getElementById('status-stream'), 'signed out');
   setNav(null);
   document.getElementById('login-token').focus();
 }

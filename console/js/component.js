@@ -22,11 +22,12 @@ export function createComponentPanel(ctx, graph) {
     requestAnimationFrame(() => graph.focusNode(was));
   }
 
-  panel.addEventListener('keydown', (e) => {
-    if (e.key === 'Escape') {
-      e.preventDefault();
-      close();
-    }
+  // Escape closes the panel, from the panel or from the graph beside it.
+  document.addEventListener('keydown', (e) => {
+    if (e.key !== 'Escape' || panel.hidden || e.defaultPrevented) return;
+    if (!e.target.closest?.('#view-graph') || e.target.matches('input')) return;
+    e.preventDefault();
+    close();
   });
 
   function build() {
@@ -266,9 +267,9 @@ export function createComponentPanel(ctx, graph) {
     const bars = [...counts.map((c, i) => ({ c, label: shortDuration(le[i]), title: `≤ ${formatSeconds(le[i])}` })),
       { c: over, label: `>${shortDuration(le[le.length - 1])}`, title: `over ${formatSeconds(le[le.length - 1])}`, overflow: true }];
     const W = 400;
-    const H = 150;
+    const H = 160;
     const top = 14;
-    const bottom = 20;
+    const bottom = 26;
     const max = Math.max(1, ...bars.map((b) => b.c));
     const bw = W / bars.length;
     chart.setAttribute('viewBox', `0 0 ${W} ${H}`);
@@ -288,7 +289,8 @@ export function createComponentPanel(ctx, graph) {
         count.textContent = formatCount(b.c);
         chart.append(count);
       }
-      const label = svg('text', { class: 'axis', x: x + (bw - 6) / 2, y: H - 6 });
+      // Labels on two staggered rows, so that "100ms" and "500ms" never touch.
+      const label = svg('text', { class: 'axis', x: x + (bw - 6) / 2, y: i % 2 ? H - 1 : H - 10 });
       label.textContent = b.label;
       chart.append(label);
     });
@@ -305,11 +307,13 @@ export function createComponentPanel(ctx, graph) {
       return null;
     };
     const mean = histogramMode === 'total' && latency.count ? formatSeconds(latency.sum_seconds / latency.count) : null;
+    const p50 = quantile(0.5);
+    const p99 = quantile(0.99);
     parts.histogramSummary.replaceChildren(
       el('strong', {}, formatCount(total)), ` runs${histogramMode === 'recent' ? ' lately' : ''}`,
-      mean ? [' · mean ', el('strong', {}, mean)] : '',
-      quantile(0.5) ? [' · p50 ', el('strong', {}, quantile(0.5))] : '',
-      quantile(0.99) ? [' · p99 ', el('strong', {}, quantile(0.99))] : '');
+      ...(mean ? [' · mean ', el('strong', {}, mean)] : []),
+      ...(p50 ? [' · p50 ', el('strong', {}, p50)] : []),
+      ...(p99 ? [' · p99 ', el('strong', {}, p99)] : []));
   }
 
   function settingValue(key, value) {
@@ -329,6 +333,9 @@ export function createComponentPanel(ctx, graph) {
     }
     if (key === 'to' && typeof value === 'string') return link('queues', value);
     if (typeof value === 'string') return value;
+    if (value && typeof value === 'object' && !Array.isArray(value)) {
+      return Object.entries(value).map(([k, v]) => `${k} = ${JSON.stringify(v)}`).join(', ');
+    }
     return JSON.stringify(value);
   }
 

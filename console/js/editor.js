@@ -8,6 +8,13 @@
 import { ApiError, el, getJSON, request, routeHash, setClass, setText } from './api.js';
 import { highlightInto, languageOf } from './highlight.js';
 
+/** A path as the file list shows it: its folder muted, a line break allowed after it. */
+function pathParts(path) {
+  const slash = path.lastIndexOf('/');
+  if (slash < 0) return [path];
+  return [el('span', { class: 'dir' }, path.slice(0, slash + 1)), el('wbr'), path.slice(slash + 1)];
+}
+
 export function createEditorView(ctx) {
   const section = document.getElementById('view-edit');
   const fileList = document.getElementById('file-list');
@@ -53,7 +60,8 @@ export function createEditorView(ctx) {
           title: f.id,
           class: buffers.get(f.id) && isDirty(f.id) ? 'dirty' : null,
           'aria-current': f.id === currentId ? 'page' : null,
-        }, el('span', { class: 'ext', 'aria-hidden': 'true' }, languageOf(f.id) === 'toml' ? 'TOML' : 'RHAI'), shown(f.id))))))];
+        }, el('span', { class: 'ext', 'aria-hidden': 'true' }, languageOf(f.id) === 'toml' ? 'TOML' : 'RHAI'),
+        el('span', {}, ...pathParts(shown(f.id))))))))];
     };
     fileList.replaceChildren(...group('Flow files', 'flow'), ...group('Scripts', 'script'));
     if (!files.length) fileList.append(el('li', { class: 'hint', style: 'padding: 0 14px' }, 'No editable files.'));
@@ -264,8 +272,9 @@ export function createEditorView(ctx) {
       buffer.outcome = { text: '✖ Not saved: the file changed on disk since it was opened.', kind: 'bad' };
       if (currentId === id) {
         restoreOutcome(buffer);
-        conflictText.textContent = answer.data?.detail
-          ? `${answer.data.detail}.` : 'The file changed on disk since you opened it.';
+        const detail = answer.data?.detail ? String(answer.data.detail).replace(/\.?$/, '.') : '';
+        conflictText.textContent = `Someone or something else saved this file since you opened it${detail ? ` (${detail.replace(/\.$/, '')})` : ''}. `
+          + 'Load it from disk (your changes here are lost) or overwrite it with yours.';
         conflict.hidden = false;
       }
       record(started, 'conflict');
@@ -332,7 +341,7 @@ export function createEditorView(ctx) {
 
   function showOutcome(text, kind, detail) {
     outcome.className = `editor-outcome ${kind || ''}`;
-    outcome.replaceChildren(el('span', {}, text), detail ? el('pre', {}, detail) : null);
+    outcome.replaceChildren(el('span', {}, text), ...(detail ? [el('pre', {}, detail)] : []));
   }
 
   function restoreOutcome(buffer) {

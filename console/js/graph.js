@@ -72,7 +72,7 @@ export function createGraphView(ctx) {
     }
     const label = textWidth(node.name, `600 13px ${family}`);
     // The small print as wide as it usually gets, live figures included.
-    const typical = { subscriber: '▶ 12 · 345 queued', queue: '▤ 1,234 waiting · 12 in flight', chain: ' · ▶ 123 in flight' };
+    const typical = { subscriber: '▶ 12 · 345 queued', queue: '≡ 1,234 waiting · 12 in flight', chain: ' · ▶ 123 in flight' };
     const sub = textWidth(`${subText(node, ctx.model) || ''}${typical[node.kind] || ''}`, `11px ${family}`);
     const min = node.kind === 'subscriber' || node.kind === 'queue' ? 150 : 110;
     const width = Math.ceil(Math.min(300, Math.max(min, 40 + Math.max(label, sub) + 12)));
@@ -335,7 +335,7 @@ export function createGraphView(ctx) {
       const q = snap.queues?.[node.name];
       if (q) {
         busy = q.depth > 0 || q.in_flight > 0;
-        inflight = q.depth > 0 ? `▤ ${formatCount(q.depth)} waiting` : 'empty';
+        inflight = q.depth > 0 ? `≡ ${formatCount(q.depth)} waiting` : 'empty';
         if (q.in_flight > 0) inflight += ` · ${formatCount(q.in_flight)} in flight`;
         dead = q.dead_letters || 0;
       }
@@ -370,7 +370,7 @@ export function createGraphView(ctx) {
     const alert = now - (alerts.get(node.id).at || 0) < ALERT_MS;
     setClass(entry.el, 'alert', alert);
     const words = [`${node.kind} ${node.name}`];
-    if (fullInflight || inflight) words.push(fullInflight || inflight.replace(/[▶▤] /, ''));
+    if (fullInflight || inflight) words.push(fullInflight || inflight.replace(/^[▶≡] /, ''));
     if (errors) words.push(errorText.replace('⚠ ', ''));
     if (dead) words.push(`${dead} dead letter${dead === 1 ? '' : 's'}`);
     if (alert) words.push('new failures in the last minute');

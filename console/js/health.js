@@ -19,10 +19,11 @@ export function createHealthView(ctx) {
   let reloadKey = '';
 
   function update(snap) {
-    setText(generation, `generation ${snap.generation}`);
+    setText(generation, String(snap.generation));
     const h = snap.health || {};
     const words = { ok: '● up', degraded: '▲ degraded', down: '✖ down' };
-    setText(broker, `${ctx.model?.process?.broker ? `${ctx.model.process.broker}: ` : ''}broker ${words[h.status] || h.status || 'unknown'}${h.reason ? ` — ${h.reason}` : ''}`);
+    const kind = ctx.model?.process?.broker;
+    setText(broker, `${words[h.status] || h.status || 'unknown'}${h.reason ? `: ${h.reason}` : ''}${kind ? ` (${kind} broker)` : ''}`);
     setClass(broker, 'flag', true);
     setClass(broker, 'ok', h.status === 'ok');
     setClass(broker, 'warn', h.status === 'degraded');
@@ -63,7 +64,7 @@ export function createHealthView(ctx) {
       el('th', { scope: 'row', class: 'mono' }, c.chain),
       el('td', { class: 'num' }, formatCount(c.started)),
       el('td', { class: 'num' }, formatCount(c.completed)),
-      el('td', { class: `num${c.timed_out ? ' flag bad' : ''}` }, c.timed_out ? `⏱ ${formatCount(c.timed_out)}` : '0'),
+      el('td', { class: `num${c.timed_out ? ' flag bad' : ''}` }, c.timed_out ? `⚠ ${formatCount(c.timed_out)}` : '0'),
       el('td', { class: 'num' }, formatCount(c.in_flight)),
       el('td', { class: 'num' }, c.duration_ms ? formatMs(c.duration_ms.p50) : '–'),
       el('td', { class: 'num' }, c.duration_ms ? formatMs(c.duration_ms.p99) : '–')));

@@ -87,7 +87,9 @@ export function createJourneyView(ctx) {
       const who = el('div', { class: 'who', style: `--depth:${depth};--arrow:${depth ? 'visible' : 'hidden'}` },
         el('a', { class: 'topic', href: ctx.nodeById.has(`topics.${s.topic}`) ? routeHash('component', `topics.${s.topic}`) : null }, s.topic),
         el('span', { class: 'by', title: `emitted by ${s.emitted_by}${s.generation != null ? `, generation ${s.generation}` : ''}` },
-          `by ${s.emitted_by}`),
+          'by ', ctx.nodeById.has(s.emitted_by)
+            ? el('a', { href: routeHash('component', s.emitted_by) }, s.emitted_by.slice(s.emitted_by.indexOf('.') + 1))
+            : s.emitted_by),
         el('span', { class: 'times' },
           el('span', { class: 'step-elapsed', title: 'time since its cause' }, elapsed == null ? 'start' : `+${formatMs(elapsed)}`),
           el('span', { class: 'step-time', title: s.time }, formatClock(s.t))));

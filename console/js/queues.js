@@ -237,7 +237,7 @@ export function createQueuesView(ctx) {
     }
     await act(async () => {
       const report = await postJSON('/admin/dead/drop', { ids });
-      say(`🗑 Dropped ${report.dropped} dead letter${report.dropped === 1 ? '' : 's'}.`, 'ok');
+      say(`✓ Dropped ${report.dropped} dead letter${report.dropped === 1 ? '' : 's'}.`, 'ok');
     });
   });
 

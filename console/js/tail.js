@@ -41,7 +41,7 @@ export function createTailView(ctx) {
   function renderStatus() {
     const parts = [state];
     if (received) parts.push(`${formatCount(received)} received`);
-    if (paused) parts.push(`⏸ paused: ${formatCount(skipped)} not shown`);
+    if (paused) parts.push(`‖ paused: ${formatCount(skipped)} not shown`);
     setText(status, parts.join(' · '));
   }
 
