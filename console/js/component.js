@@ -56,8 +56,11 @@ export function createComponentPanel(ctx, graph) {
     // Live figures.
     const stats = el('div', { class: 'stat-grid' });
     const depth = el('div', { class: 'component-depth' });
+    const meter = el('div', {
+      class: 'meter', role: 'meter', 'aria-valuemin': '0', 'aria-valuemax': '100', 'aria-label': 'Buffer fill', hidden: true,
+    }, el('span'));
     panel.append(el('section', { class: 'panel-section', 'aria-label': 'Live figures' },
-      el('h3', {}, 'Now ', el('span', { class: 'aside' }, '(counts since start)')), stats, depth));
+      el('h3', {}, 'Now ', el('span', { class: 'aside' }, '(counts since start)')), stats, depth, meter));
 
     let histogram = null;
     let histogramSummary = null;
@@ -134,7 +137,7 @@ export function createComponentPanel(ctx, graph) {
     } else {
       panel.append(el('p', { class: 'hint' }, 'No script: this component is defined inline.'));
     }
-    parts = { node, stats, depth, histogram, histogramSummary, errors };
+    parts = { node, stats, depth, meter, histogram, histogramSummary, errors };
   }
 
   async function loadSource(node, scriptId, pre, edit, shownId) {
@@ -224,10 +227,11 @@ export function createComponentPanel(ctx, graph) {
     parts.stats.hidden = !cells.length;
     if (depthText == null && !cells.length) depthText = 'No live figures for this kind of component.';
     setText(parts.depth, depthText || '');
+    parts.meter.hidden = fill == null;
     if (fill != null) {
-      const meter = el('div', { class: `meter${fill > 0.8 ? ' high' : ''}`, role: 'meter', 'aria-valuenow': String(Math.round(fill * 100)), 'aria-valuemin': '0', 'aria-valuemax': '100', 'aria-label': 'Buffer fill' },
-        el('span', { style: `width:${Math.min(100, fill * 100).toFixed(1)}%` }));
-      parts.depth.append(meter);
+      setClass(parts.meter, 'high', fill > 0.8);
+      parts.meter.setAttribute('aria-valuenow', String(Math.round(fill * 100)));
+      parts.meter.firstElementChild.style.width = `${Math.min(100, fill * 100).toFixed(1)}%`;
     }
   }
 

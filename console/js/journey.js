@@ -3,7 +3,7 @@
 // bar on a shared timeline; and the model's chains that this journey started, each step
 // done, overdue or pending (in words as well as colours).
 
-import { ApiError, el, formatClock, formatMs, getJSON, parseTime, routeHash, setText } from './api.js';
+import { ApiError, el, formatAgo, formatClock, formatMs, getJSON, parseTime, routeHash, setText } from './api.js';
 
 const REFRESH_MS = 2000;
 const REFRESH_FOR_MS = 120000;
@@ -89,12 +89,12 @@ export function createJourneyView(ctx) {
         el('span', { class: 'by', title: `emitted by ${s.emitted_by}${s.generation != null ? `, generation ${s.generation}` : ''}` },
           'by ', ctx.nodeById.has(s.emitted_by)
             ? el('a', { href: routeHash('component', s.emitted_by) }, s.emitted_by.slice(s.emitted_by.indexOf('.') + 1))
-            : s.emitted_by),
-        el('span', { class: 'times' },
-          el('span', { class: 'step-elapsed', title: 'time since its cause' }, elapsed == null ? 'start' : `+${formatMs(elapsed)}`),
-          el('span', { class: 'step-time', title: s.time }, formatClock(s.t))));
+            : s.emitted_by));
+      const times = el('div', { class: 'times' },
+        el('span', { class: 'step-elapsed', title: 'time since its cause' }, elapsed == null ? 'start' : `+${formatMs(elapsed)}`),
+        el('span', { class: 'step-time', title: s.time }, formatClock(s.t)));
       const li = el('li', { class: 'journey-step', dataset: { id: s.id, topic: s.topic } },
-        el('div', { class: 'row' }, who, track));
+        el('div', { class: 'row' }, who, times, track));
       const kids = (children.get(s.id) || []).filter((k) => !visited.has(k.id));
       if (kids.length) li.append(el('ul', {}, kids.map((k) => item(k, depth + 1))));
       return li;
@@ -106,7 +106,9 @@ export function createJourneyView(ctx) {
     const pending = renderChains(steps);
     const topics = new Set(steps.map((s) => s.topic)).size;
     setText(status, `${steps.length} event${steps.length === 1 ? '' : 's'} on ${topics} topic${topics === 1 ? '' : 's'}`
-      + `, over ${formatMs(t1 - t0)}${pending ? ' · refreshing while chain steps are pending' : ''}`);
+      + `, over ${formatMs(t1 - t0)}`
+      + (steps.length ? `, started ${formatAgo(new Date(t0))}` : '')
+      + (pending ? ' · refreshing while chain steps are pending' : ''));
     loadedAt = loadedAt || Date.now();
     if (pending && !section.hidden && Date.now() - loadedAt < REFRESH_FOR_MS) {
       timer = setTimeout(() => load(), REFRESH_MS);
@@ -131,7 +133,7 @@ export function createJourneyView(ctx) {
           when = i === 0 ? formatClock(seen.t) : `+${formatMs(seen.t - start)}`;
         } else if (step.timeout_ms != null && now - start > step.timeout_ms) {
           state = 'overdue';
-          when = `due by +${formatMs(step.timeout_ms)}`;
+          when = `due by +${formatMs(step.timeout_ms)}, ${formatMs(now - start - step.timeout_ms)} late`;
         } else {
           state = 'pending';
           anyPending = true;
