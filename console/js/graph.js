@@ -97,6 +97,7 @@ export function createGraphView(ctx) {
       },
       { layerGap: LAYER_GAP, nodeGap: 30, previous, aspect: canvasAspect() },
     );
+    alignWith(placed, previous);
 
     const focusedId = document.activeElement?.closest?.('.node')?.dataset.id;
     // Nodes: keep the elements of nodes that stay (same kind), make the new ones.
@@ -399,12 +400,13 @@ export function createGraphView(ctx) {
     const y0 = -view.y / view.k;
     const w = r.width / view.k;
     const h = r.height / view.k;
-    const inside = x0 <= 0 && y0 <= 0 && x0 + w >= placed.width && y0 + h >= placed.height + 16;
+    const b = placed.bounds;
+    const inside = x0 <= b.x && y0 <= b.y && x0 + w >= b.x + b.width && y0 + h >= b.y + b.height + 16;
     const hide = inside || !placed.nodes.size;
     minimap.toggleAttribute('hidden', hide);
     if (hide) return;
-    minimap.setAttribute('viewBox', `${-pad} ${-pad} ${placed.width + 2 * pad} ${placed.height + 2 * pad}`);
-    const ratio = (placed.height + 2 * pad) / (placed.width + 2 * pad);
+    minimap.setAttribute('viewBox', `${b.x - pad} ${b.y - pad} ${b.width + 2 * pad} ${b.height + 2 * pad}`);
+    const ratio = (b.height + 2 * pad) / (b.width + 2 * pad);
     minimap.style.height = `${Math.round(Math.max(48, Math.min(150, 220 * ratio)))}px`;
     miniView.setAttribute('x', x0);
     miniView.setAttribute('y', y0);
@@ -455,13 +457,14 @@ export function createGraphView(ctx) {
     const r = root.getBoundingClientRect();
     if (!r.width || !r.height) return;
     const pad = 28;
-    const w = Math.max(1, placed.width);
-    const h = Math.max(1, placed.height + 16);
+    const b = placed.bounds;
+    const w = Math.max(1, b.width);
+    const h = Math.max(1, b.height + 16);
     let k = Math.max(MIN_K, Math.min(1.15, (r.width - 2 * pad) / w, (r.height - 2 * pad) / h));
     if (readable) k = Math.max(k, READABLE_K);
     view.k = k;
-    view.x = Math.max(pad, (r.width - w * k) / 2);
-    view.y = Math.max(pad, (r.height - h * k) / 2);
+    view.x = Math.max(pad, (r.width - w * k) / 2) - b.x * k;
+    view.y = Math.max(pad, (r.height - h * k) / 2) - b.y * k;
     apply();
   }
 
@@ -557,19 +560,21 @@ export function createGraphView(ctx) {
     e.preventDefault();
   });
 
-  nodeLayer.addEventListener('focusin', (e) => {
-    const el = e.target.closest('.node');
+  // On the section, not on the SVG group: Chrome puts an SVG element with such listeners
+  // in the tab order.
+  canvas.addEventListener('focusin', (e) => {
+    const el = e.target.closest?.('.node');
     if (el) {
       reveal(nodes.get(el.dataset.id));
       light(el.dataset.id);
     }
   });
-  nodeLayer.addEventListener('focusout', () => light(null));
-  nodeLayer.addEventListener('pointerover', (e) => {
-    const el = e.target.closest('.node');
+  canvas.addEventListener('focusout', () => light(null));
+  canvas.addEventListener('pointerover', (e) => {
+    const el = e.target.closest?.('.node');
     if (el && !drag) light(el.dataset.id);
   });
-  nodeLayer.addEventListener('pointerout', (e) => {
+  canvas.addEventListener('pointerout', (e) => {
     if (!e.relatedTarget || !e.relatedTarget.closest?.('.node')) {
       const focused = document.activeElement?.closest?.('.node');
       light(focused ? focused.dataset.id : null);
@@ -689,6 +694,50 @@ export function createGraphView(ctx) {
       if (entry) entry.el.focus({ preventScroll: true });
     },
   };
+}
+
+/**
+ * Moves a new layout so that the nodes it shares with the previous one stay where they
+ * were (by the median of their moves), and records its bounds.
+ */
+function alignWith(placed, previous) {
+  const dx = [];
+  const dy = [];
+  for (const [id, p] of placed.nodes) {
+    const before = previous.get(id);
+    if (before) {
+      dx.push(before.x - p.x);
+      dy.push(before.y - (p.y + p.height / 2));
+    }
+  }
+  const median = (list) => {
+    if (!list.length) return 0;
+    const sorted = list.slice().sort((a, b) => a - b);
+    return sorted[Math.floor(sorted.length / 2)];
+  };
+  const mx = median(dx);
+  const my = median(dy);
+  let x0 = Infinity;
+  let y0 = Infinity;
+  let x1 = -Infinity;
+  let y1 = -Infinity;
+  for (const p of placed.nodes.values()) {
+    p.x += mx;
+    p.y += my;
+    x0 = Math.min(x0, p.x);
+    y0 = Math.min(y0, p.y);
+    x1 = Math.max(x1, p.x + p.width);
+    y1 = Math.max(y1, p.y + p.height);
+  }
+  for (const route of placed.edges.values()) {
+    for (const pt of route.points) {
+      pt.x += mx;
+      pt.y += my;
+    }
+  }
+  placed.bounds = Number.isFinite(x0)
+    ? { x: x0, y: y0, width: x1 - x0, height: y1 - y0 }
+    : { x: 0, y: 0, width: 0, height: 0 };
 }
 
 // ------------------------------------------------------------------ figures per edge
