@@ -127,10 +127,10 @@ export class LiveStream {
 
 // ------------------------------------------------------------------ formatting
 
-/** 1234 → "1,234"; 12345 → "12.3k"; 1234567 → "1.23M". */
+/** 1234 → "1234"; 12345 → "12.3k"; 1234567 → "1.23M". */
 export function formatCount(n) {
   if (n == null || Number.isNaN(n)) return '–';
-  if (n < 10000) return Math.round(n).toLocaleString('en-US');
+  if (n < 10000) return String(Math.round(n));
   if (n < 1e6) return `${(n / 1e3).toFixed(n < 1e5 ? 1 : 0)}k`;
   if (n < 1e9) return `${(n / 1e6).toFixed(n < 1e8 ? 2 : 0)}M`;
   return `${(n / 1e9).toFixed(2)}G`;

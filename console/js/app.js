@@ -285,6 +285,7 @@ function onReload(report) {
   ctx.reloads.push({ at: Date.now(), report });
   if (ctx.reloads.length > 50) ctx.reloads.shift();
   views.health.onReload?.(report);
+  views.edit.onReload?.(report);
   const gen = report.generation;
   switch (report.result) {
     case 'applied':

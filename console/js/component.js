@@ -176,8 +176,16 @@ export function createComponentPanel(ctx, graph) {
           stat('emitted', formatCount(s.out)), stat('in flight', formatCount(s.in_flight)),
           stat(s.errors === 1 ? 'error' : 'errors', formatCount(s.errors), s.errors > 0),
           stat('dead letters', formatCount(s.dead_letters), s.dead_letters > 0));
-        depthText = `Group buffer: ${formatCount(s.queued)} queued of ${formatCount(s.capacity)} · ${formatCount(s.in_flight)} in flight`;
-        fill = s.capacity ? s.queued / s.capacity : 0;
+        const fromQueue = parts.node.settings?.queue;
+        if (s.queued == null && s.in_flight == null) {
+          depthText = 'No buffer figures: this process does not run its consumer.';
+        } else if (fromQueue) {
+          depthText = `Queue ${fromQueue}: ${formatCount(s.queued)} due now · ${formatCount(s.in_flight)} in flight`;
+        } else {
+          depthText = `Group buffer: ${formatCount(s.queued)} queued`
+            + `${s.capacity != null ? ` of ${formatCount(s.capacity)}` : ''} · ${formatCount(s.in_flight)} in flight`;
+          fill = s.capacity ? (s.queued || 0) / s.capacity : null;
+        }
         drawHistogram(s.latency, snap);
         updateErrors(s.recent_errors || []);
       } else {

@@ -284,13 +284,13 @@ export function createEditorView(ctx) {
     const { version: saved, report } = answer.data || {};
     buffer.version = saved || buffer.version;
     buffer.saved = text;
-    applyReport(buffer, report || {});
+    applyReport(buffer, report);
     if (currentId === id) {
       restoreOutcome(buffer);
       repaint();
       markList();
     }
-    record(started, report?.result || 'saved');
+    record(started, report ? report.result : 'saved');
     ctx.fileCache.delete(id);
   }
 
@@ -302,6 +302,11 @@ export function createEditorView(ctx) {
   /** Turns a reload report into the buffer's outcome line and problems. */
   function applyReport(buffer, report) {
     buffer.problems = [];
+    buffer.awaiting = false;
+    if (!report) {
+      buffer.outcome = { text: '✓ Saved · nothing reloads flows in this process', kind: 'warn' };
+      return;
+    }
     switch (report.result) {
       case 'applied': {
         const changes = ['added', 'changed', 'removed', 'swapped']
@@ -334,6 +339,11 @@ export function createEditorView(ctx) {
           detail: report.error,
         };
         break;
+      case 'in_progress':
+        // The outcome comes on the live stream (`onReload`).
+        buffer.awaiting = true;
+        buffer.outcome = { text: `✓ Saved · reloading… ${report.detail || ''}`.trim(), kind: 'warn' };
+        break;
       default:
         buffer.outcome = { text: `Saved · ${report.result || 'no reload report'}`, kind: 'warn' };
     }
@@ -356,7 +366,7 @@ export function createEditorView(ctx) {
         dataset: { line: p.line != null ? String(p.line) : '', file: p.file || '' },
       },
       el('span', { class: 'where' }, `✖ ${where}`),
-      el('span', { class: 'message' }, p.message),
+      el('span', { class: 'message' }, p.message, p.help ? el('span', { class: 'help' }, ` — ${p.help}`) : null),
       p.code ? el('span', { class: 'code' }, p.code) : null);
     }));
   }
@@ -460,15 +470,22 @@ export function createEditorView(ctx) {
         moveCaret(jump.line, 1);
       }
     },
+    /** A reload finished: a save still waiting for its outcome (answered 202) takes it. */
+    onReload(report) {
+      for (const [id, buffer] of buffers) {
+        if (!buffer.awaiting) continue;
+        applyReport(buffer, report);
+        if (id === currentId) {
+          restoreOutcome(buffer);
+          repaint();
+        }
+      }
+    },
     onModel() {
       renderFiles();
-      if (!section.hidden && !currentId) {
-        const { name, param } = (() => {
-          const m = /^#\/edit\/(.+)$/.exec(location.hash);
-          return { name: 'edit', param: m ? decodeURIComponent(m[1]) : null };
-        })();
-        if (name === 'edit' && param) open(param);
-      }
+      // Opened before the model came: open the file the route names.
+      const routed = /^#\/edit\/(.+)$/.exec(location.hash);
+      if (!section.hidden && !currentId && routed) open(decodeURIComponent(routed[1]));
     },
   };
 }

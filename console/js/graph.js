@@ -324,7 +324,11 @@ export function createGraphView(ctx) {
     let fullInflight = null;
     if (node.kind === 'subscriber') {
       const s = snap.subscribers?.[node.name];
-      if (s) {
+      if (s && s.in_flight == null && s.queued == null) {
+        inflight = 'no buffer here';
+        errors = s.errors || 0;
+        dead = s.dead_letters || 0;
+      } else if (s) {
         busy = s.in_flight > 0 || s.queued > 0;
         if (s.queued > 0) inflight = `▶ ${formatCount(s.in_flight)} · ${formatCount(s.queued)} queued`;
         else inflight = busy ? `▶ ${formatCount(s.in_flight)} in flight` : 'idle';

@@ -55,7 +55,7 @@ export function createHealthView(ctx) {
       el('td', { class: 'num' }, String(p.generation ?? '–'),
         p.generation != null && p.generation !== snap.generation ? el('span', { class: 'flag warn' }, ' ⚠ differs') : null),
       el('td', { title: p.started_at }, p.started_at ? formatAgo(p.started_at) : '–'),
-      el('td', {}, p.seen_ms_ago != null ? `${formatMs(p.seen_ms_ago)} ago` : '–',
+      el('td', {}, p.seen_ms_ago == null ? '–' : p.seen_ms_ago < 1000 ? 'just now' : `${formatMs(p.seen_ms_ago)} ago`,
         p.seen_ms_ago > 10000 ? el('span', { class: 'flag warn' }, ' ⚠ silent') : null)));
     if (!rows.length) rows.push(el('tr', {}, el('td', { colspan: '6', class: 'hint' }, 'No process reports (memory broker: this process only).')));
     processes.replaceChildren(...rows);
@@ -106,7 +106,9 @@ export function createHealthView(ctx) {
         el('span', { class: `flag ${ok ? 'ok' : 'bad'}` }, `${ok ? '✓' : '✖'} ${report.result}`),
         ` · generation ${report.generation}`, detail ? ` · ${detail}` : '');
     });
-    reloads.replaceChildren(...(items.length ? items : [el('li', { class: 'hint' }, 'None yet.')]));
+    reloads.replaceChildren(...items);
+    reloads.nextElementSibling?.remove();
+    if (!items.length) reloads.after(el('p', { class: 'hint' }, 'None yet: reloads (a save, a file changed on disk, SIGHUP) show here as they finish.'));
   }
 
   return {

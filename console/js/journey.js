@@ -24,6 +24,13 @@ export function createJourneyView(ctx) {
   let loadedAt = 0;
   let request = 0;
 
+  /** The component that emitted a step (the history names it bare), linked to its panel. */
+  function emitter(name) {
+    const id = ctx.nodeById.has(name) ? name
+      : ['subscribers', 'producers', 'relays', 'chains'].map((k) => `${k}.${name}`).find((i) => ctx.nodeById.has(i));
+    return id ? el('a', { href: routeHash('component', id) }, name.slice(name.indexOf('.') + 1)) : name;
+  }
+
   form.addEventListener('submit', (e) => {
     e.preventDefault();
     const id = input.value.trim();
@@ -87,9 +94,7 @@ export function createJourneyView(ctx) {
       const who = el('div', { class: 'who', style: `--depth:${depth};--arrow:${depth ? 'visible' : 'hidden'}` },
         el('a', { class: 'topic', href: ctx.nodeById.has(`topics.${s.topic}`) ? routeHash('component', `topics.${s.topic}`) : null }, s.topic),
         el('span', { class: 'by', title: `emitted by ${s.emitted_by}${s.generation != null ? `, generation ${s.generation}` : ''}` },
-          'by ', ctx.nodeById.has(s.emitted_by)
-            ? el('a', { href: routeHash('component', s.emitted_by) }, s.emitted_by.slice(s.emitted_by.indexOf('.') + 1))
-            : s.emitted_by));
+          'by ', emitter(s.emitted_by)));
       const times = el('div', { class: 'times' },
         el('span', { class: 'step-elapsed', title: 'time since its cause' }, elapsed == null ? 'start' : `+${formatMs(elapsed)}`),
         el('span', { class: 'step-time', title: s.time }, formatClock(s.t)));
@@ -124,6 +129,8 @@ export function createJourneyView(ctx) {
       const first = chain.steps[0] && steps.find((s) => s.topic === chain.steps[0].topic);
       if (!first) continue;
       const start = first.t;
+      // A step's own deadline, else the chain's (every step is due before the chain's end).
+      const deadline = (step) => step.timeout_ms ?? chain.timeout_ms ?? null;
       const items = chain.steps.map((step, i) => {
         const seen = i === 0 ? first : steps.find((s) => s.topic === step.topic && s.t >= start);
         let state;
@@ -131,13 +138,13 @@ export function createJourneyView(ctx) {
         if (seen) {
           state = 'done';
           when = i === 0 ? formatClock(seen.t) : `+${formatMs(seen.t - start)}`;
-        } else if (step.timeout_ms != null && now - start > step.timeout_ms) {
+        } else if (deadline(step) != null && now - start > deadline(step)) {
           state = 'overdue';
-          when = `due by +${formatMs(step.timeout_ms)}, ${formatMs(now - start - step.timeout_ms)} late`;
+          when = `due by +${formatMs(deadline(step))}, ${formatMs(now - start - deadline(step))} late`;
         } else {
           state = 'pending';
           anyPending = true;
-          when = step.timeout_ms != null ? `due by +${formatMs(step.timeout_ms)}` : 'waiting';
+          when = deadline(step) != null ? `due by +${formatMs(deadline(step))}` : 'waiting';
         }
         const icon = { done: '✓', overdue: '✖', pending: '…' }[state];
         return el('li', { class: `chain-step ${state}`, dataset: { topic: step.topic } },

@@ -89,8 +89,10 @@ export function createQueuesView(ctx) {
       const [queued, inflight, buffer, dead] = row.cells;
       setText(queued, formatCount(s.queued));
       setText(inflight, formatCount(s.in_flight));
-      const ratio = s.capacity ? s.queued / s.capacity : 0;
-      const text = `${Math.round(ratio * 100)}% of ${formatCount(s.capacity)}${ratio > 0.8 ? ' ⚠ nearly full' : ''}`;
+      const ratio = s.capacity ? (s.queued || 0) / s.capacity : 0;
+      const text = s.capacity
+        ? `${Math.round(ratio * 100)}% of ${formatCount(s.capacity)}${ratio > 0.8 ? ' ⚠ nearly full' : ''}`
+        : (s.queued == null ? '–' : 'unbounded');
       setText(buffer, text);
       setClass(buffer, 'flag', ratio > 0.8);
       setClass(buffer, 'bad', ratio > 0.8);

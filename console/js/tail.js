@@ -259,8 +259,15 @@ export function createTailView(ctx) {
     renderStatus();
   });
 
-  // Leaving the page (or the tab going to the background) also ends the stream.
+  // Leaving the page, or the tab going to the background, also ends the stream.
   window.addEventListener('pagehide', stop);
+  document.addEventListener('visibilitychange', () => {
+    if (section.hidden) return;
+    if (document.hidden) {
+      stop();
+      setStatus('stopped while the tab is in the background');
+    } else if (!running) start();
+  });
 
   return {
     el: section,
