@@ -44,7 +44,6 @@ const ctx = {
   refreshModel: () => refreshModel(),
 };
 window.edaflowConsole = window.edaflowConsole || {};
-window.edaflowConsole.ctx = ctx;
 
 const views = {};
 let current = null; // {name, view}
@@ -293,7 +292,7 @@ function onReload(report) {
       refreshModel();
       break;
     case 'unchanged':
-      toast(`Reload: nothing changed (generation ${gen})`, 'info');
+      // Nothing to tell (a watcher often reloads a save once more): Health lists it.
       break;
     case 'invalid': {
       const first = (report.problems || [])[0];
