@@ -220,11 +220,12 @@ function route() {
     current.view.hide?.();
     current.view.el.hidden = true;
   }
-  if (viewName !== 'graph' || name !== 'component') views.panel.hide();
+  if (name !== 'component') views.panel.hide();
   view.el.hidden = false;
   const previous = current?.name;
   current = { name: viewName, view };
-  view.show(name === 'component' ? param : param);
+  // The component panel opens beside the graph: the graph gets the id to mark it.
+  view.show(param);
   if (name === 'component') views.panel.show(param);
   setNav(viewName);
   const titles = {
