@@ -329,6 +329,7 @@ export function createComponentPanel(ctx, graph) {
   }
 
   function settingValue(key, value) {
+    if (value == null) return el('span', { class: 'hint' }, 'not set');
     const link = (kind, name) => {
       const target = `${kind}.${name}`;
       return ctx.nodeById.has(target) ? el('a', { href: routeHash('component', target) }, name) : name;
