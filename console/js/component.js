@@ -135,7 +135,9 @@ export function createComponentPanel(ctx, graph) {
       loadSource(node, node.script, pre, edit, shownId);
       if (definition) loadSource(node, null, definition, null, shownId);
     } else {
-      panel.append(el('p', { class: 'hint' }, 'No script: this component is defined inline.'));
+      panel.append(el('p', { class: 'hint' }, node.kind === 'topic'
+        ? 'Not declared in a flow file: this topic exists because components name it.'
+        : 'Its flow file is outside the flow folders, so the console cannot show it.'));
     }
     parts = { node, stats, depth, meter, histogram, histogramSummary, errors };
   }
@@ -149,7 +151,8 @@ export function createComponentPanel(ctx, graph) {
         highlightInto(pre, file.text, languageOf(fileId));
       } else {
         const section = tomlSection(file.text, node);
-        highlightInto(pre, section ? section.text : file.text, 'toml');
+        if (section) highlightInto(pre, section.text, 'toml');
+        else pre.textContent = `No [${node.kind}s.${node.name}] table in ${fileId}.`;
         if (edit && section) {
           edit.addEventListener('click', () => {
             ctx.editorJump = { file: fileId, line: section.line };
