@@ -77,7 +77,13 @@ async fn run<B: Broker>(
         runtime.apply(waiting).await?;
         eprintln!("waiting for a browser on the console");
         let waited = Instant::now();
-        while runtime.metrics().http.connections_open.load(Ordering::Relaxed) == 0 {
+        while runtime
+            .metrics()
+            .http
+            .connections_open
+            .load(Ordering::Relaxed)
+            == 0
+        {
             if waited.elapsed() > Duration::from_secs(60) {
                 return Err("no browser opened the console within 60 s".into());
             }
