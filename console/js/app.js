@@ -29,7 +29,7 @@ const ctx = {
     if (location.hash === hash) route();
     else location.hash = hash;
   },
-  toast,
+  toast: showToast,
   /** Fetches a flow file's text once per generation (the component panel shows sources). */
   fileCache: new Map(),
   loadFile(id) {
@@ -287,6 +287,8 @@ function onReload(report) {
   views.health.onReload?.(report);
   views.edit.onReload?.(report);
   const gen = report.generation;
+  // The editor shows every outcome in place, under the text: a toast there would cover it.
+  const toast = location.hash.startsWith('#/edit') ? () => {} : showToast;
   switch (report.result) {
     case 'applied':
       toast(`Generation ${gen} applied${changeSummary(report)}`, 'ok');
@@ -326,7 +328,7 @@ function firstLine(text) {
 
 // ------------------------------------------------------------------ toasts
 
-function toast(text, kind = 'info', timeout) {
+function showToast(text, kind = 'info', timeout) {
   const region = document.getElementById('toasts');
   const icon = { ok: '✓', bad: '✖', info: 'ℹ' }[kind] || 'ℹ';
   const box = document.createElement('div');
