@@ -180,6 +180,24 @@ fn wait_handled_by(instance: &mut Running, version: &str, n: u64) {
     });
 }
 
+/// Waits until one of two processes logs that the handler at `version` handled `n`.
+fn wait_handled_by_either(one: &mut Running, two: &Running, version: &str, n: u64) {
+    let line = format!("worker {version} handled {n}");
+    let deadline = std::time::Instant::now() + WITHIN;
+    while ![&*one, two]
+        .iter()
+        .any(|p| p.stderr().lines().any(|l| l.contains(&line)))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "neither process logged `{line}`:\n{}\n{}",
+            one.dump(),
+            two.dump()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 /// The dead letters the server holds.
 fn dead_letters(instance: &Running) -> Vec<Value> {
     let reply = instance.request("GET", "/admin/dead", "");
@@ -912,8 +930,9 @@ fn on_redis_the_graph_tail_and_live_edit_work() {
         ("flow.toml", WORKER_FLOW),
         ("handlers/worker.rhai", &worker("v1")),
     ]);
+    let namespace = common::redis::unique_namespace("console");
     let mut instance = run_on(&dir, "flow.toml", &server.url())
-        .args(["--namespace", &common::redis::unique_namespace("console")])
+        .args(["--namespace", &namespace])
         .serve(WITHIN);
     assert_console_served(&instance);
 
@@ -942,6 +961,35 @@ fn on_redis_the_graph_tail_and_live_edit_work() {
     );
     wait_handled_by(&mut instance, "v1", shown.n);
 
+    // A second process on the namespace: from here on, either may handle an event.
+    let other = run_on(&dir, "flow.toml", &server.url())
+        .args(["--namespace", &namespace])
+        .serve(WITHIN);
+
+    // The journey, from the history the processes share.
+    browser.click(&row);
+    let link = browser.wait_for("a.open-journey", WITHIN);
+    browser.click(&link);
+    browser.wait_for(
+        &format!("#journey-tree li.journey-step[data-id=\"{}\"]", shown.id),
+        WITHIN,
+    );
+
+    // Both processes, this one marked.
+    browser.click(&browser.find("nav a[data-nav=\"health\"]"));
+    browser.wait("both processes listed", WITHIN, |b| {
+        (b.count("table#processes tr.process[data-id]") == 2).then_some(())
+    });
+    for pid in [instance.pid(), other.pid()] {
+        assert!(
+            browser
+                .text(&browser.find("table#processes"))
+                .contains(&pid.to_string()),
+            "process {pid} listed"
+        );
+    }
+    screenshot(&browser, "redis-health");
+
     // A live edit.
     let generation = instance.generation();
     let editor = open_editor(&browser, &instance);
@@ -950,8 +998,12 @@ fn on_redis_the_graph_tail_and_live_edit_work() {
     browser.wait_for_text("#editor-outcome", WITHIN, |t| {
         t.contains("applied") && shows_generation(t, generation + 1)
     });
+    // The other process (without a watcher, as this one) reloads the same file.
+    let reload = other.request("POST", "/admin/reload", "");
+    assert_eq!(reload.status, 200, "{reload:?}");
+    assert_eq!(other.generation(), generation + 1);
     let n = publish_work(&instance, "work").n;
-    wait_handled_by(&mut instance, "v2", n);
+    wait_handled_by_either(&mut instance, &other, "v2", n);
     screenshot(&browser, "redis-editor");
 }
 

@@ -33,7 +33,8 @@ watch_start() { # ARM URL
     none) ;;
     stream) curl -sN "$2/console/stream" >/dev/null 2>&1 & WATCHER=$! ;;
     page)
-      chromium --headless=new --no-sandbox --disable-gpu --disable-dev-shm-usage \
+      # A session of its own, so that stopping it stops every Chromium process.
+      setsid chromium --headless=new --no-sandbox --disable-gpu --disable-dev-shm-usage \
         --disable-background-networking --disable-component-update --disable-sync \
         --disable-quic --no-first-run --window-size=1366,768 \
         --user-data-dir="$(mktemp -d)" --remote-debugging-port=0 "$2/#/graph" \
@@ -41,7 +42,13 @@ watch_start() { # ARM URL
       WATCHER=$! ;;
   esac
 }
-watch_stop() { [ -n "$WATCHER" ] && { pkill -P "$WATCHER" 2>/dev/null || true; kill "$WATCHER" 2>/dev/null || true; wait "$WATCHER" 2>/dev/null || true; }; WATCHER=""; }
+watch_stop() {
+  if [ -n "$WATCHER" ]; then
+    kill -- "-$WATCHER" 2>/dev/null || kill "$WATCHER" 2>/dev/null || true
+    wait "$WATCHER" 2>/dev/null || true
+  fi
+  WATCHER=""
+}
 trap 'watch_stop; kill "${PID:-}" 2>/dev/null || true' EXIT
 
 if [ -z "${NOBUILD:-}" ]; then
