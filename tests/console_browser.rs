@@ -1007,6 +1007,65 @@ fn on_redis_the_graph_tail_and_live_edit_work() {
     screenshot(&browser, "redis-editor");
 }
 
+/// A flow of 60 components (a producer, 30 topics, 29 subscribers in a chain with side
+/// branches): every node is drawn, none overlaps another, and the first view is readable.
+#[test]
+fn a_flow_of_sixty_components_is_laid_out_without_overlaps() {
+    let Some(browser) = Browser::start() else {
+        return;
+    };
+    let mut flow = String::from("[flow]\nname = \"big\"\n\n[producers.api]\nkind = \"http\"\n");
+    for i in 0..29 {
+        let next = if i % 3 == 2 {
+            format!("[\"t{}\", \"side{i}\"]", i + 1)
+        } else {
+            format!("[\"t{}\"]", i + 1)
+        };
+        flow.push_str(&format!(
+            "\n[subscribers.s{i}]\ntopic = \"t{i}\"\nscript = \"pass.rhai\"\nemits = {next}\n"
+        ));
+    }
+    let dir = FlowDir::with_files(&[
+        ("flow.toml", flow.as_str()),
+        ("pass.rhai", "let seen = event.data;\n"),
+    ]);
+    let instance = run_flow(dir.root(), &["flow.toml"]);
+    assert_console_served(&instance);
+    browser.goto(&page(&instance, "graph"));
+    browser.wait_for(&node("subscribers.s28"), WITHIN);
+    let drawn = browser.count("svg#graph g.node[data-id]");
+    assert!(drawn >= 60, "{drawn} nodes drawn");
+    // Every pair of node boxes, in screen coordinates, apart.
+    let overlaps = browser.execute(
+        r#"
+        const boxes = [...document.querySelectorAll('svg#graph g.node[data-id]')]
+          .map(n => [n.dataset.id, n.getBoundingClientRect()]);
+        const out = [];
+        for (let i = 0; i < boxes.length; i++)
+          for (let j = i + 1; j < boxes.length; j++) {
+            const [a, p] = boxes[i], [b, q] = boxes[j];
+            if (p.left < q.right - 1 && q.left < p.right - 1 && p.top < q.bottom - 1 && q.top < p.bottom - 1)
+              out.push(a + ' / ' + b);
+          }
+        return out;
+        "#,
+        &[],
+    );
+    assert_eq!(overlaps, json!([]), "overlapping nodes");
+    // The first view's labels are at least 7 px high on screen.
+    let smallest = browser.execute(
+        r#"
+        const hs = [...document.querySelectorAll('svg#graph g.node[data-id] .node-label')]
+          .map(l => l.getBoundingClientRect().height).filter(h => h > 0);
+        return Math.min(...hs);
+        "#,
+        &[],
+    );
+    let smallest = smallest.as_f64().unwrap_or(0.0);
+    assert!(smallest >= 7.0, "labels {smallest} px high");
+    screenshot(&browser, "graph-sixty");
+}
+
 // ---------------------------------------------------------------------------------------
 // The harness itself
 
