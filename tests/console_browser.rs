@@ -631,6 +631,20 @@ const FAILING_FLOW: &str = indoc! {r#"
 
 #[test]
 fn dead_letters_are_listed_replayed_and_dropped() {
+    dead_letters_in_the_browser(None, "dead-letters");
+}
+
+#[test]
+fn on_redis_dead_letters_are_listed_replayed_and_dropped() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    dead_letters_in_the_browser(Some(&server.url()), "redis-dead-letters");
+}
+
+/// Lists, replays one of and drops three dead letters through the page, on the memory
+/// broker or on the Redis at `redis`; screenshots are named after `shots`.
+fn dead_letters_in_the_browser(redis: Option<&str>, shots: &str) {
     let Some(browser) = Browser::start() else {
         return;
     };
@@ -638,7 +652,12 @@ fn dead_letters_are_listed_replayed_and_dropped() {
         ("flow.toml", FAILING_FLOW),
         ("fail.rhai", "throw `no such customer: ${event.data.id}`;\n"),
     ]);
-    let mut instance = run_flow(dir.root(), &["flow.toml"]);
+    let mut instance = match redis {
+        None => run_flow(dir.root(), &["flow.toml"]),
+        Some(url) => run_on(&dir, "flow.toml", url)
+            .args(["--namespace", &common::redis::unique_namespace("dead")])
+            .serve(WITHIN),
+    };
     assert_console_served(&instance);
     let ids: Vec<u64> = (0..3).map(|_| publish_work(&instance, "work").n).collect();
     instance.wait("3 dead letters", WITHIN, |i| dead_letters(i).len() == 3);
@@ -655,7 +674,7 @@ fn dead_letters_are_listed_replayed_and_dropped() {
             "a row with the reason and payload of {n}: {rows:?}"
         );
     }
-    screenshot(&browser, "dead-letters");
+    screenshot(&browser, shots);
 
     // Replay one: it leaves the list (and, failing again, comes back as a new letter).
     let first = browser.find("table#dead-table tr.dead-letter");
@@ -691,7 +710,7 @@ fn dead_letters_are_listed_replayed_and_dropped() {
         dead_letters(&instance).is_empty(),
         "the server dropped them"
     );
-    screenshot(&browser, "dead-letters-dropped");
+    screenshot(&browser, &format!("{shots}-dropped"));
 }
 
 // ---------------------------------------------------------------------------------------
