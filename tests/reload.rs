@@ -809,13 +809,20 @@ async fn restart_under_traffic(edit: impl Fn(&str) -> String) {
     let mut seen = Seen::new(&broker, "done");
 
     let published = Arc::new(AtomicU64::new(0));
+    // The last fifth waits until the reload is asked for, so that the reload always lands
+    // in the middle of the traffic, however slow the machine.
+    let reloading = Arc::new(tokio::sync::Notify::new());
     let publisher = tokio::spawn({
         let broker = broker.clone();
         let published = published.clone();
+        let reloading = reloading.clone();
         async move {
-            // 10 events a millisecond: the reload lands in the middle of the traffic.
+            // 10 events a millisecond.
             let mut interval = tokio::time::interval(Duration::from_millis(1));
             for n in 0..COUNT {
+                if n == COUNT * 4 / 5 {
+                    reloading.notified().await;
+                }
                 if n % 10 == 0 {
                     interval.tick().await;
                 }
@@ -829,13 +836,14 @@ async fn restart_under_traffic(edit: impl Fn(&str) -> String) {
     })
     .await;
     dir.write("flow.toml", &edit(base));
+    let before = published.load(Ordering::SeqCst);
+    reloading.notify_one();
     let outcome = applied(reload(&mut reloader).await);
     assert_outcome(&outcome, 2, &[], &["subscribers.a"], &[], &[]);
-    let during = published.load(Ordering::SeqCst);
     publisher.await.expect("the publisher finishes");
     assert!(
-        during < COUNT,
-        "the reload happened while events were being published"
+        before < COUNT,
+        "the reload was asked for while events were being published"
     );
 
     let mut counts: BTreeMap<u64, usize> = BTreeMap::new();
