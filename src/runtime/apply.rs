@@ -57,20 +57,23 @@ impl<B: Broker> Runtime<B> {
             .await?;
         self.send_code(&diff, &next, generation);
         self.start_components(&diff, &next, generation).await?;
-        self.restart_producers(&diff, &next).await?;
-
-        self.warn_exposed_without_token();
-        self.code_unsure = false;
+        // Counted before the producers restart, so that a restarted HTTP producer never
+        // answers with the generation it replaces (a failed restart rolls back, and the
+        // rollback counts the previous one again).
         self.shared
             .status
             .generation
             .store(generation, Ordering::SeqCst);
-        outcome.took_ms = started.elapsed().as_secs_f64() * 1000.0;
         self.shared.flows.send_replace(Arc::new(FlowView {
             generation,
             flows: next.flows.clone(),
             files: next.files.clone().into(),
         }));
+        self.restart_producers(&diff, &next).await?;
+
+        self.warn_exposed_without_token();
+        self.code_unsure = false;
+        outcome.took_ms = started.elapsed().as_secs_f64() * 1000.0;
         self.current = Some(next);
         self.set_last_reload(outcome.clone());
         Ok(outcome)
