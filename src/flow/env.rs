@@ -170,7 +170,7 @@ mod tests {
         assert_eq!(
             ok("${NOPE:-a}b}"),
             "ab}",
-            "the default ends at the first `}`"
+            "the default ends at the first `}}`"
         );
     }
 
