@@ -67,6 +67,10 @@ fn a_bad_token_from_the_environment_is_reported_without_its_value() {
         .run()
         .code(1)
         .stderr_has("edaflow::flow::invalid_token");
-    assert!(!finished.stderr.contains("not a token"), "{}", finished.dump());
+    assert!(
+        !finished.stderr.contains("not a token"),
+        "{}",
+        finished.dump()
+    );
     assert!(!finished.stderr.contains("hunter2"), "{}", finished.dump());
 }

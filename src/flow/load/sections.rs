@@ -189,7 +189,7 @@ fn read_flow(r: &mut Reader<'_>, mut f: Fields<'_>, flow: &mut FlowFile) {
     flow.broker = f
         .take("broker")
         .and_then(|v| r.expanded("broker", v))
-        .map(|s| s.value);
+        .map(|s| s.value.into());
     if let Some(topic) = f
         .take("deferred_topic")
         .and_then(|v| r.topic("deferred_topic", v))

@@ -556,7 +556,7 @@ fn interval_with_a_script_and_relay_with_filter() {
     let flows = &loaded.flows;
     assert_eq!(flows.files[0].deferred_topic.as_deref(), Some("deferred"));
     assert_eq!(
-        flows.files[0].broker.as_deref(),
+        flows.files[0].broker.as_ref().map(|url| url.expose()),
         Some("redis://127.0.0.1:6379")
     );
     let ProducerKind::Interval(tick) = &flows.producers["tick"].kind else {
@@ -1516,7 +1516,10 @@ fn environment_variables_fill_the_deployment_keys() {
     "#})
     .unwrap_or_else(|report| panic!("{}", crate::flow::diagnostic::render(&report, 100)));
     assert_eq!(
-        loaded.flows.files[0].broker.as_deref(),
+        loaded.flows.files[0]
+            .broker
+            .as_ref()
+            .map(|url| url.expose()),
         Some("redis://:hunter2@redis.staging:6379/0")
     );
     let p = &loaded.flows.producers;
@@ -1524,7 +1527,10 @@ fn environment_variables_fill_the_deployment_keys() {
         panic!("http producer");
     };
     assert_eq!(api.listen, "127.0.0.1:3100");
-    assert_eq!(api.token.as_ref().map(ApiToken::expose), Some("t0ken-from-env"));
+    assert_eq!(
+        api.token.as_ref().map(ApiToken::expose),
+        Some("t0ken-from-env")
+    );
     let ProducerKind::Lines(file) = &p["file"].kind else {
         panic!("lines producer");
     };
@@ -1542,8 +1548,16 @@ fn a_missing_variable_points_at_its_reference() {
     let error = only(report.errors);
     assert_eq!(code(&error), "edaflow::flow::env_missing");
     assert_eq!(labelled(&error), ["${REDIS_HOSTNAME}"]);
-    assert!(help(&error).contains("`REDIS_HOSTNAME`"), "{}", help(&error));
-    assert!(help(&error).contains("${REDIS_HOSTNAME:-value}"), "{}", help(&error));
+    assert!(
+        help(&error).contains("`REDIS_HOSTNAME`"),
+        "{}",
+        help(&error)
+    );
+    assert!(
+        help(&error).contains("${REDIS_HOSTNAME:-value}"),
+        "{}",
+        help(&error)
+    );
     assert_eq!(
         error.to_string(),
         "`broker` refers to environment variable `REDIS_HOSTNAME`, which is not set"
@@ -1567,15 +1581,18 @@ fn malformed_references_point_at_what_was_written() {
         summary(&report.errors),
         [
             ("edaflow::flow::env_malformed".into(), "${1X}".into()),
-            ("edaflow::flow::env_malformed".into(), "${API_TOKEN:-x".into()),
+            (
+                "edaflow::flow::env_malformed".into(),
+                "${API_TOKEN:-x".into()
+            ),
         ]
     );
 }
 
 #[test]
 fn a_string_with_escapes_labels_its_whole_value() {
-    let report = with_env("[flow]\nbroker = \"redis://\\u0041${NOPE}\"\n")
-        .expect_err("NOPE is not set");
+    let report =
+        with_env("[flow]\nbroker = \"redis://\\u0041${NOPE}\"\n").expect_err("NOPE is not set");
     let error = only(report.errors);
     assert_eq!(code(&error), "edaflow::flow::env_missing");
     assert_eq!(labelled(&error), ["redis://\\u0041${NOPE}"]);
