@@ -258,7 +258,7 @@ pub struct RunArgs {
         hide_env_values = true,
         help_heading = "Broker"
     )]
-    pub broker: Option<String>,
+    pub broker: Option<crate::broker::SecretUrl>,
     /// Redis key namespace (`edaflow:{NAME}:…`); defaults to the first flow's `[flow] name`.
     #[arg(
         long,

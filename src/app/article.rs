@@ -93,7 +93,10 @@ mod tests {
         .args;
         assert!(run.no_watch);
         assert_eq!(run.namespace.as_deref(), Some("article"));
-        assert_eq!(run.broker.as_deref(), Some("redis://:pw@127.0.0.1:6379/0"));
+        assert_eq!(
+            run.broker.as_ref().map(|url| url.expose()),
+            Some("redis://:pw@127.0.0.1:6379/0")
+        );
         assert_eq!(run.listen.as_deref(), Some("127.0.0.1:0"));
         assert_eq!(
             run.grace,

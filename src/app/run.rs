@@ -78,9 +78,9 @@ pub fn runtime_threads(asked: Option<u16>, broker: &str) -> usize {
 /// then `[flow] broker`, then `memory`.
 fn broker_url(args: &RunArgs, prepared: &Prepared) -> String {
     args.broker
-        .clone()
-        .or_else(|| prepared.flows.files.iter().find_map(|f| f.broker.clone()))
-        .unwrap_or_else(|| "memory".to_owned())
+        .as_ref()
+        .or_else(|| prepared.flows.files.iter().find_map(|f| f.broker.as_ref()))
+        .map_or_else(|| "memory".to_owned(), |url| url.expose().to_owned())
 }
 
 /// `edaflow run`: starts everything and runs until `shutdown` resolves.
@@ -367,6 +367,33 @@ fn flow_roots(paths: &[std::path::PathBuf]) -> Vec<std::path::PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `RunArgs` derives `Debug`; a password in `--broker` or `EDAFLOW_BROKER` stays out
+    /// of it, while the broker in effect is still the whole URL.
+    #[test]
+    fn a_broker_password_never_shows_in_the_run_options() {
+        use clap::Parser;
+        let cli = crate::cli::Cli::try_parse_from([
+            "edaflow",
+            "run",
+            "flow.toml",
+            "--broker",
+            "redis://app:hunter2@10.0.0.1:6379/0",
+        ])
+        .expect("parses");
+        assert!(!format!("{cli:?}").contains("hunter2"), "{cli:?}");
+        let crate::cli::Command::Run(args) = cli.command else {
+            panic!("not run")
+        };
+        let shown = format!("{args:?} {args:#?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("redis://app:***@10.0.0.1:6379/0"), "{shown}");
+        let prepared = crate::runtime::prepare(&[]).expect("no flows is an empty set");
+        assert_eq!(
+            broker_url(&args, &prepared),
+            "redis://app:hunter2@10.0.0.1:6379/0"
+        );
+    }
 
     #[test]
     fn a_redis_on_this_machine_is_left_a_core() {

@@ -39,7 +39,7 @@ pub use capability::retry::RetryableCommit;
 pub use capability::wire::{WireFormat, WireSpec};
 pub use failure::{FailureKind, ServerFailure};
 pub use memory::{MemoryBroker, MemoryOptions};
-pub use redis::{BrokerUrl, RedisBroker, RedisOptions, RedisUrl, TrimReport};
+pub use redis::{BrokerUrl, RedisBroker, RedisOptions, RedisUrl, SecretUrl, TrimReport};
 pub use tap::TAP_BYTES;
 
 /// Errors at the broker boundary.

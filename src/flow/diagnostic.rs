@@ -205,6 +205,38 @@ pub enum FlowError {
         span: SourceSpan,
     },
 
+    /// A `${VAR}` reference to a variable that is not set, without a default.
+    #[error("`{key}` refers to environment variable `{name}`, which is not set")]
+    #[diagnostic(
+        code(edaflow::flow::env_missing),
+        help(
+            "set `{name}` in the environment of edaflow, or give a default: `${{{name}:-value}}`"
+        )
+    )]
+    EnvMissing {
+        key: String,
+        name: String,
+        #[source_code]
+        src: SharedSource,
+        #[label("`{name}` is not set")]
+        span: SourceSpan,
+    },
+
+    /// A `${` in a value that takes environment variables, not written as a reference.
+    #[error("`{key}` has a malformed environment variable reference: {reason}")]
+    #[diagnostic(
+        code(edaflow::flow::env_malformed),
+        help("write `${{NAME}}` or `${{NAME:-default}}` (a name is letters, digits and `_`, not starting with a digit), or `$${{` for a literal `${{`")
+    )]
+    EnvMalformed {
+        key: String,
+        reason: String,
+        #[source_code]
+        src: SharedSource,
+        #[label("this reference")]
+        span: SourceSpan,
+    },
+
     /// A byte size (such as `body_limit`) that does not parse.
     #[error("`{key}` is not a valid size: `{value}`")]
     #[diagnostic(

@@ -52,6 +52,19 @@ pub struct Loaded {
 /// Every problem found, at once: missing or unreadable paths, TOML syntax, unknown keys,
 /// wrong types, bad values, missing scripts, duplicate names and dangling queue names.
 pub fn load(paths: &[PathBuf]) -> Result<Loaded, FlowReport> {
+    load_with_env(paths, &crate::flow::env::process_env)
+}
+
+/// `load`, with `${VAR}` references (in the keys that take them) looked up with `env`
+/// rather than in the process environment.
+///
+/// # Errors
+/// As `load`, and a reference to a variable `env` does not know (without a default) or a
+/// malformed reference.
+pub fn load_with_env(
+    paths: &[PathBuf],
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Loaded, FlowReport> {
     let mut found = Findings::default();
     let files = discover(paths, &mut found);
 
@@ -82,7 +95,7 @@ pub fn load(paths: &[PathBuf]) -> Result<Loaded, FlowReport> {
 
     let raw: Vec<_> = sources
         .iter()
-        .map(|source| sections::parse_file(source, &mut found))
+        .map(|source| sections::parse_file(source, &mut found, env))
         .collect();
     let shown: Vec<String> = sources
         .iter()

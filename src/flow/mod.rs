@@ -5,12 +5,13 @@
 //! them), and nothing runs. `model` is the data, `load` reads and checks it, `lint` judges
 //! what needs the compiled scripts too, `diff` says what a reload changes, `diagnostic`
 //! holds the error types, `graph` draws the wiring, `api_token` the HTTP producer's token
-//! (kept out of logs). Topic syntax (`crate::pattern`) and duration strings
+//! (kept out of logs), `env` the `${VAR}` references some values may hold. Topic syntax (`crate::pattern`) and duration strings
 //! (`crate::duration`) are leaf modules of their own, re-exported here.
 
 pub mod api_token;
 pub mod diagnostic;
 pub mod diff;
+pub mod env;
 pub mod graph;
 pub mod lint;
 pub mod load;

@@ -36,8 +36,9 @@ pub struct FlowFile {
     pub name: String,
     /// The flow file itself (as given, joined onto the working directory).
     pub path: PathBuf,
-    /// `[flow] broker`, a broker URL; process-level, so it only matters at start.
-    pub broker: Option<String>,
+    /// `[flow] broker`, a broker URL; process-level, so it only matters at start. Its
+    /// `Debug` hides a password.
+    pub broker: Option<crate::broker::SecretUrl>,
     /// `[flow] deferred_topic`: where `POST /deferred-exec` publishes (default `master`).
     pub deferred_topic: Option<String>,
     /// `[flow] topic_mode`: the mode of every topic without a `[topics.NAME] mode` of its

@@ -192,7 +192,7 @@ use crate::store::StoreRead;
 pub use circuit::CircuitState;
 pub use consumer::RedisConsumer;
 pub use retention::TrimReport;
-pub use url::{BrokerUrl, RedisUrl};
+pub use url::{BrokerUrl, RedisUrl, SecretUrl};
 
 /// Settings of the Redis broker.
 #[derive(Clone, Debug)]

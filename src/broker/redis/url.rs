@@ -162,6 +162,45 @@ impl fmt::Debug for RedisUrl {
     }
 }
 
+/// A broker URL as written (`--broker`, `EDAFLOW_BROKER` or `[flow] broker`), before it is
+/// parsed: `Debug` and `Display` show it with its password replaced by `***`, and only
+/// `expose` gives it whole. Any text is accepted; `BrokerUrl::parse` judges it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretUrl(String);
+
+impl SecretUrl {
+    /// The URL with its password, for `BrokerUrl::parse` only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for SecretUrl {
+    fn from(text: String) -> SecretUrl {
+        SecretUrl(text)
+    }
+}
+
+impl std::str::FromStr for SecretUrl {
+    type Err = std::convert::Infallible;
+
+    fn from_str(text: &str) -> Result<SecretUrl, Self::Err> {
+        Ok(SecretUrl(text.to_owned()))
+    }
+}
+
+impl fmt::Display for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&redact(&self.0))
+    }
+}
+
+impl fmt::Debug for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SecretUrl({})", redact(&self.0))
+    }
+}
+
 /// `scheme://user:secret@host` -> `scheme://user:***@host`; text without credentials is
 /// returned unchanged.
 fn redact(text: &str) -> String {
@@ -188,6 +227,22 @@ fn redact(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_url_as_written_never_shows_its_password() {
+        let url: SecretUrl = "redis://:hunter2@10.0.0.1:6379/0"
+            .parse()
+            .expect("any text");
+        assert_eq!(url.to_string(), "redis://:***@10.0.0.1:6379/0");
+        assert_eq!(
+            format!("{:?}", Some(&url)),
+            "Some(SecretUrl(redis://:***@10.0.0.1:6379/0))"
+        );
+        assert_eq!(url.expose(), "redis://:hunter2@10.0.0.1:6379/0");
+        let odd = SecretUrl::from("hunter2@somewhere".to_owned());
+        assert!(!format!("{odd} {odd:?}").contains("hunter2"));
+        assert_eq!(SecretUrl::from("memory".to_owned()).to_string(), "memory");
+    }
 
     #[test]
     fn passwords_never_show() {

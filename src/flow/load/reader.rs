@@ -13,6 +13,7 @@ use miette::SourceSpan;
 
 use crate::duration::parse_duration;
 use crate::flow::diagnostic::{FlowError, SharedSource, Suggestion};
+use crate::flow::env::{expand, ExpandErrorKind};
 use crate::flow::load::fields::Fields;
 use crate::flow::load::findings::{Findings, Located};
 use crate::flow::model::ScriptSource;
@@ -42,10 +43,14 @@ impl FlowSource {
     }
 }
 
+/// Looks an environment variable up for `${VAR}` references (the process's, or a test's).
+pub(super) type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
+
 /// Reads values out of one flow file, recording every problem in the shared `Findings`.
 pub(super) struct Reader<'a> {
     pub file: &'a FlowSource,
     pub found: &'a mut Findings,
+    pub env: EnvLookup<'a>,
 }
 
 impl Reader<'_> {
@@ -128,6 +133,48 @@ impl Reader<'_> {
                 self.wrong_type(key, "a string", other.type_str(), at);
                 None
             }
+        }
+    }
+
+    /// A string in which `${VAR}` and `${VAR:-default}` are replaced from the environment
+    /// (`flow::env`). Only the keys listed in docs/flow-files.md read their value this way.
+    /// An error's label points at the reference as written in the file; no diagnostic shows
+    /// what a variable holds.
+    pub fn expanded(&mut self, key: &str, value: Value<'_>) -> Option<Spanned<String>> {
+        let text = self.string(key, value)?;
+        match expand(&text.value, self.env) {
+            Ok(value) => Some(Spanned::with_span(value, text.span)),
+            Err(error) => {
+                let at = self.reference_span(&text, error.span);
+                let key = key.to_owned();
+                self.report(at, |src, span| match error.kind {
+                    ExpandErrorKind::Missing { name } => FlowError::EnvMissing {
+                        key,
+                        name,
+                        src,
+                        span,
+                    },
+                    reason => FlowError::EnvMalformed {
+                        key,
+                        reason: reason.to_string(),
+                        src,
+                        span,
+                    },
+                });
+                None
+            }
+        }
+    }
+
+    /// Where a reference at `within` of a string value is in the file. A string written
+    /// with escapes (`\u0024{…}`, a line-ending `\`) decodes to other offsets than its
+    /// source: its label covers the whole value instead.
+    fn reference_span(&self, text: &Spanned<String>, within: std::ops::Range<usize>) -> Span {
+        let written = self.file.text.get(text.span.start..text.span.end);
+        if written == Some(text.value.as_str()) {
+            Span::new(text.span.start + within.start, text.span.start + within.end)
+        } else {
+            text.span
         }
     }
 

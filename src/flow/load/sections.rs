@@ -13,7 +13,7 @@ use crate::flow::load::toml_tree::{
 use crate::flow::diagnostic::{FlowError, Suggestion};
 use crate::flow::load::fields::Fields;
 use crate::flow::load::findings::{Findings, Located};
-use crate::flow::load::reader::{FlowSource, Reader};
+use crate::flow::load::reader::{EnvLookup, FlowSource, Reader};
 use crate::flow::model::{
     ApiToken, ChainConfig, ExpectedEvent, FlowFile, FlowTest, GeneratorProducer, HttpProducer,
     IntervalProducer, LinesProducer, ProducerConfig, ProducerKind, QueueConfig, RelayConfig,
@@ -103,7 +103,11 @@ pub(super) struct RawFlowFile {
 }
 
 /// Parses one flow file's text, recording every problem in `found`.
-pub(super) fn parse_file(file: &FlowSource, found: &mut Findings) -> RawFlowFile {
+pub(super) fn parse_file(
+    file: &FlowSource,
+    found: &mut Findings,
+    env: EnvLookup<'_>,
+) -> RawFlowFile {
     let stem = file
         .shown
         .file_stem()
@@ -127,7 +131,7 @@ pub(super) fn parse_file(file: &FlowSource, found: &mut Findings) -> RawFlowFile
         stores: Vec::new(),
         tests: Vec::new(),
     };
-    let mut r = Reader { file, found };
+    let mut r = Reader { file, found, env };
     let table = match toml_tree::parse(&file.text) {
         Ok(table) => table,
         Err(errors) => {
@@ -184,8 +188,8 @@ fn read_flow(r: &mut Reader<'_>, mut f: Fields<'_>, flow: &mut FlowFile) {
     }
     flow.broker = f
         .take("broker")
-        .and_then(|v| r.string("broker", v))
-        .map(|s| s.value);
+        .and_then(|v| r.expanded("broker", v))
+        .map(|s| s.value.into());
     if let Some(topic) = f
         .take("deferred_topic")
         .and_then(|v| r.topic("deferred_topic", v))
@@ -309,10 +313,10 @@ fn producer(r: &mut Reader<'_>, _name: &str, mut f: Fields<'_>) -> Option<Produc
 fn http(r: &mut Reader<'_>, f: &mut Fields<'_>) -> Option<HttpProducer> {
     r.found.refs.has_http = true;
     let defaults = HttpProducer::default();
-    let listen = f.take("listen").and_then(|v| r.string("listen", v));
+    let listen = f.take("listen").and_then(|v| r.expanded("listen", v));
     let token = f
         .take("token")
-        .and_then(|v| r.string("token", v))
+        .and_then(|v| r.expanded("token", v))
         .and_then(|text| match ApiToken::new(text.value) {
             Ok(token) => Some(token),
             Err(reason) => {
@@ -373,7 +377,7 @@ fn interval(r: &mut Reader<'_>, f: &mut Fields<'_>) -> Option<IntervalProducer> 
 }
 
 fn lines(r: &mut Reader<'_>, f: &mut Fields<'_>) -> Option<LinesProducer> {
-    let path = r.required(f, "path").and_then(|v| r.string("path", v));
+    let path = r.required(f, "path").and_then(|v| r.expanded("path", v));
     let topic = r.required(f, "topic").and_then(|v| r.topic("topic", v));
     if let Some(topic) = &topic {
         emitted(r, topic);

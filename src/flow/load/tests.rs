@@ -556,7 +556,7 @@ fn interval_with_a_script_and_relay_with_filter() {
     let flows = &loaded.flows;
     assert_eq!(flows.files[0].deferred_topic.as_deref(), Some("deferred"));
     assert_eq!(
-        flows.files[0].broker.as_deref(),
+        flows.files[0].broker.as_ref().map(|url| url.expose()),
         Some("redis://127.0.0.1:6379")
     );
     let ProducerKind::Interval(tick) = &flows.producers["tick"].kind else {
@@ -1474,4 +1474,154 @@ fn rings_of_emits_are_warned_about_once_each() {
             "emit loop: `a` -> `b` -> `relays.master` -> `worker` -> `a` @ right",
         ]
     );
+}
+
+/// The environment `${VAR}` references see in these tests (not the process's).
+fn test_env(name: &str) -> Option<String> {
+    match name {
+        "REDIS_PASSWORD" => Some("hunter2".to_owned()),
+        "REDIS_HOST" => Some("redis.staging".to_owned()),
+        "API_TOKEN" => Some("t0ken-from-env".to_owned()),
+        "BAD_TOKEN" => Some("leaked secret".to_owned()),
+        "DATA_DIR" => Some("in".to_owned()),
+        _ => None,
+    }
+}
+
+/// Loads one flow file with `test_env` as the environment.
+fn with_env(toml: &str) -> Result<Loaded, FlowReport> {
+    let dir = Dir::new();
+    let path = dir.write("flow.toml", toml);
+    super::load_with_env(&[path], &test_env)
+}
+
+#[test]
+fn environment_variables_fill_the_deployment_keys() {
+    let loaded = with_env(indoc! {r#"
+        [flow]
+        broker = "redis://:${REDIS_PASSWORD}@${REDIS_HOST}:6379/0"
+
+        [producers.api]
+        kind = "http"
+        listen = "${LISTEN:-127.0.0.1:3100}"
+        token = "${API_TOKEN}"
+
+        [producers.file]
+        kind = "lines"
+        path = "${DATA_DIR}/$${literal}.jsonl"
+        topic = "lines.in"
+
+        [subscribers.all]
+        topic = "lines.in"
+    "#})
+    .unwrap_or_else(|report| panic!("{}", crate::flow::diagnostic::render(&report, 100)));
+    assert_eq!(
+        loaded.flows.files[0]
+            .broker
+            .as_ref()
+            .map(|url| url.expose()),
+        Some("redis://:hunter2@redis.staging:6379/0")
+    );
+    let p = &loaded.flows.producers;
+    let ProducerKind::Http(api) = &p["api"].kind else {
+        panic!("http producer");
+    };
+    assert_eq!(api.listen, "127.0.0.1:3100");
+    assert_eq!(
+        api.token.as_ref().map(ApiToken::expose),
+        Some("t0ken-from-env")
+    );
+    let ProducerKind::Lines(file) = &p["file"].kind else {
+        panic!("lines producer");
+    };
+    let path = file.path.as_ref().expect("a file path");
+    assert!(path.ends_with("in/${literal}.jsonl"), "{}", path.display());
+}
+
+#[test]
+fn a_missing_variable_points_at_its_reference() {
+    let report = with_env(indoc! {r#"
+        [flow]
+        broker = "redis://:${REDIS_PASSWORD}@${REDIS_HOSTNAME}:6379"
+    "#})
+    .expect_err("REDIS_HOSTNAME is not set");
+    let error = only(report.errors);
+    assert_eq!(code(&error), "edaflow::flow::env_missing");
+    assert_eq!(labelled(&error), ["${REDIS_HOSTNAME}"]);
+    assert!(
+        help(&error).contains("`REDIS_HOSTNAME`"),
+        "{}",
+        help(&error)
+    );
+    assert!(
+        help(&error).contains("${REDIS_HOSTNAME:-value}"),
+        "{}",
+        help(&error)
+    );
+    assert_eq!(
+        error.to_string(),
+        "`broker` refers to environment variable `REDIS_HOSTNAME`, which is not set"
+    );
+}
+
+#[test]
+fn malformed_references_point_at_what_was_written() {
+    let report = with_env(indoc! {r#"
+        [producers.a]
+        kind = "http"
+        listen = "${1X}:3000"
+
+        [producers.b]
+        kind = "http"
+        listen = "127.0.0.1:3001"
+        token = "ab${API_TOKEN:-x"
+    "#})
+    .expect_err("two malformed references");
+    assert_eq!(
+        summary(&report.errors),
+        [
+            ("edaflow::flow::env_malformed".into(), "${1X}".into()),
+            (
+                "edaflow::flow::env_malformed".into(),
+                "${API_TOKEN:-x".into()
+            ),
+        ]
+    );
+}
+
+#[test]
+fn a_string_with_escapes_labels_its_whole_value() {
+    let report =
+        with_env("[flow]\nbroker = \"redis://\\u0041${NOPE}\"\n").expect_err("NOPE is not set");
+    let error = only(report.errors);
+    assert_eq!(code(&error), "edaflow::flow::env_missing");
+    assert_eq!(labelled(&error), ["redis://\\u0041${NOPE}"]);
+}
+
+#[test]
+fn a_token_from_the_environment_never_shows_in_a_diagnostic() {
+    let report = with_env(indoc! {r#"
+        [producers.api]
+        kind = "http"
+        token = "${BAD_TOKEN}"
+    "#})
+    .expect_err("a token with a space");
+    let rendered = crate::flow::diagnostic::render(&report, 100);
+    assert!(rendered.contains("invalid_token"), "{rendered}");
+    assert!(!rendered.contains("leaked secret"), "{rendered}");
+    assert!(!format!("{report:?}").contains("leaked secret"));
+}
+
+#[test]
+fn names_topics_and_scripts_stay_literal() {
+    let report = with_env(indoc! {r#"
+        [producers.tick]
+        kind = "interval"
+        every = "1s"
+        topic = "${REDIS_HOST}"
+    "#})
+    .expect_err("a topic is never expanded");
+    let error = only(report.errors);
+    assert_eq!(code(&error), "edaflow::flow::invalid_topic");
+    assert_eq!(labelled(&error), ["${REDIS_HOST}"]);
 }
