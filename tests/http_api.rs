@@ -536,7 +536,10 @@ async fn livez_and_readyz_need_no_token_and_say_alive_and_ready() {
     assert_eq!(ready.status, 200, "{}", ready.body);
     assert_eq!(ready.json(), json!({"status": "ready", "generation": 1}));
     // /healthz is as it was.
-    assert_eq!(oneshot(&api.router, get("/healthz")).await.json()["status"], "ok");
+    assert_eq!(
+        oneshot(&api.router, get("/healthz")).await.json()["status"],
+        "ok"
+    );
 }
 
 #[tokio::test]

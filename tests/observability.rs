@@ -25,6 +25,13 @@ topic = "tick"
 [subscribers.count]
 topic = "tick"
 script = "count.rhai"
+
+[queues.later]
+delay = "1h"
+
+[subscribers.later]
+queue = "later"
+script = "count.rhai"
 "#;
 
 fn get(addr: SocketAddr, path: &str) -> Reply {
@@ -51,7 +58,9 @@ fn admin_serves_probes_and_metrics_without_an_http_producer() {
     let (mut running, addr) = run_ticking(&dir);
     assert_eq!(get(addr, "/livez").status, 200);
     assert_eq!(get(addr, "/healthz").status, 200);
-    running.wait("/readyz 200", WITHIN, |_| get(addr, "/readyz").status == 200);
+    running.wait("/readyz 200", WITHIN, |_| {
+        get(addr, "/readyz").status == 200
+    });
     running.wait("the clock's events counted", WITHIN, |_| {
         get(addr, "/metrics")
             .body
@@ -59,7 +68,62 @@ fn admin_serves_probes_and_metrics_without_an_http_producer() {
     });
     let metrics = get(addr, "/metrics");
     assert_eq!(metrics.status, 200, "{metrics:?}");
-    assert_prometheus_text(&metrics.body);
+    let types = assert_prometheus_text(&metrics.body);
+    let expected = [
+        ("edaflow_build_info", "gauge"),
+        ("edaflow_handler_duration_seconds", "histogram"),
+        ("edaflow_chain_duration_seconds", "summary"),
+        ("edaflow_queue_depth", "gauge"),
+        ("edaflow_queue_in_flight", "gauge"),
+        ("edaflow_buffer_depth", "gauge"),
+        ("edaflow_in_flight", "gauge"),
+        ("process_cpu_seconds_total", "counter"),
+        ("process_resident_memory_bytes", "gauge"),
+        ("process_open_fds", "gauge"),
+        ("process_max_fds", "gauge"),
+        ("process_start_time_seconds", "gauge"),
+    ];
+    for (family, kind) in expected {
+        if family.starts_with("process_") && !cfg!(target_os = "linux") {
+            continue;
+        }
+        assert_eq!(
+            types.get(family).map(String::as_str),
+            Some(kind),
+            "{family} in:\n{}",
+            metrics.body
+        );
+    }
+    let lines: Vec<&str> = metrics.body.lines().collect();
+    let version = format!(
+        "edaflow_build_info{{version=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION")
+    );
+    assert!(lines.contains(&version.as_str()), "{}", metrics.body);
+    assert!(
+        lines.contains(&"edaflow_queue_depth{queue=\"later\"} 0"),
+        "{}",
+        metrics.body
+    );
+    let value = |name: &str| -> f64 {
+        lines
+            .iter()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in:\n{}", metrics.body))
+    };
+    if cfg!(target_os = "linux") {
+        assert!(value("process_resident_memory_bytes") > 1e6);
+        assert!(value("process_open_fds") >= 3.0);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("after the epoch")
+            .as_secs_f64();
+        let started = value("process_start_time_seconds");
+        assert!(
+            started <= now + 1.0 && started > now - 600.0,
+            "started at {started}, now {now}"
+        );
+    }
     // Nothing else: no console, no ingest, no admin changes, no tail.
     for (method, path) in [
         ("GET", "/"),
@@ -71,6 +135,31 @@ fn admin_serves_probes_and_metrics_without_an_http_producer() {
     ] {
         let reply = http(addr, method, path, &[], b"");
         assert_eq!(reply.status, 404, "{method} {path}: {reply:?}");
+    }
+}
+
+#[test]
+fn the_format_check_refuses_what_prometheus_would() {
+    let good = "# HELP a_total A.\n# TYPE a_total counter\na_total{x=\"q\\\"\"} 1\n";
+    assert_eq!(assert_prometheus_text(good)["a_total"], "counter");
+    for bad in [
+        // A sample before its TYPE.
+        "a_total 1\n",
+        // TYPE without HELP.
+        "# TYPE a_total counter\na_total 1\n",
+        // A counter without `_total`.
+        "# HELP a A.\n# TYPE a counter\na 1\n",
+        // A bad name, a bad label name, a bad value.
+        "# HELP 1a A.\n# TYPE 1a gauge\n1a 1\n",
+        "# HELP a A.\n# TYPE a gauge\na{1x=\"v\"} 1\n",
+        "# HELP a A.\n# TYPE a gauge\na one\n",
+        // A histogram bucket without `le`.
+        "# HELP h A.\n# TYPE h histogram\nh_bucket{x=\"1\"} 1\n",
+        // A family declared twice.
+        "# HELP a A.\n# TYPE a gauge\n# HELP a A.\n# TYPE a gauge\n",
+    ] {
+        let refused = std::panic::catch_unwind(|| assert_prometheus_text(bad)).is_err();
+        assert!(refused, "accepted {bad:?}");
     }
 }
 

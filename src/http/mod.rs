@@ -363,7 +363,9 @@ async fn json_refusals(
 
 /// Why the broker cannot serve now: `/healthz`'s and `/readyz`'s overall status and the
 /// broker's part of their answer; `None` while it answers.
-async fn broker_refusal<B: Broker>(state: &ApiState<B>) -> Option<(&'static str, serde_json::Value)> {
+async fn broker_refusal<B: Broker>(
+    state: &ApiState<B>,
+) -> Option<(&'static str, serde_json::Value)> {
     let incidents = state.runtime.broker.incidents();
     match state.runtime.broker.health().await {
         BrokerHealth::Up => None,
@@ -473,6 +475,10 @@ async fn metrics<B: Broker>(
     let mut text = state.runtime.metrics.render(
         &state.runtime.broker.stats().await,
         state.runtime.status.generation.load(Ordering::SeqCst),
+    );
+    crate::runtime::metrics::Metrics::render_queues(
+        &mut text,
+        &state.runtime.broker.queue_stats().await,
     );
     {
         use std::fmt::Write as _;
