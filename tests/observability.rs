@@ -310,3 +310,56 @@ fn is_label_name(name: &str) -> bool {
         .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
+
+#[test]
+fn the_grafana_dashboard_is_json_on_documented_metrics() {
+    let root = common::crate_root();
+    let text = std::fs::read_to_string(root.join("docs/grafana/edaflow.json"))
+        .expect("read docs/grafana/edaflow.json");
+    let dashboard: serde_json::Value = serde_json::from_str(&text).expect("the dashboard is JSON");
+    let documented =
+        std::fs::read_to_string(root.join("docs/metrics.md")).expect("read docs/metrics.md");
+    let panels = dashboard["panels"].as_array().expect("panels");
+    let mut used = Vec::new();
+    for panel in panels.iter().filter(|p| p["type"] != "row") {
+        let title = panel["title"].as_str().expect("a title");
+        assert!(
+            panel["gridPos"]["w"].as_u64().is_some(),
+            "{title}: no gridPos"
+        );
+        let targets = panel["targets"].as_array().expect("targets");
+        assert!(!targets.is_empty(), "{title}: no query");
+        for target in targets {
+            let expr = target["expr"].as_str().expect("an expr");
+            for name in metric_names(expr) {
+                let family = name.strip_suffix("_bucket").unwrap_or(name);
+                assert!(
+                    documented.contains(&format!("`{family}`")),
+                    "{title}: {family} is not in docs/metrics.md"
+                );
+                used.push(family.to_owned());
+            }
+        }
+    }
+    for family in [
+        "edaflow_topic_events_in_total",
+        "edaflow_subscriber_handled_total",
+        "edaflow_handler_duration_seconds",
+        "edaflow_handler_errors_total",
+        "edaflow_dead_letters_total",
+        "edaflow_queue_depth",
+        "edaflow_in_flight",
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+    ] {
+        assert!(used.iter().any(|u| u == family), "no panel on {family}");
+    }
+}
+
+/// The `edaflow_…` and `process_…` names a PromQL expression reads.
+fn metric_names(expr: &str) -> Vec<&str> {
+    let is_name_char = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == ':';
+    expr.split(|c: char| !is_name_char(c))
+        .filter(|word| word.starts_with("edaflow_") || word.starts_with("process_"))
+        .collect()
+}
