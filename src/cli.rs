@@ -52,6 +52,8 @@ pub enum LogFormat {
 }
 
 /// The subcommands.
+// Parsed once at start and then taken apart: `run`'s many options are not worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run flows: producers, subscribers and the HTTP API, until Ctrl-C.

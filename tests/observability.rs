@@ -251,8 +251,11 @@ fn family_of<'a>(name: &'a str, types: &BTreeMap<String, String>) -> Option<&'a 
         })
 }
 
+/// A sample's labels, as names and unescaped values.
+type Labels = Vec<(String, String)>;
+
 /// A sample line as name, labels and value (`None` when it is not one).
-fn split_sample(line: &str) -> Option<(&str, Vec<(String, String)>, &str)> {
+fn split_sample(line: &str) -> Option<(&str, Labels, &str)> {
     let name_end = line.find(['{', ' '])?;
     let name = &line[..name_end];
     let mut rest = &line[name_end..];
