@@ -52,6 +52,8 @@ pub enum LogFormat {
 }
 
 /// The subcommands.
+// Parsed once at start and then taken apart: `run`'s many options are not worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run flows: producers, subscribers and the HTTP API, until Ctrl-C.
@@ -220,6 +222,11 @@ pub struct RunArgs {
     /// free port). Its token is --token, else the first `http` producer's `token`.
     #[arg(long, value_name = "ADDR", env = "EDAFLOW_CONSOLE")]
     pub console: Option<String>,
+    /// Serve only /healthz, /livez, /readyz and /metrics on this address of its own, for
+    /// probes and scrapers, whether or not a flow has an `http` producer (port 0 picks a
+    /// free port). /metrics takes the same token as --console.
+    #[arg(long, value_name = "ADDR", env = "EDAFLOW_ADMIN")]
+    pub admin: Option<String>,
     /// The bearer token every HTTP producer requires, in place of the flow files' `token`
     /// (keeps the secret out of them). Never logged.
     #[arg(

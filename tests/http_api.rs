@@ -522,6 +522,45 @@ async fn healthz_reports_the_generation_and_groups() {
 }
 
 #[tokio::test]
+async fn livez_and_readyz_need_no_token_and_say_alive_and_ready() {
+    let api = api(Settings {
+        token: Some(TOKEN),
+        ..Settings::default()
+    })
+    .await;
+    let live = oneshot(&api.router, get("/livez")).await;
+    assert_eq!(live.status, 200, "{}", live.body);
+    assert_eq!(live.header("content-type"), Some("application/json"));
+    assert_eq!(live.json()["status"], "alive");
+    let ready = oneshot(&api.router, get("/readyz")).await;
+    assert_eq!(ready.status, 200, "{}", ready.body);
+    assert_eq!(ready.json(), json!({"status": "ready", "generation": 1}));
+    // /healthz is as it was.
+    assert_eq!(
+        oneshot(&api.router, get("/healthz")).await.json()["status"],
+        "ok"
+    );
+}
+
+#[tokio::test]
+async fn readyz_is_503_until_the_first_generation_is_applied_while_livez_is_200() {
+    let runtime = Runtime::new(
+        MemoryBroker::new(MemoryOptions::default()),
+        RuntimeOptions {
+            producers: false,
+            ..RuntimeOptions::default()
+        },
+    );
+    let router = runtime.api_router(http_config(&Settings::default()), "master");
+    let ready = oneshot(&router, get("/readyz")).await;
+    assert_eq!(ready.status, 503, "{}", ready.body);
+    assert_eq!(ready.header("retry-after"), Some("1"));
+    assert_eq!(ready.json()["status"], "starting");
+    assert_eq!(ready.json()["generation"], 0);
+    assert_eq!(oneshot(&router, get("/livez")).await.status, 200);
+}
+
+#[tokio::test]
 async fn metrics_are_prometheus_text() {
     let api = api(Settings::default()).await;
     oneshot(

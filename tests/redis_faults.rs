@@ -1,8 +1,9 @@
 //! Redis failing under a running `edaflow run` (a redis-server each test starts itself):
 //! unreachable (503, backoff, one warning, resume), killed and restarted with AOF under
-//! load, stalled with SIGSTOP under load, a process stopped with SIGTERM under load, and
-//! TLS with a private CA and a password that never shows. Every load test counts ids: each
-//! event answered 202 is handled, and no emitted event is duplicated.
+//! load, stalled with SIGSTOP under load, a process stopped with SIGTERM under load, TLS
+//! with a private CA and a password that never shows, and the probes (`/readyz` follows
+//! Redis, `/livez` never does). Every load test counts ids: each event answered 202 is
+//! handled, and no emitted event is duplicated.
 
 mod common;
 
@@ -246,6 +247,43 @@ fn unreachable_redis_answers_503_backs_off_and_work_resumes() {
     });
     running.terminate();
     assert!(running.wait_exit(PATIENCE).success(), "{}", running.dump());
+}
+
+#[test]
+fn redis_down_makes_readyz_503_while_livez_stays_200() {
+    let Some(mut server) = RedisServer::start() else {
+        return;
+    };
+    let dir = flow_dir(1);
+    let (mut running, addr) = start(&dir, &server.url(), &[]);
+    let probe = |path: &str| http(addr, "GET", path, &[], b"");
+    running.wait("/readyz 200", PATIENCE, |_| probe("/readyz").status == 200);
+    assert_eq!(probe("/livez").status, 200);
+
+    server.kill();
+    running.wait("/readyz 503 with Redis down", PATIENCE, |_| {
+        let live = probe("/livez");
+        assert_eq!(live.status, 200, "liveness followed the broker: {live:?}");
+        probe("/readyz").status == 503
+    });
+    let ready = probe("/readyz");
+    assert_eq!(ready.status, 503, "{ready:?}");
+    assert_eq!(ready.header("Retry-After"), Some("1"));
+    let body = ready.json();
+    assert_eq!(body["status"], "unavailable", "{body:#}");
+    assert_eq!(body["broker"]["status"], "down", "{body:#}");
+    assert!(
+        body["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("redis unreachable")),
+        "{body:#}"
+    );
+    assert_eq!(probe("/livez").status, 200);
+
+    server.start_again();
+    running.wait("/readyz 200 with Redis back", PATIENCE, |_| {
+        probe("/readyz").status == 200
+    });
 }
 
 #[test]

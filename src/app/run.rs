@@ -1,7 +1,7 @@
 //! `edaflow run`: loads the flows, builds the tokio runtime (`--threads`), connects the
-//! broker, starts the runtime, the file watcher and (`--console`) the console's own
-//! listener, and applies reload requests (files, SIGHUP, `POST /admin/reload`) one at a
-//! time until a shutdown signal, then drains.
+//! broker, starts the runtime, the file watcher, the console's own listener (`--console`)
+//! and the probes' and metrics' own (`--admin`), and applies reload requests (files, SIGHUP,
+//! `POST /admin/reload`) one at a time until a shutdown signal, then drains.
 //! It owns the order of startup and shutdown; what each component does is `runtime`'s.
 
 use std::future::Future;
@@ -212,11 +212,24 @@ async fn run_on<B: Broker>(
         Some(addr) => Some(bind_console(addr).await?),
         None => None,
     };
+    let admin = match &args.admin {
+        Some(addr) => Some(bind_console(addr).await?),
+        None => None,
+    };
     let console_token = args.token.clone().or_else(|| first_token(&prepared));
     let outcome = runtime.apply(prepared).await?;
     runtime.set_reload_channel(requests.clone());
     if let Some(listener) = console {
-        serve_console(&runtime, listener, console_token, &tracker, token.clone());
+        serve_console(
+            &runtime,
+            listener,
+            console_token.clone(),
+            &tracker,
+            token.clone(),
+        );
+    }
+    if let Some(listener) = admin {
+        serve_admin(&runtime, listener, console_token, &tracker, token.clone());
     }
     spawn_sighup(requests.clone(), &tracker, token.clone());
     if watcher.is_some() {
@@ -248,7 +261,7 @@ async fn run_on<B: Broker>(
     Ok(())
 }
 
-/// The console's listener (`--console ADDR`).
+/// The console's or the admin listener (`--console ADDR`, `--admin ADDR`).
 async fn bind_console(addr: &str) -> Result<TcpListener, RuntimeError> {
     TcpListener::bind(addr)
         .await
@@ -302,6 +315,36 @@ fn serve_console<B: Broker>(
     tracker.spawn(
         crate::http::serve_console(listener, producer, stop)
             .instrument(tracing::info_span!("console")),
+    );
+}
+
+/// Serves the probes and metrics alone on `listener` until `stop` (`--admin`), and says
+/// where.
+fn serve_admin<B: Broker>(
+    runtime: &Runtime<B>,
+    listener: TcpListener,
+    token: Option<ApiToken>,
+    tracker: &TaskTracker,
+    stop: CancellationToken,
+) {
+    let Ok(addr) = listener.local_addr() else {
+        warn!("the admin listener has no address; not serving it");
+        return;
+    };
+    let producer = ApiProducer {
+        runtime: runtime.api_context(),
+        config: HttpProducer {
+            listen: addr.to_string(),
+            token,
+            ..HttpProducer::default()
+        },
+        // The admin listener has no ingest: nothing publishes there.
+        deferred_topic: String::new(),
+        source: "edaflow://admin".to_owned(),
+    };
+    info!(%addr, "admin (probes and metrics) at http://{addr}/");
+    tracker.spawn(
+        crate::http::serve_admin(listener, producer, stop).instrument(tracing::info_span!("admin")),
     );
 }
 

@@ -9,7 +9,8 @@
 //!
 //! `server` owns the accept loop and the connection limit, `conn` a connection's clocks,
 //! `cloudevents` reading an event from a request, `error` the refusals, `console` the
-//! browser console's routes (also served alone, without ingest, by `serve_console`).
+//! browser console's routes (also served alone, without ingest, by `serve_console`); the
+//! probes and metrics are also served alone by `serve_admin`.
 //!
 //! Ingest takes the token as `Authorization: Bearer` only. The read and admin routes also
 //! take the console's cookie, and a change (not GET or HEAD) authorised by the cookie alone
@@ -183,17 +184,22 @@ pub fn router<B: Broker>(state: Arc<ApiState<B>>) -> Router {
     )
 }
 
+/// The routes of the operator's listener (`edaflow run --admin`): the probes and metrics
+/// only, nothing that changes anything or shows events.
+pub fn admin_router<B: Broker>(state: Arc<ApiState<B>>) -> Router {
+    finish(probes::<B>(), state)
+}
+
 /// The routes of the console's own listener (`edaflow run --console`): the read and admin
 /// routes and the console, without ingest.
 pub fn console_router<B: Broker>(state: Arc<ApiState<B>>) -> Router {
     finish(read_and_admin::<B>().merge(console::routes::<B>()), state)
 }
 
-/// Health, metrics, tail, trace, chains, queues, stores, reload and dead letters.
+/// Probes and metrics, tail, trace, chains, queues, stores, reload and dead letters.
 fn read_and_admin<B: Broker>() -> Router<Arc<ApiState<B>>> {
     Router::new()
-        .route("/healthz", get(healthz::<B>))
-        .route("/metrics", get(metrics::<B>))
+        .merge(probes::<B>())
         .route("/tail", get(tail::<B>))
         .route("/admin/reload", post(admin_reload::<B>))
         .route("/chains", get(chains::<B>))
@@ -204,6 +210,15 @@ fn read_and_admin<B: Broker>() -> Router<Arc<ApiState<B>>> {
         .route("/admin/dead", get(admin::list_dead::<B>))
         .route("/admin/dead/replay", post(admin::replay_dead::<B>))
         .route("/admin/dead/drop", post(admin::drop_dead::<B>))
+}
+
+/// Health, liveness, readiness and metrics: what probes and scrapers read.
+fn probes<B: Broker>() -> Router<Arc<ApiState<B>>> {
+    Router::new()
+        .route("/healthz", get(healthz::<B>))
+        .route("/livez", get(livez::<B>))
+        .route("/readyz", get(readyz::<B>))
+        .route("/metrics", get(metrics::<B>))
 }
 
 /// `routes` with the JSON 404 and the JSON refusals, on `state`.
@@ -239,6 +254,19 @@ pub async fn serve_console<B: Broker>(
 ) {
     let state = ApiState::new(producer);
     let router = console_router(state.clone());
+    serve_router(listener, state, router, token).await;
+}
+
+/// Serves only the probes and metrics (`/healthz`, `/livez`, `/readyz`, `/metrics`) on a
+/// listener of their own (`edaflow run --admin`), until `token` is cancelled, as `serve`
+/// does.
+pub async fn serve_admin<B: Broker>(
+    listener: tokio::net::TcpListener,
+    producer: ApiProducer<B>,
+    token: CancellationToken,
+) {
+    let state = ApiState::new(producer);
+    let router = admin_router(state.clone());
     serve_router(listener, state, router, token).await;
 }
 
@@ -333,17 +361,13 @@ async fn json_refusals(
     answer
 }
 
-/// `GET /healthz`: 200 with the groups' state while the broker answers; 503 with the
-/// reason (and no group figures, which would need the broker) while it does not.
-async fn healthz<B: Broker>(State(state): State<Arc<ApiState<B>>>) -> Response {
-    let status = &state.runtime.status;
-    let last_reload = status
-        .last_reload
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone();
+/// Why the broker cannot serve now: `/healthz`'s and `/readyz`'s overall status and the
+/// broker's part of their answer; `None` while it answers.
+async fn broker_refusal<B: Broker>(
+    state: &ApiState<B>,
+) -> Option<(&'static str, serde_json::Value)> {
     let incidents = state.runtime.broker.incidents();
-    let refusing = match state.runtime.broker.health().await {
+    match state.runtime.broker.health().await {
         BrokerHealth::Up => None,
         BrokerHealth::Down { reason, for_ms } => Some((
             "unavailable",
@@ -357,21 +381,37 @@ async fn healthz<B: Broker>(State(state): State<Arc<ApiState<B>>>) -> Response {
             "degraded",
             serde_json::json!({"status": code, "reason": reason, "for_ms": for_ms, "incidents": incidents}),
         )),
-    };
-    if let Some((overall, broker)) = refusing {
-        let body = serde_json::json!({
+    }
+}
+
+/// A 503 with `body` and `Retry-After: 1`.
+fn unavailable(body: &serde_json::Value) -> Response {
+    let mut response = json_response(StatusCode::SERVICE_UNAVAILABLE, body.to_string());
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    response
+}
+
+/// `GET /healthz`: 200 with the groups' state while the broker answers; 503 with the
+/// reason (and no group figures, which would need the broker) while it does not.
+async fn healthz<B: Broker>(State(state): State<Arc<ApiState<B>>>) -> Response {
+    let status = &state.runtime.status;
+    let last_reload = status
+        .last_reload
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    if let Some((overall, broker)) = broker_refusal(&state).await {
+        return unavailable(&serde_json::json!({
             "status": overall,
             "broker": broker,
             "generation": status.generation.load(Ordering::SeqCst),
             "last_reload": last_reload,
             "uptime_seconds": status.started.elapsed().as_secs(),
-        });
-        let mut response = json_response(StatusCode::SERVICE_UNAVAILABLE, body.to_string());
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        return response;
+        }));
     }
+    let incidents = state.runtime.broker.incidents();
     let groups: Vec<serde_json::Value> = state
         .runtime
         .broker
@@ -392,6 +432,41 @@ async fn healthz<B: Broker>(State(state): State<Arc<ApiState<B>>>) -> Response {
     json_response(StatusCode::OK, body.to_string())
 }
 
+/// `GET /livez`: 200 as long as the process's runtime answers requests. It never asks the
+/// broker: a broker outage is for `/readyz` to report, and must not get the process
+/// restarted.
+async fn livez<B: Broker>(State(state): State<Arc<ApiState<B>>>) -> Response {
+    let body = serde_json::json!({
+        "status": "alive",
+        "uptime_seconds": state.runtime.status.started.elapsed().as_secs(),
+    });
+    json_response(StatusCode::OK, body.to_string())
+}
+
+/// `GET /readyz`: 200 once the first generation is applied and while the broker answers;
+/// 503 with the reason otherwise (the broker's part as `/healthz` gives it).
+async fn readyz<B: Broker>(State(state): State<Arc<ApiState<B>>>) -> Response {
+    let generation = state.runtime.status.generation.load(Ordering::SeqCst);
+    if generation == 0 {
+        return unavailable(&serde_json::json!({
+            "status": "starting",
+            "reason": "no flow generation applied yet",
+            "generation": 0,
+        }));
+    }
+    if let Some((overall, broker)) = broker_refusal(&state).await {
+        let reason = broker["reason"].clone();
+        return unavailable(&serde_json::json!({
+            "status": overall,
+            "reason": reason,
+            "broker": broker,
+            "generation": generation,
+        }));
+    }
+    let body = serde_json::json!({"status": "ready", "generation": generation});
+    json_response(StatusCode::OK, body.to_string())
+}
+
 async fn metrics<B: Broker>(
     State(state): State<Arc<ApiState<B>>>,
     headers: HeaderMap,
@@ -400,6 +475,10 @@ async fn metrics<B: Broker>(
     let mut text = state.runtime.metrics.render(
         &state.runtime.broker.stats().await,
         state.runtime.status.generation.load(Ordering::SeqCst),
+    );
+    crate::runtime::metrics::Metrics::render_queues(
+        &mut text,
+        &state.runtime.broker.queue_stats().await,
     );
     {
         use std::fmt::Write as _;

@@ -5,6 +5,10 @@
 //!
 //! Subscribers and relays also keep their last `RECENT_ERRORS` failures (`RecentErrors`),
 //! behind a mutex touched only when a run fails: the success path never sees it.
+//!
+//! The rendering follows Prometheus' naming: counters end in `_total`, durations are in
+//! seconds (`_seconds`), and the build and the process (`process_*`, read from
+//! `/proc/self` on Linux, absent elsewhere) are described as the official clients do.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt::Write as _;
@@ -14,7 +18,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
-use crate::broker::GroupStats;
+use crate::broker::{GroupStats, QueueStats};
 use crate::event::Event;
 use crate::runtime::chains::{ChainReport, ChainStats};
 
@@ -426,7 +430,56 @@ impl Metrics {
         self.render_http(&mut out);
         self.render_chains(&mut out);
         self.render_generation(&mut out, generation);
+        render_build_info(&mut out);
+        process::render(&mut out);
         out
+    }
+
+    /// Per queue: items held and items in flight (appended to `render`'s text by the
+    /// caller, which reads them from the broker).
+    pub fn render_queues(out: &mut String, queues: &[QueueStats]) {
+        header(
+            out,
+            "edaflow_queue_depth",
+            "gauge",
+            "Items held in a queue, waiting for their due time or ready.",
+        );
+        for q in queues {
+            let _ = writeln!(
+                out,
+                "edaflow_queue_depth{{queue=\"{}\"}} {}",
+                escape(&q.name),
+                q.depth
+            );
+        }
+        header(
+            out,
+            "edaflow_queue_due_now",
+            "gauge",
+            "Items of a queue due now (ready to be taken).",
+        );
+        for q in queues {
+            let _ = writeln!(
+                out,
+                "edaflow_queue_due_now{{queue=\"{}\"}} {}",
+                escape(&q.name),
+                q.due_now
+            );
+        }
+        header(
+            out,
+            "edaflow_queue_in_flight",
+            "gauge",
+            "Items of a queue delivered and not yet settled.",
+        );
+        for q in queues {
+            let _ = writeln!(
+                out,
+                "edaflow_queue_in_flight{{queue=\"{}\"}} {}",
+                escape(&q.name),
+                q.in_flight
+            );
+        }
     }
 
     /// Events in and out per topic.
@@ -717,20 +770,31 @@ impl Metrics {
                 let _ = writeln!(out, "{metric}{{chain=\"{}\"}} {}", escape(&r.chain), get(r));
             }
         }
-        header(
-            out,
-            "edaflow_chain_duration_ms",
-            "summary",
-            "Whole-chain durations over recent completions.",
-        );
-        for r in &reports {
-            if let Some(p) = r.duration_ms {
-                for (q, v) in [("0.5", p.p50), ("0.9", p.p90), ("0.99", p.p99)] {
-                    let _ = writeln!(
-                        out,
-                        "edaflow_chain_duration_ms{{chain=\"{}\",quantile=\"{q}\"}} {v}",
-                        escape(&r.chain)
-                    );
+        // In seconds, and in milliseconds under the name it had before (deprecated: it
+        // goes in the next release).
+        for (metric, help, per_ms) in [
+            (
+                "edaflow_chain_duration_seconds",
+                "Whole-chain durations over recent completions, in seconds.",
+                1e-3,
+            ),
+            (
+                "edaflow_chain_duration_ms",
+                "Deprecated, use edaflow_chain_duration_seconds: whole-chain durations in milliseconds.",
+                1.0,
+            ),
+        ] {
+            header(out, metric, "summary", help);
+            for r in &reports {
+                if let Some(p) = r.duration_ms {
+                    for (q, v) in [("0.5", p.p50), ("0.9", p.p90), ("0.99", p.p99)] {
+                        let _ = writeln!(
+                            out,
+                            "{metric}{{chain=\"{}\",quantile=\"{q}\"}} {}",
+                            escape(&r.chain),
+                            v * per_ms
+                        );
+                    }
                 }
             }
         }
@@ -762,6 +826,162 @@ impl Metrics {
             "edaflow_reload_failures_total {}",
             self.reload_failures.load(Ordering::Relaxed)
         );
+    }
+}
+
+/// `edaflow_build_info{version="…"} 1`, the version that runs as a label.
+fn render_build_info(out: &mut String) {
+    header(
+        out,
+        "edaflow_build_info",
+        "gauge",
+        "Always 1; the edaflow version running as the version label.",
+    );
+    let _ = writeln!(
+        out,
+        "edaflow_build_info{{version=\"{}\"}} 1",
+        escape(env!("CARGO_PKG_VERSION"))
+    );
+}
+
+/// The process's own figures under the names every Prometheus client uses, read from
+/// `/proc/self` on Linux; elsewhere (or if `/proc` cannot be read) they are left out.
+mod process {
+    use std::fmt::Write as _;
+
+    use super::header;
+
+    /// What is known of the process now.
+    #[derive(Debug, Default, PartialEq)]
+    pub(super) struct Figures {
+        pub cpu_seconds: Option<f64>,
+        pub resident_bytes: Option<u64>,
+        pub open_fds: Option<u64>,
+        pub max_fds: Option<u64>,
+        pub start_time_seconds: Option<f64>,
+    }
+
+    /// Appends the `process_*` families that could be read.
+    pub(super) fn render(out: &mut String) {
+        let figures = read();
+        let families: [(&str, &str, &str, Option<f64>); 5] = [
+            (
+                "process_cpu_seconds_total",
+                "counter",
+                "Total user and system CPU time spent, in seconds.",
+                figures.cpu_seconds,
+            ),
+            (
+                "process_resident_memory_bytes",
+                "gauge",
+                "Resident memory size, in bytes.",
+                figures.resident_bytes.map(|v| v as f64),
+            ),
+            (
+                "process_open_fds",
+                "gauge",
+                "Open file descriptors.",
+                figures.open_fds.map(|v| v as f64),
+            ),
+            (
+                "process_max_fds",
+                "gauge",
+                "The most file descriptors the process may open.",
+                figures.max_fds.map(|v| v as f64),
+            ),
+            (
+                "process_start_time_seconds",
+                "gauge",
+                "Start time of the process since the Unix epoch, in seconds.",
+                figures.start_time_seconds,
+            ),
+        ];
+        for (name, kind, help, value) in families {
+            if let Some(value) = value {
+                header(out, name, kind, help);
+                let _ = writeln!(out, "{name} {value}");
+            }
+        }
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    pub(super) fn read() -> Figures {
+        Figures::default()
+    }
+
+    #[cfg(target_os = "linux")]
+    pub(super) fn read() -> Figures {
+        let read = |path: &str| std::fs::read_to_string(path).ok();
+        // SAFETY: sysconf reads a constant of the system and touches no memory of ours.
+        let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+        let ticks = (ticks > 0).then_some(ticks as f64);
+        let stat = read("/proc/self/stat");
+        let boot = read("/proc/stat").as_deref().and_then(boot_time);
+        let (cpu_seconds, start_time_seconds) = match (stat.as_deref().and_then(parse_stat), ticks)
+        {
+            (Some((cpu, start)), Some(hz)) => (
+                Some(cpu as f64 / hz),
+                boot.map(|boot| boot as f64 + start as f64 / hz),
+            ),
+            _ => (None, None),
+        };
+        Figures {
+            cpu_seconds,
+            resident_bytes: read("/proc/self/status")
+                .as_deref()
+                .and_then(resident_bytes),
+            open_fds: std::fs::read_dir("/proc/self/fd")
+                .ok()
+                .map(|fds| fds.count() as u64),
+            max_fds: read("/proc/self/limits").as_deref().and_then(max_fds),
+            start_time_seconds,
+        }
+    }
+
+    /// User plus system CPU and the start time, in clock ticks, from `/proc/self/stat`.
+    /// The command name (field 2) may hold spaces and parentheses: fields are counted
+    /// after its last `)`.
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+    pub(super) fn parse_stat(stat: &str) -> Option<(u64, u64)> {
+        let after = &stat[stat.rfind(')')? + 1..];
+        // After the name come field 3 (state) onwards: utime is field 14, stime 15 and
+        // starttime 22, that is the 12th, 13th and 20th here (from 1).
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        let field = |n: usize| fields.get(n - 3)?.parse::<u64>().ok();
+        Some((field(14)? + field(15)?, field(22)?))
+    }
+
+    /// `btime` of `/proc/stat`: when the machine booted, in seconds since the epoch.
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+    pub(super) fn boot_time(stat: &str) -> Option<u64> {
+        stat.lines()
+            .find_map(|l| l.strip_prefix("btime "))
+            .and_then(|v| v.trim().parse().ok())
+    }
+
+    /// `VmRSS` of `/proc/self/status`, in bytes.
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+    pub(super) fn resident_bytes(status: &str) -> Option<u64> {
+        let kib = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))?
+            .split_whitespace()
+            .next()?
+            .parse::<u64>()
+            .ok()?;
+        Some(kib * 1024)
+    }
+
+    /// The soft limit of `Max open files` in `/proc/self/limits` (none when unlimited).
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+    pub(super) fn max_fds(limits: &str) -> Option<u64> {
+        limits
+            .lines()
+            .find_map(|l| l.strip_prefix("Max open files"))?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
     }
 }
 
@@ -822,6 +1042,71 @@ mod tests {
         ));
         assert!(text.contains("edaflow_buffer_depth{group=\"reserve\"} 3"));
         assert!(text.contains("# TYPE edaflow_handler_duration_seconds histogram"));
+    }
+
+    #[test]
+    fn build_info_queues_and_chain_seconds_are_rendered() {
+        let m = Metrics::default();
+        m.chain("order", &["a".into(), "b".into()]);
+        let mut text = m.render(&[], 1);
+        Metrics::render_queues(
+            &mut text,
+            &[QueueStats {
+                name: "mail".into(),
+                depth: 4,
+                due_now: 1,
+                next_due_ms: None,
+                in_flight: 2,
+                capacity: None,
+            }],
+        );
+        let version = env!("CARGO_PKG_VERSION");
+        for line in [
+            format!("edaflow_build_info{{version=\"{version}\"}} 1"),
+            "edaflow_queue_depth{queue=\"mail\"} 4".to_owned(),
+            "edaflow_queue_due_now{queue=\"mail\"} 1".to_owned(),
+            "edaflow_queue_in_flight{queue=\"mail\"} 2".to_owned(),
+            "# TYPE edaflow_chain_duration_seconds summary".to_owned(),
+            "# TYPE edaflow_chain_duration_ms summary".to_owned(),
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line:?} in:\n{text}");
+        }
+        if cfg!(target_os = "linux") {
+            for family in [
+                "process_cpu_seconds_total",
+                "process_resident_memory_bytes",
+                "process_open_fds",
+                "process_max_fds",
+                "process_start_time_seconds",
+            ] {
+                assert!(
+                    text.contains(&format!("# TYPE {family} ")),
+                    "no {family} in:\n{text}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn proc_files_are_read_as_the_kernel_writes_them() {
+        // A command name with a space and a parenthesis, as `comm` may hold.
+        let stat = "4242 (a (weird) name) S 1 4242 4242 0 -1 4194560 3000 0 0 0 \
+                    150 50 0 0 20 0 9 0 123456 1000000 2000 18446744073709551615";
+        assert_eq!(process::parse_stat(stat), Some((200, 123_456)));
+        assert_eq!(
+            process::boot_time("cpu 1 2 3\nbtime 1700000000\n"),
+            Some(1_700_000_000)
+        );
+        assert_eq!(
+            process::resident_bytes("Name:\tedaflow\nVmRSS:\t   2048 kB\n"),
+            Some(2048 * 1024)
+        );
+        let limits = "Limit                     Soft Limit           Hard Limit           Units\n\
+                      Max open files            1024                 524288               files\n";
+        assert_eq!(process::max_fds(limits), Some(1024));
+        let unlimited =
+            "Max open files            unlimited            unlimited            files\n";
+        assert_eq!(process::max_fds(unlimited), None);
     }
 
     #[test]
