@@ -162,6 +162,36 @@ pub enum Command {
         #[arg(required = true, value_name = "FLOW")]
         flows: Vec<PathBuf>,
     },
+    /// Create a flow folder to start from: an HTTP producer, a Rhai handler and a flow test.
+    #[command(
+        after_help = "Examples:\n  edaflow init hello\n  edaflow init . --force\n\nThen: edaflow test hello && edaflow run hello"
+    )]
+    Init {
+        /// The folder to create the flow in (created if missing).
+        #[arg(default_value = ".", value_name = "DIR")]
+        dir: PathBuf,
+        /// Overwrite the files init writes when they already exist.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print a shell completion script for edaflow.
+    #[command(
+        after_help = "Examples:\n  source <(edaflow completions bash)\n  edaflow completions zsh > ~/.zfunc/_edaflow\n  edaflow completions fish > ~/.config/fish/completions/edaflow.fish"
+    )]
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages: edaflow(1) to stdout, or it and one page per subcommand into DIR.
+    #[command(
+        after_help = "Examples:\n  edaflow man | man -l -\n  edaflow man /usr/local/share/man/man1"
+    )]
+    Man {
+        /// The folder to write edaflow.1, edaflow-run.1, … into.
+        #[arg(value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 }
 
 /// What to do with dead letters.

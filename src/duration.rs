@@ -88,13 +88,13 @@ pub fn format_duration(d: Duration) -> String {
     if ms == 0 && !d.is_zero() {
         return format!("{}us", d.as_micros());
     }
-    if ms % 86_400_000 == 0 && ms > 0 {
+    if ms.is_multiple_of(86_400_000) && ms > 0 {
         format!("{}d", ms / 86_400_000)
-    } else if ms % 3_600_000 == 0 && ms > 0 {
+    } else if ms.is_multiple_of(3_600_000) && ms > 0 {
         format!("{}h", ms / 3_600_000)
-    } else if ms % 60_000 == 0 && ms > 0 {
+    } else if ms.is_multiple_of(60_000) && ms > 0 {
         format!("{}m", ms / 60_000)
-    } else if ms % 1000 == 0 {
+    } else if ms.is_multiple_of(1000) {
         format!("{}s", ms / 1000)
     } else if ms > 1000 {
         format!("{}s", d.as_secs_f64())

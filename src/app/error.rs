@@ -9,6 +9,9 @@ use crate::flow::diagnostic::FlowReport;
 use crate::runtime::RuntimeError;
 use crate::watch::WatchError;
 
+use super::init::InitError;
+use super::install::InstallError;
+
 /// Everything that can end a command with a failure.
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
 pub enum Error {
@@ -40,6 +43,12 @@ pub enum Error {
     #[error(transparent)]
     #[diagnostic(transparent)]
     Broker(#[from] BrokerError),
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Init(#[from] InitError),
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Install(#[from] InstallError),
     #[error(transparent)]
     #[diagnostic(transparent)]
     Article(#[from] ArticleError),

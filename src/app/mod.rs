@@ -9,6 +9,8 @@
 //! - `graph`: `edaflow graph`, with live counts from a running instance.
 //! - `publish`, `tail`, `trace`, `dead`: the commands that talk to a running instance
 //!   (through `crate::client`).
+//! - `install`: `edaflow completions` and `edaflow man`, generated from `crate::cli`.
+//! - `init`: `edaflow init`, a new flow folder to start from.
 //! - `render`: what the commands print.
 //! - `error`: `Error`, everything a command can fail with.
 
@@ -17,6 +19,8 @@ mod dead;
 mod error;
 mod flow_files;
 mod graph;
+mod init;
+mod install;
 mod publish;
 mod render;
 mod run;
@@ -54,6 +58,9 @@ fn dispatch(command: Command) -> Result<(), Error> {
         Command::Consumer(args) => article::consumer(args),
         Command::Validate { flows } => flow_files::validate(&flows),
         Command::Test { flows } => flow_files::test(&flows),
+        Command::Init { dir, force } => init::init(&dir, force),
+        Command::Completions { shell } => install::completions(shell),
+        Command::Man { dir } => install::man(dir.as_deref()),
         Command::Graph {
             flows,
             format,

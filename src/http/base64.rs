@@ -53,7 +53,7 @@ fn value(symbol: u8) -> Option<u32> {
 /// but at the end (at most two), or bits set beyond the last byte.
 pub fn decode(text: &str) -> Result<Vec<u8>, Base64Error> {
     let bytes = text.as_bytes();
-    if bytes.len() % 4 != 0 {
+    if !bytes.len().is_multiple_of(4) {
         return Err(Base64Error::Length { len: bytes.len() });
     }
     let mut out = Vec::with_capacity(bytes.len() / 4 * 3);

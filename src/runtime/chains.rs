@@ -306,7 +306,7 @@ async fn run_shared<B: Broker>(
                         }
                     }
                 }
-                if ticks % MIRROR_TICKS == 0 {
+                if ticks.is_multiple_of(MIRROR_TICKS) {
                     match chains.counts(&spec).await {
                         Ok(counts) => task.stats.mirror(&counts),
                         Err(e) => debug!(error = %e, "could not read the chain's counters"),
