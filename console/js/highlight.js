@@ -27,14 +27,19 @@ export function tokenize(text, language) {
   return [['', text]];
 }
 
-function tokenizeRhai(src) {
-  const out = [];
-  const push = (kind, text) => {
+/** Appends `[kind, text]` to `out`, merging it into the last token when of the same kind. */
+function pusher(out) {
+  return (kind, text) => {
     if (!text) return;
     const last = out[out.length - 1];
     if (last && last[0] === kind) last[1] += text;
     else out.push([kind, text]);
   };
+}
+
+function tokenizeRhai(src) {
+  const out = [];
+  const push = pusher(out);
   let i = 0;
   const n = src.length;
   while (i < n) {
@@ -96,12 +101,7 @@ function tokenizeRhai(src) {
 
 function tokenizeToml(src) {
   const out = [];
-  const push = (kind, text) => {
-    if (!text) return;
-    const last = out[out.length - 1];
-    if (last && last[0] === kind) last[1] += text;
-    else out.push([kind, text]);
-  };
+  const push = pusher(out);
   let i = 0;
   const n = src.length;
   let lineStart = true; // only whitespace since the last newline

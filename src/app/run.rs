@@ -300,22 +300,32 @@ fn serve_console<B: Broker>(
     if !addr.ip().is_loopback() && token.is_none() {
         warn!(%addr, "the console listens beyond this machine without a token: anyone who reaches it can replay dead letters and reload; pass --token or EDAFLOW_TOKEN");
     }
-    let producer = ApiProducer {
+    let producer = listener_producer(runtime, addr, token, "console");
+    info!(%addr, "console at http://{addr}/");
+    tracker.spawn(
+        crate::http::serve_console(listener, producer, stop)
+            .instrument(tracing::info_span!("console")),
+    );
+}
+
+/// The producer a listener of `run`'s own (`--console`, `--admin`) is served as: default
+/// HTTP settings on `addr` with `token`, and no ingest (nothing publishes there).
+fn listener_producer<B: Broker>(
+    runtime: &Runtime<B>,
+    addr: std::net::SocketAddr,
+    token: Option<ApiToken>,
+    name: &str,
+) -> ApiProducer<B> {
+    ApiProducer {
         runtime: runtime.api_context(),
         config: HttpProducer {
             listen: addr.to_string(),
             token,
             ..HttpProducer::default()
         },
-        // The console's listener has no ingest: nothing publishes there.
         deferred_topic: String::new(),
-        source: "edaflow://console".to_owned(),
-    };
-    info!(%addr, "console at http://{addr}/");
-    tracker.spawn(
-        crate::http::serve_console(listener, producer, stop)
-            .instrument(tracing::info_span!("console")),
-    );
+        source: format!("edaflow://{name}"),
+    }
 }
 
 /// Serves the probes and metrics alone on `listener` until `stop` (`--admin`), and says
@@ -331,17 +341,7 @@ fn serve_admin<B: Broker>(
         warn!("the admin listener has no address; not serving it");
         return;
     };
-    let producer = ApiProducer {
-        runtime: runtime.api_context(),
-        config: HttpProducer {
-            listen: addr.to_string(),
-            token,
-            ..HttpProducer::default()
-        },
-        // The admin listener has no ingest: nothing publishes there.
-        deferred_topic: String::new(),
-        source: "edaflow://admin".to_owned(),
-    };
+    let producer = listener_producer(runtime, addr, token, "admin");
     info!(%addr, "admin (probes and metrics) at http://{addr}/");
     tracker.spawn(
         crate::http::serve_admin(listener, producer, stop).instrument(tracing::info_span!("admin")),
