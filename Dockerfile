@@ -23,10 +23,13 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 
 # --- run ---------------------------------------------------------------------
 FROM debian:bookworm-slim
-# ca-certificates: the trust roots for rediss:// (edaflow reads the system's).
+# ca-certificates: the trust roots for rediss:// (edaflow reads the system's). `apt-get
+# clean` drops the downloaded packages and apt's caches, which a base image without
+# Docker's apt cleanup hook would otherwise keep in the layer.
 RUN apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates \
-    && rm -rf /var/lib/apt/lists/* \
+    && apt-get clean \
+    && rm -rf /var/lib/apt/lists/* /var/log/apt /var/log/dpkg.log \
     && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin edaflow
 COPY --from=build /usr/local/bin/edaflow /usr/local/bin/edaflow
 USER 10001
