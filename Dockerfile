@@ -1,9 +1,10 @@
 # syntax=docker/dockerfile:1
 #
-# edaflow in a container: runs the flow folder mounted at /flows.
+# edaflow in a container: runs the flow set mounted at /flows.
 #
 #   docker build -t edaflow .
-#   docker run --rm -p 3000:3000 -v "$PWD/flows:/flows:ro" edaflow
+#   docker run --rm -p 3000:3000 -v "$PWD/my-flows:/flows:ro" edaflow
+#   docker run --rm -p 3000:3000 -v "$PWD/flows:/flows:ro" edaflow run /flows/orders.toml
 #
 # See docs/install.md.
 
