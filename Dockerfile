@@ -1,5 +1,3 @@
-# syntax=docker/dockerfile:1
-#
 # edaflow in a container: runs the flow set mounted at /flows.
 #
 #   docker build -t edaflow .
