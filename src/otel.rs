@@ -131,6 +131,14 @@ impl Tracing {
         Ok(Tracing { provider, tracer })
     }
 
+    /// Sends every span ended so far and waits for the collector's answer. Blocks: call it
+    /// off the runtime's workers (`spawn_blocking`).
+    pub fn flush(&self) {
+        if let Err(e) = self.provider.force_flush() {
+            tracing::warn!(error = %e, "could not send the spans");
+        }
+    }
+
     /// Sends what is batched and stops the exporter (waits at most a second).
     pub fn shutdown(&self) {
         if let Err(e) = self.provider.shutdown_with_timeout(Duration::from_secs(1)) {
