@@ -314,6 +314,19 @@ tracked() {
   report "W2 chains/s, untracked" "${plain[@]}"; report "W2 chains/s, with [chains.w2]" "${with[@]}"
 }
 
+traced() {
+  local none=() context=() export=()
+  for rep in $(seq "$REPS"); do
+    none+=("$(field chains_per_s "$(BENCH_TRACE=none target/release/examples/w2_chain bench/flows/w2.toml 200000 2>/dev/null | grep '^RESULT')")")
+    context+=("$(field chains_per_s "$(BENCH_TRACE=context target/release/examples/w2_chain bench/flows/w2.toml 200000 2>/dev/null | grep '^RESULT')")")
+    export+=("$(field chains_per_s "$(BENCH_TRACE=export target/release/examples/w2_chain bench/flows/w2.toml 200000 2>/dev/null | grep '^RESULT')")")
+    say "traced rep $rep: none ${none[-1]} context ${context[-1]} export ${export[-1]}"
+  done
+  echo "== trace context and span export on W2, alternating runs (median of $REPS) =="
+  report "W2 chains/s, no trace context" "${none[@]}"; report "W2 chains/s, traceparent, export off" "${context[@]}"
+  report "W2 chains/s, traceparent, OTLP export to a loopback sink" "${export[@]}"
+}
+
 scale() {
   echo "== queue scaling: 10^4 .. 10^6 pending items (one run) =="
   target/release/examples/queue_scale 2>/dev/null | grep '^RESULT'
@@ -328,6 +341,6 @@ if [ -z "${NOBUILD:-}" ]; then # NOBUILD=1: measure the binaries as they are
   say "building release binary and harnesses"
   cargo build --release --bin edaflow --examples >/dev/null 2>&1
 fi
-sel=("$@"); [ "${#sel[@]}" -gt 0 ] || sel=(w1 w2 w2b w3 scale reload query tracked w1r w2r w2r8 w2r32 w3r w3r_inproc queryr)
+sel=("$@"); [ "${#sel[@]}" -gt 0 ] || sel=(w1 w2 w2b w3 scale reload query tracked traced w1r w2r w2r8 w2r32 w3r w3r_inproc queryr)
 echo "edaflow $(git rev-parse --short HEAD 2>/dev/null || echo '?'), $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(uname -r)"
 for w in "${sel[@]}"; do "$w"; echo; done

@@ -257,6 +257,12 @@ pub struct RunArgs {
     /// free port). /metrics takes the same token as --console.
     #[arg(long, value_name = "ADDR", env = "EDAFLOW_ADMIN")]
     pub admin: Option<String>,
+    /// Export a span for each handler run to this OpenTelemetry collector (OTLP over
+    /// HTTP, e.g. http://localhost:4318; /v1/traces is appended). Off when unset, unless
+    /// OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or OTEL_EXPORTER_OTLP_ENDPOINT is set; the
+    /// service name is OTEL_SERVICE_NAME, else edaflow. See docs/tracing.md.
+    #[arg(long, value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
     /// The bearer token every HTTP producer requires, in place of the flow files' `token`
     /// (keeps the secret out of them). Never logged.
     #[arg(

@@ -303,8 +303,8 @@ impl Event {
         }
     }
 
-    /// An event caused by handling `self`: it inherits the correlation id and records
-    /// `self` as its cause.
+    /// An event caused by handling `self`: it inherits the correlation id and the trace
+    /// context (`traceparent`, `tracestate`), and records `self` as its cause.
     pub fn caused(
         &self,
         topic: impl Into<String>,
@@ -315,6 +315,7 @@ impl Event {
         child.correlation_id = self.correlation_id.clone();
         child.causation_id = Some(self.id.clone());
         child.hops = self.hops.saturating_add(1);
+        crate::tracecontext::inherit(&self.extensions, &mut child.extensions);
         child
     }
 

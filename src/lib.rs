@@ -4,6 +4,7 @@
 //! Rhai scripts handle each event. Modules, in dependency order:
 //!
 //! - [`event`]: the CloudEvents envelope and its limits.
+//! - [`tracecontext`]: W3C trace context on events (leaf); [`otel`]: OpenTelemetry export.
 //! - [`pattern`], [`duration`]: topic names and patterns, duration strings (leaf modules).
 //! - [`flow`]: TOML to a validated, immutable flow set, with diagnostics, the CQRS lint and
 //!   the reload diff (no tokio, no Rhai).
@@ -27,10 +28,12 @@ pub mod event;
 pub mod flow;
 pub mod flowtest;
 pub mod http;
+pub mod otel;
 pub mod pattern;
 pub mod runtime;
 pub mod script;
 pub mod store;
+pub mod tracecontext;
 pub mod watch;
 
 pub use app::Error;

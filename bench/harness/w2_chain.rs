@@ -13,6 +13,13 @@
 //! browser has the console open (a connection to the producer, then 3 s for the page to
 //! load and open its stream), and only then generates: how `bench/console/cost.sh`
 //! measures what an open console costs.
+//!
+//! With `BENCH_TRACE` set, the harness publishes the events itself (64 in flight, as the
+//! generator does) instead of the flow's generators, so that three arms compare like for
+//! like: `none` (no trace context), `context` (each event carries a `traceparent` and a
+//! `tracestate`; span export off) and `export` (the same, with a span per handler run
+//! exported over OTLP/HTTP to a loopback sink in this process that reads and discards each
+//! request). The `RESULT` line then says `trace=ARM`.
 
 mod common;
 
@@ -20,9 +27,11 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use edaflow::broker::{Broker, MemoryBroker, MemoryOptions};
+use edaflow::broker::{Backpressure, Broker, MemoryBroker, MemoryOptions};
+use edaflow::event::Event;
 use edaflow::flow::model::ProducerKind;
 use edaflow::runtime::{prepare, Runtime, RuntimeOptions};
+use futures_util::StreamExt as _;
 
 /// Sized as `edaflow run` sizes its runtime (`BENCH_THREADS` overrides), so that the
 /// figures are the binary's.
@@ -59,10 +68,34 @@ async fn run<B: Broker>(
     prepared: edaflow::runtime::Prepared,
     total: u64,
 ) -> Result<(), Box<dyn std::error::Error>> {
+    let trace = std::env::var("BENCH_TRACE").ok();
+    let tracing = match trace.as_deref() {
+        None | Some("none" | "context") => None,
+        Some("export") => Some(edaflow::otel::Tracing::start(&discarding_sink().await?)?),
+        Some(other) => return Err(format!("BENCH_TRACE={other}: none, context or export").into()),
+    };
+    // The events the harness publishes itself (`BENCH_TRACE`): the generators' topic and
+    // data, `total` of them.
+    let mut own = None;
+    let mut prepared = prepared;
+    if trace.is_some() {
+        let mut flows = (*prepared.flows).clone();
+        for producer in flows.producers.values() {
+            if let ProducerKind::Generator(g) = &producer.kind {
+                own = Some((g.topic.clone(), g.data.clone()));
+            }
+        }
+        flows
+            .producers
+            .retain(|_, p| !matches!(p.kind, ProducerKind::Generator(_)));
+        prepared.flows = std::sync::Arc::new(flows);
+    }
+    let publisher = broker.clone();
     let mut runtime = Runtime::new(
         broker,
         RuntimeOptions {
             producers: true,
+            tracing: tracing.clone(),
             ..RuntimeOptions::default()
         },
     );
@@ -93,6 +126,10 @@ async fn run<B: Broker>(
     }
     let started = Instant::now();
     runtime.apply(prepared).await?;
+    if let Some((topic, data)) = own {
+        let traced = trace.as_deref() != Some("none");
+        tokio::spawn(publish_own(publisher, topic, data, total, traced));
+    }
     loop {
         if last.handled.load(Ordering::Relaxed) >= total {
             break;
@@ -103,12 +140,66 @@ async fn run<B: Broker>(
         tokio::time::sleep(Duration::from_micros(500)).await;
     }
     let elapsed = started.elapsed();
+    let arm = trace.map(|t| format!(" trace={t}")).unwrap_or_default();
     println!(
-        "RESULT chains={total} elapsed_ms={:.1} chains_per_s={:.0} peak_rss_kib={}",
+        "RESULT chains={total} elapsed_ms={:.1} chains_per_s={:.0} peak_rss_kib={}{arm}",
         elapsed.as_secs_f64() * 1000.0,
         total as f64 / elapsed.as_secs_f64(),
         common::peak_rss_kib()
     );
     runtime.shutdown(Duration::from_secs(1)).await;
+    if let Some(tracing) = tracing {
+        let _ = tokio::task::spawn_blocking(move || tracing.shutdown()).await;
+    }
     Ok(())
+}
+
+/// Publishes `total` events as a generator does (64 in flight), each with a trace context
+/// when `traced`.
+async fn publish_own<B: Broker>(
+    broker: B,
+    topic: String,
+    data: serde_json::Value,
+    total: u64,
+    traced: bool,
+) {
+    let parent = serde_json::Value::from("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+    let state = serde_json::Value::from("bench=w2");
+    let mut publishes = futures_util::stream::iter(0..total)
+        .map(|_| {
+            let mut event = Event::new(topic.clone(), "edaflow://w2/harness", data.clone());
+            if traced {
+                event
+                    .extensions
+                    .insert("traceparent".into(), parent.clone());
+                event.extensions.insert("tracestate".into(), state.clone());
+            }
+            let broker = broker.clone();
+            async move { broker.publish(event, Backpressure::Wait).await }
+        })
+        .buffered(64);
+    while let Some(published) = publishes.next().await {
+        if let Err(e) = published {
+            eprintln!("publish failed: {e}");
+            return;
+        }
+    }
+}
+
+/// A loopback OTLP/HTTP sink: reads each request whole, answers 200, keeps nothing.
+/// Returns its traces URL.
+async fn discarding_sink() -> Result<String, Box<dyn std::error::Error>> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let app = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post(|body: axum::body::Bytes| async move {
+            drop(body);
+            ""
+        }),
+    );
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok(format!("http://{addr}/v1/traces"))
 }

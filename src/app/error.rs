@@ -27,6 +27,9 @@ pub enum Error {
     #[error(transparent)]
     #[diagnostic(transparent)]
     Watch(#[from] WatchError),
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Otel(#[from] crate::otel::OtelError),
     #[error("{failed} of {total} flow tests failed")]
     #[diagnostic(code(edaflow::test::failed))]
     TestsFailed { failed: usize, total: usize },

@@ -219,6 +219,7 @@ mod tests {
             emitted_by: by.into(),
             generation: cause.map(|_| 1),
             time: SystemTime::UNIX_EPOCH + Duration::from_millis(ms),
+            traceparent: None,
         }
     }
 

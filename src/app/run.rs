@@ -196,6 +196,7 @@ async fn run_on<B: Broker>(
         watcher,
     } = setup;
     let durable = broker_name != "memory";
+    let tracing = start_tracing(args.otlp_endpoint.as_deref())?;
     let mut runtime = Runtime::new(
         broker,
         RuntimeOptions {
@@ -204,6 +205,7 @@ async fn run_on<B: Broker>(
             token: args.token.clone(),
             producers: true,
             roots: flow_roots(&args.flows),
+            tracing: tracing.clone(),
             ..RuntimeOptions::default()
         },
     );
@@ -258,6 +260,11 @@ async fn run_on<B: Broker>(
     // events in flight finish.
     let grace = if durable { Duration::ZERO } else { args.grace };
     stop(reloader, grace, now).await;
+    if let Some(tracing) = tracing {
+        // The exporter's last batch goes out through this runtime: wait on a thread that
+        // may block, not on one of its workers.
+        let _ = tokio::task::spawn_blocking(move || tracing.shutdown()).await;
+    }
     Ok(())
 }
 
@@ -386,6 +393,16 @@ async fn stop<B: Broker>(reloader: Reloader<B>, grace: Duration, now: impl Futur
             info!(forced = report.forced, unfinished = report.unfinished, "stopped");
         }
     }
+}
+
+/// Span export, when an endpoint is configured (`crate::otel::traces_endpoint`).
+fn start_tracing(flag: Option<&str>) -> Result<Option<crate::otel::Tracing>, Error> {
+    let Some(endpoint) = crate::otel::traces_endpoint(flag, |name| std::env::var(name).ok()) else {
+        return Ok(None);
+    };
+    let tracing = crate::otel::Tracing::start(&endpoint)?;
+    info!(%endpoint, "exporting handler spans over OTLP");
+    Ok(Some(tracing))
 }
 
 /// The flow folders of `paths`: a folder as given, a flow file's own folder.

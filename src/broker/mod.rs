@@ -284,6 +284,15 @@ impl Effects {
             .chain(self.enqueue.iter().map(|(_, e, _)| e))
             .chain(self.dead_letter.iter())
     }
+
+    /// Every event the effects write, to change before the commit.
+    pub fn events_mut(&mut self) -> impl Iterator<Item = &mut Event> {
+        self.publish
+            .iter_mut()
+            .chain(self.deferred.iter_mut().map(|(e, _)| e))
+            .chain(self.enqueue.iter_mut().map(|(_, e, _)| e))
+            .chain(self.dead_letter.iter_mut())
+    }
 }
 
 /// Settings of a work queue the broker enforces.

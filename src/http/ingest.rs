@@ -22,6 +22,7 @@ use crate::http::error::LimitedField;
 use crate::http::{json_response, ApiError, ApiState};
 use crate::pattern::{validate_topic, PatternError};
 use crate::runtime::history::Pending;
+use crate::tracecontext::{self, TRACEPARENT, TRACESTATE};
 
 /// `POST /topics/{topic}`.
 pub(crate) async fn publish_topic<B: Broker>(
@@ -110,7 +111,13 @@ async fn accept<B: Broker>(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let event = read_event(state, topic, headers, body).await?;
+    let mut event = read_event(state, topic, headers, body).await?;
+    // With export on, the event's trace continues from a span of its own here.
+    let span = state.runtime.tracing.as_ref().map(|tracing| {
+        let span = tracing.ingest_span(state.producer_name(), &event);
+        span.stamp(std::iter::once(&mut event));
+        span
+    });
     let id = event.id.clone();
     let published_topic = event.topic.clone();
     let pending = Pending::of(&event, state.producer_name(), None);
@@ -130,6 +137,12 @@ async fn accept<B: Broker>(
                 .await
         }
     };
+    if let Some(span) = span {
+        match &result {
+            Ok(()) => span.end("ok", None),
+            Err(e) => span.end("error", Some(&e.to_string())),
+        }
+    }
     match result {
         Ok(()) => {
             state.runtime.metrics.published(&published_topic);
@@ -185,7 +198,7 @@ pub(crate) async fn read_event<B: Broker>(
     check_topic(&topic)?;
     let mode = content_mode(headers)?;
     let bytes = read_body(headers, body, state.config.body_limit).await?;
-    match mode {
+    let mut event = match mode {
         Mode::Plain => cloudevents::plain(topic, &state.source, &bytes),
         Mode::Binary => {
             let content_type = headers
@@ -200,6 +213,36 @@ pub(crate) async fn read_event<B: Broker>(
             )
         }
         Mode::Structured => cloudevents::structured(topic, &bytes),
+    }?;
+    trace_context(&mut event, headers);
+    Ok(event)
+}
+
+/// The event's W3C trace context: its own (`ce-traceparent` in binary mode, the
+/// `traceparent` attribute in structured mode), else the request's `traceparent` and
+/// `tracestate` headers. An invalid value is dropped (the event starts a new trace).
+fn trace_context(event: &mut Event, headers: &HeaderMap) {
+    if !event.extensions.contains_key(TRACEPARENT) {
+        if let Some(parent) = headers.get(TRACEPARENT).and_then(|v| v.to_str().ok()) {
+            event.extensions.remove(TRACESTATE);
+            event
+                .extensions
+                .insert(TRACEPARENT.to_owned(), parent.to_owned().into());
+            // Repeated `tracestate` headers are one list (RFC 9110 field lines).
+            let state: Vec<&str> = headers
+                .get_all(TRACESTATE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect();
+            if !state.is_empty() {
+                event
+                    .extensions
+                    .insert(TRACESTATE.to_owned(), state.join(",").into());
+            }
+        }
+    }
+    if event.extensions.contains_key(TRACEPARENT) || event.extensions.contains_key(TRACESTATE) {
+        tracecontext::sanitize(&mut event.extensions);
     }
 }
 

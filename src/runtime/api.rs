@@ -49,6 +49,8 @@ pub struct ApiContext<B: Broker> {
     pub flows: watch::Receiver<Arc<FlowView>>,
     /// The flow folders (`RuntimeOptions::roots`): where the console may edit files.
     pub roots: Arc<[PathBuf]>,
+    /// Span export, when on: ingest's spans (see `crate::otel`).
+    pub tracing: Option<crate::otel::Tracing>,
 }
 
 /// One `http` producer, as the runtime hands it to its `ApiServer`.

@@ -42,6 +42,9 @@ pub struct TraceEntry {
     pub generation: Option<u64>,
     #[serde(with = "rfc3339")]
     pub time: SystemTime,
+    /// Its W3C `traceparent`, when it carries one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 mod rfc3339 {
@@ -76,6 +79,11 @@ impl Pending {
                 emitted_by: emitted_by.to_owned(),
                 generation,
                 time: event.time,
+                traceparent: event
+                    .extensions
+                    .get(crate::tracecontext::TRACEPARENT)
+                    .and_then(|v| v.as_str())
+                    .map(str::to_owned),
             },
         }
     }

@@ -92,6 +92,8 @@ pub struct RuntimeOptions {
     /// The flow folders: the folders given to `edaflow run`, or a given flow file's folder.
     /// Only files inside them may be edited from the console.
     pub roots: Vec<std::path::PathBuf>,
+    /// OpenTelemetry export (`--otlp-endpoint`): `None`, the default, builds no spans.
+    pub tracing: Option<crate::otel::Tracing>,
 }
 
 /// Live status shared with the HTTP API.
@@ -156,6 +158,8 @@ pub(crate) struct Shared<B: Broker> {
     pub(crate) steps_reported: bool,
     /// The running generation's `[flow] max_hops`.
     pub max_hops: std::sync::atomic::AtomicU32,
+    /// Span export, when on (see `crate::otel`).
+    pub tracing: Option<crate::otel::Tracing>,
 }
 
 /// Errors that stop a runtime from starting or a reload from applying.
@@ -241,6 +245,7 @@ impl<B: Broker> Runtime<B> {
             steps,
             steps_reported,
             max_hops: crate::flow::model::DEFAULT_MAX_HOPS.into(),
+            tracing: options.tracing.clone(),
         });
         Runtime {
             shared,
@@ -324,6 +329,7 @@ impl<B: Broker> Runtime<B> {
             topics: shared.topics.subscribe(),
             flows: shared.flows.subscribe(),
             roots: self.options.roots.clone().into(),
+            tracing: shared.tracing.clone(),
         }
     }
 

@@ -26,6 +26,7 @@ use tracing::{debug, warn, Instrument};
 use crate::broker::{Broker, BrokerError, Consumer, Delivery, Effects, Reply};
 use crate::event::{Event, REPLY_TO_EXTENSION};
 use crate::flow::model::{SubscriberConfig, SubscriberInput};
+use crate::otel::RunSpan;
 use crate::runtime::dead_letter;
 use crate::runtime::metrics::SubscriberMetrics;
 use crate::runtime::Shared;
@@ -186,6 +187,13 @@ impl<B: Broker> SubscriberTask<B> {
         let mut attempt = delivery.redeliveries.saturating_add(1);
         loop {
             let started = Instant::now();
+            // With export on, each run is a span, and what the run emits names it as the
+            // parent (`crate::otel`); off, nothing is built here.
+            let span = self
+                .shared
+                .tracing
+                .as_ref()
+                .map(|tracing| tracing.handler_span(&self.name, &delivery.event, attempt));
             let code = self.code.borrow().clone();
             let result = self
                 .run_reading_ahead(&code, &delivery.event, attempt)
@@ -196,25 +204,33 @@ impl<B: Broker> SubscriberTask<B> {
             let error = match result
                 .and_then(|output| self.effects(&delivery.event, output, code.generation))
             {
-                Ok(effects) => match self.settle(&delivery, effects, token).await {
-                    Ok(()) => {
-                        self.metrics.handled.fetch_add(1, Ordering::Relaxed);
-                        if let Some(tap) = self.shared.handled.get() {
-                            let _ = tap.try_send((self.name.clone(), delivery.event.clone()));
+                Ok(mut effects) => {
+                    if let Some(span) = &span {
+                        span.stamp(effects.events_mut());
+                    }
+                    match self.settle(&delivery, effects, token).await {
+                        Ok(()) => {
+                            end_span(span, "ok", None);
+                            self.metrics.handled.fetch_add(1, Ordering::Relaxed);
+                            if let Some(tap) = self.shared.handled.get() {
+                                let _ = tap.try_send((self.name.clone(), delivery.event.clone()));
+                            }
+                            return;
                         }
-                        return;
+                        Err(Refused::Retry(message)) => ScriptError::Failed { message },
+                        Err(Refused::Stopping) => {
+                            end_span(span, "error", Some("stopped before the commit"));
+                            let _ = self.shared.broker.nack(delivery).await;
+                            return;
+                        }
+                        Err(Refused::Fatal(e)) => {
+                            end_span(span, "error", Some(&e.to_string()));
+                            warn!(error = %e, "could not commit; giving the event back");
+                            let _ = self.shared.broker.nack(delivery).await;
+                            return;
+                        }
                     }
-                    Err(Refused::Retry(message)) => ScriptError::Failed { message },
-                    Err(Refused::Stopping) => {
-                        let _ = self.shared.broker.nack(delivery).await;
-                        return;
-                    }
-                    Err(Refused::Fatal(e)) => {
-                        warn!(error = %e, "could not commit; giving the event back");
-                        let _ = self.shared.broker.nack(delivery).await;
-                        return;
-                    }
-                },
+                }
                 Err(error) => error,
             };
             self.metrics.errors.fetch_add(1, Ordering::Relaxed);
@@ -226,7 +242,11 @@ impl<B: Broker> SubscriberTask<B> {
                 }
                 warn!(event = %delivery.event.id, topic = %delivery.event.topic, attempt, dead_letter = %self.config.dead_letter, %error, "handler failed for the last time; dead-lettering the event");
                 self.metrics.dead_letters.fetch_add(1, Ordering::Relaxed);
-                let dead = self.dead_letter(&delivery, attempt, &error, code.generation);
+                let mut dead = self.dead_letter(&delivery, attempt, &error, code.generation);
+                if let Some(span) = &span {
+                    span.stamp(dead.events_mut());
+                }
+                end_span(span, "dead", Some(&error.to_string()));
                 if let Err(e) = self.settle(&delivery, dead, token).await {
                     if !matches!(e, Refused::Stopping) {
                         warn!(error = ?e, "could not dead-letter the event; giving it back");
@@ -235,6 +255,7 @@ impl<B: Broker> SubscriberTask<B> {
                 }
                 return;
             }
+            end_span(span, "retry", Some(&error.to_string()));
             let delay = retry.delay_after(attempt);
             warn!(event = %delivery.event.id, topic = %delivery.event.topic, attempt, retry_in = ?delay, %error, "handler failed; will retry");
             tokio::select! {
@@ -574,6 +595,13 @@ impl<B: Broker> SubscriberTask<B> {
             reply,
             ..Effects::default()
         }
+    }
+}
+
+/// Ends a run's span, when export is on.
+fn end_span(span: Option<RunSpan>, outcome: &'static str, error: Option<&str>) {
+    if let Some(span) = span {
+        span.end(outcome, error);
     }
 }
 

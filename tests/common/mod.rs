@@ -242,7 +242,9 @@ impl Edaflow {
         let mut command = Command::new(env!("CARGO_BIN_EXE_edaflow"));
         command.args(&self.args).current_dir(&self.dir);
         for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("EDAFLOW_") {
+            let key_text = key.to_string_lossy();
+            // OpenTelemetry's variables would turn span export on.
+            if key_text.starts_with("EDAFLOW_") || key_text.starts_with("OTEL_") {
                 command.env_remove(&key);
             }
         }
