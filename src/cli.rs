@@ -252,9 +252,10 @@ pub struct RunArgs {
     /// free port). Its token is --token, else the first `http` producer's `token`.
     #[arg(long, value_name = "ADDR", env = "EDAFLOW_CONSOLE")]
     pub console: Option<String>,
-    /// Serve only /healthz, /livez, /readyz and /metrics on this address of its own, for
-    /// probes and scrapers, whether or not a flow has an `http` producer (port 0 picks a
-    /// free port). /metrics takes the same token as --console.
+    /// Serve only /healthz, /livez, /readyz, /metrics and /stats on this address of its
+    /// own, for probes, scrapers and `edaflow top`, whether or not a flow has an `http`
+    /// producer (port 0 picks a free port). /metrics and /stats take the same token as
+    /// --console.
     #[arg(long, value_name = "ADDR", env = "EDAFLOW_ADMIN")]
     pub admin: Option<String>,
     /// The bearer token every HTTP producer requires, in place of the flow files' `token`
