@@ -428,6 +428,21 @@ pub struct Remote {
     /// `<redacted>`).
     #[arg(long, env = "EDAFLOW_TOKEN", hide_env_values = true)]
     pub token: Option<crate::client::BearerToken>,
+    /// How long to wait to connect, and for each answer (`tail` waits for events as long
+    /// as it runs).
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration_arg)]
+    pub timeout: Duration,
+}
+
+impl Remote {
+    /// The instance to talk to.
+    ///
+    /// # Errors
+    /// A URL that is not `http://host:port[/prefix]`.
+    pub fn target(&self) -> Result<crate::client::Target, crate::client::ClientError> {
+        crate::client::Target::parse(&self.url, self.token.clone())
+            .map(|target| target.with_timeout(self.timeout))
+    }
 }
 
 fn parse_duration_arg(text: &str) -> Result<Duration, String> {

@@ -127,11 +127,9 @@ pub(crate) async fn snapshot<B: Broker>(
             (q.name, snapshot)
         })
         .collect();
-    let processes = crate::runtime::processes::list_processes(
-        &runtime.broker,
-        &runtime.status.this_process(),
-    )
-    .await;
+    let processes =
+        crate::runtime::processes::list_processes(&runtime.broker, &runtime.status.this_process())
+            .await;
     let http = &runtime.metrics.http;
     let status = &runtime.status;
     Snapshot {

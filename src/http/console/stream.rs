@@ -110,4 +110,3 @@ async fn recv(
 fn frame(event: &str, data: &str) -> String {
     format!("event: {event}\ndata: {data}\n\n")
 }
-
