@@ -117,6 +117,20 @@ pub enum Command {
         #[command(flatten)]
         remote: Remote,
     },
+    /// A live view of a running instance: rates, work in flight, errors, queue depths,
+    /// dead letters, chains and processes, redrawn in place until Ctrl-C.
+    #[command(after_help = TOP_HELP)]
+    Top {
+        /// How often to poll the instance (rates are per second whatever this is).
+        #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_interval)]
+        interval: Duration,
+        /// Print one plain frame (after two samples, so that rates exist) and exit; what
+        /// top does when stdout is not a terminal.
+        #[arg(long)]
+        once: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
     /// Print the tree of events of one journey (a correlation id) from a running instance.
     #[command(
         after_help = "Examples:\n  edaflow trace 01M8BARPKC0ECJ9W797NG2TCS7\n\nThe id is the one `POST /topics/...` answered with (the first event's id)."
@@ -350,6 +364,17 @@ pub struct RunArgs {
     pub threads: Option<u16>,
 }
 
+const TOP_HELP: &str = "\
+Reads GET /stats from the HTTP producer, the --console or the --admin listener of
+`edaflow run`; rates come from the difference between two polls. WAITING is what is
+queued for a subscriber (in its group, or due in its queue); a queue's READY items are
+due now, its DELAYED ones not yet. `-` is a rate not known yet.
+
+Examples:
+  edaflow top
+  edaflow top --url http://127.0.0.1:9100 --interval 2s
+  edaflow top --once > snapshot.txt";
+
 const API_SERVER_HELP: &str = "\
 Replays the article's \"Topics\" and \"Deferred Execution\" sections (it is the
 built-in flow flows/article/api-server.toml). Each POSTed body is published exactly as
@@ -447,6 +472,14 @@ impl Remote {
 
 fn parse_duration_arg(text: &str) -> Result<Duration, String> {
     crate::duration::parse_duration(text).map_err(|e| format!("{e} (try 500ms, 5s, 1m)"))
+}
+
+/// A duration that must not be zero.
+fn parse_interval(text: &str) -> Result<Duration, String> {
+    match parse_duration_arg(text)? {
+        d if d.is_zero() => Err("must be more than 0 (try 500ms, 1s)".to_owned()),
+        d => Ok(d),
+    }
 }
 
 #[cfg(test)]
