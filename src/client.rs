@@ -488,23 +488,30 @@ impl Target {
     }
 }
 
+/// What `percent_encode` leaves as is: ASCII letters, digits and `-_.~` (RFC 3986's
+/// unreserved characters).
+const UNRESERVED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
 /// Percent-encodes `text` for a URL path segment or query value: everything but ASCII
 /// letters, digits and `-_.~`.
 pub fn percent_encode(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for b in text.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    percent_encoding::utf8_percent_encode(text, UNRESERVED).to_string()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn percent_encoding_keeps_only_unreserved_characters() {
+        assert_eq!(percent_encode("orders.*"), "orders.%2A");
+        assert_eq!(percent_encode("a b/c?d=é~_-"), "a%20b%2Fc%3Fd%3D%C3%A9~_-");
+        assert_eq!(percent_encode(">"), "%3E");
+    }
 
     #[test]
     fn a_token_is_redacted_in_debug_output() {
