@@ -205,6 +205,9 @@ pub struct RetryPolicy {
     pub backoff: Duration,
     /// Upper bound on the delay. Default 10 s.
     pub max_backoff: Duration,
+    /// Equal jitter on each wait (`jittered_delay_after`). Default true; false waits
+    /// exactly `delay_after`, for flows (and tests) that rely on exact retry times.
+    pub jitter: bool,
 }
 
 impl Default for RetryPolicy {
@@ -213,6 +216,7 @@ impl Default for RetryPolicy {
             attempts: 3,
             backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(10),
+            jitter: true,
         }
     }
 }
@@ -231,8 +235,12 @@ impl RetryPolicy {
     /// number in `[0, 1)` (clamped to `[0, 1]`). Retries of events that failed together
     /// spread out instead of hitting a struggling dependency at the same instant, and
     /// still wait at least half the backoff (full jitter may retry at once).
+    /// Without `jitter`, `delay_after(attempt)` whatever `unit` is.
     pub fn jittered_delay_after(&self, attempt: u32, unit: f64) -> Duration {
         let ceiling = self.delay_after(attempt);
+        if !self.jitter {
+            return ceiling;
+        }
         let half = ceiling / 2;
         half + (ceiling - half).mul_f64(unit.clamp(0.0, 1.0))
     }
@@ -389,6 +397,7 @@ mod tests {
             attempts: 5,
             backoff: Duration::from_millis(100),
             max_backoff: Duration::from_millis(250),
+            jitter: true,
         }
     }
 
@@ -413,6 +422,8 @@ mod tests {
             // Out-of-range randomness cannot leave the bounds.
             assert_eq!(p.jittered_delay_after(attempt, -3.0), ceiling / 2);
             assert_eq!(p.jittered_delay_after(attempt, 7.0), ceiling);
+            let exact = RetryPolicy { jitter: false, ..p };
+            assert_eq!(exact.jittered_delay_after(attempt, 0.0), ceiling);
             for _ in 0..100 {
                 let d = p.jittered_delay_after(attempt, fastrand::f64());
                 assert!(d >= ceiling / 2 && d <= ceiling, "{attempt}: {d:?}");
