@@ -117,6 +117,20 @@ pub enum Command {
         #[command(flatten)]
         remote: Remote,
     },
+    /// A live view of a running instance: rates, work in flight, errors, queue depths,
+    /// dead letters, chains and processes, redrawn in place until Ctrl-C.
+    #[command(after_help = TOP_HELP)]
+    Top {
+        /// How often to poll the instance (rates are per second whatever this is).
+        #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_interval)]
+        interval: Duration,
+        /// Print one plain frame (after two samples, so that rates exist) and exit; what
+        /// top does when stdout is not a terminal.
+        #[arg(long)]
+        once: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
     /// Print the tree of events of one journey (a correlation id) from a running instance.
     #[command(
         after_help = "Examples:\n  edaflow trace 01M8BARPKC0ECJ9W797NG2TCS7\n\nThe id is the one `POST /topics/...` answered with (the first event's id)."
@@ -252,9 +266,10 @@ pub struct RunArgs {
     /// free port). Its token is --token, else the first `http` producer's `token`.
     #[arg(long, value_name = "ADDR", env = "EDAFLOW_CONSOLE")]
     pub console: Option<String>,
-    /// Serve only /healthz, /livez, /readyz and /metrics on this address of its own, for
-    /// probes and scrapers, whether or not a flow has an `http` producer (port 0 picks a
-    /// free port). /metrics takes the same token as --console.
+    /// Serve only /healthz, /livez, /readyz, /metrics and /stats on this address of its
+    /// own, for probes, scrapers and `edaflow top`, whether or not a flow has an `http`
+    /// producer (port 0 picks a free port). /metrics and /stats take the same token as
+    /// --console.
     #[arg(long, value_name = "ADDR", env = "EDAFLOW_ADMIN")]
     pub admin: Option<String>,
     /// Export a span for each handler run to this OpenTelemetry collector (OTLP over
@@ -355,6 +370,17 @@ pub struct RunArgs {
     pub threads: Option<u16>,
 }
 
+const TOP_HELP: &str = "\
+Reads GET /stats from the HTTP producer, the --console or the --admin listener of
+`edaflow run`; rates come from the difference between two polls. WAITING is what is
+queued for a subscriber (in its group, or due in its queue); a queue's READY items are
+due now, its DELAYED ones not yet. `-` is a rate not known yet.
+
+Examples:
+  edaflow top
+  edaflow top --url http://127.0.0.1:9100 --interval 2s
+  edaflow top --once > snapshot.txt";
+
 const API_SERVER_HELP: &str = "\
 Replays the article's \"Topics\" and \"Deferred Execution\" sections (it is the
 built-in flow flows/article/api-server.toml). Each POSTed body is published exactly as
@@ -433,10 +459,33 @@ pub struct Remote {
     /// `<redacted>`).
     #[arg(long, env = "EDAFLOW_TOKEN", hide_env_values = true)]
     pub token: Option<crate::client::BearerToken>,
+    /// How long to wait to connect, and for each answer (`tail` waits for events as long
+    /// as it runs).
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration_arg)]
+    pub timeout: Duration,
+}
+
+impl Remote {
+    /// The instance to talk to.
+    ///
+    /// # Errors
+    /// A URL that is not `http://host:port[/prefix]`.
+    pub fn target(&self) -> Result<crate::client::Target, crate::client::ClientError> {
+        crate::client::Target::parse(&self.url, self.token.clone())
+            .map(|target| target.with_timeout(self.timeout))
+    }
 }
 
 fn parse_duration_arg(text: &str) -> Result<Duration, String> {
     crate::duration::parse_duration(text).map_err(|e| format!("{e} (try 500ms, 5s, 1m)"))
+}
+
+/// A duration that must not be zero.
+fn parse_interval(text: &str) -> Result<Duration, String> {
+    match parse_duration_arg(text)? {
+        d if d.is_zero() => Err("must be more than 0 (try 500ms, 1s)".to_owned()),
+        d => Ok(d),
+    }
 }
 
 #[cfg(test)]

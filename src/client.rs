@@ -2,6 +2,11 @@
 //! (`publish`, `query`, `tail`, `trace`, `dead`, `graph --live`). Plain `http://` on hyper's
 //! connection API; nothing else is needed to reach a loopback address.
 //!
+//! A `Target` keeps one HTTP/1.1 connection alive across its requests (`publish -` sends
+//! every line on it) and opens another, once, when the server has closed it before the
+//! request went out. Connecting is bounded by the target's timeout, and so is waiting for
+//! a whole answer; a stream (`tail`) is bounded only while connecting.
+//!
 //! A failure is never an empty answer: a connection that fails, a status that is not 2xx
 //! (with the `code` and `error` of the server's JSON body when it sent one) and a body
 //! that is not what the command expects are each a `ClientError` the user sees.
@@ -9,10 +14,13 @@
 use std::convert::Infallible;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
 use hyper::{Request, Response, Uri};
 use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
@@ -36,6 +44,18 @@ pub enum ClientError {
         #[source]
         source: std::io::Error,
     },
+    #[error("no connection to {addr} within {}", crate::duration::format_duration(*.after))]
+    #[diagnostic(
+        code(edaflow::client::connect_timeout),
+        help("is the address right, and reachable from here? --timeout sets how long to wait")
+    )]
+    ConnectTimeout { addr: String, after: Duration },
+    #[error("no answer to {request} within {}", crate::duration::format_duration(*.after))]
+    #[diagnostic(
+        code(edaflow::client::timeout),
+        help("the instance accepted the connection but did not answer; --timeout sets how long to wait")
+    )]
+    Timeout { request: String, after: Duration },
     #[error("HTTP error talking to {addr}")]
     #[diagnostic(code(edaflow::client::http))]
     Http {
@@ -209,12 +229,21 @@ impl fmt::Debug for BearerToken {
     }
 }
 
-/// A base URL such as `http://127.0.0.1:3000`, and the token to send there.
+/// How long a client command waits to connect and for an answer, unless told otherwise
+/// (`--timeout`).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A base URL such as `http://127.0.0.1:3000`, the token to send there, how long to wait,
+/// and the connection kept alive between requests (clones share it).
 #[derive(Clone, Debug)]
 pub struct Target {
     authority: String,
     prefix: String,
     token: Option<BearerToken>,
+    timeout: Duration,
+    /// The idle kept-alive connection, taken out while a request uses it (the lock is
+    /// never held across an `.await`).
+    idle: Arc<Mutex<Option<SendRequest<Full<Bytes>>>>>,
 }
 
 impl Target {
@@ -240,16 +269,64 @@ impl Target {
             authority: host_port,
             prefix: uri.path().trim_end_matches('/').to_owned(),
             token,
+            timeout: DEFAULT_TIMEOUT,
+            idle: Arc::default(),
         })
     }
 
-    async fn send(
+    /// The same target, waiting `timeout` to connect and for each answer.
+    #[must_use]
+    pub fn with_timeout(mut self, timeout: Duration) -> Target {
+        self.timeout = timeout;
+        self
+    }
+
+    /// A new connection, within the timeout; its task runs until the connection closes.
+    async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, ClientError> {
+        let addr = || self.authority.clone();
+        let connecting = async {
+            let stream = tokio::net::TcpStream::connect(&self.authority)
+                .await
+                .map_err(|source| ClientError::Connect {
+                    addr: addr(),
+                    source,
+                })?;
+            hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                .await
+                .map_err(|source| ClientError::Http {
+                    addr: addr(),
+                    source,
+                })
+        };
+        let (sender, connection) = tokio::time::timeout(self.timeout, connecting)
+            .await
+            .map_err(|_| ClientError::ConnectTimeout {
+                addr: addr(),
+                after: self.timeout,
+            })??;
+        // Ends when the server or this process closes the connection (dropping every
+        // `SendRequest` closes it); the command's runtime ends it at the latest.
+        tokio::spawn(connection);
+        Ok(sender)
+    }
+
+    /// The kept-alive connection if it is still open, else a new one.
+    async fn connection(&self) -> Result<(SendRequest<Full<Bytes>>, bool), ClientError> {
+        let kept = self.idle.lock().unwrap_or_else(|e| e.into_inner()).take();
+        match kept {
+            Some(sender) if sender.is_ready() => Ok((sender, true)),
+            _ => Ok((self.connect().await?, false)),
+        }
+    }
+
+    /// Builds a request to `path` (with the URL's prefix, the host and the token).
+    fn request(
         &self,
         method: &str,
         path: &str,
         content_type: Option<&str>,
         body: Bytes,
-    ) -> Result<Response<Incoming>, ClientError> {
+    ) -> Result<Request<Full<Bytes>>, ClientError> {
         let authorization = match &self.token {
             Some(token) => Some(
                 hyper::header::HeaderValue::try_from(format!("Bearer {}", token.expose()))
@@ -257,20 +334,6 @@ impl Target {
             ),
             None => None,
         };
-        let stream = tokio::net::TcpStream::connect(&self.authority)
-            .await
-            .map_err(|source| ClientError::Connect {
-                addr: self.authority.clone(),
-                source,
-            })?;
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|source| ClientError::Http {
-                addr: self.authority.clone(),
-                source,
-            })?;
-        // The connection task ends with the request; it is owned by this call.
-        let conn = tokio::spawn(connection);
         let mut builder = Request::builder()
             .method(method)
             .uri(format!("{}{}", self.prefix, path))
@@ -281,19 +344,49 @@ impl Target {
         if let Some(value) = authorization {
             builder = builder.header(hyper::header::AUTHORIZATION, value);
         }
-        let request = builder
+        builder
             .body(Full::new(body))
             .map_err(|_| ClientError::Path {
                 path: path.to_owned(),
-            })?;
-        let response = sender.send_request(request).await;
-        if response.is_err() {
-            conn.abort();
-        }
-        response.map_err(|source| ClientError::Http {
+            })
+    }
+
+    /// Sends a request on the kept-alive connection, or a new one, and waits for the
+    /// answer's head (without a deadline: callers bound it). When a kept connection turns
+    /// out closed before the request went out, or closes without a word of answer (the
+    /// server dropped it while idle), the request goes once more on a new connection.
+    async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: Option<&str>,
+        body: Bytes,
+    ) -> Result<(Response<Incoming>, SendRequest<Full<Bytes>>), ClientError> {
+        let request = self.request(method, path, content_type, body)?;
+        let (mut sender, reused) = self.connection().await?;
+        let http = |source| ClientError::Http {
             addr: self.authority.clone(),
             source,
-        })
+        };
+        match sender.try_send_request(request).await {
+            Ok(response) => Ok((response, sender)),
+            Err(mut failed) => {
+                let error = failed.error().is_canceled() || failed.error().is_incomplete_message();
+                match failed.take_message() {
+                    Some(request) if reused && error => {
+                        let mut sender = self.connect().await?;
+                        let response = sender.send_request(request).await.map_err(http)?;
+                        Ok((response, sender))
+                    }
+                    _ => Err(http(failed.into_error())),
+                }
+            }
+        }
+    }
+
+    /// Keeps `sender` for the next request.
+    fn keep(&self, sender: SendRequest<Full<Bytes>>) {
+        *self.idle.lock().unwrap_or_else(|e| e.into_inner()) = Some(sender);
     }
 
     /// Sends a request and reads the whole answer; non-2xx answers are errors.
@@ -307,9 +400,19 @@ impl Target {
         content_type: Option<&str>,
         body: Bytes,
     ) -> Result<Bytes, ClientError> {
-        let response = self.send(method, path, content_type, body).await?;
-        let status = response.status();
-        let bytes = self.read_body(response).await?;
+        let exchange = async {
+            let (response, sender) = self.send(method, path, content_type, body).await?;
+            let status = response.status();
+            let bytes = self.read_body(response).await?;
+            self.keep(sender);
+            Ok::<_, ClientError>((status, bytes))
+        };
+        let (status, bytes) = tokio::time::timeout(self.timeout, exchange)
+            .await
+            .map_err(|_| ClientError::Timeout {
+                request: self.describe(method, path),
+                after: self.timeout,
+            })??;
         if !status.is_success() {
             return Err(status_error(
                 self.describe(method, path),
@@ -348,7 +451,7 @@ impl Target {
         path: &str,
         mut on_chunk: impl FnMut(&[u8]) -> Result<(), E>,
     ) -> Result<(), E> {
-        let response = self.send("GET", path, None, Bytes::new()).await?;
+        let (response, _sender) = self.send("GET", path, None, Bytes::new()).await?;
         let status = response.status();
         if !status.is_success() {
             let bytes = self.read_body(response).await?;
@@ -385,23 +488,30 @@ impl Target {
     }
 }
 
+/// What `percent_encode` leaves as is: ASCII letters, digits and `-_.~` (RFC 3986's
+/// unreserved characters).
+const UNRESERVED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
 /// Percent-encodes `text` for a URL path segment or query value: everything but ASCII
 /// letters, digits and `-_.~`.
 pub fn percent_encode(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for b in text.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    percent_encoding::utf8_percent_encode(text, UNRESERVED).to_string()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn percent_encoding_keeps_only_unreserved_characters() {
+        assert_eq!(percent_encode("orders.*"), "orders.%2A");
+        assert_eq!(percent_encode("a b/c?d=é~_-"), "a%20b%2Fc%3Fd%3D%C3%A9~_-");
+        assert_eq!(percent_encode(">"), "%3E");
+    }
 
     #[test]
     fn a_token_is_redacted_in_debug_output() {

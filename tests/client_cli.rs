@@ -4,7 +4,8 @@
 //! with a message that says what the server answered, never print an empty list or a
 //! blank id. The stub also answers right, so a stub that never worked cannot pass for a
 //! client that refuses. Last, stdout: a write that fails is an error, a reader that goes
-//! away (`edaflow tail | head`) ends the command quietly.
+//! away (`edaflow tail | head`) ends the command quietly. And the connection: `publish -`
+//! keeps one alive for every line, and a server that never answers is a timeout.
 
 mod common;
 
@@ -404,4 +405,125 @@ fn a_reader_that_goes_away_ends_tail_quietly() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(0), "{stderr}");
     assert_eq!(stderr, "", "no error of its own");
+}
+
+/// A server on a free port that keeps each connection alive and answers every request on
+/// it with `202 {"id":"eN"}` (N counting requests). It counts the connections it accepted.
+struct KeepAlive {
+    addr: SocketAddr,
+    connections: Arc<Mutex<usize>>,
+}
+
+impl KeepAlive {
+    fn start() -> KeepAlive {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+        let addr = listener.local_addr().expect("the server's address");
+        let connections = Arc::new(Mutex::new(0));
+        let accepted = connections.clone();
+        let requests = Arc::new(Mutex::new(0usize));
+        // Ends with the test process; it only ever blocks in `accept` or a read.
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else {
+                    return;
+                };
+                *accepted.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+                let requests = requests.clone();
+                std::thread::spawn(move || loop {
+                    let head = read_request(&mut stream);
+                    if !head.ends_with("\r\n\r\n") {
+                        return;
+                    }
+                    let n = {
+                        let mut count = requests.lock().unwrap_or_else(|e| e.into_inner());
+                        *count += 1;
+                        *count
+                    };
+                    let body = format!(r#"{{"id":"e{n}"}}"#);
+                    let answer = format!(
+                        "HTTP/1.1 202 Accepted\r\ncontent-type: {JSON}\r\ncontent-length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    if stream.write_all(answer.as_bytes()).is_err() {
+                        return;
+                    }
+                });
+            }
+        });
+        KeepAlive { addr, connections }
+    }
+
+    fn connections(&self) -> usize {
+        *self.connections.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[test]
+fn publish_sends_every_stdin_line_on_one_connection() {
+    let server = KeepAlive::start();
+    let dir = FlowDir::new();
+    let lines: String = (1..=20).map(|i| format!("{{\"n\":{i}}}\n")).collect();
+    let finished = Edaflow::new(dir.root())
+        .args([
+            "publish",
+            "t",
+            "-",
+            "--url",
+            &format!("http://{}", server.addr),
+        ])
+        .stdin(lines)
+        .run()
+        .success();
+    let expected: String = (1..=20).map(|i| format!("e{i}\n")).collect();
+    assert_eq!(finished.stdout, expected, "{}", finished.dump());
+    assert_eq!(server.connections(), 1, "{}", finished.dump());
+}
+
+#[test]
+fn publish_opens_a_new_connection_when_the_server_closed_the_kept_one() {
+    // The stub closes every connection after its answer, without saying so in a header:
+    // each next line finds the kept connection closed and goes on a new one.
+    let stub = Stub::answering(
+        "HTTP/1.1 202 Accepted\r\ncontent-type: application/json\r\ncontent-length: 11\r\n\r\n{\"id\":\"e1\"}",
+    );
+    let dir = FlowDir::new();
+    let finished = Edaflow::new(dir.root())
+        .args(["publish", "t", "-", "--url", &stub.url()])
+        .stdin("{}\n{}\n{}\n")
+        .run()
+        .success();
+    assert_eq!(finished.stdout, "e1\ne1\ne1\n", "{}", finished.dump());
+    assert_eq!(stub.heads().len(), 3, "{}", finished.dump());
+}
+
+#[test]
+fn a_server_that_never_answers_is_a_timeout_not_a_hang() {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    let url = format!("http://{}", listener.local_addr().expect("an address"));
+    // Accepts and holds every connection, reading nothing and answering nothing.
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else {
+                return;
+            };
+            held.push(stream);
+        }
+    });
+    let dir = FlowDir::new();
+    for args in [
+        &["publish", "t", "{}"][..],
+        &["dead", "list"][..],
+        &["query", "q.get", "{}"][..],
+    ] {
+        let finished = Edaflow::new(dir.root())
+            .args(args.iter().copied())
+            .args(["--url", &url, "--timeout", "300ms"])
+            .limit(std::time::Duration::from_secs(10))
+            .run();
+        fails_saying(
+            finished,
+            &["edaflow::client::timeout", "within 300ms", "--timeout"],
+        );
+    }
 }

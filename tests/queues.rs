@@ -183,7 +183,7 @@ const PLANNER_FLOW: &str = indoc! {r#"
     [subscribers.planner]
     topic = "plan"
     script = "planner.rhai"
-    retry = { attempts = 3, backoff = "100ms" }
+    retry = { attempts = 3, backoff = "100ms", jitter = false }
 
     [subscribers.worker]
     queue = "tasks"
@@ -318,7 +318,7 @@ async fn enqueue_to_an_unknown_queue_fails_the_run() {
                 [subscribers.planner]
                 topic = "plan"
                 script = "planner.rhai"
-                retry = { attempts = 2, backoff = "10ms" }
+                retry = { attempts = 2, backoff = "10ms", jitter = false }
             "#},
         ),
         (
@@ -412,12 +412,12 @@ async fn a_failing_queue_worker_retries_then_dead_letters_with_its_queue() {
                 [subscribers.worker]
                 queue = "tasks"
                 script = "worker.rhai"
-                retry = { attempts = 3, backoff = "100ms" }
+                retry = { attempts = 3, backoff = "100ms", jitter = false }
 
                 [subscribers.picky]
                 queue = "other"
                 script = "worker.rhai"
-                retry = { attempts = 1 }
+                retry = { attempts = 1, jitter = false }
                 dead_letter = "other.failed"
 
                 [queues.other]
@@ -504,7 +504,7 @@ async fn queue_subscribers_run_concurrency_workers() {
                         queue = "tasks"
                         script = "worker.rhai"
                         concurrency = {}
-                        retry = {{ attempts = 2, backoff = "1s" }}
+                        retry = {{ attempts = 2, backoff = "1s", jitter = false }}
                     "#},
                     concurrency
                 ),
@@ -1092,7 +1092,7 @@ async fn http_reports_queues() {
                 [subscribers.worker]
                 queue = "tasks"
                 script = "worker.rhai"
-                retry = { attempts = 1 }
+                retry = { attempts = 1, jitter = false }
             "#},
         ),
         (
@@ -1148,12 +1148,12 @@ const DEAD_FLOW: &str = indoc! {r#"
     [subscribers.worker]
     queue = "tasks"
     script = "worker.rhai"
-    retry = { attempts = 2, backoff = "10ms" }
+    retry = { attempts = 2, backoff = "10ms", jitter = false }
 
     [subscribers.orders]
     topic = "orderCreated"
     script = "worker.rhai"
-    retry = { attempts = 1 }
+    retry = { attempts = 1, jitter = false }
 "#};
 
 /// Fails every item unless its data says `ok` (a replay carries the same data, so a
@@ -1412,7 +1412,7 @@ async fn a_script_delay_past_what_the_clock_can_hold_fails_only_that_run() {
                 [subscribers.planner]
                 topic = "plan"
                 script = "planner.rhai"
-                retry = { attempts = 1 }
+                retry = { attempts = 1, jitter = false }
             "#},
         ),
         (
@@ -1459,7 +1459,7 @@ async fn the_deferred_demo_test_fails_when_its_worker_fails() {
     assert!(demo.contains(worker), "the demo has a worker");
     let broken = demo.replacen(
         worker,
-        &format!("{worker}\nscript = \"broken.rhai\"\nretry = {{ attempts = 1 }}"),
+        &format!("{worker}\nscript = \"broken.rhai\"\nretry = {{ attempts = 1, jitter = false }}"),
         1,
     );
     let dir = FlowDir::with_files(&[

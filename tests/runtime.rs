@@ -166,13 +166,13 @@ async fn effects_of_a_failed_run_are_discarded() {
             topic = "work"
             script = "flaky.rhai"
             emits = ["sideEffect"]
-            retry = { attempts = 3, backoff = "100ms" }
+            retry = { attempts = 3, backoff = "100ms", jitter = false }
 
             [subscribers.doomed]
             topic = "doomedWork"
             script = "doomed.rhai"
             emits = ["sideEffect"]
-            retry = { attempts = 3, backoff = "100ms" }
+            retry = { attempts = 3, backoff = "100ms", jitter = false }
         "#},
     );
     // Emits on every attempt, then fails on the first two.
@@ -221,12 +221,12 @@ async fn retries_back_off_then_dead_letter_with_the_details() {
             [subscribers.payments]
             topic = "paymentRequested"
             script = "decline.rhai"
-            retry = { attempts = 4, backoff = "100ms", max_backoff = "250ms" }
+            retry = { attempts = 4, backoff = "100ms", max_backoff = "250ms", jitter = false }
 
             [subscribers.refunds]
             topic = "refundRequested"
             script = "decline.rhai"
-            retry = { attempts = 2, backoff = "1s" }
+            retry = { attempts = 2, backoff = "1s", jitter = false }
             dead_letter = "refunds.failed"
         "#},
     );
@@ -245,7 +245,7 @@ async fn retries_back_off_then_dead_letter_with_the_details() {
         dead_letters.dead_letters.load(Ordering::Relaxed) == 1
     })
     .await;
-    // Waits of 100 ms, 200 ms, then 400 ms capped at 250 ms.
+    // Waits of 100 ms, 200 ms, then 400 ms capped at 250 ms (no jitter).
     let took = started.elapsed();
     assert!(
         took >= Duration::from_millis(550) && took < Duration::from_millis(600),
@@ -298,7 +298,7 @@ async fn a_handler_that_succeeds_on_attempt_two_is_not_dead_lettered() {
             topic = "inventoryReserved"
             script = "charge.rhai"
             emits = ["paymentCharged"]
-            retry = { attempts = 3, backoff = "50ms" }
+            retry = { attempts = 3, backoff = "50ms", jitter = false }
         "#},
     );
     dir.write(
@@ -337,7 +337,7 @@ async fn an_endless_loop_fails_only_its_event() {
             topic = "job"
             script = "worker.rhai"
             emits = ["jobDone"]
-            retry = { attempts = 1 }
+            retry = { attempts = 1, jitter = false }
         "#},
     );
     dir.write(
@@ -381,13 +381,13 @@ async fn concurrency_sets_how_many_events_a_subscriber_holds_at_once() {
             script = "hold.rhai"
             emits = ["jobDone"]
             concurrency = 4
-            retry = { attempts = 2, backoff = "10s" }
+            retry = { attempts = 2, backoff = "10s", jitter = false }
 
             [subscribers.narrow]
             topic = "jobs.narrow"
             script = "hold.rhai"
             emits = ["jobDone"]
-            retry = { attempts = 2, backoff = "10s" }
+            retry = { attempts = 2, backoff = "10s", jitter = false }
         "#},
     );
     // The first attempt fails, so each worker holds its event through a 10 s backoff:
@@ -441,7 +441,7 @@ async fn a_full_group_pushes_back_on_publishers() {
             topic = "orders.in"
             script = "hold.rhai"
             emits = ["released"]
-            retry = { attempts = 2, backoff = "10s" }
+            retry = { attempts = 2, backoff = "10s", jitter = false }
         "#},
     );
     dir.write(

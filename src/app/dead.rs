@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 use super::{render, Error};
 use crate::cli::{DeadAction, Remote};
-use crate::client::{percent_encode, Target};
+use crate::client::percent_encode;
 use crate::event::Event;
 
 /// What `POST /admin/dead/replay` answers with.
@@ -65,7 +65,7 @@ pub(super) async fn dead(action: DeadAction) -> Result<(), Error> {
 
 /// `edaflow dead list [ORIGIN] [--json]`.
 async fn list(origin: Option<&str>, json: bool, remote: &Remote) -> Result<(), Error> {
-    let target = Target::parse(&remote.url, remote.token.clone())?;
+    let target = remote.target()?;
     let path = match origin {
         Some(o) => format!("/admin/dead?origin={}", percent_encode(o)),
         None => "/admin/dead".to_owned(),
@@ -87,7 +87,7 @@ async fn list(origin: Option<&str>, json: bool, remote: &Remote) -> Result<(), E
 
 /// `edaflow dead replay …`: `body` is the selection.
 async fn replay(body: String, remote: &Remote) -> Result<(), Error> {
-    let target = Target::parse(&remote.url, remote.token.clone())?;
+    let target = remote.target()?;
     let report: ReplayReport = target
         .call_json(
             "POST",
@@ -105,7 +105,7 @@ async fn replay(body: String, remote: &Remote) -> Result<(), Error> {
 
 /// `edaflow dead drop …`: `body` is the selection.
 async fn drop_letters(body: String, remote: &Remote) -> Result<(), Error> {
-    let target = Target::parse(&remote.url, remote.token.clone())?;
+    let target = remote.target()?;
     let report: DropReport = target
         .call_json(
             "POST",

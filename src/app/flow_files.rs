@@ -17,11 +17,12 @@ pub(super) fn load(flows: &[PathBuf]) -> Result<Prepared, Error> {
     Ok(prepared)
 }
 
-/// The width diagnostics wrap at: `COLUMNS`, else 100.
+/// The width diagnostics wrap at: `COLUMNS`, else the terminal's (stdout's), else 100.
 fn terminal_width() -> usize {
     std::env::var("COLUMNS")
         .ok()
         .and_then(|c| c.parse().ok())
+        .or_else(|| terminal_size::terminal_size().map(|(w, _)| usize::from(w.0)))
         .unwrap_or(100)
 }
 

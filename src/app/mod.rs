@@ -7,7 +7,7 @@
 //! - `article`: `edaflow api-server` and `edaflow consumer`, each a `run` of a built-in flow.
 //! - `flow_files`: `validate` and `test`, which read flow files without running them.
 //! - `graph`: `edaflow graph`, with live counts from a running instance.
-//! - `publish`, `tail`, `trace`, `dead`: the commands that talk to a running instance
+//! - `publish`, `tail`, `trace`, `dead`, `top`: the commands that talk to a running instance
 //!   (through `crate::client`).
 //! - `install`: `edaflow completions` and `edaflow man`, generated from `crate::cli`.
 //! - `init`: `edaflow init`, a new flow folder to start from.
@@ -26,6 +26,7 @@ mod render;
 mod run;
 mod signals;
 mod tail;
+mod top;
 mod trace;
 
 use std::future::Future;
@@ -87,11 +88,20 @@ fn dispatch(command: Command) -> Result<(), Error> {
             json,
             remote,
         } => on_client_runtime(tail::tail(&pattern, json, &remote)),
+        Command::Top {
+            interval,
+            once,
+            remote,
+        } => on_client_runtime(top::top(top::TopArgs {
+            remote: &remote,
+            interval,
+            once,
+        })),
     }
 }
 
 /// The single-threaded runtime the client commands (publish, query, trace, dead, tail,
-/// graph --live) run their requests on.
+/// top, graph --live) run their requests on.
 fn client_runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -20,7 +20,7 @@ struct Accepted {
 
 /// `edaflow publish TOPIC JSON`, or one event per stdin line with `-`.
 pub(super) async fn publish(topic: &str, data: &str, remote: &Remote) -> Result<(), Error> {
-    let target = Target::parse(&remote.url, remote.token.clone())?;
+    let target = remote.target()?;
     let path = format!("/topics/{topic}");
     if data != "-" {
         check_json(data, 1)?;
@@ -61,7 +61,7 @@ fn check_json(text: &str, line: usize) -> Result<(), Error> {
 /// `edaflow query TOPIC JSON`: prints the reply as the server wrote it.
 pub(super) async fn query(topic: &str, data: &str, remote: &Remote) -> Result<(), Error> {
     check_json(data, 1)?;
-    let target = Target::parse(&remote.url, remote.token.clone())?;
+    let target = remote.target()?;
     let path = format!("/query/{topic}");
     let answer = target
         .call(

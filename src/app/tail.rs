@@ -5,12 +5,12 @@
 use super::signals::shutdown_signal;
 use super::{render, Error};
 use crate::cli::Remote;
-use crate::client::{decode, percent_encode, Target};
+use crate::client::{decode, percent_encode};
 use crate::event::Event;
 
 /// `edaflow tail [PATTERN]`.
 pub(super) async fn tail(pattern: &str, json: bool, remote: &Remote) -> Result<(), Error> {
-    let target = Target::parse(&remote.url, remote.token.clone())?;
+    let target = remote.target()?;
     let path = format!("/tail?pattern={}", percent_encode(pattern));
     let request = target.describe("GET", &path);
     let mut pending = Vec::new();

@@ -3,12 +3,12 @@
 
 use super::{render, Error};
 use crate::cli::Remote;
-use crate::client::{percent_encode, Target};
+use crate::client::percent_encode;
 use crate::runtime::history::TraceEntry;
 
 /// `edaflow trace CORRELATION_ID`.
 pub(super) async fn trace(correlation: &str, remote: &Remote) -> Result<(), Error> {
-    let target = Target::parse(&remote.url, remote.token.clone())?;
+    let target = remote.target()?;
     let path = format!("/trace/{}", percent_encode(correlation));
     let entries: Vec<TraceEntry> = target
         .call_json("GET", &path, None, "a JSON array of the journey's events")

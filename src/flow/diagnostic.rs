@@ -703,6 +703,10 @@ impl<S: AsRef<str>> fmt::Display for KeyList<'_, S> {
     }
 }
 
+/// Edit distance over chars counting a swap of two neighbours as one edit (the commonest
+/// typo: `nmae` for `name`): the "optimal string alignment" variant.
+use strsim::osa_distance as edit_distance;
+
 /// The known name nearest to `found`, when it is near enough to be a likely typo.
 fn closest_name<'a>(found: &str, known: &'a [String]) -> Option<&'a str> {
     let found_lower = found.to_lowercase();
@@ -714,33 +718,6 @@ fn closest_name<'a>(found: &str, known: &'a [String]) -> Option<&'a str> {
         .filter(|(d, _)| *d <= limit)
         .min_by_key(|(d, _)| *d)
         .map(|(_, k)| k.as_str())
-}
-
-/// Edit distance over chars (insert, delete, substitute, and swap of two neighbours, the
-/// commonest typo: `nmae` for `name`), the "optimal string alignment" variant.
-fn edit_distance(a: &str, b: &str) -> usize {
-    let a: Vec<char> = a.chars().collect();
-    let b: Vec<char> = b.chars().collect();
-    // Three rows: two back (for swaps), one back, and the current one.
-    let mut before: Vec<usize> = vec![0; b.len() + 1];
-    let mut previous: Vec<usize> = (0..=b.len()).collect();
-    let mut current: Vec<usize> = vec![0; b.len() + 1];
-    for i in 1..=a.len() {
-        current[0] = i;
-        for j in 1..=b.len() {
-            let cost = usize::from(a[i - 1] != b[j - 1]);
-            let mut best = (previous[j] + 1)
-                .min(current[j - 1] + 1)
-                .min(previous[j - 1] + cost);
-            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
-                best = best.min(before[j - 2] + 1);
-            }
-            current[j] = best;
-        }
-        std::mem::swap(&mut before, &mut previous);
-        std::mem::swap(&mut previous, &mut current);
-    }
-    previous[b.len()]
 }
 
 /// Renders a diagnostic (an error, a warning or a whole `FlowReport`) as text, without
@@ -886,7 +863,7 @@ mod tests {
     }
 
     #[test]
-    fn edit_distance_counts_single_edits() {
+    fn edit_distance_counts_single_edits_and_swaps_as_one() {
         assert_eq!(edit_distance("topic", "topic"), 0);
         assert_eq!(edit_distance("topc", "topic"), 1);
         assert_eq!(edit_distance("scirpt", "script"), 1);

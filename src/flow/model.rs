@@ -205,6 +205,9 @@ pub struct RetryPolicy {
     pub backoff: Duration,
     /// Upper bound on the delay. Default 10 s.
     pub max_backoff: Duration,
+    /// Equal jitter on each wait (`jittered_delay_after`). Default true; false waits
+    /// exactly `delay_after`, for flows (and tests) that rely on exact retry times.
+    pub jitter: bool,
 }
 
 impl Default for RetryPolicy {
@@ -213,6 +216,7 @@ impl Default for RetryPolicy {
             attempts: 3,
             backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(10),
+            jitter: true,
         }
     }
 }
@@ -224,6 +228,21 @@ impl RetryPolicy {
             .checked_shl(attempt.saturating_sub(1))
             .unwrap_or(u32::MAX);
         self.backoff.saturating_mul(factor).min(self.max_backoff)
+    }
+
+    /// The wait before run number `attempt + 1` with equal jitter: half of
+    /// `delay_after(attempt)`, plus `unit` times the other half, `unit` being a random
+    /// number in `[0, 1)` (clamped to `[0, 1]`). Retries of events that failed together
+    /// spread out instead of hitting a struggling dependency at the same instant, and
+    /// still wait at least half the backoff (full jitter may retry at once).
+    /// Without `jitter`, `delay_after(attempt)` whatever `unit` is.
+    pub fn jittered_delay_after(&self, attempt: u32, unit: f64) -> Duration {
+        let ceiling = self.delay_after(attempt);
+        if !self.jitter {
+            return ceiling;
+        }
+        let half = ceiling / 2;
+        half + (ceiling - half).mul_f64(unit.clamp(0.0, 1.0))
     }
 }
 
@@ -367,4 +386,48 @@ pub struct ExpectedEvent {
     pub handled_by: Option<String>,
     /// A subset: every field given must be present and equal (recursively for objects).
     pub data: Option<serde_json::Value>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> RetryPolicy {
+        RetryPolicy {
+            attempts: 5,
+            backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_millis(250),
+            jitter: true,
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_its_cap() {
+        let p = policy();
+        let delays: Vec<_> = (1..=4).map(|a| p.delay_after(a).as_millis()).collect();
+        assert_eq!(delays, [100, 200, 250, 250]);
+    }
+
+    #[test]
+    fn equal_jitter_waits_between_half_the_backoff_and_all_of_it() {
+        let p = policy();
+        for attempt in 1..=4 {
+            let ceiling = p.delay_after(attempt);
+            assert_eq!(p.jittered_delay_after(attempt, 0.0), ceiling / 2);
+            assert_eq!(p.jittered_delay_after(attempt, 1.0), ceiling);
+            assert_eq!(
+                p.jittered_delay_after(attempt, 0.5),
+                ceiling / 2 + (ceiling - ceiling / 2) / 2
+            );
+            // Out-of-range randomness cannot leave the bounds.
+            assert_eq!(p.jittered_delay_after(attempt, -3.0), ceiling / 2);
+            assert_eq!(p.jittered_delay_after(attempt, 7.0), ceiling);
+            let exact = RetryPolicy { jitter: false, ..p };
+            assert_eq!(exact.jittered_delay_after(attempt, 0.0), ceiling);
+            for _ in 0..100 {
+                let d = p.jittered_delay_after(attempt, fastrand::f64());
+                assert!(d >= ceiling / 2 && d <= ceiling, "{attempt}: {d:?}");
+            }
+        }
+    }
 }

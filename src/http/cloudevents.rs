@@ -460,31 +460,30 @@ pub(crate) fn structured(topic: String, bytes: &[u8]) -> Result<Event, ApiError>
 // Binary mode
 
 /// Percent-decodes a `ce-*` header value (the HTTP binding encodes what a header cannot
-/// carry as is).
+/// carry as is). Strict where the decoder is lenient: only printable ASCII, spaces and
+/// tabs, every `%` followed by two hex digits, and UTF-8 once decoded.
 fn percent_decode(header: &str, value: &[u8]) -> Result<String, ApiError> {
     let not_text = || {
         invalid(format!(
             "header `{header}` is not percent-encoded UTF-8 text"
         ))
     };
-    let mut out = Vec::with_capacity(value.len());
-    let mut i = 0;
-    while i < value.len() {
-        let b = value[i];
-        if !(b == b' ' || b == b'\t' || b.is_ascii_graphic()) {
-            return Err(not_text());
-        }
-        if b == b'%' {
-            let hex = value.get(i + 1..i + 3).ok_or_else(not_text)?;
-            let hex = std::str::from_utf8(hex).map_err(|_| not_text())?;
-            out.push(u8::from_str_radix(hex, 16).map_err(|_| not_text())?);
-            i += 3;
-        } else {
-            out.push(b);
-            i += 1;
-        }
+    let text = value
+        .iter()
+        .all(|&b| b == b' ' || b == b'\t' || b.is_ascii_graphic());
+    let escapes_whole = value.iter().enumerate().all(|(i, &b)| {
+        b != b'%'
+            || value
+                .get(i + 1..i + 3)
+                .is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit))
+    });
+    if !text || !escapes_whole {
+        return Err(not_text());
     }
-    String::from_utf8(out).map_err(|_| not_text())
+    percent_encoding::percent_decode(value)
+        .decode_utf8()
+        .map(std::borrow::Cow::into_owned)
+        .map_err(|_| not_text())
 }
 
 /// A binary-mode CloudEvent: attributes in `ce-*` headers, the body as data.

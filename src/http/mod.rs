@@ -9,8 +9,9 @@
 //!
 //! `server` owns the accept loop and the connection limit, `conn` a connection's clocks,
 //! `cloudevents` reading an event from a request, `error` the refusals, `console` the
-//! browser console's routes (also served alone, without ingest, by `serve_console`); the
-//! probes and metrics are also served alone by `serve_admin`.
+//! browser console's routes (also served alone, without ingest, by `serve_console`),
+//! `stats` the figures `edaflow top` polls; the probes, metrics and stats are also served
+//! alone by `serve_admin`.
 //!
 //! Ingest takes the token as `Authorization: Bearer` only. The read and admin routes also
 //! take the console's cookie, and a change (not GET or HEAD) authorised by the cookie alone
@@ -30,6 +31,7 @@ mod ingest;
 pub mod query;
 pub mod rfc3339;
 pub mod server;
+mod stats;
 
 use std::convert::Infallible;
 use std::sync::atomic::Ordering;
@@ -83,6 +85,8 @@ pub struct ApiState<B: Broker> {
     pub(crate) source: String,
     /// Ends open streams (tails) when the producer stops.
     pub(crate) stopping: CancellationToken,
+    /// `GET /stats`'s last count of the dead letters, shared by its callers.
+    pub(crate) dead_count: std::sync::Mutex<Option<stats::DeadCount>>,
 }
 
 impl<B: Broker> ApiState<B> {
@@ -100,6 +104,7 @@ impl<B: Broker> ApiState<B> {
             deferred_topic,
             source,
             stopping: CancellationToken::new(),
+            dead_count: std::sync::Mutex::new(None),
         })
     }
 
@@ -184,8 +189,8 @@ pub fn router<B: Broker>(state: Arc<ApiState<B>>) -> Router {
     )
 }
 
-/// The routes of the operator's listener (`edaflow run --admin`): the probes and metrics
-/// only, nothing that changes anything or shows events.
+/// The routes of the operator's listener (`edaflow run --admin`): the probes, metrics and
+/// stats only, nothing that changes anything or shows events.
 pub fn admin_router<B: Broker>(state: Arc<ApiState<B>>) -> Router {
     finish(probes::<B>(), state)
 }
@@ -212,13 +217,15 @@ fn read_and_admin<B: Broker>() -> Router<Arc<ApiState<B>>> {
         .route("/admin/dead/drop", post(admin::drop_dead::<B>))
 }
 
-/// Health, liveness, readiness and metrics: what probes and scrapers read.
+/// Health, liveness, readiness, metrics and stats: what probes, scrapers and `edaflow top`
+/// read.
 fn probes<B: Broker>() -> Router<Arc<ApiState<B>>> {
     Router::new()
         .route("/healthz", get(healthz::<B>))
         .route("/livez", get(livez::<B>))
         .route("/readyz", get(readyz::<B>))
         .route("/metrics", get(metrics::<B>))
+        .route("/stats", get(stats::stats::<B>))
 }
 
 /// `routes` with the JSON 404 and the JSON refusals, on `state`.
@@ -257,8 +264,8 @@ pub async fn serve_console<B: Broker>(
     serve_router(listener, state, router, token).await;
 }
 
-/// Serves only the probes and metrics (`/healthz`, `/livez`, `/readyz`, `/metrics`) on a
-/// listener of their own (`edaflow run --admin`), until `token` is cancelled, as `serve`
+/// Serves only the probes, metrics and stats (`/healthz`, `/livez`, `/readyz`, `/metrics`,
+/// `/stats`) on a listener of their own (`edaflow run --admin`), until `token` is cancelled, as `serve`
 /// does.
 pub async fn serve_admin<B: Broker>(
     listener: tokio::net::TcpListener,

@@ -256,7 +256,7 @@ impl<B: Broker> SubscriberTask<B> {
                 return;
             }
             end_span(span, "retry", Some(&error.to_string()));
-            let delay = retry.delay_after(attempt);
+            let delay = retry.jittered_delay_after(attempt, fastrand::f64());
             warn!(event = %delivery.event.id, topic = %delivery.event.topic, attempt, retry_in = ?delay, %error, "handler failed; will retry");
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}

@@ -65,7 +65,7 @@ const SUBSCRIBER_KEYS: &[&str] = &[
     "role",
     "renamed_from",
 ];
-const RETRY_KEYS: &[&str] = &["attempts", "backoff", "max_backoff"];
+const RETRY_KEYS: &[&str] = &["attempts", "backoff", "max_backoff", "jitter"];
 const QUEUE_KEYS: &[&str] = &[
     "delay",
     "poll",
@@ -531,7 +531,7 @@ fn subscriber_input(r: &mut Reader<'_>, f: &mut Fields<'_>) -> Option<Subscriber
     }
 }
 
-/// `retry = { attempts, backoff, max_backoff }`; absent keys take the defaults.
+/// `retry = { attempts, backoff, max_backoff, jitter }`; absent keys take the defaults.
 fn retry(r: &mut Reader<'_>, mut f: Fields<'_>) -> RetryPolicy {
     let defaults = RetryPolicy::default();
     let attempts = f
@@ -541,11 +541,13 @@ fn retry(r: &mut Reader<'_>, mut f: Fields<'_>) -> RetryPolicy {
     let max_backoff = f
         .take("max_backoff")
         .and_then(|v| r.duration("max_backoff", v));
+    let jitter = f.take("jitter").and_then(|v| r.boolean("jitter", v));
     f.finish(r, RETRY_KEYS);
     RetryPolicy {
         attempts: attempts.unwrap_or(defaults.attempts),
         backoff: backoff.unwrap_or(defaults.backoff),
         max_backoff: max_backoff.unwrap_or(defaults.max_backoff),
+        jitter: jitter.unwrap_or(defaults.jitter),
     }
 }
 

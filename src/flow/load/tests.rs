@@ -251,6 +251,7 @@ fn the_design_sketch_loads_into_the_model() {
                 attempts: 5,
                 backoff: Duration::from_millis(100),
                 max_backoff: Duration::from_secs(10),
+                jitter: true,
             },
             dead_letter: "orderCreated.dead".into(),
             group: "reserve_inventory".into(),

@@ -331,6 +331,7 @@ impl Builder<'_> {
                     "attempts": sub.retry.attempts,
                     "backoff": duration(sub.retry.backoff),
                     "max_backoff": duration(sub.retry.max_backoff),
+                    "jitter": sub.retry.jitter,
                 },
                 "dead_letter": sub.dead_letter,
                 "group": sub.group,
