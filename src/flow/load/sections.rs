@@ -35,7 +35,8 @@ pub(crate) const SECTIONS: &[&str] = &[
     "tests",
 ];
 
-pub(crate) const FLOW_KEYS: &[&str] = &["name", "broker", "deferred_topic", "topic_mode", "max_hops"];
+pub(crate) const FLOW_KEYS: &[&str] =
+    &["name", "broker", "deferred_topic", "topic_mode", "max_hops"];
 pub(crate) const PRODUCER_KINDS: &[&str] = &["http", "interval", "lines", "generator"];
 pub(crate) const HTTP_KEYS: &[&str] = &[
     "kind",
