@@ -344,7 +344,8 @@ impl ApiError {
         }
     }
 
-    /// The JSON body: `{"error": "...", "code": "..."}`. An edit conflict reads as the
+    /// The JSON body: `{"error": "...", "code": "..."}`; a schema mismatch adds `pointer` and
+    /// `reason`. An edit conflict reads as the
     /// console's contract has it: `{"error": "edit_conflict", "detail": "...", "version":
     /// "<on disk>"}`, with the `code` too.
     pub fn body(&self) -> String {
