@@ -188,6 +188,20 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Print the JSON Schema of flow files (for editors: Taplo, Even Better TOML).
+    #[command(
+        after_help = "Examples:\n  edaflow schema > flow.schema.json\n\nThen put `#:schema ./flow.schema.json` on the first line of a flow file (see docs/schemas.md)."
+    )]
+    Schema,
+    /// Print an AsyncAPI 3.0.0 document (JSON) of flows: channels, operations, payloads.
+    #[command(
+        after_help = "Examples:\n  edaflow asyncapi flows/orders.toml > asyncapi.json\n  edaflow asyncapi flows/"
+    )]
+    Asyncapi {
+        /// Flow files, or folders of them.
+        #[arg(required = true, value_name = "FLOW")]
+        flows: Vec<PathBuf>,
+    },
     /// Print a shell completion script for edaflow.
     #[command(
         after_help = "Examples:\n  source <(edaflow completions bash)\n  edaflow completions zsh > ~/.zfunc/_edaflow\n  edaflow completions fish > ~/.config/fish/completions/edaflow.fish"

@@ -46,11 +46,11 @@ fn absolute(path: &Path) -> PathBuf {
     std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
-/// Whether a path can matter to a flow set.
+/// Whether a path can matter to a flow set: flow files, scripts, topic schemas.
 fn interesting(path: &Path) -> bool {
     matches!(
         path.extension().and_then(|e| e.to_str()),
-        Some("toml" | "rhai")
+        Some("toml" | "rhai" | "json")
     )
 }
 

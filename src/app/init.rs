@@ -1,18 +1,22 @@
 //! `edaflow init`: writes a small flow folder that `validate`, `test` and `run` accept as
 //! it stands: an HTTP producer, a subscriber whose Rhai handler emits, a subscriber that
-//! logs, and a `[[tests]]` flow test. It never overwrites a file unless told to.
+//! logs, and a `[[tests]]` flow test, with the flow-file schema for editors beside it. It
+//! never overwrites a file unless told to.
 
 use std::path::{Path, PathBuf};
 
 use super::Error;
 
-const FLOW: &str = r#"# A flow to start from: POST a greeting request, a Rhai handler answers it.
+const FLOW: &str = r#"#:schema ./flow.schema.json
+# A flow to start from: POST a greeting request, a Rhai handler answers it.
 #
 #   edaflow run .
 #   curl -X POST -H "Content-Type: application/json" -d '{"name": "Ada"}' \
 #     http://127.0.0.1:3000/topics/greetingRequested
 #
-# Every key is described in the flow files reference (docs/flow-files.md).
+# Every key is described in the flow files reference (docs/flow-files.md). The first line
+# points editors (Taplo, Even Better TOML) at the flow-file schema written beside this file;
+# after upgrading edaflow, refresh it with `edaflow schema > flow.schema.json`.
 
 [flow]
 name = "hello"
@@ -40,8 +44,17 @@ let name = event.data.name ?? "world";
 emit("greeted", #{ text: `Hello, ${name}!` });
 "#;
 
+/// The flow-file schema of this very binary (the committed copy equals `edaflow schema`,
+/// which a test checks), so the editor's checks match the loader that runs the flow, with
+/// no network.
+const SCHEMA: &str = include_str!("../../docs/flow.schema.json");
+
 /// The files init writes, relative to its folder.
-const FILES: [(&str, &str); 2] = [("flow.toml", FLOW), ("handlers/greet.rhai", HANDLER)];
+const FILES: [(&str, &str); 3] = [
+    ("flow.toml", FLOW),
+    ("handlers/greet.rhai", HANDLER),
+    ("flow.schema.json", SCHEMA),
+];
 
 /// What `edaflow init` can fail on.
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
@@ -97,7 +110,7 @@ pub fn init(dir: &Path, force: bool) -> Result<(), Error> {
     }
     let shown = dir.display();
     println!(
-        "created {shown}/flow.toml and {shown}/handlers/greet.rhai\n\n\
+        "created {shown}/flow.toml, {shown}/handlers/greet.rhai and {shown}/flow.schema.json\n\n\
          next steps:\n  \
          edaflow validate {shown}     check the flow and its handler\n  \
          edaflow test {shown}         run its [[tests]]\n  \

@@ -11,6 +11,7 @@
 //!   (through `crate::client`).
 //! - `install`: `edaflow completions` and `edaflow man`, generated from `crate::cli`.
 //! - `init`: `edaflow init`, a new flow folder to start from.
+//! - `schemas`: `edaflow schema` and `edaflow asyncapi`, the flow-file and event schemas.
 //! - `render`: what the commands print.
 //! - `error`: `Error`, everything a command can fail with.
 
@@ -24,6 +25,7 @@ mod install;
 mod publish;
 mod render;
 mod run;
+mod schemas;
 mod signals;
 mod tail;
 mod top;
@@ -60,6 +62,8 @@ fn dispatch(command: Command) -> Result<(), Error> {
         Command::Validate { flows } => flow_files::validate(&flows),
         Command::Test { flows } => flow_files::test(&flows),
         Command::Init { dir, force } => init::init(&dir, force),
+        Command::Schema => schemas::schema(),
+        Command::Asyncapi { flows } => schemas::asyncapi(&flows),
         Command::Completions { shell } => install::completions(shell),
         Command::Man { dir } => install::man(dir.as_deref()),
         Command::Graph {

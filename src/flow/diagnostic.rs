@@ -282,6 +282,40 @@ pub enum FlowError {
         span: SourceSpan,
     },
 
+    /// `[topics.NAME] schema` names a file that cannot be read.
+    #[error("cannot read event schema {path}")]
+    #[diagnostic(
+        code(edaflow::flow::missing_schema),
+        help("schema paths are relative to the flow file's folder")
+    )]
+    MissingSchema {
+        /// The path as resolved against the flow file's folder.
+        path: PathBuf,
+        #[source]
+        source: Arc<std::io::Error>,
+        #[source_code]
+        src: SharedSource,
+        #[label("this schema")]
+        span: SourceSpan,
+    },
+
+    /// `[topics.NAME] schema` names a file that is not a usable JSON Schema.
+    #[error("invalid event schema {path}: {reason}")]
+    #[diagnostic(
+        code(edaflow::flow::invalid_schema),
+        help("an event schema is a JSON Schema document (draft 2020-12 unless its `$schema` says otherwise); its `$ref`s must stay inside the file")
+    )]
+    InvalidSchema {
+        /// The path as resolved against the flow file's folder.
+        path: PathBuf,
+        /// What is wrong: the JSON syntax error, or why the schema does not compile.
+        reason: String,
+        #[source_code]
+        src: SharedSource,
+        #[label("this schema")]
+        span: SourceSpan,
+    },
+
     /// `kind = "…"` of a producer names no known kind.
     #[error("unknown producer kind `{kind}`")]
     #[diagnostic(code(edaflow::flow::unknown_producer_kind))]

@@ -12,7 +12,7 @@ mod check;
 mod fields;
 pub(crate) mod findings;
 mod reader;
-mod sections;
+pub(crate) mod sections;
 #[cfg(test)]
 mod tests;
 mod toml_tree;

@@ -9,6 +9,7 @@
 //! (`crate::duration`) are leaf modules of their own, re-exported here.
 
 pub mod api_token;
+pub mod asyncapi;
 pub mod diagnostic;
 pub mod diff;
 pub mod env;
@@ -16,6 +17,7 @@ pub mod graph;
 pub mod lint;
 pub mod load;
 pub mod model;
+pub mod schema;
 
 pub use crate::duration;
 pub use crate::pattern::{self, validate_topic, TopicPattern};

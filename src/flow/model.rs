@@ -300,6 +300,97 @@ pub struct TopicConfig {
     pub retention: Option<Duration>,
     /// Reply timeout for query topics.
     pub timeout: Option<Duration>,
+    /// `schema`: the JSON Schema that the data of events ingested on this topic must match.
+    pub schema: Option<TopicSchema>,
+    /// `validate_emits`: handlers' emits on this topic are checked against `schema` too.
+    pub validate_emits: bool,
+}
+
+/// A topic's event schema (`[topics.NAME] schema`), read and compiled once when the flows
+/// load. Equality compares the path and the text, so an edited schema file is a change
+/// and a touched-but-unchanged one is not.
+#[derive(Clone)]
+pub struct TopicSchema {
+    /// Absolute (or flow-relative, joined) path of the schema file.
+    pub path: PathBuf,
+    /// The file's contents at load time.
+    pub text: Arc<str>,
+    /// The parsed document (for `edaflow asyncapi`).
+    pub document: Arc<serde_json::Value>,
+    /// The compiled validator.
+    pub validator: Arc<jsonschema::Validator>,
+}
+
+impl PartialEq for TopicSchema {
+    fn eq(&self, other: &TopicSchema) -> bool {
+        self.path == other.path && self.text == other.text
+    }
+}
+
+impl std::fmt::Debug for TopicSchema {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TopicSchema")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why an event's data does not match its topic's schema: the JSON pointer of the first
+/// failing value (`""` for the data itself) and the reason.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SchemaViolation {
+    pub pointer: String,
+    pub reason: String,
+}
+
+impl std::fmt::Display for SchemaViolation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let pointer = if self.pointer.is_empty() {
+            "(the data itself)"
+        } else {
+            &self.pointer
+        };
+        write!(f, "at {pointer}: {}", self.reason)
+    }
+}
+
+impl TopicSchema {
+    /// Checks `data`; the first violation, if any.
+    pub fn check(&self, data: &serde_json::Value) -> Result<(), SchemaViolation> {
+        match self.validator.iter_errors(data).next() {
+            None => Ok(()),
+            Some(error) => Err(SchemaViolation {
+                pointer: error.instance_path().as_str().to_owned(),
+                reason: error.masked().to_string(),
+            }),
+        }
+    }
+}
+
+/// The topics with a schema, by name: what ingest and handlers' emits are checked against.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct EventSchemas {
+    /// Every topic with a `schema` (checked at ingest).
+    pub ingest: BTreeMap<String, TopicSchema>,
+    /// The topics with `validate_emits = true` (checked when a handler emits).
+    pub emits: BTreeMap<String, TopicSchema>,
+}
+
+impl FlowSet {
+    /// The set's topic schemas, for the running generation.
+    pub fn event_schemas(&self) -> EventSchemas {
+        let mut schemas = EventSchemas::default();
+        for (name, topic) in &self.topics {
+            let Some(schema) = &topic.schema else {
+                continue;
+            };
+            schemas.ingest.insert(name.clone(), schema.clone());
+            if topic.validate_emits {
+                schemas.emits.insert(name.clone(), schema.clone());
+            }
+        }
+        schemas
+    }
 }
 
 /// How a topic travels on Redis (the memory broker ignores it).

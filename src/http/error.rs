@@ -58,6 +58,13 @@ pub enum ApiError {
     BadParameter { detail: String },
     #[error("bad request: {detail}")]
     BadRequest { detail: String },
+    #[error("the data does not match the schema of topic `{topic}` at {}: {reason}", if .pointer.is_empty() { "(the data itself)" } else { .pointer.as_str() })]
+    SchemaMismatch {
+        topic: String,
+        /// The JSON pointer (instance path) of the value that failed; `""` is the data.
+        pointer: String,
+        reason: String,
+    },
     #[error("reloading is not available in this process")]
     ReloadUnavailable,
     #[error("no queue named {queue:?}")]
@@ -255,6 +262,7 @@ impl ApiError {
             | ApiError::UnknownField { .. }
             | ApiError::BadParameter { .. }
             | ApiError::BadRequest { .. }
+            | ApiError::SchemaMismatch { .. }
             | ApiError::NotUtf8 { .. } => StatusCode::BAD_REQUEST,
             ApiError::BadFile { refusal, .. } => refusal.status(),
             ApiError::EditConflict { .. } => StatusCode::CONFLICT,
@@ -311,6 +319,7 @@ impl ApiError {
             ApiError::BrokerOutOfMemory => "broker_out_of_memory",
             ApiError::BadParameter { .. } => "bad_parameter",
             ApiError::BadRequest { .. } => "bad_request",
+            ApiError::SchemaMismatch { .. } => "schema_mismatch",
             ApiError::ReloadUnavailable => "reload_unavailable",
             ApiError::UnknownQueue { .. } => "unknown_queue",
             ApiError::QueryTimeout { .. } => "query_timeout",
@@ -335,7 +344,8 @@ impl ApiError {
         }
     }
 
-    /// The JSON body: `{"error": "...", "code": "..."}`. An edit conflict reads as the
+    /// The JSON body: `{"error": "...", "code": "..."}`; a schema mismatch adds `pointer` and
+    /// `reason`. An edit conflict reads as the
     /// console's contract has it: `{"error": "edit_conflict", "detail": "...", "version":
     /// "<on disk>"}`, with the `code` too.
     pub fn body(&self) -> String {
@@ -345,6 +355,18 @@ impl ApiError {
                 "code": self.code(),
                 "detail": self.to_string(),
                 "version": version,
+            })
+            .to_string();
+        }
+        if let ApiError::SchemaMismatch {
+            pointer, reason, ..
+        } = self
+        {
+            return serde_json::json!({
+                "error": self.to_string(),
+                "code": self.code(),
+                "pointer": pointer,
+                "reason": reason,
             })
             .to_string();
         }

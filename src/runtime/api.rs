@@ -20,7 +20,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::Broker;
-use crate::flow::model::{HttpProducer, QueueConfig, StoreConfig, TopicConfig};
+use crate::flow::model::{EventSchemas, HttpProducer, QueueConfig, StoreConfig, TopicConfig};
 use crate::runtime::history::History;
 use crate::runtime::metrics::Metrics;
 use crate::runtime::reload::ReloadHandle;
@@ -45,6 +45,8 @@ pub struct ApiContext<B: Broker> {
     pub stores: watch::Receiver<Arc<BTreeMap<String, StoreConfig>>>,
     /// The running generation's topic settings (query reply timeouts).
     pub topics: watch::Receiver<Arc<BTreeMap<String, TopicConfig>>>,
+    /// The running generation's topic schemas (what ingest checks event data against).
+    pub schemas: watch::Receiver<Arc<EventSchemas>>,
     /// The running generation's flow set and files (the console's graph and editor).
     pub flows: watch::Receiver<Arc<FlowView>>,
     /// The flow folders (`RuntimeOptions::roots`): where the console may edit files.

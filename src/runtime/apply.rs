@@ -184,6 +184,7 @@ impl<B: Broker> Runtime<B> {
             .declared_stores
             .send_replace(Arc::new(flows.stores.keys().cloned().collect()));
         shared.topics.send_replace(Arc::new(flows.topics.clone()));
+        shared.schemas.send_replace(Arc::new(flows.event_schemas()));
         shared.max_hops.store(flows.max_hops(), Ordering::Relaxed);
         // Pub/sub topics have no stream to trim.
         let retention: Vec<(String, Duration)> = flows

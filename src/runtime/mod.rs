@@ -138,6 +138,8 @@ pub(crate) struct Shared<B: Broker> {
     pub declared_stores: watch::Sender<Arc<BTreeSet<String>>>,
     /// Per-topic settings of the running generation (query reply timeouts).
     pub topics: watch::Sender<Arc<BTreeMap<String, TopicConfig>>>,
+    /// The running generation's topic schemas (ingest and handlers' emits are checked).
+    pub schemas: watch::Sender<Arc<crate::flow::model::EventSchemas>>,
     /// The running generation's flow set and files.
     pub flows: watch::Sender<Arc<FlowView>>,
     /// Recent journeys, for `edaflow trace`.
@@ -230,6 +232,7 @@ impl<B: Broker> Runtime<B> {
             stores: watch::Sender::new(Arc::new(BTreeMap::new())),
             declared_stores: watch::Sender::new(Arc::new(BTreeSet::new())),
             topics: watch::Sender::new(Arc::new(BTreeMap::new())),
+            schemas: watch::Sender::new(Arc::default()),
             flows: watch::Sender::new(Arc::new(FlowView::default())),
             reload: reload::ReloadHandle::default(),
             handled: std::sync::OnceLock::new(),
@@ -327,6 +330,7 @@ impl<B: Broker> Runtime<B> {
             queues: shared.queues.subscribe(),
             stores: shared.stores.subscribe(),
             topics: shared.topics.subscribe(),
+            schemas: shared.schemas.subscribe(),
             flows: shared.flows.subscribe(),
             roots: self.options.roots.clone().into(),
             tracing: shared.tracing.clone(),

@@ -536,6 +536,22 @@ impl<B: Broker> SubscriberTask<B> {
                 effects.enqueue.push((item.queue, event, delay));
             }
         }
+        if !output.emits.is_empty() {
+            let schemas = self.shared.schemas.borrow();
+            if !schemas.emits.is_empty() {
+                for emitted in &output.emits {
+                    let Some(schema) = schemas.emits.get(&emitted.topic) else {
+                        continue;
+                    };
+                    if let Err(violation) = schema.check(&emitted.data) {
+                        return Err(ScriptError::InvalidEmit {
+                            topic: emitted.topic.clone(),
+                            violation,
+                        });
+                    }
+                }
+            }
+        }
         self.metrics.events_out.fetch_add(
             (output.emits.len() + effects.enqueue.len()) as u64,
             Ordering::Relaxed,

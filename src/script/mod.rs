@@ -100,6 +100,17 @@ pub enum ScriptError {
         help("`edaflow validate` warns about subscribers that emit to topics they read; raise `[flow] max_hops` for longer journeys")
     )]
     HopLimit { hops: u32, max: u32 },
+    /// The run emitted an event whose data does not match its topic's schema (the topic
+    /// sets `validate_emits`): dead-lettered at once, never retried.
+    #[error("emitted event on `{topic}` does not match the topic's schema {violation}")]
+    #[diagnostic(
+        code(edaflow::script::invalid_emit),
+        help("the topic's `schema` is checked against what handlers emit because it sets `validate_emits = true`")
+    )]
+    InvalidEmit {
+        topic: String,
+        violation: crate::flow::model::SchemaViolation,
+    },
     /// The run held a runtime thread past `Limits::inline_time`; it is run again on a
     /// thread of its own (never reported as a failure).
     #[error("script ran past its time on a runtime thread")]
@@ -111,7 +122,10 @@ impl ScriptError {
     /// False for a failure that would fail the same way on every retry and is
     /// dead-lettered at once (a journey past its hop limit).
     pub fn is_retryable(&self) -> bool {
-        !matches!(self, ScriptError::HopLimit { .. })
+        !matches!(
+            self,
+            ScriptError::HopLimit { .. } | ScriptError::InvalidEmit { .. }
+        )
     }
 }
 

@@ -14,6 +14,10 @@ pub(super) struct Fields<'de> {
     pub at: Span,
     /// In source order, so unknown keys are reported top to bottom.
     entries: Vec<(Key<'de>, Value<'de>)>,
+    /// The keys taken so far: `finish` checks that its `known` list names each, so the
+    /// lists (which the flow-file JSON Schema is checked against) cannot miss a key.
+    #[cfg(debug_assertions)]
+    taken: Vec<String>,
 }
 
 impl<'de> Fields<'de> {
@@ -21,7 +25,13 @@ impl<'de> Fields<'de> {
     pub fn new(path: String, at: Span, table: Table<'de>) -> Fields<'de> {
         let mut entries: Vec<_> = table.into_iter().collect();
         entries.sort_by_key(|(key, _)| key.span.start);
-        Fields { path, at, entries }
+        Fields {
+            path,
+            at,
+            entries,
+            #[cfg(debug_assertions)]
+            taken: Vec::new(),
+        }
     }
 
     /// True when the key is present (and not yet taken).
@@ -47,11 +57,21 @@ impl<'de> Fields<'de> {
     /// Removes and returns a key with its value.
     pub fn take_entry(&mut self, key: &str) -> Option<(Key<'de>, Value<'de>)> {
         let at = self.entries.iter().position(|(k, _)| k.name == key)?;
+        #[cfg(debug_assertions)]
+        self.taken.push(key.to_owned());
         Some(self.entries.remove(at))
     }
 
     /// Reports every key not taken and not in `known` as unknown.
     pub fn finish(self, r: &mut Reader<'_>, known: &[&str]) {
+        #[cfg(debug_assertions)]
+        for key in &self.taken {
+            assert!(
+                known.contains(&key.as_str()),
+                "`{}` reads key `{key}` that its list of known keys lacks",
+                self.path
+            );
+        }
         for (key, _) in self.entries {
             if known.contains(&key.name.as_ref()) {
                 continue;

@@ -16,7 +16,7 @@ use crate::flow::diagnostic::{FlowError, SharedSource, Suggestion};
 use crate::flow::env::{expand, ExpandErrorKind};
 use crate::flow::load::fields::Fields;
 use crate::flow::load::findings::{Findings, Located};
-use crate::flow::model::ScriptSource;
+use crate::flow::model::{ScriptSource, TopicSchema};
 use crate::pattern::{validate_topic, TopicPattern};
 
 /// One flow file: where it is (as given and absolute) and its text.
@@ -418,6 +418,51 @@ impl Reader<'_> {
                 self.report(relative.span, |src, span| FlowError::MissingScript {
                     path: shown,
                     source: Arc::new(error),
+                    src,
+                    span,
+                });
+                None
+            }
+        }
+    }
+
+    /// An event schema path, resolved against the flow file's folder, read, parsed and
+    /// compiled.
+    pub fn event_schema(&mut self, key: &str, value: Value<'_>) -> Option<TopicSchema> {
+        let relative = self.string(key, value)?;
+        let path = self.file.dir_absolute().join(&relative.value);
+        let shown = self.file.dir_shown().join(&relative.value);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(error) => {
+                self.report(relative.span, |src, span| FlowError::MissingSchema {
+                    path: shown,
+                    source: Arc::new(error),
+                    src,
+                    span,
+                });
+                return None;
+            }
+        };
+        // Watched from now on, whether it compiles or not: fixing it is a reload.
+        self.found.read(&path);
+        let compiled = serde_json::from_str::<serde_json::Value>(&text)
+            .map_err(|e| format!("not JSON: {e}"))
+            .and_then(|document| match jsonschema::validator_for(&document) {
+                Ok(validator) => Ok((document, validator)),
+                Err(e) => Err(e.to_string()),
+            });
+        match compiled {
+            Ok((document, validator)) => Some(TopicSchema {
+                path,
+                text: text.into(),
+                document: Arc::new(document),
+                validator: Arc::new(validator),
+            }),
+            Err(reason) => {
+                self.report(relative.span, |src, span| FlowError::InvalidSchema {
+                    path: shown,
+                    reason,
                     src,
                     span,
                 });

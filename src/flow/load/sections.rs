@@ -23,7 +23,7 @@ use crate::flow::model::{
 use crate::pattern::validate_topic;
 
 /// The top-level keys of a flow file.
-const SECTIONS: &[&str] = &[
+pub(crate) const SECTIONS: &[&str] = &[
     "flow",
     "producers",
     "subscribers",
@@ -35,9 +35,10 @@ const SECTIONS: &[&str] = &[
     "tests",
 ];
 
-const FLOW_KEYS: &[&str] = &["name", "broker", "deferred_topic", "topic_mode", "max_hops"];
-const PRODUCER_KINDS: &[&str] = &["http", "interval", "lines", "generator"];
-const HTTP_KEYS: &[&str] = &[
+pub(crate) const FLOW_KEYS: &[&str] =
+    &["name", "broker", "deferred_topic", "topic_mode", "max_hops"];
+pub(crate) const PRODUCER_KINDS: &[&str] = &["http", "interval", "lines", "generator"];
+pub(crate) const HTTP_KEYS: &[&str] = &[
     "kind",
     "role",
     "listen",
@@ -48,11 +49,11 @@ const HTTP_KEYS: &[&str] = &[
     "idle_timeout",
     "max_connections",
 ];
-const INTERVAL_KEYS: &[&str] = &["kind", "role", "every", "topic", "data", "script"];
-const LINES_KEYS: &[&str] = &["kind", "role", "path", "topic"];
-const GENERATOR_KEYS: &[&str] = &["kind", "role", "topic", "count", "data"];
-const SUBSCRIBER_INPUTS: &[&str] = &["topic", "topics", "queue"];
-const SUBSCRIBER_KEYS: &[&str] = &[
+pub(crate) const INTERVAL_KEYS: &[&str] = &["kind", "role", "every", "topic", "data", "script"];
+pub(crate) const LINES_KEYS: &[&str] = &["kind", "role", "path", "topic"];
+pub(crate) const GENERATOR_KEYS: &[&str] = &["kind", "role", "topic", "count", "data"];
+pub(crate) const SUBSCRIBER_INPUTS: &[&str] = &["topic", "topics", "queue"];
+pub(crate) const SUBSCRIBER_KEYS: &[&str] = &[
     "topic",
     "topics",
     "queue",
@@ -65,8 +66,8 @@ const SUBSCRIBER_KEYS: &[&str] = &[
     "role",
     "renamed_from",
 ];
-const RETRY_KEYS: &[&str] = &["attempts", "backoff", "max_backoff", "jitter"];
-const QUEUE_KEYS: &[&str] = &[
+pub(crate) const RETRY_KEYS: &[&str] = &["attempts", "backoff", "max_backoff", "jitter"];
+pub(crate) const QUEUE_KEYS: &[&str] = &[
     "delay",
     "poll",
     "capacity",
@@ -74,13 +75,20 @@ const QUEUE_KEYS: &[&str] = &[
     "list",
     "renamed_from",
 ];
-const RELAY_KEYS: &[&str] = &["from", "to", "delay", "filter", "script", "renamed_from"];
-const CHAIN_KEYS: &[&str] = &["steps", "timeout", "on_timeout"];
-const TOPIC_KEYS: &[&str] = &["mode", "kind", "retention", "timeout"];
-const STORE_KEYS: &[&str] = &["expose"];
-const TEST_KEYS: &[&str] = &["name", "publish", "advance", "expect"];
-const PUBLISH_KEYS: &[&str] = &["topic", "data"];
-const EXPECT_KEYS: &[&str] = &["topic", "data", "handled_by"];
+pub(crate) const RELAY_KEYS: &[&str] = &["from", "to", "delay", "filter", "script", "renamed_from"];
+pub(crate) const CHAIN_KEYS: &[&str] = &["steps", "timeout", "on_timeout"];
+pub(crate) const TOPIC_KEYS: &[&str] = &[
+    "mode",
+    "kind",
+    "retention",
+    "timeout",
+    "schema",
+    "validate_emits",
+];
+pub(crate) const STORE_KEYS: &[&str] = &["expose"];
+pub(crate) const TEST_KEYS: &[&str] = &["name", "publish", "advance", "expect"];
+pub(crate) const PUBLISH_KEYS: &[&str] = &["topic", "data"];
+pub(crate) const EXPECT_KEYS: &[&str] = &["topic", "data", "handled_by"];
 
 /// A named component as declared: the name (for duplicate checks) and its configuration,
 /// `None` when the table had errors (already reported).
@@ -664,6 +672,7 @@ fn chain(r: &mut Reader<'_>, name: &str, mut f: Fields<'_>) -> Option<ChainConfi
 
 /// `[topics.NAME]`.
 fn topic(r: &mut Reader<'_>, name: &str, mut f: Fields<'_>) -> Option<TopicConfig> {
+    let had_schema = f.has("schema");
     let mode = f
         .take("mode")
         .and_then(|v| r.choice("mode", v, &["stream", "pubsub"]));
@@ -672,6 +681,24 @@ fn topic(r: &mut Reader<'_>, name: &str, mut f: Fields<'_>) -> Option<TopicConfi
         .and_then(|v| r.choice("kind", v, &["event", "command", "query"]));
     let retention = f.take("retention").and_then(|v| r.duration("retention", v));
     let timeout = f.take("timeout").and_then(|v| r.duration("timeout", v));
+    let schema = f.take("schema").and_then(|v| r.event_schema("schema", v));
+    let validate_emits = match f.take_entry("validate_emits") {
+        None => false,
+        Some((key, value)) => {
+            let on = r.boolean("validate_emits", value).unwrap_or(false);
+            if on && !had_schema {
+                let table = f.path.clone();
+                r.report(key.span, |src, span| FlowError::MissingOneOf {
+                    keys: &["schema"],
+                    table,
+                    help: Some("`validate_emits` checks handlers' emits against the topic's `schema`: add one"),
+                    src,
+                    span,
+                });
+            }
+            on
+        }
+    };
     let f = unquoted_topic_names(r, name, f);
     f.finish(r, TOPIC_KEYS);
     Some(TopicConfig {
@@ -688,6 +715,8 @@ fn topic(r: &mut Reader<'_>, name: &str, mut f: Fields<'_>) -> Option<TopicConfi
         },
         retention,
         timeout,
+        schema,
+        validate_emits,
     })
 }
 

@@ -310,6 +310,8 @@ fn the_design_sketch_loads_into_the_model() {
             kind: TopicKind::Event,
             retention: Some(Duration::from_secs(86_400)),
             timeout: None,
+            schema: None,
+            validate_emits: false,
         }
     );
     assert_eq!(
