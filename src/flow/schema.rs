@@ -250,7 +250,8 @@ fn retry() -> Value {
             "jitter": {"type": "boolean", "default": true, "description": "Equal jitter: each wait is drawn between half the delay and all of it, so failing events spread out. `false` waits the exact delay."}
         }),
     );
-    value["default"] = json!({"attempts": 3, "backoff": "100ms", "max_backoff": "10s", "jitter": true});
+    value["default"] =
+        json!({"attempts": 3, "backoff": "100ms", "max_backoff": "10s", "jitter": true});
     value
 }
 
