@@ -40,6 +40,8 @@ pub enum GraphFormatArg {
     Mermaid,
     /// Graphviz dot.
     Dot,
+    /// Nodes and edges with their kinds, for tools (see docs/cli.md).
+    Json,
 }
 
 /// Log output formats.

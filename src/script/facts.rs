@@ -293,8 +293,7 @@ fn enqueues_in(ast: &AST, queues: &mut BTreeSet<String>) {
         let Some(node) = path.last() else {
             return true;
         };
-        if let ASTNode::Expr(Expr::FnCall(call, _)) | ASTNode::Stmt(Stmt::FnCall(call, _)) = node
-        {
+        if let ASTNode::Expr(Expr::FnCall(call, _)) | ASTNode::Stmt(Stmt::FnCall(call, _)) = node {
             let literal = match call.args.first() {
                 Some(Expr::StringConstant(queue, _)) => Some(queue),
                 _ => None,
