@@ -26,6 +26,8 @@ pub struct TestReport {
     pub file: String,
     /// `None` when it passed; otherwise a readable explanation.
     pub failure: Option<String>,
+    /// How long it took to run, in real time (its virtual time runs faster).
+    pub duration: Duration,
 }
 
 /// Runs every test of a prepared flow set. Must run on a tokio runtime with paused time
@@ -42,11 +44,13 @@ pub async fn run_all(prepared: &Prepared) -> Result<Vec<TestReport>, RuntimeErro
             .get(test.file)
             .map(|f| f.path.display().to_string())
             .unwrap_or_default();
+        let started = std::time::Instant::now();
         let failure = run_one(prepared, test).await?;
         reports.push(TestReport {
             name: test.name.clone(),
             file,
             failure,
+            duration: started.elapsed(),
         });
     }
     Ok(reports)
