@@ -52,7 +52,7 @@ pub fn report(reports: &[TestReport]) -> String {
                         out,
                         ">\n      <failure message=\"{}\" type=\"edaflow::test::failed\">{}</failure>\n    </testcase>",
                         escape(first),
-                        escape(failure)
+                        escape_text(failure)
                     );
                 }
             }
@@ -71,7 +71,7 @@ pub fn load_failure(summary: &str, diagnostic: &str) -> String {
         out,
         "  <testsuite name=\"edaflow\" tests=\"1\" failures=\"0\" errors=\"1\" skipped=\"0\" time=\"0.000\">\n    <testcase name=\"load flows\" classname=\"edaflow\" time=\"0.000\">\n      <error message=\"{}\" type=\"edaflow::flow::invalid\">{}</error>\n    </testcase>\n  </testsuite>",
         escape(summary),
-        escape(diagnostic)
+        escape_text(diagnostic)
     );
     out.push_str("</testsuites>\n");
     out
@@ -89,11 +89,21 @@ fn seconds(duration: Duration) -> String {
     format!("{:.3}", duration.as_secs_f64())
 }
 
-/// `text` made safe in XML 1.0 attribute values and character data: the five markup
-/// characters as entities, tabs and line breaks as character references (so attributes
-/// keep them), and the characters XML 1.0 does not allow (other control characters,
+/// `text` made safe in an XML 1.0 attribute value: the five markup characters as
+/// entities, tabs and line breaks as character references (a parser would turn them into
+/// spaces otherwise), and the characters XML 1.0 does not allow (other control characters,
 /// U+FFFE, U+FFFF) as U+FFFD.
 pub fn escape(text: &str) -> String {
+    escape_with(text, true)
+}
+
+/// `text` made safe as an element's character data: as `escape`, but tabs and line feeds
+/// stay as they are (character data keeps them), so the report reads well as a file.
+pub fn escape_text(text: &str) -> String {
+    escape_with(text, false)
+}
+
+fn escape_with(text: &str, attribute: bool) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         match c {
@@ -102,6 +112,7 @@ pub fn escape(text: &str) -> String {
             '>' => out.push_str("&gt;"),
             '"' => out.push_str("&quot;"),
             '\'' => out.push_str("&apos;"),
+            '\t' | '\n' if !attribute => out.push(c),
             '\t' => out.push_str("&#9;"),
             '\n' => out.push_str("&#10;"),
             '\r' => out.push_str("&#13;"),
@@ -123,6 +134,8 @@ mod tests {
             "a&lt;b&gt; &amp; &quot;c&quot; &apos;d&apos;"
         );
         assert_eq!(escape("x\ny\tz\r"), "x&#10;y&#9;z&#13;");
+        assert_eq!(escape_text("x\ny\tz\r<"), "x\ny\tz&#13;&lt;");
+        assert_eq!(escape_text("\u{1b}[31m"), "\u{fffd}[31m");
         assert_eq!(
             escape("bell\u{7} nul\u{0} \u{fffe}"),
             "bell\u{fffd} nul\u{fffd} \u{fffd}"
@@ -158,7 +171,7 @@ mod tests {
         );
         assert!(xml.contains("<testcase name=\"two &lt;b&gt;\""), "{xml}");
         assert!(
-            xml.contains("<failure message=\"expected x\" type=\"edaflow::test::failed\">expected x&#10;  got y</failure>"),
+            xml.contains("<failure message=\"expected x\" type=\"edaflow::test::failed\">expected x\n  got y</failure>"),
             "{xml}"
         );
         assert_eq!(xml.matches("<testcase ").count(), 3);
