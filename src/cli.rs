@@ -148,7 +148,7 @@ pub enum Command {
     /// Draw the declared wiring of flows: producers, topics, subscribers, queues, relays,
     /// stores and chains.
     #[command(
-        after_help = "Examples:\n  edaflow graph flows/orders.toml\n  edaflow graph flows/orders.toml --format dot | dot -Tsvg > orders.svg\n  edaflow graph flows/orders.toml --live http://127.0.0.1:3000"
+        after_help = "Examples:\n  edaflow graph flows/orders.toml\n  edaflow graph flows/orders.toml --format dot | dot -Tsvg > orders.svg\n  edaflow graph flows/orders.toml --format json\n  edaflow graph flows/orders.toml --live http://127.0.0.1:3000"
     )]
     Graph {
         /// Flow files, or folders of them.
