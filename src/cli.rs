@@ -40,6 +40,18 @@ pub enum GraphFormatArg {
     Mermaid,
     /// Graphviz dot.
     Dot,
+    /// Nodes and edges with their kinds, for tools (see docs/cli.md).
+    Json,
+}
+
+/// `--format` of `validate`, `test` and `trace`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// For people.
+    #[default]
+    Text,
+    /// One JSON document on stdout, for tools and CI (fields in docs/cli.md).
+    Json,
 }
 
 /// Log output formats.
@@ -63,12 +75,15 @@ pub enum Command {
     Run(RunArgs),
     /// Check flow files and their scripts; print every problem; exit 1 if any is an error.
     #[command(
-        after_help = "Examples:\n  edaflow validate flows/orders.toml\n  edaflow validate flows/"
+        after_help = "Examples:\n  edaflow validate flows/orders.toml\n  edaflow validate flows/\n  edaflow validate flows/ --format json | jq '.diagnostics[]'"
     )]
     Validate {
         /// Flow files, or folders of them.
         #[arg(required = true, value_name = "FLOW")]
         flows: Vec<PathBuf>,
+        /// Output format: every diagnostic on stdout as JSON with `json`.
+        #[arg(long, value_enum, default_value_t)]
+        format: OutputFormat,
     },
     /// Publish an event to a running instance (its HTTP producer).
     #[command(
@@ -133,18 +148,21 @@ pub enum Command {
     },
     /// Print the tree of events of one journey (a correlation id) from a running instance.
     #[command(
-        after_help = "Examples:\n  edaflow trace 01M8BARPKC0ECJ9W797NG2TCS7\n\nThe id is the one `POST /topics/...` answered with (the first event's id)."
+        after_help = "Examples:\n  edaflow trace 01M8BARPKC0ECJ9W797NG2TCS7\n  edaflow trace 01M8BARPKC0ECJ9W797NG2TCS7 --format json\n\nThe id is the one `POST /topics/...` answered with (the first event's id)."
     )]
     Trace {
         /// The correlation id: the id of the journey's first event.
         correlation_id: String,
+        /// Output format: the events with their parent ids as JSON with `json`.
+        #[arg(long, value_enum, default_value_t)]
+        format: OutputFormat,
         #[command(flatten)]
         remote: Remote,
     },
     /// Draw the declared wiring of flows: producers, topics, subscribers, queues, relays,
     /// stores and chains.
     #[command(
-        after_help = "Examples:\n  edaflow graph flows/orders.toml\n  edaflow graph flows/orders.toml --format dot | dot -Tsvg > orders.svg\n  edaflow graph flows/orders.toml --live http://127.0.0.1:3000"
+        after_help = "Examples:\n  edaflow graph flows/orders.toml\n  edaflow graph flows/orders.toml --format dot | dot -Tsvg > orders.svg\n  edaflow graph flows/orders.toml --format json\n  edaflow graph flows/orders.toml --live http://127.0.0.1:3000"
     )]
     Graph {
         /// Flow files, or folders of them.
@@ -170,11 +188,20 @@ pub enum Command {
     #[command(after_help = CONSUMER_HELP)]
     Consumer(ConsumerArgs),
     /// Run the [[tests]] of flow files, in process, on virtual time.
-    #[command(after_help = "Examples:\n  edaflow test flows/orders.toml\n  edaflow test flows/")]
+    #[command(
+        after_help = "Examples:\n  edaflow test flows/orders.toml\n  edaflow test flows/\n  edaflow test flows/ --junit target/edaflow-tests.xml   also write a JUnit report for CI\n  edaflow test flows/ --format json"
+    )]
     Test {
         /// Flow files, or folders of them.
         #[arg(required = true, value_name = "FLOW")]
         flows: Vec<PathBuf>,
+        /// Output format: the results on stdout as JSON with `json`.
+        #[arg(long, value_enum, default_value_t)]
+        format: OutputFormat,
+        /// Also write the results as a JUnit XML report to this file (for CI test
+        /// reporters), whatever --format prints.
+        #[arg(long, value_name = "PATH")]
+        junit: Option<PathBuf>,
     },
     /// Create a flow folder to start from: an HTTP producer, a Rhai handler and a flow test.
     #[command(

@@ -23,9 +23,12 @@ const SETTLE_LIMIT: Duration = Duration::from_secs(3600);
 #[derive(Debug)]
 pub struct TestReport {
     pub name: String,
+    /// The flow file that declares it, relative to the working directory when inside it.
     pub file: String,
     /// `None` when it passed; otherwise a readable explanation.
     pub failure: Option<String>,
+    /// How long it took to run, in real time (its virtual time runs faster).
+    pub duration: Duration,
 }
 
 /// Runs every test of a prepared flow set. Must run on a tokio runtime with paused time
@@ -36,17 +39,27 @@ pub struct TestReport {
 pub async fn run_all(prepared: &Prepared) -> Result<Vec<TestReport>, RuntimeError> {
     let mut reports = Vec::new();
     for test in &prepared.flows.tests {
+        // As the diagnostics name it: relative to the working directory when inside it.
+        let cwd = std::env::current_dir().unwrap_or_default();
         let file = prepared
             .flows
             .files
             .get(test.file)
-            .map(|f| f.path.display().to_string())
+            .map(|f| {
+                f.path
+                    .strip_prefix(&cwd)
+                    .unwrap_or(&f.path)
+                    .display()
+                    .to_string()
+            })
             .unwrap_or_default();
+        let started = std::time::Instant::now();
         let failure = run_one(prepared, test).await?;
         reports.push(TestReport {
             name: test.name.clone(),
             file,
             failure,
+            duration: started.elapsed(),
         });
     }
     Ok(reports)

@@ -30,6 +30,17 @@ pub enum Error {
     #[error(transparent)]
     #[diagnostic(transparent)]
     Otel(#[from] crate::otel::OtelError),
+    /// Invalid flows whose diagnostics went to stdout as JSON (`--format json`).
+    #[error("{summary} (listed on stdout)")]
+    #[diagnostic(code(edaflow::flow::invalid))]
+    Reported { summary: String },
+    #[error("cannot write the report {}", path.display())]
+    #[diagnostic(code(edaflow::test::report))]
+    Report {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{failed} of {total} flow tests failed")]
     #[diagnostic(code(edaflow::test::failed))]
     TestsFailed { failed: usize, total: usize },

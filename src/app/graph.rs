@@ -1,4 +1,4 @@
-//! `edaflow graph`: draws the declared wiring of flows (Mermaid or dot), annotated with the
+//! `edaflow graph`: draws the declared wiring of flows (Mermaid, dot or JSON), annotated with the
 //! event counts of a running instance (its `/metrics`) with `--live URL`. An answer that is
 //! not edaflow's metrics is an error, not a graph without counts.
 
@@ -27,9 +27,11 @@ pub(super) fn graph(
     let format = match format {
         GraphFormatArg::Mermaid => GraphFormat::Mermaid,
         GraphFormatArg::Dot => GraphFormat::Dot,
+        GraphFormatArg::Json => GraphFormat::Json,
     };
     render::emit(&crate::flow::graph::render(
         &prepared.flows,
+        &prepared.facts(),
         format,
         &counts,
     ))

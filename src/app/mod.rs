@@ -12,7 +12,7 @@
 //! - `install`: `edaflow completions` and `edaflow man`, generated from `crate::cli`.
 //! - `init`: `edaflow init`, a new flow folder to start from.
 //! - `schemas`: `edaflow schema` and `edaflow asyncapi`, the flow-file and event schemas.
-//! - `render`: what the commands print.
+//! - `render`: what the commands print; `json` and `junit`: the same for tools and CI.
 //! - `error`: `Error`, everything a command can fail with.
 
 mod article;
@@ -22,6 +22,8 @@ mod flow_files;
 mod graph;
 mod init;
 mod install;
+mod json;
+mod junit;
 mod publish;
 mod render;
 mod run;
@@ -59,8 +61,12 @@ fn dispatch(command: Command) -> Result<(), Error> {
         Command::Run(args) => run::run_blocking(args),
         Command::ApiServer(args) => article::api_server(args),
         Command::Consumer(args) => article::consumer(args),
-        Command::Validate { flows } => flow_files::validate(&flows),
-        Command::Test { flows } => flow_files::test(&flows),
+        Command::Validate { flows, format } => flow_files::validate(&flows, format),
+        Command::Test {
+            flows,
+            format,
+            junit,
+        } => flow_files::test(&flows, format, junit.as_deref()),
         Command::Init { dir, force } => init::init(&dir, force),
         Command::Schema => schemas::schema(),
         Command::Asyncapi { flows } => schemas::asyncapi(&flows),
@@ -84,8 +90,9 @@ fn dispatch(command: Command) -> Result<(), Error> {
         } => on_client_runtime(publish::query(&topic, &data, &remote)),
         Command::Trace {
             correlation_id,
+            format,
             remote,
-        } => on_client_runtime(trace::trace(&correlation_id, &remote)),
+        } => on_client_runtime(trace::trace(&correlation_id, format, &remote)),
         Command::Dead { action } => on_client_runtime(dead::dead(action)),
         Command::Tail {
             pattern,

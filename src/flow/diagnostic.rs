@@ -3,8 +3,9 @@
 //!
 //! Errors and warnings are separate types: warnings never fail validation. A load collects
 //! all errors and returns them together in one `FlowReport`. This module only describes
-//! problems; finding them is `load`'s job. `problems` turns a report into plain
-//! `Problem`s (file, line, column, code, message) for readers that are not terminals.
+//! problems; finding them is `load`'s job. `problems` and `warning_problems` turn them into
+//! plain `Problem`s (file, line, column, code, severity, message, labels) for readers that
+//! are not terminals.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -771,8 +772,10 @@ pub fn render(diagnostic: &dyn Diagnostic, width: usize) -> String {
     out
 }
 
-/// One problem of a failed load as plain data: where it is and what it says, for an
-/// editor that marks the line rather than a terminal that draws the source.
+/// One problem (an error of a failed load, or a warning) as plain data: where it is and
+/// what it says, for an editor that marks the line rather than a terminal that draws the
+/// source. Serialized by the console's reload report and `edaflow validate --format json`:
+/// fields are only added, a renamed or removed field is a changelog line.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Problem {
     /// The file the problem is in, named as the diagnostic names it (relative to the
@@ -785,11 +788,37 @@ pub struct Problem {
     pub column: Option<usize>,
     /// The stable code, e.g. `edaflow::script::compile`.
     pub code: String,
+    /// Whether it fails validation.
+    pub severity: Severity,
     /// The diagnostic's text, with its primary label when the label says more.
     pub message: String,
     /// The diagnostic's advice, if it has any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub help: Option<String>,
+    /// Every place the diagnostic marks, the primary one first (empty when it has no
+    /// place).
+    pub labels: Vec<Label>,
+}
+
+/// How bad a `Problem` is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    /// The flow set is invalid: it does not load or run.
+    Error,
+    /// Worth a look; the flow set still loads and runs.
+    Warning,
+}
+
+/// One place a `Problem` marks in a source file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Label {
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column, in characters.
+    pub column: usize,
+    /// What the label says there (`unknown key`, `first defined here`), if anything.
+    pub text: Option<String>,
 }
 
 /// Every error of `report` as a `Problem`, in the report's order.
@@ -797,35 +826,65 @@ pub fn problems(report: &FlowReport) -> Vec<Problem> {
     report.errors.iter().map(problem).collect()
 }
 
+/// Every warning as a `Problem`, in order.
+pub fn warning_problems(warnings: &[FlowWarning]) -> Vec<Problem> {
+    warnings
+        .iter()
+        .map(|warning| problem_of(warning, Severity::Warning, None))
+        .collect()
+}
+
 fn problem(error: &FlowError) -> Problem {
-    let label = primary_label(error);
-    let place = error
-        .source_code()
-        .zip(label.as_ref())
-        .and_then(|(source, label)| place(source, label.inner()));
-    let file = match error {
+    let path = match error {
         // About a path, not a place in a file's text.
         FlowError::PathNotFound { path }
         | FlowError::ReadFailed { path, .. }
         | FlowError::NoFlowFiles { path } => Some(path.clone()),
-        _ => place.as_ref().and_then(|p| p.file.clone()),
+        _ => None,
     };
+    problem_of(error, Severity::Error, path)
+}
+
+/// `diagnostic` as a `Problem`; `path`, when given, is its file (for problems about a
+/// path rather than a place in a file's text).
+fn problem_of(diagnostic: &dyn Diagnostic, severity: Severity, path: Option<PathBuf>) -> Problem {
+    let label = primary_label(diagnostic);
+    let source = diagnostic.source_code();
+    let primary = source
+        .zip(label.as_ref())
+        .and_then(|(source, label)| place(source, label.inner()));
+    let mut labels: Vec<LabeledSpan> = diagnostic.labels().into_iter().flatten().collect();
+    // The primary label first, the others in their order.
+    labels.sort_by_key(|l| !l.primary() && Some(l) != label.as_ref());
+    let labels = labels
+        .iter()
+        .filter_map(|l| {
+            let at = place(source?, l.inner())?;
+            Some(Label {
+                line: at.line,
+                column: at.column,
+                text: l.label().map(str::to_owned),
+            })
+        })
+        .collect();
     Problem {
-        file,
-        line: place.as_ref().map(|p| p.line),
-        column: place.as_ref().map(|p| p.column),
-        code: error.code().map_or_else(
+        file: path.or_else(|| primary.as_ref().and_then(|p| p.file.clone())),
+        line: primary.as_ref().map(|p| p.line),
+        column: primary.as_ref().map(|p| p.column),
+        code: diagnostic.code().map_or_else(
             || "edaflow::flow::invalid".to_owned(),
             |code| code.to_string(),
         ),
-        message: message(error, label.as_ref().and_then(LabeledSpan::label)),
-        help: error.help().map(|help| help.to_string()),
+        severity,
+        message: message(diagnostic, label.as_ref().and_then(LabeledSpan::label)),
+        help: diagnostic.help().map(|help| help.to_string()),
+        labels,
     }
 }
 
 /// The label marked primary, or else the first: the one the problem is about.
-fn primary_label(error: &FlowError) -> Option<LabeledSpan> {
-    let labels: Vec<LabeledSpan> = error.labels()?.collect();
+fn primary_label(diagnostic: &dyn Diagnostic) -> Option<LabeledSpan> {
+    let labels: Vec<LabeledSpan> = diagnostic.labels()?.collect();
     let primary = labels.iter().position(LabeledSpan::primary).unwrap_or(0);
     labels.into_iter().nth(primary)
 }
@@ -857,14 +916,14 @@ fn place(source: &dyn SourceCode, span: &SourceSpan) -> Option<Place> {
 
 /// The diagnostic's text, plus its label where the label adds to it ("expected an
 /// integer"), plus the chain of causes (an I/O error's reason).
-fn message(error: &FlowError, label: Option<&str>) -> String {
+fn message(error: &dyn Diagnostic, label: Option<&str>) -> String {
     let mut message = error.to_string();
     if let Some(label) = label.map(str::trim).filter(|l| !l.is_empty()) {
         if !message.to_lowercase().contains(&label.to_lowercase()) {
             message = format!("{message}: {label}");
         }
     }
-    let mut cause = std::error::Error::source(error);
+    let mut cause = error.source();
     while let Some(error) = cause {
         let text = error.to_string();
         if !message.contains(&text) {
@@ -999,8 +1058,14 @@ mod tests {
                 line: Some(6),
                 column: Some(3),
                 code: "edaflow::flow::unknown_key".to_owned(),
+                severity: Severity::Error,
                 message: "unknown key `scirpt` in `subscribers.w`".to_owned(),
                 help: Some("did you mean `script`?".to_owned()),
+                labels: vec![Label {
+                    line: 6,
+                    column: 3,
+                    text: Some("unknown key".to_owned()),
+                }],
             }
         );
     }
@@ -1042,16 +1107,67 @@ mod tests {
                 line: None,
                 column: None,
                 code: "edaflow::flow::path_not_found".to_owned(),
+                severity: Severity::Error,
                 message: "flow path /nonexistent/flows does not exist".to_owned(),
                 help: Some(
                     "give a flow file (`orders.toml`) or a folder of them (`flows/`)".to_owned()
                 ),
+                labels: Vec::new(),
             }]
         );
         let json = serde_json::to_value(&problems[0]).expect("serializes");
         assert_eq!(json["file"], "/nonexistent/flows");
         assert_eq!(json["line"], serde_json::Value::Null);
         assert_eq!(json["column"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn every_label_is_placed_primary_first() {
+        let text: Arc<str> = "[a]\nx = 1\n[a]\ny = 2\n".into();
+        let error = FlowError::Syntax {
+            reason: "duplicate key".to_owned(),
+            src: Arc::new(source_file("f.toml", text)),
+            span: (6 + 4, 3).into(),
+            label: "duplicate key",
+            first: Some((0, 3).into()),
+        };
+        let [problem] = problems(&FlowReport::new(&[], vec![error]))
+            .try_into()
+            .expect("one");
+        assert_eq!(
+            problem.labels,
+            [
+                Label {
+                    line: 3,
+                    column: 1,
+                    text: Some("duplicate key".to_owned())
+                },
+                Label {
+                    line: 1,
+                    column: 1,
+                    text: Some("first defined here".to_owned())
+                },
+            ]
+        );
+        let json = serde_json::to_value(&problem).expect("serializes");
+        assert_eq!(json["severity"], "error");
+        assert_eq!(json["labels"][1]["text"], "first defined here");
+    }
+
+    #[test]
+    fn warnings_are_problems_of_their_own_severity() {
+        let text: Arc<str> = "[stores.views]\n".into();
+        let warning = FlowWarning::StoreUnused {
+            store: "views".to_owned(),
+            src: Arc::new(source_file("f.toml", text)),
+            span: (8, 5).into(),
+        };
+        let [problem] = warning_problems(&[warning]).try_into().expect("one");
+        assert_eq!(problem.severity, Severity::Warning);
+        assert_eq!(problem.code, "edaflow::flow::store_unused");
+        assert_eq!((problem.line, problem.column), (Some(1), Some(9)));
+        assert_eq!(problem.file, Some(PathBuf::from("f.toml")));
+        assert!(problem.help.is_some_and(|h| h.contains("[stores.views]")));
     }
 
     #[test]

@@ -1,13 +1,18 @@
 //! The declared wiring of a flow set as a picture: producers, topics, subscribers, queues,
-//! relays, stores and chains, rendered as Mermaid or Graphviz dot. Only what the flow files
-//! declare is drawn (`emits` for handler outputs; store edges come from the scripts'
-//! `store("…")` calls); live counts can be laid over it.
+//! relays, stores and chains, rendered as Mermaid, Graphviz dot or JSON (`GraphJson`, a
+//! stable contract). Only what the flow files declare is drawn (`emits` for handler
+//! outputs), plus what the scripts plainly do: store edges from their `store("…")` calls,
+//! queue edges from their `enqueue("…", …)` calls (`ScriptFacts::enqueues`). Live counts
+//! can be laid over it.
 //!
 //! Pure: no I/O, no runtime. `edaflow graph` calls it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
+use serde::Serialize;
+
+use crate::flow::lint::Facts;
 use crate::flow::model::{FlowSet, ProducerKind, SubscriberInput};
 
 /// Output formats.
@@ -15,6 +20,8 @@ use crate::flow::model::{FlowSet, ProducerKind, SubscriberInput};
 pub enum GraphFormat {
     Mermaid,
     Dot,
+    /// `GraphJson`: nodes and edges with their kinds, for tools.
+    Json,
 }
 
 /// How a handler uses a store.
@@ -50,8 +57,10 @@ pub struct LiveCounts {
     pub subscribers: BTreeMap<String, u64>,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Kind {
+/// What a node is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeKind {
     Producer,
     Topic,
     Subscriber,
@@ -60,9 +69,59 @@ enum Kind {
     Store,
 }
 
+/// What an edge means.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EdgeKind {
+    /// A timer, lines or generator producer publishes to a topic.
+    Produces,
+    /// An HTTP producer ingests a topic that a subscriber reads and nothing declared
+    /// produces.
+    Ingests,
+    /// A topic (or pattern) delivers to a subscriber.
+    Subscribes,
+    /// A subscriber declares it emits a topic (`emits`).
+    Emits,
+    /// A subscriber's script enqueues to a queue (`enqueue("…", …)`).
+    Enqueues,
+    /// A queue feeds its subscriber.
+    Consumes,
+    /// A relay reads a topic, or moves what it read into a queue.
+    Relays,
+    /// A subscriber's script reads a store.
+    Reads,
+    /// A subscriber's script writes a store.
+    Writes,
+    /// One step of a chain to the next (the label is the chain's name).
+    Chain,
+    /// A chain's first step to its `on_timeout` topic.
+    ChainTimeout,
+}
+
+struct Node {
+    kind: NodeKind,
+    name: String,
+    /// Lines under the name (kind, role, settings), without the live count.
+    details: Vec<String>,
+    /// The live count and what it counts ("events", "handled").
+    count: Option<(u64, &'static str)>,
+}
+
+impl Node {
+    fn lines(&self) -> Vec<String> {
+        let mut lines = vec![self.name.clone()];
+        lines.extend(self.details.iter().cloned());
+        if let Some((n, what)) = self.count {
+            lines.push(format!("{n} {what}"));
+        }
+        lines
+    }
+}
+
 struct Graph {
-    nodes: BTreeMap<String, (Kind, String)>,
-    edges: BTreeSet<(String, String, String)>,
+    nodes: BTreeMap<String, Node>,
+    /// (from, to, label) with what the edge means.
+    edges: BTreeMap<(String, String, String), EdgeKind>,
 }
 
 fn id(kind: &str, name: &str) -> String {
@@ -74,30 +133,40 @@ fn id(kind: &str, name: &str) -> String {
 }
 
 impl Graph {
-    fn node(&mut self, kind: Kind, prefix: &str, name: &str, label: String) -> String {
+    fn node(&mut self, kind: NodeKind, prefix: &str, name: &str, details: &[&str]) -> String {
         let key = id(prefix, name);
-        self.nodes.entry(key.clone()).or_insert((kind, label));
+        self.nodes.entry(key.clone()).or_insert_with(|| Node {
+            kind,
+            name: name.to_owned(),
+            details: details.iter().map(|d| (*d).to_owned()).collect(),
+            count: None,
+        });
         key
     }
 
     fn topic(&mut self, name: &str, live: &LiveCounts) -> String {
-        let label = match live.topics.get(name) {
-            Some(n) => format!("{name}<br/>{n} events"),
-            None => name.to_owned(),
-        };
-        self.node(Kind::Topic, "topic", name, label)
+        let key = self.node(NodeKind::Topic, "topic", name, &[]);
+        if let (Some(n), Some(node)) = (live.topics.get(name), self.nodes.get_mut(&key)) {
+            node.count = Some((*n, "events"));
+        }
+        key
     }
 
-    fn edge(&mut self, from: &str, to: &str, label: &str) {
+    fn queue(&mut self, name: &str) -> String {
+        self.node(NodeKind::Queue, "queue", name, &["queue"])
+    }
+
+    fn edge(&mut self, from: &str, to: &str, label: &str, kind: EdgeKind) {
         self.edges
-            .insert((from.to_owned(), to.to_owned(), label.to_owned()));
+            .entry((from.to_owned(), to.to_owned(), label.to_owned()))
+            .or_insert(kind);
     }
 }
 
-fn build(flows: &FlowSet, live: &LiveCounts) -> Graph {
+fn build(flows: &FlowSet, facts: &Facts, live: &LiveCounts) -> Graph {
     let mut g = Graph {
         nodes: BTreeMap::new(),
-        edges: BTreeSet::new(),
+        edges: BTreeMap::new(),
     };
     // Topics produced by something declared; the rest of the consumed topics are fed from
     // outside (HTTP ingest, when there is an HTTP producer).
@@ -119,44 +188,37 @@ fn build(flows: &FlowSet, live: &LiveCounts) -> Graph {
                 (format!("generator x{}", gen.count), Some(gen.topic.clone()))
             }
         };
-        let node = g.node(
-            Kind::Producer,
-            "producer",
-            name,
-            format!("{name}<br/>{kind}"),
-        );
+        let node = g.node(NodeKind::Producer, "producer", name, &[&kind]);
         if let Some(topic) = topic {
             produced.insert(topic.clone());
             let t = g.topic(&topic, live);
-            g.edge(&node, &t, "");
+            g.edge(&node, &t, "", EdgeKind::Produces);
         }
     }
     for (name, relay) in &flows.relays {
-        let node = g.node(Kind::Relay, "relay", name, format!("{name}<br/>relay"));
+        let node = g.node(NodeKind::Relay, "relay", name, &["relay"]);
         let from = g.topic(relay.from.as_str(), live);
-        g.edge(&from, &node, "");
-        let queue = g.node(
-            Kind::Queue,
-            "queue",
-            &relay.to,
-            format!("{}<br/>queue", relay.to),
-        );
-        g.edge(&node, &queue, "");
+        g.edge(&from, &node, "", EdgeKind::Relays);
+        let queue = g.queue(&relay.to);
+        g.edge(&node, &queue, "", EdgeKind::Relays);
     }
     for (name, queue) in &flows.queues {
-        let mut label = format!("{name}<br/>queue");
+        let mut details = "queue".to_owned();
         if let Some(poll) = queue.poll {
-            let _ = write!(label, ", poll {}", crate::duration::format_duration(poll));
+            let _ = write!(details, ", poll {}", crate::duration::format_duration(poll));
         }
-        g.nodes.insert(id("queue", name), (Kind::Queue, label));
+        let key = g.queue(name);
+        if let Some(node) = g.nodes.get_mut(&key) {
+            node.details = vec![details];
+        }
     }
     for (name, store) in &flows.stores {
-        let label = if store.expose {
-            format!("{name}<br/>store, exposed")
+        let details = if store.expose {
+            "store, exposed"
         } else {
-            format!("{name}<br/>store")
+            "store"
         };
-        g.node(Kind::Store, "store", name, label);
+        g.node(NodeKind::Store, "store", name, &[details]);
     }
     let http_ingest: Vec<String> = flows
         .producers
@@ -165,41 +227,43 @@ fn build(flows: &FlowSet, live: &LiveCounts) -> Graph {
         .map(|(name, _)| id("producer", name))
         .collect();
     for (name, sub) in &flows.subscribers {
-        let mut label = name.clone();
-        if let Some(role) = &sub.role {
-            let _ = write!(label, "<br/>{role}");
+        let role: Vec<&str> = sub.role.iter().map(String::as_str).collect();
+        let node = g.node(NodeKind::Subscriber, "sub", name, &role);
+        if let (Some(n), Some(entry)) = (live.subscribers.get(name), g.nodes.get_mut(&node)) {
+            entry.count = Some((*n, "handled"));
         }
-        if let Some(n) = live.subscribers.get(name) {
-            let _ = write!(label, "<br/>{n} handled");
-        }
-        let node = g.node(Kind::Subscriber, "sub", name, label);
         match &sub.input {
             SubscriberInput::Topics(patterns) => {
                 for p in patterns {
                     let t = g.topic(p.as_str(), live);
-                    g.edge(&t, &node, "");
+                    g.edge(&t, &node, "", EdgeKind::Subscribes);
                     if p.is_literal() && !produced.contains(p.as_str()) {
                         for http in &http_ingest {
-                            g.edge(http, &t, "");
+                            g.edge(http, &t, "", EdgeKind::Ingests);
                         }
                     }
                 }
             }
             SubscriberInput::Queue(q) => {
-                let queue = g.node(Kind::Queue, "queue", q, format!("{q}<br/>queue"));
-                g.edge(&queue, &node, "");
+                let queue = g.queue(q);
+                g.edge(&queue, &node, "", EdgeKind::Consumes);
             }
         }
         for topic in &sub.emits {
             let t = g.topic(topic, live);
-            g.edge(&node, &t, "");
+            g.edge(&node, &t, "", EdgeKind::Emits);
+        }
+        let enqueues = facts.get(name).and_then(Option::as_ref);
+        for queue in enqueues.into_iter().flat_map(|f| &f.enqueues) {
+            let q = g.queue(queue);
+            g.edge(&node, &q, "", EdgeKind::Enqueues);
         }
         if let Some(script) = &sub.script {
             for store in flows.stores.keys() {
                 let s = id("store", store);
                 match store_use(&script.text, store) {
-                    Some(StoreUse::Writes) => g.edge(&node, &s, "writes"),
-                    Some(StoreUse::Reads) => g.edge(&s, &node, "reads"),
+                    Some(StoreUse::Writes) => g.edge(&node, &s, "writes", EdgeKind::Writes),
+                    Some(StoreUse::Reads) => g.edge(&s, &node, "reads", EdgeKind::Reads),
                     None => {}
                 }
             }
@@ -209,7 +273,7 @@ fn build(flows: &FlowSet, live: &LiveCounts) -> Graph {
         for pair in chain.steps.windows(2) {
             let from = g.topic(&pair[0], live);
             let to = g.topic(&pair[1], live);
-            g.edge(&from, &to, name);
+            g.edge(&from, &to, name, EdgeKind::Chain);
         }
         if let Some(on_timeout) = &chain.on_timeout {
             // A chain times out when its last step is not reached in time after its first.
@@ -222,32 +286,110 @@ fn build(flows: &FlowSet, live: &LiveCounts) -> Graph {
                 ),
                 None => format!("{name}: on timeout"),
             };
-            g.edge(&last, &t, &label);
+            g.edge(&last, &t, &label, EdgeKind::ChainTimeout);
         }
     }
     g
 }
 
-/// Renders the flow set's wiring.
-pub fn render(flows: &FlowSet, format: GraphFormat, live: &LiveCounts) -> String {
-    let g = build(flows, live);
+/// `edaflow graph --format json`. A stable contract: fields are only added, and a renamed
+/// or removed field is a changelog line.
+#[derive(Debug, Serialize)]
+pub struct GraphJson {
+    /// Every node, ordered by id.
+    pub nodes: Vec<GraphNode>,
+    /// Every edge, ordered by (from, to, label).
+    pub edges: Vec<GraphEdge>,
+}
+
+/// One node of `GraphJson`.
+#[derive(Debug, Serialize)]
+pub struct GraphNode {
+    /// Unique within the graph: the kind's prefix and the name with every character that
+    /// is not an ASCII letter or digit made `_` (`topic_orderCreated`, `sub_reserve`).
+    pub id: String,
+    pub kind: NodeKind,
+    /// The name as the flow files write it (a topic pattern for a pattern subscription).
+    pub name: String,
+    /// What the text formats print under the name (the producer's kind, the role, …).
+    pub details: Vec<String>,
+    /// Topics, with `--live`: events published.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub events: Option<u64>,
+    /// Subscribers, with `--live`: events handled.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub handled: Option<u64>,
+}
+
+/// One edge of `GraphJson`.
+#[derive(Debug, Serialize)]
+pub struct GraphEdge {
+    /// A node's `id`.
+    pub from: String,
+    /// A node's `id`.
+    pub to: String,
+    pub kind: EdgeKind,
+    /// The chain's name (`chain`), its timeout (`chain_timeout`), `reads`/`writes`, or
+    /// empty.
+    pub label: String,
+}
+
+/// The flow set's wiring as data (what `render` prints for `GraphFormat::Json`).
+pub fn to_json(flows: &FlowSet, facts: &Facts, live: &LiveCounts) -> GraphJson {
+    let g = build(flows, facts, live);
+    GraphJson {
+        nodes: g
+            .nodes
+            .into_iter()
+            .map(|(id, node)| GraphNode {
+                id,
+                kind: node.kind,
+                name: node.name,
+                details: node.details,
+                events: node.count.filter(|c| c.1 == "events").map(|c| c.0),
+                handled: node.count.filter(|c| c.1 == "handled").map(|c| c.0),
+            })
+            .collect(),
+        edges: g
+            .edges
+            .into_iter()
+            .map(|((from, to, label), kind)| GraphEdge {
+                from,
+                to,
+                kind,
+                label,
+            })
+            .collect(),
+    }
+}
+
+/// Renders the flow set's wiring. `facts` are the subscribers' script facts (for the
+/// `enqueue` edges); an empty map draws none.
+pub fn render(flows: &FlowSet, facts: &Facts, format: GraphFormat, live: &LiveCounts) -> String {
+    if format == GraphFormat::Json {
+        let json = to_json(flows, facts, live);
+        let mut out = serde_json::to_string_pretty(&json).unwrap_or_default();
+        out.push('\n');
+        return out;
+    }
+    let g = build(flows, facts, live);
     let mut out = String::new();
     match format {
-        GraphFormat::Mermaid => {
+        GraphFormat::Mermaid | GraphFormat::Json => {
             out.push_str("flowchart LR\n");
-            for (key, (kind, label)) in &g.nodes {
-                let label = label.replace('"', "'");
-                let shape = match kind {
-                    Kind::Producer => format!("{key}[/\"{label}\"/]"),
-                    Kind::Topic => format!("{key}([\"{label}\"])"),
-                    Kind::Subscriber => format!("{key}[\"{label}\"]"),
-                    Kind::Queue => format!("{key}[(\"{label}\")]"),
-                    Kind::Relay => format!("{key}{{{{\"{label}\"}}}}"),
-                    Kind::Store => format!("{key}[(\"{label}\")]"),
+            for (key, node) in &g.nodes {
+                let label = node.lines().join("<br/>").replace('"', "'");
+                let shape = match node.kind {
+                    NodeKind::Producer => format!("{key}[/\"{label}\"/]"),
+                    NodeKind::Topic => format!("{key}([\"{label}\"])"),
+                    NodeKind::Subscriber => format!("{key}[\"{label}\"]"),
+                    NodeKind::Queue => format!("{key}[(\"{label}\")]"),
+                    NodeKind::Relay => format!("{key}{{{{\"{label}\"}}}}"),
+                    NodeKind::Store => format!("{key}[(\"{label}\")]"),
                 };
                 let _ = writeln!(out, "  {shape}");
             }
-            for (from, to, label) in &g.edges {
+            for (from, to, label) in g.edges.keys() {
                 if label.is_empty() {
                     let _ = writeln!(out, "  {from} --> {to}");
                 } else {
@@ -257,18 +399,18 @@ pub fn render(flows: &FlowSet, format: GraphFormat, live: &LiveCounts) -> String
         }
         GraphFormat::Dot => {
             out.push_str("digraph edaflow {\n  rankdir=LR;\n  node [fontname=\"Helvetica\"];\n");
-            for (key, (kind, label)) in &g.nodes {
-                let shape = match kind {
-                    Kind::Producer => "parallelogram",
-                    Kind::Topic => "ellipse",
-                    Kind::Subscriber => "box",
-                    Kind::Queue | Kind::Store => "cylinder",
-                    Kind::Relay => "hexagon",
+            for (key, node) in &g.nodes {
+                let shape = match node.kind {
+                    NodeKind::Producer => "parallelogram",
+                    NodeKind::Topic => "ellipse",
+                    NodeKind::Subscriber => "box",
+                    NodeKind::Queue | NodeKind::Store => "cylinder",
+                    NodeKind::Relay => "hexagon",
                 };
-                let label = label.replace("<br/>", "\\n").replace('"', "\\\"");
+                let label = node.lines().join("\\n").replace('"', "\\\"");
                 let _ = writeln!(out, "  {key} [shape={shape}, label=\"{label}\"];");
             }
-            for (from, to, label) in &g.edges {
+            for (from, to, label) in g.edges.keys() {
                 if label.is_empty() {
                     let _ = writeln!(out, "  {from} -> {to};");
                 } else {
@@ -295,6 +437,112 @@ mod tests {
         load(&[root.join("flows/orders.toml")])
             .expect("the demo loads")
             .flows
+    }
+
+    fn render(flows: &FlowSet, format: GraphFormat, live: &LiveCounts) -> String {
+        super::render(flows, &Facts::new(), format, live)
+    }
+
+    /// A handler that enqueues (from its script only: nothing declares it), and the
+    /// queue's worker.
+    fn enqueuing() -> (tempfile::TempDir, crate::runtime::Prepared) {
+        let dir = tempfile::TempDir::new().expect("temp dir");
+        let flow = "[flow]\nname = \"q\"\n\n[queues.shipping]\n\n[producers.api]\nkind = \"http\"\nlisten = \"127.0.0.1:0\"\n\n[subscribers.take]\ntopic = \"orderCreated\"\nscript = \"take.rhai\"\n\n[subscribers.ship]\nqueue = \"shipping\"\n";
+        std::fs::write(dir.path().join("flow.toml"), flow).expect("write");
+        std::fs::write(
+            dir.path().join("take.rhai"),
+            "if event.data.rush { enqueue(\"shipping\", event.data); } else { enqueue(\"shipping\", event.data, \"1h\"); }\n",
+        )
+        .expect("write");
+        let prepared = crate::runtime::prepare(&[dir.path().join("flow.toml")])
+            .unwrap_or_else(|report| panic!("{report:?}"));
+        (dir, prepared)
+    }
+
+    #[test]
+    fn enqueue_calls_are_drawn_in_every_format() {
+        let (_dir, prepared) = enqueuing();
+        let facts = prepared.facts();
+        let none = LiveCounts::default();
+        let mermaid = super::render(&prepared.flows, &facts, GraphFormat::Mermaid, &none);
+        assert!(
+            mermaid
+                .lines()
+                .any(|l| l == "  sub_take --> queue_shipping"),
+            "{mermaid}"
+        );
+        assert!(
+            mermaid
+                .lines()
+                .any(|l| l == "  queue_shipping --> sub_ship"),
+            "{mermaid}"
+        );
+        let dot = super::render(&prepared.flows, &facts, GraphFormat::Dot, &none);
+        assert!(dot.contains("  sub_take -> queue_shipping;"), "{dot}");
+        let json = to_json(&prepared.flows, &facts, &none);
+        let edge = json
+            .edges
+            .iter()
+            .find(|e| e.from == "sub_take" && e.to == "queue_shipping")
+            .unwrap_or_else(|| panic!("no enqueue edge in {json:#?}"));
+        assert_eq!(edge.kind, EdgeKind::Enqueues);
+        // Without the facts there is no such edge.
+        let bare = render(&prepared.flows, GraphFormat::Mermaid, &none);
+        assert!(!bare.contains("sub_take --> queue_shipping"), "{bare}");
+    }
+
+    #[test]
+    fn json_names_every_node_and_edge_with_its_kind() {
+        let live = LiveCounts {
+            topics: [("orderCreated".to_owned(), 7)].into(),
+            subscribers: [("ship_order".to_owned(), 5)].into(),
+        };
+        let value =
+            serde_json::to_value(to_json(&orders(), &Facts::new(), &live)).expect("serializes");
+        let nodes = value["nodes"].as_array().expect("nodes");
+        let node = |id: &str| {
+            nodes
+                .iter()
+                .find(|n| n["id"] == id)
+                .unwrap_or_else(|| panic!("no node {id} in {value:#}"))
+        };
+        assert_eq!(node("producer_api")["kind"], "producer");
+        assert_eq!(node("producer_api")["details"][0], "http 127.0.0.1:3000");
+        assert_eq!(node("topic_orderCreated")["kind"], "topic");
+        assert_eq!(node("topic_orderCreated")["events"], 7);
+        assert_eq!(node("sub_ship_order")["kind"], "subscriber");
+        assert_eq!(node("sub_ship_order")["handled"], 5);
+        assert!(node("sub_ship_order").get("events").is_none());
+        let edges = value["edges"].as_array().expect("edges");
+        let kind_of = |from: &str, to: &str| {
+            edges
+                .iter()
+                .find(|e| e["from"] == from && e["to"] == to)
+                .map(|e| e["kind"].clone())
+                .unwrap_or_else(|| panic!("no edge {from} -> {to} in {value:#}"))
+        };
+        assert_eq!(kind_of("producer_api", "topic_orderCreated"), "ingests");
+        assert_eq!(
+            kind_of("topic_orderCreated", "sub_reserve_inventory"),
+            "subscribes"
+        );
+        assert_eq!(
+            kind_of("sub_reserve_inventory", "topic_inventoryReserved"),
+            "emits"
+        );
+        assert_eq!(
+            kind_of("topic_orderCreated", "topic_inventoryReserved"),
+            "chain"
+        );
+        assert_eq!(
+            kind_of("topic_orderCreated", "topic_orderStalled"),
+            "chain_timeout"
+        );
+        // Every edge joins two nodes.
+        for edge in edges {
+            node(edge["from"].as_str().expect("from"));
+            node(edge["to"].as_str().expect("to"));
+        }
     }
 
     #[test]

@@ -24,6 +24,9 @@ pub struct ScriptFacts {
     /// The script may use stores the tree does not show: `store(name)` of a variable, or a
     /// call into an imported module.
     pub stores_unknown: bool,
+    /// Every queue named by a string literal in an `enqueue("…", …)` call of code that can
+    /// run (`edaflow graph` draws these edges). A computed queue name is not listed.
+    pub enqueues: BTreeSet<String>,
 }
 
 /// Whether, and how, a script calls `reply`.

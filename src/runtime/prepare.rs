@@ -23,6 +23,27 @@ pub struct Prepared {
     pub module_texts: BTreeMap<PathBuf, Arc<str>>,
 }
 
+impl Prepared {
+    /// What each subscriber's script does (`flow::lint::Facts`), by subscriber name.
+    pub fn facts(&self) -> crate::flow::lint::Facts {
+        script_facts(&self.flows, &self.scripts)
+    }
+}
+
+/// The facts of each subscriber's compiled script, by subscriber name.
+fn script_facts(flows: &FlowSet, scripts: &CompiledScripts) -> crate::flow::lint::Facts {
+    flows
+        .subscribers
+        .iter()
+        .filter(|(_, s)| s.script.is_some())
+        .map(|(name, _)| {
+            let key = format!("subscribers.{name}");
+            let facts = scripts.by_component.get(&key).and_then(|s| s.facts.clone());
+            (name.clone(), facts)
+        })
+        .collect()
+}
+
 /// Loads flow files and folders, compiles their scripts and lints the two together.
 ///
 /// # Errors
@@ -55,17 +76,7 @@ pub fn prepare_after(
     let scripts = compile_set_reusing(&loaded.flows, reuse)
         .map_err(|errors| FlowReport::new(&names, errors))?;
     // The CQRS lint, on what the compiled handlers do.
-    let facts: crate::flow::lint::Facts = loaded
-        .flows
-        .subscribers
-        .iter()
-        .filter(|(_, s)| s.script.is_some())
-        .map(|(name, _)| {
-            let key = format!("subscribers.{name}");
-            let facts = scripts.by_component.get(&key).and_then(|s| s.facts.clone());
-            (name.clone(), facts)
-        })
-        .collect();
+    let facts = script_facts(&loaded.flows, &scripts);
     let mut warnings = loaded.warnings.clone();
     warnings.extend(
         crate::flow::lint::lint(&loaded, &facts)

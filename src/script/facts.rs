@@ -1,6 +1,7 @@
 //! What a handler script does, read off its Rhai syntax tree without running it: whether
-//! its `reply` calls can run, and which state stores it reads and writes. The flow lint
-//! (`flow::lint`) judges these facts; this module only finds them.
+//! its `reply` calls can run, which state stores it reads and writes, and which queues it
+//! enqueues to. The flow lint (`flow::lint`) judges these facts and `edaflow graph` draws
+//! them; this module only finds them.
 //!
 //! The analysis is deliberately conservative. It reads the tree `script::compile` makes
 //! before optimizing (imports are not followed, dead code is still there to see) and answers
@@ -22,6 +23,7 @@ pub fn of(ast: &AST) -> ScriptFacts {
         reply: reply_fact(ast),
         stores,
         stores_unknown,
+        enqueues: enqueues(ast),
     }
 }
 
@@ -260,6 +262,50 @@ fn exits(stmt: &Stmt) -> Option<&'static str> {
 
 fn is_fail(call: &FnCallExpr) -> bool {
     call.name == "fail" && call.namespace.is_empty()
+}
+
+/// The queues named by a literal in the `enqueue` calls of code that can run, in the main
+/// body or in a function (wherever that function is called from).
+fn enqueues(ast: &AST) -> BTreeSet<String> {
+    let mut queues = BTreeSet::new();
+    enqueues_in(&ast.clone_statements_only(), &mut queues);
+    for f in ast.iter_functions() {
+        let (name, arity) = (f.name.to_owned(), f.params.len());
+        let mut one = ast.clone_functions_only();
+        one.retain_functions(|_, _, n, a| n == name && a == arity);
+        enqueues_in(&one, &mut queues);
+    }
+    queues
+}
+
+/// Adds the literal `enqueue` targets of one body (an AST holding only the main statements,
+/// or only one function) to `queues`.
+fn enqueues_in(ast: &AST, queues: &mut BTreeSet<String>) {
+    let mut exited: Option<&'static str> = None;
+    let mut top_dead = false;
+    ast.walk(&mut |path: &[ASTNode]| {
+        if let [ASTNode::Stmt(top)] = path {
+            top_dead = exited.is_some();
+            if exited.is_none() {
+                exited = exits(top);
+            }
+        }
+        let Some(node) = path.last() else {
+            return true;
+        };
+        if let ASTNode::Expr(Expr::FnCall(call, _)) | ASTNode::Stmt(Stmt::FnCall(call, _)) = node {
+            let literal = match call.args.first() {
+                Some(Expr::StringConstant(queue, _)) => Some(queue),
+                _ => None,
+            };
+            if let Some(queue) = literal.filter(|_| call.name == "enqueue") {
+                if call.namespace.is_empty() && !top_dead && dead_in(path).is_none() {
+                    queues.insert(queue.to_string());
+                }
+            }
+        }
+        true
+    });
 }
 
 /// Which stores the script opens by literal name and what it does with them.
@@ -511,6 +557,32 @@ mod tests {
         assert_eq!(uses["orders"], used(Use::Yes, Use::Maybe));
         let (uses, _) = stores("let o = store(\"orders\");");
         assert_eq!(uses["orders"], used(Use::No, Use::No));
+    }
+
+    fn enqueued(text: &str) -> Vec<String> {
+        analyse(text)
+            .expect("parses")
+            .enqueues
+            .into_iter()
+            .collect()
+    }
+
+    #[test]
+    fn literal_enqueue_targets_of_live_code_are_listed() {
+        assert_eq!(
+            enqueued("enqueue(\"ship\", event.data);\nenqueue(\"remind\", event.data, \"30m\");"),
+            ["remind", "ship"]
+        );
+        assert_eq!(
+            enqueued("fn later(x) { enqueue(\"slow\", x) }\nif event.data.x { later(1); }"),
+            ["slow"]
+        );
+        // A computed name, dead code and another function's namesake are not.
+        assert!(enqueued("enqueue(event.data.queue, 1);").is_empty());
+        assert!(enqueued("return;\nenqueue(\"never\", 1);").is_empty());
+        assert!(enqueued("if false { enqueue(\"never\", 1); }").is_empty());
+        assert!(enqueued("import \"lib/q\" as q;\nq::enqueue(\"other\", 1);").is_empty());
+        assert!(enqueued("log(\"enqueue(\\\"no\\\", 1)\");").is_empty());
     }
 
     #[test]
