@@ -197,6 +197,9 @@ pub struct TraceEventJson {
     pub time: String,
     /// Milliseconds from its parent's time; `null` for a root.
     pub delta_ms: Option<f64>,
+    /// Its W3C `traceparent`; left out when it carries none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 impl TraceJson {
@@ -232,6 +235,7 @@ impl TraceJson {
                 generation: e.generation,
                 time: humantime::format_rfc3339_micros(e.time).to_string(),
                 delta_ms: parent_time.map(|p| delta_ms(p, e.time)),
+                traceparent: e.traceparent.clone(),
             });
             let children = entries
                 .iter()
@@ -280,6 +284,7 @@ mod tests {
             emitted_by: "x".into(),
             generation: cause.map(|_| 2),
             time: SystemTime::UNIX_EPOCH + Duration::from_millis(ms),
+            traceparent: None,
         }
     }
 
