@@ -47,7 +47,7 @@ pub fn document(flows: &FlowSet) -> Value {
         add_topic(&mut channels, topic);
     }
     for producer in flows.producers.values() {
-        if let Some(topic) = producer_topic(&producer.kind) {
+        if let Some(topic) = producer.kind.topic() {
             add_topic(&mut channels, topic);
         }
     }
@@ -182,7 +182,7 @@ pub fn document(flows: &FlowSet) -> Value {
                 }
             }
             kind => {
-                if let Some(topic) = producer_topic(kind) {
+                if let Some(topic) = kind.topic() {
                     let description = format!("The `{name}` producer publishes on `{topic}`.");
                     operation(
                         format!("{name}.send"),
@@ -265,14 +265,4 @@ pub fn document(flows: &FlowSet) -> Value {
         document["components"]["schemas"] = Value::Object(schemas);
     }
     document
-}
-
-/// The topic a non-HTTP producer publishes on, when it has a fixed one.
-fn producer_topic(kind: &ProducerKind) -> Option<&str> {
-    match kind {
-        ProducerKind::Http(_) => None,
-        ProducerKind::Interval(p) => p.topic.as_deref(),
-        ProducerKind::Lines(p) => Some(&p.topic),
-        ProducerKind::Generator(p) => Some(&p.topic),
-    }
 }

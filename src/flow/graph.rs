@@ -177,21 +177,18 @@ fn build(flows: &FlowSet, facts: &Facts, live: &LiveCounts) -> Graph {
         .chain(flows.chains.values().filter_map(|c| c.on_timeout.clone()))
         .collect();
     for (name, producer) in &flows.producers {
-        let (kind, topic) = match &producer.kind {
-            ProducerKind::Http(h) => (format!("http {}", h.listen), None),
-            ProducerKind::Interval(i) => (
-                format!("every {}", crate::duration::format_duration(i.every)),
-                i.topic.clone(),
-            ),
-            ProducerKind::Lines(l) => ("lines".to_owned(), Some(l.topic.clone())),
-            ProducerKind::Generator(gen) => {
-                (format!("generator x{}", gen.count), Some(gen.topic.clone()))
+        let kind = match &producer.kind {
+            ProducerKind::Http(h) => format!("http {}", h.listen),
+            ProducerKind::Interval(i) => {
+                format!("every {}", crate::duration::format_duration(i.every))
             }
+            ProducerKind::Lines(_) => "lines".to_owned(),
+            ProducerKind::Generator(gen) => format!("generator x{}", gen.count),
         };
         let node = g.node(NodeKind::Producer, "producer", name, &[&kind]);
-        if let Some(topic) = topic {
-            produced.insert(topic.clone());
-            let t = g.topic(&topic, live);
+        if let Some(topic) = producer.kind.topic() {
+            produced.insert(topic.to_owned());
+            let t = g.topic(topic, live);
             g.edge(&node, &t, "", EdgeKind::Produces);
         }
     }

@@ -84,6 +84,19 @@ pub enum ProducerKind {
     Generator(GeneratorProducer),
 }
 
+impl ProducerKind {
+    /// The topic the producer publishes on, when it has a fixed one (an `http` producer
+    /// takes the topic from each request; an `interval` one may name none).
+    pub fn topic(&self) -> Option<&str> {
+        match self {
+            ProducerKind::Http(_) => None,
+            ProducerKind::Interval(p) => p.topic.as_deref(),
+            ProducerKind::Lines(p) => Some(&p.topic),
+            ProducerKind::Generator(p) => Some(&p.topic),
+        }
+    }
+}
+
 /// `kind = "http"`: the ingest API.
 #[derive(Clone, Debug, PartialEq)]
 pub struct HttpProducer {
