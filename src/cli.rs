@@ -366,6 +366,18 @@ pub struct RunArgs {
         help_heading = "Broker"
     )]
     pub namespace: Option<String>,
+    /// Redis: spread the namespace over N shards, each in a cluster slot of its own (on a
+    /// Redis Cluster, one per master spreads one flow set over all of them). Every process
+    /// of a flow set must give the same N; see docs/redis.md, "Redis Cluster".
+    #[arg(
+        long,
+        value_name = "N",
+        env = "EDAFLOW_SHARDS",
+        default_value_t = 1,
+        value_parser = clap::value_parser!(u16).range(1..=64),
+        help_heading = "Broker"
+    )]
+    pub shards: u16,
     /// Redis: how long an event may stay with an unresponsive process before another
     /// process claims it (keep it above the slowest handler).
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration_arg, help_heading = "Broker")]

@@ -162,6 +162,7 @@ fn redis_options(args: &RunArgs, prepared: &Prepared) -> RedisOptions {
         response_timeout: args.redis_timeout,
         tls_ca: args.redis_ca.clone(),
         unread_retention: Some(args.unread_retention).filter(|retention| !retention.is_zero()),
+        shards: usize::from(args.shards),
         ..RedisOptions::default()
     }
 }

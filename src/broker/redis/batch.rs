@@ -92,6 +92,31 @@ impl Batcher {
     }
 }
 
+/// Runs `ops` in one script run of their own, outside the batcher, and returns one reply
+/// per operation: for callers whose operations must land in one run or not at all (a
+/// shard's outbox forwarded in order, see `spread`).
+pub(super) async fn run_once(
+    node: &cluster::Node,
+    prefix: &str,
+    ops: &[OpArgs],
+) -> Result<Vec<Value>, BrokerError> {
+    let mut invocation = scripts::BATCH.prepare_invoke();
+    invocation.arg(prefix).arg(ops.len());
+    for op in ops {
+        for arg in &op.args {
+            invocation.arg(&arg[..]);
+        }
+    }
+    match invocation
+        .invoke_async::<Value>(&mut node.conn())
+        .await
+        .map_err(unavailable)?
+    {
+        Value::Array(replies) if replies.len() == ops.len() => Ok(replies),
+        other => Err(unexpected("one reply per operation of a batch", &other)),
+    }
+}
+
 async fn run(node: Arc<cluster::Node>, prefix: String, most: usize, mut ops: mpsc::Receiver<Op>) {
     let prefix: Arc<str> = prefix.into();
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));

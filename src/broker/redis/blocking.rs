@@ -14,7 +14,7 @@ use redis::aio::{ConnectionManager, MultiplexedConnection};
 use redis::Value;
 
 use super::failure::unavailable;
-use super::RedisBroker;
+use super::ShardBroker;
 use crate::broker::BrokerError;
 
 /// A connection of its own for blocking reads, with its `CLIENT ID`.
@@ -34,7 +34,7 @@ pub(super) enum Ended {
 }
 
 impl BlockingConn {
-    pub(super) async fn open(broker: &RedisBroker) -> Result<Self, BrokerError> {
+    pub(super) async fn open(broker: &ShardBroker) -> Result<Self, BrokerError> {
         let mut conn = broker.dedicated().await?;
         let id: i64 = redis::cmd("CLIENT")
             .arg("ID")

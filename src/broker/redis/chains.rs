@@ -23,7 +23,7 @@ use redis::{Script, Value};
 use super::failure::{unavailable, unexpected};
 use super::reply::{int, items, text};
 use super::scripts::script;
-use super::RedisBroker;
+use super::ShardBroker;
 use crate::broker::capability::BoxFuture;
 use crate::broker::{BrokerError, ChainCounts, ChainSpec, ChainStep, ExpiredChain, SharedChains};
 use crate::event::Event;
@@ -129,7 +129,7 @@ return out
     )
 });
 
-impl RedisBroker {
+impl ShardBroker {
     pub(super) async fn observe_chain(
         &self,
         chain: &ChainSpec,
@@ -282,7 +282,7 @@ impl RedisBroker {
     }
 }
 
-impl SharedChains for RedisBroker {
+impl SharedChains for ShardBroker {
     fn observe<'a>(
         &'a self,
         chain: &'a ChainSpec,

@@ -19,10 +19,10 @@ use std::time::Duration;
 use redis::{AsyncConnectionConfig, Value};
 use tracing::{debug, info, Instrument};
 
-use super::{defaults, failure, Inner, RedisBroker};
+use super::{defaults, failure, Inner, ShardBroker};
 use crate::broker::{BrokerError, ServerFailure};
 
-/// The circuit breaker's state (see `RedisBroker::circuit`).
+/// The circuit breaker's state (see `ShardBroker::circuit`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CircuitState {
     /// Commands are refused at once until a probe gets an answer.
@@ -143,10 +143,10 @@ impl Circuit {
     }
 }
 
-impl RedisBroker {
+impl ShardBroker {
     /// Whether the circuit is open, how many times it opened, and how many commands it
     /// refused at once (for tests and tools).
-    pub fn circuit(&self) -> CircuitState {
+    pub(crate) fn circuit(&self) -> CircuitState {
         let circuit = &self.inner.circuit;
         CircuitState {
             open: circuit.is_open(),
@@ -197,7 +197,7 @@ async fn run_probe(weak: Weak<Inner>) {
     loop {
         tokio::time::sleep(PROBE_EVERY).await;
         let Some(inner) = weak.upgrade() else { return };
-        let broker = RedisBroker { inner };
+        let broker = ShardBroker { inner };
         let circuit = &broker.inner.circuit;
         if !circuit.is_open() {
             circuit.stop_probing();

@@ -18,7 +18,7 @@ use tracing::debug;
 use super::failure::{unavailable, unexpected};
 use super::keys::QUEUE_GROUP;
 use super::reply::{count, head, items, nth, text};
-use super::{batch, defaults, replies, scripts, wire, RedisBroker};
+use super::{batch, defaults, replies, scripts, wire, ShardBroker};
 use crate::broker::{Backpressure, Broker, BrokerError, Delivery, Effects};
 use crate::event::Event;
 use crate::store::StoreOp;
@@ -26,8 +26,33 @@ use crate::store::StoreOp;
 /// What a commit with no delivery to ack passes as its ack: kind `-`, nothing else.
 pub(super) const NO_ACK: [&str; 4] = ["-", "", "", ""];
 
+/// What a commit on a spread namespace writes for other shards (see `spread`): outbox
+/// entries (destination shard, body), and whether its dead letter's topic lies on another
+/// shard (then the dead letter is kept here and published there, through the outbox).
+#[derive(Default)]
+pub(crate) struct Outbound {
+    pub(crate) entries: Vec<(usize, String)>,
+    pub(crate) dead_elsewhere: bool,
+}
+
+impl Outbound {
+    fn is_empty(&self) -> bool {
+        self.entries.is_empty() && !self.dead_elsewhere
+    }
+}
+
+/// What one forward from another shard's outbox came to (see `ShardBroker::forward`).
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Forwarded {
+    /// Landed now, or before (the watermark was past it).
+    Landed,
+    /// Refused here (a queue unknown or full, Redis out of memory), or waiting behind a
+    /// refused one of the same outbox: to be tried again, in order.
+    Refused(String),
+}
+
 /// A delay in whole ms, refusing what a Lua number cannot add exactly.
-fn delay_ms(delay: Duration) -> Result<u64, BrokerError> {
+pub(crate) fn delay_ms(delay: Duration) -> Result<u64, BrokerError> {
     const MAX_MS: u128 = 1 << 52;
     let ms = delay.as_millis();
     if ms > MAX_MS {
@@ -61,7 +86,7 @@ impl Position {
     }
 }
 
-impl RedisBroker {
+impl ShardBroker {
     /// Where a delivery lives; `None` for a tag that is not a stream entry's.
     pub(super) fn position(&self, delivery: &Delivery) -> Option<Position> {
         let keys = &self.inner.keys;
@@ -160,12 +185,13 @@ impl RedisBroker {
         &self,
         ack: [&str; 4],
         effects: &Effects,
+        outbound: &Outbound,
     ) -> Result<(), BrokerError> {
         let heals = self.heals();
-        match self.run_commit_once(ack, effects).await {
+        match self.run_commit_once(ack, effects, outbound).await {
             Err(BrokerError::UnknownQueue { queue }) if self.declared_queue(&queue) => {
                 if self.state_check(heals).await? {
-                    self.run_commit_once(ack, effects).await
+                    self.run_commit_once(ack, effects, outbound).await
                 } else {
                     Err(BrokerError::UnknownQueue { queue })
                 }
@@ -174,7 +200,12 @@ impl RedisBroker {
         }
     }
 
-    async fn run_commit_once(&self, ack: [&str; 4], effects: &Effects) -> Result<(), BrokerError> {
+    async fn run_commit_once(
+        &self,
+        ack: [&str; 4],
+        effects: &Effects,
+        outbound: &Outbound,
+    ) -> Result<(), BrokerError> {
         // Every delay is checked before anything is sent (pub/sub effects go out first):
         // a commit refused for one must not have sent the rest.
         for (_, delay) in &effects.deferred {
@@ -185,17 +216,23 @@ impl RedisBroker {
         }
         let rest = wire::send_effects(self, effects).await?;
         let effects = rest.as_ref().unwrap_or(effects);
-        if let Some(done) = self.ack_only(ack, effects).await {
-            return done;
+        if outbound.is_empty() {
+            if let Some(done) = self.ack_only(ack, effects).await {
+                return done;
+            }
         }
+        let dead = effects
+            .dead_letter
+            .iter()
+            .filter(|_| !outbound.dead_elsewhere);
         let topics = effects
             .publish
             .iter()
             .chain(effects.deferred.iter().map(|(e, _)| e))
-            .chain(effects.dead_letter.iter())
+            .chain(dead)
             .map(|e| e.topic.as_str());
         self.ensure_topics(topics).await?;
-        let (op, local_reply) = self.commit_op(ack, effects)?;
+        let (op, local_reply) = self.commit_op(ack, effects, outbound)?;
         let reply = self.inner.batcher.run(op).await?;
         let reply = items(&reply)?;
         let outcome = head(reply)?;
@@ -217,6 +254,7 @@ impl RedisBroker {
         &self,
         ack: [&str; 4],
         effects: &'e Effects,
+        outbound: &Outbound,
     ) -> Result<(batch::OpArgs, Option<(&'e str, &'e replies::Answer)>), BrokerError> {
         let mut op = batch::OpArgs::new("c");
         for part in ack {
@@ -239,6 +277,7 @@ impl RedisBroker {
                 .owned(item.to_stored_json());
         }
         match &effects.dead_letter {
+            Some(dead) if outbound.dead_elsewhere => op.text("").owned(dead.to_stored_json()),
             Some(dead) => op.text(&dead.topic).owned(dead.to_stored_json()),
             None => op.text("").text(""),
         };
@@ -272,6 +311,10 @@ impl RedisBroker {
             None => {
                 op.text("").text("");
             }
+        }
+        op.num(outbound.entries.len());
+        for (shard, body) in &outbound.entries {
+            op.num(shard).text(body);
         }
         Ok((op, local_reply))
     }
@@ -311,7 +354,7 @@ fn commit_outcome(outcome: &str, reply: &[Value], entry: &str) -> Result<(), Bro
 /// topic, else through the batch script, which refuses it while a group reading the topic
 /// holds `group_capacity` entries (`Full`, or a wait with `Backpressure::Wait`).
 pub(super) async fn publish(
-    broker: &RedisBroker,
+    broker: &ShardBroker,
     event: Event,
     mode: Backpressure,
 ) -> Result<(), BrokerError> {
@@ -360,7 +403,7 @@ pub(super) async fn publish(
 /// none (through `Broker::publish`, guarded on its own), else a commit with nothing to ack
 /// that schedules it.
 pub(super) async fn publish_later(
-    broker: &RedisBroker,
+    broker: &ShardBroker,
     event: Event,
     delay: Duration,
 ) -> Result<(), BrokerError> {
@@ -371,25 +414,37 @@ pub(super) async fn publish_later(
         deferred: vec![(event, delay)],
         ..Effects::default()
     };
-    broker.run_commit(NO_ACK, &effects).await
+    broker
+        .run_commit(NO_ACK, &effects, &Outbound::default())
+        .await
 }
 
 /// Commits a handler run (see `Broker::commit`): its effects and the ack of its delivery.
 pub(super) async fn commit(
-    broker: &RedisBroker,
+    broker: &ShardBroker,
     delivery: &Delivery,
     effects: &Effects,
 ) -> Result<(), BrokerError> {
+    commit_outbound(broker, delivery, effects, &Outbound::default()).await
+}
+
+/// Commits a handler run with what it writes for other shards (see `spread`).
+pub(crate) async fn commit_outbound(
+    broker: &ShardBroker,
+    delivery: &Delivery,
+    effects: &Effects,
+    outbound: &Outbound,
+) -> Result<(), BrokerError> {
     match broker.position(delivery) {
-        Some(at) => broker.run_commit(at.ack(), effects).await,
-        None => broker.run_commit(NO_ACK, effects).await,
+        Some(at) => broker.run_commit(at.ack(), effects, outbound).await,
+        None => broker.run_commit(NO_ACK, effects, outbound).await,
     }
 }
 
 /// Gives a delivery back untouched (see `Broker::nack`): over the article's wire for one
 /// that came from it, else to its group's inbox or its queue's back stream, to be taken
 /// again first.
-pub(super) async fn nack(broker: &RedisBroker, delivery: Delivery) -> Result<(), BrokerError> {
+pub(super) async fn nack(broker: &ShardBroker, delivery: Delivery) -> Result<(), BrokerError> {
     if let Some(done) = wire::nack(broker, &delivery).await {
         return done;
     }

@@ -27,7 +27,7 @@ use tracing::warn;
 
 use super::failure::unavailable;
 use super::url::RedisUrl;
-use super::{defaults, RedisBroker};
+use super::{defaults, ShardBroker};
 use crate::broker::BrokerError;
 
 /// The client for `secret`, one seed of `url`: plain, or TLS verified against the system's
@@ -71,7 +71,7 @@ pub(super) fn client_for(
     })
 }
 
-impl RedisBroker {
+impl ShardBroker {
     /// The shared connection (reconnects by itself; see `cluster::Node`).
     pub(super) fn conn(&self) -> ConnectionManager {
         self.inner.node.conn()

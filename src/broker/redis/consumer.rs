@@ -1,6 +1,6 @@
 //! Consumers of the Redis broker: the handles workers read groups and queues through.
 //!
-//! A `RedisConsumer` is a handle on a reader task (see `reader`). Each `next()` sends the
+//! A `ShardConsumer` is a handle on a reader task (see `reader`). Each `next()` sends the
 //! task a request with a one-shot reply. If the caller stops waiting (its future is
 //! dropped, as a draining worker does), the reply cannot be delivered and the task gives
 //! the entry back with `nack`; an answer sent just before the caller stopped is given back
@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, Instrument};
 
 use super::reader::Reader;
-use super::RedisBroker;
+use super::ShardBroker;
 use crate::broker::{Broker, BrokerError, Consumer, Delivery};
 
 /// What a consumer reads.
@@ -40,18 +40,18 @@ pub(super) enum Request {
 }
 
 /// One consumer of a Redis group or queue (see the module docs).
-pub struct RedisConsumer {
+pub struct ShardConsumer {
     requests: mpsc::Sender<Request>,
-    broker: RedisBroker,
+    broker: ShardBroker,
 }
 
-impl RedisConsumer {
+impl ShardConsumer {
     /// A consumer served by another kind of reader task (`wire`).
     pub(super) fn from_requests(
         requests: mpsc::Sender<Request>,
-        broker: RedisBroker,
-    ) -> RedisConsumer {
-        RedisConsumer { requests, broker }
+        broker: ShardBroker,
+    ) -> ShardConsumer {
+        ShardConsumer { requests, broker }
     }
 }
 
@@ -61,7 +61,7 @@ impl RedisConsumer {
 /// instead, the guard gives it back at once.
 struct Awaiting<T: Handed> {
     answer: Option<oneshot::Receiver<Result<T, BrokerError>>>,
-    broker: RedisBroker,
+    broker: ShardBroker,
 }
 
 /// What an answer may hold to give back.
@@ -116,7 +116,7 @@ impl<T: Handed> Drop for Awaiting<T> {
     }
 }
 
-impl RedisBroker {
+impl ShardBroker {
     /// A consumer name unique in Redis: `{instance}-{n}`.
     pub(super) fn new_consumer_name(&self) -> String {
         let n = self.inner.consumers.fetch_add(1, Ordering::Relaxed);
@@ -127,11 +127,11 @@ impl RedisBroker {
 /// Starts one reader task serving `n` consumers (the workers of one subscriber): its
 /// fast reads fetch up to one entry for each consumer waiting (see `reader`).
 pub(crate) fn spawn(
-    broker: RedisBroker,
+    broker: ShardBroker,
     source: Source,
     name: String,
     n: usize,
-) -> Vec<RedisConsumer> {
+) -> Vec<ShardConsumer> {
     let (tx, rx) = mpsc::channel(n.max(1));
     let span = match &source {
         Source::Group(g) => tracing::debug_span!("redis_consumer", group = %g, consumer = %name),
@@ -141,14 +141,14 @@ pub(crate) fn spawn(
     // Tracked by ownership: the task ends when the consumers (its request senders) are gone.
     tokio::spawn(reader.run(rx).instrument(span));
     (0..n.max(1))
-        .map(|_| RedisConsumer {
+        .map(|_| ShardConsumer {
             requests: tx.clone(),
             broker: broker.clone(),
         })
         .collect()
 }
 
-impl Consumer for RedisConsumer {
+impl Consumer for ShardConsumer {
     async fn next(&mut self) -> Result<Delivery, BrokerError> {
         let (reply, answer) = oneshot::channel();
         let awaiting = Awaiting {

@@ -10,12 +10,12 @@ use tracing::warn;
 
 use super::failure::{unavailable, unexpected};
 use super::reply::{items, text};
-use super::RedisBroker;
+use super::ShardBroker;
 use crate::broker::{BrokerError, DeadFilter};
 use crate::event::Event;
 
 /// Every dead letter, with its entry id, oldest first.
-async fn read(broker: &RedisBroker) -> Result<Vec<(String, Event)>, BrokerError> {
+async fn read(broker: &ShardBroker) -> Result<Vec<(String, Event)>, BrokerError> {
     let entries: Value = redis::cmd("XRANGE")
         .arg(broker.inner.keys.dead())
         .arg("-")
@@ -54,7 +54,7 @@ async fn read(broker: &RedisBroker) -> Result<Vec<(String, Event)>, BrokerError>
 
 /// The dead letters `filter` selects, left in the store (see `Broker::dead_letters`).
 pub(super) async fn list(
-    broker: &RedisBroker,
+    broker: &ShardBroker,
     filter: &DeadFilter,
 ) -> Result<Vec<Event>, BrokerError> {
     Ok(read(broker)
@@ -68,7 +68,7 @@ pub(super) async fn list(
 /// Takes the dead letters `filter` selects out of the store (see
 /// `Broker::take_dead_letters`).
 pub(super) async fn take(
-    broker: &RedisBroker,
+    broker: &ShardBroker,
     filter: &DeadFilter,
 ) -> Result<Vec<Event>, BrokerError> {
     let selected: Vec<(String, Event)> = read(broker)

@@ -53,7 +53,7 @@ use tracing::{debug, error};
 use super::failure::unavailable;
 use super::groups::{parse_patterns, GroupRecord};
 use super::reply::{count, items, nth, text};
-use super::{outage, Inner, RedisBroker};
+use super::{outage, Inner, ShardBroker};
 use crate::broker::{BrokerError, QueueSpec, StateLoss};
 use crate::pattern::TopicPattern;
 
@@ -139,7 +139,7 @@ impl Epoch {
     }
 }
 
-impl RedisBroker {
+impl ShardBroker {
     /// Writes the marker unless it is there, bumps it, and takes in what it holds. At
     /// connect (`adopt`) and on heals the token read becomes this process's; at a
     /// declaration a token that is not ours is left for the watcher to find.
@@ -443,7 +443,7 @@ pub(super) async fn run(weak: Weak<Inner>) {
     let mut generation = None;
     loop {
         let Some(inner) = weak.upgrade() else { return };
-        let broker = RedisBroker { inner };
+        let broker = ShardBroker { inner };
         if !broker.inner.circuit.is_open() {
             let now = broker.inner.node.generation();
             if generation.is_some_and(|g| g != now) {
@@ -467,7 +467,7 @@ pub(super) async fn run(weak: Weak<Inner>) {
     }
 }
 
-impl RedisBroker {
+impl ShardBroker {
     /// While Redis is out of memory: one write that needs memory (adding nothing to the
     /// sequence), to learn whether Redis takes writes again.
     async fn probe_memory(&self) {

@@ -16,9 +16,9 @@ use std::collections::{HashMap, HashSet};
 use redis::Value;
 use tracing::warn;
 
-use super::consumer::{self, RedisConsumer};
+use super::consumer::{self, ShardConsumer};
 use super::failure::unavailable;
-use super::{scripts, wire, RedisBroker};
+use super::{scripts, wire, ShardBroker};
 use crate::broker::{BrokerError, GroupSpec, Removed};
 use crate::pattern::TopicPattern;
 
@@ -47,7 +47,7 @@ pub(super) fn parse_patterns(texts: &[String]) -> Vec<TopicPattern> {
         .collect()
 }
 
-impl RedisBroker {
+impl ShardBroker {
     /// Server time in unix ms.
     async fn server_ms(&self) -> Result<u64, BrokerError> {
         let (secs, micros): (u64, u64) = redis::cmd("TIME")
@@ -284,7 +284,7 @@ impl RedisBroker {
 /// while its patterns are unchanged), creates its inbox, hands what waits on streams it no
 /// longer reads to its inbox, and creates its XGROUP on every registered topic it reads,
 /// from now on.
-pub(super) async fn declare(broker: &RedisBroker, spec: &GroupSpec) -> Result<(), BrokerError> {
+pub(super) async fn declare(broker: &ShardBroker, spec: &GroupSpec) -> Result<(), BrokerError> {
     let keys = &broker.inner.keys;
     let now = broker.server_ms().await?;
     let mut conn = broker.conn();
@@ -358,7 +358,7 @@ pub(super) async fn declare(broker: &RedisBroker, spec: &GroupSpec) -> Result<()
 /// Removes a group (see `Broker::remove_group`): what waits for it, in its inbox and on its
 /// topic streams, goes to `successor` (a declared group other than itself) or is dropped.
 pub(super) async fn remove(
-    broker: &RedisBroker,
+    broker: &ShardBroker,
     name: &str,
     successor: Option<&str>,
 ) -> Result<Removed, BrokerError> {
@@ -413,10 +413,10 @@ pub(super) async fn remove(
 /// a group that reads pub/sub topics only (see `wire`), else `n` consumers sharing one
 /// reader (see `consumer`).
 pub(super) fn consumers(
-    broker: &RedisBroker,
+    broker: &ShardBroker,
     group: &str,
     n: usize,
-) -> Result<Vec<RedisConsumer>, BrokerError> {
+) -> Result<Vec<ShardConsumer>, BrokerError> {
     let n = n.max(1);
     if !broker.knows_group(group)? {
         return Err(BrokerError::UnknownGroup {

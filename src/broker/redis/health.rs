@@ -12,10 +12,10 @@
 use redis::Value;
 
 use super::failure::{self, unavailable};
-use super::{circuit, defaults, outage, RedisBroker};
+use super::{circuit, defaults, outage, ShardBroker};
 use crate::broker::{BrokerError, BrokerHealth, BrokerIncidents};
 
-impl RedisBroker {
+impl ShardBroker {
     /// Notes the outcome of a command for the outage log, the circuit, the out-of-memory
     /// episode and `/healthz`: an unreachable Redis is logged once per outage, and Redis
     /// out of memory once per episode, not once per failed command.
@@ -63,7 +63,7 @@ impl RedisBroker {
 }
 
 /// Whether Redis can serve requests now (see `Broker::health`).
-pub(super) async fn report(broker: &RedisBroker) -> BrokerHealth {
+pub(super) async fn report(broker: &ShardBroker) -> BrokerHealth {
     let inner = &broker.inner;
     let down_for = || {
         inner
@@ -111,7 +111,7 @@ pub(super) async fn report(broker: &RedisBroker) -> BrokerHealth {
 }
 
 /// What the broker noticed going wrong with Redis so far (see `Broker::incidents`).
-pub(super) fn incidents(broker: &RedisBroker) -> BrokerIncidents {
+pub(super) fn incidents(broker: &ShardBroker) -> BrokerIncidents {
     let inner = &broker.inner;
     BrokerIncidents {
         state_lost: inner.epoch.heals(),

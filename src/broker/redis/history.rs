@@ -13,7 +13,7 @@ use redis::{Script, Value};
 
 use super::failure::unavailable;
 use super::scripts::script;
-use super::RedisBroker;
+use super::ShardBroker;
 use crate::broker::capability::BoxFuture;
 use crate::broker::{BrokerError, SharedHistory};
 
@@ -56,7 +56,7 @@ return {'ok'}
     )
 });
 
-impl RedisBroker {
+impl ShardBroker {
     pub(super) async fn record_history_entries(
         &self,
         entries: &[(String, String)],
@@ -92,7 +92,7 @@ impl RedisBroker {
     }
 }
 
-impl SharedHistory for RedisBroker {
+impl SharedHistory for ShardBroker {
     fn record(&self, entries: Vec<(String, String)>) -> BoxFuture<'_, Result<(), BrokerError>> {
         Box::pin(self.guarded("history", async move {
             self.record_history_entries(&entries).await

@@ -31,6 +31,9 @@
 //! | `P seq` | counter | orders events across streams and equal due times |
 //! | `P epoch` | hash | the epoch marker: `token`, `n` (see `epoch`) |
 //! | `P processes` | hash | process id -> `{seen ms}\n{ProcessInfo JSON}`: the process registry (see `processes`) |
+//! | `P outbox` | stream | a spread namespace's effects bound for other shards (field `s`: shard, `b`: parcel; see `spread`) |
+//! | `P fwd:lease` | string | the process forwarding this shard's outbox (expires) |
+//! | `P fwd:{shard}` | string | the last outbox entry of shard `{shard}` that landed here |
 //! | channel `P tap` | pub/sub | every accepted event and queue item, while a tap listens |
 //! | channel `{topic}` | pub/sub | raw payloads of a `pubsub` topic (no prefix; see `wire`) |
 //! | `{list}` | list | raw payloads of a queue declared `list = "…"` (no prefix; see `wire`) |
@@ -167,6 +170,21 @@ impl Keys {
         format!("{}h:{correlation}", self.prefix)
     }
 
+    /// `P outbox`: effects of this shard's commits bound for other shards (see `spread`).
+    pub(super) fn outbox(&self) -> String {
+        self.named("outbox")
+    }
+
+    /// `P fwd:lease`: which process forwards this shard's outbox now.
+    pub(super) fn forward_lease(&self) -> String {
+        self.named("fwd:lease")
+    }
+
+    /// `P fwd:{shard}`: the last entry of shard `source`'s outbox that landed here.
+    pub(super) fn watermark(&self, source: usize) -> String {
+        format!("{}fwd:{source}", self.prefix)
+    }
+
     /// Channel `P reply:{instance}`: replies to one process's queries.
     pub(super) fn reply_channel(&self, instance: &str) -> String {
         format!("{}reply:{instance}", self.prefix)
@@ -201,6 +219,9 @@ mod tests {
             keys.chain("checkout"),
             keys.journey("c-1"),
             keys.reply_channel("42-ab"),
+            keys.outbox(),
+            keys.forward_lease(),
+            keys.watermark(2),
         ] {
             assert!(key.starts_with("edaflow:{orders}:"), "{key}");
         }

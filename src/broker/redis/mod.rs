@@ -1,7 +1,7 @@
 //! The Redis broker: the same contract as the memory broker, durable, and shared by any
 //! number of `edaflow` processes on one Redis, or on one master of a Redis Cluster.
 //!
-//! This module holds the `RedisBroker` type, its options and its `Broker` impl, which
+//! This module holds the `ShardBroker` type, its options and its `Broker` impl, which
 //! hands each method to the module that owns its concern:
 //!
 //! | module | owns |
@@ -163,6 +163,7 @@ mod replies;
 mod reply;
 mod retention;
 mod scripts;
+mod spread;
 mod stats;
 mod stored;
 mod stores;
@@ -190,8 +191,9 @@ use crate::pattern::TopicPattern;
 use crate::store::StoreRead;
 
 pub use circuit::CircuitState;
-pub use consumer::RedisConsumer;
+pub(crate) use consumer::ShardConsumer;
 pub use retention::TrimReport;
+pub use spread::{RedisBroker, RedisConsumer, MAX_SHARDS};
 pub use url::{BrokerUrl, RedisUrl, SecretUrl};
 
 /// Settings of the Redis broker.
@@ -237,6 +239,10 @@ pub struct RedisOptions {
     /// (see `retention`); `None` keeps them for ever. Default:
     /// `defaults::UNREAD_RETENTION`.
     pub unread_retention: Option<Duration>,
+    /// How many shards the namespace is spread over (see `spread`): 1 keeps every key in
+    /// one slot; on a Redis Cluster, one per master spreads the flow set over them. Every
+    /// process of a flow set must use the same. Default: 1.
+    pub shards: usize,
 }
 
 /// Every default is a named constant of `defaults`.
@@ -255,13 +261,15 @@ impl Default for RedisOptions {
             response_timeout: defaults::RESPONSE_TIMEOUT,
             tls_ca: None,
             unread_retention: Some(defaults::UNREAD_RETENTION),
+            shards: 1,
         }
     }
 }
 
-/// The Redis broker. Clones share one set of connections.
+/// The broker of one shard of a namespace: all its keys in one slot (see `spread` for the
+/// namespace spread over several). Clones share one set of connections.
 #[derive(Clone)]
-pub struct RedisBroker {
+pub(crate) struct ShardBroker {
     inner: Arc<Inner>,
 }
 
@@ -319,7 +327,7 @@ struct Inner {
     acks: batch::Acks,
 }
 
-impl RedisBroker {
+impl ShardBroker {
     /// Connects and starts the task that publishes deferred events when they fall due (it
     /// ends when the last clone of the broker is dropped). Must be called inside a tokio
     /// runtime. It does not wait for Redis: a server that is not there fails at once.
@@ -328,10 +336,10 @@ impl RedisBroker {
     /// `Connect` when Redis cannot be reached or refuses the password (the message never
     /// holds the password), `TlsCa` for an unusable CA file, `BadNamespace`, `BadUrl`, and
     /// `Cluster` when a cluster has no master for the namespace's slot.
-    pub async fn connect(
+    pub(crate) async fn connect(
         url: &RedisUrl,
         options: RedisOptions,
-    ) -> Result<RedisBroker, BrokerError> {
+    ) -> Result<ShardBroker, BrokerError> {
         let keys = keys::Keys::new(cluster::prefix(&options.namespace)?);
         let seeds = url
             .seeds()
@@ -395,7 +403,7 @@ impl RedisBroker {
             ));
         };
         inner.clock.learn(s * 1000 + us / 1000);
-        let broker = RedisBroker { inner };
+        let broker = ShardBroker { inner };
         match broker.mark_epoch(true).await {
             // Redis is full: the watcher writes the marker once it takes writes again.
             Err(BrokerError::OutOfMemory) => {
@@ -417,29 +425,29 @@ impl RedisBroker {
         let span = tracing::info_span!("redis_watcher", component = "broker");
         // Tracked by ownership: it holds a Weak and ends once the broker is gone.
         tokio::spawn(epoch::run(Arc::downgrade(&inner)).instrument(span));
-        Ok(RedisBroker { inner })
+        Ok(ShardBroker { inner })
     }
 
     /// The URL (password hidden when displayed).
-    pub fn url(&self) -> &RedisUrl {
+    pub(crate) fn url(&self) -> &RedisUrl {
         &self.inner.url
     }
 
     /// The key prefix, `edaflow:{namespace}:` (braces included).
-    pub fn prefix(&self) -> &str {
+    pub(crate) fn prefix(&self) -> &str {
         self.inner.keys.prefix()
     }
 
     /// On a Redis Cluster, the namespace's slot and the master serving it now.
-    pub fn cluster_slot(&self) -> Option<(u16, String)> {
+    pub(crate) fn cluster_slot(&self) -> Option<(u16, String)> {
         self.inner.node.cluster_slot()
     }
 }
 
 /// Each method is guarded by the circuit (see `health`) and handed to the module that owns
 /// its concern.
-impl Broker for RedisBroker {
-    type Consumer = RedisConsumer;
+impl Broker for ShardBroker {
+    type Consumer = ShardConsumer;
 
     fn kind(&self) -> &'static str {
         "redis"
@@ -468,14 +476,14 @@ impl Broker for RedisBroker {
             .await
     }
 
-    fn consumer(&self, group: &str) -> Result<RedisConsumer, BrokerError> {
+    fn consumer(&self, group: &str) -> Result<ShardConsumer, BrokerError> {
         Ok(self.consumers(group, 1)?.swap_remove(0))
     }
 
     /// The workers of one subscriber share one reader (see `consumer`'s module docs): one
     /// blocking read fetches an entry for each worker waiting, where one reader per worker
     /// would make Redis wake and answer each of them apart.
-    fn consumers(&self, group: &str, n: usize) -> Result<Vec<RedisConsumer>, BrokerError> {
+    fn consumers(&self, group: &str, n: usize) -> Result<Vec<ShardConsumer>, BrokerError> {
         groups::consumers(self, group, n)
     }
 
@@ -531,12 +539,12 @@ impl Broker for RedisBroker {
             .await
     }
 
-    fn queue_consumer(&self, queue: &str) -> Result<RedisConsumer, BrokerError> {
+    fn queue_consumer(&self, queue: &str) -> Result<ShardConsumer, BrokerError> {
         Ok(self.queue_consumers(queue, 1)?.swap_remove(0))
     }
 
     /// One reader for the workers of one subscriber, as `consumers`.
-    fn queue_consumers(&self, queue: &str, n: usize) -> Result<Vec<RedisConsumer>, BrokerError> {
+    fn queue_consumers(&self, queue: &str, n: usize) -> Result<Vec<ShardConsumer>, BrokerError> {
         queues::consumers(self, queue, n)
     }
 
@@ -589,7 +597,7 @@ impl Broker for RedisBroker {
     }
 }
 
-impl StoreReadAhead for RedisBroker {
+impl StoreReadAhead for ShardBroker {
     fn read_ahead(
         &self,
         wants: Vec<crate::store::StoreWant>,
@@ -607,7 +615,7 @@ impl StoreReadAhead for RedisBroker {
     }
 }
 
-impl Replies for RedisBroker {
+impl Replies for ShardBroker {
     fn reply_address(&self, id: &str) -> String {
         format!("{}/{id}", self.inner.instance)
     }
@@ -621,7 +629,7 @@ impl Replies for RedisBroker {
     }
 }
 
-impl RetryableCommit for RedisBroker {
+impl RetryableCommit for ShardBroker {
     fn commit_retryable<'a>(
         &'a self,
         delivery: &'a Delivery,

@@ -21,7 +21,7 @@ use tracing::debug;
 
 use super::failure::{unavailable, unexpected};
 use super::reply::{head, int, items, nth, text};
-use super::{blocking, outage, scripts, Inner, RedisBroker};
+use super::{blocking, outage, scripts, Inner, ShardBroker};
 use crate::broker::BrokerError;
 use crate::event::Event;
 
@@ -59,7 +59,7 @@ struct Moved {
 }
 
 /// One run of the mover's script; `None` when the queue is gone in Redis.
-async fn step(broker: &RedisBroker, moving: &Moving) -> Result<Option<Moved>, BrokerError> {
+async fn step(broker: &ShardBroker, moving: &Moving) -> Result<Option<Moved>, BrokerError> {
     let batch = broker.inner.options.mover_batch;
     let prefix = broker.inner.keys.prefix();
     let reply: Value = match moving {
@@ -119,7 +119,7 @@ pub(super) async fn run(weak: Weak<Inner>, moving: Moving) {
     let mut backoff = outage::BACKOFF_START;
     loop {
         let Some(inner) = weak.upgrade() else { return };
-        let broker = RedisBroker { inner };
+        let broker = ShardBroker { inner };
         if let Moving::Queue(queue) = &moving {
             let declared = broker
                 .inner

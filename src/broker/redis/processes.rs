@@ -20,7 +20,7 @@ use tracing::debug;
 use super::failure::{self, unavailable, unexpected};
 use super::reply::{count, items, text};
 use super::scripts::script;
-use super::RedisBroker;
+use super::ShardBroker;
 use crate::broker::capability::processes::GONE_AFTER;
 use crate::broker::capability::BoxFuture;
 use crate::broker::{BrokerError, ProcessInfo, Processes};
@@ -62,7 +62,7 @@ return live
     )
 });
 
-impl RedisBroker {
+impl ShardBroker {
     /// Runs one registry command through the circuit, waiting at most `response_timeout`.
     async fn registry<T>(
         &self,
@@ -139,7 +139,7 @@ impl RedisBroker {
     }
 }
 
-impl Processes for RedisBroker {
+impl Processes for ShardBroker {
     fn process_id(&self) -> &str {
         &self.inner.instance
     }

@@ -17,15 +17,15 @@ use redis::Value;
 use tracing::Instrument;
 
 use super::commit::NO_ACK;
-use super::consumer::{self, RedisConsumer};
+use super::consumer::{self, ShardConsumer};
 use super::failure::unavailable;
 use super::keys::QUEUE_GROUP;
 use super::mover::{self, Moving};
-use super::{scripts, wire, RedisBroker};
+use super::{scripts, wire, ShardBroker};
 use crate::broker::{BrokerError, Effects, QueueSpec, Removed};
 use crate::event::Event;
 
-impl RedisBroker {
+impl ShardBroker {
     /// Writes a queue's record and creates its ready and back streams with their XGROUP
     /// (nothing is created twice).
     pub(super) async fn create_queue(&self, spec: &QueueSpec) -> Result<(), BrokerError> {
@@ -120,7 +120,7 @@ impl RedisBroker {
 }
 
 /// Declares a queue (see `Broker::declare_queue`) and starts its mover in this process.
-pub(super) async fn declare(broker: &RedisBroker, spec: &QueueSpec) -> Result<(), BrokerError> {
+pub(super) async fn declare(broker: &ShardBroker, spec: &QueueSpec) -> Result<(), BrokerError> {
     if broker.inner.wire.list_of(&spec.name).is_some() {
         // A plain list needs no keys of edaflow's: it exists once something is pushed.
         broker
@@ -157,7 +157,7 @@ pub(super) async fn declare(broker: &RedisBroker, spec: &QueueSpec) -> Result<()
 /// Removes a queue (see `Broker::remove_queue`): its items go to `successor`, or are
 /// dropped.
 pub(super) async fn remove(
-    broker: &RedisBroker,
+    broker: &ShardBroker,
     name: &str,
     successor: Option<&str>,
 ) -> Result<Removed, BrokerError> {
@@ -203,7 +203,7 @@ pub(super) async fn remove(
 /// Enqueues one item, due after `delay` (see `Broker::enqueue`): a commit with nothing to
 /// ack.
 pub(super) async fn enqueue(
-    broker: &RedisBroker,
+    broker: &ShardBroker,
     queue: &str,
     item: Event,
     delay: Duration,
@@ -212,16 +212,18 @@ pub(super) async fn enqueue(
         enqueue: vec![(queue.to_owned(), item, delay)],
         ..Effects::default()
     };
-    broker.run_commit(NO_ACK, &effects).await
+    broker
+        .run_commit(NO_ACK, &effects, &super::commit::Outbound::default())
+        .await
 }
 
 /// The consumers of one subscriber of `queue` (see `Broker::queue_consumers`): list
 /// readers for a plain-list queue (see `wire`), else `n` consumers sharing one reader.
 pub(super) fn consumers(
-    broker: &RedisBroker,
+    broker: &ShardBroker,
     queue: &str,
     n: usize,
-) -> Result<Vec<RedisConsumer>, BrokerError> {
+) -> Result<Vec<ShardConsumer>, BrokerError> {
     let n = n.max(1);
     if let Some(list) = broker.inner.wire.list_of(queue) {
         return Ok((0..n)

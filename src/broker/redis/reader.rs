@@ -59,7 +59,7 @@ use super::failure::{self, unavailable, unexpected};
 use super::held::Held;
 use super::keys::QUEUE_GROUP;
 use super::reply::{head, int, items, items_or_nil, nth, text};
-use super::{outage, scripts, stored, RedisBroker};
+use super::{outage, scripts, stored, ShardBroker};
 use crate::broker::{BrokerError, Delivery, Effects};
 use crate::event::Event;
 
@@ -75,7 +75,7 @@ struct Fast {
 /// (its streams cannot change while it runs) reads its inbox and that topic's stream; a
 /// queue whose mover runs in this process (it was declared here) reads its back and ready
 /// streams, the mover moving due items to the ready one.
-fn fast_read(broker: &RedisBroker, source: &Source) -> Option<Fast> {
+fn fast_read(broker: &ShardBroker, source: &Source) -> Option<Fast> {
     match source {
         Source::Group(group) => {
             let groups = broker
@@ -134,7 +134,7 @@ enum Taken {
 
 /// One subscriber's reader task (see the module docs).
 pub(super) struct Reader {
-    broker: RedisBroker,
+    broker: ShardBroker,
     source: Source,
     name: String,
     /// For blocking reads only, opened on first use.
@@ -171,7 +171,7 @@ async fn closed<T>(reply: &oneshot::Sender<T>) {
 
 impl Reader {
     /// A reader of `source` for the consumer `name`.
-    pub(super) fn new(broker: RedisBroker, source: Source, name: String) -> Reader {
+    pub(super) fn new(broker: ShardBroker, source: Source, name: String) -> Reader {
         let fast = fast_read(&broker, &source);
         Reader {
             broker,
@@ -862,7 +862,10 @@ impl Reader {
         tokio::spawn(async move {
             let mut backoff = outage::BACKOFF_START;
             loop {
-                match broker.run_commit(at.ack(), &effects).await {
+                match broker
+                    .run_commit(at.ack(), &effects, &super::commit::Outbound::default())
+                    .await
+                {
                     Err(e) if e.is_transient() => {
                         debug!(error = %outage::describe(&e), "dead letter of an unreadable entry not committed yet; retrying");
                         tokio::time::sleep(outage::jittered(&mut backoff)).await;

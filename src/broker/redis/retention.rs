@@ -47,7 +47,7 @@ use tracing::{debug, info, warn};
 use super::failure::{unavailable, unexpected};
 use super::groups::parse_patterns;
 use super::reply::{count, items, nth, text};
-use super::{Inner, RedisBroker};
+use super::{Inner, ShardBroker};
 use crate::broker::{BrokerError, TopicRetention};
 
 use super::defaults::{
@@ -153,13 +153,13 @@ return out
     )
 });
 
-impl RedisBroker {
+impl ShardBroker {
     /// One trimming pass over every topic with a retention: what each lost and kept. The
     /// background trimmer calls this; tests and tools may too, from any process at once.
     ///
     /// # Errors
     /// `Unavailable` when Redis cannot be reached.
-    pub async fn trim_now(&self) -> Result<Vec<TrimReport>, BrokerError> {
+    pub(crate) async fn trim_now(&self) -> Result<Vec<TrimReport>, BrokerError> {
         let topics = self.inner.retention.topics();
         if topics.is_empty() {
             return Ok(Vec::new());
@@ -213,7 +213,7 @@ impl RedisBroker {
     ///
     /// # Errors
     /// `Unavailable` when Redis cannot be reached.
-    pub async fn trim_unread_now(&self) -> Result<Vec<TrimReport>, BrokerError> {
+    pub(crate) async fn trim_unread_now(&self) -> Result<Vec<TrimReport>, BrokerError> {
         let Some(retention) = self.inner.options.unread_retention else {
             return Ok(Vec::new());
         };
@@ -323,7 +323,7 @@ impl RedisBroker {
     /// Replaces the retention of every topic (`[topics.NAME] retention`); topics left out
     /// are no longer trimmed. (The same as `TopicRetention::set_retention`, callable without
     /// the trait.)
-    pub fn set_retention(&self, topics: &[(String, Duration)]) {
+    pub(crate) fn set_retention(&self, topics: &[(String, Duration)]) {
         let retention = &self.inner.retention;
         *retention.topics.lock().unwrap_or_else(|e| e.into_inner()) =
             topics.iter().cloned().collect();
@@ -352,7 +352,7 @@ pub(super) async fn run(weak: Weak<Inner>, retention: Arc<Retention>, unread: Op
     loop {
         let topics = retention.topics();
         let Some(inner) = weak.upgrade() else { return };
-        let broker = RedisBroker { inner };
+        let broker = ShardBroker { inner };
         if !broker.inner.circuit.is_open() {
             if !topics.is_empty() {
                 if let Err(e) = broker.trim_now().await {
@@ -378,9 +378,9 @@ pub(super) async fn run(weak: Weak<Inner>, retention: Arc<Retention>, unread: Op
     }
 }
 
-impl TopicRetention for RedisBroker {
+impl TopicRetention for ShardBroker {
     fn set_retention(&self, topics: &[(String, Duration)]) {
-        RedisBroker::set_retention(self, topics);
+        ShardBroker::set_retention(self, topics);
     }
 }
 

@@ -364,14 +364,23 @@ return {'wait', next_due, waits}
 /// group reading the topic already has `capacity` entries waiting (counting this run's).
 ///
 /// `c` commit: one handler run's effects and the ack of what it handled, all or nothing.
-/// Arguments: ack kind (t|i|r|b|-), ack key, ack group, ack id, then
+/// Arguments: ack kind (t|i|r|b|-|f), ack key, ack group, ack id, then
 /// n, n × (topic, json) to publish; n, n × (topic, delay ms, json) to publish later;
 /// n, n × (queue, delay ms, json) to enqueue; dead topic ('' for none), dead json;
 /// n, n × (store, key, op s|r|i, JSON value or integer) to write; reply channel ('' for
-/// none), reply payload. Queues are checked (existence, capacity) before anything is written.
-/// A commit whose entry is no longer pending for its group applies nothing and replies
-/// `settled`: it ran already (a retry after a lost reply) or another consumer settled the
-/// entry.
+/// none), reply payload; n, n × (shard, body) for the outbox (`P outbox`, effects bound for
+/// other shards, see `spread`). A dead letter with topic '' is kept in `P dead` without
+/// being published here. Queues are checked (existence, capacity) before anything is
+/// written. A commit whose entry is no longer pending for its group applies nothing and
+/// replies `settled`: it ran already (a retry after a lost reply) or another consumer
+/// settled the entry.
+///
+/// Ack kind `f` is a forward from another shard's outbox: the ack key is the watermark of
+/// that shard's outbox here, the ack group the outbox entry's id. An id at or below the
+/// watermark applied already and replies `settled`; otherwise the effects land and the
+/// watermark moves to the id, in the same run. Once a forward of a watermark is refused in
+/// a run, the later forwards of that watermark in the run reply `blocked`, so a shard's
+/// outbox lands in order.
 ///
 /// While Redis is out of memory (`maxmemory` under a policy that refuses writes) the run's
 /// first write is refused, and every operation replies `oom` with nothing written.
@@ -435,6 +444,8 @@ local function publish_op()
   append_event(topic, json, now_ms())
   return OK
 end
+-- Per watermark key, over this run: a forward to it was refused (later ones wait).
+local blocked = {}
 local function commit_op()
   local kind, key, group, id = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   -- Where each list starts in ARGV, and its length.
@@ -452,14 +463,22 @@ local function commit_op()
   local w0 = i + 3
   i = w0 + 4 * nw
   local reply_channel, reply_payload = ARGV[i], ARGV[i + 1]
-  i = i + 2
+  local no = tonumber(ARGV[i + 2])
+  local o0 = i + 3
+  i = o0 + 2 * no
+
+  if kind == 'f' then
+    if blocked[key] then return {'blocked'} end
+    local mark = redis.call('GET', key)
+    if mark and not id_lt(mark, group) then return {'settled'} end
+  end
 
   -- The guard: an entry no longer pending for its group was settled already (this commit
   -- ran before and its reply was lost, or another consumer settled it): apply nothing.
   -- XACK's own answer is the guard, except when queues must be checked first (a full queue
   -- leaves the entry pending, to be retried).
   if nq > 0 then
-    if kind ~= '-' then
+    if kind ~= '-' and kind ~= 'f' then
       local p = redis.pcall('XPENDING', key, group, id, id, 1)
       if type(p) ~= 'table' or p.err or #p == 0 then return {'settled'} end
     end
@@ -478,15 +497,21 @@ local function commit_op()
         end
         queues_seen[queue] = known
       end
-      if not known then return {'unknown_queue', queue} end
+      if not known then
+        if kind == 'f' then blocked[key] = true end
+        return {'unknown_queue', queue}
+      end
       if known[1] ~= '' and known[2] + n > tonumber(known[1]) then
+        if kind == 'f' then blocked[key] = true end
         return {'queue_full', queue, known[1]}
       end
     end
     for queue, n in pairs(per_queue) do queues_seen[queue][2] = queues_seen[queue][2] + n end
   end
 
-  if kind ~= '-' then
+  if kind == 'f' then
+    redis.call('SET', key, group)
+  elseif kind ~= '-' then
     local acked = redis.pcall('XACK', key, group, id)
     if nq == 0 and (type(acked) ~= 'number' or acked == 0) then return {'settled'} end
     if kind ~= 't' then redis.call('XDEL', key, id) end
@@ -512,9 +537,9 @@ local function commit_op()
       schedule(q .. ':sched', due_at(delay), member, q .. ':wake')
     end
   end
-  if dead_topic ~= '' then
+  if dead_json ~= '' then
     redis.call('XADD', P .. 'dead', '*', 'e', dead_json)
-    append_event(dead_topic, dead_json, now)
+    if dead_topic ~= '' then append_event(dead_topic, dead_json, now) end
   end
   -- Store writes, in the order the handler made them: `s` set (JSON), `r` remove, `i` add
   -- to an integer (a missing or non-integer value counts as 0; overflow saturates).
@@ -545,6 +570,9 @@ local function commit_op()
     end
   end
   if reply_channel ~= '' then redis.call('PUBLISH', reply_channel, reply_payload) end
+  for j = o0, o0 + 2 * (no - 1), 2 do
+    redis.call('XADD', P .. 'outbox', '*', 's', ARGV[j], 'b', ARGV[j + 1])
+  end
   return OK
 end
 local results = {}

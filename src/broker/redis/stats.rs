@@ -13,7 +13,7 @@ use tracing::{debug, warn};
 
 use super::failure::{unavailable, unexpected};
 use super::reply::{count, items, text};
-use super::{scripts, RedisBroker};
+use super::{scripts, ShardBroker};
 use crate::broker::{BrokerError, FailureKind, GroupStats, QueueStats};
 
 /// Logs why `what` could not be counted (see the module docs).
@@ -43,14 +43,14 @@ fn optional_number<T: std::str::FromStr>(value: &Value) -> Result<Option<T>, Bro
 }
 
 /// Every group's queued and in-flight entries (see `Broker::stats`).
-pub(super) async fn groups(broker: &RedisBroker) -> Vec<GroupStats> {
+pub(super) async fn groups(broker: &ShardBroker) -> Vec<GroupStats> {
     read_groups(broker).await.unwrap_or_else(|e| {
         not_counted("group stats", &e);
         Vec::new()
     })
 }
 
-async fn read_groups(broker: &RedisBroker) -> Result<Vec<GroupStats>, BrokerError> {
+async fn read_groups(broker: &ShardBroker) -> Result<Vec<GroupStats>, BrokerError> {
     broker.inner.circuit.admit()?;
     let reply = scripts::STATS
         .prepare_invoke()
@@ -79,7 +79,7 @@ async fn read_groups(broker: &RedisBroker) -> Result<Vec<GroupStats>, BrokerErro
 }
 
 /// Deferred events waiting for their due time (see `Broker::scheduled`).
-pub(super) async fn scheduled(broker: &RedisBroker) -> usize {
+pub(super) async fn scheduled(broker: &ShardBroker) -> usize {
     let count = async {
         broker.inner.circuit.admit()?;
         redis::cmd("ZCARD")
@@ -99,14 +99,14 @@ pub(super) async fn scheduled(broker: &RedisBroker) -> usize {
 
 /// Every queue's depth, items due now, next due time and items in flight (see
 /// `Broker::queue_stats`).
-pub(super) async fn queues(broker: &RedisBroker) -> Vec<QueueStats> {
+pub(super) async fn queues(broker: &ShardBroker) -> Vec<QueueStats> {
     read_queues(broker).await.unwrap_or_else(|e| {
         not_counted("queue stats", &e);
         Vec::new()
     })
 }
 
-async fn read_queues(broker: &RedisBroker) -> Result<Vec<QueueStats>, BrokerError> {
+async fn read_queues(broker: &ShardBroker) -> Result<Vec<QueueStats>, BrokerError> {
     broker.inner.circuit.admit()?;
     let reply = scripts::QUEUE_STATS
         .prepare_invoke()

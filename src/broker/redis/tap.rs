@@ -18,14 +18,14 @@ use super::cluster::Node;
 use super::defaults::{
     RESUBSCRIBE_MAX, RESUBSCRIBE_START, SYNC_CONNECT_TIMEOUT, TAP_SUBSCRIBE_WAIT, TAP_TICK,
 };
-use super::RedisBroker;
+use super::ShardBroker;
 use crate::broker::tap::TapFeed;
 use crate::event::Event;
 use crate::pattern::TopicPattern;
 
 /// Starts a tap thread (see the module docs).
 pub(super) fn start(
-    broker: &RedisBroker,
+    broker: &ShardBroker,
     pattern: TopicPattern,
     buffer: usize,
     bytes: usize,

@@ -33,10 +33,10 @@ use redis::Value;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn, Instrument};
 
-use super::consumer::{RedisConsumer, Request};
+use super::consumer::{Request, ShardConsumer};
 use super::defaults::{HUB_BUFFER, HUB_REQUESTS, LIST_POLL, RESUBSCRIBE_MAX, RESUBSCRIBE_START};
 use super::failure::unavailable;
-use super::RedisBroker;
+use super::ShardBroker;
 use crate::broker::{BrokerError, Delivery, Effects, WireFormat, WireSpec};
 use crate::event::{Event, RawPayload};
 use crate::pattern::TopicPattern;
@@ -177,7 +177,7 @@ impl Wire {
 /// wire. This happens before the script acks, so a crash in between repeats these sends
 /// when the event is redelivered (at least once, never lost).
 pub(super) async fn send_effects(
-    broker: &RedisBroker,
+    broker: &ShardBroker,
     effects: &Effects,
 ) -> Result<Option<Effects>, BrokerError> {
     let Some((rest, ops)) = broker.inner.wire.split(effects)? else {
@@ -216,7 +216,7 @@ pub(super) async fn send_effects(
 /// to its hub (for the next worker), a list item to the pop end of its list. `None` when
 /// the delivery came from a stream.
 pub(super) async fn nack(
-    broker: &RedisBroker,
+    broker: &ShardBroker,
     delivery: &Delivery,
 ) -> Option<Result<(), BrokerError>> {
     match delivery.tag.as_str() {
@@ -248,7 +248,7 @@ pub(super) async fn nack(
     }
 }
 
-async fn push_back(broker: &RedisBroker, list: &str, event: &Event) -> Result<(), BrokerError> {
+async fn push_back(broker: &ShardBroker, list: &str, event: &Event) -> Result<(), BrokerError> {
     redis::cmd("RPUSH")
         .arg(list)
         .arg(event.raw_payload())
@@ -279,10 +279,10 @@ fn incoming(topic: &str, source: String, bytes: &[u8]) -> Event {
 /// A consumer of a pub/sub group: a handle on the group's hub in this process, started
 /// with the first consumer and ended with the last.
 pub(super) fn group_consumer(
-    broker: &RedisBroker,
+    broker: &ShardBroker,
     group: &str,
     patterns: Vec<TopicPattern>,
-) -> RedisConsumer {
+) -> ShardConsumer {
     let mut hubs = broker
         .inner
         .wire
@@ -290,7 +290,7 @@ pub(super) fn group_consumer(
         .lock()
         .unwrap_or_else(|e| e.into_inner());
     if let Some(requests) = hubs.get(group).and_then(|h| h.requests.upgrade()) {
-        return RedisConsumer::from_requests(requests, broker.clone());
+        return ShardConsumer::from_requests(requests, broker.clone());
     }
     let (requests, requests_rx) = mpsc::channel(HUB_REQUESTS);
     let (given_back, given_back_rx) = mpsc::channel(HUB_BUFFER);
@@ -313,11 +313,11 @@ pub(super) fn group_consumer(
     let span = tracing::info_span!("redis_pubsub", group = %group);
     // Tracked by ownership: the hub ends when the last consumer (request sender) is gone.
     tokio::spawn(hub.run(requests_rx, given_back_rx).instrument(span));
-    RedisConsumer::from_requests(requests, broker.clone())
+    ShardConsumer::from_requests(requests, broker.clone())
 }
 
 struct Hub {
-    broker: RedisBroker,
+    broker: ShardBroker,
     group: Arc<str>,
     patterns: Vec<TopicPattern>,
     /// Workers waiting for a message, oldest first.
@@ -492,7 +492,7 @@ async fn next_message(stream: &mut Option<PubSubStream>) -> Option<redis::Msg> {
 
 /// A consumer of a plain-list queue (see the module docs): RPOP, and when the list is
 /// empty, a look again every `LIST_POLL`.
-pub(super) fn list_consumer(broker: &RedisBroker, queue: &str, list: String) -> RedisConsumer {
+pub(super) fn list_consumer(broker: &ShardBroker, queue: &str, list: String) -> ShardConsumer {
     let (requests, rx) = mpsc::channel(1);
     let reader = ListReader {
         broker: broker.clone(),
@@ -503,11 +503,11 @@ pub(super) fn list_consumer(broker: &RedisBroker, queue: &str, list: String) -> 
     let span = tracing::debug_span!("redis_list", queue = %queue);
     // Tracked by ownership: the task ends when the consumer (its request sender) is gone.
     tokio::spawn(reader.run(rx).instrument(span));
-    RedisConsumer::from_requests(requests, broker.clone())
+    ShardConsumer::from_requests(requests, broker.clone())
 }
 
 struct ListReader {
-    broker: RedisBroker,
+    broker: ShardBroker,
     queue: Arc<str>,
     list: String,
     failing: bool,
@@ -590,7 +590,7 @@ impl ListReader {
     }
 }
 
-impl WireFormat for RedisBroker {
+impl WireFormat for ShardBroker {
     fn declare_wire(&self, wire: &WireSpec) {
         self.inner.wire.set(wire);
     }
