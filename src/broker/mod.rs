@@ -537,6 +537,12 @@ pub trait Broker: Clone + Send + Sync + 'static {
         None
     }
 
+    /// Topic placement, when this broker can spread topics over shards (see
+    /// `capability::placement::TopicPlacement`).
+    fn placement(&self) -> Option<&dyn capability::placement::TopicPlacement> {
+        None
+    }
+
     /// The state stores handlers read while they run; `None` when this broker keeps none.
     fn stores(&self) -> Option<Arc<dyn crate::store::StoreRead>> {
         None

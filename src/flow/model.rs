@@ -317,6 +317,9 @@ pub struct TopicConfig {
     pub schema: Option<TopicSchema>,
     /// `validate_emits`: handlers' emits on this topic are checked against `schema` too.
     pub validate_emits: bool,
+    /// `shard`: on Redis with `--shards N`, the shard holding the topic (`shard % N`);
+    /// `None` places it by the hash of its name.
+    pub shard: Option<usize>,
 }
 
 /// A topic's event schema (`[topics.NAME] schema`), read and compiled once when the flows

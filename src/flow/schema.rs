@@ -307,7 +307,8 @@ fn topic_settings() -> Value {
             "retention": duration("Redis only: how long the topic's stream keeps events every group has read and acknowledged. Default: kept for ever."),
             "timeout": duration_default("A query topic's reply timeout.", "5s"),
             "schema": string("A JSON Schema file (relative to this file's folder) that event data must match: HTTP ingest answers 400 naming the failing JSON pointer. Hot-reloaded like a script."),
-            "validate_emits": {"type": "boolean", "default": false, "description": "Also check what handlers emit on this topic against `schema`: an emit that fails fails the run, and the event is dead-lettered at once with the failing pointer."}
+            "validate_emits": {"type": "boolean", "default": false, "description": "Also check what handlers emit on this topic against `schema`: an emit that fails fails the run, and the event is dead-lettered at once with the failing pointer."},
+            "shard": {"type": "integer", "minimum": 0, "description": "Redis with `--shards N` only: the shard holding this topic (`shard % N`), so a flow set's busy topics go to different masters. Default: placed by the hash of the topic's name. Every process of the flow set must agree, as they do when they load the same files."}
         }),
     )
 }

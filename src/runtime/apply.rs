@@ -196,6 +196,14 @@ impl<B: Broker> Runtime<B> {
         if let Some(kept) = broker.retention() {
             kept.set_retention(&retention);
         }
+        if let Some(placement) = broker.placement() {
+            let placed: Vec<(String, usize)> = flows
+                .topics
+                .iter()
+                .filter_map(|(topic, config)| Some((topic.clone(), config.shard?)))
+                .collect();
+            placement.place_topics(&placed);
+        }
         Ok(())
     }
 

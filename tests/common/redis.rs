@@ -368,12 +368,18 @@ impl RedisCluster {
     /// every node says `cluster_state:ok`; `None` (after saying why) when `redis-server`
     /// is not installed outside CI.
     pub fn start() -> Option<RedisCluster> {
+        RedisCluster::start_with(0)
+    }
+
+    /// Three masters with `replicas` replicas each (`--cluster-replicas`), so a killed
+    /// master fails over to its replica (after the 2 s node timeout).
+    pub fn start_with(replicas: usize) -> Option<RedisCluster> {
         if !installed("the Redis Cluster tests") {
             return None;
         }
         let dir = tempfile::tempdir().expect("a temp dir for the cluster");
         let mut nodes = Vec::new();
-        for i in 0..3 {
+        for i in 0..3 * (1 + replicas) {
             let node_dir = dir.path().join(format!("node{i}"));
             std::fs::create_dir_all(&node_dir).expect("a node dir");
             nodes.push(start_node(&node_dir));
@@ -385,7 +391,7 @@ impl RedisCluster {
             create.arg(format!("127.0.0.1:{port}"));
         }
         let created = create
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .stdin(Stdio::null())
             .output()
             .expect("run redis-cli --cluster create");
@@ -410,10 +416,63 @@ impl RedisCluster {
         self.nodes.iter().map(|n| n.port).collect()
     }
 
+    /// Kills the node on `port` with SIGKILL (through its watchdog) and waits until it is
+    /// gone.
+    pub fn kill(&mut self, port: u16) {
+        let node = self
+            .nodes
+            .iter_mut()
+            .find(|n| n.port == port)
+            .unwrap_or_else(|| panic!("no node on {port}"));
+        drop(node.pipe.take());
+        let _ = node.watchdog.wait();
+    }
+
+    /// The ports of the nodes still running.
+    fn live_ports(&self) -> Vec<u16> {
+        self.nodes
+            .iter()
+            .filter(|n| n.pipe.is_some())
+            .map(|n| n.port)
+            .collect()
+    }
+
+    /// Waits until a live node says `cluster_state:ok` and names a master other than
+    /// `old` for `slot`; returns the new master's port.
+    pub fn wait_failover(&self, slot: u16, old: u16, within: Duration) -> u16 {
+        let deadline = Instant::now() + within;
+        loop {
+            let asked = self.live_ports()[0];
+            let ok = resp(asked, None, &["CLUSTER", "INFO"]).contains("cluster_state:ok");
+            if ok {
+                match self.try_master_of(slot) {
+                    Ok(now) if now != old => return now,
+                    _ => {}
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "slot {slot} did not fail over from {old} within {within:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// `redis://127.0.0.1:PORT` of the first node: a seed, not necessarily the master of a
     /// given namespace.
     pub fn seed_url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.nodes[0].port)
+    }
+
+    /// Every node as a seed: `redis://127.0.0.1:P1,127.0.0.1:P2,…`, so a process finds the
+    /// cluster whichever node is down.
+    pub fn seeds_url(&self) -> String {
+        let seeds: Vec<String> = self
+            .ports()
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect();
+        format!("redis://{}", seeds.join(","))
     }
 
     /// Sends one command to the node on `port` and returns the raw reply.
@@ -457,10 +516,16 @@ impl RedisCluster {
 
     /// The port of the master serving `slot`, as `CLUSTER NODES` on the first node says.
     pub fn master_of(&self, slot: u16) -> u16 {
-        let nodes = resp(self.nodes[0].port, None, &["CLUSTER", "NODES"]);
+        self.try_master_of(slot)
+            .unwrap_or_else(|nodes| panic!("no master serves slot {slot}:\n{nodes}"))
+    }
+
+    /// The port of the master serving `slot`, or `CLUSTER NODES` when none does.
+    fn try_master_of(&self, slot: u16) -> Result<u16, String> {
+        let nodes = resp(self.live_ports()[0], None, &["CLUSTER", "NODES"]);
         for line in nodes.lines() {
             let fields: Vec<&str> = line.split(' ').collect();
-            if fields.len() < 9 || !fields[2].contains("master") {
+            if fields.len() < 9 || !fields[2].contains("master") || fields[2].contains("fail") {
                 continue;
             }
             let serves = fields[8..].iter().any(|range| {
@@ -472,10 +537,10 @@ impl RedisCluster {
             });
             if serves {
                 let port = fields[1].split(['@', ':']).nth(1).unwrap_or("");
-                return port.parse().expect("a port in CLUSTER NODES");
+                return Ok(port.parse().expect("a port in CLUSTER NODES"));
             }
         }
-        panic!("no master serves slot {slot}:\n{nodes}");
+        Err(nodes)
     }
 
     /// The master port of each namespace.

@@ -84,6 +84,7 @@ pub(crate) const TOPIC_KEYS: &[&str] = &[
     "timeout",
     "schema",
     "validate_emits",
+    "shard",
 ];
 pub(crate) const STORE_KEYS: &[&str] = &["expose"];
 pub(crate) const TEST_KEYS: &[&str] = &["name", "publish", "advance", "expect"];
@@ -699,6 +700,9 @@ fn topic(r: &mut Reader<'_>, name: &str, mut f: Fields<'_>) -> Option<TopicConfi
             on
         }
     };
+    let shard = f
+        .take("shard")
+        .and_then(|v| r.at_least::<usize>("shard", v, 0));
     let f = unquoted_topic_names(r, name, f);
     f.finish(r, TOPIC_KEYS);
     Some(TopicConfig {
@@ -717,6 +721,7 @@ fn topic(r: &mut Reader<'_>, name: &str, mut f: Fields<'_>) -> Option<TopicConfi
         timeout,
         schema,
         validate_emits,
+        shard,
     })
 }
 

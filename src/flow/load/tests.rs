@@ -312,6 +312,7 @@ fn the_design_sketch_loads_into_the_model() {
             timeout: None,
             schema: None,
             validate_emits: false,
+            shard: None,
         }
     );
     assert_eq!(

@@ -80,6 +80,22 @@ pub struct RedisBroker {
 pub(super) struct Spread {
     pub(super) shards: Vec<ShardBroker>,
     stores: Arc<SpreadStores>,
+    /// Topics placed by `[topics.NAME] shard` (the others go by the hash of their name).
+    placed: std::sync::RwLock<std::collections::HashMap<String, usize>>,
+}
+
+impl Spread {
+    /// The shard holding `topic`.
+    pub(super) fn topic_shard(&self, topic: &str) -> usize {
+        let n = self.shards.len();
+        if n == 1 {
+            return 0;
+        }
+        let placed = self.placed.read().unwrap_or_else(|e| e.into_inner());
+        placed
+            .get(topic)
+            .map_or_else(|| shard_of(topic, n), |k| k % n)
+    }
 }
 
 impl RedisBroker {
@@ -114,7 +130,11 @@ impl RedisBroker {
                 .map(|s| Broker::stores(s).expect("a Redis shard reads stores"))
                 .collect(),
         });
-        let spread = Arc::new(Spread { shards, stores });
+        let spread = Arc::new(Spread {
+            shards,
+            stores,
+            placed: std::sync::RwLock::default(),
+        });
         if n > 1 {
             for k in 0..n {
                 let span = tracing::info_span!("redis_forwarder", component = "broker", shard = k);
@@ -139,6 +159,10 @@ impl RedisBroker {
 
     fn shard_for(&self, name: &str) -> &ShardBroker {
         &self.spread.shards[shard_of(name, self.n())]
+    }
+
+    fn topic_shard(&self, topic: &str) -> &ShardBroker {
+        &self.spread.shards[self.spread.topic_shard(topic)]
     }
 
     /// The URL (password hidden when displayed).
@@ -252,7 +276,8 @@ impl RedisBroker {
         }
         // Replies go through the first shard, where this broker's reply addresses listen.
         let reply = effects.reply.take();
-        let (effects, outbound) = outbox::split(effects, k, self.n())?;
+        let (effects, outbound) =
+            outbox::split(effects, k, self.n(), &|t| self.spread.topic_shard(t))?;
         shard
             .guarded(
                 "commit",
@@ -415,14 +440,14 @@ impl Broker for RedisBroker {
     }
 
     async fn publish(&self, event: Event, mode: Backpressure) -> Result<(), BrokerError> {
-        self.shard_for(&event.topic)
+        self.topic_shard(&event.topic)
             .clone()
             .publish(event, mode)
             .await
     }
 
     async fn publish_later(&self, event: Event, delay: Duration) -> Result<(), BrokerError> {
-        self.shard_for(&event.topic)
+        self.topic_shard(&event.topic)
             .clone()
             .publish_later(event, delay)
             .await
@@ -618,6 +643,10 @@ impl Broker for RedisBroker {
         Some(self)
     }
 
+    fn placement(&self) -> Option<&dyn crate::broker::capability::placement::TopicPlacement> {
+        Some(self)
+    }
+
     fn wire(&self) -> Option<&dyn WireFormat> {
         Some(self)
     }
@@ -736,6 +765,17 @@ impl SharedHistory for RedisBroker {
 impl TopicRetention for RedisBroker {
     fn set_retention(&self, topics: &[(String, Duration)]) {
         RedisBroker::set_retention(self, topics);
+    }
+}
+
+impl crate::broker::capability::placement::TopicPlacement for RedisBroker {
+    fn place_topics(&self, topics: &[(String, usize)]) {
+        let mut placed = self
+            .spread
+            .placed
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        *placed = topics.iter().cloned().collect();
     }
 }
 

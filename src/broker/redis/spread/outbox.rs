@@ -39,12 +39,14 @@ impl Parcel {
 }
 
 /// Splits `effects` of a commit on shard `here` of `n`: the effects that stay (the rest of
-/// `effects`, returned) and the outbound parcels. The reply and the dead-letter record stay
+/// `effects`, returned) and the outbound parcels. `topic_shard` places topics (queues and
+/// stores go by the hash of their name). The reply and the dead-letter record stay
 /// here; a dead letter whose topic lies elsewhere is published there through the outbox.
 pub(crate) fn split(
     mut effects: Effects,
     here: usize,
     n: usize,
+    topic_shard: &dyn Fn(&str) -> usize,
 ) -> Result<(Effects, Outbound), BrokerError> {
     // Every delay is checked before anything is split, as a commit on one shard does.
     for (_, delay) in &effects.deferred {
@@ -57,7 +59,7 @@ pub(crate) fn split(
     let mut parcels: Vec<Parcel> = (0..n).map(|_| Parcel::default()).collect();
     let mut outbound = Outbound::default();
     effects.publish.retain(|event| {
-        let to = shard_of(&event.topic, n);
+        let to = topic_shard(&event.topic);
         if to == here {
             return true;
         }
@@ -67,7 +69,7 @@ pub(crate) fn split(
         false
     });
     effects.deferred.retain(|(event, delay)| {
-        let to = shard_of(&event.topic, n);
+        let to = topic_shard(&event.topic);
         if to == here {
             return true;
         }
@@ -95,7 +97,7 @@ pub(crate) fn split(
         false
     });
     if let Some(dead) = &effects.dead_letter {
-        let to = shard_of(&dead.topic, n);
+        let to = topic_shard(&dead.topic);
         if to != here {
             parcels[to]
                 .p
@@ -160,7 +162,7 @@ mod tests {
             dead_letter: Some(event(&there_topic)),
             ..Effects::default()
         };
-        let (kept, outbound) = split(effects, here, 3).expect("split");
+        let (kept, outbound) = split(effects, here, 3, &|t| shard_of(t, 3)).expect("split");
         assert_eq!(kept.publish.len(), 1);
         assert_eq!(kept.publish[0].topic, here_topic);
         assert!(kept.deferred.is_empty() && kept.store_writes.is_empty());
@@ -182,7 +184,7 @@ mod tests {
             publish: vec![event("a"), event("b")],
             ..Effects::default()
         };
-        let (kept, outbound) = split(effects, 0, 1).expect("split");
+        let (kept, outbound) = split(effects, 0, 1, &|_| 0).expect("split");
         assert_eq!(kept.publish.len(), 2);
         assert!(outbound.entries.is_empty() && !outbound.dead_elsewhere);
     }
