@@ -402,7 +402,36 @@ impl RedisCluster {
             String::from_utf8_lossy(&created.stderr)
         );
         cluster.wait_ok(Duration::from_secs(20));
+        if replicas > 0 {
+            cluster.wait_replicas_linked(Duration::from_secs(20));
+        }
         Some(cluster)
+    }
+
+    /// Waits until every replica's link to its master is up (a replica that never synced
+    /// does not take over when its master dies).
+    fn wait_replicas_linked(&self, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let infos: Vec<String> = self
+                .ports()
+                .into_iter()
+                .map(|p| resp(p, None, &["INFO", "replication"]))
+                .collect();
+            let replicas = infos.iter().filter(|i| i.contains("role:slave")).count();
+            let linked = infos
+                .iter()
+                .filter(|i| i.contains("master_link_status:up"))
+                .count();
+            if replicas + 3 == self.nodes.len() && linked == replicas {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the replicas are not linked after {within:?}: {infos:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// One cluster for every test of this binary (each test uses its own namespace); see

@@ -47,7 +47,8 @@ pub fn runtime() -> Result<tokio::runtime::Runtime, Box<dyn std::error::Error>> 
 }
 
 /// A Redis broker on `url` in a fresh namespace (`bench-{workload}-{pid}`), with the
-/// `BENCH_PREFETCH` and `BENCH_BATCH` knobs from the environment (for A/B runs).
+/// `BENCH_PREFETCH`, `BENCH_BATCH` and `BENCH_SHARDS` knobs from the environment (for A/B
+/// runs).
 pub async fn redis_broker(
     url: &str,
     workload: &str,
@@ -61,6 +62,7 @@ pub async fn redis_broker(
             .and_then(|v| v.parse().ok())
             .map_or(RedisOptions::default().take_ahead, Duration::from_millis),
         hold_ahead: env_or("BENCH_HOLD_AHEAD", RedisOptions::default().hold_ahead),
+        shards: env_or("BENCH_SHARDS", 1),
         ..RedisOptions::default()
     };
     Ok(RedisBroker::connect(&RedisUrl::parse(url)?, options).await?)

@@ -8,9 +8,8 @@
 //! slot (`CLUSTER KEYSLOT`) and its master (`CLUSTER SLOTS`) and connects everything there
 //! (the shared connection, blocking reads, the synchronous connection, store reads,
 //! pub/sub for taps and replies: PUBLISH reaches subscribers on every node of a cluster),
-//! with the URL's credentials and TLS settings. This is the first step of cluster support:
-//! one namespace lives on one master; spreading a namespace's topics over slots (the outbox
-//! and forwarder of DESIGN.md) is not done yet.
+//! with the URL's credentials and TLS settings. One shard lives on one master; a namespace
+//! spread over several shards (see `spread`) has one `Node` per shard.
 //!
 //! Failover and resharding: a watcher asks the cluster every `CLUSTER_CHECK_EVERY` (see
 //! `defaults`) who owns the

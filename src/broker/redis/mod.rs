@@ -12,6 +12,7 @@
 //! | `defaults` | every default and tuning constant of the broker |
 //! | `connection` | clients (plain and TLS) and connections: shared, blocking reads, synchronous |
 //! | `cluster` | which node connections go to, and following it on a Redis Cluster |
+//! | `spread` | a namespace over several shards: routing, the outbox, the forwarder, merged consumers |
 //! | `groups` | consumer groups: records, XGROUPs, declare and remove, making consumers |
 //! | `consumer`, `reader`, `held`, `blocking`, `clock` | reading entries: consumers, their reader task, what it holds, blocking reads, Redis's clock |
 //! | `tap` | taps: every accepted event, as Redis accepted them |
@@ -121,13 +122,13 @@
 //! `publish` fails with `Full` (`Reject`) or waits (`Wait`) past it. Commits are not
 //! bounded (their events are durable, and the handler has already run).
 //!
-//! # Redis Cluster (first step)
+//! # Redis Cluster
 //!
-//! On a cluster the broker connects to the master owning the namespace's slot; one
-//! namespace lives on one master, and several namespaces spread over the masters. A
-//! failover or resharding is followed within about a second (`cluster`); meanwhile the
-//! broker is unavailable. Spreading one namespace's topics over several slots (an outbox in
-//! the handled topic's slot and a forwarder, as in DESIGN.md) is the next step, not done.
+//! On a cluster a shard's broker connects to the master owning its slot; a failover or
+//! resharding is followed within about a second (`cluster`); meanwhile the shard is
+//! unavailable. A namespace is one shard by default (one slot, one master); `spread`
+//! spreads it over several, with an outbox and a forwarder for the effects that cross
+//! shards. Everything in this module below `spread` is one shard's.
 //!
 //! # What this module must not do
 //!
