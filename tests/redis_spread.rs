@@ -2,8 +2,9 @@
 //! faults: `kill -9` of one of two `edaflow` processes under load, and `kill -9` of a
 //! master whose replica takes over. The chain `job` → `mid` → `done` puts each topic on
 //! another shard (`[topics.NAME] shard`), so every handler's effects go through an outbox
-//! and a forwarder. Each test counts, by `n`, what reached `done`: published (answered
-//! 202), handled, lost, duplicated.
+//! and a forwarder. Each fault test counts, by `n`, what reached `done`: published
+//! (answered 202), handled, lost, duplicated. And a process asking for another shard count
+//! than the namespace's is refused.
 
 mod common;
 
@@ -222,4 +223,36 @@ fn kill_9_of_a_master_fails_over_and_the_flow_set_goes_on() {
         acked.len(),
         running.dump()
     );
+}
+
+/// Processes spreading one namespace over different shard counts would each see part of
+/// it: the second count is refused at connect, naming the first.
+#[tokio::test]
+async fn a_different_shard_count_for_a_namespace_is_refused() {
+    let Some(server) = common::redis::RedisServer::start() else {
+        return;
+    };
+    let url = RedisUrl::parse(&server.url()).expect("a valid url");
+    let options = |shards| RedisOptions {
+        namespace: "layout".to_owned(),
+        shards,
+        ..RedisOptions::default()
+    };
+    let first = RedisBroker::connect(&url, options(3))
+        .await
+        .expect("the first count is taken");
+    RedisBroker::connect(&url, options(3))
+        .await
+        .expect("the same count is taken again");
+    for other in [1, 2] {
+        let refused = RedisBroker::connect(&url, options(other)).await;
+        let Err(e) = refused else {
+            panic!("{other} shards were taken for a namespace spread over 3");
+        };
+        assert!(
+            e.to_string().contains("spread over 3 shard(s)"),
+            "{other} shards: {e}"
+        );
+    }
+    drop(first);
 }

@@ -342,20 +342,7 @@ impl ShardBroker {
         options: RedisOptions,
     ) -> Result<ShardBroker, BrokerError> {
         let keys = keys::Keys::new(cluster::prefix(&options.namespace)?);
-        let seeds = url
-            .seeds()
-            .iter()
-            .map(|seed| connection::client_for(url, seed, options.tls_ca.as_deref()))
-            .collect::<Result<Vec<_>, _>>()?;
-        let node = cluster::Node::connect(url, seeds, keys.prefix(), options.response_timeout)
-            .await
-            .map_err(|e| match e {
-                BrokerError::Unavailable { source } => BrokerError::Connect {
-                    url: url.to_string(),
-                    reason: source.to_string(),
-                },
-                other => other,
-            })?;
+        let node = connect_node(url, &options, keys.prefix()).await?;
         let instance = crate::broker::capability::processes::new_process_id();
         let waiting = Arc::new(replies::Waiting::default());
         replies::listen(
@@ -443,6 +430,29 @@ impl ShardBroker {
     pub(crate) fn cluster_slot(&self) -> Option<(u16, String)> {
         self.inner.node.cluster_slot()
     }
+}
+
+/// The node serving the keys under `prefix` (on a cluster, the master of its slot), reached
+/// through the URL's seeds; a server that is not there is a `Connect` error.
+async fn connect_node(
+    url: &RedisUrl,
+    options: &RedisOptions,
+    prefix: &str,
+) -> Result<Arc<cluster::Node>, BrokerError> {
+    let seeds = url
+        .seeds()
+        .iter()
+        .map(|seed| connection::client_for(url, seed, options.tls_ca.as_deref()))
+        .collect::<Result<Vec<_>, _>>()?;
+    cluster::Node::connect(url, seeds, prefix, options.response_timeout)
+        .await
+        .map_err(|e| match e {
+            BrokerError::Unavailable { source } => BrokerError::Connect {
+                url: url.to_string(),
+                reason: source.to_string(),
+            },
+            other => other,
+        })
 }
 
 /// Each method is guarded by the circuit (see `health`) and handed to the module that owns

@@ -50,7 +50,7 @@ use tracing::Instrument;
 
 use super::commit;
 use super::retention::TrimReport;
-use super::{cluster, connection, failure, replies, CircuitState, RedisOptions, ShardBroker};
+use super::{cluster, failure, replies, CircuitState, RedisOptions, ShardBroker};
 use crate::broker::capability::BoxFuture;
 use crate::broker::redis::url::RedisUrl;
 use crate::broker::{
@@ -117,12 +117,21 @@ impl RedisBroker {
                 reason: format!("{n} shards: give between 1 and {MAX_SHARDS}"),
             });
         }
-        check_layout(url, &options).await?;
+        // The layout is checked before any shard writes to Redis; with one shard its keys
+        // are the namespace's own, so its connection reaches the layout key.
+        if n > 1 {
+            let prefix = cluster::prefix(&options.namespace)?;
+            let base = super::connect_node(url, &options, &prefix).await?.conn();
+            check_layout(url, &options, base).await?;
+        }
         let mut shards = Vec::with_capacity(n);
         for k in 0..n {
             let mut shard_options = options.clone();
             shard_options.namespace = placement::shard_namespace(&options.namespace, k, n);
             shards.push(ShardBroker::connect(url, shard_options).await?);
+        }
+        if n == 1 {
+            check_layout(url, &options, shards[0].conn()).await?;
         }
         let stores = Arc::new(SpreadStores {
             shards: shards
@@ -245,36 +254,49 @@ impl RedisBroker {
         }
     }
 
-    /// The shard a delivery came from, and the delivery as that shard tagged it.
-    fn route(&self, mut delivery: Delivery) -> (usize, Delivery) {
+    /// The shard a delivery came from, and the tag that shard gave it.
+    fn shard_of_delivery<'d>(&self, delivery: &'d Delivery) -> (usize, &'d str) {
         if self.n() == 1 {
-            return (0, delivery);
+            return (0, &delivery.tag);
         }
         match delivery.tag.split_once('|') {
             Some((k, rest)) => match k.parse::<usize>() {
-                Ok(k) if k < self.n() => {
-                    delivery.tag = rest.to_owned();
-                    (k, delivery)
-                }
-                _ => (0, delivery),
+                Ok(k) if k < self.n() => (k, rest),
+                _ => (0, &delivery.tag),
             },
-            None => (0, delivery),
+            None => (0, &delivery.tag),
         }
     }
 
+    /// The shard a delivery came from, and the delivery as that shard tagged it.
+    fn route(&self, mut delivery: Delivery) -> (usize, Delivery) {
+        let (k, tag) = self.shard_of_delivery(&delivery);
+        if tag.len() != delivery.tag.len() {
+            delivery.tag = tag.to_owned();
+        }
+        (k, delivery)
+    }
+
+    /// Commits on the delivery's shard. With one shard nothing is copied; with several, the
+    /// effects are split (see `outbox`) and the reply goes through the first shard, where
+    /// this broker's reply addresses listen.
     async fn commit_routed(
         &self,
-        delivery: Delivery,
-        mut effects: Effects,
+        delivery: &Delivery,
+        effects: &Effects,
     ) -> Result<(), BrokerError> {
-        let (k, delivery) = self.route(delivery);
+        let (k, tag) = self.shard_of_delivery(delivery);
         let shard = &self.shards()[k];
         if self.n() == 1 {
             return shard
-                .guarded("commit", commit::commit(shard, &delivery, &effects))
+                .guarded("commit", commit::commit(shard, delivery, effects))
                 .await;
         }
-        // Replies go through the first shard, where this broker's reply addresses listen.
+        let delivery = Delivery {
+            tag: tag.to_owned(),
+            ..delivery.clone()
+        };
+        let mut effects = effects.clone();
         let reply = effects.reply.take();
         let (effects, outbound) =
             outbox::split(effects, k, self.n(), &|t| self.spread.topic_shard(t))?;
@@ -309,7 +331,7 @@ impl RedisBroker {
             .query_async(&mut conn)
             .await
             .map_err(failure::unavailable)?;
-        let now = forwarder_now_ms();
+        let now = forwarder::now_ms();
         let mut items: Vec<(String, u64)> = scheduled
             .into_iter()
             .filter_map(|(member, due)| {
@@ -356,34 +378,15 @@ impl RedisBroker {
     }
 }
 
-/// Milliseconds since the Unix epoch.
-fn forwarder_now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
 /// Writes the namespace's shard count at `edaflow:{NS}:layout` unless it is there, and
 /// refuses a count that differs from it: processes spreading one namespace differently
 /// would each see part of it.
-async fn check_layout(url: &RedisUrl, options: &RedisOptions) -> Result<(), BrokerError> {
-    let prefix = cluster::prefix(&options.namespace)?;
-    let seeds = url
-        .seeds()
-        .iter()
-        .map(|seed| connection::client_for(url, seed, options.tls_ca.as_deref()))
-        .collect::<Result<Vec<_>, _>>()?;
-    let node = cluster::Node::connect(url, seeds, &prefix, options.response_timeout)
-        .await
-        .map_err(|e| match e {
-            BrokerError::Unavailable { source } => BrokerError::Connect {
-                url: url.to_string(),
-                reason: source.to_string(),
-            },
-            other => other,
-        })?;
-    let key = format!("{prefix}layout");
-    let mut conn = node.conn();
+async fn check_layout(
+    url: &RedisUrl,
+    options: &RedisOptions,
+    mut conn: redis::aio::ConnectionManager,
+) -> Result<(), BrokerError> {
+    let key = format!("{}layout", cluster::prefix(&options.namespace)?);
     let (_, layout): (Option<String>, Option<String>) = redis::pipe()
         .cmd("SET")
         .arg(&key)
@@ -483,7 +486,7 @@ impl Broker for RedisBroker {
     }
 
     async fn commit(&self, delivery: Delivery, effects: Effects) -> Result<(), BrokerError> {
-        self.commit_routed(delivery, effects).await
+        self.commit_routed(&delivery, &effects).await
     }
 
     async fn nack(&self, delivery: Delivery) -> Result<(), BrokerError> {
@@ -730,7 +733,7 @@ impl RetryableCommit for RedisBroker {
         delivery: &'a Delivery,
         effects: &'a Effects,
     ) -> BoxFuture<'a, Result<(), BrokerError>> {
-        Box::pin(self.commit_routed(delivery.clone(), effects.clone()))
+        Box::pin(self.commit_routed(delivery, effects))
     }
 }
 
