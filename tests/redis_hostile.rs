@@ -215,6 +215,14 @@ fn deferred_member() -> impl Strategy<Value = Vec<u8>> {
         }),
         1 => prop::collection::vec(any::<u8>(), 1..100),
         1 => Just(b"1\n".to_vec()),
+        // A topic no subscriber could ever read: empty, or not a topic name at all.
+        1 => (prop_oneof![Just(""), Just("no such topic"), Just("job..x"), Just("\u{e9}t\u{e9}")],
+              event("job"))
+            .prop_map(|(topic, json)| {
+                let mut member = format!("1\n{topic}\n").into_bytes();
+                member.extend(json);
+                member
+            }),
         1 => (1_000_000usize..1_500_000).prop_map(|n| vec![0xe9; n]),
     ]
 }

@@ -43,7 +43,9 @@ fn undecodable_deferred() -> Event {
     );
     dead.extensions.insert(
         crate::event::dead_letter::REASON.into(),
-        "undecodable delayed event: a stored member that is not `seq\\ntopic\\njson`".into(),
+        "undecodable delayed event: a stored member that is not `seq\\ntopic\\njson` \
+         with a valid topic name"
+            .into(),
     );
     dead
 }

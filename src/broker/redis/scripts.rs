@@ -704,13 +704,22 @@ return {n, 0}
 
 /// `move_deferred`: ARGV P, batch, dead-letter template. Publishes due deferred events;
 /// replies with how many, the ms until the next one ('' for none), and the wake stream's
-/// last id. A member that is not `seq\ntopic\njson` cannot be published: it becomes a dead
+/// last id. A member that is not `seq\ntopic\njson`, or whose topic is not a valid topic
+/// name (no subscriber could ever read it), cannot be published: it becomes a dead
 /// letter (the template, a CloudEvents JSON object, with the member as its data, at most
 /// 64 KiB of it, bytes past ASCII shown as `?`), kept in the dead-letter store and
 /// published on the template's topic.
 pub static MOVE_DEFERRED: LazyLock<Script> = LazyLock::new(|| {
-    script(
+    script(&format!(
         r#"
+-- The rules of `pattern::validate_topic`: dot-separated segments of ASCII letters,
+-- digits, `_`, `-` and `:`, none empty, at most {max} bytes in all.
+local function valid_topic(name)
+  if #name == 0 or #name > {max} then return false end
+  if string.find(name, '[^%w_:%.%-]') then return false end
+  if string.sub(name, 1, 1) == '.' or string.sub(name, -1) == '.' then return false end
+  return not string.find(name, '..', 1, true)
+end
 local batch = tonumber(ARGV[2])
 local key = P .. 'deferred'
 local now = now_ms()
@@ -718,7 +727,7 @@ local due = redis.call('ZRANGEBYSCORE', key, '-inf', fmt(now), 'LIMIT', 0, batch
 for k, member in ipairs(due) do
   local a = string.find(member, '\n', 1, true)
   local b = a and string.find(member, '\n', a + 1, true)
-  if b then
+  if b and valid_topic(string.sub(member, a + 1, b - 1)) then
     append_event(string.sub(member, a + 1, b - 1), string.sub(member, b + 1), now)
   else
     local dead = cjson.decode(ARGV[3])
@@ -735,9 +744,10 @@ end
 local next_due = ''
 local first = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
 if #first > 0 then next_due = fmt(math.max(0, tonumber(first[2]) - now)) end
-return {#due, next_due, last_id(P .. 'deferred:wake')}
+return {{#due, next_due, last_id(P .. 'deferred:wake')}}
 "#,
-    )
+        max = crate::event::limits::MAX_TOPIC_BYTES,
+    ))
 });
 
 /// `move_queue`: ARGV P, queue, batch, take-ahead ms. Moves up to `batch` items of a queue
