@@ -63,6 +63,18 @@ pub enum LogFormat {
     Json,
 }
 
+/// With several Redis shards, what places an event on one (`--spread-by`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum SpreadByArg {
+    /// Each topic on one shard: a topic's events keep their order; a hop to a topic on
+    /// another shard goes through that shard's outbox.
+    #[default]
+    Topic,
+    /// Each journey (correlation id) on one shard: every hop commits on its own shard, and
+    /// the shards share the load evenly; order holds within a journey only.
+    Journey,
+}
+
 /// The subcommands.
 // Parsed once at start and then taken apart: `run`'s many options are not worth a box.
 #[allow(clippy::large_enum_variant)]
@@ -378,6 +390,18 @@ pub struct RunArgs {
         help_heading = "Broker"
     )]
     pub shards: u16,
+    /// Redis, with --shards above 1: place each event by its topic (`topic`: a topic's
+    /// events stay in order) or by its journey (`journey`: a chain of handlers commits on one
+    /// shard, with no hop between shards, and the shards share the load evenly). Topics
+    /// given a `shard` in the flow stay there either way.
+    #[arg(
+        long,
+        value_name = "BY",
+        env = "EDAFLOW_SPREAD_BY",
+        default_value = "topic",
+        help_heading = "Broker"
+    )]
+    pub spread_by: SpreadByArg,
     /// Redis: how long an event may stay with an unresponsive process before another
     /// process claims it (keep it above the slowest handler).
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration_arg, help_heading = "Broker")]

@@ -353,6 +353,56 @@ mod redis_spread {
     }
 }
 
+/// The checks that hold on a namespace spread over three shards of one Redis by journey:
+/// each event goes to the shard of its correlation id, so a topic has a stream on every
+/// shard. Left out, as that spreading documents: order between events of different
+/// journeys (they lie on different shards), a group's capacity (it is per shard), and how
+/// many entries a worker holds at once (it asks every shard, and keeps what several answer).
+mod redis_journey_spread {
+    use std::time::Duration;
+
+    use crate::common::redis::{Clock, RedisServer};
+    use edaflow::broker::redis::SpreadBy;
+    use edaflow::broker::RedisOptions;
+
+    async fn make(group_capacity: usize) -> Option<(edaflow::broker::RedisBroker, RedisServer)> {
+        let server = RedisServer::start()?;
+        let broker = server
+            .broker(RedisOptions {
+                namespace: "contract".to_owned(),
+                group_capacity: Some(group_capacity),
+                block: Duration::from_millis(200),
+                shards: 3,
+                spread_by: SpreadBy::Journey,
+                ..RedisOptions::default()
+            })
+            .await;
+        Some((broker, server))
+    }
+
+    macro_rules! journey {
+        ($($check:ident, $capacity:expr;)*) => {
+            $(contract_test!([#[tokio::test]] Clock::real(20, Duration::from_millis(150)), make, $check, $capacity);)*
+        };
+    }
+
+    journey! {
+        publish_fans_out_to_every_matching_group, 16;
+        events_published_before_a_group_exists_are_not_delivered, 16;
+        nack_returns_the_event_for_redelivery, 16;
+        commit_publishes_the_effects_then_acks, 16;
+        commit_publishes_deferred_effects_after_their_delay, 16;
+        publish_later_waits_for_its_delay, 16;
+        removed_groups_stop_receiving_and_their_consumers_fail, 16;
+        removing_a_group_wakes_its_waiting_consumers, 16;
+        a_successor_does_not_inherit_what_it_already_has, 16;
+        tap_sees_matching_events, 16;
+        tap_is_lossy_and_never_blocks_publishers, 16;
+        commit_applies_store_writes_in_order, 16;
+        a_commit_refused_for_a_delay_makes_nothing_visible, 16;
+    }
+}
+
 /// The same checks on a namespace spread over the three masters of a Redis Cluster.
 mod redis_cluster_spread {
     use std::time::Duration;

@@ -4,7 +4,9 @@
 //! another shard (`[topics.NAME] shard`), so every handler's effects go through an outbox
 //! and a forwarder. Each fault test counts, by `n`, what reached `done`: published
 //! (answered 202), handled, lost, duplicated. And a process asking for another shard count
-//! than the namespace's is refused.
+//! than the namespace's is refused. Spread by journey (`--spread-by journey`), the same chain
+//! commits every hop on its journey's own shard: killed mid-load, nothing is lost or
+//! doubled, no outbox is ever written, and every shard carries part of the load.
 
 mod common;
 
@@ -69,8 +71,13 @@ fn flow_dir() -> FlowDir {
 }
 
 fn start(dir: &FlowDir, url: &str, namespace: &str) -> (Running, SocketAddr) {
+    start_with(dir, url, namespace, &[])
+}
+
+fn start_with(dir: &FlowDir, url: &str, namespace: &str, more: &[&str]) -> (Running, SocketAddr) {
     let mut running = run_on(dir, "spread.toml", url)
         .args(["--namespace", namespace, "--shards", "3"])
+        .args(more.iter().copied())
         .args(["--claim-idle", "1s", "--unread-retention", "0s"])
         .spawn();
     let addr = running.listening_addr(PATIENCE);
@@ -175,6 +182,94 @@ fn kill_9_of_one_of_two_processes_loses_and_doubles_nothing() {
         "lost {lost:?}, duplicated {doubled:?}\n{}",
         survivor.dump()
     );
+}
+
+/// The chain spread by journey: the flow without its topics' `shard`, every event placed
+/// by its correlation id.
+#[test]
+fn spread_by_journey_commits_each_hop_on_its_shard_and_survives_a_kill_9() {
+    let Some(cluster) = RedisCluster::start() else {
+        return;
+    };
+    let namespace = "spread-journey";
+    let unplaced: String = FLOW
+        .split("[topics.")
+        .enumerate()
+        .map(|(i, part)| match i {
+            0 => part.to_owned(),
+            // Drops each `[topics.NAME]\nshard = K\n\n` block, keeps what follows it.
+            _ => part.splitn(3, '\n').nth(2).unwrap_or_default().to_owned(),
+        })
+        .collect();
+    assert!(!unplaced.contains("shard"), "{unplaced}");
+    let dir = FlowDir::with_files(&[
+        ("spread.toml", unplaced.as_str()),
+        ("work.rhai", WORK),
+        ("relay.rhai", RELAY),
+    ]);
+    let journey = ["--spread-by", "journey"];
+    let (survivor, addr) = start_with(&dir, &cluster.seeds_url(), namespace, &journey);
+    let (victim, _) = start_with(&dir, &cluster.seeds_url(), namespace, &journey);
+    let shards: Vec<(String, u16)> = (0..3).map(|k| shard_of(&cluster, namespace, k)).collect();
+    let load = Load::start(vec![addr], PATIENCE, post);
+    load.wait_acked(100, "before the kill");
+    let deadline = Instant::now() + PATIENCE;
+    while worked_lines(&victim) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the victim never handled an event\n{}",
+            victim.dump()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let status = Command::new("kill")
+        .args(["-KILL", &victim.pid().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success());
+    let after = load.next_fresh();
+    load.wait_acked_from(after, 100, "after the kill");
+    let (acked, _refused) = load.finish();
+    let per_shard = || -> Vec<BTreeMap<u64, usize>> {
+        shards
+            .iter()
+            .map(|shard| done_counts(&cluster, shard))
+            .collect()
+    };
+    let counts = load::wait_handled(&acked, PATIENCE, || {
+        let mut all = BTreeMap::new();
+        for counts in per_shard() {
+            for (n, c) in counts {
+                *all.entry(n).or_insert(0) += c;
+            }
+        }
+        all
+    });
+    let (lost, doubled) = tally(
+        "kill -9 of one of two processes, spread by journey",
+        &acked,
+        &counts,
+    );
+    assert!(
+        lost.is_empty() && doubled.is_empty(),
+        "lost {lost:?}, duplicated {doubled:?}\n{}",
+        survivor.dump()
+    );
+    for (k, (counts, (prefix, slot))) in per_shard().iter().zip(&shards).enumerate() {
+        assert!(
+            counts.len() >= acked.len() / 10,
+            "shard {k} carried {} of {} journeys",
+            counts.len(),
+            acked.len()
+        );
+        // Every hop committed on its own shard: no outbox was ever written.
+        let master = cluster.master_of(*slot);
+        let exists: bool = redis::cmd("EXISTS")
+            .arg(format!("{prefix}outbox"))
+            .query(&mut connect(&format!("redis://127.0.0.1:{master}")))
+            .expect("EXISTS");
+        assert!(!exists, "shard {k} wrote an outbox");
+    }
 }
 
 #[test]

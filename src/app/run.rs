@@ -163,6 +163,10 @@ fn redis_options(args: &RunArgs, prepared: &Prepared) -> RedisOptions {
         tls_ca: args.redis_ca.clone(),
         unread_retention: Some(args.unread_retention).filter(|retention| !retention.is_zero()),
         shards: usize::from(args.shards),
+        spread_by: match args.spread_by {
+            crate::cli::SpreadByArg::Topic => crate::broker::redis::SpreadBy::Topic,
+            crate::cli::SpreadByArg::Journey => crate::broker::redis::SpreadBy::Journey,
+        },
         ..RedisOptions::default()
     }
 }

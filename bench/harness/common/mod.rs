@@ -47,8 +47,8 @@ pub fn runtime() -> Result<tokio::runtime::Runtime, Box<dyn std::error::Error>> 
 }
 
 /// A Redis broker on `url` in a fresh namespace (`bench-{workload}-{pid}`), with the
-/// `BENCH_PREFETCH`, `BENCH_BATCH` and `BENCH_SHARDS` knobs from the environment (for A/B
-/// runs).
+/// `BENCH_PREFETCH`, `BENCH_BATCH`, `BENCH_SHARDS` and `BENCH_SPREAD_BY` (`journey`)
+/// knobs from the environment (for A/B runs).
 pub async fn redis_broker(
     url: &str,
     workload: &str,
@@ -63,6 +63,10 @@ pub async fn redis_broker(
             .map_or(RedisOptions::default().take_ahead, Duration::from_millis),
         hold_ahead: env_or("BENCH_HOLD_AHEAD", RedisOptions::default().hold_ahead),
         shards: env_or("BENCH_SHARDS", 1),
+        spread_by: match std::env::var("BENCH_SPREAD_BY").as_deref() {
+            Ok("journey") => edaflow::broker::redis::SpreadBy::Journey,
+            _ => edaflow::broker::redis::SpreadBy::Topic,
+        },
         ..RedisOptions::default()
     };
     Ok(RedisBroker::connect(&RedisUrl::parse(url)?, options).await?)

@@ -194,7 +194,7 @@ use crate::store::StoreRead;
 pub use circuit::CircuitState;
 pub(crate) use consumer::ShardConsumer;
 pub use retention::TrimReport;
-pub use spread::{RedisBroker, RedisConsumer, MAX_SHARDS};
+pub use spread::{RedisBroker, RedisConsumer, SpreadBy, MAX_SHARDS};
 pub use url::{BrokerUrl, RedisUrl, SecretUrl};
 
 /// Settings of the Redis broker.
@@ -244,6 +244,9 @@ pub struct RedisOptions {
     /// one slot; on a Redis Cluster, one per master spreads the flow set over them. Every
     /// process of a flow set must use the same. Default: 1.
     pub shards: usize,
+    /// With several shards, what places an event (see `SpreadBy`). Processes that differ
+    /// still deliver everything once, only less evenly. Default: by topic.
+    pub spread_by: SpreadBy,
 }
 
 /// Every default is a named constant of `defaults`.
@@ -263,6 +266,7 @@ impl Default for RedisOptions {
             tls_ca: None,
             unread_retention: Some(defaults::UNREAD_RETENTION),
             shards: 1,
+            spread_by: SpreadBy::Topic,
         }
     }
 }

@@ -11,7 +11,7 @@
 //!
 //! | what | shard |
 //! |---|---|
-//! | a topic's stream, its deferred events | `shard_of(topic)` |
+//! | a topic's stream, its deferred events | `shard_of(topic)`, or its `[topics.NAME] shard`; spread by journey, each event's `shard_of(correlation id)` |
 //! | a queue | `shard_of(queue)` |
 //! | a state store | `shard_of(store)` |
 //! | a journey's history | `shard_of(correlation id)` |
@@ -28,6 +28,10 @@
 //! in the same instant as the ack, and a handler that writes a store on another shard
 //! reads its own write only once it has landed. Events of different shards have no order
 //! between them.
+//!
+//! Spread by journey (`SpreadBy::Journey`), an event goes to the shard of its correlation
+//! id, and what a handler emits carries the handled event's: a chain's hops then commit on
+//! one shard with no outbox, and every shard gets its share of every topic.
 //!
 //! A delivery's tag is prefixed with its shard (`{k}|…`), so commits and nacks go back to
 //! the shard the entry lies in.
@@ -65,6 +69,7 @@ use crate::store::{Fetched, StoreError, StoreRead, StoreWant};
 
 pub use consumer::RedisConsumer;
 use placement::shard_of;
+pub use placement::SpreadBy;
 
 /// Most shards a namespace may be spread over.
 pub const MAX_SHARDS: usize = 64;
@@ -80,21 +85,27 @@ pub struct RedisBroker {
 pub(super) struct Spread {
     pub(super) shards: Vec<ShardBroker>,
     stores: Arc<SpreadStores>,
-    /// Topics placed by `[topics.NAME] shard` (the others go by the hash of their name).
+    /// Topics placed by `[topics.NAME] shard` (the others go as `by` says).
     placed: std::sync::RwLock<std::collections::HashMap<String, usize>>,
+    by: SpreadBy,
 }
 
 impl Spread {
-    /// The shard holding `topic`.
-    pub(super) fn topic_shard(&self, topic: &str) -> usize {
+    /// The shard `event` is published on: its topic's when the topic is placed, else by
+    /// the hash of its topic's name or of its journey's correlation id (`SpreadBy`).
+    pub(super) fn event_shard(&self, event: &Event) -> usize {
         let n = self.shards.len();
         if n == 1 {
             return 0;
         }
         let placed = self.placed.read().unwrap_or_else(|e| e.into_inner());
-        placed
-            .get(topic)
-            .map_or_else(|| shard_of(topic, n), |k| k % n)
+        if let Some(k) = placed.get(&event.topic) {
+            return k % n;
+        }
+        match self.by {
+            SpreadBy::Topic => shard_of(&event.topic, n),
+            SpreadBy::Journey => shard_of(&event.correlation_id, n),
+        }
     }
 }
 
@@ -143,6 +154,7 @@ impl RedisBroker {
             shards,
             stores,
             placed: std::sync::RwLock::default(),
+            by: options.spread_by,
         });
         if n > 1 {
             for k in 0..n {
@@ -170,8 +182,8 @@ impl RedisBroker {
         &self.spread.shards[shard_of(name, self.n())]
     }
 
-    fn topic_shard(&self, topic: &str) -> &ShardBroker {
-        &self.spread.shards[self.spread.topic_shard(topic)]
+    fn event_shard(&self, event: &Event) -> &ShardBroker {
+        &self.spread.shards[self.spread.event_shard(event)]
     }
 
     /// The URL (password hidden when displayed).
@@ -299,7 +311,7 @@ impl RedisBroker {
         let mut effects = effects.clone();
         let reply = effects.reply.take();
         let (effects, outbound) =
-            outbox::split(effects, k, self.n(), &|t| self.spread.topic_shard(t))?;
+            outbox::split(effects, k, self.n(), &|e| self.spread.event_shard(e))?;
         shard
             .guarded(
                 "commit",
@@ -443,14 +455,11 @@ impl Broker for RedisBroker {
     }
 
     async fn publish(&self, event: Event, mode: Backpressure) -> Result<(), BrokerError> {
-        self.topic_shard(&event.topic)
-            .clone()
-            .publish(event, mode)
-            .await
+        self.event_shard(&event).clone().publish(event, mode).await
     }
 
     async fn publish_later(&self, event: Event, delay: Duration) -> Result<(), BrokerError> {
-        self.topic_shard(&event.topic)
+        self.event_shard(&event)
             .clone()
             .publish_later(event, delay)
             .await

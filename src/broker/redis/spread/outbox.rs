@@ -13,6 +13,7 @@ use super::placement::shard_of;
 use crate::broker::redis::commit::{delay_ms, Outbound};
 use crate::broker::redis::failure::unexpected;
 use crate::broker::{BrokerError, Effects};
+use crate::event::Event;
 use crate::store::{StoreOp, StoreWrite};
 
 /// The effects of one commit bound for one other shard.
@@ -39,14 +40,14 @@ impl Parcel {
 }
 
 /// Splits `effects` of a commit on shard `here` of `n`: the effects that stay (the rest of
-/// `effects`, returned) and the outbound parcels. `topic_shard` places topics (queues and
+/// `effects`, returned) and the outbound parcels. `event_shard` places events (queues and
 /// stores go by the hash of their name). The reply and the dead-letter record stay
 /// here; a dead letter whose topic lies elsewhere is published there through the outbox.
 pub(crate) fn split(
     mut effects: Effects,
     here: usize,
     n: usize,
-    topic_shard: &dyn Fn(&str) -> usize,
+    event_shard: &dyn Fn(&Event) -> usize,
 ) -> Result<(Effects, Outbound), BrokerError> {
     // Every delay is checked before anything is split, as a commit on one shard does.
     for (_, delay) in &effects.deferred {
@@ -59,7 +60,7 @@ pub(crate) fn split(
     let mut parcels: Vec<Parcel> = (0..n).map(|_| Parcel::default()).collect();
     let mut outbound = Outbound::default();
     effects.publish.retain(|event| {
-        let to = topic_shard(&event.topic);
+        let to = event_shard(event);
         if to == here {
             return true;
         }
@@ -69,7 +70,7 @@ pub(crate) fn split(
         false
     });
     effects.deferred.retain(|(event, delay)| {
-        let to = topic_shard(&event.topic);
+        let to = event_shard(event);
         if to == here {
             return true;
         }
@@ -97,7 +98,7 @@ pub(crate) fn split(
         false
     });
     if let Some(dead) = &effects.dead_letter {
-        let to = topic_shard(&dead.topic);
+        let to = event_shard(dead);
         if to != here {
             parcels[to]
                 .p
@@ -162,7 +163,8 @@ mod tests {
             dead_letter: Some(event(&there_topic)),
             ..Effects::default()
         };
-        let (kept, outbound) = split(effects, here, 3, &|t| shard_of(t, 3)).expect("split");
+        let (kept, outbound) =
+            split(effects, here, 3, &|e: &Event| shard_of(&e.topic, 3)).expect("split");
         assert_eq!(kept.publish.len(), 1);
         assert_eq!(kept.publish[0].topic, here_topic);
         assert!(kept.deferred.is_empty() && kept.store_writes.is_empty());

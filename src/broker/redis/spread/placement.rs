@@ -5,6 +5,21 @@
 //! Everything here is a pure function of names and the shard count, so every process of a
 //! flow set agrees on it without asking Redis.
 
+/// What decides the shard an event is published on, in a namespace of several shards. A
+/// topic placed with `[topics.NAME] shard = K` stays on shard K either way.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SpreadBy {
+    /// Each topic lives on one shard, by the hash of its name: a topic's events keep their
+    /// order, and a handler's emit to a topic on another shard goes through the outbox.
+    #[default]
+    Topic,
+    /// Each journey lives on one shard, by the hash of its correlation id: every topic has
+    /// a stream on every shard, a handler's emits land on its own shard with its
+    /// acknowledgement (no outbox), and the shards share the load evenly. Events of one
+    /// journey keep their order; events of different journeys on one topic do not.
+    Journey,
+}
+
 /// Slots in a Redis Cluster.
 const SLOTS: u32 = 16384;
 
