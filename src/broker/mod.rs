@@ -144,6 +144,14 @@ pub enum BrokerError {
     #[error("Redis Cluster at `{url}`: {reason}")]
     #[diagnostic(code(edaflow::broker::cluster))]
     Cluster { url: String, reason: String },
+    /// A shard count this process cannot use for its namespace: out of range, or not the
+    /// one the namespace was spread with (on one Redis or a cluster alike).
+    #[error("Redis at `{url}`: {reason}")]
+    #[diagnostic(
+        code(edaflow::broker::layout),
+        help("give every process of a flow set the same --shards, or use a new namespace")
+    )]
+    Layout { url: String, reason: String },
 }
 
 impl BrokerError {

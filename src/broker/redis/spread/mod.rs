@@ -115,7 +115,7 @@ impl RedisBroker {
     /// several. Must be called inside a tokio runtime.
     ///
     /// # Errors
-    /// As `ShardBroker::connect`; `Cluster` when the shard count is out of range or differs
+    /// As `ShardBroker::connect`; `Layout` when the shard count is out of range or differs
     /// from the one the namespace was spread with.
     pub async fn connect(
         url: &RedisUrl,
@@ -123,7 +123,7 @@ impl RedisBroker {
     ) -> Result<RedisBroker, BrokerError> {
         let n = options.shards;
         if n == 0 || n > MAX_SHARDS {
-            return Err(BrokerError::Cluster {
+            return Err(BrokerError::Layout {
                 url: url.to_string(),
                 reason: format!("{n} shards: give between 1 and {MAX_SHARDS}"),
             });
@@ -411,14 +411,14 @@ async fn check_layout(
         .map_err(failure::unavailable)?;
     match layout.as_deref().map(str::parse::<usize>) {
         Some(Ok(n)) if n == options.shards => Ok(()),
-        Some(Ok(n)) => Err(BrokerError::Cluster {
+        Some(Ok(n)) => Err(BrokerError::Layout {
             url: url.to_string(),
             reason: format!(
-                "the namespace `{}` is spread over {n} shard(s) and this process asks for {}: give every process of a flow set the same --shards (or use a new namespace)",
+                "the namespace `{}` is spread over {n} shard(s) and this process asks for {}",
                 options.namespace, options.shards
             ),
         }),
-        _ => Err(BrokerError::Cluster {
+        _ => Err(BrokerError::Layout {
             url: url.to_string(),
             reason: format!("`{key}` does not hold a shard count"),
         }),
