@@ -750,6 +750,24 @@ return {{#due, next_due, last_id(P .. 'deferred:wake')}}
     ))
 });
 
+/// `hold_lease`: ARGV P, lease key, holder, ms. Takes a lease (a shard's forwarding lease,
+/// `P fwd:lease`) when it is free, or renews it when `holder` has it; replies 1 when `holder` holds it now,
+/// else 0. One script, so a lease that expires between the look and the renewal is never
+/// renewed for whoever took it meanwhile.
+pub static HOLD_LEASE: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local key, me, ms = ARGV[2], ARGV[3], ARGV[4]
+if redis.call('SET', key, me, 'NX', 'PX', ms) then return 1 end
+if redis.call('GET', key) == me then
+  redis.call('PEXPIRE', key, ms)
+  return 1
+end
+return 0
+"#,
+    )
+});
+
 /// `move_queue`: ARGV P, queue, batch, take-ahead ms. Moves up to `batch` items of a queue
 /// due within the take-ahead to its ready stream; replies `gone` for a queue no longer
 /// declared, else: how many moved, the ms until the next item comes within the take-ahead

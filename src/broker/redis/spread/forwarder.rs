@@ -29,6 +29,7 @@ use crate::broker::redis::batch::{self, OpArgs};
 use crate::broker::redis::commit::Forwarded;
 use crate::broker::redis::failure::unavailable;
 use crate::broker::redis::reply::text;
+use crate::broker::redis::scripts;
 use crate::broker::redis::ShardBroker;
 use crate::broker::BrokerError;
 
@@ -136,37 +137,17 @@ pub(super) async fn run(spread: Weak<Spread>, source: usize) {
 
 /// Takes or renews the shard's forwarding lease; false when another process holds it.
 async fn hold_lease(shard: &ShardBroker) -> Result<bool, BrokerError> {
-    let key = shard.inner.keys.forward_lease();
-    let me = &shard.inner.instance;
     let lease_ms = u64::try_from(LEASE.as_millis()).unwrap_or(u64::MAX);
-    let mut conn = shard.conn();
-    let set: Option<String> = redis::cmd("SET")
-        .arg(&key)
-        .arg(me)
-        .arg("NX")
-        .arg("PX")
+    let held: i64 = scripts::HOLD_LEASE
+        .prepare_invoke()
+        .arg(shard.inner.keys.prefix())
+        .arg(shard.inner.keys.forward_lease())
+        .arg(&shard.inner.instance)
         .arg(lease_ms)
-        .query_async(&mut conn)
+        .invoke_async(&mut shard.conn())
         .await
         .map_err(unavailable)?;
-    if set.is_some() {
-        return Ok(true);
-    }
-    let holder: Option<String> = redis::cmd("GET")
-        .arg(&key)
-        .query_async(&mut conn)
-        .await
-        .map_err(unavailable)?;
-    if holder.as_deref() != Some(me.as_str()) {
-        return Ok(false);
-    }
-    let _: i64 = redis::cmd("PEXPIRE")
-        .arg(&key)
-        .arg(lease_ms)
-        .query_async(&mut conn)
-        .await
-        .map_err(unavailable)?;
-    Ok(true)
+    Ok(held == 1)
 }
 
 /// The oldest entries of the outbox, waiting up to `BLOCK` for one.
