@@ -326,6 +326,26 @@ impl RedisBroker {
 }
 
 impl RedisBroker {
+    /// The dead letters `filter` picks on every shard, oldest first; `take` removes them.
+    async fn every_shards_dead_letters(
+        &self,
+        filter: &DeadFilter,
+        take: bool,
+    ) -> Result<Vec<Event>, BrokerError> {
+        let mut all = Vec::new();
+        for shard in self.shards() {
+            all.extend(if take {
+                shard.take_dead_letters(filter).await?
+            } else {
+                shard.dead_letters(filter).await?
+            });
+        }
+        if self.n() > 1 {
+            all.sort_by_key(|e| e.time);
+        }
+        Ok(all)
+    }
+
     /// Removes queue `name`, handing its items to `to` on another shard: each item is
     /// enqueued there (due when it was due) before the queue is removed, so none is lost;
     /// an item a worker is handling at that moment may run twice (at least once, unlike a
@@ -664,25 +684,11 @@ impl Broker for RedisBroker {
     }
 
     async fn dead_letters(&self, filter: &DeadFilter) -> Result<Vec<Event>, BrokerError> {
-        let mut all = Vec::new();
-        for shard in self.shards() {
-            all.extend(shard.dead_letters(filter).await?);
-        }
-        if self.n() > 1 {
-            all.sort_by_key(|e| e.time);
-        }
-        Ok(all)
+        self.every_shards_dead_letters(filter, false).await
     }
 
     async fn take_dead_letters(&self, filter: &DeadFilter) -> Result<Vec<Event>, BrokerError> {
-        let mut all = Vec::new();
-        for shard in self.shards() {
-            all.extend(shard.take_dead_letters(filter).await?);
-        }
-        if self.n() > 1 {
-            all.sort_by_key(|e| e.time);
-        }
-        Ok(all)
+        self.every_shards_dead_letters(filter, true).await
     }
 }
 
