@@ -6,7 +6,8 @@
 //! (answered 202), handled, lost, duplicated. And a process asking for another shard count
 //! than the namespace's is refused. Spread by journey (`--spread-by journey`), the same chain
 //! commits every hop on its journey's own shard: killed mid-load, nothing is lost or
-//! doubled, no outbox is ever written, and every shard carries part of the load.
+//! doubled, no outbox is ever written, and every shard carries part of the load. `/metrics`
+//! shows each shard's outbox: what waits in it, for how long, and what was forwarded.
 
 mod common;
 
@@ -318,6 +319,54 @@ fn kill_9_of_a_master_fails_over_and_the_flow_set_goes_on() {
         acked.len(),
         running.dump()
     );
+}
+
+/// The outboxes as `/metrics` shows them, on three shards of one Redis: every hop of the
+/// chain crosses shards, so shards 0 and 1 forward one entry per event, and once the chain
+/// has drained nothing waits.
+#[test]
+fn metrics_show_each_shards_outbox() {
+    let Some(server) = common::redis::RedisServer::start() else {
+        return;
+    };
+    let dir = flow_dir();
+    let (running, addr) = start(&dir, &server.url(), "spread-metrics");
+    for n in 0..20 {
+        assert_eq!(post(addr, n).status, 202);
+    }
+    let metric = |name: &str| -> Option<f64> {
+        let body = common::http(addr, "GET", "/metrics", &[], b"").body;
+        body.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+    };
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let forwarded: Vec<f64> = (0..3)
+            .map(|k| {
+                metric(&format!("edaflow_outbox_forwarded_total{{shard=\"{k}\"}}")).unwrap_or(-1.0)
+            })
+            .collect();
+        let waiting: Vec<f64> = (0..3)
+            .map(|k| metric(&format!("edaflow_outbox_waiting{{shard=\"{k}\"}}")).unwrap_or(-1.0))
+            .collect();
+        if forwarded == [20.0, 20.0, 0.0] && waiting == [0.0, 0.0, 0.0] {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "forwarded {forwarded:?}, waiting {waiting:?}\n{}",
+            running.dump()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for k in 0..3 {
+        let oldest = metric(&format!("edaflow_outbox_oldest_seconds{{shard=\"{k}\"}}"));
+        assert_eq!(
+            oldest,
+            Some(0.0),
+            "shard {k}: nothing waits, so nothing is old"
+        );
+    }
 }
 
 /// Processes spreading one namespace over different shard counts would each see part of

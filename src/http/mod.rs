@@ -47,6 +47,7 @@ use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
+use crate::broker::capability::placement::OutboxStats;
 use crate::broker::{Broker, BrokerHealth};
 use crate::flow::model::HttpProducer;
 use crate::pattern::TopicPattern;
@@ -474,6 +475,47 @@ async fn readyz<B: Broker>(State(state): State<Arc<ApiState<B>>>) -> Response {
     json_response(StatusCode::OK, body.to_string())
 }
 
+/// A spread namespace's outboxes (`edaflow_outbox_*`, labelled by shard); nothing for a
+/// namespace of one shard.
+fn render_outboxes(out: &mut String, outboxes: &[OutboxStats]) {
+    use std::fmt::Write as _;
+    type Value = fn(&OutboxStats) -> String;
+    if outboxes.is_empty() {
+        return;
+    }
+    let families: [(&str, &str, &str, Value); 3] = [
+        (
+            "edaflow_outbox_waiting",
+            "gauge",
+            "Entries a shard's commits wrote for other shards and not forwarded yet.",
+            |o| o.waiting.to_string(),
+        ),
+        (
+            "edaflow_outbox_oldest_seconds",
+            "gauge",
+            "How long the oldest entry waiting in a shard's outbox has waited.",
+            |o| format!("{:.3}", o.oldest.as_secs_f64()),
+        ),
+        (
+            "edaflow_outbox_forwarded_total",
+            "counter",
+            "Outbox entries this process's forwarder carried from a shard to the others.",
+            |o| o.forwarded.to_string(),
+        ),
+    ];
+    for (name, kind, help, value) in families {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for outbox in outboxes {
+            let _ = writeln!(
+                out,
+                "{name}{{shard=\"{}\"}} {}",
+                outbox.shard,
+                value(outbox)
+            );
+        }
+    }
+}
+
 async fn metrics<B: Broker>(
     State(state): State<Arc<ApiState<B>>>,
     headers: HeaderMap,
@@ -500,6 +542,9 @@ async fn metrics<B: Broker>(
              edaflow_broker_out_of_memory_episodes_total {}\n",
             incidents.state_lost, incidents.out_of_memory_episodes
         );
+    }
+    if let Some(placement) = state.runtime.broker.placement() {
+        render_outboxes(&mut text, &placement.outboxes().await);
     }
     if state.runtime.broker.history().is_some() {
         use std::fmt::Write as _;

@@ -16,6 +16,7 @@
 //! is refused (its queue full or unknown, Redis out of memory) the later ones wait with it,
 //! so the watermark never passes an entry that has not landed.
 
+use std::sync::atomic::Ordering;
 use std::sync::Weak;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -262,6 +263,7 @@ async fn forward_all(
             .query_async(&mut source_shard.conn())
             .await
             .map_err(unavailable)?;
+        spread.forwarded[source].fetch_add(landed.len() as u64, Ordering::Relaxed);
     }
     Ok(refused)
 }

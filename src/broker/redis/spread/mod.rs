@@ -55,6 +55,7 @@ use tracing::Instrument;
 use super::commit;
 use super::retention::TrimReport;
 use super::{cluster, failure, replies, CircuitState, RedisOptions, ShardBroker};
+use crate::broker::capability::placement::OutboxStats;
 use crate::broker::capability::BoxFuture;
 use crate::broker::redis::url::RedisUrl;
 use crate::broker::{
@@ -88,6 +89,8 @@ pub(super) struct Spread {
     /// Topics placed by `[topics.NAME] shard` (the others go as `by` says).
     placed: std::sync::RwLock<std::collections::HashMap<String, usize>>,
     by: SpreadBy,
+    /// Per shard: outbox entries this process's forwarder carried from it.
+    pub(super) forwarded: Vec<std::sync::atomic::AtomicU64>,
 }
 
 impl Spread {
@@ -155,6 +158,9 @@ impl RedisBroker {
             stores,
             placed: std::sync::RwLock::default(),
             by: options.spread_by,
+            forwarded: (0..n)
+                .map(|_| std::sync::atomic::AtomicU64::new(0))
+                .collect(),
         });
         if n > 1 {
             for k in 0..n {
@@ -794,6 +800,48 @@ impl crate::broker::capability::placement::TopicPlacement for RedisBroker {
             .write()
             .unwrap_or_else(|e| e.into_inner());
         *placed = topics.iter().cloned().collect();
+    }
+
+    fn outboxes(&self) -> BoxFuture<'_, Vec<OutboxStats>> {
+        Box::pin(async move {
+            if self.n() == 1 {
+                return Vec::new();
+            }
+            let asks = self
+                .shards()
+                .iter()
+                .enumerate()
+                .map(|(k, shard)| async move {
+                    let key = shard.inner.keys.outbox();
+                    let (waiting, oldest): (u64, redis::streams::StreamRangeReply) = redis::pipe()
+                        .cmd("XLEN")
+                        .arg(&key)
+                        .cmd("XRANGE")
+                        .arg(&key)
+                        .arg("-")
+                        .arg("+")
+                        .arg("COUNT")
+                        .arg(1)
+                        .query_async(&mut shard.conn())
+                        .await
+                        .ok()?;
+                    // Outbox ids are the writing master's clock, in ms.
+                    let since = oldest
+                        .ids
+                        .first()
+                        .and_then(|e| e.id.split_once('-'))
+                        .and_then(|(ms, _)| ms.parse::<u64>().ok())
+                        .map_or(0, |ms| forwarder::now_ms().saturating_sub(ms));
+                    Some(OutboxStats {
+                        shard: k,
+                        waiting,
+                        oldest: Duration::from_millis(since),
+                        forwarded: self.spread.forwarded[k]
+                            .load(std::sync::atomic::Ordering::Relaxed),
+                    })
+                });
+            join_all(asks).await.into_iter().flatten().collect()
+        })
     }
 }
 
