@@ -9,7 +9,6 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::redis::{connect, counts_of_n, RedisServer};
@@ -134,10 +133,6 @@ fn assert_each_once(counts: &BTreeMap<u64, usize>, total: usize, what: &str) {
     );
 }
 
-fn worked_lines(running: &Running) -> usize {
-    running.stderr().matches("worked ").count()
-}
-
 #[test]
 fn two_processes_compete_within_a_group_and_fan_out_across_groups() {
     let Some(server) = RedisServer::start() else {
@@ -156,7 +151,7 @@ fn two_processes_compete_within_a_group_and_fan_out_across_groups() {
     let audited = wait_emitted(&mut conn, "audited", TOTAL, PATIENCE);
     assert_each_once(&worked, TOTAL, "group `work` across both processes");
     assert_each_once(&audited, TOTAL, "group `audit` across both processes");
-    let (a, b) = (worked_lines(&first), worked_lines(&second));
+    let (a, b) = (first.worked_lines(), second.worked_lines());
     assert_eq!(a + b, TOTAL, "each event handled by one process");
     assert!(
         a > 0 && b > 0,
@@ -181,20 +176,7 @@ fn kill_9_of_one_process_under_load_loses_nothing() {
         publish(addr, n);
     }
     // Mid-load, once the victim is taking part.
-    let deadline = Instant::now() + PATIENCE;
-    while worked_lines(&victim) == 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the victim never handled an event\n{}",
-            victim.dump()
-        );
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    let status = Command::new("kill")
-        .args(["-KILL", &victim.pid().to_string()])
-        .status()
-        .expect("run kill");
-    assert!(status.success());
+    victim.kill_9_once_working(PATIENCE);
     for n in TOTAL / 2..TOTAL {
         publish(addr, n);
     }
@@ -311,7 +293,7 @@ emit("finished", #{ n: event.data.n, early: event.data.at + 300 - now_ms() });
     let finished = wait_emitted(&mut conn, "finished", TOTAL, PATIENCE);
     assert_each_once(&worked, TOTAL, "group `work` across three processes");
     assert_each_once(&finished, TOTAL, "queue `later` across three processes");
-    let shares: Vec<usize> = processes.iter().map(|(p, _)| worked_lines(p)).collect();
+    let shares: Vec<usize> = processes.iter().map(|(p, _)| p.worked_lines()).collect();
     assert_eq!(
         shares.iter().sum::<usize>(),
         TOTAL,

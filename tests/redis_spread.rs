@@ -13,7 +13,6 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::load::{self, Load};
@@ -142,10 +141,6 @@ fn tally(what: &str, acked: &BTreeSet<u64>, counts: &BTreeMap<u64, usize>) -> (V
     (lost, doubled)
 }
 
-fn worked_lines(running: &Running) -> usize {
-    running.stderr().matches("worked ").count() + running.stdout().matches("worked ").count()
-}
-
 #[test]
 fn kill_9_of_one_of_two_processes_loses_and_doubles_nothing() {
     let Some(cluster) = RedisCluster::start() else {
@@ -159,20 +154,7 @@ fn kill_9_of_one_of_two_processes_loses_and_doubles_nothing() {
     // Posts go to the survivor; both processes handle them.
     let load = Load::start(vec![addr], PATIENCE, post);
     load.wait_acked(100, "before the kill");
-    let deadline = Instant::now() + PATIENCE;
-    while worked_lines(&victim) == 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the victim never handled an event\n{}",
-            victim.dump()
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let status = Command::new("kill")
-        .args(["-KILL", &victim.pid().to_string()])
-        .status()
-        .expect("run kill");
-    assert!(status.success());
+    victim.kill_9_once_working(PATIENCE);
     let after = load.next_fresh();
     load.wait_acked_from(after, 100, "after the kill");
     let (acked, _refused) = load.finish();
@@ -214,20 +196,7 @@ fn spread_by_journey_commits_each_hop_on_its_shard_and_survives_a_kill_9() {
     let shards: Vec<(String, u16)> = (0..3).map(|k| shard_of(&cluster, namespace, k)).collect();
     let load = Load::start(vec![addr], PATIENCE, post);
     load.wait_acked(100, "before the kill");
-    let deadline = Instant::now() + PATIENCE;
-    while worked_lines(&victim) == 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the victim never handled an event\n{}",
-            victim.dump()
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let status = Command::new("kill")
-        .args(["-KILL", &victim.pid().to_string()])
-        .status()
-        .expect("run kill");
-    assert!(status.success());
+    victim.kill_9_once_working(PATIENCE);
     let after = load.next_fresh();
     load.wait_acked_from(after, 100, "after the kill");
     let (acked, _refused) = load.finish();

@@ -594,6 +594,31 @@ impl Running {
         self.stderr.text()
     }
 
+    /// How many `worked N` lines the process has logged (the fault tests' handlers log
+    /// one per event they handle), on either stream.
+    pub fn worked_lines(&self) -> usize {
+        self.stderr().matches("worked ").count() + self.stdout().matches("worked ").count()
+    }
+
+    /// Once the process has handled an event (a `worked` line), kills it with SIGKILL: a
+    /// crash mid-load, nothing flushed or given back.
+    pub fn kill_9_once_working(&self, patience: Duration) {
+        let deadline = Instant::now() + patience;
+        while self.worked_lines() == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "the process never handled an event\n{}",
+                self.dump()
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let status = Command::new("kill")
+            .args(["-KILL", &self.pid().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -KILL {}", self.pid());
+    }
+
     /// Every stdout line so far, with the moment it was read.
     pub fn stdout_lines(&self) -> Vec<(Instant, String)> {
         self.stdout.lines()
