@@ -329,9 +329,18 @@ mod redis_spread {
     use std::time::Duration;
 
     use crate::common::redis::{Clock, RedisServer};
+    use edaflow::broker::redis::SpreadBy;
     use edaflow::broker::RedisOptions;
 
     async fn make(group_capacity: usize) -> Option<(edaflow::broker::RedisBroker, RedisServer)> {
+        make_spread(group_capacity, SpreadBy::Topic).await
+    }
+
+    /// Three shards of a Redis of the test's own, spread `by`.
+    pub(super) async fn make_spread(
+        group_capacity: usize,
+        by: SpreadBy,
+    ) -> Option<(edaflow::broker::RedisBroker, RedisServer)> {
         let server = RedisServer::start()?;
         let broker = server
             .broker(RedisOptions {
@@ -339,6 +348,7 @@ mod redis_spread {
                 group_capacity: Some(group_capacity),
                 block: Duration::from_millis(200),
                 shards: 3,
+                spread_by: by,
                 ..RedisOptions::default()
             })
             .await;
@@ -363,21 +373,9 @@ mod redis_journey_spread {
 
     use crate::common::redis::{Clock, RedisServer};
     use edaflow::broker::redis::SpreadBy;
-    use edaflow::broker::RedisOptions;
 
     async fn make(group_capacity: usize) -> Option<(edaflow::broker::RedisBroker, RedisServer)> {
-        let server = RedisServer::start()?;
-        let broker = server
-            .broker(RedisOptions {
-                namespace: "contract".to_owned(),
-                group_capacity: Some(group_capacity),
-                block: Duration::from_millis(200),
-                shards: 3,
-                spread_by: SpreadBy::Journey,
-                ..RedisOptions::default()
-            })
-            .await;
-        Some((broker, server))
+        super::redis_spread::make_spread(group_capacity, SpreadBy::Journey).await
     }
 
     macro_rules! journey {

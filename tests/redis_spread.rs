@@ -141,6 +141,18 @@ fn tally(what: &str, acked: &BTreeSet<u64>, counts: &BTreeMap<u64, usize>) -> (V
     (lost, doubled)
 }
 
+/// Posts to `addr` (the survivor; both processes handle them) until 100 are answered,
+/// kills `victim` once it has handled one, posts until 100 more are answered, and returns
+/// every post answered 202.
+fn posts_through_a_kill(addr: SocketAddr, victim: &Running) -> BTreeSet<u64> {
+    let load = Load::start(vec![addr], PATIENCE, post);
+    load.wait_acked(100, "before the kill");
+    victim.kill_9_once_working(PATIENCE);
+    let after = load.next_fresh();
+    load.wait_acked_from(after, 100, "after the kill");
+    load.finish().0
+}
+
 #[test]
 fn kill_9_of_one_of_two_processes_loses_and_doubles_nothing() {
     let Some(cluster) = RedisCluster::start() else {
@@ -151,13 +163,7 @@ fn kill_9_of_one_of_two_processes_loses_and_doubles_nothing() {
     let (survivor, addr) = start(&dir, &cluster.seeds_url(), namespace);
     let (victim, _) = start(&dir, &cluster.seeds_url(), namespace);
     let done = shard_of(&cluster, namespace, 2);
-    // Posts go to the survivor; both processes handle them.
-    let load = Load::start(vec![addr], PATIENCE, post);
-    load.wait_acked(100, "before the kill");
-    victim.kill_9_once_working(PATIENCE);
-    let after = load.next_fresh();
-    load.wait_acked_from(after, 100, "after the kill");
-    let (acked, _refused) = load.finish();
+    let acked = posts_through_a_kill(addr, &victim);
     let counts = load::wait_handled(&acked, PATIENCE, || done_counts(&cluster, &done));
     let (lost, doubled) = tally("kill -9 of one of two processes, 3 shards", &acked, &counts);
     assert!(
@@ -194,12 +200,7 @@ fn spread_by_journey_commits_each_hop_on_its_shard_and_survives_a_kill_9() {
     let (survivor, addr) = start_with(&dir, &cluster.seeds_url(), namespace, &journey);
     let (victim, _) = start_with(&dir, &cluster.seeds_url(), namespace, &journey);
     let shards: Vec<(String, u16)> = (0..3).map(|k| shard_of(&cluster, namespace, k)).collect();
-    let load = Load::start(vec![addr], PATIENCE, post);
-    load.wait_acked(100, "before the kill");
-    victim.kill_9_once_working(PATIENCE);
-    let after = load.next_fresh();
-    load.wait_acked_from(after, 100, "after the kill");
-    let (acked, _refused) = load.finish();
+    let acked = posts_through_a_kill(addr, &victim);
     let per_shard = || -> Vec<BTreeMap<u64, usize>> {
         shards
             .iter()
