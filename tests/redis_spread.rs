@@ -7,7 +7,8 @@
 //! than the namespace's is refused. Spread by journey (`--spread-by journey`), the same chain
 //! commits every hop on its journey's own shard: killed mid-load, nothing is lost or
 //! doubled, no outbox is ever written, and every shard carries part of the load. `/metrics`
-//! shows each shard's outbox: what waits in it, for how long, and what was forwarded.
+//! shows each shard's outbox: what waits in it, for how long, and what was forwarded. A
+//! pub/sub topic's events are handled once, not once per shard.
 
 mod common;
 
@@ -336,6 +337,68 @@ fn metrics_show_each_shards_outbox() {
             Some(0.0),
             "shard {k}: nothing waits, so nothing is old"
         );
+    }
+}
+
+/// A pub/sub topic on a spread namespace: a message reaches every subscription to its
+/// channel, so the group subscribes from one shard only, and each event is handled once.
+#[test]
+fn a_pubsub_topic_on_three_shards_is_handled_once() {
+    let Some(server) = common::redis::RedisServer::start() else {
+        return;
+    };
+    let dir = FlowDir::with_files(&[
+        (
+            "spread.toml",
+            r#"
+[flow]
+name = "pubsub"
+
+[producers.api]
+kind = "http"
+listen = "127.0.0.1:0"
+
+[topics.ping]
+mode = "pubsub"
+
+[subscribers.seen]
+topic = "ping"
+script = "seen.rhai"
+"#,
+        ),
+        ("seen.rhai", "log(`worked ${event.data.n};`);"),
+    ]);
+    let (running, addr) = start(&dir, &server.url(), "spread-pubsub");
+    let ping = |n: u64| post_json(addr, "/topics/ping", format!("{{\"n\":{n}}}"));
+    // The subscription is made as the runtime starts: wait until a ping is seen.
+    let deadline = Instant::now() + PATIENCE;
+    while running.worked_lines() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "no ping handled\n{}",
+            running.dump()
+        );
+        assert_eq!(ping(0).status, 202);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for n in 1..=3 {
+        assert_eq!(ping(n).status, 202);
+    }
+    // Redis writes a message to every subscription as it is published: once the last
+    // one is handled, a copy of the others would be too.
+    let sentinel = 99;
+    assert_eq!(ping(sentinel).status, 202);
+    let handled = |n: u64| running.stderr().matches(&format!("worked {n};")).count();
+    while handled(sentinel) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the last ping was not handled\n{}",
+            running.dump()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    for n in [1, 2, 3, sentinel] {
+        assert_eq!(handled(n), 1, "ping {n}\n{}", running.dump());
     }
 }
 

@@ -412,6 +412,19 @@ pub(super) async fn remove(
 /// The consumers of one subscriber of `group` (see `Broker::consumers`): hub consumers for
 /// a group that reads pub/sub topics only (see `wire`), else `n` consumers sharing one
 /// reader (see `consumer`).
+/// Whether `group` reads through the pub/sub hub (every one of its patterns pub/sub, see
+/// `wire`) rather than from streams.
+pub(super) fn reads_pubsub(broker: &ShardBroker, group: &str) -> bool {
+    let groups = broker
+        .inner
+        .groups
+        .read()
+        .unwrap_or_else(|e| e.into_inner());
+    groups
+        .get(group)
+        .is_some_and(|patterns| broker.inner.wire.group_is_pubsub(group, patterns))
+}
+
 pub(super) fn consumers(
     broker: &ShardBroker,
     group: &str,

@@ -504,6 +504,16 @@ impl Broker for RedisBroker {
                 .map(|c| RedisConsumer::one(None, c, self.clone()))
                 .collect());
         }
+        // A pub/sub message reaches every subscriber of its channel, whichever shard
+        // subscribed: a group reading through the hub subscribes once, from shard 0.
+        if crate::broker::redis::groups::reads_pubsub(self.home(), group) {
+            return Ok(self
+                .home()
+                .consumers(group, n)?
+                .into_iter()
+                .map(|c| RedisConsumer::one(Some(0), c, self.clone()))
+                .collect());
+        }
         let mut per_shard = Vec::with_capacity(self.n());
         for shard in self.shards() {
             per_shard.push(shard.consumers(group, n)?);
