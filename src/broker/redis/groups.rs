@@ -409,9 +409,6 @@ pub(super) async fn remove(
     Ok(removed)
 }
 
-/// The consumers of one subscriber of `group` (see `Broker::consumers`): hub consumers for
-/// a group that reads pub/sub topics only (see `wire`), else `n` consumers sharing one
-/// reader (see `consumer`).
 /// Whether `group` reads through the pub/sub hub (every one of its patterns pub/sub, see
 /// `wire`) rather than from streams.
 pub(super) fn reads_pubsub(broker: &ShardBroker, group: &str) -> bool {
@@ -425,6 +422,9 @@ pub(super) fn reads_pubsub(broker: &ShardBroker, group: &str) -> bool {
         .is_some_and(|patterns| broker.inner.wire.group_is_pubsub(group, patterns))
 }
 
+/// The consumers of one subscriber of `group` (see `Broker::consumers`): hub consumers for
+/// a group that reads pub/sub topics only (see `wire`), else `n` consumers sharing one
+/// reader (see `consumer`).
 pub(super) fn consumers(
     broker: &ShardBroker,
     group: &str,

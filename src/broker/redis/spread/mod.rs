@@ -316,7 +316,9 @@ impl RedisBroker {
         };
         // Effects that all lie on the delivery's own shard (every hop, spread by journey)
         // need no split, and so no copy of them.
-        if effects.reply.is_none() && self.all_on(k, effects) {
+        if effects.reply.is_none()
+            && outbox::all_here(effects, k, self.n(), &|e| self.spread.event_shard(e))
+        {
             return shard
                 .guarded("commit", commit::commit(shard, &delivery, effects))
                 .await;
@@ -339,20 +341,6 @@ impl RedisBroker {
 }
 
 impl RedisBroker {
-    /// Whether every effect lies on shard `k` (placed as `outbox::split` places them).
-    fn all_on(&self, k: usize, effects: &Effects) -> bool {
-        let n = self.n();
-        let here = |e: &Event| self.spread.event_shard(e) == k;
-        effects.publish.iter().all(here)
-            && effects.deferred.iter().all(|(e, _)| here(e))
-            && effects.enqueue.iter().all(|(q, _, _)| shard_of(q, n) == k)
-            && effects
-                .store_writes
-                .iter()
-                .all(|w| shard_of(&w.store, n) == k)
-            && effects.dead_letter.as_ref().is_none_or(here)
-    }
-
     /// The dead letters `filter` picks on every shard, oldest first; `take` removes them.
     async fn every_shards_dead_letters(
         &self,

@@ -39,6 +39,28 @@ impl Parcel {
     }
 }
 
+/// Whether every effect of a commit on shard `here` of `n` stays there, as `split` places
+/// them: then there is nothing to split.
+pub(crate) fn all_here(
+    effects: &Effects,
+    here: usize,
+    n: usize,
+    event_shard: &dyn Fn(&Event) -> usize,
+) -> bool {
+    let stays = |e: &Event| event_shard(e) == here;
+    effects.publish.iter().all(stays)
+        && effects.deferred.iter().all(|(e, _)| stays(e))
+        && effects
+            .enqueue
+            .iter()
+            .all(|(q, _, _)| shard_of(q, n) == here)
+        && effects
+            .store_writes
+            .iter()
+            .all(|w| shard_of(&w.store, n) == here)
+        && effects.dead_letter.as_ref().is_none_or(stays)
+}
+
 /// Splits `effects` of a commit on shard `here` of `n`: the effects that stay (the rest of
 /// `effects`, returned) and the outbound parcels. `event_shard` places events (queues and
 /// stores go by the hash of their name). The reply and the dead-letter record stay
@@ -147,6 +169,28 @@ mod tests {
             .unwrap_or_default();
         let sb = shard_of(&b, 3);
         ((a, sa), (b, sb))
+    }
+
+    #[test]
+    fn all_here_agrees_with_what_split_keeps() {
+        let ((here_topic, here), (there_topic, _)) = two_shards();
+        let by_topic = |e: &Event| shard_of(&e.topic, 3);
+        let local = Effects {
+            publish: vec![event(&here_topic)],
+            dead_letter: Some(event(&here_topic)),
+            ..Effects::default()
+        };
+        assert!(all_here(&local, here, 3, &by_topic));
+        let (_, outbound) = split(local, here, 3, &by_topic).expect("split");
+        assert!(
+            outbound.entries.is_empty() && !outbound.dead_elsewhere,
+            "nothing leaves"
+        );
+        let mixed = Effects {
+            publish: vec![event(&here_topic), event(&there_topic)],
+            ..Effects::default()
+        };
+        assert!(!all_here(&mixed, here, 3, &by_topic));
     }
 
     #[test]
