@@ -10,14 +10,22 @@
 //!
 //! Replies are arrays whose first element says what happened (`ok`, `full`, `gone`,
 //! `entry`, `wait`, ...), so no error string has to be parsed.
+//!
+//! The helpers the scripts share (`HELPERS`) are put before each script's body as it
+//! needs them: only those it names, and those they name.
 
 use std::sync::LazyLock;
 
 use redis::Script;
 
-/// Helpers shared by the scripts (prepended to each).
-const PRELUDE: &str = r#"
-local P = ARGV[1]
+/// The helpers the scripts share, in an order where each comes after those it calls. A
+/// script gets only those its body names, and those they name in turn (see `script`):
+/// Lua creates every `local function` of a script on each run, so a helper a script never
+/// calls would still cost it a closure per run.
+const HELPERS: &[Helper] = &[
+    Helper {
+        defines: &["read_clock"],
+        text: r#"
 -- The server clock, read once per script run (a run is one atomic instant anyway).
 local clock_s, clock_us = nil, nil
 local function read_clock()
@@ -26,10 +34,20 @@ local function read_clock()
     clock_s, clock_us = tonumber(t[1]), tonumber(t[2])
   end
 end
+"#,
+    },
+    Helper {
+        defines: &["now_ms"],
+        text: r#"
 local function now_ms()
   read_clock()
   return clock_s * 1000 + math.floor(clock_us / 1000)
 end
+"#,
+    },
+    Helper {
+        defines: &["fmt", "due_at"],
+        text: r#"
 -- Every number the scripts format is an integral ms count or sequence number; '%d' is
 -- several times cheaper than '%.0f' in Redis's Lua.
 local function fmt(n) return string.format('%d', n) end
@@ -40,6 +58,11 @@ local function due_at(delay)
   if delay <= 0 then return now_ms() end
   return clock_s * 1000 + math.ceil(clock_us / 1000) + delay
 end
+"#,
+    },
+    Helper {
+        defines: &["next_seq"],
+        text: r#"
 -- The namespace's global sequence (event ids, item order), reserved 64 at a time: one
 -- INCRBY per script run instead of one INCR per event. Unused numbers are just gaps.
 local seq_next, seq_left = 0, 0
@@ -53,6 +76,11 @@ local function next_seq()
   seq_left = seq_left - 1
   return s
 end
+"#,
+    },
+    Helper {
+        defines: &["tap"],
+        text: r#"
 -- Shows an accepted event to taps (`edaflow tail`, `edaflow test`): published only when
 -- someone listens, which is asked once per script run.
 local tapped = nil
@@ -60,10 +88,20 @@ local function tap(json)
   if tapped == nil then tapped = redis.call('PUBSUB', 'NUMSUB', P .. 'tap')[2] > 0 end
   if tapped then redis.call('PUBLISH', P .. 'tap', json) end
 end
+"#,
+    },
+    Helper {
+        defines: &["id_parts"],
+        text: r#"
 local function id_parts(id)
   local dash = string.find(id, '-', 1, true)
   return tonumber(string.sub(id, 1, dash - 1)), tonumber(string.sub(id, dash + 1))
 end
+"#,
+    },
+    Helper {
+        defines: &["id_lt"],
+        text: r#"
 -- a < b for stream ids
 local function id_lt(a, b)
   local am, as = id_parts(a)
@@ -71,6 +109,11 @@ local function id_lt(a, b)
   if am ~= bm then return am < bm end
   return as < bs
 end
+"#,
+    },
+    Helper {
+        defines: &["group_info"],
+        text: r#"
 -- The fields of one XINFO GROUPS entry for `group`, or nil.
 local function group_info(key, group)
   local groups = redis.pcall('XINFO', 'GROUPS', key)
@@ -82,11 +125,21 @@ local function group_info(key, group)
   end
   return nil
 end
+"#,
+    },
+    Helper {
+        defines: &["lag_of"],
+        text: r#"
 -- Entries not yet delivered to a group (bounded by `limit`).
 local function lag_of(key, info, limit)
   if info['lag'] then return info['lag'] end
   return #redis.call('XRANGE', key, '(' .. info['last-delivered-id'], '+', 'COUNT', limit)
 end
+"#,
+    },
+    Helper {
+        defines: &["waiting_in"],
+        text: r#"
 -- Entries held by a stream that acks by deleting (inbox, ready, back) and not in flight.
 local function waiting_in(key, group)
   local len = redis.call('XLEN', key)
@@ -96,6 +149,11 @@ local function waiting_in(key, group)
   if type(summary) == 'table' and not summary.err then pending = summary[1] end
   return len - pending, pending
 end
+"#,
+    },
+    Helper {
+        defines: &["append_event"],
+        text: r#"
 -- Appends an event to its topic stream with an id that orders it after every event
 -- appended before it on any topic (server ms + one global sequence), and shows it to taps.
 local topic_keys = {}
@@ -114,15 +172,30 @@ local function append_event(topic, json, now)
   tap(json)
   return added
 end
+"#,
+    },
+    Helper {
+        defines: &["wake"],
+        text: r#"
 local function wake(key)
   redis.call('XADD', key, 'MAXLEN', '1', '*', 'w', '1')
 end
+"#,
+    },
+    Helper {
+        defines: &["is_oom"],
+        text: r#"
 -- True for the error Redis answers a write with while it is out of memory (`maxmemory`
 -- reached under a policy that refuses writes). Redis refuses such a write only while the
 -- script has written nothing yet, so a refused first write leaves nothing half-done.
 local function is_oom(reply)
   return type(reply) == 'table' and reply.err ~= nil and string.sub(reply.err, 1, 3) == 'OOM'
 end
+"#,
+    },
+    Helper {
+        defines: &["move_due"],
+        text: r#"
 -- Moves up to `batch` items of a queue due within `ahead` ms to its ready stream, in due
 -- order. An item not due yet carries its due time (field `d`, ms): whoever takes it holds
 -- it until then. A member that is not `seq\njson` moves whole (its reader dead-letters
@@ -150,6 +223,11 @@ local function move_due(queue, now, batch, ahead)
   end
   return #due / 2
 end
+"#,
+    },
+    Helper {
+        defines: &["next_move"],
+        text: r#"
 -- Ms until the first item of a queue's sorted set comes within `ahead` ms of its due time
 -- ('' when the set is empty).
 local function next_move(queue, now, ahead)
@@ -157,17 +235,32 @@ local function next_move(queue, now, ahead)
   if #first == 0 then return '' end
   return fmt(math.max(0, tonumber(first[2]) - ahead - now))
 end
+"#,
+    },
+    Helper {
+        defines: &["queue_depth"],
+        text: r#"
 local function queue_depth(queue)
   local q = P .. 'q:' .. queue
   local ready = waiting_in(q .. ':ready', 'workers')
   local back = waiting_in(q .. ':back', 'workers')
   return redis.call('ZCARD', q .. ':sched') + ready + back
 end
+"#,
+    },
+    Helper {
+        defines: &["last_id"],
+        text: r#"
 local function last_id(key)
   local last = redis.call('XREVRANGE', key, '+', '-', 'COUNT', 1)
   if #last == 0 then return '0-0' end
   return last[1][1]
 end
+"#,
+    },
+    Helper {
+        defines: &["entry_reply"],
+        text: r#"
 -- The reply for one entry read from `key`: kind, id, fields, delivery count, key.
 local function entry_reply(kind, key, group, entry)
   local id = entry[1]
@@ -176,6 +269,11 @@ local function entry_reply(kind, key, group, entry)
   if #p > 0 then count = p[1][4] end
   return {'entry', kind, id, entry[2], count, key}
 end
+"#,
+    },
+    Helper {
+        defines: &["claim_one"],
+        text: r#"
 -- Claims one entry idle for at least `idle` ms from any consumer of `group`.
 local function claim_one(kind, key, group, me, idle)
   local claimed = redis.pcall('XAUTOCLAIM', key, group, me, idle, '0-0', 'COUNT', 1)
@@ -184,6 +282,11 @@ local function claim_one(kind, key, group, me, idle)
   if #entries > 0 and entries[1] then return entry_reply(kind, key, group, entries[1]) end
   return nil
 end
+"#,
+    },
+    Helper {
+        defines: &["read_n"],
+        text: r#"
 -- Up to `n` new entries ('>'): each on its first delivery to the group, so no need to ask
 -- XPENDING. Reply: 'entries', kind, key, then (id, fields) pairs.
 local function read_n(kind, key, group, me, n)
@@ -197,6 +300,11 @@ local function read_n(kind, key, group, me, n)
   if #out == 3 then return nil end
   return out
 end
+"#,
+    },
+    Helper {
+        defines: &["share_of"],
+        text: r#"
 -- How many to take of `waiting` entries shared by `consumers`: one unless at least `most`
 -- wait (a consumer takes ahead only under load), and never more than a fair share, so the
 -- other consumers of the group are not left idle while one works through a batch.
@@ -205,6 +313,11 @@ local function share_of(waiting, consumers, most)
   if waiting < most then return 1 end
   return math.max(1, math.min(most, math.floor(waiting / math.max(1, consumers))))
 end
+"#,
+    },
+    Helper {
+        defines: &["read_n_waiting"],
+        text: r#"
 -- As `read_n`, for a stream that acks by deleting (inbox, ready, back): skipped at once
 -- when empty.
 local function read_n_waiting(kind, key, group, me, n)
@@ -216,6 +329,11 @@ local function read_n_waiting(kind, key, group, me, n)
   end
   return read_n(kind, key, group, me, n)
 end
+"#,
+    },
+    Helper {
+        defines: &["read_n_lagging"],
+        text: r#"
 -- As `read_n`, for a topic stream (what waits is the group's lag).
 local function read_n_lagging(kind, key, group, me, n)
   if tonumber(n) > 1 then
@@ -228,10 +346,55 @@ local function read_n_lagging(kind, key, group, me, n)
   end
   return read_n(kind, key, group, me, n)
 end
-"#;
+"#,
+    },
+];
 
+/// Lua shared by scripts: what it defines (its `local function`s), and its text.
+struct Helper {
+    defines: &'static [&'static str],
+    text: &'static str,
+}
+
+/// Every script starts with the key prefix in `P`.
+const PREAMBLE: &str = "local P = ARGV[1]\n";
+
+/// A script of `body`, after the helpers it names (see `HELPERS`).
 pub(super) fn script(body: &str) -> Script {
-    Script::new(&format!("{PRELUDE}\n{body}"))
+    Script::new(&source(body))
+}
+
+/// The text of a script of `body`: the preamble, then each helper that `body` names or that
+/// a helper included names, in `HELPERS` order, then `body`.
+fn source(body: &str) -> String {
+    let mut wanted = vec![false; HELPERS.len()];
+    let mut texts = vec![body];
+    while let Some(text) = texts.pop() {
+        for (k, helper) in HELPERS.iter().enumerate() {
+            if !wanted[k] && helper.defines.iter().any(|name| names(text, name)) {
+                wanted[k] = true;
+                texts.push(helper.text);
+            }
+        }
+    }
+    let mut source = String::from(PREAMBLE);
+    for (helper, _) in HELPERS.iter().zip(&wanted).filter(|(_, wanted)| **wanted) {
+        source.push_str(helper.text);
+        source.push('\n');
+    }
+    source.push_str(body);
+    source
+}
+
+/// Whether `text` holds `name` as a whole word (a comment naming it counts too, which
+/// includes a helper needlessly but never leaves one out).
+fn names(text: &str, name: &str) -> bool {
+    let word = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    text.match_indices(name).any(|(at, _)| {
+        let before = text[..at].chars().next_back();
+        let after = text[at + name.len()..].chars().next();
+        !before.is_some_and(word) && !after.is_some_and(word)
+    })
 }
 
 /// `ensure`: ARGV P, group, start id ('$' or an id), stream keys... Creates the group's
@@ -868,3 +1031,50 @@ return out
 "#,
     )
 });
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_script_gets_the_helpers_it_names_and_theirs_and_no_others() {
+        let text = source("return due_at(5)");
+        for defined in ["fmt", "due_at", "read_clock", "now_ms"] {
+            assert!(
+                text.contains(&format!("local function {defined}(")),
+                "{defined}"
+            );
+        }
+        for absent in ["read_n", "claim_one", "append_event", "next_seq"] {
+            assert!(
+                !text.contains(&format!("local function {absent}(")),
+                "{absent}"
+            );
+        }
+        assert!(text.starts_with(PREAMBLE) && text.ends_with("return due_at(5)"));
+        // A name inside a longer word is not a use.
+        assert!(!source("return read_n_lagging_x").contains("local function read_n("));
+    }
+
+    #[test]
+    fn every_helper_a_script_can_reach_is_defined_before_its_first_call() {
+        let word = |c: char| c.is_ascii_alphanumeric() || c == '_';
+        for helper in HELPERS {
+            for name in helper.defines {
+                let text = source(&format!("return {name}()"));
+                for defined in HELPERS.iter().flat_map(|h| h.defines.iter()) {
+                    let call = format!("{defined}(");
+                    let first = text
+                        .match_indices(&call)
+                        .find(|(at, _)| !text[..*at].chars().next_back().is_some_and(word));
+                    if let Some((at, _)) = first {
+                        assert!(
+                            text[..at].ends_with("local function "),
+                            "{name} reaches {defined}, which is called before it is defined"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
