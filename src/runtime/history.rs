@@ -64,7 +64,7 @@ mod rfc3339 {
 #[derive(Debug)]
 pub struct Pending {
     correlation: String,
-    entry: TraceEntry,
+    kept: Kept,
 }
 
 impl Pending {
@@ -72,39 +72,93 @@ impl Pending {
     pub fn of(event: &Event, emitted_by: &str, generation: Option<u64>) -> Pending {
         Pending {
             correlation: event.correlation_id.clone(),
-            entry: TraceEntry {
-                id: event.id.clone(),
-                causation_id: event.causation_id.clone(),
-                topic: event.topic.clone(),
-                emitted_by: emitted_by.to_owned(),
-                generation,
-                time: event.time,
-                traceparent: event
-                    .extensions
-                    .get(crate::tracecontext::TRACEPARENT)
-                    .and_then(|v| v.as_str())
-                    .map(str::to_owned),
-            },
+            kept: Kept::of(event, emitted_by, generation),
         }
+    }
+}
+
+/// What the history keeps of one event (a `TraceEntry` when read): its strings back to
+/// back in one heap block. Every handled event is recorded, and every recorded journey is
+/// forgotten again within seconds under load, so five strings an entry were five blocks to
+/// make and, later and cold in the cache, five to free.
+#[derive(Clone, Debug)]
+struct Kept {
+    /// The id, causation id, topic, emitter and `traceparent`, back to back.
+    text: Box<str>,
+    /// Where each of them but the id (which starts at 0) starts in `text`.
+    starts: [usize; 4],
+    has_causation: bool,
+    has_traceparent: bool,
+    generation: Option<u64>,
+    time: SystemTime,
+}
+
+impl Kept {
+    fn of(event: &Event, emitted_by: &str, generation: Option<u64>) -> Kept {
+        let causation = event.causation_id.as_deref();
+        let traceparent = event
+            .extensions
+            .get(crate::tracecontext::TRACEPARENT)
+            .and_then(|v| v.as_str());
+        let parts = [
+            event.id.as_str(),
+            causation.unwrap_or(""),
+            event.topic.as_str(),
+            emitted_by,
+            traceparent.unwrap_or(""),
+        ];
+        let mut text = String::with_capacity(parts.iter().map(|p| p.len()).sum());
+        let mut starts = [0; 4];
+        for (k, part) in parts.iter().enumerate() {
+            if k > 0 {
+                starts[k - 1] = text.len();
+            }
+            text.push_str(part);
+        }
+        Kept {
+            text: text.into_boxed_str(),
+            starts,
+            has_causation: causation.is_some(),
+            has_traceparent: traceparent.is_some(),
+            generation,
+            time: event.time,
+        }
+    }
+
+    /// The `k`th string: 0 the id, 1 the causation id, 2 the topic, 3 the emitter, 4 the
+    /// `traceparent`.
+    fn part(&self, k: usize) -> &str {
+        let start = if k == 0 { 0 } else { self.starts[k - 1] };
+        let end = self.starts.get(k).copied().unwrap_or(self.text.len());
+        &self.text[start..end]
+    }
+
+    fn entry(&self) -> TraceEntry {
+        TraceEntry {
+            id: self.part(0).to_owned(),
+            causation_id: self.has_causation.then(|| self.part(1).to_owned()),
+            topic: self.part(2).to_owned(),
+            emitted_by: self.part(3).to_owned(),
+            generation: self.generation,
+            time: self.time,
+            traceparent: self.has_traceparent.then(|| self.part(4).to_owned()),
+        }
+    }
+
+    /// About how much memory the entry holds (and its share of its journey's key,
+    /// counted by the caller).
+    fn bytes(&self) -> usize {
+        const FIXED: usize = 160;
+        FIXED + self.text.len()
     }
 }
 
 #[derive(Default)]
 struct Shard {
-    journeys: HashMap<String, Vec<TraceEntry>>,
+    journeys: HashMap<String, Vec<Kept>>,
     order: VecDeque<String>,
-    /// The entries' sizes (`entry_bytes`), summed over every journey.
+    /// The entries' sizes (`Kept::bytes` and the key's length), summed over every journey.
     bytes: usize,
-}
-
-/// About how much memory an entry (and its share of its journey's key) holds.
-fn entry_bytes(entry: &TraceEntry) -> usize {
-    const FIXED: usize = 160;
-    FIXED
-        + entry.id.len()
-        + entry.causation_id.as_ref().map_or(0, String::len)
-        + entry.topic.len()
-        + entry.emitted_by.len()
 }
 
 impl Shard {
@@ -113,7 +167,7 @@ impl Shard {
             return;
         };
         if let Some(events) = self.journeys.remove(&oldest) {
-            let freed: usize = events.iter().map(|e| entry_bytes(e) + oldest.len()).sum();
+            let freed: usize = events.iter().map(|e| e.bytes() + oldest.len()).sum();
             self.bytes = self.bytes.saturating_sub(freed);
         }
     }
@@ -126,7 +180,7 @@ pub struct History {
     /// On a broker that keeps a shared history (Redis): entries are also handed here, to be
     /// shipped in batches by `ship`. Lossy: when the shipper falls behind, entries are
     /// dropped (and counted) rather than slowing the handlers.
-    shipping: Option<mpsc::Sender<(String, TraceEntry)>>,
+    shipping: Option<mpsc::Sender<(String, Kept)>>,
     unshipped: AtomicU64,
 }
 
@@ -241,7 +295,7 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 }
 
 /// Sends entries to the broker in batches until the history is dropped.
-async fn ship<B: Broker>(broker: B, mut rx: mpsc::Receiver<(String, TraceEntry)>) {
+async fn ship<B: Broker>(broker: B, mut rx: mpsc::Receiver<(String, Kept)>) {
     let mut taken = Vec::with_capacity(SHIPMENT);
     let mut failing = false;
     let mut sampler = Sampler::new(Instant::now());
@@ -250,8 +304,8 @@ async fn ship<B: Broker>(broker: B, mut rx: mpsc::Receiver<(String, TraceEntry)>
         let batch: Vec<(String, String)> = taken
             .drain(..)
             .filter(|(correlation, _)| sampler.keeps(correlation, now))
-            .filter_map(|(correlation, entry)| {
-                Some((correlation, serde_json::to_string(&entry).ok()?))
+            .filter_map(|(correlation, kept)| {
+                Some((correlation, serde_json::to_string(&kept.entry()).ok()?))
             })
             .collect();
         if batch.is_empty() {
@@ -291,10 +345,10 @@ impl History {
     /// Records what `Pending::of` captured (for callers that hand the event away first and
     /// record only once it was accepted).
     pub fn insert(&self, pending: Pending) {
-        let Pending { correlation, entry } = pending;
+        let Pending { correlation, kept } = pending;
         if let Some(shipping) = &self.shipping {
             if shipping
-                .try_send((correlation.clone(), entry.clone()))
+                .try_send((correlation.clone(), kept.clone()))
                 .is_err()
             {
                 self.unshipped.fetch_add(1, Ordering::Relaxed);
@@ -305,20 +359,20 @@ impl History {
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         let shard = &mut *shard;
-        let bytes = entry_bytes(&entry) + correlation.len();
+        let bytes = kept.bytes() + correlation.len();
         match shard.journeys.get_mut(&correlation) {
             Some(events) => {
                 if events.len() >= MAX_EVENTS_PER_JOURNEY {
                     return;
                 }
-                events.push(entry);
+                events.push(kept);
             }
             None => {
                 if shard.order.len() >= MAX_JOURNEYS / SHARDS {
                     shard.forget_oldest();
                 }
                 shard.order.push_back(correlation.clone());
-                shard.journeys.insert(correlation, vec![entry]);
+                shard.journeys.insert(correlation, vec![kept]);
             }
         }
         shard.bytes += bytes;
@@ -334,7 +388,10 @@ impl History {
             .shard(correlation)
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        shard.journeys.get(correlation).cloned()
+        shard
+            .journeys
+            .get(correlation)
+            .map(|events| events.iter().map(Kept::entry).collect())
     }
 }
 
@@ -424,7 +481,7 @@ mod tests {
                 let s = s.lock().unwrap();
                 s.journeys
                     .iter()
-                    .flat_map(|(c, events)| events.iter().map(move |e| entry_bytes(e) + c.len()))
+                    .flat_map(|(c, events)| events.iter().map(move |e| e.bytes() + c.len()))
                     .sum::<usize>()
             })
             .sum();
@@ -433,6 +490,41 @@ mod tests {
         let newest = format!("{long}{:016}", 4_999);
         assert_eq!(history.journey(&newest).map(|j| j.len()), Some(40));
         assert!(history.journey(&format!("{long}{:016}", 0)).is_none());
+    }
+
+    #[test]
+    fn an_entry_reads_back_as_it_was_recorded() {
+        let mut first = Event::new("orderCreated", "test", json!({}));
+        first.extensions.insert(
+            crate::tracecontext::TRACEPARENT.into(),
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
+        );
+        let mut second = first.caused("inventoryReserved", "test", json!({}));
+        second.causation_id = Some(String::new());
+        second.extensions.clear();
+        for (event, by, generation) in [(&first, "api", None), (&second, "", Some(7))] {
+            let kept = Kept::of(event, by, generation);
+            let expected = TraceEntry {
+                id: event.id.clone(),
+                causation_id: event.causation_id.clone(),
+                topic: event.topic.clone(),
+                emitted_by: by.to_owned(),
+                generation,
+                time: event.time,
+                traceparent: event
+                    .extensions
+                    .get(crate::tracecontext::TRACEPARENT)
+                    .and_then(|v| v.as_str())
+                    .map(str::to_owned),
+            };
+            assert_eq!(kept.entry(), expected);
+        }
+        // An empty causation id is kept as one, not as none.
+        assert_eq!(
+            Kept::of(&second, "x", None).entry().causation_id.as_deref(),
+            Some("")
+        );
+        assert_eq!(Kept::of(&first, "x", None).entry().causation_id, None);
     }
 
     #[test]
