@@ -323,7 +323,27 @@ impl Metrics {
 
     /// Counts one event published to `topic`.
     pub fn published(&self, topic: &str) {
-        self.topic(topic).events_in.fetch_add(1, Ordering::Relaxed);
+        self.count(topic, |m| &m.events_in);
+    }
+
+    /// Counts one event of `topic` handed to a handler.
+    pub fn handed_out(&self, topic: &str) {
+        self.count(topic, |m| &m.events_out);
+    }
+
+    /// Adds one to a counter of `topic`. Every event counts twice or more, from every
+    /// worker thread: a known topic is counted under the read lock, without taking a
+    /// reference to its counters (an `Arc` shared by all threads, whose count would change
+    /// hands between cores twice per event).
+    fn count(&self, topic: &str, counter: impl Fn(&TopicMetrics) -> &AtomicU64) {
+        {
+            let topics = self.topics.read().unwrap_or_else(|e| e.into_inner());
+            if let Some(found) = topics.get(topic) {
+                counter(found).fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        }
+        counter(&self.topic(topic)).fetch_add(1, Ordering::Relaxed);
     }
 
     /// The counters of a subscriber, created on first use (kept across restarts).

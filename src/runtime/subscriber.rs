@@ -178,11 +178,7 @@ enum Refused {
 impl<B: Broker> SubscriberTask<B> {
     async fn handle(&self, delivery: Delivery, token: &CancellationToken) {
         self.metrics.events_in.fetch_add(1, Ordering::Relaxed);
-        self.shared
-            .metrics
-            .topic(&delivery.event.topic)
-            .events_out
-            .fetch_add(1, Ordering::Relaxed);
+        self.shared.metrics.handed_out(&delivery.event.topic);
         let retry = self.config.retry;
         let mut attempt = delivery.redeliveries.saturating_add(1);
         loop {
@@ -570,7 +566,11 @@ impl<B: Broker> SubscriberTask<B> {
             }
         }
         effects.store_writes = output.store_writes;
-        if let (Some(to), Some(data)) = (reply_to(parent), output.reply) {
+        // Only a run that answered looks for whom to answer.
+        if let Some((data, to)) = output
+            .reply
+            .and_then(|data| Some((data, reply_to(parent)?)))
+        {
             effects.reply = Some(Reply {
                 to,
                 result: Ok(data),
