@@ -115,7 +115,11 @@ impl Tracing {
             .map_err(|_| fail("no async runtime to send from".to_owned()))?;
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_http()
-            .with_http_client(LoopClient { handle })
+            .with_http_client(LoopClient {
+                handle,
+                endpoint: endpoint.to_owned(),
+                failing: Failing::default(),
+            })
             .with_endpoint(endpoint)
             .build()
             .map_err(|e| fail(e.to_string()))?;
@@ -264,9 +268,48 @@ impl RunSpan {
 /// The exporter's HTTP client: hyper's HTTP/1 client, run on the Tokio runtime that
 /// started export. The SDK exports from a thread of its own, outside any runtime; each
 /// request is spawned onto the runtime and awaited from there.
+///
+/// The SDK drops a batch it could not send without a word, so the client says it: a
+/// warning when requests start failing (the collector unreachable, slow or answering an
+/// error), once per outage, and a note when one succeeds again.
 #[derive(Debug)]
 struct LoopClient {
     handle: tokio::runtime::Handle,
+    endpoint: String,
+    failing: Failing,
+}
+
+/// Requests to the collector that failed since the last that succeeded.
+#[derive(Debug, Default)]
+struct Failing(std::sync::atomic::AtomicU64);
+
+impl Failing {
+    fn record(&self, endpoint: &str, outcome: Result<(), String>) {
+        use std::sync::atomic::Ordering;
+        match outcome {
+            Ok(()) => {
+                let failed = self.0.swap(0, Ordering::Relaxed);
+                if failed > 0 {
+                    tracing::info!(
+                        target: "edaflow::otlp",
+                        endpoint,
+                        failed_requests = failed,
+                        "span export works again"
+                    );
+                }
+            }
+            Err(error) => {
+                if self.0.fetch_add(1, Ordering::Relaxed) == 0 {
+                    tracing::warn!(
+                        target: "edaflow::otlp",
+                        endpoint,
+                        %error,
+                        "could not export spans; they are dropped until the collector answers"
+                    );
+                }
+            }
+        }
+    }
 }
 
 /// A request to the collector takes at most this long (the exporter's default timeout).
@@ -286,7 +329,19 @@ impl HttpClient for LoopClient {
                 .await
                 .map_err(|_| HttpError::from("the collector did not answer in time"))?
         });
-        Box::pin(async move { task.await.map_err(|e| HttpError::from(e.to_string()))? })
+        Box::pin(async move {
+            let sent = task
+                .await
+                .map_err(|e| HttpError::from(e.to_string()))
+                .and_then(|sent| sent);
+            let outcome = match &sent {
+                Ok(response) if response.status().is_success() => Ok(()),
+                Ok(response) => Err(format!("the collector answered {}", response.status())),
+                Err(e) => Err(e.to_string()),
+            };
+            self.failing.record(&self.endpoint, outcome);
+            sent
+        })
     }
 }
 
@@ -329,6 +384,17 @@ async fn send(request: Request<Bytes>) -> Result<Response<Bytes>, HttpError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn failures_are_counted_until_a_request_succeeds() {
+        use std::sync::atomic::Ordering;
+        let failing = Failing::default();
+        failing.record("http://x", Err("refused".into()));
+        failing.record("http://x", Err("refused".into()));
+        assert_eq!(failing.0.load(Ordering::Relaxed), 2);
+        failing.record("http://x", Ok(()));
+        assert_eq!(failing.0.load(Ordering::Relaxed), 0);
+    }
 
     fn env<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
         move |name| {

@@ -604,6 +604,40 @@ fn the_binary_reads_the_standard_endpoint_variable() {
     assert_eq!(spans.len(), 4, "{spans:#?}");
 }
 
+/// A collector that cannot be reached is said so once, in the log, and the journey runs
+/// on regardless.
+#[test]
+fn an_unreachable_collector_is_warned_about_once() {
+    // A port nothing listens on: bound, then let go.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let dir = http_chain_flow();
+    let mut server = Edaflow::new(dir.root())
+        .args(["run", "flow.toml", "--no-watch"])
+        .args(["--otlp-endpoint", &format!("http://127.0.0.1:{port}")])
+        .env("OTEL_BSP_SCHEDULE_DELAY", "20")
+        .serve(PATIENCE);
+    for _ in 0..3 {
+        let reply = http(
+            server.addr(),
+            "POST",
+            "/topics/orderCreated",
+            &[("Content-Type", "application/json")],
+            b"{}",
+        );
+        reply.accepted();
+        server.wait_stderr("the export warning", PATIENCE, |line| {
+            line.contains("could not export spans")
+        });
+    }
+    server.terminate();
+    assert!(server.wait_exit(PATIENCE).success(), "{}", server.dump());
+    let warned = server.stderr().matches("could not export spans").count();
+    assert_eq!(warned, 1, "one warning for the outage:\n{}", server.dump());
+}
+
 /// Export off sends nothing, even with an endpoint set, when the SDK is disabled.
 #[test]
 fn export_off_sends_nothing() {
