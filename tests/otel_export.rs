@@ -608,11 +608,8 @@ fn the_binary_reads_the_standard_endpoint_variable() {
 /// on regardless.
 #[test]
 fn an_unreachable_collector_is_warned_about_once() {
-    // A port nothing listens on: bound, then let go.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
+    // A port nothing listens on.
+    let port = common::free_port();
     let dir = http_chain_flow();
     let mut server = Edaflow::new(dir.root())
         .args(["run", "flow.toml", "--no-watch"])

@@ -288,11 +288,8 @@ fn redis_down_makes_readyz_503_while_livez_stays_200() {
 
 #[test]
 fn starting_without_redis_fails_at_once_with_a_clear_error() {
-    // A port nothing listens on (bound, then released).
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
+    // A port nothing listens on.
+    let port = common::free_port();
     let dir = flow_dir(1);
     let url = format!("redis://:hunter2-secret@127.0.0.1:{port}");
     let started = Instant::now();
