@@ -3,8 +3,8 @@
 //! connection API; nothing else is needed to reach a loopback address.
 //!
 //! A `Target` keeps one HTTP/1.1 connection alive across its requests (`publish -` sends
-//! every line on it) and opens another, once, when the server has closed it before the
-//! request went out. Connecting is bounded by the target's timeout, and so is waiting for
+//! every line on it) and opens another, once, when the server had closed it as the
+//! request went out (closed or reset with not a byte of answer). Connecting is bounded by the target's timeout, and so is waiting for
 //! a whole answer; a stream (`tail`) is bounded only while connecting.
 //!
 //! A failure is never an empty answer: a connection that fails, a status that is not 2xx
@@ -353,8 +353,9 @@ impl Target {
 
     /// Sends a request on the kept-alive connection, or a new one, and waits for the
     /// answer's head (without a deadline: callers bound it). When a kept connection turns
-    /// out closed before the request went out, or closes without a word of answer (the
-    /// server dropped it while idle), the request goes once more on a new connection.
+    /// out closed before the request went out, or closes or is reset without a word of
+    /// answer (the server dropped it while idle, as the request crossed), the request goes
+    /// once more on a new connection.
     async fn send(
         &self,
         method: &str,
@@ -362,7 +363,7 @@ impl Target {
         content_type: Option<&str>,
         body: Bytes,
     ) -> Result<(Response<Incoming>, SendRequest<Full<Bytes>>), ClientError> {
-        let request = self.request(method, path, content_type, body)?;
+        let request = self.request(method, path, content_type, body.clone())?;
         let (mut sender, reused) = self.connection().await?;
         let http = |source| ClientError::Http {
             addr: self.authority.clone(),
@@ -370,16 +371,29 @@ impl Target {
         };
         match sender.try_send_request(request).await {
             Ok(response) => Ok((response, sender)),
-            Err(mut failed) => {
-                let error = failed.error().is_canceled() || failed.error().is_incomplete_message();
-                match failed.take_message() {
-                    Some(request) if reused && error => {
-                        let mut sender = self.connect().await?;
-                        let response = sender.send_request(request).await.map_err(http)?;
-                        Ok((response, sender))
-                    }
-                    _ => Err(http(failed.into_error())),
+            Err(failed) => {
+                // Closed before the request went out, or closed (or reset) with not a byte
+                // of answer: the server had closed the kept connection as the request
+                // crossed it, so it never took the request.
+                let error = failed.error();
+                let closed = error.is_canceled()
+                    || error.is_incomplete_message()
+                    || std::error::Error::source(error)
+                        .and_then(|e| e.downcast_ref::<std::io::Error>())
+                        .is_some_and(|e| {
+                            matches!(
+                                e.kind(),
+                                std::io::ErrorKind::ConnectionReset
+                                    | std::io::ErrorKind::BrokenPipe
+                            )
+                        });
+                if !(reused && closed) {
+                    return Err(http(failed.into_error()));
                 }
+                let request = self.request(method, path, content_type, body)?;
+                let mut sender = self.connect().await?;
+                let response = sender.send_request(request).await.map_err(http)?;
+                Ok((response, sender))
             }
         }
     }
