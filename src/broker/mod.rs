@@ -31,6 +31,7 @@ use crate::pattern::TopicPattern;
 pub use capability::accept::{AcceptFeed, AcceptObserver};
 pub use capability::chains::{ChainCounts, ChainSpec, ChainStep, ExpiredChain, SharedChains};
 pub use capability::history::SharedHistory;
+pub use capability::in_order::CommitInOrder;
 pub use capability::processes::{ProcessInfo, Processes};
 pub use capability::read_ahead::StoreReadAhead;
 pub use capability::replies::{Replies, ReplyResult};
@@ -519,6 +520,12 @@ pub trait Broker: Clone + Send + Sync + 'static {
         None
     }
 
+    /// Several runs of one worker committed as one, in order, when this broker's commits
+    /// cross the network (see `CommitInOrder`).
+    fn ordered_commit(&self) -> Option<&dyn CommitInOrder> {
+        None
+    }
+
     /// What kind of broker this is, as the console shows it: `memory` or `redis`.
     fn kind(&self) -> &'static str;
 
@@ -610,5 +617,14 @@ pub trait Consumer: Send + 'static {
     /// far as the process lives on.
     fn close(&mut self) -> impl Future<Output = ()> + Send {
         async {}
+    }
+
+    /// Up to `most` deliveries this consumer holds already and that are due, without
+    /// waiting or reading (a consumer that reads in batches hands out the rest of its
+    /// last read). A worker handles them in a row after the one `next` gave it, and
+    /// commits them together where the broker offers `CommitInOrder`. None by default.
+    fn next_held(&mut self, most: usize) -> impl Future<Output = Vec<Delivery>> + Send {
+        let _ = most;
+        async { Vec::new() }
     }
 }

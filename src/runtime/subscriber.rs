@@ -46,6 +46,10 @@ pub struct HandlerCode {
 /// event (so a test can prove which version of a handler ran).
 pub const GENERATION_EXTENSION: &str = "edaflowgeneration";
 
+/// Deliveries a worker handles in a row at most, committing them in one go (see
+/// `SubscriberTask::handle_row`).
+const IN_A_ROW: usize = 32;
+
 /// Rounds of reads made ahead for one run at most (each round: the reads that depend on
 /// the ones made in the round before); past them the run reads as it goes.
 const READ_AHEAD_ROUNDS: usize = 4;
@@ -147,6 +151,13 @@ async fn run_worker<B: Broker>(
     mut consumer: B::Consumer,
     token: CancellationToken,
 ) {
+    // Only a subscriber's one worker asks for what its reader holds: the reader serves its
+    // consumers' requests in turn, and the ask of one worker must not wait behind another
+    // worker's blocking read.
+    let broker = &task.shared.broker;
+    let in_a_row = task.config.concurrency == 1
+        && broker.ordered_commit().is_some()
+        && broker.read_ahead().is_some();
     loop {
         let delivery = tokio::select! {
             biased;
@@ -154,7 +165,20 @@ async fn run_worker<B: Broker>(
             next = consumer.next() => next,
         };
         match delivery {
-            Ok(delivery) => task.handle(delivery, &token).await,
+            Ok(delivery) => {
+                // What the consumer's last read brought beyond this one is handled in the
+                // same go, and committed with it where the broker can (see `handle_row`).
+                let held = if in_a_row {
+                    consumer.next_held(IN_A_ROW - 1).await
+                } else {
+                    Vec::new()
+                };
+                if held.is_empty() {
+                    task.handle(delivery, &token).await;
+                } else {
+                    task.handle_row(delivery, held, &token).await;
+                }
+            }
             Err(e) => {
                 debug!(error = %e, "consumer closed");
                 break;
@@ -162,6 +186,14 @@ async fn run_worker<B: Broker>(
         }
     }
     consumer.close().await;
+}
+
+/// One run of a handler, not yet committed: its span, the code it ran, and its effects or
+/// its error.
+struct Ran {
+    span: Option<RunSpan>,
+    code: HandlerCode,
+    result: Result<Effects, ScriptError>,
 }
 
 /// Why a commit did not happen.
@@ -177,56 +209,47 @@ enum Refused {
 
 impl<B: Broker> SubscriberTask<B> {
     async fn handle(&self, delivery: Delivery, token: &CancellationToken) {
+        self.count_in(&delivery);
+        self.handle_from(delivery, None, token).await;
+    }
+
+    fn count_in(&self, delivery: &Delivery) {
         self.metrics.events_in.fetch_add(1, Ordering::Relaxed);
         self.shared.metrics.handed_out(&delivery.event.topic);
+    }
+
+    /// Runs the handler on `delivery` and commits what it did, retrying and dead-lettering
+    /// as the module docs say; `first` is its first run when that was made already.
+    async fn handle_from(&self, delivery: Delivery, first: Option<Ran>, token: &CancellationToken) {
         let retry = self.config.retry;
         let mut attempt = delivery.redeliveries.saturating_add(1);
+        let mut first = first;
         loop {
-            let started = Instant::now();
-            // With export on, each run is a span, and what the run emits names it as the
-            // parent (`crate::otel`); off, nothing is built here.
-            let span = self
-                .shared
-                .tracing
-                .as_ref()
-                .map(|tracing| tracing.handler_span(&self.name, &delivery.event, attempt));
-            let code = self.code.borrow().clone();
-            let result = self
-                .run_reading_ahead(&code, &delivery.event, attempt)
-                .await;
-            self.metrics.latency.observe(started.elapsed());
+            let Ran { span, code, result } = match first.take() {
+                Some(ran) => ran,
+                None => self.run(&delivery, attempt).await,
+            };
             // A run's effects are committed with the ack; a commit the broker refuses (a
             // full or missing queue) counts as a failed run, so nothing is half-done.
-            let error = match result
-                .and_then(|output| self.effects(&delivery.event, output, code.generation))
-            {
-                Ok(mut effects) => {
-                    if let Some(span) = &span {
-                        span.stamp(effects.events_mut());
+            let error = match result {
+                Ok(effects) => match self.settle(&delivery, effects, token).await {
+                    Ok(()) => {
+                        self.handled(&delivery, span);
+                        return;
                     }
-                    match self.settle(&delivery, effects, token).await {
-                        Ok(()) => {
-                            end_span(span, "ok", None);
-                            self.metrics.handled.fetch_add(1, Ordering::Relaxed);
-                            if let Some(tap) = self.shared.handled.get() {
-                                let _ = tap.try_send((self.name.clone(), delivery.event.clone()));
-                            }
-                            return;
-                        }
-                        Err(Refused::Retry(message)) => ScriptError::Failed { message },
-                        Err(Refused::Stopping) => {
-                            end_span(span, "error", Some("stopped before the commit"));
-                            let _ = self.shared.broker.nack(delivery).await;
-                            return;
-                        }
-                        Err(Refused::Fatal(e)) => {
-                            end_span(span, "error", Some(&e.to_string()));
-                            warn!(error = %e, "could not commit; giving the event back");
-                            let _ = self.shared.broker.nack(delivery).await;
-                            return;
-                        }
+                    Err(Refused::Retry(message)) => ScriptError::Failed { message },
+                    Err(Refused::Stopping) => {
+                        end_span(span, "error", Some("stopped before the commit"));
+                        let _ = self.shared.broker.nack(delivery).await;
+                        return;
                     }
-                }
+                    Err(Refused::Fatal(e)) => {
+                        end_span(span, "error", Some(&e.to_string()));
+                        warn!(error = %e, "could not commit; giving the event back");
+                        let _ = self.shared.broker.nack(delivery).await;
+                        return;
+                    }
+                },
                 Err(error) => error,
             };
             self.metrics.errors.fetch_add(1, Ordering::Relaxed);
@@ -263,6 +286,177 @@ impl<B: Broker> SubscriberTask<B> {
             }
             attempt += 1;
         }
+    }
+
+    /// One run of the handler on `delivery`, reading the stores it asks for ahead.
+    async fn run(&self, delivery: &Delivery, attempt: u32) -> Ran {
+        let started = Instant::now();
+        let span = self.span(delivery, attempt);
+        let code = self.code.borrow().clone();
+        let result = self
+            .run_reading_ahead(&code, &delivery.event, attempt)
+            .await;
+        self.metrics.latency.observe(started.elapsed());
+        self.ran(delivery, span, code, result)
+    }
+
+    /// With export on, each run is a span, and what the run emits names it as the parent
+    /// (`crate::otel`); off, nothing is built here.
+    fn span(&self, delivery: &Delivery, attempt: u32) -> Option<RunSpan> {
+        self.shared
+            .tracing
+            .as_ref()
+            .map(|tracing| tracing.handler_span(&self.name, &delivery.event, attempt))
+    }
+
+    /// What a run's output comes to: its effects, stamped with its span.
+    fn ran(
+        &self,
+        delivery: &Delivery,
+        span: Option<RunSpan>,
+        code: HandlerCode,
+        result: Result<ScriptOutput, ScriptError>,
+    ) -> Ran {
+        let mut result =
+            result.and_then(|output| self.effects(&delivery.event, output, code.generation));
+        if let (Ok(effects), Some(span)) = (&mut result, &span) {
+            span.stamp(effects.events_mut());
+        }
+        Ran { span, code, result }
+    }
+
+    /// A run committed: counted, shown to the `handled` tap, its span ended.
+    fn handled(&self, delivery: &Delivery, span: Option<RunSpan>) {
+        end_span(span, "ok", None);
+        self.metrics.handled.fetch_add(1, Ordering::Relaxed);
+        if let Some(tap) = self.shared.handled.get() {
+            let _ = tap.try_send((self.name.clone(), delivery.event.clone()));
+        }
+    }
+
+    /// Handles `first` and the deliveries `held` after it, in order, committing runs
+    /// together: the runs that need no store read and succeed wait for the next commit,
+    /// which carries them all in one go (`CommitInOrder`). A run that reads a store (it
+    /// must see what the runs before it wrote), fails, or is too slow to run inline has
+    /// what waits committed first, then is handled as `handle` would. What the commit
+    /// leaves uncommitted (a refusal, a failed round trip) is committed one by one, in
+    /// order, with the retries of `handle`.
+    async fn handle_row(&self, first: Delivery, held: Vec<Delivery>, token: &CancellationToken) {
+        let mut waiting: Vec<(Delivery, Ran)> = Vec::with_capacity(held.len() + 1);
+        for delivery in std::iter::once(first).chain(held) {
+            self.count_in(&delivery);
+            let attempt = delivery.redeliveries.saturating_add(1);
+            match self.run_plain(&delivery, attempt) {
+                Some(ran) if ran.result.is_ok() => waiting.push((delivery, ran)),
+                ran => {
+                    self.commit_waiting(&mut waiting, token).await;
+                    self.handle_from(delivery, ran, token).await;
+                }
+            }
+        }
+        self.commit_waiting(&mut waiting, token).await;
+    }
+
+    /// A run made inline with no store read, or `None` when the handler asked to read a
+    /// store or ran too long for a runtime thread (nothing was done then: the run is made
+    /// again the usual way).
+    fn run_plain(&self, delivery: &Delivery, attempt: u32) -> Option<Ran> {
+        let code = self.code.borrow().clone();
+        let started = Instant::now();
+        let result = match &code.script {
+            None => self.run_once(&code, &delivery.event, attempt, None),
+            Some(script) => {
+                let offloads = super::offloading();
+                if offloads && self.slow.load(Ordering::Relaxed) {
+                    return None;
+                }
+                let stores = StoreEnv {
+                    ahead: Some(Arc::new(ReadAhead::default())),
+                    ..self.store_env()
+                };
+                let inline_time = offloads.then_some(self.shared.engine.limits().inline_time);
+                match self.shared.engine.run_ahead(
+                    script,
+                    Some(script_event(&delivery.event, attempt)),
+                    stores,
+                    inline_time,
+                ) {
+                    Ahead::Done(result) => result,
+                    Ahead::Offload => {
+                        self.mark_slow();
+                        return None;
+                    }
+                    Ahead::Wants(_) => return None,
+                }
+            }
+        };
+        self.metrics.latency.observe(started.elapsed());
+        let span = self.span(delivery, attempt);
+        Some(self.ran(delivery, span, code, result))
+    }
+
+    /// Commits the runs `waiting` in one go, in order (see `handle_row`).
+    async fn commit_waiting(&self, waiting: &mut Vec<(Delivery, Ran)>, token: &CancellationToken) {
+        let runs = std::mem::take(waiting);
+        let committer = self.shared.broker.ordered_commit();
+        let (Some(committer), true) = (committer, runs.len() > 1) else {
+            for (delivery, ran) in runs {
+                self.handle_from(delivery, Some(ran), token).await;
+            }
+            return;
+        };
+        let generation = self.code.borrow().generation;
+        let mut pairs = Vec::with_capacity(runs.len());
+        for (delivery, ran) in &runs {
+            if let Ok(effects) = &ran.result {
+                for event in effects.events() {
+                    self.shared
+                        .history
+                        .record(event, &self.name, Some(generation));
+                }
+                pairs.push((delivery, effects));
+            }
+        }
+        let results = match committer.commit_in_order(&pairs).await {
+            Ok(results) => results,
+            Err(e) => {
+                debug!(error = %e, runs = pairs.len(), "commit of runs in a row failed; committing them one by one");
+                Vec::new()
+            }
+        };
+        drop(pairs);
+        let mut runs = runs.into_iter();
+        for result in results {
+            let Some((delivery, ran)) = runs.next() else {
+                break;
+            };
+            match (result, &ran.result) {
+                (Ok(()), Ok(effects)) => {
+                    for event in effects.events() {
+                        self.shared.metrics.published(&event.topic);
+                    }
+                    self.handled(&delivery, ran.span);
+                }
+                // Refused: committed again on its own, which retries as `handle` does.
+                _ => self.handle_from(delivery, Some(ran), token).await,
+            }
+        }
+        // Not committed: one by one, in order.
+        for (delivery, ran) in runs {
+            self.handle_from(delivery, Some(ran), token).await;
+        }
+    }
+
+    /// This subscriber's runs start on threads of their own from now on, until one is
+    /// quick again (see `run_offloaded`).
+    fn mark_slow(&self) {
+        if !self.slow.swap(true, Ordering::Relaxed) {
+            debug!(
+                inline_ms = self.shared.engine.limits().inline_time.as_millis() as u64,
+                "handler runs long; running it off the runtime's threads"
+            );
+        }
+        self.metrics.offloaded.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Commits effects with the ack of `delivery`, retrying while the broker is
@@ -370,13 +564,7 @@ impl<B: Broker> SubscriberTask<B> {
                 Ahead::Offload => {
                     // Too slow for a runtime thread: this subscriber's runs go to threads
                     // of their own until one is quick again.
-                    if !self.slow.swap(true, Ordering::Relaxed) {
-                        debug!(
-                            inline_ms = self.shared.engine.limits().inline_time.as_millis() as u64,
-                            "handler runs long; running it off the runtime's threads"
-                        );
-                    }
-                    self.metrics.offloaded.fetch_add(1, Ordering::Relaxed);
+                    self.mark_slow();
                     let known = stores.ahead.map(Arc::unwrap_or_clone);
                     return self.run_offloaded(script, event, attempt, known).await;
                 }

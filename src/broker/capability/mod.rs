@@ -14,6 +14,7 @@
 pub mod accept;
 pub mod chains;
 pub mod history;
+pub mod in_order;
 pub mod placement;
 pub mod processes;
 pub mod read_ahead;

@@ -59,6 +59,19 @@ impl OpArgs {
     pub(super) fn num(&mut self, n: impl std::fmt::Display) -> &mut OpArgs {
         self.owned(n.to_string())
     }
+
+    /// A sequence (`s`) of commits (each built as a `c` operation), run in order as one
+    /// operation (see `scripts::BATCH`).
+    pub(super) fn sequence(commits: Vec<OpArgs>) -> OpArgs {
+        let mut op = OpArgs::new("s");
+        op.num(commits.len());
+        for commit in commits {
+            op.bytes += commit.bytes;
+            // Each commit's own kind is left out.
+            op.args.extend(commit.args.into_iter().skip(1));
+        }
+        op
+    }
 }
 
 struct Op {

@@ -246,6 +246,89 @@ impl ShardBroker {
         commit_outcome(&outcome, reply, ack[3])
     }
 
+    /// Commits `runs` of one worker in order as one `s` operation of the batch script (see
+    /// `CommitInOrder`). Carries runs up to the first that cannot go this way: one with
+    /// effects over the article's wire, a delay too long, or a delivery that is no stream
+    /// entry.
+    pub(super) async fn commit_sequence(
+        &self,
+        runs: &[(&Delivery, &Effects)],
+    ) -> Result<Vec<Result<(), BrokerError>>, BrokerError> {
+        let mut commits = Vec::with_capacity(runs.len());
+        let mut local_replies = Vec::with_capacity(runs.len());
+        for (delivery, effects) in runs {
+            let Some(at) = self.position(delivery) else {
+                break;
+            };
+            if self.inner.wire.touches(effects) {
+                break;
+            }
+            let Ok((op, local_reply)) = self.commit_op(at.ack(), effects, &Outbound::default())
+            else {
+                break;
+            };
+            commits.push(op);
+            local_replies.push(local_reply);
+        }
+        let carried = &runs[..commits.len()];
+        if carried.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut topics: Vec<&str> = Vec::new();
+        for (_, effects) in carried {
+            let deferred = effects.deferred.iter().map(|(e, _)| e);
+            let events = effects
+                .publish
+                .iter()
+                .chain(deferred)
+                .chain(&effects.dead_letter);
+            topics.extend(events.map(|e| e.topic.as_str()));
+        }
+        self.ensure_topics(topics).await?;
+        let reply = self
+            .inner
+            .batcher
+            .run(batch::OpArgs::sequence(commits))
+            .await?;
+        let replies = items(&reply)?;
+        // Redis out of memory refused the whole script run: the first run is refused.
+        if let Some(Value::BulkString(_) | Value::SimpleString(_)) = replies.first() {
+            let outcome = head(replies)?;
+            let first = carried[0].0;
+            let at = self.position(first).map(|at| at.id).unwrap_or_default();
+            return Ok(vec![commit_outcome(&outcome, replies, &at)]);
+        }
+        if replies.len() != carried.len() {
+            return Err(unexpected("one reply per commit of a sequence", &reply));
+        }
+        let mut results = Vec::with_capacity(carried.len());
+        let mut wrote = false;
+        for ((reply, (delivery, _)), local_reply) in replies.iter().zip(carried).zip(local_replies)
+        {
+            let reply = items(reply)?;
+            let outcome = head(reply)?;
+            if outcome == "skipped" {
+                break;
+            }
+            let landed = matches!(outcome.as_str(), "ok" | "settled");
+            if let (true, Some((id, answer))) = (landed, local_reply) {
+                self.inner.waiting.answer(id, answer.clone());
+            }
+            wrote |= landed;
+            let at = self.position(delivery).map(|at| at.id).unwrap_or_default();
+            let result = commit_outcome(&outcome, reply, &at);
+            let refused = result.is_err();
+            results.push(result);
+            if refused {
+                break;
+            }
+        }
+        if wrote {
+            self.wrote();
+        }
+        Ok(results)
+    }
+
     /// The batch script's arguments for one commit (see `scripts::BATCH`), and the answer
     /// to a query of this process, handed over once the commit landed rather than
     /// published (see `replies`).

@@ -35,6 +35,9 @@ pub(crate) enum Source {
 pub(super) enum Request {
     Next(oneshot::Sender<Result<Delivery, BrokerError>>),
     TryNext(oneshot::Sender<Result<Option<Delivery>, BrokerError>>),
+    /// Up to this many due deliveries held already, without reading (none from a reader
+    /// that holds nothing).
+    Held(usize, oneshot::Sender<Result<Vec<Delivery>, BrokerError>>),
     /// Give back what was taken ahead, then answer.
     Close(oneshot::Sender<()>),
 }
@@ -66,17 +69,23 @@ struct Awaiting<T: Handed> {
 
 /// What an answer may hold to give back.
 trait Handed: Send + 'static {
-    fn into_delivery(self) -> Option<Delivery>;
+    fn into_deliveries(self) -> Vec<Delivery>;
 }
 
 impl Handed for Delivery {
-    fn into_delivery(self) -> Option<Delivery> {
-        Some(self)
+    fn into_deliveries(self) -> Vec<Delivery> {
+        vec![self]
     }
 }
 
 impl Handed for Option<Delivery> {
-    fn into_delivery(self) -> Option<Delivery> {
+    fn into_deliveries(self) -> Vec<Delivery> {
+        self.into_iter().collect()
+    }
+}
+
+impl Handed for Vec<Delivery> {
+    fn into_deliveries(self) -> Vec<Delivery> {
         self
     }
 }
@@ -97,19 +106,21 @@ impl<T: Handed> Drop for Awaiting<T> {
         let Some(mut answer) = self.answer.take() else {
             return;
         };
-        let Some(delivery) = answer
+        let Some(deliveries) = answer
             .try_recv()
             .ok()
             .and_then(Result::ok)
-            .and_then(Handed::into_delivery)
+            .map(Handed::into_deliveries)
         else {
             return;
         };
         let broker = self.broker.clone();
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             handle.spawn(async move {
-                if let Err(e) = broker.nack(delivery).await {
-                    debug!(error = %e, "could not give back a delivery nobody took; it will be claimed");
+                for delivery in deliveries {
+                    if let Err(e) = broker.nack(delivery).await {
+                        debug!(error = %e, "could not give back a delivery nobody took; it will be claimed");
+                    }
                 }
             });
         }
@@ -173,6 +184,23 @@ impl Consumer for ShardConsumer {
             .await
             .map_err(|_| BrokerError::Closed)?;
         awaiting.get().await
+    }
+
+    async fn next_held(&mut self, most: usize) -> Vec<Delivery> {
+        let (reply, answer) = oneshot::channel();
+        let awaiting = Awaiting {
+            answer: Some(answer),
+            broker: self.broker.clone(),
+        };
+        if self
+            .requests
+            .send(Request::Held(most, reply))
+            .await
+            .is_err()
+        {
+            return Vec::new();
+        }
+        awaiting.get().await.unwrap_or_default()
     }
 
     async fn close(&mut self) {

@@ -182,8 +182,8 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{warn, Instrument};
 
 use crate::broker::{
-    Backpressure, Broker, BrokerError, BrokerHealth, BrokerIncidents, DeadFilter, Delivery,
-    Effects, GroupSpec, GroupStats, Processes, QueueSpec, QueueStats, Removed, Replies,
+    Backpressure, Broker, BrokerError, BrokerHealth, BrokerIncidents, CommitInOrder, DeadFilter,
+    Delivery, Effects, GroupSpec, GroupStats, Processes, QueueSpec, QueueStats, Removed, Replies,
     ReplyResult, RetryableCommit, SharedChains, SharedHistory, StoreReadAhead, TopicRetention,
     WireFormat,
 };
@@ -575,6 +575,10 @@ impl Broker for ShardBroker {
         Some(self)
     }
 
+    fn ordered_commit(&self) -> Option<&dyn CommitInOrder> {
+        Some(self)
+    }
+
     fn read_ahead(&self) -> Option<&dyn StoreReadAhead> {
         Some(self)
     }
@@ -641,6 +645,16 @@ impl Replies for ShardBroker {
 
     fn forget_reply(&self, id: &str) {
         self.inner.waiting.forget(id);
+    }
+}
+
+impl CommitInOrder for ShardBroker {
+    fn commit_in_order<'a>(
+        &'a self,
+        runs: &'a [(&'a Delivery, &'a Effects)],
+    ) -> crate::broker::capability::BoxFuture<'a, Result<Vec<Result<(), BrokerError>>, BrokerError>>
+    {
+        Box::pin(self.guarded("commit", self.commit_sequence(runs)))
     }
 }
 

@@ -213,6 +213,20 @@ impl Reader {
                         self.give_back(delivery).await;
                     }
                 }
+                Request::Held(most, reply) => {
+                    let mut held = Vec::new();
+                    while held.len() < most {
+                        match self.taken.pop_due(&self.broker.inner.clock) {
+                            Some(delivery) => held.push(delivery),
+                            None => break,
+                        }
+                    }
+                    if let Err(Ok(held)) = reply.send(Ok(held)) {
+                        for delivery in held {
+                            self.give_back(delivery).await;
+                        }
+                    }
+                }
                 Request::Close(reply) => {
                     self.give_back_taken().await;
                     let _ = reply.send(());

@@ -526,6 +526,11 @@ return {'wait', next_due, waits}
 /// `p` publish: topic, json, capacity ('' for none). Replies `full` and the group when a
 /// group reading the topic already has `capacity` entries waiting (counting this run's).
 ///
+/// `s` sequence: n, then n commits' arguments (each as `c` takes them, without the kind).
+/// Replies with one result per commit: they run in order, and once one is refused (any
+/// outcome but `ok` or `settled`) the rest reply `skipped`, having applied nothing, so a
+/// worker's commits never land out of order.
+///
 /// `c` commit: one handler run's effects and the ack of what it handled, all or nothing.
 /// Arguments: ack kind (t|i|r|b|-|f), ack key, ack group, ack id, then
 /// n, n × (topic, json) to publish; n, n × (topic, delay ms, json) to publish later;
@@ -609,7 +614,9 @@ local function publish_op()
 end
 -- Per watermark key, over this run: a forward to it was refused (later ones wait).
 local blocked = {}
-local function commit_op()
+local SKIPPED = {'skipped'}
+-- One commit; with `skip`, its arguments are only stepped over.
+local function commit_op(skip)
   local kind, key, group, id = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   -- Where each list starts in ARGV, and its length.
   local np = tonumber(ARGV[i + 4])
@@ -629,6 +636,7 @@ local function commit_op()
   local no = tonumber(ARGV[i + 2])
   local o0 = i + 3
   i = o0 + 2 * no
+  if skip then return SKIPPED end
 
   if kind == 'f' then
     if blocked[key] then return {'blocked'} end
@@ -738,6 +746,20 @@ local function commit_op()
   end
   return OK
 end
+-- Commits of one worker, in order: after the first that neither landed nor was settled
+-- already, the rest are skipped (their worker commits them one by one, in order).
+local function sequence_op()
+  local n = tonumber(ARGV[i])
+  i = i + 1
+  local out = {}
+  local stopped = false
+  for k = 1, n do
+    local r = commit_op(stopped)
+    out[k] = r
+    if r[1] ~= 'ok' and r[1] ~= 'settled' then stopped = true end
+  end
+  return out
+end
 local results = {}
 -- The run's first write reserves its sequence numbers. While Redis is out of memory that
 -- write is refused, and so is every operation of the run, before anything is written:
@@ -752,7 +774,13 @@ seq_next, seq_left = reserved - 63, 64
 for k = 1, tonumber(ARGV[2]) do
   local op = ARGV[i]
   i = i + 1
-  if op == 'p' then results[k] = publish_op() else results[k] = commit_op() end
+  if op == 'p' then
+    results[k] = publish_op()
+  elseif op == 's' then
+    results[k] = sequence_op()
+  else
+    results[k] = commit_op(false)
+  end
 end
 return results
 "#,

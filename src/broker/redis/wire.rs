@@ -108,17 +108,13 @@ impl Wire {
         count > 0 && count == patterns.len()
     }
 
-    /// Takes out of `effects` what goes over the article's wire; `None` when nothing does
-    /// (the common case, with no copy made).
-    ///
-    /// # Errors
-    /// `Undelayable` for a delayed event on a pub/sub topic or a delayed list item.
-    fn split(&self, effects: &Effects) -> Result<Option<(Effects, Vec<Op>)>, BrokerError> {
+    /// Whether anything of `effects` goes over the article's wire.
+    pub(super) fn touches(&self, effects: &Effects) -> bool {
         let spec = self.spec();
         if !spec.pubsub_by_default && spec.pubsub.is_empty() && spec.lists.is_empty() {
-            return Ok(None);
+            return false;
         }
-        let touches = effects.publish.iter().any(|e| spec.is_pubsub(&e.topic))
+        effects.publish.iter().any(|e| spec.is_pubsub(&e.topic))
             || effects
                 .deferred
                 .iter()
@@ -126,10 +122,19 @@ impl Wire {
             || effects
                 .enqueue
                 .iter()
-                .any(|(q, _, _)| spec.lists.contains_key(q));
-        if !touches {
+                .any(|(q, _, _)| spec.lists.contains_key(q))
+    }
+
+    /// Takes out of `effects` what goes over the article's wire; `None` when nothing does
+    /// (the common case, with no copy made).
+    ///
+    /// # Errors
+    /// `Undelayable` for a delayed event on a pub/sub topic or a delayed list item.
+    fn split(&self, effects: &Effects) -> Result<Option<(Effects, Vec<Op>)>, BrokerError> {
+        if !self.touches(effects) {
             return Ok(None);
         }
+        let spec = self.spec();
         let mut rest = effects.clone();
         let mut ops = Vec::new();
         if let Some((event, _)) = rest.deferred.iter().find(|(e, _)| spec.is_pubsub(&e.topic)) {
@@ -453,6 +458,9 @@ impl Hub {
                 }
             }
             // The hub's buffer is shared by the group's workers: nothing is one worker's.
+            Request::Held(_, reply) => {
+                let _ = reply.send(Ok(Vec::new()));
+            }
             Request::Close(reply) => {
                 let _ = reply.send(());
             }
@@ -549,6 +557,9 @@ impl ListReader {
                     }
                 }
                 // Pops one at a time: nothing taken ahead.
+                Request::Held(_, reply) => {
+                    let _ = reply.send(Ok(Vec::new()));
+                }
                 Request::Close(reply) => {
                     let _ = reply.send(());
                 }

@@ -128,6 +128,19 @@ impl Consumer for RedisConsumer {
         }
     }
 
+    async fn next_held(&mut self, most: usize) -> Vec<Delivery> {
+        match &mut self.inner {
+            Inner::One(shard, consumer) => consumer
+                .next_held(most)
+                .await
+                .into_iter()
+                .map(|d| tagged(*shard, d))
+                .collect(),
+            // What the shards answered beyond the delivery handed out.
+            Inner::Merged(_, kept) => kept.drain(..most.min(kept.len())).collect(),
+        }
+    }
+
     async fn close(&mut self) {
         match &mut self.inner {
             Inner::One(_, consumer) => consumer.close().await,

@@ -59,8 +59,8 @@ use crate::broker::capability::placement::OutboxStats;
 use crate::broker::capability::BoxFuture;
 use crate::broker::redis::url::RedisUrl;
 use crate::broker::{
-    Backpressure, Broker, BrokerError, BrokerHealth, BrokerIncidents, DeadFilter, Delivery,
-    Effects, GroupSpec, GroupStats, Processes, QueueSpec, QueueStats, Removed, Replies,
+    Backpressure, Broker, BrokerError, BrokerHealth, BrokerIncidents, CommitInOrder, DeadFilter,
+    Delivery, Effects, GroupSpec, GroupStats, Processes, QueueSpec, QueueStats, Removed, Replies,
     ReplyResult, RetryableCommit, SharedChains, SharedHistory, StoreReadAhead, TopicRetention,
     WireFormat,
 };
@@ -676,6 +676,12 @@ impl Broker for RedisBroker {
         Some(self)
     }
 
+    fn ordered_commit(&self) -> Option<&dyn CommitInOrder> {
+        // A spread namespace's commits may also write outboxes for other shards: one by
+        // one.
+        (self.n() == 1).then_some(self as &dyn CommitInOrder)
+    }
+
     fn read_ahead(&self) -> Option<&dyn StoreReadAhead> {
         Some(self)
     }
@@ -764,6 +770,15 @@ impl Replies for RedisBroker {
 
     fn forget_reply(&self, id: &str) {
         self.home().forget_reply(id);
+    }
+}
+
+impl CommitInOrder for RedisBroker {
+    fn commit_in_order<'a>(
+        &'a self,
+        runs: &'a [(&'a Delivery, &'a Effects)],
+    ) -> BoxFuture<'a, Result<Vec<Result<(), BrokerError>>, BrokerError>> {
+        CommitInOrder::commit_in_order(self.home(), runs)
     }
 }
 

@@ -1,0 +1,262 @@
+//! A subscriber's one worker on Redis handles what its reader's last read brought in a
+//! row and commits the runs together (one script run for many): against a backlog left
+//! by a stopped process (a redis-server each test starts itself), every event is handled
+//! once and in order, the commits do go together, a run that reads a store sees what the
+//! runs before it in the row wrote, and a commit refused in the middle of a row stops the
+//! ones after it, which land only after it, in order.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::redis::{unique_namespace, RedisServer};
+use common::runtime::{options, publish, start_with, tap};
+use common::{wait_for, FlowDir};
+use edaflow::broker::{RedisBroker, RedisOptions};
+use edaflow::event::Event;
+use edaflow::runtime::Runtime;
+use indoc::indoc;
+use serde_json::json;
+
+const PATIENCE: Duration = Duration::from_secs(20);
+
+/// Events in the backlog: twenty full reads of the reader's prefetch (16).
+const BACKLOG: u64 = 320;
+
+fn redis_options(namespace: &str) -> RedisOptions {
+    RedisOptions {
+        namespace: namespace.to_owned(),
+        block: Duration::from_millis(100),
+        ..RedisOptions::default()
+    }
+}
+
+/// Runs `flow.toml` of `dir` once, to declare its groups, and stops it; publishes `n`
+/// events `{n}` on `in` meanwhile; then starts it again on a fresh broker of the same
+/// namespace, with the backlog waiting, and returns it with a tap on every topic opened
+/// before it started.
+async fn backlog_then_start(
+    server: &RedisServer,
+    dir: &FlowDir,
+    n: u64,
+) -> (
+    Runtime<RedisBroker>,
+    tokio::sync::mpsc::Receiver<Arc<Event>>,
+) {
+    let namespace = unique_namespace("rows");
+    let first = server.broker(redis_options(&namespace)).await;
+    let (runtime, _) = start_with(first.clone(), options(), dir).await;
+    runtime.shutdown(Duration::from_secs(1)).await;
+    for k in 0..n {
+        publish(&first, "in", "test", json!({ "n": k })).await;
+    }
+    let broker = server.broker(redis_options(&namespace)).await;
+    let seen = tap(&broker, ">");
+    server.command(&["CONFIG", "RESETSTAT"]);
+    let (runtime, _) = start_with(broker, options(), dir).await;
+    (runtime, seen)
+}
+
+/// What the tap sees until `count` events on the topics `topics` came (or `PATIENCE`
+/// passed), in the order Redis accepted them.
+async fn seen_on(
+    seen: &mut tokio::sync::mpsc::Receiver<Arc<Event>>,
+    topics: &[&str],
+    count: usize,
+) -> Vec<Arc<Event>> {
+    let mut events = Vec::new();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while events.len() < count {
+        match tokio::time::timeout_at(deadline, seen.recv()).await {
+            Ok(Some(event)) if topics.contains(&event.topic.as_str()) => events.push(event),
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => break,
+        }
+    }
+    events
+}
+
+/// The `n` of each event on `topic` among `events`, in the order they were seen.
+fn numbers(events: &[Arc<Event>], topic: &str) -> Vec<i64> {
+    events
+        .iter()
+        .filter(|e| e.topic == topic)
+        .map(|e| e.data["n"].as_i64().expect("an n"))
+        .collect()
+}
+
+/// Calls of script runs on the server since its counters were reset.
+fn script_runs(server: &RedisServer) -> u64 {
+    let stats = server.command(&["INFO", "commandstats"]);
+    stats
+        .lines()
+        .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+        .filter_map(|l| {
+            l.split("calls=")
+                .nth(1)?
+                .split(',')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}
+
+async fn wait_handled(runtime: &Runtime<RedisBroker>, subscriber: &str, n: u64) {
+    let metrics = runtime.metrics().subscriber(subscriber);
+    wait_for("the backlog to be handled", PATIENCE, || {
+        metrics.handled.load(Ordering::Relaxed) >= n
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_worker_handles_a_backlog_once_in_order_committing_runs_together() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let dir = FlowDir::new();
+    dir.write(
+        "flow.toml",
+        indoc! {r#"
+            [flow]
+            name = "rows"
+
+            [subscribers.work]
+            topic = "in"
+            script = "work.rhai"
+            emits = ["out"]
+        "#},
+    );
+    dir.write("work.rhai", r#"emit("out", #{ n: event.data.n });"#);
+    let (runtime, mut seen) = backlog_then_start(&server, &dir, BACKLOG).await;
+    wait_handled(&runtime, "work", BACKLOG).await;
+    let runs = script_runs(&server);
+    let events = seen_on(&mut seen, &["out"], BACKLOG as usize).await;
+    let expected: Vec<i64> = (0..BACKLOG as i64).collect();
+    assert_eq!(numbers(&events, "out"), expected, "each once, in order");
+    // One by one, each commit would be a script run of its own (320 at least).
+    assert!(
+        runs < BACKLOG / 4,
+        "{runs} script runs for {BACKLOG} commits: the runs were not committed together"
+    );
+    let work = runtime.metrics().subscriber("work");
+    assert_eq!(work.events_in.load(Ordering::Relaxed), BACKLOG);
+    assert_eq!(work.errors.load(Ordering::Relaxed), 0);
+    runtime.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_in_a_row_that_reads_a_store_sees_what_the_runs_before_it_wrote() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let dir = FlowDir::new();
+    dir.write(
+        "flow.toml",
+        indoc! {r#"
+            [flow]
+            name = "rows"
+
+            [stores.counts]
+
+            [subscribers.work]
+            topic = "in"
+            script = "work.rhai"
+            emits = ["out"]
+        "#},
+    );
+    // Every run writes its number; every fourth reads the number before its own first,
+    // between runs that only write and so wait to be committed together.
+    dir.write(
+        "work.rhai",
+        indoc! {r#"
+            let n = event.data.n;
+            let s = store("counts");
+            if n % 4 == 3 { emit("out", #{ n: n, last: s.get("last") }); }
+            s.set("last", n);
+        "#},
+    );
+    let (runtime, mut seen) = backlog_then_start(&server, &dir, BACKLOG).await;
+    wait_handled(&runtime, "work", BACKLOG).await;
+    let events = seen_on(&mut seen, &["out"], (BACKLOG / 4) as usize).await;
+    let read: Vec<(i64, i64)> = events
+        .iter()
+        .map(|e| {
+            (
+                e.data["n"].as_i64().expect("n"),
+                e.data["last"].as_i64().unwrap_or(-1),
+            )
+        })
+        .collect();
+    let expected: Vec<(i64, i64)> = (0..BACKLOG as i64 / 4)
+        .map(|k| (4 * k + 3, 4 * k + 2))
+        .collect();
+    assert_eq!(
+        read, expected,
+        "(n, what the run read) for each reading run"
+    );
+    runtime.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_refused_in_a_row_lands_before_the_runs_after_it() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let dir = FlowDir::new();
+    dir.write(
+        "flow.toml",
+        indoc! {r#"
+            [flow]
+            name = "rows"
+
+            [queues.side]
+            capacity = 1
+
+            [subscribers.work]
+            topic = "in"
+            script = "work.rhai"
+            emits = ["out"]
+            dead_letter = "dead"
+            retry = { attempts = 2, backoff = "10ms", jitter = false }
+        "#},
+    );
+    // Event 0 fills the queue (nobody reads it); event 5's commit is refused for a full
+    // queue, each time, until it is dead-lettered.
+    dir.write(
+        "work.rhai",
+        indoc! {r#"
+            let n = event.data.n;
+            if n == 0 || n == 5 { enqueue("side", #{ n: n }); }
+            emit("out", #{ n: n });
+        "#},
+    );
+    let n = 40;
+    let (runtime, mut seen) = backlog_then_start(&server, &dir, n).await;
+    let work = runtime.metrics().subscriber("work");
+    wait_for("the backlog to be settled", PATIENCE, || {
+        work.handled.load(Ordering::Relaxed) + work.dead_letters.load(Ordering::Relaxed) >= n
+    })
+    .await;
+    let events = seen_on(&mut seen, &["out", "dead"], n as usize).await;
+    // What was published, in the order it landed: `out` 0 to 4, the dead letter of 5,
+    // then `out` 6 onwards.
+    let landed: Vec<String> = events
+        .iter()
+        .filter(|e| e.topic == "out" || e.topic == "dead")
+        .map(|e| match e.topic.as_str() {
+            "dead" => "dead".to_owned(),
+            _ => e.data["n"].to_string(),
+        })
+        .collect();
+    let mut expected: Vec<String> = (0..5).map(|k: u64| k.to_string()).collect();
+    expected.push("dead".to_owned());
+    expected.extend((6..n).map(|k| k.to_string()));
+    assert_eq!(landed, expected);
+    assert_eq!(work.dead_letters.load(Ordering::Relaxed), 1);
+    assert_eq!(work.handled.load(Ordering::Relaxed), n - 1);
+    runtime.shutdown(Duration::from_secs(1)).await;
+}
