@@ -3,7 +3,8 @@
 //! by a stopped process (a redis-server each test starts itself), every event is handled
 //! once and in order, the commits do go together, a run that reads a store sees what the
 //! runs before it in the row wrote, and a commit refused in the middle of a row stops the
-//! ones after it, which land only after it, in order.
+//! ones after it, which land only after it, in order. A row of runs that write nothing is
+//! acknowledged with one command.
 
 mod common;
 
@@ -14,7 +15,7 @@ use std::time::Duration;
 use common::redis::{unique_namespace, RedisServer};
 use common::runtime::{options, publish, start_with, tap};
 use common::{wait_for, FlowDir};
-use edaflow::broker::{RedisBroker, RedisOptions};
+use edaflow::broker::{Broker, RedisBroker, RedisOptions};
 use edaflow::event::Event;
 use edaflow::runtime::Runtime;
 use indoc::indoc;
@@ -87,12 +88,16 @@ fn numbers(events: &[Arc<Event>], topic: &str) -> Vec<i64> {
         .collect()
 }
 
-/// Calls of script runs on the server since its counters were reset.
-fn script_runs(server: &RedisServer) -> u64 {
+/// Calls of `commands` on the server since its counters were reset.
+fn calls(server: &RedisServer, commands: &[&str]) -> u64 {
     let stats = server.command(&["INFO", "commandstats"]);
     stats
         .lines()
-        .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+        .filter(|l| {
+            commands
+                .iter()
+                .any(|c| l.starts_with(&format!("cmdstat_{c}:")))
+        })
         .filter_map(|l| {
             l.split("calls=")
                 .nth(1)?
@@ -102,6 +107,11 @@ fn script_runs(server: &RedisServer) -> u64 {
                 .ok()
         })
         .sum()
+}
+
+/// Calls of script runs on the server since its counters were reset.
+fn script_runs(server: &RedisServer) -> u64 {
+    calls(server, &["evalsha", "eval"])
 }
 
 async fn wait_handled(runtime: &Runtime<RedisBroker>, subscriber: &str, n: u64) {
@@ -146,6 +156,52 @@ async fn one_worker_handles_a_backlog_once_in_order_committing_runs_together() {
     assert_eq!(work.events_in.load(Ordering::Relaxed), BACKLOG);
     assert_eq!(work.errors.load(Ordering::Relaxed), 0);
     runtime.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_of_runs_that_write_nothing_is_acked_with_one_command() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let dir = FlowDir::new();
+    dir.write(
+        "flow.toml",
+        indoc! {r#"
+            [flow]
+            name = "rows"
+
+            [subscribers.count]
+            topic = "in"
+            script = "count.rhai"
+        "#},
+    );
+    dir.write("count.rhai", "let n = event.data.n;");
+    let (runtime, _seen) = backlog_then_start(&server, &dir, BACKLOG).await;
+    wait_handled(&runtime, "count", BACKLOG).await;
+    let acks = calls(&server, &["xack"]);
+    assert!(
+        acks < BACKLOG / 4,
+        "{acks} XACK calls for {BACKLOG} events: the rows were not acked together"
+    );
+    let broker = runtime.broker().clone();
+    wait_for_settled(&broker).await;
+    runtime.shutdown(Duration::from_secs(1)).await;
+}
+
+/// Waits until no group holds an event waiting or unacknowledged.
+async fn wait_for_settled(broker: &RedisBroker) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let stats = broker.stats().await;
+        if !stats.is_empty() && stats.iter().all(|g| g.queued == 0 && g.in_flight == 0) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "events left unacknowledged: {stats:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -247,13 +247,16 @@ impl ShardBroker {
     }
 
     /// Commits `runs` of one worker in order as one `s` operation of the batch script (see
-    /// `CommitInOrder`). Carries runs up to the first that cannot go this way: one with
-    /// effects over the article's wire, a delay too long, or a delivery that is no stream
-    /// entry.
+    /// `CommitInOrder`), or as one `XACK` when each is an ack alone (`ack_row`). Carries
+    /// runs up to the first that cannot go this way: one with effects over the article's
+    /// wire, a delay too long, or a delivery that is no stream entry.
     pub(super) async fn commit_sequence(
         &self,
         runs: &[(&Delivery, &Effects)],
     ) -> Result<Vec<Result<(), BrokerError>>, BrokerError> {
+        if let Some(acked) = self.ack_row(runs).await {
+            return acked.map(|()| runs.iter().map(|_| Ok(())).collect());
+        }
         let mut commits = Vec::with_capacity(runs.len());
         let mut local_replies = Vec::with_capacity(runs.len());
         for (delivery, effects) in runs {
@@ -327,6 +330,53 @@ impl ShardBroker {
             self.wrote();
         }
         Ok(results)
+    }
+
+    /// A row of commits that are each an ack alone, of entries of one topic stream (a
+    /// subscriber that only counts or reads, as the last hop of a chain): one `XACK` of
+    /// every id, no script (see `ack_only`). `None` when the row is not such.
+    async fn ack_row(&self, runs: &[(&Delivery, &Effects)]) -> Option<Result<(), BrokerError>> {
+        let mut ids = Vec::with_capacity(runs.len());
+        let mut stream: Option<(String, String)> = None;
+        for (delivery, effects) in runs {
+            if !effects.writes_nothing() || effects.reply.is_some() {
+                return None;
+            }
+            let at = self.position(delivery)?;
+            if at.kind != "t" {
+                return None;
+            }
+            match &stream {
+                Some((key, group)) if *key != at.key || *group != at.xgroup => return None,
+                Some(_) => {}
+                None => stream = Some((at.key, at.xgroup)),
+            }
+            ids.push(at.id);
+        }
+        let (key, group) = stream?;
+        let acked = redis::cmd("XACK")
+            .arg(&key)
+            .arg(&group)
+            .arg(&ids)
+            .query_async::<i64>(&mut self.conn())
+            .await;
+        Some(match acked {
+            Ok(n) => {
+                if n < ids.len() as i64 {
+                    // As the script's guard: settled already, by a lost-reply retry or
+                    // another consumer. An ack applies nothing twice.
+                    debug!(
+                        settled = ids.len() as i64 - n,
+                        of = ids.len(),
+                        "acks found entries settled already"
+                    );
+                }
+                Ok(())
+            }
+            // The stream or its group is gone: nothing is pending any more.
+            Err(e) if e.code() == Some("NOGROUP") => Ok(()),
+            Err(e) => Err(unavailable(e)),
+        })
     }
 
     /// The batch script's arguments for one commit (see `scripts::BATCH`), and the answer
