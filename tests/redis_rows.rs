@@ -1,5 +1,5 @@
-//! A subscriber's one worker on Redis handles what its reader's last read brought in a
-//! row and commits the runs together (one script run for many): against a backlog left
+//! A subscriber's worker on Redis handles what its reader's last read brought in a row
+//! and commits the runs together (one script run for many): against a backlog left
 //! by a stopped process (a redis-server each test starts itself), every event is handled
 //! once and in order, the commits do go together, a run that reads a store sees what the
 //! runs before it in the row wrote, and a commit refused in the middle of a row stops the
@@ -314,5 +314,46 @@ async fn a_commit_refused_in_a_row_lands_before_the_runs_after_it() {
     assert_eq!(landed, expected);
     assert_eq!(work.dead_letters.load(Ordering::Relaxed), 1);
     assert_eq!(work.handled.load(Ordering::Relaxed), n - 1);
+    runtime.shutdown(Duration::from_secs(1)).await;
+}
+
+/// Several workers take rows too, each within its share of what the reader holds: every
+/// event once. The events come through a relay into a queue, so a queue's reader is
+/// covered as well as a group's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_workers_of_a_queue_take_rows_and_handle_each_event_once() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let dir = FlowDir::new();
+    dir.write(
+        "flow.toml",
+        indoc! {r#"
+            [flow]
+            name = "rows"
+
+            [relays.forward]
+            from = "in"
+            to = "jobs"
+
+            [queues.jobs]
+
+            [subscribers.work]
+            queue = "jobs"
+            script = "work.rhai"
+            emits = ["out"]
+            concurrency = 4
+        "#},
+    );
+    dir.write("work.rhai", r#"emit("out", #{ n: event.data.n });"#);
+    let (runtime, mut seen) = backlog_then_start(&server, &dir, BACKLOG).await;
+    wait_handled(&runtime, "work", BACKLOG).await;
+    let events = seen_on(&mut seen, &["out"], BACKLOG as usize).await;
+    let mut got = numbers(&events, "out");
+    got.sort_unstable();
+    let expected: Vec<i64> = (0..BACKLOG as i64).collect();
+    assert_eq!(got, expected, "each once");
+    let work = runtime.metrics().subscriber("work");
+    assert_eq!(work.events_in.load(Ordering::Relaxed), BACKLOG);
     runtime.shutdown(Duration::from_secs(1)).await;
 }

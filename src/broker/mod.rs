@@ -619,12 +619,19 @@ pub trait Consumer: Send + 'static {
         async {}
     }
 
-    /// Up to `most` deliveries this consumer holds already and that are due, without
-    /// waiting or reading (a consumer that reads in batches hands out the rest of its
-    /// last read). A worker handles them in a row after the one `next` gave it, and
-    /// commits them together where the broker offers `CommitInOrder`. None by default.
-    fn next_held(&mut self, most: usize) -> impl Future<Output = Vec<Delivery>> + Send {
+    /// The next delivery, waiting as long as it takes, and after it the due deliveries
+    /// this consumer holds already, `most` in all at most (a consumer that reads in
+    /// batches hands out the rest of its last read, within its share among the consumers
+    /// waiting). A worker handles them in a row and commits them together where the
+    /// broker offers `CommitInOrder`. One at a time by default.
+    ///
+    /// # Errors
+    /// As `next`.
+    fn next_row(
+        &mut self,
+        most: usize,
+    ) -> impl Future<Output = Result<Vec<Delivery>, BrokerError>> + Send {
         let _ = most;
-        async { Vec::new() }
+        async { self.next().await.map(|delivery| vec![delivery]) }
     }
 }

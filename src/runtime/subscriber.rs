@@ -151,34 +151,30 @@ async fn run_worker<B: Broker>(
     mut consumer: B::Consumer,
     token: CancellationToken,
 ) {
-    // Only a subscriber's one worker asks for what its reader holds: the reader serves its
-    // consumers' requests in turn, and the ask of one worker must not wait behind another
-    // worker's blocking read.
+    // Where the broker commits runs together, a worker takes with each event what its
+    // consumer's last read brought beyond it (see `handle_row`).
     let broker = &task.shared.broker;
-    let in_a_row = task.config.concurrency == 1
-        && broker.ordered_commit().is_some()
-        && broker.read_ahead().is_some();
+    let rows = broker.ordered_commit().is_some() && broker.read_ahead().is_some();
     loop {
-        let delivery = tokio::select! {
+        // A handler slow enough to leave the runtime's threads runs one event per worker,
+        // so that its workers run side by side.
+        let most = if rows && !task.slow.load(Ordering::Relaxed) {
+            IN_A_ROW
+        } else {
+            1
+        };
+        let row = tokio::select! {
             biased;
             _ = token.cancelled() => break,
-            next = consumer.next() => next,
+            next = consumer.next_row(most) => next,
         };
-        match delivery {
-            Ok(delivery) => {
-                // What the consumer's last read brought beyond this one is handled in the
-                // same go, and committed with it where the broker can (see `handle_row`).
-                let held = if in_a_row {
-                    consumer.next_held(IN_A_ROW - 1).await
-                } else {
-                    Vec::new()
-                };
-                if held.is_empty() {
+        match row {
+            Ok(mut row) if row.len() == 1 => {
+                if let Some(delivery) = row.pop() {
                     task.handle(delivery, &token).await;
-                } else {
-                    task.handle_row(delivery, held, &token).await;
                 }
             }
+            Ok(row) => task.handle_row(row, &token).await,
             Err(e) => {
                 debug!(error = %e, "consumer closed");
                 break;
@@ -334,16 +330,15 @@ impl<B: Broker> SubscriberTask<B> {
         }
     }
 
-    /// Handles `first` and the deliveries `held` after it, in order, committing runs
-    /// together: the runs that need no store read and succeed wait for the next commit,
+    /// Handles the deliveries of `row` in order, committing runs together: the runs that need no store read and succeed wait for the next commit,
     /// which carries them all in one go (`CommitInOrder`). A run that reads a store (it
     /// must see what the runs before it wrote), fails, or is too slow to run inline has
     /// what waits committed first, then is handled as `handle` would. What the commit
     /// leaves uncommitted (a refusal, a failed round trip) is committed one by one, in
     /// order, with the retries of `handle`.
-    async fn handle_row(&self, first: Delivery, held: Vec<Delivery>, token: &CancellationToken) {
-        let mut waiting: Vec<(Delivery, Ran)> = Vec::with_capacity(held.len() + 1);
-        for delivery in std::iter::once(first).chain(held) {
+    async fn handle_row(&self, row: Vec<Delivery>, token: &CancellationToken) {
+        let mut waiting: Vec<(Delivery, Ran)> = Vec::with_capacity(row.len());
+        for delivery in row {
             self.count_in(&delivery);
             let attempt = delivery.redeliveries.saturating_add(1);
             match self.run_plain(&delivery, attempt) {

@@ -3,7 +3,7 @@
 //!
 //! Offered by the Redis broker on one shard, where each commit is a round trip and one
 //! worker's commits would otherwise each pay theirs. A worker that handles several entries
-//! in a row (see `Consumer::next_held`) commits their runs this way; what this commit
+//! in a row (see `Consumer::next_row`) commits their runs this way; what this commit
 //! leaves uncommitted (refused, or never tried), the worker commits one by one, in order,
 //! as it commits any run. The memory broker's commit crosses no network; it offers none.
 

@@ -35,9 +35,9 @@ pub(crate) enum Source {
 pub(super) enum Request {
     Next(oneshot::Sender<Result<Delivery, BrokerError>>),
     TryNext(oneshot::Sender<Result<Option<Delivery>, BrokerError>>),
-    /// Up to this many due deliveries held already, without reading (none from a reader
-    /// that holds nothing).
-    Held(usize, oneshot::Sender<Result<Vec<Delivery>, BrokerError>>),
+    /// As `Next`, and after it up to this many in all of the due deliveries the reader
+    /// holds already (stream readers only).
+    NextRow(usize, oneshot::Sender<Result<Vec<Delivery>, BrokerError>>),
     /// Give back what was taken ahead, then answer.
     Close(oneshot::Sender<()>),
 }
@@ -46,6 +46,8 @@ pub(super) enum Request {
 pub struct ShardConsumer {
     requests: mpsc::Sender<Request>,
     broker: ShardBroker,
+    /// Its reader answers `NextRow` (a stream reader; the article's wire readers do not).
+    rows: bool,
 }
 
 impl ShardConsumer {
@@ -54,7 +56,11 @@ impl ShardConsumer {
         requests: mpsc::Sender<Request>,
         broker: ShardBroker,
     ) -> ShardConsumer {
-        ShardConsumer { requests, broker }
+        ShardConsumer {
+            requests,
+            broker,
+            rows: false,
+        }
     }
 }
 
@@ -155,6 +161,7 @@ pub(crate) fn spawn(
         .map(|_| ShardConsumer {
             requests: tx.clone(),
             broker: broker.clone(),
+            rows: true,
         })
         .collect()
 }
@@ -186,21 +193,20 @@ impl Consumer for ShardConsumer {
         awaiting.get().await
     }
 
-    async fn next_held(&mut self, most: usize) -> Vec<Delivery> {
+    async fn next_row(&mut self, most: usize) -> Result<Vec<Delivery>, BrokerError> {
+        if !self.rows || most <= 1 {
+            return self.next().await.map(|delivery| vec![delivery]);
+        }
         let (reply, answer) = oneshot::channel();
         let awaiting = Awaiting {
             answer: Some(answer),
             broker: self.broker.clone(),
         };
-        if self
-            .requests
-            .send(Request::Held(most, reply))
+        self.requests
+            .send(Request::NextRow(most, reply))
             .await
-            .is_err()
-        {
-            return Vec::new();
-        }
-        awaiting.get().await.unwrap_or_default()
+            .map_err(|_| BrokerError::Closed)?;
+        awaiting.get().await
     }
 
     async fn close(&mut self) {

@@ -213,16 +213,13 @@ impl Reader {
                         self.give_back(delivery).await;
                     }
                 }
-                Request::Held(most, reply) => {
-                    let mut held = Vec::new();
-                    while held.len() < most {
-                        match self.taken.pop_due(&self.broker.inner.clock) {
-                            Some(delivery) => held.push(delivery),
-                            None => break,
-                        }
-                    }
-                    if let Err(Ok(held)) = reply.send(Ok(held)) {
-                        for delivery in held {
+                Request::NextRow(most, reply) => {
+                    let Some(result) = self.next(&reply).await else {
+                        continue;
+                    };
+                    let result = result.map(|first| self.row(first, most));
+                    if let Err(Ok(row)) = reply.send(result) {
+                        for delivery in row {
                             self.give_back(delivery).await;
                         }
                     }
@@ -236,6 +233,20 @@ impl Reader {
         // The consumer is gone: what it took and never handed out goes back at once
         // (rather than waiting out `claim_idle` for another consumer to claim it).
         self.give_back_taken().await;
+    }
+
+    /// `first` and the due deliveries held after it, `most` in all at most, and no more
+    /// than this consumer's share of what is held among the consumers waiting.
+    fn row(&mut self, first: Delivery, most: usize) -> Vec<Delivery> {
+        let share = 1 + self.taken.len() / self.waiting.max(1);
+        let mut row = vec![first];
+        while row.len() < most.min(share) {
+            match self.taken.pop_due(&self.broker.inner.clock) {
+                Some(delivery) => row.push(delivery),
+                None => break,
+            }
+        }
+        row
     }
 
     /// One look for a polling worker: what a take finds, if it is due (an item another
@@ -299,9 +310,9 @@ impl Reader {
     }
 
     /// The next delivery; `None` when the caller stopped waiting.
-    async fn next(
+    async fn next<T>(
         &mut self,
-        reply: &oneshot::Sender<Result<Delivery, BrokerError>>,
+        reply: &oneshot::Sender<T>,
     ) -> Option<Result<Delivery, BrokerError>> {
         let mut backoff = outage::BACKOFF_START;
         // The take script just found nothing: block in the fast read rather than run it again.
@@ -395,11 +406,11 @@ impl Reader {
     }
 
     /// Backs off after a failed command (see the module docs).
-    async fn pause(
+    async fn pause<T>(
         &self,
         error: &BrokerError,
         backoff: &mut Duration,
-        reply: &oneshot::Sender<Result<Delivery, BrokerError>>,
+        reply: &oneshot::Sender<T>,
     ) {
         let pause = outage::jittered(backoff);
         debug!(error = %outage::describe(error), retry_in_ms = pause.as_millis() as u64, "consumer retry");
@@ -412,11 +423,11 @@ impl Reader {
     /// Blocks until one of `keys` gets an entry after its id, `wait` passes (timed here, see
     /// `blocking`), or the caller stops waiting (XREAD without a group claims nothing, so it
     /// may be cut short at any time).
-    async fn wait(
+    async fn wait<T>(
         &mut self,
         keys: &[(String, String)],
         wait: Duration,
-        reply: &oneshot::Sender<Result<Delivery, BrokerError>>,
+        reply: &oneshot::Sender<T>,
     ) -> Result<(), BrokerError> {
         let mut cmd = redis::cmd("XREAD");
         cmd.arg("COUNT")
@@ -507,9 +518,9 @@ impl Reader {
     /// takes goes to `taken`, the first stream's entries (given back or inherited) first. `Ok(false)`: nothing came
     /// within the block time, or Redis refused the read (the group was removed, the stream
     /// deleted) and the take script should look.
-    async fn read_fast(
+    async fn read_fast<T>(
         &mut self,
-        reply: &oneshot::Sender<Result<Delivery, BrokerError>>,
+        reply: &oneshot::Sender<T>,
         held: Option<Duration>,
     ) -> Result<bool, BrokerError> {
         let Some(fast) = &self.fast else {

@@ -457,10 +457,11 @@ impl Hub {
                     self.buffered.push_front(delivery);
                 }
             }
-            // The hub's buffer is shared by the group's workers: nothing is one worker's.
-            Request::Held(_, reply) => {
-                let _ = reply.send(Ok(Vec::new()));
+            // Never asked: the consumers of a hub ask for one delivery at a time.
+            Request::NextRow(_, reply) => {
+                let _ = reply.send(Err(BrokerError::Closed));
             }
+            // The hub's buffer is shared by the group's workers: nothing is one worker's.
             Request::Close(reply) => {
                 let _ = reply.send(());
             }
@@ -556,10 +557,11 @@ impl ListReader {
                         self.give_back(&delivery).await;
                     }
                 }
-                // Pops one at a time: nothing taken ahead.
-                Request::Held(_, reply) => {
-                    let _ = reply.send(Ok(Vec::new()));
+                // Never asked: the consumers of a list ask for one item at a time.
+                Request::NextRow(_, reply) => {
+                    let _ = reply.send(Err(BrokerError::Closed));
                 }
+                // Pops one at a time: nothing taken ahead.
                 Request::Close(reply) => {
                     let _ = reply.send(());
                 }

@@ -128,16 +128,23 @@ impl Consumer for RedisConsumer {
         }
     }
 
-    async fn next_held(&mut self, most: usize) -> Vec<Delivery> {
+    async fn next_row(&mut self, most: usize) -> Result<Vec<Delivery>, BrokerError> {
         match &mut self.inner {
-            Inner::One(shard, consumer) => consumer
-                .next_held(most)
-                .await
+            Inner::One(shard, consumer) => Ok(consumer
+                .next_row(most)
+                .await?
                 .into_iter()
                 .map(|d| tagged(*shard, d))
-                .collect(),
-            // What the shards answered beyond the delivery handed out.
-            Inner::Merged(_, kept) => kept.drain(..most.min(kept.len())).collect(),
+                .collect()),
+            // The first answer, and what the shards answered beyond it.
+            Inner::Merged(..) => {
+                let first = self.next().await?;
+                let Inner::Merged(_, kept) = &mut self.inner else {
+                    return Ok(vec![first]);
+                };
+                let more = (most.saturating_sub(1)).min(kept.len());
+                Ok(std::iter::once(first).chain(kept.drain(..more)).collect())
+            }
         }
     }
 
