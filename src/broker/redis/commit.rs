@@ -154,27 +154,33 @@ impl ShardBroker {
         if kind != "t" {
             return Some(self.inner.acks.ack(key, group, id).await);
         }
+        Some(self.xack(key, group, &[id]).await)
+    }
+
+    /// Acks `ids` on a topic stream with one `XACK`. An entry no longer pending was
+    /// settled already (a lost-reply retry, another consumer), as the commit script's
+    /// guard finds: an ack applies nothing twice. A stream or group that is gone (removed,
+    /// or Redis lost its state) holds nothing pending.
+    async fn xack(&self, key: &str, group: &str, ids: &[&str]) -> Result<(), BrokerError> {
         let acked = redis::cmd("XACK")
             .arg(key)
             .arg(group)
-            .arg(id)
-            .query_async(&mut self.conn())
+            .arg(ids)
+            .query_async::<i64>(&mut self.conn())
             .await;
-        let acked = match acked {
-            // The stream or its group is gone (removed, or Redis lost its state): nothing
-            // is pending any more, as when the commit script finds the entry settled.
-            Err(e) if e.code() == Some("NOGROUP") => Ok(0),
-            other => other.map_err(unavailable),
-        };
         match acked {
-            Ok(0) => {
-                // As the script's guard: settled already, by a lost-reply retry or another
-                // consumer. An ack applies nothing twice.
-                debug!(entry = id, "commit skipped: the entry was settled already");
-                Some(Ok(()))
+            Ok(n) => {
+                if n < ids.len() as i64 {
+                    debug!(
+                        settled = ids.len() as i64 - n,
+                        of = ids.len(),
+                        "commit skipped: entries were settled already"
+                    );
+                }
+                Ok(())
             }
-            Ok(_) => Some(Ok(())),
-            Err(e) => Some(Err(e)),
+            Err(e) if e.code() == Some("NOGROUP") => Ok(()),
+            Err(e) => Err(unavailable(e)),
         }
     }
 
@@ -259,6 +265,7 @@ impl ShardBroker {
         }
         let mut commits = Vec::with_capacity(runs.len());
         let mut local_replies = Vec::with_capacity(runs.len());
+        let mut ids = Vec::with_capacity(runs.len());
         for (delivery, effects) in runs {
             let Some(at) = self.position(delivery) else {
                 break;
@@ -272,6 +279,7 @@ impl ShardBroker {
             };
             commits.push(op);
             local_replies.push(local_reply);
+            ids.push(at.id);
         }
         let carried = &runs[..commits.len()];
         if carried.is_empty() {
@@ -297,17 +305,14 @@ impl ShardBroker {
         // Redis out of memory refused the whole script run: the first run is refused.
         if let Some(Value::BulkString(_) | Value::SimpleString(_)) = replies.first() {
             let outcome = head(replies)?;
-            let first = carried[0].0;
-            let at = self.position(first).map(|at| at.id).unwrap_or_default();
-            return Ok(vec![commit_outcome(&outcome, replies, &at)]);
+            return Ok(vec![commit_outcome(&outcome, replies, &ids[0])]);
         }
         if replies.len() != carried.len() {
             return Err(unexpected("one reply per commit of a sequence", &reply));
         }
         let mut results = Vec::with_capacity(carried.len());
         let mut wrote = false;
-        for ((reply, (delivery, _)), local_reply) in replies.iter().zip(carried).zip(local_replies)
-        {
+        for ((reply, id), local_reply) in replies.iter().zip(&ids).zip(local_replies) {
             let reply = items(reply)?;
             let outcome = head(reply)?;
             if outcome == "skipped" {
@@ -318,8 +323,7 @@ impl ShardBroker {
                 self.inner.waiting.answer(id, answer.clone());
             }
             wrote |= landed;
-            let at = self.position(delivery).map(|at| at.id).unwrap_or_default();
-            let result = commit_outcome(&outcome, reply, &at);
+            let result = commit_outcome(&outcome, reply, id);
             let refused = result.is_err();
             results.push(result);
             if refused {
@@ -354,29 +358,8 @@ impl ShardBroker {
             ids.push(at.id);
         }
         let (key, group) = stream?;
-        let acked = redis::cmd("XACK")
-            .arg(&key)
-            .arg(&group)
-            .arg(&ids)
-            .query_async::<i64>(&mut self.conn())
-            .await;
-        Some(match acked {
-            Ok(n) => {
-                if n < ids.len() as i64 {
-                    // As the script's guard: settled already, by a lost-reply retry or
-                    // another consumer. An ack applies nothing twice.
-                    debug!(
-                        settled = ids.len() as i64 - n,
-                        of = ids.len(),
-                        "acks found entries settled already"
-                    );
-                }
-                Ok(())
-            }
-            // The stream or its group is gone: nothing is pending any more.
-            Err(e) if e.code() == Some("NOGROUP") => Ok(()),
-            Err(e) => Err(unavailable(e)),
-        })
+        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+        Some(self.xack(&key, &group, &ids).await)
     }
 
     /// The batch script's arguments for one commit (see `scripts::BATCH`), and the answer
