@@ -4,7 +4,7 @@
 //! once and in order, the commits do go together, a run that reads a store sees what the
 //! runs before it in the row wrote, and a commit refused in the middle of a row stops the
 //! ones after it, which land only after it, in order. A row of runs that write nothing is
-//! acknowledged with one command.
+//! acknowledged with one command (on a queue, with the acks of the moment, and deleted).
 
 mod common;
 
@@ -34,14 +34,35 @@ fn redis_options(namespace: &str) -> RedisOptions {
     }
 }
 
-/// Runs `flow.toml` of `dir` once, to declare its groups, and stops it; publishes `n`
-/// events `{n}` on `in` meanwhile; then starts it again on a fresh broker of the same
-/// namespace, with the backlog waiting, and returns it with a tap on every topic opened
-/// before it started.
+/// Where a backlog waits.
+#[derive(Clone, Copy)]
+enum Backlog {
+    /// Published on the topic `in`.
+    Topic,
+    /// Enqueued, due at once, in the named queue.
+    Queue(&'static str),
+}
+
+/// Runs `flow.toml` of `dir` once, to declare its groups and queues, and stops it; puts
+/// `n` events `{n}` on `in` (or into a queue) meanwhile; then starts it again on a fresh
+/// broker of the same namespace, with the backlog waiting, and returns it with a tap on
+/// every topic opened before it started.
 async fn backlog_then_start(
     server: &RedisServer,
     dir: &FlowDir,
     n: u64,
+) -> (
+    Runtime<RedisBroker>,
+    tokio::sync::mpsc::Receiver<Arc<Event>>,
+) {
+    backlog_in_then_start(server, dir, n, Backlog::Topic).await
+}
+
+async fn backlog_in_then_start(
+    server: &RedisServer,
+    dir: &FlowDir,
+    n: u64,
+    into: Backlog,
 ) -> (
     Runtime<RedisBroker>,
     tokio::sync::mpsc::Receiver<Arc<Event>>,
@@ -51,7 +72,19 @@ async fn backlog_then_start(
     let (runtime, _) = start_with(first.clone(), options(), dir).await;
     runtime.shutdown(Duration::from_secs(1)).await;
     for k in 0..n {
-        publish(&first, "in", "test", json!({ "n": k })).await;
+        match into {
+            Backlog::Topic => {
+                publish(&first, "in", "test", json!({ "n": k })).await;
+            }
+            Backlog::Queue(queue) => first
+                .enqueue(
+                    queue,
+                    Event::new("in", "test", json!({ "n": k })),
+                    Duration::ZERO,
+                )
+                .await
+                .unwrap_or_else(|e| panic!("enqueue into `{queue}`: {e}")),
+        }
     }
     let broker = server.broker(redis_options(&namespace)).await;
     let seen = tap(&broker, ">");
@@ -185,6 +218,51 @@ async fn a_row_of_runs_that_write_nothing_is_acked_with_one_command() {
     );
     let broker = runtime.broker().clone();
     wait_for_settled(&broker).await;
+    runtime.shutdown(Duration::from_secs(1)).await;
+}
+
+/// A queue's entries ack by deleting: a row of its runs that write nothing joins the acks
+/// of the moment (one `XACK` and one `XDEL` for the row), and each entry is gone after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_of_queue_runs_that_write_nothing_is_acked_and_deleted_together() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let dir = FlowDir::new();
+    dir.write(
+        "flow.toml",
+        indoc! {r#"
+            [flow]
+            name = "rows"
+
+            [queues.jobs]
+
+            [subscribers.work]
+            queue = "jobs"
+            script = "work.rhai"
+        "#},
+    );
+    dir.write("work.rhai", "let n = event.data.n;");
+    let (runtime, _seen) =
+        backlog_in_then_start(&server, &dir, BACKLOG, Backlog::Queue("jobs")).await;
+    wait_handled(&runtime, "work", BACKLOG).await;
+    let keys = server.command(&["KEYS", "*:q:jobs:ready"]);
+    let ready = keys
+        .lines()
+        .find(|l| !l.starts_with(['*', '$']))
+        .expect("the queue's ready stream")
+        .to_owned();
+    wait_for("every item deleted once acked", PATIENCE, || {
+        server.command(&["XLEN", &ready]).trim() == ":0"
+    })
+    .await;
+    let work = runtime.metrics().subscriber("work");
+    assert_eq!(work.events_in.load(Ordering::Relaxed), BACKLOG, "each once");
+    let deletes = calls(&server, &["xdel"]);
+    assert!(
+        deletes < BACKLOG / 4,
+        "{deletes} XDEL calls for {BACKLOG} items: the rows were not acked together"
+    );
     runtime.shutdown(Duration::from_secs(1)).await;
 }
 

@@ -254,15 +254,33 @@ impl Acks {
 
     /// Acks and deletes one entry (in some `MULTI`), or finds it settled already.
     pub(super) async fn ack(&self, key: &str, group: &str, id: &str) -> Result<(), BrokerError> {
-        let (reply, answer) = oneshot::channel();
-        let ack = Ack {
-            key: key.to_owned(),
-            group: group.to_owned(),
-            id: id.to_owned(),
-            reply,
-        };
-        self.acks.send(ack).await.map_err(|_| BrokerError::Closed)?;
-        answer.await.map_err(|_| BrokerError::Closed)?
+        self.ack_all(key, group, &[id]).await
+    }
+
+    /// Acks and deletes entries of one stream, handed over together so that they mostly
+    /// share one `MULTI` (the task carries at most its `most` per pipeline).
+    pub(super) async fn ack_all(
+        &self,
+        key: &str,
+        group: &str,
+        ids: &[&str],
+    ) -> Result<(), BrokerError> {
+        let mut answers = Vec::with_capacity(ids.len());
+        for id in ids {
+            let (reply, answer) = oneshot::channel();
+            let ack = Ack {
+                key: key.to_owned(),
+                group: group.to_owned(),
+                id: (*id).to_owned(),
+                reply,
+            };
+            self.acks.send(ack).await.map_err(|_| BrokerError::Closed)?;
+            answers.push(answer);
+        }
+        for answer in answers {
+            answer.await.map_err(|_| BrokerError::Closed)??;
+        }
+        Ok(())
     }
 }
 

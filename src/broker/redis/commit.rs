@@ -336,30 +336,37 @@ impl ShardBroker {
         Ok(results)
     }
 
-    /// A row of commits that are each an ack alone, of entries of one topic stream (a
-    /// subscriber that only counts or reads, as the last hop of a chain): one `XACK` of
-    /// every id, no script (see `ack_only`). `None` when the row is not such.
+    /// A row of commits that are each an ack alone, of entries of one stream (a subscriber
+    /// that only counts or reads, as the last hop of a chain; a job whose handler records
+    /// it in process): no script (see `ack_only`). On a topic stream one `XACK` of every
+    /// id; on a queue or inbox, which ack by deleting, the ids join the acks of the moment
+    /// (`batch::Acks`). `None` when the row is not such.
     async fn ack_row(&self, runs: &[(&Delivery, &Effects)]) -> Option<Result<(), BrokerError>> {
         let mut ids = Vec::with_capacity(runs.len());
-        let mut stream: Option<(String, String)> = None;
+        let mut stream: Option<(String, String, String)> = None;
         for (delivery, effects) in runs {
             if !effects.writes_nothing() || effects.reply.is_some() {
                 return None;
             }
             let at = self.position(delivery)?;
-            if at.kind != "t" {
-                return None;
-            }
             match &stream {
-                Some((key, group)) if *key != at.key || *group != at.xgroup => return None,
+                Some((kind, key, group))
+                    if *kind != at.kind || *key != at.key || *group != at.xgroup =>
+                {
+                    return None
+                }
                 Some(_) => {}
-                None => stream = Some((at.key, at.xgroup)),
+                None => stream = Some((at.kind, at.key, at.xgroup)),
             }
             ids.push(at.id);
         }
-        let (key, group) = stream?;
+        let (kind, key, group) = stream?;
         let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
-        Some(self.xack(&key, &group, &ids).await)
+        if kind == "t" {
+            Some(self.xack(&key, &group, &ids).await)
+        } else {
+            Some(self.inner.acks.ack_all(&key, &group, &ids).await)
+        }
     }
 
     /// The batch script's arguments for one commit (see `scripts::BATCH`), and the answer
