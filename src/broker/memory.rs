@@ -403,20 +403,19 @@ impl MemoryBroker {
         let observer = self.inner.observer.get().map(|o| &**o);
         let mut observed = observer.is_none();
         loop {
-            let mut stale = false;
-            for group in groups.iter() {
-                if reached.contains(&group.name) {
-                    continue;
+            let observe = if observed { None } else { observer };
+            let stale = match &*groups {
+                [] => false,
+                [group] => {
+                    let pushed = group.push(event.clone(), 0, bytes, false, observe);
+                    if pushed {
+                        reached.push(group.name.clone());
+                    }
+                    !pushed
                 }
-                let observe = if observed { None } else { observer };
-                let pushed = group.push(event.clone(), 0, bytes, false, observe);
-                if pushed {
-                    observed = true;
-                    reached.push(group.name.clone());
-                } else {
-                    stale = true;
-                }
-            }
+                many => push_to_all(many, &mut reached, &event, bytes, observe),
+            };
+            observed |= !reached.is_empty();
             if !stale {
                 break;
             }
@@ -429,6 +428,55 @@ impl MemoryBroker {
         self.feed_taps(&event);
         Ok(())
     }
+}
+
+/// Pushes `event` into each of `groups` not in `reached` as one step, and adds the ones it
+/// entered to `reached`; true when one of them has been removed (the caller routes again).
+///
+/// Every group's lock is held until the event is in all of them, so no consumer can take
+/// it from one group, handle it and publish what it caused before it is in the others. A
+/// subscriber of several topics therefore sees an event before the events it caused, even
+/// when another group's worker on another thread reacts to it first (the saga's
+/// `track_order` relies on this). The locks are taken in address order, so two fan-outs
+/// sharing groups cannot deadlock; nothing else holds two group locks at once.
+fn push_to_all(
+    groups: &[Arc<GroupQueue>],
+    reached: &mut Vec<Arc<str>>,
+    event: &Arc<Event>,
+    bytes: usize,
+    observe: Option<&dyn AcceptObserver>,
+) -> bool {
+    let mut targets: Vec<&Arc<GroupQueue>> = groups
+        .iter()
+        .filter(|g| !reached.contains(&g.name))
+        .collect();
+    targets.sort_by_key(|g| Arc::as_ptr(g) as usize);
+    let mut stale = false;
+    let mut entered: Vec<&Arc<GroupQueue>> = Vec::with_capacity(targets.len());
+    {
+        let mut held = Vec::with_capacity(targets.len());
+        for group in targets {
+            let state = group.lock();
+            if state.removed {
+                stale = true;
+                continue;
+            }
+            held.push(state);
+            entered.push(group);
+        }
+        if let (false, Some(observer)) = (held.is_empty(), observe) {
+            observer.accepted(event);
+        }
+        for state in &mut held {
+            state.bytes += bytes;
+            state.items.push_back((event.clone(), 0, bytes));
+        }
+    }
+    for group in entered {
+        group.items_ready.notify_one();
+        reached.push(group.name.clone());
+    }
+    stale
 }
 
 /// How `publish_inner` admits an event into full groups.
@@ -1192,5 +1240,107 @@ mod tests {
         assert!(dead.letters.len() < 100 && !dead.letters.is_empty());
         let counted: usize = dead.letters.iter().map(Event::approx_bytes).sum();
         assert_eq!(dead.bytes, counted);
+    }
+}
+
+#[cfg(test)]
+mod fan_out_order {
+    //! An event fanned out to several groups is in all of them before a consumer of any
+    //! can react to it: a subscriber of two topics sees the cause before the effect.
+    use super::*;
+    use serde_json::json;
+    use std::collections::HashMap;
+
+    /// Groups that take both topics: the reactor is very likely ahead of one of them in the
+    /// cause's fan-out (the order is a hash map's).
+    const WATCHERS: usize = 24;
+    /// Groups that take only the cause: they make the fan-out long enough that the reactor,
+    /// on the other runtime thread, would otherwise publish its effect into a watcher
+    /// before the cause got there.
+    const FILLERS: usize = 1500;
+    const EVENTS: u64 = 200;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_group_gets_a_cause_before_the_effects_of_another_group_handling_it() {
+        let broker = MemoryBroker::new(MemoryOptions::default());
+        let spec = |name: String, topics: &[&str]| GroupSpec {
+            name,
+            patterns: topics
+                .iter()
+                .map(|t| TopicPattern::parse(t).unwrap())
+                .collect(),
+        };
+        broker
+            .declare_group(&spec("reactor".into(), &["cause"]))
+            .await
+            .unwrap();
+        for i in 0..WATCHERS {
+            broker
+                .declare_group(&spec(format!("watcher{i}"), &["cause", "effect"]))
+                .await
+                .unwrap();
+        }
+        for i in 0..FILLERS {
+            broker
+                .declare_group(&spec(format!("filler{i}"), &["cause"]))
+                .await
+                .unwrap();
+        }
+        // The reactor handles each cause on its own task and commits an effect, as a
+        // subscriber's worker does.
+        let reactor = {
+            let broker = broker.clone();
+            let mut consumer = broker.consumer("reactor").unwrap();
+            tokio::spawn(async move {
+                for _ in 0..EVENTS {
+                    let delivery = consumer.next().await.unwrap();
+                    let n = delivery.event.data["n"].clone();
+                    let effects = Effects {
+                        publish: vec![Event::new("effect", "test", json!({ "n": n }))],
+                        ..Effects::default()
+                    };
+                    broker.commit(delivery, effects).await.unwrap();
+                }
+            })
+        };
+        for n in 0..EVENTS {
+            let cause = Event::new("cause", "test", json!({ "n": n }));
+            broker.publish(cause, Backpressure::Reject).await.unwrap();
+            tokio::task::yield_now().await;
+        }
+        tokio::time::timeout(Duration::from_secs(60), reactor)
+            .await
+            .expect("the reactor handles every cause within a minute")
+            .unwrap();
+        let mut out_of_order = 0;
+        for i in 0..WATCHERS {
+            let mut consumer = broker.consumer(&format!("watcher{i}")).unwrap();
+            let mut seen: HashMap<u64, &str> = HashMap::new();
+            while let Some(delivery) = consumer.try_next().await.unwrap() {
+                let n = delivery.event.data["n"].as_u64().unwrap();
+                match (delivery.event.topic.as_str(), seen.get(&n)) {
+                    ("cause", None) => {
+                        seen.insert(n, "cause");
+                    }
+                    ("effect", Some(&"cause")) | ("cause", Some(&"early")) => {
+                        seen.insert(n, "effect");
+                    }
+                    ("effect", None) => {
+                        out_of_order += 1;
+                        seen.insert(n, "early");
+                    }
+                    (topic, state) => panic!("watcher{i}: {topic} {n} after {state:?}"),
+                }
+            }
+            assert_eq!(seen.len() as u64, EVENTS, "watcher{i} missed events");
+            assert!(
+                seen.values().all(|s| *s == "effect"),
+                "watcher{i} missed some"
+            );
+        }
+        assert_eq!(
+            out_of_order, 0,
+            "effects reached groups before their causes"
+        );
     }
 }
