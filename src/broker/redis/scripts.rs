@@ -460,20 +460,36 @@ if inbox_info then
   table.insert(waits, inbox)
   table.insert(waits, inbox_info['last-delivered-id'])
 end
-local best_key, best_id = nil, nil
+-- The stream with the earliest head, and the earliest head among the others (`next_id`).
+local best_key, best_id, best_last, next_id = nil, nil, nil, nil
 for _, key in ipairs(streams) do
   local info = group_info(key, group)
   if info then
-    local head = redis.call('XRANGE', key, '(' .. info['last-delivered-id'], '+', 'COUNT', 1)
-    if #head > 0 and (best_id == nil or id_lt(head[1][1], best_id)) then
-      best_key, best_id = key, head[1][1]
+    local last = info['last-delivered-id']
+    local head = redis.call('XRANGE', key, '(' .. last, '+', 'COUNT', 1)
+    if #head > 0 then
+      local id = head[1][1]
+      if best_id == nil or id_lt(id, best_id) then
+        if best_id ~= nil then next_id = best_id end
+        best_key, best_id, best_last = key, id, last
+      elseif next_id == nil or id_lt(id, next_id) then
+        next_id = id
+      end
     end
     table.insert(waits, key)
-    table.insert(waits, info['last-delivered-id'])
+    table.insert(waits, last)
   end
 end
 if best_key then
-  got = read_n_lagging('t', best_key, group, me, n)
+  -- Ids order events across topics (see `append_event`): taking several, take only those
+  -- published before the other streams' next one, so the group gets its topics' events
+  -- in the order they were published, a cause before what it caused.
+  local most = n
+  if next_id and tonumber(n) > 1 then
+    local before = redis.call('XRANGE', best_key, '(' .. best_last, '(' .. next_id, 'COUNT', n)
+    most = math.max(1, #before)
+  end
+  got = read_n_lagging('t', best_key, group, me, most)
   if got then return got end
 end
 return {'wait', '', waits}
