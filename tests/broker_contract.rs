@@ -66,6 +66,14 @@ macro_rules! broker_contract {
     };
 }
 
+/// The checks that hold where a group's topics are ordered with each other: not on a
+/// namespace spread over shards by topic, where they lie on different shards.
+macro_rules! ordered_contract {
+    ($(#[$test:meta])* clock = $clock:expr, make = $make:expr) => {
+        contract_test!([$(#[$test])*] $clock, $make, a_group_of_several_topics_gets_them_in_publish_order, 128);
+    };
+}
+
 /// One generated test: builds the broker with the check's capacity and runs the check.
 macro_rules! contract_test {
     ([$(#[$test:meta])*] $clock:expr, $make:expr, $check:ident, $capacity:expr $(, #[$extra:meta])*) => {
@@ -91,15 +99,13 @@ mod memory {
             Some((MemoryBroker::new(MemoryOptions { group_capacity, ..MemoryOptions::default() }), ()))
         }
     }
-    contract_test!(
-        [#[tokio::test(start_paused = true)]]
-        Clock::PAUSED,
-        |group_capacity| async move {
+    ordered_contract! {
+        #[tokio::test(start_paused = true)]
+        clock = Clock::PAUSED,
+        make = |group_capacity| async move {
             Some((MemoryBroker::new(MemoryOptions { group_capacity, ..MemoryOptions::default() }), ()))
-        },
-        a_group_of_several_topics_gets_them_in_publish_order,
-        128
-    );
+        }
+    }
 }
 
 mod redis {
@@ -127,13 +133,11 @@ mod redis {
         clock = Clock::real(20, Duration::from_millis(150)),
         make = make
     }
-    contract_test!(
-        [#[tokio::test]]
-        Clock::real(20, Duration::from_millis(150)),
-        make,
-        a_group_of_several_topics_gets_them_in_publish_order,
-        128
-    );
+    ordered_contract! {
+        #[tokio::test]
+        clock = Clock::real(20, Duration::from_millis(150)),
+        make = make
+    }
 
     /// A commit retried after a timeout (it may have run): the second finds the entry
     /// settled and applies nothing, so its events are not doubled.
@@ -337,13 +341,11 @@ mod redis_cluster {
         clock = Clock::real(20, Duration::from_millis(150)),
         make = make
     }
-    contract_test!(
-        [#[tokio::test]]
-        Clock::real(20, Duration::from_millis(150)),
-        make,
-        a_group_of_several_topics_gets_them_in_publish_order,
-        128
-    );
+    ordered_contract! {
+        #[tokio::test]
+        clock = Clock::real(20, Duration::from_millis(150)),
+        make = make
+    }
 }
 
 /// The same checks on a namespace spread over three shards of one Redis: what a handler
