@@ -227,29 +227,27 @@ impl ShardBroker {
                 return done;
             }
         }
-        let dead = effects
-            .dead_letter
-            .iter()
-            .filter(|_| !outbound.dead_elsewhere);
-        let topics = effects
-            .publish
-            .iter()
-            .chain(effects.deferred.iter().map(|(e, _)| e))
-            .chain(dead)
-            .map(|e| e.topic.as_str());
-        self.ensure_topics(topics).await?;
+        self.ensure_topics(event_topics(effects, !outbound.dead_elsewhere))
+            .await?;
         let (op, local_reply) = self.commit_op(ack, effects, outbound)?;
         let reply = self.inner.batcher.run(op).await?;
         let reply = items(&reply)?;
         let outcome = head(reply)?;
-        let landed = matches!(outcome.as_str(), "ok" | "settled");
-        if let (true, Some((id, answer))) = (landed, local_reply) {
-            self.inner.waiting.answer(id, answer.clone());
-        }
-        if landed {
+        if self.landed(&outcome, local_reply) {
             self.wrote();
         }
         commit_outcome(&outcome, reply, ack[3])
+    }
+
+    /// Whether a commit whose script reply began with `outcome` landed (`ok`, or `settled`
+    /// by an earlier try of it); a landed commit's answer to a query of this process goes
+    /// to the request waiting for it.
+    fn landed(&self, outcome: &str, local_reply: LocalReply<'_>) -> bool {
+        let landed = matches!(outcome, "ok" | "settled");
+        if let (true, Some((id, answer))) = (landed, local_reply) {
+            self.inner.waiting.answer(id, answer.clone());
+        }
+        landed
     }
 
     /// Commits `runs` of one worker in order as one `s` operation of the batch script (see
@@ -285,16 +283,9 @@ impl ShardBroker {
         if carried.is_empty() {
             return Ok(Vec::new());
         }
-        let mut topics: Vec<&str> = Vec::new();
-        for (_, effects) in carried {
-            let deferred = effects.deferred.iter().map(|(e, _)| e);
-            let events = effects
-                .publish
-                .iter()
-                .chain(deferred)
-                .chain(&effects.dead_letter);
-            topics.extend(events.map(|e| e.topic.as_str()));
-        }
+        let topics = carried
+            .iter()
+            .flat_map(|(_, effects)| event_topics(effects, true));
         self.ensure_topics(topics).await?;
         let reply = self
             .inner
@@ -318,11 +309,7 @@ impl ShardBroker {
             if outcome == "skipped" {
                 break;
             }
-            let landed = matches!(outcome.as_str(), "ok" | "settled");
-            if let (true, Some((id, answer))) = (landed, local_reply) {
-                self.inner.waiting.answer(id, answer.clone());
-            }
-            wrote |= landed;
+            wrote |= self.landed(&outcome, local_reply);
             let result = commit_outcome(&outcome, reply, id);
             let refused = result.is_err();
             results.push(result);
@@ -372,13 +359,12 @@ impl ShardBroker {
     /// The batch script's arguments for one commit (see `scripts::BATCH`), and the answer
     /// to a query of this process, handed over once the commit landed rather than
     /// published (see `replies`).
-    #[allow(clippy::type_complexity)]
     fn commit_op<'e>(
         &self,
         ack: [&str; 4],
         effects: &'e Effects,
         outbound: &Outbound,
-    ) -> Result<(batch::OpArgs, Option<(&'e str, &'e replies::Answer)>), BrokerError> {
+    ) -> Result<(batch::OpArgs, LocalReply<'e>), BrokerError> {
         let mut op = batch::OpArgs::new("c");
         for part in ack {
             op.text(part);
@@ -441,6 +427,21 @@ impl ShardBroker {
         }
         Ok((op, local_reply))
     }
+}
+
+/// A commit's answer to a query of this process: the request id and the answer.
+type LocalReply<'e> = Option<(&'e str, &'e replies::Answer)>;
+
+/// The topics a commit's events go to: published, delayed, and its dead letter's when
+/// `dead` (not when the dead letter goes to another shard).
+fn event_topics(effects: &Effects, dead: bool) -> impl Iterator<Item = &str> {
+    let dead = effects.dead_letter.iter().filter(move |_| dead);
+    effects
+        .publish
+        .iter()
+        .chain(effects.deferred.iter().map(|(event, _)| event))
+        .chain(dead)
+        .map(|event| event.topic.as_str())
 }
 
 /// What the batch script's reply to one commit means: its `outcome` (the reply's first
