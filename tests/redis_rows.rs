@@ -43,6 +43,14 @@ enum Backlog {
     Queue(&'static str),
 }
 
+/// A flow directory whose `flow.toml` is the flow `rows` with `body` (its queues and
+/// subscribers); the tests write their scripts beside it.
+fn rows_flow(body: &str) -> FlowDir {
+    let dir = FlowDir::new();
+    dir.write("flow.toml", &format!("[flow]\nname = \"rows\"\n\n{body}"));
+    dir
+}
+
 /// Runs `flow.toml` of `dir` once, to declare its groups and queues, and stops it; puts
 /// `n` events `{n}` on `in` (or into a queue) meanwhile; then starts it again on a fresh
 /// broker of the same namespace, with the backlog waiting, and returns it with a tap on
@@ -160,19 +168,12 @@ async fn one_worker_handles_a_backlog_once_in_order_committing_runs_together() {
     let Some(server) = RedisServer::start() else {
         return;
     };
-    let dir = FlowDir::new();
-    dir.write(
-        "flow.toml",
-        indoc! {r#"
-            [flow]
-            name = "rows"
-
-            [subscribers.work]
-            topic = "in"
-            script = "work.rhai"
-            emits = ["out"]
-        "#},
-    );
+    let dir = rows_flow(indoc! {r#"
+        [subscribers.work]
+        topic = "in"
+        script = "work.rhai"
+        emits = ["out"]
+    "#});
     dir.write("work.rhai", r#"emit("out", #{ n: event.data.n });"#);
     let (runtime, mut seen) = backlog_then_start(&server, &dir, BACKLOG).await;
     wait_handled(&runtime, "work", BACKLOG).await;
@@ -196,18 +197,11 @@ async fn a_row_of_runs_that_write_nothing_is_acked_with_one_command() {
     let Some(server) = RedisServer::start() else {
         return;
     };
-    let dir = FlowDir::new();
-    dir.write(
-        "flow.toml",
-        indoc! {r#"
-            [flow]
-            name = "rows"
-
-            [subscribers.count]
-            topic = "in"
-            script = "count.rhai"
-        "#},
-    );
+    let dir = rows_flow(indoc! {r#"
+        [subscribers.count]
+        topic = "in"
+        script = "count.rhai"
+    "#});
     dir.write("count.rhai", "let n = event.data.n;");
     let (runtime, _seen) = backlog_then_start(&server, &dir, BACKLOG).await;
     wait_handled(&runtime, "count", BACKLOG).await;
@@ -228,20 +222,13 @@ async fn a_row_of_queue_runs_that_write_nothing_is_acked_and_deleted_together() 
     let Some(server) = RedisServer::start() else {
         return;
     };
-    let dir = FlowDir::new();
-    dir.write(
-        "flow.toml",
-        indoc! {r#"
-            [flow]
-            name = "rows"
+    let dir = rows_flow(indoc! {r#"
+        [queues.jobs]
 
-            [queues.jobs]
-
-            [subscribers.work]
-            queue = "jobs"
-            script = "work.rhai"
-        "#},
-    );
+        [subscribers.work]
+        queue = "jobs"
+        script = "work.rhai"
+    "#});
     dir.write("work.rhai", "let n = event.data.n;");
     let (runtime, _seen) =
         backlog_in_then_start(&server, &dir, BACKLOG, Backlog::Queue("jobs")).await;
@@ -287,21 +274,14 @@ async fn a_run_in_a_row_that_reads_a_store_sees_what_the_runs_before_it_wrote() 
     let Some(server) = RedisServer::start() else {
         return;
     };
-    let dir = FlowDir::new();
-    dir.write(
-        "flow.toml",
-        indoc! {r#"
-            [flow]
-            name = "rows"
+    let dir = rows_flow(indoc! {r#"
+        [stores.counts]
 
-            [stores.counts]
-
-            [subscribers.work]
-            topic = "in"
-            script = "work.rhai"
-            emits = ["out"]
-        "#},
-    );
+        [subscribers.work]
+        topic = "in"
+        script = "work.rhai"
+        emits = ["out"]
+    "#});
     // Every run writes its number; every fourth reads the number before its own first,
     // between runs that only write and so wait to be committed together.
     dir.write(
@@ -340,24 +320,17 @@ async fn a_commit_refused_in_a_row_lands_before_the_runs_after_it() {
     let Some(server) = RedisServer::start() else {
         return;
     };
-    let dir = FlowDir::new();
-    dir.write(
-        "flow.toml",
-        indoc! {r#"
-            [flow]
-            name = "rows"
+    let dir = rows_flow(indoc! {r#"
+        [queues.side]
+        capacity = 1
 
-            [queues.side]
-            capacity = 1
-
-            [subscribers.work]
-            topic = "in"
-            script = "work.rhai"
-            emits = ["out"]
-            dead_letter = "dead"
-            retry = { attempts = 2, backoff = "10ms", jitter = false }
-        "#},
-    );
+        [subscribers.work]
+        topic = "in"
+        script = "work.rhai"
+        emits = ["out"]
+        dead_letter = "dead"
+        retry = { attempts = 2, backoff = "10ms", jitter = false }
+    "#});
     // Event 0 fills the queue (nobody reads it); event 5's commit is refused for a full
     // queue, each time, until it is dead-lettered.
     dir.write(
@@ -403,26 +376,19 @@ async fn several_workers_of_a_queue_take_rows_and_handle_each_event_once() {
     let Some(server) = RedisServer::start() else {
         return;
     };
-    let dir = FlowDir::new();
-    dir.write(
-        "flow.toml",
-        indoc! {r#"
-            [flow]
-            name = "rows"
+    let dir = rows_flow(indoc! {r#"
+        [relays.forward]
+        from = "in"
+        to = "jobs"
 
-            [relays.forward]
-            from = "in"
-            to = "jobs"
+        [queues.jobs]
 
-            [queues.jobs]
-
-            [subscribers.work]
-            queue = "jobs"
-            script = "work.rhai"
-            emits = ["out"]
-            concurrency = 4
-        "#},
-    );
+        [subscribers.work]
+        queue = "jobs"
+        script = "work.rhai"
+        emits = ["out"]
+        concurrency = 4
+    "#});
     dir.write("work.rhai", r#"emit("out", #{ n: event.data.n });"#);
     let (runtime, mut seen) = backlog_then_start(&server, &dir, BACKLOG).await;
     wait_handled(&runtime, "work", BACKLOG).await;
