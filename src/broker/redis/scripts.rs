@@ -200,10 +200,13 @@ end
 -- order. An item not due yet carries its due time (field `d`, ms): whoever takes it holds
 -- it until then. A member that is not `seq\njson` moves whole (its reader dead-letters
 -- what it cannot read). Moves nothing while Redis is out of memory.
+-- The items moved are the set's first by rank, so one ZREMRANGEBYRANK removes them all,
+-- also when an append fails part way (what was appended is removed before the error).
 local function move_due(queue, now, batch, ahead)
   local sched = P .. 'q:' .. queue .. ':sched'
   local ready = P .. 'q:' .. queue .. ':ready'
   local due = redis.call('ZRANGEBYSCORE', sched, '-inf', fmt(now + ahead), 'WITHSCORES', 'LIMIT', 0, batch)
+  local moved = 0
   for k = 1, #due, 2 do
     local member, at = due[k], due[k + 1]
     local nl = string.find(member, '\n', 1, true)
@@ -216,12 +219,14 @@ local function move_due(queue, now, batch, ahead)
       added = redis.pcall('XADD', ready, '*', 'e', json, 'r', '0')
     end
     if type(added) == 'table' and added.err then
-      if is_oom(added) then return (k - 1) / 2 end
+      if moved > 0 then redis.call('ZREMRANGEBYRANK', sched, 0, moved - 1) end
+      if is_oom(added) then return moved end
       error(added)
     end
-    redis.call('ZREM', sched, member)
+    moved = moved + 1
   end
-  return #due / 2
+  if moved > 0 then redis.call('ZREMRANGEBYRANK', sched, 0, moved - 1) end
+  return moved
 end
 "#,
     },
