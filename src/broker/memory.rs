@@ -406,7 +406,9 @@ impl MemoryBroker {
             let observe = if observed { None } else { observer };
             let stale = match &*groups {
                 [] => false,
-                [group] => {
+                // The first try at a route of one group (after a stale one, `push_to_all`
+                // skips the groups already reached).
+                [group] if reached.is_empty() => {
                     let pushed = group.push(event.clone(), 0, bytes, false, observe);
                     if pushed {
                         reached.push(group.name.clone());
@@ -1194,6 +1196,53 @@ mod tests {
         };
         broker.commit(delivery, effects).await.unwrap();
         assert_eq!(*observer.seen.lock().unwrap(), [Some(json!("charged"))]);
+    }
+
+    /// A publish waiting for room holds the route it took; when a group of it is removed
+    /// meanwhile (a reload renaming it), the event reaches the successor once.
+    #[tokio::test(start_paused = true)]
+    async fn a_publish_routed_before_a_rename_reaches_the_successor_once() {
+        let broker = MemoryBroker::new(MemoryOptions {
+            group_capacity: 1,
+            ..MemoryOptions::default()
+        });
+        for name in ["old", "heir"] {
+            broker
+                .declare_group(&GroupSpec {
+                    name: name.into(),
+                    patterns: vec![TopicPattern::parse("t").unwrap()],
+                })
+                .await
+                .unwrap();
+        }
+        let first = Event::new("t", "test", json!(1));
+        broker.publish(first, Backpressure::Reject).await.unwrap();
+        // Both groups are full: the second publish waits, holding the route [old, heir].
+        let waiting = tokio::spawn({
+            let broker = broker.clone();
+            async move {
+                let second = Event::new("t", "test", json!(2));
+                broker.publish(second, Backpressure::Wait).await
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished(), "the second publish waits for room");
+        let removed = broker.remove_group("old", Some("heir")).await.unwrap();
+        assert_eq!(
+            removed.moved, 1,
+            "the first event, which the heir holds already"
+        );
+        let mut heir = broker.consumer("heir").unwrap();
+        let delivery = heir.next().await.unwrap();
+        assert_eq!(delivery.event.data, json!(1));
+        broker.commit(delivery, Effects::default()).await.unwrap();
+        waiting.await.unwrap().unwrap();
+        let mut after = Vec::new();
+        while let Some(delivery) = heir.try_next().await.unwrap() {
+            after.push(delivery.event.data.clone());
+            broker.commit(delivery, Effects::default()).await.unwrap();
+        }
+        assert_eq!(after, [json!(2)], "the second event, once");
     }
 
     #[tokio::test(start_paused = true)]
