@@ -2,7 +2,9 @@
 //!
 //! Each consumer group is a bounded FIFO (`GroupQueue`) that all of the group's consumers
 //! pop from, so they compete; publishing pushes the event into every group whose patterns
-//! match (a per-topic route cache makes that a hash lookup). Full buffers push back:
+//! match (a per-topic route cache makes that a hash lookup), into all of them as one step
+//! under their locks, so a group gets an event before anything another group's handler
+//! emits in reaction to it (`push_to_all`). Full buffers push back:
 //! `Backpressure::Wait` waits for room, `Reject` fails at once. Delayed publishes sit in a
 //! `BTreeMap<(Instant, seq), Event>` that one task drains when items fall due (tokio time,
 //! so paused-time tests are exact). Nothing survives the process.
@@ -12,7 +14,8 @@
 //! can take it, and not at all when `Reject` refuses it.
 //!
 //! Locks are `std::sync::Mutex`/`RwLock`, held for a few instructions and never across an
-//! `.await`; waiting is done on `Notify`.
+//! `.await`; waiting is done on `Notify`. Only a fan-out holds several group locks at once,
+//! taken in address order.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
