@@ -303,7 +303,7 @@ const TOPIC_LIMIT: usize = 10_000;
 
 impl Metrics {
     /// The counters of a topic, created on first use.
-    pub fn topic(&self, topic: &str) -> Arc<TopicMetrics> {
+    fn topic(&self, topic: &str) -> Arc<TopicMetrics> {
         if let Some(found) = self
             .topics
             .read()

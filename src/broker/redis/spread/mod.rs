@@ -340,19 +340,25 @@ impl RedisBroker {
     }
 }
 
+/// Whether `every_shards_dead_letters` leaves the letters it reads or takes them away.
+#[derive(Clone, Copy)]
+enum DeadRead {
+    Look,
+    Take,
+}
+
 impl RedisBroker {
-    /// The dead letters `filter` picks on every shard, oldest first; `take` removes them.
+    /// The dead letters `filter` picks on every shard, oldest first; `Take` removes them.
     async fn every_shards_dead_letters(
         &self,
         filter: &DeadFilter,
-        take: bool,
+        read: DeadRead,
     ) -> Result<Vec<Event>, BrokerError> {
         let mut all = Vec::new();
         for shard in self.shards() {
-            all.extend(if take {
-                shard.take_dead_letters(filter).await?
-            } else {
-                shard.dead_letters(filter).await?
+            all.extend(match read {
+                DeadRead::Take => shard.take_dead_letters(filter).await?,
+                DeadRead::Look => shard.dead_letters(filter).await?,
             });
         }
         if self.n() > 1 {
@@ -715,11 +721,11 @@ impl Broker for RedisBroker {
     }
 
     async fn dead_letters(&self, filter: &DeadFilter) -> Result<Vec<Event>, BrokerError> {
-        self.every_shards_dead_letters(filter, false).await
+        self.every_shards_dead_letters(filter, DeadRead::Look).await
     }
 
     async fn take_dead_letters(&self, filter: &DeadFilter) -> Result<Vec<Event>, BrokerError> {
-        self.every_shards_dead_letters(filter, true).await
+        self.every_shards_dead_letters(filter, DeadRead::Take).await
     }
 }
 
