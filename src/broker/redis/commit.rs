@@ -400,24 +400,19 @@ impl ShardBroker {
             };
         }
         let mut local_reply = None;
-        match effects
+        let to = effects
             .reply
             .as_ref()
-            .and_then(|r| Some((replies::split(&r.to)?, r)))
-        {
-            Some(((instance, id), r)) if instance == self.inner.instance => {
-                local_reply = Some((id, &r.result));
+            .map(|r| replies::reply_to(&self.inner.keys, &self.inner.instance, &r.to, &r.result));
+        match to {
+            Some(replies::ReplyTo::Channel(channel, payload)) => {
+                op.owned(channel).owned(payload);
+            }
+            Some(replies::ReplyTo::Here(id, answer)) => {
+                local_reply = Some((id, answer));
                 op.text("").text("");
             }
-            Some((_, r)) => match replies::route(&self.inner.keys, &r.to) {
-                Some((channel, id)) => {
-                    op.owned(channel).owned(replies::payload(&id, &r.result));
-                }
-                None => {
-                    op.text("").text("");
-                }
-            },
-            None => {
+            Some(replies::ReplyTo::Nowhere) | None => {
                 op.text("").text("");
             }
         }

@@ -79,6 +79,33 @@ impl Waiting {
     }
 }
 
+/// Where a reply goes, seen from the process of broker instance `here`.
+pub(super) enum ReplyTo<'r> {
+    /// The query waits in this process: the request id and the answer.
+    Here(&'r str, &'r Answer),
+    /// Another process's reply channel, and the message to publish there.
+    Channel(String, String),
+    /// An address this broker did not make: nobody can be waiting.
+    Nowhere,
+}
+
+/// Where `answer`, addressed to `address`, goes (see `ReplyTo`).
+pub(super) fn reply_to<'r>(
+    keys: &Keys,
+    here: &str,
+    address: &'r str,
+    answer: &'r Answer,
+) -> ReplyTo<'r> {
+    match split(address) {
+        Some((instance, id)) if instance == here => ReplyTo::Here(id, answer),
+        Some(_) => match route(keys, address) {
+            Some((channel, id)) => ReplyTo::Channel(channel, payload(&id, answer)),
+            None => ReplyTo::Nowhere,
+        },
+        None => ReplyTo::Nowhere,
+    }
+}
+
 /// The channel a reply address `{instance}/{id}` is published on, and the id; `None` for
 /// an address this broker did not make.
 pub(super) fn route(keys: &Keys, address: &str) -> Option<(String, String)> {

@@ -917,23 +917,22 @@ impl ShardBroker {
     /// Hands a reply to whoever waits on it: this process's waiter, or the process named
     /// in its address through its reply channel. At most once, as replies are.
     async fn deliver_reply(&self, reply: &crate::broker::Reply) {
-        match replies::split(&reply.to) {
-            Some((instance, id)) if instance == self.inner.instance => {
-                self.inner.waiting.answer(id, reply.result.clone());
+        let keys = &self.inner.keys;
+        match replies::reply_to(keys, &self.inner.instance, &reply.to, &reply.result) {
+            replies::ReplyTo::Here(id, answer) => {
+                self.inner.waiting.answer(id, answer.clone());
             }
-            Some(_) => {
-                if let Some((channel, id)) = replies::route(&self.inner.keys, &reply.to) {
-                    let sent: redis::RedisResult<i64> = redis::cmd("PUBLISH")
-                        .arg(channel)
-                        .arg(replies::payload(&id, &reply.result))
-                        .query_async(&mut self.conn())
-                        .await;
-                    if let Err(e) = sent {
-                        tracing::debug!(error = %e, "a reply could not be published");
-                    }
+            replies::ReplyTo::Channel(channel, payload) => {
+                let sent: redis::RedisResult<i64> = redis::cmd("PUBLISH")
+                    .arg(channel)
+                    .arg(payload)
+                    .query_async(&mut self.conn())
+                    .await;
+                if let Err(e) = sent {
+                    tracing::debug!(error = %e, "a reply could not be published");
                 }
             }
-            None => {}
+            replies::ReplyTo::Nowhere => {}
         }
     }
 }
