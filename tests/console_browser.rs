@@ -572,14 +572,17 @@ fn the_tail_shows_events_pauses_and_opens_a_journey() {
     screenshot(&browser, "journey");
 }
 
-/// Publishes events (`publish` gives each one's correlation id) until one shows in the
-/// tail, as the page opens its stream on its own time; gives what showed.
+/// Publishes events (`publish` gives each one's id, which is also its journey's
+/// correlation id) until one shows in the tail, as the page opens its stream on its own
+/// time; gives what showed. It waits for the published event itself, not any of its
+/// journey: a journey whose first event went by before the stream opened shows only its
+/// later events, and the next try publishes again.
 fn tail_until_shown<T: Correlated>(browser: &Browser, mut publish: impl FnMut() -> T) -> T {
     let deadline = Instant::now() + WITHIN;
     loop {
         let published = publish();
         let css = format!(
-            "li.tail-event[data-correlation=\"{}\"]",
+            "li.tail-event[data-id=\"{0}\"][data-correlation=\"{0}\"]",
             published.correlation()
         );
         // Each try gives the page a second; a try that misses publishes again.
