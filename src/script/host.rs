@@ -14,6 +14,7 @@ use std::time::{Duration, Instant, SystemTime};
 use rhai::plugin::*;
 use rhai::{Dynamic, EvalAltResult, ImmutableString, Map, Position};
 
+use super::convert::{to_dynamic, to_json};
 use crate::duration::parse_duration;
 use crate::event::Event;
 use crate::pattern::validate_topic;
@@ -142,27 +143,6 @@ fn runtime_error(message: impl Into<String>) -> Box<EvalAltResult> {
         Dynamic::from(message.into()),
         Position::NONE,
     ))
-}
-
-/// Converts script data to JSON; fails for values JSON cannot carry (functions, handles)
-/// and for data nested deeper than events may be (`event::limits::MAX_DATA_DEPTH`), which
-/// no broker could read back.
-pub fn to_json(value: &Dynamic) -> Result<serde_json::Value, Box<EvalAltResult>> {
-    let json = rhai::serde::from_dynamic::<serde_json::Value>(value)?;
-    let depth = crate::event::data_depth(&json);
-    let most = crate::event::limits::MAX_DATA_DEPTH;
-    if depth > most {
-        return Err(runtime_error(format!(
-            "data nested {depth} levels deep (at most {most})"
-        )));
-    }
-    Ok(json)
-}
-
-/// Converts JSON to script data.
-pub fn to_dynamic(value: &serde_json::Value) -> Dynamic {
-    // Every JSON value has a Rhai counterpart (numbers beyond i64 become floats).
-    rhai::serde::to_dynamic(value).unwrap_or(Dynamic::UNIT)
 }
 
 /// The text of a conversion error, without Rhai's "Runtime error:" prefix.

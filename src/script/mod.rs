@@ -7,6 +7,7 @@
 //! `run` evaluates a compiled script for one event and returns what it asked for; effects
 //! are committed by the runtime, never here.
 
+pub mod convert;
 pub mod facts;
 pub mod host;
 pub mod limits;
@@ -488,7 +489,7 @@ fn evaluated(value: &Dynamic) -> Evaluated {
     if let Ok(b) = value.as_bool() {
         return Evaluated::Bool(b);
     }
-    match host::to_json(value) {
+    match convert::to_json(value) {
         Ok(json) => Evaluated::Json(json),
         Err(err) => Evaluated::NotJson {
             type_name: value.type_name().to_owned(),
