@@ -8,9 +8,10 @@
 //! converts what it can and names what it cannot, so the results and the errors are those
 //! of serde either way.
 
-use rhai::{Dynamic, EvalAltResult, Position};
+use rhai::{Dynamic, EvalAltResult};
 use serde_json::Value;
 
+use super::host::runtime_error;
 use crate::event::limits::MAX_DATA_DEPTH;
 
 /// Converts script data to JSON; fails for values JSON cannot carry (functions, handles)
@@ -23,9 +24,8 @@ pub fn to_json(value: &Dynamic) -> Result<Value, Box<EvalAltResult>> {
     let json = rhai::serde::from_dynamic::<Value>(value)?;
     let depth = crate::event::data_depth(&json);
     if depth > MAX_DATA_DEPTH {
-        return Err(Box::new(EvalAltResult::ErrorRuntime(
-            format!("data nested {depth} levels deep (at most {MAX_DATA_DEPTH})").into(),
-            Position::NONE,
+        return Err(runtime_error(format!(
+            "data nested {depth} levels deep (at most {MAX_DATA_DEPTH})"
         )));
     }
     Ok(json)

@@ -138,7 +138,8 @@ pub(crate) fn out_of_time() -> Option<&'static str> {
     .flatten()
 }
 
-fn runtime_error(message: impl Into<String>) -> Box<EvalAltResult> {
+/// A script error carrying `message`, as Rhai shows errors a script raises.
+pub(super) fn runtime_error(message: impl Into<String>) -> Box<EvalAltResult> {
     Box::new(EvalAltResult::ErrorRuntime(
         Dynamic::from(message.into()),
         Position::NONE,
